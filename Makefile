@@ -1,0 +1,51 @@
+# The README's commands. Everything installs into .venv from scratch.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+G10 := $(VENV)/bin/galaxy10
+PYTHON ?= python3
+export NO_ALBUMENTATIONS_UPDATE := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONUNBUFFERED := 1
+
+# Demo data: the real file when the user has put it in data/, else the synthetic default.
+REAL := data/Galaxy10_DECals.h5
+SYNTH := data/galaxy10_synthetic.h5
+DATA := $(if $(wildcard $(REAL)),$(REAL),$(SYNTH))
+SYNTH_N ?= 4000
+
+.PHONY: help setup setup-dev demo test test-fast bench clean
+
+help:
+	@echo "make demo   - create .venv, install, run the main job (data, split, baseline)"
+	@echo "make test   - create .venv, install with dev extras, run the whole test suite"
+	@echo "make bench  - run the benchmarks in benchmarks/"
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed
+
+$(SYNTH): | $(VENV)/.installed
+	$(G10) data synth --n $(SYNTH_N) --size 256 --seed 0 --out $@
+
+demo: $(VENV)/.installed $(if $(wildcard $(REAL)),,$(SYNTH))
+	$(G10) data info $(DATA)
+	$(G10) data split $(DATA)
+	$(G10) baseline --data $(DATA)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(VENV)/.installed
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""CNN embeddings, gradient-boosted and scikit-learn models on them, stacking and CNN voting."""

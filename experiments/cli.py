@@ -1,0 +1,76 @@
+"""The ``galaxy10`` command line.
+
+Each sub-command lives in ``experiments/commands/<name>.py`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and
+returning an exit code). User errors (:class:`pipelines.errors.Galaxy10Error`) become one line on
+stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pipelines.errors import Galaxy10Error
+
+#: Sub-command modules under ``experiments.commands``, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "data",
+    "baseline",
+)
+
+log = logging.getLogger("galaxy10")
+
+
+def _quiet_third_party() -> None:
+    """Silence noisy start-up chatter of TensorFlow and albumentations before they are imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="galaxy10",
+        description="Galaxy10 DECaLS morphology platform (data, training, tuning, ensembles, reports).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"experiments.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    if verbose < 2:
+        for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "h5py", "absl", "git"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``galaxy10`` console script; returns the process exit code."""
+    _quiet_third_party()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except Galaxy10Error as err:
+        print(f"galaxy10: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("galaxy10: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

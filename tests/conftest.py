@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny Galaxy10-schema HDF5 files made in ``tmp_path`` (never the real data)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REALSAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "realsamples"
+
+
+def tiny_images(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Draw simple, class-dependent blobs so a small CNN can learn something in one epoch.
+
+    Class ``k`` gets a Gaussian blob whose axis ratio, size and colour depend on ``k``, at a random
+    angle, plus noise. Returns uint8 ``(N, size, size, 3)``.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - (size - 1) / 2
+    out = np.empty((len(labels), size, size, 3), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        theta = rng.uniform(0, np.pi)
+        q = 1.0 - 0.08 * k
+        r = size * (0.08 + 0.01 * (k % 5))
+        xr = xx * np.cos(theta) + yy * np.sin(theta)
+        yr = -xx * np.sin(theta) + yy * np.cos(theta)
+        blob = np.exp(-0.5 * ((xr / r) ** 2 + (yr / (r * q)) ** 2))
+        colour = np.array([0.6 + 0.04 * k, 0.7, 1.0 - 0.04 * k], dtype=np.float32)
+        img = blob[..., None] * colour * 220 + rng.normal(10, 4, (size, size, 3))
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def write_galaxy10_h5(path: Path, n: int = 200, size: int = 64, seed: int = 0,
+                      with_coords: bool = True, synthetic: bool = True) -> Path:
+    """Write a tiny file with the Galaxy10 DECaLS schema and return its path."""
+    rng = np.random.default_rng(seed)
+    labels = np.resize(np.arange(10, dtype=np.uint8), n)
+    rng.shuffle(labels)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=tiny_images(labels, size, seed), chunks=(1, size, size, 3))
+        f.create_dataset("ans", data=labels)
+        if with_coords:
+            f.create_dataset("ra", data=rng.uniform(0, 360, n))
+            f.create_dataset("dec", data=rng.uniform(-10, 30, n))
+            f.create_dataset("redshift", data=rng.uniform(0.01, 0.2, n).astype(np.float32))
+            f.create_dataset("pxscale", data=np.full(n, 0.262, dtype=np.float32))
+        if synthetic:
+            f.attrs["synthetic"] = True
+            f.attrs["generator"] = "tests.conftest.write_galaxy10_h5"
+            f.attrs["seed"] = seed
+    return path
+
+
+@pytest.fixture
+def make_h5(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_h5(name="x.h5", n=200, size=64, seed=0, ...)`` writes a tiny file in tmp_path."""
+
+    def _make(name: str = "tiny.h5", **kwargs) -> Path:
+        return write_galaxy10_h5(tmp_path / name, **kwargs)
+
+    return _make
+
+
+@pytest.fixture
+def tiny_h5(make_h5: Callable[..., Path]) -> Path:
+    """A 200-image, 64 px, 10-class file with coordinates, marked synthetic."""
+    return make_h5()
+
+
+@pytest.fixture
+def realsamples() -> Path:
+    """The shared real DECaLS samples; skips with a reason where they are absent."""
+    if not REALSAMPLES.is_dir():
+        pytest.skip(f"real samples not found at {REALSAMPLES} (shared/data/realsamples is absent)")
+    return REALSAMPLES
+
+
+@pytest.fixture(autouse=True)
+def _isolate_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test inside tmp_path so nothing is written into the working tree."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GALAXY10_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
