@@ -1,0 +1,170 @@
+"""Class-targeted oversampling: extra, freshly augmented copies of the classes a model finds hard.
+
+A multiplier ``m_k >= 1`` means each image of class ``k`` appears ``m_k`` times per epoch on average:
+once as itself, ``floor(m_k) - 1`` extra times, and once more for a random fraction ``m_k - floor(m_k)``
+of the class's images (drawn anew each epoch). The input pipeline augments every sample
+independently, so each extra copy gets its own random augmentation.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipelines.classes import CLASS_SLUGS, NUM_CLASSES, class_index
+from pipelines.errors import ConfigError, DataError, Galaxy10Error
+
+log = logging.getLogger(__name__)
+
+
+def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:
+    """Return ``rng`` itself, or a new Generator seeded with the int ``rng``."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise ConfigError(f"random state {rng!r} is not an int seed or numpy Generator; pass one")
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """Return the generator for one epoch: reproducible for ``(seed, epoch)``, different across epochs."""
+    return np.random.default_rng([int(seed), int(epoch)])
+
+
+def multipliers_from_targets(targets: Mapping[str | int, float] | None) -> np.ndarray:
+    """Turn ``{class slug/name/index: multiplier}`` into a (10,) float array, 1.0 for classes not named.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown class, a class named twice, or a multiplier that is not a finite number >= 1.
+    """
+    out = np.ones(NUM_CLASSES, dtype=np.float64)
+    if targets is None:
+        return out
+    if not isinstance(targets, Mapping):
+        raise ConfigError(
+            f"augment targets must be a mapping of class slug to multiplier, got {type(targets).__name__}; "
+            "write e.g. targets: {disturbed: 3, cigar: 2.5}"
+        )
+    seen: dict[int, Any] = {}
+    for key, value in targets.items():
+        try:
+            k = class_index(key)
+        except Galaxy10Error as err:
+            raise ConfigError(f"augment targets key {key!r}: {err}") from None
+        if k in seen:
+            raise ConfigError(
+                f"augment targets name class {CLASS_SLUGS[k]!r} twice ({seen[k]!r} and {key!r}); keep one"
+            )
+        seen[k] = key
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(float(value)) or float(value) < 1.0:
+            raise ConfigError(
+                f"augment targets {key!r}: multiplier {value!r} must be a finite number >= 1 "
+                "(1 = no extra copies, 2.5 = 1.5 extra copies per image on average)"
+            )
+        out[k] = float(value)
+    return out
+
+
+def _check_multipliers(multipliers: Any) -> np.ndarray:
+    m = np.asarray(multipliers, dtype=np.float64)
+    if m.shape != (NUM_CLASSES,) or not np.all(np.isfinite(m)) or np.any(m < 1.0):
+        raise ConfigError(
+            f"multipliers must be {NUM_CLASSES} finite numbers >= 1, got {np.asarray(multipliers).tolist()}; "
+            "build them with multipliers_from_targets or auto_multipliers"
+        )
+    return m
+
+
+def _check_labels(labels: Any) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"labels must be a 1-D integer array, got {y.dtype} {y.shape}; pass the `ans` labels")
+    if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        raise DataError(f"labels must lie in 0..{NUM_CLASSES - 1}, found {y.min()}..{y.max()}; check the data file")
+    return y.astype(np.int64, copy=False)
+
+
+def oversample_indices(labels: Any, multipliers: Any,
+                       rng: np.random.Generator | int) -> np.ndarray:
+    """Return one epoch's shuffled int64 indices: every index once plus extra copies of targeted classes.
+
+    Class ``k`` with ``n_k`` images and multiplier ``m_k`` gets ``(floor(m_k) - 1) * n_k`` whole extra
+    copies plus ``(m_k - floor(m_k)) * n_k`` extra images drawn without replacement (the fractional
+    count is rounded up or down at random so its expectation is exact).
+    """
+    y = _check_labels(labels)
+    m = _check_multipliers(multipliers)
+    gen = _as_rng(rng)
+    parts = [np.arange(len(y), dtype=np.int64)]
+    for k in np.flatnonzero(m > 1.0):
+        members = np.flatnonzero(y == k)
+        if members.size == 0:
+            continue
+        whole = int(math.floor(m[k]))
+        parts.extend([members] * (whole - 1))
+        want = (m[k] - whole) * members.size
+        n_extra = int(math.floor(want)) + int(gen.random() < want - math.floor(want))
+        if n_extra:
+            parts.append(gen.choice(members, size=n_extra, replace=False))
+    indices = np.concatenate(parts)
+    gen.shuffle(indices)
+    return indices
+
+
+def auto_multipliers(recall: Sequence[float] | Mapping[str, float], *, max_multiplier: float = 4.0,
+                     floor: float = 0.05) -> np.ndarray:
+    """Derive multipliers from per-class validation recall of an earlier run.
+
+    ``m_k = clip(recall_best / max(recall_k, floor), 1, max_multiplier)``: the best class gets 1, a
+    class with half the best recall gets 2, and weaker classes get more, never above
+    ``max_multiplier``. It is non-increasing in ``recall_k``; ``floor`` keeps a zero recall finite.
+    ``recall`` is 10 numbers in label order or a mapping with every class slug.
+    """
+    if isinstance(max_multiplier, bool) or not isinstance(max_multiplier, (int, float)) \
+            or not math.isfinite(max_multiplier) or max_multiplier < 1.0:
+        raise ConfigError(f"max_multiplier={max_multiplier!r} must be a finite number >= 1")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 < floor <= 1.0:
+        raise ConfigError(f"floor={floor!r} must be a number in (0, 1]")
+    if isinstance(recall, Mapping):
+        by_index: dict[int, float] = {}
+        for key, value in recall.items():
+            try:
+                by_index[class_index(key)] = value
+            except Galaxy10Error as err:
+                raise ConfigError(f"recall key {key!r}: {err}") from None
+        missing = [CLASS_SLUGS[k] for k in range(NUM_CLASSES) if k not in by_index]
+        if missing:
+            raise ConfigError(f"recall lacks class(es) {', '.join(missing)}; give all {NUM_CLASSES} classes")
+        recall = [by_index[k] for k in range(NUM_CLASSES)]
+    try:
+        r = np.asarray(recall, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"recall {recall!r} is not a list of numbers; pass {NUM_CLASSES} recalls in 0..1") from None
+    if r.shape != (NUM_CLASSES,):
+        raise ConfigError(f"recall needs {NUM_CLASSES} values in label order, got shape {r.shape}")
+    bad = [CLASS_SLUGS[k] for k in range(NUM_CLASSES) if not (np.isfinite(r[k]) and 0.0 <= r[k] <= 1.0)]
+    if bad:
+        raise ConfigError(
+            f"recall of {', '.join(bad)} is not a number in [0, 1]; rerun evaluation with every class in "
+            "the validation split"
+        )
+    best = max(float(r.max()), floor)
+    return np.clip(best / np.maximum(r, floor), 1.0, float(max_multiplier))
+
+
+def class_mix(labels: Any, indices: Any) -> dict[str, float]:
+    """Return the fraction of each class (by slug, all 10) among ``labels[indices]``."""
+    y = _check_labels(labels)
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise DataError(f"indices must be a non-empty 1-D integer array, got {idx.dtype} {idx.shape}")
+    if idx.min() < 0 or idx.max() >= len(y):
+        raise DataError(f"indices must lie in 0..{len(y) - 1}, found {idx.min()}..{idx.max()}")
+    counts = np.bincount(y[idx], minlength=NUM_CLASSES)
+    return {slug: float(c) / idx.size for slug, c in zip(CLASS_SLUGS, counts)}
