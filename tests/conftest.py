@@ -8,6 +8,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Hypothesis keeps an example database in ./.hypothesis by default; tests write nothing outside tmp_path.
+settings.register_profile("galaxy10", database=None, deadline=None)
+settings.load_profile("galaxy10")
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
