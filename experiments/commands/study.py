@@ -1,0 +1,104 @@
+"""``galaxy10 study list|show``: look at Optuna studies (trials, states, values, best parameters)."""
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``galaxy10 study`` with ``list`` and ``show``."""
+    parser = subparsers.add_parser("study", help="list Optuna studies or show one study's trials")
+    sub = parser.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")
+    sub.required = True
+    p_list = sub.add_parser("list", help="every study in the storage with trial counts and best value")
+    p_list.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p_list.set_defaults(func=run_list)
+    p_show = sub.add_parser("show", help="one study: trials, states, values, best value and parameters")
+    p_show.add_argument("name", help="study name")
+    p_show.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p_show.set_defaults(func=run_show)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned plain-text table."""
+    cells = [list(map(str, header))] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print one line per study."""
+    from experiments import tuning
+
+    storage = tuning.open_storage(args.storage, must_exist=True)
+    studies = tuning.list_studies(storage)
+    if not studies:
+        print(f"no studies in {args.storage}; start one with: galaxy10 tune --config experiments/configs/tune_quick.yaml")
+        return 0
+    rows = [
+        (s.name, s.n_trials, s.counts.get("COMPLETE", 0), s.counts.get("PRUNED", 0), s.counts.get("FAIL", 0),
+         s.counts.get("RUNNING", 0), s.metric, s.best_value, s.start)
+        for s in studies
+    ]
+    print(format_table(("study", "trials", "complete", "pruned", "fail", "running", "metric", "best", "started"), rows))
+    print(f"\nshow one: galaxy10 study show NAME --storage {args.storage}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print the study's trials table, its best trial and how to open the dashboards."""
+    from experiments import tuning
+
+    storage = tuning.open_storage(args.storage, must_exist=True)
+    study = tuning.load_existing_study(args.name, storage)
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
+    rows = []
+    for t in trials:
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        last_step = max(t.intermediate_values) + 1 if t.intermediate_values else None
+        rows.append([t.number, t.state.name, t.value, last_step,
+                     None if duration is None else f"{duration:.0f}s"]
+                    + [t.params.get(n) for n in names])
+    attrs = study.user_attrs
+    metric = attrs.get(tuning.ATTR_METRIC, "objective")
+    counts = tuning.state_counts(study)
+    print(f"study {study.study_name} ({args.storage}): {len(trials)} trials, "
+          + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) + f"; objective: val {metric} ({study.direction.name.lower()})")
+    if trials:
+        print(format_table(["#", "state", "value", "epochs", "time"] + names, rows))
+    best = tuning.best_trial(study)
+    if best is None:
+        print("\nbest: no COMPLETE trial yet")
+    else:
+        print(f"\nbest: trial {best.number}, val {metric} = {best.value:.4f}")
+        for k, v in best.params.items():
+            print(f"  {k} = {_fmt(v)}")
+        run_id = best.user_attrs.get(tuning.ATTR_TRIAL_RUN)
+        if run_id:
+            print(f"  MLflow run: {run_id}")
+    tracking_uri = attrs.get(tuning.ATTR_TRACKING_URI, DEFAULT_TRACKING_URI)
+    parent = attrs.get(tuning.ATTR_PARENT_RUN)
+    print("\nopen the dashboards:")
+    where = f"   # parent run {parent}, experiment id {attrs.get(tuning.ATTR_EXPERIMENT)}" if parent else ""
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"  open {tracking_uri} in a browser{where}")
+    else:
+        print(f"  mlflow ui --backend-store-uri {tracking_uri}{where}")
+    print(f"  optuna-dashboard {args.storage}")
+    return 0

@@ -1,0 +1,577 @@
+"""The Optuna search space as data: parse and validate it from YAML, suggest values for a trial.
+
+A tuning YAML's ``search_space`` section maps an Optuna parameter name to its spec::
+
+    search_space:
+      train.learning_rate: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+      train.batch_size:    {type: categorical, choices: [32, 64, 128]}
+      model.dropout:       {type: float, low: 0.0, high: 0.6, step: 0.05}
+      augment.targets:     {type: categorical, choices: {none: {}, auto: auto, weak: {}}}
+      augment.targets.disturbed: {type: float, low: 1.0, high: 4.0, when: {augment.targets: weak}}
+
+Spec keys: ``type`` (``float``, ``int``, ``categorical``); ``low``/``high`` with optional ``log``
+and ``step`` for numbers; ``choices`` (a list, or a mapping ``label: value`` whose labels Optuna
+sees) for categoricals; ``when`` (``{other_param: value or [values]}``; the parameter exists only
+in trials where every named earlier parameter took one of those values); ``target`` (the dotted
+run-config key the value is written to; defaults to the parameter name, ``null`` makes the
+parameter a switch that only ``when`` conditions read).
+
+This module is pure: it never imports Optuna. :func:`suggest` is the only place in the codebase
+that calls ``trial.suggest_*``; it works with any object offering those methods.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from pipelines.errors import ConfigError
+
+PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
+SPEC_KEYS: tuple[str, ...] = ("type", "low", "high", "step", "log", "choices", "when", "target")
+_NUMERIC_KEYS = frozenset({"type", "low", "high", "step", "log", "when", "target"})
+_CATEGORICAL_KEYS = frozenset({"type", "choices", "when", "target"})
+
+#: What Optuna accepts as a categorical choice.
+Scalar = None | bool | int | float | str
+
+
+class SuggestingTrial(Protocol):
+    """The part of ``optuna.trial.Trial`` that :func:`suggest` uses."""
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float: ...
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
+
+    def suggest_categorical(self, name: str, choices: Sequence[Scalar]) -> Scalar: ...
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched parameter.
+
+    Attributes
+    ----------
+    name : str
+        The Optuna parameter name.
+    kind : str
+        ``float``, ``int`` or ``categorical``.
+    target : str or None
+        Dotted run-config key the value is written to; ``None`` for a switch.
+    low, high, step : float or int or None
+        Numeric range (inclusive) and optional step.
+    log : bool
+        Sample on a log scale.
+    labels : tuple
+        Categorical labels Optuna chooses among (scalars).
+    values : tuple
+        The value each label stands for (same order as ``labels``).
+    when : tuple of (str, tuple)
+        Conditions: ``(param name, allowed labels)``; all must hold for the parameter to exist.
+    """
+
+    name: str
+    kind: str
+    target: str | None
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    labels: tuple[Scalar, ...] = ()
+    values: tuple[Any, ...] = ()
+    when: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An ordered collection of :class:`ParamSpec` (conditions refer only to earlier parameters)."""
+
+    params: tuple[ParamSpec, ...]
+    raw: Mapping[str, Any]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The Optuna parameter names, in order."""
+        return tuple(p.name for p in self.params)
+
+    def __getitem__(self, name: str) -> ParamSpec:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _label_for(value: Any) -> Scalar:
+    """Optuna label for a list choice: scalars stand for themselves, lists/mappings become JSON."""
+    if _is_scalar(value):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _parse_choices(where: str, choices: Any) -> tuple[tuple[Scalar, ...], tuple[Any, ...]]:
+    if isinstance(choices, Mapping):
+        labels = tuple(choices.keys())
+        values = tuple(choices.values())
+        bad = [lab for lab in labels if not _is_scalar(lab)]
+        if bad:
+            raise ConfigError(f"{where}: choice label {bad[0]!r} is not a string or number; use plain labels")
+    elif isinstance(choices, Sequence) and not isinstance(choices, str):
+        values = tuple(choices)
+        labels = tuple(_label_for(v) for v in values)
+    else:
+        raise ConfigError(
+            f"{where}: choices must be a list or a mapping label: value, got {choices!r}; "
+            "write e.g. choices: [32, 64, 128]"
+        )
+    if not labels:
+        raise ConfigError(f"{where}: choices is empty; list at least two values")
+    if len(set(map(repr, labels))) != len(labels):
+        raise ConfigError(f"{where}: choices repeat a value ({list(labels)}); list each value once")
+    return labels, values
+
+
+def _parse_numeric(where: str, kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    for key in ("low", "high"):
+        if key not in spec:
+            raise ConfigError(f"{where}: missing {key!r}; a {kind} parameter needs low and high")
+    low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
+    if kind == "int":
+        for key, value in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
+            if not (isinstance(value, int) and not isinstance(value, bool)):
+                raise ConfigError(f"{where}: {key}={value!r} is not an integer; an int parameter needs integers")
+    else:
+        for key, value in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
+            if not _is_number(value):
+                raise ConfigError(f"{where}: {key}={value!r} is not a finite number; give a number")
+        low, high = float(low), float(high)
+        step = None if step is None else float(step)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: log={log!r} is not true/false")
+    if not low < high:
+        raise ConfigError(
+            f"{where}: range low={low} high={high} is empty; make low < high "
+            "(or fix the value in the run section instead of searching it)"
+        )
+    if log and low <= 0:
+        raise ConfigError(f"{where}: log scale needs low > 0, got low={low}; raise low or drop log")
+    if log and step is not None:
+        raise ConfigError(f"{where}: step and log cannot be combined; drop one of them")
+    if step is not None and not 0 < step <= high - low:
+        raise ConfigError(f"{where}: step={step} must be > 0 and <= high - low = {high - low}; adjust step")
+    return {"low": low, "high": high, "step": step, "log": log}
+
+
+def _parse_when(where: str, when: Any, earlier: Mapping[str, ParamSpec]) -> tuple[tuple[str, tuple[Scalar, ...]], ...]:
+    if when is None:
+        return ()
+    if not isinstance(when, Mapping) or not when:
+        raise ConfigError(
+            f"{where}: when must be a mapping of an earlier parameter to its value(s), got {when!r}; "
+            "write e.g. when: {augment.policy: galaxy}"
+        )
+    out = []
+    for other, wanted in when.items():
+        if other not in earlier:
+            raise ConfigError(
+                f"{where}: when refers to {other!r}, which is not a parameter listed before it; "
+                f"use one of: {', '.join(earlier) or '(none)'}"
+            )
+        spec = earlier[other]
+        wanted_t = tuple(wanted) if isinstance(wanted, (list, tuple)) else (wanted,)
+        if not wanted_t:
+            raise ConfigError(f"{where}: when {other!r} lists no values; give at least one")
+        if spec.kind == "categorical":
+            wanted_t = tuple(_label_for(w) for w in wanted_t)
+            unknown = [w for w in wanted_t if w not in spec.labels]
+            if unknown:
+                raise ConfigError(
+                    f"{where}: when {other}={unknown[0]!r} is not one of its choices {list(spec.labels)}; "
+                    "use one of those"
+                )
+        elif not all(_is_number(w) for w in wanted_t):
+            raise ConfigError(f"{where}: when {other}={list(wanted_t)!r} must be numbers; {other} is numeric")
+        out.append((str(other), wanted_t))
+    return tuple(out)
+
+
+def parse_param(name: str, spec: Any, earlier: Mapping[str, ParamSpec]) -> ParamSpec:
+    """Validate one search-space entry and return its :class:`ParamSpec`; raise ``ConfigError``."""
+    where = f"search_space {name!r}"
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"search_space key {name!r} is not a parameter name; use a dotted config key")
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"{where}: expected a mapping like {{type: float, low: 0.1, high: 0.5}}, got {spec!r}"
+        )
+    unknown = sorted(set(map(str, spec)) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; use any of: {', '.join(SPEC_KEYS)}")
+    kind = spec.get("type")
+    if kind not in PARAM_TYPES:
+        raise ConfigError(f"{where}: type={kind!r} is unknown; use one of: {', '.join(PARAM_TYPES)}")
+    allowed = _CATEGORICAL_KEYS if kind == "categorical" else _NUMERIC_KEYS
+    misplaced = sorted(set(spec) - allowed)
+    if misplaced:
+        raise ConfigError(
+            f"{where}: key {misplaced[0]!r} does not apply to a {kind} parameter; "
+            f"use any of: {', '.join(k for k in SPEC_KEYS if k in allowed)}"
+        )
+    target = spec.get("target", name)
+    if target is not None and (not isinstance(target, str) or not target):
+        raise ConfigError(f"{where}: target={target!r} must be a dotted config key or null")
+    when = _parse_when(where, spec.get("when"), earlier)
+    if kind == "categorical":
+        if "choices" not in spec:
+            raise ConfigError(f"{where}: missing 'choices'; a categorical parameter needs choices")
+        labels, values = _parse_choices(where, spec["choices"])
+        return ParamSpec(name=name, kind=kind, target=target, labels=labels, values=values, when=when)
+    return ParamSpec(name=name, kind=kind, target=target, when=when, **_parse_numeric(where, kind, spec))
+
+
+def parse_search_space(raw: Any) -> SearchSpace:
+    """Validate the ``search_space`` mapping of a tuning YAML and return a :class:`SearchSpace`.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the bad parameter and key: unknown spec keys, unknown types, empty or
+        invalid ranges, empty choices, conditions on unknown parameters or values.
+    """
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(
+            "search_space must be a non-empty mapping of parameter name to spec; "
+            "add e.g. train.learning_rate: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}"
+        )
+    parsed: dict[str, ParamSpec] = {}
+    for name, spec in raw.items():
+        parsed[str(name)] = parse_param(str(name), spec, parsed)
+    return SearchSpace(params=tuple(parsed.values()), raw=dict(raw))
+
+
+def space_hash(space: SearchSpace) -> str:
+    """A stable short hash of the search space (a study keeps one space for its whole life)."""
+    canonical = json.dumps(_str_keys(space.raw), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _str_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _str_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_str_keys(v) for v in value]
+    return value
+
+
+def is_active(spec: ParamSpec, chosen: Mapping[str, Scalar]) -> bool:
+    """True when every ``when`` condition of ``spec`` holds for the labels ``chosen`` so far."""
+    return all(other in chosen and chosen[other] in wanted for other, wanted in spec.when)
+
+
+def suggest(trial: SuggestingTrial, space: SearchSpace) -> dict[str, Scalar]:
+    """Ask ``trial`` for a value of every active parameter; return ``{param name: label or number}``.
+
+    The only place in the codebase that calls ``trial.suggest_*``.
+    """
+    chosen: dict[str, Scalar] = {}
+    for p in space.params:
+        if not is_active(p, chosen):
+            continue
+        if p.kind == "float":
+            chosen[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+        elif p.kind == "int":
+            chosen[p.name] = trial.suggest_int(p.name, p.low, p.high, step=p.step or 1, log=p.log)
+        else:
+            chosen[p.name] = trial.suggest_categorical(p.name, list(p.labels))
+    return chosen
+
+
+def assignments(space: SearchSpace, params: Mapping[str, Scalar]) -> dict[str, Any]:
+    """Turn suggested parameters into ``{dotted config key: value}``, in search-space order.
+
+    Categorical labels become the values they stand for; switches (``target: null``) and inactive
+    parameters are left out. A key below another assigned key (``augment.targets.disturbed`` under
+    ``augment.targets``) is merged into that key's mapping, so the result never assigns a key twice.
+    """
+    flat: dict[str, Any] = {}
+    for p in space.params:
+        if p.name not in params or p.target is None:
+            continue
+        label = params[p.name]
+        if p.kind == "categorical":
+            if label not in p.labels:
+                raise ConfigError(
+                    f"search_space {p.name!r}: value {label!r} is not one of its choices {list(p.labels)}; "
+                    "the study was probably made with another search space"
+                )
+            value = p.values[p.labels.index(label)]
+        else:
+            value = label
+        flat[p.target] = _copy(value)
+    merged: dict[str, Any] = {}
+    for key in sorted(flat, key=lambda k: k.count(".")):
+        parent = next((k for k in merged if key.startswith(k + ".")), None)
+        if parent is None:
+            merged[key] = flat[key]
+            continue
+        node = merged[parent]
+        if not isinstance(node, dict):
+            if node is None:  # e.g. targets: null stands for "no targets" -> start an empty mapping
+                node = merged[parent] = {}
+            else:
+                # The parent took a non-mapping value (e.g. "auto"); the child does not apply.
+                continue
+        parts = key[len(parent) + 1:].split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = flat[key]
+    return {k: merged[k] for k in flat if k in merged}
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value
+
+
+def yaml_scalar(value: Any) -> str:
+    """Render ``value`` as a YAML flow literal that parses back to the same value and type.
+
+    PyYAML reads ``1e-05`` as a string, so floats always carry a decimal point (``1.0e-05``).
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+        text = repr(value)
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            if "." not in mantissa:
+                mantissa += ".0"
+            sign = exponent[0] if exponent[0] in "+-" else "+"
+            text = f"{mantissa}e{sign}{exponent.lstrip('+-')}"
+        return text
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {yaml_scalar(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_scalar(v) for v in value) + "]"
+    raise ConfigError(f"search value {value!r} of type {type(value).__name__} cannot be written to a config")
+
+
+def to_overrides(space: SearchSpace, params: Mapping[str, Scalar]) -> list[str]:
+    """``["model.dropout=0.3", ...]``: the suggested parameters as ``--set`` style dotted overrides."""
+    return [f"{key}={yaml_scalar(value)}" for key, value in assignments(space, params).items()]
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole tuning YAML: base run config + study settings + search space.
+
+#: Objective metrics (scored on the validation split) and the per-epoch metric name pruning reads.
+METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
+
+#: Samplers and the keyword arguments each accepts from the YAML.
+SAMPLER_ARGS: dict[str, tuple[str, ...]] = {
+    "tpe": ("seed", "n_startup_trials", "multivariate", "group", "constant_liar", "n_ei_candidates"),
+    "random": ("seed",),
+    "cmaes": ("seed", "n_startup_trials", "sigma0", "restart_strategy", "popsize", "with_margin"),
+    "qmc": ("seed", "qmc_type", "scramble"),
+}
+
+#: Pruners and the keyword arguments each accepts from the YAML.
+PRUNER_ARGS: dict[str, tuple[str, ...]] = {
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
+    "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps"),
+    "none": (),
+}
+
+STUDY_KEYS: tuple[str, ...] = (
+    "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
+    "heartbeat_interval", "grace_period", "retry_stale", "register_model", "model_alias",
+)
+TUNE_KEYS: tuple[str, ...] = ("base", "run", "study", "search_space")
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Which Optuna sampler to use and its keyword arguments (seeded TPE by default)."""
+
+    name: str = "tpe"
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: {"seed": 0, "multivariate": True})
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Which Optuna pruner to use and its keyword arguments (median by default)."""
+
+    name: str = "median"
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: {"n_startup_trials": 3, "n_warmup_steps": 1})
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Study settings from the YAML ``study`` section (CLI flags override some of them).
+
+    ``n_trials`` counts COMPLETE + PRUNED trials over the study's whole life (re-running continues
+    until it is reached); ``timeout`` is wall seconds for one command; ``heartbeat_interval`` and
+    ``grace_period`` (seconds) decide when a RUNNING trial whose worker died is failed;
+    ``retry_stale`` is how many times such a trial's parameters are queued again.
+    """
+
+    name: str
+    metric: str = "accuracy"
+    n_trials: int = 20
+    timeout: float | None = None
+    workers: int = 1
+    storage: str = DEFAULT_STORAGE
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    heartbeat_interval: int = 20
+    grace_period: int = 60
+    retry_stale: int = 1
+    register_model: bool = True
+    model_alias: str = "champion"
+
+    @property
+    def direction(self) -> str:
+        """All objective metrics are maximised."""
+        return "maximize"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """A parsed tuning YAML: the base run config (raw mapping), study settings and search space."""
+
+    base: str | None
+    run: Mapping[str, Any]
+    study: StudyConfig
+    space: SearchSpace
+    source: str | None = None
+
+
+def _check_keys(where: str, mapping: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    unknown = sorted(set(map(str, mapping)) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; use any of: {', '.join(allowed)}")
+
+
+def _positive_int(where: str, value: Any, *, allow_zero: bool = False) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"{where}={value!r} must be an integer {'>= 0' if allow_zero else '> 0'}")
+    return int(value)
+
+
+def _named_kwargs(where: str, raw: Any, table: Mapping[str, tuple[str, ...]], default: Any) -> tuple[str, dict]:
+    if raw is None:
+        return default.name, dict(default.kwargs)
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a name or a mapping with 'name'; got {raw!r}")
+    name = raw.get("name", default.name)
+    if name not in table:
+        raise ConfigError(f"{where}.name={name!r} is unknown; use one of: {', '.join(table)}")
+    kwargs = {str(k): v for k, v in raw.items() if k != "name"}
+    _check_keys(f"{where} ({name})", kwargs, table[name])
+    return name, kwargs
+
+
+def parse_study(raw: Any, default_name: str) -> StudyConfig:
+    """Validate the ``study`` section; raise ``ConfigError`` naming the bad key."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"study must be a mapping of settings, got {raw!r}")
+    _check_keys("study", raw, STUDY_KEYS)
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\\n"):
+        raise ConfigError(f"study.name={name!r} must be a non-empty name without slashes")
+    metric = raw.get("metric", "accuracy")
+    if metric not in METRICS:
+        raise ConfigError(f"study.metric={metric!r} is unknown; use one of: {', '.join(METRICS)}")
+    timeout = raw.get("timeout")
+    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+        raise ConfigError(f"study.timeout={timeout!r} must be a positive number of seconds or null")
+    storage = raw.get("storage", DEFAULT_STORAGE)
+    if not isinstance(storage, str) or "://" not in storage:
+        raise ConfigError(f"study.storage={storage!r} is not a database URL; use e.g. {DEFAULT_STORAGE}")
+    s_name, s_kwargs = _named_kwargs("study.sampler", raw.get("sampler"), SAMPLER_ARGS, SamplerConfig())
+    p_name, p_kwargs = _named_kwargs("study.pruner", raw.get("pruner"), PRUNER_ARGS, PrunerConfig())
+    interval = _positive_int("study.heartbeat_interval", raw.get("heartbeat_interval", 20))
+    grace = _positive_int("study.grace_period", raw.get("grace_period", 3 * interval))
+    if grace <= interval:
+        raise ConfigError(
+            f"study.grace_period={grace} must exceed study.heartbeat_interval={interval} "
+            "(a live worker would look dead); make it at least twice the interval"
+        )
+    register = raw.get("register_model", True)
+    if not isinstance(register, bool):
+        raise ConfigError(f"study.register_model={register!r} must be true or false")
+    alias = raw.get("model_alias", "champion")
+    if not isinstance(alias, str) or not alias.isidentifier():
+        raise ConfigError(f"study.model_alias={alias!r} must be a simple name like champion")
+    return StudyConfig(
+        name=name.strip(), metric=metric,
+        n_trials=_positive_int("study.n_trials", raw.get("n_trials", 20)),
+        timeout=None if timeout is None else float(timeout),
+        workers=_positive_int("study.workers", raw.get("workers", 1)),
+        storage=storage,
+        sampler=SamplerConfig(s_name, s_kwargs), pruner=PrunerConfig(p_name, p_kwargs),
+        heartbeat_interval=interval, grace_period=grace,
+        retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
+        register_model=register, model_alias=alias,
+    )
+
+
+def parse_tune_config(raw: Any, *, default_name: str = "galaxy10-study", source: str | None = None) -> TuneConfig:
+    """Validate a whole tuning mapping (``base``, ``run``, ``study``, ``search_space``)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a tuning config must be a mapping with {', '.join(TUNE_KEYS)}; got {type(raw).__name__}")
+    _check_keys("tuning config", raw, TUNE_KEYS)
+    base = raw.get("base")
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"base={base!r} must be the path of a run config YAML or null")
+    run = raw.get("run") or {}
+    if not isinstance(run, Mapping):
+        raise ConfigError(f"run must be a mapping of run-config settings, got {run!r}")
+    return TuneConfig(base=base, run=dict(run), study=parse_study(raw.get("study"), default_name),
+                      space=parse_search_space(raw.get("search_space")), source=source)
+
+
+def load_tune_config(path: str | Path) -> TuneConfig:
+    """Read and validate a tuning YAML; the study name defaults to the file's stem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"tuning config {p} not found; pass an existing YAML, e.g. experiments/configs/tune_quick.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"tuning config {p} is not valid YAML ({first}); fix the syntax") from None
+    return parse_tune_config(raw, default_name=p.stem, source=str(p))
