@@ -1,0 +1,119 @@
+"""experiments.tuning storage and study handling: bad URLs, search-space hash, stale trials, study CLI."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from experiments import tuning
+from experiments.cli import main as cli_main
+from experiments.search_space import parse_tune_config
+from pipelines.errors import ConfigError
+
+SPACE = {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}
+
+
+def _tune(name: str = "s", storage: str = "sqlite:///optuna.db", space=None, **study) -> object:
+    return parse_tune_config({"study": {"name": name, "storage": storage, **study},
+                              "search_space": space or SPACE})
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("sqlite:////no/such/folder/optuna.db",
+     "cannot open the Optuna storage 'sqlite:////no/such/folder/optuna.db': folder /no/such/folder does not exist; "
+     "create it or point --storage at an existing folder"),
+    ("sqlite://", "storage 'sqlite://' is an in-memory SQLite database that worker processes cannot share and that "
+                  "is lost on exit; use a file, e.g. sqlite:///optuna.db"),
+    ("nosuchdb://user@localhost/x",
+     "cannot open the Optuna storage 'nosuchdb://user@localhost/x' (Can't load plugin: sqlalchemy.dialects:nosuchdb); "
+     "check the URL and that the database is reachable, or use sqlite:///optuna.db"),
+])
+def test_unreachable_storage_is_one_clear_line(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        tuning.open_storage(url)
+    assert str(err.value) == message
+
+
+def test_missing_driver_is_one_clear_line() -> None:
+    try:
+        import MySQLdb  # noqa: F401
+        pytest.skip("the MySQL driver is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError) as err:
+        tuning.open_storage("mysql://u@127.0.0.1:9/x")
+    assert str(err.value).startswith("cannot open the Optuna storage 'mysql://u@127.0.0.1:9/x' (")
+    assert str(err.value).endswith("; check the URL and that the database is reachable, or use sqlite:///optuna.db")
+
+
+def test_sqlite_storage_uses_wal(tmp_path: Path) -> None:
+    tuning.open_storage("sqlite:///optuna.db")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "optuna.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_existing_study_with_other_space_is_refused() -> None:
+    storage = tuning.open_storage("sqlite:///optuna.db")
+    first = tuning.open_study(_tune(), storage)
+    want = tuning.space_hash(_tune().space)
+    assert first.user_attrs["search_space_hash"] == want
+    again = tuning.open_study(_tune(), storage)  # same space: continues the same study
+    assert again._study_id == first._study_id
+    other = _tune(space={"model.dropout": {"type": "float", "low": 0.0, "high": 0.6}})
+    with pytest.raises(ConfigError) as err:
+        tuning.open_study(other, storage)
+    got = tuning.space_hash(other.space)
+    assert str(err.value) == (
+        f"study 's' in sqlite:///optuna.db was created with a different search space (hash {want} vs {got}); "
+        "pass a new --study name or restore the original search_space"
+    )
+    with pytest.raises(ConfigError) as err:
+        tuning.open_study(_tune(metric="macro_f1"), storage)
+    assert str(err.value) == "study 's' optimises 'accuracy', not 'macro_f1'; pass a new --study name or set study.metric back"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_stale_running_trial_is_failed() -> None:
+    handled = []
+    storage = tuning.open_storage("sqlite:///optuna.db", heartbeat_interval=1, grace_period=2,
+                                  on_stale=lambda study, trial: handled.append(trial.number))
+    study = tuning.open_study(_tune(), storage)
+    trial = study.ask()
+    trial.suggest_float("model.dropout", 0.0, 0.5)
+    storage.record_heartbeat(trial._trial_id)  # a worker that beat once, then died
+    assert tuning.fail_stale_trials(study) == []  # still within the grace period
+    time.sleep(3.2)
+    assert tuning.fail_stale_trials(study) == [trial.number]
+    assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
+    assert handled == [trial.number]
+
+
+def test_study_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    storage = tuning.open_storage("sqlite:///optuna.db")
+    study = tuning.open_study(_tune(name="demo"), storage)
+    for value in (0.5, 0.7):
+        t = study.ask()
+        t.suggest_float("model.dropout", 0.0, 0.5)
+        study.tell(t, value)
+    t = study.ask()
+    t.suggest_float("model.dropout", 0.0, 0.5)
+    t.report(0.1, 0)
+    study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    assert cli_main(["study", "list"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("demo "))
+    assert line.split()[:6] == ["demo", "3", "2", "1", "0", "0"]
+    assert "0.7" in line
+    assert cli_main(["study", "show", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "3 trials, 2 complete, 1 pruned" in out
+    assert "best: trial 1, val accuracy = 0.7000" in out
+    assert "optuna-dashboard sqlite:///optuna.db" in out
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in out
+    assert cli_main(["study", "show", "nope"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "galaxy10: error: study 'nope' not found in sqlite:///optuna.db; known studies: demo")
