@@ -54,6 +54,7 @@ class DatasetInfo:
     attrs: dict
     class_counts: tuple[int, ...]
     class_names: tuple[str, ...] = CLASS_NAMES
+    optional_arrays: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -143,7 +144,7 @@ def _open(path: Path) -> h5py.File:
                 f"or copy was cut short; {_FETCH}"
             ) from None
         detail = text.splitlines()[0] if text else type(err).__name__
-        raise DataError(f"{path} is a corrupt HDF5 file (h5py: {detail}); {_FETCH}") from None
+        raise DataError(f"{path} is a corrupt or truncated HDF5 file (h5py: {detail}); {_FETCH}") from None
 
 
 def _check_schema(path: Path, f: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset]:
@@ -225,6 +226,7 @@ def _validate_open(path: Path, f: h5py.File) -> tuple[DatasetInfo, np.ndarray]:
         attrs=attrs,
         class_counts=tuple(int(c) for c in counts),
         class_names=class_names,
+        optional_arrays=tuple(k for k in OPTIONAL_KEYS if k in f),
     )
     return info, labels
 
