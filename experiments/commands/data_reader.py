@@ -87,9 +87,9 @@ def _provenance_line(doc: dict[str, Any]) -> str:
         return f"SYNTHETIC (generator {gen_text}, seed {seed}): not real Galaxy10 DECaLS images"
     if prov == "official":
         return "official Galaxy10 DECaLS release (SHA-256 matches Zenodo record 10845026)"
-    source = attrs.get("source")
-    extra = f", source={source}" if source else ""
-    return f"modified: Galaxy10 schema but not the official release{extra}"
+    if attrs.get("source") == "import":
+        return f"modified: imported by `galaxy10 data import` from {attrs.get('source_folder', '?')}"
+    return "modified: Galaxy10 schema but not the official release"
 
 
 def format_info(doc: dict[str, Any]) -> str:
