@@ -40,7 +40,8 @@ def test_resize_is_antialiased_not_subsampled() -> None:
 def test_resize_matches_pillow_box_filter() -> None:
     images = _random_images(4, 256)
     ours = resize_images(images, 128).astype(int)
-    pillow = np.stack([np.asarray(Image.fromarray(im).resize((128, 128), Image.Resampling.BOX)) for im in images])
+    pillow = np.stack([np.asarray(Image.fromarray(im).resize((128, 128), Image.Resampling.BOX))
+                       for im in images])
     assert np.abs(ours - pillow).max() <= 1
 
 
@@ -90,7 +91,8 @@ def test_prepare_images_is_resize_then_crop_for_square_input() -> None:
 
 def test_prepare_images_accepts_mixed_sizes_and_shapes() -> None:
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(424, 424, 3), (256, 300, 3), (90, 90, 3)]]
+    shapes = [(424, 424, 3), (256, 300, 3), (90, 90, 3)]
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
     out = prepare_images(images, 128, 88)
     assert out.shape == (3, 88, 88, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[1], prepare_images([images[1][:, 22:278]], 128, 88)[0])
@@ -157,7 +159,8 @@ def test_load_resized_without_crop_and_other_size_are_separate_entries(tiny_h5: 
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
 
 
-def test_changed_file_gets_a_new_cache_entry(tiny_h5: Path, counted_resize: list[int], tmp_path: Path) -> None:
+def test_changed_file_gets_a_new_cache_entry(tiny_h5: Path, counted_resize: list[int],
+                                             tmp_path: Path) -> None:
     before = np.array(load_resized(tiny_h5, size=32))
     with h5py.File(tiny_h5, "a") as f:
         f["images"][0] = 255 - f["images"][0]
@@ -187,7 +190,8 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tiny_h5: Path, counted_resize: 
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
-def test_failed_build_leaves_no_cache_file(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_failed_build_leaves_no_cache_file(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
     def boom(images: np.ndarray, size: int = 128) -> np.ndarray:
         raise KeyboardInterrupt
 

@@ -60,7 +60,8 @@ def _with_duplicates(n: int, n_pairs: int, n_triples: int, seed: int = 0) -> np.
 
 def test_groups_join_equal_images_and_close_positions_transitively() -> None:
     keys = np.array([b"a", b"b", b"a", b"c", b"d", b"e", b"f", b"g"], dtype="S1")
-    ra = np.array([10.0, 20.0, 30.0, 40.0, 40.0 + 0.6 * ARCSEC, 40.0 + 1.2 * ARCSEC, 50.0, 50.0 + 1.5 * ARCSEC])
+    ra = np.array([10.0, 20.0, 30.0, 40.0, 40.0 + 0.6 * ARCSEC, 40.0 + 1.2 * ARCSEC,
+                   50.0, 50.0 + 1.5 * ARCSEC])
     dec = np.zeros(8)
     groups, n_multi = groups_from_keys(keys, ra, dec)
     assert groups[0] == groups[2] != groups[1]  # same pixels, far apart on the sky
@@ -132,7 +133,8 @@ def test_assignment_is_reproducible_and_seed_dependent() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(5, 300), st.integers(0, 2**31 - 1), st.floats(0.05, 0.5), st.floats(0.0, 0.5))
-def test_assignment_partitions_any_input(n: int, seed: int, test_fraction: float, val_fraction: float) -> None:
+def test_assignment_partitions_any_input(n: int, seed: int, test_fraction: float,
+                                         val_fraction: float) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
     groups = rng.integers(0, max(1, n - n // 4), n)  # about a quarter of entries share a group
@@ -221,7 +223,8 @@ def _corrupt(doc: dict, how: str) -> str:
     return json.dumps(doc)
 
 
-@pytest.mark.parametrize("how", ["not json", "list", "missing seed", "index out of range", "overlap", "strings"])
+@pytest.mark.parametrize("how", ["not json", "list", "missing seed", "index out of range", "overlap",
+                                 "strings"])
 def test_malformed_split_file_is_one_line_data_error(tiny_h5: Path, how: str) -> None:
     ensure_split(tiny_h5)
     path = split_path_for(tiny_h5)
@@ -240,7 +243,8 @@ def test_missing_data_file_is_data_error(tmp_path: Path) -> None:
 
 # --- CLI -----------------------------------------------------------------------------------------
 
-def test_data_split_cli_prints_sizes_counts_and_synthetic(tiny_h5: Path, capsys: pytest.CaptureFixture) -> None:
+def test_data_split_cli_prints_sizes_counts_and_synthetic(tiny_h5: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
     assert _run_cli(["split", str(tiny_h5), "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out
