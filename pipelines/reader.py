@@ -301,13 +301,20 @@ class Galaxy10File:
         return idx
 
     def _read_sorted_unique(self, rows: np.ndarray) -> np.ndarray:
-        """Read strictly increasing ``rows``: one slice read when they are dense, else a point list."""
+        """Read strictly increasing ``rows``: one slice when dense, else one slice per consecutive run.
+
+        (h5py's point-list indexing, ``ds[rows]``, is ~50x slower than slices for scattered rows.)
+        """
         ds = self._f["images"]
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         if hi - lo <= 2 * len(rows):
             block = ds[lo:hi]
             return block if hi - lo == len(rows) else block[rows - lo]
-        return ds[rows]
+        out = np.empty((len(rows), *ds.shape[1:]), dtype=ds.dtype)
+        starts = np.flatnonzero(np.diff(rows) != 1) + 1
+        for a, b in zip(np.r_[0, starts], np.r_[starts, len(rows)]):
+            ds.read_direct(out, np.s_[int(rows[a]):int(rows[b - 1]) + 1], np.s_[int(a):int(b)])
+        return out
 
     def images(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Images as uint8 ``(len(indices), H, W, 3)`` in the requested order (all when None).

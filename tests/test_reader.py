@@ -251,7 +251,7 @@ def test_images_in_requested_order_with_repeats(tiny_h5: Path, monkeypatch: pyte
         everything = g10.images()
         assert everything.shape == (200, 64, 64, 3) and everything.dtype == np.uint8
         for idx in ([5, 1, 3, 3, 199, 0], rng.integers(0, 200, 300), np.arange(50, 10, -1),
-                    rng.choice(200, 20, replace=False)):
+                    rng.choice(200, 20, replace=False), [150, 5, 6, 7, 151, 190, 8]):
             np.testing.assert_array_equal(g10.images(idx), everything[np.asarray(idx)])
         assert g10.images([]).shape == (0, 64, 64, 3)
         with pytest.raises(IndexError):
