@@ -1,0 +1,429 @@
+"""Run configuration as data: frozen dataclasses loaded from YAML and validated on load.
+
+A YAML file holds only what differs from the defaults (the defaults are the reference project's
+recipe: its CNN, its augmentation, Adam 1e-3, 50 epochs). ``--set section.key=value`` overrides
+are applied on top; values are parsed as YAML (``--set train.epochs=3``,
+``--set augment.targets={disturbed: 3}``, ``--set augment.targets.cigar=2.5``). Every unknown key,
+wrong type or bad value raises :class:`~pipelines.errors.ConfigError` naming the dotted key and what
+is allowed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import ConfigError
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
+CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+PRECISIONS: tuple[str, ...] = ("float32", "mixed_bfloat16")
+ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "swish", "leaky_relu")
+MONITORS: tuple[str, ...] = ("val_loss", "val_accuracy")
+POLICIES: tuple[str, ...] = ("none", "reference", "galaxy")
+AUTO_TARGETS = "auto"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data file, the image geometry and the split.
+
+    ``path`` null resolves to ``data/Galaxy10_DECals.h5`` if present, else the synthetic default.
+    Images are resized to ``size`` px (cached), augmented, then centre-cropped to ``crop`` px.
+    ``max_images`` keeps only the first N images of the file (smoke runs); null keeps all.
+    """
+
+    path: str | None = None
+    size: int = 128
+    crop: int = 88
+    split_seed: int = 42
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1
+    max_images: int | None = None
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation policy and strengths, class targeting and test-time augmentation.
+
+    ``targets``: null (no targeting), ``{class slug: multiplier}``, or ``auto`` with
+    ``auto_from_run`` (an MLflow run id whose per-class validation recall sets the multipliers,
+    capped at ``max_multiplier``).
+    """
+
+    policy: str = "reference"
+    strengths: Mapping[str, Any] = field(default_factory=dict)
+    targets: Mapping[str, float] | str | None = None
+    auto_from_run: str | None = None
+    max_multiplier: float = 4.0
+    tta: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The CNN: one ``Conv2D -> MaxPool`` block per entry of ``filters``, then the dense head."""
+
+    filters: tuple[int, ...] = (32, 32, 64, 64)
+    kernel_size: int = 3
+    batch_norm: bool = False
+    dropout: float = 0.5
+    dense_units: int = 256
+    l2: float = 0.0
+    global_pooling: bool = False
+    activation: str = "relu"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: epochs, batch, optimizer and schedule, loss options, precision, early stopping.
+
+    ``patience`` null disables early stopping (the best-on-``monitor`` weights are still restored).
+    ``schedule: step`` multiplies the learning rate by ``step_factor`` every ``step_epochs`` epochs.
+    """
+
+    epochs: int = 50
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "constant"
+    step_epochs: int = 10
+    step_factor: float = 0.5
+    label_smoothing: float = 0.0
+    class_weights: str = "none"
+    precision: str = "float32"
+    patience: int | None = 10
+    monitor: str = "val_loss"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: the four sections plus the MLflow experiment and run names."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment_name: str = "galaxy10"
+    run_name: str | None = None
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "train": TrainConfig,
+}
+
+#: Allowed values of string fields (dotted key -> choices).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "augment.policy": POLICIES,
+    "model.activation": ACTIVATIONS,
+    "train.optimizer": OPTIMIZERS,
+    "train.schedule": SCHEDULES,
+    "train.class_weights": CLASS_WEIGHTS,
+    "train.precision": PRECISIONS,
+    "train.monitor": MONITORS,
+}
+
+#: Inclusive numeric ranges (dotted key -> (low, high)); ``None`` is unbounded.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "data.size": (8, 1024),
+    "data.crop": (8, 1024),
+    "data.split_seed": (0, None),
+    "data.test_fraction": (0.01, 0.5),
+    "data.val_fraction": (0.01, 0.5),
+    "data.max_images": (20, None),
+    "augment.max_multiplier": (1.0, 100.0),
+    "model.filters": (1, 4096),
+    "model.kernel_size": (1, 15),
+    "model.dropout": (0.0, 0.95),
+    "model.dense_units": (1, 65536),
+    "model.l2": (0.0, 1.0),
+    "train.epochs": (1, 10000),
+    "train.batch_size": (1, 8192),
+    "train.learning_rate": (1e-7, 10.0),
+    "train.weight_decay": (0.0, 1.0),
+    "train.momentum": (0.0, 0.999),
+    "train.step_epochs": (1, 10000),
+    "train.step_factor": (1e-3, 1.0),
+    "train.label_smoothing": (0.0, 0.5),
+    "train.patience": (1, 10000),
+    "train.seed": (0, 2**31 - 1),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of one value against a field's type annotation
+# --------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin in (tuple, Sequence):
+        return "a list of integers"
+    if origin is Mapping:
+        return "a mapping of name: number"
+    return str(tp)
+
+
+def _check_range(key: str, value: float) -> None:
+    lo, hi = RANGES.get(key, (None, None))
+    if not math.isfinite(float(value)) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        low = "-inf" if lo is None else lo
+        high = "inf" if hi is None else hi
+        raise ConfigError(f"config key {key}={value!r} is out of range; use a value in [{low}, {high}]")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` checked against the annotation ``tp`` (and CHOICES/RANGES for ``key``)."""
+    if tp is Any:  # checked by its consumer (e.g. augment strengths by augment.policies)
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in non_none:
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(err)
+        if len(non_none) == 1:
+            raise errors[0]
+        allowed = " or ".join(_type_name(a) for a in non_none) + (" or null" if type(None) in args else "")
+        raise ConfigError(f"config key {key}={value!r} has the wrong type; give {allowed}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key}={value!r} has the wrong type; give true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key}={value!r} has the wrong type; give an integer")
+        _check_range(key, value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key}={value!r} has the wrong type; give a number")
+        _check_range(key, float(value))
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key}={value!r} has the wrong type; give a string")
+        choices = CHOICES.get(key)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"config key {key}={value!r} is not allowed; use one of: {', '.join(choices)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"config key {key}={value!r} has the wrong type; give a non-empty list of integers")
+        return tuple(_coerce(key, v, args[0]) for v in value)
+    if origin is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {key}={value!r} has the wrong type; give a mapping of name: number")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise ConfigError(f"config key {key} has a bad name {k!r}; names are strings")
+            out[str(k)] = _coerce(f"{key}.{k}", v, args[1])
+        return out
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not user input
+
+
+def _section_from_dict(name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config section {name} must be a mapping of settings, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(str(k) for k in raw if k not in names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {name}.{unknown[0]}; allowed keys in {name}: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _check_cross(cfg: RunConfig) -> RunConfig:
+    """Checks that involve more than one key."""
+    d, a = cfg.data, cfg.augment
+    if d.crop > d.size:
+        raise ConfigError(f"config key data.crop={d.crop} exceeds data.size={d.size}; use a crop <= size")
+    if d.test_fraction + d.val_fraction >= 0.9:
+        raise ConfigError("config keys data.test_fraction + data.val_fraction must stay below 0.9; shrink them")
+    n_pools = len(cfg.model.filters)
+    if d.crop // (2 ** n_pools) < 1:
+        raise ConfigError(
+            f"config key model.filters has {n_pools} pooling blocks, too many for data.crop={d.crop}; "
+            f"use at most {max(1, int(math.log2(d.crop)))} entries or a larger crop"
+        )
+    if isinstance(a.targets, str):
+        if a.targets != AUTO_TARGETS:
+            raise ConfigError(
+                f"config key augment.targets={a.targets!r} is not allowed; use null, 'auto' or a mapping "
+                "like {disturbed: 3, cigar: 3}"
+            )
+        if not a.auto_from_run:
+            raise ConfigError(
+                "config key augment.targets=auto needs augment.auto_from_run (the MLflow run id whose "
+                "validation recall sets the multipliers); set it or give explicit targets"
+            )
+    elif a.auto_from_run:
+        raise ConfigError("config key augment.auto_from_run is only used with augment.targets=auto; "
+                          "remove it or set targets: auto")
+    if isinstance(a.targets, Mapping):
+        from augment.targeting import multipliers_from_targets
+
+        multipliers_from_targets(a.targets)  # raises ConfigError naming the bad class or multiplier
+    from augment.policies import policy_params
+
+    policy_params(a.policy, **dict(a.strengths))  # raises ConfigError naming the bad strength
+    if not cfg.experiment_name.strip():
+        raise ConfigError("config key experiment_name is empty; give an MLflow experiment name")
+    return cfg
+
+
+def from_dict(raw: Mapping[str, Any] | None) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a nested mapping (missing keys take defaults)."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a run config must be a mapping of sections, got {type(raw).__name__}")
+    allowed = [*SECTIONS, "experiment_name", "run_name"]
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]}; allowed top-level keys: {', '.join(allowed)}")
+    sections = {name: _section_from_dict(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
+    hints = typing.get_type_hints(RunConfig)
+    extra = {k: _coerce(k, raw[k], hints[k]) for k in ("experiment_name", "run_name") if k in raw}
+    return _check_cross(RunConfig(**sections, **extra))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Nested plain dict (lists, dicts, scalars) with every key; ``from_dict(to_dict(c)) == c``."""
+    out: dict[str, Any] = {}
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        out[name] = {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+    out["experiment_name"] = cfg.experiment_name
+    out["run_name"] = cfg.run_name
+    return out
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The fully resolved config as YAML text (loads back to the same config)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def flatten(cfg: RunConfig) -> dict[str, str]:
+    """``{dotted key: string value}`` for MLflow params; mappings expand one key per entry."""
+    out: dict[str, str] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            if not value:
+                out[key] = "{}"
+            for k, v in value.items():
+                put(f"{key}.{k}", v)
+        elif isinstance(value, (list, tuple)):
+            out[key] = json.dumps(list(value))
+        elif value is None:
+            out[key] = "null"
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        else:
+            out[key] = str(value)
+
+    for key, value in to_dict(cfg).items():
+        put(key, value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: YAML file + dotted overrides
+# --------------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``section.key=value`` into the dotted key and the YAML-parsed value."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not KEY=VALUE; write e.g. --set train.epochs=3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r} has a value that is not valid YAML; quote strings, "
+                          "write mappings as {a: 1}") from None
+    return key, parsed
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` override written into it."""
+    out = copy.deepcopy(dict(raw))
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if not isinstance(child, dict):
+                if child is not None and not (i >= 1 and isinstance(child, str)):
+                    raise ConfigError(f"override {text!r}: {'.'.join(parts[:i + 1])} is not a section; "
+                                      "set it as a whole instead")
+                child = node[part] = {}  # e.g. targets: auto/null -> a fresh mapping
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a run-config YAML file as a mapping (an empty file is an empty mapping)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; pass an existing YAML, e.g. experiments/configs/smoke.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"config file {p} is not valid YAML ({first}); fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {p} must hold a mapping of sections (data, augment, model, train)")
+    return dict(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load ``path`` (or the defaults when None), apply ``--set`` overrides and validate.
+
+    Raises
+    ------
+    ConfigError
+        Naming the dotted key for unknown keys, wrong types and bad values.
+    """
+    raw = read_yaml(path) if path is not None else {}
+    return from_dict(apply_overrides(raw, list(overrides)))

@@ -1,0 +1,107 @@
+"""Classification metrics from labels and predicted probabilities (pure numpy / scikit-learn).
+
+Metric names are flat strings so they can be logged as they are: ``accuracy``, ``balanced_accuracy``,
+``macro_f1``, ``log_loss``, ``recall_<slug>``, ``precision_<slug>`` (a caller adds a ``val_`` or
+``test_`` prefix with :func:`prefixed`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from pipelines.classes import CLASS_SLUGS, NUM_CLASSES
+from pipelines.errors import DataError
+
+SCALAR_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
+
+
+def _check(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[0] == 0:
+        raise DataError(f"probabilities must be (n_images, n_classes) with n_images={len(y)} > 0, got {p.shape}")
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise DataError(f"labels must lie in 0..{p.shape[1] - 1}, found {y.min()}..{y.max()}")
+    if not np.all(np.isfinite(p)):
+        raise DataError("probabilities contain NaN or inf; the model diverged (lower the learning rate)")
+    return y.astype(np.int64), p
+
+
+def classification_metrics(y_true: Any, probs: Any,
+                           class_slugs: Sequence[str] = CLASS_SLUGS) -> dict[str, Any]:
+    """Score probabilities ``(N, C)`` against integer labels ``(N,)``.
+
+    Returns
+    -------
+    dict
+        Floats ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present),
+        ``macro_f1`` (over all ``C`` classes), ``log_loss`` (probabilities clipped to 1e-7),
+        ``recall_<slug>`` / ``precision_<slug>`` (0 where a class has no true / predicted images)
+        and ``confusion`` (``(C, C)`` ndarray, rows = true class normalised to sum 1, zero rows
+        for absent classes) plus ``confusion_counts`` (int).
+    """
+    y, p = _check(y_true, probs)
+    n_classes = p.shape[1]
+    if len(class_slugs) != n_classes:
+        raise DataError(f"{len(class_slugs)} class names for {n_classes} probability columns")
+    labels = np.arange(n_classes)
+    pred = p.argmax(axis=1)
+    counts = skm.confusion_matrix(y, pred, labels=labels)
+    support = counts.sum(axis=1)
+    predicted = counts.sum(axis=0)
+    recall = np.divide(np.diag(counts), support, out=np.zeros(n_classes), where=support > 0)
+    precision = np.divide(np.diag(counts), predicted, out=np.zeros(n_classes), where=predicted > 0)
+    clipped = np.clip(p, 1e-7, 1.0)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    out: dict[str, Any] = {
+        "accuracy": float(np.mean(pred == y)),
+        "balanced_accuracy": float(recall[support > 0].mean()),
+        "macro_f1": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "log_loss": float(-np.mean(np.log(clipped[np.arange(len(y)), y]))),
+    }
+    for k, slug in enumerate(class_slugs):
+        out[f"recall_{slug}"] = float(recall[k])
+    for k, slug in enumerate(class_slugs):
+        out[f"precision_{slug}"] = float(precision[k])
+    out["confusion"] = np.divide(counts, support[:, None], out=np.zeros((n_classes, n_classes)),
+                                 where=support[:, None] > 0)
+    out["confusion_counts"] = counts
+    return out
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Only the float entries of ``metrics`` (drops the confusion matrices)."""
+    return {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
+
+
+def prefixed(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """Scalar metrics renamed ``<prefix>_<name>`` (e.g. ``val_recall_disturbed``)."""
+    return {f"{prefix}_{k}": v for k, v in scalar_metrics(metrics).items()}
+
+
+def per_class_table(metrics: Mapping[str, Any], class_slugs: Sequence[str] = CLASS_SLUGS) -> list[dict[str, Any]]:
+    """Rows ``{class, recall, precision, support}`` for a per-class CSV."""
+    support = np.asarray(metrics["confusion_counts"]).sum(axis=1)
+    return [
+        {"class": slug, "recall": metrics[f"recall_{slug}"], "precision": metrics[f"precision_{slug}"],
+         "support": int(support[k])}
+        for k, slug in enumerate(class_slugs)
+    ]
+
+
+def class_recall(metrics: Mapping[str, Any], prefix: str = "", class_slugs: Sequence[str] = CLASS_SLUGS) -> np.ndarray:
+    """The per-class recalls, in label order, from a (possibly prefixed) metrics mapping."""
+    pre = f"{prefix}_" if prefix else ""
+    missing = [s for s in class_slugs if f"{pre}recall_{s}" not in metrics]
+    if missing:
+        raise DataError(f"metrics lack {pre}recall_ for class(es) {', '.join(missing)}")
+    return np.array([float(metrics[f"{pre}recall_{s}"]) for s in class_slugs])
+
+
+__all__ = ["classification_metrics", "scalar_metrics", "prefixed", "per_class_table", "class_recall",
+           "SCALAR_METRICS", "NUM_CLASSES"]

@@ -1,0 +1,83 @@
+"""Classification metrics against hand-computed values and scikit-learn."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from experiments.evaluation import class_recall, classification_metrics, per_class_table, prefixed, scalar_metrics
+from pipelines.classes import CLASS_SLUGS
+from pipelines.errors import DataError
+
+
+def _one_hot_probs(pred, n_classes=10, p=0.9):
+    probs = np.full((len(pred), n_classes), (1 - p) / (n_classes - 1))
+    probs[np.arange(len(pred)), pred] = p
+    return probs
+
+
+def test_hand_computed_three_classes():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    m = classification_metrics(y, _one_hot_probs(pred, 3), ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["recall_a"] == pytest.approx(2 / 3) and m["recall_b"] == pytest.approx(1 / 2) and m["recall_c"] == 1.0
+    assert m["precision_a"] == 1.0 and m["precision_b"] == pytest.approx(1 / 2) and m["precision_c"] == pytest.approx(1 / 2)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    np.testing.assert_allclose(m["confusion"], [[2 / 3, 1 / 3, 0], [0, 0.5, 0.5], [0, 0, 1]])
+    np.testing.assert_array_equal(m["confusion_counts"], [[2, 1, 0], [0, 1, 1], [0, 0, 1]])
+
+
+def test_matches_sklearn_on_random_predictions():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 300)
+    probs = rng.dirichlet(np.ones(10), 300)
+    m = classification_metrics(y, probs)
+    pred = probs.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, probs, labels=range(10)), rel=1e-6)
+    recall = skm.recall_score(y, pred, average=None, labels=range(10))
+    np.testing.assert_allclose(class_recall(m), recall)
+    np.testing.assert_allclose(m["confusion"].sum(1), 1.0)
+
+
+def test_perfect_and_absent_classes():
+    y = np.array([0, 1, 1, 3])
+    m = classification_metrics(y, _one_hot_probs(y))
+    assert m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0
+    assert m["recall_round"] == 0.0 and m["precision_round"] == 0.0  # class 2 absent, never predicted
+    assert m["confusion"][2].sum() == 0.0
+    assert m["macro_f1"] == pytest.approx(3 / 10)  # absent classes count as 0 in the macro average
+
+
+def test_log_loss_is_finite_for_zero_probability():
+    probs = np.zeros((2, 10))
+    probs[:, 5] = 1.0
+    m = classification_metrics(np.array([0, 5]), probs)
+    assert np.isfinite(m["log_loss"]) and m["log_loss"] == pytest.approx(-np.log(1e-7) / 2, rel=1e-3)
+
+
+def test_prefixed_names_and_tables():
+    y = np.arange(10)
+    m = classification_metrics(y, _one_hot_probs(y))
+    val = prefixed(m, "val")
+    assert "val_recall_disturbed" in val and "val_precision_edge_on_bulge" in val and "val_accuracy" in val
+    assert "val_confusion" not in val and all(isinstance(v, float) for v in val.values())
+    assert set(scalar_metrics(m)) == {k[4:] for k in val}
+    rows = per_class_table(m)
+    assert [r["class"] for r in rows] == list(CLASS_SLUGS) and all(r["support"] == 1 for r in rows)
+    np.testing.assert_allclose(class_recall(val, "val"), np.ones(10))
+
+
+@pytest.mark.parametrize("y, probs, match", [
+    (np.array([0.5, 1.0]), np.ones((2, 10)) / 10, "integer"),
+    (np.array([0, 1]), np.ones((3, 10)) / 10, "n_images"),
+    (np.array([0, 12]), np.ones((2, 10)) / 10, "0..9"),
+    (np.array([0, 1]), np.full((2, 10), np.nan), "NaN"),
+    (np.array([], dtype=int), np.ones((0, 10)), "n_images"),
+])
+def test_bad_inputs(y, probs, match):
+    with pytest.raises(DataError, match=match):
+        classification_metrics(y, probs)
