@@ -20,6 +20,8 @@ from pipelines.errors import Galaxy10Error
 COMMAND_MODULES: tuple[str, ...] = (
     "data",
     "baseline",
+    "tune",
+    "study",
 )
 
 log = logging.getLogger("galaxy10")

@@ -575,3 +575,95 @@ def load_tune_config(path: str | Path) -> TuneConfig:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"tuning config {p} is not valid YAML ({first}); fix the syntax") from None
     return parse_tune_config(raw, default_name=p.stem, source=str(p))
+
+
+# --------------------------------------------------------------------------------------------------
+# From suggested parameters to a validated RunConfig
+
+
+def base_run_dict(tune: TuneConfig) -> dict[str, Any]:
+    """The study's base run config as a mapping: the ``base`` YAML (if any) updated by ``run``.
+
+    ``base`` is looked up beside the tuning YAML first, then relative to the working directory.
+    """
+    from experiments.config import read_yaml
+
+    raw: dict[str, Any] = {}
+    if tune.base is not None:
+        candidates = [Path(tune.source).parent / tune.base] if tune.source else []
+        candidates.append(Path(tune.base))
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(
+                f"base config {tune.base!r} not found (looked in {', '.join(str(c) for c in candidates)}); "
+                "give a path relative to the tuning YAML"
+            )
+        raw = read_yaml(found)
+    return _deep_merge(raw, tune.run)
+
+
+def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = _copy(dict(a))
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else _copy(v)
+    return out
+
+
+def resolve_run_config(tune: TuneConfig, params: Mapping[str, Scalar], *, base: Mapping[str, Any] | None = None,
+                       extra_overrides: Sequence[str] = ()) -> tuple[Any, list[str]]:
+    """Base run config + the suggested ``params`` as dotted overrides -> ``(RunConfig, overrides)``.
+
+    ``augment.auto_from_run`` in the base config applies only to trials whose ``augment.targets`` is
+    ``auto`` and is dropped for the others. ``extra_overrides`` (e.g. ``data.path=...`` from the
+    command line) go first, the suggested values last.
+    """
+    from experiments.config import apply_overrides, from_dict
+
+    overrides = list(extra_overrides) + to_overrides(tune.space, params)
+    raw = apply_overrides(base_run_dict(tune) if base is None else base, overrides)
+    augment = raw.get("augment")
+    if isinstance(augment, dict) and augment.get("targets") != "auto":
+        augment.pop("auto_from_run", None)
+    return from_dict(raw), overrides
+
+
+def _probe(space: SearchSpace, name: str, label: Scalar) -> dict[str, Scalar]:
+    """Parameters that make ``name`` active (each condition's first value) with ``name`` = ``label``."""
+    chosen: dict[str, Scalar] = {}
+
+    def need(pname: str, value: Scalar) -> None:
+        for other, wanted in space[pname].when:
+            if other not in chosen:
+                need(other, wanted[0])
+        chosen[pname] = value
+
+    need(name, label)
+    return {k: chosen[k] for k in space.names if k in chosen}
+
+
+def check_against_config(tune: TuneConfig) -> None:
+    """Resolve a run config at each end of every range and for every choice; raise ``ConfigError``.
+
+    Catches unknown config keys and values the run config refuses before any trial runs.
+    """
+    base = base_run_dict(tune)
+    probes: list[tuple[str, Scalar]] = []
+    for p in tune.space.params:
+        values = p.labels if p.kind == "categorical" else (p.low, p.high)
+        probes.extend((p.name, v) for v in values)
+        if p.kind == "categorical" and p.target is not None:
+            offers_auto = any(v == "auto" for v in p.values) and p.target == "augment.targets"
+            if offers_auto and not (base.get("augment") or {}).get("auto_from_run"):
+                raise ConfigError(
+                    f"search_space {p.name!r} offers targets 'auto' but run.augment.auto_from_run is not set; "
+                    "give the MLflow run id whose validation recall sets the multipliers, or drop 'auto'"
+                )
+    try:
+        resolve_run_config(tune, {}, base=base)
+    except ConfigError as err:
+        raise ConfigError(f"tuning base run config: {err}") from None
+    for name, value in probes:
+        try:
+            resolve_run_config(tune, _probe(tune.space, name, value), base=base)
+        except ConfigError as err:
+            raise ConfigError(f"search_space {name!r} = {value!r}: {err}") from None

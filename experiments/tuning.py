@@ -336,3 +336,489 @@ def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optu
         )
     with _quiet_optuna_warnings():
         return optuna.load_study(study_name=name, storage=storage)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a study: the coordinator (one per command) and the workers (1..K processes)
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """Everything a worker needs to join a study (picklable: workers are spawned processes)."""
+
+    tune: TuneConfig
+    storage_url: str
+    tracking_uri: str
+    parent_run_id: str
+    n_trials: int
+    deadline: float | None = None
+    data_path: str | None = None
+    overrides: tuple[str, ...] = ()
+    worker: int = 0
+    log_level: int = logging.INFO
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What one ``galaxy10 tune`` command did and where the study stands."""
+
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    parent_run_id: str
+    experiment_id: str
+    counts: Mapping[str, int]
+    trials_this_run: int
+    stale_failed: tuple[int, ...]
+    best_number: int | None
+    best_value: float | None
+    best_params: Mapping[str, Any]
+    best_run_id: str | None
+    registered: str | None
+    plots: tuple[str, ...]
+    notes: tuple[str, ...]
+    seconds: float
+
+
+class StaleTrialHandler:
+    """Runs for every trial failed as stale: marks its MLflow run FAILED, queues its params again."""
+
+    def __init__(self, tracking_uri: str, max_retry: int) -> None:
+        self.tracking_uri = tracking_uri
+        self.max_retry = max_retry
+        self.handled: list[int] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from experiments import tracking
+
+        self.handled.append(trial.number)
+        run_id = trial.user_attrs.get(ATTR_TRIAL_RUN)
+        if run_id:
+            tracking.finish_run(run_id, "FAILED", tracking_uri=self.tracking_uri,
+                                tags={"optuna.trial_state": "FAIL",
+                                      "optuna.fail_reason": "stale heartbeat: the worker process stopped"})
+        if self.max_retry > 0:
+            with _quiet_optuna_warnings():
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+            log.warning("trial %d: queued its parameters again (retry of a stale trial)", trial.number)
+
+
+def _storage_for(run: StudyRun) -> tuple[optuna.storages.RDBStorage, StaleTrialHandler]:
+    cfg = run.tune.study
+    handler = StaleTrialHandler(run.tracking_uri, cfg.retry_stale)
+    storage = open_storage(run.storage_url, heartbeat_interval=cfg.heartbeat_interval,
+                           grace_period=cfg.grace_period, on_stale=handler)
+    return storage, handler
+
+
+class _Worker:
+    """One worker's state: its study handle, the data it loaded once, and the objective."""
+
+    def __init__(self, run: StudyRun) -> None:
+        from experiments.search_space import base_run_dict
+
+        self.run = run
+        self.storage, _ = _storage_for(run)
+        self.study = open_study(run.tune, self.storage, create=False, seed_offset=run.worker)
+        self.base = base_run_dict(run.tune)
+        self._data: Any = None
+        self._data_key: Any = None
+        self.trials_run = 0
+
+    def data_for(self, cfg: Any) -> Any:
+        """The worker's data, loaded once (again only if a trial changes the data settings)."""
+        from dataclasses import replace
+
+        from experiments.training import load_training_data
+
+        key = (replace(cfg.data, crop=0), self.run.data_path)
+        if key != self._data_key:
+            self._data = load_training_data(cfg.data, self.run.data_path)
+            self._data_key = key
+        return self._data
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """Train the trial's config; report the per-epoch metric for pruning; return the val metric."""
+        import functools
+        import time
+
+        import keras
+
+        from experiments import tracking
+        from experiments.search_space import resolve_run_config, suggest
+        from experiments.training import train
+
+        tune, metric = self.run.tune, self.run.tune.study.metric
+        start = time.perf_counter()
+        params = suggest(trial, tune.space)
+        cfg, overrides = resolve_run_config(tune, params, base=self.base, extra_overrides=self.run.overrides)
+        data = self.data_for(cfg)
+        trial.set_user_attr("overrides", overrides)
+        run_name = f"{tune.study.name}-trial-{trial.number:03d}"
+        tags = {"optuna.study": tune.study.name, "optuna.trial_number": trial.number,
+                "optuna.storage": self.run.storage_url, "optuna.worker": self.run.worker,
+                "optuna.overrides": " ".join(overrides)[:5000]}
+        tracker = tracking.MlflowTracker(cfg.experiment_name, run_name, tracking_uri=self.run.tracking_uri,
+                                         parent_run_id=self.run.parent_run_id, tags=tags,
+                                         killed_on=(optuna.TrialPruned,))
+
+        def report(epoch: int, metrics: Mapping[str, float]) -> None:
+            value = float(metrics[f"val_{metric}"])
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}: val_{metric} = {value:.4f}")
+
+        state = "FAIL"
+        with tracker:
+            trial.set_user_attr(ATTR_TRIAL_RUN, tracker.run_id)
+            tracker.log_params({f"optuna.{k}": v for k, v in params.items()})
+            try:
+                result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0,
+                               recall_lookup=functools.partial(tracking.run_val_recall,
+                                                               tracking_uri=self.run.tracking_uri))
+                state = "COMPLETE"
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                raise
+            finally:
+                seconds = time.perf_counter() - start
+                tracker.set_tags({"optuna.trial_state": state})
+                tracker.log_metrics({"trial_seconds": seconds})
+                keras.backend.clear_session()
+                self.trials_run += 1
+        value = float(result.val_metrics[metric])
+        for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+            trial.set_user_attr(f"val_{name}", float(result.val_metrics[name]))
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        if result.model_uri:
+            trial.set_user_attr("model_uri", result.model_uri)
+        return value
+
+    def loop(self) -> int:
+        """Run trials until the study has ``n_trials`` COMPLETE + PRUNED or the deadline passes."""
+        import time
+
+        run = self.run
+        waited = False
+        while True:
+            if run.deadline is not None and time.time() >= run.deadline:
+                log.info("worker %d: time is up", run.worker)
+                break
+            fail_stale_trials(self.study)
+            done = n_counted(self.study)
+            if done >= run.n_trials:
+                break
+            running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            if done + running >= run.n_trials and waiting == 0:
+                if not waited:
+                    log.info("worker %d: %d trial(s) still running elsewhere; waiting for them to finish "
+                             "(or to go stale after %d s)", run.worker, running, run.tune.study.grace_period)
+                    waited = True
+                time.sleep(min(5.0, run.tune.study.heartbeat_interval))
+                continue
+            waited = False
+            with _quiet_optuna_warnings():
+                self.study.optimize(self.objective, n_trials=1, gc_after_trial=True)
+        return self.trials_run
+
+
+def _configure_worker_logging(run: StudyRun) -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    logging.basicConfig(level=run.log_level, force=True,
+                        format=f"%(asctime)s %(levelname)-7s [worker {run.worker}] %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "h5py", "absl", "git"):
+        logging.getLogger(noisy).setLevel(max(run.log_level, logging.WARNING))
+    route_optuna_logging(run.log_level)
+
+
+def route_optuna_logging(level: int) -> None:
+    """Send Optuna's log records through the root logger (our format) at ``level`` or above."""
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(max(level, logging.INFO))
+
+
+def worker_main(run: StudyRun) -> int:
+    """Entry point of a spawned worker process: join the study and run trials; return how many."""
+    _configure_worker_logging(run)
+    return _Worker(run).loop()
+
+
+def _worker_entry(run: StudyRun, results: Any) -> None:
+    """Spawned process body: run :func:`worker_main` and report the outcome on ``results``."""
+    from pipelines.errors import Galaxy10Error
+
+    try:
+        results.put((run.worker, "ok", worker_main(run), ""))
+    except KeyboardInterrupt:
+        results.put((run.worker, "interrupted", 0, ""))
+    except Galaxy10Error as err:
+        results.put((run.worker, type(err).__name__, 0, str(err)))
+    except BaseException as err:  # noqa: BLE001 - reported to the coordinator, then re-raised
+        log.exception("worker %d crashed", run.worker)
+        results.put((run.worker, "crash", 0, f"{type(err).__name__}: {_first_line(err)}"))
+        raise
+
+
+def _run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
+    """Run ``workers`` spawned processes on the study; return (trials run, problems)."""
+    import multiprocessing
+    import queue as queue_mod
+
+    from pipelines import errors
+
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold TensorFlow threads
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker_entry, args=(replace_worker(run, i), results), name=f"galaxy10-worker-{i}")
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    log.info("started %d worker processes: %s", workers, ", ".join(str(p.pid) for p in procs))
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:  # they got the same SIGINT; let them fail their trials and exit
+            p.join(timeout=60)
+        raise
+    outcomes: dict[int, tuple[str, int, str]] = {}
+    while True:
+        try:
+            worker, kind, n, message = results.get(timeout=0.5)
+        except queue_mod.Empty:
+            break
+        outcomes[worker] = (kind, n, message)
+    total, problems = 0, []
+    for i, p in enumerate(procs):
+        kind, n, message = outcomes.get(i, ("died", 0, f"exit code {p.exitcode}"))
+        total += n
+        if kind == "ok":
+            continue
+        if hasattr(errors, kind) and isinstance(getattr(errors, kind), type):
+            raise getattr(errors, kind)(message)  # a user error: one line, same class
+        if kind == "interrupted":
+            raise KeyboardInterrupt
+        problems.append(f"worker {i} {kind} ({message})")
+    return total, problems
+
+
+def replace_worker(run: StudyRun, worker: int) -> StudyRun:
+    """``run`` for worker number ``worker``."""
+    from dataclasses import replace
+
+    return replace(run, worker=worker)
+
+
+def _parent_run(study: optuna.Study, tune: TuneConfig, tracking_uri: str, experiment_name: str,
+                storage_url: str) -> Any:
+    """The study's MLflow parent run: reopened if its id is in the study's user attrs, else created."""
+    import yaml
+
+    from experiments import tracking
+
+    run_id = study.user_attrs.get(ATTR_PARENT_RUN)
+    parent = tracking.attach_run(run_id, tracking_uri=tracking_uri) if run_id else None
+    if parent is not None:
+        log.info("continuing study %s: MLflow parent run %s", study.study_name, parent.run_id)
+        return parent
+    if run_id:
+        log.warning("the study's parent run %s is not at %s; starting a new parent run", run_id, tracking_uri)
+    parent = tracking.MlflowTracker(experiment_name, f"study-{study.study_name}", tracking_uri=tracking_uri,
+                                    tags={"optuna.study": study.study_name, "optuna.role": "study"}).start()
+    parent.log_params({"study.name": study.study_name, "study.storage": storage_url,
+                       "study.metric": tune.study.metric, "study.direction": tune.study.direction,
+                       "study.search_space_hash": space_hash(tune.space)})
+    parent.log_text(yaml.safe_dump(_plain(tune.space.raw), sort_keys=False), "search_space.yaml")
+    if tune.source:
+        parent.log_text(Path(tune.source).read_text(), f"tune_config/{Path(tune.source).name}")
+    study.set_user_attr(ATTR_PARENT_RUN, parent.run_id)
+    study.set_user_attr(ATTR_EXPERIMENT, parent.experiment_id)
+    study.set_user_attr(ATTR_TRACKING_URI, tracking_uri)
+    return parent
+
+
+def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float | None = None,
+              workers: int | None = None, storage_url: str | None = None, tracking_uri: str | None = None,
+              data_path: str | None = None, overrides: tuple[str, ...] = (),
+              log_level: int = logging.INFO) -> StudyReport:
+    """Create or continue the study and run trials until it has ``n_trials`` COMPLETE + PRUNED.
+
+    CLI arguments override the YAML's ``study`` section. With ``workers > 1`` that many spawned
+    processes share the study; each loads the data once. At the end the best trial's child run is
+    tagged, its model registered under the study name with the configured alias, and the
+    optimisation plots logged on the parent run.
+    """
+    import time
+    from dataclasses import replace
+
+    from experiments import tracking
+    from experiments.config import to_yaml
+    from experiments.search_space import check_against_config, resolve_run_config
+
+    started = time.perf_counter()
+    route_optuna_logging(log_level)
+    study_cfg = tune.study
+    study_cfg = replace(
+        study_cfg,
+        n_trials=study_cfg.n_trials if n_trials is None else int(n_trials),
+        timeout=study_cfg.timeout if timeout is None else float(timeout),
+        workers=study_cfg.workers if workers is None else int(workers),
+        storage=study_cfg.storage if storage_url is None else storage_url,
+    )
+    if study_cfg.n_trials < 1 or study_cfg.workers < 1 or (study_cfg.timeout is not None and study_cfg.timeout <= 0):
+        raise ConfigError(f"--trials {study_cfg.n_trials}, --workers {study_cfg.workers} and --timeout "
+                          f"{study_cfg.timeout} must be positive; fix the command line")
+    tune = replace(tune, study=study_cfg)
+    check_against_config(tune)
+    base_cfg, _ = resolve_run_config(tune, {}, extra_overrides=overrides)
+    tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
+    handler = StaleTrialHandler(tracking_uri, study_cfg.retry_stale)
+    storage = open_storage(study_cfg.storage, heartbeat_interval=study_cfg.heartbeat_interval,
+                           grace_period=study_cfg.grace_period, on_stale=handler)
+    study = open_study(tune, storage)
+    stale = fail_stale_trials(study)
+    parent = _parent_run(study, tune, tracking_uri, base_cfg.experiment_name, study_cfg.storage)
+    db_file = sqlite_file(tracking_uri)
+    if db_file is not None and db_file.is_file():
+        enable_sqlite_wal(db_file)  # several workers write child runs at once
+    parent.set_tags({"study.sampler": describe(study_cfg.sampler), "study.pruner": describe(study_cfg.pruner),
+                     "study.n_trials": study_cfg.n_trials, "study.workers": study_cfg.workers,
+                     "study.timeout": study_cfg.timeout, "optuna.study": study.study_name})
+    parent.log_text(to_yaml(base_cfg), "base_config.yaml")
+    before = len(study.get_trials(deepcopy=False))
+    log.info("study %s (%s): %d/%d trials COMPLETE+PRUNED; metric val_%s; sampler %s; pruner %s; %d worker(s)",
+             study.study_name, study_cfg.storage, n_counted(study), study_cfg.n_trials, study_cfg.metric,
+             describe(study_cfg.sampler), describe(study_cfg.pruner), study_cfg.workers)
+    run = StudyRun(tune=tune, storage_url=study_cfg.storage, tracking_uri=tracking_uri,
+                   parent_run_id=parent.run_id, n_trials=study_cfg.n_trials,
+                   deadline=None if study_cfg.timeout is None else time.time() + study_cfg.timeout,
+                   data_path=data_path, overrides=tuple(overrides), log_level=log_level)
+    problems: list[str] = []
+    status = "FAILED"
+    try:
+        if n_counted(study) < study_cfg.n_trials:
+            if study_cfg.workers == 1:
+                _Worker(run).loop()
+            else:
+                from experiments.training import load_training_data
+
+                load_training_data(base_cfg.data, data_path)  # build the split and image cache once, not per worker
+                _, problems = _run_workers(run, study_cfg.workers)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":
+            parent.set_tags(_count_tags(study))
+            parent.end(status)
+    report = _finish(study, tune, parent, tracking_uri, stale=stale, trials_before=before, problems=problems,
+                     seconds=time.perf_counter() - started)
+    parent.end("FINISHED" if not problems else "FAILED")
+    return report
+
+
+def _count_tags(study: optuna.Study) -> dict[str, int]:
+    return {f"study.n_{k.lower()}": v for k, v in state_counts(study).items()}
+
+
+def _finish(study: optuna.Study, tune: TuneConfig, parent: Any, tracking_uri: str, *, stale: list[int],
+            trials_before: int, problems: list[str], seconds: float) -> StudyReport:
+    """Tag the best trial, register its model, log summary metrics and plots on the parent run."""
+    from experiments import tracking
+
+    cfg = tune.study
+    counts = state_counts(study)
+    parent.set_tags(_count_tags(study))
+    best = best_trial(study)
+    best_run = best.user_attrs.get(ATTR_TRIAL_RUN) if best is not None else None
+    registered = None
+    notes = list(problems)
+    if best is not None:
+        previous = study.user_attrs.get("best_run_id")
+        if previous and previous != best_run:
+            tracking.set_run_tags(previous, {"optuna.best_trial": "false"}, tracking_uri=tracking_uri)
+        if best_run:
+            tracking.set_run_tags(best_run, {"optuna.best_trial": "true"}, tracking_uri=tracking_uri)
+            study.set_user_attr("best_run_id", best_run)
+        parent.set_tags({"best.trial_number": best.number, "best.run_id": best_run or "",
+                         **{f"best.{k}": v for k, v in best.params.items()}})
+        parent.log_metrics({f"best_val_{cfg.metric}": float(best.value), "n_complete": counts.get("COMPLETE", 0),
+                            "n_pruned": counts.get("PRUNED", 0), "n_fail": counts.get("FAIL", 0)},
+                           step=len(study.get_trials(deepcopy=False)))
+        model_uri = best.user_attrs.get("model_uri")
+        if cfg.register_model and model_uri:
+            registered = tracking.register_champion(
+                model_uri, study.study_name, alias=cfg.model_alias, run_id=best_run, tracking_uri=tracking_uri,
+                tags={"optuna.study": study.study_name, "optuna.trial_number": best.number,
+                      f"val_{cfg.metric}": f"{best.value:.6f}"})
+            parent.set_tags({"best.registered_model": registered})
+        elif cfg.register_model:
+            notes.append(f"best trial {best.number} has no logged model; nothing registered")
+    plots, plot_notes = save_plots(study, parent, cfg.metric)
+    notes.extend(plot_notes)
+    if notes:
+        parent.log_text("\n".join(notes) + "\n", "notes.txt")
+    for note in notes:
+        log.warning("%s", note)
+    return StudyReport(
+        study_name=study.study_name, storage_url=cfg.storage, tracking_uri=tracking_uri,
+        parent_run_id=parent.run_id, experiment_id=str(parent.experiment_id), counts=counts,
+        trials_this_run=len(study.get_trials(deepcopy=False)) - trials_before, stale_failed=tuple(stale),
+        best_number=None if best is None else best.number, best_value=None if best is None else float(best.value),
+        best_params={} if best is None else dict(best.params), best_run_id=best_run, registered=registered,
+        plots=tuple(plots), notes=tuple(notes), seconds=seconds,
+    )
+
+
+def save_plots(study: optuna.Study, parent: Any, metric: str) -> tuple[list[str], list[str]]:
+    """Log optimisation history, parameter importances and parallel coordinates PNGs on the parent run.
+
+    Returns (artifact names logged, notes on plots that could not be made and why).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: the CLI never opens a window
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    target_name = f"val {metric}"
+    logged, notes = [], []
+    if not complete:
+        return [], ["no COMPLETE trial yet: no optimisation plots"]
+
+    def importances() -> Any:
+        if len(complete) < 2:
+            raise ValueError(f"parameter importances need >= 2 COMPLETE trials, the study has {len(complete)}")
+        with _quiet_optuna_warnings():
+            found = optuna.importance.get_param_importances(study)
+        if not found:
+            raise ValueError("no parameter varies across the COMPLETE trials")
+        return ovm.plot_param_importances(study, target_name=target_name)
+
+    makers: dict[str, Callable[[], Any]] = {
+        "optimization_history": lambda: ovm.plot_optimization_history(study, target_name=target_name),
+        "param_importances": importances,
+        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target_name=target_name),
+    }
+    for name, make in makers.items():
+        try:
+            with _quiet_optuna_warnings(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                ax = make()
+        except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as err:
+            notes.append(f"plot {name} skipped: {_first_line(err)}")
+            continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 5))
+        fig.tight_layout()
+        parent.log_figure(fig, f"plots/{name}.png")
+        plt.close(fig)
+        logged.append(f"plots/{name}.png")
+    return logged, notes

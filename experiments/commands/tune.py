@@ -1,0 +1,60 @@
+"""``galaxy10 tune``: run or continue an Optuna study; every trial is a nested MLflow run."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``galaxy10 tune``."""
+    parser = subparsers.add_parser(
+        "tune", help="run or continue an Optuna tuning study (pruning, parallel workers, MLflow child runs)",
+        description="Create or continue the study in the config until it has --trials COMPLETE+PRUNED trials. "
+                    "Re-running the same command continues it; trials left RUNNING by a killed worker are "
+                    "failed once their heartbeat is older than the grace period.")
+    parser.add_argument("--config", required=True, help="tuning YAML, e.g. experiments/configs/tune_cnn.yaml")
+    parser.add_argument("--study", help="study name (default: study.name in the YAML, else the file name)")
+    parser.add_argument("--trials", type=int, help="total COMPLETE+PRUNED trials the study should reach")
+    parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    parser.add_argument("--workers", type=int, help="worker processes sharing the study (each loads the data once)")
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--data", help="HDF5 data file (default: data.path of the config, else the default file)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the base run config, e.g. --set train.epochs=3 (repeatable)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the study and print its summary; exit 1 if a worker died."""
+    from dataclasses import replace
+
+    from experiments import tuning
+    from experiments.search_space import load_tune_config
+
+    tune = load_tune_config(args.config)
+    if args.study:
+        tune = replace(tune, study=replace(tune.study, name=args.study.strip()))
+    level = logging.getLogger().getEffectiveLevel()
+    report = tuning.run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
+                              storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
+                              overrides=tuple(args.overrides), log_level=level)
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())) or "no trials"
+    print(f"study {report.study_name}: {counts} ({report.trials_this_run} new this run, {report.seconds:.0f} s)")
+    if report.stale_failed:
+        print(f"  stale trials failed on start-up: {', '.join(map(str, report.stale_failed))}")
+    if report.best_number is None:
+        print("  best: no COMPLETE trial yet")
+    else:
+        print(f"  best: trial {report.best_number}, val {tune.study.metric} = {report.best_value:.4f}")
+        for key, value in report.best_params.items():
+            print(f"    {key} = {value}")
+        if report.registered:
+            print(f"  registered model: {report.registered}")
+    print(f"  MLflow: parent run {report.parent_run_id} (experiment {report.experiment_id}); "
+          f"mlflow ui --backend-store-uri {report.tracking_uri}")
+    print(f"  Optuna: galaxy10 study show {report.study_name} --storage {report.storage_url}; "
+          f"optuna-dashboard {report.storage_url}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    return 1 if any(n.startswith("worker ") for n in report.notes) else 0
