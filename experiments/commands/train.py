@@ -1,0 +1,72 @@
+"""``galaxy10 train``: train one CNN from a run config and log it to MLflow."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``galaxy10 train``."""
+    parser = subparsers.add_parser(
+        "train", help="train a CNN from a config YAML and log the run to MLflow",
+        description="Train on the train split, early-stop and keep the best weights on the validation "
+                    "split, evaluate (with test-time augmentation if configured) and log params, tags, "
+                    "per-epoch metrics, reports and the model to MLflow. The test split is scored only "
+                    "with --score-test.")
+    parser.add_argument("--config", required=True, metavar="YAML",
+                        help="run config, e.g. experiments/configs/reference.yaml (holds only what differs "
+                             "from the defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 (repeatable; values are YAML)")
+    parser.add_argument("--data", default=None, metavar="FILE",
+                        help="Galaxy10 HDF5 file (overrides data.path; default: data/Galaxy10_DECals.h5 if "
+                             "present, else data/galaxy10_synthetic.h5)")
+    parser.add_argument("--tracking-uri", default=None, metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--score-test", action="store_true",
+                        help="also score the held-out TEST split (do this once, for the final model)")
+    parser.add_argument("--no-log-model", dest="log_model", action="store_false",
+                        help="do not log the model itself (metrics and reports are still logged)")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def format_summary(summary: dict) -> str:
+    """The run summary as a few lines of text."""
+    kind = "SYNTHETIC data" if summary.get("synthetic") else f"real data ({summary.get('provenance')})"
+    lines = [f"run {summary['run_id']} on {kind}: best epoch {summary['best_epoch']} of {summary['epochs_run']}"]
+    for split in ("val", "test"):
+        m = summary.get(split)
+        if m:
+            lines.append(f"  {split:<4} accuracy {100 * m['accuracy']:5.1f}%  balanced {100 * m['balanced_accuracy']:5.1f}%"
+                         f"  macro-F1 {100 * m['macro_f1']:5.1f}%  log loss {m['log_loss']:.3f}")
+    if summary.get("model_uri"):
+        lines.append(f"model: {summary['model_uri']}  (also runs:/{summary['run_id']}/model)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, open an MLflow run, train, print the summary."""
+    from experiments import tracking
+    from experiments.config import AUTO_TARGETS, load_config
+    from experiments.training import load_training_data, summary, train
+
+    cfg = load_config(args.config, args.overrides)
+    uri = tracking.set_tracking_uri(args.tracking_uri)
+    # Everything that can fail on bad input is checked before the MLflow run is opened.
+    data = load_training_data(cfg.data, args.data)
+    recall = None
+    if cfg.augment.targets == AUTO_TARGETS:
+        recall = tracking.run_val_recall(str(cfg.augment.auto_from_run), data.class_slugs, tracking_uri=uri)
+    # Keras prints its per-epoch progress to stdout; keep stdout for the summary (e.g. --json).
+    with contextlib.redirect_stdout(sys.stderr), \
+            tracking.MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri,
+                                   tags={"config.file": args.config}) as tracker:
+        result = train(cfg, tracker, data=data, score_test=args.score_test,
+                       recall_lookup=None if recall is None else (lambda run_id, slugs: recall),
+                       log_model=args.log_model)
+    out = summary(result)
+    print(json.dumps(out, indent=2) if args.json else format_summary(out))
+    return 0

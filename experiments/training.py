@@ -1,0 +1,539 @@
+"""Training and evaluation of one CNN run; knows nothing about MLflow or Optuna.
+
+``train(cfg, tracker)`` loads the data once (or takes a :class:`TrainData` a tuning worker loaded),
+builds the model, calls :func:`fit`, evaluates the restored best weights on the validation split
+(with test-time augmentation if configured), optionally scores the test split, and logs everything
+through the ``tracker`` (see ``experiments.tracking.Tracker``).
+
+Per epoch, a validation pass scores the whole validation split (accuracy, balanced accuracy,
+macro-F1, log loss); early stopping and the best-weights checkpoint watch ``train.monitor``.
+``epoch_callback(epoch, metrics)`` is called after every epoch (1-based) with
+``{loss, accuracy, val_loss, val_accuracy, val_balanced_accuracy, val_macro_f1}``; an exception it
+raises (e.g. a pruning signal) stops training and propagates unchanged, after the tracker has seen
+the epochs so far.
+
+Logged metric names: per epoch (``step`` = epoch) ``epoch_train_loss``, ``epoch_train_accuracy``,
+``epoch_val_loss``, ``epoch_val_accuracy``, ``epoch_val_balanced_accuracy``, ``epoch_val_macro_f1``,
+``epoch_learning_rate``, ``epoch_mix_<slug>`` (class mix of the epoch's samples); once, for the
+restored best weights, ``val_<metric>`` (e.g. ``val_recall_disturbed``), ``best_epoch``,
+``epochs_run``, and ``test_<metric>`` only when the test split is scored.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import math
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.config import AUTO_TARGETS, DataConfig, RunConfig, TrainConfig, flatten, to_dict, to_yaml
+from experiments.evaluation import classification_metrics, per_class_table, prefixed, scalar_metrics
+from pipelines.classes import CLASS_SLUGS, NUM_CLASSES
+from pipelines.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: ``epoch_callback(epoch, metrics)``: called after every epoch; may raise to stop training.
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+#: ``recall_lookup(run_id, class_slugs) -> recall``: resolves ``augment.targets: auto``.
+RecallLookup = Callable[[str, Sequence[str]], np.ndarray]
+
+EPOCH_KEYS: dict[str, str] = {
+    "loss": "epoch_train_loss", "accuracy": "epoch_train_accuracy", "val_loss": "epoch_val_loss",
+    "val_accuracy": "epoch_val_accuracy", "val_balanced_accuracy": "epoch_val_balanced_accuracy",
+    "val_macro_f1": "epoch_val_macro_f1", "learning_rate": "epoch_learning_rate",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def slugify(name: str) -> str:
+    """``"Round Smooth"`` -> ``"round_smooth"`` (metric-name safe)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_") or "class"
+
+
+@dataclass(frozen=True, eq=False)
+class TrainData:
+    """Everything a run reads from the data, loaded once (a tuning worker reuses it across trials).
+
+    ``images`` are the uint8 resized images (``size`` px, usually a read-only memmap) in file
+    order; ``train``/``val``/``test`` index into them.
+    """
+
+    path: Path
+    images: np.ndarray
+    labels: np.ndarray
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    class_names: tuple[str, ...]
+    class_slugs: tuple[str, ...]
+    fingerprint: str
+    synthetic: bool
+    provenance: str
+    size: int
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the data set."""
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        """One line for the log: file, image counts and whether the data is synthetic."""
+        kind = "SYNTHETIC data" if self.synthetic else f"real data ({self.provenance})"
+        return (f"{self.path} [{kind}, fingerprint {self.fingerprint[:12]}]: {len(self.train)} train / "
+                f"{len(self.val)} val / {len(self.test)} test images at {self.size} px")
+
+
+def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None) -> TrainData:
+    """Validate the data file, make or load its split, and load the resized images (cached).
+
+    ``data_path`` overrides ``data_cfg.path``; both None resolve to the real file if present, else
+    the synthetic default. With ``max_images`` only the first N images are used (resized in memory,
+    nothing cached) and the split is restricted to them.
+    """
+    from pipelines.paths import resolve_data_path
+    from pipelines.preprocess import load_resized, resize_images
+    from pipelines.reader import Galaxy10File, data_fingerprint, provenance, validate_galaxy10
+    from pipelines.splits import ensure_split
+
+    path = resolve_data_path(data_path if data_path is not None else data_cfg.path)
+    info = validate_galaxy10(path)
+    split = ensure_split(path, test_fraction=data_cfg.test_fraction, val_fraction=data_cfg.val_fraction,
+                         seed=data_cfg.split_seed)
+    with Galaxy10File(path) as f:
+        labels = np.asarray(f.labels()).astype(np.int64)
+        n = len(labels)
+        limit = n if data_cfg.max_images is None else min(n, data_cfg.max_images)
+        if limit < n:
+            images = resize_images(f.images(np.arange(limit)), data_cfg.size)
+        else:
+            images = None
+    if images is None:
+        images = load_resized(path, size=data_cfg.size)
+    labels = labels[:limit]
+    train, val, test = (np.asarray(s, dtype=np.int64) for s in (split.train, split.val, split.test))
+    train, val, test = train[train < limit], val[val < limit], test[test < limit]
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"data.max_images={limit} leaves {len(train)} train / {len(val)} val images; "
+                        "raise data.max_images")
+    names = tuple(getattr(info, "class_names", None) or ())
+    if not names:
+        from pipelines.classes import CLASS_NAMES
+
+        names = CLASS_NAMES
+    slugs = CLASS_SLUGS if len(names) == NUM_CLASSES and tuple(names) == _galaxy10_names() \
+        else tuple(slugify(n) for n in names)
+    return TrainData(path=path, images=images, labels=labels, train=train, val=val, test=test,
+                     class_names=tuple(names), class_slugs=tuple(slugs), fingerprint=data_fingerprint(path),
+                     synthetic=bool(info.synthetic), provenance=str(provenance(path)), size=data_cfg.size)
+
+
+def _galaxy10_names() -> tuple[str, ...]:
+    from pipelines.classes import CLASS_NAMES
+
+    return CLASS_NAMES
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of a run
+# --------------------------------------------------------------------------------------------
+def resolve_multipliers(cfg: RunConfig, data: TrainData,
+                        recall_lookup: RecallLookup | None = None) -> np.ndarray | None:
+    """Per-class oversampling multipliers from ``augment.targets`` (None = no targeting)."""
+    from augment.targeting import auto_multipliers, multipliers_from_targets
+
+    targets = cfg.augment.targets
+    if targets is None or (isinstance(targets, Mapping) and not targets):
+        return None
+    if data.num_classes != NUM_CLASSES or data.class_slugs != CLASS_SLUGS:
+        raise ConfigError("augment.targets works on the ten Galaxy10 classes; this data has its own class set, "
+                          "so set augment.targets: null")
+    if targets == AUTO_TARGETS:
+        if recall_lookup is None:
+            raise ConfigError("augment.targets=auto needs the validation recall of run "
+                              f"{cfg.augment.auto_from_run}; run it through `galaxy10 train` (which reads MLflow)")
+        recall = np.asarray(recall_lookup(str(cfg.augment.auto_from_run), data.class_slugs), dtype=np.float64)
+        multipliers = auto_multipliers(recall, max_multiplier=cfg.augment.max_multiplier)
+        log.info("auto targets from run %s: %s", cfg.augment.auto_from_run,
+                 ", ".join(f"{s}={m:.2f}" for s, m in zip(data.class_slugs, multipliers) if m > 1))
+        return multipliers
+    return multipliers_from_targets(targets)
+
+
+def make_augment_fn(cfg: RunConfig) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """``augment_fn(batch, seed)`` of the configured policy, or None for policy ``none``."""
+    if cfg.augment.policy == "none":
+        return None
+    from augment.policies import augment_batch, build_policy
+
+    policy = build_policy(cfg.augment.policy, **dict(cfg.augment.strengths))
+    return functools.partial(augment_batch, policy)
+
+
+def make_optimizer(train_cfg: TrainConfig) -> Any:
+    """The configured Keras optimizer at the initial learning rate."""
+    import keras
+
+    lr = float(train_cfg.learning_rate)
+    if train_cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if train_cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=float(train_cfg.weight_decay))
+    return keras.optimizers.SGD(lr, momentum=float(train_cfg.momentum))
+
+
+def learning_rate_at(train_cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch`` under the configured schedule."""
+    lr = float(train_cfg.learning_rate)
+    if train_cfg.schedule == "cosine":
+        return 0.5 * lr * (1.0 + math.cos(math.pi * epoch / max(1, train_cfg.epochs)))
+    if train_cfg.schedule == "step":
+        return lr * float(train_cfg.step_factor) ** (epoch // train_cfg.step_epochs)
+    return lr
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """``n / (k * n_c)`` per class present (sklearn's 'balanced'); absent classes get 1."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts > 0
+    weights = np.ones(num_classes)
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return {k: float(w) for k, w in enumerate(weights)}
+
+
+def predict_probs(model: Any, data: TrainData, indices: np.ndarray, *, crop: int, batch_size: int = 256,
+                  tta: bool = False) -> np.ndarray:
+    """Softmax probabilities ``(len(indices), C)`` for ``data.images[indices]`` (8-view TTA if asked)."""
+    from pipelines.inputs import cropped_array, make_eval_dataset
+
+    if tta:
+        from augment.tta import tta_predict
+
+        crops = cropped_array(data.images, crop, indices)
+
+        def predict_fn(x: np.ndarray) -> np.ndarray:
+            return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
+
+        return tta_predict(predict_fn, crops, batch_size=batch_size)
+    ds = make_eval_dataset(data.images, crop=crop, batch_size=batch_size, indices=indices)
+    return np.asarray(model.predict(ds, verbose=0), dtype=np.float32)
+
+
+def evaluate(model: Any, data: TrainData, indices: np.ndarray, *, crop: int, tta: bool = False) -> dict[str, Any]:
+    """:func:`~experiments.evaluation.classification_metrics` of the model on ``indices``."""
+    probs = predict_probs(model, data, indices, crop=crop, tta=tta)
+    return classification_metrics(data.labels[indices], probs, data.class_slugs)
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    """What :func:`fit` learned: per-epoch history (Keras log names), best epoch, class mixes."""
+
+    history: dict[str, list[float]]
+    best_epoch: int
+    epochs_run: int
+    class_mixes: list[dict[str, float]]
+    seconds: float
+
+
+def _make_callbacks(data: TrainData, cfg: RunConfig, tracker: Any, epoch_callback: EpochCallback | None,
+                    planners: list, checkpoint: Path) -> list:
+    import keras
+
+    from pipelines.inputs import make_eval_dataset
+
+    train_cfg = cfg.train
+    val_ds = make_eval_dataset(data.images, crop=cfg.data.crop, batch_size=256, indices=data.val)
+    val_labels = data.labels[data.val]
+
+    class ValidationPass(keras.callbacks.Callback):
+        """Scores the whole validation split each epoch and writes val_* into the epoch logs."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            probs = self.model.predict(val_ds, verbose=0)
+            m = classification_metrics(val_labels, probs, data.class_slugs)
+            if logs is not None:
+                logs.update(val_loss=m["log_loss"], val_accuracy=m["accuracy"],
+                            val_balanced_accuracy=m["balanced_accuracy"], val_macro_f1=m["macro_f1"])
+
+    class Report(keras.callbacks.Callback):
+        """Logs each epoch to the tracker, then calls ``epoch_callback`` (which may raise)."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            step = epoch + 1
+            metrics = {EPOCH_KEYS[k]: float(v) for k, v in logs.items() if k in EPOCH_KEYS}
+            mixes = planners[0].class_mixes if planners else []
+            if len(mixes) > epoch:
+                metrics.update({f"epoch_mix_{slug}": frac for slug, frac in mixes[epoch].items()})
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=step)
+            log.info("epoch %d/%d: loss %.4f, val_loss %.4f, val_accuracy %.4f, val_balanced_accuracy %.4f",
+                     step, train_cfg.epochs, logs.get("loss", float("nan")), logs.get("val_loss", float("nan")),
+                     logs.get("val_accuracy", float("nan")), logs.get("val_balanced_accuracy", float("nan")))
+            if epoch_callback is not None:
+                epoch_callback(step, {k: float(v) for k, v in logs.items() if k != "learning_rate"})
+
+    mode = "min" if train_cfg.monitor == "val_loss" else "max"
+    callbacks = [
+        ValidationPass(),
+        keras.callbacks.LearningRateScheduler(functools.partial(_scheduled_lr, train_cfg)),
+        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=train_cfg.monitor, mode=mode,
+                                        save_best_only=True, save_weights_only=True, verbose=0),
+    ]
+    if train_cfg.patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=train_cfg.monitor, mode=mode,
+                                                       patience=train_cfg.patience, verbose=1))
+    callbacks.append(Report())
+    return callbacks
+
+
+def _scheduled_lr(train_cfg: TrainConfig, epoch: int, lr: float) -> float:
+    return learning_rate_at(train_cfg, epoch)
+
+
+def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray | None = None,
+        tracker: Any = None, callbacks: Sequence[Any] = (), epoch_callback: EpochCallback | None = None,
+        verbose: int | str | None = None) -> FitResult:
+    """Compile and train ``model`` on ``data.train``; restore the best weights on ``train.monitor``.
+
+    ``callbacks`` are extra Keras callbacks (run after the validation pass, so they see ``val_*``).
+    """
+    import keras
+
+    from pipelines.inputs import make_train_dataset
+
+    train_cfg = cfg.train
+    if train_cfg.label_smoothing > 0:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+    model.compile(optimizer=make_optimizer(train_cfg), loss=loss, metrics=["accuracy"], jit_compile=False)
+    planners: list = []
+    train_ds = make_train_dataset(data.images, data.labels, batch_size=train_cfg.batch_size, crop=cfg.data.crop,
+                                  augment_fn=make_augment_fn(cfg), multipliers=multipliers, seed=train_cfg.seed,
+                                  indices=data.train, planner_out=planners)
+    if train_cfg.label_smoothing > 0:
+        k = data.num_classes
+        train_ds = train_ds.map(lambda x, y: (x, _one_hot(y, k)))
+    class_weight = None
+    if train_cfg.class_weights == "balanced":
+        class_weight = balanced_class_weights(data.labels[data.train], data.num_classes)
+        if multipliers is not None:
+            log.warning("class_weights=balanced together with augment.targets weights the targeted classes twice")
+    if verbose is None:
+        verbose = 1 if sys.stderr.isatty() else 2
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="galaxy10-ckpt-") as tmp:
+        checkpoint = Path(tmp) / "best.weights.h5"
+        all_callbacks = _make_callbacks(data, cfg, tracker, epoch_callback, planners, checkpoint)
+        all_callbacks[1:1] = list(callbacks)
+        history = model.fit(train_ds, epochs=train_cfg.epochs, callbacks=all_callbacks, class_weight=class_weight,
+                            shuffle=False, verbose=verbose)
+        if checkpoint.exists():
+            model.load_weights(str(checkpoint))
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    series = hist.get(train_cfg.monitor) or []
+    if not series:
+        raise DataError(f"training produced no {train_cfg.monitor}; the validation split is empty")
+    finite = [v if math.isfinite(v) else (math.inf if train_cfg.monitor == "val_loss" else -math.inf) for v in series]
+    best = int(np.argmin(finite) if train_cfg.monitor == "val_loss" else np.argmax(finite)) + 1
+    mixes = planners[0].class_mixes if planners else []
+    return FitResult(history=hist, best_epoch=best, epochs_run=len(series), class_mixes=list(mixes),
+                     seconds=time.perf_counter() - start)
+
+
+def _one_hot(y: Any, k: int) -> Any:
+    import tensorflow as tf
+
+    return tf.one_hot(y, k)
+
+
+# --------------------------------------------------------------------------------------------
+# train: one whole run
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """A finished run: the model with its best weights, metrics, and what was logged."""
+
+    model: Any
+    fit: FitResult
+    val_metrics: dict[str, Any]
+    test_metrics: dict[str, Any] | None
+    multipliers: np.ndarray | None
+    meta: dict[str, Any]
+    model_uri: str | None = None
+    run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_epoch(self) -> int:
+        """1-based epoch whose weights the model holds."""
+        return self.fit.best_epoch
+
+
+def model_metadata(cfg: RunConfig, data: TrainData) -> dict[str, Any]:
+    """What prediction needs next to the model (see ``experiments.tracking.META_KEYS``)."""
+    from pipelines.preprocess import PREPROCESS_VERSION
+
+    return {
+        "size": cfg.data.size, "crop": cfg.data.crop, "preprocess_version": PREPROCESS_VERSION,
+        "class_names": list(data.class_names), "class_slugs": list(data.class_slugs),
+        "num_classes": data.num_classes, "data_fingerprint": data.fingerprint, "synthetic": data.synthetic,
+        "provenance": data.provenance, "tta": bool(cfg.augment.tta), "input": "float32 0..255 centre crop",
+        "experiment_name": cfg.experiment_name, "run_name": cfg.run_name,
+    }
+
+
+def data_tags(data: TrainData) -> dict[str, str]:
+    """Tags describing the data: fingerprint, provenance, synthetic flag, path, counts."""
+    return {
+        "data.fingerprint": data.fingerprint, "data.fingerprint_short": data.fingerprint[:12],
+        "data.synthetic": "true" if data.synthetic else "false", "data.provenance": data.provenance,
+        "data.path": str(data.path), "data.n_train": str(len(data.train)), "data.n_val": str(len(data.val)),
+        "data.n_test": str(len(data.test)),
+    }
+
+
+def _per_class_csv(metrics: Mapping[str, Any], slugs: Sequence[str], names: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["class", "name", "recall", "precision", "support"], lineterminator="\n")
+    writer.writeheader()
+    for row, name in zip(per_class_table(metrics, slugs), names):
+        writer.writerow({"class": row["class"], "name": name, "recall": f"{row['recall']:.6f}",
+                         "precision": f"{row['precision']:.6f}", "support": row["support"]})
+    return buf.getvalue()
+
+
+def _log_split_report(tracker: Any, split: str, metrics: Mapping[str, Any], data: TrainData) -> None:
+    from experiments.plots import confusion_figure
+
+    tracker.log_text(_per_class_csv(metrics, data.class_slugs, data.class_names), f"per_class_metrics_{split}.csv")
+    fig = confusion_figure(metrics["confusion"], data.class_names, title=f"{split} confusion matrix (row-normalised)")
+    tracker.log_figure(fig, f"confusion_matrix_{split}.png")
+    tracker.log_dict({"class_slugs": list(data.class_slugs),
+                      "confusion": np.asarray(metrics["confusion"]).round(6).tolist(),
+                      "confusion_counts": np.asarray(metrics["confusion_counts"]).tolist()},
+                     f"confusion_matrix_{split}.json")
+
+
+def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
+          data_path: str | Path | None = None, score_test: bool = False, callbacks: Sequence[Any] = (),
+          epoch_callback: EpochCallback | None = None, recall_lookup: RecallLookup | None = None,
+          log_model: bool = True, verbose: int | str | None = None) -> TrainResult:
+    """Run one configured training: data, model, fit, evaluation, logging.
+
+    Parameters
+    ----------
+    cfg
+        The validated run config.
+    tracker
+        An ``experiments.tracking.Tracker`` (``NullTracker`` when None).
+    data
+        Pre-loaded data (tuning workers load once); else loaded from ``data_path`` / ``cfg.data.path``.
+    score_test
+        Score the TEST split too. Off by default: model selection never looks at the test split.
+    epoch_callback
+        Called after each epoch; an exception it raises stops training and propagates.
+    recall_lookup
+        Resolves ``augment.targets: auto`` (``experiments.tracking.run_val_recall``).
+    log_model
+        Log the Keras model with its prediction metadata.
+    """
+    import keras
+
+    from experiments.models import build_model
+    from experiments.plots import learning_curves_figure
+    from experiments.tracking import NullTracker, git_commit, package_versions
+
+    tracker = tracker if tracker is not None else NullTracker()
+    data = data if data is not None else load_training_data(cfg.data, data_path)
+    if data.size != cfg.data.size:
+        raise ConfigError(f"the loaded data is resized to {data.size} px but data.size={cfg.data.size}; "
+                          "load the data with this config")
+    if data.synthetic:
+        log.warning("training on SYNTHETIC data: %s", data.describe())
+    else:
+        log.info("training on %s", data.describe())
+    multipliers = resolve_multipliers(cfg, data, recall_lookup)
+
+    tracker.log_params(flatten(cfg))
+    tracker.set_tags({**data_tags(data), **git_commit(), **package_versions(),
+                      "augment.targeted": "true" if multipliers is not None else "false",
+                      "test_scored": "true" if score_test else "false"})
+    if multipliers is not None:
+        tracker.log_params({f"multiplier.{s}": f"{m:.4g}" for s, m in zip(data.class_slugs, multipliers)})
+    tracker.log_text(to_yaml(cfg), "config.yaml")
+    tracker.log_dict({"class_names": list(data.class_names), "class_slugs": list(data.class_slugs)},
+                     "class_names.json")
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.train.seed)
+    model = build_model(cfg.model, input_size=cfg.data.crop, num_classes=data.num_classes,
+                        precision=cfg.train.precision)
+    fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
+                 epoch_callback=epoch_callback, verbose=verbose)
+
+    val_metrics = evaluate(model, data, data.val, crop=cfg.data.crop, tta=cfg.augment.tta)
+    tracker.log_metrics({**prefixed(val_metrics, "val"), "best_epoch": fitted.best_epoch,
+                         "epochs_run": fitted.epochs_run, "train_seconds": fitted.seconds},
+                        step=fitted.best_epoch)
+    _log_split_report(tracker, "val", val_metrics, data)
+    fig = learning_curves_figure(fitted.history, best_epoch=fitted.best_epoch)
+    tracker.log_figure(fig, "learning_curves.png")
+    tracker.log_dict({"history": fitted.history, "best_epoch": fitted.best_epoch,
+                      "class_mix_per_epoch": fitted.class_mixes}, "history.json")
+    test_metrics = None
+    if score_test:
+        if len(data.test) == 0:
+            raise DataError("--score-test was given but the test split is empty; use more images")
+        test_metrics = evaluate(model, data, data.test, crop=cfg.data.crop, tta=cfg.augment.tta)
+        tracker.log_metrics(prefixed(test_metrics, "test"), step=fitted.best_epoch)
+        _log_split_report(tracker, "test", test_metrics, data)
+    meta = model_metadata(cfg, data)
+    meta.update(best_epoch=fitted.best_epoch, val_accuracy=round(float(val_metrics["accuracy"]), 6),
+                run_id=getattr(tracker, "run_id", None))
+    model_uri = None
+    if log_model:
+        from pipelines.inputs import cropped_array
+
+        example = cropped_array(data.images, cfg.data.crop, data.val[:1]).astype(np.float32)
+        model_uri = tracker.log_keras_model(model, meta=meta, input_example=example)
+    log.info("val: accuracy %.4f, balanced accuracy %.4f, macro-F1 %.4f (best epoch %d of %d%s)",
+             val_metrics["accuracy"], val_metrics["balanced_accuracy"], val_metrics["macro_f1"],
+             fitted.best_epoch, fitted.epochs_run, ", TTA" if cfg.augment.tta else "")
+    return TrainResult(model=model, fit=fitted, val_metrics=val_metrics, test_metrics=test_metrics,
+                       multipliers=multipliers, meta=meta, model_uri=model_uri,
+                       run_id=getattr(tracker, "run_id", None))
+
+
+def summary(result: TrainResult) -> dict[str, Any]:
+    """JSON-ready summary of a run (scalar metrics, best epoch, model URI)."""
+    out: dict[str, Any] = {"run_id": result.run_id, "model_uri": result.model_uri,
+                           "best_epoch": result.best_epoch, "epochs_run": result.fit.epochs_run,
+                           "synthetic": result.meta.get("synthetic"), "provenance": result.meta.get("provenance"),
+                           "val": scalar_metrics(result.val_metrics)}
+    if result.test_metrics is not None:
+        out["test"] = scalar_metrics(result.test_metrics)
+    return json.loads(json.dumps(out))
+
+
+__all__ = ["TrainData", "TrainResult", "FitResult", "load_training_data", "fit", "train", "evaluate",
+           "predict_probs", "resolve_multipliers", "model_metadata", "summary", "to_dict"]

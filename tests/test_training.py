@@ -1,0 +1,171 @@
+"""Training on tiny data: learning, logging through a tracker, early stopping, callbacks, test-split guard."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from augment.tta import dihedral_view
+from conftest import write_galaxy10_h5
+from experiments.config import flatten, load_config
+from experiments.models import build_model
+from experiments.training import (
+    TrainData,
+    balanced_class_weights,
+    evaluate,
+    learning_rate_at,
+    load_training_data,
+    resolve_multipliers,
+    train,
+)
+from experiments.tracking import NullTracker
+from pipelines.classes import CLASS_SLUGS
+from pipelines.errors import ConfigError
+from pipelines.preprocess import center_crop
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+FAST = ["augment.policy=none", "augment.targets=null", "train.learning_rate=3.0e-3", "data.max_images=400"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> TrainData:
+    """400 tiny 64 px images resized to 48 px in memory (max_images: nothing cached), loaded once."""
+    folder = tmp_path_factory.mktemp("train-data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("GALAXY10_CACHE", str(folder / "cache"))
+        path = write_galaxy10_h5(folder / "learn.h5", n=450, size=64, seed=1)
+        return load_training_data(load_config(SMOKE, FAST).data, path)
+
+
+def test_load_training_data(data):
+    assert data.images.shape == (400, 48, 48, 3) and data.images.dtype == np.uint8
+    assert max(data.train.max(), data.val.max(), data.test.max()) < 400
+    assert not set(data.train) & set(data.val) and not set(data.val) & set(data.test)
+    assert data.synthetic and data.provenance == "synthetic" and data.class_slugs == CLASS_SLUGS
+    assert "SYNTHETIC" in data.describe()
+
+
+def test_train_learns_and_logs_everything_but_the_test_split(data):
+    cfg = load_config(SMOKE, [*FAST, "train.epochs=6"])
+    tracker = NullTracker()
+    seen = []
+    result = train(cfg, tracker, data=data, epoch_callback=lambda e, m: seen.append((e, dict(m))), verbose=0)
+    # learns: 10 classes, chance is 0.1
+    assert result.val_metrics["accuracy"] > 0.25
+    # best weights restored: final val log loss is the best epoch's
+    hist = result.fit.history
+    assert result.best_epoch == int(np.argmin(hist["val_loss"])) + 1
+    assert result.val_metrics["log_loss"] == pytest.approx(min(hist["val_loss"]), rel=1e-4)
+    # epoch callback: once per epoch, 1-based, with validation metrics
+    assert [e for e, _ in seen] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1"} <= set(seen[0][1])
+    # tracker: params, tags, per-epoch and final metrics, artifacts; never the test split
+    assert tracker.params.items() >= flatten(cfg).items()
+    assert tracker.tags["data.synthetic"] == "true" and tracker.tags["data.provenance"] == "synthetic"
+    assert tracker.tags["data.fingerprint"] == data.fingerprint and tracker.tags["test_scored"] == "false"
+    assert [s for s, _ in tracker.metrics["epoch_val_accuracy"]] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in tracker.metrics["epoch_mix_disturbed"]] == [1, 2, 3, 4, 5, 6]
+    assert tracker.latest("val_recall_disturbed") == result.val_metrics["recall_disturbed"]
+    assert tracker.latest("best_epoch") == result.best_epoch
+    assert not [k for k in tracker.metrics if k.startswith("test_")]
+    assert {"config.yaml", "class_names.json", "confusion_matrix_val.png", "per_class_metrics_val.csv",
+            "learning_curves.png", "history.json"} <= set(tracker.artifacts)
+    assert not [a for a in tracker.artifacts if "test" in a]
+    csv_lines = tracker.artifacts["per_class_metrics_val.csv"].splitlines()
+    assert csv_lines[0] == "class,name,recall,precision,support" and len(csv_lines) == 11
+    assert tracker.model_meta["size"] == 48 and tracker.model_meta["crop"] == 32
+    assert tracker.model_meta["synthetic"] is True and tracker.model_meta["tta"] is False
+
+
+class Pruned(Exception):
+    pass
+
+
+def test_epoch_callback_exception_stops_training_and_propagates(data):
+    cfg = load_config(SMOKE, [*FAST, "train.epochs=5"])
+    tracker = NullTracker()
+
+    def prune(epoch, metrics):
+        if epoch == 2:
+            raise Pruned(f"pruned at {epoch}")
+
+    with pytest.raises(Pruned, match="pruned at 2"):
+        train(cfg, tracker, data=data, epoch_callback=prune, verbose=0)
+    assert [s for s, _ in tracker.metrics["epoch_val_loss"]] == [1, 2]
+    assert "val_accuracy" not in tracker.metrics  # no final evaluation after a stop signal
+
+
+def test_early_stopping_and_scoring_the_test_split(data):
+    # a learning rate this small leaves val accuracy unchanged: patience 1 stops after epoch 2
+    cfg = load_config(SMOKE, [*FAST, "train.epochs=6", "train.learning_rate=1.0e-7", "train.patience=1",
+                              "train.monitor=val_accuracy"])
+    tracker = NullTracker()
+    result = train(cfg, tracker, data=data, score_test=True, verbose=0)
+    assert result.fit.epochs_run == 2 and result.best_epoch == 1
+    assert result.test_metrics is not None and tracker.tags["test_scored"] == "true"
+    assert tracker.latest("test_accuracy") == result.test_metrics["accuracy"]
+    assert "per_class_metrics_test.csv" in tracker.artifacts
+
+
+def test_other_options_train(data):
+    cfg = load_config(SMOKE, [*FAST[:-1], "data.max_images=400", "train.epochs=2", "train.optimizer=adamw",
+                              "train.schedule=cosine", "train.label_smoothing=0.1", "train.class_weights=balanced",
+                              "train.precision=mixed_bfloat16", "model.batch_norm=true", "augment.policy=galaxy",
+                              "augment.targets={disturbed: 2}", "augment.tta=true"])
+    tracker = NullTracker()
+    result = train(cfg, tracker, data=data, verbose=0)
+    assert all(math.isfinite(v) for v in result.fit.history["loss"])
+    lrs = [v for _, v in tracker.metrics["epoch_learning_rate"]]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[1] == pytest.approx(1.5e-3, rel=1e-3)  # cosine over 2 epochs
+    mix = [v for _, v in tracker.metrics["epoch_mix_disturbed"]]
+    assert mix[0] == pytest.approx(2 / 11, abs=0.03)  # disturbed doubled: 2 of 11 parts
+    assert tracker.params["multiplier.disturbed"] == "2"
+    assert tracker.model_meta["tta"] is True
+
+
+def test_tta_evaluation_averages_the_eight_views(data):
+    model = build_model(load_config(SMOKE).model, input_size=32)
+    rows = data.val[:6]
+    m = evaluate(model, data, rows, crop=32, tta=True)
+    crops = center_crop(np.asarray(data.images[rows]), 32)
+    probs = np.mean([model.predict(dihedral_view(crops, j).astype(np.float32), verbose=0) for j in range(8)], axis=0)
+    expected = -np.mean(np.log(np.clip(probs[np.arange(6), data.labels[rows]], 1e-7, 1)))
+    assert m["log_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_resolve_multipliers(data):
+    cfg = load_config(None, ["augment.targets={cigar: 3}"])
+    assert resolve_multipliers(cfg, data)[4] == 3.0
+    assert resolve_multipliers(load_config(None), data) is None
+    auto = load_config(None, ["augment.targets=auto", "augment.auto_from_run=abc", "augment.max_multiplier=3"])
+    with pytest.raises(ConfigError, match="auto"):
+        resolve_multipliers(auto, data)
+    recall = np.array([0.2, 0.8, 0.9, 0.9, 0.45, 0.9, 0.9, 0.9, 0.9, 0.9])
+    asked = []
+    m = resolve_multipliers(auto, data, lambda run_id, slugs: asked.append(run_id) or recall)
+    assert asked == ["abc"]
+    np.testing.assert_allclose(m, np.clip(0.9 / recall, 1, 3))
+
+
+def test_targets_refused_for_custom_class_sets(data):
+    from dataclasses import replace
+
+    custom = replace(data, class_names=("ring", "no ring"), class_slugs=("ring", "no_ring"))
+    with pytest.raises(ConfigError, match="Galaxy10 classes"):
+        resolve_multipliers(load_config(None, ["augment.targets={disturbed: 2}"]), custom)
+
+
+def test_schedules_and_class_weights():
+    base = load_config(None, ["train.learning_rate=0.01", "train.epochs=10"]).train
+    from dataclasses import replace
+
+    assert learning_rate_at(base, 7) == 0.01
+    cosine = replace(base, schedule="cosine")
+    assert learning_rate_at(cosine, 0) == pytest.approx(0.01) and learning_rate_at(cosine, 5) == pytest.approx(0.005)
+    step = replace(base, schedule="step", step_epochs=3, step_factor=0.5)
+    assert [learning_rate_at(step, e) for e in (0, 2, 3, 6)] == pytest.approx([0.01, 0.01, 0.005, 0.0025])
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0, 2: 1.0})
