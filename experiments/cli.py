@@ -20,6 +20,7 @@ from pipelines.errors import Galaxy10Error
 COMMAND_MODULES: tuple[str, ...] = (
     "data",
     "baseline",
+    "train",
     "tune",
     "study",
 )
