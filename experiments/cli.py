@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "tune",
     "study",
+    "predict",
+    "serve",
 )
 
 log = logging.getLogger("galaxy10")

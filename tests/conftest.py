@@ -1,8 +1,10 @@
 """Shared fixtures: tiny Galaxy10-schema HDF5 files made in ``tmp_path`` (never the real data)."""
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -93,3 +95,61 @@ def _isolate_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GALAXY10_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@contextlib.contextmanager
+def keep_mlflow_tracking_uri() -> Iterator[None]:
+    """Undo ``mlflow.set_tracking_uri`` calls made inside the block (MLflow keeps the URI globally)."""
+    from mlflow.tracking._tracking_service import utils
+
+    saved, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        utils._tracking_uri = saved
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+@dataclass(frozen=True)
+class SmokeModel:
+    """A model trained once per session with ``smoke.yaml`` on a tiny file, logged and registered."""
+
+    tracking_uri: str
+    run_id: str
+    model_uri: str
+    registered_name: str
+    data_path: Path
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> SmokeModel:
+    """Train ``experiments/configs/smoke.yaml`` on a tiny file, log it to MLflow, register ``@champion``.
+
+    Everything (data, cache, sqlite store, artifacts) lives in one session temp folder.
+    """
+    from mlflow import MlflowClient
+
+    from experiments.config import load_config
+    from experiments.tracking import MlflowTracker
+    from experiments.training import train
+
+    root = tmp_path_factory.mktemp("smoke_model")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("GALAXY10_CACHE", str(root / "cache"))
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        data = write_galaxy10_h5(root / "tiny.h5")
+        cfg = load_config(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml",
+                          [f"data.path={data}"])
+        with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri) as tracker:
+            result = train(cfg, tracker, verbose=0)
+        client = MlflowClient(uri)
+        name = "smoke-study"
+        client.create_registered_model(name)
+        version = client.create_model_version(name, source=result.model_uri, run_id=result.run_id)
+        client.set_registered_model_alias(name, "champion", version.version)
+    return SmokeModel(uri, result.run_id, result.model_uri, name, data)

@@ -1,0 +1,40 @@
+"""``galaxy10 serve``: a local web page (and JSON API) that classifies uploaded images."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from experiments.commands.predict import add_model_arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``galaxy10 serve``."""
+    parser = subparsers.add_parser(
+        "serve", help="web page to upload an image and see its predicted class",
+        description="Serve a small prediction page and JSON API (POST /api/predict, GET /api/model, "
+                    "GET /api/health). Binds to 127.0.0.1 unless --host says otherwise.")
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
+                        help="largest accepted upload in MB (default: 10)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model once, then serve until interrupted."""
+    from experiments.predict import load_predictor
+    from experiments.serve import serve
+    from pipelines.errors import ConfigError
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be 1-65535, got {args.port}")
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the output clean
+    predictor = load_predictor(args.model, tracking_uri=args.tracking_uri)
+    print(f"galaxy10 serve: model {predictor.card.display_name} on http://{args.host}:{args.port}/"
+          "  (Ctrl-C to stop)")
+    serve(predictor, host=args.host, port=args.port,
+          max_upload_bytes=int(args.max_upload_mb * 1e6))
+    return 0
