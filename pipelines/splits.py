@@ -297,7 +297,8 @@ def save_split(split: Split, path: str | os.PathLike, data_name: str | None = No
 
 
 def _malformed(path: Path, problem: str) -> DataError:
-    return DataError(f"split file {path} is malformed ({problem}); delete it or pass --force to re-split")
+    return DataError(f"split file {path} is malformed ({problem}); delete it or re-split with "
+                     "`galaxy10 data split --force`")
 
 
 def _index_array(path: Path, doc: Mapping[str, Any], name: str, n_images: int) -> np.ndarray:
@@ -356,7 +357,7 @@ def load_split(path: str | os.PathLike, data_path: str | os.PathLike) -> Split:
     if split.fingerprint != actual:
         raise DataError(
             f"split {path} was made for data {split.fingerprint[:12]}, this file {data_path} is "
-            f"{actual[:12]}; delete the split file or pass --force to re-split"
+            f"{actual[:12]}; delete the split file or re-split with `galaxy10 data split --force`"
         )
     return split
 
