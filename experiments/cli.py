@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "study",
     "predict",
     "serve",
+    "report",
 )
 
 log = logging.getLogger("galaxy10")

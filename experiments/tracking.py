@@ -747,11 +747,18 @@ def list_run_artifacts(run_id: str, path: str | None = None, *, tracking_uri: st
 def download_run_artifact(run_id: str, path: str, dst: str | Path, *, tracking_uri: str | None = None) -> Path:
     """Download artifact ``path`` of run ``run_id`` into folder ``dst``; return the local path."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no progress bar on stderr
     try:
         return Path(client.download_artifacts(run_id, path, str(dst)))
     except (MlflowException, OSError) as err:
         raise ModelError(f"cannot download artifact {path} of run {run_id} ({_first_line(err)}); "
                          "check the run still exists at --tracking-uri") from None
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
 
 
 def log_artifacts_to_run(run_id: str, local_dir: str | Path, artifact_path: str | None = None, *,

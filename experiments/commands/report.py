@@ -1,0 +1,53 @@
+"""``galaxy10 report``: score a study's best models on the test split and write an HTML/Markdown report."""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``galaxy10 report``."""
+    parser = subparsers.add_parser(
+        "report", help="best-model report of a study: data card, test scores with 95% CIs, figures",
+        description="Score the most-frequent-class baseline, the study's best CNN and the ensemble comparison's "
+                    "winner (if `galaxy10 ensemble` was run) ONCE on the test split, log those numbers to MLflow "
+                    "and write report.html (self-contained), report.md and the PNGs into --out; the files are "
+                    "also logged under report/ on the study's MLflow parent run.")
+    parser.add_argument("--study", required=True, help="name of a study made by `galaxy10 tune`")
+    parser.add_argument("--out", help="output folder (default: reports/<study>); replaced atomically")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--data", metavar="FILE",
+                        help="the study's data file, if it moved since the study ran (its fingerprint must match)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for the 95%% confidence intervals (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the report and print where it is and the headline numbers."""
+    from pathlib import Path
+
+    from experiments.report import build_report
+    from pipelines.errors import ConfigError
+
+    if args.bootstrap < 1:
+        raise ConfigError(f"--bootstrap {args.bootstrap} must be at least 1; e.g. --bootstrap 1000")
+    out = Path(args.out) if args.out else Path("reports") / args.study
+    report = build_report(args.study, out=out, storage_url=args.storage, tracking_uri=args.tracking_uri,
+                          data_path=args.data, n_resamples=args.bootstrap, seed=args.seed)
+    if report.data.synthetic:
+        print("SYNTHETIC data: these numbers say nothing about real galaxies")
+    print(f"report: {out / 'report.html'} (also report.md and PNGs; logged under report/ on run "
+          f"{report.parent_run_id})")
+    for m in report.models:
+        lo, hi = m.ci["accuracy"]
+        print(f"  {m.label:<32} test accuracy {100 * m.metrics['accuracy']:5.1f}% "
+              f"[{100 * lo:.1f}, {100 * hi:.1f}]  macro-F1 {100 * m.metrics['macro_f1']:5.1f}%")
+    if not report.ensemble.found:
+        print(f"  {report.ensemble.reason}")
+    print(f"  test numbers logged to MLflow run {report.scoring_run_id} ({report.tracking_uri})")
+    return 0

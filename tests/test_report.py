@@ -1,0 +1,325 @@
+"""Best-model reports: bootstrap intervals, atomic output, errors, and a report of a real tiny study."""
+from __future__ import annotations
+
+import base64
+import html as html_lib
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from experiments import report as rp
+from experiments.cli import main as cli_main
+
+from conftest import keep_mlflow_tracking_uri, write_galaxy10_h5
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+
+
+# --------------------------------------------------------------------------------------------
+# Pure pieces
+# --------------------------------------------------------------------------------------------
+def test_accuracy_macro_f1_matches_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 10, 300)
+    pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 10, 300))
+    pred[pred == 4] = 5  # class 4 never predicted: F1 0 for it
+    counts = rp.confusion_stack(y, pred, np.arange(300)[None, :], 10)[0]
+    acc, f1 = rp.accuracy_macro_f1(counts)
+    assert acc == pytest.approx(np.mean(y == pred))
+    assert f1 == pytest.approx(f1_score(y, pred, labels=np.arange(10), average="macro", zero_division=0))
+
+
+def test_bootstrap_intervals_bracket_the_estimate_and_are_seeded() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 1000)
+    good = np.where(rng.random(1000) < 0.7, y, (y + 1) % 10)
+    perfect = y.copy()
+    ci = rp.bootstrap_ci(y, {"good": good, "perfect": perfect}, 10, n_resamples=500, seed=3)
+    lo, hi = ci["good"]["accuracy"]
+    acc = np.mean(good == y)
+    # binomial standard error at n=1000, p=0.7 is ~0.0145: the 95% interval is about +-0.028
+    assert lo < acc < hi
+    assert 0.035 < hi - lo < 0.08
+    f_lo, f_hi = ci["good"]["macro_f1"]
+    assert f_lo < f1_score(y, good, average="macro") < f_hi
+    assert ci["perfect"] == {"accuracy": (1.0, 1.0), "macro_f1": (1.0, 1.0)}
+    assert rp.bootstrap_ci(y, {"good": good}, 10, n_resamples=500, seed=3)["good"] == ci["good"]
+    assert rp.bootstrap_ci(y, {"good": good}, 10, n_resamples=500, seed=4)["good"] != ci["good"]
+
+
+def test_bootstrap_rejects_mismatched_predictions() -> None:
+    with pytest.raises(Exception, match="predicted"):
+        rp.bootstrap_ci(np.zeros(5, dtype=int), {"m": np.zeros(4, dtype=int)}, 10, n_resamples=10)
+
+
+def test_atomic_dir_replaces_on_success_and_leaves_nothing_on_error(tmp_path: Path) -> None:
+    out = tmp_path / "reports" / "s"
+    with rp.atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with rp.atomic_dir(out) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert (out / "a.txt").read_text() == "first"
+    with rp.atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s"]  # no temp or old folders left
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: one clear line each
+# --------------------------------------------------------------------------------------------
+def test_missing_tracking_db_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = cli_main(["report", "--study", "s", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == (f"galaxy10: error: no MLflow tracking database at {tmp_path / 'none.db'}; run `galaxy10 tune` "
+                   "first or pass --tracking-uri of the store the study logged to")
+    assert not (tmp_path / "none.db").exists()
+
+
+def _empty_tracking_db(tmp_path: Path) -> str:
+    from experiments import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.find_runs({"x": "y"}, tracking_uri=uri)  # creates the store's tables
+    return uri
+
+
+def test_unknown_study_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import optuna
+
+    uri = _empty_tracking_db(tmp_path)
+    optuna.create_study(study_name="other", storage="sqlite:///optuna.db")
+    capsys.readouterr()
+    code = cli_main(["report", "--study", "nope", "--tracking-uri", uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == ("galaxy10: error: study 'nope' not found in sqlite:///optuna.db; known studies: other")
+
+
+def test_study_without_completed_trial_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import optuna
+
+    uri = _empty_tracking_db(tmp_path)
+    study = optuna.create_study(study_name="s", storage="sqlite:///optuna.db")
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    capsys.readouterr()
+    code = cli_main(["report", "--study", "s", "--tracking-uri", uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == ("galaxy10: error: study 's' has no COMPLETE trial (1 fail, 1 pruned); finish one with "
+                      "`galaxy10 tune --study s ...` before asking for a report")
+
+
+def test_missing_optuna_storage_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    uri = _empty_tracking_db(tmp_path)
+    capsys.readouterr()
+    code = cli_main(["report", "--study", "s", "--tracking-uri", uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("galaxy10: error: no Optuna storage at optuna.db; run galaxy10 tune first")
+
+
+# --------------------------------------------------------------------------------------------
+# A real tiny study, reported
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TinyStudy:
+    root: Path
+    data: Path
+    tracking_uri: str
+    storage: str
+    parent_run_id: str
+    best_run_id: str
+    best_model_uri: str
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
+    """A 2-trial study (smoke CNN, 48 px / crop 32) on a 200-image synthetic file, via the tuning code."""
+    from experiments import tuning
+    from experiments.search_space import parse_tune_config
+
+    root = tmp_path_factory.mktemp("report_study")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("GALAXY10_CACHE", str(root / "cache"))
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        data = write_galaxy10_h5(root / "tiny.h5")
+        tune = parse_tune_config({
+            "base": str(SMOKE), "run": {"train": {"epochs": 1}},
+            "study": {"name": "tiny", "n_trials": 2, "storage": storage, "pruner": "none"},
+            "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+        })
+        result = tuning.run_study(tune, tracking_uri=uri, data_path=str(data))
+        assert result.best_run_id is not None
+        study = tuning.load_existing_study("tiny", tuning.open_storage(storage))
+        yield TinyStudy(root, data, uri, storage, result.parent_run_id, result.best_run_id,
+                        study.best_trial.user_attrs["model_uri"])
+
+
+def _report(study: TinyStudy, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    code = cli_main(["report", "--study", "tiny", "--out", str(out), "--storage", study.storage,
+                     "--tracking-uri", study.tracking_uri, "--bootstrap", "300"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+@pytest.fixture(scope="module")
+def first_report(tiny_study: TinyStudy) -> Iterator[Path]:
+    """The report of the tiny study before any ensemble comparison exists."""
+    out = tiny_study.root / "reports" / "tiny"
+    with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tiny_study.root)
+        mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
+        rp.build_report("tiny", out=out, storage_url=tiny_study.storage, tracking_uri=tiny_study.tracking_uri,
+                        n_resamples=300)
+        snapshot = tiny_study.root / "first_report"
+        shutil.copytree(out, snapshot)
+    yield snapshot
+
+
+@pytest.mark.slow
+def test_report_has_every_section(tiny_study: TinyStudy, first_report: Path) -> None:
+    from pipelines.reader import data_fingerprint
+
+    html = html_lib.unescape((first_report / "report.html").read_text())
+    md = (first_report / "report.md").read_text()
+    numbers = json.loads((first_report / "report.json").read_text())
+    # the SYNTHETIC banner comes first, in large type
+    banner = html.index('id="synthetic-banner"')
+    assert banner < html.index("Data card") and "SYNTHETIC DATA" in html[banner:banner + 200]
+    assert re.search(r"\.banner \.big \{[^}]*font-size: 2\.\d+rem", html)
+    assert md.startswith("# ⚠ SYNTHETIC DATA")
+    # data card: file, provenance, fingerprint, class counts, split sizes
+    assert str(tiny_study.data) in html and data_fingerprint(tiny_study.data) in html
+    assert "SYNTHETIC</span>" in html and "train 160, val 20, test 20" in html
+    assert html.count('<td class="num">20</td>') >= 10  # 20 images of each class in the file
+    # baseline and best CNN rows with intervals, next to the reference marked as such
+    for key, label in (("baseline", "Baseline (most frequent class)"), ("cnn", "Best CNN")):
+        m = numbers["models"][key]
+        lo, hi = m["ci95"]["accuracy"]
+        assert lo <= m["test"]["accuracy"] <= hi
+        row = re.search(rf"<td>{re.escape(label)}</td>(.*?)</tr>", html, re.S).group(1)
+        assert f"{100 * m['test']['accuracy']:.1f}%" in row and f"[{100 * lo:.1f}, {100 * hi:.1f}]" in row
+    assert numbers["models"]["cnn"]["run_id"] == tiny_study.best_run_id
+    assert "reference, not the same data" in html and "81.1%" in html
+    assert "no ensemble comparison found for study 'tiny'" in html and "no ensemble comparison found" in md
+    # figures: embedded in the HTML, written as files, referenced by the Markdown
+    for name in ("recall_per_class.png", "confusion_cnn.png", "learning_curves.png", "optimization_history.png",
+                 "misclassified.png"):
+        data = (first_report / name).read_bytes()
+        assert data.startswith(b"\x89PNG")
+        assert base64.b64encode(data).decode()[:200] in html
+        assert f"]({name})" in md
+    # self-contained: no external resources
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    # run ids and the reproduce command
+    scoring = numbers["scoring_run_id"]
+    for run_id in (tiny_study.parent_run_id, tiny_study.best_run_id, scoring):
+        assert run_id in html and run_id in md
+    assert "galaxy10 tune --config" in html and "--study tiny" in html
+    assert "galaxy10 report --study tiny" in md
+
+
+@pytest.mark.slow
+def test_report_numbers_are_logged_to_mlflow(tiny_study: TinyStudy, first_report: Path) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.baseline import score_baseline
+    from pipelines.splits import ensure_split
+
+    numbers = json.loads((first_report / "report.json").read_text())
+    client = MlflowClient(tiny_study.tracking_uri)
+    scoring = client.get_run(numbers["scoring_run_id"])
+    assert scoring.info.run_name == rp.SCORING_RUN_NAME
+    assert scoring.data.tags["mlflow.parentRunId"] == tiny_study.parent_run_id
+    for key in ("baseline", "cnn"):
+        for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
+            assert scoring.data.metrics[f"test_{key}_{metric}"] == pytest.approx(numbers["models"][key]["test"][metric])
+        assert scoring.data.metrics[f"test_{key}_accuracy_ci_low"] == pytest.approx(
+            numbers["models"][key]["ci95"]["accuracy"][0])
+    # the baseline is pipelines.baseline's, on the same split
+    split = ensure_split(tiny_study.data)
+    assert numbers["models"]["baseline"]["test"]["accuracy"] == pytest.approx(
+        score_baseline(tiny_study.data, split)["accuracy"])
+    # test_* metrics on the best trial's own run
+    best = client.get_run(tiny_study.best_run_id)
+    assert best.data.metrics["test_accuracy"] == pytest.approx(numbers["models"]["cnn"]["test"]["accuracy"])
+    assert best.data.tags["report.test_scoring_run"] == numbers["scoring_run_id"]
+    # the report files are artifacts of the study's parent run
+    logged = {f.path for f in client.list_artifacts(tiny_study.parent_run_id, "report")}
+    for name in ("report.html", "report.md", "report.json", "recall_per_class.png", "confusion_cnn.png"):
+        assert f"report/{name}" in logged
+
+
+@pytest.mark.slow
+def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A registered ``<study>-ensemble@champion`` under a comparison run is scored and shown with its table."""
+    from mlflow import MlflowClient
+
+    from experiments import tracking
+
+    client = MlflowClient(tiny_study.tracking_uri)
+    with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tiny_study.root)
+        mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
+        with tracking.MlflowTracker("ens", "ensemble comparison", tracking_uri=tiny_study.tracking_uri) as parent:
+            parent.log_text("candidate,kind,val_accuracy\nvote-top2,vote,0.5\ncnn-best,cnn,0.4\n", "comparison.csv")
+        with tracking.MlflowTracker("ens", "vote-top2", tracking_uri=tiny_study.tracking_uri,
+                                    parent_run_id=parent.run_id, tags={"kind": "vote"}) as winner:
+            pass
+        version = client.create_model_version("tiny-ensemble", tiny_study.best_model_uri, run_id=winner.run_id) \
+            if client.search_registered_models(filter_string="name='tiny-ensemble'") else None
+        if version is None:
+            client.create_registered_model("tiny-ensemble")
+            version = client.create_model_version("tiny-ensemble", tiny_study.best_model_uri, run_id=winner.run_id)
+        client.set_registered_model_alias("tiny-ensemble", "champion", version.version)
+        out = tiny_study.root / "reports" / "with-ensemble"
+        printed = _report(tiny_study, out, capsys)
+    html = html_lib.unescape((out / "report.html").read_text())
+    numbers = json.loads((out / "report.json").read_text())
+    assert "Best ensemble" in printed
+    assert "no ensemble comparison found" not in html
+    assert numbers["models"]["ensemble"]["run_id"] == winner.run_id
+    # the same Keras model scored from the raw file images agrees with the CNN scored from the cache
+    assert numbers["models"]["ensemble"]["test"]["accuracy"] == pytest.approx(
+        numbers["models"]["cnn"]["test"]["accuracy"], abs=0.051)
+    assert (out / "confusion_ensemble.png").read_bytes().startswith(b"\x89PNG")
+    assert "<td>vote-top2</td>" in html and parent.run_id in html and winner.run_id in html
+    assert client.get_run(winner.run_id).data.metrics["test_accuracy"] == pytest.approx(
+        numbers["models"]["ensemble"]["test"]["accuracy"])
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(first_report: Path, tmp_path: Path) -> None:
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install -y chromium)")
+    from PIL import Image
+
+    shot = tmp_path / "report.png"
+    subprocess.run([str(chromium), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,900",
+                    (first_report / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    banner = np.all(np.abs(image.astype(int) - (0xB3, 0x26, 0x1E)) < 12, axis=-1)
+    rows = np.flatnonzero(banner.mean(axis=1) > 0.5)
+    assert rows.size > 60 and rows.min() < 60  # a tall red banner at the very top
