@@ -19,6 +19,7 @@ from experiments.predict import (
     DEFAULT_MAX_PIXELS,
     EmptyImageError,
     ImageTooLargeError,
+    ModelCard,
     NotAnImageError,
     Predictor,
     decode_image,
@@ -93,7 +94,7 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
             result = analyse()
         except DataError as err:
             return page(error=str(err)), _status_for(err)
-        return page(result=_view_model(result))
+        return page(result=_view_model(result, card))
 
     @app.post("/api/predict")
     def api_predict():  # noqa: ANN202
@@ -147,25 +148,36 @@ def _display_name(filename: str | None) -> str:
     return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS - 1] + "…"
 
 
-def _png_data_uri(image: np.ndarray, max_px: int | None = None) -> str:
-    """Encode uint8 RGB as a ``data:image/png`` URI (optionally shrunk to ``max_px``)."""
-    from PIL import Image
+def _png_data_uri(image: np.ndarray, max_px: int | None = None,
+                  box_fraction: float | None = None) -> str:
+    """Encode uint8 RGB as a ``data:image/png`` URI, optionally shrunk to ``max_px``.
+
+    ``box_fraction`` outlines the centred square of that fraction of the shorter side (the region
+    the model's centre crop covers).
+    """
+    from PIL import Image, ImageDraw
 
     img = Image.fromarray(image)
     if max_px is not None and max(img.size) > max_px:
         img.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
+    if box_fraction is not None and box_fraction < 1:
+        w, h = img.size
+        side = min(w, h) * box_fraction
+        left, top = (w - side) / 2, (h - side) / 2
+        ImageDraw.Draw(img).rectangle([left, top, left + side - 1, top + side - 1],
+                                      outline=(255, 214, 64), width=max(1, round(min(w, h) / 128)))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _view_model(result: dict[str, Any]) -> dict[str, Any]:
-    """Template data: image URIs and bar geometry for the inline SVG chart."""
+def _view_model(result: dict[str, Any], card: ModelCard) -> dict[str, Any]:
+    """Template data: image URIs (crop region outlined on the thumbnail) and bar geometry."""
     bars = [{"label": c["class"], "p": c["probability"], "pct": f"{100 * c['probability']:.1f}%",
              "width": round(max(0.0, min(1.0, c["probability"])) * 100, 2)}
             for c in result["classes"]]
     return {**{k: v for k, v in result.items() if not k.startswith("_")},
-            "thumb_uri": _png_data_uri(result["_image"], THUMBNAIL_PX),
+            "thumb_uri": _png_data_uri(result["_image"], THUMBNAIL_PX, box_fraction=card.crop / card.size),
             "crop_uri": _png_data_uri(result["_crop"]),
             "crop_px": int(result["_crop"].shape[0]), "bars": bars,
             "top_pct": f"{100 * result['top_probability']:.1f}%"}
