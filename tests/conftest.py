@@ -130,10 +130,8 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> SmokeModel:
 
     Everything (data, cache, sqlite store, artifacts) lives in one session temp folder.
     """
-    from mlflow import MlflowClient
-
     from experiments.config import load_config
-    from experiments.tracking import MlflowTracker
+    from experiments.tracking import MlflowTracker, register_champion
     from experiments.training import train
 
     root = tmp_path_factory.mktemp("smoke_model")
@@ -147,9 +145,6 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> SmokeModel:
                           [f"data.path={data}"])
         with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri) as tracker:
             result = train(cfg, tracker, verbose=0)
-        client = MlflowClient(uri)
         name = "smoke-study"
-        client.create_registered_model(name)
-        version = client.create_model_version(name, source=result.model_uri, run_id=result.run_id)
-        client.set_registered_model_alias(name, "champion", version.version)
+        register_champion(result.model_uri, name, run_id=result.run_id, tracking_uri=uri)
     return SmokeModel(uri, result.run_id, result.model_uri, name, data)
