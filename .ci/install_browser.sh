@@ -20,6 +20,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver
+# fonts-liberation (a Recommends of chromium) gives the headless page real fonts for screenshots.
+$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation
 /usr/bin/chromium --version
 /usr/bin/chromedriver --version

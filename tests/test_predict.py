@@ -264,7 +264,7 @@ def test_cli_json_matches_the_logged_model(smoke_model, realsamples: Path, capsy
         assert len(d["top"]) == 2 and d["top"][0]["class"] == CLASS_NAMES[int(p.argmax())]
 
 
-def test_cli_default_model_is_the_newest_champion(smoke_model, tiny_h5: Path, capsys) -> None:  # noqa: ANN001
+def test_cli_default_model_is_the_champion(smoke_model, tiny_h5: Path, capsys) -> None:  # noqa: ANN001
     code, out, err = run_cli(capsys, f"{tiny_h5.name}:0-1", "--tracking-uri", smoke_model.tracking_uri)
     assert code == 0, err
     lines = out.splitlines()

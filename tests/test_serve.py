@@ -158,3 +158,18 @@ def test_health_and_model_endpoints(client, predictor, smoke_model) -> None:  # 
     assert (model["size"], model["crop"]) == (48, 32) and model["synthetic"] is True
     assert len(model["class_names"]) == 10 and model["kind"] == "keras"
     assert client.get("/api/nope").status_code == 404 and client.get("/api/nope").is_json
+
+
+def test_real_data_model_has_no_synthetic_warning(predictor) -> None:  # noqa: ANN001
+    import dataclasses
+
+    real = dataclasses.replace(predictor, card=dataclasses.replace(predictor.card, synthetic=False))
+    page = create_app(real).test_client().get("/")
+    assert page.status_code == 200 and b"SYNTHETIC" not in page.data and b"smoke-study" in page.data
+
+
+def test_serve_command_rejects_bad_port(capsys) -> None:  # noqa: ANN001
+    from experiments.cli import main
+
+    assert main(["serve", "--port", "70000", "--model", "never@loaded"]) == 2
+    assert capsys.readouterr().err == "galaxy10: error: --port must be 1-65535, got 70000\n"
