@@ -576,7 +576,7 @@ def _gallery(report: Report, data: Any, probs_by_key: Mapping[str, np.ndarray], 
     report.figures["misclassified.png"] = png_bytes(fig)
 
 
-def _short(name: str, limit: int = 20) -> str:
+def _short(name: str, limit: int = 28) -> str:
     return name if len(name) <= limit else name[:limit - 1] + "…"
 
 

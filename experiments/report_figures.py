@@ -116,7 +116,7 @@ def gallery_figure(images: Sequence[np.ndarray], titles: Sequence[str], *, colum
     if rows is None:
         rows = [i // columns for i in range(len(images))]
     n_rows = max(rows) + 1
-    fig = _figure(1.75 * columns + 0.6, 2.05 * n_rows + 0.3)
+    fig = _figure(1.9 * columns + 0.6, 2.1 * n_rows + 0.3)
     grid = fig.add_gridspec(n_rows, columns)
     used: dict[int, int] = {}
     for image, title, row in zip(images, titles, rows):
@@ -128,7 +128,7 @@ def gallery_figure(images: Sequence[np.ndarray], titles: Sequence[str], *, colum
         ax.imshow(np.asarray(image), interpolation="lanczos")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(title, fontsize=7)
+        ax.set_title(title, fontsize=6.5)
         if col == 0 and row_labels is not None:
             ax.set_ylabel(row_labels[row], fontsize=8, fontweight="bold")
     return fig
