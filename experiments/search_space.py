@@ -319,6 +319,8 @@ def assignments(space: SearchSpace, params: Mapping[str, Scalar]) -> dict[str, A
                     "the study was probably made with another search space"
                 )
             value = p.values[p.labels.index(label)]
+        elif p.kind == "float" and p.step is not None:
+            value = round(float(label), 12)  # 0.45000000000000007 -> 0.45 (grid points of the step)
         else:
             value = label
         flat[p.target] = _copy(value)
@@ -412,8 +414,10 @@ PRUNER_ARGS: dict[str, tuple[str, ...]] = {
 
 STUDY_KEYS: tuple[str, ...] = (
     "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
-    "heartbeat_interval", "grace_period", "retry_stale", "register_model", "model_alias",
+    "heartbeat_interval", "grace_period", "retry_stale", "log_models", "register_model", "model_alias",
 )
+#: Which trials log their Keras model: those that beat every earlier COMPLETE trial, or all.
+LOG_MODELS: tuple[str, ...] = ("improving", "all")
 TUNE_KEYS: tuple[str, ...] = ("base", "run", "study", "search_space")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -441,7 +445,9 @@ class StudyConfig:
     ``n_trials`` counts COMPLETE + PRUNED trials over the study's whole life (re-running continues
     until it is reached); ``timeout`` is wall seconds for one command; ``heartbeat_interval`` and
     ``grace_period`` (seconds) decide when a RUNNING trial whose worker died is failed;
-    ``retry_stale`` is how many times such a trial's parameters are queued again.
+    ``retry_stale`` is how many times such a trial's parameters are queued again. ``log_models``:
+    ``improving`` logs a trial's model only when it beats every earlier COMPLETE trial (the best
+    trial's model is always logged), ``all`` logs every COMPLETE trial's model.
     """
 
     name: str
@@ -455,6 +461,7 @@ class StudyConfig:
     heartbeat_interval: int = 20
     grace_period: int = 60
     retry_stale: int = 1
+    log_models: str = "improving"
     register_model: bool = True
     model_alias: str = "champion"
 
@@ -530,6 +537,9 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
             f"study.grace_period={grace} must exceed study.heartbeat_interval={interval} "
             "(a live worker would look dead); make it at least twice the interval"
         )
+    log_models = raw.get("log_models", "improving")
+    if log_models not in LOG_MODELS:
+        raise ConfigError(f"study.log_models={log_models!r} is unknown; use one of: {', '.join(LOG_MODELS)}")
     register = raw.get("register_model", True)
     if not isinstance(register, bool):
         raise ConfigError(f"study.register_model={register!r} must be true or false")
@@ -545,7 +555,7 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         sampler=SamplerConfig(s_name, s_kwargs), pruner=PrunerConfig(p_name, p_kwargs),
         heartbeat_interval=interval, grace_period=grace,
         retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
-        register_model=register, model_alias=alias,
+        log_models=log_models, register_model=register, model_alias=alias,
     )
 
 

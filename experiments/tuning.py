@@ -411,6 +411,25 @@ def _storage_for(run: StudyRun) -> tuple[optuna.storages.RDBStorage, StaleTrialH
     return storage, handler
 
 
+#: Raised by :func:`pruning_callback` to stop a trial (Optuna marks it PRUNED).
+TrialPruned = optuna.TrialPruned
+
+
+def pruning_callback(trial: optuna.Trial, metric: str) -> Callable[[int, Mapping[str, float]], None]:
+    """``epoch_callback`` for ``experiments.training.train``: report ``val_<metric>`` each epoch, prune.
+
+    Raises :data:`TrialPruned` (after reporting) when the study's pruner says the trial is hopeless.
+    """
+
+    def report(epoch: int, metrics: Mapping[str, float]) -> None:
+        value = float(metrics[f"val_{metric}"])
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise TrialPruned(f"pruned after epoch {epoch}: val_{metric} = {value:.4f}")
+
+    return report
+
+
 class _Worker:
     """One worker's state: its study handle, the data it loaded once, and the objective."""
 
@@ -462,20 +481,19 @@ class _Worker:
                                          parent_run_id=self.run.parent_run_id, tags=tags,
                                          killed_on=(optuna.TrialPruned,))
 
-        def report(epoch: int, metrics: Mapping[str, float]) -> None:
-            value = float(metrics[f"val_{metric}"])
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch}: val_{metric} = {value:.4f}")
-
+        report = pruning_callback(trial, metric)
         state = "FAIL"
         with tracker:
             trial.set_user_attr(ATTR_TRIAL_RUN, tracker.run_id)
             tracker.log_params({f"optuna.{k}": v for k, v in params.items()})
             try:
-                result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0,
+                result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False,
                                recall_lookup=functools.partial(tracking.run_val_recall,
                                                                tracking_uri=self.run.tracking_uri))
+                value = float(result.val_metrics[metric])
+                if self._should_log_model(value):
+                    result.model_uri = self._log_model(tracker, result, data, cfg.data.crop)
+                tracker.set_tags({"optuna.model_logged": "true" if result.model_uri else "false"})
                 state = "COMPLETE"
             except optuna.TrialPruned:
                 state = "PRUNED"
@@ -486,13 +504,32 @@ class _Worker:
                 tracker.log_metrics({"trial_seconds": seconds})
                 keras.backend.clear_session()
                 self.trials_run += 1
-        value = float(result.val_metrics[metric])
         for name in ("accuracy", "balanced_accuracy", "macro_f1"):
             trial.set_user_attr(f"val_{name}", float(result.val_metrics[name]))
         trial.set_user_attr("best_epoch", result.best_epoch)
         if result.model_uri:
             trial.set_user_attr("model_uri", result.model_uri)
         return value
+
+    def _should_log_model(self, value: float) -> bool:
+        """Log a trial's model when ``log_models`` is ``all``, or when it beats every COMPLETE trial so far.
+
+        The study's best trial is always one that beat all before it, so its model is always there.
+        """
+        if self.run.tune.study.log_models == "all":
+            return True
+        values = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.value is not None]
+        return not values or value > max(values)
+
+    @staticmethod
+    def _log_model(tracker: Any, result: Any, data: Any, crop: int) -> str | None:
+        import numpy as np
+
+        from pipelines.inputs import cropped_array
+
+        example = cropped_array(data.images, crop, data.val[:1]).astype(np.float32)
+        return tracker.log_keras_model(result.model, meta=result.meta, input_example=example)
 
     def loop(self) -> int:
         """Run trials until the study has ``n_trials`` COMPLETE + PRUNED or the deadline passes."""
@@ -796,11 +833,12 @@ def save_plots(study: optuna.Study, parent: Any, metric: str) -> tuple[list[str]
     def importances() -> Any:
         if len(complete) < 2:
             raise ValueError(f"parameter importances need >= 2 COMPLETE trials, the study has {len(complete)}")
-        with _quiet_optuna_warnings():
-            found = optuna.importance.get_param_importances(study)
-        if not found:
-            raise ValueError("no parameter varies across the COMPLETE trials")
-        return ovm.plot_param_importances(study, target_name=target_name)
+        shared = set.intersection(*(set(t.params) for t in complete))
+        varying = sorted(n for n in shared if len({repr(t.params[n]) for t in complete}) > 1)
+        if not varying:
+            raise ValueError("parameter importances need a parameter that varies across the COMPLETE trials "
+                             "(and is set in all of them); none does yet")
+        return ovm.plot_param_importances(study, params=varying, target_name=target_name)
 
     makers: dict[str, Callable[[], Any]] = {
         "optimization_history": lambda: ovm.plot_optimization_history(study, target_name=target_name),

@@ -130,7 +130,8 @@ def test_bad_search_space_gives_one_clear_line(space, message) -> None:
      "study.pruner (median): unknown key 'patience'; use any of: n_startup_trials, n_warmup_steps, "
      "interval_steps, n_min_trials"),
     ({"n_trial": 3}, "study: unknown key 'n_trial'; use any of: name, metric, n_trials, timeout, workers, storage, "
-                     "sampler, pruner, heartbeat_interval, grace_period, retry_stale, register_model, model_alias"),
+                     "sampler, pruner, heartbeat_interval, grace_period, retry_stale, log_models, register_model, "
+                     "model_alias"),
     ({"heartbeat_interval": 10, "grace_period": 5},
      "study.grace_period=5 must exceed study.heartbeat_interval=10 (a live worker would look dead); "
      "make it at least twice the interval"),
@@ -160,3 +161,43 @@ def test_load_tune_config_defaults_study_name_to_file_stem(tmp_path: Path) -> No
     assert cfg.study.sampler.name == "tpe" and cfg.study.sampler.kwargs["seed"] == 0
     assert cfg.space.names == tuple(SPACE)
     assert cfg.run == {"train": {"epochs": 2}}
+
+
+@pytest.mark.parametrize("name", ["tune_cnn.yaml", "tune_quick.yaml"])
+def test_shipped_tuning_configs_resolve_at_every_range_end_and_choice(name: str) -> None:
+    from experiments.search_space import check_against_config, resolve_run_config
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / name
+    cfg = load_tune_config(path)
+    check_against_config(cfg)  # raises ConfigError naming the parameter if any probe is refused
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(25):
+        trial = study.ask()
+        run, overrides = resolve_run_config(cfg, suggest(trial, cfg.space))
+        assert run.train.monitor == "val_accuracy"
+        assert len(overrides) == len(assignments(cfg.space, trial.params))
+        study.tell(trial, 0.0)
+
+
+def test_auto_targets_need_a_source_run(tmp_path: Path) -> None:
+    from experiments.search_space import check_against_config
+
+    space = {"augment.targets": {"type": "categorical", "choices": {"none": None, "auto": "auto"}}}
+    cfg = parse_tune_config_from(tmp_path, {"search_space": space})
+    with pytest.raises(ConfigError) as err:
+        check_against_config(cfg)
+    assert str(err.value) == ("search_space 'augment.targets' offers targets 'auto' but run.augment.auto_from_run "
+                              "is not set; give the MLflow run id whose validation recall sets the multipliers, "
+                              "or drop 'auto'")
+    cfg = parse_tune_config_from(tmp_path, {"run": {"augment": {"auto_from_run": "abc123"}}, "search_space": space})
+    check_against_config(cfg)
+    from experiments.search_space import resolve_run_config
+
+    assert resolve_run_config(cfg, {"augment.targets": "auto"})[0].augment.auto_from_run == "abc123"
+    assert resolve_run_config(cfg, {"augment.targets": "none"})[0].augment.auto_from_run is None
+
+
+def parse_tune_config_from(tmp_path: Path, doc: dict):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load_tune_config(path)

@@ -1,0 +1,246 @@
+"""galaxy10 tune end to end on tiny data: MLflow parent/child runs, pruning, resuming, workers, SIGKILL."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from experiments import tuning
+from experiments.cli import main as cli_main
+from experiments.tracking import NullTracker
+
+REPO = Path(__file__).resolve().parents[1]
+
+RUN = {
+    "experiment_name": "tune-test",
+    "data": {"size": 48, "crop": 32},
+    "augment": {"policy": "none"},
+    "model": {"filters": [8, 16], "dense_units": 16},
+    "train": {"epochs": 2, "batch_size": 32, "patience": None, "monitor": "val_accuracy"},
+}
+SPACE = {
+    "train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+}
+
+
+def write_tune_yaml(path: Path, *, name: str = "t", n_trials: int = 3, pruner: object = "none",
+                    run: dict | None = None, **study: object) -> Path:
+    doc = {"run": run or RUN,
+           "study": {"name": name, "n_trials": n_trials, "pruner": pruner,
+                     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+                     "heartbeat_interval": 1, "grace_period": 3, **study},
+           "search_space": SPACE}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def mlflow_client() -> MlflowClient:
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def runs_of(experiment: str = "tune-test") -> tuple[list, list]:
+    """(parent runs, child runs) of the experiment."""
+    client = mlflow_client()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("optuna.role") == "study"]
+    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
+    return parents, children
+
+
+def load(name: str = "t") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage="sqlite:///optuna.db")
+
+
+def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_tune_yaml(tmp_path / "tune.yaml")
+    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
+    out = capsys.readouterr().out
+    assert "study t: 3 complete (3 new this run" in out
+    study = load()
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    parents, children = runs_of()
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert parent.data.params["study.name"] == "t"
+    assert parent.data.params["study.search_space_hash"] == study.user_attrs["search_space_hash"]
+    assert parent.data.tags["study.sampler"].startswith("tpe(")
+    client = mlflow_client()
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    assert sorted(by_number) == [0, 1, 2]
+    for trial in study.trials:
+        child = by_number[trial.number]
+        assert child.data.tags[MLFLOW_PARENT_RUN_ID] == parent.info.run_id
+        assert child.info.run_id == trial.user_attrs["mlflow_run_id"]
+        assert child.info.status == "FINISHED" and child.data.tags["optuna.trial_state"] == "COMPLETE"
+        assert float(child.data.params["optuna.model.dropout"]) == pytest.approx(trial.params["model.dropout"])
+        assert float(child.data.params["model.dropout"]) == pytest.approx(trial.params["model.dropout"])
+        history = client.get_metric_history(child.info.run_id, "epoch_val_accuracy")
+        assert [m.step for m in history] == [1, 2]
+        assert [m.value for m in history] == pytest.approx([trial.intermediate_values[1], trial.intermediate_values[2]])
+        assert child.data.metrics["val_accuracy"] == pytest.approx(trial.value)
+        assert {"val_balanced_accuracy", "val_macro_f1", "trial_seconds"} <= set(child.data.metrics)
+    best = study.best_trial
+    # a trial logs its model only when it beats every earlier COMPLETE trial
+    for trial in study.trials:
+        improved = all(trial.value > t.value for t in study.trials[:trial.number])
+        assert by_number[trial.number].data.tags["optuna.model_logged"] == ("true" if improved else "false")
+        assert ("model_uri" in trial.user_attrs) == improved
+    tagged = [r for r in children if r.data.tags.get("optuna.best_trial") == "true"]
+    assert [r.info.run_id for r in tagged] == [best.user_attrs["mlflow_run_id"]]
+    champion = client.get_model_version_by_alias("t", "champion")
+    assert champion.run_id == best.user_attrs["mlflow_run_id"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert artifacts == {"plots/optimization_history.png", "plots/param_importances.png",
+                         "plots/parallel_coordinate.png"}
+    assert {"search_space.yaml", "base_config.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert client.get_run(parent.info.run_id).data.metrics["best_val_accuracy"] == pytest.approx(best.value)
+
+    # Re-running the same command continues the study: nothing left to do, same parent run.
+    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
+    assert "(0 new this run" in capsys.readouterr().out
+    parents_again, children_again = runs_of()
+    assert [p.info.run_id for p in parents_again] == [parent.info.run_id]
+    assert len(children_again) == 3 and len(load().trials) == 3
+
+
+def test_forced_pruning_shows_in_optuna_and_mlflow(tiny_h5: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # accuracy can never reach 1.1, so the threshold pruner must prune every trial after epoch 1
+    config = write_tune_yaml(tmp_path / "tune.yaml", name="p", n_trials=2,
+                             pruner={"name": "threshold", "lower": 1.1, "n_warmup_steps": 0})
+    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
+    study = load("p")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [1] for t in study.trials)
+    _, children = runs_of()
+    assert len(children) == 2
+    client = mlflow_client()
+    for child in children:
+        assert child.info.status == "KILLED"
+        assert child.data.tags["optuna.trial_state"] == "PRUNED"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "epoch_val_accuracy")] == [1]
+        assert "val_accuracy" not in child.data.metrics  # never evaluated: stopped after epoch 1
+    out = capsys.readouterr().out
+    assert "study p: 2 pruned" in out and "best: no COMPLETE trial yet" in out
+    assert "note: no COMPLETE trial yet: no optimisation plots" in out
+    assert cli_main(["study", "show", "p"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("PRUNED") == 2
+
+
+def test_plots_need_two_varying_complete_trials() -> None:
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, 0.5)
+    parent = NullTracker()
+    logged, notes = tuning.save_plots(study, parent, "accuracy")
+    assert logged == ["plots/optimization_history.png", "plots/parallel_coordinate.png"]
+    assert notes == ["plot param_importances skipped: parameter importances need >= 2 COMPLETE trials, "
+                     "the study has 1"]
+    same = optuna.create_study(direction="maximize")
+    for value in (0.1, 0.2):
+        t = same.ask()
+        t.suggest_categorical("policy", ["galaxy"])
+        same.tell(t, value)
+    _, notes = tuning.save_plots(same, NullTracker(), "accuracy")
+    assert notes == ["plot param_importances skipped: parameter importances need a parameter that varies across "
+                     "the COMPLETE trials (and is set in all of them); none does yet"]
+
+
+def test_bad_search_space_key_via_cli(tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = yaml.safe_load(write_tune_yaml(tmp_path / "t.yaml").read_text())
+    doc["search_space"]["model.dropuot"] = {"type": "float", "low": 0.1, "high": 0.5}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    assert cli_main(["tune", "--config", str(tmp_path / "bad.yaml"), "--data", str(tiny_h5)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("galaxy10: error: search_space 'model.dropuot' = 0.1: unknown config key model.dropuot; "
+                   "allowed keys in model: filters, kernel_size, batch_norm, dropout, dense_units, l2, "
+                   "global_pooling, activation")
+    assert not (tmp_path / "optuna.db").exists()  # refused before any study was created
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study(tiny_h5: Path, tmp_path: Path) -> None:
+    config = write_tune_yaml(tmp_path / "tune.yaml", name="w", n_trials=4)
+    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--workers", "2",
+                     "--set", "train.epochs=1"]) == 0
+    study = load("w")
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(len(numbers))) and len(set(numbers)) == len(numbers)
+    assert len(study.get_trials(states=tuning.COUNTED_STATES)) >= 4
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL))
+    parents, children = runs_of()
+    assert len(parents) == 1
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == numbers
+    assert {r.data.tags[MLFLOW_PARENT_RUN_ID] for r in children} == {parents[0].info.run_id}
+    assert {r.data.tags["optuna.worker"] for r in children} == {"0", "1"}
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in children}
+
+
+def _running_trial_with_a_report(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(db, timeout=1) as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+                "WHERE t.state = 'RUNNING'").fetchone()
+    except sqlite3.Error:
+        return False
+    return row[0] > 0
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_then_rerun_continues_the_study(tiny_h5: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    slow_run = {**RUN, "train": {**RUN["train"], "epochs": 30}}  # a long trial, killed after its first epoch
+    config = write_tune_yaml(tmp_path / "tune.yaml", name="k", n_trials=2, run=slow_run)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "-q", "tune", "--config", str(config),
+                             "--data", str(tiny_h5)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not _running_trial_with_a_report(tmp_path / "optuna.db"):
+            assert proc.poll() is None, "the tune command ended before it could be killed"
+            assert time.time() < deadline, "no trial reported an epoch within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    killed = load("k").trials
+    assert [t.state for t in killed] == [optuna.trial.TrialState.RUNNING]
+    killed_run = killed[0].user_attrs["mlflow_run_id"]
+    assert mlflow_client().get_run(killed_run).info.status == "RUNNING"
+    time.sleep(3.5)  # let the dead worker's heartbeat age past the 3 s grace period
+
+    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--set", "train.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "stale trials failed on start-up: 0" in out
+    study = load("k")
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL
+    assert states[1:].count(optuna.trial.TrialState.COMPLETE) + states[1:].count(optuna.trial.TrialState.PRUNED) == 2
+    assert study.trials[1].params == killed[0].params  # the stale trial's parameters were retried
+    assert study.trials[1].system_attrs["failed_trial"] == 0
+    dead = mlflow_client().get_run(killed_run)
+    assert dead.info.status == "FAILED"
+    assert dead.data.tags["optuna.trial_state"] == "FAIL"
+    assert dead.data.tags["optuna.fail_reason"].startswith("stale heartbeat")
+    parents, children = runs_of()
+    assert len(parents) == 1 and len(children) == 3
