@@ -1,10 +1,13 @@
 """Prediction glue: resolve a model reference, read input images, predict, format the answer.
 
 One small interface serves both kinds of logged model: the Keras CNN logged by training
-(``mlflow.keras`` flavour + prediction metadata) and the ensembles' pyfunc models (which take
-uint8 ``(N, 256, 256, 3)``). :class:`Predictor` hides the difference: ``predict(images)`` takes
+(``mlflow.keras`` flavour + prediction metadata) and the ensembles' pyfunc models (uint8 images
+in, probabilities out; resized to the square side their tensor signature fixes, passed as they
+are when it allows any size). :class:`Predictor` hides the difference: ``predict(images)`` takes
 uint8 RGB images of any size and returns class probabilities, ``model_view(image)`` returns the
-centre crop the model sees. Everything that touches MLflow goes through ``experiments.tracking``.
+centre crop the model sees. Either kind needs ``size``, ``crop`` and ``class_names`` (and, for the
+page's warning, ``synthetic``) in its MLmodel ``metadata``. Everything that touches MLflow goes
+through ``experiments.tracking``.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG")
 #: Largest image (width x height) decoded; bigger files are treated as decompression bombs.
 DEFAULT_MAX_PIXELS: int = 25_000_000
-#: Pyfunc ensembles take square uint8 images of this size.
+#: Side of the square uint8 images given to a pyfunc model whose signature does not say.
 PYFUNC_INPUT_SIZE: int = 256
 HDF5_SIGNATURE: bytes = b"\x89HDF\r\n\x1a\n"
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
@@ -179,17 +182,30 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
             return predict_images(bundle, images)
     elif loaded.kind == "pyfunc":
         pyfunc = loaded.model
+        side = pyfunc_input_side(pyfunc)
 
         def predict_fn(images: np.ndarray) -> np.ndarray:
             from pipelines.preprocess import prepare_images
 
-            if images.shape[1:3] != (PYFUNC_INPUT_SIZE, PYFUNC_INPUT_SIZE):
-                images = prepare_images(images, size=PYFUNC_INPUT_SIZE, crop=None)
+            if side is not None and images.shape[1:3] != (side, side):
+                images = prepare_images(images, size=side, crop=None)  # square crop + resize only
             return np.asarray(pyfunc.predict(images))
     else:
         raise ModelError(f"model {loaded.uri} has flavour {loaded.kind!r}; galaxy10 predicts with "
                          "Keras models logged by `galaxy10 train` or pyfunc ensembles")
     return Predictor(card=card, predict_fn=predict_fn)
+
+
+def pyfunc_input_side(pyfunc: Any) -> int | None:
+    """The fixed square image side a pyfunc model's tensor signature demands, or None for any size."""
+    signature = getattr(getattr(pyfunc, "metadata", None), "signature", None)
+    inputs = getattr(signature, "inputs", None)
+    if inputs is None or not inputs.is_tensor_spec() or len(inputs.inputs) != 1:
+        return PYFUNC_INPUT_SIZE if signature is None else None
+    shape = tuple(inputs.inputs[0].shape or ())
+    if len(shape) == 4 and shape[1] == shape[2] and shape[1] not in (-1, None):
+        return int(shape[1])
+    return None
 
 
 def _card_from_meta(uri: str, kind: str, meta: dict[str, Any], info: dict[str, Any]) -> ModelCard:

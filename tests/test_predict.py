@@ -343,6 +343,33 @@ class BrightnessEnsemble(mlflow.pyfunc.PythonModel):
         return probs
 
 
+class HeightVote(mlflow.pyfunc.PythonModel):
+    """A pyfunc that accepts any image size and votes for class ``height % 10``."""
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        x = np.asarray(model_input)
+        probs = np.zeros((len(x), 10), dtype=np.float32)
+        probs[:, x.shape[1] % 10] = 1.0
+        return probs
+
+
+def test_pyfunc_with_any_size_signature_gets_images_as_they_are(side_store: str) -> None:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    from experiments.predict import load_predictor
+
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
+    meta = {"size": 64, "crop": 48, "class_names": list(CLASS_NAMES)}
+    run_id = _log_plain(side_store, lambda: mlflow.pyfunc.log_model(
+        name="model", python_model=HeightVote(), signature=signature, metadata=meta,
+        pip_requirements=["numpy"]))
+    predictor = load_predictor(run_id, tracking_uri=side_store)
+    images = [np.zeros((303, 200, 3), np.uint8), np.zeros((256, 256, 3), np.uint8)]
+    assert predictor.predict(images).argmax(1).tolist() == [3, 6]
+
+
 def test_pyfunc_ensembles_predict_through_the_same_interface(side_store: str, capsys, tmp_path: Path
                                                              ) -> None:  # noqa: ANN001
     from experiments.predict import load_predictor
