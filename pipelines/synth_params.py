@@ -18,7 +18,7 @@ from pipelines.errors import ConfigError
 
 @dataclass(frozen=True)
 class Range:
-    """A core interval ``[lo, hi]``; ``difficulty`` moves ``lo`` down by ``widen_lo`` and ``hi`` up by ``widen_hi``."""
+    """Core interval ``[lo, hi]``; ``difficulty`` d makes it ``[lo - d * widen_lo, hi + d * widen_hi]``."""
 
     lo: float
     hi: float
@@ -45,31 +45,34 @@ CLASS_RANGES: dict[str, dict[str, Range]] = {
     "disturbed": {
         "hlr": Range(3.2, 7.5),
         "q": Range(0.4, 1.0),
-        "lopsided": Range(0.35, 0.9, 0.25, 0.0),   # m=1 asymmetry of the main body
+        "lopsided": Range(0.35, 0.9, 0.3, 0.0),    # m=1 asymmetry of the host
         "n_clumps": Range(1, 3),                   # offset secondary components
-        "clump_offset": Range(0.5, 1.6),           # in main-body half-light radii
-        "clump_frac": Range(0.15, 0.4, 0.1, 0.0),
+        "clump_offset": Range(0.5, 1.6),           # in host half-light radii
+        "clump_frac": Range(0.12, 0.35, 0.08, 0.0),
         "n_knots": Range(5, 20),
         "knot_frac": Range(0.05, 0.2, 0.03, 0.0),
-        "tidal_frac": Range(0.08, 0.3, 0.05, 0.0),
-        "brightness_drop": Range(0.2, 0.6),        # disturbed systems are often faint, diffuse
+        "tidal_frac": Range(0.06, 0.3, 0.04, 0.0),
+        "brightness_drop": Range(0.0, 0.5),        # disturbed systems are often faint, diffuse
+        "bulge_frac": Range(0.0, 0.2),             # spiral hosts
+        "arm_frac": Range(0.1, 0.35),
+        "pitch": Range(18.0, 40.0),
     },
     "merging": {
         "hlr": Range(2.0, 5.0),
-        "separation": Range(1.3, 3.2, 0.6, 0.0),   # in primary half-light radii
-        "flux_ratio": Range(0.35, 1.0),
+        "separation": Range(1.2, 3.0, 1.0, 0.0),   # in primary half-light radii
+        "flux_ratio": Range(0.35, 1.0, 0.2, 0.0),
         "tail_frac": Range(0.1, 0.3, 0.06, 0.0),
-        "bulge_frac": Range(0.2, 0.8),
+        "bulge_frac": Range(0.2, 0.8, 0.15, 0.0),
     },
     "round": {
         "hlr": Range(2.0, 6.0),
         "sersic_n": Range(3.0, 4.5, 0.8, 0.5),
-        "q": Range(0.82, 1.0, 0.12, 0.0),
+        "q": Range(0.82, 1.0, 0.08, 0.0),
     },
     "in_between": {
         "hlr": Range(2.2, 6.5),
         "sersic_n": Range(2.0, 4.0, 0.5, 0.5),
-        "q": Range(0.5, 0.78, 0.1, 0.12),
+        "q": Range(0.5, 0.78, 0.1, 0.06),
     },
     "cigar": {
         "hlr": Range(2.8, 7.0),
@@ -121,6 +124,11 @@ CLASS_RANGES: dict[str, dict[str, Range]] = {
 }
 
 
+#: Hosts of the Disturbed class and their probabilities (disturbed irregulars, smooth and spiral
+#: galaxies: the reason Disturbed overlaps with Merging and Loose Spiral in the real data).
+DISTURBED_HOSTS: dict[str, float] = {"irregular": 0.35, "smooth": 0.25, "spiral": 0.4}
+
+
 def resolved_ranges(difficulty: float) -> dict[str, dict[str, tuple[float, float]]]:
     """All ranges at ``difficulty``, keyed ``"common"`` and by class slug (what the file records)."""
     out: dict[str, dict[str, tuple[float, float]]] = {
@@ -138,6 +146,7 @@ def parameters_record(difficulty: float) -> dict[str, Any]:
         "difficulty": difficulty,
         "ranges": {g: {k: [round(v[0], 4), round(v[1], 4)] for k, v in d.items()}
                    for g, d in resolved_ranges(difficulty).items()},
+        "disturbed_hosts": DISTURBED_HOSTS,
     }
 
 

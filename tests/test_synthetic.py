@@ -94,7 +94,7 @@ def test_different_seeds_differ(tmp_path: Path, synth_file: Path) -> None:
 
 
 def _galaxy_stats(image: np.ndarray) -> tuple[float, float, float]:
-    """(axis ratio from second moments, centre-minus-corner brightness, red/blue ratio) of the central galaxy."""
+    """Central galaxy's (axis ratio from second moments, centre-minus-sky brightness, red/blue)."""
     lum = image.astype(np.float64).mean(axis=-1)
     s = lum.shape[0]
     sky = np.median(np.concatenate([lum[:8, :8].ravel(), lum[-8:, -8:].ravel()]))
@@ -224,7 +224,8 @@ def test_gallery_on_real_schema_file(make_h5, tmp_path: Path) -> None:
 
 
 def test_gallery_title_and_picks(synth_file: Path) -> None:
-    assert gallery_title(validate_galaxy10(synth_file)).startswith("SYNTHETIC Galaxy10 gallery: s.h5 (50 images")
+    title = gallery_title(validate_galaxy10(synth_file))
+    assert title.startswith("SYNTHETIC Galaxy10 gallery: s.h5 (50 images")
     labels = np.array([0, 0, 0, 1, 2, 2], dtype=np.uint8)
     picks = pick_examples(labels, 4, per_class=2, seed=0)
     assert [len(p) for p in picks] == [2, 1, 2, 0]

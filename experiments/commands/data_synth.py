@@ -15,7 +15,8 @@ def register(data_sub: argparse._SubParsersAction) -> None:
                     "depends only on --seed, --n, --size and --difficulty, not on --workers.")
     synth.add_argument("--n", type=int, default=None, metavar="N",
                        help="number of images (default: 4000, the demo set)")
-    synth.add_argument("--size", type=int, default=256, metavar="PX", help="image side in pixels (default: 256)")
+    synth.add_argument("--size", type=int, default=256, metavar="PX",
+                       help="image side in pixels (default: 256)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument("--difficulty", type=float, default=0.5, metavar="D",
                        help="0..1: overlap of confusable classes and noise level (default: 0.5)")
@@ -32,8 +33,10 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     gallery.add_argument("file", nargs="?", default=None, metavar="FILE",
                          help="Galaxy10 HDF5 file (default: data/Galaxy10_DECals.h5 if present, "
                               "else data/galaxy10_synthetic.h5)")
-    gallery.add_argument("--out", default="gallery.png", metavar="PNG", help="output PNG (default: gallery.png)")
-    gallery.add_argument("--per-class", type=int, default=6, metavar="K", help="examples per class (default: 6)")
+    gallery.add_argument("--out", default="gallery.png", metavar="PNG",
+                         help="output PNG (default: gallery.png)")
+    gallery.add_argument("--per-class", type=int, default=6, metavar="K",
+                         help="examples per class (default: 6)")
     gallery.add_argument("--seed", type=int, default=0, help="which examples are drawn (default: 0)")
     gallery.add_argument("--thumb", type=int, default=128, metavar="PX",
                          help="thumbnail side in pixels (default: 128)")
