@@ -13,11 +13,13 @@ REAL := data/Galaxy10_DECals.h5
 SYNTH := data/galaxy10_synthetic.h5
 DATA := $(if $(wildcard $(REAL)),$(REAL),$(SYNTH))
 SYNTH_N ?= 4000
+STUDY ?= tune-quick
+REPORT_DIR ?= reports/$(STUDY)
 
 .PHONY: help setup setup-dev demo test test-fast bench clean
 
 help:
-	@echo "make demo   - create .venv, install, run the main job (data, split, baseline)"
+	@echo "make demo   - create .venv, install, run the platform end to end (data, tuning, report)"
 	@echo "make test   - create .venv, install with dev extras, run the whole test suite"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 
@@ -37,6 +39,13 @@ demo: $(VENV)/.installed $(if $(wildcard $(REAL)),,$(SYNTH))
 	$(G10) data info $(DATA)
 	$(G10) data split $(DATA)
 	$(G10) baseline --data $(DATA)
+	$(G10) tune --config experiments/configs/tune_quick.yaml --study $(STUDY) --data $(DATA)
+	$(G10) report --study $(STUDY) --out $(REPORT_DIR)
+	@echo
+	@echo "Demo finished. Report: $(REPORT_DIR)/report.html"
+	@echo "  MLflow UI:        $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "  Optuna dashboard: $(VENV)/bin/optuna-dashboard sqlite:///optuna.db"
+	@echo "  Prediction page:  $(VENV)/bin/galaxy10 serve --model $(STUDY)@champion"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
