@@ -87,6 +87,8 @@ class TrainConfig:
     """Optimisation: epochs, batch, optimizer and schedule, loss options, precision, early stopping.
 
     ``patience`` null disables early stopping (the best-on-``monitor`` weights are still restored).
+    ``precision`` defaults to ``mixed_bfloat16`` (bfloat16 compute, float32 weights and softmax): about
+    2x faster on CPU, and it matched float32 accuracy on a synthetic run (see ``reference.yaml``).
     ``schedule: step`` multiplies the learning rate by ``step_factor`` every ``step_epochs`` epochs.
     """
 
@@ -101,7 +103,7 @@ class TrainConfig:
     step_factor: float = 0.5
     label_smoothing: float = 0.0
     class_weights: str = "none"
-    precision: str = "float32"
+    precision: str = "mixed_bfloat16"
     patience: int | None = 10
     monitor: str = "val_loss"
     seed: int = 0

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from pipelines.classes import CLASS_SLUGS, NUM_CLASSES
+from pipelines.classes import CLASS_SLUGS
 from pipelines.errors import DataError
 
 SCALAR_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
@@ -102,6 +102,3 @@ def class_recall(metrics: Mapping[str, Any], prefix: str = "", class_slugs: Sequ
         raise DataError(f"metrics lack {pre}recall_ for class(es) {', '.join(missing)}")
     return np.array([float(metrics[f"{pre}recall_{s}"]) for s in class_slugs])
 
-
-__all__ = ["classification_metrics", "scalar_metrics", "prefixed", "per_class_table", "class_recall",
-           "SCALAR_METRICS", "NUM_CLASSES"]

@@ -31,15 +31,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.config import AUTO_TARGETS, DataConfig, RunConfig, TrainConfig, flatten, to_dict, to_yaml
+from experiments.config import AUTO_TARGETS, DataConfig, RunConfig, TrainConfig, flatten, to_yaml
 from experiments.evaluation import classification_metrics, per_class_table, prefixed, scalar_metrics
-from pipelines.classes import CLASS_SLUGS, NUM_CLASSES
+from pipelines.classes import CLASS_NAMES, CLASS_SLUGS, NUM_CLASSES
 from pipelines.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -129,22 +129,11 @@ def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"data.max_images={limit} leaves {len(train)} train / {len(val)} val images; "
                         "raise data.max_images")
-    names = tuple(getattr(info, "class_names", None) or ())
-    if not names:
-        from pipelines.classes import CLASS_NAMES
-
-        names = CLASS_NAMES
-    slugs = CLASS_SLUGS if len(names) == NUM_CLASSES and tuple(names) == _galaxy10_names() \
-        else tuple(slugify(n) for n in names)
+    names = tuple(getattr(info, "class_names", None) or CLASS_NAMES)
+    slugs = CLASS_SLUGS if names == CLASS_NAMES else tuple(slugify(n) for n in names)
     return TrainData(path=path, images=images, labels=labels, train=train, val=val, test=test,
                      class_names=tuple(names), class_slugs=tuple(slugs), fingerprint=data_fingerprint(path),
                      synthetic=bool(info.synthetic), provenance=str(provenance(path)), size=data_cfg.size)
-
-
-def _galaxy10_names() -> tuple[str, ...]:
-    from pipelines.classes import CLASS_NAMES
-
-    return CLASS_NAMES
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +370,6 @@ class TrainResult:
     meta: dict[str, Any]
     model_uri: str | None = None
     run_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_epoch(self) -> int:
@@ -536,4 +524,4 @@ def summary(result: TrainResult) -> dict[str, Any]:
 
 
 __all__ = ["TrainData", "TrainResult", "FitResult", "load_training_data", "fit", "train", "evaluate",
-           "predict_probs", "resolve_multipliers", "model_metadata", "summary", "to_dict"]
+           "predict_probs", "resolve_multipliers", "model_metadata", "summary"]

@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_uri():
+    """MLflow keeps the URI set by set_tracking_uri in a module global; do not leak it to the next test."""
+    yield
+    mlflow.set_tracking_uri(None)
+
+
 def test_tracking_uri_resolution(monkeypatch, tmp_path):
     assert tracking.resolve_tracking_uri("http://mlflow.example:5000") == "http://mlflow.example:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
