@@ -578,7 +578,9 @@ def load_tune_config(path: str | Path) -> TuneConfig:
     """Read and validate a tuning YAML; the study name defaults to the file's stem."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"tuning config {p} not found; pass an existing YAML, e.g. experiments/configs/tune_quick.yaml")
+        raise ConfigError(
+            f"tuning config {p} not found; pass an existing YAML, e.g. experiments/configs/tune_quick.yaml"
+        )
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:

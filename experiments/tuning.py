@@ -14,25 +14,38 @@ FAILED, and its parameters are queued again (``retry_stale`` times).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import multiprocessing
+import os
+import queue
 import sqlite3
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
 from experiments.search_space import (
     DEFAULT_STORAGE,
     PrunerConfig,
     SamplerConfig,
     TuneConfig,
+    base_run_dict,
+    check_against_config,
+    resolve_run_config,
     space_hash,
+    suggest,
 )
-from pipelines.errors import ConfigError
+from pipelines import errors
+from pipelines.errors import ConfigError, Galaxy10Error
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +91,6 @@ def sqlite_file(url: str) -> Path | None:
     """The database file of an SQLite URL, ``None`` for other databases and in-memory SQLite."""
     if not url.startswith("sqlite"):
         return None
-    from sqlalchemy.engine import make_url
-
     database = make_url(url).database
     if not database or database == ":memory:":
         return None
@@ -403,12 +414,11 @@ class StaleTrialHandler:
             log.warning("trial %d: queued its parameters again (retry of a stale trial)", trial.number)
 
 
-def _storage_for(run: StudyRun) -> tuple[optuna.storages.RDBStorage, StaleTrialHandler]:
+def _storage_for(run: StudyRun) -> optuna.storages.RDBStorage:
+    """The study's storage with heartbeats and the stale-trial handler of ``run``."""
     cfg = run.tune.study
-    handler = StaleTrialHandler(run.tracking_uri, cfg.retry_stale)
-    storage = open_storage(run.storage_url, heartbeat_interval=cfg.heartbeat_interval,
-                           grace_period=cfg.grace_period, on_stale=handler)
-    return storage, handler
+    return open_storage(run.storage_url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
+                        on_stale=StaleTrialHandler(run.tracking_uri, cfg.retry_stale))
 
 
 #: Raised by :func:`pruning_callback` to stop a trial (Optuna marks it PRUNED).
@@ -434,10 +444,8 @@ class _Worker:
     """One worker's state: its study handle, the data it loaded once, and the objective."""
 
     def __init__(self, run: StudyRun) -> None:
-        from experiments.search_space import base_run_dict
-
         self.run = run
-        self.storage, _ = _storage_for(run)
+        self.storage = _storage_for(run)
         self.study = open_study(run.tune, self.storage, create=False, seed_offset=run.worker)
         self.base = base_run_dict(run.tune)
         self._data: Any = None
@@ -446,8 +454,6 @@ class _Worker:
 
     def data_for(self, cfg: Any) -> Any:
         """The worker's data, loaded once (again only if a trial changes the data settings)."""
-        from dataclasses import replace
-
         from experiments.training import load_training_data
 
         key = (replace(cfg.data, crop=0), self.run.data_path)
@@ -458,13 +464,9 @@ class _Worker:
 
     def objective(self, trial: optuna.Trial) -> float:
         """Train the trial's config; report the per-epoch metric for pruning; return the val metric."""
-        import functools
-        import time
-
         import keras
 
         from experiments import tracking
-        from experiments.search_space import resolve_run_config, suggest
         from experiments.training import train
 
         tune, metric = self.run.tune, self.run.tune.study.metric
@@ -524,8 +526,6 @@ class _Worker:
 
     @staticmethod
     def _log_model(tracker: Any, result: Any, data: Any, crop: int) -> str | None:
-        import numpy as np
-
         from pipelines.inputs import cropped_array
 
         example = cropped_array(data.images, crop, data.val[:1]).astype(np.float32)
@@ -533,8 +533,6 @@ class _Worker:
 
     def loop(self) -> int:
         """Run trials until the study has ``n_trials`` COMPLETE + PRUNED or the deadline passes."""
-        import time
-
         run = self.run
         waited = False
         while True:
@@ -561,8 +559,6 @@ class _Worker:
 
 
 def _configure_worker_logging(run: StudyRun) -> None:
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     logging.basicConfig(level=run.log_level, force=True,
@@ -588,8 +584,6 @@ def worker_main(run: StudyRun) -> int:
 
 def _worker_entry(run: StudyRun, results: Any) -> None:
     """Spawned process body: run :func:`worker_main` and report the outcome on ``results``."""
-    from pipelines.errors import Galaxy10Error
-
     try:
         results.put((run.worker, "ok", worker_main(run), ""))
     except KeyboardInterrupt:
@@ -604,14 +598,9 @@ def _worker_entry(run: StudyRun, results: Any) -> None:
 
 def _run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
     """Run ``workers`` spawned processes on the study; return (trials run, problems)."""
-    import multiprocessing
-    import queue as queue_mod
-
-    from pipelines import errors
-
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold TensorFlow threads
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker_entry, args=(replace_worker(run, i), results), name=f"galaxy10-worker-{i}")
+    procs = [ctx.Process(target=_worker_entry, args=(replace(run, worker=i), results), name=f"galaxy10-worker-{i}")
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -627,7 +616,7 @@ def _run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
     while True:
         try:
             worker, kind, n, message = results.get(timeout=0.5)
-        except queue_mod.Empty:
+        except queue.Empty:
             break
         outcomes[worker] = (kind, n, message)
     total, problems = 0, []
@@ -644,18 +633,9 @@ def _run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
     return total, problems
 
 
-def replace_worker(run: StudyRun, worker: int) -> StudyRun:
-    """``run`` for worker number ``worker``."""
-    from dataclasses import replace
-
-    return replace(run, worker=worker)
-
-
 def _parent_run(study: optuna.Study, tune: TuneConfig, tracking_uri: str, experiment_name: str,
                 storage_url: str) -> Any:
     """The study's MLflow parent run: reopened if its id is in the study's user attrs, else created."""
-    import yaml
-
     from experiments import tracking
 
     run_id = study.user_attrs.get(ATTR_PARENT_RUN)
@@ -690,12 +670,8 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     tagged, its model registered under the study name with the configured alias, and the
     optimisation plots logged on the parent run.
     """
-    import time
-    from dataclasses import replace
-
     from experiments import tracking
     from experiments.config import to_yaml
-    from experiments.search_space import check_against_config, resolve_run_config
 
     started = time.perf_counter()
     route_optuna_logging(log_level)
@@ -714,9 +690,9 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     check_against_config(tune)
     base_cfg, _ = resolve_run_config(tune, {}, extra_overrides=overrides)
     tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
-    handler = StaleTrialHandler(tracking_uri, study_cfg.retry_stale)
     storage = open_storage(study_cfg.storage, heartbeat_interval=study_cfg.heartbeat_interval,
-                           grace_period=study_cfg.grace_period, on_stale=handler)
+                           grace_period=study_cfg.grace_period,
+                           on_stale=StaleTrialHandler(tracking_uri, study_cfg.retry_stale))
     study = open_study(tune, storage)
     stale = fail_stale_trials(study)
     parent = _parent_run(study, tune, tracking_uri, base_cfg.experiment_name, study_cfg.storage)

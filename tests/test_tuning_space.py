@@ -106,10 +106,12 @@ def test_yaml_scalar_round_trips(value) -> None:
     ({"model.depth": {"type": "int", "low": 2, "high": 5.5}},
      "search_space 'model.depth': high=5.5 is not an integer; an int parameter needs integers"),
     ({"x": {"type": "float", "low": 0.0, "high": 1.0, "when": {"augment.policy": "galaxy"}}},
-     "search_space 'x': when refers to 'augment.policy', which is not a parameter listed before it; use one of: (none)"),
+     "search_space 'x': when refers to 'augment.policy', which is not a parameter listed before it; "
+     "use one of: (none)"),
     ({"augment.policy": {"type": "categorical", "choices": ["reference", "galaxy"]},
       "x": {"type": "float", "low": 0.0, "high": 1.0, "when": {"augment.policy": "galaxyy"}}},
-     "search_space 'x': when augment.policy='galaxyy' is not one of its choices ['reference', 'galaxy']; use one of those"),
+     "search_space 'x': when augment.policy='galaxyy' is not one of its choices ['reference', 'galaxy']; "
+     "use one of those"),
     ({"train.batch_size": {"type": "categorical", "choices": [32, 64], "low": 1}},
      "search_space 'train.batch_size': key 'low' does not apply to a categorical parameter; "
      "use any of: type, choices, when, target"),

@@ -73,7 +73,8 @@ def test_existing_study_with_other_space_is_refused() -> None:
     )
     with pytest.raises(ConfigError) as err:
         tuning.open_study(_tune(metric="macro_f1"), storage)
-    assert str(err.value) == "study 's' optimises 'accuracy', not 'macro_f1'; pass a new --study name or set study.metric back"
+    assert str(err.value) == ("study 's' optimises 'accuracy', not 'macro_f1'; "
+                              "pass a new --study name or set study.metric back")
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")

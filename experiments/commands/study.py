@@ -48,7 +48,8 @@ def run_list(args: argparse.Namespace) -> int:
     storage = tuning.open_storage(args.storage, must_exist=True)
     studies = tuning.list_studies(storage)
     if not studies:
-        print(f"no studies in {args.storage}; start one with: galaxy10 tune --config experiments/configs/tune_quick.yaml")
+        print(f"no studies in {args.storage}; start one with: "
+              "galaxy10 tune --config experiments/configs/tune_quick.yaml")
         return 0
     rows = [
         (s.name, s.n_trials, s.counts.get("COMPLETE", 0), s.counts.get("PRUNED", 0), s.counts.get("FAIL", 0),
@@ -71,15 +72,16 @@ def run_show(args: argparse.Namespace) -> int:
     rows = []
     for t in trials:
         duration = t.duration.total_seconds() if t.duration is not None else None
-        last_step = max(t.intermediate_values) + 1 if t.intermediate_values else None
+        last_step = len(t.intermediate_values) or None  # epochs reported (one value per epoch)
         rows.append([t.number, t.state.name, t.value, last_step,
                      None if duration is None else f"{duration:.0f}s"]
                     + [t.params.get(n) for n in names])
     attrs = study.user_attrs
     metric = attrs.get(tuning.ATTR_METRIC, "objective")
     counts = tuning.state_counts(study)
-    print(f"study {study.study_name} ({args.storage}): {len(trials)} trials, "
-          + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) + f"; objective: val {metric} ({study.direction.name.lower()})")
+    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    print(f"study {study.study_name} ({args.storage}): {len(trials)} trials, {states}; "
+          f"objective: val {metric} ({study.direction.name.lower()})")
     if trials:
         print(format_table(["#", "state", "value", "epochs", "time"] + names, rows))
     best = tuning.best_trial(study)

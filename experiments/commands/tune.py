@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     parser.add_argument("--workers", type=int, help="worker processes sharing the study (each loads the data once)")
     parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--data", help="HDF5 data file (default: data.path of the config, else the default file)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the base run config, e.g. --set train.epochs=3 (repeatable)")
