@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from pipelines.errors import DataError
+from pipelines.errors import ConfigError, DataError
 from pipelines.preprocess import center_crop
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,8 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
     rows = _check_rows(images, labels, indices)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise DataError(f"batch_size={batch_size!r} must be a positive integer")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed={seed!r} must be a non-negative integer")
     planner = EpochPlanner(labels, rows, None if multipliers is None else np.asarray(multipliers), seed)
     if planner_out is not None:
         planner_out.append(planner)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from augment.policies import augment_batch, build_policy
-from pipelines.errors import DataError
+from pipelines.errors import ConfigError, DataError
 from pipelines.inputs import EpochPlanner, cropped_array, make_eval_dataset, make_train_dataset
 from pipelines.preprocess import center_crop
 
@@ -121,6 +121,12 @@ def test_bad_arguments(arrays, kwargs, match):
     args = {"batch_size": 8, "crop": 24, **kwargs}
     with pytest.raises(DataError, match=match):
         make_train_dataset(images, labels, **args)
+
+
+def test_bad_seed(arrays):
+    images, labels = arrays
+    with pytest.raises(ConfigError, match="seed"):
+        make_train_dataset(images, labels, batch_size=8, crop=24, seed=-1)
 
 
 def test_bad_images_and_labels(arrays):
