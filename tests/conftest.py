@@ -90,11 +90,17 @@ def realsamples() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolate_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run every test inside tmp_path so nothing is written into the working tree."""
+def _isolate_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run every test inside tmp_path so nothing is written into the working tree.
+
+    MLflow keeps its tracking URI in a process-wide global; it is restored after each test so one
+    test's store never leaks into the next.
+    """
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GALAXY10_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with keep_mlflow_tracking_uri():
+        yield
 
 
 @contextlib.contextmanager
