@@ -205,6 +205,8 @@ class EnsembleInfo:
     table_columns: tuple[str, ...] = ()
     table_rows: tuple[tuple[str, ...], ...] = ()
     table_artifact: str | None = None
+    notes: tuple[str, ...] = ()
+    mode: str | None = None
 
 
 @dataclass
@@ -344,19 +346,48 @@ def data_card(data: Any, max_images: int | None, split_seed: int) -> DataCard:
 
 
 def find_ensemble(study_name: str, tracking_uri: str) -> EnsembleInfo:
-    """The ensemble comparison of ``study_name``: its winner (registry alias) and comparison table."""
+    """The study's newest finished ensemble comparison (``galaxy10 ensemble``): winner, model, table.
+
+    Comparison runs are found by their tags (``ensemble.role=comparison``, ``optuna.study``); the
+    winner's registered model is the parent's ``winner.registered_model`` tag. Without such a run the
+    registry alias ``<study>-ensemble@champion`` is used, if it exists.
+    """
     from experiments import tracking
 
-    name = f"{study_name}{ENSEMBLE_MODEL_SUFFIX}"
-    uri = f"models:/{name}@{ENSEMBLE_ALIAS}"
-    version = tracking.registered_alias_version(name, ENSEMBLE_ALIAS, tracking_uri=tracking_uri)
-    if version is None:
-        return EnsembleInfo(found=False, reason=(
-            f"no ensemble comparison found for study {study_name!r} (no registered model {name}@{ENSEMBLE_ALIAS}); "
-            f"run `galaxy10 ensemble --study {study_name} --config experiments/configs/ensemble.yaml` to add one"))
-    winner_run = version.get("run_id")
+    runs = [r for r in tracking.find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
+                                          tracking_uri=tracking_uri)
+            if r.status == "FINISHED" and r.tags.get("winner.registered_model")]
+    notes: list[str] = []
+    mode = None
+    if runs:
+        comparison: str | None = runs[0].run_id
+        mode = runs[0].tags.get("ensemble.mode")
+        model_uri = runs[0].tags["winner.registered_model"]
+        winner_run = runs[0].tags.get("winner.run_id") or None
+        name, _, alias = model_uri.removeprefix("models:/").partition("@")
+        version = tracking.registered_alias_version(name, alias, tracking_uri=tracking_uri) if alias else None
+        if version is None:
+            return EnsembleInfo(found=False, reason=(
+                f"no ensemble comparison found for study {study_name!r}: the winner's registered model {model_uri} "
+                f"of comparison run {comparison} is gone; re-run `galaxy10 ensemble --study {study_name} ...`"))
+        if winner_run and version["run_id"] != winner_run:
+            notes.append(f"{model_uri} now points at run {version['run_id']}, not the newest comparison's winner "
+                         f"{winner_run}; the report scores the registered model")
+            winner_run = version["run_id"]
+    else:
+        name, alias = f"{study_name}{ENSEMBLE_MODEL_SUFFIX}", ENSEMBLE_ALIAS
+        model_uri = f"models:/{name}@{alias}"
+        version = tracking.registered_alias_version(name, alias, tracking_uri=tracking_uri)
+        if version is None:
+            return EnsembleInfo(found=False, reason=(
+                f"no ensemble comparison found for study {study_name!r} (no 'ensemble comparison' run and no "
+                f"registered model {name}@{alias}); run `galaxy10 ensemble --study {study_name} "
+                "--config experiments/configs/ensemble.yaml` to add one"))
+        winner_run = version["run_id"] or None
+        comparison = None
     winner = tracking.get_run_facts(winner_run, tracking_uri=tracking_uri) if winner_run else None
-    comparison = winner.tags.get("mlflow.parentRunId") if winner else None
+    if comparison is None and winner is not None:
+        comparison = winner.tags.get("mlflow.parentRunId")
     columns: tuple[str, ...] = ()
     rows: tuple[tuple[str, ...], ...] = ()
     table_artifact = None
@@ -368,12 +399,20 @@ def find_ensemble(study_name: str, tracking_uri: str) -> EnsembleInfo:
                 local = tracking.download_run_artifact(comparison, table_artifact, tmp, tracking_uri=tracking_uri)
                 parsed = list(csv.reader(io.StringIO(local.read_text())))
             if parsed:
-                columns, rows = tuple(parsed[0]), tuple(tuple(r) for r in parsed[1:] if r)
+                columns, rows = table_columns(parsed[0], [r for r in parsed[1:] if r])
     winner_name = None
     if winner is not None:
         winner_name = winner.tags.get("candidate") or winner.run_name or winner.run_id
     return EnsembleInfo(found=True, comparison_run_id=comparison, winner_name=winner_name, winner_run_id=winner_run,
-                        model_uri=uri, table_columns=columns, table_rows=rows, table_artifact=table_artifact)
+                        model_uri=model_uri, table_columns=columns, table_rows=rows, table_artifact=table_artifact,
+                        notes=tuple(notes), mode=mode)
+
+
+def table_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[tuple[str, ...],
+                                                                                   tuple[tuple[str, ...], ...]]:
+    """The comparison table without its per-class recall columns (the CSV artifact keeps them)."""
+    keep = [i for i, c in enumerate(header) if not c.startswith("val_recall_") and c != "members"]
+    return tuple(header[i] for i in keep), tuple(tuple(r[i] if i < len(r) else "" for i in keep) for r in rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -783,16 +822,20 @@ def write_report_dir(report: Report, out: str | os.PathLike) -> Path:
 # The whole report
 # --------------------------------------------------------------------------------------------
 def reproduce_commands(study: StudyFacts, *, tracking_uri: str, data_path: str, out: str,
-                       parent_tags: Mapping[str, str], tune_config: str | None, ensemble_found: bool) -> list[str]:
-    """Shell commands that rebuild the study, the ensemble comparison and this report."""
+                       parent_tags: Mapping[str, str], tune_config: str | None, ensemble: EnsembleInfo) -> list[str]:
+    """Shell lines that rebuild the study, the ensemble comparison and this report (with comments)."""
     q = shlex.quote
     common = f"--storage {q(study.storage_url)} --tracking-uri {q(tracking_uri)}"
     trials = parent_tags.get("study.n_trials")
-    tune = (f"galaxy10 tune --config {q(tune_config or 'TUNE_CONFIG.yaml')} --study {q(study.name)} "
-            f"{common} --data {q(data_path)}" + (f" --trials {trials}" if trials else ""))
-    cmds = [tune]
-    if ensemble_found:
-        cmds.append(f"galaxy10 ensemble --study {q(study.name)} --config experiments/configs/ensemble.yaml {common}")
+    cmds = [f"# the study's tuning YAML is logged as tune_config/ on run {study.parent_run_id}",
+            f"galaxy10 tune --config {q(tune_config or 'TUNE_CONFIG.yaml')} --study {q(study.name)} {common} "
+            f"--data {q(data_path)}" + (f" --trials {trials}" if trials else "")]
+    if ensemble.found:
+        if ensemble.comparison_run_id:
+            cmds.append(f"# the comparison's config is logged as ensemble_config.yaml on run {ensemble.comparison_run_id}")
+        mode = f" --set mode={q(ensemble.mode)}" if ensemble.mode else ""
+        cmds.append(f"galaxy10 ensemble --study {q(study.name)} --config experiments/configs/ensemble.yaml{mode} "
+                    f"{common}")
     cmds.append(f"galaxy10 report --study {q(study.name)} --out {q(out)} {common}")
     return cmds
 
@@ -896,7 +939,8 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         report.commands = reproduce_commands(study, tracking_uri=uri, data_path=str(path), out=str(out),
                                              parent_tags=parent.tags,
                                              tune_config=_tune_config_path(study.parent_run_id, uri),
-                                             ensemble_found=ensemble.found)
+                                             ensemble=ensemble)
+        report.notes.extend(ensemble.notes)
         if cfg.data.max_images:
             report.notes.append(f"the study used only the first {cfg.data.max_images} images of the file "
                                 "(data.max_images); all three models are scored on the same test images")

@@ -269,7 +269,11 @@ def test_report_numbers_are_logged_to_mlflow(tiny_study: TinyStudy, first_report
 @pytest.mark.slow
 def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """A registered ``<study>-ensemble@champion`` under a comparison run is scored and shown with its table."""
+    """A comparison run tagged as ``galaxy10 ensemble`` tags it, with a registered winner, is scored and shown.
+
+    The winner here is the best CNN's own Keras model registered as ``tiny-ensemble@champion``: the
+    report scores it from the raw file images through ``load_prediction_model``.
+    """
     from mlflow import MlflowClient
 
     from experiments import tracking
@@ -278,29 +282,39 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
     with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.chdir(tiny_study.root)
         mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
-        with tracking.MlflowTracker("ens", "ensemble comparison", tracking_uri=tiny_study.tracking_uri) as parent:
-            parent.log_text("candidate,kind,val_accuracy\nvote-top2,vote,0.5\ncnn-best,cnn,0.4\n", "comparison.csv")
-        with tracking.MlflowTracker("ens", "vote-top2", tracking_uri=tiny_study.tracking_uri,
-                                    parent_run_id=parent.run_id, tags={"kind": "vote"}) as winner:
-            pass
-        version = client.create_model_version("tiny-ensemble", tiny_study.best_model_uri, run_id=winner.run_id) \
-            if client.search_registered_models(filter_string="name='tiny-ensemble'") else None
-        if version is None:
+        tags = {"ensemble.role": "comparison", "optuna.study": "tiny", "ensemble.mode": "val_cv"}
+        with tracking.MlflowTracker("ens", "ensemble comparison", tracking_uri=tiny_study.tracking_uri,
+                                    tags=tags) as parent:
+            columns = "candidate,kind,val_accuracy,val_recall_disturbed,members,estimate,run_id"
+            parent.log_text(f"{columns}\nvote-top2,vote,0.5,0.25,a b,val,r1\ncnn-best,cnn,0.4,0.5,a,val,r2\n",
+                            "comparison.csv")
+            with tracking.MlflowTracker("ens", "vote-top2", tracking_uri=tiny_study.tracking_uri,
+                                        parent_run_id=parent.run_id, tags={"kind": "vote", "candidate": "vote-top2"}) \
+                    as winner:
+                pass
             client.create_registered_model("tiny-ensemble")
             version = client.create_model_version("tiny-ensemble", tiny_study.best_model_uri, run_id=winner.run_id)
-        client.set_registered_model_alias("tiny-ensemble", "champion", version.version)
+            client.set_registered_model_alias("tiny-ensemble", "champion", version.version)
+            parent.set_tags({"winner.registered_model": "models:/tiny-ensemble@champion",
+                             "winner.run_id": winner.run_id})
         out = tiny_study.root / "reports" / "with-ensemble"
         printed = _report(tiny_study, out, capsys)
     html = html_lib.unescape((out / "report.html").read_text())
+    md = (out / "report.md").read_text()
     numbers = json.loads((out / "report.json").read_text())
     assert "Best ensemble" in printed
     assert "no ensemble comparison found" not in html
+    assert numbers["ensemble"]["model_uri"] == "models:/tiny-ensemble@champion"
     assert numbers["models"]["ensemble"]["run_id"] == winner.run_id
     # the same Keras model scored from the raw file images agrees with the CNN scored from the cache
     assert numbers["models"]["ensemble"]["test"]["accuracy"] == pytest.approx(
         numbers["models"]["cnn"]["test"]["accuracy"], abs=0.051)
     assert (out / "confusion_ensemble.png").read_bytes().startswith(b"\x89PNG")
-    assert "<td>vote-top2</td>" in html and parent.run_id in html and winner.run_id in html
+    # the comparison table, winner highlighted, per-class columns left to the CSV
+    assert '<tr class="winner"><td class="col-candidate">vote-top2</td>' in html
+    assert "val_recall_disturbed" not in html and "| vote-top2 | vote | 0.5 | val | r1 |" in md
+    assert parent.run_id in html and winner.run_id in html
+    assert "galaxy10 ensemble --study tiny --config experiments/configs/ensemble.yaml --set mode=val_cv" in md
     assert client.get_run(winner.run_id).data.metrics["test_accuracy"] == pytest.approx(
         numbers["models"]["ensemble"]["test"]["accuracy"])
 
