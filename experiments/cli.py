@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "tune",
     "study",
+    "ensemble",
     "predict",
     "serve",
     "report",

@@ -1,0 +1,228 @@
+"""The ensemble comparison's configuration (``experiments/configs/ensemble.yaml``) as frozen dataclasses.
+
+Every section and key is validated on load; an unknown key, a wrong type or a bad value raises
+:class:`~pipelines.errors.ConfigError` naming the dotted key and what is allowed. Second-stage
+hyper-parameters are checked against the estimators themselves (:mod:`ensembles.second_stage`).
+The optional ``tune.search_space`` uses the tuning search-space syntax and is validated by
+``experiments/`` (which owns Optuna).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ensembles.second_stage import MODEL_NAMES, resolve_params
+from ensembles.voting import WEIGHT_METHODS
+from pipelines.errors import ConfigError
+
+MODES: tuple[str, ...] = ("crossfit", "val_cv")
+SELECT_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
+TUNE_METRICS: tuple[str, ...] = ("log_loss", "accuracy")
+
+
+@dataclass(frozen=True)
+class CrossfitConfig:
+    """``crossfit`` mode: K folds of the training split; ``epochs`` null keeps the recipe's epochs."""
+
+    folds: int = 3
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """How embeddings are computed: 8-view TTA averaging and the forward-pass batch size."""
+
+    tta: bool = False
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class VoteConfig:
+    """CNN voting over the study's ``top_k`` trials: equal-weight soft vote, and a weighted one.
+
+    ``weighted``: ``log_loss`` (weights minimise validation log loss), ``accuracy`` (proportional
+    to each member's validation accuracy) or null (no weighted vote).
+    """
+
+    top_k: int = 3
+    weighted: str | None = "log_loss"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Stacking of the CNN with each listed second stage; ``C`` is the meta-learner's inverse L2."""
+
+    second_stage: tuple[str, ...] = ()
+    C: float = 1.0
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """Optional Optuna tuning of second stages (0 trials: use the configured values as they are)."""
+
+    n_trials: int = 0
+    metric: str = "log_loss"
+    search_space: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """The whole comparison: which candidates, how they are fit honestly, how the winner is chosen."""
+
+    mode: str = "val_cv"
+    seed: int = 0
+    select_metric: str = "accuracy"
+    cv_folds: int = 5
+    n_jobs: int | None = None
+    alias: str = "champion"
+    crossfit: CrossfitConfig = field(default_factory=CrossfitConfig)
+    embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    vote: VoteConfig = field(default_factory=VoteConfig)
+    second_stage: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: {"logreg": {}, "xgboost": {}})
+    stack: StackConfig = field(default_factory=StackConfig)
+    tune: TuneSpec = field(default_factory=TuneSpec)
+
+
+def _int(key: str, value: Any, low: int, high: int | None = None, *, nullable: bool = False) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ConfigError(f"config key {key}={value!r} is not allowed; give {rng}{' or null' if nullable else ''}")
+    return int(value)
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...], *, nullable: bool = False) -> str | None:
+    if value is None and nullable:
+        return None
+    if value not in choices:
+        raise ConfigError(f"config key {key}={value!r} is not allowed; use one of: {', '.join(choices)}"
+                          f"{' or null' if nullable else ''}")
+    return str(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"config key {key}={value!r} has the wrong type; give true or false")
+    return value
+
+
+def _mapping(key: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config key {key} must be a mapping, got {value!r}")
+    return value
+
+
+def _check_keys(section: str, raw: Mapping[str, Any], cls: type) -> None:
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(str(k) for k in raw if k not in names)
+    if unknown:
+        where = f"{section}.{unknown[0]}" if section else unknown[0]
+        raise ConfigError(f"unknown config key {where}; allowed keys{' in ' + section if section else ''}: "
+                          f"{', '.join(names)}")
+
+
+def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
+    """Validate a raw mapping (missing keys take defaults) into an :class:`EnsembleConfig`."""
+    raw = _mapping("(top level)", raw)
+    _check_keys("", raw, EnsembleConfig)
+    d = EnsembleConfig()
+    cf = _mapping("crossfit", raw.get("crossfit"))
+    _check_keys("crossfit", cf, CrossfitConfig)
+    em = _mapping("embeddings", raw.get("embeddings"))
+    _check_keys("embeddings", em, EmbeddingConfig)
+    vo = _mapping("vote", raw.get("vote"))
+    _check_keys("vote", vo, VoteConfig)
+    st = _mapping("stack", raw.get("stack"))
+    _check_keys("stack", st, StackConfig)
+    tu = _mapping("tune", raw.get("tune"))
+    _check_keys("tune", tu, TuneSpec)
+
+    second_raw = raw.get("second_stage", d.second_stage)
+    second_raw = _mapping("second_stage", second_raw)
+    second: dict[str, dict[str, Any]] = {}
+    for name, params in second_raw.items():
+        if name not in MODEL_NAMES:
+            raise ConfigError(f"unknown config key second_stage.{name}; second-stage models: {', '.join(MODEL_NAMES)}")
+        second[str(name)] = resolve_params(str(name), _mapping(f"second_stage.{name}", params),
+                                           where=f"second_stage.{name}")
+
+    stack_with = st.get("second_stage", [])
+    if isinstance(stack_with, str):
+        stack_with = [stack_with]
+    if not isinstance(stack_with, (list, tuple)):
+        raise ConfigError(f"config key stack.second_stage={stack_with!r} must be a list of second-stage names")
+    for name in stack_with:
+        if name not in second:
+            raise ConfigError(f"config key stack.second_stage names {name!r}, which is not configured under "
+                              f"second_stage; add it there (configured: {', '.join(second) or 'none'}) or remove it")
+    C = st.get("C", StackConfig().C)
+    if isinstance(C, bool) or not isinstance(C, (int, float)) or not math.isfinite(C) or C <= 0:
+        raise ConfigError(f"config key stack.C={C!r} is not allowed; give a positive number")
+
+    alias = raw.get("alias", d.alias)
+    if not isinstance(alias, str) or not alias.isidentifier():
+        raise ConfigError(f"config key alias={alias!r} is not allowed; give a simple name like champion")
+    space = _mapping("tune.search_space", tu.get("search_space"))
+    n_trials = _int("tune.n_trials", tu.get("n_trials", 0), 0)
+    if n_trials and not space:
+        raise ConfigError("config key tune.n_trials > 0 needs tune.search_space; add e.g. "
+                          "{xgboost.max_depth: {type: int, low: 2, high: 6}} or set n_trials: 0")
+    return EnsembleConfig(
+        mode=_choice("mode", raw.get("mode", d.mode), MODES),
+        seed=_int("seed", raw.get("seed", d.seed), 0),
+        select_metric=_choice("select_metric", raw.get("select_metric", d.select_metric), SELECT_METRICS),
+        cv_folds=_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
+        n_jobs=_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
+        alias=alias,
+        crossfit=CrossfitConfig(folds=_int("crossfit.folds", cf.get("folds", 3), 2, 20),
+                                epochs=_int("crossfit.epochs", cf.get("epochs"), 1, 10000, nullable=True)),
+        embeddings=EmbeddingConfig(tta=_bool("embeddings.tta", em.get("tta", False)),
+                                   batch_size=_int("embeddings.batch_size", em.get("batch_size", 256), 1, 8192)),
+        vote=VoteConfig(top_k=_int("vote.top_k", vo.get("top_k", 3), 1, 50),
+                        weighted=_choice("vote.weighted", vo.get("weighted", "log_loss"), WEIGHT_METHODS,
+                                         nullable=True)),
+        second_stage=second,
+        stack=StackConfig(second_stage=tuple(str(s) for s in stack_with), C=float(C)),
+        tune=TuneSpec(n_trials=n_trials, metric=_choice("tune.metric", tu.get("metric", "log_loss"), TUNE_METRICS),
+                      search_space=dict(space)),
+    )
+
+
+def read_config_yaml(path: str | Path) -> dict[str, Any]:
+    """Read an ensemble YAML as a raw mapping (an empty file is the defaults)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"ensemble config {p} not found; pass an existing YAML, e.g. experiments/configs/ensemble.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"ensemble config {p} is not valid YAML ({first}); fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"ensemble config {p} must hold a mapping of settings (mode, vote, second_stage, ...)")
+    return dict(raw)
+
+
+def to_dict(cfg: EnsembleConfig) -> dict[str, Any]:
+    """Plain nested dict of ``cfg`` (for logging as YAML/params)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if hasattr(v, "__dataclass_fields__"):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        return v
+
+    return plain(cfg)

@@ -1,0 +1,66 @@
+"""Stacking: a logistic-regression meta-learner on out-of-fold CNN and second-stage probabilities.
+
+Meta-features are the log-probabilities of each base model, concatenated. They must be
+out-of-fold for the images the meta-learner is fit on: in ``crossfit`` mode they come from fold
+models that never saw those images (and second stages cross-validated within each fold); in
+``val_cv`` mode :func:`nested_cv_stack` scores the whole stack by nested cross-validation on the
+validation split, so no image is scored by a model (base or meta) that was fit on its label.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ensembles.crossfit import cv_predict_proba, cv_splits
+from ensembles.second_stage import full_proba
+from pipelines.errors import DataError
+
+_EPS = 1e-6
+
+
+def meta_features(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """``[log p_1, log p_2, ...]``: concatenated, clipped log-probabilities of the base models."""
+    arrs = [np.asarray(b, dtype=np.float64) for b in blocks]
+    if not arrs or any(a.ndim != 2 or len(a) != len(arrs[0]) for a in arrs):
+        raise DataError(f"meta-features need (N, C) blocks with the same N, got {[a.shape for a in arrs]}")
+    return np.concatenate([np.log(np.clip(a, _EPS, 1.0)) for a in arrs], axis=1)
+
+
+def make_meta_learner(C: float = 1.0, *, seed: int = 0) -> Any:
+    """The meta-learner: multinomial logistic regression (L2, strength ``1/C``)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=float(C), max_iter=2000, random_state=seed)
+
+
+def fit_meta(blocks: Sequence[np.ndarray], y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> Any:
+    """Fit the meta-learner on out-of-fold base-model probabilities ``blocks`` against ``y``."""
+    return make_meta_learner(C, seed=seed).fit(meta_features(blocks), np.asarray(y))
+
+
+def meta_predict(meta: Any, blocks: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """Meta-learner probabilities over all ``n_classes`` columns."""
+    return full_proba(meta, meta_features(blocks), n_classes)
+
+
+def nested_cv_stack(cnn_probs: np.ndarray, X: np.ndarray, y: np.ndarray, make_second: Callable[[], Any],
+                    n_classes: int, splits: Sequence[tuple[np.ndarray, np.ndarray]], *, inner_folds: int,
+                    C: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Honest probabilities of CNN + second stage stacked, by nested cross-validation.
+
+    For each outer split the second stage's meta-features on the fit rows come from an inner
+    cross-validation, the second stage refit on all fit rows scores the held-out rows, and the
+    meta-learner fit on the fit rows combines them. Returns out-of-fold probabilities ``(N, C)``.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    out = np.zeros((len(y), n_classes), dtype=np.float64)
+    for fit_rows, score_rows in splits:
+        inner = cv_splits(y[fit_rows], inner_folds, seed=seed + 1)
+        second_oof = cv_predict_proba(make_second, X[fit_rows], y[fit_rows], n_classes, inner)
+        second = make_second().fit(X[fit_rows], y[fit_rows])
+        meta = fit_meta([cnn_probs[fit_rows], second_oof], y[fit_rows], C=C, seed=seed)
+        out[score_rows] = meta_predict(meta, [cnn_probs[score_rows], full_proba(second, X[score_rows], n_classes)],
+                                       n_classes)
+    return out
