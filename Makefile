@@ -19,7 +19,7 @@ REPORT_DIR ?= reports/$(STUDY)
 .PHONY: help setup setup-dev demo test test-fast bench clean
 
 help:
-	@echo "make demo   - create .venv, install, run the platform end to end (data, tuning, report)"
+	@echo "make demo   - create .venv, install, run the platform end to end (data, tuning, ensembles, report)"
 	@echo "make test   - create .venv, install with dev extras, run the whole test suite"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 
@@ -40,9 +40,11 @@ demo: $(VENV)/.installed $(if $(wildcard $(REAL)),,$(SYNTH))
 	$(G10) data split $(DATA)
 	$(G10) baseline --data $(DATA)
 	$(G10) tune --config experiments/configs/tune_quick.yaml --study $(STUDY) --data $(DATA)
+	$(G10) ensemble --study $(STUDY) --config experiments/configs/ensemble.yaml
 	$(G10) report --study $(STUDY) --out $(REPORT_DIR)
+	$(G10) data gallery $(DATA) --out $(REPORT_DIR)/gallery.png
 	@echo
-	@echo "Demo finished. Report: $(REPORT_DIR)/report.html"
+	@echo "Demo finished. Report: $(REPORT_DIR)/report.html (data gallery: $(REPORT_DIR)/gallery.png)"
 	@echo "  MLflow UI:        $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "  Optuna dashboard: $(VENV)/bin/optuna-dashboard sqlite:///optuna.db"
 	@echo "  Prediction page:  $(VENV)/bin/galaxy10 serve --model $(STUDY)@champion"
