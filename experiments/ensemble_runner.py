@@ -324,35 +324,42 @@ def validate_config(cfg: EnsembleConfig) -> None:
 
 def tune_second_stage(name: str, base: Mapping[str, Any], space: Any, fit_sets: Sequence[tuple[np.ndarray, np.ndarray]],
                       cfg: EnsembleConfig, n_classes: int) -> tuple[dict[str, Any], float]:
-    """Small in-memory Optuna study over ``space`` for second stage ``name``.
+    """Small Optuna study (seeded TPE, through :mod:`experiments.tuning`) over ``space`` for ``name``.
 
     The objective is the cross-validated ``tune.metric`` averaged over ``fit_sets`` (each an
-    ``(X, y)`` the second stage is fit on). Returns (best params, best objective).
+    ``(X, y)`` the second stage is fit on); the study lives in a throw-away SQLite file. Returns
+    (best params, best objective: accuracy, or minus the log loss).
     """
-    import optuna  # tuning of second stages only; studies of CNNs live in experiments.tuning
-
     from ensembles.crossfit import cv_predict_proba, cv_splits
     from ensembles.second_stage import resolve_params
+    from experiments import tuning
     from experiments.evaluation import classification_metrics
-    from experiments.search_space import suggest
+    from experiments.search_space import PrunerConfig, SamplerConfig, StudyConfig, TuneConfig, assignments, suggest
 
     def objective(trial: Any) -> float:
-        params = resolve_params(name, {**base, **suggest(trial, space)})
+        params = resolve_params(name, {**base, **assignments(space, suggest(trial, space))})
         scores = []
         for X, y in fit_sets:
             probs = cv_predict_proba(_make_factory(name, params, cfg), X, y, n_classes,
                                      cv_splits(y, cfg.cv_folds, seed=cfg.seed))
             m = classification_metrics(y, probs, [str(i) for i in range(n_classes)])
-            scores.append(m["log_loss"] if cfg.tune.metric == "log_loss" else -m["accuracy"])
+            scores.append(-m["log_loss"] if cfg.tune.metric == "log_loss" else m["accuracy"])
         return float(np.mean(scores))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
-    study.optimize(objective, n_trials=cfg.tune.n_trials)
-    best = resolve_params(name, {**base, **{k: v for k, v in study.best_params.items()}})
+    study_cfg = StudyConfig(name=f"second-stage-{name}", n_trials=cfg.tune.n_trials,
+                            sampler=SamplerConfig("tpe", {"seed": cfg.seed, "multivariate": True}),
+                            pruner=PrunerConfig("none", {}))
+    with tempfile.TemporaryDirectory(prefix="galaxy10-tune-") as tmp:
+        tuning.route_optuna_logging(logging.WARNING)
+        storage = tuning.open_storage(f"sqlite:///{Path(tmp) / 'second_stage.db'}")
+        study = tuning.open_study(TuneConfig(base=None, run={}, study=study_cfg, space=space), storage)
+        study.optimize(objective, n_trials=cfg.tune.n_trials)
+        best_params, best_value = dict(study.best_params), float(study.best_value)
+        storage.engine.dispose()
+    best = resolve_params(name, {**base, **assignments(space, best_params)})
     log.info("tuned %s over %d trials: %s (cv %s %.4f)", name, cfg.tune.n_trials, best, cfg.tune.metric,
-             abs(study.best_value))
-    return best, float(study.best_value)
+             abs(best_value))
+    return best, best_value
 
 
 def _tuned_params(ctx: _Context, fit_sets: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, Any]]:
@@ -537,6 +544,7 @@ class ComparisonReport:
     notes: tuple[str, ...]
     synthetic: bool
     seconds: float
+    candidates: tuple[Candidate, ...] = ()
 
 
 def load_study_data(members: StudyMembers, data_path: str | Path | None) -> Any:
@@ -807,7 +815,8 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
         study_name=study_name, mode=cfg.mode, parent_run_id=parent.run_id, experiment_name=experiment,
         tracking_uri=uri, columns=columns, rows=tuple(rows), winner=winner["candidate"],
         winner_run_id=winner["run_id"], registered=registered, child_run_ids=child_ids, model_uris=model_uris,
-        notes=tuple(notes), synthetic=bool(data.synthetic), seconds=time.perf_counter() - started)
+        notes=tuple(notes), synthetic=bool(data.synthetic), seconds=time.perf_counter() - started,
+        candidates=tuple(candidates))
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

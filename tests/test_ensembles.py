@@ -358,3 +358,20 @@ def test_saved_ensemble_predicts_the_same_from_raw_images(tmp_path: Path) -> Non
     np.testing.assert_allclose(again.predict_proba(raw), probs, rtol=1e-5, atol=1e-6)
     one = EnsembleModel("stack", [model.branches[0]], CLASS_NAMES, CLASS_SLUGS)
     np.testing.assert_allclose(one.predict_proba(raw), branch_a, rtol=1e-5, atol=1e-6)
+
+
+def test_second_stage_tuning_returns_valid_params_and_their_cv_score() -> None:
+    from ensembles.crossfit import cv_predict_proba
+    from experiments.ensemble_runner import _space_for, tune_second_stage
+
+    cfg = config_from_dict({"second_stage": {"logreg": {}}, "cv_folds": 3, "seed": 1,
+                            "tune": {"n_trials": 4, "metric": "accuracy",
+                                     "search_space": {"logreg.C": {"type": "float", "low": 1e-4, "high": 10.0,
+                                                                   "log": True}}}})
+    X, y = blobs(n=90, d=6, k=3, seed=7, spread=3.0)
+    params, value = tune_second_stage("logreg", cfg.second_stage["logreg"], _space_for(cfg)["logreg"], [(X, y)],
+                                      cfg, 3)
+    assert 1e-4 <= params["C"] <= 10.0 and params["max_iter"] == ss.DEFAULT_PARAMS["logreg"]["max_iter"]
+    probs = cv_predict_proba(lambda: ss.make_second_stage("logreg", params, seed=1, n_jobs=1), X, y, 3,
+                             cv_splits(y, 3, seed=1))
+    assert value == pytest.approx(np.mean(probs.argmax(axis=1) == y))  # the objective is the CV accuracy

@@ -1,0 +1,120 @@
+"""Ensemble costs on the synthetic default, measured in one run.
+
+1. Embedding throughput (images/s) of :class:`ensembles.embeddings.CNNEmbedder` (cache off) for
+   two CNNs: the tune_quick recipe (64 px resize, 48 px crop, trained briefly here so the
+   embeddings mean something) and the reference CNN at the default 128 px / 88 px (untrained:
+   speed does not depend on the weights), each without and with 8-view TTA.
+2. Fit time (and predict time) of every second-stage model (``ensembles.second_stage``, with the
+   values of ``experiments/configs/ensemble.yaml`` where it sets them, else the defaults, one
+   thread) on the trained CNN's embeddings, at the sizes the comparison fits them: one cross-
+   fitting fold's held-out rows (train / 3) and the whole training split. Validation accuracy
+   of the model fit on the fold rows is printed for orientation only (embeddings of the CNN's own
+   training images are over-fit; the comparison never uses those).
+
+The CPU count and load average are printed because other processes on the machine skew the
+absolute numbers; ratios are relative to logistic regression measured in the same run.
+
+Usage: ``python benchmarks/bench_ensemble.py [--data data/galaxy10_synthetic.h5] [--epochs 3]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rate(fn, n: int, repeats: int = 2) -> float:  # noqa: ANN001
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return n / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.path.join(ROOT, "data", "galaxy10_synthetic.h5"))
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the quick CNN whose embeddings are used")
+    parser.add_argument("--tta-images", type=int, default=512, help="images embedded with 8-view TTA")
+    args = parser.parse_args()
+
+    import keras
+
+    from ensembles.config import config_from_dict, read_config_yaml
+    from ensembles.embeddings import CNNEmbedder
+    from ensembles.second_stage import MODEL_NAMES, full_proba, make_second_stage
+    from experiments.config import load_config
+    from experiments.models import build_model
+    from experiments.tracking import NullTracker
+    from experiments.training import load_training_data, train
+
+    print(f"CPUs: {os.cpu_count()}, load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    cfg = load_config(os.path.join(ROOT, "experiments", "configs", "reference.yaml"),
+                      [f"data.path={args.data}", "data.size=64", "data.crop=48", f"train.epochs={args.epochs}",
+                       "train.patience=null", "augment.policy=galaxy"])
+    data = load_training_data(cfg.data)
+    kind = "SYNTHETIC" if data.synthetic else data.provenance
+    print(f"data: {data.path} ({kind}), {len(data.train)} train / {len(data.val)} val images")
+    start = time.perf_counter()
+    result = train(cfg, NullTracker(), data=data, log_model=False, verbose=0)
+    print(f"quick CNN (tune_quick recipe at 64/48 px, {args.epochs} epochs): trained in "
+          f"{time.perf_counter() - start:.0f} s, val accuracy {result.val_metrics['accuracy']:.3f}")
+
+    # 1. Embedding throughput
+    rows = np.concatenate([data.train, data.val])
+    ref_data = load_training_data(load_config(None, [f"data.path={args.data}"]).data)
+    keras.utils.set_random_seed(0)
+    reference = build_model(None, input_size=88)
+    print("\n1. embedding throughput (images/s, cache off, batch 256)")
+    print(f"   {'CNN':<34} {'plain':>8} {'TTA x8':>8}")
+    for label, model, source in (("tune_quick CNN, 64 px -> 48 crop", result.model, data),
+                                 ("reference CNN, 128 px -> 88 crop", reference, ref_data)):
+        plain = CNNEmbedder(model, cache_dir=False, progress=False).fit()
+        tta = CNNEmbedder(model, tta=True, cache_dir=False, progress=False).fit()
+        sub = rows[:args.tta_images]
+        r_plain = _rate(lambda: plain.embed(source.images, rows, split="b", data_fingerprint="b"), len(rows))
+        r_tta = _rate(lambda: tta.embed(source.images, sub, split="b", data_fingerprint="b"), len(sub), repeats=1)
+        print(f"   {label:<34} {r_plain:8.0f} {r_tta:8.0f}")
+
+    # 2. Second-stage fit times on the trained CNN's embeddings
+    embedder = CNNEmbedder(result.model, cache_dir=False, progress=False).fit()
+    tr = embedder.embed(data.images, data.train, split="train", data_fingerprint=data.fingerprint)
+    va = embedder.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint)
+    y_tr, y_va = data.labels[data.train], data.labels[data.val]
+    shipped = config_from_dict(read_config_yaml(os.path.join(ROOT, "experiments", "configs", "ensemble.yaml")))
+    fold = len(y_tr) // 3
+    print(f"\n2. second-stage fit time (s, 1 thread) on {tr.embeddings.shape[1]}-d embeddings; "
+          f"ratio = fit time / logreg's")
+    print(f"   {'model':<14} {'fit ' + str(fold) + ' rows':>13} {'ratio':>6} {'fit ' + str(len(y_tr)) + ' rows':>14} "
+          f"{'ratio':>6} {'predict val':>11} {'val acc':>8}")
+    base: dict[str, float] = {}
+    for name in MODEL_NAMES:
+        params = shipped.second_stage.get(name, {})
+        times = {}
+        for n in (fold, len(y_tr)):
+            est = make_second_stage(name, params, seed=0, n_jobs=1)
+            start = time.perf_counter()
+            est.fit(tr.embeddings[:n], y_tr[:n])
+            times[n] = time.perf_counter() - start
+            if n == fold:
+                start = time.perf_counter()
+                probs = full_proba(est, va.embeddings, data.num_classes)
+                predict = time.perf_counter() - start
+                acc = float(np.mean(probs.argmax(axis=1) == y_va))
+        if name == "logreg":
+            base = times
+        print(f"   {name:<14} {times[fold]:13.2f} {times[fold] / base[fold]:6.1f} {times[len(y_tr)]:14.2f} "
+              f"{times[len(y_tr)] / base[len(y_tr)]:6.1f} {predict:11.3f} {acc:8.3f}")
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
