@@ -1,4 +1,8 @@
-"""galaxy10 tune end to end on tiny data: MLflow parent/child runs, pruning, resuming, workers, SIGKILL."""
+"""galaxy10 tune end to end on tiny data: MLflow parent/child runs, pruning, resuming, workers, SIGKILL.
+
+Every end-to-end test trains real (tiny) CNNs and creates an MLflow database, so each takes longer
+than 15 s and is marked slow; ``make test`` runs them, ``make test-fast`` skips them.
+"""
 from __future__ import annotations
 
 import os
@@ -63,6 +67,7 @@ def load(name: str = "t") -> optuna.Study:
     return optuna.load_study(study_name=name, storage="sqlite:///optuna.db")
 
 
+@pytest.mark.slow  # TensorFlow start-up, MLflow database creation and real training: ~20-50 s
 def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     config = write_tune_yaml(tmp_path / "tune.yaml")
@@ -117,6 +122,7 @@ def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_pa
     assert len(children_again) == 3 and len(load().trials) == 3
 
 
+@pytest.mark.slow  # TensorFlow start-up, MLflow database creation and real training: ~20-50 s
 def test_forced_pruning_shows_in_optuna_and_mlflow(tiny_h5: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     # accuracy can never reach 1.1, so the threshold pruner must prune every trial after epoch 1
