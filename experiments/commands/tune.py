@@ -14,10 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "failed once their heartbeat is older than the grace period.")
     parser.add_argument("--config", required=True, help="tuning YAML, e.g. experiments/configs/tune_cnn.yaml")
     parser.add_argument("--study", help="study name (default: study.name in the YAML, else the file name)")
-    parser.add_argument("--trials", type=int, help="total COMPLETE+PRUNED trials the study should reach")
-    parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    parser.add_argument("--workers", type=int, help="worker processes sharing the study (each loads the data once)")
-    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db)")
+    parser.add_argument("--trials", type=int,
+                        help="total COMPLETE+PRUNED trials the study should reach (default: study.n_trials)")
+    parser.add_argument("--timeout", type=float,
+                        help="stop starting new trials after this many seconds (default: study.timeout)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes sharing the study, each loading the data once (default: study.workers, 1)")
+    parser.add_argument("--storage",
+                        help="Optuna storage URL (default: study.storage, else sqlite:///optuna.db)")
     parser.add_argument("--tracking-uri",
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--data", help="HDF5 data file (default: data.path of the config, else the default file)")
