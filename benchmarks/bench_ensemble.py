@@ -6,10 +6,11 @@
    speed does not depend on the weights), each without and with 8-view TTA.
 2. Fit time (and predict time) of every second-stage model (``ensembles.second_stage``, with the
    values of ``experiments/configs/ensemble.yaml`` where it sets them, else the defaults, one
-   thread) on the trained CNN's embeddings, at the sizes the comparison fits them: one cross-
+   thread and BLAS/OpenMP pools limited to one thread, as ``galaxy10 ensemble`` runs them) on the trained CNN's embeddings, at the sizes the comparison fits them: one cross-
    fitting fold's held-out rows (train / 3) and the whole training split. Validation accuracy
    of the model fit on the fold rows is printed for orientation only (embeddings of the CNN's own
-   training images are over-fit; the comparison never uses those).
+   training images are over-fit; the comparison never uses those). Last, logistic regression
+   again with the default thread pools, to show what the one-thread limit buys on shared cores.
 
 The CPU count and load average are printed because other processes on the machine skew the
 absolute numbers; ratios are relative to logistic regression measured in the same run.
@@ -47,6 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import keras
+    from threadpoolctl import threadpool_limits
 
     from ensembles.config import config_from_dict, read_config_yaml
     from ensembles.embeddings import CNNEmbedder
@@ -96,6 +98,7 @@ def main() -> None:
     print(f"   {'model':<14} {'fit ' + str(fold) + ' rows':>13} {'ratio':>6} {'fit ' + str(len(y_tr)) + ' rows':>14} "
           f"{'ratio':>6} {'predict val':>11} {'val acc':>8}")
     base: dict[str, float] = {}
+    limit = threadpool_limits(limits=1)  # what galaxy10 ensemble does (n_jobs: null)
     for name in MODEL_NAMES:
         params = shipped.second_stage.get(name, {})
         times = {}
@@ -113,6 +116,13 @@ def main() -> None:
             base = times
         print(f"   {name:<14} {times[fold]:13.2f} {times[fold] / base[fold]:6.1f} {times[len(y_tr)]:14.2f} "
               f"{times[len(y_tr)] / base[len(y_tr)]:6.1f} {predict:11.3f} {acc:8.3f}")
+    limit.restore_original_limits()
+    est = make_second_stage("logreg", shipped.second_stage.get("logreg", {}), seed=0, n_jobs=1)
+    start = time.perf_counter()
+    est.fit(tr.embeddings[:fold], y_tr[:fold])
+    free = time.perf_counter() - start
+    print(f"   logreg on {fold} rows with the default BLAS/OpenMP threads: {free:.2f} s "
+          f"({free / base[fold]:.1f}x the 1-thread time)")
     print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

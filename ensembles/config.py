@@ -72,7 +72,11 @@ class TuneSpec:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """The whole comparison: which candidates, how they are fit honestly, how the winner is chosen."""
+    """The whole comparison: which candidates, how they are fit honestly, how the winner is chosen.
+
+    ``n_jobs``: threads of each second-stage fit and of the BLAS/OpenMP pools during those fits
+    (null: 1, which is fastest when the cores are shared).
+    """
 
     mode: str = "val_cv"
     seed: int = 0

@@ -70,7 +70,7 @@ def test_shipped_ensemble_config_loads() -> None:
     validate_config(cfg)
     assert cfg.mode in ("crossfit", "val_cv")
     assert set(cfg.stack.second_stage) <= set(cfg.second_stage)
-    assert cfg.second_stage["xgboost"]["n_estimators"] == 150  # YAML value over the default
+    assert cfg.second_stage["xgboost"]["max_bin"] == 64  # YAML value over the default
     assert cfg.second_stage["xgboost"]["subsample"] == ss.DEFAULT_PARAMS["xgboost"]["subsample"]
 
 
