@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import sqlite3
 import time
 import warnings
@@ -443,8 +444,9 @@ def pruning_callback(trial: optuna.Trial, metric: str) -> Callable[[int, Mapping
 class _Worker:
     """One worker's state: its study handle, the data it loaded once, and the objective."""
 
-    def __init__(self, run: StudyRun) -> None:
+    def __init__(self, run: StudyRun, stop: Any = None) -> None:
         self.run = run
+        self.stop = stop  # a multiprocessing Event the coordinator sets on Ctrl-C
         self.storage = _storage_for(run)
         self.study = open_study(run.tune, self.storage, create=False, seed_offset=run.worker)
         self.base = base_run_dict(run.tune)
@@ -539,6 +541,9 @@ class _Worker:
             if run.deadline is not None and time.time() >= run.deadline:
                 log.info("worker %d: time is up", run.worker)
                 break
+            if self.stop is not None and self.stop.is_set():
+                log.info("worker %d: stopping, the command was interrupted", run.worker)
+                break
             fail_stale_trials(self.study)
             done = n_counted(self.study)
             if done >= run.n_trials:
@@ -576,16 +581,16 @@ def route_optuna_logging(level: int) -> None:
     optuna.logging.set_verbosity(max(level, logging.INFO))
 
 
-def worker_main(run: StudyRun) -> int:
+def worker_main(run: StudyRun, stop: Any = None) -> int:
     """Entry point of a spawned worker process: join the study and run trials; return how many."""
     _configure_worker_logging(run)
-    return _Worker(run).loop()
+    return _Worker(run, stop).loop()
 
 
-def _worker_entry(run: StudyRun, results: Any) -> None:
+def _worker_entry(run: StudyRun, results: Any, stop: Any) -> None:
     """Spawned process body: run :func:`worker_main` and report the outcome on ``results``."""
     try:
-        results.put((run.worker, "ok", worker_main(run), ""))
+        results.put((run.worker, "ok", worker_main(run, stop), ""))
     except KeyboardInterrupt:
         results.put((run.worker, "interrupted", 0, ""))
     except Galaxy10Error as err:
@@ -596,12 +601,35 @@ def _worker_entry(run: StudyRun, results: Any) -> None:
         raise
 
 
+def _stop_workers(procs: list[Any], stop: Any) -> None:
+    """After Ctrl-C: let the workers fail their trials and exit; interrupt or end those still running.
+
+    A terminal's Ctrl-C reaches every worker already; a SIGINT sent to the coordinator alone does not,
+    and one that lands inside library code may be swallowed, so ``stop`` also tells every worker not
+    to start another trial.
+    """
+    stop.set()
+    for p in procs:
+        p.join(timeout=5)
+    for p in procs:
+        if p.is_alive() and p.pid is not None:
+            os.kill(p.pid, signal.SIGINT)
+    for p in procs:
+        p.join(timeout=60)
+    for p in procs:
+        if p.is_alive():
+            log.warning("worker %s did not stop after Ctrl-C; terminating it (its trial fails as stale)", p.pid)
+            p.terminate()
+            p.join(timeout=10)
+
+
 def _run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
     """Run ``workers`` spawned processes on the study; return (trials run, problems)."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold TensorFlow threads
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker_entry, args=(replace(run, worker=i), results), name=f"galaxy10-worker-{i}")
-             for i in range(workers)]
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_worker_entry, args=(replace(run, worker=i), results, stop),
+                         name=f"galaxy10-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
     log.info("started %d worker processes: %s", workers, ", ".join(str(p.pid) for p in procs))
@@ -609,8 +637,7 @@ def _run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
         for p in procs:
             p.join()
     except KeyboardInterrupt:
-        for p in procs:  # they got the same SIGINT; let them fail their trials and exit
-            p.join(timeout=60)
+        _stop_workers(procs, stop)
         raise
     outcomes: dict[int, tuple[str, int, str]] = {}
     while True:
