@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import DataError, ModelError
+from pipelines.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +158,19 @@ def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -
 
     if tracking_uri:
         tracking.set_tracking_uri(tracking_uri)
-    if ref is None:
-        uri = tracking.default_champion_uri()
+    uri = None if ref is None else parse_model_ref(ref)
+    if uri is not None and not Path(uri).exists():  # a store lookup must not create an empty MLflow database
+        tracking.require_tracking_store(tracking.get_tracking_uri())
+    if uri is None:
+        try:
+            tracking.require_tracking_store(tracking.get_tracking_uri())
+            uri = tracking.default_champion_uri()
+        except ConfigError:  # no tracking database yet: nothing is registered anywhere
+            uri = None
         if uri is None:
             raise ModelError(f"no model given and no study has a registered 'champion' model at "
                              f"{tracking.get_tracking_uri()}; {HOW_TO_TRAIN}")
         log.info("using the newest study champion %s", uri)
-    else:
-        uri = parse_model_ref(ref)
     return predictor_from_loaded(tracking.load_prediction_model(uri))
 
 

@@ -699,6 +699,8 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     """
     from experiments import tracking
     from experiments.config import to_yaml
+    from pipelines.paths import resolve_data_path
+    from pipelines.reader import validate_galaxy10
 
     started = time.perf_counter()
     route_optuna_logging(log_level)
@@ -717,6 +719,8 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     check_against_config(tune)
     base_cfg, _ = resolve_run_config(tune, {}, extra_overrides=overrides)
     tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
+    # A bad data file fails here, before any storage, study or MLflow run is created.
+    validate_galaxy10(resolve_data_path(data_path if data_path is not None else base_cfg.data.path))
     storage = open_storage(study_cfg.storage, heartbeat_interval=study_cfg.heartbeat_interval,
                            grace_period=study_cfg.grace_period,
                            on_stale=StaleTrialHandler(tracking_uri, study_cfg.retry_stale))

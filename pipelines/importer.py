@@ -173,6 +173,12 @@ def _coord_columns(table: pd.DataFrame) -> tuple[str, str] | None:
     return None
 
 
+def _leaves_folder(name: str) -> bool:
+    """True for a CSV file name that is absolute or climbs out of the folder (``../../etc/passwd``)."""
+    norm = os.path.normpath(name.replace("\\", "/"))
+    return os.path.isabs(norm) or norm == ".." or norm.startswith("../")
+
+
 def _bad_line(bad: list[tuple[str, str]]) -> str:
     shown = "; ".join(f"{f}: {why}" for f, why in bad[:SHOW_BAD])
     more = f"; ... and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
@@ -219,6 +225,8 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
             bad.append((tag, "empty label"))
         elif lab not in mapping:
             bad.append((tag, f"unknown class {lab!r}"))
+        elif _leaves_folder(name):
+            bad.append((tag, "path leads outside the image folder; list files relative to it"))
         elif not (folder / name).is_file():
             bad.append((tag, "file not found"))
         else:

@@ -49,6 +49,8 @@ def make_gallery(path: str | os.PathLike, out: str | os.PathLike, *, per_class: 
         raise ConfigError(f"--per-class {per_class} must be at least 1")
     if thumb is not None and thumb < 16:
         raise ConfigError(f"--thumb {thumb} is too small; use at least 16 px")
+    if Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a folder; pass a PNG file name such as {Path(out) / 'gallery.png'}")
     import matplotlib
 
     matplotlib.use("Agg")
