@@ -43,9 +43,28 @@ class Embedded:
     cached: bool = False
 
 
-def dual_output_model(model: Any) -> Any:
-    """A Keras model sharing ``model``'s weights with outputs ``[embedding, probabilities]`` (float32)."""
+@dataclass(frozen=True)
+class DualModel:
+    """A CNN's ``[embedding, probabilities]`` sub-model and its compiled forward pass."""
+
+    model: Any
+    forward: Any
+    width: int
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and probabilities (float32 numpy) of one float32 batch."""
+        emb, probs = self.forward(x)
+        return np.asarray(emb, dtype=np.float32), np.asarray(probs, dtype=np.float32)
+
+
+def dual_output_model(model: Any) -> DualModel:
+    """``model``'s ``[embedding, probabilities]`` outputs (float32), sharing its weights.
+
+    The forward pass is one ``tf.function`` with ``reduce_retracing`` (batches of any size reuse
+    it; faster than ``predict_on_batch`` and no retracing warnings across models).
+    """
     import keras
+    import tensorflow as tf
 
     if model is None or not hasattr(model, "get_layer"):
         raise ModelError("CNNEmbedder needs a Keras model; pass the CNN loaded from its MLflow run")
@@ -56,7 +75,9 @@ def dual_output_model(model: Any) -> Any:
                          "build it with experiments.models.build_model") from None
     emb = keras.ops.cast(layer.output, "float32")
     probs = keras.ops.cast(model.outputs[0], "float32")
-    return keras.Model(model.inputs, [emb, probs], name=f"{model.name}_embedding_and_probs")
+    dual = keras.Model(model.inputs, [emb, probs], name=f"{model.name}_embedding_and_probs")
+    forward = tf.function(lambda x: dual([x], training=False), reduce_retracing=True)
+    return DualModel(dual, forward, int(emb.shape[-1]))
 
 
 def weights_digest(model: Any) -> str:
@@ -80,7 +101,7 @@ def _crop_to(images: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(center_crop(images, side))
 
 
-def embed_images(dual_model: Any, images: np.ndarray, *, input_size: int, tta: bool = False,
+def embed_images(dual_model: DualModel, images: np.ndarray, *, input_size: int, tta: bool = False,
                  batch_size: int = 256, progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run ``dual_model`` over uint8 ``images`` in chunks; return (embeddings, probabilities) float32.
 
@@ -97,8 +118,8 @@ def embed_images(dual_model: Any, images: np.ndarray, *, input_size: int, tta: b
         raise DataError("no images to embed; pass at least one image")
 
     def forward(x: np.ndarray) -> np.ndarray:
-        emb, probs = dual_model.predict_on_batch(x.astype(np.float32))
-        return np.concatenate([np.asarray(emb, np.float32), np.asarray(probs, np.float32)], axis=1)
+        emb, probs = dual_model(x.astype(np.float32))
+        return np.concatenate([emb, probs], axis=1)
 
     def run(x: np.ndarray) -> np.ndarray:
         parts = [forward(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]
@@ -116,8 +137,7 @@ def embed_images(dual_model: Any, images: np.ndarray, *, input_size: int, tta: b
             out = run(x)
         chunks.append(out)
     both = np.concatenate(chunks).astype(np.float32)
-    width = int(dual_model.outputs[0].shape[-1])
-    return both[:, :width], both[:, width:]
+    return both[:, :dual_model.width], both[:, dual_model.width:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +238,7 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None:
             raise ModelError(f"the CNN takes inputs of shape {shape}; expected square images (None, S, S, 3)")
         self.input_size_ = int(shape[1])
-        self.n_features_out_ = int(self.dual_model_.outputs[0].shape[-1])
+        self.n_features_out_ = int(self.dual_model_.width)
         self.model_id_ = str(self.model_id) if self.model_id else f"weights-{weights_digest(self.model)}"
         self.cache_hits_ = 0
         self.cache_misses_ = 0
