@@ -8,6 +8,7 @@ instead of ``0..9``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -207,7 +208,22 @@ def _check_labels(path: Path, labels: np.ndarray, class_names: tuple[str, ...]) 
     return np.bincount(labels.astype(np.int64), minlength=k)
 
 
+@contextlib.contextmanager
+def _h5_errors(path: Path, what: str) -> Iterator[None]:
+    """Turn what h5py raises on a damaged file (OSError, RuntimeError, KeyError, ValueError) into a DataError."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"{path} is corrupt: {what} failed (h5py: {detail}); {_FETCH}") from None
+
+
 def _validate_open(path: Path, f: h5py.File) -> tuple[DatasetInfo, np.ndarray]:
+    with _h5_errors(path, "reading its layout"):
+        return _validate_layout(path, f)
+
+
+def _validate_layout(path: Path, f: h5py.File) -> tuple[DatasetInfo, np.ndarray]:
     images, ans = _check_schema(path, f)
     attrs = read_attrs(f)
     class_names = class_names_from_attrs(attrs, path)
@@ -286,8 +302,9 @@ class Galaxy10File:
         """``(ra, dec)`` in degrees as float64, or None when the file has no coordinates."""
         if not self.info.has_coords:
             return None
-        return (np.asarray(self._f["ra"][()], dtype=np.float64),
-                np.asarray(self._f["dec"][()], dtype=np.float64))
+        with _h5_errors(self.path, "reading ra/dec"):
+            return (np.asarray(self._f["ra"][()], dtype=np.float64),
+                    np.asarray(self._f["dec"][()], dtype=np.float64))
 
     def _as_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(indices)
@@ -323,7 +340,8 @@ class Galaxy10File:
         repeated indices are allowed.
         """
         if indices is None:
-            return self._f["images"][()]
+            with _h5_errors(self.path, "reading the images"):
+                return self._f["images"][()]
         idx = self._as_indices(indices)
         s = self.info.image_size
         out = np.empty((len(idx), s, s, 3), dtype=np.uint8)
@@ -332,7 +350,8 @@ class Galaxy10File:
         for a in range(0, len(idx), READ_CHUNK):
             part = sorted_idx[a:a + READ_CHUNK]
             rows, inverse = np.unique(part, return_inverse=True)
-            out[order[a:a + READ_CHUNK]] = self._read_sorted_unique(rows)[inverse]
+            with _h5_errors(self.path, "reading the images"):
+                out[order[a:a + READ_CHUNK]] = self._read_sorted_unique(rows)[inverse]
         return out
 
     def iter_batches(self, batch_size: int,
@@ -345,7 +364,9 @@ class Galaxy10File:
             n = self.info.n_images
             for a in range(0, n, batch_size):
                 b = min(a + batch_size, n)
-                yield np.arange(a, b, dtype=np.int64), self._f["images"][a:b]
+                with _h5_errors(self.path, "reading the images"):
+                    batch = self._f["images"][a:b]
+                yield np.arange(a, b, dtype=np.int64), batch
             return
         idx = self._as_indices(indices)
         for a in range(0, len(idx), batch_size):
