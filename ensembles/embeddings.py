@@ -179,10 +179,14 @@ def _load_cached(path: Path, n_rows: int, dim: int) -> Embedded | None:
 
 
 def _save_cached(path: Path, result: Embedded) -> None:
-    from pipelines.io import atomic_path
+    from pipelines.io import atomic_path, os_error_reason
 
-    with atomic_path(path, suffix=".npz.tmp") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, embeddings=result.embeddings, probs=result.probs)
+    try:
+        with atomic_path(path, suffix=".npz.tmp") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, embeddings=result.embeddings, probs=result.probs)
+    except OSError as err:
+        raise DataError(f"cannot write the embedding cache {path} ({os_error_reason(err)}); free space in "
+                        f"{path.parent} or point GALAXY10_CACHE at a folder with room") from None
 
 
 def default_embedding_cache() -> Path:

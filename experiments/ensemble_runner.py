@@ -31,6 +31,8 @@ import hashlib
 import io
 import json
 import logging
+import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -732,6 +734,46 @@ def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str) -> 
             "input": "uint8 (N, H, W, 3) raw RGB images of any size (square-cropped and resized per member)"}
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]:
+    """Mark FAILED the study's comparison runs (and their candidate runs) left RUNNING by a killed command.
+
+    A comparison run records the host and process id of the command that made it (``run.host``,
+    ``run.pid``); one that is still RUNNING although that process is gone from this host was killed
+    (SIGKILL, power loss) before it could end its runs. Runs from other hosts, or whose process still
+    exists, are left alone. Returns the run ids closed.
+    """
+    from experiments import tracking
+
+    host = socket.gethostname()
+    reason = "the galaxy10 ensemble command that logged this run stopped without ending it (killed)"
+    closed = []
+    for run in tracking.find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
+                                  tracking_uri=tracking_uri):
+        pid = run.tags.get("run.pid", "")
+        if run.status != "RUNNING" or run.tags.get("run.host") != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        for child in tracking.find_runs({}, tracking_uri=tracking_uri, parent_run_id=run.run_id):
+            if child.status == "RUNNING":
+                tracking.finish_run(child.run_id, "FAILED", tracking_uri=tracking_uri,
+                                    tags={"ensemble.fail_reason": reason})
+                closed.append(child.run_id)
+        tracking.finish_run(run.run_id, "FAILED", tracking_uri=tracking_uri, tags={"ensemble.fail_reason": reason})
+        closed.append(run.run_id)
+        log.warning("ensemble comparison run %s of study %s was left RUNNING by process %s, which is gone; "
+                    "marked it and its unfinished candidate runs FAILED", run.run_id, study_name, pid)
+    return closed
+
+
 def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tracking_uri: str | None = None,
                    data_path: str | Path | None = None, config_text: str | None = None) -> ComparisonReport:
     """Build every candidate, log the comparison to MLflow and register the winner (see module docs)."""
@@ -758,8 +800,10 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                    "optuna.study": study_name, "ensemble.mode": cfg.mode}
     example = _example_image(data)
     rows, child_ids, model_uris = [], {}, {}
+    close_abandoned_comparisons(study_name, uri)
     with tracking.MlflowTracker(experiment, COMPARISON_RUN_NAME, tracking_uri=uri,
-                                tags={**common_tags, "ensemble.role": "comparison"}) as parent:
+                                tags={**common_tags, "ensemble.role": "comparison", "run.host": socket.gethostname(),
+                                      "run.pid": os.getpid()}) as parent:
         parent.log_params({**{f"ensemble.{k}": v for k, v in _flat(to_dict(cfg)).items()},
                            "study.name": study_name, "study.storage": storage_url,
                            "study.best_trial": members.best.trial_number,

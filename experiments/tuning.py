@@ -9,7 +9,9 @@ never through MLflow's global active-run stack.
 
 A worker that dies leaves its trial RUNNING; Optuna's heartbeat marks it FAIL once its heartbeat is
 older than the grace period (checked on start-up and before every trial), its MLflow run is marked
-FAILED, and its parameters are queued again (``retry_stale`` times).
+FAILED, and its parameters are queued again (``retry_stale`` times). A tracking server that stays
+unreachable past the MLflow client's retries fails the running trial and ends the command with one
+line; child runs left RUNNING by trials that ended meanwhile are closed when the study is continued.
 """
 from __future__ import annotations
 
@@ -465,7 +467,16 @@ class _Worker:
         return self._data
 
     def objective(self, trial: optuna.Trial) -> float:
-        """Train the trial's config; report the per-epoch metric for pruning; return the val metric."""
+        """Train the trial's config; report the per-epoch metric for pruning; return the val metric.
+
+        A tracking server that cannot be reached fails the trial with a one-line ``ConfigError``.
+        """
+        from experiments import tracking
+
+        with tracking.server_errors(self.run.tracking_uri):
+            return self._objective(trial)
+
+    def _objective(self, trial: optuna.Trial) -> float:
         import keras
 
         from experiments import tracking
@@ -574,17 +585,32 @@ def _configure_worker_logging(run: StudyRun) -> None:
     route_optuna_logging(run.log_level)
 
 
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Optuna logs a failed trial's exception with its traceback; a user error's one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Galaxy10Error):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def route_optuna_logging(level: int) -> None:
     """Send Optuna's log records through the root logger (our format) at ``level`` or above."""
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(max(level, logging.INFO))
+    for handler in logging.getLogger().handlers:  # logger filters do not reach Optuna's child loggers
+        if not any(isinstance(f, _UserErrorsWithoutTraceback) for f in handler.filters):
+            handler.addFilter(_UserErrorsWithoutTraceback())
 
 
 def worker_main(run: StudyRun, stop: Any = None) -> int:
     """Entry point of a spawned worker process: join the study and run trials; return how many."""
+    from experiments import tracking
+
     _configure_worker_logging(run)
-    return _Worker(run, stop).loop()
+    with tracking.server_errors(run.tracking_uri):
+        return _Worker(run, stop).loop()
 
 
 def _worker_entry(run: StudyRun, results: Any, stop: Any) -> None:
@@ -623,6 +649,15 @@ def _stop_workers(procs: list[Any], stop: Any) -> None:
             p.join(timeout=10)
 
 
+def _death(exitcode: int | None) -> str:
+    """How a worker that reported nothing ended: ``killed by SIGKILL; ...`` or ``exit code 1``."""
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return (f"killed by {signal.Signals(-exitcode).name}; its trial fails once its heartbeat is stale "
+                    "and is retried")
+    return f"exit code {exitcode}"
+
+
 def _run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
     """Run ``workers`` spawned processes on the study; return (trials run, problems)."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold TensorFlow threads
@@ -648,7 +683,7 @@ def _run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
         outcomes[worker] = (kind, n, message)
     total, problems = 0, []
     for i, p in enumerate(procs):
-        kind, n, message = outcomes.get(i, ("died", 0, f"exit code {p.exitcode}"))
+        kind, n, message = outcomes.get(i, ("died", 0, _death(p.exitcode)))
         total += n
         if kind == "ok":
             continue
@@ -695,8 +730,21 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     CLI arguments override the YAML's ``study`` section. With ``workers > 1`` that many spawned
     processes share the study; each loads the data once. At the end the best trial's child run is
     tagged, its model registered under the study name with the configured alias, and the
-    optimisation plots logged on the parent run.
+    optimisation plots logged on the parent run. A tracking server that stays unreachable past the
+    MLflow client's retries ends the command with one ``ConfigError`` line; re-running continues.
     """
+    from experiments import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    with tracking.server_errors(uri):
+        return _run_study(tune, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage_url,
+                          tracking_uri=uri, data_path=data_path, overrides=overrides, log_level=log_level)
+
+
+def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None, workers: int | None,
+               storage_url: str | None, tracking_uri: str, data_path: str | None, overrides: tuple[str, ...],
+               log_level: int) -> StudyReport:
+    """:func:`run_study` without the translation of tracking-server failures."""
     from experiments import tracking
     from experiments.config import to_yaml
     from pipelines.paths import resolve_data_path
@@ -727,6 +775,7 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     study = open_study(tune, storage)
     stale = fail_stale_trials(study)
     parent = _parent_run(study, tune, tracking_uri, base_cfg.experiment_name, study_cfg.storage)
+    close_orphan_runs(study, parent.run_id, tracking_uri)
     db_file = sqlite_file(tracking_uri)
     if db_file is not None and db_file.is_file():
         enable_sqlite_wal(db_file)  # several workers write child runs at once
@@ -759,12 +808,56 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
         raise
     finally:
         if status != "FINISHED":
-            parent.set_tags(_count_tags(study))
-            parent.end(status)
+            _end_parent(parent, study, status)
     report = _finish(study, tune, parent, tracking_uri, stale=stale, trials_before=before, problems=problems,
                      seconds=time.perf_counter() - started)
     parent.end("FINISHED" if not problems else "FAILED")
     return report
+
+
+def _end_parent(parent: Any, study: optuna.Study, status: str) -> None:
+    """End the parent run of a command that stopped early; if the tracking server is gone, say so and
+    leave it (the next run of the command reopens it), so the error that stopped the command is the one shown."""
+    from experiments import tracking
+
+    try:
+        parent.set_tags(_count_tags(study))
+        parent.end(status)
+    except Exception as err:  # noqa: BLE001 - only connection failures are swallowed, see below
+        if tracking.unreachable_reason(err) is None:
+            raise
+        log.warning("could not mark the study's parent run %s %s: the tracking server is unreachable; "
+                    "re-running the command reopens it", parent.run_id, status)
+
+
+def close_orphan_runs(study: optuna.Study, parent_run_id: str, tracking_uri: str) -> list[int]:
+    """End the child runs left RUNNING by trials that have ended; return their trial numbers.
+
+    A trial's MLflow run is ended before Optuna records the trial's end, so a finished trial with a
+    RUNNING run means the run could not be ended (the tracking server was unreachable, or the
+    process died in between). The run gets the trial's status (FINISHED, KILLED, FAILED) and a
+    ``optuna.closed_late`` tag saying why.
+    """
+    from experiments import tracking
+
+    finished = {t.number: t for t in study.get_trials(deepcopy=False, states=tuple(MLFLOW_STATUS))}
+    closed = []
+    for run in tracking.find_runs({}, tracking_uri=tracking_uri, parent_run_id=parent_run_id):
+        number = run.tags.get("optuna.trial_number", "")
+        trial = finished.get(int(number)) if run.status == "RUNNING" and number.isdigit() else None
+        if trial is None:
+            continue
+        own = trial.user_attrs.get(ATTR_TRIAL_RUN) == run.run_id
+        tracking.finish_run(run.run_id, MLFLOW_STATUS[trial.state] if own else "FAILED", tracking_uri=tracking_uri,
+                            tags={"optuna.trial_state": trial.state.name,
+                                  "optuna.closed_late": f"trial {trial.number} ended {trial.state.name} but its run "
+                                                        "was left RUNNING (tracking server unreachable or process "
+                                                        "stopped); closed when the study was continued"})
+        closed.append(trial.number)
+    if closed:
+        log.warning("study %s: closed the MLflow runs of ended trial(s) %s that were left RUNNING",
+                    study.study_name, sorted(closed))
+    return sorted(closed)
 
 
 def _count_tags(study: optuna.Study) -> dict[str, int]:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipelines.errors import DataError
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, os_error_reason, reserve_space
 from pipelines.paths import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,22 @@ def _build_cache(data_path: Path, path: Path, size: int, crop: int | None) -> No
     side = crop if crop is not None else size
     with Galaxy10File(data_path) as f:
         n = f.info.n_images
-        with atomic_path(path, suffix=".npy.tmp") as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, side, side, 3))
-            try:
-                with tqdm(total=n, desc=f"resize to {size} px", unit="img", disable=None) as bar:
-                    for indices, images in f.iter_batches(CACHE_BATCH_SIZE):
-                        resized = resize_images(images, size)
-                        out[indices] = resized if crop is None else center_crop(resized, crop)
-                        bar.update(len(indices))
-                out.flush()
-            finally:
-                del out
+        try:
+            with atomic_path(path, suffix=".npy.tmp") as tmp:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, side, side, 3))
+                try:
+                    reserve_space(tmp)  # a full disk is an OSError here, not a SIGBUS inside the memmap
+                    with tqdm(total=n, desc=f"resize to {size} px", unit="img", disable=None) as bar:
+                        for indices, images in f.iter_batches(CACHE_BATCH_SIZE):
+                            resized = resize_images(images, size)
+                            out[indices] = resized if crop is None else center_crop(resized, crop)
+                            bar.update(len(indices))
+                    out.flush()
+                finally:
+                    del out
+        except OSError as err:
+            raise DataError(f"cannot write the image cache {path} ({os_error_reason(err)}); free space in "
+                            f"{path.parent} or point GALAXY10_CACHE at a folder with room") from None
 
 
 def load_resized(data_path: str | os.PathLike, *, size: int = 128, crop: int | None = None,

@@ -8,6 +8,7 @@ image has its own seed spawned from ``numpy.random.SeedSequence(seed)``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from pipelines.classes import CLASS_NAMES, GALAXY10_COUNTS
 from pipelines.errors import ConfigError, DataError
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, os_error_reason
 from pipelines.synth_params import check_difficulty, class_counts, parameters_record
 from pipelines.synth_render import pixel_scale, render_image
 
@@ -158,6 +159,50 @@ def _file_attrs(n: int, size: int, seed: int, difficulty: float) -> dict:
     }
 
 
+def _write_h5(tmp: Path, results: Iterator[tuple[int, np.ndarray, np.ndarray]], *, labels: np.ndarray,
+              ra: np.ndarray, dec: np.ndarray, attrs: dict, size: int, progress: bool) -> None:
+    """Write the rendered blocks and the catalogue columns into the new HDF5 file ``tmp``."""
+    n = len(labels)
+    f = h5py.File(tmp, "w")
+    try:
+        images = f.create_dataset("images", shape=(n, size, size, 3), dtype=np.uint8,
+                                  chunks=(1, size, size, 3), compression=COMPRESSION,
+                                  compression_opts=COMPRESSION_LEVEL)
+        redshift = np.empty(n, dtype=np.float32)
+        with tqdm(total=n, unit="img", desc="synth", disable=None if progress else True) as bar:
+            for start, block, z in results:
+                images[start:start + len(block)] = block
+                redshift[start:start + len(block)] = z
+                bar.update(len(block))
+        f.create_dataset("ans", data=labels)
+        f.create_dataset("ra", data=ra)
+        f.create_dataset("dec", data=dec)
+        f.create_dataset("redshift", data=redshift)
+        f.create_dataset("pxscale", data=np.full(n, pixel_scale(size), dtype=np.float32))
+        f.attrs.update(attrs)
+        f.close()
+    except BaseException:
+        _discard_h5(f, tmp)
+        raise
+
+
+def _discard_h5(f: h5py.File, tmp: Path) -> None:
+    """Close an HDF5 file that is being thrown away after a failed write, without crashing.
+
+    With HDF5 1.14 / h5py 3.14, once a write failed for lack of space the close fails too (the
+    metadata cannot be flushed) and freeing the half-closed file segfaults the interpreter. The
+    file is discarded anyway, so it is truncated first: then HDF5 has room to flush and closes.
+    """
+    with contextlib.suppress(OSError):
+        os.truncate(tmp, 0)
+    for _ in range(2):
+        try:
+            f.close()
+            return
+        except (OSError, RuntimeError, ValueError):
+            continue
+
+
 def render_dataset(out: str | os.PathLike, *, n: int, size: int = 256, seed: int = 0, difficulty: float = 0.5,
                    workers: int | None = None, progress: bool = True) -> Path:
     """Render ``n`` synthetic Galaxy10-like images into the HDF5 file ``out``; return its path.
@@ -191,25 +236,12 @@ def render_dataset(out: str | os.PathLike, *, n: int, size: int = 256, seed: int
     tasks = _chunks(labels, seeds, size, difficulty)
     results = (_render_chunk(*t) for t in tasks) if workers == 1 else _render_parallel(tasks, workers)
     try:
-        with atomic_path(path, suffix=".h5.tmp") as tmp, h5py.File(tmp, "w") as f:
-            images = f.create_dataset("images", shape=(n, size, size, 3), dtype=np.uint8,
-                                      chunks=(1, size, size, 3), compression=COMPRESSION,
-                                      compression_opts=COMPRESSION_LEVEL)
-            redshift = np.empty(n, dtype=np.float32)
-            with tqdm(total=n, unit="img", desc="synth", disable=None if progress else True) as bar:
-                for start, block, z in results:
-                    images[start:start + len(block)] = block
-                    redshift[start:start + len(block)] = z
-                    bar.update(len(block))
-            f.create_dataset("ans", data=labels)
-            f.create_dataset("ra", data=ra)
-            f.create_dataset("dec", data=dec)
-            f.create_dataset("redshift", data=redshift)
-            f.create_dataset("pxscale", data=np.full(n, pixel_scale(size), dtype=np.float32))
-            f.attrs.update(_file_attrs(n, size, seed, difficulty))
+        with atomic_path(path, suffix=".h5.tmp") as tmp:
+            _write_h5(tmp, results, labels=labels, ra=ra, dec=dec, attrs=_file_attrs(n, size, seed, difficulty),
+                      size=size, progress=progress)
     except OSError as err:
-        raise DataError(f"cannot write {path}: {err}; check the disk space and permissions of its "
-                        "folder") from err
+        raise DataError(f"cannot write {path} ({os_error_reason(err)}); check the free space and permissions "
+                        f"of {path.parent.resolve()} or choose another --out") from None
     finally:
         results.close()  # stops the worker pool at once if writing failed
     log.info("wrote %s", path)
