@@ -6,6 +6,8 @@ import errno
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,16 +16,62 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def _host_slug() -> str:
+    """This machine's name reduced to ``[A-Za-z0-9_-]`` (it is part of temporary file names)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of :func:`atomic_path` for ``target`` whose writer died; return them.
+
+    A process killed with SIGKILL in the middle of a write cannot clean up: its temporary file stays
+    beside the target. The temporary name records the writer's host and pid, so the next writer on
+    the same host removes the files of processes that no longer exist (never those of live ones or
+    of other hosts sharing the folder).
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.pid(\d+)@([A-Za-z0-9_-]+)\.")
+    host = _host_slug()
+    removed: list[Path] = []
+    for candidate in target.parent.iterdir():
+        m = pattern.match(candidate.name)
+        if not m or m.group(2) != host or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+            log.info("removed %s, left by process %s that died while writing %s", candidate.name, m.group(1),
+                     target.name)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary file lives in the same folder (so the rename is atomic on one file system) and
-    is removed if the block raises, including on ``KeyboardInterrupt``.
+    is removed if the block raises, including on ``KeyboardInterrupt``. Its name records this host
+    and process id, so temporary files of writers killed outright (SIGKILL, power loss) are removed
+    by the next write of the same target (:func:`remove_stale_temps`).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.pid{os.getpid()}@{_host_slug()}.", suffix=suffix or ".tmp",
+                               dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

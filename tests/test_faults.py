@@ -631,3 +631,43 @@ def test_interrupted_ensemble(tiny_study: TinyStudy, tmp_path: Path) -> None:
     assert winner.run_id == final.data.tags["winner.run_id"] and winner.run_id in {r.info.run_id for r in runs}
     assert not [r for r in comparison_runs().values() if r.info.status == "RUNNING"]
     assert temp_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# A writer SIGKILLed in the middle of a write: its temporary file is removed by the next write
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from pipelines.io import atomic_path
+with atomic_path(Path(sys.argv[1]), suffix=".npy.tmp") as tmp:
+    tmp.write_bytes(b"half" * 1000)
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_temp_file_of_a_sigkilled_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    from pipelines.io import atomic_path
+
+    target = tmp_path / "cache" / "images.npy"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        tmp = Path(proc.stdout.readline().strip())  # the writer is now inside the block
+        assert tmp.is_file() and tmp.parent == target.parent
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert tmp.is_file() and not target.exists()  # SIGKILL: nothing could clean up, nothing renamed
+    live = target.parent / f".{target.name}.pid{os.getpid()}@otherhost.abc.npy.tmp"
+    live.write_bytes(b"another host's writer")  # same name pattern, another host: never touched
+
+    with atomic_path(target, suffix=".npy.tmp") as fresh:
+        fresh.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not tmp.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, live.name])
