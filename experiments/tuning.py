@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 #: Study user attributes written by this module.
 ATTR_SPACE_HASH = "search_space_hash"
 ATTR_METRIC = "metric"
+ATTR_DATA = "data_fingerprint"
 ATTR_PARENT_RUN = "mlflow_parent_run_id"
 ATTR_EXPERIMENT = "mlflow_experiment_id"
 ATTR_TRACKING_URI = "mlflow_tracking_uri"
@@ -223,14 +224,18 @@ def describe(cfg: SamplerConfig | PrunerConfig) -> str:
 
 
 def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create: bool = True,
-               seed_offset: int = 0) -> optuna.Study:
-    """Create the study or load it to continue; refuse one made with another search space or metric.
+               seed_offset: int = 0, data: tuple[str, str] | None = None) -> optuna.Study:
+    """Create the study or load it to continue; refuse one made with another search space, metric or data.
+
+    ``data`` is ``(fingerprint, file name)`` of the Galaxy10 file this process trains on: the first
+    process records it on the study, and a later one (another machine, another day) with a different
+    file is refused, so trials on different data never mix in one study.
 
     Raises
     ------
     ConfigError
-        If a study of that name exists with a different search-space hash or metric, or (with
-        ``create=False``) does not exist.
+        If a study of that name exists with a different search-space hash, metric or data
+        fingerprint, or (with ``create=False``) does not exist.
     """
     cfg = tune.study
     sampler = make_sampler(cfg.sampler, seed_offset=seed_offset)
@@ -243,6 +248,7 @@ def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create
                                     direction=cfg.direction, load_if_exists=True)
     wanted = space_hash(tune.space)
     attrs = study.user_attrs
+    check_study_data(study, data)
     if ATTR_SPACE_HASH not in attrs:
         study.set_user_attr(ATTR_SPACE_HASH, wanted)
         study.set_user_attr(ATTR_METRIC, cfg.metric)
@@ -259,6 +265,23 @@ def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create
             "pass a new --study name or set study.metric back"
         )
     return study
+
+
+def check_study_data(study: optuna.Study, data: tuple[str, str] | None) -> None:
+    """Record ``data`` = ``(fingerprint, file name)`` on a new study; refuse other data for an existing one."""
+    if data is None:
+        return
+    fingerprint, name = data
+    recorded = study.user_attrs.get(ATTR_DATA)
+    if recorded is None:
+        study.set_user_attr(ATTR_DATA, {"fingerprint": fingerprint, "file": name})
+        return
+    if recorded.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"study {study.study_name!r} was run on {recorded.get('file')} (fingerprint "
+            f"{str(recorded.get('fingerprint'))[:12]}) but this process has {name} (fingerprint {fingerprint[:12]}); "
+            "use the same data file on every worker, or pass a new --study name"
+        )
 
 
 def _url(storage: optuna.storages.BaseStorage) -> str:
@@ -748,7 +771,7 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
     from experiments import tracking
     from experiments.config import to_yaml
     from pipelines.paths import resolve_data_path
-    from pipelines.reader import validate_galaxy10
+    from pipelines.reader import data_fingerprint, validate_galaxy10
 
     started = time.perf_counter()
     route_optuna_logging(log_level)
@@ -768,11 +791,12 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
     base_cfg, _ = resolve_run_config(tune, {}, extra_overrides=overrides)
     tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
     # A bad data file fails here, before any storage, study or MLflow run is created.
-    validate_galaxy10(resolve_data_path(data_path if data_path is not None else base_cfg.data.path))
+    data_file = resolve_data_path(data_path if data_path is not None else base_cfg.data.path)
+    validate_galaxy10(data_file)
     storage = open_storage(study_cfg.storage, heartbeat_interval=study_cfg.heartbeat_interval,
                            grace_period=study_cfg.grace_period,
                            on_stale=StaleTrialHandler(tracking_uri, study_cfg.retry_stale))
-    study = open_study(tune, storage)
+    study = open_study(tune, storage, data=(data_fingerprint(data_file), Path(data_file).name))
     stale = fail_stale_trials(study)
     parent = _parent_run(study, tune, tracking_uri, base_cfg.experiment_name, study_cfg.storage)
     close_orphan_runs(study, parent.run_id, tracking_uri)

@@ -77,6 +77,45 @@ def test_existing_study_with_other_space_is_refused() -> None:
                               "pass a new --study name or set study.metric back")
 
 
+def test_existing_study_with_other_data_is_refused() -> None:
+    storage = tuning.open_storage("sqlite:///optuna.db")
+    first = tuning.open_study(_tune(), storage, data=("a" * 64, "galaxy10_synthetic.h5"))
+    assert first.user_attrs["data_fingerprint"] == {"fingerprint": "a" * 64, "file": "galaxy10_synthetic.h5"}
+    tuning.open_study(_tune(), storage, data=("a" * 64, "copy.h5"))  # same bytes under another name: fine
+    with pytest.raises(ConfigError) as err:
+        tuning.open_study(_tune(), storage, data=("b" * 64, "Galaxy10_DECals.h5"))
+    assert str(err.value) == (
+        "study 's' was run on galaxy10_synthetic.h5 (fingerprint aaaaaaaaaaaa) but this process has "
+        "Galaxy10_DECals.h5 (fingerprint bbbbbbbbbbbb); use the same data file on every worker, or pass a new "
+        "--study name"
+    )
+
+
+def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from conftest import write_galaxy10_h5
+    from pipelines.reader import data_fingerprint
+
+    first = write_galaxy10_h5(tmp_path / "first.h5", n=60, size=32, seed=0)
+    other = write_galaxy10_h5(tmp_path / "other.h5", n=60, size=32, seed=1)
+    storage = tuning.open_storage("sqlite:///optuna.db")
+    tuning.open_study(_tune(), storage, data=(data_fingerprint(first), first.name))
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text(yaml.safe_dump({"base": str(Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"),
+                                   "study": {"name": "s", "n_trials": 1}, "search_space": SPACE}))
+    capsys.readouterr()
+    code = cli_main(["-q", "tune", "--config", str(cfg), "--data", str(other)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"galaxy10: error: study 's' was run on first.h5 (fingerprint {data_fingerprint(first)[:12]}) "
+                   f"but this process has other.h5 (fingerprint {data_fingerprint(other)[:12]}); use the same "
+                   "data file on every worker, or pass a new --study name"]
+    assert optuna.load_study(study_name="s", storage=storage).trials == []
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_stale_running_trial_is_failed() -> None:
     handled = []
