@@ -25,6 +25,7 @@ names as the CNN runs, a pyfunc model that predicts from raw images, and the com
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -35,7 +36,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -634,13 +635,39 @@ def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, t
         {"trial_number": best.trial_number})]
     # BLAS/OpenMP pools sized to the machine thrash when its cores are shared (measured: a logistic
     # regression on 1080x256 embeddings took 36 s with 2 OpenBLAS threads on a busy 2-core box, 1.4 s with 1).
-    with threadpool_limits(limits=cfg.n_jobs or 1):
+    with threadpool_limits(limits=cfg.n_jobs or 1), convergence_notes(ctx.notes):
         candidates += vote_candidates(ctx, models, probs)
         if cf is not None:
             candidates += crossfit_candidates(ctx, cf)
         else:
             candidates += val_cv_candidates(ctx, models[0])
     return candidates, ctx.notes, facts
+
+
+@contextlib.contextmanager
+def convergence_notes(notes: list[str]) -> Iterator[None]:
+    """Collect scikit-learn's multi-line ``ConvergenceWarning`` messages into one logged line and a note.
+
+    A second stage that stops at its iteration limit is still used as fitted; the user reads one line
+    (and the comparison run's notes) instead of a ten-line warning per fit. Other warnings pass through.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    stopped = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if stopped:
+        first = " ".join(str(stopped[0].message).split())[:120]
+        note = (f"{len(stopped)} second-stage fit(s) stopped at their iteration limit ({first}); they are used "
+                "as fitted: raise max_iter (or lower C) in the ensemble config to let them converge")
+        log.warning(note)
+        notes.append(note)
 
 
 def _row(candidate: Candidate, metrics: Mapping[str, Any], slugs: Sequence[str]) -> dict[str, Any]:

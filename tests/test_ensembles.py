@@ -375,3 +375,30 @@ def test_second_stage_tuning_returns_valid_params_and_their_cv_score() -> None:
     probs = cv_predict_proba(lambda: ss.make_second_stage("logreg", params, seed=1, n_jobs=1), X, y, 3,
                              cv_splits(y, 3, seed=1))
     assert value == pytest.approx(np.mean(probs.argmax(axis=1) == y))  # the objective is the CV accuracy
+
+
+def test_convergence_warnings_become_one_note_and_other_warnings_pass(caplog: pytest.LogCaptureFixture) -> None:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from experiments.ensemble_runner import convergence_notes
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 30)), rng.integers(0, 3, 200)
+    notes: list[str] = []
+    with pytest.warns(UserWarning, match="something else"):
+        with convergence_notes(notes):
+            LogisticRegression(max_iter=1, C=100.0).fit(X, y)
+            LogisticRegression(max_iter=1, C=100.0).fit(X, y)
+            warnings.warn("something else", UserWarning)
+    assert len(notes) == 1
+    assert notes[0].startswith("2 second-stage fit(s) stopped at their iteration limit (lbfgs failed to converge")
+    assert "\n" not in notes[0]
+    assert any(r.getMessage() == notes[0] for r in caplog.records)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with convergence_notes(notes):  # nothing stopped early: no new note
+            LogisticRegression(max_iter=1000).fit(X, y)
+    assert len(notes) == 1
