@@ -60,8 +60,8 @@ class DualModel:
 def dual_output_model(model: Any) -> DualModel:
     """``model``'s ``[embedding, probabilities]`` outputs (float32), sharing its weights.
 
-    The forward pass is one ``tf.function`` with ``reduce_retracing`` (batches of any size reuse
-    it; faster than ``predict_on_batch`` and no retracing warnings across models).
+    The forward pass is one ``tf.function`` with a batch-agnostic input signature (traced once; faster
+    than ``predict_on_batch`` and no retracing warnings across models).
     """
     import keras
     import tensorflow as tf
@@ -76,7 +76,10 @@ def dual_output_model(model: Any) -> DualModel:
     emb = keras.ops.cast(layer.output, "float32")
     probs = keras.ops.cast(model.outputs[0], "float32")
     dual = keras.Model(model.inputs, [emb, probs], name=f"{model.name}_embedding_and_probs")
-    forward = tf.function(lambda x: dual([x], training=False), reduce_retracing=True)
+    # One trace per model: any batch size of float32 (N, H, W, 3) images reuses it (a traced
+    # function per batch shape, across the several models of a vote, set off TF's retracing warning).
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
+    forward = tf.function(lambda x: dual([x], training=False), input_signature=[spec])
     return DualModel(dual, forward, int(emb.shape[-1]))
 
 
