@@ -126,17 +126,73 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def galaxy10(args: list[str], *, cwd: Path, env: dict[str, str], name: str) -> Iterator[Command]:
-    """Start ``python -m experiments.cli ARGS``; whatever happens, its process group is killed on exit."""
+def galaxy10(args: list[str], *, cwd: Path, env: dict[str, str], name: str,
+             pause_marker: Path | None = None) -> Iterator[Command]:
+    """Start ``python -m experiments.cli ARGS``; whatever happens, its process group is killed on exit.
+
+    With ``pause_marker`` the command runs through :data:`PAUSE_AFTER_FIRST_CANDIDATE`: it stops for
+    good right after logging its first ensemble candidate and writes that run's id to the marker, so a
+    signal sent once the marker exists always lands mid-comparison, however fast or slow the machine.
+    """
     out, err = cwd / f"{name}.out", cwd / f"{name}.err"
+    argv = ([sys.executable, "-m", "experiments.cli", *args] if pause_marker is None
+            else [sys.executable, "-c", PAUSE_AFTER_FIRST_CANDIDATE, str(pause_marker), *args])
     with out.open("wb") as fout, err.open("wb") as ferr:
-        proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=cwd, env=env,
+        proc = subprocess.Popen(argv, cwd=cwd, env=env,
                                 stdout=fout, stderr=ferr, stdin=subprocess.DEVNULL, start_new_session=True)
     cmd = Command(proc, out, err)
     try:
         yield cmd
     finally:
         cmd.kill_group()
+
+
+#: ``sitecustomize`` for the subprocesses of a test (spawned tune workers included, they inherit
+#: PYTHONPATH): every reported epoch of a trial takes at least ``GALAXY10_TEST_EPOCH_SECONDS``, so a
+#: fault injected once an epoch was reported always lands mid-trial, however fast the machine (a
+#: tiny epoch takes ~0.2 s).
+SLOW_EPOCHS = """
+import os, time
+_seconds = float(os.environ.get("GALAXY10_TEST_EPOCH_SECONDS", "0"))
+if _seconds > 0:
+    from experiments import tuning as _tuning
+    _real = _tuning.pruning_callback
+    def _slow(trial, metric):
+        report = _real(trial, metric)
+        def slow_report(epoch, metrics):
+            report(epoch, metrics)
+            time.sleep(_seconds)
+        return slow_report
+    _tuning.pruning_callback = _slow
+"""
+
+
+def slow_epochs(env: dict[str, str], root: Path, seconds: float) -> dict[str, str]:
+    """``env`` with the :data:`SLOW_EPOCHS` hook on PYTHONPATH and each epoch at least ``seconds`` long."""
+    hooks = root / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(SLOW_EPOCHS)
+    return {**env, "PYTHONPATH": os.pathsep.join([str(hooks), env["PYTHONPATH"]]),
+            "GALAXY10_TEST_EPOCH_SECONDS": str(seconds)}
+
+
+#: ``python -c`` program: the CLI with ``tracking.log_ensemble_model`` wrapped so that the first call
+#: writes the candidate's run id to ``argv[1]`` and then sleeps (a signal ends the sleep).
+PAUSE_AFTER_FIRST_CANDIDATE = """
+import sys, time
+from pathlib import Path
+from experiments import tracking
+from experiments.cli import main
+marker, real = Path(sys.argv[1]), tracking.log_ensemble_model
+def paused(tracker, *args, **kwargs):
+    uri = real(tracker, *args, **kwargs)
+    if not marker.exists():
+        marker.write_text(tracker.run_id)
+        time.sleep(600)
+    return uri
+tracking.log_ensemble_model = paused
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, cmd: Command | None = None) -> T:
@@ -230,7 +286,7 @@ def test_sigkilled_tune_worker_fails_its_trial_and_the_rerun_adds_no_duplicates(
     args = ["tune", "--config", str(config), "--data", str(tiny_h5), "--workers", "2"]
     env = cli_env(tmp_path)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    with galaxy10(args, cwd=tmp_path, env=env, name="tune1") as cmd:
+    with galaxy10(args, cwd=tmp_path, env=slow_epochs(env, tmp_path, 1.0), name="tune1") as cmd:
         pids = wait_for(lambda: worker_pids(cmd.stderr()), 180, "worker pids in the log", cmd)
         number, run_id = wait_for(lambda: running_trial_with_epoch(tmp_path / "optuna.db", "kw"), 180,
                                   "RUNNING trial with a reported epoch", cmd)
@@ -281,7 +337,7 @@ def test_tracking_server_killed_mid_study(tiny_h5: Path, tmp_path: Path) -> None
 
         # Run 1, no client retries: the outage fails the command with one line, no traceback.
         env = cli_env(tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
-        with galaxy10(args, cwd=tmp_path, env=env, name="tune1") as cmd:
+        with galaxy10(args, cwd=tmp_path, env=slow_epochs(env, tmp_path, 1.0), name="tune1") as cmd:
             number, run_id = wait_for(lambda: running_trial_with_epoch(db, "srv"), 240,
                                       "RUNNING trial with a reported epoch", cmd)
             server.stop(signal.SIGKILL)
@@ -303,7 +359,7 @@ def test_tracking_server_killed_mid_study(tiny_h5: Path, tmp_path: Path) -> None
         # mid-trial again, and the command rides it out.
         env = cli_env(tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="7", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
                       MLFLOW_HTTP_REQUEST_TIMEOUT="30")
-        with galaxy10(args, cwd=tmp_path, env=env, name="tune2") as cmd:
+        with galaxy10(args, cwd=tmp_path, env=slow_epochs(env, tmp_path, 1.0), name="tune2") as cmd:
             wait_for(lambda: running_trial_with_epoch(db, "srv"), 240, "RUNNING trial with a reported epoch", cmd)
             server.stop(signal.SIGKILL)
             server.start()
@@ -585,8 +641,10 @@ def test_interrupted_ensemble(tiny_study: TinyStudy, tmp_path: Path) -> None:
 
     # SIGKILL while the candidates are being logged: nothing can end the runs.
     known = set(comparison_runs())
-    with galaxy10(args, cwd=tmp_path, env=env, name="ens1") as cmd:
-        killed = wait_for(lambda: new_comparison_with_a_candidate(known), 300, "candidate run", cmd)
+    marker = tmp_path / "ens1.paused"
+    with galaxy10(args, cwd=tmp_path, env=env, name="ens1", pause_marker=marker) as cmd:
+        wait_for(marker.exists, 300, "the first candidate logged", cmd)
+        killed = wait_for(lambda: new_comparison_with_a_candidate(known), 60, "candidate run", cmd)
         cmd.proc.send_signal(signal.SIGKILL)
         assert cmd.wait(60) == -signal.SIGKILL
     assert client.get_run(killed).info.status == "RUNNING"  # and so is the candidate being logged, if any
@@ -597,8 +655,10 @@ def test_interrupted_ensemble(tiny_study: TinyStudy, tmp_path: Path) -> None:
     # SIGINT while the candidates are being logged: the command ends its runs KILLED.
     known = set(comparison_runs())
     tmp_before = ours(tmp_path / "tmp")
-    with galaxy10(args, cwd=tmp_path, env=env, name="ens2") as cmd:
-        interrupted = wait_for(lambda: new_comparison_with_a_candidate(known), 300, "candidate run", cmd)
+    marker = tmp_path / "ens2.paused"
+    with galaxy10(args, cwd=tmp_path, env=env, name="ens2", pause_marker=marker) as cmd:
+        wait_for(marker.exists, 300, "the first candidate logged", cmd)
+        interrupted = wait_for(lambda: new_comparison_with_a_candidate(known), 60, "candidate run", cmd)
         cmd.proc.send_signal(signal.SIGINT)
         code = cmd.wait(120)
     err = cmd.stderr()
