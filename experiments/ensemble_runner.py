@@ -45,6 +45,7 @@ import numpy as np
 
 from ensembles.config import EnsembleConfig, to_dict
 from pipelines.errors import ConfigError, DataError, ModelError
+from pipelines.io import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -761,16 +762,6 @@ def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str) -> 
             "input": "uint8 (N, H, W, 3) raw RGB images of any size (square-cropped and resized per member)"}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]:
     """Mark FAILED the study's comparison runs (and their candidate runs) left RUNNING by a killed command.
 
@@ -787,7 +778,7 @@ def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]
     for run in tracking.find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
                                   tracking_uri=tracking_uri):
         pid = run.tags.get("run.pid", "")
-        if run.status != "RUNNING" or run.tags.get("run.host") != host or not pid.isdigit() or _pid_alive(int(pid)):
+        if run.status != "RUNNING" or run.tags.get("run.host") != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         for child in tracking.find_runs({}, tracking_uri=tracking_uri, parent_run_id=run.run_id):
             if child.status == "RUNNING":

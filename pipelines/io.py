@@ -21,7 +21,7 @@ def _host_slug() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine."""
     try:
         os.kill(pid, 0)
@@ -48,7 +48,7 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     removed: list[Path] = []
     for candidate in target.parent.iterdir():
         m = pattern.match(candidate.name)
-        if not m or m.group(2) != host or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+        if not m or m.group(2) != host or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(FileNotFoundError):
             candidate.unlink()

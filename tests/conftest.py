@@ -120,6 +120,40 @@ def keep_mlflow_tracking_uri() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class TinyStudy:
+    """A real tiny Optuna study with an MLflow store, made by :func:`tiny_study_in`."""
+
+    root: Path
+    data: Path
+    tracking_uri: str
+    storage: str
+
+
+@contextlib.contextmanager
+def tiny_study_in(root: Path) -> Iterator[TinyStudy]:
+    """3 one-epoch smoke trials on a 400-image file in ``root`` (every trial logs its model), via the
+    tuning code; the block runs with cwd, cache and tracking URI in ``root``."""
+    from experiments import tuning
+    from experiments.search_space import parse_tune_config
+
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("GALAXY10_CACHE", str(root / "cache"))
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        data = write_galaxy10_h5(root / "tiny.h5", n=400)
+        tune = parse_tune_config({
+            "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": 400}},
+            "study": {"name": "tiny", "n_trials": 3, "storage": storage, "pruner": "none", "log_models": "all"},
+            "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+        })
+        tuning.run_study(tune, tracking_uri=uri, data_path=str(data))
+        yield TinyStudy(root, data, uri, storage)
+
+
+@dataclass(frozen=True)
 class SmokeModel:
     """A model trained once per session with ``smoke.yaml`` on a tiny file, logged and registered."""
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import keep_mlflow_tracking_uri, write_galaxy10_h5
+from conftest import TinyStudy, keep_mlflow_tracking_uri, tiny_study_in
 from experiments.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,35 +20,11 @@ CROSSFIT_CFG = {"mode": "crossfit", "cv_folds": 3, "crossfit": {"folds": 2},
                 "stack": {"second_stage": ["xgboost"]}}
 
 
-@dataclass(frozen=True)
-class TinyStudy:
-    root: Path
-    data: Path
-    tracking_uri: str
-    storage: str
-
-
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
     """3 one-epoch trials on a 400-image file (every trial logs its model), via the tuning code."""
-    from experiments import tuning
-    from experiments.search_space import parse_tune_config
-
-    root = tmp_path_factory.mktemp("ensemble_study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    storage = f"sqlite:///{root / 'optuna.db'}"
-    with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("GALAXY10_CACHE", str(root / "cache"))
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        data = write_galaxy10_h5(root / "tiny.h5", n=400)
-        tune = parse_tune_config({
-            "base": str(SMOKE), "run": {"train": {"epochs": 1}, "data": {"max_images": 400}},
-            "study": {"name": "tiny", "n_trials": 3, "storage": storage, "pruner": "none", "log_models": "all"},
-            "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
-        })
-        tuning.run_study(tune, tracking_uri=uri, data_path=str(data))
-        yield TinyStudy(root, data, uri, storage)
+    with tiny_study_in(tmp_path_factory.mktemp("ensemble_study")) as study:
+        yield study
 
 
 @pytest.fixture

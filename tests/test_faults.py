@@ -40,7 +40,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
-from conftest import keep_mlflow_tracking_uri, write_galaxy10_h5
+from conftest import TinyStudy, tiny_study_in
 from experiments.cli import main as cli_main
 from test_scaleout import mlflow_server
 
@@ -521,34 +521,10 @@ def test_a_real_full_disk(tiny_disk_ok: bool, tiny_h5: Path, tmp_path: Path) -> 
 # A tiny study for the ensemble tests (3 one-epoch trials, every trial logs its model)
 
 
-@dataclass(frozen=True)
-class TinyStudy:
-    root: Path
-    data: Path
-    tracking_uri: str
-    storage: str
-
-
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
-    from experiments import tuning
-    from experiments.search_space import parse_tune_config
-
-    root = tmp_path_factory.mktemp("fault_study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    storage = f"sqlite:///{root / 'optuna.db'}"
-    with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("GALAXY10_CACHE", str(root / "cache"))
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        data = write_galaxy10_h5(root / "tiny.h5", n=400)
-        tune = parse_tune_config({
-            "base": str(SMOKE), "run": {"train": {"epochs": 1}, "data": {"max_images": 400}},
-            "study": {"name": "tiny", "n_trials": 3, "storage": storage, "pruner": "none", "log_models": "all"},
-            "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
-        })
-        tuning.run_study(tune, tracking_uri=uri, data_path=str(data))
-        yield TinyStudy(root, data, uri, storage)
+    with tiny_study_in(tmp_path_factory.mktemp("fault_study")) as study:
+        yield study
 
 
 @pytest.mark.slow  # needs the tiny study (three trainings) and a comparison run

@@ -38,6 +38,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from experiments.cli import main as cli_main
+from pipelines.io import pid_alive
 
 #: Superuser of the throwaway cluster (trust authentication on 127.0.0.1 only).
 PG_USER = "galaxy10"
@@ -62,25 +63,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return True
         time.sleep(0.1)
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,7 +132,7 @@ def postgres_cluster(tmp_path: Path, database: str = "optuna") -> Iterator[Postg
             conn.close()
         yield Postgres(f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{port}/{database}", pid, port, data)
     finally:
-        if pid is not None and _pid_alive(pid):
+        if pid is not None and pid_alive(pid):
             os.kill(pid, signal.SIGINT)  # "fast" shutdown: disconnect clients, stop cleanly
             if not _wait_gone(pid, 30):
                 os.kill(pid, signal.SIGKILL)
