@@ -127,12 +127,19 @@ class TinyStudy:
     data: Path
     tracking_uri: str
     storage: str
+    parent_run_id: str
+    best_run_id: str | None
+    best_model_uri: str | None
 
 
 @contextlib.contextmanager
-def tiny_study_in(root: Path) -> Iterator[TinyStudy]:
-    """3 one-epoch smoke trials on a 400-image file in ``root`` (every trial logs its model), via the
-    tuning code; the block runs with cwd, cache and tracking URI in ``root``."""
+def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3,
+                  log_all_models: bool = True) -> Iterator[TinyStudy]:
+    """A study ``tiny`` of one-epoch smoke trials on a synthetic file in ``root``, via the tuning code.
+
+    With ``log_all_models`` every trial logs its model (ensembles need them), else only the best.
+    The block runs with cwd, cache and tracking URI in ``root``.
+    """
     from experiments import tuning
     from experiments.search_space import parse_tune_config
 
@@ -143,14 +150,17 @@ def tiny_study_in(root: Path) -> Iterator[TinyStudy]:
         mp.chdir(root)
         mp.setenv("GALAXY10_CACHE", str(root / "cache"))
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        data = write_galaxy10_h5(root / "tiny.h5", n=400)
+        data = write_galaxy10_h5(root / "tiny.h5", n=n_images)
+        study = {"name": "tiny", "n_trials": n_trials, "storage": storage, "pruner": "none",
+                 **({"log_models": "all"} if log_all_models else {})}
         tune = parse_tune_config({
-            "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": 400}},
-            "study": {"name": "tiny", "n_trials": 3, "storage": storage, "pruner": "none", "log_models": "all"},
-            "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+            "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": n_images}},
+            "study": study, "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         })
-        tuning.run_study(tune, tracking_uri=uri, data_path=str(data))
-        yield TinyStudy(root, data, uri, storage)
+        result = tuning.run_study(tune, tracking_uri=uri, data_path=str(data))
+        best = tuning.load_existing_study("tiny", tuning.open_storage(storage)).best_trial
+        yield TinyStudy(root, data, uri, storage, result.parent_run_id, result.best_run_id,
+                        best.user_attrs.get("model_uri"))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from sklearn.metrics import f1_score
 from experiments import report as rp
 from experiments.cli import main as cli_main
 
-from conftest import keep_mlflow_tracking_uri, write_galaxy10_h5
+from conftest import TinyStudy, keep_mlflow_tracking_uri, tiny_study_in
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
 
@@ -133,41 +132,13 @@ def test_missing_optuna_storage_is_one_line(capsys: pytest.CaptureFixture[str], 
 # --------------------------------------------------------------------------------------------
 # A real tiny study, reported
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TinyStudy:
-    root: Path
-    data: Path
-    tracking_uri: str
-    storage: str
-    parent_run_id: str
-    best_run_id: str
-    best_model_uri: str
-
-
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
     """A 2-trial study (smoke CNN, 48 px / crop 32) on a 200-image synthetic file, via the tuning code."""
-    from experiments import tuning
-    from experiments.search_space import parse_tune_config
-
-    root = tmp_path_factory.mktemp("report_study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    storage = f"sqlite:///{root / 'optuna.db'}"
-    with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("GALAXY10_CACHE", str(root / "cache"))
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        data = write_galaxy10_h5(root / "tiny.h5")
-        tune = parse_tune_config({
-            "base": str(SMOKE), "run": {"train": {"epochs": 1}},
-            "study": {"name": "tiny", "n_trials": 2, "storage": storage, "pruner": "none"},
-            "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
-        })
-        result = tuning.run_study(tune, tracking_uri=uri, data_path=str(data))
-        assert result.best_run_id is not None
-        study = tuning.load_existing_study("tiny", tuning.open_storage(storage))
-        yield TinyStudy(root, data, uri, storage, result.parent_run_id, result.best_run_id,
-                        study.best_trial.user_attrs["model_uri"])
+    with tiny_study_in(tmp_path_factory.mktemp("report_study"), n_images=200, n_trials=2,
+                       log_all_models=False) as study:
+        assert study.best_run_id is not None and study.best_model_uri is not None
+        yield study
 
 
 def _report(study: TinyStudy, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
