@@ -125,6 +125,15 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into KeyboardInterrupt.
+
+    A test run started in the background by a non-interactive shell (``make test &``, some CI
+    runners) inherits SIGINT *ignored*, and Python then installs no Ctrl-C handler at all.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def galaxy10(args: list[str], *, cwd: Path, env: dict[str, str], name: str,
              pause_marker: Path | None = None) -> Iterator[Command]:
@@ -138,7 +147,7 @@ def galaxy10(args: list[str], *, cwd: Path, env: dict[str, str], name: str,
     argv = ([sys.executable, "-m", "experiments.cli", *args] if pause_marker is None
             else [sys.executable, "-c", PAUSE_AFTER_FIRST_CANDIDATE, str(pause_marker), *args])
     with out.open("wb") as fout, err.open("wb") as ferr:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env,
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, preexec_fn=default_sigint,
                                 stdout=fout, stderr=ferr, stdin=subprocess.DEVNULL, start_new_session=True)
     cmd = Command(proc, out, err)
     try:
