@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 from hypothesis import settings
+from PIL import Image
 
 # Hypothesis keeps an example database in ./.hypothesis by default; tests write nothing outside tmp_path.
 settings.register_profile("galaxy10", database=None, deadline=None)
@@ -101,6 +105,24 @@ def _isolate_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     with keep_mlflow_tracking_uri():
         yield
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """``image`` (uint8 H x W x 3) encoded as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A few hundred bytes whose PNG header claims ``width x height`` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
 
 
 @contextlib.contextmanager

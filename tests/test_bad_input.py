@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import write_galaxy10_h5
+from conftest import bomb_png, png_bytes, write_galaxy10_h5
 from experiments.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,17 +246,6 @@ def _png(path: Path, size: tuple[int, int] = (40, 40)) -> Path:
     return path
 
 
-def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
-    """A few hundred bytes whose PNG header claims ``width x height`` pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
-
-
 def import_case(rows: list[tuple[str, str]], files: dict[str, bytes | None] | None = None,
                 *extra: str) -> Callable[[Path, Path], list[str]]:
     """``data import`` of a folder holding ``files`` (None: a real PNG) with a CSV of ``rows``."""
@@ -477,17 +464,11 @@ def web(tmp_path: Path):  # noqa: ANN201 - a Flask test client
     return client
 
 
-def _png_bytes(size: int = 40) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((size, size, 3), 90, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 UPLOADS: dict[str, tuple[bytes | None, str, int, str]] = {
     # name: (body, file name, status, words in the error)
     "not-an-image": (b"%PDF-1.4 definitely not a picture", "paper.png", 415, "not a PNG or JPEG"),
     "gif-is-not-accepted": (b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "anim.gif", 415, "not a PNG or JPEG"),
-    "truncated-png": (_png_bytes()[:60], "cut.png", 415, "cut.png"),
+    "truncated-png": (png_bytes(np.full((40, 40, 3), 90, np.uint8))[:60], "cut.png", 415, "cut.png"),
     "zero-byte": (b"", "empty.png", 400, "0 bytes"),
     "huge": (b"\0" * 300_000, "huge.png", 413, "larger than"),
     "decompression-bomb": (bomb_png(), "bomb.png", 413, "pixel"),
@@ -514,11 +495,11 @@ def test_bad_uploads_are_4xx_with_a_message(web, name: str, url: str, tmp_path: 
 
 def test_traversal_upload_name_is_only_displayed_as_a_base_name(web, tmp_path: Path) -> None:  # noqa: ANN001
     before = snapshot(tmp_path)
-    resp = web.post("/api/predict", data={"file": (io.BytesIO(_png_bytes()), "../../etc/cron.d/evil.png")},
+    resp = web.post("/api/predict", data={"file": (io.BytesIO(png_bytes(np.full((40, 40, 3), 90, np.uint8))), "../../etc/cron.d/evil.png")},
                     content_type="multipart/form-data")
     assert resp.status_code == 200
     assert resp.get_json()["file"] == "evil.png"
-    page = web.post("/", data={"file": (io.BytesIO(_png_bytes()), "<script>x</script>/../../a.png")},
+    page = web.post("/", data={"file": (io.BytesIO(png_bytes(np.full((40, 40, 3), 90, np.uint8))), "<script>x</script>/../../a.png")},
                     content_type="multipart/form-data").get_data(as_text=True)
     assert "<script>x</script>" not in page
     assert snapshot(tmp_path) == before
