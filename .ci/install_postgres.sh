@@ -4,6 +4,7 @@
 # The test starts its own throwaway cluster in a temporary folder; the package's system cluster
 # (if Debian created one) is left stopped.
 set -euo pipefail
+source "$(dirname "$0")/apt.sh"
 
 find_bin() {
     ls -1d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
@@ -15,18 +16,6 @@ if [[ -n "$BIN" && -x "$BIN/initdb" && -x "$BIN/pg_ctl" && -x "$BIN/postgres" ]]
     exit 0
 fi
 
-SUDO=""
-if [[ "$(id -u)" != "0" ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install_postgres: need root (or sudo) to apt-get install postgresql" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends postgresql
+apt_install install_postgres postgresql
 BIN="$(find_bin)"
 "$BIN/postgres" --version
