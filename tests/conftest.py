@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import yaml
 from hypothesis import settings
 from PIL import Image
 
@@ -139,6 +140,30 @@ def keep_mlflow_tracking_uri() -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+#: The search space of the tiny tuning configs: learning rate and dropout.
+TINY_SPACE = {
+    "train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+}
+
+
+def tiny_tune_yaml(path: Path, *, experiment: str, name: str, n_trials: int, epochs: int = 2,
+                   pruner: object = "none", heartbeat_interval: int = 1, grace_period: int = 3,
+                   **study: object) -> Path:
+    """Write a tiny tuning config to ``path``: 48 px / crop 32, a two-layer CNN, no augmentation,
+    TPE (seed 0, 2 start-up trials), heartbeats, :data:`TINY_SPACE`; ``study`` adds study keys."""
+    run = {"experiment_name": experiment, "data": {"size": 48, "crop": 32}, "augment": {"policy": "none"},
+           "model": {"filters": [8, 16], "dense_units": 16},
+           "train": {"epochs": epochs, "batch_size": 32, "patience": None, "monitor": "val_accuracy"}}
+    doc = {"run": run,
+           "study": {"name": name, "n_trials": n_trials, "pruner": pruner,
+                     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+                     "heartbeat_interval": heartbeat_interval, "grace_period": grace_period, **study},
+           "search_space": TINY_SPACE}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 @dataclass(frozen=True)

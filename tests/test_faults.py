@@ -40,7 +40,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
-from conftest import TinyStudy, tiny_study_in
+from conftest import TinyStudy, tiny_study_in, tiny_tune_yaml
 from experiments.cli import main as cli_main
 from test_scaleout import mlflow_server
 
@@ -52,29 +52,9 @@ RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", Tria
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 T = TypeVar("T")
 
-RUN = {
-    "experiment_name": "faults",
-    "data": {"size": 48, "crop": 32},
-    "augment": {"policy": "none"},
-    "model": {"filters": [8, 16], "dense_units": 16},
-    "train": {"epochs": 6, "batch_size": 32, "patience": None, "monitor": "val_accuracy"},
-}
-SPACE = {
-    "train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
-    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
-}
-
-
 def write_tune_yaml(path: Path, *, name: str, n_trials: int, epochs: int) -> Path:
     """A tiny study: 48 px / crop 32, two conv layers, no pruning, 1 s heartbeat, 3 s grace period."""
-    run = {**RUN, "train": {**RUN["train"], "epochs": epochs}}
-    doc = {"run": run,
-           "study": {"name": name, "n_trials": n_trials, "pruner": "none",
-                     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-                     "heartbeat_interval": 1, "grace_period": 3},
-           "search_space": SPACE}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return tiny_tune_yaml(path, experiment="faults", name=name, n_trials=n_trials, epochs=epochs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from conftest import tiny_tune_yaml
 from experiments.cli import main as cli_main
 from pipelines.io import pid_alive
 
@@ -218,28 +218,11 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
 # --------------------------------------------------------------------------------------------------
 # The study
 
-RUN = {
-    "experiment_name": "scaleout",
-    "data": {"size": 48, "crop": 32},
-    "augment": {"policy": "none"},
-    "model": {"filters": [8, 16], "dense_units": 16},
-    "train": {"epochs": 2, "batch_size": 32, "patience": None, "monitor": "val_accuracy"},
-}
-SPACE = {
-    "train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
-    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
-}
 
-
-def write_tune_yaml(path: Path, *, name: str, n_trials: int, run: dict | None = None, **study: object) -> Path:
-    """A tiny tuning config (48 px / crop 32, a two-layer CNN, 2 epochs, no pruning)."""
-    doc = {"run": run or RUN,
-           "study": {"name": name, "n_trials": n_trials, "pruner": "none",
-                     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-                     "heartbeat_interval": 2, "grace_period": 6, **study},
-           "search_space": SPACE}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+def write_tune_yaml(path: Path, *, name: str, n_trials: int) -> Path:
+    """A tiny tuning config (48 px / crop 32, a two-layer CNN, 2 epochs, no pruning, 2 s heartbeat)."""
+    return tiny_tune_yaml(path, experiment="scaleout", name=name, n_trials=n_trials, heartbeat_interval=2,
+                          grace_period=6)
 
 
 def study_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:

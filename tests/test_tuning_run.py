@@ -19,34 +19,16 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from conftest import tiny_tune_yaml
 from experiments import tuning
 from experiments.cli import main as cli_main
 from experiments.tracking import NullTracker
 
 REPO = Path(__file__).resolve().parents[1]
 
-RUN = {
-    "experiment_name": "tune-test",
-    "data": {"size": 48, "crop": 32},
-    "augment": {"policy": "none"},
-    "model": {"filters": [8, 16], "dense_units": 16},
-    "train": {"epochs": 2, "batch_size": 32, "patience": None, "monitor": "val_accuracy"},
-}
-SPACE = {
-    "train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
-    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
-}
 
-
-def write_tune_yaml(path: Path, *, name: str = "t", n_trials: int = 3, pruner: object = "none",
-                    run: dict | None = None, **study: object) -> Path:
-    doc = {"run": run or RUN,
-           "study": {"name": name, "n_trials": n_trials, "pruner": pruner,
-                     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-                     "heartbeat_interval": 1, "grace_period": 3, **study},
-           "search_space": SPACE}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+def write_tune_yaml(path: Path, *, name: str = "t", n_trials: int = 3, **kw: object) -> Path:
+    return tiny_tune_yaml(path, experiment="tune-test", name=name, n_trials=n_trials, **kw)
 
 
 def mlflow_client() -> MlflowClient:
@@ -214,8 +196,8 @@ def _running_trial_with_a_report(db: Path) -> bool:
 @pytest.mark.slow
 def test_sigkilled_worker_then_rerun_continues_the_study(tiny_h5: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    slow_run = {**RUN, "train": {**RUN["train"], "epochs": 30}}  # a long trial, killed after its first epoch
-    config = write_tune_yaml(tmp_path / "tune.yaml", name="k", n_trials=2, run=slow_run)
+    # a long trial (30 epochs), killed after its first epoch
+    config = write_tune_yaml(tmp_path / "tune.yaml", name="k", n_trials=2, epochs=30)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "-q", "tune", "--config", str(config),
                              "--data", str(tiny_h5)], cwd=tmp_path, env=env,
