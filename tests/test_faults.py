@@ -52,6 +52,7 @@ RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", Tria
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 T = TypeVar("T")
 
+
 def write_tune_yaml(path: Path, *, name: str, n_trials: int, epochs: int) -> Path:
     """A tiny study: 48 px / crop 32, two conv layers, no pruning, 1 s heartbeat, 3 s grace period."""
     return tiny_tune_yaml(path, experiment="faults", name=name, n_trials=n_trials, epochs=epochs)
