@@ -730,18 +730,6 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], *, title: str) -> Any:
     return fig
 
 
-def _per_class_csv(metrics: Mapping[str, Any], slugs: Sequence[str], names: Sequence[str]) -> str:
-    from experiments.evaluation import per_class_table
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["class", "name", "recall", "precision", "support"], lineterminator="\n")
-    writer.writeheader()
-    for row, name in zip(per_class_table(metrics, slugs), names):
-        writer.writerow({"class": row["class"], "name": name, "recall": f"{row['recall']:.6f}",
-                         "precision": f"{row['precision']:.6f}", "support": row["support"]})
-    return buf.getvalue()
-
-
 def _example_image(data: Any) -> np.ndarray:
     """One raw validation image from the file, the pyfunc models' input example."""
     from pipelines.reader import Galaxy10File
@@ -796,7 +784,7 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                    data_path: str | Path | None = None, config_text: str | None = None) -> ComparisonReport:
     """Build every candidate, log the comparison to MLflow and register the winner (see module docs)."""
     from experiments import tracking
-    from experiments.evaluation import classification_metrics, prefixed
+    from experiments.evaluation import classification_metrics, per_class_csv, prefixed
     from experiments.plots import confusion_figure
     from experiments.training import data_tags
     from ensembles.serving import save_ensemble
@@ -843,7 +831,7 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                 child.log_params({"kind": cand.kind, "n_branches": len(cand.model.branches),
                                   **{k: str(v) for k, v in cand.params.items()}})
                 child.log_metrics({**prefixed(metrics, "val"), "build_seconds": cand.seconds})
-                child.log_text(_per_class_csv(metrics, slugs, names), "per_class_metrics_val.csv")
+                child.log_text(per_class_csv(metrics, slugs, names), "per_class_metrics_val.csv")
                 child.log_figure(confusion_figure(metrics["confusion"], names,
                                                   title=f"{cand.name}: validation confusion (row-normalised)"),
                                  "confusion_matrix_val.png")

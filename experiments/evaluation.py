@@ -6,6 +6,8 @@ Metric names are flat strings so they can be logged as they are: ``accuracy``, `
 """
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -92,6 +94,18 @@ def per_class_table(metrics: Mapping[str, Any], class_slugs: Sequence[str] = CLA
          "support": int(support[k])}
         for k, slug in enumerate(class_slugs)
     ]
+
+
+def per_class_csv(metrics: Mapping[str, Any], class_slugs: Sequence[str], class_names: Sequence[str]) -> str:
+    """:func:`per_class_table` as CSV text with the class names (columns class, name, recall, precision,
+    support), the per-class metrics artifact of training and ensemble runs."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["class", "name", "recall", "precision", "support"], lineterminator="\n")
+    writer.writeheader()
+    for row, name in zip(per_class_table(metrics, class_slugs), class_names):
+        writer.writerow({"class": row["class"], "name": name, "recall": f"{row['recall']:.6f}",
+                         "precision": f"{row['precision']:.6f}", "support": row["support"]})
+    return buf.getvalue()
 
 
 def class_recall(metrics: Mapping[str, Any], prefix: str = "", class_slugs: Sequence[str] = CLASS_SLUGS) -> np.ndarray:

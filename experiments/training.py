@@ -20,9 +20,7 @@ restored best weights, ``val_<metric>`` (e.g. ``val_recall_disturbed``), ``best_
 """
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import logging
 import math
@@ -38,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from experiments.config import AUTO_TARGETS, DataConfig, RunConfig, TrainConfig, flatten, to_yaml
-from experiments.evaluation import classification_metrics, per_class_table, prefixed, scalar_metrics
+from experiments.evaluation import classification_metrics, per_class_csv, prefixed, scalar_metrics
 from pipelines.classes import CLASS_NAMES, CLASS_SLUGS, NUM_CLASSES
 from pipelines.errors import ConfigError, DataError
 
@@ -400,20 +398,10 @@ def data_tags(data: TrainData) -> dict[str, str]:
     }
 
 
-def _per_class_csv(metrics: Mapping[str, Any], slugs: Sequence[str], names: Sequence[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["class", "name", "recall", "precision", "support"], lineterminator="\n")
-    writer.writeheader()
-    for row, name in zip(per_class_table(metrics, slugs), names):
-        writer.writerow({"class": row["class"], "name": name, "recall": f"{row['recall']:.6f}",
-                         "precision": f"{row['precision']:.6f}", "support": row["support"]})
-    return buf.getvalue()
-
-
 def _log_split_report(tracker: Any, split: str, metrics: Mapping[str, Any], data: TrainData) -> None:
     from experiments.plots import confusion_figure
 
-    tracker.log_text(_per_class_csv(metrics, data.class_slugs, data.class_names), f"per_class_metrics_{split}.csv")
+    tracker.log_text(per_class_csv(metrics, data.class_slugs, data.class_names), f"per_class_metrics_{split}.csv")
     fig = confusion_figure(metrics["confusion"], data.class_names, title=f"{split} confusion matrix (row-normalised)")
     tracker.log_figure(fig, f"confusion_matrix_{split}.png")
     tracker.log_dict({"class_slugs": list(data.class_slugs),
