@@ -27,7 +27,8 @@ from pipelines.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
 
-#: Name of the CNN layer whose output is the embedding (``experiments.models.EMBEDDING_LAYER``).
+#: Name of the CNN layer whose output is the embedding (``experiments.models.build_model`` names its
+#: penultimate dense layer so).
 EMBEDDING_LAYER = "embedding"
 #: Rows embedded per chunk (bounds memory; one progress-bar step).
 CHUNK = 1024

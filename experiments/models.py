@@ -16,14 +16,13 @@ import logging
 
 import keras
 
+from ensembles.embeddings import EMBEDDING_LAYER  # the penultimate dense layer, whose output ensembles use
 from experiments.config import PRECISIONS, ModelConfig
 from pipelines.classes import NUM_CLASSES
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Name of the penultimate dense layer (ensembles extract its output).
-EMBEDDING_LAYER = "embedding"
 #: Name of the float32 softmax output layer.
 OUTPUT_LAYER = "probabilities"
 
@@ -76,14 +75,3 @@ def build_model(model_cfg: ModelConfig | None = None, input_size: int = 88,
     model = keras.Model(inputs, outputs, name="galaxy10_cnn")
     log.debug("built %s: %d parameters, %s", model.name, model.count_params(), precision)
     return model
-
-
-def embedding_model(model: keras.Model) -> keras.Model:
-    """A model sharing ``model``'s weights that outputs the ``embedding`` layer (float32)."""
-    try:
-        layer = model.get_layer(EMBEDDING_LAYER)
-    except ValueError:
-        raise ConfigError(f"model {model.name!r} has no layer named {EMBEDDING_LAYER!r}; build it with "
-                          "experiments.models.build_model") from None
-    out = keras.ops.cast(layer.output, "float32")
-    return keras.Model(model.input, out, name=f"{model.name}_embedding")

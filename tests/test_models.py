@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.config import ModelConfig
-from experiments.models import EMBEDDING_LAYER, OUTPUT_LAYER, build_model, embedding_model
+from experiments.models import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
 from pipelines.errors import ConfigError
 
 # Conv 3x3 (3->32, 32->32, 32->64, 64->64), 88 px pooled 4x to 5 px: 5*5*64 = 1600 -> Dense 256 -> Dense 10.
@@ -69,10 +69,11 @@ def test_mixed_bfloat16_keeps_float32_output():
 
 
 def test_embedding_model_shares_weights():
+    from ensembles.embeddings import dual_output_model
+
     model = build_model(ModelConfig(filters=(4, 4), dense_units=12), input_size=16)
-    emb = embedding_model(model)
     x = np.random.default_rng(1).uniform(0, 255, (3, 16, 16, 3)).astype(np.float32)
-    e = np.asarray(emb.predict(x, verbose=0))
+    e, _ = dual_output_model(model)(x)
     assert e.shape == (3, 12) and e.dtype == np.float32
     w = model.get_layer("logits").get_weights()
     logits = e @ w[0] + w[1]
