@@ -318,11 +318,12 @@ def from_dict(raw: Mapping[str, Any] | None) -> RunConfig:
     return _check_cross(RunConfig(**sections, **extra))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A copy of nested mappings/sequences as plain dicts (string keys) and lists, for JSON and YAML."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -331,7 +332,7 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in SECTIONS:
         section = getattr(cfg, name)
-        out[name] = {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+        out[name] = {f.name: plain(getattr(section, f.name)) for f in fields(section)}
     out["experiment_name"] = cfg.experiment_name
     out["run_name"] = cfg.run_name
     return out

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from experiments.config import plain
 from pipelines.errors import ConfigError
 
 PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
@@ -265,16 +266,8 @@ def parse_search_space(raw: Any) -> SearchSpace:
 
 def space_hash(space: SearchSpace) -> str:
     """A stable short hash of the search space (a study keeps one space for its whole life)."""
-    canonical = json.dumps(_str_keys(space.raw), sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(plain(space.raw), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _str_keys(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _str_keys(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_str_keys(v) for v in value]
-    return value
 
 
 def is_active(spec: ParamSpec, chosen: Mapping[str, Scalar]) -> bool:

@@ -36,6 +36,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from experiments.config import plain
 from experiments.search_space import (
     DEFAULT_STORAGE,
     PrunerConfig,
@@ -252,7 +253,7 @@ def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create
     if ATTR_SPACE_HASH not in attrs:
         study.set_user_attr(ATTR_SPACE_HASH, wanted)
         study.set_user_attr(ATTR_METRIC, cfg.metric)
-        study.set_user_attr("search_space", _plain(tune.space.raw))
+        study.set_user_attr("search_space", plain(tune.space.raw))
         return study
     if attrs[ATTR_SPACE_HASH] != wanted:
         raise ConfigError(
@@ -286,15 +287,6 @@ def check_study_data(study: optuna.Study, data: tuple[str, str] | None) -> None:
 
 def _url(storage: optuna.storages.BaseStorage) -> str:
     return str(getattr(storage, "url", storage))
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-serialisable copy (user attrs are stored as JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
@@ -735,7 +727,7 @@ def _parent_run(study: optuna.Study, tune: TuneConfig, tracking_uri: str, experi
     parent.log_params({"study.name": study.study_name, "study.storage": storage_url,
                        "study.metric": tune.study.metric, "study.direction": tune.study.direction,
                        "study.search_space_hash": space_hash(tune.space)})
-    parent.log_text(yaml.safe_dump(_plain(tune.space.raw), sort_keys=False), "search_space.yaml")
+    parent.log_text(yaml.safe_dump(plain(tune.space.raw), sort_keys=False), "search_space.yaml")
     if tune.source:
         parent.log_text(Path(tune.source).read_text(), f"tune_config/{Path(tune.source).name}")
     study.set_user_attr(ATTR_PARENT_RUN, parent.run_id)
