@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.search_space import DEFAULT_STORAGE
 from pipelines.classes import REFERENCE_ACCURACY, REFERENCE_RECALL
 from pipelines.errors import ConfigError, DataError, ModelError
 
@@ -851,7 +852,7 @@ def _tune_config_path(parent_run_id: str, tracking_uri: str) -> str | None:
     return f"experiments/configs/{name}" if shipped.is_file() else name
 
 
-def build_report(study_name: str, *, out: str | os.PathLike | None = None, storage_url: str = "sqlite:///optuna.db",
+def build_report(study_name: str, *, out: str | os.PathLike | None = None, storage_url: str = DEFAULT_STORAGE,
                  tracking_uri: str | None = None, data_path: str | os.PathLike | None = None,
                  n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, log_artifacts: bool = True) -> Report:
     """Score the study's models on the test split, log the numbers, write the report into ``out``.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+from experiments.search_space import DEFAULT_STORAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+from experiments.search_space import DEFAULT_STORAGE
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
