@@ -90,18 +90,6 @@ class StudyMembers:
         return self.members[0]
 
 
-def run_config_of(run_id: str, tracking_uri: str) -> Any:
-    """The resolved ``RunConfig`` a training run logged as ``config.yaml``."""
-    import yaml
-
-    from experiments import tracking
-    from experiments.config import from_dict
-
-    with tempfile.TemporaryDirectory(prefix="galaxy10-ensemble-") as tmp:
-        local = tracking.download_run_artifact(run_id, "config.yaml", tmp, tracking_uri=tracking_uri)
-        return from_dict(yaml.safe_load(local.read_text()))
-
-
 def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k: int) -> StudyMembers:
     """The ``top_k`` best COMPLETE trials of the study that logged a model (the best one must have).
 
@@ -137,7 +125,7 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
         run_id = str(t.user_attrs[tuning.ATTR_TRIAL_RUN])
         facts = tracking.get_run_facts(run_id, tracking_uri=tracking_uri)
         members.append(Member(trial_number=t.number, value=float(t.value), run_id=run_id,
-                              model_uri=str(t.user_attrs["model_uri"]), cfg=run_config_of(run_id, tracking_uri),
+                              model_uri=str(t.user_attrs["model_uri"]), cfg=tracking.logged_run_config(run_id, tracking_uri=tracking_uri),
                               tags=facts.tags, metrics=facts.metrics))
     metric = str(study.user_attrs.get(tuning.ATTR_METRIC, "accuracy"))
     return StudyMembers(study_name, metric, tuple(members), tuple(notes))

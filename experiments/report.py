@@ -318,17 +318,6 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
     )
 
 
-def run_config(run_id: str, tracking_uri: str, workdir: Path) -> Any:
-    """The resolved ``RunConfig`` a training run logged as ``config.yaml``."""
-    import yaml
-
-    from experiments import tracking
-    from experiments.config import from_dict
-
-    local = tracking.download_run_artifact(run_id, "config.yaml", workdir, tracking_uri=tracking_uri)
-    return from_dict(yaml.safe_load(local.read_text()))
-
-
 def data_card(data: Any, max_images: int | None, split_seed: int) -> DataCard:
     """Describe a loaded ``experiments.training.TrainData`` (whole-file class counts, split sizes)."""
     from pipelines.reader import validate_galaxy10
@@ -884,7 +873,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
 
     with tempfile.TemporaryDirectory(prefix="galaxy10-report-") as tmp:
         workdir = Path(tmp)
-        cfg = run_config(study.best_run_id, uri, workdir)
+        cfg = tracking.logged_run_config(study.best_run_id, tracking_uri=uri)
         path = Path(data_path) if data_path is not None else Path(best_run.tags.get("data.path") or "")
         if not str(path) or not path.is_file():
             raise DataError(f"the study's data file {str(path) or '(not recorded)'} is missing; pass --data FILE "

@@ -763,6 +763,19 @@ def download_run_artifact(run_id: str, path: str, dst: str | Path, *, tracking_u
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
 
 
+def logged_run_config(run_id: str, *, tracking_uri: str | None = None) -> Any:
+    """The resolved ``RunConfig`` a training run logged as ``config.yaml``."""
+    import tempfile
+
+    import yaml
+
+    from experiments.config import from_dict
+
+    with tempfile.TemporaryDirectory(prefix="galaxy10-config-") as tmp:
+        local = download_run_artifact(run_id, "config.yaml", tmp, tracking_uri=tracking_uri)
+        return from_dict(yaml.safe_load(local.read_text()))
+
+
 def log_artifacts_to_run(run_id: str, local_dir: str | Path, artifact_path: str | None = None, *,
                          tracking_uri: str | None = None) -> None:
     """Upload every file under ``local_dir`` to run ``run_id`` (which may be finished)."""
