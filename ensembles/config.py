@@ -14,11 +14,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ensembles.second_stage import MODEL_NAMES, resolve_params
 from ensembles.voting import WEIGHT_METHODS
 from pipelines.errors import ConfigError
+from pipelines.io import read_yaml_file
 
 MODES: tuple[str, ...] = ("crossfit", "val_cv")
 SELECT_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -203,18 +202,11 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
 
 def read_config_yaml(path: str | Path) -> dict[str, Any]:
     """Read an ensemble YAML as a raw mapping (an empty file is the defaults)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"ensemble config {p} not found; pass an existing YAML, e.g. experiments/configs/ensemble.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"ensemble config {p} is not valid YAML ({first}); fix the syntax") from None
+    raw = read_yaml_file(path, what="ensemble config", example="experiments/configs/ensemble.yaml")
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"ensemble config {p} must hold a mapping of settings (mode, vote, second_stage, ...)")
+        raise ConfigError(f"ensemble config {Path(path)} must hold a mapping of settings (mode, vote, second_stage, ...)")
     return dict(raw)
 
 

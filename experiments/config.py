@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from pipelines.errors import ConfigError
+from pipelines.io import read_yaml_file
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
@@ -405,18 +406,11 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a run-config YAML file as a mapping (an empty file is an empty mapping)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} not found; pass an existing YAML, e.g. experiments/configs/smoke.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"config file {p} is not valid YAML ({first}); fix the syntax") from None
+    raw = read_yaml_file(path, what="config file", example="experiments/configs/smoke.yaml")
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"config file {p} must hold a mapping of sections (data, augment, model, train)")
+        raise ConfigError(f"config file {Path(path)} must hold a mapping of sections (data, augment, model, train)")
     return dict(raw)
 
 

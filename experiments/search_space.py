@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from experiments.config import plain
 from pipelines.errors import ConfigError
+from pipelines.io import read_yaml_file
 
 PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
 SPEC_KEYS: tuple[str, ...] = ("type", "low", "high", "step", "log", "choices", "when", "target")
@@ -570,15 +569,7 @@ def parse_tune_config(raw: Any, *, default_name: str = "galaxy10-study", source:
 def load_tune_config(path: str | Path) -> TuneConfig:
     """Read and validate a tuning YAML; the study name defaults to the file's stem."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            f"tuning config {p} not found; pass an existing YAML, e.g. experiments/configs/tune_quick.yaml"
-        )
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"tuning config {p} is not valid YAML ({first}); fix the syntax") from None
+    raw = read_yaml_file(p, what="tuning config", example="experiments/configs/tune_quick.yaml")
     return parse_tune_config(raw, default_name=p.stem, source=str(p))
 
 

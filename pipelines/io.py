@@ -93,6 +93,31 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     return Path(path)
 
 
+def read_yaml_file(path: str | os.PathLike, *, what: str, example: str) -> Any:
+    """The parsed contents of YAML file ``path`` (``None`` for an empty file).
+
+    ``what`` names the file in the one-line errors (``"config file"``, ``"tuning config"``) and
+    ``example`` is the existing file suggested when ``path`` is missing.
+
+    Raises
+    ------
+    ConfigError
+        If the file does not exist or is not valid YAML.
+    """
+    import yaml
+
+    from pipelines.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} not found; pass an existing YAML, e.g. {example}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{what} {p} is not valid YAML ({first}); fix the syntax") from None
+
+
 def os_error_reason(err: OSError) -> str:
     """The one-line reason of a failed file operation: ``No space left on device`` rather than HDF5's
     multi-line driver report."""
