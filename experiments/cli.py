@@ -63,6 +63,20 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+def _use_tracking_uri(uri: str | None) -> None:
+    """Make ``--tracking-uri`` the one store of this command, for everything (runs, models, the registry).
+
+    MLflow resolves model URIs (``models:/...``, ``runs:/...``) through its process-wide default, so a
+    command given ``--tracking-uri`` sets that default too (and the environment, for worker processes):
+    nothing falls back to ``./mlflow.db`` or creates it.
+    """
+    if not uri:
+        return
+    from experiments.tracking import set_tracking_uri
+
+    os.environ["MLFLOW_TRACKING_URI"] = set_tracking_uri(uri)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``galaxy10`` console script; returns the process exit code."""
     _quiet_third_party()
@@ -70,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     try:
+        _use_tracking_uri(getattr(args, "tracking_uri", None))
         return int(args.func(args) or 0)
     except Galaxy10Error as err:
         print(f"galaxy10: error: {err}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 
 from pipelines.errors import ConfigError
-from pipelines.io import read_yaml_file
+from pipelines.io import DuplicateKeyError, load_yaml_text, read_yaml_file
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
@@ -142,8 +143,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.size": (8, 1024),
     "data.crop": (8, 1024),
     "data.split_seed": (0, None),
-    "data.test_fraction": (0.01, 0.5),
-    "data.val_fraction": (0.01, 0.5),
+    "data.test_fraction": (0.01, 0.9),
+    "data.val_fraction": (0.01, 0.9),
     "data.max_images": (20, None),
     "augment.max_multiplier": (1.0, 100.0),
     "model.filters": (1, 4096),
@@ -299,9 +300,36 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
     from augment.policies import policy_params
 
     policy_params(a.policy, **dict(a.strengths))  # raises ConfigError naming the bad strength
-    if not cfg.experiment_name.strip():
-        raise ConfigError("config key experiment_name is empty; give an MLflow experiment name")
+    check_label(cfg.experiment_name, "config key experiment_name")
+    if cfg.run_name is not None:
+        check_label(cfg.run_name, "config key run_name")
     return cfg
+
+
+#: Study names become MLflow registered-model names (``<study>``, ``<study>-ensemble``), ``models:/NAME@alias``
+#: references and folder names (``reports/<study>``): letters, digits, ``_ . -``; no ``..``.
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: Longest experiment or run name.
+MAX_LABEL_CHARS = 250
+
+
+def check_study_name(name: Any, what: str = "--study") -> str:
+    """``name`` stripped, if it is a valid study name; else one ``ConfigError`` line naming the rule."""
+    text = name.strip() if isinstance(name, str) else name
+    if not isinstance(text, str) or not _STUDY_NAME.match(text) or ".." in text:
+        raise ConfigError(f"{what} {name!r} is not a valid study name; use 1-100 letters, digits, '_', '.' or '-' "
+                          "starting with a letter or digit (it names registered models and report folders), "
+                          "e.g. tune-cnn")
+    return text
+
+
+def check_label(name: Any, what: str) -> str:
+    """``name`` if it is a usable MLflow experiment or run name (printable, 1-250 characters)."""
+    if (not isinstance(name, str) or not name.strip() or len(name) > MAX_LABEL_CHARS or not name.isprintable()
+            or name != name.strip()):
+        raise ConfigError(f"{what} {name!r} is not a usable name; use 1-{MAX_LABEL_CHARS} printable characters "
+                          "without leading or trailing spaces, e.g. galaxy10")
+    return name
 
 
 def from_dict(raw: Mapping[str, Any] | None) -> RunConfig:
@@ -378,7 +406,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} is not KEY=VALUE; write e.g. --set train.epochs=3")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml_text(value) if value.strip() else None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override {text!r} sets {err} twice; keep one of them") from None
     except yaml.YAMLError:
         raise ConfigError(f"override {text!r} has a value that is not valid YAML; quote strings, "
                           "write mappings as {a: 1}") from None

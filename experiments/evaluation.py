@@ -41,8 +41,9 @@ def classification_metrics(y_true: Any, probs: Any,
     Returns
     -------
     dict
-        Floats ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present),
-        ``macro_f1`` (over all ``C`` classes), ``log_loss`` (probabilities clipped to 1e-7),
+        Floats ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present in
+        ``y_true``), ``macro_f1`` (mean F1 over the same classes: one convention for every macro
+        metric; see :func:`absent_classes`), ``log_loss`` (probabilities clipped to 1e-7),
         ``recall_<slug>`` / ``precision_<slug>`` (0 where a class has no true / predicted images)
         and ``confusion`` (``(C, C)`` ndarray, rows = true class normalised to sum 1, zero rows
         for absent classes) plus ``confusion_counts`` (int).
@@ -63,7 +64,7 @@ def classification_metrics(y_true: Any, probs: Any,
     out: dict[str, Any] = {
         "accuracy": float(np.mean(pred == y)),
         "balanced_accuracy": float(recall[support > 0].mean()),
-        "macro_f1": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(skm.f1_score(y, pred, labels=labels[support > 0], average="macro", zero_division=0)),
         "log_loss": float(-np.mean(np.log(clipped[np.arange(len(y)), y]))),
     }
     for k, slug in enumerate(class_slugs):
@@ -74,6 +75,12 @@ def classification_metrics(y_true: Any, probs: Any,
                                  where=support[:, None] > 0)
     out["confusion_counts"] = counts
     return out
+
+
+def absent_classes(y_true: Any, class_slugs: Sequence[str]) -> list[str]:
+    """Slugs of the classes with no image in ``y_true``: macro metrics average over the others."""
+    support = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(class_slugs))
+    return [slug for slug, n in zip(class_slugs, support) if n == 0]
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

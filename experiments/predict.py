@@ -24,13 +24,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import ConfigError, DataError, ModelError
+from pipelines.images import DEFAULT_MAX_PIXELS, check_image_header, decode_image
 
 log = logging.getLogger(__name__)
 
-#: Image formats accepted from users (Pillow format names); anything else is rejected.
-IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG")
-#: Largest image (width x height) decoded; bigger files are treated as decompression bombs.
-DEFAULT_MAX_PIXELS: int = 25_000_000
 #: Side of the square uint8 images given to a pyfunc model whose signature does not say.
 PYFUNC_INPUT_SIZE: int = 256
 HDF5_SIGNATURE: bytes = b"\x89HDF\r\n\x1a\n"
@@ -41,21 +38,6 @@ HOW_TO_TRAIN = ("train one with `galaxy10 train --config experiments/configs/smo
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _NAME_ALIAS = re.compile(r"^(?P<name>[^@/:\s]+(?:[^@:\s]*[^@/:\s])?)@(?P<alias>[A-Za-z0-9_-]+)$")
 _H5_RANGE = re.compile(r"^(?P<path>.+\.(?:h5|hdf5)):(?P<spec>[0-9,\- ]+)$", re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------------------------
-# Errors the web page maps to HTTP statuses (all are DataError: one line, CLI exit 2)
-# --------------------------------------------------------------------------------------------
-class EmptyImageError(DataError):
-    """A zero-byte file or upload."""
-
-
-class NotAnImageError(DataError):
-    """Bytes that are not a PNG or JPEG image."""
-
-
-class ImageTooLargeError(DataError):
-    """An image whose pixel count exceeds the decoding limit (decompression bomb guard)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,40 +232,6 @@ class InputImage:
     image: np.ndarray
 
 
-def decode_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 fix: str = "give a PNG or JPEG image") -> np.ndarray:
-    """Decode PNG/JPEG bytes (in memory) to uint8 RGB ``(H, W, 3)``.
-
-    Raises
-    ------
-    EmptyImageError, NotAnImageError, ImageTooLargeError
-        For zero bytes, non-images and images over ``max_pixels`` (decompression bombs).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise EmptyImageError(f"{name} is empty (0 bytes); {fix}")
-    try:
-        with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{name} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit; "
-                    "give a smaller image (Galaxy10 images are 256x256)")
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"{name} is a decompression bomb ({err}); give a smaller image"
-                                 ) from None
-    except UnidentifiedImageError:
-        raise NotAnImageError(f"{name} is not a PNG or JPEG image; {fix}") from None
-    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt image data
-        raise NotAnImageError(f"{name} is a damaged image ({err}); give an intact PNG or JPEG"
-                              ) from None
-    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise NotAnImageError(f"{name} decodes to an empty image; give a PNG or JPEG image")
-    return rgb
-
-
 def parse_index_spec(spec: str, n: int, name: str) -> list[int]:
     """Parse ``0-9,20`` (inclusive ranges) into indices checked against ``n`` images."""
     indices: list[int] = []
@@ -321,6 +269,10 @@ def plan_inputs(args: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     for arg in args:
         range_match = _H5_RANGE.match(arg)
         path, spec = (Path(range_match["path"]), range_match["spec"]) if range_match else (Path(arg), None)
+        head, colon, tail = arg.rpartition(":")
+        if not range_match and colon and not path.exists() and Path(head).is_file():
+            raise DataError(f"bad index range {tail!r} in {arg}; use FILE.h5:RANGES with indices and inclusive "
+                            "ranges, e.g. file.h5:0-9,20")
         if not path.exists():
             raise DataError(f"input {arg} does not exist; check the path")
         if path.is_dir():
@@ -339,26 +291,6 @@ def plan_inputs(args: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             check_image_header(path, max_pixels=max_pixels)
             sources.append(InputSource(path))
     return sources
-
-
-def check_image_header(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Raise the :func:`decode_image` errors that the file header alone reveals."""
-    from PIL import Image, UnidentifiedImageError
-
-    fix = "give PNG/JPEG images or Galaxy10 HDF5 files"
-    if path.stat().st_size == 0:
-        raise EmptyImageError(f"{path} is empty (0 bytes); {fix}")
-    try:
-        with Image.open(path, formats=list(IMAGE_FORMATS)) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"{path} is a decompression bomb ({err}); give a smaller image"
-                                 ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise NotAnImageError(f"{path} is not a PNG or JPEG image; {fix}") from None
-    if width * height > max_pixels:
-        raise ImageTooLargeError(f"{path} is {width}x{height} pixels, over the {max_pixels:,}-pixel "
-                                 "limit; give a smaller image (Galaxy10 images are 256x256)")
 
 
 def iter_input_batches(sources: Sequence[InputSource], batch_size: int = 64, *,

@@ -16,30 +16,31 @@ through :mod:`experiments.tuning`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import datetime as dt
 import io
 import logging
 import os
 import shlex
-import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from experiments.evaluation import absent_classes
 from experiments.search_space import DEFAULT_STORAGE
 from pipelines.classes import REFERENCE_ACCURACY, REFERENCE_RECALL
 from pipelines.errors import ConfigError, DataError, ModelError
+from pipelines.outputs import check_output_dir, output_dir
 
 log = logging.getLogger(__name__)
 
-#: Bootstrap resamples for the confidence intervals.
+#: Bootstrap resamples for the confidence intervals (default and most).
 DEFAULT_RESAMPLES = 1000
+MAX_RESAMPLES = 100_000
 #: How the reference project's figures are labelled unless the data is the official file.
 REFERENCE_NOTE = "reference, not the same data"
 REFERENCE_NOTE_OFFICIAL = "reference: same official file, its own split"
@@ -72,11 +73,13 @@ def confusion_stack(y_true: np.ndarray, y_pred: np.ndarray, resamples: np.ndarra
     return counts.reshape(len(resamples), n_classes, n_classes)
 
 
-def accuracy_macro_f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Accuracy and macro-F1 (over all classes; 0 for a class never true nor predicted) of confusion counts.
+def accuracy_macro_f1(counts: np.ndarray, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and macro-F1 of confusion counts; macro-F1 averages over the classes in ``present``.
 
-    Works on one ``(C, C)`` matrix or a stack ``(B, C, C)``; matches
-    ``experiments.evaluation.classification_metrics``.
+    ``present`` (boolean ``(C,)``) defaults to the classes with true images in ``counts``: the
+    convention of :func:`experiments.evaluation.classification_metrics` (a bootstrap passes the classes
+    present in the whole test split, so every resample averages over the same classes). Works on one
+    ``(C, C)`` matrix or a stack ``(B, C, C)``.
     """
     counts = np.asarray(counts, dtype=np.float64)
     tp = np.diagonal(counts, axis1=-2, axis2=-1)
@@ -84,7 +87,14 @@ def accuracy_macro_f1(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = counts.sum(axis=(-2, -1))
     denom = support + predicted
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return tp.sum(axis=-1) / total, f1.mean(axis=-1)
+    if present is None:
+        present = support.reshape(-1, support.shape[-1]).sum(axis=0) > 0
+    present = np.asarray(present, dtype=bool)
+    return tp.sum(axis=-1) / total, f1[..., present].mean(axis=-1)
+
+
+#: Resamples drawn (and held in memory) at a time by :func:`bootstrap_ci`.
+_BOOTSTRAP_CHUNK = 200
 
 
 def bootstrap_ci(y_true: np.ndarray, predictions: Mapping[str, np.ndarray], n_classes: int, *,
@@ -93,27 +103,36 @@ def bootstrap_ci(y_true: np.ndarray, predictions: Mapping[str, np.ndarray], n_cl
     """Percentile bootstrap intervals of accuracy and macro-F1 for each model's predicted labels.
 
     The same resampled test sets (seeded) are used for every model (paired bootstrap), so their
-    intervals are comparable. Returns ``{model: {"accuracy": (lo, hi), "macro_f1": (lo, hi)}}``.
+    intervals are comparable. Resamples are drawn :data:`_BOOTSTRAP_CHUNK` at a time, so memory
+    does not grow with ``n_resamples`` (at most :data:`MAX_RESAMPLES`). Returns
+    ``{model: {"accuracy": (lo, hi), "macro_f1": (lo, hi)}}``.
     """
     y = np.asarray(y_true, dtype=np.int64)
     if y.ndim != 1 or len(y) == 0:
         raise DataError("bootstrap needs a non-empty 1-D label array (the test split is empty)")
-    if n_resamples < 1 or not 0 < level < 1:
-        raise ConfigError(f"bootstrap needs n_resamples >= 1 and 0 < level < 1, got {n_resamples}, {level}")
-    rng = np.random.default_rng(seed)
-    resamples = rng.integers(0, len(y), size=(n_resamples, len(y)))
-    tail = 100 * (1 - level) / 2
-    out: dict[str, dict[str, tuple[float, float]]] = {}
+    check_resamples(n_resamples)
+    if not 0 < level < 1:
+        raise ConfigError(f"bootstrap needs 0 < level < 1, got {level}")
+    preds = {}
     for name, pred in predictions.items():
         pred = np.asarray(pred, dtype=np.int64)
         if pred.shape != y.shape:
             raise DataError(f"model {name!r} predicted {pred.shape} labels for {y.shape} test images")
-        acc, f1 = [], []
-        for chunk in np.array_split(resamples, max(1, n_resamples // 200)):
-            a, f = accuracy_macro_f1(confusion_stack(y, pred, chunk, n_classes))
-            acc.append(a)
-            f1.append(f)
-        acc_all, f1_all = np.concatenate(acc), np.concatenate(f1)
+        preds[name] = pred
+    present = np.bincount(y, minlength=n_classes)[:n_classes] > 0
+    rng = np.random.default_rng(seed)
+    acc: dict[str, list[np.ndarray]] = {name: [] for name in preds}
+    f1: dict[str, list[np.ndarray]] = {name: [] for name in preds}
+    for start in range(0, n_resamples, _BOOTSTRAP_CHUNK):
+        chunk = rng.integers(0, len(y), size=(min(_BOOTSTRAP_CHUNK, n_resamples - start), len(y)))
+        for name, pred in preds.items():
+            a, f = accuracy_macro_f1(confusion_stack(y, pred, chunk, n_classes), present)
+            acc[name].append(a)
+            f1[name].append(f)
+    tail = 100 * (1 - level) / 2
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for name in preds:
+        acc_all, f1_all = np.concatenate(acc[name]), np.concatenate(f1[name])
         out[name] = {
             "accuracy": (float(np.percentile(acc_all, tail)), float(np.percentile(acc_all, 100 - tail))),
             "macro_f1": (float(np.percentile(f1_all, tail)), float(np.percentile(f1_all, 100 - tail))),
@@ -121,30 +140,12 @@ def bootstrap_ci(y_true: np.ndarray, predictions: Mapping[str, np.ndarray], n_cl
     return out
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (removed on error).
-
-    An existing ``path`` is moved aside first and deleted only after the new folder is in place.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def check_resamples(n_resamples: int) -> int:
+    """``n_resamples`` if it lies in 1..:data:`MAX_RESAMPLES`, else one ``ConfigError`` line."""
+    if not 1 <= n_resamples <= MAX_RESAMPLES:
+        raise ConfigError(f"--bootstrap {n_resamples} is out of range; use 1-{MAX_RESAMPLES:,} resamples "
+                          f"(e.g. --bootstrap {DEFAULT_RESAMPLES}; the intervals settle by a few thousand)")
+    return n_resamples
 
 
 # --------------------------------------------------------------------------------------------
@@ -778,8 +779,12 @@ def _md_figure(report: Report, name: str, title: str) -> list[str]:
     return [f"*{title}: {note}*", ""] if note else []
 
 
-def write_report_dir(report: Report, out: str | os.PathLike) -> Path:
-    """Write ``report.html``, ``report.md``, the PNGs and ``report.json`` into ``out`` atomically."""
+def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write ``report.html``, ``report.md``, the PNGs and ``report.json`` into ``out`` atomically.
+
+    ``out`` follows :func:`pipelines.outputs.output_dir`: a new folder or a previous report is replaced,
+    any other non-empty folder is refused unless ``force`` (then the report's files are added to it).
+    """
     import json
 
     from experiments.evaluation import scalar_metrics
@@ -799,7 +804,7 @@ def write_report_dir(report: Report, out: str | os.PathLike) -> Path:
                      "winner": report.ensemble.winner_name, "model_uri": report.ensemble.model_uri},
         "commands": report.commands,
     }
-    with atomic_dir(out) as tmp:
+    with output_dir(out, what="report", force=force) as tmp:
         (tmp / "report.html").write_text(html, encoding="utf-8")
         (tmp / "report.md").write_text(markdown, encoding="utf-8")
         (tmp / "report.json").write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
@@ -843,7 +848,8 @@ def _tune_config_path(parent_run_id: str, tracking_uri: str) -> str | None:
 
 def build_report(study_name: str, *, out: str | os.PathLike | None = None, storage_url: str = DEFAULT_STORAGE,
                  tracking_uri: str | None = None, data_path: str | os.PathLike | None = None,
-                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, log_artifacts: bool = True) -> Report:
+                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, log_artifacts: bool = True,
+                 force: bool = False) -> Report:
     """Score the study's models on the test split, log the numbers, write the report into ``out``.
 
     Parameters
@@ -851,7 +857,8 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
     study_name
         An Optuna study made by ``galaxy10 tune``.
     out
-        Output folder (default ``reports/<study>``), replaced atomically.
+        Output folder (default ``reports/<study>``): new, empty or a previous report (replaced atomically);
+        any other folder is refused before any work unless ``force``.
     data_path
         Where the data file is now, if it moved since the study ran (its fingerprint must match).
     log_artifacts
@@ -861,6 +868,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
     from experiments.training import load_training_data
 
     out = Path(out) if out is not None else Path("reports") / study_name
+    check_output_dir(out, what="report", force=force)
     uri = tracking.require_tracking_store(tracking_uri)
     study = study_facts(study_name, storage_url)
     try:
@@ -931,11 +939,15 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
                                              tune_config=_tune_config_path(study.parent_run_id, uri),
                                              ensemble=ensemble)
         report.notes.extend(ensemble.notes)
+        absent = absent_classes(y_true, slugs)
+        if absent:
+            report.notes.append(f"the test split has no image of {', '.join(absent)}: macro metrics average over the "
+                                f"{n_classes - len(absent)} classes present")
         if cfg.data.max_images:
             report.notes.append(f"the study used only the first {cfg.data.max_images} images of the file "
-                                "(data.max_images); all three models are scored on the same test images")
+                                f"(data.max_images); all {len(models)} models are scored on the same test images")
         make_figures(report, data=data, probs_by_key=probs_by_key, tracking_uri=uri, workdir=workdir)
-        write_report_dir(report, out)
+        write_report_dir(report, out, force=force)
     if log_artifacts:
         tracking.log_artifacts_to_run(study.parent_run_id, out, ARTIFACT_DIR, tracking_uri=uri)
         tracking.set_run_tags(study.parent_run_id, {"report.test_scoring_run": report.scoring_run_id},

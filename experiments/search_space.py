@@ -24,12 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from experiments.config import plain
+from experiments.config import check_study_name, plain
 from pipelines.errors import ConfigError
 from pipelines.io import read_yaml_file
 
@@ -508,9 +509,7 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"study must be a mapping of settings, got {raw!r}")
     _check_keys("study", raw, STUDY_KEYS)
-    name = raw.get("name", default_name)
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\\n"):
-        raise ConfigError(f"study.name={name!r} must be a non-empty name without slashes")
+    name = check_study_name(raw.get("name", default_name), "study.name")
     metric = raw.get("metric", "accuracy")
     if metric not in METRICS:
         raise ConfigError(f"study.metric={metric!r} is unknown; use one of: {', '.join(METRICS)}")
@@ -570,7 +569,8 @@ def load_tune_config(path: str | Path) -> TuneConfig:
     """Read and validate a tuning YAML; the study name defaults to the file's stem."""
     p = Path(path)
     raw = read_yaml_file(p, what="tuning config", example="experiments/configs/tune_quick.yaml")
-    return parse_tune_config(raw, default_name=p.stem, source=str(p))
+    default_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", p.stem).strip("-.") or "galaxy10-study"
+    return parse_tune_config(raw, default_name=default_name, source=str(p))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import io
+import errno
 import logging
+import socket
 import threading
 from typing import IO, Any
 
@@ -15,17 +17,9 @@ import numpy as np
 from flask import Flask, Request, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from experiments.predict import (
-    DEFAULT_MAX_PIXELS,
-    EmptyImageError,
-    ImageTooLargeError,
-    ModelCard,
-    NotAnImageError,
-    Predictor,
-    decode_image,
-    top_classes,
-)
-from pipelines.errors import DataError
+from experiments.predict import ModelCard, Predictor, top_classes
+from pipelines.errors import ConfigError, DataError
+from pipelines.images import DEFAULT_MAX_PIXELS, EmptyImageError, ImageTooLargeError, NotAnImageError, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +177,46 @@ def _view_model(result: dict[str, Any], card: ModelCard) -> dict[str, Any]:
             "top_pct": f"{100 * result['top_probability']:.1f}%"}
 
 
-def serve(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
-    """Run the app on werkzeug's threaded server until interrupted."""
-    from werkzeug.serving import run_simple
+def _bind_error(host: str, port: int, err: OSError) -> ConfigError:
+    if isinstance(err, socket.gaierror):
+        return ConfigError(f"--host {host} is not an address of this machine ({err.strerror or err}); use e.g. "
+                           "--host 127.0.0.1, or 0.0.0.0 for every interface")
+    if err.errno == errno.EADDRINUSE:
+        return ConfigError(f"port {port} on {host} is in use by another program; pass another --port, e.g. "
+                           f"--port {port + 1 if port < 65535 else 8000}")
+    if err.errno == errno.EACCES:
+        return ConfigError(f"not allowed to listen on port {port} (ports below 1024 need root); pass e.g. --port 8000")
+    return ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); pass another --host or --port")
+
+
+def check_bind(host: str, port: int) -> None:
+    """Raise one ``ConfigError`` line if ``host:port`` cannot be listened on (bad host, port in use)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug's server does
+            probe.bind(address)
+    except OSError as err:
+        raise _bind_error(host, port, err) from None
+
+
+def make_server(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 8000,
+                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> Any:
+    """Bind werkzeug's threaded server to ``host:port`` (call ``serve_forever()`` on it).
+
+    Raises
+    ------
+    ConfigError
+        One line if the address cannot be listened on.
+    """
+    from werkzeug.serving import make_server as werkzeug_server
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: the page is reachable from other machines", host)
-    run_simple(host, port, create_app(predictor, max_upload_bytes=max_upload_bytes),
-               threaded=True, use_reloader=False, use_debugger=False)
+    try:
+        return werkzeug_server(host, port, create_app(predictor, max_upload_bytes=max_upload_bytes), threaded=True)
+    except OSError as err:
+        raise _bind_error(host, port, err) from None
+    except SystemExit:  # werkzeug exits on a port in use after printing its own text
+        raise ConfigError(f"port {port} on {host} is in use by another program; pass another --port") from None

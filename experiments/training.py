@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from experiments.config import AUTO_TARGETS, DataConfig, RunConfig, TrainConfig, flatten, to_yaml
-from experiments.evaluation import classification_metrics, per_class_csv, prefixed, scalar_metrics
+from experiments.evaluation import absent_classes, classification_metrics, per_class_csv, prefixed, scalar_metrics
 from pipelines.classes import CLASS_NAMES, CLASS_SLUGS, NUM_CLASSES
 from pipelines.errors import ConfigError, DataError
 
@@ -129,6 +129,12 @@ def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None
                         "raise data.max_images")
     names = tuple(getattr(info, "class_names", None) or CLASS_NAMES)
     slugs = CLASS_SLUGS if names == CLASS_NAMES else tuple(slugify(n) for n in names)
+    for split_name, rows in (("train", train), ("validation", val), ("test", test)):
+        absent = absent_classes(labels[rows], slugs) if len(rows) else []
+        if absent:
+            log.warning("the %s split of %s has no image of class(es) %s: their recall is not measured and macro "
+                        "metrics average over the %d classes present", split_name, path.name, ", ".join(absent),
+                        len(slugs) - len(absent))
     return TrainData(path=path, images=images, labels=labels, train=train, val=val, test=test,
                      class_names=tuple(names), class_slugs=tuple(slugs), fingerprint=data_fingerprint(path),
                      synthetic=bool(info.synthetic), provenance=str(provenance(path)), size=data_cfg.size)

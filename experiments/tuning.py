@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import queue
@@ -36,11 +37,12 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from experiments.config import plain
+from experiments.config import check_study_name, plain
 from experiments.search_space import (
     DEFAULT_STORAGE,
     PrunerConfig,
     SamplerConfig,
+    StudyConfig,
     TuneConfig,
     base_run_dict,
     check_against_config,
@@ -736,6 +738,25 @@ def _parent_run(study: optuna.Study, tune: TuneConfig, tracking_uri: str, experi
     return parent
 
 
+#: Most trials one study may be asked to reach, and most worker processes on one machine (each holds
+#: TensorFlow and the resized images in memory).
+MAX_TRIALS = 100_000
+MAX_WORKERS = 64
+
+
+def check_study_limits(study_cfg: StudyConfig) -> None:
+    """One ``ConfigError`` line for ``--trials``, ``--workers`` or ``--timeout`` out of range, naming the option."""
+    if not 1 <= study_cfg.n_trials <= MAX_TRIALS:
+        raise ConfigError(f"--trials {study_cfg.n_trials} is out of range; use 1-{MAX_TRIALS:,} trials (the study "
+                          "stops once it has that many COMPLETE or PRUNED trials)")
+    if not 1 <= study_cfg.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers {study_cfg.workers} is out of range; use 1-{MAX_WORKERS} worker processes "
+                          "(each loads TensorFlow and the images)")
+    if study_cfg.timeout is not None and not (math.isfinite(study_cfg.timeout) and study_cfg.timeout > 0):
+        raise ConfigError(f"--timeout {study_cfg.timeout:g} must be a positive number of seconds; omit it for no "
+                          "time limit")
+
+
 def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float | None = None,
               workers: int | None = None, storage_url: str | None = None, tracking_uri: str | None = None,
               data_path: str | None = None, overrides: tuple[str, ...] = (),
@@ -775,9 +796,8 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
         workers=study_cfg.workers if workers is None else int(workers),
         storage=study_cfg.storage if storage_url is None else storage_url,
     )
-    if study_cfg.n_trials < 1 or study_cfg.workers < 1 or (study_cfg.timeout is not None and study_cfg.timeout <= 0):
-        raise ConfigError(f"--trials {study_cfg.n_trials}, --workers {study_cfg.workers} and --timeout "
-                          f"{study_cfg.timeout} must be positive; fix the command line")
+    check_study_name(study_cfg.name)
+    check_study_limits(study_cfg)
     tune = replace(tune, study=study_cfg)
     check_against_config(tune)
     base_cfg, _ = resolve_run_config(tune, {}, extra_overrides=overrides)

@@ -32,7 +32,9 @@ from tqdm.auto import tqdm
 
 from pipelines.classes import CLASS_NAMES, class_index
 from pipelines.errors import DataError
+from pipelines.images import MAX_IMAGE_SIDE, to_rgb_uint8
 from pipelines.io import atomic_path
+from pipelines.outputs import H5_OWNER_ATTR, check_output_file
 from pipelines.reader import validate_galaxy10
 
 log = logging.getLogger(__name__)
@@ -128,14 +130,16 @@ def resolve_classes(values: Sequence[str], mode: str = "auto",
 def load_image(path: Path, size: int) -> np.ndarray:
     """Read an image file as RGB, centre-crop it to a square and resize it to ``size`` (LANCZOS).
 
+    Pixels of any mode are scaled to 8-bit RGB by :func:`pipelines.images.to_rgb_uint8`.
+
     Raises
     ------
-    OSError, ValueError
-        If Pillow cannot decode the file (callers report it with the file name).
+    OSError, ValueError, DataError
+        If Pillow cannot decode the file or convert its pixels (callers report it with the file name).
     """
     with Image.open(path) as im:
         im.load()
-        rgb = im.convert("RGB")
+        rgb = Image.fromarray(to_rgb_uint8(im, path.name))
     w, h = rgb.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
@@ -173,10 +177,17 @@ def _coord_columns(table: pd.DataFrame) -> tuple[str, str] | None:
     return None
 
 
-def _leaves_folder(name: str) -> bool:
-    """True for a CSV file name that is absolute or climbs out of the folder (``../../etc/passwd``)."""
-    norm = os.path.normpath(name.replace("\\", "/"))
-    return os.path.isabs(norm) or norm == ".." or norm.startswith("../")
+def _path_in_folder(folder: Path, name: str) -> Path | None:
+    """The file a CSV names, relative to ``folder`` or absolute, if it lies inside ``folder``; else None.
+
+    ``../../etc/passwd``, absolute paths elsewhere and links that lead out of the folder give None;
+    an absolute path that points inside the folder is accepted.
+    """
+    candidate = Path(name.replace("\\", "/"))
+    full = candidate if candidate.is_absolute() else folder / candidate
+    root = folder.resolve()
+    resolved = full.resolve()
+    return resolved if resolved == root or root in resolved.parents else None
 
 
 def _bad_line(bad: list[tuple[str, str]]) -> str:
@@ -188,12 +199,14 @@ def _bad_line(bad: list[tuple[str, str]]) -> str:
 def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out: str | os.PathLike,
                   *, size: int = 256, skip_bad: bool = False, file_column: str = "file",
                   label_column: str = "label", classes: str = "auto",
-                  class_names: Sequence[str] | None = None, progress: bool = True) -> ImportReport:
+                  class_names: Sequence[str] | None = None, progress: bool = True,
+                  force: bool = False) -> ImportReport:
     """Import images listed in ``labels_csv`` (paths relative to ``folder``) into HDF5 at ``out``.
 
     Bad rows (missing or unreadable images, unknown classes, bad coordinates) stop the import with
     one error line naming the first few files and the count, and nothing is written; with
     ``skip_bad`` they are skipped and logged. The output is validated before it is moved into place.
+    An existing ``out`` is replaced only if galaxy10 wrote it, or with ``force``.
 
     Raises
     ------
@@ -202,13 +215,14 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
         result.
     """
     folder, labels_csv, out = Path(folder), Path(labels_csv), Path(out)
-    if size < 8:
-        raise DataError(f"--size {size} is too small; use at least 8 pixels (Galaxy10 uses 256)")
+    if not 8 <= size <= MAX_IMAGE_SIDE:
+        raise DataError(f"--size {size} is out of range; use 8-{MAX_IMAGE_SIDE} pixels (Galaxy10 uses 256)")
     if not folder.is_dir():
         raise DataError(f"image folder {folder} not found or not a folder; pass the folder that "
                         "holds the images named in the CSV")
     if out.is_dir():
         raise DataError(f"--out {out} is a folder; pass a file name such as data/my_set.h5")
+    check_output_file(out, force=force)
     table = _read_catalog(labels_csv, file_column, label_column)
     files = table[file_column].str.strip().tolist()
     labels_text = table[label_column].str.strip().tolist()
@@ -225,9 +239,9 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
             bad.append((tag, "empty label"))
         elif lab not in mapping:
             bad.append((tag, f"unknown class {lab!r}"))
-        elif _leaves_folder(name):
+        elif (path := _path_in_folder(folder, name)) is None:
             bad.append((tag, "path leads outside the image folder; list files relative to it"))
-        elif not (folder / name).is_file():
+        elif not path.is_file():
             bad.append((tag, "file not found"))
         else:
             ra = dec = float("nan")
@@ -238,7 +252,7 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
                     bad.append((tag, f"non-numeric ra/dec {table.at[i, coord_cols[0]]!r}, "
                                      f"{table.at[i, coord_cols[1]]!r}"))
                     continue
-            rows.append((name, folder / name, mapping[lab], ra, dec))
+            rows.append((name, path, mapping[lab], ra, dec))
 
     labels_out: list[int] = []
     coords_out: list[tuple[float, float]] = []
@@ -251,7 +265,7 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
                                                  disable=not progress or None):
                 try:
                     image = load_image(path, size)
-                except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+                except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, DataError) as err:
                     bad.append((name, f"unreadable image ({type(err).__name__}: "
                                       f"{str(err).splitlines()[0] if str(err) else 'no detail'})"))
                     continue
@@ -284,6 +298,7 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
                 "labels_csv": str(labels_csv.resolve()),
                 "label_column": label_column,
                 "created_by": "galaxy10 data import",
+                H5_OWNER_ATTR: "galaxy10 data import",
                 "n_skipped": len(bad),
             })
         info = validate_galaxy10(tmp)

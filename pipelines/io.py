@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,10 @@ def _host_slug() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
 
 
+#: ``.NAME.pid<PID>@<host>.<random>.tmp``: the temporary names :func:`atomic_path` uses.
+_TEMP_NAME = re.compile(r"^\..*\.pid\d+@[A-Za-z0-9_-]+\..*tmp$")
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine."""
     try:
@@ -30,6 +35,11 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by someone else
         return True
     return True
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file or folder of :func:`atomic_path` / ``outputs.output_dir``."""
+    return _TEMP_NAME.match(name) is not None
 
 
 def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
@@ -51,7 +61,10 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
         if not m or m.group(2) != host or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(FileNotFoundError):
-            candidate.unlink()
+            if candidate.is_dir() and not candidate.is_symlink():  # a folder output's temporary folder
+                shutil.rmtree(candidate)
+            else:
+                candidate.unlink()
             removed.append(candidate)
             log.info("removed %s, left by process %s that died while writing %s", candidate.name, m.group(1),
                      target.name)
@@ -93,6 +106,30 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     return Path(path)
 
 
+class DuplicateKeyError(ValueError):
+    """A YAML mapping that names a key twice (plain YAML loaders keep the last value silently)."""
+
+
+def load_yaml_text(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`DuplicateKeyError` names the key and line)."""
+    import yaml
+
+    class _StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DuplicateKeyError(f"key {key!r} (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml_file(path: str | os.PathLike, *, what: str, example: str) -> Any:
     """The parsed contents of YAML file ``path`` (``None`` for an empty file).
 
@@ -112,10 +149,14 @@ def read_yaml_file(path: str | os.PathLike, *, what: str, example: str) -> Any:
     if not p.is_file():
         raise ConfigError(f"{what} {p} not found; pass an existing YAML, e.g. {example}")
     try:
-        return yaml.safe_load(p.read_text())
+        return load_yaml_text(p.read_text())
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{what} {p} sets {err} twice; keep one of them") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"{what} {p} is not valid YAML ({first}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {p} is not UTF-8 text; save it as a UTF-8 YAML file") from None
 
 
 def os_error_reason(err: OSError) -> str:

@@ -362,25 +362,39 @@ def load_split(path: str | os.PathLike, data_path: str | os.PathLike) -> Split:
     return split
 
 
-def ensure_split(data_path: str | os.PathLike, *, test_fraction: float = 0.1, val_fraction: float = 0.1,
-                 seed: int = 42, force: bool = False) -> Split:
-    """Load ``<data>.split.json`` if it matches these parameters, else make and save a new split.
+def ensure_split(data_path: str | os.PathLike, *, test_fraction: float | None = 0.1,
+                 val_fraction: float | None = 0.1, seed: int | None = 42, force: bool = False) -> Split:
+    """Load ``<data>.split.json`` if it matches these parameters; make and save one if none is saved.
 
-    A saved split made for other data raises ``DataError`` unless ``force`` is set.
+    A saved split is the user's decision: one made with other parameters, or for other data, raises
+    ``DataError`` (naming both and the fix) unless ``force`` is set; it is never replaced silently.
+    A parameter given as None takes the saved split's value (the default 0.1 / 0.1 / 42 when none is saved).
     """
     from pipelines.reader import validate_galaxy10
 
-    _check_fractions(test_fraction, val_fraction)
     validate_galaxy10(data_path)  # a missing or broken file fails here with the reader's message
     path = split_path_for(data_path)
-    if path.exists() and not force:
-        split = load_split(path, data_path)
+    saved = load_split(path, data_path) if path.exists() and not force else None
+    if saved is not None:
+        seed = saved.seed if seed is None else seed
+        test_fraction = saved.test_fraction if test_fraction is None else test_fraction
+        val_fraction = saved.val_fraction if val_fraction is None else val_fraction
+    seed = 42 if seed is None else seed
+    test_fraction = 0.1 if test_fraction is None else test_fraction
+    val_fraction = 0.1 if val_fraction is None else val_fraction
+    _check_fractions(test_fraction, val_fraction)
+    if saved is not None:
+        split = saved
         if split.matches(seed=seed, test_fraction=test_fraction, val_fraction=val_fraction):
             log.info("using split %s", path)
             return split
-        log.warning("split %s was made with seed %d, fractions %g/%g; re-splitting with seed %d, %g/%g",
-                    path, split.seed, split.test_fraction, split.val_fraction, seed, test_fraction,
-                    val_fraction)
+        raise DataError(
+            f"split {path} was made with seed {split.seed}, test fraction {split.test_fraction:g}, val fraction "
+            f"{split.val_fraction:g}, but seed {seed}, {test_fraction:g}, {val_fraction:g} were asked for; a saved "
+            f"split is kept: use it (--set data.split_seed={split.seed} --set data.test_fraction="
+            f"{split.test_fraction:g} --set data.val_fraction={split.val_fraction:g}, or the same options of "
+            f"`galaxy10 data split`), or replace it with `galaxy10 data split {data_path} --test-fraction "
+            f"{test_fraction:g} --val-fraction {val_fraction:g} --seed {seed} --force`")
     split = make_split(data_path, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
     save_split(split, path, data_name=Path(data_path).name)
     log.info("saved split %s", path)

@@ -83,7 +83,11 @@ def test_baseline_cli_table_and_json(tiny_h5: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "accuracy" in out and "macro-F1" in out
     assert "scored on 20 test images" in out and "edge_on_bulge" in out
-    assert _run_cli(["baseline", "--data", str(tiny_h5), "--seed", "7", "--json"]) == 0
+    with pytest.raises(DataError, match="made with seed 42.* but seed 7"):  # a saved split is never replaced
+        _run_cli(["baseline", "--data", str(tiny_h5), "--seed", "7", "--json"])
+    other = tiny_h5.with_name("other.h5")
+    other.write_bytes(tiny_h5.read_bytes())
+    assert _run_cli(["baseline", "--data", str(other), "--seed", "7", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["synthetic"] is True and doc["split_seed"] == 7 and doc["n_test"] == 20
     assert doc["accuracy"] == pytest.approx(0.1)  # 10 balanced classes: the majority is 1 in 10

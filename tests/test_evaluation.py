@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from experiments.evaluation import class_recall, classification_metrics, per_class_table, prefixed, scalar_metrics
+from experiments.evaluation import absent_classes, class_recall, classification_metrics, per_class_table, prefixed, scalar_metrics
 from pipelines.classes import CLASS_SLUGS
 from pipelines.errors import DataError
 
@@ -49,7 +49,19 @@ def test_perfect_and_absent_classes():
     assert m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0
     assert m["recall_round"] == 0.0 and m["precision_round"] == 0.0  # class 2 absent, never predicted
     assert m["confusion"][2].sum() == 0.0
-    assert m["macro_f1"] == pytest.approx(3 / 10)  # absent classes count as 0 in the macro average
+    # one convention for every macro metric: the classes present in y_true (issue 11: a 1-class file
+    # used to give accuracy 100%, balanced accuracy 100%, macro-F1 10%)
+    assert m["macro_f1"] == pytest.approx(1.0)
+    assert absent_classes(y, CLASS_SLUGS) == [s for k, s in enumerate(CLASS_SLUGS) if k not in (0, 1, 3)]
+
+
+def test_macro_metrics_agree_on_a_one_class_split():
+    y = np.zeros(6, dtype=int)
+    probs = _one_hot_probs(np.array([0, 0, 0, 0, 0, 1]))
+    m = classification_metrics(y, probs)
+    assert m["balanced_accuracy"] == pytest.approx(5 / 6)
+    # F1 of class 0 (the only class present): 2*5 / (6 + 5)
+    assert m["macro_f1"] == pytest.approx(10 / 11)
 
 
 def test_log_loss_is_finite_for_zero_probability():

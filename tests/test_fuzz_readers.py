@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import write_galaxy10_h5
-from experiments.predict import check_image_header, decode_image
+from pipelines.images import check_image_header, decode_image
 from pipelines.errors import DataError
 from pipelines.reader import Galaxy10File, validate_galaxy10
 

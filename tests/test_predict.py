@@ -14,12 +14,8 @@ import pytest
 from PIL import Image
 
 from experiments.predict import (
-    EmptyImageError,
-    ImageTooLargeError,
     ModelCard,
-    NotAnImageError,
     Predictor,
-    decode_image,
     format_predictions,
     iter_input_batches,
     parse_index_spec,
@@ -30,6 +26,7 @@ from experiments.predict import (
 from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
 from pipelines.classes import CLASS_NAMES
 from pipelines.errors import DataError, ModelError
+from pipelines.images import EmptyImageError, ImageTooLargeError, NotAnImageError, decode_image
 
 
 def fake_card(**kw) -> ModelCard:

@@ -185,7 +185,13 @@ def test_ensure_split_saves_beside_data_and_reuses(tiny_h5: Path, monkeypatch: p
     again = ensure_split(tiny_h5)
     assert len(calls) == 1
     np.testing.assert_array_equal(again.test, first.test)
-    other = ensure_split(tiny_h5, seed=5)  # other parameters: a new split replaces the file
+    saved = path.read_bytes()
+    # other parameters: the saved split is the user's decision, refused with one line naming both and the fix
+    with pytest.raises(DataError, match=r"made with seed 42, test fraction 0.1, val fraction 0.1, but seed 5, "
+                                        r"0.1, 0.1 were asked for; .*--force") as err:
+        ensure_split(tiny_h5, seed=5)
+    assert "\n" not in str(err.value) and path.read_bytes() == saved and len(calls) == 1
+    other = ensure_split(tiny_h5, seed=5, force=True)  # replacing it is explicit
     assert len(calls) == 2 and other.seed == 5 and json.loads(path.read_text())["seed"] == 5
     assert (other.test != first.test).any()
 

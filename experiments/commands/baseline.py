@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None, metavar="FILE",
                         help="Galaxy10 HDF5 file (default: data/Galaxy10_DECals.h5 if present, "
                              "else data/galaxy10_synthetic.h5)")
-    parser.add_argument("--seed", type=int, default=42, help="split seed (default: 42)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="split seed (default: the saved split's, else 42); a saved split made with another "
+                             "seed is refused, never replaced")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(func=run)
 
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.splits import ensure_split
 
     data_path = resolve_data_path(args.data)
-    split = ensure_split(data_path, seed=args.seed)
+    split = ensure_split(data_path, test_fraction=None, val_fraction=None, seed=args.seed)
     metrics = score_baseline(data_path, split)
     print(json.dumps(metrics, indent=2) if args.json else format_baseline(metrics))
     return 0

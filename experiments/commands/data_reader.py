@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from experiments.commands.common import add_force_argument
 from pipelines.errors import DataError
 
 IMPORT_EPILOG = """\
@@ -154,7 +155,7 @@ def run_import(args: argparse.Namespace) -> int:
         class_names = args.class_names.split(",")
     report = import_folder(args.folder, args.labels, args.out, size=args.size, skip_bad=args.skip_bad,
                            file_column=args.file_column, label_column=args.label_column,
-                           classes=args.classes, class_names=class_names)
+                           classes=args.classes, class_names=class_names, force=args.force)
     print(f"imported {report.n_images} images ({report.image_size} px, {report.class_mode} classes) "
           f"into {report.out}")
     for i, (name, count) in enumerate(zip(report.class_names, report.class_counts)):
@@ -164,16 +165,6 @@ def run_import(args: argparse.Namespace) -> int:
         for name, why in report.skipped:
             print(f"  {name}: {why}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
 
 
 def register(data_sub: argparse._SubParsersAction) -> None:
@@ -200,7 +191,7 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     imp.add_argument("folder", help="folder holding the images")
     imp.add_argument("--labels", required=True, help="CSV with one row per image")
     imp.add_argument("--out", required=True, help="HDF5 file to write, e.g. data/my_set.h5")
-    imp.add_argument("--size", type=_positive_int, default=256, help="output side in pixels (default 256)")
+    imp.add_argument("--size", type=int, default=256, help="output side in pixels (default 256)")
     imp.add_argument("--skip-bad", action="store_true",
                      help="skip (and list) unreadable or missing images and unknown classes")
     imp.add_argument("--file-column", default="file", help="CSV column with image paths (default: file)")
@@ -209,4 +200,5 @@ def register(data_sub: argparse._SubParsersAction) -> None:
                      help="how labels map to classes (default auto; see below)")
     imp.add_argument("--class-names", default=None,
                      help="comma-separated names for integer custom labels 0..K-1, e.g. not_ring,ring")
+    add_force_argument(imp, "imported file")
     imp.set_defaults(func=run_import)

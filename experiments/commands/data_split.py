@@ -15,13 +15,14 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("file", nargs="?", default=None, metavar="FILE",
                         help="Galaxy10 HDF5 file (default: data/Galaxy10_DECals.h5 if present, "
                              "else data/galaxy10_synthetic.h5)")
-    parser.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
-                        help="fraction of all images held out for testing (default: 0.1)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                        help="fraction of the non-test images used for validation (default: 0.1)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    parser.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                        help="fraction of all images held out for testing (default: the saved split's, else 0.1)")
+    parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                        help="fraction of the non-test images used for validation (default: the saved split's, "
+                             "else 0.1)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the saved split's, else 42)")
     parser.add_argument("--force", action="store_true",
-                        help="re-split even if a split file exists (also for a file made for other data)")
+                        help="replace a saved split made with other parameters or for other data")
     parser.set_defaults(func=run)
 
 

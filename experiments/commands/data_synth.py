@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from experiments.commands.common import add_force_argument
+
 
 def register(data_sub: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 data synth`` and ``galaxy10 data gallery``."""
@@ -24,6 +26,7 @@ def register(data_sub: argparse._SubParsersAction) -> None:
                        help="worker processes (default: every CPU core)")
     synth.add_argument("--out", default=None, metavar="FILE",
                        help="output HDF5 file (default: data/galaxy10_synthetic.h5)")
+    add_force_argument(synth, "synthetic file")
     synth.set_defaults(func=run_synth)
 
     gallery = data_sub.add_parser(
@@ -33,13 +36,15 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     gallery.add_argument("file", nargs="?", default=None, metavar="FILE",
                          help="Galaxy10 HDF5 file (default: data/Galaxy10_DECals.h5 if present, "
                               "else data/galaxy10_synthetic.h5)")
-    gallery.add_argument("--out", default="gallery.png", metavar="PNG",
-                         help="output PNG (default: gallery.png)")
+    gallery.add_argument("--out", default="gallery.png", metavar="FIGURE",
+                         help="output figure; the suffix picks the format: .png, .jpg, .pdf or .svg "
+                              "(default: gallery.png)")
     gallery.add_argument("--per-class", type=int, default=6, metavar="K",
                          help="examples per class (default: 6)")
     gallery.add_argument("--seed", type=int, default=0, help="which examples are drawn (default: 0)")
     gallery.add_argument("--thumb", type=int, default=128, metavar="PX",
                          help="thumbnail side in pixels (default: 128)")
+    add_force_argument(gallery, "gallery")
     gallery.set_defaults(func=run_gallery)
 
 
@@ -52,7 +57,7 @@ def run_synth(args: argparse.Namespace) -> int:
     out = args.out or synthetic_data_path()
     start = time.perf_counter()
     path = render_dataset(out, n=n, size=args.size, seed=args.seed, difficulty=args.difficulty,
-                          workers=args.workers)
+                          workers=args.workers, force=args.force)
     elapsed = time.perf_counter() - start
     size_mb = path.stat().st_size / 2**20
     print(f"wrote SYNTHETIC data {path}: {n} images of {args.size} px, seed {args.seed}, difficulty "
@@ -66,6 +71,6 @@ def run_gallery(args: argparse.Namespace) -> int:
     from pipelines.synth_gallery import make_gallery
 
     path = make_gallery(resolve_data_path(args.file), args.out, per_class=args.per_class, seed=args.seed,
-                        thumb=args.thumb)
+                        thumb=args.thumb, force=args.force)
     print(f"wrote gallery {path}")
     return 0

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ensembles.config import config_from_dict, read_config_yaml
-    from experiments.config import apply_overrides
+    from experiments.config import apply_overrides, check_study_name
     from experiments.ensemble_runner import run_comparison
 
     raw = apply_overrides(read_config_yaml(args.config), list(args.overrides))
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     text = Path(args.config).read_text()
     if args.overrides:
         text += "\n# --set " + " --set ".join(args.overrides) + "\n# resolved:\n" + yaml.safe_dump(raw, sort_keys=False)
-    report = run_comparison(args.study.strip(), cfg, storage_url=args.storage, tracking_uri=args.tracking_uri,
-                            data_path=args.data, config_text=text)
+    report = run_comparison(check_study_name(args.study), cfg, storage_url=args.storage,
+                            tracking_uri=args.tracking_uri, data_path=args.data, config_text=text)
     if report.synthetic:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")
     print(f"ensemble comparison of study {report.study_name} (mode {report.mode}), validation split:")

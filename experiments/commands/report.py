@@ -9,13 +9,16 @@ from experiments.search_space import DEFAULT_STORAGE
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 report``."""
     parser = subparsers.add_parser(
-        "report", help="best-model report of a study: data card, test scores with 95% CIs, figures",
+        "report", help="best-model report of a study: data card, test scores with 95%% CIs, figures",
         description="Score the most-frequent-class baseline, the study's best CNN and the ensemble comparison's "
                     "winner (if `galaxy10 ensemble` was run) ONCE on the test split, log those numbers to MLflow "
                     "and write report.html (self-contained), report.md and the PNGs into --out; the files are "
                     "also logged under report/ on the study's MLflow parent run.")
     parser.add_argument("--study", required=True, help="name of a study made by `galaxy10 tune`")
-    parser.add_argument("--out", help="output folder (default: reports/<study>); replaced atomically")
+    parser.add_argument("--out", help="output folder (default: reports/<study>): new, empty or a previous report, "
+                                      "which is replaced atomically; other folders are refused unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="write the report into a folder holding other files (they are kept, never deleted)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
     parser.add_argument("--tracking-uri",
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -31,14 +34,14 @@ def run(args: argparse.Namespace) -> int:
     """Build the report and print where it is and the headline numbers."""
     from pathlib import Path
 
-    from experiments.report import build_report
-    from pipelines.errors import ConfigError
+    from experiments.config import check_study_name
+    from experiments.report import build_report, check_resamples
 
-    if args.bootstrap < 1:
-        raise ConfigError(f"--bootstrap {args.bootstrap} must be at least 1; e.g. --bootstrap 1000")
-    out = Path(args.out) if args.out else Path("reports") / args.study
-    report = build_report(args.study, out=out, storage_url=args.storage, tracking_uri=args.tracking_uri,
-                          data_path=args.data, n_resamples=args.bootstrap, seed=args.seed)
+    study = check_study_name(args.study)
+    check_resamples(args.bootstrap)
+    out = Path(args.out) if args.out else Path("reports") / study
+    report = build_report(study, out=out, storage_url=args.storage, tracking_uri=args.tracking_uri,
+                          data_path=args.data, n_resamples=args.bootstrap, seed=args.seed, force=args.force)
     if report.data.synthetic:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")
     print(f"report: {out / 'report.html'} (also report.md and PNGs; logged under report/ on run "

@@ -6,6 +6,9 @@ import os
 
 from experiments.commands.predict import add_model_arguments
 
+#: Largest --max-upload-mb: an upload is held in memory while it is decoded.
+MAX_UPLOAD_MB = 500
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 serve``."""
@@ -23,18 +26,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model once, then serve until interrupted."""
+    import math
+
     from experiments.predict import load_predictor
-    from experiments.serve import serve
+    from experiments.serve import check_bind, make_server
     from pipelines.errors import ConfigError
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1-65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if not (math.isfinite(args.max_upload_mb) and 0 < args.max_upload_mb <= MAX_UPLOAD_MB):
+        raise ConfigError(f"--max-upload-mb {args.max_upload_mb:g} is out of range; use a size in MB above 0 and "
+                          f"at most {MAX_UPLOAD_MB} (uploads are held in memory; Galaxy10 images are ~0.2 MB)")
+    check_bind(args.host, args.port)  # a bad host or a port in use fails before the model loads
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the output clean
     predictor = load_predictor(args.model, tracking_uri=args.tracking_uri)
+    server = make_server(predictor, host=args.host, port=args.port,
+                         max_upload_bytes=int(args.max_upload_mb * 1e6))
     print(f"galaxy10 serve: model {predictor.card.display_name} on http://{args.host}:{args.port}/"
-          "  (Ctrl-C to stop)")
-    serve(predictor, host=args.host, port=args.port,
-          max_upload_bytes=int(args.max_upload_mb * 1e6))
+          "  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0

@@ -80,9 +80,9 @@ def run_show(args: argparse.Namespace) -> int:
     attrs = study.user_attrs
     metric = attrs.get(tuning.ATTR_METRIC, "objective")
     counts = tuning.state_counts(study)
-    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
-    print(f"study {study.study_name} ({args.storage}): {len(trials)} trials, {states}; "
-          f"objective: val {metric} ({study.direction.name.lower()})")
+    states = "".join(f", {v} {k.lower()}" for k, v in sorted(counts.items()) if v)
+    print(f"study {study.study_name} ({args.storage}): {len(trials)} trial{'' if len(trials) == 1 else 's'}"
+          f"{states}; objective: val {metric} ({study.direction.name.lower()})")
     if trials:
         print(format_table(["#", "state", "value", "epochs", "time"] + names, rows))
     best = tuning.best_trial(study)
