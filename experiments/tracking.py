@@ -353,7 +353,7 @@ class MlflowTracker:
                                    outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape, "probabilities")]))
         plain_meta = json.loads(json.dumps(dict(meta)))
         mlflow.set_tracking_uri(self.tracking_uri)
-        with _experiment_env(self.experiment_id), warnings.catch_warnings():
+        with _experiment_env(self.experiment_id), warnings.catch_warnings(), _quiet_keras_progress():
             # MLflow's serving check calls the model with a list of one input; Keras warns about it.
             warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
             info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=_KerasFlavor, model=model,
@@ -362,6 +362,21 @@ class MlflowTracker:
         self.log_dict(plain_meta, META_ARTIFACT)
         log.info("logged model %s (run %s)", info.model_uri, run_id)
         return info.model_uri
+
+
+@contextlib.contextmanager
+def _quiet_keras_progress() -> Iterator[None]:
+    """No Keras progress bar on stdout while MLflow checks a logged model by predicting its input example
+    (the bar's ANSI codes land in piped output such as ``galaxy10 tune | tee log``)."""
+    from keras.utils import disable_interactive_logging, enable_interactive_logging, is_interactive_logging_enabled
+
+    was_on = is_interactive_logging_enabled()
+    disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was_on:
+            enable_interactive_logging()
 
 
 @contextlib.contextmanager

@@ -59,22 +59,6 @@ def test_bootstrap_rejects_mismatched_predictions() -> None:
         rp.bootstrap_ci(np.zeros(5, dtype=int), {"m": np.zeros(4, dtype=int)}, 10, n_resamples=10)
 
 
-def test_atomic_dir_replaces_on_success_and_leaves_nothing_on_error(tmp_path: Path) -> None:
-    out = tmp_path / "reports" / "s"
-    with rp.atomic_dir(out) as tmp:
-        (tmp / "a.txt").write_text("first")
-    assert (out / "a.txt").read_text() == "first"
-    with pytest.raises(RuntimeError):
-        with rp.atomic_dir(out) as tmp:
-            (tmp / "a.txt").write_text("half")
-            raise RuntimeError("boom")
-    assert (out / "a.txt").read_text() == "first"
-    with rp.atomic_dir(out) as tmp:
-        (tmp / "b.txt").write_text("second")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["s"]  # no temp or old folders left
-
-
 # --------------------------------------------------------------------------------------------
 # Errors: one clear line each
 # --------------------------------------------------------------------------------------------

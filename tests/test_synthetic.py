@@ -130,11 +130,11 @@ def test_each_class_renders_its_shape_and_colour() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"n": 5}, ConfigError, "--n 5 is too small; render at least 10 images (e.g. --n 4000)"),
-    ({"size": 16}, ConfigError, "--size 16 is too small; use at least 32 px (Galaxy10 images are 256)"),
+    ({"n": 5}, ConfigError, "--n 5 is out of range; render 10-1,000,000 images (e.g. --n 4000)"),
+    ({"size": 16}, ConfigError, "--size 16 is out of range; use 32-2048 px (Galaxy10 images are 256)"),
     ({"difficulty": 1.5}, ConfigError, "difficulty 1.5 is outside [0, 1]; pass e.g. --difficulty 0.5"),
     ({"difficulty": -0.1}, ConfigError, "difficulty -0.1 is outside [0, 1]; pass e.g. --difficulty 0.5"),
-    ({"workers": 0}, ConfigError, "--workers 0 must be at least 1; omit it to use every CPU core"),
+    ({"workers": 0}, ConfigError, "--workers 0 is out of range; use 1-256, or omit it to use every CPU core"),
 ])
 def test_bad_arguments(tmp_path: Path, kwargs: dict, error: type, message: str) -> None:
     args = {"n": 20, "size": 32, "workers": 1, "progress": False, **kwargs}
@@ -203,7 +203,7 @@ def test_cli_synth_and_gallery(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 def test_cli_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "synth", "--n", "5", "--out", str(tmp_path / "x.h5")]) == 2
     assert capsys.readouterr().err.strip() == (
-        "galaxy10: error: --n 5 is too small; render at least 10 images (e.g. --n 4000)")
+        "galaxy10: error: --n 5 is out of range; render 10-1,000,000 images (e.g. --n 4000)")
     assert main(["data", "gallery", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "g.png")]) == 2
     assert "galaxy10: error:" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
@@ -219,7 +219,7 @@ def test_gallery_on_real_schema_file(make_h5, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     info = validate_galaxy10(real_like)
     assert gallery_title(info).startswith("Galaxy10 gallery: plain.h5")
-    with pytest.raises(ConfigError, match="--per-class 0 must be at least 1"):
+    with pytest.raises(ConfigError, match="--per-class 0 is out of range; use 1-100"):
         make_gallery(real_like, tmp_path / "none.png", per_class=0)
 
 

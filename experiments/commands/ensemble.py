@@ -36,12 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from experiments.config import apply_overrides, check_study_name
     from experiments.ensemble_runner import run_comparison
 
+    study = check_study_name(args.study)
     raw = apply_overrides(read_config_yaml(args.config), list(args.overrides))
     cfg = config_from_dict(raw)
     text = Path(args.config).read_text()
     if args.overrides:
         text += "\n# --set " + " --set ".join(args.overrides) + "\n# resolved:\n" + yaml.safe_dump(raw, sort_keys=False)
-    report = run_comparison(check_study_name(args.study), cfg, storage_url=args.storage,
+    report = run_comparison(study, cfg, storage_url=args.storage,
                             tracking_uri=args.tracking_uri, data_path=args.data, config_text=text)
     if report.synthetic:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")

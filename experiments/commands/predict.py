@@ -8,6 +8,10 @@ MODEL_HELP = ("NAME@alias (registered model alias), a run id, runs:/<run_id>/mod
               "default: the 'champion' alias of the most recent study")
 
 
+#: Largest --top (no class set is larger: the importer accepts at most a few hundred classes).
+MAX_TOP = 1000
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model`` and ``--tracking-uri``, shared with ``galaxy10 serve``."""
     parser.add_argument("--model", default=None, metavar="REF", help=MODEL_HELP)
@@ -39,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from experiments.predict import format_predictions, iter_input_batches, load_predictor, plan_inputs
     from pipelines.errors import DataError
 
-    if args.top < 1:
-        raise DataError(f"--top must be at least 1, got {args.top}")
+    if not 1 <= args.top <= MAX_TOP:
+        raise DataError(f"--top {args.top} is out of range; use 1-{MAX_TOP} (larger values print every class)")
     sources = plan_inputs(args.images)  # fails on a bad input before a model is loaded
     total = sum(len(s) for s in sources)
     if total == 0:

@@ -35,11 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from experiments import tuning
+    from experiments.config import check_study_name
     from experiments.search_space import load_tune_config
 
     tune = load_tune_config(args.config)
-    if args.study:
-        tune = replace(tune, study=replace(tune.study, name=args.study.strip()))
+    if args.study is not None:
+        tune = replace(tune, study=replace(tune.study, name=check_study_name(args.study)))
     level = logging.getLogger().getEffectiveLevel()
     report = tuning.run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
                               storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
