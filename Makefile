@@ -42,9 +42,9 @@ demo: $(VENV)/.installed $(if $(wildcard $(REAL)),,$(SYNTH))
 	$(G10) tune --config experiments/configs/tune_quick.yaml --study $(STUDY) --data $(DATA)
 	$(G10) ensemble --study $(STUDY) --config experiments/configs/ensemble.yaml
 	$(G10) report --study $(STUDY) --out $(REPORT_DIR)
-	$(G10) data gallery $(DATA) --out $(REPORT_DIR)/gallery.png
+	$(G10) data gallery $(DATA) --out $(REPORT_DIR)-gallery.png
 	@echo
-	@echo "Demo finished. Report: $(REPORT_DIR)/report.html (data gallery: $(REPORT_DIR)/gallery.png)"
+	@echo "Demo finished. Report: $(REPORT_DIR)/report.html (data gallery: $(REPORT_DIR)-gallery.png)"
 	@echo "  MLflow UI:        $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "  Optuna dashboard: $(VENV)/bin/optuna-dashboard sqlite:///optuna.db"
 	@echo "  Prediction page:  $(VENV)/bin/galaxy10 serve --model $(STUDY)@champion"

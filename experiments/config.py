@@ -57,9 +57,11 @@ class DataConfig:
 class AugmentConfig:
     """Augmentation policy and strengths, class targeting and test-time augmentation.
 
-    ``targets``: null (no targeting), ``{class slug: multiplier}``, or ``auto`` with
-    ``auto_from_run`` (an MLflow run id whose per-class validation recall sets the multipliers,
-    capped at ``max_multiplier``).
+    ``targets``: null (no targeting), ``{class slug: multiplier}`` (slugs, names or indices of the
+    data file's own classes), or ``auto``: the per-class validation recall of ``auto_from_run`` (an
+    MLflow run id) or, without it, of an ``auto_warmup_epochs``-epoch warm-up of the same config
+    sets the multipliers, capped at ``max_multiplier``; ``auto_top_k`` targets only the weakest k
+    classes (null: every class below the best).
     """
 
     policy: str = "reference"
@@ -67,6 +69,8 @@ class AugmentConfig:
     targets: Mapping[str, float] | str | None = None
     auto_from_run: str | None = None
     max_multiplier: float = 4.0
+    auto_warmup_epochs: int = 3
+    auto_top_k: int | None = None
     tta: bool = False
 
 
@@ -147,6 +151,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.val_fraction": (0.01, 0.9),
     "data.max_images": (20, None),
     "augment.max_multiplier": (1.0, 100.0),
+    "augment.auto_warmup_epochs": (1, 1000),
+    "augment.auto_top_k": (1, 256),
     "model.filters": (1, 4096),
     "model.kernel_size": (1, 15),
     "model.dropout": (0.0, 0.95),
@@ -285,18 +291,13 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
                 f"config key augment.targets={a.targets!r} is not allowed; use null, 'auto' or a mapping "
                 "like {disturbed: 3, cigar: 3}"
             )
-        if not a.auto_from_run:
-            raise ConfigError(
-                "config key augment.targets=auto needs augment.auto_from_run (the MLflow run id whose "
-                "validation recall sets the multipliers); set it or give explicit targets"
-            )
     elif a.auto_from_run:
         raise ConfigError("config key augment.auto_from_run is only used with augment.targets=auto; "
                           "remove it or set targets: auto")
     if isinstance(a.targets, Mapping):
-        from augment.targeting import multipliers_from_targets
+        from augment.targeting import check_targets
 
-        multipliers_from_targets(a.targets)  # raises ConfigError naming the bad class or multiplier
+        check_targets(a.targets)  # class names are resolved against the data's own classes when it is loaded
     from augment.policies import policy_params
 
     policy_params(a.policy, **dict(a.strengths))  # raises ConfigError naming the bad strength

@@ -647,13 +647,6 @@ def check_against_config(tune: TuneConfig) -> None:
     for p in tune.space.params:
         values = p.labels if p.kind == "categorical" else (p.low, p.high)
         probes.extend((p.name, v) for v in values)
-        if p.kind == "categorical" and p.target is not None:
-            offers_auto = any(v == "auto" for v in p.values) and p.target == "augment.targets"
-            if offers_auto and not (base.get("augment") or {}).get("auto_from_run"):
-                raise ConfigError(
-                    f"search_space {p.name!r} offers targets 'auto' but run.augment.auto_from_run is not set; "
-                    "give the MLflow run id whose validation recall sets the multipliers, or drop 'auto'"
-                )
     try:
         resolve_run_config(tune, {}, base=base)
     except ConfigError as err:

@@ -24,12 +24,11 @@ import functools
 import json
 import logging
 import math
-import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import numpy as np
 
 from experiments.config import AUTO_TARGETS, DataConfig, RunConfig, TrainConfig, flatten, to_yaml
 from experiments.evaluation import absent_classes, classification_metrics, per_class_csv, prefixed, scalar_metrics
-from pipelines.classes import CLASS_NAMES, CLASS_SLUGS, NUM_CLASSES
+from pipelines.classes import CLASS_NAMES, CLASS_SLUGS, NUM_CLASSES, ClassSet, slugify
 from pipelines.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -57,11 +56,6 @@ EPOCH_KEYS: dict[str, str] = {
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-def slugify(name: str) -> str:
-    """``"Round Smooth"`` -> ``"round_smooth"`` (metric-name safe)."""
-    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_") or "class"
-
-
 @dataclass(frozen=True, eq=False)
 class TrainData:
     """Everything a run reads from the data, loaded once (a tuning worker reuses it across trials).
@@ -87,6 +81,11 @@ class TrainData:
     def num_classes(self) -> int:
         """Number of classes of the data set."""
         return len(self.class_names)
+
+    @property
+    def class_set(self) -> ClassSet:
+        """The data's classes (names and slugs in label order)."""
+        return ClassSet(self.class_names, self.class_slugs)
 
     def describe(self) -> str:
         """One line for the log: file, image counts and whether the data is synthetic."""
@@ -127,8 +126,8 @@ def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"data.max_images={limit} leaves {len(train)} train / {len(val)} val images; "
                         "raise data.max_images")
-    names = tuple(getattr(info, "class_names", None) or CLASS_NAMES)
-    slugs = CLASS_SLUGS if names == CLASS_NAMES else tuple(slugify(n) for n in names)
+    classes = ClassSet.from_names(tuple(getattr(info, "class_names", None) or CLASS_NAMES))
+    names, slugs = classes.names, classes.slugs
     for split_name, rows in (("train", train), ("validation", val), ("test", test)):
         absent = absent_classes(labels[rows], slugs) if len(rows) else []
         if absent:
@@ -145,25 +144,60 @@ def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None
 # --------------------------------------------------------------------------------------------
 def resolve_multipliers(cfg: RunConfig, data: TrainData,
                         recall_lookup: RecallLookup | None = None) -> np.ndarray | None:
-    """Per-class oversampling multipliers from ``augment.targets`` (None = no targeting)."""
+    """Per-class oversampling multipliers from ``augment.targets`` (None = no targeting).
+
+    Class keys are resolved against the data's own class set (Galaxy10's slugs on a Galaxy10 file,
+    the file's ``class_names`` slugs on an imported one). ``auto`` takes the per-class validation
+    recall of run ``augment.auto_from_run`` when set, else of a short warm-up training of this same
+    config without targeting (``augment.auto_warmup_epochs`` epochs on train, recall on validation);
+    ``augment.auto_top_k`` limits the targeting to the weakest k classes.
+    """
     from augment.targeting import auto_multipliers, multipliers_from_targets
 
     targets = cfg.augment.targets
     if targets is None or (isinstance(targets, Mapping) and not targets):
         return None
-    if data.num_classes != NUM_CLASSES or data.class_slugs != CLASS_SLUGS:
-        raise ConfigError("augment.targets works on the ten Galaxy10 classes; this data has its own class set, "
-                          "so set augment.targets: null")
     if targets == AUTO_TARGETS:
-        if recall_lookup is None:
-            raise ConfigError("augment.targets=auto needs the validation recall of run "
-                              f"{cfg.augment.auto_from_run}; run it through `galaxy10 train` (which reads MLflow)")
-        recall = np.asarray(recall_lookup(str(cfg.augment.auto_from_run), data.class_slugs), dtype=np.float64)
-        multipliers = auto_multipliers(recall, max_multiplier=cfg.augment.max_multiplier)
-        log.info("auto targets from run %s: %s", cfg.augment.auto_from_run,
-                 ", ".join(f"{s}={m:.2f}" for s, m in zip(data.class_slugs, multipliers) if m > 1))
+        if cfg.augment.auto_from_run:
+            if recall_lookup is None:
+                raise ConfigError("augment.targets=auto needs the validation recall of run "
+                                  f"{cfg.augment.auto_from_run}; run it through `galaxy10 train` (which reads MLflow)")
+            recall = np.asarray(recall_lookup(str(cfg.augment.auto_from_run), data.class_slugs), dtype=np.float64)
+            source = f"run {cfg.augment.auto_from_run}"
+        else:
+            recall = warmup_recall(cfg, data)
+            source = f"a {cfg.augment.auto_warmup_epochs}-epoch warm-up"
+        multipliers = auto_multipliers(recall, max_multiplier=cfg.augment.max_multiplier, classes=data.class_set,
+                                       top_k=cfg.augment.auto_top_k)
+        log.info("auto targets from %s (val recall %s): %s", source,
+                 ", ".join(f"{s}={r:.2f}" for s, r in zip(data.class_slugs, recall)),
+                 ", ".join(f"{s}={m:.2f}" for s, m in zip(data.class_slugs, multipliers) if m > 1) or "none")
         return multipliers
-    return multipliers_from_targets(targets)
+    return multipliers_from_targets(targets, data.class_set)
+
+
+def warmup_recall(cfg: RunConfig, data: TrainData) -> np.ndarray:
+    """Per-class validation recall after ``augment.auto_warmup_epochs`` epochs of this config without targeting.
+
+    The warm-up model is thrown away; only its recall is kept (train and validation splits only).
+    """
+    import keras
+
+    from experiments.models import build_model
+
+    warm = replace(cfg, augment=replace(cfg.augment, targets=None, auto_from_run=None),
+                   train=replace(cfg.train, epochs=int(cfg.augment.auto_warmup_epochs), patience=None))
+    log.info("auto targets: %d warm-up epoch(s) without targeting to measure validation recall",
+             warm.train.epochs)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.train.seed)
+    model = build_model(warm.model, input_size=cfg.data.crop, num_classes=data.num_classes,
+                        precision=warm.train.precision)
+    fit(model, data, warm, verbose=0)
+    probs = predict_probs(model, data, data.val, crop=cfg.data.crop)
+    metrics = classification_metrics(data.labels[data.val], probs, data.class_slugs)
+    keras.backend.clear_session()
+    return np.array([metrics[f"recall_{s}"] for s in data.class_slugs])
 
 
 def make_augment_fn(cfg: RunConfig) -> Callable[[np.ndarray, int], np.ndarray] | None:
@@ -322,7 +356,7 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
     planners: list = []
     train_ds = make_train_dataset(data.images, data.labels, batch_size=train_cfg.batch_size, crop=cfg.data.crop,
                                   augment_fn=make_augment_fn(cfg), multipliers=multipliers, seed=train_cfg.seed,
-                                  indices=data.train, planner_out=planners)
+                                  indices=data.train, planner_out=planners, class_slugs=data.class_slugs)
     if train_cfg.label_smoothing > 0:
         k = data.num_classes
         train_ds = train_ds.map(lambda x, y: (x, _one_hot(y, k)))

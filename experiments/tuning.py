@@ -51,6 +51,7 @@ from experiments.search_space import (
     suggest,
 )
 from pipelines import errors
+from pipelines.classes import ClassSet
 from pipelines.errors import ConfigError, Galaxy10Error
 
 log = logging.getLogger(__name__)
@@ -744,6 +745,21 @@ MAX_TRIALS = 100_000
 MAX_WORKERS = 64
 
 
+def check_targets_against(tune: TuneConfig, base_cfg: Any, classes: ClassSet) -> None:
+    """Resolve every class the base config and the search space target against the data's own classes,
+    so a Galaxy10 slug on an imported catalog fails with one line before any trial (naming its classes)."""
+    from augment.targeting import multipliers_from_targets
+
+    if isinstance(base_cfg.augment.targets, Mapping):
+        multipliers_from_targets(base_cfg.augment.targets, classes)
+    for p in tune.space.params:
+        for value in (p.values if p.kind == "categorical" else ()):
+            if p.target == "augment.targets" and isinstance(value, Mapping):
+                multipliers_from_targets(value, classes)
+        if p.target and p.target.startswith("augment.targets."):
+            multipliers_from_targets({p.target.split(".", 2)[2]: 1.0}, classes)
+
+
 def check_study_limits(study_cfg: StudyConfig) -> None:
     """One ``ConfigError`` line for ``--trials``, ``--workers`` or ``--timeout`` out of range, naming the option."""
     if not 1 <= study_cfg.n_trials <= MAX_TRIALS:
@@ -804,7 +820,7 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
     tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
     # A bad data file fails here, before any storage, study or MLflow run is created.
     data_file = resolve_data_path(data_path if data_path is not None else base_cfg.data.path)
-    validate_galaxy10(data_file)
+    check_targets_against(tune, base_cfg, ClassSet.from_names(validate_galaxy10(data_file).class_names))
     storage = open_storage(study_cfg.storage, heartbeat_interval=study_cfg.heartbeat_interval,
                            grace_period=study_cfg.grace_period,
                            on_stale=StaleTrialHandler(tracking_uri, study_cfg.retry_stale))

@@ -1,6 +1,7 @@
 """The Galaxy10 DECaLS class table: the one place that names the ten classes."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipelines.errors import DataError
@@ -67,3 +68,76 @@ def class_index(key: str | int) -> int:
     raise DataError(
         f"unknown class {key!r}; use an index 0-9 or one of: {', '.join(CLASS_SLUGS)}"
     )
+
+
+def slugify(name: str) -> str:
+    """A class name as a lowercase, metric-name-safe slug (``"Round Smooth"`` -> ``round_smooth``)."""
+    return re.sub(r"[^a-z0-9]+", "_", str(name).strip().lower()).strip("_") or "class"
+
+
+def _norm(key: str) -> str:
+    return key.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """The classes of a data file: display names and slugs in label order.
+
+    Galaxy10's when the file is Galaxy10-schema without ``class_names``, else the file's own
+    (:func:`ClassSet.from_names`). Every model stores it; targeting, metrics, reports, the gallery,
+    ``predict`` and the web page name classes through it.
+    """
+
+    names: tuple[str, ...]
+    slugs: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.slugs) or not self.names:
+            raise DataError(f"a class set needs one slug per name, got {len(self.names)} names, "
+                            f"{len(self.slugs)} slugs")
+
+    @classmethod
+    def from_names(cls, names: tuple[str, ...] | list[str]) -> ClassSet:
+        """Galaxy10's set for the Galaxy10 names, else slugs made from the names."""
+        names = tuple(str(n) for n in names)
+        if names == CLASS_NAMES:
+            return GALAXY10
+        return cls(names, tuple(slugify(n) for n in names))
+
+    @property
+    def n(self) -> int:
+        """Number of classes."""
+        return len(self.names)
+
+    @property
+    def is_galaxy10(self) -> bool:
+        """Whether this is the Galaxy10 DECaLS class table."""
+        return self.names == CLASS_NAMES
+
+    def index(self, key: str | int) -> int:
+        """Label index of a slug, display name or index (case-insensitive, ``-``/space = ``_``).
+
+        Raises
+        ------
+        DataError
+            One line naming this set's classes.
+        """
+        if self.is_galaxy10:
+            return class_index(key)
+        if isinstance(key, bool):
+            key = str(key)
+        if isinstance(key, int) or (isinstance(key, str) and key.strip().lstrip("-").isdigit()):
+            idx = int(key)
+            if 0 <= idx < self.n:
+                return idx
+            raise DataError(f"class index {idx} is outside 0..{self.n - 1}; this data has {self.n} classes")
+        norm = _norm(str(key))
+        for k, (name, slug) in enumerate(zip(self.names, self.slugs)):
+            if norm in (slug, _norm(name)):
+                return k
+        raise DataError(f"unknown class {key!r}; this data's classes are: {', '.join(self.slugs)} (or an index "
+                        f"0-{self.n - 1})")
+
+
+#: The Galaxy10 DECaLS class set.
+GALAXY10 = ClassSet(CLASS_NAMES, CLASS_SLUGS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,11 +63,18 @@ class EpochPlanner:
     ``numpy.random.default_rng([seed, e])``. :attr:`class_mixes` keeps each epoch's class mix.
     """
 
-    def __init__(self, labels: np.ndarray, rows: np.ndarray, multipliers: np.ndarray | None, seed: int) -> None:
+    def __init__(self, labels: np.ndarray, rows: np.ndarray, multipliers: np.ndarray | None, seed: int,
+                 class_slugs: Sequence[str] | None = None) -> None:
+        from pipelines.classes import CLASS_SLUGS
+
         self.labels = np.asarray(labels)
         self.rows = rows
         self.multipliers = multipliers
         self.seed = int(seed)
+        if class_slugs is None:  # as many classes as the multipliers / labels need
+            n = len(multipliers) if multipliers is not None else int(self.labels.max(initial=-1)) + 1
+            class_slugs = CLASS_SLUGS if n <= len(CLASS_SLUGS) else tuple(str(k) for k in range(n))
+        self.class_slugs = tuple(class_slugs)
         sub = self.labels[self.rows].astype(np.int64)
         weights = np.ones(len(rows)) if multipliers is None else np.asarray(multipliers, dtype=np.float64)[sub]
         #: Samples per epoch, fixed: the expected oversampled count (Keras needs a constant epoch length).
@@ -104,7 +111,7 @@ class EpochPlanner:
             self.epoch += 1
         rows, seeds = self.plan(epoch)
         if len(self.class_mixes) <= epoch:
-            self.class_mixes.append(class_mix(self.labels.astype(np.int64), rows))
+            self.class_mixes.append(class_mix(self.labels.astype(np.int64), rows, self.class_slugs))
         log.debug("epoch %d plan: %d samples", epoch, len(rows))
         return rows, seeds
 
@@ -139,7 +146,8 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
                        augment_fn: AugmentFn | None = None, multipliers: np.ndarray | None = None,
                        seed: int = 0, indices: np.ndarray | None = None,
                        parallel_calls: int = DEFAULT_PARALLEL_CALLS,
-                       planner_out: list | None = None) -> tf.data.Dataset:
+                       planner_out: list | None = None,
+                       class_slugs: Sequence[str] | None = None) -> tf.data.Dataset:
     """Training batches ``(float32 (B, crop, crop, 3) 0..255, int32 (B,))``, a new epoch per iteration.
 
     Every epoch has the same length, ``round(sum of the samples' multipliers)`` samples, so Keras
@@ -163,6 +171,8 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
         Batches prepared concurrently.
     planner_out
         If a list is given, the :class:`EpochPlanner` is appended to it (to read class mixes).
+    class_slugs
+        The data's class slugs, which name the logged class mix (default: Galaxy10's).
     """
     _check_images(images, crop)
     labels = np.asarray(labels)
@@ -171,7 +181,8 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
         raise DataError(f"batch_size={batch_size!r} must be a positive integer")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")
-    planner = EpochPlanner(labels, rows, None if multipliers is None else np.asarray(multipliers), seed)
+    planner = EpochPlanner(labels, rows, None if multipliers is None else np.asarray(multipliers), seed,
+                           class_slugs)
     if planner_out is not None:
         planner_out.append(planner)
 

@@ -13,7 +13,7 @@ from augment.targeting import (
     multipliers_from_targets,
     oversample_indices,
 )
-from pipelines.classes import CLASS_SLUGS, NUM_CLASSES, REFERENCE_RECALL, class_index
+from pipelines.classes import GALAXY10, CLASS_SLUGS, NUM_CLASSES, REFERENCE_RECALL, class_index
 from pipelines.errors import ConfigError, DataError
 
 
@@ -111,7 +111,8 @@ def test_targeted_class_absent_from_labels_is_fine() -> None:
 @pytest.mark.parametrize("labels_in, mult, exc", [
     (np.array([0, 10]), np.ones(NUM_CLASSES), DataError),
     (np.array([0.0, 1.0]), np.ones(NUM_CLASSES), DataError),
-    (np.array([0, 1]), np.ones(5), ConfigError),
+    (np.array([0, 6]), np.ones(5), DataError),  # any class count (issue 12), but the labels must fit it
+    (np.array([0, 1]), np.ones(0), ConfigError),
     (np.array([0, 1]), np.full(NUM_CLASSES, 0.5), ConfigError),
 ])
 def test_oversample_rejects_bad_input(labels_in, mult, exc) -> None:
@@ -146,9 +147,10 @@ def test_auto_multipliers_bounded_and_monotone(recall, max_m, k, new_value) -> N
 
 
 @pytest.mark.parametrize("recall, kwargs, match", [
-    ([0.5] * 9, {}, "10 values"),
-    ([0.5] * 9 + [1.2], {}, "edge_on_bulge"),
-    ([0.5] * 9 + [float("nan")], {}, "edge_on_bulge"),
+    ([0.5] * 9, {"classes": GALAXY10}, "10 value"),
+    ([0.5] * 9 + [1.2], {"classes": GALAXY10}, "edge_on_bulge"),
+    ([0.5] * 9 + [float("nan")], {"classes": GALAXY10}, "edge_on_bulge"),
+    ([0.5, 1.2], {}, "recall of 1 is not"),
     ({"disturbed": 0.3}, {}, "lacks"),
     ([0.5] * 10, {"max_multiplier": 0.5}, "max_multiplier"),
 ])

@@ -150,12 +150,23 @@ def test_resolve_multipliers(data):
     np.testing.assert_allclose(m, np.clip(0.9 / recall, 1, 3))
 
 
-def test_targets_refused_for_custom_class_sets(data):
+def test_targets_use_the_data_class_set(data):
+    """Targeting works on any class set: keys are the file's own slugs, names or indices (issue 12)."""
     from dataclasses import replace
 
-    custom = replace(data, class_names=("ring", "no ring"), class_slugs=("ring", "no_ring"))
-    with pytest.raises(ConfigError, match="Galaxy10 classes"):
+    labels = (data.labels % 3).astype(np.int64)
+    custom = replace(data, labels=labels, class_names=("Ring", "No ring", "Rare thing"),
+                     class_slugs=("ring", "no_ring", "rare_thing"))
+    m = resolve_multipliers(load_config(None, ["augment.targets={rare_thing: 8, Ring: 2}"]), custom)
+    np.testing.assert_allclose(m, [2.0, 1.0, 8.0])
+    np.testing.assert_allclose(resolve_multipliers(load_config(None, ["augment.targets={1: 3}"]), custom), [1, 3, 1])
+    with pytest.raises(ConfigError, match=r"unknown class 'disturbed'; this data's classes are: ring, no_ring, "
+                                          r"rare_thing"):
         resolve_multipliers(load_config(None, ["augment.targets={disturbed: 2}"]), custom)
+    recall = np.array([0.9, 0.3, 0.6])
+    auto = load_config(None, ["augment.targets=auto", "augment.auto_from_run=abc", "augment.max_multiplier=8",
+                              "augment.auto_top_k=1"])
+    np.testing.assert_allclose(resolve_multipliers(auto, custom, lambda run_id, slugs: recall), [1.0, 3.0, 1.0])
 
 
 def test_schedules_and_class_weights():
@@ -169,3 +180,17 @@ def test_schedules_and_class_weights():
     assert [learning_rate_at(step, e) for e in (0, 2, 3, 6)] == pytest.approx([0.01, 0.01, 0.005, 0.0025])
     weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
     assert weights == pytest.approx({0: 4 / 6, 1: 2.0, 2: 1.0})
+
+
+def test_auto_targets_from_a_warmup(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``targets: auto`` without a source run measures validation recall in a short warm-up (issue 12)."""
+    import experiments.training as tr
+
+    cfg = load_config(SMOKE, [*FAST, "augment.targets=auto", "augment.auto_warmup_epochs=1",
+                              "augment.max_multiplier=5"])
+    fits = []
+    real_fit = tr.fit
+    monkeypatch.setattr(tr, "fit", lambda model, d, c, **kw: fits.append(c) or real_fit(model, d, c, **kw))
+    m = resolve_multipliers(cfg, data)
+    assert len(fits) == 1 and fits[0].train.epochs == 1 and fits[0].augment.targets is None
+    assert m.shape == (10,) and m.min() == 1.0 and 1.0 <= m.max() <= 5.0

@@ -181,16 +181,14 @@ def test_shipped_tuning_configs_resolve_at_every_range_end_and_choice(name: str)
         study.tell(trial, 0.0)
 
 
-def test_auto_targets_need_a_source_run(tmp_path: Path) -> None:
-    from experiments.search_space import check_against_config
+def test_auto_targets_work_with_or_without_a_source_run(tmp_path: Path) -> None:
+    """Without run.augment.auto_from_run, 'auto' measures recall in a warm-up of each trial (issue 12)."""
+    from experiments.search_space import check_against_config, resolve_run_config
 
     space = {"augment.targets": {"type": "categorical", "choices": {"none": None, "auto": "auto"}}}
     cfg = parse_tune_config_from(tmp_path, {"search_space": space})
-    with pytest.raises(ConfigError) as err:
-        check_against_config(cfg)
-    assert str(err.value) == ("search_space 'augment.targets' offers targets 'auto' but run.augment.auto_from_run "
-                              "is not set; give the MLflow run id whose validation recall sets the multipliers, "
-                              "or drop 'auto'")
+    check_against_config(cfg)
+    assert resolve_run_config(cfg, {"augment.targets": "auto"})[0].augment.auto_from_run is None
     cfg = parse_tune_config_from(tmp_path, {"run": {"augment": {"auto_from_run": "abc123"}}, "search_space": space})
     check_against_config(cfg)
     from experiments.search_space import resolve_run_config

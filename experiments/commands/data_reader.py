@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,16 @@ example (the real DECaLS ring set, 2 classes):
 """
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or name
-
-
 def collect_info(path: Path, *, groups: bool = True) -> dict[str, Any]:
     """Everything ``data info`` shows, as JSON-ready values."""
     from pipelines import splits
-    from pipelines.classes import CLASS_SLUGS
+    from pipelines.classes import CLASS_SLUGS, slugify
     from pipelines.reader import file_sha256, provenance, validate_galaxy10
 
     info = validate_galaxy10(path)
     n = info.n_images
     classes = [
-        {"index": i, "slug": _slug(name) if info.is_custom else CLASS_SLUGS[i], "name": name,
+        {"index": i, "slug": slugify(name) if info.is_custom else CLASS_SLUGS[i], "name": name,
          "count": count, "percent": round(100.0 * count / n, 2)}
         for i, (name, count) in enumerate(zip(info.class_names, info.class_counts))
     ]
