@@ -54,7 +54,7 @@ def main() -> None:
     from ensembles.embeddings import CNNEmbedder
     from ensembles.second_stage import MODEL_NAMES, full_proba, make_second_stage
     from experiments.config import load_config
-    from experiments.models import build_model
+    from models import build_model
     from experiments.tracking import NullTracker
     from experiments.training import load_training_data, train
 

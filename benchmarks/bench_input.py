@@ -139,7 +139,7 @@ def keras2_enqueued(gen: Iterator, max_queue_size: int = 10) -> Iterator:
 def _model(precision: str):
     import keras
 
-    from experiments.models import build_model
+    from models import build_model
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)

@@ -23,13 +23,11 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from models.head import EMBEDDING_LAYER  # the layer every backbone's head names
 from pipelines.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
 
-#: Name of the CNN layer whose output is the embedding (``experiments.models.build_model`` names its
-#: penultimate dense layer so).
-EMBEDDING_LAYER = "embedding"
 #: Rows embedded per chunk (bounds memory; one progress-bar step).
 CHUNK = 1024
 CACHE_VERSION = 1
@@ -73,7 +71,7 @@ def dual_output_model(model: Any) -> DualModel:
         layer = model.get_layer(EMBEDDING_LAYER)
     except ValueError:
         raise ModelError(f"model {getattr(model, 'name', '?')!r} has no layer named {EMBEDDING_LAYER!r}; "
-                         "build it with experiments.models.build_model") from None
+                         "build it with models.build_model") from None
     emb = keras.ops.cast(layer.output, "float32")
     probs = keras.ops.cast(model.outputs[0], "float32")
     dual = keras.Model(model.inputs, [emb, probs], name=f"{model.name}_embedding_and_probs")
@@ -206,7 +204,7 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     model
-        A Keras model built by ``experiments.models.build_model`` (it has an ``embedding`` layer).
+        A Keras model built by ``models.build_model`` (it has an ``embedding`` layer).
     tta
         Average embeddings (and probabilities) over the 8 dihedral views.
     batch_size

@@ -76,8 +76,13 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The CNN: one ``Conv2D -> MaxPool`` block per entry of ``filters``, then the dense head."""
+    """The model: ``name`` picks a registered backbone (``models.registry``), then the shared head.
 
+    ``reference_cnn`` (default): one ``Conv2D -> MaxPool`` block per entry of ``filters``; every
+    backbone ends in the ``dense_units``-wide ``embedding`` layer and the softmax.
+    """
+
+    name: str = "reference_cnn"
     filters: tuple[int, ...] = (32, 32, 64, 64)
     kernel_size: int = 3
     batch_norm: bool = False
@@ -301,6 +306,9 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
     from augment.policies import policy_params
 
     policy_params(a.policy, **dict(a.strengths))  # raises ConfigError naming the bad strength
+    from models import get_backbone
+
+    get_backbone(cfg.model.name)  # one line listing the registered backbones
     check_label(cfg.experiment_name, "config key experiment_name")
     if cfg.run_name is not None:
         check_label(cfg.run_name, "config key run_name")

@@ -94,32 +94,37 @@ class TrainData:
                 f"{len(self.val)} val / {len(self.test)} test images at {self.size} px")
 
 
-def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None) -> TrainData:
-    """Validate the data file, make or load its split, and load the resized images (cached).
+def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None, *,
+                       targets: Mapping[str, float] | str | None = None) -> TrainData:
+    """Open and validate the data file once, make or load its split, load the resized images (cached).
 
     ``data_path`` overrides ``data_cfg.path``; both None resolve to the real file if present, else
     the synthetic default. With ``max_images`` only the first N images are used (resized in memory,
-    nothing cached) and the split is restricted to them.
+    nothing cached) and the split is restricted to them. The file is opened (and validated) exactly
+    once; the split, the duplicate scan and the image cache read through that one handle. Class keys
+    of ``targets`` (``augment.targets``) are checked against the file's classes right after opening,
+    before a split or cache is written.
     """
+    from augment.targeting import multipliers_from_targets
     from pipelines.paths import resolve_data_path
     from pipelines.preprocess import load_resized, resize_images
-    from pipelines.reader import Galaxy10File, data_fingerprint, provenance, validate_galaxy10
+    from pipelines.reader import Galaxy10File, data_fingerprint, provenance
     from pipelines.splits import ensure_split
 
     path = resolve_data_path(data_path if data_path is not None else data_cfg.path)
-    info = validate_galaxy10(path)
-    split = ensure_split(path, test_fraction=data_cfg.test_fraction, val_fraction=data_cfg.val_fraction,
-                         seed=data_cfg.split_seed)
     with Galaxy10File(path) as f:
+        info = f.info
+        if isinstance(targets, Mapping):
+            multipliers_from_targets(targets, ClassSet.from_names(info.class_names))
+        split = ensure_split(path, test_fraction=data_cfg.test_fraction, val_fraction=data_cfg.val_fraction,
+                             seed=data_cfg.split_seed, source=f)
         labels = np.asarray(f.labels()).astype(np.int64)
         n = len(labels)
         limit = n if data_cfg.max_images is None else min(n, data_cfg.max_images)
         if limit < n:
             images = resize_images(f.images(np.arange(limit)), data_cfg.size)
         else:
-            images = None
-    if images is None:
-        images = load_resized(path, size=data_cfg.size)
+            images = load_resized(path, size=data_cfg.size, source=f)
     labels = labels[:limit]
     train, val, test = (np.asarray(s, dtype=np.int64) for s in (split.train, split.val, split.test))
     train, val, test = train[train < limit], val[val < limit], test[test < limit]
@@ -136,7 +141,7 @@ def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None
                         len(slugs) - len(absent))
     return TrainData(path=path, images=images, labels=labels, train=train, val=val, test=test,
                      class_names=tuple(names), class_slugs=tuple(slugs), fingerprint=data_fingerprint(path),
-                     synthetic=bool(info.synthetic), provenance=str(provenance(path)), size=data_cfg.size)
+                     synthetic=bool(info.synthetic), provenance=str(provenance(path, info)), size=data_cfg.size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +188,7 @@ def warmup_recall(cfg: RunConfig, data: TrainData) -> np.ndarray:
     """
     import keras
 
-    from experiments.models import build_model
+    from models import build_model
 
     warm = replace(cfg, augment=replace(cfg.augment, targets=None, auto_from_run=None),
                    train=replace(cfg.train, epochs=int(cfg.augment.auto_warmup_epochs), patience=None))
@@ -417,6 +422,7 @@ class TrainResult:
 
 def model_metadata(cfg: RunConfig, data: TrainData) -> dict[str, Any]:
     """What prediction needs next to the model (see ``experiments.tracking.META_KEYS``)."""
+    from models import describe_backbone
     from pipelines.preprocess import PREPROCESS_VERSION
 
     return {
@@ -424,7 +430,7 @@ def model_metadata(cfg: RunConfig, data: TrainData) -> dict[str, Any]:
         "class_names": list(data.class_names), "class_slugs": list(data.class_slugs),
         "num_classes": data.num_classes, "data_fingerprint": data.fingerprint, "synthetic": data.synthetic,
         "provenance": data.provenance, "tta": bool(cfg.augment.tta), "input": "float32 0..255 centre crop",
-        "experiment_name": cfg.experiment_name, "run_name": cfg.run_name,
+        "experiment_name": cfg.experiment_name, "run_name": cfg.run_name, **describe_backbone(cfg.model),
     }
 
 
@@ -475,7 +481,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     """
     import keras
 
-    from experiments.models import build_model
+    from models import build_model
     from experiments.plots import learning_curves_figure
     from experiments.tracking import NullTracker, git_commit, package_versions
 

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -152,12 +153,12 @@ def _open_cache(path: Path, side: int) -> np.ndarray:
     return array
 
 
-def _build_cache(data_path: Path, path: Path, size: int, crop: int | None) -> None:
+def _build_cache(data_path: Path, path: Path, size: int, crop: int | None, source: Any = None) -> None:
     """Stream the HDF5 images in batches, resize (and crop) them, and write ``path`` atomically."""
-    from pipelines.reader import Galaxy10File
+    from pipelines.reader import opened
 
     side = crop if crop is not None else size
-    with Galaxy10File(data_path) as f:
+    with opened(data_path, source) as f:
         n = f.info.n_images
         try:
             with atomic_path(path, suffix=".npy.tmp") as tmp:
@@ -178,7 +179,7 @@ def _build_cache(data_path: Path, path: Path, size: int, crop: int | None) -> No
 
 
 def load_resized(data_path: str | os.PathLike, *, size: int = 128, crop: int | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+                 cache_dir: str | os.PathLike | None = None, source: Any = None) -> np.ndarray:
     """Return all images of ``data_path`` resized to ``size`` (and centre-cropped to ``crop``), cached.
 
     The first call streams the HDF5 file and writes a ``.npy`` cache named by the data fingerprint,
@@ -189,6 +190,8 @@ def load_resized(data_path: str | os.PathLike, *, size: int = 128, crop: int | N
     -------
     numpy.ndarray
         Read-only uint8 memmap ``(N, side, side, 3)``, ``side = crop or size``, in file order.
+
+    ``source``: the caller's open ``Galaxy10File`` of ``data_path`` (read instead of opening it again).
     """
     from pipelines.reader import data_fingerprint, validate_galaxy10
 
@@ -211,5 +214,5 @@ def load_resized(data_path: str | os.PathLike, *, size: int = 128, crop: int | N
             log.debug("using cached resized images %s", path)
             return array
     log.info("resizing the images of %s to %d px (crop %s) into %s", data_path, size, crop, path)
-    _build_cache(data_path, path, size, crop)
+    _build_cache(data_path, path, size, crop, source)
     return _open_cache(path, side)

@@ -262,6 +262,17 @@ def validate_galaxy10(path: str | os.PathLike) -> DatasetInfo:
     return info
 
 
+@contextlib.contextmanager
+def opened(path: str | os.PathLike, source: Galaxy10File | None = None) -> Iterator[Galaxy10File]:
+    """``source`` itself when the caller already holds the file open (not closed here), else a new
+    :class:`Galaxy10File` for ``path``: lets a command open and validate its data file once."""
+    if source is not None:
+        yield source
+        return
+    with Galaxy10File(path) as f:
+        yield f
+
+
 class Galaxy10File:
     """A validated, lazily read Galaxy10 HDF5 file; use as a context manager.
 
@@ -420,13 +431,13 @@ def data_fingerprint(path: str | os.PathLike) -> str:
     return file_sha256(path)
 
 
-def provenance(path: str | os.PathLike) -> Provenance:
+def provenance(path: str | os.PathLike, info: DatasetInfo | None = None) -> Provenance:
     """``"official"`` (SHA-256 of the Zenodo release), ``"synthetic"`` (root attr), else ``"modified"``.
 
-    The file is validated first. A file marked synthetic is never the official release, so its
-    hash is not computed here.
+    The file is validated first, unless its ``info`` is given (it was validated when opened). A file
+    marked synthetic is never the official release, so its hash is not computed here.
     """
-    info = validate_galaxy10(path)
+    info = info if info is not None else validate_galaxy10(path)
     if info.synthetic:
         return "synthetic"
     return "official" if file_sha256(path) == OFFICIAL_SHA256 else "modified"

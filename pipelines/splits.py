@@ -137,11 +137,15 @@ def groups_from_keys(image_keys: np.ndarray, ra: np.ndarray | None = None, dec: 
     return group_ids, int((sizes > 1).sum())
 
 
-def image_hashes(data_path: str | os.PathLike, batch_size: int = HASH_BATCH_SIZE) -> np.ndarray:
-    """blake2b-128 digest of each image's bytes, streamed in batches; ``(N,)`` array of 16-byte keys."""
-    from pipelines.reader import Galaxy10File
+def image_hashes(data_path: str | os.PathLike, batch_size: int = HASH_BATCH_SIZE, *,
+                 source: Any = None) -> np.ndarray:
+    """blake2b-128 digest of each image's bytes, streamed in batches; ``(N,)`` array of 16-byte keys.
 
-    with Galaxy10File(data_path) as f:
+    ``source``: the caller's open ``Galaxy10File`` of ``data_path`` (else the file is opened here).
+    """
+    from pipelines.reader import opened
+
+    with opened(data_path, source) as f:
         n = f.info.n_images
         out = np.empty(n, dtype="S16")
         with tqdm(total=n, desc="hash images", unit="img", disable=None) as bar:
@@ -151,8 +155,8 @@ def image_hashes(data_path: str | os.PathLike, batch_size: int = HASH_BATCH_SIZE
     return out
 
 
-def find_groups(data_path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Group identical images and same-position entries of a Galaxy10 file.
+def find_groups(data_path: str | os.PathLike, *, source: Any = None) -> tuple[np.ndarray, int]:
+    """Group identical images and same-position entries of a Galaxy10 file (``source``: its open file).
 
     Returns
     -------
@@ -161,10 +165,10 @@ def find_groups(data_path: str | os.PathLike) -> tuple[np.ndarray, int]:
     n_multi_groups : int
         How many groups have more than one member (duplicate groups).
     """
-    from pipelines.reader import Galaxy10File
+    from pipelines.reader import opened
 
-    hashes = image_hashes(data_path)
-    with Galaxy10File(data_path) as f:
+    with opened(data_path, source) as f:
+        hashes = image_hashes(data_path, source=f)
         coords = f.coords()
     ra, dec = coords if coords is not None else (None, None)
     group_ids, n_multi = groups_from_keys(hashes, ra, dec)
@@ -247,15 +251,16 @@ def assign_groups(labels: np.ndarray, group_ids: np.ndarray, *, test_fraction: f
 
 
 def make_split(path: str | os.PathLike, *, test_fraction: float = 0.1, val_fraction: float = 0.1,
-               seed: int = 42) -> Split:
-    """Make a group-aware stratified split of the Galaxy10 file at ``path`` (not saved)."""
-    from pipelines.reader import Galaxy10File, data_fingerprint
+               seed: int = 42, source: Any = None) -> Split:
+    """Make a group-aware stratified split of the Galaxy10 file at ``path`` (not saved; ``source``: its
+    open ``Galaxy10File``, else it is opened here)."""
+    from pipelines.reader import data_fingerprint, opened
 
     _check_fractions(test_fraction, val_fraction)
-    with Galaxy10File(path) as f:
+    with opened(path, source) as f:
         labels = f.labels()
         num_classes = f.info.num_classes
-    group_ids, n_multi = find_groups(path)
+        group_ids, n_multi = find_groups(path, source=f)
     split_of = assign_groups(labels, group_ids, test_fraction=test_fraction, val_fraction=val_fraction,
                              seed=seed)
     parts = {name: np.flatnonzero(split_of == code).astype(np.int64)
@@ -363,16 +368,19 @@ def load_split(path: str | os.PathLike, data_path: str | os.PathLike) -> Split:
 
 
 def ensure_split(data_path: str | os.PathLike, *, test_fraction: float | None = 0.1,
-                 val_fraction: float | None = 0.1, seed: int | None = 42, force: bool = False) -> Split:
+                 val_fraction: float | None = 0.1, seed: int | None = 42, force: bool = False,
+                 source: Any = None) -> Split:
     """Load ``<data>.split.json`` if it matches these parameters; make and save one if none is saved.
 
     A saved split is the user's decision: one made with other parameters, or for other data, raises
     ``DataError`` (naming both and the fix) unless ``force`` is set; it is never replaced silently.
     A parameter given as None takes the saved split's value (the default 0.1 / 0.1 / 42 when none is saved).
+    ``source``: the caller's open (validated) ``Galaxy10File`` of ``data_path``.
     """
     from pipelines.reader import validate_galaxy10
 
-    validate_galaxy10(data_path)  # a missing or broken file fails here with the reader's message
+    if source is None:
+        validate_galaxy10(data_path)  # a missing or broken file fails here with the reader's message
     path = split_path_for(data_path)
     saved = load_split(path, data_path) if path.exists() and not force else None
     if saved is not None:
@@ -395,7 +403,7 @@ def ensure_split(data_path: str | os.PathLike, *, test_fraction: float | None = 
             f"{split.test_fraction:g} --set data.val_fraction={split.val_fraction:g}, or the same options of "
             f"`galaxy10 data split`), or replace it with `galaxy10 data split {data_path} --test-fraction "
             f"{test_fraction:g} --val-fraction {val_fraction:g} --seed {seed} --force`")
-    split = make_split(data_path, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    split = make_split(data_path, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, source=source)
     save_split(split, path, data_name=Path(data_path).name)
     log.info("saved split %s", path)
     return split

@@ -89,9 +89,17 @@ def check_request(n: int, size: int, difficulty: float, workers: int | None, out
     need = int(n) * int(size) ** 2 * 3 * COMPRESSED_FRACTION
     free = shutil.disk_usage(existing).free
     if need > free:
-        raise DataError(f"--n {n} images of {size} px need about {need / 2**30:.1f} GiB but {existing} has "
-                        f"{free / 2**30:.1f} GiB free; render fewer or smaller images, or choose another --out")
+        raise DataError(f"--n {n} images of {size} px need about {_human_bytes(need)} but {existing} has "
+                        f"{_human_bytes(free)} free; render fewer or smaller images, or choose another --out")
     return path
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def synthetic_labels(n: int, seed: int) -> np.ndarray:

@@ -242,7 +242,7 @@ def _tiny_cnn(seed: int = 0):  # noqa: ANN202 - a keras.Model
     import keras
 
     from experiments.config import ModelConfig
-    from experiments.models import build_model
+    from models import build_model
 
     keras.utils.set_random_seed(seed)
     return build_model(ModelConfig(filters=(4, 8), dense_units=12, dropout=0.0), input_size=32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.config import ModelConfig
-from experiments.models import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
+from models import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
 from pipelines.errors import ConfigError
 
 # Conv 3x3 (3->32, 32->32, 32->64, 64->64), 88 px pooled 4x to 5 px: 5*5*64 = 1600 -> Dense 256 -> Dense 10.
@@ -87,3 +87,61 @@ def test_bad_shapes_and_precision():
         build_model(ModelConfig(filters=(4,) * 6), input_size=32)
     with pytest.raises(ConfigError, match="precision"):
         build_model(precision="float16")
+
+
+# --------------------------------------------------------------------------------------------
+# The registry (issue 12)
+# --------------------------------------------------------------------------------------------
+#: The reference CNN's layers before the registry existed (names and types in order): the refactor
+#: must keep them, so weights initialise identically for a seed and saved models reload.
+REFERENCE_LAYERS = [
+    ("image", "InputLayer"), ("rescale", "Rescaling"), ("conv1", "Conv2D"), ("act1", "Activation"),
+    ("pool1", "MaxPooling2D"), ("conv2", "Conv2D"), ("act2", "Activation"), ("pool2", "MaxPooling2D"),
+    ("conv3", "Conv2D"), ("act3", "Activation"), ("pool3", "MaxPooling2D"), ("conv4", "Conv2D"),
+    ("act4", "Activation"), ("pool4", "MaxPooling2D"), ("dropout", "Dropout"), ("flatten", "Flatten"),
+    ("embedding", "Dense"), ("logits", "Dense"), ("probabilities", "Activation"),
+]
+
+
+def test_reference_cnn_is_unchanged_by_the_registry():
+    model = build_model()
+    assert [(layer.name, type(layer).__name__) for layer in model.layers] == REFERENCE_LAYERS
+    assert model.name == "galaxy10_cnn"
+    keras.utils.set_random_seed(3)
+    a = build_model(ModelConfig(filters=(4, 8), dense_units=16), input_size=32)
+    keras.utils.set_random_seed(3)
+    b = build_model(ModelConfig(name="reference_cnn", filters=(4, 8), dense_units=16), input_size=32)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_unknown_backbone_is_one_line():
+    from experiments.config import load_config
+
+    with pytest.raises(ConfigError, match=r"model.name='resnet9000' is not a registered backbone; use one of: "
+                                          r".*reference_cnn"):
+        load_config(None, ["model.name=resnet9000"])
+
+
+def test_a_new_backbone_needs_only_a_registration(monkeypatch: pytest.MonkeyPatch):
+    """What adding a backbone file does: register a builder; build_model adds the shared head."""
+    from models import registry
+
+    monkeypatch.setattr(registry, "BACKBONES", dict(registry.BACKBONES))
+
+    @registry.register("tiny_mlp")
+    def tiny_mlp(inputs, cfg, dtype):  # noqa: ANN001, ANN202
+        x = keras.layers.Rescaling(1 / 255, dtype=dtype)(inputs)
+        return keras.layers.GlobalAveragePooling2D(dtype=dtype)(x)
+
+    model = build_model(ModelConfig(name="tiny_mlp", dense_units=8), input_size=16, num_classes=4)
+    assert model.get_layer(EMBEDDING_LAYER).units == 8 and model.output_shape == (None, 4)
+    assert model.get_layer(OUTPUT_LAYER).dtype_policy.name == "float32"
+
+
+def test_backbone_and_its_parameters_travel_in_the_metadata():
+    from models import describe_backbone
+
+    doc = describe_backbone(ModelConfig(filters=(8, 16), dense_units=32))
+    assert doc["backbone"] == "reference_cnn"
+    assert doc["backbone_params"]["filters"] == [8, 16] and doc["backbone_params"]["dense_units"] == 32

@@ -10,7 +10,7 @@ import pytest
 from augment.tta import dihedral_view
 from conftest import write_galaxy10_h5
 from experiments.config import flatten, load_config
-from experiments.models import build_model
+from models import build_model
 from experiments.training import (
     TrainData,
     balanced_class_weights,
@@ -194,3 +194,26 @@ def test_auto_targets_from_a_warmup(data, monkeypatch: pytest.MonkeyPatch) -> No
     m = resolve_multipliers(cfg, data)
     assert len(fits) == 1 and fits[0].train.epochs == 1 and fits[0].augment.targets is None
     assert m.shape == (10,) and m.min() == 1.0 and 1.0 <= m.max() <= 5.0
+
+
+@pytest.mark.parametrize("max_images", ["null", "150"])
+def test_train_opens_and_validates_the_data_file_once(max_images: str, tiny_h5: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ``galaxy10 train`` opens the HDF5 file once and validates it once, on a cold run (no split,
+    no image cache: the duplicate scan and the cache read through the same handle) and a warm one."""
+    import pipelines.reader as reader
+    from experiments.cli import main as cli_main
+
+    opens: list[str] = []
+    validations: list[str] = []
+    real_open, real_validate = reader._open, reader._validate_open
+    monkeypatch.setattr(reader, "_open", lambda p: opens.append(str(p)) or real_open(p))
+    monkeypatch.setattr(reader, "_validate_open", lambda p, f: validations.append(str(p)) or real_validate(p, f))
+    argv = ["-q", "train", "--config", str(SMOKE), "--data", str(tiny_h5), "--set", "train.epochs=1",
+            "--set", f"data.max_images={max_images}", "--no-log-model"]
+    for run in ("cold", "warm"):
+        opens.clear()
+        validations.clear()
+        assert cli_main(argv) == 0
+        assert opens == [str(tiny_h5)], (run, opens)
+        assert validations == [str(tiny_h5)], (run, validations)

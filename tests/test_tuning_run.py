@@ -157,7 +157,7 @@ def test_bad_search_space_key_via_cli(tiny_h5: Path, tmp_path: Path, capsys: pyt
     assert cli_main(["tune", "--config", str(tmp_path / "bad.yaml"), "--data", str(tiny_h5)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("galaxy10: error: search_space 'model.dropuot' = 0.1: unknown config key model.dropuot; "
-                   "allowed keys in model: filters, kernel_size, batch_norm, dropout, dense_units, l2, "
+                   "allowed keys in model: name, filters, kernel_size, batch_norm, dropout, dense_units, l2, "
                    "global_pooling, activation")
     assert not (tmp_path / "optuna.db").exists()  # refused before any study was created
 

@@ -49,9 +49,6 @@ def format_summary(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, open an MLflow run, train, print the summary."""
-    from collections.abc import Mapping
-
-    from augment.targeting import multipliers_from_targets
     from experiments import tracking
     from experiments.config import AUTO_TARGETS, load_config
     from experiments.training import load_training_data, summary, train
@@ -59,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     uri = tracking.set_tracking_uri(args.tracking_uri)
     # Everything that can fail on bad input is checked before the MLflow run is opened.
-    data = load_training_data(cfg.data, args.data)
-    if isinstance(cfg.augment.targets, Mapping):  # class names resolve against this file's classes
-        multipliers_from_targets(cfg.augment.targets, data.class_set)
+    data = load_training_data(cfg.data, args.data, targets=cfg.augment.targets)  # targets: the file's classes
     recall = None
     if cfg.augment.targets == AUTO_TARGETS and cfg.augment.auto_from_run:
         recall = tracking.run_val_recall(str(cfg.augment.auto_from_run), data.class_slugs, tracking_uri=uri)
