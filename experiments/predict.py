@@ -112,6 +112,29 @@ class Predictor:
         return prepare_images(image[None], size=self.card.size, crop=self.card.crop)[0]
 
 
+#: Images per model call when a predictor scores rows of a data file (``predict FILE.h5``, reports).
+FILE_BATCH = 64
+
+
+def predict_file_rows(predictor: Predictor, data_path: str | Path, indices: Sequence[int] | np.ndarray, *,
+                      desc: str = "predict") -> np.ndarray:
+    """Probabilities ``(len(indices), C)`` of rows of a Galaxy10 file, read lazily in batches of
+    :data:`FILE_BATCH`: the one path by which ``galaxy10 predict FILE.h5`` and the report score a file,
+    so a model scores the same images identically wherever it is scored."""
+    from tqdm.auto import tqdm
+
+    from pipelines.reader import Galaxy10File
+
+    indices = np.asarray(indices, dtype=np.int64)
+    parts = []
+    with Galaxy10File(data_path) as f, tqdm(total=len(indices), desc=desc, unit="img", disable=None,
+                                            leave=False) as bar:
+        for _, images in f.iter_batches(FILE_BATCH, indices):
+            parts.append(predictor.predict(images))
+            bar.update(len(images))
+    return np.concatenate(parts) if parts else np.zeros((0, len(predictor.card.class_names)), np.float32)
+
+
 def parse_model_ref(ref: str) -> str:
     """Turn a ``--model`` value into an MLflow model URI.
 

@@ -426,33 +426,14 @@ def score_baseline_model(data: Any, cfg: Any) -> tuple[np.ndarray, dict[str, Any
     return y_pred, summary
 
 
-def score_cnn(model_uri: str, data: Any, cfg: Any) -> np.ndarray:
-    """Test probabilities of the logged Keras model, through the training code's own evaluation path."""
+def score_logged_model(model_uri: str, data_path: Path, indices: np.ndarray) -> np.ndarray:
+    """Test probabilities of a logged model (Keras CNN or pyfunc ensemble) from the raw file images,
+    through the one :class:`experiments.predict.Predictor` that ``galaxy10 predict`` and the web page use."""
     from experiments import tracking
-    from experiments.training import predict_probs
+    from experiments.predict import predict_file_rows, predictor_from_loaded
 
-    bundle = tracking.load_model_bundle(model_uri)
-    return predict_probs(bundle.model, data, data.test, crop=int(bundle.meta["crop"]),
-                         tta=bool(bundle.meta.get("tta", cfg.augment.tta)))
-
-
-def score_logged_model(model_uri: str, data_path: Path, indices: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
-    """Test probabilities of a logged model (pyfunc ensemble or Keras) from the raw file images."""
-    from tqdm.auto import tqdm
-
-    from experiments import tracking
-    from pipelines.reader import Galaxy10File
-
-    loaded = tracking.load_prediction_model(model_uri)
-    parts = []
-    with Galaxy10File(data_path) as f:
-        for _, images in tqdm(f.iter_batches(batch_size, indices), total=-(-len(indices) // batch_size),
-                              desc="ensemble on test", unit="batch", disable=None):
-            if loaded.kind == "keras":
-                parts.append(tracking.predict_images(loaded.model, images))
-            else:
-                parts.append(np.asarray(loaded.model.predict(images), dtype=np.float64))
-    probs = np.concatenate(parts) if parts else np.zeros((0, 0))
+    predictor = predictor_from_loaded(tracking.load_prediction_model(model_uri))
+    probs = predict_file_rows(predictor, data_path, indices, desc="score on test")
     if probs.ndim != 2 or probs.shape[0] != len(indices):
         raise ModelError(f"model {model_uri} returned {probs.shape} for {len(indices)} images; "
                          "expected class probabilities (N, n_classes)")
@@ -907,7 +888,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         probs_by_key: dict[str, np.ndarray] = {}
         log.info("scoring the best CNN (trial %d, %s) on %d test images", study.best_number, study.best_model_uri,
                  len(data.test))
-        probs_by_key["cnn"] = score_cnn(study.best_model_uri, data, cfg)
+        probs_by_key["cnn"] = score_logged_model(study.best_model_uri, data.path, data.test)
         models.append(_scored("cnn", "Best CNN", f"study best trial {study.best_number} "
                               f"(val {study.metric} {study.best_value:.4f})", study.best_run_id,
                               study.best_model_uri, y_true, probs_by_key["cnn"], slugs))

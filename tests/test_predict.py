@@ -366,3 +366,34 @@ def test_pyfunc_ensembles_predict_through_the_same_interface(side_store: str, ca
     code, out, err = run_cli(capsys, "grey.png", "--model", run_id, "--tracking-uri", uri, "--top", "1")
     assert code == 0, err
     assert out.splitlines()[1].split()[:3] == ["grey.png", "1", "In-between"]
+
+
+def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble(smoke_model) -> None:
+    """Issue 12: the same model scores bit-identical test probabilities through the report, ``predict``
+    (``FILE.h5:rows``), the web page's predictor and the ensembles' CNN branch (embedding pass)."""
+    from ensembles.embeddings import CNNEmbedder
+    from experiments import tracking
+    from experiments.predict import iter_input_batches, load_predictor, predict_file_rows
+    from experiments.report import score_logged_model
+    from pipelines.preprocess import prepare_images
+    from pipelines.splits import ensure_split
+
+    with keep_mlflow_tracking_uri():
+        tracking.set_tracking_uri(smoke_model.tracking_uri)
+        test = ensure_split(smoke_model.data_path, test_fraction=None, val_fraction=None, seed=None).test
+        report_probs = score_logged_model(smoke_model.model_uri, smoke_model.data_path, test)
+        predictor = load_predictor(smoke_model.model_uri)
+        spec = ",".join(str(int(i)) for i in test)
+        sources = plan_inputs([f"{smoke_model.data_path}:{spec}"])
+        cli_probs = np.concatenate([predictor.predict([item.image for item in batch])
+                                    for batch in iter_input_batches(sources)])
+        bundle = tracking.load_model_bundle(smoke_model.model_uri)
+    np.testing.assert_array_equal(report_probs, cli_probs)
+    np.testing.assert_array_equal(report_probs, predict_file_rows(predictor, smoke_model.data_path, test))
+    from pipelines.reader import Galaxy10File
+
+    with Galaxy10File(smoke_model.data_path) as f:
+        raw = f.images(test)
+    crops = prepare_images(raw, size=int(bundle.meta["size"]), crop=int(bundle.meta["crop"]))
+    embedded = CNNEmbedder(bundle.model).fit(crops).embed(crops, split="test", data_fingerprint="x")
+    np.testing.assert_array_equal(embedded.probs, report_probs)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from experiments.predict import format_predictions, iter_input_batches, load_predictor, plan_inputs
+    from experiments.predict import FILE_BATCH, format_predictions, iter_input_batches, load_predictor, plan_inputs
     from pipelines.errors import DataError
 
     if not 1 <= args.top <= MAX_TOP:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     labels: list[str] = []
     probs: list[np.ndarray] = []
     with tqdm(total=total, desc="predict", unit="img", disable=None, leave=False) as bar:
-        for batch in iter_input_batches(sources, batch_size=64):
+        for batch in iter_input_batches(sources, batch_size=FILE_BATCH):
             probs.append(predictor.predict([item.image for item in batch]))
             labels.extend(item.label for item in batch)
             bar.update(len(batch))
