@@ -20,7 +20,7 @@ from pipelines.errors import ConfigError
 from pipelines.io import read_yaml_file
 
 MODES: tuple[str, ...] = ("crossfit", "val_cv")
-SELECT_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
+SELECT_METRICS: tuple[str, ...] = ("study", "accuracy", "balanced_accuracy", "macro_f1")
 TUNE_METRICS: tuple[str, ...] = ("log_loss", "accuracy")
 
 
@@ -74,12 +74,14 @@ class EnsembleConfig:
     """The whole comparison: which candidates, how they are fit honestly, how the winner is chosen.
 
     ``n_jobs``: threads of each second-stage fit and of the BLAS/OpenMP pools during those fits
-    (null: 1, which is fastest when the cores are shared).
+    (null: 1, which is fastest when the cores are shared). ``select_metric``: ``study`` (default: the
+    metric the study optimised) or a metric name; a candidate replaces ``cnn-best`` as champion only
+    when it leads by more than the paired-bootstrap standard error of the difference.
     """
 
     mode: str = "val_cv"
     seed: int = 0
-    select_metric: str = "accuracy"
+    select_metric: str = "study"
     cv_folds: int = 5
     n_jobs: int | None = None
     alias: str = "champion"

@@ -768,6 +768,37 @@ def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]
     return closed
 
 
+#: The candidate every ensemble must beat: the study's best CNN alone.
+BASELINE_CANDIDATE = "cnn-best"
+
+
+def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
+                    n_classes: int, metric: str, *, seed: int = 0) -> tuple[Mapping[str, Any], str]:
+    """The comparison's champion and the sentence saying why.
+
+    The candidate with the best validation ``metric`` wins only if it leads ``cnn-best`` by more than
+    the paired-bootstrap standard error of the difference (same validation images); otherwise the
+    study's best CNN stays champion: an ensemble must not replace it on noise.
+    """
+    from experiments.evaluation import paired_difference_se
+
+    key = f"val_{metric}"
+    top = max(rows, key=lambda r: (r[key], -rows.index(r)))  # ties: the simpler, earlier candidate
+    base = next((r for r in rows if r["candidate"] == BASELINE_CANDIDATE), None)
+    if base is None or top is base:
+        return top, f"{top['candidate']} has the best val_{metric} ({top[key]:.4f}) and is champion"
+    probs = {c.name: c.val_probs for c in candidates}
+    se = paired_difference_se(y_val, probs[top["candidate"]].argmax(1), probs[BASELINE_CANDIDATE].argmax(1),
+                              n_classes, metric, seed=seed)
+    lead = float(top[key] - base[key])
+    if lead > se:
+        return top, (f"{top['candidate']} leads {BASELINE_CANDIDATE} by {lead:.4f} val_{metric}, more than the "
+                     f"paired-bootstrap standard error {se:.4f}: it is champion")
+    return base, (f"{top['candidate']} leads {BASELINE_CANDIDATE} by only {lead:.4f} val_{metric}, within the "
+                  f"paired-bootstrap standard error {se:.4f} on {len(y_val)} validation images: "
+                  f"{BASELINE_CANDIDATE} stays champion")
+
+
 def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tracking_uri: str | None = None,
                    data_path: str | Path | None = None, config_text: str | None = None) -> ComparisonReport:
     """Build every candidate, log the comparison to MLflow and register the winner (see module docs)."""
@@ -832,10 +863,14 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
             rows.append({**_row(cand, metrics, slugs), "run_id": child.run_id})
             log.info("%-22s val accuracy %.4f, balanced %.4f, macro-F1 %.4f (%s)", cand.name, metrics["accuracy"],
                      metrics["balanced_accuracy"], metrics["macro_f1"], cand.estimate)
-        key = f"val_{cfg.select_metric}"
-        winner = max(rows, key=lambda r: (r[key], -rows.index(r)))  # ties: the simpler, earlier candidate
-        md = comparison_markdown(rows, winner=winner["candidate"], select_metric=cfg.select_metric,
-                                 synthetic=data.synthetic)
+        select_metric = members.metric if cfg.select_metric == "study" else cfg.select_metric
+        key = f"val_{select_metric}"
+        winner, rule = choose_champion(rows, candidates, y_val, data.num_classes, select_metric, seed=cfg.seed)
+        log.info("champion: %s", rule)
+        if winner["candidate"] == BASELINE_CANDIDATE and len(rows) > 1:
+            notes.append(rule)
+        md = comparison_markdown(rows, winner=winner["candidate"], select_metric=select_metric,
+                                 synthetic=data.synthetic) + f"\nChampion rule: {rule}.\n"
         parent.log_text(comparison_csv(rows, columns), "comparison.csv")
         parent.log_text(md, "comparison.md")
         parent.log_figure(comparison_figure(rows, title=f"study {study_name}: ensembles on the validation split"
@@ -849,7 +884,8 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                   "optuna.study": study_name})
         tracking.set_run_tags(winner["run_id"], {"ensemble.winner": "true"}, tracking_uri=uri)
         parent.set_tags({"winner": winner["candidate"], "winner.run_id": winner["run_id"],
-                         "winner.registered_model": registered, "n_candidates": len(rows)})
+                         "winner.registered_model": registered, "n_candidates": len(rows),
+                         "winner.rule": rule, "select_metric": select_metric})
         parent.log_metrics({f"winner_{key}": float(winner[key]), "n_candidates": float(len(rows)),
                             "comparison_seconds": time.perf_counter() - started})
     for note in notes:

@@ -407,10 +407,11 @@ PRUNER_ARGS: dict[str, tuple[str, ...]] = {
 
 STUDY_KEYS: tuple[str, ...] = (
     "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
-    "heartbeat_interval", "grace_period", "retry_stale", "log_models", "register_model", "model_alias",
+    "heartbeat_interval", "grace_period", "retry_stale", "log_models", "keep_models", "register_model",
+    "model_alias",
 )
 #: Which trials log their Keras model: those that beat every earlier COMPLETE trial, or all.
-LOG_MODELS: tuple[str, ...] = ("improving", "all")
+LOG_MODELS: tuple[str, ...] = ("top_k", "improving", "all")
 TUNE_KEYS: tuple[str, ...] = ("base", "run", "study", "search_space")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -454,7 +455,8 @@ class StudyConfig:
     heartbeat_interval: int = 20
     grace_period: int = 60
     retry_stale: int = 1
-    log_models: str = "improving"
+    log_models: str = "top_k"
+    keep_models: int = 3
     register_model: bool = True
     model_alias: str = "champion"
 
@@ -528,7 +530,7 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
             f"study.grace_period={grace} must exceed study.heartbeat_interval={interval} "
             "(a live worker would look dead); make it at least twice the interval"
         )
-    log_models = raw.get("log_models", "improving")
+    log_models = raw.get("log_models", "top_k")
     if log_models not in LOG_MODELS:
         raise ConfigError(f"study.log_models={log_models!r} is unknown; use one of: {', '.join(LOG_MODELS)}")
     register = raw.get("register_model", True)
@@ -546,7 +548,8 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         sampler=SamplerConfig(s_name, s_kwargs), pruner=PrunerConfig(p_name, p_kwargs),
         heartbeat_interval=interval, grace_period=grace,
         retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
-        log_models=log_models, register_model=register, model_alias=alias,
+        log_models=log_models, keep_models=_positive_int("study.keep_models", raw.get("keep_models", 3)),
+        register_model=register, model_alias=alias,
     )
 
 

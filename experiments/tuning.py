@@ -545,15 +545,20 @@ class _Worker:
         return value
 
     def _should_log_model(self, value: float) -> bool:
-        """Log a trial's model when ``log_models`` is ``all``, or when it beats every COMPLETE trial so far.
+        """Log a trial's model when ``log_models`` is ``all``; for ``top_k`` when it ranks among the
+        ``keep_models`` best COMPLETE trials so far; for ``improving`` when it beats every one of them.
 
-        The study's best trial is always one that beat all before it, so its model is always there.
+        The study's best trial always ranked first when it finished, so its model is always there, and
+        under ``top_k`` so are the models of every trial that is among the final top k.
         """
-        if self.run.tune.study.log_models == "all":
+        study_cfg = self.run.tune.study
+        if study_cfg.log_models == "all":
             return True
-        values = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.value is not None]
-        return not values or value > max(values)
+        values = sorted((t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                         if t.value is not None), reverse=True)
+        if study_cfg.log_models == "top_k":
+            return len(values) < study_cfg.keep_models or value > values[study_cfg.keep_models - 1]
+        return not values or value > values[0]
 
     @staticmethod
     def _log_model(tracker: Any, result: Any, data: Any, crop: int) -> str | None:

@@ -93,3 +93,43 @@ def test_prefixed_names_and_tables():
 def test_bad_inputs(y, probs, match):
     with pytest.raises(DataError, match=match):
         classification_metrics(y, probs)
+
+
+def test_paired_difference_se() -> None:
+    from experiments.evaluation import paired_difference_se
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    a = np.where(rng.random(400) < 0.8, y, (y + 1) % 3)
+    assert paired_difference_se(y, a, a, 3, "accuracy") == 0.0
+    b = np.where(rng.random(400) < 0.1, (a + 1) % 3, a)  # b differs from a on ~10% of images
+    se = paired_difference_se(y, a, b, 3, "accuracy", n_resamples=2000)
+    disagree = np.mean(a != b)
+    assert se == pytest.approx(np.sqrt(disagree / 400), rel=0.25)  # ~ sqrt(p_discordant / n)
+    assert paired_difference_se(y, a, b, 3, "balanced_accuracy") > 0
+
+
+def test_an_ensemble_replaces_the_cnn_only_beyond_the_standard_error() -> None:
+    from experiments.ensemble_runner import Candidate, choose_champion
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 300)
+    cnn = np.where(rng.random(300) < 0.75, y, (y + 1) % 4)
+    slightly = cnn.copy()  # disagrees with the CNN on 27 images: 15 more right, 12 more wrong, net +0.01
+    wrong, right = np.flatnonzero(cnn != y)[:15], np.flatnonzero(cnn == y)[:12]
+    slightly[wrong] = y[wrong]
+    slightly[right] = (y[right] + 2) % 4
+    much = np.where(rng.random(300) < 0.95, y, (y + 1) % 4)
+
+    def cand(name: str, pred: np.ndarray) -> Candidate:
+        return Candidate(name, "x", [], np.eye(4)[pred], "", None)
+
+    def row(name: str, pred: np.ndarray) -> dict:
+        return {"candidate": name, "val_accuracy": float(np.mean(pred == y))}
+
+    rows = [row("cnn-best", cnn), row("vote-top3", slightly)]
+    winner, rule = choose_champion(rows, [cand("cnn-best", cnn), cand("vote-top3", slightly)], y, 4, "accuracy")
+    assert winner["candidate"] == "cnn-best" and "stays champion" in rule and "within" in rule
+    rows = [row("cnn-best", cnn), row("vote-top3", much)]
+    winner, rule = choose_champion(rows, [cand("cnn-best", cnn), cand("vote-top3", much)], y, 4, "accuracy")
+    assert winner["candidate"] == "vote-top3" and "is champion" in rule

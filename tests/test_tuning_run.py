@@ -232,3 +232,17 @@ def test_sigkilled_worker_then_rerun_continues_the_study(tiny_h5: Path, tmp_path
     assert dead.data.tags["optuna.fail_reason"].startswith("stale heartbeat")
     parents, children = runs_of()
     assert len(parents) == 1 and len(children) == 3
+
+
+@pytest.mark.slow  # five one-epoch trials
+def test_the_top_k_trials_keep_their_models_for_voting(tmp_path: Path) -> None:
+    """Issue 13: by default (log_models: top_k, keep_models: 3) every trial among the final top 3 has a
+    logged model, so `galaxy10 ensemble` can vote with them."""
+    from conftest import tiny_study_in
+    from experiments import tuning
+
+    with tiny_study_in(tmp_path, n_images=300, n_trials=5, log_all_models=False) as study:
+        trials = tuning.load_existing_study("tiny", tuning.open_storage(study.storage)).get_trials()
+    done = sorted((t for t in trials if t.value is not None), key=lambda t: -t.value)
+    assert len(done) == 5
+    assert all("model_uri" in t.user_attrs for t in done[:3]), [(t.number, t.value, t.user_attrs) for t in done]
