@@ -49,7 +49,7 @@ SCORING_RUN_NAME = "report test scoring"
 #: Artifact folder of the report on the study's parent run.
 ARTIFACT_DIR = "report"
 #: Metric prefixes of the three scored models (``test_<key>_accuracy`` on the scoring run).
-MODEL_KEYS: tuple[str, ...] = ("baseline", "cnn", "ensemble")
+MODEL_KEYS: tuple[str, ...] = ("baseline", "cnn", "refit", "ensemble")
 #: Registered-model name of a study's ensemble winner (``galaxy10 ensemble``): ``<study>-ensemble``.
 ENSEMBLE_MODEL_SUFFIX = "-ensemble"
 ENSEMBLE_ALIAS = "champion"
@@ -272,6 +272,9 @@ class StudyFacts:
     best_run_id: str
     best_model_uri: str
     trials: tuple[tuple[int, str, float | None], ...]
+    refit_model_uri: str | None = None
+    refit_run_id: str | None = None
+    refit_of_trial: int | None = None
 
 
 def study_facts(study_name: str, storage_url: str) -> StudyFacts:
@@ -316,6 +319,8 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
         recorded_tracking_uri=attrs.get(tuning.ATTR_TRACKING_URI), best_number=best.number,
         best_value=float(best.value), best_params=dict(best.params), best_run_id=str(run_id),
         best_model_uri=str(model_uri), trials=tuple(trials),
+        refit_model_uri=attrs.get(tuning.ATTR_REFIT_MODEL), refit_run_id=attrs.get(tuning.ATTR_REFIT_RUN),
+        refit_of_trial=attrs.get(tuning.ATTR_REFIT_TRIAL),
     )
 
 
@@ -892,6 +897,12 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         models.append(_scored("cnn", "Best CNN", f"study best trial {study.best_number} "
                               f"(val {study.metric} {study.best_value:.4f})", study.best_run_id,
                               study.best_model_uri, y_true, probs_by_key["cnn"], slugs))
+        if study.refit_model_uri and study.refit_of_trial == study.best_number:
+            log.info("scoring the refit of trial %d (%s) on the test split", study.best_number, study.refit_model_uri)
+            probs_by_key["refit"] = score_logged_model(study.refit_model_uri, data.path, data.test)
+            models.append(_scored("refit", "Refit CNN (train + validation)",
+                                  f"trial {study.best_number}'s configuration retrained on train + validation",
+                                  study.refit_run_id, study.refit_model_uri, y_true, probs_by_key["refit"], slugs))
         ensemble = find_ensemble(study_name, uri)
         if ensemble.found and ensemble.model_uri:
             log.info("scoring the ensemble winner %s (%s) on the test split", ensemble.winner_name, ensemble.model_uri)

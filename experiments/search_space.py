@@ -408,7 +408,7 @@ PRUNER_ARGS: dict[str, tuple[str, ...]] = {
 STUDY_KEYS: tuple[str, ...] = (
     "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
     "heartbeat_interval", "grace_period", "retry_stale", "log_models", "keep_models", "register_model",
-    "model_alias",
+    "model_alias", "refit",
 )
 #: Which trials log their Keras model: those that beat every earlier COMPLETE trial, or all.
 LOG_MODELS: tuple[str, ...] = ("top_k", "improving", "all")
@@ -440,8 +440,13 @@ class StudyConfig:
     until it is reached); ``timeout`` is wall seconds for one command; ``heartbeat_interval`` and
     ``grace_period`` (seconds) decide when a RUNNING trial whose worker died is failed;
     ``retry_stale`` is how many times such a trial's parameters are queued again. ``log_models``:
-    ``improving`` logs a trial's model only when it beats every earlier COMPLETE trial (the best
-    trial's model is always logged), ``all`` logs every COMPLETE trial's model.
+    ``top_k`` (default) logs a trial's model when it ranks among the ``keep_models`` best COMPLETE
+    trials so far (so the top-k trials an ensemble votes with have models; 3 = the ensemble's default
+    ``vote.top_k``), ``improving`` only when it beats every earlier COMPLETE trial (the best trial's
+    model is always logged), ``all`` every COMPLETE trial's model. ``refit`` (default true): once the
+    trials are done, the best trial's configuration is trained again on train + validation for the
+    epochs its best checkpoint took, logged as its own run and registered under the study's name with
+    alias ``refit`` (scikit-learn's ``refit=True``); the report scores it on test.
     """
 
     name: str
@@ -459,6 +464,7 @@ class StudyConfig:
     keep_models: int = 3
     register_model: bool = True
     model_alias: str = "champion"
+    refit: bool = True
 
     @property
     def direction(self) -> str:
@@ -505,6 +511,12 @@ def _named_kwargs(where: str, raw: Any, table: Mapping[str, tuple[str, ...]], de
     return name, kwargs
 
 
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value
+
+
 def parse_study(raw: Any, default_name: str) -> StudyConfig:
     """Validate the ``study`` section; raise ``ConfigError`` naming the bad key."""
     raw = {} if raw is None else raw
@@ -549,7 +561,7 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         heartbeat_interval=interval, grace_period=grace,
         retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
         log_models=log_models, keep_models=_positive_int("study.keep_models", raw.get("keep_models", 3)),
-        register_model=register, model_alias=alias,
+        register_model=register, model_alias=alias, refit=_bool("study.refit", raw.get("refit", True)),
     )
 
 

@@ -343,8 +343,9 @@ def _scheduled_lr(train_cfg: TrainConfig, epoch: int, lr: float) -> float:
 
 def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray | None = None,
         tracker: Any = None, callbacks: Sequence[Any] = (), epoch_callback: EpochCallback | None = None,
-        verbose: int | str | None = None) -> FitResult:
-    """Compile and train ``model`` on ``data.train``; restore the best weights on ``train.monitor``.
+        verbose: int | str | None = None, restore_best: bool = True) -> FitResult:
+    """Compile and train ``model`` on ``data.train``; restore the best weights on ``train.monitor``
+    (``restore_best=False`` keeps the last epoch's: a refit whose validation images are in the training set).
 
     ``callbacks`` are extra Keras callbacks (run after the validation pass, so they see ``val_*``).
     """
@@ -379,7 +380,7 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
         all_callbacks[1:1] = list(callbacks)
         history = model.fit(train_ds, epochs=train_cfg.epochs, callbacks=all_callbacks, class_weight=class_weight,
                             shuffle=False, verbose=verbose)
-        if checkpoint.exists():
+        if restore_best and checkpoint.exists():
             model.load_weights(str(checkpoint))
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     series = hist.get(train_cfg.monitor) or []
@@ -459,7 +460,7 @@ def _log_split_report(tracker: Any, split: str, metrics: Mapping[str, Any], data
 def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
           data_path: str | Path | None = None, score_test: bool = False, callbacks: Sequence[Any] = (),
           epoch_callback: EpochCallback | None = None, recall_lookup: RecallLookup | None = None,
-          log_model: bool = True, verbose: int | str | None = None) -> TrainResult:
+          log_model: bool = True, verbose: int | str | None = None, restore_best: bool = True) -> TrainResult:
     """Run one configured training: data, model, fit, evaluation, logging.
 
     Parameters
@@ -511,7 +512,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     model = build_model(cfg.model, input_size=cfg.data.crop, num_classes=data.num_classes,
                         precision=cfg.train.precision)
     fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
-                 epoch_callback=epoch_callback, verbose=verbose)
+                 epoch_callback=epoch_callback, verbose=verbose, restore_best=restore_best)
 
     val_metrics = evaluate(model, data, data.val, crop=cfg.data.crop, tta=cfg.augment.tta)
     tracker.log_metrics({**prefixed(val_metrics, "val"), "best_epoch": fitted.best_epoch,

@@ -410,6 +410,7 @@ class StudyReport:
     plots: tuple[str, ...]
     notes: tuple[str, ...]
     seconds: float
+    refit: str | None = None
 
 
 class StaleTrialHandler:
@@ -868,8 +869,60 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
             _end_parent(parent, study, status)
     report = _finish(study, tune, parent, tracking_uri, stale=stale, trials_before=before, problems=problems,
                      seconds=time.perf_counter() - started)
+    if study_cfg.refit:
+        report = replace(report, refit=refit_best(study, tune, tracking_uri=tracking_uri,
+                                                  parent_run_id=parent.run_id, data_path=data_path,
+                                                  overrides=tuple(overrides)))
     parent.end("FINISHED" if not problems else "FAILED")
     return report
+
+
+#: Study user attributes of the refit model.
+ATTR_REFIT_TRIAL, ATTR_REFIT_RUN, ATTR_REFIT_MODEL = "refit_of_trial", "refit_run_id", "refit_model_uri"
+REFIT_ALIAS = "refit"
+
+
+def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, parent_run_id: str,
+               data_path: str | None, overrides: tuple[str, ...] = ()) -> str | None:
+    """Train the best trial's configuration on train + validation for its best epoch count; return the
+    registered model (``models:/<study>@refit``), or None when there is nothing (new) to refit.
+
+    Like scikit-learn's ``refit=True``: selection used the validation split, the final model uses it
+    too. The run is a child of the study's parent run (tag ``optuna.role=refit``); its ``val_*``
+    metrics are on images it trained on, so they are tagged ``refit.val_seen=true`` and mean nothing.
+    The test split stays untouched (the report scores it). A study whose best trial was already
+    refit is not refit again.
+    """
+    from experiments import tracking
+    from experiments.training import load_training_data, train
+
+    best = best_trial(study)
+    if best is None or "best_epoch" not in best.user_attrs:
+        return None
+    if study.user_attrs.get(ATTR_REFIT_TRIAL) == best.number and study.user_attrs.get(ATTR_REFIT_MODEL):
+        return study.user_attrs.get("refit_registered")
+    cfg, _ = resolve_run_config(tune, dict(best.params), extra_overrides=overrides)
+    epochs = int(best.user_attrs["best_epoch"])
+    cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, patience=None),
+                  run_name=f"{study.study_name}-refit-trial-{best.number:03d}")
+    data = load_training_data(cfg.data, data_path, targets=cfg.augment.targets)
+    merged = replace(data, train=np.union1d(data.train, data.val))
+    log.info("refit: trial %d's configuration on train + validation (%d images) for %d epochs", best.number,
+             len(merged.train), epochs)
+    tags = {"optuna.study": study.study_name, "optuna.role": "refit", "refit.of_trial": best.number,
+            "refit.epochs": epochs, "refit.val_seen": "true"}
+    with tracking.MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=tracking_uri,
+                                parent_run_id=parent_run_id, tags=tags) as tracker:
+        result = train(cfg, tracker, data=merged, verbose=0, restore_best=False,
+                       recall_lookup=functools.partial(tracking.run_val_recall, tracking_uri=tracking_uri))
+    registered = tracking.register_champion(result.model_uri, study.study_name, alias=REFIT_ALIAS,
+                                            run_id=result.run_id, tracking_uri=tracking_uri,
+                                            tags={"optuna.study": study.study_name, "refit.of_trial": best.number})
+    study.set_user_attr(ATTR_REFIT_TRIAL, best.number)
+    study.set_user_attr(ATTR_REFIT_RUN, result.run_id)
+    study.set_user_attr(ATTR_REFIT_MODEL, result.model_uri)
+    study.set_user_attr("refit_registered", registered)
+    return registered
 
 
 def _end_parent(parent: Any, study: optuna.Study, status: str) -> None:

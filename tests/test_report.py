@@ -164,7 +164,8 @@ def test_report_has_every_section(tiny_study: TinyStudy, first_report: Path) -> 
     assert "SYNTHETIC</span>" in html and "train 160, val 20, test 20" in html
     assert html.count('<td class="num">20</td>') >= 10  # 20 images of each class in the file
     # baseline and best CNN rows with intervals, next to the reference marked as such
-    for key, label in (("baseline", "Baseline (most frequent class)"), ("cnn", "Best CNN")):
+    for key, label in (("baseline", "Baseline (most frequent class)"), ("cnn", "Best CNN"),
+                       ("refit", "Refit CNN (train + validation)")):  # issue 13: the refit is scored too
         m = numbers["models"][key]
         lo, hi = m["ci95"]["accuracy"]
         assert lo <= m["test"]["accuracy"] <= hi

@@ -41,8 +41,16 @@ def runs_of(experiment: str = "tune-test") -> tuple[list, list]:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("optuna.role") == "study"]
-    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
+    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags and r.data.tags.get("optuna.role") != "refit"]
     return parents, children
+
+
+def refit_runs(experiment: str = "tune-test") -> list:
+    """The refit child runs of the study (issue 13), apart from the trial runs."""
+    client = mlflow_client()
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("optuna.role") == "refit"]
 
 
 def load(name: str = "t") -> optuna.Study:
@@ -52,14 +60,22 @@ def load(name: str = "t") -> optuna.Study:
 @pytest.mark.slow  # TensorFlow start-up, MLflow database creation and real training: ~20-50 s
 def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_tune_yaml(tmp_path / "tune.yaml")
+    config = write_tune_yaml(tmp_path / "tune.yaml", log_models="improving")
     assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
     out = capsys.readouterr().out
     assert "study t: 3 complete (3 new this run" in out
     study = load()
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     parents, children = runs_of()
-    assert len(parents) == 1 and len(children) == 3
+    refits = refit_runs()
+    assert len(parents) == 1 and len(children) == 3 and len(refits) == 1
+    # issue 13: the best configuration is refit on train + validation, logged as its own run, registered
+    refit = refits[0]
+    assert int(refit.data.tags["refit.of_trial"]) == study.best_trial.number
+    assert refit.data.params["train.epochs"] == str(study.best_trial.user_attrs["best_epoch"])
+    assert int(refit.data.tags["data.n_train"]) > int(children[0].data.tags["data.n_train"])
+    assert mlflow_client().get_model_version_by_alias("t", "refit").run_id == refit.info.run_id
+    assert "refit on train + validation: models:/t@refit" in out
     parent = parents[0]
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert parent.data.params["study.name"] == "t"
@@ -102,6 +118,7 @@ def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_pa
     parents_again, children_again = runs_of()
     assert [p.info.run_id for p in parents_again] == [parent.info.run_id]
     assert len(children_again) == 3 and len(load().trials) == 3
+    assert [r.info.run_id for r in refit_runs()] == [refit.info.run_id]  # the same best trial: not refit again
 
 
 @pytest.mark.slow  # TensorFlow start-up, MLflow database creation and real training: ~20-50 s

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Optuna storage URL (default: study.storage, else sqlite:///optuna.db)")
     parser.add_argument("--tracking-uri",
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--no-refit", dest="refit", action="store_false",
+                        help="skip the final refit of the best configuration on train + validation (study.refit)")
     parser.add_argument("--data", help="HDF5 data file (default: data.path of the config, else the default file)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the base run config, e.g. --set train.epochs=3 (repeatable)")
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     tune = load_tune_config(args.config)
     if args.study is not None:
         tune = replace(tune, study=replace(tune.study, name=check_study_name(args.study)))
+    if not args.refit:
+        tune = replace(tune, study=replace(tune.study, refit=False))
     level = logging.getLogger().getEffectiveLevel()
     report = tuning.run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
                               storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"    {key} = {value}")
         if report.registered:
             print(f"  registered model: {report.registered}")
+        if report.refit:
+            print(f"  refit on train + validation: {report.refit} (scored on test by `galaxy10 report`)")
     print(f"  MLflow: parent run {report.parent_run_id} (experiment {report.experiment_id}); "
           f"mlflow ui --backend-store-uri {report.tracking_uri}")
     print(f"  Optuna: galaxy10 study show {report.study_name} --storage {report.storage_url}; "
