@@ -28,6 +28,7 @@ import numpy as np
 
 from ensembles.embeddings import dual_output_model, embed_images
 from ensembles.second_stage import full_proba, load_second_stage, save_second_stage
+from models.layers import register_custom_layers
 from ensembles.stacking import meta_predict
 from pipelines.errors import DataError, ModelError
 
@@ -173,6 +174,7 @@ def load_ensemble(folder: str | Path) -> EnsembleModel:
         if name not in cnns:
             path = folder / name
             try:
+                register_custom_layers()
                 cnns[name] = keras.models.load_model(path, safe_mode=True, compile=False)
             except (OSError, ValueError, TypeError) as err:
                 raise ModelError(f"cannot load CNN {path} ({str(err).splitlines()[0]})") from None

@@ -79,10 +79,13 @@ class ModelConfig:
     """The model: ``name`` picks a registered backbone (``models.registry``), then the shared head.
 
     ``reference_cnn`` (default): one ``Conv2D -> MaxPool`` block per entry of ``filters``; every
-    backbone ends in the ``dense_units``-wide ``embedding`` layer and the softmax.
+    backbone ends in the ``dense_units``-wide ``embedding`` layer and the softmax. ``params`` holds
+    the other backbones' own parameters (``resnet``: depth, width, ...; ``d4_cnn``: filters, ...),
+    each validated by its builder with errors naming ``model.params.<key>``.
     """
 
     name: str = "reference_cnn"
+    params: Mapping[str, Any] = field(default_factory=dict)
     filters: tuple[int, ...] = (32, 32, 64, 64)
     kernel_size: int = 3
     batch_norm: bool = False
@@ -306,9 +309,10 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
     from augment.policies import policy_params
 
     policy_params(a.policy, **dict(a.strengths))  # raises ConfigError naming the bad strength
-    from models import get_backbone
+    from models import backbone_params, get_backbone
 
     get_backbone(cfg.model.name)  # one line listing the registered backbones
+    backbone_params(cfg.model)  # each backbone checks its own parameters
     check_label(cfg.experiment_name, "config key experiment_name")
     if cfg.run_name is not None:
         check_label(cfg.run_name, "config key run_name")

@@ -481,6 +481,8 @@ def load_model_bundle(model_uri: str) -> ModelBundle:
     """Reload a Keras model logged by training, safely (Keras ``safe_mode=True``), with its metadata."""
     import mlflow.keras
 
+    from models.layers import register_custom_layers
+
     info = _model_info(model_uri)
     if "keras" not in (info.flavors or {}):
         raise ModelError(f"model {model_uri} has no keras flavour (it has {', '.join(info.flavors or {})}); "
@@ -491,6 +493,7 @@ def load_model_bundle(model_uri: str) -> ModelBundle:
         raise ModelError(f"model {model_uri} lacks prediction metadata ({', '.join(missing)}); "
                          "re-log it with `galaxy10 train`")
     try:
+        register_custom_layers()  # backbones' own layers (e.g. D4 group convolutions) must be known to Keras
         model = mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True, "compile": False})
     except (MlflowException, OSError, ValueError, TypeError) as err:
         raise ModelError(f"cannot load model {model_uri} ({_first_line(err)}); it may be damaged or from an "

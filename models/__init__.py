@@ -14,23 +14,29 @@ import pkgutil
 from typing import Any
 
 from models.head import EMBEDDING_LAYER, OUTPUT_LAYER, add_head
-from models.registry import BACKBONES, get_backbone, register
+from models.registry import BACKBONES, get_backbone, register, resolve_params
 from pipelines.classes import NUM_CLASSES
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKBONES", "EMBEDDING_LAYER", "OUTPUT_LAYER", "backbone_names", "build_model", "describe_backbone",
-           "register"]
+__all__ = ["BACKBONES", "EMBEDDING_LAYER", "OUTPUT_LAYER", "backbone_names", "backbone_params", "build_model",
+           "describe_backbone", "register"]
 
 for _module in pkgutil.iter_modules(__path__):  # every backbone module registers itself
-    if _module.name not in ("registry", "head"):
+    if _module.name not in ("registry", "head", "layers"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def backbone_names() -> tuple[str, ...]:
     """The registered backbone names, sorted."""
     return tuple(sorted(BACKBONES))
+
+
+def backbone_params(model_cfg: Any) -> dict[str, Any]:
+    """The parameters of ``model_cfg``'s backbone: defaults plus ``model.params``, validated."""
+    get_backbone(model_cfg.name)
+    return resolve_params(model_cfg.name, model_cfg.params)
 
 
 def build_model(model_cfg: Any = None, input_size: int = 88, num_classes: int = NUM_CLASSES, *,

@@ -17,18 +17,50 @@ from pipelines.errors import ConfigError
 Builder = Callable[[Any, Any, Any], Any]
 
 BACKBONES: dict[str, Builder] = {}
+#: Each backbone's ``model.params``: name -> (default, check(value) -> bool, what is allowed).
+PARAMS: dict[str, dict[str, tuple[Any, Callable[[Any], bool], str]]] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder`` as backbone ``name`` (names are unique)."""
+def register(name: str, params: dict[str, tuple[Any, Callable[[Any], bool], str]] | None = None
+             ) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder`` as backbone ``name`` (names are unique) with its ``model.params``
+    (``{key: (default, check, allowed)}``)."""
 
     def deco(builder: Builder) -> Builder:
         if name in BACKBONES and BACKBONES[name] is not builder:
             raise ValueError(f"backbone {name!r} is registered twice")
         BACKBONES[name] = builder
+        PARAMS[name] = dict(params or {})
         return builder
 
     return deco
+
+
+def resolve_params(name: str, given: Any) -> dict[str, Any]:
+    """Backbone ``name``'s parameters: its defaults updated with ``given``, each checked.
+
+    Raises
+    ------
+    ConfigError
+        One line naming ``model.params.<key>`` and what is allowed (or the known keys).
+    """
+    spec = PARAMS.get(name, {})
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(spec))
+    if unknown:
+        known = ", ".join(sorted(spec)) or "none"
+        raise ConfigError(f"config key model.params.{unknown[0]} is not a parameter of backbone {name!r}; "
+                          f"its parameters: {known}")
+    out = {}
+    for key, (default, check, allowed) in spec.items():
+        value = given.get(key, default)
+        if isinstance(value, list):
+            value = tuple(value)
+        if not check(value):
+            raise ConfigError(f"config key model.params.{key}={value!r} is not allowed for backbone {name!r}; "
+                              f"use {allowed}")
+        out[key] = value
+    return out
 
 
 def get_backbone(name: str) -> Builder:

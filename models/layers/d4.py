@@ -1,0 +1,182 @@
+"""The dihedral group D4 (the 8 rotations by 90 degrees and reflections of a pixel grid) and its layers.
+
+An element ``g = (m, r)`` acts on an array's two spatial axes as "flip the columns if ``m``, then
+rotate by ``r`` quarter turns" (:func:`transform`, numpy; :func:`transform_tensor`, Keras ops). Group
+feature maps have the layout ``(batch, H, W, 8, F)``: one slice per group element.
+
+The layers make a CNN equivariant to D4: for a rotated/flipped input ``T_h x``, every group feature map
+is the same map transformed by ``h`` spatially with its group axis permuted (``g -> h^-1 g``), so
+pooling over the group and the plane gives an embedding that is the same for all 8 orientations of a
+galaxy. Lifting convolution and group convolution kernels are the 8 transformed copies of one shared
+weight tensor (Cohen & Welling 2016, "Group Equivariant Convolutional Networks"; escnn/e2cnn and GroCo
+were read for reference, the code is our own).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+#: The 8 elements as (flip, quarter turns), identity first.
+ELEMENTS: tuple[tuple[int, int], ...] = tuple((m, r) for m in (0, 1) for r in range(4))
+ORDER = len(ELEMENTS)
+
+
+def transform(x: np.ndarray, g: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Apply element ``g`` (index into :data:`ELEMENTS`) to the spatial ``axes`` of a numpy array."""
+    m, r = ELEMENTS[g]
+    if m:
+        x = np.flip(x, axis=axes[1])
+    return np.rot90(x, r, axes=axes)
+
+
+def _cayley() -> tuple[np.ndarray, np.ndarray]:
+    probe = np.arange(9).reshape(3, 3)
+    images = [transform(probe, g) for g in range(ORDER)]
+
+    def find(a: np.ndarray) -> int:
+        return next(k for k, im in enumerate(images) if np.array_equal(a, im))
+
+    table = np.array([[find(transform(transform(probe, h), g)) for h in range(ORDER)] for g in range(ORDER)])
+    inverse = np.array([int(np.flatnonzero(table[g] == 0)[0]) for g in range(ORDER)])
+    return table, inverse
+
+
+#: ``COMPOSE[g, h]``: the element "g after h"; ``INVERSE[g]``: g's inverse.
+COMPOSE, INVERSE = _cayley()
+
+
+def permutation(h: int) -> np.ndarray:
+    """Group-axis permutation of a feature map under input transform ``h``: ``new[g] = old[h^-1 g]``."""
+    return COMPOSE[INVERSE[h]]
+
+
+def transform_feature_map(maps: np.ndarray, h: int) -> np.ndarray:
+    """``(N, H, W, 8, F)`` group feature maps as they must look for an input transformed by ``h``."""
+    return transform(maps, h, axes=(1, 2))[:, :, :, permutation(h)]
+
+
+def transform_tensor(x: Any, g: int) -> Any:
+    """:func:`transform` on the first two axes of a Keras tensor (a kernel)."""
+    m, r = ELEMENTS[g]
+    if m:
+        x = ops.flip(x, axis=1)
+    for _ in range(r):  # one counter-clockwise quarter turn, as numpy's rot90 on axes (0, 1)
+        x = ops.flip(ops.swapaxes(x, 0, 1), axis=0)
+    return x
+
+
+@keras.saving.register_keras_serializable(package="galaxy10")
+class D4Lift(keras.layers.Layer):
+    """Lifting convolution: an image ``(B, H, W, C)`` to group feature maps ``(B, H, W, 8, filters)``.
+
+    One kernel is learned; output slice ``g`` is the input convolved with that kernel transformed by
+    ``g``. ``kernel_size`` must be odd ("same" padding is then symmetric, which keeps the 90 degree
+    rotations exact).
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"D4 kernels need an odd size, got {kernel_size}")
+        self.filters, self.kernel_size = int(filters), int(kernel_size)
+
+    def build(self, input_shape: tuple) -> None:
+        k, c = self.kernel_size, int(input_shape[-1])
+        self.kernel = self.add_weight(name="kernel", shape=(k, k, c, self.filters),
+                                      initializer=keras.initializers.HeNormal())
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, x: Any) -> Any:
+        kernels = ops.concatenate([transform_tensor(self.kernel, g) for g in range(ORDER)], axis=-1)
+        y = ops.conv(x, kernels, padding="same")
+        shape = ops.shape(y)
+        y = ops.reshape(y, (shape[0], shape[1], shape[2], ORDER, self.filters))
+        return y + self.bias
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape[:3], ORDER, self.filters)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package="galaxy10")
+class D4Conv(keras.layers.Layer):
+    """Group convolution: ``(B, H, W, 8, F_in)`` to ``(B, H, W, 8, filters)``.
+
+    The learned kernel ``psi`` has shape ``(k, k, 8, F_in, filters)``; output slice ``g`` uses ``psi``
+    transformed by ``g`` in the plane with its group axis permuted by ``g^-1``.
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"D4 kernels need an odd size, got {kernel_size}")
+        self.filters, self.kernel_size = int(filters), int(kernel_size)
+
+    def build(self, input_shape: tuple) -> None:
+        k, c = self.kernel_size, int(input_shape[-1])
+        self.in_filters = c
+        self.kernel = self.add_weight(name="kernel", shape=(k, k, ORDER, c, self.filters),
+                                      initializer=keras.initializers.HeNormal())
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, x: Any) -> Any:
+        k, c = self.kernel_size, self.in_filters
+        parts = []
+        for g in range(ORDER):
+            permuted = ops.take(self.kernel, COMPOSE[INVERSE[g]], axis=2)
+            parts.append(ops.reshape(transform_tensor(permuted, g), (k, k, ORDER * c, self.filters)))
+        kernels = ops.concatenate(parts, axis=-1)
+        shape = ops.shape(x)
+        y = ops.conv(ops.reshape(x, (shape[0], shape[1], shape[2], ORDER * c)), kernels, padding="same")
+        y = ops.reshape(y, (shape[0], shape[1], shape[2], ORDER, self.filters))
+        return y + self.bias
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape[:4], self.filters)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package="galaxy10")
+class D4MaxPool(keras.layers.Layer):
+    """2x2 spatial max pooling of group feature maps (exactly equivariant on even-sized maps)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    def get_config(self) -> dict:
+        return super().get_config()
+
+    def call(self, x: Any) -> Any:
+        shape = ops.shape(x)
+        flat = ops.reshape(x, (shape[0], shape[1], shape[2], shape[3] * shape[4]))
+        y = ops.max_pool(flat, pool_size=2, strides=2, padding="valid")
+        out = ops.shape(y)
+        return ops.reshape(y, (out[0], out[1], out[2], shape[3], shape[4]))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        b, h, w, g, f = input_shape
+        return (b, None if h is None else h // 2, None if w is None else w // 2, g, f)
+
+
+@keras.saving.register_keras_serializable(package="galaxy10")
+class D4Invariant(keras.layers.Layer):
+    """Mean over the group axis and the plane: ``(B, H, W, 8, F)`` to an invariant ``(B, F)``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    def get_config(self) -> dict:
+        return super().get_config()
+
+    def call(self, x: Any) -> Any:
+        return ops.mean(x, axis=(1, 2, 3))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], input_shape[-1])
