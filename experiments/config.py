@@ -104,6 +104,10 @@ class TrainConfig:
     ``precision`` defaults to ``mixed_bfloat16`` (bfloat16 compute, float32 weights and softmax): about
     2x faster on CPU, and it matched float32 accuracy on a synthetic run (see ``reference.yaml``).
     ``schedule: step`` multiplies the learning rate by ``step_factor`` every ``step_epochs`` epochs.
+    ``warmup_epochs`` ramps the learning rate up linearly first (the schedule then runs over the
+    remaining epochs). ``ema`` keeps an exponential moving average of the weights (Keras optimizers'
+    ``use_ema``) and ends with it. ``mixup`` / ``cutmix``: Beta alpha of MixUp / CutMix on each batch
+    with probability ``mix_prob`` (0 = off; ``augment/mixing.py``).
     """
 
     epochs: int = 50
@@ -116,6 +120,11 @@ class TrainConfig:
     step_epochs: int = 10
     step_factor: float = 0.5
     label_smoothing: float = 0.0
+    warmup_epochs: int = 0
+    ema: bool = False
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 0.5
     class_weights: str = "none"
     precision: str = "mixed_bfloat16"
     patience: int | None = 10
@@ -174,6 +183,10 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.step_epochs": (1, 10000),
     "train.step_factor": (1e-3, 1.0),
     "train.label_smoothing": (0.0, 0.5),
+    "train.warmup_epochs": (0, 1000),
+    "train.mixup": (0.0, 10.0),
+    "train.cutmix": (0.0, 10.0),
+    "train.mix_prob": (0.0, 1.0),
     "train.patience": (1, 10000),
     "train.seed": (0, 2**31 - 1),
 }

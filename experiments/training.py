@@ -220,18 +220,23 @@ def make_optimizer(train_cfg: TrainConfig) -> Any:
     import keras
 
     lr = float(train_cfg.learning_rate)
+    ema = {"use_ema": True} if train_cfg.ema else {}
     if train_cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **ema)
     if train_cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=float(train_cfg.weight_decay))
-    return keras.optimizers.SGD(lr, momentum=float(train_cfg.momentum))
+        return keras.optimizers.AdamW(lr, weight_decay=float(train_cfg.weight_decay), **ema)
+    return keras.optimizers.SGD(lr, momentum=float(train_cfg.momentum), **ema)
 
 
 def learning_rate_at(train_cfg: TrainConfig, epoch: int) -> float:
     """Learning rate of 0-based ``epoch`` under the configured schedule."""
     lr = float(train_cfg.learning_rate)
+    warm = int(train_cfg.warmup_epochs)
+    if epoch < warm:  # linear ramp: lr / (warm + 1), ..., lr * warm / (warm + 1)
+        return lr * (epoch + 1) / (warm + 1)
+    epoch, epochs = epoch - warm, max(1, train_cfg.epochs - warm)
     if train_cfg.schedule == "cosine":
-        return 0.5 * lr * (1.0 + math.cos(math.pi * epoch / max(1, train_cfg.epochs)))
+        return 0.5 * lr * (1.0 + math.cos(math.pi * epoch / epochs))
     if train_cfg.schedule == "step":
         return lr * float(train_cfg.step_factor) ** (epoch // train_cfg.step_epochs)
     return lr
@@ -354,7 +359,8 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
     from pipelines.inputs import make_train_dataset
 
     train_cfg = cfg.train
-    if train_cfg.label_smoothing > 0:
+    soft_labels = train_cfg.label_smoothing > 0 or train_cfg.mixup > 0 or train_cfg.cutmix > 0
+    if soft_labels:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
@@ -363,9 +369,14 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
     train_ds = make_train_dataset(data.images, data.labels, batch_size=train_cfg.batch_size, crop=cfg.data.crop,
                                   augment_fn=make_augment_fn(cfg), multipliers=multipliers, seed=train_cfg.seed,
                                   indices=data.train, planner_out=planners, class_slugs=data.class_slugs)
-    if train_cfg.label_smoothing > 0:
+    if soft_labels:
         k = data.num_classes
         train_ds = train_ds.map(lambda x, y: (x, _one_hot(y, k)))
+    if train_cfg.mixup > 0 or train_cfg.cutmix > 0:
+        from augment.mixing import mix_batch
+
+        train_ds = train_ds.map(lambda x, y: mix_batch(x, y, mixup=train_cfg.mixup, cutmix=train_cfg.cutmix,
+                                                       prob=train_cfg.mix_prob))
     class_weight = None
     if train_cfg.class_weights == "balanced":
         class_weight = balanced_class_weights(data.labels[data.train], data.num_classes)

@@ -102,3 +102,54 @@ def test_each_backbone_trains_saves_and_reloads_in_safe_mode(name: str, tmp_path
     np.testing.assert_allclose(np.asarray(again.predict(x, verbose=0)), np.asarray(model.predict(x, verbose=0)),
                                atol=1e-6)
     assert again.get_layer(EMBEDDING_LAYER).units == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,sets", [
+    ("resnet", ["model.params={depth: 10, width: 8}"]),
+    ("d4_cnn", ["model.params={filters: [4, 8, 8]}"]),
+])
+def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, sets: list[str], tiny_h5: Path,
+                                                                    tmp_path: Path) -> None:
+    """A 1-epoch `galaxy10 train` logs the backbone to MLflow; it reloads (safe_mode), predicts from the
+    command line and the web page, and serves as the CNN of a two-branch ensemble with the reference CNN."""
+    import io
+    import json
+
+    import mlflow
+    from PIL import Image
+
+    from ensembles.serving import Branch, EnsembleModel, load_ensemble, save_ensemble
+    from experiments import tracking
+    from experiments.cli import main as cli_main
+    from experiments.predict import load_predictor
+    from experiments.serve import create_app
+
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+    ids = []
+    for model_sets in ([f"model.name={name}", *sets], []):
+        argv = ["-q", "train", "--config", str(smoke), "--data", str(tiny_h5), "--set", "train.epochs=1"]
+        for s in model_sets:
+            argv += ["--set", s]
+        assert cli_main(argv) == 0
+        ids.append(mlflow.search_runs(experiment_names=["galaxy10-smoke"], order_by=["start_time DESC"],
+                                      max_results=1).iloc[0]["run_id"])
+    bundle = tracking.load_model_bundle(f"runs:/{ids[0]}/model")
+    assert bundle.meta["backbone"] == name
+    png = tmp_path / "g.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(png)
+    assert cli_main(["-q", "predict", str(png), "--model", ids[0], "--format", "json"]) == 0
+    predictor = load_predictor(ids[0])
+    resp = create_app(predictor).test_client().post(
+        "/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "g.png")}, content_type="multipart/form-data")
+    assert resp.status_code == 200 and len(json.dumps(resp.get_json())) > 0
+    reference = tracking.load_model_bundle(f"runs:/{ids[1]}/model")
+    branches = [Branch(cnn=b.model, size=int(b.meta["size"]), crop=int(b.meta["crop"]), name=n)
+                for b, n in ((bundle, name), (reference, "reference_cnn"))]
+    ens = EnsembleModel("vote", branches, tuple(bundle.meta["class_names"]), tuple(bundle.meta["class_slugs"]))
+    images = np.stack([np.asarray(Image.open(png))] * 3)
+    probs = ens.predict_proba(images)
+    folder = save_ensemble(ens, tmp_path / "ens")
+    np.testing.assert_allclose(load_ensemble(folder).predict_proba(images), probs, atol=1e-6)
+    np.testing.assert_allclose(probs, 0.5 * (predictor.predict(images) + load_predictor(ids[1]).predict(images)),
+                               atol=1e-5)

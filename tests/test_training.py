@@ -217,3 +217,15 @@ def test_train_opens_and_validates_the_data_file_once(max_images: str, tiny_h5: 
         assert cli_main(argv) == 0
         assert opens == [str(tiny_h5)], (run, opens)
         assert validations == [str(tiny_h5)], (run, validations)
+
+
+def test_the_modern_recipe_trains(data) -> None:
+    """Issue 14's recipe at once: AdamW, warm-up + cosine, label smoothing, MixUp + CutMix, EMA weights."""
+    from experiments.training import train
+
+    cfg = load_config(SMOKE, [*FAST, "train.optimizer=adamw", "train.schedule=cosine", "train.warmup_epochs=1",
+                              "train.label_smoothing=0.1", "train.mixup=0.4", "train.cutmix=1.0",
+                              "train.mix_prob=1.0", "train.ema=true", "train.epochs=2"])
+    result = train(cfg, data=data, log_model=False, verbose=0)
+    assert result.fit.epochs_run == 2 and np.isfinite(result.val_metrics["log_loss"])
+    assert result.fit.history["learning_rate"][0] == pytest.approx(cfg.train.learning_rate / 2, rel=1e-4)
