@@ -232,7 +232,8 @@ def study_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
         return [], []
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("optuna.role") == "study"]
-    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
+    # trial runs only: the study's refit of its best trial (issue 13) is a child run too
+    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags and r.data.tags.get("optuna.role") != "refit"]
     return parents, children
 
 

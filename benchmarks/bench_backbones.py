@@ -1,0 +1,153 @@
+"""Backbones at an equal epoch budget on one split: accuracy, balanced accuracy, weakest-class recall,
+train and predict images/s, parameters, ratios to the reference CNN (validation split only).
+
+Data: ``--data FILE`` (any Galaxy10-schema file, e.g. the synthetic default), or ``--gz2`` to import
+the real Galaxy Zoo 2 test bed from ``../shared/data/realsamples/gz2_hart16_sdss`` into a temporary
+folder (928 SDSS galaxies, 6 classes, spiral the rarest). Everything is written to a temporary folder
+(cache, split); nothing is logged to MLflow (``--tracking-uri URI`` logs every run there instead).
+
+    python benchmarks/bench_backbones.py --gz2                          # 2 seeds, 10 epochs, 64 -> 48 px
+    python benchmarks/bench_backbones.py --data data/galaxy10_synthetic.h5 --epochs 12
+    python benchmarks/bench_backbones.py --gz2 --quick                  # smoke: 1 seed, 2 epochs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+REALSAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "realsamples"
+
+#: Each backbone at a size that trains in minutes on 2 CPU cores (the reference: the platform's recipe).
+BACKBONES: dict[str, list[str]] = {
+    "reference_cnn": [],
+    "resnet": ["model.name=resnet", "model.params={depth: 10, width: 8, stochastic_depth: 0.1}"],
+    # 4-16 channels per group slice: 32-128 channels in all, the reference CNN's widths (about equal compute)
+    "d4_cnn": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16]}"],
+    "efficientnetv2": ["model.name=efficientnetv2", "model.params={variant: B0}"],
+    "convnext": ["model.name=convnext", "model.params={variant: Tiny}"],
+}
+#: Backbones run with several seeds (the others once).
+SEEDED = ("reference_cnn", "d4_cnn")
+
+
+def import_gz2(folder: Path) -> Path:
+    """Import the real GZ2 test bed (its ``labels.csv``) into ``folder/gz2.h5``."""
+    from pipelines.importer import import_folder
+
+    src = REALSAMPLES / "gz2_hart16_sdss"
+    if not src.is_dir():
+        raise SystemExit(f"bench_backbones: {src} not found; pass --data FILE instead of --gz2")
+    out = folder / "gz2.h5"
+    import_folder(src, src / "labels.csv", out, size=128, progress=False)
+    return out
+
+
+def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa: ANN001
+    from experiments.config import load_config
+    from experiments.training import predict_probs, train
+
+    sets = [f"data.size={args.size}", f"data.crop={args.crop}", f"train.epochs={args.epochs}",
+            "train.patience=null", "train.monitor=val_loss", f"train.seed={seed}", "augment.policy=galaxy",
+            "augment.targets=null", "train.precision=mixed_bfloat16", *BACKBONES[name]]
+    cfg = load_config(None, sets)
+    with tracker_factory(f"bench-{name}-seed{seed}") as tracker:
+        start = time.perf_counter()
+        result = train(cfg, tracker, data=data, log_model=False, verbose=0)
+        seconds = time.perf_counter() - start
+    t0 = time.perf_counter()
+    for _ in range(3):
+        predict_probs(result.model, data, data.val, crop=cfg.data.crop)
+    predict_s = (time.perf_counter() - t0) / 3
+    m = result.val_metrics
+    recalls = {s: m[f"recall_{s}"] for s in data.class_slugs}
+    weakest = min(recalls, key=recalls.get)
+    return {"backbone": name, "seed": seed, "accuracy": m["accuracy"], "balanced": m["balanced_accuracy"],
+            "weakest": weakest, "weakest_recall": recalls[weakest],
+            "train_ips": len(data.train) * result.fit.epochs_run / result.fit.seconds,
+            "predict_ips": len(data.val) / predict_s, "params": result.model.count_params(), "seconds": seconds,
+            "recalls": recalls}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="Galaxy10-schema HDF5 file")
+    parser.add_argument("--gz2", action="store_true", help="import and use the real Galaxy Zoo 2 test bed")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--crop", type=int, default=48)
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--tracking-uri", default=None, help="log every run to this MLflow store")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.seeds = 2, 1
+    if bool(args.data) == bool(args.gz2):
+        parser.error("give exactly one of --data FILE or --gz2")
+    names = [n.strip() for n in args.backbones.split(",") if n.strip()]
+    import contextlib
+
+    from experiments.config import DataConfig
+    from experiments.training import load_training_data
+
+    with tempfile.TemporaryDirectory(prefix="bench-backbones-") as tmp:
+        os.environ["GALAXY10_CACHE"] = str(Path(tmp) / "cache")
+        path = import_gz2(Path(tmp)) if args.gz2 else Path(tmp) / Path(args.data).name
+        if not args.gz2:  # work on a copy: the split file is written beside the data
+            path.write_bytes(Path(args.data).read_bytes())
+        data = load_training_data(DataConfig(size=args.size, crop=args.crop), path)
+        if args.tracking_uri:
+            from experiments.tracking import MlflowTracker
+
+            def tracker_factory(run_name: str):  # noqa: ANN202
+                return MlflowTracker("bench-backbones", run_name, tracking_uri=args.tracking_uri)
+        else:
+            from experiments.tracking import NullTracker
+
+            def tracker_factory(run_name: str):  # noqa: ANN202
+                return contextlib.nullcontext(NullTracker())
+        kind = "SYNTHETIC" if data.synthetic else "real"
+        print(f"data: {path.name} ({kind}), {len(data.train)} train / {len(data.val)} val images, "
+              f"{data.num_classes} classes ({', '.join(data.class_slugs)}); {args.size} -> {args.crop} px, "
+              f"{args.epochs} epochs, mixed_bfloat16, galaxy policy; validation split only", flush=True)
+        rows = []
+        for name in names:
+            for seed in range(args.seeds if name in SEEDED else 1):
+                row = run_one(name, seed, data, args, tracker_factory)
+                rows.append(row)
+                print(f"  {name:<15} seed {seed}: val acc {row['accuracy']:.3f}, balanced {row['balanced']:.3f}, "
+                      f"weakest {row['weakest']} {row['weakest_recall']:.2f}, {row['train_ips']:.0f} train img/s, "
+                      f"{row['predict_ips']:.0f} predict img/s, {row['params']:,} params, {row['seconds']:.0f} s",
+                      flush=True)
+    ref = [r for r in rows if r["backbone"] == "reference_cnn"]
+    ref_ips = np.mean([r["train_ips"] for r in ref]) if ref else float("nan")
+    ref_pred = np.mean([r["predict_ips"] for r in ref]) if ref else float("nan")
+    ref_bal = np.mean([r["balanced"] for r in ref]) if ref else float("nan")
+    print("\n| backbone | seeds | val accuracy | balanced accuracy | weakest class (recall) | train img/s (x ref) "
+          "| predict img/s (x ref) | parameters |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        rs = [r for r in rows if r["backbone"] == name]
+        acc, bal = np.array([r["accuracy"] for r in rs]), np.array([r["balanced"] for r in rs])
+        mean_recall = {s: np.mean([r["recalls"][s] for r in rs]) for s in rs[0]["recalls"]}
+        weakest = min(mean_recall, key=mean_recall.get)
+        ips, pred = np.mean([r["train_ips"] for r in rs]), np.mean([r["predict_ips"] for r in rs])
+        spread = lambda a: f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else ""  # noqa: E731
+        print(f"| {name} | {len(rs)} | {acc.mean():.3f}{spread(acc)} | {bal.mean():.3f}{spread(bal)} "
+              f"(x{bal.mean() / ref_bal:.2f}) | {weakest} ({mean_recall[weakest]:.2f}) | {ips:.0f} (x{ips / ref_ips:.2f}) "
+              f"| {pred:.0f} (x{pred / ref_pred:.2f}) | {rs[0]['params']:,} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
