@@ -68,14 +68,9 @@ def transform_tensor(x: Any, g: int) -> Any:
     return x
 
 
-@keras.saving.register_keras_serializable(package="galaxy10")
-class D4Lift(keras.layers.Layer):
-    """Lifting convolution: an image ``(B, H, W, C)`` to group feature maps ``(B, H, W, 8, filters)``.
-
-    One kernel is learned; output slice ``g`` is the input convolved with that kernel transformed by
-    ``g``. ``kernel_size`` must be odd ("same" padding is then symmetric, which keeps the 90 degree
-    rotations exact).
-    """
+class _GroupKernel(keras.layers.Layer):
+    """A D4 convolution's shared parts: ``filters`` per group slice, an odd ``kernel_size``, one kernel
+    and a bias per filter (shared by the 8 slices, so the bias keeps the equivariance)."""
 
     def __init__(self, filters: int, kernel_size: int = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -83,11 +78,25 @@ class D4Lift(keras.layers.Layer):
             raise ValueError(f"D4 kernels need an odd size, got {kernel_size}")
         self.filters, self.kernel_size = int(filters), int(kernel_size)
 
-    def build(self, input_shape: tuple) -> None:
-        k, c = self.kernel_size, int(input_shape[-1])
-        self.kernel = self.add_weight(name="kernel", shape=(k, k, c, self.filters),
-                                      initializer=keras.initializers.HeNormal())
+    def _make_weights(self, kernel_shape: tuple) -> None:
+        self.kernel = self.add_weight(name="kernel", shape=kernel_shape, initializer=keras.initializers.HeNormal())
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package="galaxy10")
+class D4Lift(_GroupKernel):
+    """Lifting convolution: an image ``(B, H, W, C)`` to group feature maps ``(B, H, W, 8, filters)``.
+
+    One kernel is learned; output slice ``g`` is the input convolved with that kernel transformed by
+    ``g``. ``kernel_size`` must be odd ("same" padding is then symmetric, which keeps the 90 degree
+    rotations exact).
+    """
+
+    def build(self, input_shape: tuple) -> None:
+        self._make_weights((self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters))
 
     def call(self, x: Any) -> Any:
         kernels = ops.concatenate([transform_tensor(self.kernel, g) for g in range(ORDER)], axis=-1)
@@ -99,30 +108,18 @@ class D4Lift(keras.layers.Layer):
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape[:3], ORDER, self.filters)
 
-    def get_config(self) -> dict:
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
-
 
 @keras.saving.register_keras_serializable(package="galaxy10")
-class D4Conv(keras.layers.Layer):
+class D4Conv(_GroupKernel):
     """Group convolution: ``(B, H, W, 8, F_in)`` to ``(B, H, W, 8, filters)``.
 
     The learned kernel ``psi`` has shape ``(k, k, 8, F_in, filters)``; output slice ``g`` uses ``psi``
     transformed by ``g`` in the plane with its group axis permuted by ``g^-1``.
     """
 
-    def __init__(self, filters: int, kernel_size: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"D4 kernels need an odd size, got {kernel_size}")
-        self.filters, self.kernel_size = int(filters), int(kernel_size)
-
     def build(self, input_shape: tuple) -> None:
-        k, c = self.kernel_size, int(input_shape[-1])
-        self.in_filters = c
-        self.kernel = self.add_weight(name="kernel", shape=(k, k, ORDER, c, self.filters),
-                                      initializer=keras.initializers.HeNormal())
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        self.in_filters = int(input_shape[-1])
+        self._make_weights((self.kernel_size, self.kernel_size, ORDER, self.in_filters, self.filters))
 
     def call(self, x: Any) -> Any:
         k, c = self.kernel_size, self.in_filters
@@ -139,19 +136,21 @@ class D4Conv(keras.layers.Layer):
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape[:4], self.filters)
 
-    def get_config(self) -> dict:
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
 
-
-@keras.saving.register_keras_serializable(package="galaxy10")
-class D4MaxPool(keras.layers.Layer):
-    """2x2 spatial max pooling of group feature maps (exactly equivariant on even-sized maps)."""
+class _Parameterless(keras.layers.Layer):
+    """A layer without arguments of its own; the explicit config keeps it serializable when a dtype
+    policy object is passed in."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 
     def get_config(self) -> dict:
         return super().get_config()
+
+
+@keras.saving.register_keras_serializable(package="galaxy10")
+class D4MaxPool(_Parameterless):
+    """2x2 spatial max pooling of group feature maps (exactly equivariant on even-sized maps)."""
 
     def call(self, x: Any) -> Any:
         shape = ops.shape(x)
@@ -166,14 +165,8 @@ class D4MaxPool(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="galaxy10")
-class D4Invariant(keras.layers.Layer):
+class D4Invariant(_Parameterless):
     """Mean over the group axis and the plane: ``(B, H, W, 8, F)`` to an invariant ``(B, F)``."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-
-    def get_config(self) -> dict:
-        return super().get_config()
 
     def call(self, x: Any) -> Any:
         return ops.mean(x, axis=(1, 2, 3))
