@@ -278,7 +278,8 @@ def output_dir(path: str | os.PathLike, *, what: str, option: str = "--out", for
         previous = list(marker["files"]) if marker else []
         holds_cwd = target == Path.cwd() or target in Path.cwd().parents  # never rename the working folder
         if marker and not foreign_files(target) and tmp.parent == target.parent and not holds_cwd:
-            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.pid{os.getpid()}@{_host_slug()}.old.", suffix=".tmp",
+                                          dir=target.parent))  # a temp name: removed by the next writer if we die
             try:
                 os.replace(target, aside / "old")
             except OSError:  # the working folder or a mount point: fall back to file-by-file
