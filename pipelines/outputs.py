@@ -171,12 +171,27 @@ def _relative_files(folder: Path) -> list[str]:
     return sorted(out)
 
 
+def _legacy_report_files(folder: Path, entries: list[str]) -> set[str]:
+    """The files of a report written before folders carried a marker (its ``report.json`` names the
+    study and the scoring run): ``report.*`` and the top-level PNGs. Such a folder is updated file by
+    file (nothing deleted), never swapped."""
+    try:
+        doc = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(doc, dict) or "scoring_run_id" not in doc or "study" not in doc:
+        return set()
+    return {e for e in entries if e in ("report.html", "report.md", "report.json")
+            or ("/" not in e and e.endswith(".png"))}
+
+
 def foreign_files(folder: str | os.PathLike) -> list[str]:
-    """Entries of the existing ``folder`` that the platform did not write (all of them without a marker)."""
+    """Entries of the existing ``folder`` that the platform did not write (all of them without a marker,
+    except the files of a report from before markers)."""
     folder = Path(folder)
     entries = [e for e in _relative_files(folder) if e != MARKER_NAME]
     marker = read_marker(folder)
-    ours = set(marker["files"]) if marker else set()
+    ours = set(marker["files"]) if marker else _legacy_report_files(folder, entries)
     return [e for e in entries if e not in ours]
 
 
@@ -288,7 +303,11 @@ def output_dir(path: str | os.PathLike, *, what: str, option: str = "--out", for
                 os.replace(tmp, target)
                 shutil.rmtree(aside, ignore_errors=True)  # holds only files the platform wrote
                 return
+        legacy = set() if marker else _legacy_report_files(target, _relative_files(target))
         _merge_into(tmp, target, files, previous)
+        kept = sorted(legacy - set(files))  # an old report's files not rewritten stay, and stay ours
+        if kept:
+            (tmp / MARKER_NAME).write_text(_marker_doc(what, sorted({*files, *kept})))
         os.replace(tmp / MARKER_NAME, target / MARKER_NAME)
     except OSError as err:
         raise ConfigError(f"cannot write the {what} into {target} ({os_error_reason(err)}); check its free space "

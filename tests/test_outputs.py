@@ -237,3 +237,20 @@ def test_h5_files_are_recognised_by_their_attributes(tmp_path: Path) -> None:
         f.attrs["generator"] = "galaxy10-platform synthetic (GalSim)"
     assert not platform_wrote_file(mine) and platform_wrote_file(ours) and platform_wrote_file(legacy)
     assert not platform_wrote_file(tmp_path / "missing.h5")
+
+
+def test_a_report_from_before_markers_is_updated_without_deleting_anything(tmp_path: Path) -> None:
+    old = tmp_path / "reports" / "s"
+    old.mkdir(parents=True)
+    (old / "report.json").write_text(json.dumps({"study": "s", "scoring_run_id": "abc"}))
+    (old / "report.html").write_text("old")
+    (old / "confusion_cnn.png").write_bytes(b"old png")
+    check_output_dir(old, what="report")  # recognised: no --force needed
+    with output_dir(old, what="report") as tmp:
+        (tmp / "report.html").write_text("new")
+        (tmp / "report.json").write_text("{}")
+    assert (old / "report.html").read_text() == "new"
+    assert (old / "confusion_cnn.png").read_bytes() == b"old png"  # merged file by file: nothing deleted
+    assert json.loads((old / MARKER_NAME).read_text())["files"] == ["confusion_cnn.png", "report.html",
+                                                                    "report.json"]
+    check_output_dir(old, what="report")  # and the next report needs no --force either
