@@ -120,7 +120,7 @@ def test_missing_optuna_storage_is_one_line(capsys: pytest.CaptureFixture[str], 
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
     """A 2-trial study (smoke CNN, 48 px / crop 32) on a 200-image synthetic file, via the tuning code."""
     with tiny_study_in(tmp_path_factory.mktemp("report_study"), n_images=200, n_trials=2,
-                       log_all_models=False) as study:
+                       log_all_models=False, refit=True) as study:
         assert study.best_run_id is not None and study.best_model_uri is not None
         yield study
 

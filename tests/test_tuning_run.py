@@ -60,7 +60,7 @@ def load(name: str = "t") -> optuna.Study:
 @pytest.mark.slow  # TensorFlow start-up, MLflow database creation and real training: ~20-50 s
 def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_tune_yaml(tmp_path / "tune.yaml", log_models="improving")
+    config = write_tune_yaml(tmp_path / "tune.yaml", log_models="improving", refit=True)
     assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
     out = capsys.readouterr().out
     assert "study t: 3 complete (3 new this run" in out
@@ -174,7 +174,7 @@ def test_bad_search_space_key_via_cli(tiny_h5: Path, tmp_path: Path, capsys: pyt
     assert cli_main(["tune", "--config", str(tmp_path / "bad.yaml"), "--data", str(tiny_h5)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("galaxy10: error: search_space 'model.dropuot' = 0.1: unknown config key model.dropuot; "
-                   "allowed keys in model: name, filters, kernel_size, batch_norm, dropout, dense_units, l2, "
+                   "allowed keys in model: name, params, filters, kernel_size, batch_norm, dropout, dense_units, l2, "
                    "global_pooling, activation")
     assert not (tmp_path / "optuna.db").exists()  # refused before any study was created
 
