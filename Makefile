@@ -16,11 +16,12 @@ SYNTH_N ?= 4000
 STUDY ?= tune-quick
 REPORT_DIR ?= reports/$(STUDY)
 
-.PHONY: help setup setup-dev demo test test-fast bench clean
+.PHONY: help setup setup-dev demo test test-fast test-heavy bench clean
 
 help:
 	@echo "make demo   - create .venv, install, run the platform end to end (data, tuning, ensembles, report)"
-	@echo "make test   - create .venv, install with dev extras, run the whole test suite"
+	@echo "make test   - create .venv, install with dev extras, run the test suite (all but the heavy tests)"
+	@echo "make test-heavy - the heavy tests (keras.applications backbones, ~2 min)"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -50,10 +51,13 @@ demo: $(VENV)/.installed $(if $(wildcard $(REAL)),,$(SYNTH))
 	@echo "  Prediction page:  $(VENV)/bin/galaxy10 serve --model $(STUDY)@champion"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not heavy"
+
+test-heavy: $(VENV)/.installed
+	$(PY) -m pytest -q -m heavy
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not heavy"
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

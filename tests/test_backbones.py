@@ -82,8 +82,10 @@ def test_every_registered_backbone_has_a_tiny_setting() -> None:
     assert set(backbone_names()) == set(TINY)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("efficientnetv2", "convnext")
-                                  else n for n in sorted(TINY)])  # the applications take ~50 s each on 2 cores
+# The keras.applications backbones take ~50 s each on 2 cores: marked heavy, run by `make test-heavy`
+# (not by `make test`, to keep CI within its budget).
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.heavy])
+                                  if n in ("efficientnetv2", "convnext") else n for n in sorted(TINY)])
 def test_each_backbone_trains_saves_and_reloads_in_safe_mode(name: str, tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)
     size = 32

@@ -60,7 +60,7 @@ def load(name: str = "t") -> optuna.Study:
 @pytest.mark.slow  # TensorFlow start-up, MLflow database creation and real training: ~20-50 s
 def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_tune_yaml(tmp_path / "tune.yaml", log_models="improving", refit=True)
+    config = write_tune_yaml(tmp_path / "tune.yaml", refit=True)
     assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
     out = capsys.readouterr().out
     assert "study t: 3 complete (3 new this run" in out
@@ -251,15 +251,17 @@ def test_sigkilled_worker_then_rerun_continues_the_study(tiny_h5: Path, tmp_path
     assert len(parents) == 1 and len(children) == 3
 
 
-@pytest.mark.slow  # five one-epoch trials
+@pytest.mark.slow  # four one-epoch trials
 def test_the_top_k_trials_keep_their_models_for_voting(tmp_path: Path) -> None:
-    """Issue 13: by default (log_models: top_k, keep_models: 3) every trial among the final top 3 has a
-    logged model, so `galaxy10 ensemble` can vote with them."""
+    """Issue 13: with log_models: top_k (the default), every trial among the final top ``keep_models``
+    has a logged model, so `galaxy10 ensemble` can vote with them (here k = 2 of 4 trials)."""
     from conftest import tiny_study_in
     from experiments import tuning
+    from experiments.search_space import parse_study
 
-    with tiny_study_in(tmp_path, n_images=300, n_trials=5, log_all_models=False) as study:
+    assert parse_study({}, "s").log_models == "top_k" and parse_study({}, "s").keep_models == 3
+    with tiny_study_in(tmp_path, n_images=200, n_trials=4, log_all_models=False, keep_models=2) as study:
         trials = tuning.load_existing_study("tiny", tuning.open_storage(study.storage)).get_trials()
     done = sorted((t for t in trials if t.value is not None), key=lambda t: -t.value)
-    assert len(done) == 5
-    assert all("model_uri" in t.user_attrs for t in done[:3]), [(t.number, t.value, t.user_attrs) for t in done]
+    assert len(done) == 4
+    assert all("model_uri" in t.user_attrs for t in done[:2]), [(t.number, t.value, t.user_attrs) for t in done]
