@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.evaluation import absent_classes
+from experiments.evaluation import absent_classes, metric_from_counts
 from experiments.search_space import DEFAULT_STORAGE
 from pipelines.classes import REFERENCE_ACCURACY, REFERENCE_RECALL
 from pipelines.errors import ConfigError, DataError, ModelError
@@ -82,15 +82,10 @@ def accuracy_macro_f1(counts: np.ndarray, present: np.ndarray | None = None) -> 
     ``(C, C)`` matrix or a stack ``(B, C, C)``.
     """
     counts = np.asarray(counts, dtype=np.float64)
-    tp = np.diagonal(counts, axis1=-2, axis2=-1)
-    support, predicted = counts.sum(axis=-1), counts.sum(axis=-2)
-    total = counts.sum(axis=(-2, -1))
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     if present is None:
-        present = support.reshape(-1, support.shape[-1]).sum(axis=0) > 0
+        present = counts.sum(axis=-1).reshape(-1, counts.shape[-1]).sum(axis=0) > 0
     present = np.asarray(present, dtype=bool)
-    return tp.sum(axis=-1) / total, f1[..., present].mean(axis=-1)
+    return metric_from_counts(counts, "accuracy", present), metric_from_counts(counts, "macro_f1", present)
 
 
 #: Resamples drawn (and held in memory) at a time by :func:`bootstrap_ci`.

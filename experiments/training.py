@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from experiments.config import AUTO_TARGETS, DataConfig, RunConfig, TrainConfig, flatten, to_yaml
-from experiments.evaluation import absent_classes, classification_metrics, per_class_csv, prefixed, scalar_metrics
-from pipelines.classes import CLASS_NAMES, CLASS_SLUGS, NUM_CLASSES, ClassSet, slugify
+from experiments.evaluation import absent_classes, class_recall, classification_metrics, per_class_csv, prefixed, scalar_metrics
+from pipelines.classes import CLASS_NAMES, ClassSet
 from pipelines.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,9 @@ def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None
     path = resolve_data_path(data_path if data_path is not None else data_cfg.path)
     with Galaxy10File(path) as f:
         info = f.info
+        classes = ClassSet.from_names(tuple(getattr(info, "class_names", None) or CLASS_NAMES))
         if isinstance(targets, Mapping):
-            multipliers_from_targets(targets, ClassSet.from_names(info.class_names))
+            multipliers_from_targets(targets, classes)
         split = ensure_split(path, test_fraction=data_cfg.test_fraction, val_fraction=data_cfg.val_fraction,
                              seed=data_cfg.split_seed, source=f)
         labels = np.asarray(f.labels()).astype(np.int64)
@@ -131,7 +132,6 @@ def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"data.max_images={limit} leaves {len(train)} train / {len(val)} val images; "
                         "raise data.max_images")
-    classes = ClassSet.from_names(tuple(getattr(info, "class_names", None) or CLASS_NAMES))
     names, slugs = classes.names, classes.slugs
     for split_name, rows in (("train", train), ("validation", val), ("test", test)):
         absent = absent_classes(labels[rows], slugs) if len(rows) else []
@@ -202,7 +202,7 @@ def warmup_recall(cfg: RunConfig, data: TrainData) -> np.ndarray:
     probs = predict_probs(model, data, data.val, crop=cfg.data.crop)
     metrics = classification_metrics(data.labels[data.val], probs, data.class_slugs)
     keras.backend.clear_session()
-    return np.array([metrics[f"recall_{s}"] for s in data.class_slugs])
+    return class_recall(metrics, class_slugs=data.class_slugs)
 
 
 def make_augment_fn(cfg: RunConfig) -> Callable[[np.ndarray, int], np.ndarray] | None:
