@@ -107,12 +107,12 @@ def main() -> int:
             path.write_bytes(Path(args.data).read_bytes())
         data = load_training_data(DataConfig(size=args.size, crop=args.crop), path)
         if args.tracking_uri:
-            from experiments.tracking import MlflowTracker
+            from experiments.tracking.mlflow_tracker import MlflowTracker
 
             def tracker_factory(run_name: str):  # noqa: ANN202
                 return MlflowTracker("bench-backbones", run_name, tracking_uri=args.tracking_uri)
         else:
-            from experiments.tracking import NullTracker
+            from experiments.tracking.base import NullTracker
 
             def tracker_factory(run_name: str):  # noqa: ANN202
                 return contextlib.nullcontext(NullTracker())

@@ -55,7 +55,7 @@ def main() -> None:
     from ensembles.second_stage import MODEL_NAMES, full_proba, make_second_stage
     from experiments.config import load_config
     from models import build_model
-    from experiments.tracking import NullTracker
+    from experiments.tracking.base import NullTracker
     from experiments.training import load_training_data, train
 
     print(f"CPUs: {os.cpu_count()}, load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -126,7 +126,7 @@ def samples_ratio(common: list[str], data) -> float:
 def run_one(arm: Arm, seed: int, common: list[str], data, *, epochs: int | None = None) -> RunRecord:
     """Train ``arm`` with ``seed`` (``epochs`` overrides the common count); score validation with/without TTA."""
     from experiments.config import load_config
-    from experiments.tracking import NullTracker
+    from experiments.tracking.base import NullTracker
     from experiments.training import evaluate, train
 
     extra = [] if epochs is None else [f"train.epochs={epochs}"]

@@ -39,8 +39,8 @@ class Arm:
     """One search strategy and what it achieved."""
 
     name: str
-    sampler: object  # experiments.search_space.SamplerConfig
-    pruner: object  # experiments.search_space.PrunerConfig
+    sampler: object  # experiments.tuning.search_space.SamplerConfig
+    pruner: object  # experiments.tuning.search_space.PrunerConfig
     best: float = float("nan")
     epochs: int = 0
     complete: int = 0
@@ -52,15 +52,17 @@ class Arm:
 
 def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
     """Run trials of ``arm`` until ``budget`` epochs are spent; fill in its results."""
-    from experiments import tuning
-    from experiments.search_space import resolve_run_config, suggest
-    from experiments.tracking import NullTracker
+    from experiments.tuning.objective import TrialPruned, pruning_callback
+    from experiments.tuning.storage import open_storage
+    from experiments.tuning.study import open_study
+    from experiments.tuning.search_space import resolve_run_config, suggest
+    from experiments.tracking.base import NullTracker
     from experiments.training import train
 
     study_cfg = replace(tune.study, name=arm.name, storage=f"sqlite:///{workdir / (arm.name + '.db')}",
                         sampler=arm.sampler, pruner=arm.pruner)
     arm_tune = replace(tune, study=study_cfg)
-    study = tuning.open_study(arm_tune, tuning.open_storage(study_cfg.storage))
+    study = open_study(arm_tune, open_storage(study_cfg.storage))
     max_epochs = resolve_run_config(arm_tune, {})[0].train.epochs
     arm.trace, arm.params = [], []
     start = time.perf_counter()
@@ -70,7 +72,7 @@ def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
         arm.params.append(params)
         epochs = min(max_epochs, budget - arm.epochs)
         cfg, _ = resolve_run_config(arm_tune, params, extra_overrides=[f"train.epochs={epochs}"])
-        report = tuning.pruning_callback(trial, "accuracy")
+        report = pruning_callback(trial, "accuracy")
 
         def count_and_report(epoch: int, metrics) -> None:
             arm.epochs += 1
@@ -78,7 +80,7 @@ def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
 
         try:
             result = train(cfg, NullTracker(), data=data, epoch_callback=count_and_report, log_model=False, verbose=0)
-        except tuning.TrialPruned:
+        except TrialPruned:
             arm.pruned += 1
             raise
         value = float(result.val_metrics["accuracy"])
@@ -109,8 +111,8 @@ def main() -> int:
     for noisy in ("experiments.training", "pipelines", "optuna", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from experiments import tuning
-    from experiments.search_space import PrunerConfig, SamplerConfig, load_tune_config, resolve_run_config
+    from experiments.tuning.samplers import describe
+    from experiments.tuning.search_space import PrunerConfig, SamplerConfig, load_tune_config, resolve_run_config
     from experiments.training import load_training_data
     from pipelines.paths import resolve_data_path
 
@@ -126,7 +128,7 @@ def main() -> int:
         Arm("random", sampler=SamplerConfig("random", {"seed": 0}), pruner=PrunerConfig("none", {})),
     ]
     for arm in arms:
-        print(f"{arm.name}: sampler {tuning.describe(arm.sampler)}, pruner {tuning.describe(arm.pruner)}")
+        print(f"{arm.name}: sampler {describe(arm.sampler)}, pruner {describe(arm.pruner)}")
     with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
         for arm in arms:
             run_arm(arm, tune, data, args.budget, Path(tmp))

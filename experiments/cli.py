@@ -72,7 +72,7 @@ def _use_tracking_uri(uri: str | None) -> None:
     """
     if not uri:
         return
-    from experiments.tracking import set_tracking_uri
+    from experiments.tracking.store import set_tracking_uri
 
     os.environ["MLFLOW_TRACKING_URI"] = set_tracking_uri(uri)
 

@@ -3,7 +3,7 @@
 ``train(cfg, tracker)`` loads the data once (or takes a :class:`TrainData` a tuning worker loaded),
 builds the model, calls :func:`fit`, evaluates the restored best weights on the validation split
 (with test-time augmentation if configured), optionally scores the test split, and logs everything
-through the ``tracker`` (see ``experiments.tracking.Tracker``).
+through the ``tracker`` (see ``experiments.tracking.base.Tracker``).
 
 Per epoch, a validation pass scores the whole validation split (accuracy, balanced accuracy,
 macro-F1, log loss); early stopping and the best-weights checkpoint watch ``train.monitor``.
@@ -433,7 +433,7 @@ class TrainResult:
 
 
 def model_metadata(cfg: RunConfig, data: TrainData) -> dict[str, Any]:
-    """What prediction needs next to the model (see ``experiments.tracking.META_KEYS``)."""
+    """What prediction needs next to the model (see ``experiments.tracking.base.META_KEYS``)."""
     from models import describe_backbone
     from pipelines.preprocess import PREPROCESS_VERSION
 
@@ -457,7 +457,7 @@ def data_tags(data: TrainData) -> dict[str, str]:
 
 
 def _log_split_report(tracker: Any, split: str, metrics: Mapping[str, Any], data: TrainData) -> None:
-    from experiments.plots import confusion_figure
+    from experiments.reporting.plots import confusion_figure
 
     tracker.log_text(per_class_csv(metrics, data.class_slugs, data.class_names), f"per_class_metrics_{split}.csv")
     fig = confusion_figure(metrics["confusion"], data.class_names, title=f"{split} confusion matrix (row-normalised)")
@@ -479,7 +479,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     cfg
         The validated run config.
     tracker
-        An ``experiments.tracking.Tracker`` (``NullTracker`` when None).
+        An ``experiments.tracking.base.Tracker`` (``NullTracker`` when None).
     data
         Pre-loaded data (tuning workers load once); else loaded from ``data_path`` / ``cfg.data.path``.
     score_test
@@ -487,15 +487,15 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     epoch_callback
         Called after each epoch; an exception it raises stops training and propagates.
     recall_lookup
-        Resolves ``augment.targets: auto`` (``experiments.tracking.run_val_recall``).
+        Resolves ``augment.targets: auto`` (``experiments.tracking.runs.run_val_recall``).
     log_model
         Log the Keras model with its prediction metadata.
     """
     import keras
 
     from models import build_model
-    from experiments.plots import learning_curves_figure
-    from experiments.tracking import NullTracker, git_commit, package_versions
+    from experiments.reporting.plots import learning_curves_figure
+    from experiments.tracking.base import NullTracker, git_commit, package_versions
 
     tracker = tracker if tracker is not None else NullTracker()
     data = data if data is not None else load_training_data(cfg.data, data_path)

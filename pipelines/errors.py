@@ -20,3 +20,9 @@ class ConfigError(Galaxy10Error):
 
 class ModelError(Galaxy10Error):
     """Missing or unusable models (unknown run, alias or artifact)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``str(err)`` (or the exception's type name when empty), for one-line messages."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -191,8 +191,10 @@ def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3,
     ``refit`` refits the best configuration on train + validation.
     The block runs with cwd, cache and tracking URI in ``root``.
     """
-    from experiments import tuning
-    from experiments.search_space import parse_tune_config
+    from experiments.tuning.run import run_study
+    from experiments.tuning.storage import open_storage
+    from experiments.tuning.study import load_existing_study
+    from experiments.tuning.search_space import parse_tune_config
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -208,8 +210,8 @@ def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3,
             "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": n_images}},
             "study": study, "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         })
-        result = tuning.run_study(tune, tracking_uri=uri, data_path=str(data))
-        best = tuning.load_existing_study("tiny", tuning.open_storage(storage)).best_trial
+        result = run_study(tune, tracking_uri=uri, data_path=str(data))
+        best = load_existing_study("tiny", open_storage(storage)).best_trial
         yield TinyStudy(root, data, uri, storage, result.parent_run_id, result.best_run_id,
                         best.user_attrs.get("model_uri"))
 
@@ -232,7 +234,8 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> SmokeModel:
     Everything (data, cache, sqlite store, artifacts) lives in one session temp folder.
     """
     from experiments.config import load_config
-    from experiments.tracking import MlflowTracker, register_champion
+    from experiments.tracking.mlflow_tracker import MlflowTracker
+    from experiments.tracking.model_registry import register_champion
     from experiments.training import train
 
     root = tmp_path_factory.mktemp("smoke_model")

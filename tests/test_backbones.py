@@ -122,10 +122,10 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, se
     from PIL import Image
 
     from ensembles.serving import Branch, EnsembleModel, load_ensemble, save_ensemble
-    from experiments import tracking
+    from experiments.tracking.loading import load_model_bundle
     from experiments.cli import main as cli_main
-    from experiments.predict import load_predictor
-    from experiments.serve import create_app
+    from experiments.serving.predictor import load_predictor
+    from experiments.serving.web import create_app
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     ids = []
@@ -136,7 +136,7 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, se
         assert cli_main(argv) == 0
         ids.append(mlflow.search_runs(experiment_names=["galaxy10-smoke"], order_by=["start_time DESC"],
                                       max_results=1).iloc[0]["run_id"])
-    bundle = tracking.load_model_bundle(f"runs:/{ids[0]}/model")
+    bundle = load_model_bundle(f"runs:/{ids[0]}/model")
     assert bundle.meta["backbone"] == name
     png = tmp_path / "g.png"
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(png)
@@ -145,7 +145,7 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, se
     resp = create_app(predictor).test_client().post(
         "/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "g.png")}, content_type="multipart/form-data")
     assert resp.status_code == 200 and len(json.dumps(resp.get_json())) > 0
-    reference = tracking.load_model_bundle(f"runs:/{ids[1]}/model")
+    reference = load_model_bundle(f"runs:/{ids[1]}/model")
     branches = [Branch(cnn=b.model, size=int(b.meta["size"]), crop=int(b.meta["crop"]), name=n)
                 for b, n in ((bundle, name), (reference, "reference_cnn"))]
     ens = EnsembleModel("vote", branches, tuple(bundle.meta["class_names"]), tuple(bundle.meta["class_slugs"]))

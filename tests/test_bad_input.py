@@ -446,8 +446,8 @@ def test_path_traversal_in_an_import_csv_never_reads_outside_the_folder(
 
 @pytest.fixture
 def web(tmp_path: Path):  # noqa: ANN201 - a Flask test client
-    from experiments.predict import ModelCard, Predictor
-    from experiments.serve import create_app
+    from experiments.serving.predictor import ModelCard, Predictor
+    from experiments.serving.web import create_app
     from pipelines.classes import CLASS_NAMES
 
     calls: list[int] = []

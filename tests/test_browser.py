@@ -35,7 +35,7 @@ def _restore_mlflow_uri() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def predictor(smoke_model):  # noqa: ANN001, ANN201
-    from experiments.predict import load_predictor
+    from experiments.serving.predictor import load_predictor
 
     return load_predictor(f"{smoke_model.registered_name}@champion", tracking_uri=smoke_model.tracking_uri)
 
@@ -44,7 +44,7 @@ def predictor(smoke_model):  # noqa: ANN001, ANN201
 def server_url(predictor) -> Iterator[str]:  # noqa: ANN001
     from werkzeug.serving import make_server
 
-    from experiments.serve import create_app
+    from experiments.serving.web import create_app
 
     server = make_server("127.0.0.1", 0, create_app(predictor), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

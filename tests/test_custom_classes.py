@@ -157,8 +157,8 @@ def test_study_ensemble_report_predict_and_page_on_the_catalog(catalog: Path, ca
     doc = json.loads(capsys.readouterr().out)
     assert sorted(doc[0]["probabilities"]) == sorted(NAMES)
 
-    from experiments.predict import load_predictor
-    from experiments.serve import create_app
+    from experiments.serving.predictor import load_predictor
+    from experiments.serving.web import create_app
 
     app = create_app(load_predictor("custom@champion"))
     resp = app.test_client().post("/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "one.png")},

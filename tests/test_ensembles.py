@@ -64,7 +64,7 @@ def test_scale_sensitive_models_get_a_scaler() -> None:
 # Config
 # --------------------------------------------------------------------------------------------
 def test_shipped_ensemble_config_loads() -> None:
-    from experiments.ensemble_runner import validate_config
+    from experiments.ensembling.candidates import validate_config
 
     cfg = config_from_dict(read_config_yaml(ENSEMBLE_YAML))
     validate_config(cfg)
@@ -108,7 +108,7 @@ def test_unknown_xgboost_key_lists_the_allowed_ones() -> None:
 
 
 def test_tuning_space_keys_are_checked_against_the_models() -> None:
-    from experiments.ensemble_runner import validate_config
+    from experiments.ensembling.candidates import validate_config
 
     cfg = config_from_dict({"second_stage": {"xgboost": {}},
                             "tune": {"n_trials": 2, "search_space": {"xgboost.depth": {"type": "int", "low": 2,
@@ -362,7 +362,7 @@ def test_saved_ensemble_predicts_the_same_from_raw_images(tmp_path: Path) -> Non
 
 def test_second_stage_tuning_returns_valid_params_and_their_cv_score() -> None:
     from ensembles.crossfit import cv_predict_proba
-    from experiments.ensemble_runner import _space_for, tune_second_stage
+    from experiments.ensembling.candidates import _space_for, tune_second_stage
 
     cfg = config_from_dict({"second_stage": {"logreg": {}}, "cv_folds": 3, "seed": 1,
                             "tune": {"n_trials": 4, "metric": "accuracy",
@@ -383,7 +383,7 @@ def test_convergence_warnings_become_one_note_and_other_warnings_pass(caplog: py
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from experiments.ensemble_runner import convergence_notes
+    from experiments.ensembling.candidates import convergence_notes
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(200, 30)), rng.integers(0, 3, 200)

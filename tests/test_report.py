@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from experiments import report as rp
+from experiments.reporting.bootstrap import accuracy_macro_f1, bootstrap_ci, confusion_stack
+from experiments.reporting.build import build_report
+from experiments.reporting.scoring import SCORING_RUN_NAME
 from experiments.cli import main as cli_main
 
 from conftest import TinyStudy, keep_mlflow_tracking_uri, tiny_study_in
@@ -30,8 +32,8 @@ def test_accuracy_macro_f1_matches_sklearn() -> None:
     y = rng.integers(0, 10, 300)
     pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 10, 300))
     pred[pred == 4] = 5  # class 4 never predicted: F1 0 for it
-    counts = rp.confusion_stack(y, pred, np.arange(300)[None, :], 10)[0]
-    acc, f1 = rp.accuracy_macro_f1(counts)
+    counts = confusion_stack(y, pred, np.arange(300)[None, :], 10)[0]
+    acc, f1 = accuracy_macro_f1(counts)
     assert acc == pytest.approx(np.mean(y == pred))
     assert f1 == pytest.approx(f1_score(y, pred, labels=np.arange(10), average="macro", zero_division=0))
 
@@ -41,7 +43,7 @@ def test_bootstrap_intervals_bracket_the_estimate_and_are_seeded() -> None:
     y = rng.integers(0, 10, 1000)
     good = np.where(rng.random(1000) < 0.7, y, (y + 1) % 10)
     perfect = y.copy()
-    ci = rp.bootstrap_ci(y, {"good": good, "perfect": perfect}, 10, n_resamples=500, seed=3)
+    ci = bootstrap_ci(y, {"good": good, "perfect": perfect}, 10, n_resamples=500, seed=3)
     lo, hi = ci["good"]["accuracy"]
     acc = np.mean(good == y)
     # binomial standard error at n=1000, p=0.7 is ~0.0145: the 95% interval is about +-0.028
@@ -50,13 +52,13 @@ def test_bootstrap_intervals_bracket_the_estimate_and_are_seeded() -> None:
     f_lo, f_hi = ci["good"]["macro_f1"]
     assert f_lo < f1_score(y, good, average="macro") < f_hi
     assert ci["perfect"] == {"accuracy": (1.0, 1.0), "macro_f1": (1.0, 1.0)}
-    assert rp.bootstrap_ci(y, {"good": good}, 10, n_resamples=500, seed=3)["good"] == ci["good"]
-    assert rp.bootstrap_ci(y, {"good": good}, 10, n_resamples=500, seed=4)["good"] != ci["good"]
+    assert bootstrap_ci(y, {"good": good}, 10, n_resamples=500, seed=3)["good"] == ci["good"]
+    assert bootstrap_ci(y, {"good": good}, 10, n_resamples=500, seed=4)["good"] != ci["good"]
 
 
 def test_bootstrap_rejects_mismatched_predictions() -> None:
     with pytest.raises(Exception, match="predicted"):
-        rp.bootstrap_ci(np.zeros(5, dtype=int), {"m": np.zeros(4, dtype=int)}, 10, n_resamples=10)
+        bootstrap_ci(np.zeros(5, dtype=int), {"m": np.zeros(4, dtype=int)}, 10, n_resamples=10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def first_report(tiny_study: TinyStudy) -> Iterator[Path]:
     with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.chdir(tiny_study.root)
         mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
-        rp.build_report("tiny", out=out, storage_url=tiny_study.storage, tracking_uri=tiny_study.tracking_uri,
+        build_report("tiny", out=out, storage_url=tiny_study.storage, tracking_uri=tiny_study.tracking_uri,
                         n_resamples=300)
         snapshot = tiny_study.root / "first_report"
         shutil.copytree(out, snapshot)
@@ -201,7 +203,7 @@ def test_report_numbers_are_logged_to_mlflow(tiny_study: TinyStudy, first_report
     numbers = json.loads((first_report / "report.json").read_text())
     client = MlflowClient(tiny_study.tracking_uri)
     scoring = client.get_run(numbers["scoring_run_id"])
-    assert scoring.info.run_name == rp.SCORING_RUN_NAME
+    assert scoring.info.run_name == SCORING_RUN_NAME
     assert scoring.data.tags["mlflow.parentRunId"] == tiny_study.parent_run_id
     for key in ("baseline", "cnn"):
         for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
@@ -232,19 +234,19 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
     """
     from mlflow import MlflowClient
 
-    from experiments import tracking
+    from experiments.tracking.mlflow_tracker import MlflowTracker
 
     client = MlflowClient(tiny_study.tracking_uri)
     with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.chdir(tiny_study.root)
         mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
         tags = {"ensemble.role": "comparison", "optuna.study": "tiny", "ensemble.mode": "val_cv"}
-        with tracking.MlflowTracker("ens", "ensemble comparison", tracking_uri=tiny_study.tracking_uri,
+        with MlflowTracker("ens", "ensemble comparison", tracking_uri=tiny_study.tracking_uri,
                                     tags=tags) as parent:
             columns = "candidate,kind,val_accuracy,val_recall_disturbed,members,estimate,run_id"
             parent.log_text(f"{columns}\nvote-top2,vote,0.5,0.25,a b,val,r1\ncnn-best,cnn,0.4,0.5,a,val,r2\n",
                             "comparison.csv")
-            with tracking.MlflowTracker("ens", "vote-top2", tracking_uri=tiny_study.tracking_uri,
+            with MlflowTracker("ens", "vote-top2", tracking_uri=tiny_study.tracking_uri,
                                         parent_run_id=parent.run_id, tags={"kind": "vote", "candidate": "vote-top2"}) \
                     as winner:
                 pass

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
-from experiments.predict import load_predictor
-from experiments.serve import create_app
+from experiments.serving.predictor import load_predictor
+from experiments.serving.web import create_app
 
 
 @pytest.fixture(scope="module", autouse=True)

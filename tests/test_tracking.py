@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -10,7 +12,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from experiments import tracking
+from experiments.tracking.base import META_ARTIFACT, NullTracker, Tracker, git_commit
+from experiments.tracking.loading import load_model_bundle, load_prediction_model, predict_images
+from experiments.tracking.mlflow_tracker import MlflowTracker
+from experiments.tracking.model_registry import default_champion_uri
+from experiments.tracking.runs import run_val_recall
+from experiments.tracking.store import resolve_tracking_uri, set_tracking_uri
 from experiments.config import flatten, load_config
 from experiments.training import train
 from pipelines.errors import ConfigError, ModelError
@@ -28,19 +35,19 @@ def _fresh_mlflow_uri():
 
 
 def test_tracking_uri_resolution(monkeypatch, tmp_path):
-    assert tracking.resolve_tracking_uri("http://mlflow.example:5000") == "http://mlflow.example:5000"
+    assert resolve_tracking_uri("http://mlflow.example:5000") == "http://mlflow.example:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
-    assert tracking.resolve_tracking_uri() == "sqlite:///elsewhere.db"
+    assert resolve_tracking_uri() == "sqlite:///elsewhere.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     for bad in ("mlruns", "file:///tmp/mlruns", "./mlruns"):
         with pytest.raises(ConfigError, match="file store"):
-            tracking.resolve_tracking_uri(bad)
+            resolve_tracking_uri(bad)
 
 
 def test_null_tracker_records():
-    t = tracking.NullTracker()
-    assert isinstance(t, tracking.Tracker)
+    t = NullTracker()
+    assert isinstance(t, Tracker)
     t.log_params({"a": 1})
     t.log_metrics({"m": 0.5}, step=1)
     t.log_metrics({"m": 0.7}, step=2)
@@ -52,7 +59,7 @@ def _status(run_id: str) -> str:
 
 
 def test_run_status_on_success_failure_and_kill():
-    with tracking.MlflowTracker("exp", "ok") as ok:
+    with MlflowTracker("exp", "ok") as ok:
         ok.log_metrics({"x": 1.0, "bad": float("nan")}, step=3)
     assert _status(ok.run_id) == "FINISHED"
     assert MlflowClient().get_run(ok.run_id).data.metrics == {"x": 1.0}
@@ -60,15 +67,15 @@ def test_run_status_on_success_failure_and_kill():
     class Pruned(Exception):
         pass
 
-    killed = tracking.MlflowTracker("exp", "pruned", killed_on=(Pruned,))
+    killed = MlflowTracker("exp", "pruned", killed_on=(Pruned,))
     with pytest.raises(Pruned), killed:
         raise Pruned
     assert _status(killed.run_id) == "KILLED"
-    failed = tracking.MlflowTracker("exp", "boom")
+    failed = MlflowTracker("exp", "boom")
     with pytest.raises(RuntimeError), failed:
         raise RuntimeError("boom")
     assert _status(failed.run_id) == "FAILED"
-    child = tracking.MlflowTracker("exp", "child", parent_run_id=ok.run_id)
+    child = MlflowTracker("exp", "child", parent_run_id=ok.run_id)
     with child:
         pass
     assert MlflowClient().get_run(child.run_id).data.tags["mlflow.parentRunId"] == ok.run_id
@@ -76,23 +83,31 @@ def test_run_status_on_success_failure_and_kill():
 
 def test_unknown_models_and_runs_are_model_errors():
     with pytest.raises(ModelError, match="cannot find model"):
-        tracking.load_model_bundle("runs:/0123456789abcdef0123456789abcdef/model")
+        load_model_bundle("runs:/0123456789abcdef0123456789abcdef/model")
     with pytest.raises(ModelError, match="not found"):
-        tracking.run_val_recall("0123456789abcdef0123456789abcdef", ["disturbed"])
-    assert tracking.default_champion_uri() is None
+        run_val_recall("0123456789abcdef0123456789abcdef", ["disturbed"])
+    assert default_champion_uri() is None
 
 
 def test_only_tracking_imports_mlflow():
     pattern = re.compile(r"^\s*(import mlflow|from mlflow)", re.MULTILINE)
     offenders = [str(p.relative_to(ROOT)) for pkg in ("pipelines", "augment", "ensembles", "experiments")
                  for p in (ROOT / pkg).rglob("*.py") if pattern.search(p.read_text())]
-    assert offenders == ["experiments/tracking.py"]
+    assert offenders and all(o.startswith("experiments/tracking/") for o in offenders), offenders
+    assert "experiments/tracking/base.py" not in offenders
+
+
+def test_the_tracker_protocol_loads_without_mlflow():
+    code = ("import sys, experiments.tracking.base, experiments.training; "
+            "print('mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
 
 
 def test_train_log_reload_predict_round_trip(tiny_h5):
     cfg = load_config(SMOKE, ["train.epochs=1"])
-    uri = tracking.set_tracking_uri()
-    with tracking.MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri) as tracker:
+    uri = set_tracking_uri()
+    with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri) as tracker:
         result = train(cfg, tracker, data_path=tiny_h5, verbose=0)
     client = MlflowClient()
     run = client.get_run(tracker.run_id)
@@ -105,7 +120,7 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
     tags = run.data.tags
     assert tags["data.synthetic"] == "true" and tags["data.provenance"] == "synthetic"
     assert tags["data.fingerprint"] == result.meta["data_fingerprint"] and len(tags["data.fingerprint"]) == 64
-    if tracking.git_commit():
+    if git_commit():
         assert re.fullmatch(r"[0-9a-f]{40}", tags["git.commit"])
     assert tags["version.keras"] and tags["version.mlflow"] == mlflow.__version__
     # metrics: per epoch with step, final validation metrics, no test metrics
@@ -115,12 +130,12 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
                 "val_log_loss", "val_recall_disturbed", "val_precision_cigar", "best_epoch"):
         assert key in run.data.metrics, key
     assert not [k for k in run.data.metrics if k.startswith("test_")]
-    recall = tracking.run_val_recall(tracker.run_id, ["disturbed", "cigar"])
+    recall = run_val_recall(tracker.run_id, ["disturbed", "cigar"])
     np.testing.assert_allclose(recall, [result.val_metrics["recall_disturbed"], result.val_metrics["recall_cigar"]])
     # artifacts
     artifacts = {a.path for a in client.list_artifacts(tracker.run_id)}
     assert {"config.yaml", "confusion_matrix_val.png", "per_class_metrics_val.csv", "learning_curves.png",
-            "class_names.json", tracking.META_ARTIFACT} <= artifacts
+            "class_names.json", META_ARTIFACT} <= artifacts
     local = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="config.yaml"))
     assert load_config(local) == cfg
     png = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="confusion_matrix_val.png"))
@@ -135,7 +150,7 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
     assert (meta["size"], meta["crop"], meta["synthetic"], meta["provenance"]) == (48, 32, True, "synthetic")
     assert meta["class_slugs"][0] == "disturbed" and len(meta["class_names"]) == 10
     assert "preprocess_version" in meta and meta["data_fingerprint"] == tags["data.fingerprint"]
-    meta_file = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path=tracking.META_ARTIFACT))
+    meta_file = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path=META_ARTIFACT))
     assert json.loads(meta_file.read_text()) == meta
 
     # reload through MLflow (runs:/ and models:/ URIs): same predictions as the trained model
@@ -146,15 +161,15 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
     crops = center_crop(np.asarray(load_resized(tiny_h5, size=48)[:12]), 32).astype(np.float32)
     expected = result.model.predict(crops, verbose=0)
     for model_uri in (f"runs:/{tracker.run_id}/model", result.model_uri):
-        bundle = tracking.load_model_bundle(model_uri)
+        bundle = load_model_bundle(model_uri)
         model, loaded_meta = bundle
         assert loaded_meta == meta
         np.testing.assert_allclose(model.predict(crops, verbose=0), expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(tracking.predict_images(bundle, raw), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predict_images(bundle, raw), expected, rtol=1e-5, atol=1e-6)
     # any size: a 100 px image is square-cropped and resized like training data
     big = np.zeros((1, 100, 120, 3), np.uint8)
-    assert tracking.predict_images(bundle, big).shape == (1, 10)
-    loaded = tracking.load_prediction_model(result.model_uri)
+    assert predict_images(bundle, big).shape == (1, 10)
+    loaded = load_prediction_model(result.model_uri)
     assert loaded.kind == "keras" and loaded.info["run_id"] == tracker.run_id and loaded.info["synthetic"] is True
 
 

@@ -20,7 +20,7 @@ from experiments.training import (
     resolve_multipliers,
     train,
 )
-from experiments.tracking import NullTracker
+from experiments.tracking.base import NullTracker
 from pipelines.classes import CLASS_SLUGS
 from pipelines.errors import ConfigError
 from pipelines.preprocess import center_crop

@@ -20,9 +20,11 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from conftest import tiny_tune_yaml
-from experiments import tuning
+from experiments.tuning.plots import save_plots
+from experiments.tuning.storage import open_storage
+from experiments.tuning.study import COUNTED_STATES, load_existing_study
 from experiments.cli import main as cli_main
-from experiments.tracking import NullTracker
+from experiments.tracking.base import NullTracker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +155,7 @@ def test_plots_need_two_varying_complete_trials() -> None:
     trial.suggest_float("x", 0.0, 1.0)
     study.tell(trial, 0.5)
     parent = NullTracker()
-    logged, notes = tuning.save_plots(study, parent, "accuracy")
+    logged, notes = save_plots(study, parent, "accuracy")
     assert logged == ["plots/optimization_history.png", "plots/parallel_coordinate.png"]
     assert notes == ["plot param_importances skipped: parameter importances need >= 2 COMPLETE trials, "
                      "the study has 1"]
@@ -162,7 +164,7 @@ def test_plots_need_two_varying_complete_trials() -> None:
         t = same.ask()
         t.suggest_categorical("policy", ["galaxy"])
         same.tell(t, value)
-    _, notes = tuning.save_plots(same, NullTracker(), "accuracy")
+    _, notes = save_plots(same, NullTracker(), "accuracy")
     assert notes == ["plot param_importances skipped: parameter importances need a parameter that varies across "
                      "the COMPLETE trials (and is set in all of them); none does yet"]
 
@@ -187,7 +189,7 @@ def test_two_workers_share_one_sqlite_study(tiny_h5: Path, tmp_path: Path) -> No
     study = load("w")
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(len(numbers))) and len(set(numbers)) == len(numbers)
-    assert len(study.get_trials(states=tuning.COUNTED_STATES)) >= 4
+    assert len(study.get_trials(states=COUNTED_STATES)) >= 4
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL))
     parents, children = runs_of()
     assert len(parents) == 1
@@ -256,12 +258,11 @@ def test_the_top_k_trials_keep_their_models_for_voting(tmp_path: Path) -> None:
     """Issue 13: with log_models: top_k (the default), every trial among the final top ``keep_models``
     has a logged model, so `galaxy10 ensemble` can vote with them (here k = 2 of 4 trials)."""
     from conftest import tiny_study_in
-    from experiments import tuning
-    from experiments.search_space import parse_study
+    from experiments.tuning.search_space import parse_study
 
     assert parse_study({}, "s").log_models == "top_k" and parse_study({}, "s").keep_models == 3
     with tiny_study_in(tmp_path, n_images=200, n_trials=4, log_all_models=False, keep_models=2) as study:
-        trials = tuning.load_existing_study("tiny", tuning.open_storage(study.storage)).get_trials()
+        trials = load_existing_study("tiny", open_storage(study.storage)).get_trials()
     done = sorted((t for t in trials if t.value is not None), key=lambda t: -t.value)
     assert len(done) == 4
     assert all("model_uri" in t.user_attrs for t in done[:2]), [(t.number, t.value, t.user_attrs) for t in done]

@@ -7,9 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from experiments import tuning
+from experiments.tuning.search_space import space_hash
+from experiments.tuning.storage import open_storage
+from experiments.tuning.study import fail_stale_trials, open_study
 from experiments.cli import main as cli_main
-from experiments.search_space import parse_tune_config
+from experiments.tuning.search_space import parse_tune_config
 from pipelines.errors import ConfigError
 
 SPACE = {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}
@@ -32,7 +34,7 @@ def _tune(name: str = "s", storage: str = "sqlite:///optuna.db", space=None, **s
 ])
 def test_unreachable_storage_is_one_clear_line(url: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        tuning.open_storage(url)
+        open_storage(url)
     assert str(err.value) == message
 
 
@@ -43,13 +45,13 @@ def test_missing_driver_is_one_clear_line() -> None:
     except ImportError:
         pass
     with pytest.raises(ConfigError) as err:
-        tuning.open_storage("mysql://u@127.0.0.1:9/x")
+        open_storage("mysql://u@127.0.0.1:9/x")
     assert str(err.value).startswith("cannot open the Optuna storage 'mysql://u@127.0.0.1:9/x' (")
     assert str(err.value).endswith("; check the URL and that the database is reachable, or use sqlite:///optuna.db")
 
 
 def test_sqlite_storage_uses_wal(tmp_path: Path) -> None:
-    tuning.open_storage("sqlite:///optuna.db")
+    open_storage("sqlite:///optuna.db")
     import sqlite3
 
     with sqlite3.connect(tmp_path / "optuna.db") as conn:
@@ -57,33 +59,33 @@ def test_sqlite_storage_uses_wal(tmp_path: Path) -> None:
 
 
 def test_existing_study_with_other_space_is_refused() -> None:
-    storage = tuning.open_storage("sqlite:///optuna.db")
-    first = tuning.open_study(_tune(), storage)
-    want = tuning.space_hash(_tune().space)
+    storage = open_storage("sqlite:///optuna.db")
+    first = open_study(_tune(), storage)
+    want = space_hash(_tune().space)
     assert first.user_attrs["search_space_hash"] == want
-    again = tuning.open_study(_tune(), storage)  # same space: continues the same study
+    again = open_study(_tune(), storage)  # same space: continues the same study
     assert again._study_id == first._study_id
     other = _tune(space={"model.dropout": {"type": "float", "low": 0.0, "high": 0.6}})
     with pytest.raises(ConfigError) as err:
-        tuning.open_study(other, storage)
-    got = tuning.space_hash(other.space)
+        open_study(other, storage)
+    got = space_hash(other.space)
     assert str(err.value) == (
         f"study 's' in sqlite:///optuna.db was created with a different search space (hash {want} vs {got}); "
         "pass a new --study name or restore the original search_space"
     )
     with pytest.raises(ConfigError) as err:
-        tuning.open_study(_tune(metric="macro_f1"), storage)
+        open_study(_tune(metric="macro_f1"), storage)
     assert str(err.value) == ("study 's' optimises 'accuracy', not 'macro_f1'; "
                               "pass a new --study name or set study.metric back")
 
 
 def test_existing_study_with_other_data_is_refused() -> None:
-    storage = tuning.open_storage("sqlite:///optuna.db")
-    first = tuning.open_study(_tune(), storage, data=("a" * 64, "galaxy10_synthetic.h5"))
+    storage = open_storage("sqlite:///optuna.db")
+    first = open_study(_tune(), storage, data=("a" * 64, "galaxy10_synthetic.h5"))
     assert first.user_attrs["data_fingerprint"] == {"fingerprint": "a" * 64, "file": "galaxy10_synthetic.h5"}
-    tuning.open_study(_tune(), storage, data=("a" * 64, "copy.h5"))  # same bytes under another name: fine
+    open_study(_tune(), storage, data=("a" * 64, "copy.h5"))  # same bytes under another name: fine
     with pytest.raises(ConfigError) as err:
-        tuning.open_study(_tune(), storage, data=("b" * 64, "Galaxy10_DECals.h5"))
+        open_study(_tune(), storage, data=("b" * 64, "Galaxy10_DECals.h5"))
     assert str(err.value) == (
         "study 's' was run on galaxy10_synthetic.h5 (fingerprint aaaaaaaaaaaa) but this process has "
         "Galaxy10_DECals.h5 (fingerprint bbbbbbbbbbbb); use the same data file on every worker, or pass a new "
@@ -100,8 +102,8 @@ def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(tmp_path: Path
 
     first = write_galaxy10_h5(tmp_path / "first.h5", n=60, size=32, seed=0)
     other = write_galaxy10_h5(tmp_path / "other.h5", n=60, size=32, seed=1)
-    storage = tuning.open_storage("sqlite:///optuna.db")
-    tuning.open_study(_tune(), storage, data=(data_fingerprint(first), first.name))
+    storage = open_storage("sqlite:///optuna.db")
+    open_study(_tune(), storage, data=(data_fingerprint(first), first.name))
     cfg = tmp_path / "tune.yaml"
     cfg.write_text(yaml.safe_dump({"base": str(Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"),
                                    "study": {"name": "s", "n_trials": 1}, "search_space": SPACE}))
@@ -119,22 +121,22 @@ def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(tmp_path: Path
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_stale_running_trial_is_failed() -> None:
     handled = []
-    storage = tuning.open_storage("sqlite:///optuna.db", heartbeat_interval=1, grace_period=2,
+    storage = open_storage("sqlite:///optuna.db", heartbeat_interval=1, grace_period=2,
                                   on_stale=lambda study, trial: handled.append(trial.number))
-    study = tuning.open_study(_tune(), storage)
+    study = open_study(_tune(), storage)
     trial = study.ask()
     trial.suggest_float("model.dropout", 0.0, 0.5)
     storage.record_heartbeat(trial._trial_id)  # a worker that beat once, then died
-    assert tuning.fail_stale_trials(study) == []  # still within the grace period
+    assert fail_stale_trials(study) == []  # still within the grace period
     time.sleep(3.2)
-    assert tuning.fail_stale_trials(study) == [trial.number]
+    assert fail_stale_trials(study) == [trial.number]
     assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
     assert handled == [trial.number]
 
 
 def test_study_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
-    storage = tuning.open_storage("sqlite:///optuna.db")
-    study = tuning.open_study(_tune(name="demo"), storage)
+    storage = open_storage("sqlite:///optuna.db")
+    study = open_study(_tune(name="demo"), storage)
     for value in (0.5, 0.7):
         t = study.ask()
         t.suggest_float("model.dropout", 0.0, 0.5)

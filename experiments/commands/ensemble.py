@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.search_space import DEFAULT_STORAGE
+from experiments.tuning.search_space import DEFAULT_STORAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ensembles.config import config_from_dict, read_config_yaml
     from experiments.config import apply_overrides, check_study_name
-    from experiments.ensemble_runner import run_comparison
+    from experiments.ensembling.comparison import run_comparison
 
     study = check_study_name(args.study)
     raw = apply_overrides(read_config_yaml(args.config), list(args.overrides))

@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from experiments.predict import FILE_BATCH, format_predictions, iter_input_batches, load_predictor, plan_inputs
+    from experiments.serving.inputs import iter_input_batches, plan_inputs
+    from experiments.serving.predictor import FILE_BATCH, load_predictor
+    from experiments.serving.results import format_predictions
     from pipelines.errors import DataError
 
     if not 1 <= args.top <= MAX_TOP:

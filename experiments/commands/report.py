@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.search_space import DEFAULT_STORAGE
+from experiments.tuning.search_space import DEFAULT_STORAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from experiments.config import check_study_name
-    from experiments.report import build_report, check_resamples
+    from experiments.reporting.bootstrap import check_resamples
+    from experiments.reporting.build import build_report
 
     study = check_study_name(args.study)
     check_resamples(args.bootstrap)

@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     """Load the model once, then serve until interrupted."""
     import math
 
-    from experiments.predict import load_predictor
-    from experiments.serve import check_bind, make_server
+    from experiments.serving.predictor import load_predictor
+    from experiments.serving.web import check_bind, make_server
     from pipelines.errors import ConfigError
 
     if not 0 < args.port < 65536:

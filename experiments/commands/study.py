@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from experiments.search_space import DEFAULT_STORAGE
+from experiments.tuning.search_space import DEFAULT_STORAGE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -44,10 +44,11 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print one line per study."""
-    from experiments import tuning
+    from experiments.tuning.storage import open_storage
+    from experiments.tuning.study import list_studies
 
-    storage = tuning.open_storage(args.storage, must_exist=True)
-    studies = tuning.list_studies(storage)
+    storage = open_storage(args.storage, must_exist=True)
+    studies = list_studies(storage)
     if not studies:
         print(f"no studies in {args.storage}; start one with: "
               "galaxy10 tune --config experiments/configs/tune_quick.yaml")
@@ -64,10 +65,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
-    from experiments import tuning
+    from experiments.tuning.storage import open_storage
+    from experiments.tuning.study import ATTR_EXPERIMENT, ATTR_METRIC, ATTR_PARENT_RUN, ATTR_TRACKING_URI, ATTR_TRIAL_RUN, best_trial, load_existing_study, state_counts
 
-    storage = tuning.open_storage(args.storage, must_exist=True)
-    study = tuning.load_existing_study(args.name, storage)
+    storage = open_storage(args.storage, must_exist=True)
+    study = load_existing_study(args.name, storage)
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
     rows = []
@@ -78,27 +80,27 @@ def run_show(args: argparse.Namespace) -> int:
                      None if duration is None else f"{duration:.0f}s"]
                     + [t.params.get(n) for n in names])
     attrs = study.user_attrs
-    metric = attrs.get(tuning.ATTR_METRIC, "objective")
-    counts = tuning.state_counts(study)
+    metric = attrs.get(ATTR_METRIC, "objective")
+    counts = state_counts(study)
     states = "".join(f", {v} {k.lower()}" for k, v in sorted(counts.items()) if v)
     print(f"study {study.study_name} ({args.storage}): {len(trials)} trial{'' if len(trials) == 1 else 's'}"
           f"{states}; objective: val {metric} ({study.direction.name.lower()})")
     if trials:
         print(format_table(["#", "state", "value", "epochs", "time"] + names, rows))
-    best = tuning.best_trial(study)
+    best = best_trial(study)
     if best is None:
         print("\nbest: no COMPLETE trial yet")
     else:
         print(f"\nbest: trial {best.number}, val {metric} = {best.value:.4f}")
         for k, v in best.params.items():
             print(f"  {k} = {_fmt(v)}")
-        run_id = best.user_attrs.get(tuning.ATTR_TRIAL_RUN)
+        run_id = best.user_attrs.get(ATTR_TRIAL_RUN)
         if run_id:
             print(f"  MLflow run: {run_id}")
-    tracking_uri = attrs.get(tuning.ATTR_TRACKING_URI, DEFAULT_TRACKING_URI)
-    parent = attrs.get(tuning.ATTR_PARENT_RUN)
+    tracking_uri = attrs.get(ATTR_TRACKING_URI, DEFAULT_TRACKING_URI)
+    parent = attrs.get(ATTR_PARENT_RUN)
     print("\nopen the dashboards:")
-    where = f"   # parent run {parent}, experiment id {attrs.get(tuning.ATTR_EXPERIMENT)}" if parent else ""
+    where = f"   # parent run {parent}, experiment id {attrs.get(ATTR_EXPERIMENT)}" if parent else ""
     if tracking_uri.startswith(("http://", "https://")):
         print(f"  open {tracking_uri} in a browser{where}")
     else:

@@ -49,20 +49,22 @@ def format_summary(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, open an MLflow run, train, print the summary."""
-    from experiments import tracking
+    from experiments.tracking.mlflow_tracker import MlflowTracker
+    from experiments.tracking.runs import run_val_recall
+    from experiments.tracking.store import set_tracking_uri
     from experiments.config import AUTO_TARGETS, load_config
     from experiments.training import load_training_data, summary, train
 
     cfg = load_config(args.config, args.overrides)
-    uri = tracking.set_tracking_uri(args.tracking_uri)
+    uri = set_tracking_uri(args.tracking_uri)
     # Everything that can fail on bad input is checked before the MLflow run is opened.
     data = load_training_data(cfg.data, args.data, targets=cfg.augment.targets)  # targets: the file's classes
     recall = None
     if cfg.augment.targets == AUTO_TARGETS and cfg.augment.auto_from_run:
-        recall = tracking.run_val_recall(str(cfg.augment.auto_from_run), data.class_slugs, tracking_uri=uri)
+        recall = run_val_recall(str(cfg.augment.auto_from_run), data.class_slugs, tracking_uri=uri)
     # Keras prints its per-epoch progress to stdout; keep stdout for the summary (e.g. --json).
     with contextlib.redirect_stdout(sys.stderr), \
-            tracking.MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri,
+            MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri,
                                    tags={"config.file": args.config}) as tracker:
         result = train(cfg, tracker, data=data, score_test=args.score_test,
                        recall_lookup=None if recall is None else (lambda run_id, slugs: recall),

@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the study and print its summary; exit 1 if a worker died."""
     from dataclasses import replace
 
-    from experiments import tuning
+    from experiments.tuning.run import run_study
     from experiments.config import check_study_name
-    from experiments.search_space import load_tune_config
+    from experiments.tuning.search_space import load_tune_config
 
     tune = load_tune_config(args.config)
     if args.study is not None:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.refit:
         tune = replace(tune, study=replace(tune.study, refit=False))
     level = logging.getLogger().getEffectiveLevel()
-    report = tuning.run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
+    report = run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
                               storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
                               overrides=tuple(args.overrides), log_level=level)
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())) or "no trials"

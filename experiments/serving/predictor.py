@@ -1,22 +1,9 @@
-"""Prediction glue: resolve a model reference, read input images, predict, format the answer.
-
-One small interface serves both kinds of logged model: the Keras CNN logged by training
-(``mlflow.keras`` flavour + prediction metadata) and the ensembles' pyfunc models (uint8 images
-in, probabilities out; resized to the square side their tensor signature fixes, passed as they
-are when it allows any size). :class:`Predictor` hides the difference: ``predict(images)`` takes
-uint8 RGB images of any size and returns class probabilities, ``model_view(image)`` returns the
-centre crop the model sees. Either kind needs ``size``, ``crop`` and ``class_names`` (and, for the
-page's warning, ``synthetic``) in its MLmodel ``metadata``. Everything that touches MLflow goes
-through ``experiments.tracking``.
-"""
+"""The one predictor: a logged model with its own preprocessing (resize, crop, optional 8-view TTA)."""
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,25 +11,18 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import ConfigError, DataError, ModelError
-from pipelines.images import DEFAULT_MAX_PIXELS, check_image_header, decode_image
 
 log = logging.getLogger(__name__)
 
+
 #: Side of the square uint8 images given to a pyfunc model whose signature does not say.
 PYFUNC_INPUT_SIZE: int = 256
-HDF5_SIGNATURE: bytes = b"\x89HDF\r\n\x1a\n"
-OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
 HOW_TO_TRAIN = ("train one with `galaxy10 train --config experiments/configs/smoke.yaml` or "
                 "`galaxy10 tune --config experiments/configs/tune_quick.yaml`, or pass --model")
-
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _NAME_ALIAS = re.compile(r"^(?P<name>[^@/:\s]+(?:[^@:\s]*[^@/:\s])?)@(?P<alias>[A-Za-z0-9_-]+)$")
-_H5_RANGE = re.compile(r"^(?P<path>.+\.(?:h5|hdf5)):(?P<spec>[0-9,\- ]+)$", re.IGNORECASE)
 
 
-# --------------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelCard:
     """What a user should know about the model behind a prediction (shown by CLI and web page)."""
@@ -159,32 +139,38 @@ def parse_model_ref(ref: str) -> str:
 
 def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -> Predictor:
     """Load the model named by ``ref`` (default: the newest study's ``champion`` alias)."""
-    from experiments import tracking
+    from experiments.tracking.loading import load_prediction_model
+    from experiments.tracking.model_registry import default_champion_uri
+    from experiments.tracking.store import (
+        get_tracking_uri,
+        require_tracking_store,
+        set_tracking_uri,
+    )
 
     if tracking_uri:
-        tracking.set_tracking_uri(tracking_uri)
+        set_tracking_uri(tracking_uri)
     uri = None if ref is None else parse_model_ref(ref)
     if uri is not None and not Path(uri).exists():  # a store lookup must not create an empty MLflow database
-        tracking.require_tracking_store(tracking.get_tracking_uri())
+        require_tracking_store(get_tracking_uri())
     if uri is None:
         try:
-            tracking.require_tracking_store(tracking.get_tracking_uri())
-            uri = tracking.default_champion_uri()
+            require_tracking_store(get_tracking_uri())
+            uri = default_champion_uri()
         except ConfigError:  # no tracking database yet: nothing is registered anywhere
             uri = None
         if uri is None:
             raise ModelError(f"no model given and no study has a registered 'champion' model at "
-                             f"{tracking.get_tracking_uri()}; {HOW_TO_TRAIN}")
+                             f"{get_tracking_uri()}; {HOW_TO_TRAIN}")
         log.info("using the newest study champion %s", uri)
-    return predictor_from_loaded(tracking.load_prediction_model(uri))
+    return predictor_from_loaded(load_prediction_model(uri))
 
 
 def predictor_from_loaded(loaded: Any) -> Predictor:
-    """Wrap a ``tracking.LoadedModel`` (kind, model object, metadata, run info) as a Predictor."""
+    """Wrap a ``LoadedModel`` (kind, model object, metadata, run info) as a Predictor."""
     meta = dict(loaded.meta or {})
     card = _card_from_meta(loaded.uri, loaded.kind, meta, loaded.info)
     if loaded.kind == "keras":
-        from experiments.tracking import predict_images
+        from experiments.tracking.loading import predict_images
 
         bundle = loaded.model
 
@@ -242,140 +228,3 @@ def _card_from_meta(uri: str, kind: str, meta: dict[str, Any], info: dict[str, A
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class InputImage:
-    """One image to classify and the label it is reported under (file name, or ``file.h5[i]``)."""
-
-    label: str
-    image: np.ndarray
-
-
-def parse_index_spec(spec: str, n: int, name: str) -> list[int]:
-    """Parse ``0-9,20`` (inclusive ranges) into indices checked against ``n`` images."""
-    indices: list[int] = []
-    for part in (p.strip() for p in spec.split(",")):
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not m:
-            raise DataError(f"bad index range {part!r} in {name}; use e.g. file.h5:0-9,20")
-        lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
-        if hi < lo:
-            raise DataError(f"empty index range {part!r} in {name}; write low-high, e.g. 0-9")
-        if hi >= n:
-            raise DataError(f"index {hi} is out of range for {name} ({n} images: 0-{n - 1})")
-        indices.extend(range(lo, hi + 1))
-    return indices
-
-
-@dataclass(frozen=True)
-class InputSource:
-    """One command-line input: a PNG/JPEG file (``indices`` None) or chosen rows of an HDF5 file."""
-
-    path: Path
-    indices: tuple[int, ...] | None = None
-
-    def __len__(self) -> int:
-        return 1 if self.indices is None else len(self.indices)
-
-
-def plan_inputs(args: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[InputSource]:
-    """Check every input cheaply (existence, type, image header, HDF5 schema, index ranges).
-
-    Arguments are PNG/JPEG files, Galaxy10 HDF5 files (all images) or ``file.h5:0-9,20``.
-    Pixels are not decoded here, so a bad argument fails before any model is loaded.
-    """
-    sources = []
-    for arg in args:
-        range_match = _H5_RANGE.match(arg)
-        path, spec = (Path(range_match["path"]), range_match["spec"]) if range_match else (Path(arg), None)
-        head, colon, tail = arg.rpartition(":")
-        if not range_match and colon and not path.exists() and Path(head).is_file():
-            raise DataError(f"bad index range {tail!r} in {arg}; use FILE.h5:RANGES with indices and inclusive "
-                            "ranges, e.g. file.h5:0-9,20")
-        if not path.exists():
-            raise DataError(f"input {arg} does not exist; check the path")
-        if path.is_dir():
-            raise DataError(f"input {arg} is a folder; name the image files (e.g. {arg}/*.png)")
-        with path.open("rb") as fh:
-            head = fh.read(len(HDF5_SIGNATURE))
-        if head == HDF5_SIGNATURE:
-            from pipelines.reader import validate_galaxy10
-
-            n = validate_galaxy10(path).n_images
-            indices = parse_index_spec(spec, n, str(path)) if spec else list(range(n))
-            sources.append(InputSource(path, tuple(indices)))
-        elif spec is not None:
-            raise DataError(f"{path} is not an HDF5 file, so {arg} has no image indices")
-        else:
-            check_image_header(path, max_pixels=max_pixels)
-            sources.append(InputSource(path))
-    return sources
-
-
-def iter_input_batches(sources: Sequence[InputSource], batch_size: int = 64, *,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[list[InputImage]]:
-    """Read the planned inputs in order, ``batch_size`` images at a time (HDF5 rows read lazily)."""
-    batch: list[InputImage] = []
-    for source in sources:
-        for item in _iter_source(source, batch_size, max_pixels):
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def _iter_source(source: InputSource, batch_size: int, max_pixels: int) -> Iterator[InputImage]:
-    if source.indices is None:
-        yield InputImage(str(source.path), decode_image(
-            source.path.read_bytes(), str(source.path), max_pixels=max_pixels,
-            fix="give PNG/JPEG images or Galaxy10 HDF5 files"))
-        return
-    from pipelines.reader import Galaxy10File
-
-    with Galaxy10File(source.path) as f:
-        for indices, images in f.iter_batches(batch_size, np.asarray(source.indices, dtype=np.int64)):
-            for idx, image in zip(indices, images):
-                yield InputImage(f"{source.path}[{int(idx)}]", image)
-
-
-# --------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------
-def top_classes(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
-    """The ``k`` most probable ``(class name, probability)`` pairs of one probability row."""
-    order = np.argsort(-probs, kind="stable")[:max(1, k)]
-    return [(class_names[i], float(probs[i])) for i in order]
-
-
-def format_predictions(labels: Sequence[str], probs: np.ndarray, class_names: Sequence[str], *,
-                       top: int = 3, fmt: str = "table") -> str:
-    """Render predictions as an aligned table, JSON (a list of objects) or CSV (one row a class)."""
-    if fmt not in OUTPUT_FORMATS:
-        raise DataError(f"unknown format {fmt!r}; use one of: {', '.join(OUTPUT_FORMATS)}")
-    rows = [(label, top_classes(p, class_names, top)) for label, p in zip(labels, probs)]
-    if fmt == "json":
-        return json.dumps([{"input": label, "top": [{"rank": r, "class": c, "probability": round(p, 6)}
-                                                     for r, (c, p) in enumerate(tc, 1)],
-                            "probabilities": {c: round(float(v), 6) for c, v in zip(class_names, p)}}
-                           for (label, tc), p in zip(rows, probs)], indent=2)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["input", "rank", "class", "probability"])
-        for label, tc in rows:
-            for rank, (cls, p) in enumerate(tc, 1):
-                writer.writerow([label, rank, cls, f"{p:.6f}"])
-        return buf.getvalue().rstrip("\n")
-    width = max([len("input")] + [len(label) for label in labels])
-    cls_w = max(len(c) for c in class_names)
-    lines = [f"{'input':<{width}}  rank  {'class':<{cls_w}}  probability"]
-    for label, tc in rows:
-        for rank, (cls, p) in enumerate(tc, 1):
-            lines.append(f"{label if rank == 1 else '':<{width}}  {rank:>4}  {cls:<{cls_w}}  {p:11.4f}")
-    return "\n".join(lines)

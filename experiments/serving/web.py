@@ -1,4 +1,4 @@
-"""A small Flask web page and JSON API around a :class:`experiments.predict.Predictor`.
+"""A small Flask web page and JSON API around a :class:`experiments.serving.predictor.Predictor`.
 
 Uploads are decoded in memory (never written to disk), size-limited (``MAX_CONTENT_LENGTH``) and
 pixel-limited (decompression bombs); the user's file name is only ever displayed, escaped.
@@ -17,7 +17,8 @@ import numpy as np
 from flask import Flask, Request, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from experiments.predict import ModelCard, Predictor, top_classes
+from experiments.serving.predictor import ModelCard, Predictor
+from experiments.serving.results import top_classes
 from pipelines.errors import ConfigError, DataError
 from pipelines.images import DEFAULT_MAX_PIXELS, EmptyImageError, ImageTooLargeError, NotAnImageError, decode_image
 

@@ -1,0 +1,497 @@
+"""Ensemble candidates from a study's members: voting, cross-fitted stacking, validation-CV stacking."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensembles.config import EnsembleConfig
+from experiments.ensembling.members import Member, StudyMembers, usable_members
+from pipelines.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One compared model: honest validation probabilities, the deployable ensemble, what it is."""
+
+    name: str
+    kind: str
+    members: list[str]
+    val_probs: np.ndarray
+    estimate: str
+    model: Any  # ensembles.serving.EnsembleModel
+    params: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class BuildContext:
+    """What the candidate builders share: config, data, members and their validation outputs."""
+
+    cfg: EnsembleConfig
+    data: Any  # experiments.training.TrainData
+    members: StudyMembers
+    tracking_uri: str
+    y_val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        return self.data.num_classes
+
+
+def _embedder(model: Any, *, model_id: str, tta: bool, batch_size: int) -> Any:
+    from ensembles.embeddings import CNNEmbedder
+
+    return CNNEmbedder(model, tta=tta, batch_size=batch_size, model_id=model_id).fit()
+
+
+def _make_factory(name: str, params: Mapping[str, Any], cfg: EnsembleConfig) -> Callable[[], Any]:
+    from ensembles.second_stage import make_second_stage
+
+    # one thread per model unless configured: OpenMP thread pools thrash when cores are shared
+    return functools.partial(make_second_stage, name, dict(params), seed=cfg.seed, n_jobs=cfg.n_jobs or 1)
+
+
+def _branch(model: Any, member_cfg: Any, *, tta: bool, name: str, run_id: str | None,
+            second: Any = None, meta: Any = None) -> Any:
+    from ensembles.serving import Branch
+
+    return Branch(cnn=model, size=int(member_cfg.data.size), crop=int(member_cfg.data.crop), tta=bool(tta),
+                  second=second, meta=meta, name=name, run_id=run_id)
+
+
+def _ensemble(ctx: BuildContext, kind: str, branches: list[Any], *, weights: Any = None, description: str = "") -> Any:
+    from ensembles.serving import EnsembleModel
+
+    return EnsembleModel(kind=kind, branches=branches, class_names=tuple(ctx.data.class_names),
+                         class_slugs=tuple(ctx.data.class_slugs), weights=weights, description=description,
+                         batch_size=ctx.cfg.embeddings.batch_size)
+
+
+@dataclass
+class CrossfitResult:
+    """Fold models (paths), out-of-fold outputs on train, and each fold model's validation outputs."""
+
+    key: str
+    model_paths: list[Path]
+    oof: Any  # ensembles.crossfit.OutOfFold (models = model paths)
+    val_embeddings: list[np.ndarray]
+    val_probs: list[np.ndarray]
+    cached_folds: int
+    recipe: Any
+
+
+def crossfit_key(best: Member, data: Any, recipe: Any, n_folds: int, seed: int) -> str:
+    """Cache key of a cross-fitting: the recipe, the study run, the data and split, the folds."""
+    from experiments.config import to_yaml
+
+    payload = json.dumps({"run": best.run_id, "fingerprint": data.fingerprint, "recipe": to_yaml(recipe),
+                          "train": hashlib.sha256(np.asarray(data.train, np.int64).tobytes()).hexdigest(),
+                          "val": hashlib.sha256(np.asarray(data.val, np.int64).tobytes()).hexdigest(),
+                          "folds": n_folds, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def run_crossfit(ctx: BuildContext) -> CrossfitResult:
+    """Train the best trial's recipe on K folds of train; out-of-fold and validation outputs per fold.
+
+    Fold models are cached (``<cache>/crossfit/<key>/fold<k>.keras``) so a re-run reuses them.
+    """
+    import keras
+
+    from ensembles.crossfit import crossfit, make_folds
+    from experiments.tracking.base import NullTracker
+    from experiments.tracking.runs import run_val_recall
+    from experiments.training import train
+    from pipelines.io import atomic_path, write_json_atomic
+    from pipelines.paths import default_cache_dir
+
+    cfg, data, best = ctx.cfg, ctx.data, ctx.members.best
+    recipe = best.cfg
+    if cfg.crossfit.epochs is not None:
+        recipe = replace(recipe, train=replace(recipe.train, epochs=int(cfg.crossfit.epochs)))
+    folds = make_folds(data.train, data.labels[data.train], cfg.crossfit.folds, seed=cfg.seed)
+    key = crossfit_key(best, data, recipe, cfg.crossfit.folds, cfg.seed)
+    folder = default_cache_dir() / "crossfit" / key
+    val_emb: dict[int, np.ndarray] = {}
+    val_probs: dict[int, np.ndarray] = {}
+    cached = 0
+    recall_lookup = functools.partial(run_val_recall, tracking_uri=ctx.tracking_uri)
+
+    def train_fold(fold: Any) -> tuple[Path, np.ndarray]:
+        nonlocal cached
+        path = folder / f"fold{fold.number}.keras"
+        record = folder / f"fold{fold.number}.json"
+        fold_data = replace(data, train=fold.train)
+        if path.is_file() and record.is_file() and json.loads(record.read_text()).get("trained_on_sha256") == \
+                hashlib.sha256(np.asarray(fold_data.train, np.int64).tobytes()).hexdigest():
+            cached += 1
+            log.info("cross-fitting fold %d: reusing the cached fold model %s", fold.number, path)
+            return path, fold_data.train
+        log.info("cross-fitting fold %d/%d: training %s on %d of %d training images", fold.number + 1,
+                 len(folds), best.name, len(fold_data.train), len(data.train))
+        result = train(recipe, NullTracker(), data=fold_data, log_model=False, verbose=0, recall_lookup=recall_lookup)
+        with atomic_path(path, suffix=".keras") as tmp:
+            result.model.save(tmp)
+        write_json_atomic(record, {"fold": fold.number, "trained_on": len(fold_data.train),
+                                   "trained_on_sha256": hashlib.sha256(
+                                       np.asarray(fold_data.train, np.int64).tobytes()).hexdigest(),
+                                   "val_accuracy": float(result.val_metrics["accuracy"]),
+                                   "best_epoch": int(result.best_epoch)})
+        return path, fold_data.train
+
+    def embed_fold(path: Path, fold: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
+        emb = _embedder(model, model_id=f"crossfit-{key}-fold{fold.number}", tta=cfg.embeddings.tta,
+                        batch_size=cfg.embeddings.batch_size)
+        held = emb.embed(data.images, fold.heldout, split=f"train-fold{fold.number}", data_fingerprint=data.fingerprint)
+        val = emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint)
+        val_emb[fold.number], val_probs[fold.number] = val.embeddings, val.probs
+        return fold.heldout, held.embeddings, held.probs
+
+    oof = crossfit(folds, data.train, train_fold, embed_fold)
+    keras.backend.clear_session()
+    order = [f.number for f in folds]
+    return CrossfitResult(key=key, model_paths=list(oof.models), oof=oof,
+                          val_embeddings=[val_emb[k] for k in order], val_probs=[val_probs[k] for k in order],
+                          cached_folds=cached, recipe=recipe)
+
+
+def _space_for(cfg: EnsembleConfig) -> dict[str, Any]:
+    """``{model: SearchSpace}`` from ``tune.search_space`` (keys ``<model>.<param>``), validated."""
+    from ensembles.second_stage import allowed_params
+    from experiments.tuning.search_space import parse_search_space
+
+    by_model: dict[str, dict[str, Any]] = {}
+    for key, spec in cfg.tune.search_space.items():
+        model, _, param = str(key).partition(".")
+        if model not in cfg.second_stage or not param:
+            raise ConfigError(f"config key tune.search_space.{key} must be <model>.<param> with a model configured "
+                              f"under second_stage ({', '.join(cfg.second_stage) or 'none'})")
+        if param not in allowed_params(model):
+            raise ConfigError(f"unknown config key tune.search_space.{key}; allowed keys for {model}: "
+                              f"{', '.join(allowed_params(model))}")
+        spec = dict(spec) if isinstance(spec, Mapping) else spec
+        if isinstance(spec, dict):
+            spec.setdefault("target", param)
+        by_model.setdefault(model, {})[param] = spec
+    return {m: parse_search_space(raw) for m, raw in by_model.items()}
+
+
+def _tuned_models(cfg: EnsembleConfig) -> set[str]:
+    return {str(k).partition(".")[0] for k in cfg.tune.search_space}
+
+
+def validate_config(cfg: EnsembleConfig) -> None:
+    """Checks of the parts of the ensemble config that ``experiments/`` owns (the tuning space)."""
+    _space_for(cfg)
+
+
+def tune_second_stage(name: str, base: Mapping[str, Any], space: Any, fit_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+                      cfg: EnsembleConfig, n_classes: int) -> tuple[dict[str, Any], float]:
+    """Small Optuna study (seeded TPE, through :mod:`experiments.tuning`) over ``space`` for ``name``.
+
+    The objective is the cross-validated ``tune.metric`` averaged over ``fit_sets`` (each an
+    ``(X, y)`` the second stage is fit on); the study lives in a throw-away SQLite file. Returns
+    (best params, best objective: accuracy, or minus the log loss).
+    """
+    from ensembles.crossfit import cv_predict_proba, cv_splits
+    from ensembles.second_stage import resolve_params
+    from experiments.evaluation import classification_metrics
+    from experiments.tuning.search_space import (
+        PrunerConfig,
+        SamplerConfig,
+        StudyConfig,
+        TuneConfig,
+        assignments,
+        suggest,
+    )
+    from experiments.tuning.storage import open_storage
+    from experiments.tuning.study import open_study
+    from experiments.tuning.workers import route_optuna_logging
+
+    def objective(trial: Any) -> float:
+        params = resolve_params(name, {**base, **assignments(space, suggest(trial, space))})
+        scores = []
+        for X, y in fit_sets:
+            probs = cv_predict_proba(_make_factory(name, params, cfg), X, y, n_classes,
+                                     cv_splits(y, cfg.cv_folds, seed=cfg.seed))
+            m = classification_metrics(y, probs, [str(i) for i in range(n_classes)])
+            scores.append(-m["log_loss"] if cfg.tune.metric == "log_loss" else m["accuracy"])
+        return float(np.mean(scores))
+
+    study_cfg = StudyConfig(name=f"second-stage-{name}", n_trials=cfg.tune.n_trials,
+                            sampler=SamplerConfig("tpe", {"seed": cfg.seed, "multivariate": True}),
+                            pruner=PrunerConfig("none", {}))
+    with tempfile.TemporaryDirectory(prefix="galaxy10-tune-") as tmp:
+        route_optuna_logging(logging.WARNING)
+        storage = open_storage(f"sqlite:///{Path(tmp) / 'second_stage.db'}")
+        study = open_study(TuneConfig(base=None, run={}, study=study_cfg, space=space), storage)
+        study.optimize(objective, n_trials=cfg.tune.n_trials)
+        best_params, best_value = dict(study.best_params), float(study.best_value)
+        storage.engine.dispose()
+    best = resolve_params(name, {**base, **assignments(space, best_params)})
+    log.info("tuned %s over %d trials: %s (cv %s %.4f)", name, cfg.tune.n_trials, best, cfg.tune.metric,
+             abs(best_value))
+    return best, best_value
+
+
+def _tuned_params(ctx: BuildContext, fit_sets: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    params = {name: dict(p) for name, p in ctx.cfg.second_stage.items()}
+    if ctx.cfg.tune.n_trials <= 0:
+        return params
+    for name, space in _space_for(ctx.cfg).items():
+        params[name], _ = tune_second_stage(name, params[name], space, fit_sets, ctx.cfg, ctx.n_classes)
+    return params
+
+
+def vote_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]) -> list[Candidate]:
+    """``vote-top<k>`` (equal weights) and ``wvote-top<k>`` (weights fit on val, scored by CV)."""
+    from ensembles.crossfit import cv_splits
+    from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
+
+    members = ctx.members.members
+    if len(members) < 2:
+        ctx.notes.append("fewer than 2 trials with models: no voting candidates")
+        return []
+    k = len(members)
+    names = [m.name for m in members]
+    branches = [_branch(model, m.cfg, tta=m.cfg.augment.tta, name=m.name, run_id=m.run_id)
+                for model, m in zip(models, members)]
+    out = []
+    start = time.perf_counter()
+    probs = soft_vote(member_probs)
+    out.append(Candidate(f"vote-top{k}", "vote", names, probs, "validation split (equal weights, nothing fit on it)",
+                         _ensemble(ctx, "vote", branches, description=f"soft vote of {', '.join(names)}"),
+                         {"weights": "equal"}, time.perf_counter() - start))
+    method = ctx.cfg.vote.weighted
+    if method is not None:
+        start = time.perf_counter()
+        splits = cv_splits(ctx.y_val, ctx.cfg.cv_folds, seed=ctx.cfg.seed)
+        oof, _ = cv_weighted_vote(member_probs, ctx.y_val, splits, method=method)
+        weights = fit_vote_weights(member_probs, ctx.y_val, method=method)
+        params = {"weights_method": method, **{f"weight.{n}": f"{w:.4f}" for n, w in zip(names, weights)}}
+        out.append(Candidate(f"wvote-top{k}", "vote", names, oof,
+                             f"validation {len(splits)}-fold CV (weights fit on the other folds by {method}); "
+                             "deployed weights fit on the whole validation split",
+                             _ensemble(ctx, "vote", branches, weights=weights,
+                                       description=f"weighted vote ({method}) of {', '.join(names)}"),
+                             params, time.perf_counter() - start))
+    return out
+
+
+def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate]:
+    """Candidates from the K fold models: their average, and per-fold second stages (+ stacking)."""
+    import keras
+
+    from ensembles.crossfit import cv_predict_proba, cv_splits
+    from ensembles.second_stage import full_proba
+    from ensembles.stacking import fit_meta, meta_predict
+    from ensembles.voting import soft_vote
+
+    cfg, data = ctx.cfg, ctx.data
+    best = ctx.members.best
+    oof = cf.oof
+    n, k = ctx.n_classes, len(cf.model_paths)
+    y_oof = data.labels[oof.indices]
+    models = [keras.models.load_model(p, safe_mode=True, compile=False) for p in cf.model_paths]
+    fold_names = [f"{best.name}/fold-{i}" for i in range(k)]
+    tta = cfg.embeddings.tta
+    out = [Candidate(
+        f"vote-crossfit{k}", "vote", fold_names, soft_vote(cf.val_probs),
+        "validation split (fold models trained on train folds only)",
+        _ensemble(ctx, "vote", [_branch(m, cf.recipe, tta=tta, name=nm, run_id=None) for m, nm in zip(models, fold_names)],
+                  description=f"average of the {k} cross-fitting fold CNNs of {best.name}"),
+        {"folds": k})]
+    fit_sets = [(oof.embeddings[oof.rows_of(i)], y_oof[oof.rows_of(i)]) for i in range(k)]
+    params = _tuned_params(ctx, fit_sets)
+    for name, p in params.items():
+        start = time.perf_counter()
+        factory = _make_factory(name, p, cfg)
+        seconds = []
+        fitted, val_out, second_oof = [], [], np.zeros((len(oof.indices), n))
+        for i, (X, y) in enumerate(fit_sets):
+            t0 = time.perf_counter()
+            est = factory().fit(X, y)
+            seconds.append(time.perf_counter() - t0)
+            fitted.append(est)
+            val_out.append(full_proba(est, cf.val_embeddings[i], n))
+            if name in cfg.stack.second_stage:  # inner CV inside the fold: out-of-fold meta-features
+                second_oof[oof.rows_of(i)] = cv_predict_proba(factory, X, y, n, cv_splits(y, cfg.cv_folds, seed=cfg.seed))
+        tuned = " (hyper-parameters tuned by CV on the training folds' out-of-fold embeddings)" \
+            if cfg.tune.n_trials and name in _tuned_models(cfg) else ""
+        members = [f"{fn}+{name}" for fn in fold_names]
+        out.append(Candidate(
+            f"gbm-{name}", "gbm", members, np.mean(val_out, axis=0),
+            f"validation split (second stages fit on out-of-fold train embeddings, one per fold model){tuned}",
+            _ensemble(ctx, "gbm", [_branch(m, cf.recipe, tta=tta, name=mn, run_id=None, second=e)
+                                   for m, mn, e in zip(models, members, fitted)],
+                      description=f"{name} on the embeddings of each of {k} fold CNNs, averaged"),
+            {**{f"{name}.{kk}": v for kk, v in p.items()}, "fit_seconds_per_fold": f"{np.mean(seconds):.3f}"},
+            time.perf_counter() - start))
+        if name in cfg.stack.second_stage:
+            start = time.perf_counter()
+            meta = fit_meta([oof.probs, second_oof], y_oof, C=cfg.stack.C, seed=cfg.seed)
+            val_stack = np.mean([meta_predict(meta, [cf.val_probs[i], val_out[i]], n) for i in range(k)], axis=0)
+            members = [f"{fn}+{name}+meta" for fn in fold_names]
+            out.append(Candidate(
+                f"stack-{name}", "stack", members, val_stack,
+                "validation split (meta-learner fit on out-of-fold train probabilities of fold CNNs and "
+                f"in-fold cross-validated {name})",
+                _ensemble(ctx, "stack", [_branch(m, cf.recipe, tta=tta, name=mn, run_id=None, second=e, meta=meta)
+                                         for m, mn, e in zip(models, members, fitted)],
+                          description=f"logistic meta-learner on fold CNN + {name} probabilities, averaged over folds"),
+                {"meta.C": cfg.stack.C, **{f"{name}.{kk}": v for kk, v in p.items()}},
+                time.perf_counter() - start))
+    return out
+
+
+def val_cv_candidates(ctx: BuildContext, best_model: Any) -> list[Candidate]:
+    """Second stages (and stacks) fit on the best CNN's validation embeddings, scored by (nested) CV."""
+    from ensembles.crossfit import cv_predict_proba, cv_splits
+    from ensembles.stacking import fit_meta, nested_cv_stack
+
+    cfg, data = ctx.cfg, ctx.data
+    best = ctx.members.best
+    n = ctx.n_classes
+    y = ctx.y_val
+    tta = cfg.embeddings.tta
+    emb = _embedder(best_model, model_id=best.run_id, tta=tta, batch_size=cfg.embeddings.batch_size)
+    val = emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint)
+    X, cnn_probs = val.embeddings, val.probs
+    splits = cv_splits(y, cfg.cv_folds, seed=cfg.seed)
+    params = _tuned_params(ctx, [(X, y)])
+    out = []
+    for name, p in params.items():
+        start = time.perf_counter()
+        factory = _make_factory(name, p, cfg)
+        oof = cv_predict_proba(factory, X, y, n, splits)
+        t0 = time.perf_counter()
+        final = factory().fit(X, y)
+        fit_s = time.perf_counter() - t0
+        tuned = cfg.tune.n_trials > 0 and name in _tuned_models(cfg)
+        note = " (optimistic: hyper-parameters tuned on the same validation folds)" if tuned else ""
+        out.append(Candidate(
+            f"gbm-{name}", "gbm", [f"{best.name}+{name}"], oof,
+            f"validation {len(splits)}-fold CV (fit on the best CNN's validation embeddings){note}",
+            _ensemble(ctx, "gbm", [_branch(best_model, best.cfg, tta=tta, name=f"{best.name}+{name}",
+                                           run_id=best.run_id, second=final)],
+                      description=f"{name} on {best.name}'s embeddings, fit on the validation split"),
+            {**{f"{name}.{kk}": v for kk, v in p.items()}, "fit_seconds": f"{fit_s:.3f}"},
+            time.perf_counter() - start))
+        if name in cfg.stack.second_stage:
+            start = time.perf_counter()
+            honest = nested_cv_stack(cnn_probs, X, y, factory, n, splits, inner_folds=cfg.cv_folds, C=cfg.stack.C,
+                                     seed=cfg.seed)
+            meta = fit_meta([cnn_probs, oof], y, C=cfg.stack.C, seed=cfg.seed)
+            out.append(Candidate(
+                f"stack-{name}", "stack", [best.name, f"{best.name}+{name}"], honest,
+                f"validation nested {len(splits)}-fold CV (meta-learner and {name} refit inside each fold){note}",
+                _ensemble(ctx, "stack", [_branch(best_model, best.cfg, tta=tta, name=f"{best.name}+{name}+meta",
+                                                 run_id=best.run_id, second=final, meta=meta)],
+                          description=f"logistic meta-learner on {best.name} + {name} probabilities"),
+                {"meta.C": cfg.stack.C, **{f"{name}.{kk}": v for kk, v in p.items()}},
+                time.perf_counter() - start))
+    return out
+
+
+def member_val_probs(ctx: BuildContext, models: Sequence[Any]) -> list[np.ndarray]:
+    """Each member CNN's validation probabilities (its own TTA setting), checked against its run."""
+    from experiments.evaluation import classification_metrics
+    from experiments.training import load_training_data
+
+    out = []
+    by_size = {int(ctx.data.size): ctx.data}
+    for model, m in zip(models, ctx.members.members):
+        size = int(m.cfg.data.size)
+        if size not in by_size:
+            by_size[size] = load_training_data(m.cfg.data, ctx.data.path)
+        data = by_size[size]
+        if not np.array_equal(data.val, ctx.data.val):
+            raise DataError(f"{m.name}'s validation split differs from the best trial's; the study's data changed")
+        emb = _embedder(model, model_id=m.run_id, tta=m.cfg.augment.tta, batch_size=ctx.cfg.embeddings.batch_size)
+        probs = emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint).probs
+        acc = classification_metrics(ctx.y_val, probs, ctx.data.class_slugs)["accuracy"]
+        logged = m.metrics.get("val_accuracy")
+        if logged is not None and abs(acc - logged) > 0.005:
+            ctx.notes.append(f"{m.name}: validation accuracy {acc:.4f} here vs {logged:.4f} logged by its run")
+            log.warning("%s", ctx.notes[-1])
+        out.append(np.asarray(probs, dtype=np.float64))
+    return out
+
+
+def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, tracking_uri: str) -> tuple[
+        list[Candidate], list[str], dict[str, Any]]:
+    """Every candidate of the comparison with honest validation probabilities (see module docstring)."""
+    from threadpoolctl import threadpool_limits
+
+    from experiments.tracking.loading import load_model_bundle
+
+    members, notes = usable_members(members, data)
+    ctx = BuildContext(cfg=cfg, data=data, members=members, tracking_uri=tracking_uri,
+                   y_val=np.asarray(data.labels[data.val], dtype=np.int64), notes=list(members.notes) + notes)
+    facts: dict[str, Any] = {}
+    cf = None
+    if cfg.mode == "crossfit":  # before loading the members: training clears the Keras session
+        start = time.perf_counter()
+        cf = run_crossfit(ctx)
+        facts.update(crossfit_key=cf.key, crossfit_cached_folds=cf.cached_folds,
+                     crossfit_seconds=time.perf_counter() - start,
+                     crossfit_records=[{"fold": r.number, "trained_on": len(r.trained_on), "embedded": len(r.embedded)}
+                                       for r in cf.oof.records])
+    models = [load_model_bundle(m.model_uri).model for m in members.members]
+    probs = member_val_probs(ctx, models)
+    best = members.best
+    candidates = [Candidate(
+        "cnn-best", "cnn", [best.name], probs[0], "validation split (the study's own model selection used it)",
+        _ensemble(ctx, "cnn", [_branch(models[0], best.cfg, tta=best.cfg.augment.tta, name=best.name,
+                                       run_id=best.run_id)], description=f"{best.name} alone"),
+        {"trial_number": best.trial_number})]
+    # BLAS/OpenMP pools sized to the machine thrash when its cores are shared (measured: a logistic
+    # regression on 1080x256 embeddings took 36 s with 2 OpenBLAS threads on a busy 2-core box, 1.4 s with 1).
+    with threadpool_limits(limits=cfg.n_jobs or 1), convergence_notes(ctx.notes):
+        candidates += vote_candidates(ctx, models, probs)
+        if cf is not None:
+            candidates += crossfit_candidates(ctx, cf)
+        else:
+            candidates += val_cv_candidates(ctx, models[0])
+    return candidates, ctx.notes, facts
+
+
+@contextlib.contextmanager
+def convergence_notes(notes: list[str]) -> Iterator[None]:
+    """Collect scikit-learn's multi-line ``ConvergenceWarning`` messages into one logged line and a note.
+
+    A second stage that stops at its iteration limit is still used as fitted; the user reads one line
+    (and the comparison run's notes) instead of a ten-line warning per fit. Other warnings pass through.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    stopped = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if stopped:
+        first = " ".join(str(stopped[0].message).split())[:120]
+        note = (f"{len(stopped)} second-stage fit(s) stopped at their iteration limit ({first}); they are used "
+                "as fitted: raise max_iter (or lower C) in the ensemble config to let them converge")
+        log.warning(note)
+        notes.append(note)

@@ -1,0 +1,282 @@
+"""The comparison run: every candidate scored on validation, logged, the table, the registered winner."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensembles.config import EnsembleConfig, to_dict
+from experiments.ensembling.candidates import (
+    Candidate,
+    build_candidates,
+    validate_config,
+)
+from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
+from experiments.ensembling.members import load_study_data, study_members
+from pipelines.io import pid_alive
+
+log = logging.getLogger(__name__)
+
+
+COMPARISON_RUN_NAME = "ensemble comparison"
+REGISTERED_SUFFIX = "-ensemble"
+TABLE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    """What ``galaxy10 ensemble`` did."""
+
+    study_name: str
+    mode: str
+    parent_run_id: str
+    experiment_name: str
+    tracking_uri: str
+    columns: tuple[str, ...]
+    rows: tuple[dict[str, Any], ...]
+    winner: str
+    winner_run_id: str
+    registered: str
+    child_run_ids: Mapping[str, str]
+    model_uris: Mapping[str, str]
+    notes: tuple[str, ...]
+    synthetic: bool
+    seconds: float
+    candidates: tuple[Candidate, ...] = ()
+
+
+def _row(candidate: Candidate, metrics: Mapping[str, Any], slugs: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"candidate": candidate.name, "kind": candidate.kind}
+    for key in TABLE_METRICS:
+        row[f"val_{key}"] = round(float(metrics[key]), 4)
+    for slug in slugs:
+        row[f"val_recall_{slug}"] = round(float(metrics[f"recall_{slug}"]), 4)
+    row["members"] = " ".join(candidate.members)
+    row["estimate"] = candidate.estimate
+    return row
+
+
+def comparison_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """The comparison table as CSV text."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def comparison_markdown(rows: Sequence[Mapping[str, Any]], *, winner: str, select_metric: str, synthetic: bool) -> str:
+    """The comparison table as Markdown (main metrics; the CSV has per-class recall too)."""
+    cols = ["candidate", "kind", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_log_loss", "estimate"]
+    lines = []
+    if synthetic:
+        lines += ["**SYNTHETIC data: these numbers say nothing about real galaxies.**", ""]
+    lines += [f"Validation split only; winner by val_{select_metric}: **{winner}**.", "",
+              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        cells = [f"**{r[c]}**" if c == "candidate" and r[c] == winner else str(r[c]) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_figure(rows: Sequence[Mapping[str, Any]], *, title: str) -> Any:
+    """Grouped bars: validation accuracy, balanced accuracy and macro-F1 per candidate."""
+    from matplotlib.figure import Figure
+
+    metrics = [("val_accuracy", "accuracy"), ("val_balanced_accuracy", "balanced accuracy"),
+               ("val_macro_f1", "macro-F1")]
+    names = [r["candidate"] for r in rows]
+    fig = Figure(figsize=(max(7.0, 1.1 * len(names) + 2), 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(names))
+    width = 0.8 / len(metrics)
+    for i, (key, label) in enumerate(metrics):
+        vals = [float(r[key]) for r in rows]
+        bars = ax.bar(x + (i - 1) * width, vals, width, label=label)
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in vals], fontsize=6, rotation=90, padding=2)
+    lows = [min(float(r[k]) for k, _ in metrics) for r in rows]
+    ax.set_ylim(max(0.0, min(lows) - 0.1), min(1.0, max(float(r[k]) for r in rows for k, _ in metrics) + 0.08))
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("validation split")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _example_image(data: Any) -> np.ndarray:
+    """One raw validation image from the file, the pyfunc models' input example."""
+    from pipelines.reader import Galaxy10File
+
+    with Galaxy10File(data.path) as f:
+        return np.asarray(f.images(np.asarray(data.val[:1])))
+
+
+def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str) -> dict[str, Any]:
+    from pipelines.preprocess import PREPROCESS_VERSION
+
+    first = candidate.model.branches[0]
+    return {"size": int(first.size), "crop": int(first.crop), "preprocess_version": PREPROCESS_VERSION,
+            "class_names": list(data.class_names), "class_slugs": list(data.class_slugs),
+            "num_classes": data.num_classes, "data_fingerprint": data.fingerprint, "synthetic": bool(data.synthetic),
+            "provenance": data.provenance, "tta": bool(first.tta), "kind": candidate.kind,
+            "members": candidate.members, "candidate": candidate.name, "study": study_name, "ensemble_mode": mode,
+            "input": "uint8 (N, H, W, 3) raw RGB images of any size (square-cropped and resized per member)"}
+
+
+def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]:
+    """Mark FAILED the study's comparison runs (and their candidate runs) left RUNNING by a killed command.
+
+    A comparison run records the host and process id of the command that made it (``run.host``,
+    ``run.pid``); one that is still RUNNING although that process is gone from this host was killed
+    (SIGKILL, power loss) before it could end its runs. Runs from other hosts, or whose process still
+    exists, are left alone. Returns the run ids closed.
+    """
+    from experiments.tracking.runs import find_runs, finish_run
+
+    host = socket.gethostname()
+    reason = "the galaxy10 ensemble command that logged this run stopped without ending it (killed)"
+    closed = []
+    for run in find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
+                                  tracking_uri=tracking_uri):
+        pid = run.tags.get("run.pid", "")
+        if run.status != "RUNNING" or run.tags.get("run.host") != host or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        for child in find_runs({}, tracking_uri=tracking_uri, parent_run_id=run.run_id):
+            if child.status == "RUNNING":
+                finish_run(child.run_id, "FAILED", tracking_uri=tracking_uri,
+                                    tags={"ensemble.fail_reason": reason})
+                closed.append(child.run_id)
+        finish_run(run.run_id, "FAILED", tracking_uri=tracking_uri, tags={"ensemble.fail_reason": reason})
+        closed.append(run.run_id)
+        log.warning("ensemble comparison run %s of study %s was left RUNNING by process %s, which is gone; "
+                    "marked it and its unfinished candidate runs FAILED", run.run_id, study_name, pid)
+    return closed
+
+
+def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tracking_uri: str | None = None,
+                   data_path: str | Path | None = None, config_text: str | None = None) -> ComparisonReport:
+    """Build every candidate, log the comparison to MLflow and register the winner (see module docs)."""
+    from ensembles.serving import save_ensemble
+    from experiments.evaluation import classification_metrics, per_class_csv, prefixed
+    from experiments.reporting.plots import confusion_figure
+    from experiments.tracking.base import git_commit, package_versions
+    from experiments.tracking.mlflow_tracker import MlflowTracker
+    from experiments.tracking.model_registry import register_champion
+    from experiments.tracking.pyfunc import log_ensemble_model
+    from experiments.tracking.runs import set_run_tags
+    from experiments.tracking.store import require_tracking_store
+    from experiments.training import data_tags
+
+    started = time.perf_counter()
+    validate_config(cfg)
+    uri = require_tracking_store(tracking_uri)
+    members = study_members(study_name, storage_url=storage_url, tracking_uri=uri, top_k=cfg.vote.top_k)
+    data = load_study_data(members, data_path)
+    if data.synthetic:
+        log.warning("ensemble comparison on SYNTHETIC data: %s", data.describe())
+    candidates, notes, facts = build_candidates(cfg, members, data, tracking_uri=uri)
+    y_val = np.asarray(data.labels[data.val], dtype=np.int64)
+    slugs, names = data.class_slugs, data.class_names
+    experiment = members.best.cfg.experiment_name
+    columns = ("candidate", "kind", *(f"val_{k}" for k in TABLE_METRICS), *(f"val_recall_{s}" for s in slugs),
+               "members", "estimate", "run_id")
+    common_tags = {**data_tags(data), **git_commit(), **package_versions(),
+                   "optuna.study": study_name, "ensemble.mode": cfg.mode}
+    example = _example_image(data)
+    rows, child_ids, model_uris = [], {}, {}
+    close_abandoned_comparisons(study_name, uri)
+    with MlflowTracker(experiment, COMPARISON_RUN_NAME, tracking_uri=uri,
+                                tags={**common_tags, "ensemble.role": "comparison", "run.host": socket.gethostname(),
+                                      "run.pid": os.getpid()}) as parent:
+        parent.log_params({**{f"ensemble.{k}": v for k, v in _flat(to_dict(cfg)).items()},
+                           "study.name": study_name, "study.storage": storage_url,
+                           "study.best_trial": members.best.trial_number,
+                           "members": " ".join(m.name for m in members.members)})
+        if config_text is not None:
+            parent.log_text(config_text, "ensemble_config.yaml")
+        parent.log_dict(json.loads(json.dumps(to_dict(cfg))), "ensemble_config_resolved.json")
+        if facts:
+            parent.log_dict(json.loads(json.dumps(facts, default=str)), "crossfit.json")
+            if "crossfit_seconds" in facts:
+                parent.log_metrics({"crossfit_seconds": float(facts["crossfit_seconds"]),
+                                    "crossfit_cached_folds": float(facts["crossfit_cached_folds"])})
+        for cand in candidates:
+            metrics = classification_metrics(y_val, cand.val_probs, slugs)
+            tags = {**common_tags, "kind": cand.kind, "candidate": cand.name, "members": " ".join(cand.members),
+                    "ensemble.estimate": cand.estimate, "ensemble.description": cand.model.description}
+            with MlflowTracker(experiment, cand.name, tracking_uri=uri, parent_run_id=parent.run_id,
+                                        tags=tags) as child:
+                child.log_params({"kind": cand.kind, "n_branches": len(cand.model.branches),
+                                  **{k: str(v) for k, v in cand.params.items()}})
+                child.log_metrics({**prefixed(metrics, "val"), "build_seconds": cand.seconds})
+                child.log_text(per_class_csv(metrics, slugs, names), "per_class_metrics_val.csv")
+                child.log_figure(confusion_figure(metrics["confusion"], names,
+                                                  title=f"{cand.name}: validation confusion (row-normalised)"),
+                                 "confusion_matrix_val.png")
+                with tempfile.TemporaryDirectory(prefix="galaxy10-ensemble-") as tmp:
+                    folder = save_ensemble(cand.model, Path(tmp) / "ensemble")
+                    model_uris[cand.name] = log_ensemble_model(
+                        child, folder, meta=_model_meta(cand, data, study_name, cfg.mode), input_example=example,
+                        n_classes=data.num_classes)
+                child_ids[cand.name] = child.run_id
+            rows.append({**_row(cand, metrics, slugs), "run_id": child.run_id})
+            log.info("%-22s val accuracy %.4f, balanced %.4f, macro-F1 %.4f (%s)", cand.name, metrics["accuracy"],
+                     metrics["balanced_accuracy"], metrics["macro_f1"], cand.estimate)
+        select_metric = members.metric if cfg.select_metric == "study" else cfg.select_metric
+        key = f"val_{select_metric}"
+        winner, rule = choose_champion(rows, candidates, y_val, data.num_classes, select_metric, seed=cfg.seed)
+        log.info("champion: %s", rule)
+        if winner["candidate"] == BASELINE_CANDIDATE and len(rows) > 1:
+            notes.append(rule)
+        md = comparison_markdown(rows, winner=winner["candidate"], select_metric=select_metric,
+                                 synthetic=data.synthetic) + f"\nChampion rule: {rule}.\n"
+        parent.log_text(comparison_csv(rows, columns), "comparison.csv")
+        parent.log_text(md, "comparison.md")
+        parent.log_figure(comparison_figure(rows, title=f"study {study_name}: ensembles on the validation split"
+                                            + (" (SYNTHETIC data)" if data.synthetic else "")), "comparison.png")
+        if notes:
+            parent.log_text("\n".join(notes) + "\n", "notes.txt")
+        name = f"{study_name}{REGISTERED_SUFFIX}"
+        registered = register_champion(
+            model_uris[winner["candidate"]], name, alias=cfg.alias, run_id=winner["run_id"], tracking_uri=uri,
+            tags={"candidate": winner["candidate"], "kind": winner["kind"], key: f"{winner[key]:.4f}",
+                  "optuna.study": study_name})
+        set_run_tags(winner["run_id"], {"ensemble.winner": "true"}, tracking_uri=uri)
+        parent.set_tags({"winner": winner["candidate"], "winner.run_id": winner["run_id"],
+                         "winner.registered_model": registered, "n_candidates": len(rows),
+                         "winner.rule": rule, "select_metric": select_metric})
+        parent.log_metrics({f"winner_{key}": float(winner[key]), "n_candidates": float(len(rows)),
+                            "comparison_seconds": time.perf_counter() - started})
+    for note in notes:
+        log.warning("%s", note)
+    return ComparisonReport(
+        study_name=study_name, mode=cfg.mode, parent_run_id=parent.run_id, experiment_name=experiment,
+        tracking_uri=uri, columns=columns, rows=tuple(rows), winner=winner["candidate"],
+        winner_run_id=winner["run_id"], registered=registered, child_run_ids=child_ids, model_uris=model_uris,
+        notes=tuple(notes), synthetic=bool(data.synthetic), seconds=time.perf_counter() - started,
+        candidates=tuple(candidates))
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{key}."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(list(v))
+        else:
+            out[key] = "null" if v is None else str(v) if not isinstance(v, Mapping) else "{}"
+    return out

@@ -1,0 +1,115 @@
+"""What a report holds: the data card, scored models, the ensemble and the report itself."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: How the reference project's figures are labelled unless the data is the official file.
+REFERENCE_NOTE = "reference, not the same data"
+REFERENCE_NOTE_OFFICIAL = "reference: same official file, its own split"
+#: Metric prefixes of the three scored models (``test_<key>_accuracy`` on the scoring run).
+MODEL_KEYS: tuple[str, ...] = ("baseline", "cnn", "refit", "ensemble")
+
+
+@dataclass(frozen=True)
+class DataCard:
+    """The data the numbers come from."""
+
+    path: str
+    provenance: str  # official | modified | synthetic
+    fingerprint: str
+    n_images: int
+    image_size: int
+    class_names: tuple[str, ...]
+    class_slugs: tuple[str, ...]
+    class_counts: tuple[int, ...]
+    test_counts: tuple[int, ...]
+    split_sizes: Mapping[str, int]
+    split_seed: int
+    max_images: int | None
+    generator: str | None
+
+    @property
+    def synthetic(self) -> bool:
+        """True for a synthetic file."""
+        return self.provenance == "synthetic"
+
+
+@dataclass
+class ScoredModel:
+    """One model scored on the test split."""
+
+    key: str  # baseline | cnn | ensemble
+    label: str
+    description: str
+    run_id: str | None
+    model_uri: str | None
+    y_pred: np.ndarray
+    metrics: dict[str, Any]
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def recalls(self, slugs: Sequence[str]) -> list[float | None]:
+        """Per-class test recall in label order (None for a class absent from the test split)."""
+        support = np.asarray(self.metrics["confusion_counts"]).sum(axis=1)
+        return [float(self.metrics[f"recall_{s}"]) if support[k] > 0 else None for k, s in enumerate(slugs)]
+
+
+@dataclass(frozen=True)
+class EnsembleInfo:
+    """The study's ensemble comparison (``galaxy10 ensemble``), or why there is none."""
+
+    found: bool
+    reason: str = ""
+    comparison_run_id: str | None = None
+    winner_name: str | None = None
+    winner_run_id: str | None = None
+    model_uri: str | None = None
+    table_columns: tuple[str, ...] = ()
+    table_rows: tuple[tuple[str, ...], ...] = ()
+    table_artifact: str | None = None
+    notes: tuple[str, ...] = ()
+    mode: str | None = None
+
+
+@dataclass
+class Report:
+    """Everything the page shows; figures are PNG bytes keyed by file name."""
+
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    parent_run_id: str
+    experiment_name: str
+    metric: str
+    counts: Mapping[str, int]
+    best_trial: int
+    best_value: float
+    best_params: Mapping[str, Any]
+    best_run_id: str
+    data: DataCard
+    models: list[ScoredModel]
+    ensemble: EnsembleInfo
+    n_resamples: int
+    seed: int
+    scoring_run_id: str | None = None
+    trials: list[tuple[int, str, float | None]] = field(default_factory=list)
+    gallery_model: str | None = None
+    gallery_classes: list[str] = field(default_factory=list)
+    figures: dict[str, bytes] = field(default_factory=dict)
+    figure_notes: dict[str, str] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    created: str = ""
+    git_commit: str = ""
+
+    @property
+    def reference_note(self) -> str:
+        """How the reference column is labelled."""
+        return REFERENCE_NOTE_OFFICIAL if self.data.provenance == "official" else REFERENCE_NOTE
+
+    def model(self, key: str) -> ScoredModel | None:
+        """The scored model with ``key`` (baseline, cnn, ensemble), if any."""
+        return next((m for m in self.models if m.key == key), None)

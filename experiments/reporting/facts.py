@@ -1,0 +1,194 @@
+"""Reading what a report is about: the study, its best trial, its data and its ensemble."""
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from experiments.reporting.contents import DataCard, EnsembleInfo
+from pipelines.errors import ConfigError, ModelError
+
+#: Registered-model name of a study's ensemble winner (``galaxy10 ensemble``): ``<study>-ensemble``.
+ENSEMBLE_MODEL_SUFFIX = "-ensemble"
+ENSEMBLE_ALIAS = "champion"
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """The study side of a report: where it lives, its best trial and its trials."""
+
+    name: str
+    storage_url: str
+    metric: str
+    direction_max: bool
+    counts: Mapping[str, int]
+    parent_run_id: str
+    recorded_tracking_uri: str | None
+    best_number: int
+    best_value: float
+    best_params: Mapping[str, Any]
+    best_run_id: str
+    best_model_uri: str
+    trials: tuple[tuple[int, str, float | None], ...]
+    refit_model_uri: str | None = None
+    refit_run_id: str | None = None
+    refit_of_trial: int | None = None
+
+
+def study_facts(study_name: str, storage_url: str) -> StudyFacts:
+    """Open the Optuna study read-only and collect what the report needs from it.
+
+    Raises
+    ------
+    ConfigError
+        Unknown study / storage, no COMPLETE trial, or a study without an MLflow parent run.
+    ModelError
+        The best trial logged no model.
+    """
+    from experiments.tuning.refit import (
+        ATTR_REFIT_MODEL,
+        ATTR_REFIT_RUN,
+        ATTR_REFIT_TRIAL,
+    )
+    from experiments.tuning.storage import open_storage
+    from experiments.tuning.study import (
+        ATTR_METRIC,
+        ATTR_PARENT_RUN,
+        ATTR_TRACKING_URI,
+        ATTR_TRIAL_RUN,
+        best_trial,
+        load_existing_study,
+        state_counts,
+    )
+
+    storage = open_storage(storage_url, must_exist=True)
+    study = load_existing_study(study_name, storage)
+    counts = state_counts(study)
+    best = best_trial(study)
+    if best is None:
+        states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no trials"
+        raise ConfigError(f"study {study_name!r} has no COMPLETE trial ({states}); finish one with "
+                          f"`galaxy10 tune --study {study_name} ...` before asking for a report")
+    attrs = study.user_attrs
+    parent = attrs.get(ATTR_PARENT_RUN)
+    if not parent:
+        raise ConfigError(f"study {study_name!r} has no MLflow parent run recorded; it was not made by "
+                          "`galaxy10 tune` (re-run galaxy10 tune on it)")
+    run_id = best.user_attrs.get(ATTR_TRIAL_RUN)
+    model_uri = best.user_attrs.get("model_uri")
+    if not run_id or not model_uri:
+        raise ModelError(f"best trial {best.number} of study {study_name!r} has no logged model; "
+                         "re-run the study with `galaxy10 tune` so trials log their models")
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        value = t.value
+        if value is None and t.intermediate_values:
+            value = t.intermediate_values[max(t.intermediate_values)]
+        trials.append((t.number, t.state.name, None if value is None else float(value)))
+    return StudyFacts(
+        name=study_name, storage_url=storage_url, metric=str(attrs.get(ATTR_METRIC, "accuracy")),
+        direction_max=study.direction.name == "MAXIMIZE", counts=counts, parent_run_id=str(parent),
+        recorded_tracking_uri=attrs.get(ATTR_TRACKING_URI), best_number=best.number,
+        best_value=float(best.value), best_params=dict(best.params), best_run_id=str(run_id),
+        best_model_uri=str(model_uri), trials=tuple(trials),
+        refit_model_uri=attrs.get(ATTR_REFIT_MODEL), refit_run_id=attrs.get(ATTR_REFIT_RUN),
+        refit_of_trial=attrs.get(ATTR_REFIT_TRIAL),
+    )
+
+
+def data_card(data: Any, max_images: int | None, split_seed: int) -> DataCard:
+    """Describe a loaded ``experiments.training.TrainData`` (whole-file class counts, split sizes)."""
+    from pipelines.reader import validate_galaxy10
+
+    info = validate_galaxy10(data.path)
+    n = data.num_classes
+    generator = info.attrs.get("generator") if data.synthetic else None
+    return DataCard(
+        path=str(data.path), provenance=str(data.provenance), fingerprint=str(data.fingerprint),
+        n_images=int(info.n_images), image_size=int(info.image_size), class_names=tuple(data.class_names),
+        class_slugs=tuple(data.class_slugs), class_counts=tuple(int(c) for c in info.class_counts),
+        test_counts=tuple(int(c) for c in np.bincount(data.labels[data.test], minlength=n)),
+        split_sizes={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        split_seed=int(split_seed), max_images=max_images, generator=None if generator is None else str(generator),
+    )
+
+
+def find_ensemble(study_name: str, tracking_uri: str) -> EnsembleInfo:
+    """The study's newest finished ensemble comparison (``galaxy10 ensemble``): winner, model, table.
+
+    Comparison runs are found by their tags (``ensemble.role=comparison``, ``optuna.study``); the
+    winner's registered model is the parent's ``winner.registered_model`` tag. Without such a run the
+    registry alias ``<study>-ensemble@champion`` is used, if it exists.
+    """
+    from experiments.tracking.model_registry import registered_alias_version
+    from experiments.tracking.runs import (
+        download_run_artifact,
+        find_runs,
+        get_run_facts,
+        list_run_artifacts,
+    )
+
+    runs = [r for r in find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
+                                          tracking_uri=tracking_uri)
+            if r.status == "FINISHED" and r.tags.get("winner.registered_model")]
+    notes: list[str] = []
+    mode = None
+    if runs:
+        comparison: str | None = runs[0].run_id
+        mode = runs[0].tags.get("ensemble.mode")
+        model_uri = runs[0].tags["winner.registered_model"]
+        winner_run = runs[0].tags.get("winner.run_id") or None
+        name, _, alias = model_uri.removeprefix("models:/").partition("@")
+        version = registered_alias_version(name, alias, tracking_uri=tracking_uri) if alias else None
+        if version is None:
+            return EnsembleInfo(found=False, reason=(
+                f"no ensemble comparison found for study {study_name!r}: the winner's registered model {model_uri} "
+                f"of comparison run {comparison} is gone; re-run `galaxy10 ensemble --study {study_name} ...`"))
+        if winner_run and version["run_id"] != winner_run:
+            notes.append(f"{model_uri} now points at run {version['run_id']}, not the newest comparison's winner "
+                         f"{winner_run}; the report scores the registered model")
+            winner_run = version["run_id"]
+    else:
+        name, alias = f"{study_name}{ENSEMBLE_MODEL_SUFFIX}", ENSEMBLE_ALIAS
+        model_uri = f"models:/{name}@{alias}"
+        version = registered_alias_version(name, alias, tracking_uri=tracking_uri)
+        if version is None:
+            return EnsembleInfo(found=False, reason=(
+                f"no ensemble comparison found for study {study_name!r} (no 'ensemble comparison' run and no "
+                f"registered model {name}@{alias}); run `galaxy10 ensemble --study {study_name} "
+                "--config experiments/configs/ensemble.yaml` to add one"))
+        winner_run = version["run_id"] or None
+        comparison = None
+    winner = get_run_facts(winner_run, tracking_uri=tracking_uri) if winner_run else None
+    if comparison is None and winner is not None:
+        comparison = winner.tags.get("mlflow.parentRunId")
+    columns: tuple[str, ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    table_artifact = None
+    if comparison:
+        csvs = [p for p in list_run_artifacts(comparison, tracking_uri=tracking_uri) if p.endswith(".csv")]
+        if csvs:
+            table_artifact = sorted(csvs, key=lambda p: ("comparison" not in p, p))[0]
+            with tempfile.TemporaryDirectory(prefix="galaxy10-report-") as tmp:
+                local = download_run_artifact(comparison, table_artifact, tmp, tracking_uri=tracking_uri)
+                parsed = list(csv.reader(io.StringIO(local.read_text())))
+            if parsed:
+                columns, rows = table_columns(parsed[0], [r for r in parsed[1:] if r])
+    winner_name = None
+    if winner is not None:
+        winner_name = winner.tags.get("candidate") or winner.run_name or winner.run_id
+    return EnsembleInfo(found=True, comparison_run_id=comparison, winner_name=winner_name, winner_run_id=winner_run,
+                        model_uri=model_uri, table_columns=columns, table_rows=rows, table_artifact=table_artifact,
+                        notes=tuple(notes), mode=mode)
+
+
+def table_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[tuple[str, ...],
+                                                                                   tuple[tuple[str, ...], ...]]:
+    """The comparison table without its per-class recall columns (the CSV artifact keeps them)."""
+    keep = [i for i, c in enumerate(header) if not c.startswith("val_recall_") and c != "members"]
+    return tuple(header[i] for i in keep), tuple(tuple(r[i] if i < len(r) else "" for i in keep) for r in rows)

@@ -1,0 +1,213 @@
+"""Rendering a report: table rows, HTML (Jinja2), Markdown, and the output folder written atomically."""
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.reporting.contents import MODEL_KEYS, Report
+from experiments.reporting.scoring import SCORING_RUN_NAME
+from pipelines.classes import REFERENCE_ACCURACY, REFERENCE_RECALL
+from pipelines.outputs import output_dir
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def ci_text(ci: tuple[float, float] | None) -> str:
+    return "–" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def summary_rows(report: Report) -> list[dict[str, str]]:
+    """One row per scored model (and the reference): accuracy and macro-F1 with 95% CIs, run ids."""
+    rows = []
+    for m in report.models:
+        rows.append({
+            "model": m.label, "description": m.description,
+            "accuracy": pct(m.metrics["accuracy"]), "accuracy_ci": ci_text(m.ci.get("accuracy")),
+            "balanced_accuracy": pct(m.metrics["balanced_accuracy"]),
+            "macro_f1": pct(m.metrics["macro_f1"]), "macro_f1_ci": ci_text(m.ci.get("macro_f1")),
+            "run_id": m.run_id or (report.scoring_run_id or "") , "reference": "",
+        })
+    rows.append({"model": "Reference project (published)", "description": report.reference_note,
+                 "accuracy": pct(REFERENCE_ACCURACY), "accuracy_ci": "–", "balanced_accuracy": "–",
+                 "macro_f1": "–", "macro_f1_ci": "–", "run_id": "", "reference": report.reference_note})
+    return rows
+
+
+def class_rows(report: Report) -> list[dict[str, str]]:
+    """Per-class recall: test support, each model and the reference (marked as such)."""
+    card = report.data
+    out = []
+    recalls = {m.key: m.recalls(card.class_slugs) for m in report.models}
+    for k, (name, slug) in enumerate(zip(card.class_names, card.class_slugs)):
+        row = {"class": name, "count": str(card.class_counts[k]), "support": str(card.test_counts[k]),
+               "reference": f"{REFERENCE_RECALL[slug]:.2f}" if slug in REFERENCE_RECALL else "–"}
+        for key in MODEL_KEYS:
+            values = recalls.get(key)
+            row[key] = "–" if values is None or values[k] is None else f"{values[k]:.2f}"
+        out.append(row)
+    return out
+
+
+def run_id_rows(report: Report) -> list[tuple[str, str]]:
+    """(what, run id) pairs: every MLflow run behind a number on the page."""
+    rows = [("Study parent run (tuning; report artifacts under report/)", report.parent_run_id),
+            (f"Best trial {report.best_trial} (best CNN, learning curves, test_* metrics)", report.best_run_id)]
+    if report.scoring_run_id:
+        rows.append((f"'{SCORING_RUN_NAME}' (every test number on this page)", report.scoring_run_id))
+    if report.ensemble.found:
+        if report.ensemble.comparison_run_id:
+            rows.append(("Ensemble comparison parent run", report.ensemble.comparison_run_id))
+        if report.ensemble.winner_run_id:
+            rows.append((f"Ensemble winner {report.ensemble.winner_name} (test_* metrics)",
+                         report.ensemble.winner_run_id))
+    return rows
+
+
+def _context(report: Report, embed: bool) -> dict[str, Any]:
+    figures = {name: (f"data:image/png;base64,{base64.b64encode(data).decode('ascii')}" if embed else name)
+               for name, data in report.figures.items()}
+    card = report.data
+    return {
+        "r": report, "card": card, "figures": figures, "notes": report.figure_notes,
+        "summary": summary_rows(report), "classes": class_rows(report), "run_ids": run_id_rows(report),
+        "has_ensemble": report.model("ensemble") is not None, "reference_note": report.reference_note,
+        "counts": ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())),
+        "split": ", ".join(f"{k} {v}" for k, v in card.split_sizes.items()),
+        "class_counts": list(zip(card.class_names, card.class_counts, card.test_counts)),
+        "pct": pct,
+    }
+
+
+def render_html(report: Report) -> str:
+    """The self-contained HTML page (figures inlined as base64 PNG, no external resources)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(**_context(report, embed=True))
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: Any) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report) -> str:
+    """The Markdown version (figures referenced as the PNG files beside it)."""
+    card = report.data
+    out: list[str] = []
+    if card.synthetic:
+        out += ["# ⚠ SYNTHETIC DATA — these numbers say nothing about real galaxies", ""]
+    out += [f"# Galaxy10 best-model report: study `{report.study_name}`", "",
+            f"Generated {report.created} (git {report.git_commit or 'unknown'}). Every test number below was "
+            f"scored once by this report and logged to MLflow run `{report.scoring_run_id}`.", ""]
+    out += ["## Data card", "",
+            _md_table(["", ""], [
+                ("Source file", f"`{card.path}`"), ("Provenance", card.provenance.upper()),
+                ("Fingerprint (SHA-256)", f"`{card.fingerprint}`"),
+                ("Images", f"{card.n_images} at {card.image_size} px" +
+                 (f" (study used the first {card.max_images})" if card.max_images else "")),
+                ("Split (seed {})".format(card.split_seed), ", ".join(f"{k} {v}" for k, v in card.split_sizes.items())),
+            ] + ([("Generator", card.generator)] if card.generator else [])), "",
+            _md_table(["Class", "Images in file", "Test images"],
+                      [(n, str(c), str(t)) for n, c, t in zip(card.class_names, card.class_counts, card.test_counts)]),
+            ""]
+    out += ["## Test-split results", "",
+            f"Accuracy and macro-F1 with bootstrap 95% confidence intervals ({report.n_resamples} paired resamples "
+            f"of the {card.split_sizes['test']} test images, seed {report.seed}). The reference project's figures are "
+            f"its published test numbers ({report.reference_note}).", ""]
+    out.append(_md_table(["Model", "What", "Accuracy", "95% CI", "Balanced acc.", "Macro-F1", "95% CI", "MLflow run"],
+                         [(r["model"], r["description"], r["accuracy"], r["accuracy_ci"], r["balanced_accuracy"],
+                           r["macro_f1"], r["macro_f1_ci"], f"`{r['run_id']}`" if r["run_id"] else "")
+                          for r in summary_rows(report)]))
+    if not report.ensemble.found:
+        out += ["", f"**{report.ensemble.reason}**"]
+    out += ["", "### Per-class recall", "",
+            _md_table(["Class", "Test images", "Baseline", f"Reference ({report.reference_note})", "Best CNN",
+                       "Best ensemble"],
+                      [(r["class"], r["support"], r["baseline"], r["reference"], r["cnn"], r["ensemble"])
+                       for r in class_rows(report)]), ""]
+    out += _md_figure(report, "recall_per_class.png", "Per-class recall")
+    for m in report.models:
+        if m.key != "baseline":
+            out += _md_figure(report, f"confusion_{m.key}.png", f"{m.label}: test confusion matrix")
+    out += ["## Best trial and study", "",
+            f"Study `{report.study_name}` ({', '.join(f'{v} {k.lower()}' for k, v in sorted(report.counts.items()))}); "
+            f"best trial {report.best_trial}: val {report.metric} = {report.best_value:.4f}.", "",
+            _md_table(["Parameter", "Value"], [(k, str(v)) for k, v in report.best_params.items()]), ""]
+    out += _md_figure(report, "learning_curves.png", "Learning curves of the best trial")
+    out += _md_figure(report, "optimization_history.png", "Optuna optimisation history")
+    out += _md_figure(report, "param_importances.png", "Optuna parameter importances")
+    out += ["## Ensemble comparison", ""]
+    if report.ensemble.found:
+        out.append(f"Winner: **{report.ensemble.winner_name}** (`{report.ensemble.model_uri}`); validation-split "
+                   f"numbers from the comparison run `{report.ensemble.comparison_run_id}`.")
+        out.append("")
+        if report.ensemble.table_rows:
+            out.append(_md_table(report.ensemble.table_columns, report.ensemble.table_rows))
+        else:
+            out.append("The comparison run has no CSV table artifact.")
+    else:
+        out.append(f"**{report.ensemble.reason}**")
+    out += ["", "## Misclassified test images", ""]
+    if report.gallery_classes:
+        out.append(f"Weakest classes of the {report.gallery_model}: {', '.join(report.gallery_classes)}.")
+        out.append("")
+    out += _md_figure(report, "misclassified.png", "Misclassified test images")
+    out += ["## MLflow runs behind the numbers", "", _md_table(["What", "Run id"], [(w, f"`{r}`") for w, r in
+                                                                                run_id_rows(report)]), "",
+            f"Tracking URI: `{report.tracking_uri}`; Optuna storage: `{report.storage_url}`.", "",
+            "## Reproduce", "", "```sh", *report.commands, "```", ""]
+    if report.notes:
+        out += ["## Notes", "", *[f"- {n}" for n in report.notes], ""]
+    return "\n".join(out)
+
+
+def _md_figure(report: Report, name: str, title: str) -> list[str]:
+    if name in report.figures:
+        return [f"![{title}]({name})", ""]
+    note = report.figure_notes.get(name)
+    return [f"*{title}: {note}*", ""] if note else []
+
+
+def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write ``report.html``, ``report.md``, the PNGs and ``report.json`` into ``out`` atomically.
+
+    ``out`` follows :func:`pipelines.outputs.output_dir`: a new folder or a previous report is replaced,
+    any other non-empty folder is refused unless ``force`` (then the report's files are added to it).
+    """
+    import json
+
+    from experiments.evaluation import scalar_metrics
+
+    html = render_html(report)
+    markdown = render_markdown(report)
+    numbers = {
+        "study": report.study_name, "scoring_run_id": report.scoring_run_id, "parent_run_id": report.parent_run_id,
+        "data": {"path": report.data.path, "provenance": report.data.provenance,
+                 "fingerprint": report.data.fingerprint, "split_sizes": dict(report.data.split_sizes)},
+        "bootstrap": {"resamples": report.n_resamples, "seed": report.seed, "level": 0.95},
+        "models": {m.key: {"label": m.label, "run_id": m.run_id, "model_uri": m.model_uri,
+                           "test": scalar_metrics(m.metrics), "ci95": {k: list(v) for k, v in m.ci.items()}}
+                   for m in report.models},
+        "reference": {"accuracy": REFERENCE_ACCURACY, "recall": REFERENCE_RECALL, "note": report.reference_note},
+        "ensemble": {"found": report.ensemble.found, "reason": report.ensemble.reason,
+                     "winner": report.ensemble.winner_name, "model_uri": report.ensemble.model_uri},
+        "commands": report.commands,
+    }
+    with output_dir(out, what="report", force=force) as tmp:
+        (tmp / "report.html").write_text(html, encoding="utf-8")
+        (tmp / "report.md").write_text(markdown, encoding="utf-8")
+        (tmp / "report.json").write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
+        for name, data in report.figures.items():
+            (tmp / name).write_bytes(data)
+    return Path(out)

@@ -1,0 +1,92 @@
+"""The ensemble as an MLflow pyfunc model: its code (kept as a file body) and how it is logged."""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from experiments.tracking.base import META_ARTIFACT, MODEL_NAME
+from experiments.tracking.mlflow_tracker import (
+    MlflowTracker,
+    _experiment_env,
+    _pip_requirements,
+)
+from pipelines.errors import ModelError, first_line
+
+log = logging.getLogger(__name__)
+
+
+ENSEMBLE_MODEL_CODE = '''\
+"""Galaxy10 ensemble as an MLflow pyfunc model: raw uint8 images (N, H, W, 3) -> probabilities (N, C)."""
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class Galaxy10Ensemble(PythonModel):
+    def load_context(self, context):
+        from ensembles.serving import load_ensemble
+
+        self.ensemble = load_ensemble(context.artifacts["ensemble"])
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        return self.ensemble.predict_proba(np.asarray(model_input, dtype=np.uint8))
+
+
+mlflow.models.set_model(Galaxy10Ensemble())
+'''
+#: Artifact key (and folder name) of the saved ensemble inside the pyfunc model.
+ENSEMBLE_ARTIFACT = "ensemble"
+
+
+def _pyfunc_requirements() -> list[str]:
+    reqs = _pip_requirements()
+    for name in ("scikit-learn", "xgboost", "xgboost-cpu", "joblib", "opencv-python-headless", "scipy"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            reqs.append(f"{name}=={importlib.metadata.version(name)}")
+    return reqs
+
+
+def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta: Mapping[str, Any],
+                       input_example: np.ndarray, n_classes: int) -> str:
+    """Log a saved ensemble folder (``ensembles.serving.save_ensemble``) as the run's pyfunc ``model``.
+
+    The model takes uint8 images ``(N, H, W, 3)`` of any size (signature ``(-1, -1, -1, 3)``) and
+    returns float32 probabilities ``(N, n_classes)``; ``meta`` (size, crop, class names, ...) is the
+    model's MLmodel ``metadata`` and the run artifact ``model_meta.json``. Returns the model URI.
+    """
+    import mlflow.pyfunc
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    run_id = tracker._need_run()
+    example = np.asarray(input_example, dtype=np.uint8)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(n_classes)),
+                                                          "probabilities")]))
+    plain_meta = json.loads(json.dumps(dict(meta)))
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="galaxy10-pyfunc-") as tmp:
+        code = Path(tmp) / "galaxy10_ensemble_model.py"
+        code.write_text(ENSEMBLE_MODEL_CODE)
+        try:
+            with _experiment_env(tracker.experiment_id), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
+                info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
+                                 python_model=str(code), artifacts={ENSEMBLE_ARTIFACT: str(ensemble_dir)},
+                                 signature=signature, input_example=example, metadata=plain_meta,
+                                 pip_requirements=_pyfunc_requirements())
+        except MlflowException as err:
+            raise ModelError(f"cannot log the ensemble model to run {run_id} ({first_line(err)})") from None
+    tracker.log_dict(plain_meta, META_ARTIFACT)
+    log.info("logged ensemble model %s (run %s)", info.model_uri, run_id)
+    return info.model_uri

@@ -1,0 +1,226 @@
+"""One worker's side of a study: the data loaded once, the objective, pruning, stale trials."""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.tuning.search_space import TuneConfig, base_run_dict, resolve_run_config, suggest
+from experiments.tuning.storage import open_storage, quiet_optuna_warnings
+from experiments.tuning.study import (
+    ATTR_TRIAL_RUN,
+    fail_stale_trials,
+    n_counted,
+    open_study,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """Everything a worker needs to join a study (picklable: workers are spawned processes)."""
+
+    tune: TuneConfig
+    storage_url: str
+    tracking_uri: str
+    parent_run_id: str
+    n_trials: int
+    deadline: float | None = None
+    data_path: str | None = None
+    overrides: tuple[str, ...] = ()
+    worker: int = 0
+    log_level: int = logging.INFO
+
+
+class StaleTrialHandler:
+    """Runs for every trial failed as stale: marks its MLflow run FAILED, queues its params again."""
+
+    def __init__(self, tracking_uri: str, max_retry: int) -> None:
+        self.tracking_uri = tracking_uri
+        self.max_retry = max_retry
+        self.handled: list[int] = []
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from experiments.tracking.runs import finish_run
+
+        self.handled.append(trial.number)
+        run_id = trial.user_attrs.get(ATTR_TRIAL_RUN)
+        if run_id:
+            finish_run(run_id, "FAILED", tracking_uri=self.tracking_uri,
+                                tags={"optuna.trial_state": "FAIL",
+                                      "optuna.fail_reason": "stale heartbeat: the worker process stopped"})
+        if self.max_retry > 0:
+            with quiet_optuna_warnings():
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+            log.warning("trial %d: queued its parameters again (retry of a stale trial)", trial.number)
+
+
+def storage_for(run: StudyRun) -> optuna.storages.RDBStorage:
+    """The study's storage with heartbeats and the stale-trial handler of ``run``."""
+    cfg = run.tune.study
+    return open_storage(run.storage_url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
+                        on_stale=StaleTrialHandler(run.tracking_uri, cfg.retry_stale))
+
+
+#: Raised by :func:`pruning_callback` to stop a trial (Optuna marks it PRUNED).
+TrialPruned = optuna.TrialPruned
+
+
+def pruning_callback(trial: optuna.Trial, metric: str) -> Callable[[int, Mapping[str, float]], None]:
+    """``epoch_callback`` for ``experiments.training.train``: report ``val_<metric>`` each epoch, prune.
+
+    Raises :data:`TrialPruned` (after reporting) when the study's pruner says the trial is hopeless.
+    """
+
+    def report(epoch: int, metrics: Mapping[str, float]) -> None:
+        value = float(metrics[f"val_{metric}"])
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise TrialPruned(f"pruned after epoch {epoch}: val_{metric} = {value:.4f}")
+
+    return report
+
+
+class TrialWorker:
+    """One worker's state: its study handle, the data it loaded once, and the objective."""
+
+    def __init__(self, run: StudyRun, stop: Any = None) -> None:
+        self.run = run
+        self.stop = stop  # a multiprocessing Event the coordinator sets on Ctrl-C
+        self.storage = storage_for(run)
+        self.study = open_study(run.tune, self.storage, create=False, seed_offset=run.worker)
+        self.base = base_run_dict(run.tune)
+        self._data: Any = None
+        self._data_key: Any = None
+        self.trials_run = 0
+
+    def data_for(self, cfg: Any) -> Any:
+        """The worker's data, loaded once (again only if a trial changes the data settings)."""
+        from experiments.training import load_training_data
+
+        key = (replace(cfg.data, crop=0), self.run.data_path)
+        if key != self._data_key:
+            self._data = load_training_data(cfg.data, self.run.data_path)
+            self._data_key = key
+        return self._data
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """Train the trial's config; report the per-epoch metric for pruning; return the val metric.
+
+        A tracking server that cannot be reached fails the trial with a one-line ``ConfigError``.
+        """
+        from experiments.tracking.faults import server_errors
+
+        with server_errors(self.run.tracking_uri):
+            return self._objective(trial)
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        import keras
+
+        from experiments.tracking.mlflow_tracker import MlflowTracker
+        from experiments.tracking.runs import run_val_recall
+        from experiments.training import train
+
+        tune, metric = self.run.tune, self.run.tune.study.metric
+        start = time.perf_counter()
+        params = suggest(trial, tune.space)
+        cfg, overrides = resolve_run_config(tune, params, base=self.base, extra_overrides=self.run.overrides)
+        data = self.data_for(cfg)
+        trial.set_user_attr("overrides", overrides)
+        run_name = f"{tune.study.name}-trial-{trial.number:03d}"
+        tags = {"optuna.study": tune.study.name, "optuna.trial_number": trial.number,
+                "optuna.storage": self.run.storage_url, "optuna.worker": self.run.worker,
+                "optuna.overrides": " ".join(overrides)[:5000]}
+        tracker = MlflowTracker(cfg.experiment_name, run_name, tracking_uri=self.run.tracking_uri,
+                                         parent_run_id=self.run.parent_run_id, tags=tags,
+                                         killed_on=(optuna.TrialPruned,))
+
+        report = pruning_callback(trial, metric)
+        state = "FAIL"
+        with tracker:
+            trial.set_user_attr(ATTR_TRIAL_RUN, tracker.run_id)
+            tracker.log_params({f"optuna.{k}": v for k, v in params.items()})
+            try:
+                result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False,
+                               recall_lookup=functools.partial(run_val_recall,
+                                                               tracking_uri=self.run.tracking_uri))
+                value = float(result.val_metrics[metric])
+                if self._should_log_model(value):
+                    result.model_uri = self._log_model(tracker, result, data, cfg.data.crop)
+                tracker.set_tags({"optuna.model_logged": "true" if result.model_uri else "false"})
+                state = "COMPLETE"
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                raise
+            finally:
+                seconds = time.perf_counter() - start
+                tracker.set_tags({"optuna.trial_state": state})
+                tracker.log_metrics({"trial_seconds": seconds})
+                keras.backend.clear_session()
+                self.trials_run += 1
+        for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+            trial.set_user_attr(f"val_{name}", float(result.val_metrics[name]))
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        if result.model_uri:
+            trial.set_user_attr("model_uri", result.model_uri)
+        return value
+
+    def _should_log_model(self, value: float) -> bool:
+        """Log a trial's model when ``log_models`` is ``all``; for ``top_k`` when it ranks among the
+        ``keep_models`` best COMPLETE trials so far; for ``improving`` when it beats every one of them.
+
+        The study's best trial always ranked first when it finished, so its model is always there, and
+        under ``top_k`` so are the models of every trial that is among the final top k.
+        """
+        study_cfg = self.run.tune.study
+        if study_cfg.log_models == "all":
+            return True
+        values = sorted((t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                         if t.value is not None), reverse=True)
+        if study_cfg.log_models == "top_k":
+            return len(values) < study_cfg.keep_models or value > values[study_cfg.keep_models - 1]
+        return not values or value > values[0]
+
+    @staticmethod
+    def _log_model(tracker: Any, result: Any, data: Any, crop: int) -> str | None:
+        from pipelines.inputs import cropped_array
+
+        example = cropped_array(data.images, crop, data.val[:1]).astype(np.float32)
+        return tracker.log_keras_model(result.model, meta=result.meta, input_example=example)
+
+    def loop(self) -> int:
+        """Run trials until the study has ``n_trials`` COMPLETE + PRUNED or the deadline passes."""
+        run = self.run
+        waited = False
+        while True:
+            if run.deadline is not None and time.time() >= run.deadline:
+                log.info("worker %d: time is up", run.worker)
+                break
+            if self.stop is not None and self.stop.is_set():
+                log.info("worker %d: stopping, the command was interrupted", run.worker)
+                break
+            fail_stale_trials(self.study)
+            done = n_counted(self.study)
+            if done >= run.n_trials:
+                break
+            running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            if done + running >= run.n_trials and waiting == 0:
+                if not waited:
+                    log.info("worker %d: %d trial(s) still running elsewhere; waiting for them to finish "
+                             "(or to go stale after %d s)", run.worker, running, run.tune.study.grace_period)
+                    waited = True
+                time.sleep(min(5.0, run.tune.study.heartbeat_interval))
+                continue
+            waited = False
+            with quiet_optuna_warnings():
+                self.study.optimize(self.objective, n_trials=1, gc_after_trial=True)
+        return self.trials_run

@@ -1,0 +1,64 @@
+"""Refit: the best trial's configuration trained on train + validation for its measured epochs."""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import replace
+
+import numpy as np
+import optuna
+
+from experiments.tuning.search_space import TuneConfig, resolve_run_config
+from experiments.tuning.study import best_trial
+
+log = logging.getLogger(__name__)
+
+
+#: Study user attributes of the refit model.
+ATTR_REFIT_TRIAL, ATTR_REFIT_RUN, ATTR_REFIT_MODEL = "refit_of_trial", "refit_run_id", "refit_model_uri"
+REFIT_ALIAS = "refit"
+
+
+def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, parent_run_id: str,
+               data_path: str | None, overrides: tuple[str, ...] = ()) -> str | None:
+    """Train the best trial's configuration on train + validation for its best epoch count; return the
+    registered model (``models:/<study>@refit``), or None when there is nothing (new) to refit.
+
+    Like scikit-learn's ``refit=True``: selection used the validation split, the final model uses it
+    too. The run is a child of the study's parent run (tag ``optuna.role=refit``); its ``val_*``
+    metrics are on images it trained on, so they are tagged ``refit.val_seen=true`` and mean nothing.
+    The test split stays untouched (the report scores it). A study whose best trial was already
+    refit is not refit again.
+    """
+    from experiments.tracking.mlflow_tracker import MlflowTracker
+    from experiments.tracking.model_registry import register_champion
+    from experiments.tracking.runs import run_val_recall
+    from experiments.training import load_training_data, train
+
+    best = best_trial(study)
+    if best is None or "best_epoch" not in best.user_attrs:
+        return None
+    if study.user_attrs.get(ATTR_REFIT_TRIAL) == best.number and study.user_attrs.get(ATTR_REFIT_MODEL):
+        return study.user_attrs.get("refit_registered")
+    cfg, _ = resolve_run_config(tune, dict(best.params), extra_overrides=overrides)
+    epochs = int(best.user_attrs["best_epoch"])
+    cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, patience=None),
+                  run_name=f"{study.study_name}-refit-trial-{best.number:03d}")
+    data = load_training_data(cfg.data, data_path, targets=cfg.augment.targets)
+    merged = replace(data, train=np.union1d(data.train, data.val))
+    log.info("refit: trial %d's configuration on train + validation (%d images) for %d epochs", best.number,
+             len(merged.train), epochs)
+    tags = {"optuna.study": study.study_name, "optuna.role": "refit", "refit.of_trial": best.number,
+            "refit.epochs": epochs, "refit.val_seen": "true"}
+    with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=tracking_uri,
+                                parent_run_id=parent_run_id, tags=tags) as tracker:
+        result = train(cfg, tracker, data=merged, verbose=0, restore_best=False,
+                       recall_lookup=functools.partial(run_val_recall, tracking_uri=tracking_uri))
+    registered = register_champion(result.model_uri, study.study_name, alias=REFIT_ALIAS,
+                                            run_id=result.run_id, tracking_uri=tracking_uri,
+                                            tags={"optuna.study": study.study_name, "refit.of_trial": best.number})
+    study.set_user_attr(ATTR_REFIT_TRIAL, best.number)
+    study.set_user_attr(ATTR_REFIT_RUN, result.run_id)
+    study.set_user_attr(ATTR_REFIT_MODEL, result.model_uri)
+    study.set_user_attr("refit_registered", registered)
+    return registered

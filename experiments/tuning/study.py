@@ -1,0 +1,179 @@
+"""Opening, checking and reading studies; the user attributes a study carries."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.config import plain
+from experiments.tuning.search_space import TuneConfig, space_hash
+from experiments.tuning.samplers import make_pruner, make_sampler
+from experiments.tuning.storage import quiet_optuna_warnings, storage_url_of
+from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+#: Study user attributes written by this module.
+ATTR_SPACE_HASH = "search_space_hash"
+ATTR_METRIC = "metric"
+ATTR_DATA = "data_fingerprint"
+ATTR_PARENT_RUN = "mlflow_parent_run_id"
+ATTR_EXPERIMENT = "mlflow_experiment_id"
+ATTR_TRACKING_URI = "mlflow_tracking_uri"
+#: Trial user attribute holding the trial's MLflow child run id.
+ATTR_TRIAL_RUN = "mlflow_run_id"
+#: How a finished trial's state shows in MLflow's run status.
+MLFLOW_STATUS: dict[TrialState, str] = {
+    TrialState.COMPLETE: "FINISHED",
+    TrialState.PRUNED: "KILLED",
+    TrialState.FAIL: "FAILED",
+}
+#: Trials that count towards ``n_trials``.
+COUNTED_STATES: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create: bool = True,
+               seed_offset: int = 0, data: tuple[str, str] | None = None) -> optuna.Study:
+    """Create the study or load it to continue; refuse one made with another search space, metric or data.
+
+    ``data`` is ``(fingerprint, file name)`` of the Galaxy10 file this process trains on: the first
+    process records it on the study, and a later one (another machine, another day) with a different
+    file is refused, so trials on different data never mix in one study.
+
+    Raises
+    ------
+    ConfigError
+        If a study of that name exists with a different search-space hash, metric or data
+        fingerprint, or (with ``create=False``) does not exist.
+    """
+    cfg = tune.study
+    sampler = make_sampler(cfg.sampler, seed_offset=seed_offset)
+    pruner = make_pruner(cfg.pruner)
+    exists = cfg.name in {s.study_name for s in storage.get_all_studies()}
+    if not exists and not create:
+        raise ConfigError(f"study {cfg.name!r} not found in {storage_url_of(storage)}; run galaxy10 tune first")
+    with quiet_optuna_warnings():
+        study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction=cfg.direction, load_if_exists=True)
+    wanted = space_hash(tune.space)
+    attrs = study.user_attrs
+    check_study_data(study, data)
+    if ATTR_SPACE_HASH not in attrs:
+        study.set_user_attr(ATTR_SPACE_HASH, wanted)
+        study.set_user_attr(ATTR_METRIC, cfg.metric)
+        study.set_user_attr("search_space", plain(tune.space.raw))
+        return study
+    if attrs[ATTR_SPACE_HASH] != wanted:
+        raise ConfigError(
+            f"study {cfg.name!r} in {storage_url_of(storage)} was created with a different search space "
+            f"(hash {attrs[ATTR_SPACE_HASH]} vs {wanted}); pass a new --study name or restore the original search_space"
+        )
+    if attrs.get(ATTR_METRIC, cfg.metric) != cfg.metric:
+        raise ConfigError(
+            f"study {cfg.name!r} optimises {attrs[ATTR_METRIC]!r}, not {cfg.metric!r}; "
+            "pass a new --study name or set study.metric back"
+        )
+    return study
+
+
+def check_study_data(study: optuna.Study, data: tuple[str, str] | None) -> None:
+    """Record ``data`` = ``(fingerprint, file name)`` on a new study; refuse other data for an existing one."""
+    if data is None:
+        return
+    fingerprint, name = data
+    recorded = study.user_attrs.get(ATTR_DATA)
+    if recorded is None:
+        study.set_user_attr(ATTR_DATA, {"fingerprint": fingerprint, "file": name})
+        return
+    if recorded.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"study {study.study_name!r} was run on {recorded.get('file')} (fingerprint "
+            f"{str(recorded.get('fingerprint'))[:12]}) but this process has {name} (fingerprint {fingerprint[:12]}); "
+            "use the same data file on every worker, or pass a new --study name"
+        )
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose heartbeat is older than the grace period FAIL; return their numbers."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with quiet_optuna_warnings():
+        optuna.storages.fail_stale_trials(study)
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    failed = sorted(before - after)
+    stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in failed]
+    if stale:
+        log.warning("study %s: marked stale trial(s) %s FAIL (their worker stopped sending heartbeats)",
+                    study.study_name, stale)
+    return stale
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """``{"COMPLETE": 3, "PRUNED": 2, ...}`` for every state that occurs."""
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def n_counted(study: optuna.Study) -> int:
+    """Trials that count towards ``n_trials``: COMPLETE + PRUNED."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial, or ``None`` when there is none yet."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """One line of ``galaxy10 study list``."""
+
+    name: str
+    n_trials: int
+    counts: Mapping[str, int]
+    best_value: float | None
+    metric: str | None
+    start: str | None
+
+
+def list_studies(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
+    """Every study in ``storage`` with its trial counts and best value."""
+    out = []
+    for s in storage.get_all_studies():
+        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        complete = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        best = (max(complete) if s.direction == optuna.study.StudyDirection.MAXIMIZE else min(complete)) \
+            if complete else None
+        starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+        out.append(StudySummary(
+            name=s.study_name, n_trials=len(trials), counts=counts, best_value=best,
+            metric=s.user_attrs.get(ATTR_METRIC),
+            start=min(starts).strftime("%Y-%m-%d %H:%M") if starts else None,
+        ))
+    return out
+
+
+def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Load study ``name`` for reading; raise ``ConfigError`` listing the known names if absent."""
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    if name not in names:
+        raise ConfigError(
+            f"study {name!r} not found in {storage_url_of(storage)}; known studies: {', '.join(names) or '(none)'}"
+        )
+    with quiet_optuna_warnings():
+        return optuna.load_study(study_name=name, storage=storage)
+
+
+def count_tags(study: optuna.Study) -> dict[str, int]:
+    return {f"study.n_{k.lower()}": v for k, v in state_counts(study).items()}
