@@ -15,6 +15,8 @@ DATA := $(if $(wildcard $(REAL)),$(REAL),$(SYNTH))
 SYNTH_N ?= 4000
 STUDY ?= tune-quick
 REPORT_DIR ?= reports/$(STUDY)
+# pytest-xdist workers for make test (auto: one per core, at most 4; 0 runs in one process).
+TEST_WORKERS ?= auto
 
 .PHONY: help setup setup-dev demo test test-fast test-heavy bench clean
 
@@ -51,13 +53,13 @@ demo: $(VENV)/.installed $(if $(wildcard $(REAL)),,$(SYNTH))
 	@echo "  Prediction page:  $(VENV)/bin/galaxy10 serve --model $(STUDY)@champion"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not heavy"
+	$(PY) -m pytest -q -m "not heavy" -n $(TEST_WORKERS) --maxprocesses 4
 
 test-heavy: $(VENV)/.installed
 	$(PY) -m pytest -q -m heavy
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow and not heavy"
+	$(PY) -m pytest -q -m "not slow and not heavy" -n $(TEST_WORKERS) --maxprocesses 4
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -54,9 +54,9 @@ def main() -> None:
     from ensembles.embeddings import CNNEmbedder
     from ensembles.second_stage import MODEL_NAMES, full_proba, make_second_stage
     from experiments.config import load_config
-    from models import build_model
     from experiments.tracking.base import NullTracker
     from experiments.training import load_training_data, train
+    from models import build_model
 
     print(f"CPUs: {os.cpu_count()}, load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     cfg = load_config(os.path.join(ROOT, "experiments", "configs", "reference.yaml"),

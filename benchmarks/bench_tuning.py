@@ -52,12 +52,12 @@ class Arm:
 
 def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
     """Run trials of ``arm`` until ``budget`` epochs are spent; fill in its results."""
-    from experiments.tuning.objective import TrialPruned, pruning_callback
-    from experiments.tuning.storage import open_storage
-    from experiments.tuning.study import open_study
-    from experiments.tuning.search_space import resolve_run_config, suggest
     from experiments.tracking.base import NullTracker
     from experiments.training import train
+    from experiments.tuning.objective import TrialPruned, pruning_callback
+    from experiments.tuning.search_space import resolve_run_config, suggest
+    from experiments.tuning.storage import open_storage
+    from experiments.tuning.study import open_study
 
     study_cfg = replace(tune.study, name=arm.name, storage=f"sqlite:///{workdir / (arm.name + '.db')}",
                         sampler=arm.sampler, pruner=arm.pruner)
@@ -111,9 +111,14 @@ def main() -> int:
     for noisy in ("experiments.training", "pipelines", "optuna", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from experiments.tuning.samplers import describe
-    from experiments.tuning.search_space import PrunerConfig, SamplerConfig, load_tune_config, resolve_run_config
     from experiments.training import load_training_data
+    from experiments.tuning.samplers import describe
+    from experiments.tuning.search_space import (
+        PrunerConfig,
+        SamplerConfig,
+        load_tune_config,
+        resolve_run_config,
+    )
     from pipelines.paths import resolve_data_path
 
     tune = load_tune_config(CONFIG)

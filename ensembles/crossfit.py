@@ -22,12 +22,15 @@ Nothing here touches the test split.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.model_selection import StratifiedKFold
 
+from ensembles.second_stage import full_proba
 from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,6 @@ class OutOfFold:
 
 def make_folds(indices: np.ndarray, labels: np.ndarray, n_folds: int, *, seed: int = 0) -> list[Fold]:
     """Stratified K folds over ``indices`` (``labels`` are the labels of those indices)."""
-    from sklearn.model_selection import StratifiedKFold
 
     idx = np.asarray(indices, dtype=np.int64)
     y = np.asarray(labels)
@@ -86,7 +88,6 @@ def make_folds(indices: np.ndarray, labels: np.ndarray, n_folds: int, *, seed: i
     # classes with fewer members than folds cannot be stratified exactly; sklearn warns and copes
     counts = np.bincount(y.astype(np.int64))
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
@@ -173,9 +174,6 @@ def crossfit(folds: Sequence[Fold], indices: np.ndarray,
 
 def cv_splits(labels: np.ndarray, n_folds: int, *, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified ``(fit rows, score rows)`` pairs over ``len(labels)`` rows (fewer folds if a class is tiny)."""
-    import warnings
-
-    from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(labels)
     counts = np.bincount(y.astype(np.int64)) if len(y) else np.zeros(1, dtype=np.int64)
@@ -191,7 +189,6 @@ def cv_splits(labels: np.ndarray, n_folds: int, *, seed: int = 0) -> list[tuple[
 def cv_predict_proba(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, n_classes: int,
                      splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Out-of-fold ``predict_proba`` of fresh estimators over ``splits`` (all ``n_classes`` columns)."""
-    from ensembles.second_stage import full_proba
 
     out = np.zeros((len(y), n_classes), dtype=np.float64)
     scored = np.zeros(len(y), dtype=bool)

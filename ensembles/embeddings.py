@@ -22,9 +22,14 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
+from tqdm.auto import tqdm
 
+from augment.tta import tta_predict
 from models.head import EMBEDDING_LAYER  # the layer every backbone's head names
 from pipelines.errors import DataError, ModelError
+from pipelines.io import atomic_path, os_error_reason
+from pipelines.paths import default_cache_dir
+from pipelines.preprocess import center_crop
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +98,6 @@ def weights_digest(model: Any) -> str:
 
 
 def _crop_to(images: np.ndarray, side: int) -> np.ndarray:
-    from pipelines.preprocess import center_crop
-
     if images.shape[1] < side or images.shape[2] < side:
         raise DataError(f"images are {images.shape[1]}x{images.shape[2]} px but the CNN takes {side} px crops; "
                         "pass images resized to the model's data.size")
@@ -110,7 +113,6 @@ def embed_images(dual_model: DualModel, images: np.ndarray, *, input_size: int, 
     Images larger than ``input_size`` are centre-cropped; with ``tta`` both outputs are averaged
     over the 8 dihedral views.
     """
-    from tqdm.auto import tqdm
 
     arr = images
     if getattr(arr, "dtype", None) != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
@@ -132,8 +134,6 @@ def embed_images(dual_model: DualModel, images: np.ndarray, *, input_size: int, 
     for start in tqdm(starts, desc="embeddings", unit="chunk", disable=None if progress is None else not progress):
         x = _crop_to(np.asarray(arr[start:start + CHUNK]), input_size)
         if tta:
-            from augment.tta import tta_predict
-
             out = tta_predict(run, x, batch_size=batch_size)
         else:
             out = run(x)
@@ -181,8 +181,6 @@ def _load_cached(path: Path, n_rows: int, dim: int) -> Embedded | None:
 
 
 def _save_cached(path: Path, result: Embedded) -> None:
-    from pipelines.io import atomic_path, os_error_reason
-
     try:
         with atomic_path(path, suffix=".npz.tmp") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, embeddings=result.embeddings, probs=result.probs)
@@ -193,7 +191,6 @@ def _save_cached(path: Path, result: Embedded) -> None:
 
 def default_embedding_cache() -> Path:
     """``pipelines.paths.default_cache_dir() / "embeddings"`` (``GALAXY10_CACHE`` moves it)."""
-    from pipelines.paths import default_cache_dir
 
     return default_cache_dir() / "embeddings"
 

@@ -18,8 +18,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils._param_validation import InvalidParameterError
+from xgboost import XGBClassifier
 
 from pipelines.errors import ConfigError, ModelError
 
@@ -57,10 +70,6 @@ _SCALED = frozenset({"logreg", "svm", "knn"})
 
 def _base_estimator(name: str, params: Mapping[str, Any], *, seed: int, n_jobs: int | None) -> Any:
     """The bare (unscaled) estimator ``name`` with ``params`` plus the reserved settings."""
-    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.svm import SVC
 
     kw = dict(params)
     if name == "logreg":
@@ -85,8 +94,6 @@ def allowed_params(name: str) -> tuple[str, ...]:
     if name not in MODEL_NAMES:
         raise ConfigError(f"unknown second-stage model {name!r}; use one of: {', '.join(MODEL_NAMES)}")
     if name == "xgboost":
-        from xgboost import XGBClassifier
-
         keys = XGBClassifier().get_params().keys()
     else:
         keys = _base_estimator(name, {}, seed=0, n_jobs=None).get_params().keys()
@@ -118,7 +125,6 @@ def resolve_params(name: str, params: Mapping[str, Any] | None, *, where: str | 
 
 def _check_values(name: str, params: Mapping[str, Any], where: str) -> None:
     """Run the estimator's own parameter validation (scikit-learn) or a type check (XGBoost)."""
-    from sklearn.utils._param_validation import InvalidParameterError
 
     if name == "xgboost":
         for key, value in params.items():
@@ -142,8 +148,6 @@ def _check_values(name: str, params: Mapping[str, Any], where: str) -> None:
 def make_second_stage(name: str, params: Mapping[str, Any] | None = None, *, seed: int = 0,
                       n_jobs: int | None = None) -> Any:
     """An unfitted classifier ``name`` (with a StandardScaler in front where it needs one)."""
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
 
     merged = resolve_params(name, params)
     est = _base_estimator(name, merged, seed=seed, n_jobs=n_jobs)
@@ -181,8 +185,6 @@ class EncodedXGBClassifier(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     def _make(self, n_classes: int) -> Any:
-        from xgboost import XGBClassifier
-
         kw = dict(self.params or {})
         if n_classes > 2:
             kw.update(objective="multi:softprob")
@@ -223,7 +225,6 @@ def save_second_stage(estimator: Any, folder: str | Path, stem: str) -> dict[str
 
     Returns the small spec :func:`load_second_stage` needs.
     """
-    import joblib
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -239,14 +240,11 @@ def save_second_stage(estimator: Any, folder: str | Path, stem: str) -> dict[str
 
 def load_second_stage(spec: Mapping[str, Any], folder: str | Path) -> Any:
     """Reload what :func:`save_second_stage` wrote (joblib only for the platform's own artifacts)."""
-    import joblib
 
     path = Path(folder) / str(spec["file"])
     if not path.is_file():
         raise ModelError(f"second-stage model file {path} is missing; re-log the ensemble with galaxy10 ensemble")
     if spec["format"] == "xgboost-json":
-        from xgboost import XGBClassifier
-
         est = EncodedXGBClassifier(params=spec.get("params") or {})
         est.model_ = XGBClassifier()
         est.model_.load_model(str(path))

@@ -28,9 +28,10 @@ import numpy as np
 
 from ensembles.embeddings import dual_output_model, embed_images
 from ensembles.second_stage import full_proba, load_second_stage, save_second_stage
-from models.layers import register_custom_layers
 from ensembles.stacking import meta_predict
+from models.layers import register_custom_layers
 from pipelines.errors import DataError, ModelError
+from pipelines.preprocess import prepare_images
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,6 @@ class EnsembleModel:
 
     def predict_proba(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``(N, C)`` float32 for uint8 RGB images of any size."""
-        from pipelines.preprocess import prepare_images
 
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = images[None]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 from ensembles.crossfit import cv_predict_proba, cv_splits
 from ensembles.second_stage import full_proba
@@ -30,7 +31,6 @@ def meta_features(blocks: Sequence[np.ndarray]) -> np.ndarray:
 
 def make_meta_learner(C: float = 1.0, *, seed: int = 0) -> Any:
     """The meta-learner: multinomial logistic regression (L2, strength ``1/C``)."""
-    from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=float(C), max_iter=2000, random_state=seed)
 

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.special import softmax
 
 from pipelines.errors import ConfigError, DataError
 
@@ -49,8 +51,6 @@ def fit_vote_weights(probs: Sequence[np.ndarray], y: np.ndarray, *, method: str 
     ``log_loss``: minimise the log loss of the weighted mixture (softmax-parametrised weights,
     L-BFGS from equal weights). ``accuracy``: weights proportional to each member's accuracy.
     """
-    from scipy.optimize import minimize
-    from scipy.special import softmax
 
     stacked = _stack(probs)
     labels = np.asarray(y, dtype=np.int64)

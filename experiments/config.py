@@ -22,13 +22,16 @@ from typing import Any
 
 import yaml
 
+from augment.policies import policy_params
+from augment.targeting import check_targets
+from models import backbone_params, get_backbone
+from models.registry import PRECISIONS
 from pipelines.errors import ConfigError
-from pipelines.io import DuplicateKeyError, load_yaml_text, read_yaml_file
+from pipelines.io import DuplicateKeyError, load_yaml_text, plain, read_yaml_file
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
-PRECISIONS: tuple[str, ...] = ("float32", "mixed_bfloat16")
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "swish", "leaky_relu")
 MONITORS: tuple[str, ...] = ("val_loss", "val_accuracy")
 POLICIES: tuple[str, ...] = ("none", "reference", "galaxy")
@@ -316,13 +319,9 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
         raise ConfigError("config key augment.auto_from_run is only used with augment.targets=auto; "
                           "remove it or set targets: auto")
     if isinstance(a.targets, Mapping):
-        from augment.targeting import check_targets
-
         check_targets(a.targets)  # class names are resolved against the data's own classes when it is loaded
-    from augment.policies import policy_params
 
     policy_params(a.policy, **dict(a.strengths))  # raises ConfigError naming the bad strength
-    from models import backbone_params, get_backbone
 
     get_backbone(cfg.model.name)  # one line listing the registered backbones
     backbone_params(cfg.model)  # each backbone checks its own parameters
@@ -372,14 +371,6 @@ def from_dict(raw: Mapping[str, Any] | None) -> RunConfig:
     extra = {k: _coerce(k, raw[k], hints[k]) for k in ("experiment_name", "run_name") if k in raw}
     return _check_cross(RunConfig(**sections, **extra))
 
-
-def plain(value: Any) -> Any:
-    """A copy of nested mappings/sequences as plain dicts (string keys) and lists, for JSON and YAML."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

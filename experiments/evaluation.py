@@ -43,7 +43,7 @@ def classification_metrics(y_true: Any, probs: Any,
     dict
         Floats ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present in
         ``y_true``), ``macro_f1`` (mean F1 over the same classes: one convention for every macro
-        metric; see :func:`absent_classes`), ``log_loss`` (probabilities clipped to 1e-7),
+        metric; see :func:`pipelines.classes.absent_classes`), ``log_loss`` (probabilities clipped to 1e-7),
         ``recall_<slug>`` / ``precision_<slug>`` (0 where a class has no true / predicted images)
         and ``confusion`` (``(C, C)`` ndarray, rows = true class normalised to sum 1, zero rows
         for absent classes) plus ``confusion_counts`` (int).
@@ -119,10 +119,6 @@ def paired_difference_se(y_true: Any, pred_a: Any, pred_b: Any, n_classes: int, 
     return float(np.std(np.concatenate(diffs), ddof=1))
 
 
-def absent_classes(y_true: Any, class_slugs: Sequence[str]) -> list[str]:
-    """Slugs of the classes with no image in ``y_true``: macro metrics average over the others."""
-    support = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(class_slugs))
-    return [slug for slug, n in zip(class_slugs, support) if n == 0]
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

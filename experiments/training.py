@@ -34,10 +34,31 @@ from typing import Any
 
 import numpy as np
 
-from experiments.config import AUTO_TARGETS, DataConfig, RunConfig, TrainConfig, flatten, to_yaml
-from experiments.evaluation import absent_classes, class_recall, classification_metrics, per_class_csv, prefixed, scalar_metrics
-from pipelines.classes import CLASS_NAMES, ClassSet
+from augment.mixing import mix_batch
+from augment.policies import augment_batch, build_policy
+from augment.targeting import auto_multipliers, multipliers_from_targets
+from augment.tta import tta_predict
+from experiments.config import (
+    AUTO_TARGETS,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    flatten,
+    to_yaml,
+)
+from experiments.evaluation import (
+    class_recall,
+    classification_metrics,
+    per_class_csv,
+    prefixed,
+    scalar_metrics,
+)
+from experiments.reporting.plots import confusion_figure, learning_curves_figure
+from experiments.tracking.base import NullTracker, git_commit, package_versions
+from models import build_model, describe_backbone
+from pipelines.dataset import TrainData, open_dataset
 from pipelines.errors import ConfigError, DataError
+from pipelines.preprocess import PREPROCESS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -53,96 +74,17 @@ EPOCH_KEYS: dict[str, str] = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class TrainData:
-    """Everything a run reads from the data, loaded once (a tuning worker reuses it across trials).
-
-    ``images`` are the uint8 resized images (``size`` px, usually a read-only memmap) in file
-    order; ``train``/``val``/``test`` index into them.
-    """
-
-    path: Path
-    images: np.ndarray
-    labels: np.ndarray
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    class_names: tuple[str, ...]
-    class_slugs: tuple[str, ...]
-    fingerprint: str
-    synthetic: bool
-    provenance: str
-    size: int
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes of the data set."""
-        return len(self.class_names)
-
-    @property
-    def class_set(self) -> ClassSet:
-        """The data's classes (names and slugs in label order)."""
-        return ClassSet(self.class_names, self.class_slugs)
-
-    def describe(self) -> str:
-        """One line for the log: file, image counts and whether the data is synthetic."""
-        kind = "SYNTHETIC data" if self.synthetic else f"real data ({self.provenance})"
-        return (f"{self.path} [{kind}, fingerprint {self.fingerprint[:12]}]: {len(self.train)} train / "
-                f"{len(self.val)} val / {len(self.test)} test images at {self.size} px")
-
-
 def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None, *,
                        targets: Mapping[str, float] | str | None = None) -> TrainData:
-    """Open and validate the data file once, make or load its split, load the resized images (cached).
+    """:func:`pipelines.dataset.open_dataset` with a run's ``data`` config; ``data_path`` overrides ``data.path``.
 
-    ``data_path`` overrides ``data_cfg.path``; both None resolve to the real file if present, else
-    the synthetic default. With ``max_images`` only the first N images are used (resized in memory,
-    nothing cached) and the split is restricted to them. The file is opened (and validated) exactly
-    once; the split, the duplicate scan and the image cache read through that one handle. Class keys
-    of ``targets`` (``augment.targets``) are checked against the file's classes right after opening,
-    before a split or cache is written.
+    Class keys of ``targets`` (``augment.targets``) are checked against the file's own classes right after
+    the file is opened, before a split or cache is written.
     """
-    from augment.targeting import multipliers_from_targets
-    from pipelines.paths import resolve_data_path
-    from pipelines.preprocess import load_resized, resize_images
-    from pipelines.reader import Galaxy10File, data_fingerprint, provenance
-    from pipelines.splits import ensure_split
-
-    path = resolve_data_path(data_path if data_path is not None else data_cfg.path)
-    with Galaxy10File(path) as f:
-        info = f.info
-        classes = ClassSet.from_names(tuple(getattr(info, "class_names", None) or CLASS_NAMES))
-        if isinstance(targets, Mapping):
-            multipliers_from_targets(targets, classes)
-        split = ensure_split(path, test_fraction=data_cfg.test_fraction, val_fraction=data_cfg.val_fraction,
-                             seed=data_cfg.split_seed, source=f)
-        labels = np.asarray(f.labels()).astype(np.int64)
-        n = len(labels)
-        limit = n if data_cfg.max_images is None else min(n, data_cfg.max_images)
-        if limit < n:
-            images = resize_images(f.images(np.arange(limit)), data_cfg.size)
-        else:
-            images = load_resized(path, size=data_cfg.size, source=f)
-    labels = labels[:limit]
-    train, val, test = (np.asarray(s, dtype=np.int64) for s in (split.train, split.val, split.test))
-    train, val, test = train[train < limit], val[val < limit], test[test < limit]
-    if len(train) == 0 or len(val) == 0:
-        raise DataError(f"data.max_images={limit} leaves {len(train)} train / {len(val)} val images; "
-                        "raise data.max_images")
-    names, slugs = classes.names, classes.slugs
-    for split_name, rows in (("train", train), ("validation", val), ("test", test)):
-        absent = absent_classes(labels[rows], slugs) if len(rows) else []
-        if absent:
-            log.warning("the %s split of %s has no image of class(es) %s: their recall is not measured and macro "
-                        "metrics average over the %d classes present", split_name, path.name, ", ".join(absent),
-                        len(slugs) - len(absent))
-    return TrainData(path=path, images=images, labels=labels, train=train, val=val, test=test,
-                     class_names=tuple(names), class_slugs=tuple(slugs), fingerprint=data_fingerprint(path),
-                     synthetic=bool(info.synthetic), provenance=str(provenance(path, info)), size=data_cfg.size)
-
+    check = (lambda classes: multipliers_from_targets(targets, classes)) if isinstance(targets, Mapping) else None
+    return open_dataset(data_path if data_path is not None else data_cfg.path, size=data_cfg.size,
+                        test_fraction=data_cfg.test_fraction, val_fraction=data_cfg.val_fraction,
+                        split_seed=data_cfg.split_seed, max_images=data_cfg.max_images, check_classes=check)
 
 # --------------------------------------------------------------------------------------------
 # Pieces of a run
@@ -157,7 +99,6 @@ def resolve_multipliers(cfg: RunConfig, data: TrainData,
     config without targeting (``augment.auto_warmup_epochs`` epochs on train, recall on validation);
     ``augment.auto_top_k`` limits the targeting to the weakest k classes.
     """
-    from augment.targeting import auto_multipliers, multipliers_from_targets
 
     targets = cfg.augment.targets
     if targets is None or (isinstance(targets, Mapping) and not targets):
@@ -188,8 +129,6 @@ def warmup_recall(cfg: RunConfig, data: TrainData) -> np.ndarray:
     """
     import keras
 
-    from models import build_model
-
     warm = replace(cfg, augment=replace(cfg.augment, targets=None, auto_from_run=None),
                    train=replace(cfg.train, epochs=int(cfg.augment.auto_warmup_epochs), patience=None))
     log.info("auto targets: %d warm-up epoch(s) without targeting to measure validation recall",
@@ -209,7 +148,6 @@ def make_augment_fn(cfg: RunConfig) -> Callable[[np.ndarray, int], np.ndarray] |
     """``augment_fn(batch, seed)`` of the configured policy, or None for policy ``none``."""
     if cfg.augment.policy == "none":
         return None
-    from augment.policies import augment_batch, build_policy
 
     policy = build_policy(cfg.augment.policy, **dict(cfg.augment.strengths))
     return functools.partial(augment_batch, policy)
@@ -257,8 +195,6 @@ def predict_probs(model: Any, data: TrainData, indices: np.ndarray, *, crop: int
     from pipelines.inputs import cropped_array, make_eval_dataset
 
     if tta:
-        from augment.tta import tta_predict
-
         crops = cropped_array(data.images, crop, indices)
 
         def predict_fn(x: np.ndarray) -> np.ndarray:
@@ -373,8 +309,6 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
         k = data.num_classes
         train_ds = train_ds.map(lambda x, y: (x, _one_hot(y, k)))
     if train_cfg.mixup > 0 or train_cfg.cutmix > 0:
-        from augment.mixing import mix_batch
-
         train_ds = train_ds.map(lambda x, y: mix_batch(x, y, mixup=train_cfg.mixup, cutmix=train_cfg.cutmix,
                                                        prob=train_cfg.mix_prob))
     class_weight = None
@@ -434,8 +368,6 @@ class TrainResult:
 
 def model_metadata(cfg: RunConfig, data: TrainData) -> dict[str, Any]:
     """What prediction needs next to the model (see ``experiments.tracking.base.META_KEYS``)."""
-    from models import describe_backbone
-    from pipelines.preprocess import PREPROCESS_VERSION
 
     return {
         "size": cfg.data.size, "crop": cfg.data.crop, "preprocess_version": PREPROCESS_VERSION,
@@ -457,8 +389,6 @@ def data_tags(data: TrainData) -> dict[str, str]:
 
 
 def _log_split_report(tracker: Any, split: str, metrics: Mapping[str, Any], data: TrainData) -> None:
-    from experiments.reporting.plots import confusion_figure
-
     tracker.log_text(per_class_csv(metrics, data.class_slugs, data.class_names), f"per_class_metrics_{split}.csv")
     fig = confusion_figure(metrics["confusion"], data.class_names, title=f"{split} confusion matrix (row-normalised)")
     tracker.log_figure(fig, f"confusion_matrix_{split}.png")
@@ -493,9 +423,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     """
     import keras
 
-    from models import build_model
-    from experiments.reporting.plots import learning_curves_figure
-    from experiments.tracking.base import NullTracker, git_commit, package_versions
+    from pipelines.inputs import cropped_array
 
     tracker = tracker if tracker is not None else NullTracker()
     data = data if data is not None else load_training_data(cfg.data, data_path)
@@ -546,8 +474,6 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
                 run_id=getattr(tracker, "run_id", None))
     model_uri = None
     if log_model:
-        from pipelines.inputs import cropped_array
-
         example = cropped_array(data.images, cfg.data.crop, data.val[:1]).astype(np.float32)
         model_uri = tracker.log_keras_model(model, meta=meta, input_example=example)
     log.info("val: accuracy %.4f, balanced accuracy %.4f, macro-F1 %.4f (best epoch %d of %d%s)",

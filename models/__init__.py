@@ -11,12 +11,20 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+from dataclasses import asdict
 from typing import Any
 
 from models.head import EMBEDDING_LAYER, OUTPUT_LAYER, add_head
-from models.registry import BACKBONES, get_backbone, register, resolve_params
+from models.registry import (
+    BACKBONES,
+    PRECISIONS,
+    backbone_params,
+    get_backbone,
+    register,
+)
 from pipelines.classes import NUM_CLASSES
 from pipelines.errors import ConfigError
+from pipelines.io import plain
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +41,11 @@ def backbone_names() -> tuple[str, ...]:
     return tuple(sorted(BACKBONES))
 
 
-def backbone_params(model_cfg: Any) -> dict[str, Any]:
-    """The parameters of ``model_cfg``'s backbone: defaults plus ``model.params``, validated."""
-    get_backbone(model_cfg.name)
-    return resolve_params(model_cfg.name, model_cfg.params)
 
 
-def build_model(model_cfg: Any = None, input_size: int = 88, num_classes: int = NUM_CLASSES, *,
+def build_model(model_cfg: Any, input_size: int = 88, num_classes: int = NUM_CLASSES, *,
                 precision: str = "float32") -> Any:
-    """Build the (uncompiled) Keras model of ``model_cfg`` (None: the reference CNN).
+    """Build the (uncompiled) Keras model of ``model_cfg``.
 
     Parameters
     ----------
@@ -56,9 +60,7 @@ def build_model(model_cfg: Any = None, input_size: int = 88, num_classes: int = 
     """
     import keras
 
-    from experiments.config import PRECISIONS, ModelConfig
-
-    cfg = model_cfg or ModelConfig()
+    cfg = model_cfg
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is unknown; use one of: {', '.join(PRECISIONS)}")
     builder = get_backbone(cfg.name)
@@ -74,9 +76,5 @@ def build_model(model_cfg: Any = None, input_size: int = 88, num_classes: int = 
 
 def describe_backbone(model_cfg: Any) -> dict[str, Any]:
     """The backbone name and its parameters, as saved in every model's metadata (to rebuild and explain it)."""
-    from dataclasses import asdict
-
-    from experiments.config import plain
-
     params = plain(asdict(model_cfg))
     return {"backbone": params.pop("name"), "backbone_params": params}

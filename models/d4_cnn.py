@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.registry import register
+from models.registry import backbone_params, register
 from pipelines.errors import ConfigError
 
 
@@ -36,7 +36,6 @@ def build_d4_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
     """The D4-equivariant feature extractor (see the module docstring)."""
     import keras
 
-    from models import backbone_params
     from models.layers.d4 import D4Conv, D4Invariant, D4Lift, D4MaxPool
 
     p = backbone_params(cfg)

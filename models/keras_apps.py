@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from models.registry import register
+from models.registry import backbone_params, register
 
 EFFICIENTNETV2 = ("B0", "B1", "B2", "B3", "S")
 CONVNEXT = ("Tiny", "Small")
@@ -46,8 +46,6 @@ def build_efficientnetv2(inputs: Any, cfg: Any, dtype: Any) -> Any:
     """``keras.applications.EfficientNetV2<variant>`` without its top, average-pooled."""
     import keras
 
-    from models import backbone_params
-
     variant = backbone_params(cfg)["variant"]
     return _pooled(getattr(keras.applications, f"EfficientNetV2{variant}"), inputs, dtype, cfg)
 
@@ -56,8 +54,6 @@ def build_efficientnetv2(inputs: Any, cfg: Any, dtype: Any) -> Any:
 def build_convnext(inputs: Any, cfg: Any, dtype: Any) -> Any:
     """``keras.applications.ConvNeXt<variant>`` without its top, average-pooled."""
     import keras
-
-    from models import backbone_params
 
     variant = backbone_params(cfg)["variant"]
     return _pooled(getattr(keras.applications, f"ConvNeXt{variant}"), inputs, dtype, cfg)

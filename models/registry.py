@@ -13,6 +13,9 @@ from typing import Any
 
 from pipelines.errors import ConfigError
 
+#: Keras dtype policies a model may be built with (set per layer, never as global Keras state).
+PRECISIONS: tuple[str, ...] = ("float32", "mixed_bfloat16")
+
 #: A backbone builder: ``(inputs, model_cfg, dtype_policy) -> rank-2 feature tensor``.
 Builder = Callable[[Any, Any, Any], Any]
 
@@ -70,3 +73,8 @@ def get_backbone(name: str) -> Builder:
     except KeyError:
         raise ConfigError(f"config key model.name={name!r} is not a registered backbone; use one of: "
                           f"{', '.join(sorted(BACKBONES))}") from None
+
+def backbone_params(model_cfg: Any) -> dict[str, Any]:
+    """The parameters of ``model_cfg``'s backbone: defaults plus ``model.params``, validated."""
+    get_backbone(model_cfg.name)
+    return resolve_params(model_cfg.name, model_cfg.params)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.registry import register
+from models.registry import backbone_params, register
 
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 10: (1, 1, 1, 1)}
 
@@ -27,8 +27,6 @@ PARAMS = {
 def build_resnet(inputs: Any, cfg: Any, dtype: Any) -> Any:
     """The ResNet feature extractor (see the module docstring)."""
     import keras
-
-    from models import backbone_params
 
     p = backbone_params(cfg)
     blocks = BLOCKS[p["depth"]]

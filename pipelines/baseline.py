@@ -8,10 +8,16 @@ from typing import Any
 
 import numpy as np
 from sklearn.dummy import DummyClassifier
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    recall_score,
+)
 
 from pipelines.classes import CLASS_NAMES, CLASS_SLUGS
 from pipelines.errors import DataError
+from pipelines.reader import Galaxy10File
 from pipelines.splits import Split
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,6 @@ def score_baseline(data_path: str | os.PathLike, split: Split) -> dict[str, Any]
 
     The result also names the data (path, short fingerprint, ``synthetic``) and the split seed.
     """
-    from pipelines.reader import Galaxy10File
 
     with Galaxy10File(data_path) as f:
         labels = f.labels()

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from pipelines.errors import DataError
 
@@ -141,3 +145,8 @@ class ClassSet:
 
 #: The Galaxy10 DECaLS class set.
 GALAXY10 = ClassSet(CLASS_NAMES, CLASS_SLUGS)
+
+def absent_classes(y_true: Any, class_slugs: Sequence[str]) -> list[str]:
+    """Slugs of the classes with no image in ``y_true``: macro metrics average over the others."""
+    support = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(class_slugs))
+    return [slug for slug, n in zip(class_slugs, support) if n == 0]

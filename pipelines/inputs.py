@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from augment.targeting import class_mix, oversample_indices
+from pipelines.classes import CLASS_SLUGS
 from pipelines.errors import ConfigError, DataError
 from pipelines.preprocess import center_crop
 
@@ -65,8 +67,6 @@ class EpochPlanner:
 
     def __init__(self, labels: np.ndarray, rows: np.ndarray, multipliers: np.ndarray | None, seed: int,
                  class_slugs: Sequence[str] | None = None) -> None:
-        from pipelines.classes import CLASS_SLUGS
-
         self.labels = np.asarray(labels)
         self.rows = rows
         self.multipliers = multipliers
@@ -85,7 +85,6 @@ class EpochPlanner:
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(rows, seeds)`` of ``epoch``: shuffled (oversampled) row indices and one seed per sample."""
-        from augment.targeting import oversample_indices
 
         rng = np.random.default_rng([self.seed, int(epoch)])
         sub_labels = self.labels[self.rows].astype(np.int64)
@@ -104,7 +103,6 @@ class EpochPlanner:
 
     def next_epoch(self) -> tuple[np.ndarray, np.ndarray]:
         """Plan the next epoch and record its class mix (thread-safe)."""
-        from augment.targeting import class_mix
 
         with self._lock:
             epoch = self.epoch

@@ -10,9 +10,13 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +116,6 @@ class DuplicateKeyError(ValueError):
 
 def load_yaml_text(text: str) -> Any:
     """``yaml.safe_load`` that refuses duplicate keys (:class:`DuplicateKeyError` names the key and line)."""
-    import yaml
 
     class _StrictLoader(yaml.SafeLoader):
         pass
@@ -141,9 +144,6 @@ def read_yaml_file(path: str | os.PathLike, *, what: str, example: str) -> Any:
     ConfigError
         If the file does not exist or is not valid YAML.
     """
-    import yaml
-
-    from pipelines.errors import ConfigError
 
     p = Path(path)
     if not p.is_file():
@@ -189,3 +189,11 @@ def reserve_space(path: str | os.PathLike, nbytes: int | None = None) -> None:
         log.debug("file system of %s cannot preallocate (%s)", path, os_error_reason(err))
     finally:
         os.close(fd)
+
+def plain(value: Any) -> Any:
+    """A copy of nested mappings/sequences as plain dicts (string keys) and lists, for JSON and YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

@@ -27,6 +27,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
+
 from pipelines.errors import ConfigError
 from pipelines.io import _host_slug, is_temp_name, os_error_reason, remove_stale_temps
 
@@ -99,8 +101,6 @@ def platform_wrote_file(path: str | os.PathLike) -> bool:
 
 
 def _h5_owned(path: Path) -> bool:
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: f.attrs[k] for k in f.attrs.keys()}

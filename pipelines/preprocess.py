@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from pipelines.errors import DataError
 from pipelines.io import atomic_path, os_error_reason, reserve_space
 from pipelines.paths import default_cache_dir
+from pipelines.reader import data_fingerprint, opened, validate_galaxy10
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,6 @@ def _open_cache(path: Path, side: int) -> np.ndarray:
 
 def _build_cache(data_path: Path, path: Path, size: int, crop: int | None, source: Any = None) -> None:
     """Stream the HDF5 images in batches, resize (and crop) them, and write ``path`` atomically."""
-    from pipelines.reader import opened
 
     side = crop if crop is not None else size
     with opened(data_path, source) as f:
@@ -193,7 +193,6 @@ def load_resized(data_path: str | os.PathLike, *, size: int = 128, crop: int | N
 
     ``source``: the caller's open ``Galaxy10File`` of ``data_path`` (read instead of opening it again).
     """
-    from pipelines.reader import data_fingerprint, validate_galaxy10
 
     size = _check_size(size, "size")
     if crop is not None and _check_size(crop, "crop") > size:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from pipelines.classes import NUM_CLASSES
 from pipelines.errors import ConfigError, DataError
 from pipelines.io import write_json_atomic
+from pipelines.reader import data_fingerprint, opened, validate_galaxy10
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,6 @@ def image_hashes(data_path: str | os.PathLike, batch_size: int = HASH_BATCH_SIZE
 
     ``source``: the caller's open ``Galaxy10File`` of ``data_path`` (else the file is opened here).
     """
-    from pipelines.reader import opened
 
     with opened(data_path, source) as f:
         n = f.info.n_images
@@ -165,7 +165,6 @@ def find_groups(data_path: str | os.PathLike, *, source: Any = None) -> tuple[np
     n_multi_groups : int
         How many groups have more than one member (duplicate groups).
     """
-    from pipelines.reader import opened
 
     with opened(data_path, source) as f:
         hashes = image_hashes(data_path, source=f)
@@ -254,7 +253,6 @@ def make_split(path: str | os.PathLike, *, test_fraction: float = 0.1, val_fract
                seed: int = 42, source: Any = None) -> Split:
     """Make a group-aware stratified split of the Galaxy10 file at ``path`` (not saved; ``source``: its
     open ``Galaxy10File``, else it is opened here)."""
-    from pipelines.reader import data_fingerprint, opened
 
     _check_fractions(test_fraction, val_fraction)
     with opened(path, source) as f:
@@ -348,7 +346,6 @@ def load_split(path: str | os.PathLike, data_path: str | os.PathLike) -> Split:
     DataError
         If the file is malformed or its fingerprint differs from the data's.
     """
-    from pipelines.reader import data_fingerprint
 
     path = Path(path)
     try:
@@ -377,7 +374,6 @@ def ensure_split(data_path: str | os.PathLike, *, test_fraction: float | None = 
     A parameter given as None takes the saved split's value (the default 0.1 / 0.1 / 42 when none is saved).
     ``source``: the caller's open (validated) ``Galaxy10File`` of ``data_path``.
     """
-    from pipelines.reader import validate_galaxy10
 
     if source is None:
         validate_galaxy10(data_path)  # a missing or broken file fails here with the reader's message

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import cv2
 import galsim
 import h5py
 import numpy as np
@@ -139,8 +140,6 @@ def _render_chunk(start: int, labels: np.ndarray, seeds: list[np.random.SeedSequ
 
 
 def _worker_init() -> None:
-    import cv2  # one thread per process: the processes already use every core
-
     cv2.setNumThreads(1)
 
 

@@ -10,7 +10,15 @@ import pytest
 
 from experiments.config import ModelConfig, load_config
 from models import EMBEDDING_LAYER, backbone_names, build_model
-from models.layers.d4 import COMPOSE, INVERSE, ORDER, D4Conv, D4Lift, transform, transform_feature_map
+from models.layers.d4 import (
+    COMPOSE,
+    INVERSE,
+    ORDER,
+    D4Conv,
+    D4Lift,
+    transform,
+    transform_feature_map,
+)
 from pipelines.errors import ConfigError
 
 
@@ -122,10 +130,10 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, se
     from PIL import Image
 
     from ensembles.serving import Branch, EnsembleModel, load_ensemble, save_ensemble
-    from experiments.tracking.loading import load_model_bundle
     from experiments.cli import main as cli_main
     from experiments.serving.predictor import load_predictor
     from experiments.serving.web import create_app
+    from experiments.tracking.loading import load_model_bundle
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     ids = []

@@ -22,9 +22,9 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import bomb_png, png_bytes, write_galaxy10_h5
 from PIL import Image
 
-from conftest import bomb_png, png_bytes, write_galaxy10_h5
 from experiments.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]

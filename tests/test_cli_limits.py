@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_study_in, tiny_tune_yaml
 from PIL import Image
 
-from conftest import tiny_study_in, tiny_tune_yaml
 from experiments.cli import build_parser
 from experiments.cli import main as cli_main
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import keep_mlflow_tracking_uri, tiny_images
 from PIL import Image
 
-from conftest import keep_mlflow_tracking_uri, tiny_images
 from experiments.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,15 @@ import pytest
 
 from ensembles import second_stage as ss
 from ensembles.config import config_from_dict, read_config_yaml
-from ensembles.crossfit import Fold, FoldRecord, check_records, crossfit, cv_predict_proba, cv_splits, make_folds
+from ensembles.crossfit import (
+    Fold,
+    FoldRecord,
+    check_records,
+    crossfit,
+    cv_predict_proba,
+    cv_splits,
+    make_folds,
+)
 from ensembles.stacking import fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
 from pipelines.errors import ConfigError, DataError

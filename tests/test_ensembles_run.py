@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import TinyStudy, keep_mlflow_tracking_uri, tiny_study_in
+
 from experiments.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +55,9 @@ def comparison(tiny_study: TinyStudy):  # noqa: ANN201 - experiments.ensembling.
 def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch: pytest.MonkeyPatch) -> None:
     """Index bookkeeping with the real CNN: what each fold model trained on vs what it embedded."""
     from ensembles.config import config_from_dict
-    from experiments.ensembling.candidates import _Context, run_crossfit
-    from experiments.ensembling.members import load_study_data, study_members
     from experiments import training
+    from experiments.ensembling.candidates import BuildContext, run_crossfit
+    from experiments.ensembling.members import load_study_data, study_members
 
     members = study_members("tiny", storage_url=in_study.storage, tracking_uri=in_study.tracking_uri, top_k=1)
     data = load_study_data(members, None)
@@ -70,7 +70,7 @@ def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch
 
     monkeypatch.setattr(training, "fit", spy_fit)
     cfg = config_from_dict({**CROSSFIT_CFG, "crossfit": {"folds": 3}, "seed": 7})
-    ctx = _Context(cfg=cfg, data=data, members=members, tracking_uri=in_study.tracking_uri,
+    ctx = BuildContext(cfg=cfg, data=data, members=members, tracking_uri=in_study.tracking_uri,
                       y_val=data.labels[data.val])
     result = run_crossfit(ctx)
     assert len(fitted_on) == 3 and result.cached_folds == 0
@@ -160,9 +160,10 @@ def test_comparison_table_chart_and_registered_winner(comparison, tiny_study: Ti
 def test_every_pyfunc_model_reloads_and_predicts_as_in_memory(comparison, in_study: TinyStudy) -> None:  # noqa: ANN001
     import mlflow.pyfunc
 
-    from experiments.tracking.loading import load_model_bundle, predict_images
-    from pipelines.reader import Galaxy10File
+    from experiments.serving.predictor import predict_images
+    from experiments.tracking.loading import load_model_bundle
     from pipelines.preprocess import prepare_images
+    from pipelines.reader import Galaxy10File
 
     with Galaxy10File(in_study.data) as f:
         raw64 = np.asarray(f.images(np.arange(6)))

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from experiments.evaluation import absent_classes, class_recall, classification_metrics, per_class_table, prefixed, scalar_metrics
-from pipelines.classes import CLASS_SLUGS
+from experiments.evaluation import (
+    class_recall,
+    classification_metrics,
+    per_class_table,
+    prefixed,
+    scalar_metrics,
+)
+from pipelines.classes import CLASS_SLUGS, absent_classes
 from pipelines.errors import DataError
 
 

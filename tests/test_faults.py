@@ -36,13 +36,13 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from conftest import TinyStudy, tiny_study_in, tiny_tune_yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
-
-from conftest import TinyStudy, tiny_study_in, tiny_tune_yaml
-from experiments.cli import main as cli_main
 from test_scaleout import mlflow_server
+
+from experiments.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "configs" / "smoke.yaml"

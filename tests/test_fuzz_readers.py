@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_galaxy10_h5
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import write_galaxy10_h5
-from pipelines.images import check_image_header, decode_image
 from pipelines.errors import DataError
+from pipelines.images import check_image_header, decode_image
 from pipelines.reader import Galaxy10File, validate_galaxy10
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -8,7 +8,12 @@ import pytest
 
 from augment.policies import augment_batch, build_policy
 from pipelines.errors import ConfigError, DataError
-from pipelines.inputs import EpochPlanner, cropped_array, make_eval_dataset, make_train_dataset
+from pipelines.inputs import (
+    EpochPlanner,
+    cropped_array,
+    make_eval_dataset,
+    make_train_dataset,
+)
 from pipelines.preprocess import center_crop
 
 

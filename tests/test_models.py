@@ -21,7 +21,7 @@ def _layers(model, cls):
 
 
 def test_reference_cnn_architecture():
-    model = build_model()
+    model = build_model(ModelConfig())
     assert model.input_shape == (None, 88, 88, 3) and model.output_shape == (None, 10)
     convs = _layers(model, keras.layers.Conv2D)
     assert [c.filters for c in convs] == [32, 32, 64, 64]
@@ -86,7 +86,7 @@ def test_bad_shapes_and_precision():
     with pytest.raises(ConfigError, match="pooling"):
         build_model(ModelConfig(filters=(4,) * 6), input_size=32)
     with pytest.raises(ConfigError, match="precision"):
-        build_model(precision="float16")
+        build_model(ModelConfig(), precision="float16")
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ REFERENCE_LAYERS = [
 
 
 def test_reference_cnn_is_unchanged_by_the_registry():
-    model = build_model()
+    model = build_model(ModelConfig())
     assert [(layer.name, type(layer).__name__) for layer in model.layers] == REFERENCE_LAYERS
     assert model.name == "galaxy10_cnn"
     keras.utils.set_random_seed(3)

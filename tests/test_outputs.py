@@ -20,7 +20,12 @@ from PIL import Image
 
 from experiments.cli import main as cli_main
 from pipelines.errors import ConfigError
-from pipelines.outputs import MARKER_NAME, check_output_dir, output_dir, platform_wrote_file
+from pipelines.outputs import (
+    MARKER_NAME,
+    check_output_dir,
+    output_dir,
+    platform_wrote_file,
+)
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -127,8 +132,8 @@ def test_stale_temporary_folder_of_a_killed_writer_is_removed(tmp_path: Path) ->
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     dead = int(proc.stdout)
-    import socket
     import re
+    import socket
 
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
     stale = tmp_path / f".rep.pid{dead}@{host}.abc.tmp"

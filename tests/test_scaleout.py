@@ -33,10 +33,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import tiny_tune_yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from conftest import tiny_tune_yaml
 from experiments.cli import main as cli_main
 from pipelines.io import pid_alive
 

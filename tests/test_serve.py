@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
 from PIL import Image
 
-from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
 from experiments.serving.predictor import load_predictor
 from experiments.serving.web import create_app
 

@@ -17,7 +17,12 @@ from pipelines.reader import provenance, validate_galaxy10
 from pipelines.synth_gallery import gallery_title, make_gallery, pick_examples
 from pipelines.synth_params import class_counts
 from pipelines.synth_render import render_image
-from pipelines.synthetic import GENERATOR, GENERATOR_VERSION, render_dataset, synthetic_labels
+from pipelines.synthetic import (
+    GENERATOR,
+    GENERATOR_VERSION,
+    render_dataset,
+    synthetic_labels,
+)
 
 N, SIZE = 50, 64
 

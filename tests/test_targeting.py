@@ -13,7 +13,13 @@ from augment.targeting import (
     multipliers_from_targets,
     oversample_indices,
 )
-from pipelines.classes import GALAXY10, CLASS_SLUGS, NUM_CLASSES, REFERENCE_RECALL, class_index
+from pipelines.classes import (
+    CLASS_SLUGS,
+    GALAXY10,
+    NUM_CLASSES,
+    REFERENCE_RECALL,
+    class_index,
+)
 from pipelines.errors import ConfigError, DataError
 
 

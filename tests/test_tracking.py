@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from experiments.config import flatten, load_config
+from experiments.serving.predictor import predict_images
 from experiments.tracking.base import META_ARTIFACT, NullTracker, Tracker, git_commit
-from experiments.tracking.loading import load_model_bundle, load_prediction_model, predict_images
+from experiments.tracking.loading import load_model_bundle, load_prediction_model
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import default_champion_uri
 from experiments.tracking.runs import run_val_recall
 from experiments.tracking.store import resolve_tracking_uri, set_tracking_uri
-from experiments.config import flatten, load_config
 from experiments.training import train
 from pipelines.errors import ConfigError, ModelError
 from pipelines.preprocess import center_crop, load_resized

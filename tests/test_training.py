@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_galaxy10_h5
 
 from augment.tta import dihedral_view
-from conftest import write_galaxy10_h5
 from experiments.config import flatten, load_config
-from models import build_model
+from experiments.tracking.base import NullTracker
 from experiments.training import (
     TrainData,
     balanced_class_weights,
@@ -20,7 +20,7 @@ from experiments.training import (
     resolve_multipliers,
     train,
 )
-from experiments.tracking.base import NullTracker
+from models import build_model
 from pipelines.classes import CLASS_SLUGS
 from pipelines.errors import ConfigError
 from pipelines.preprocess import center_crop

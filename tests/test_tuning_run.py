@@ -16,15 +16,15 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import tiny_tune_yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from conftest import tiny_tune_yaml
+from experiments.cli import main as cli_main
+from experiments.tracking.base import NullTracker
 from experiments.tuning.plots import save_plots
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import COUNTED_STATES, load_existing_study
-from experiments.cli import main as cli_main
-from experiments.tracking.base import NullTracker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -258,6 +258,7 @@ def test_the_top_k_trials_keep_their_models_for_voting(tmp_path: Path) -> None:
     """Issue 13: with log_models: top_k (the default), every trial among the final top ``keep_models``
     has a logged model, so `galaxy10 ensemble` can vote with them (here k = 2 of 4 trials)."""
     from conftest import tiny_study_in
+
     from experiments.tuning.search_space import parse_study
 
     assert parse_study({}, "s").log_models == "top_k" and parse_study({}, "s").keep_models == 3

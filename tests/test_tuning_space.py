@@ -7,7 +7,16 @@ import optuna
 import pytest
 import yaml
 
-from experiments.tuning.search_space import assignments, load_tune_config, parse_search_space, parse_study, space_hash, suggest, to_overrides, yaml_scalar
+from experiments.tuning.search_space import (
+    assignments,
+    load_tune_config,
+    parse_search_space,
+    parse_study,
+    space_hash,
+    suggest,
+    to_overrides,
+    yaml_scalar,
+)
 from pipelines.errors import ConfigError
 
 SPACE = {

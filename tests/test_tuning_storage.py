@@ -7,11 +7,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from experiments.tuning.search_space import space_hash
+from experiments.cli import main as cli_main
+from experiments.tuning.search_space import parse_tune_config, space_hash
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import fail_stale_trials, open_study
-from experiments.cli import main as cli_main
-from experiments.tuning.search_space import parse_tune_config
 from pipelines.errors import ConfigError
 
 SPACE = {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}
@@ -96,8 +95,8 @@ def test_existing_study_with_other_data_is_refused() -> None:
 def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
-
     from conftest import write_galaxy10_h5
+
     from pipelines.reader import data_fingerprint
 
     first = write_galaxy10_h5(tmp_path / "first.h5", n=60, size=32, seed=0)

@@ -5,6 +5,8 @@ import argparse
 import json
 from typing import Any
 
+from experiments.commands.common import add_data_argument, add_json_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 baseline``."""
@@ -13,13 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fit DummyClassifier(strategy='most_frequent') on the train labels and score it on "
                     "the test split (accuracy, balanced accuracy, macro-F1, per-class recall). Uses the "
                     "saved split of the data file, making it first if needed.")
-    parser.add_argument("--data", default=None, metavar="FILE",
-                        help="Galaxy10 HDF5 file (default: data/Galaxy10_DECals.h5 if present, "
-                             "else data/galaxy10_synthetic.h5)")
+    add_data_argument(parser)
     parser.add_argument("--seed", type=int, default=None,
                         help="split seed (default: the saved split's, else 42); a saved split made with another "
                              "seed is refused, never replaced")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_json_argument(parser, "the metrics")
     parser.set_defaults(func=run)
 
 

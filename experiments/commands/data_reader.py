@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from experiments.commands.common import add_force_argument
+from experiments.commands.common import add_force_argument, add_json_argument
 from pipelines.errors import DataError
 
 IMPORT_EPILOG = """\
@@ -171,7 +171,7 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     info.add_argument("file", nargs="?", default=None,
                       help="HDF5 file (default: data/Galaxy10_DECals.h5 if present, else "
                            "data/galaxy10_synthetic.h5)")
-    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_json_argument(info, "the facts")
     info.add_argument("--no-groups", action="store_true",
                       help="skip the duplicate scan (reads every image) when no split is saved")
     info.set_defaults(func=run_info)

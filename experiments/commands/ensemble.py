@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.tuning.search_space import DEFAULT_STORAGE
+from experiments.commands.common import (
+    add_data_argument,
+    add_overrides_argument,
+    add_storage_argument,
+    add_study_argument,
+    add_tracking_uri_argument,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,15 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "split only (cross-fitted or cross-validated so no model scores images it was fit on), log one "
                     "'ensemble comparison' MLflow run with a nested run and a pyfunc model per candidate, and register "
                     "the winner as <study>-ensemble@champion. The test split is never used.")
-    parser.add_argument("--study", required=True, help="name of a study made by `galaxy10 tune`")
+    add_study_argument(parser)
     parser.add_argument("--config", required=True, help="ensemble YAML, e.g. experiments/configs/ensemble.yaml")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
-    parser.add_argument("--tracking-uri",
-                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    parser.add_argument("--data", metavar="FILE",
-                        help="the study's data file, if it moved since the study ran (its fingerprint must match)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the ensemble config, e.g. --set mode=crossfit (repeatable)")
+    add_storage_argument(parser)
+    add_tracking_uri_argument(parser)
+    add_data_argument(parser, study=True)
+    add_overrides_argument(parser, "the ensemble config", "mode=crossfit")
     parser.set_defaults(func=run)
 
 

@@ -10,13 +10,13 @@ MODEL_HELP = ("NAME@alias (registered model alias), a run id, runs:/<run_id>/mod
 
 #: Largest --top (no class set is larger: the importer accepts at most a few hundred classes).
 MAX_TOP = 1000
+from experiments.commands.common import add_tracking_uri_argument
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model`` and ``--tracking-uri``, shared with ``galaxy10 serve``."""
     parser.add_argument("--model", default=None, metavar="REF", help=MODEL_HELP)
-    parser.add_argument("--tracking-uri", default=None, metavar="URL",
-                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    add_tracking_uri_argument(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

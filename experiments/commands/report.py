@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.tuning.search_space import DEFAULT_STORAGE
+from experiments.commands.common import (
+    add_data_argument,
+    add_storage_argument,
+    add_study_argument,
+    add_tracking_uri_argument,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,16 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "winner (if `galaxy10 ensemble` was run) ONCE on the test split, log those numbers to MLflow "
                     "and write report.html (self-contained), report.md and the PNGs into --out; the files are "
                     "also logged under report/ on the study's MLflow parent run.")
-    parser.add_argument("--study", required=True, help="name of a study made by `galaxy10 tune`")
+    add_study_argument(parser)
     parser.add_argument("--out", help="output folder (default: reports/<study>): new, empty or a previous report, "
                                       "which is replaced atomically; other folders are refused unless --force")
     parser.add_argument("--force", action="store_true",
                         help="write the report into a folder holding other files (they are kept, never deleted)")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
-    parser.add_argument("--tracking-uri",
-                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    parser.add_argument("--data", metavar="FILE",
-                        help="the study's data file, if it moved since the study ran (its fingerprint must match)")
+    add_storage_argument(parser)
+    add_tracking_uri_argument(parser)
+    add_data_argument(parser, study=True)
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% confidence intervals (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")

@@ -6,9 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from experiments.tuning.search_space import DEFAULT_STORAGE
-
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from experiments.commands.common import add_storage_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,11 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")
     sub.required = True
     p_list = sub.add_parser("list", help="every study in the storage with trial counts and best value")
-    p_list.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    add_storage_argument(p_list)
     p_list.set_defaults(func=run_list)
     p_show = sub.add_parser("show", help="one study: trials, states, values, best value and parameters")
     p_show.add_argument("name", help="study name")
-    p_show.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    add_storage_argument(p_show)
     p_show.set_defaults(func=run_show)
 
 
@@ -66,7 +65,16 @@ def run_list(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
     from experiments.tuning.storage import open_storage
-    from experiments.tuning.study import ATTR_EXPERIMENT, ATTR_METRIC, ATTR_PARENT_RUN, ATTR_TRACKING_URI, ATTR_TRIAL_RUN, best_trial, load_existing_study, state_counts
+    from experiments.tuning.study import (
+        ATTR_EXPERIMENT,
+        ATTR_METRIC,
+        ATTR_PARENT_RUN,
+        ATTR_TRACKING_URI,
+        ATTR_TRIAL_RUN,
+        best_trial,
+        load_existing_study,
+        state_counts,
+    )
 
     storage = open_storage(args.storage, must_exist=True)
     study = load_existing_study(args.name, storage)

@@ -6,6 +6,14 @@ import contextlib
 import json
 import sys
 
+from experiments.commands.common import (
+    DATA_HELP,
+    add_data_argument,
+    add_json_argument,
+    add_overrides_argument,
+    add_tracking_uri_argument,
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 train``."""
@@ -18,18 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, metavar="YAML",
                         help="run config, e.g. experiments/configs/reference.yaml (holds only what differs "
                              "from the defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=3 (repeatable; values are YAML)")
-    parser.add_argument("--data", default=None, metavar="FILE",
-                        help="Galaxy10 HDF5 file (overrides data.path; default: data/Galaxy10_DECals.h5 if "
-                             "present, else data/galaxy10_synthetic.h5)")
-    parser.add_argument("--tracking-uri", default=None, metavar="URI",
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    add_overrides_argument(parser, "a config value", "train.epochs=3")
+    add_data_argument(parser, help=f"overrides data.path; {DATA_HELP}")
+    add_tracking_uri_argument(parser)
     parser.add_argument("--score-test", action="store_true",
                         help="also score the held-out TEST split (do this once, for the final model)")
     parser.add_argument("--no-log-model", dest="log_model", action="store_false",
                         help="do not log the model itself (metrics and reports are still logged)")
-    parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    add_json_argument(parser, "the run summary")
     parser.set_defaults(func=run)
 
 
@@ -49,10 +53,10 @@ def format_summary(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, open an MLflow run, train, print the summary."""
+    from experiments.config import AUTO_TARGETS, load_config
     from experiments.tracking.mlflow_tracker import MlflowTracker
     from experiments.tracking.runs import run_val_recall
     from experiments.tracking.store import set_tracking_uri
-    from experiments.config import AUTO_TARGETS, load_config
     from experiments.training import load_training_data, summary, train
 
     cfg = load_config(args.config, args.overrides)

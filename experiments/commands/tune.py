@@ -4,6 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from experiments.commands.common import (
+    add_data_argument,
+    add_overrides_argument,
+    add_storage_argument,
+    add_tracking_uri_argument,
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 tune``."""
@@ -20,15 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="stop starting new trials after this many seconds (default: study.timeout)")
     parser.add_argument("--workers", type=int,
                         help="worker processes sharing the study, each loading the data once (default: study.workers, 1)")
-    parser.add_argument("--storage",
-                        help="Optuna storage URL (default: study.storage, else sqlite:///optuna.db)")
-    parser.add_argument("--tracking-uri",
-                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    add_storage_argument(parser, default=None)
+    add_tracking_uri_argument(parser)
     parser.add_argument("--no-refit", dest="refit", action="store_false",
                         help="skip the final refit of the best configuration on train + validation (study.refit)")
-    parser.add_argument("--data", help="HDF5 data file (default: data.path of the config, else the default file)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the base run config, e.g. --set train.epochs=3 (repeatable)")
+    add_data_argument(parser, help="HDF5 data file (default: data.path of the config, else the default file)")
+    add_overrides_argument(parser, "the base run config", "train.epochs=3")
     parser.set_defaults(func=run)
 
 
@@ -36,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the study and print its summary; exit 1 if a worker died."""
     from dataclasses import replace
 
-    from experiments.tuning.run import run_study
     from experiments.config import check_study_name
+    from experiments.tuning.run import run_study
     from experiments.tuning.search_space import load_tune_config
 
     tune = load_tune_config(args.config)

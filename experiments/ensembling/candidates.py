@@ -8,16 +8,50 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 from ensembles.config import EnsembleConfig
+from ensembles.crossfit import crossfit, cv_predict_proba, cv_splits, make_folds
+from ensembles.embeddings import CNNEmbedder
+from ensembles.second_stage import (
+    allowed_params,
+    full_proba,
+    make_second_stage,
+    resolve_params,
+)
+from ensembles.serving import Branch, EnsembleModel
+from ensembles.stacking import fit_meta, meta_predict, nested_cv_stack
+from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
+from experiments.config import to_yaml
 from experiments.ensembling.members import Member, StudyMembers, usable_members
+from experiments.evaluation import classification_metrics
+from experiments.tracking.base import NullTracker
+from experiments.tracking.loading import load_model_bundle
+from experiments.tracking.runs import run_val_recall
+from experiments.training import load_training_data, train
+from experiments.tuning.search_space import (
+    PrunerConfig,
+    SamplerConfig,
+    StudyConfig,
+    TuneConfig,
+    assignments,
+    parse_search_space,
+    suggest,
+)
+from experiments.tuning.storage import open_storage
+from experiments.tuning.study import open_study
+from experiments.tuning.workers import route_optuna_logging
 from pipelines.errors import ConfigError, DataError
+from pipelines.io import atomic_path, write_json_atomic
+from pipelines.paths import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +87,21 @@ class BuildContext:
 
 
 def _embedder(model: Any, *, model_id: str, tta: bool, batch_size: int) -> Any:
-    from ensembles.embeddings import CNNEmbedder
-
     return CNNEmbedder(model, tta=tta, batch_size=batch_size, model_id=model_id).fit()
 
 
 def _make_factory(name: str, params: Mapping[str, Any], cfg: EnsembleConfig) -> Callable[[], Any]:
-    from ensembles.second_stage import make_second_stage
-
     # one thread per model unless configured: OpenMP thread pools thrash when cores are shared
     return functools.partial(make_second_stage, name, dict(params), seed=cfg.seed, n_jobs=cfg.n_jobs or 1)
 
 
 def _branch(model: Any, member_cfg: Any, *, tta: bool, name: str, run_id: str | None,
             second: Any = None, meta: Any = None) -> Any:
-    from ensembles.serving import Branch
-
     return Branch(cnn=model, size=int(member_cfg.data.size), crop=int(member_cfg.data.crop), tta=bool(tta),
                   second=second, meta=meta, name=name, run_id=run_id)
 
 
 def _ensemble(ctx: BuildContext, kind: str, branches: list[Any], *, weights: Any = None, description: str = "") -> Any:
-    from ensembles.serving import EnsembleModel
-
     return EnsembleModel(kind=kind, branches=branches, class_names=tuple(ctx.data.class_names),
                          class_slugs=tuple(ctx.data.class_slugs), weights=weights, description=description,
                          batch_size=ctx.cfg.embeddings.batch_size)
@@ -96,7 +122,6 @@ class CrossfitResult:
 
 def crossfit_key(best: Member, data: Any, recipe: Any, n_folds: int, seed: int) -> str:
     """Cache key of a cross-fitting: the recipe, the study run, the data and split, the folds."""
-    from experiments.config import to_yaml
 
     payload = json.dumps({"run": best.run_id, "fingerprint": data.fingerprint, "recipe": to_yaml(recipe),
                           "train": hashlib.sha256(np.asarray(data.train, np.int64).tobytes()).hexdigest(),
@@ -111,13 +136,6 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
     Fold models are cached (``<cache>/crossfit/<key>/fold<k>.keras``) so a re-run reuses them.
     """
     import keras
-
-    from ensembles.crossfit import crossfit, make_folds
-    from experiments.tracking.base import NullTracker
-    from experiments.tracking.runs import run_val_recall
-    from experiments.training import train
-    from pipelines.io import atomic_path, write_json_atomic
-    from pipelines.paths import default_cache_dir
 
     cfg, data, best = ctx.cfg, ctx.data, ctx.members.best
     recipe = best.cfg
@@ -172,8 +190,6 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
 
 def _space_for(cfg: EnsembleConfig) -> dict[str, Any]:
     """``{model: SearchSpace}`` from ``tune.search_space`` (keys ``<model>.<param>``), validated."""
-    from ensembles.second_stage import allowed_params
-    from experiments.tuning.search_space import parse_search_space
 
     by_model: dict[str, dict[str, Any]] = {}
     for key, spec in cfg.tune.search_space.items():
@@ -208,20 +224,6 @@ def tune_second_stage(name: str, base: Mapping[str, Any], space: Any, fit_sets: 
     ``(X, y)`` the second stage is fit on); the study lives in a throw-away SQLite file. Returns
     (best params, best objective: accuracy, or minus the log loss).
     """
-    from ensembles.crossfit import cv_predict_proba, cv_splits
-    from ensembles.second_stage import resolve_params
-    from experiments.evaluation import classification_metrics
-    from experiments.tuning.search_space import (
-        PrunerConfig,
-        SamplerConfig,
-        StudyConfig,
-        TuneConfig,
-        assignments,
-        suggest,
-    )
-    from experiments.tuning.storage import open_storage
-    from experiments.tuning.study import open_study
-    from experiments.tuning.workers import route_optuna_logging
 
     def objective(trial: Any) -> float:
         params = resolve_params(name, {**base, **assignments(space, suggest(trial, space))})
@@ -260,8 +262,6 @@ def _tuned_params(ctx: BuildContext, fit_sets: Sequence[tuple[np.ndarray, np.nda
 
 def vote_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]) -> list[Candidate]:
     """``vote-top<k>`` (equal weights) and ``wvote-top<k>`` (weights fit on val, scored by CV)."""
-    from ensembles.crossfit import cv_splits
-    from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
 
     members = ctx.members.members
     if len(members) < 2:
@@ -296,11 +296,6 @@ def vote_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequ
 def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate]:
     """Candidates from the K fold models: their average, and per-fold second stages (+ stacking)."""
     import keras
-
-    from ensembles.crossfit import cv_predict_proba, cv_splits
-    from ensembles.second_stage import full_proba
-    from ensembles.stacking import fit_meta, meta_predict
-    from ensembles.voting import soft_vote
 
     cfg, data = ctx.cfg, ctx.data
     best = ctx.members.best
@@ -361,8 +356,6 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
 
 def val_cv_candidates(ctx: BuildContext, best_model: Any) -> list[Candidate]:
     """Second stages (and stacks) fit on the best CNN's validation embeddings, scored by (nested) CV."""
-    from ensembles.crossfit import cv_predict_proba, cv_splits
-    from ensembles.stacking import fit_meta, nested_cv_stack
 
     cfg, data = ctx.cfg, ctx.data
     best = ctx.members.best
@@ -410,8 +403,6 @@ def val_cv_candidates(ctx: BuildContext, best_model: Any) -> list[Candidate]:
 
 def member_val_probs(ctx: BuildContext, models: Sequence[Any]) -> list[np.ndarray]:
     """Each member CNN's validation probabilities (its own TTA setting), checked against its run."""
-    from experiments.evaluation import classification_metrics
-    from experiments.training import load_training_data
 
     out = []
     by_size = {int(ctx.data.size): ctx.data}
@@ -436,9 +427,6 @@ def member_val_probs(ctx: BuildContext, models: Sequence[Any]) -> list[np.ndarra
 def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, tracking_uri: str) -> tuple[
         list[Candidate], list[str], dict[str, Any]]:
     """Every candidate of the comparison with honest validation probabilities (see module docstring)."""
-    from threadpoolctl import threadpool_limits
-
-    from experiments.tracking.loading import load_model_bundle
 
     members, notes = usable_members(members, data)
     ctx = BuildContext(cfg=cfg, data=data, members=members, tracking_uri=tracking_uri,
@@ -478,9 +466,6 @@ def convergence_notes(notes: list[str]) -> Iterator[None]:
     A second stage that stops at its iteration limit is still used as fitted; the user reads one line
     (and the comparison run's notes) instead of a ten-line warning per fit. Other warnings pass through.
     """
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from experiments.ensembling.candidates import Candidate
+from experiments.evaluation import paired_difference_se
 
 #: The candidate every ensemble must beat: the study's best CNN alone.
 BASELINE_CANDIDATE = "cnn-best"
@@ -20,7 +21,6 @@ def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Cand
     the paired-bootstrap standard error of the difference (same validation images); otherwise the
     study's best CNN stays champion: an ensemble must not replace it on noise.
     """
-    from experiments.evaluation import paired_difference_se
 
     key = f"val_{metric}"
     top = max(rows, key=lambda r: (r[key], -rows.index(r)))  # ties: the simpler, earlier candidate

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ensembles.config import EnsembleConfig, to_dict
+from ensembles.serving import save_ensemble
 from experiments.ensembling.candidates import (
     Candidate,
     build_candidates,
@@ -24,7 +25,18 @@ from experiments.ensembling.candidates import (
 )
 from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
 from experiments.ensembling.members import load_study_data, study_members
+from experiments.evaluation import classification_metrics, per_class_csv, prefixed
+from experiments.reporting.plots import confusion_figure
+from experiments.tracking.base import git_commit, package_versions
+from experiments.tracking.mlflow_tracker import MlflowTracker
+from experiments.tracking.model_registry import register_champion
+from experiments.tracking.pyfunc import log_ensemble_model
+from experiments.tracking.runs import find_runs, finish_run, set_run_tags
+from experiments.tracking.store import require_tracking_store
+from experiments.training import data_tags
 from pipelines.io import pid_alive
+from pipelines.preprocess import PREPROCESS_VERSION
+from pipelines.reader import Galaxy10File
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +129,12 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], *, title: str) -> Any:
 
 def _example_image(data: Any) -> np.ndarray:
     """One raw validation image from the file, the pyfunc models' input example."""
-    from pipelines.reader import Galaxy10File
 
     with Galaxy10File(data.path) as f:
         return np.asarray(f.images(np.asarray(data.val[:1])))
 
 
 def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str) -> dict[str, Any]:
-    from pipelines.preprocess import PREPROCESS_VERSION
-
     first = candidate.model.branches[0]
     return {"size": int(first.size), "crop": int(first.crop), "preprocess_version": PREPROCESS_VERSION,
             "class_names": list(data.class_names), "class_slugs": list(data.class_slugs),
@@ -143,7 +152,6 @@ def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]
     (SIGKILL, power loss) before it could end its runs. Runs from other hosts, or whose process still
     exists, are left alone. Returns the run ids closed.
     """
-    from experiments.tracking.runs import find_runs, finish_run
 
     host = socket.gethostname()
     reason = "the galaxy10 ensemble command that logged this run stopped without ending it (killed)"
@@ -168,16 +176,6 @@ def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]
 def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tracking_uri: str | None = None,
                    data_path: str | Path | None = None, config_text: str | None = None) -> ComparisonReport:
     """Build every candidate, log the comparison to MLflow and register the winner (see module docs)."""
-    from ensembles.serving import save_ensemble
-    from experiments.evaluation import classification_metrics, per_class_csv, prefixed
-    from experiments.reporting.plots import confusion_figure
-    from experiments.tracking.base import git_commit, package_versions
-    from experiments.tracking.mlflow_tracker import MlflowTracker
-    from experiments.tracking.model_registry import register_champion
-    from experiments.tracking.pyfunc import log_ensemble_model
-    from experiments.tracking.runs import set_run_tags
-    from experiments.tracking.store import require_tracking_store
-    from experiments.training import data_tags
 
     started = time.perf_counter()
     validate_config(cfg)

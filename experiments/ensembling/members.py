@@ -6,6 +6,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from experiments.tracking.runs import get_run_facts, logged_run_config
+from experiments.training import load_training_data
+from experiments.tuning.storage import open_storage
+from experiments.tuning.study import (
+    ATTR_METRIC,
+    ATTR_TRIAL_RUN,
+    load_existing_study,
+    state_counts,
+)
 from pipelines.errors import ConfigError, DataError, ModelError
 
 
@@ -52,14 +61,6 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
     ModelError
         The best trial logged no model.
     """
-    from experiments.tracking.runs import get_run_facts, logged_run_config
-    from experiments.tuning.storage import open_storage
-    from experiments.tuning.study import (
-        ATTR_METRIC,
-        ATTR_TRIAL_RUN,
-        load_existing_study,
-        state_counts,
-    )
 
     storage = open_storage(storage_url, must_exist=True)
     study = load_existing_study(study_name, storage)
@@ -92,7 +93,6 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
 
 def load_study_data(members: StudyMembers, data_path: str | Path | None) -> Any:
     """The best trial's data (its split, size and image limit), checked against the study's fingerprint."""
-    from experiments.training import load_training_data
 
     best = members.best
     path = Path(data_path) if data_path is not None else Path(best.tags.get("data.path") or "")

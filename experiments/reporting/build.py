@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.evaluation import absent_classes
 from experiments.reporting.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci
 from experiments.reporting.contents import EnsembleInfo, Report
 from experiments.reporting.facts import (
@@ -28,7 +27,18 @@ from experiments.reporting.scoring import (
     score_baseline_model,
     score_logged_model,
 )
+from experiments.tracking.base import git_commit
+from experiments.tracking.runs import (
+    get_run_facts,
+    list_run_artifacts,
+    log_artifacts_to_run,
+    logged_run_config,
+    set_run_tags,
+)
+from experiments.tracking.store import require_tracking_store
+from experiments.training import load_training_data
 from experiments.tuning.search_space import DEFAULT_STORAGE
+from pipelines.classes import absent_classes
 from pipelines.errors import ConfigError, DataError, ModelError
 from pipelines.outputs import check_output_dir
 
@@ -59,8 +69,6 @@ def reproduce_commands(study: StudyFacts, *, tracking_uri: str, data_path: str, 
 
 
 def _tune_config_path(parent_run_id: str, tracking_uri: str) -> str | None:
-    from experiments.tracking.runs import list_run_artifacts
-
     logged = list_run_artifacts(parent_run_id, "tune_config", tracking_uri=tracking_uri)
     if not logged:
         return None
@@ -87,15 +95,6 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
     log_artifacts
         Also log the report files under ``report/`` on the study's parent run.
     """
-    from experiments.tracking.base import git_commit
-    from experiments.tracking.runs import (
-        get_run_facts,
-        log_artifacts_to_run,
-        logged_run_config,
-        set_run_tags,
-    )
-    from experiments.tracking.store import require_tracking_store
-    from experiments.training import load_training_data
 
     out = Path(out) if out is not None else Path("reports") / study_name
     check_output_dir(out, what="report", force=force)

@@ -11,7 +11,30 @@ from typing import Any
 import numpy as np
 
 from experiments.reporting.contents import DataCard, EnsembleInfo
+from experiments.tracking.model_registry import registered_alias_version
+from experiments.tracking.runs import (
+    download_run_artifact,
+    find_runs,
+    get_run_facts,
+    list_run_artifacts,
+)
+from experiments.tuning.refit import (
+    ATTR_REFIT_MODEL,
+    ATTR_REFIT_RUN,
+    ATTR_REFIT_TRIAL,
+)
+from experiments.tuning.storage import open_storage
+from experiments.tuning.study import (
+    ATTR_METRIC,
+    ATTR_PARENT_RUN,
+    ATTR_TRACKING_URI,
+    ATTR_TRIAL_RUN,
+    best_trial,
+    load_existing_study,
+    state_counts,
+)
 from pipelines.errors import ConfigError, ModelError
+from pipelines.reader import validate_galaxy10
 
 #: Registered-model name of a study's ensemble winner (``galaxy10 ensemble``): ``<study>-ensemble``.
 ENSEMBLE_MODEL_SUFFIX = "-ensemble"
@@ -50,21 +73,6 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
     ModelError
         The best trial logged no model.
     """
-    from experiments.tuning.refit import (
-        ATTR_REFIT_MODEL,
-        ATTR_REFIT_RUN,
-        ATTR_REFIT_TRIAL,
-    )
-    from experiments.tuning.storage import open_storage
-    from experiments.tuning.study import (
-        ATTR_METRIC,
-        ATTR_PARENT_RUN,
-        ATTR_TRACKING_URI,
-        ATTR_TRIAL_RUN,
-        best_trial,
-        load_existing_study,
-        state_counts,
-    )
 
     storage = open_storage(storage_url, must_exist=True)
     study = load_existing_study(study_name, storage)
@@ -103,7 +111,6 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
 
 def data_card(data: Any, max_images: int | None, split_seed: int) -> DataCard:
     """Describe a loaded ``experiments.training.TrainData`` (whole-file class counts, split sizes)."""
-    from pipelines.reader import validate_galaxy10
 
     info = validate_galaxy10(data.path)
     n = data.num_classes
@@ -125,13 +132,6 @@ def find_ensemble(study_name: str, tracking_uri: str) -> EnsembleInfo:
     winner's registered model is the parent's ``winner.registered_model`` tag. Without such a run the
     registry alias ``<study>-ensemble@champion`` is used, if it exists.
     """
-    from experiments.tracking.model_registry import registered_alias_version
-    from experiments.tracking.runs import (
-        download_run_artifact,
-        find_runs,
-        get_run_facts,
-        list_run_artifacts,
-    )
 
     runs = [r for r in find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
                                           tracking_uri=tracking_uri)

@@ -9,7 +9,21 @@ from typing import Any
 import numpy as np
 
 from experiments.reporting.contents import Report
+from experiments.reporting.figures import (
+    gallery_figure,
+    history_figure,
+    png_bytes,
+    recall_bars_figure,
+)
+from experiments.reporting.plots import confusion_figure, learning_curves_figure
+from experiments.tracking.runs import (
+    download_run_artifact,
+    get_run_facts,
+    list_run_artifacts,
+    metric_histories,
+)
 from pipelines.classes import REFERENCE_RECALL
+from pipelines.reader import Galaxy10File
 
 GALLERY_CLASSES = 3
 GALLERY_PER_CLASS = 6
@@ -22,14 +36,6 @@ EPOCH_HISTORY_KEYS: dict[str, str] = {
 def make_figures(report: Report, *, data: Any, probs_by_key: Mapping[str, np.ndarray], tracking_uri: str,
                  workdir: Path) -> None:
     """Fill ``report.figures`` (PNG bytes) and ``report.figure_notes``."""
-    from experiments.reporting.plots import confusion_figure, learning_curves_figure
-    from experiments.reporting.figures import gallery_figure, history_figure, png_bytes, recall_bars_figure
-    from experiments.tracking.runs import (
-        download_run_artifact,
-        get_run_facts,
-        list_run_artifacts,
-        metric_histories,
-    )
 
     card = report.data
     names = list(card.class_names)
@@ -79,8 +85,6 @@ def make_figures(report: Report, *, data: Any, probs_by_key: Mapping[str, np.nda
 
 
 def _importance_note(report: Report, tracking_uri: str) -> str:
-    from experiments.tracking.runs import download_run_artifact, list_run_artifacts
-
     notes = ""
     if "notes.txt" in list_run_artifacts(report.parent_run_id, tracking_uri=tracking_uri):
         with tempfile.TemporaryDirectory(prefix="galaxy10-report-") as tmp:
@@ -93,7 +97,6 @@ def _importance_note(report: Report, tracking_uri: str) -> str:
 def _gallery(report: Report, data: Any, probs_by_key: Mapping[str, np.ndarray], gallery_figure: Any,
              png_bytes: Any) -> None:
     """Misclassified test images of the final model's weakest classes (lowest test recall)."""
-    from pipelines.reader import Galaxy10File
 
     final = report.model("ensemble") or report.model("cnn")
     if final is None:

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
+from experiments.evaluation import scalar_metrics
 from experiments.reporting.contents import MODEL_KEYS, Report
 from experiments.reporting.scoring import SCORING_RUN_NAME
 from pipelines.classes import REFERENCE_ACCURACY, REFERENCE_RECALL
@@ -85,7 +89,6 @@ def _context(report: Report, embed: bool) -> dict[str, Any]:
 
 def render_html(report: Report) -> str:
     """The self-contained HTML page (figures inlined as base64 PNG, no external resources)."""
-    import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -185,9 +188,6 @@ def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = Fa
     ``out`` follows :func:`pipelines.outputs.output_dir`: a new folder or a previous report is replaced,
     any other non-empty folder is refused unless ``force`` (then the report's files are added to it).
     """
-    import json
-
-    from experiments.evaluation import scalar_metrics
 
     html = render_html(report)
     markdown = render_markdown(report)

@@ -7,8 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from experiments.evaluation import classification_metrics, prefixed
 from experiments.reporting.contents import Report, ScoredModel
+from experiments.serving.predictor import predict_file_rows, predictor_from_loaded
+from experiments.tracking.base import git_commit
+from experiments.tracking.loading import load_prediction_model
+from experiments.tracking.mlflow_tracker import MlflowTracker
+from experiments.tracking.runs import log_metrics_to_run, set_run_tags
+from pipelines.baseline import baseline_metrics, score_baseline
 from pipelines.errors import DataError, ModelError
+from pipelines.splits import ensure_split
 
 #: Name of the MLflow child run that holds the report's test scores.
 SCORING_RUN_NAME = "report test scoring"
@@ -16,8 +24,6 @@ SCORING_RUN_NAME = "report test scoring"
 
 def score_baseline_model(data: Any, cfg: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """Test predictions of the most-frequent-class baseline (``pipelines.baseline``) and its summary."""
-    from pipelines.baseline import baseline_metrics, score_baseline
-    from pipelines.splits import ensure_split
 
     if cfg.data.max_images is None:
         split = ensure_split(data.path, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
@@ -34,8 +40,6 @@ def score_baseline_model(data: Any, cfg: Any) -> tuple[np.ndarray, dict[str, Any
 def score_logged_model(model_uri: str, data_path: Path, indices: np.ndarray) -> np.ndarray:
     """Test probabilities of a logged model (Keras CNN or pyfunc ensemble) from the raw file images,
     through the one :class:`experiments.serving.predictor.Predictor` that ``galaxy10 predict`` and the web page use."""
-    from experiments.serving.predictor import predict_file_rows, predictor_from_loaded
-    from experiments.tracking.loading import load_prediction_model
 
     predictor = predictor_from_loaded(load_prediction_model(model_uri))
     probs = predict_file_rows(predictor, data_path, indices, desc="score on test")
@@ -47,18 +51,12 @@ def score_logged_model(model_uri: str, data_path: Path, indices: np.ndarray) -> 
 
 def _scored(key: str, label: str, description: str, run_id: str | None, model_uri: str | None,
             y_true: np.ndarray, probs: np.ndarray, slugs: Sequence[str]) -> ScoredModel:
-    from experiments.evaluation import classification_metrics
-
     metrics = classification_metrics(y_true, probs, slugs)
     return ScoredModel(key, label, description, run_id, model_uri, np.asarray(probs).argmax(axis=1), metrics)
 
 
 def log_test_scores(report: Report, *, experiment_name: str, tracking_uri: str) -> str:
     """Log every test number: a "report test scoring" child run, plus ``test_*`` on the models' runs."""
-    from experiments.evaluation import prefixed
-    from experiments.tracking.base import git_commit
-    from experiments.tracking.mlflow_tracker import MlflowTracker
-    from experiments.tracking.runs import log_metrics_to_run, set_run_tags
 
     tags = {"report.kind": "test_scoring", "optuna.study": report.study_name,
             "data.fingerprint": report.data.fingerprint, "data.provenance": report.data.provenance,

@@ -10,6 +10,7 @@ import numpy as np
 
 from pipelines.errors import DataError
 from pipelines.images import DEFAULT_MAX_PIXELS, check_image_header, decode_image
+from pipelines.reader import Galaxy10File, validate_galaxy10
 
 HDF5_SIGNATURE: bytes = b"\x89HDF\r\n\x1a\n"
 _H5_RANGE = re.compile(r"^(?P<path>.+\.(?:h5|hdf5)):(?P<spec>[0-9,\- ]+)$", re.IGNORECASE)
@@ -71,8 +72,6 @@ def plan_inputs(args: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         with path.open("rb") as fh:
             head = fh.read(len(HDF5_SIGNATURE))
         if head == HDF5_SIGNATURE:
-            from pipelines.reader import validate_galaxy10
-
             n = validate_galaxy10(path).n_images
             indices = parse_index_spec(spec, n, str(path)) if spec else list(range(n))
             sources.append(InputSource(path, tuple(indices)))
@@ -104,7 +103,6 @@ def _iter_source(source: InputSource, batch_size: int, max_pixels: int) -> Itera
             source.path.read_bytes(), str(source.path), max_pixels=max_pixels,
             fix="give PNG/JPEG images or Galaxy10 HDF5 files"))
         return
-    from pipelines.reader import Galaxy10File
 
     with Galaxy10File(source.path) as f:
         for indices, images in f.iter_batches(batch_size, np.asarray(source.indices, dtype=np.int64)):

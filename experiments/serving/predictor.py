@@ -3,14 +3,25 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from augment.tta import tta_predict
+from experiments.tracking.loading import ModelBundle, load_prediction_model
+from experiments.tracking.model_registry import default_champion_uri
+from experiments.tracking.store import (
+    get_tracking_uri,
+    require_tracking_store,
+    set_tracking_uri,
+)
 from pipelines.errors import ConfigError, DataError, ModelError
+from pipelines.preprocess import prepare_images
+from pipelines.reader import Galaxy10File
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +32,24 @@ HOW_TO_TRAIN = ("train one with `galaxy10 train --config experiments/configs/smo
                 "`galaxy10 tune --config experiments/configs/tune_quick.yaml`, or pass --model")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _NAME_ALIAS = re.compile(r"^(?P<name>[^@/:\s]+(?:[^@:\s]*[^@/:\s])?)@(?P<alias>[A-Za-z0-9_-]+)$")
+
+
+def predict_images(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *,
+                   batch_size: int = 256) -> np.ndarray:
+    """Class probabilities ``(N, C)`` float32 for uint8 RGB images of any size.
+
+    Images go through ``pipelines.preprocess.prepare_images`` (square crop, resize to the model's
+    ``size``, centre crop to ``crop``); with ``tta`` in the metadata the 8 D4 views are averaged.
+    """
+    model, meta = bundle
+    crops = prepare_images(images, size=int(meta["size"]), crop=int(meta["crop"]))
+
+    def predict_fn(x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
+
+    if meta.get("tta"):
+        return tta_predict(predict_fn, crops, batch_size=batch_size)
+    return predict_fn(crops).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -87,7 +116,6 @@ class Predictor:
 
     def model_view(self, image: np.ndarray) -> np.ndarray:
         """The uint8 ``(crop, crop, 3)`` centre crop the model sees for one ``(H, W, 3)`` image."""
-        from pipelines.preprocess import prepare_images
 
         return prepare_images(image[None], size=self.card.size, crop=self.card.crop)[0]
 
@@ -101,9 +129,6 @@ def predict_file_rows(predictor: Predictor, data_path: str | Path, indices: Sequ
     """Probabilities ``(len(indices), C)`` of rows of a Galaxy10 file, read lazily in batches of
     :data:`FILE_BATCH`: the one path by which ``galaxy10 predict FILE.h5`` and the report score a file,
     so a model scores the same images identically wherever it is scored."""
-    from tqdm.auto import tqdm
-
-    from pipelines.reader import Galaxy10File
 
     indices = np.asarray(indices, dtype=np.int64)
     parts = []
@@ -139,13 +164,6 @@ def parse_model_ref(ref: str) -> str:
 
 def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -> Predictor:
     """Load the model named by ``ref`` (default: the newest study's ``champion`` alias)."""
-    from experiments.tracking.loading import load_prediction_model
-    from experiments.tracking.model_registry import default_champion_uri
-    from experiments.tracking.store import (
-        get_tracking_uri,
-        require_tracking_store,
-        set_tracking_uri,
-    )
 
     if tracking_uri:
         set_tracking_uri(tracking_uri)
@@ -170,8 +188,6 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
     meta = dict(loaded.meta or {})
     card = _card_from_meta(loaded.uri, loaded.kind, meta, loaded.info)
     if loaded.kind == "keras":
-        from experiments.tracking.loading import predict_images
-
         bundle = loaded.model
 
         def predict_fn(images: np.ndarray) -> np.ndarray:
@@ -181,8 +197,6 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
         side = pyfunc_input_side(pyfunc)
 
         def predict_fn(images: np.ndarray) -> np.ndarray:
-            from pipelines.preprocess import prepare_images
-
             if side is not None and images.shape[1:3] != (side, side):
                 images = prepare_images(images, size=side, crop=None)  # square crop + resize only
             return np.asarray(pyfunc.predict(images))

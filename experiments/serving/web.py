@@ -6,8 +6,8 @@ pixel-limited (decompression bombs); the user's file name is only ever displayed
 from __future__ import annotations
 
 import base64
-import io
 import errno
+import io
 import logging
 import socket
 import threading
@@ -15,12 +15,20 @@ from typing import IO, Any
 
 import numpy as np
 from flask import Flask, Request, jsonify, render_template, request
+from PIL import Image, ImageDraw
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.serving import make_server as werkzeug_server
 
 from experiments.serving.predictor import ModelCard, Predictor
 from experiments.serving.results import top_classes
 from pipelines.errors import ConfigError, DataError
-from pipelines.images import DEFAULT_MAX_PIXELS, EmptyImageError, ImageTooLargeError, NotAnImageError, decode_image
+from pipelines.images import (
+    DEFAULT_MAX_PIXELS,
+    EmptyImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    decode_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +158,6 @@ def _png_data_uri(image: np.ndarray, max_px: int | None = None,
     ``box_fraction`` outlines the centred square of that fraction of the shorter side (the region
     the model's centre crop covers).
     """
-    from PIL import Image, ImageDraw
 
     img = Image.fromarray(image)
     if max_px is not None and max(img.size) > max_px:
@@ -211,7 +218,6 @@ def make_server(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 80
     ConfigError
         One line if the address cannot be listened on.
     """
-    from werkzeug.serving import make_server as werkzeug_server
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: the page is reachable from other machines", host)

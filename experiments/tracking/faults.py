@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import requests
 from mlflow.exceptions import MlflowException
 
 from pipelines.errors import ConfigError
@@ -12,7 +13,6 @@ from pipelines.errors import ConfigError
 def unreachable_reason(err: BaseException) -> str | None:
     """Why the tracking server could not be reached (``connection refused``, ``timed out``), or None
     when ``err`` (or what it was raised from) is not a connection failure."""
-    import requests
 
     seen: set[int] = set()
     current: BaseException | None = err
@@ -34,7 +34,6 @@ def server_errors(uri: str) -> Iterator[None]:
     exponential backoff: about 6 minutes of "Retrying" warnings), so a server that comes back within
     that window is ridden out. Other MLflow errors propagate unchanged.
     """
-    import requests
 
     try:
         yield

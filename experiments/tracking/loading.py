@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 
 from experiments.tracking.base import META_KEYS
 from experiments.tracking.store import get_tracking_uri, mlflow_client
+from models.layers import register_custom_layers
 from pipelines.errors import ModelError, first_line
 
 
@@ -45,8 +44,6 @@ def load_model_bundle(model_uri: str) -> ModelBundle:
     """Reload a Keras model logged by training, safely (Keras ``safe_mode=True``), with its metadata."""
     import mlflow.keras
 
-    from models.layers import register_custom_layers
-
     info = _model_info(model_uri)
     if "keras" not in (info.flavors or {}):
         raise ModelError(f"model {model_uri} has no keras flavour (it has {', '.join(info.flavors or {})}); "
@@ -65,26 +62,6 @@ def load_model_bundle(model_uri: str) -> ModelBundle:
     return ModelBundle(model, meta)
 
 
-def predict_images(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *,
-                   batch_size: int = 256) -> np.ndarray:
-    """Class probabilities ``(N, C)`` float32 for uint8 RGB images of any size.
-
-    Images go through ``pipelines.preprocess.prepare_images`` (square crop, resize to the model's
-    ``size``, centre crop to ``crop``); with ``tta`` in the metadata the 8 D4 views are averaged.
-    """
-    from pipelines.preprocess import prepare_images
-
-    model, meta = bundle
-    crops = prepare_images(images, size=int(meta["size"]), crop=int(meta["crop"]))
-
-    def predict_fn(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
-
-    if meta.get("tta"):
-        from augment.tta import tta_predict
-
-        return tta_predict(predict_fn, crops, batch_size=batch_size)
-    return predict_fn(crops).astype(np.float32)
 
 
 def _info_from_uri(model_uri: str, info: Any) -> dict[str, Any]:

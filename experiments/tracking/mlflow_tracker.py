@@ -23,6 +23,8 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
 
 from experiments.tracking.base import META_ARTIFACT, META_KEYS, MODEL_NAME
 from experiments.tracking.faults import unreachable_error, unreachable_reason
@@ -176,8 +178,6 @@ class MlflowTracker:
         Returns the model URI (``models:/<model_id>``); ``runs:/<run_id>/model`` also resolves.
         """
         import mlflow.keras
-        from mlflow.models import Model, ModelSignature
-        from mlflow.types.schema import Schema, TensorSpec
 
         run_id = self._need_run()
         missing = [k for k in META_KEYS if k not in meta]

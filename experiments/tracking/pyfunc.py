@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
 
 from experiments.tracking.base import META_ARTIFACT, MODEL_NAME
 from experiments.tracking.mlflow_tracker import (
@@ -65,8 +67,6 @@ def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta
     model's MLmodel ``metadata`` and the run artifact ``model_meta.json``. Returns the model URI.
     """
     import mlflow.pyfunc
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
 
     run_id = tracker._need_run()
     example = np.asarray(input_example, dtype=np.uint8)

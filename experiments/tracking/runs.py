@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from experiments.config import from_dict
 from experiments.tracking.mlflow_tracker import chunks
 from experiments.tracking.store import (
     get_tracking_uri,
@@ -162,11 +165,6 @@ def download_run_artifact(run_id: str, path: str, dst: str | Path, *, tracking_u
 
 def logged_run_config(run_id: str, *, tracking_uri: str | None = None) -> Any:
     """The resolved ``RunConfig`` a training run logged as ``config.yaml``."""
-    import tempfile
-
-    import yaml
-
-    from experiments.config import from_dict
 
     with tempfile.TemporaryDirectory(prefix="galaxy10-config-") as tmp:
         local = download_run_artifact(run_id, "config.yaml", tmp, tracking_uri=tracking_uri)

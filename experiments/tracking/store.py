@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from sqlalchemy.engine import make_url
 
 from pipelines.errors import ConfigError
 
@@ -61,8 +62,6 @@ def require_tracking_store(uri: str | None = None) -> str:
     """
     resolved = resolve_tracking_uri(uri)
     if resolved.startswith("sqlite:"):
-        from sqlalchemy.engine import make_url
-
         database = make_url(resolved).database
         if database and database != ":memory:" and not Path(database).is_file():
             raise ConfigError(f"no MLflow tracking database at {database}; run `galaxy10 tune` first or pass "

@@ -12,7 +12,16 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.tuning.search_space import TuneConfig, base_run_dict, resolve_run_config, suggest
+from experiments.tracking.faults import server_errors
+from experiments.tracking.mlflow_tracker import MlflowTracker
+from experiments.tracking.runs import finish_run, run_val_recall
+from experiments.training import load_training_data, train
+from experiments.tuning.search_space import (
+    TuneConfig,
+    base_run_dict,
+    resolve_run_config,
+    suggest,
+)
 from experiments.tuning.storage import open_storage, quiet_optuna_warnings
 from experiments.tuning.study import (
     ATTR_TRIAL_RUN,
@@ -49,8 +58,6 @@ class StaleTrialHandler:
         self.handled: list[int] = []
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        from experiments.tracking.runs import finish_run
-
         self.handled.append(trial.number)
         run_id = trial.user_attrs.get(ATTR_TRIAL_RUN)
         if run_id:
@@ -104,7 +111,6 @@ class TrialWorker:
 
     def data_for(self, cfg: Any) -> Any:
         """The worker's data, loaded once (again only if a trial changes the data settings)."""
-        from experiments.training import load_training_data
 
         key = (replace(cfg.data, crop=0), self.run.data_path)
         if key != self._data_key:
@@ -117,17 +123,12 @@ class TrialWorker:
 
         A tracking server that cannot be reached fails the trial with a one-line ``ConfigError``.
         """
-        from experiments.tracking.faults import server_errors
 
         with server_errors(self.run.tracking_uri):
             return self._objective(trial)
 
     def _objective(self, trial: optuna.Trial) -> float:
         import keras
-
-        from experiments.tracking.mlflow_tracker import MlflowTracker
-        from experiments.tracking.runs import run_val_recall
-        from experiments.training import train
 
         tune, metric = self.run.tune, self.run.tune.study.metric
         start = time.perf_counter()

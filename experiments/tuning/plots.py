@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from optuna.visualization import matplotlib as ovm
 
 from experiments.tuning.storage import quiet_optuna_warnings
 from pipelines.errors import first_line
@@ -21,7 +22,6 @@ def save_plots(study: optuna.Study, parent: Any, metric: str) -> tuple[list[str]
 
     matplotlib.use("Agg")  # headless: the CLI never opens a window
     import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     target_name = f"val {metric}"

@@ -8,6 +8,10 @@ from dataclasses import replace
 import numpy as np
 import optuna
 
+from experiments.tracking.mlflow_tracker import MlflowTracker
+from experiments.tracking.model_registry import register_champion
+from experiments.tracking.runs import run_val_recall
+from experiments.training import load_training_data, train
 from experiments.tuning.search_space import TuneConfig, resolve_run_config
 from experiments.tuning.study import best_trial
 
@@ -30,10 +34,6 @@ def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, pare
     The test split stays untouched (the report scores it). A study whose best trial was already
     refit is not refit again.
     """
-    from experiments.tracking.mlflow_tracker import MlflowTracker
-    from experiments.tracking.model_registry import register_champion
-    from experiments.tracking.runs import run_val_recall
-    from experiments.training import load_training_data, train
 
     best = best_trial(study)
     if best is None or "best_epoch" not in best.user_attrs:

@@ -12,12 +12,24 @@ from typing import Any
 import optuna
 import yaml
 
-from experiments.config import check_study_name, plain
-from experiments.tuning.search_space import StudyConfig, TuneConfig, check_against_config, resolve_run_config, space_hash
+from augment.targeting import multipliers_from_targets
+from experiments.config import check_study_name, plain, to_yaml
+from experiments.tracking.faults import server_errors, unreachable_reason
+from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
+from experiments.tracking.model_registry import register_champion
+from experiments.tracking.runs import find_runs, finish_run, set_run_tags
+from experiments.tracking.store import resolve_tracking_uri
 from experiments.tuning.objective import StaleTrialHandler, StudyRun, TrialWorker
 from experiments.tuning.plots import save_plots
 from experiments.tuning.refit import refit_best
 from experiments.tuning.samplers import describe
+from experiments.tuning.search_space import (
+    StudyConfig,
+    TuneConfig,
+    check_against_config,
+    resolve_run_config,
+    space_hash,
+)
 from experiments.tuning.storage import enable_sqlite_wal, open_storage, sqlite_file
 from experiments.tuning.study import (
     ATTR_EXPERIMENT,
@@ -35,6 +47,8 @@ from experiments.tuning.study import (
 from experiments.tuning.workers import route_optuna_logging, run_workers
 from pipelines.classes import ClassSet
 from pipelines.errors import ConfigError
+from pipelines.paths import resolve_data_path
+from pipelines.reader import data_fingerprint, validate_galaxy10
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +79,6 @@ class StudyReport:
 def _parent_run(study: optuna.Study, tune: TuneConfig, tracking_uri: str, experiment_name: str,
                 storage_url: str) -> Any:
     """The study's MLflow parent run: reopened if its id is in the study's user attrs, else created."""
-    from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
 
     run_id = study.user_attrs.get(ATTR_PARENT_RUN)
     parent = attach_run(run_id, tracking_uri=tracking_uri) if run_id else None
@@ -97,7 +110,6 @@ MAX_WORKERS = 64
 def check_targets_against(tune: TuneConfig, base_cfg: Any, classes: ClassSet) -> None:
     """Resolve every class the base config and the search space target against the data's own classes,
     so a Galaxy10 slug on an imported catalog fails with one line before any trial (naming its classes)."""
-    from augment.targeting import multipliers_from_targets
 
     if isinstance(base_cfg.augment.targets, Mapping):
         multipliers_from_targets(base_cfg.augment.targets, classes)
@@ -134,8 +146,6 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     optimisation plots logged on the parent run. A tracking server that stays unreachable past the
     MLflow client's retries ends the command with one ``ConfigError`` line; re-running continues.
     """
-    from experiments.tracking.faults import server_errors
-    from experiments.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     with server_errors(uri):
@@ -147,10 +157,6 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
                storage_url: str | None, tracking_uri: str, data_path: str | None, overrides: tuple[str, ...],
                log_level: int) -> StudyReport:
     """:func:`run_study` without the translation of tracking-server failures."""
-    from experiments.config import to_yaml
-    from experiments.tracking.store import resolve_tracking_uri
-    from pipelines.paths import resolve_data_path
-    from pipelines.reader import data_fingerprint, validate_galaxy10
 
     started = time.perf_counter()
     route_optuna_logging(log_level)
@@ -224,7 +230,6 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
 def end_parent_run(parent: Any, study: optuna.Study, status: str) -> None:
     """End the parent run of a command that stopped early; if the tracking server is gone, say so and
     leave it (the next run of the command reopens it), so the error that stopped the command is the one shown."""
-    from experiments.tracking.faults import unreachable_reason
 
     try:
         parent.set_tags(count_tags(study))
@@ -244,7 +249,6 @@ def close_orphan_runs(study: optuna.Study, parent_run_id: str, tracking_uri: str
     process died in between). The run gets the trial's status (FINISHED, KILLED, FAILED) and a
     ``optuna.closed_late`` tag saying why.
     """
-    from experiments.tracking.runs import find_runs, finish_run
 
     finished = {t.number: t for t in study.get_trials(deepcopy=False, states=tuple(MLFLOW_STATUS))}
     closed = []
@@ -269,8 +273,6 @@ def close_orphan_runs(study: optuna.Study, parent_run_id: str, tracking_uri: str
 def _finish(study: optuna.Study, tune: TuneConfig, parent: Any, tracking_uri: str, *, stale: list[int],
             trials_before: int, problems: list[str], seconds: float) -> StudyReport:
     """Tag the best trial, register its model, log summary metrics and plots on the parent run."""
-    from experiments.tracking.model_registry import register_champion
-    from experiments.tracking.runs import set_run_tags
 
     cfg = tune.study
     counts = state_counts(study)

@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from experiments.config import check_study_name, plain
+from experiments.config import (
+    apply_overrides,
+    check_study_name,
+    from_dict,
+    plain,
+    read_yaml,
+)
 from pipelines.errors import ConfigError
 from pipelines.io import read_yaml_file
 
@@ -597,7 +603,6 @@ def base_run_dict(tune: TuneConfig) -> dict[str, Any]:
 
     ``base`` is looked up beside the tuning YAML first, then relative to the working directory.
     """
-    from experiments.config import read_yaml
 
     raw: dict[str, Any] = {}
     if tune.base is not None:
@@ -628,7 +633,6 @@ def resolve_run_config(tune: TuneConfig, params: Mapping[str, Scalar], *, base: 
     ``auto`` and is dropped for the others. ``extra_overrides`` (e.g. ``data.path=...`` from the
     command line) go first, the suggested values last.
     """
-    from experiments.config import apply_overrides, from_dict
 
     overrides = list(extra_overrides) + to_overrides(tune.space, params)
     raw = apply_overrides(base_run_dict(tune) if base is None else base, overrides)

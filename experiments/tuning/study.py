@@ -9,8 +9,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.config import plain
-from experiments.tuning.search_space import TuneConfig, space_hash
 from experiments.tuning.samplers import make_pruner, make_sampler
+from experiments.tuning.search_space import TuneConfig, space_hash
 from experiments.tuning.storage import quiet_optuna_warnings, storage_url_of
 from pipelines.errors import ConfigError
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from experiments.tracking.faults import server_errors
 from experiments.tuning.objective import StudyRun, TrialWorker
 from pipelines import errors
 from pipelines.errors import Galaxy10Error, first_line
@@ -51,7 +52,6 @@ def route_optuna_logging(level: int) -> None:
 
 def worker_main(run: StudyRun, stop: Any = None) -> int:
     """Entry point of a spawned worker process: join the study and run trials; return how many."""
-    from experiments.tracking.faults import server_errors
 
     _configure_worker_logging(run)
     with server_errors(run.tracking_uri):
