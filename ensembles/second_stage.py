@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,6 @@ def _check_values(name: str, params: Mapping[str, Any], where: str) -> None:
     try:
         est._validate_params()
     except (InvalidParameterError, ValueError, TypeError) as err:
-        import re
-
         message = str(err).splitlines()[0].rstrip(".")
         found = re.match(r"The '(\w+)' parameter of \w+ (must be .*?)\. Got (.*) instead", message)
         if found and found.group(1) in params:

@@ -19,6 +19,7 @@ from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.runs import find_runs, finish_run, set_run_tags
 from experiments.tracking.store import resolve_tracking_uri
+from experiments.training import load_training_data
 from experiments.tuning.objective import StaleTrialHandler, StudyRun, TrialWorker
 from experiments.tuning.plots import save_plots
 from experiments.tuning.refit import refit_best
@@ -206,8 +207,6 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
             if study_cfg.workers == 1:
                 TrialWorker(run).loop()
             else:
-                from experiments.training import load_training_data
-
                 load_training_data(base_cfg.data, data_path)  # build the split and image cache once, not per worker
                 _, problems = run_workers(run, study_cfg.workers)
         status = "FINISHED"
