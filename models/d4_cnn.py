@@ -28,6 +28,8 @@ PARAMS = {
     "filters": ((8, 16, 24, 32), _filters, "a list of 1-6 channel counts per group slice, e.g. [8, 16, 24, 32]"),
     "kernel_size": (3, lambda v: isinstance(v, int) and v in (3, 5, 7), "3, 5 or 7 (odd sizes keep rotations exact)"),
     "batch_norm": (True, lambda v: isinstance(v, bool), "true or false"),
+    # see models/resnet.py: 0.99 leaves the moving statistics unconverged on small catalogs
+    "bn_momentum": (0.9, lambda v: isinstance(v, float) and 0.5 <= v < 1, "a float in [0.5, 1), e.g. 0.9"),
 }
 
 
@@ -55,7 +57,7 @@ def build_d4_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
         else:
             x = D4Conv(n, p["kernel_size"], dtype=dtype, name=f"d4_conv{i}")(x)
         if p["batch_norm"]:
-            x = keras.layers.BatchNormalization(axis=-1, dtype=dtype, name=f"d4_bn{i}")(x)
+            x = keras.layers.BatchNormalization(axis=-1, momentum=p["bn_momentum"], dtype=dtype, name=f"d4_bn{i}")(x)
         x = keras.layers.Activation(cfg.activation, dtype=dtype, name=f"d4_act{i}")(x)
         if i < len(filters):
             x = D4MaxPool(dtype=dtype, name=f"d4_pool{i}")(x)
