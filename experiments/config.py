@@ -85,6 +85,11 @@ class ModelConfig:
     backbone ends in the ``dense_units``-wide ``embedding`` layer and the softmax. ``params`` holds
     the other backbones' own parameters (``resnet``: depth, width, ...; ``d4_cnn``: filters, ...),
     each validated by its builder with errors naming ``model.params.<key>``.
+
+    ``weights`` (a ``.keras`` / ``.weights.h5`` file, or an application ``.h5`` for ``efficientnetv2`` /
+    ``convnext``) or ``init_from`` (an MLflow run id, ``NAME@alias`` or ``models:/...`` of a logged model)
+    start training from existing weights (``models/weights.py``): same backbone and parameters; only the
+    classifier may differ (another class set).
     """
 
     name: str = "reference_cnn"
@@ -97,6 +102,8 @@ class ModelConfig:
     l2: float = 0.0
     global_pooling: bool = False
     activation: str = "relu"
+    weights: str | None = None
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,8 @@ class TrainConfig:
     ``warmup_epochs`` ramps the learning rate up linearly first (the schedule then runs over the
     remaining epochs). ``ema`` keeps an exponential moving average of the weights (Keras optimizers'
     ``use_ema``) and ends with it. ``mixup`` / ``cutmix``: Beta alpha of MixUp / CutMix on each batch
-    with probability ``mix_prob`` (0 = off; ``augment/mixing.py``).
+    with probability ``mix_prob`` (0 = off; ``augment/mixing.py``). ``freeze_epochs`` trains only the
+    head for that many epochs first (backbone frozen, batch norm in inference mode), then everything.
     """
 
     epochs: int = 50
@@ -128,6 +136,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 0.5
+    freeze_epochs: int = 0
     class_weights: str = "none"
     precision: str = "mixed_bfloat16"
     patience: int | None = 10
@@ -190,6 +199,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.mixup": (0.0, 10.0),
     "train.cutmix": (0.0, 10.0),
     "train.mix_prob": (0.0, 1.0),
+    "train.freeze_epochs": (0, 10000),
     "train.patience": (1, 10000),
     "train.seed": (0, 2**31 - 1),
 }
@@ -325,6 +335,16 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
 
     get_backbone(cfg.model.name)  # one line listing the registered backbones
     backbone_params(cfg.model)  # each backbone checks its own parameters
+    m, t = cfg.model, cfg.train
+    if m.weights is not None and m.init_from is not None:
+        raise ConfigError("config keys model.weights and model.init_from both give starting weights; keep one")
+    for key, value in (("model.weights", m.weights), ("model.init_from", m.init_from)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"config key {key} is empty; give a file (model.weights) or a run id / NAME@alias "
+                              "(model.init_from), or null")
+    if t.freeze_epochs >= t.epochs:
+        raise ConfigError(f"config key train.freeze_epochs={t.freeze_epochs} leaves no epoch to train the whole "
+                          f"model (train.epochs={t.epochs}); use fewer freeze epochs or more epochs")
     check_label(cfg.experiment_name, "config key experiment_name")
     if cfg.run_name is not None:
         check_label(cfg.run_name, "config key run_name")

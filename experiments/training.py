@@ -56,6 +56,16 @@ from experiments.evaluation import (
 from experiments.reporting.plots import confusion_figure, learning_curves_figure
 from experiments.tracking.base import NullTracker, git_commit, package_versions
 from models import build_model, describe_backbone
+from models.head import set_backbone_trainable
+from models.registry import backbone_params
+from models.weights import (
+    APPLICATION_BACKBONES,
+    application_weights,
+    check_weights_file,
+    describe,
+    load_weights_file,
+    transfer_weights,
+)
 from pipelines.dataset import TrainData, open_dataset
 from pipelines.errors import ConfigError, DataError
 from pipelines.preprocess import PREPROCESS_VERSION
@@ -66,6 +76,8 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, Mapping[str, float]], None]
 #: ``recall_lookup(run_id, class_slugs) -> recall``: resolves ``augment.targets: auto``.
 RecallLookup = Callable[[str, Sequence[str]], np.ndarray]
+#: ``model_loader(ref) -> (keras_model, metadata)``: resolves ``model.init_from`` (an MLflow model reference).
+ModelLoader = Callable[[str], tuple[Any, Mapping[str, Any]]]
 
 EPOCH_KEYS: dict[str, str] = {
     "loss": "epoch_train_loss", "accuracy": "epoch_train_accuracy", "val_loss": "epoch_val_loss",
@@ -178,6 +190,34 @@ def learning_rate_at(train_cfg: TrainConfig, epoch: int) -> float:
     if train_cfg.schedule == "step":
         return lr * float(train_cfg.step_factor) ** (epoch // train_cfg.step_epochs)
     return lr
+
+
+def check_start_model(model_cfg: Any, meta: Mapping[str, Any]) -> str:
+    """Refuse a ``model.init_from`` model of another backbone (one line naming both); return its description."""
+    src_name = str(meta.get("backbone", "reference_cnn"))
+    src_desc = f"model {model_cfg.init_from} ({describe(src_name, meta.get('backbone_params') or {})})"
+    if src_name != model_cfg.name:
+        raise ConfigError(f"cannot start {describe(model_cfg.name, backbone_params(model_cfg))} from {src_desc}: "
+                          f"another backbone; set model.name={src_name} with its params, or pick a model of this "
+                          "backbone")
+    return src_desc
+
+
+def start_from_weights(model: Any, cfg: RunConfig, data: TrainData, model_loader: ModelLoader | None) -> list[str]:
+    """Copy ``model.weights`` / ``model.init_from`` into the freshly built ``model``; return the layers left fresh.
+
+    ``init_from`` must be a model of the same backbone; its classifier is kept only for the same classes.
+    """
+    m = cfg.model
+    desc = describe(m.name, backbone_params(m))
+    if m.weights is not None and not (application_weights(m.weights) and m.name in APPLICATION_BACKBONES):
+        return load_weights_file(model, check_weights_file(m.weights, m.name), target_desc=desc)
+    if m.init_from is None or model_loader is None:
+        return []
+    source, meta = model_loader(m.init_from)
+    src_desc = check_start_model(m, meta)
+    same_classes = list(meta.get("class_names") or []) == list(data.class_names)
+    return transfer_weights(model, source, target_desc=desc, source_desc=src_desc, keep_classifier=same_classes)
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -300,7 +340,6 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
-    model.compile(optimizer=make_optimizer(train_cfg), loss=loss, metrics=["accuracy"], jit_compile=False)
     planners: list = []
     train_ds = make_train_dataset(data.images, data.labels, batch_size=train_cfg.batch_size, crop=cfg.data.crop,
                                   augment_fn=make_augment_fn(cfg), multipliers=multipliers, seed=train_cfg.seed,
@@ -323,11 +362,23 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
         checkpoint = Path(tmp) / "best.weights.h5"
         all_callbacks = _make_callbacks(data, cfg, tracker, epoch_callback, planners, checkpoint)
         all_callbacks[1:1] = list(callbacks)
-        history = model.fit(train_ds, epochs=train_cfg.epochs, callbacks=all_callbacks, class_weight=class_weight,
-                            shuffle=False, verbose=verbose)
+        hist: dict[str, list[float]] = {}
+        # train.freeze_epochs: the head alone first (backbone frozen), then the whole model with a fresh optimizer
+        phases = [(0, train_cfg.freeze_epochs, False)] if train_cfg.freeze_epochs else []
+        phases.append((train_cfg.freeze_epochs, train_cfg.epochs, True))
+        for first, stop, backbone_trains in phases:
+            changed = set_backbone_trainable(model, backbone_trains)
+            if not backbone_trains:
+                log.info("epochs 1-%d: training the head only (%d backbone layers frozen)", stop, changed)
+            model.compile(optimizer=make_optimizer(train_cfg), loss=loss, metrics=["accuracy"], jit_compile=False)
+            history = model.fit(train_ds, initial_epoch=first, epochs=stop, callbacks=all_callbacks,
+                                class_weight=class_weight, shuffle=False, verbose=verbose)
+            for k, vals in history.history.items():
+                hist.setdefault(k, []).extend(float(v) for v in vals)
+            if model.stop_training:  # early stopping
+                break
         if restore_best and checkpoint.exists():
             model.load_weights(str(checkpoint))
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     series = hist.get(train_cfg.monitor) or []
     if not series:
         raise DataError(f"training produced no {train_cfg.monitor}; the validation split is empty")
@@ -401,7 +452,8 @@ def _log_split_report(tracker: Any, split: str, metrics: Mapping[str, Any], data
 def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
           data_path: str | Path | None = None, score_test: bool = False, callbacks: Sequence[Any] = (),
           epoch_callback: EpochCallback | None = None, recall_lookup: RecallLookup | None = None,
-          log_model: bool = True, verbose: int | str | None = None, restore_best: bool = True) -> TrainResult:
+          model_loader: ModelLoader | None = None, log_model: bool = True, verbose: int | str | None = None,
+          restore_best: bool = True) -> TrainResult:
     """Run one configured training: data, model, fit, evaluation, logging.
 
     Parameters
@@ -418,6 +470,8 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
         Called after each epoch; an exception it raises stops training and propagates.
     recall_lookup
         Resolves ``augment.targets: auto`` (``experiments.tracking.runs.run_val_recall``).
+    model_loader
+        Resolves ``model.init_from`` (``experiments.serving.predictor.load_keras_model``).
     log_model
         Log the Keras model with its prediction metadata.
     """
@@ -435,6 +489,11 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     else:
         log.info("training on %s", data.describe())
     multipliers = resolve_multipliers(cfg, data, recall_lookup)
+    if cfg.model.weights is not None:
+        check_weights_file(cfg.model.weights, cfg.model.name)  # before anything is logged or built
+    if cfg.model.init_from is not None and model_loader is None:
+        raise ConfigError("config key model.init_from needs an MLflow store to load the model from; use "
+                          "`galaxy10 train` or `galaxy10 tune` (or model.weights with a .keras file)")
 
     tracker.log_params(flatten(cfg))
     tracker.set_tags({**data_tags(data), **git_commit(), **package_versions(),
@@ -450,6 +509,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     keras.utils.set_random_seed(cfg.train.seed)
     model = build_model(cfg.model, input_size=cfg.data.crop, num_classes=data.num_classes,
                         precision=cfg.train.precision)
+    start_from_weights(model, cfg, data, model_loader)
     fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
                  epoch_callback=epoch_callback, verbose=verbose, restore_best=restore_best)
 

@@ -1,4 +1,7 @@
-"""``efficientnetv2`` and ``convnext``: ``keras.applications`` backbones built from scratch (``weights=None``).
+"""``efficientnetv2`` and ``convnext``: ``keras.applications`` backbones, from scratch or from weights a user brought.
+
+``model.weights: FILE.h5`` (e.g. ImageNet ``*_notop.h5`` weights downloaded by hand) is loaded by the
+application itself; nothing is downloaded.
 
 Both keep their built-in input normalisation (``include_preprocessing=True``): they take the float32
 0..255 crop our models take (EfficientNetV2 rescales it, ConvNeXt normalises with the ImageNet mean and
@@ -9,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from models.registry import backbone_params, register
+from models.weights import application_weights, describe
+from pipelines.errors import ConfigError, first_line
 
 EFFICIENTNETV2 = ("B0", "B1", "B2", "B3", "S")
 CONVNEXT = ("Tiny", "Small")
@@ -32,9 +38,16 @@ def _policy(name: str) -> Iterator[None]:
 def _pooled(app_fn: Any, inputs: Any, dtype: Any, cfg: Any) -> Any:
     import keras
 
+    weights = getattr(cfg, "weights", None)
+    weights = weights if application_weights(weights) else None  # .keras / .weights.h5: models.weights, later
     with _policy(dtype.name):
-        app = app_fn(include_top=False, weights=None, input_tensor=inputs, pooling="avg",
-                     include_preprocessing=True)
+        try:
+            app = app_fn(include_top=False, weights=weights, input_tensor=inputs, pooling="avg",
+                         include_preprocessing=True)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"cannot load model.weights {Path(weights).name} into "
+                              f"{describe(cfg.name, backbone_params(cfg))} ({first_line(err)}); give "
+                              f"include_top=False weights of {app_fn.__name__}") from None
     x = app.output
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, dtype=dtype, name="dropout")(x)

@@ -33,6 +33,7 @@ from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
 from experiments.config import to_yaml
 from experiments.ensembling.members import Member, StudyMembers, usable_members
 from experiments.evaluation import classification_metrics
+from experiments.serving.predictor import load_keras_model
 from experiments.tracking.base import NullTracker
 from experiments.tracking.loading import load_model_bundle
 from experiments.tracking.runs import run_val_recall
@@ -161,7 +162,8 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
             return path, fold_data.train
         log.info("cross-fitting fold %d/%d: training %s on %d of %d training images", fold.number + 1,
                  len(folds), best.name, len(fold_data.train), len(data.train))
-        result = train(recipe, NullTracker(), data=fold_data, log_model=False, verbose=0, recall_lookup=recall_lookup)
+        result = train(recipe, NullTracker(), data=fold_data, log_model=False, verbose=0, recall_lookup=recall_lookup,
+                       model_loader=functools.partial(load_keras_model, tracking_uri=ctx.tracking_uri))
         with atomic_path(path, suffix=".keras") as tmp:
             result.model.save(tmp)
         write_json_atomic(record, {"fold": fold.number, "trained_on": len(fold_data.train),

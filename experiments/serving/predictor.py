@@ -12,7 +12,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from augment.tta import tta_predict
-from experiments.tracking.loading import ModelBundle, load_prediction_model
+from experiments.tracking.loading import (
+    ModelBundle,
+    load_model_bundle,
+    load_prediction_model,
+)
 from experiments.tracking.model_registry import default_champion_uri
 from experiments.tracking.store import (
     get_tracking_uri,
@@ -164,7 +168,6 @@ def parse_model_ref(ref: str) -> str:
 
 def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -> Predictor:
     """Load the model named by ``ref`` (default: the newest study's ``champion`` alias)."""
-
     if tracking_uri:
         set_tracking_uri(tracking_uri)
     uri = None if ref is None else parse_model_ref(ref)
@@ -181,6 +184,16 @@ def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -
                              f"{get_tracking_uri()}; {HOW_TO_TRAIN}")
         log.info("using the newest study champion %s", uri)
     return predictor_from_loaded(load_prediction_model(uri))
+
+
+def load_keras_model(ref: str, *, tracking_uri: str | None = None) -> ModelBundle:
+    """The logged Keras model ``ref`` (NAME@alias, run id, ``models:/...``) and its metadata (``model.init_from``)."""
+    if tracking_uri:
+        set_tracking_uri(tracking_uri)
+    uri = parse_model_ref(ref)
+    if not Path(uri).exists():  # a store lookup must not create an empty MLflow database
+        require_tracking_store(get_tracking_uri())
+    return load_model_bundle(uri)
 
 
 def predictor_from_loaded(loaded: Any) -> Predictor:

@@ -62,8 +62,6 @@ def load_model_bundle(model_uri: str) -> ModelBundle:
     return ModelBundle(model, meta)
 
 
-
-
 def _info_from_uri(model_uri: str, info: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"run_id": info.run_id, "model_id": getattr(info, "model_id", None)}
     if model_uri.startswith("models:/"):

@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from experiments.serving.predictor import load_keras_model
 from experiments.tracking.faults import server_errors
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run, run_val_recall
@@ -151,8 +152,8 @@ class TrialWorker:
             tracker.log_params({f"optuna.{k}": v for k, v in params.items()})
             try:
                 result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False,
-                               recall_lookup=functools.partial(run_val_recall,
-                                                               tracking_uri=self.run.tracking_uri))
+                               recall_lookup=functools.partial(run_val_recall, tracking_uri=self.run.tracking_uri),
+                               model_loader=functools.partial(load_keras_model, tracking_uri=self.run.tracking_uri))
                 value = float(result.val_metrics[metric])
                 if self._should_log_model(value):
                     result.model_uri = self._log_model(tracker, result, data, cfg.data.crop)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import optuna
 
+from experiments.serving.predictor import load_keras_model
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.runs import run_val_recall
@@ -53,7 +54,8 @@ def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, pare
     with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=tracking_uri,
                                 parent_run_id=parent_run_id, tags=tags) as tracker:
         result = train(cfg, tracker, data=merged, verbose=0, restore_best=False,
-                       recall_lookup=functools.partial(run_val_recall, tracking_uri=tracking_uri))
+                       recall_lookup=functools.partial(run_val_recall, tracking_uri=tracking_uri),
+                       model_loader=functools.partial(load_keras_model, tracking_uri=tracking_uri))
     registered = register_champion(result.model_uri, study.study_name, alias=REFIT_ALIAS,
                                             run_id=result.run_id, tracking_uri=tracking_uri,
                                             tags={"optuna.study": study.study_name, "refit.of_trial": best.number})
