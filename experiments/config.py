@@ -35,6 +35,7 @@ CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "swish", "leaky_relu")
 MONITORS: tuple[str, ...] = ("val_loss", "val_accuracy")
 POLICIES: tuple[str, ...] = ("none", "reference", "galaxy")
+DISTRIBUTE: tuple[str, ...] = ("none", "mirrored")
 AUTO_TARGETS = "auto"
 
 
@@ -119,6 +120,9 @@ class TrainConfig:
     ``use_ema``) and ends with it. ``mixup`` / ``cutmix``: Beta alpha of MixUp / CutMix on each batch
     with probability ``mix_prob`` (0 = off; ``augment/mixing.py``). ``freeze_epochs`` trains only the
     head for that many epochs first (backbone frozen, batch norm in inference mode), then everything.
+    ``distribute: mirrored`` trains data-parallel on every GPU of the machine (every logical CPU device
+    when there is no GPU) with ``tf.distribute.MirroredStrategy``; ``batch_size`` is the global batch,
+    split across the replicas.
     """
 
     epochs: int = 50
@@ -141,6 +145,7 @@ class TrainConfig:
     precision: str = "mixed_bfloat16"
     patience: int | None = 10
     monitor: str = "val_loss"
+    distribute: str = "none"
     seed: int = 0
 
 
@@ -169,6 +174,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.class_weights": CLASS_WEIGHTS,
     "train.precision": PRECISIONS,
     "train.monitor": MONITORS,
+    "train.distribute": DISTRIBUTE,
 }
 
 #: Inclusive numeric ranges (dotted key -> (low, high)); ``None`` is unbounded.

@@ -20,6 +20,7 @@ restored best weights, ``val_<metric>`` (e.g. ``val_recall_disturbed``), ``best_
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -163,6 +164,20 @@ def make_augment_fn(cfg: RunConfig) -> Callable[[np.ndarray, int], np.ndarray] |
 
     policy = build_policy(cfg.augment.policy, **dict(cfg.augment.strengths))
     return functools.partial(augment_batch, policy)
+
+
+def make_strategy(distribute: str) -> Any:
+    """``tf.distribute.MirroredStrategy`` over every GPU (else every logical CPU device) for ``mirrored``;
+    None for ``none`` (Keras' default single-device placement)."""
+    if distribute == "none":
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    strategy = tf.distribute.MirroredStrategy(devices=devices)
+    log.info("train.distribute=mirrored: %d replicas (%s)", strategy.num_replicas_in_sync, ", ".join(devices))
+    return strategy
 
 
 def make_optimizer(train_cfg: TrainConfig) -> Any:
@@ -507,11 +522,15 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.train.seed)
-    model = build_model(cfg.model, input_size=cfg.data.crop, num_classes=data.num_classes,
-                        precision=cfg.train.precision)
-    start_from_weights(model, cfg, data, model_loader)
-    fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
-                 epoch_callback=epoch_callback, verbose=verbose, restore_best=restore_best)
+    strategy = make_strategy(cfg.train.distribute)
+    if strategy is not None:
+        tracker.set_tags({"train.replicas": strategy.num_replicas_in_sync})
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(cfg.model, input_size=cfg.data.crop, num_classes=data.num_classes,
+                            precision=cfg.train.precision)
+        start_from_weights(model, cfg, data, model_loader)
+        fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
+                     epoch_callback=epoch_callback, verbose=verbose, restore_best=restore_best)
 
     val_metrics = evaluate(model, data, data.val, crop=cfg.data.crop, tta=cfg.augment.tta)
     tracker.log_metrics({**prefixed(val_metrics, "val"), "best_epoch": fitted.best_epoch,
