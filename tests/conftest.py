@@ -183,13 +183,13 @@ class TinyStudy:
 
 
 @contextlib.contextmanager
-def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3,
-                  log_all_models: bool = True, refit: bool = False, **study_keys: object) -> Iterator[TinyStudy]:
+def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3, log_all_models: bool = True,
+                  refit: bool = False, search_space: dict | None = None, **study_keys: object) -> Iterator[TinyStudy]:
     """A study ``tiny`` of one-epoch smoke trials on a synthetic file in ``root``, via the tuning code.
 
     With ``log_all_models`` every trial logs its model (ensembles need them), else only the top 3;
-    ``refit`` refits the best configuration on train + validation.
-    The block runs with cwd, cache and tracking URI in ``root``.
+    ``refit`` refits the best configuration on train + validation; ``search_space`` replaces the default
+    (``model.dropout`` only). The block runs with cwd, cache and tracking URI in ``root``.
     """
     from experiments.tuning.run import run_study
     from experiments.tuning.search_space import parse_tune_config
@@ -208,7 +208,8 @@ def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3,
                  **({"log_models": "all"} if log_all_models else {}), **study_keys}
         tune = parse_tune_config({
             "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": n_images}},
-            "study": study, "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+            "study": study,
+            "search_space": search_space or {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         })
         result = run_study(tune, tracking_uri=uri, data_path=str(data))
         best = load_existing_study("tiny", open_storage(storage)).best_trial

@@ -227,3 +227,41 @@ def test_cli_errors_are_one_line(tiny_study: TinyStudy, capsys: pytest.CaptureFi
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["galaxy10: error: config key mode='bagging' is not allowed; use one of: "
                                  "crossfit, val_cv"]
+
+
+#: Two backbones in one study: the reference CNN and a tiny ResNet (its knobs conditional on it).
+BACKBONE_SPACE = {
+    "model.name": {"type": "categorical", "choices": ["reference_cnn", "resnet"]},
+    "resnet_width": {"type": "categorical", "choices": [4], "target": "model.params.width",
+                     "when": {"model.name": "resnet"}},
+    "resnet_depth": {"type": "categorical", "choices": [10], "target": "model.params.depth",
+                     "when": {"model.name": "resnet"}},
+}
+
+
+@pytest.mark.slow
+def test_ensembles_draw_candidates_across_backbones(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A study over two backbones: the best trial of each joins the members (beyond top_k=1), and the comparison
+    has a vote over backbones and per-backbone second stages, each a pyfunc model that predicts."""
+    from ensembles.config import config_from_dict
+    from experiments.ensembling.comparison import run_comparison
+    from experiments.ensembling.members import study_members
+
+    root = tmp_path_factory.mktemp("backbones")
+    with tiny_study_in(root, n_trials=3, search_space=BACKBONE_SPACE,
+                       sampler={"name": "random", "seed": 0}) as study:  # seed 0 draws both backbones
+        members = study_members("tiny", storage_url=study.storage, tracking_uri=study.tracking_uri, top_k=1)
+        assert {m.backbone for m in members.members} == {"reference_cnn", "resnet"}
+        assert any("joins as the best" in n for n in members.notes)
+        cfg = config_from_dict({"mode": "val_cv", "cv_folds": 3, "vote": {"top_k": 1},
+                                "second_stage": {"logreg": {"C": 1.0}}})
+        report = run_comparison("tiny", cfg, storage_url=study.storage, tracking_uri=study.tracking_uri)
+        rows = {r["candidate"]: r for r in report.rows}
+        assert {"cnn-best", "vote-backbones", "gbm-logreg-backbones"} <= set(rows)
+        assert "resnet" in rows["vote-backbones"]["members"] and "reference_cnn" in rows["vote-backbones"]["members"]
+        from experiments.serving.predictor import load_predictor
+
+        images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+        for name in ("vote-backbones", "gbm-logreg-backbones"):
+            probs = load_predictor(report.model_uris[name], tracking_uri=study.tracking_uri).predict(images)
+            assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)

@@ -295,6 +295,52 @@ def vote_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequ
     return out
 
 
+def backbone_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]) -> list[
+        Candidate]:
+    """Across backbones: a soft vote of each backbone's best trial, and per-backbone second stages averaged.
+
+    Each second stage is fit on its own backbone's validation embeddings and scored by validation CV; the
+    candidate averages their out-of-fold probabilities, so the table shows whether diversity beats the best CNN.
+    """
+    first: dict[str, int] = {}
+    for i, m in enumerate(ctx.members.members):
+        first.setdefault(m.backbone, i)
+    if len(first) < 2:
+        return []
+    reps = list(first.values())
+    members = [ctx.members.members[i] for i in reps]
+    names = [f"{m.name} ({m.backbone})" for m in members]
+    branches = [_branch(models[i], ctx.members.members[i].cfg, tta=ctx.members.members[i].cfg.augment.tta,
+                        name=ctx.members.members[i].name, run_id=ctx.members.members[i].run_id) for i in reps]
+    start = time.perf_counter()
+    out = [Candidate("vote-backbones", "vote", names, soft_vote([member_probs[i] for i in reps]),
+                     "validation split (equal weights over the best trial of each backbone, nothing fit on it)",
+                     _ensemble(ctx, "vote", branches, description=f"soft vote of {', '.join(names)}"),
+                     {"backbones": ",".join(first)}, time.perf_counter() - start)]
+    cfg, n, y = ctx.cfg, ctx.n_classes, ctx.y_val
+    splits = cv_splits(y, cfg.cv_folds, seed=cfg.seed)
+    by_size: dict[int, Any] = {}
+    embedded = []
+    for i, m in zip(reps, members):
+        data = member_data(ctx, m, by_size)
+        emb = _embedder(models[i], model_id=m.run_id, tta=cfg.embeddings.tta, batch_size=cfg.embeddings.batch_size)
+        embedded.append(emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint).embeddings)
+    for name in cfg.second_stage:
+        start = time.perf_counter()
+        factory = _make_factory(name, dict(cfg.second_stage[name]), cfg)
+        oof = np.mean([cv_predict_proba(factory, X, y, n, splits) for X in embedded], axis=0)
+        finals = [factory().fit(X, y) for X in embedded]
+        out.append(Candidate(
+            f"gbm-{name}-backbones", "gbm", [f"{nm}+{name}" for nm in names], oof,
+            f"validation {len(splits)}-fold CV (one {name} per backbone on its own validation embeddings, averaged)",
+            _ensemble(ctx, "gbm", [_branch(models[i], m.cfg, tta=cfg.embeddings.tta, name=f"{m.name}+{name}",
+                                           run_id=m.run_id, second=est) for i, m, est in zip(reps, members, finals)],
+                      description=f"{name} per backbone ({', '.join(first)}), probabilities averaged"),
+            {"backbones": ",".join(first), **{f"{name}.{k}": v for k, v in dict(cfg.second_stage[name]).items()}},
+            time.perf_counter() - start))
+    return out
+
+
 def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate]:
     """Candidates from the K fold models: their average, and per-fold second stages (+ stacking)."""
     import keras
@@ -403,18 +449,26 @@ def val_cv_candidates(ctx: BuildContext, best_model: Any) -> list[Candidate]:
     return out
 
 
+def member_data(ctx: BuildContext, member: Any, by_size: dict[int, Any]) -> Any:
+    """The study's data resized for ``member`` (members may differ in ``data.size``), its split checked."""
+    size = int(member.cfg.data.size)
+    if not by_size:
+        by_size[int(ctx.data.size)] = ctx.data
+    if size not in by_size:
+        by_size[size] = load_training_data(member.cfg.data, ctx.data.path)
+    data = by_size[size]
+    if not np.array_equal(data.val, ctx.data.val):
+        raise DataError(f"{member.name}'s validation split differs from the best trial's; the study's data changed")
+    return data
+
+
 def member_val_probs(ctx: BuildContext, models: Sequence[Any]) -> list[np.ndarray]:
     """Each member CNN's validation probabilities (its own TTA setting), checked against its run."""
 
     out = []
-    by_size = {int(ctx.data.size): ctx.data}
+    by_size: dict[int, Any] = {}
     for model, m in zip(models, ctx.members.members):
-        size = int(m.cfg.data.size)
-        if size not in by_size:
-            by_size[size] = load_training_data(m.cfg.data, ctx.data.path)
-        data = by_size[size]
-        if not np.array_equal(data.val, ctx.data.val):
-            raise DataError(f"{m.name}'s validation split differs from the best trial's; the study's data changed")
+        data = member_data(ctx, m, by_size)
         emb = _embedder(model, model_id=m.run_id, tta=m.cfg.augment.tta, batch_size=ctx.cfg.embeddings.batch_size)
         probs = emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint).probs
         acc = classification_metrics(ctx.y_val, probs, ctx.data.class_slugs)["accuracy"]
@@ -454,6 +508,7 @@ def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, t
     # regression on 1080x256 embeddings took 36 s with 2 OpenBLAS threads on a busy 2-core box, 1.4 s with 1).
     with threadpool_limits(limits=cfg.n_jobs or 1), convergence_notes(ctx.notes):
         candidates += vote_candidates(ctx, models, probs)
+        candidates += backbone_candidates(ctx, models, probs)
         if cf is not None:
             candidates += crossfit_candidates(ctx, cf)
         else:

@@ -35,6 +35,11 @@ class Member:
         """``trial-<number>``."""
         return f"trial-{self.trial_number}"
 
+    @property
+    def backbone(self) -> str:
+        """The registered backbone name of the trial's model (``model.name``)."""
+        return str(self.cfg.model.name)
+
 
 @dataclass(frozen=True)
 class StudyMembers:
@@ -52,7 +57,8 @@ class StudyMembers:
 
 
 def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k: int) -> StudyMembers:
-    """The ``top_k`` best COMPLETE trials of the study that logged a model (the best one must have).
+    """The ``top_k`` best COMPLETE trials of the study that logged a model (the best one must have), then the
+    best trial of every other backbone (``model.name``) with a model, so ensembles can combine backbones.
 
     Raises
     ------
@@ -80,8 +86,16 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
     if len(with_models) < top_k:
         notes.append(f"vote.top_k={top_k} but only {len(with_models)} COMPLETE trial(s) logged a model; set "
                      "study.log_models: all in the tuning config to vote over more trials")
+    chosen = with_models[:top_k]
+    backbones = {t.params.get("model.name") for t in chosen}
+    for t in with_models[top_k:]:
+        backbone = t.params.get("model.name")
+        if backbone is not None and backbone not in backbones:  # the best trial of another backbone
+            backbones.add(backbone)
+            chosen.append(t)
+            notes.append(f"trial-{t.number} joins as the best {backbone} trial (beyond vote.top_k={top_k})")
     members = []
-    for t in with_models[:top_k]:
+    for t in chosen:
         run_id = str(t.user_attrs[ATTR_TRIAL_RUN])
         facts = get_run_facts(run_id, tracking_uri=tracking_uri)
         members.append(Member(trial_number=t.number, value=float(t.value), run_id=run_id,
