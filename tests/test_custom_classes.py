@@ -146,6 +146,11 @@ def test_study_ensemble_report_predict_and_page_on_the_catalog(catalog: Path, ca
     assert cli_main(["-q", "ensemble", "--study", "custom", "--config", str(ens)]) == 0
     assert cli_main(["-q", "report", "--study", "custom", "--out", str(root / "rep"), "--bootstrap", "50"]) == 0
     report_md = (root / "rep" / "report.md").read_text()
+    assert "cross-validated on the train split" in report_md  # study.cv_folds: auto on a small catalog
+    capsys.readouterr()
+    assert cli_main(["study", "show", "custom"]) == 0
+    shown = capsys.readouterr().out
+    assert "cv mean ± sd (folds)" in shown and "(3)" in shown
     for name in NAMES:
         assert name in report_md or name.replace(" ", "_").lower() in report_md
     assert "Disturbed" not in report_md

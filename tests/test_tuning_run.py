@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import tiny_tune_yaml
+from conftest import tiny_study_in, tiny_tune_yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -267,3 +268,24 @@ def test_the_top_k_trials_keep_their_models_for_voting(tmp_path: Path) -> None:
     done = sorted((t for t in trials if t.value is not None), key=lambda t: -t.value)
     assert len(done) == 4
     assert all("model_uri" in t.user_attrs for t in done[:2]), [(t.number, t.value, t.user_attrs) for t in done]
+
+
+@pytest.mark.slow
+def test_cv_folds_objective_is_the_mean_over_folds_and_prunes_on_the_running_mean(tmp_path: Path) -> None:
+    """study.cv_folds=2: the trial's value is the mean of its two fold scores, reported per fold and epoch
+    (steps 1..2E), logged with its spread; the logged model is the one trained on the whole train split."""
+    from mlflow import MlflowClient
+
+    from experiments.tuning.storage import open_storage
+    from experiments.tuning.study import load_existing_study
+
+    with tiny_study_in(tmp_path, n_images=300, n_trials=1, cv_folds=2) as study:
+        trial = load_existing_study("tiny", open_storage(study.storage)).trials[0]
+        scores = trial.user_attrs["cv_scores"]
+        assert len(scores) == 2 and trial.value == pytest.approx(float(np.mean(scores)), abs=1e-6)
+        assert sorted(trial.intermediate_values) == [1, 2]  # 1 epoch x 2 folds
+        assert trial.intermediate_values[2] == pytest.approx(trial.value, abs=1e-6)  # the running mean at the end
+        run = MlflowClient(study.tracking_uri).get_run(study.best_run_id)
+        assert run.data.metrics["cv_accuracy_mean"] == pytest.approx(trial.value, abs=1e-6)
+        assert run.data.metrics["cv_accuracy_std"] >= 0 and run.data.tags["optuna.cv_folds"] == "2"
+        assert "val_accuracy" in run.data.metrics and trial.user_attrs["model_uri"]  # the whole-train model

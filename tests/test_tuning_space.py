@@ -201,3 +201,13 @@ def parse_tune_config_from(tmp_path: Path, doc: dict):
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(doc))
     return load_tune_config(path)
+
+
+def test_cv_folds_default_by_validation_size_and_bad_values() -> None:
+    auto = parse_study({"name": "s"})
+    assert auto.cv_folds == "auto" and auto.folds_for(357) == 3 and auto.folds_for(500) == 0
+    assert parse_study({"name": "s", "cv_folds": 0}).folds_for(10) == 0
+    assert parse_study({"name": "s", "cv_folds": 5}).folds_for(10_000) == 5
+    for bad in (1, -2, 21, "three", True, 2.5):
+        with pytest.raises(ConfigError, match=r"study.cv_folds=.* must be auto, 0 .* or an integer 2-20"):
+            parse_study({"name": "s", "cv_folds": bad})

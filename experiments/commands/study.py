@@ -62,6 +62,8 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
     from experiments.tuning.storage import open_storage
@@ -72,6 +74,7 @@ def run_show(args: argparse.Namespace) -> int:
         ATTR_TRACKING_URI,
         ATTR_TRIAL_RUN,
         best_trial,
+        cv_spread,
         load_existing_study,
         state_counts,
     )
@@ -80,12 +83,14 @@ def run_show(args: argparse.Namespace) -> int:
     study = load_existing_study(args.name, storage)
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
+    with_cv = any(t.user_attrs.get("cv_scores") for t in trials)
     rows = []
     for t in trials:
         duration = t.duration.total_seconds() if t.duration is not None else None
-        last_step = len(t.intermediate_values) or None  # epochs reported (one value per epoch)
+        last_step = len(t.intermediate_values) or None  # steps reported (one per epoch; per fold and epoch with CV)
         rows.append([t.number, t.state.name, t.value, last_step,
                      None if duration is None else f"{duration:.0f}s"]
+                    + ([cv_spread(t.user_attrs.get("cv_scores"))] if with_cv else [])
                     + [t.params.get(n) for n in names])
     attrs = study.user_attrs
     metric = attrs.get(ATTR_METRIC, "objective")
@@ -94,12 +99,15 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"study {study.study_name} ({args.storage}): {len(trials)} trial{'' if len(trials) == 1 else 's'}"
           f"{states}; objective: val {metric} ({study.direction.name.lower()})")
     if trials:
-        print(format_table(["#", "state", "value", "epochs", "time"] + names, rows))
+        print(format_table(["#", "state", "value", "steps" if with_cv else "epochs", "time"] + (["cv mean ± sd (folds)"] if with_cv else [])
+                           + names, rows))
     best = best_trial(study)
     if best is None:
         print("\nbest: no COMPLETE trial yet")
     else:
-        print(f"\nbest: trial {best.number}, val {metric} = {best.value:.4f}")
+        spread = cv_spread(best.user_attrs.get("cv_scores"))
+        print(f"\nbest: trial {best.number}, {'cross-validated' if spread else 'val'} {metric} = {best.value:.4f}"
+              + (f" ({spread})" if spread else ""))
         for k, v in best.params.items():
             print(f"  {k} = {_fmt(v)}")
         run_id = best.user_attrs.get(ATTR_TRIAL_RUN)

@@ -138,7 +138,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
                  len(data.test))
         probs_by_key["cnn"] = score_logged_model(study.best_model_uri, data.path, data.test)
         models.append(_scored("cnn", "Best CNN", f"study best trial {study.best_number} "
-                              f"(val {study.metric} {study.best_value:.4f})", study.best_run_id,
+                              f"({'cross-validated' if study.best_cv_scores else 'val'} {study.metric} {study.best_value:.4f})", study.best_run_id,
                               study.best_model_uri, y_true, probs_by_key["cnn"], slugs))
         if study.refit_model_uri and study.refit_of_trial == study.best_number:
             log.info("scoring the refit of trial %d (%s) on the test split", study.best_number, study.refit_model_uri)
@@ -164,7 +164,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
             experiment_name=parent.experiment_name, metric=study.metric, counts=study.counts,
             best_trial=study.best_number, best_value=study.best_value, best_params=study.best_params,
             best_run_id=study.best_run_id, data=card, models=models, ensemble=ensemble, n_resamples=n_resamples,
-            seed=seed, trials=list(study.trials),
+            seed=seed, trials=list(study.trials), best_cv_scores=study.best_cv_scores,
             created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             git_commit=commit.get("git.commit", "")[:12] + (" (dirty)" if commit.get("git.dirty") == "true" else ""),
         )

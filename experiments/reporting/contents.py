@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.tuning.study import cv_spread
+
 #: How the reference project's figures are labelled unless the data is the official file.
 REFERENCE_NOTE = "reference, not the same data"
 REFERENCE_NOTE_OFFICIAL = "reference: same official file, its own split"
@@ -96,6 +98,7 @@ class Report:
     seed: int
     scoring_run_id: str | None = None
     trials: list[tuple[int, str, float | None]] = field(default_factory=list)
+    best_cv_scores: tuple[float, ...] = ()
     gallery_model: str | None = None
     gallery_classes: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
@@ -104,6 +107,14 @@ class Report:
     notes: list[str] = field(default_factory=list)
     created: str = ""
     git_commit: str = ""
+
+    @property
+    def best_value_text(self) -> str:
+        """``val accuracy = 0.8120`` or, for a cross-validated study, the mean with its spread over the folds."""
+        spread = cv_spread(list(self.best_cv_scores))
+        if spread:
+            return f"{self.metric} cross-validated on the train split = {spread} (mean ± SD (folds))"
+        return f"val {self.metric} = {self.best_value:.4f}"
 
     @property
     def reference_note(self) -> str:

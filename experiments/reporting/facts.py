@@ -61,6 +61,7 @@ class StudyFacts:
     refit_model_uri: str | None = None
     refit_run_id: str | None = None
     refit_of_trial: int | None = None
+    best_cv_scores: tuple[float, ...] = ()
 
 
 def study_facts(study_name: str, storage_url: str) -> StudyFacts:
@@ -106,6 +107,7 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
         best_model_uri=str(model_uri), trials=tuple(trials),
         refit_model_uri=attrs.get(ATTR_REFIT_MODEL), refit_run_id=attrs.get(ATTR_REFIT_RUN),
         refit_of_trial=attrs.get(ATTR_REFIT_TRIAL),
+        best_cv_scores=tuple(float(v) for v in best.user_attrs.get("cv_scores") or ()),
     )
 
 

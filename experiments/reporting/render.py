@@ -145,7 +145,7 @@ def render_markdown(report: Report) -> str:
             out += _md_figure(report, f"confusion_{m.key}.png", f"{m.label}: test confusion matrix")
     out += ["## Best trial and study", "",
             f"Study `{report.study_name}` ({', '.join(f'{v} {k.lower()}' for k, v in sorted(report.counts.items()))}); "
-            f"best trial {report.best_trial}: val {report.metric} = {report.best_value:.4f}.", "",
+            f"best trial {report.best_trial}: {report.best_value_text}.", "",
             _md_table(["Parameter", "Value"], [(k, str(v)) for k, v in report.best_params.items()]), ""]
     out += _md_figure(report, "learning_curves.png", "Learning curves of the best trial")
     out += _md_figure(report, "optimization_history.png", "Optuna optimisation history")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -11,8 +12,10 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sklearn.model_selection import StratifiedKFold
 
 from experiments.serving.predictor import load_keras_model
+from experiments.tracking.base import NullTracker
 from experiments.tracking.faults import server_errors
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run, run_val_recall
@@ -80,6 +83,51 @@ def storage_for(run: StudyRun) -> optuna.storages.RDBStorage:
 
 #: Raised by :func:`pruning_callback` to stop a trial (Optuna marks it PRUNED).
 TrialPruned = optuna.TrialPruned
+
+
+def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric: str, tracker: Any,
+                   **train_kwargs: Any) -> list[float]:
+    """``val_<metric>`` of ``folds`` stratified folds of the train split, each trained on the others.
+
+    Pruning sees the running mean: after epoch ``e`` of fold ``k`` it gets the mean of the finished folds
+    and the current epoch's value at step ``k * epochs + e``. Logged on the trial's run: ``cv_fold_<metric>``
+    per fold (step = fold), ``cv_<metric>_mean``, ``cv_<metric>_std`` and ``cv_<metric>_se``.
+    """
+    import keras
+
+    labels = data.labels[data.train]
+    present = np.bincount(labels)
+    smallest = int(present[present > 0].min()) if present.any() else 0
+    if smallest < folds:
+        log.warning("study.cv_folds=%d but a class has only %d training image(s): its folds are unstratified",
+                    folds, smallest)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.train.seed)
+    scores: list[float] = []
+    epochs = cfg.train.epochs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        parts = list(splitter.split(np.zeros(len(labels)), labels))
+    for k, (inner, held) in enumerate(parts):
+        fold_data = replace(data, train=data.train[inner], val=data.train[held])
+
+        def report(epoch: int, metrics: Mapping[str, float], k: int = k) -> None:
+            running = (sum(scores) + float(metrics[f"val_{metric}"])) / (k + 1)
+            trial.report(running, k * epochs + epoch)
+            if trial.should_prune():
+                raise TrialPruned(f"pruned in fold {k + 1}/{folds}, epoch {epoch}: running mean val_{metric} = "
+                                  f"{running:.4f}")
+
+        result = train(cfg, NullTracker(), data=fold_data, epoch_callback=report, verbose=0, log_model=False,
+                       **train_kwargs)
+        scores.append(float(result.val_metrics[metric]))
+        tracker.log_metrics({f"cv_fold_{metric}": scores[-1]}, step=k + 1)
+        log.info("trial %d fold %d/%d: val_%s %.4f", trial.number, k + 1, folds, metric, scores[-1])
+        keras.backend.clear_session()
+    std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    tracker.log_metrics({f"cv_{metric}_mean": float(np.mean(scores)), f"cv_{metric}_std": std,
+                         f"cv_{metric}_se": std / np.sqrt(len(scores))})
+    tracker.set_tags({"optuna.cv_folds": folds})
+    return scores
 
 
 def pruning_callback(trial: optuna.Trial, metric: str) -> Callable[[int, Mapping[str, float]], None]:
@@ -150,11 +198,16 @@ class TrialWorker:
         with tracker:
             trial.set_user_attr(ATTR_TRIAL_RUN, tracker.run_id)
             tracker.log_params({f"optuna.{k}": v for k, v in params.items()})
+            lookups = {"recall_lookup": functools.partial(run_val_recall, tracking_uri=self.run.tracking_uri),
+                       "model_loader": functools.partial(load_keras_model, tracking_uri=self.run.tracking_uri)}
+            folds = tune.study.folds_for(len(data.val))
             try:
-                result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False,
-                               recall_lookup=functools.partial(run_val_recall, tracking_uri=self.run.tracking_uri),
-                               model_loader=functools.partial(load_keras_model, tracking_uri=self.run.tracking_uri))
-                value = float(result.val_metrics[metric])
+                if folds:
+                    cv = cross_validate(cfg, data, folds, trial, metric, tracker, **lookups)
+                    trial.set_user_attr("cv_scores", [round(v, 6) for v in cv])
+                    report = None  # the whole-train fit below only gives the model; pruning saw the folds
+                result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False, **lookups)
+                value = float(np.mean(cv)) if folds else float(result.val_metrics[metric])
                 if self._should_log_model(value):
                     result.model_uri = self._log_model(tracker, result, data, cfg.data.crop)
                 tracker.set_tags({"optuna.model_logged": "true" if result.model_uri else "false"})

@@ -414,8 +414,13 @@ PRUNER_ARGS: dict[str, tuple[str, ...]] = {
 STUDY_KEYS: tuple[str, ...] = (
     "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
     "heartbeat_interval", "grace_period", "retry_stale", "log_models", "keep_models", "register_model",
-    "model_alias", "refit",
+    "model_alias", "refit", "cv_folds",
 )
+#: ``study.cv_folds: auto`` cross-validates when the validation split is smaller than this (images).
+CV_AUTO_BELOW_VAL = 500
+#: Folds ``auto`` uses on such a split.
+CV_AUTO_FOLDS = 3
+MAX_CV_FOLDS = 20
 #: Which trials log their Keras model: those that beat every earlier COMPLETE trial, or all.
 LOG_MODELS: tuple[str, ...] = ("top_k", "improving", "all")
 TUNE_KEYS: tuple[str, ...] = ("base", "run", "study", "search_space")
@@ -452,7 +457,13 @@ class StudyConfig:
     model is always logged), ``all`` every COMPLETE trial's model. ``refit`` (default true): once the
     trials are done, the best trial's configuration is trained again on train + validation for the
     epochs its best checkpoint took, logged as its own run and registered under the study's name with
-    alias ``refit`` (scikit-learn's ``refit=True``); the report scores it on test.
+    alias ``refit`` (scikit-learn's ``refit=True``); the report scores it on test. ``cv_folds``: a trial's
+    value is the mean of its metric over K stratified folds of the train split (each fold trained on the
+    other K-1), pruned on the running mean; then the trial trains once more on the whole train split for its
+    logged model and validation metrics, so ensembles keep a clean validation split. ``0`` scores on the
+    validation split alone; ``auto`` (default) uses 3 folds when the validation split holds fewer than 500
+    images (there one image moves accuracy by 0.2 points or more and a rare class by much more, so a single
+    split ranks trials by noise) and 0 above (the K+1 trainings per trial would not pay).
     """
 
     name: str
@@ -471,6 +482,13 @@ class StudyConfig:
     register_model: bool = True
     model_alias: str = "champion"
     refit: bool = True
+    cv_folds: int | str = "auto"
+
+    def folds_for(self, n_val: int) -> int:
+        """The folds to use when the validation split holds ``n_val`` images (0 = no cross-validation)."""
+        if self.cv_folds == "auto":
+            return CV_AUTO_FOLDS if n_val < CV_AUTO_BELOW_VAL else 0
+        return int(self.cv_folds)
 
     @property
     def direction(self) -> str:
@@ -557,6 +575,11 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
     alias = raw.get("model_alias", "champion")
     if not isinstance(alias, str) or not alias.isidentifier():
         raise ConfigError(f"study.model_alias={alias!r} must be a simple name like champion")
+    cv_folds = raw.get("cv_folds", "auto")
+    if cv_folds != "auto" and (not isinstance(cv_folds, int) or isinstance(cv_folds, bool) or cv_folds == 1
+                               or not 0 <= cv_folds <= MAX_CV_FOLDS):
+        raise ConfigError(f"study.cv_folds={cv_folds!r} must be auto, 0 (the validation split alone) or an integer "
+                          f"2-{MAX_CV_FOLDS}")
     return StudyConfig(
         name=name.strip(), metric=metric,
         n_trials=_positive_int("study.n_trials", raw.get("n_trials", 20)),
@@ -568,6 +591,7 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
         log_models=log_models, keep_models=_positive_int("study.keep_models", raw.get("keep_models", 3)),
         register_model=register, model_alias=alias, refit=_bool("study.refit", raw.get("refit", True)),
+        cv_folds=cv_folds,
     )
 
 

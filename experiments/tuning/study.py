@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -177,3 +178,10 @@ def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optu
 
 def count_tags(study: optuna.Study) -> dict[str, int]:
     return {f"study.n_{k.lower()}": v for k, v in state_counts(study).items()}
+
+def cv_spread(scores: list[float] | None) -> str | None:
+    """``0.612 ± 0.031 (3)``: mean and sample SD of a trial's fold scores, or None without CV."""
+    if not scores:
+        return None
+    sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    return f"{statistics.fmean(scores):.3f} ± {sd:.3f} ({len(scores)})"
