@@ -204,10 +204,10 @@ def parse_tune_config_from(tmp_path: Path, doc: dict):
 
 
 def test_cv_folds_default_by_validation_size_and_bad_values() -> None:
-    auto = parse_study({"name": "s"})
+    auto = parse_study({"name": "s"}, "s")
     assert auto.cv_folds == "auto" and auto.folds_for(357) == 3 and auto.folds_for(500) == 0
-    assert parse_study({"name": "s", "cv_folds": 0}).folds_for(10) == 0
-    assert parse_study({"name": "s", "cv_folds": 5}).folds_for(10_000) == 5
+    assert parse_study({"name": "s", "cv_folds": 0}, "s").folds_for(10) == 0
+    assert parse_study({"name": "s", "cv_folds": 5}, "s").folds_for(10_000) == 5
     for bad in (1, -2, 21, "three", True, 2.5):
         with pytest.raises(ConfigError, match=r"study.cv_folds=.* must be auto, 0 .* or an integer 2-20"):
-            parse_study({"name": "s", "cv_folds": bad})
+            parse_study({"name": "s", "cv_folds": bad}, "s")
