@@ -1,0 +1,205 @@
+"""The platform's whole workflow against its own reference recipe, on the same split, at a stated budget.
+
+For each test bed and seed: ``galaxy10 train`` with ``reference.yaml`` (the reference recipe) and the full
+workflow - ``galaxy10 tune`` (``--trials N`` of a tuning config, cross-validated selection where the
+config's ``study.cv_folds`` says so, the refit) -> ``galaxy10 ensemble`` -> ``galaxy10 report``. Every model
+is scored once on the test split of the same saved split: test accuracy, balanced accuracy and the recall
+of the rarest training class, with 95% bootstrap CIs over the test images. Everything runs in a temporary
+folder through the CLI (its own MLflow and Optuna stores); nothing is written elsewhere.
+
+Test beds: ``gz2`` (the real Galaxy Zoo 2 set, ``../shared/data/realsamples/gz2_hart16_sdss``, 928 SDSS
+galaxies in 6 classes), ``rings`` (the real DECaLS ring set with rings made rare: 30 rings vs 235 others),
+``synthetic`` (``galaxy10 data synth``, SYNTHETIC, ``--synthetic-n`` images).
+
+    python benchmarks/bench_workflow.py --beds gz2,rings --seeds 2 --trials 4 --epochs 8
+    python benchmarks/bench_workflow.py --beds synthetic --synthetic-n 1500 --quick      # smoke: 1 seed, 2 trials
+    python benchmarks/bench_workflow.py --tune-config experiments/configs/tune_backbones.yaml   # backbone arm
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+REALSAMPLES = ROOT.parent / "shared" / "data" / "realsamples"
+G10 = [sys.executable, "-m", "experiments.cli", "-q"]
+
+
+def galaxy10(*args: str, cwd: Path, env: dict[str, str]) -> str:
+    """Run one CLI command in ``cwd``; its stdout, or SystemExit with its last lines on failure."""
+    proc = subprocess.run([*G10, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_workflow: `galaxy10 {' '.join(args)}` failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def make_bed(name: str, work: Path, env: dict[str, str], synthetic_n: int) -> Path:
+    """The test bed's HDF5 file in ``work`` (imported from the real samples, or synthetic)."""
+    out = work / f"{name}.h5"
+    if name == "gz2":
+        src = REALSAMPLES / "gz2_hart16_sdss"
+        galaxy10("data", "import", str(src), "--labels", str(src / "labels.csv"), "--size", "128", "--out",
+                 str(out), cwd=work, env=env)
+    elif name == "rings":
+        src = REALSAMPLES / "gz_decals_zoobot_rings"
+        with (src / "catalog.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        rings = [r for r in rows if r["ring"] == "1"][:30]
+        others = [r for r in rows if r["ring"] == "0"]
+        labels = work / "rare_rings.csv"
+        labels.write_text("file,label\n" + "".join(
+            f"{r['file']},{'ring' if r['ring'] == '1' else 'not_ring'}\n" for r in rings + others))
+        galaxy10("data", "import", str(src), "--labels", str(labels), "--size", "128", "--out", str(out),
+                 cwd=work, env=env)
+    elif name == "synthetic":
+        galaxy10("data", "synth", "--n", str(synthetic_n), "--size", "128", "--seed", "0", "--out", str(out),
+                 cwd=work, env=env)
+    else:
+        raise SystemExit(f"bench_workflow: unknown test bed {name!r}; use gz2, rings or synthetic")
+    return out
+
+
+def score(model_uri: str, data_path: Path, tracking_uri: str, rows: np.ndarray) -> np.ndarray:
+    """Test-split probabilities of a logged model through the one predictor."""
+    from experiments.serving.predictor import load_predictor, predict_file_rows
+
+    return predict_file_rows(load_predictor(model_uri, tracking_uri=tracking_uri), data_path, rows)
+
+
+def metrics_with_ci(y: np.ndarray, probs: np.ndarray, rare: int, n_classes: int, seed: int,
+                    resamples: int = 1000) -> dict[str, tuple[float, float, float]]:
+    """Accuracy, balanced accuracy and rare-class recall, each with a 95% bootstrap CI over test images."""
+    pred = probs.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+
+    def values(idx: np.ndarray) -> tuple[float, float, float]:
+        yt, yp = y[idx], pred[idx]
+        present = [c for c in range(n_classes) if (yt == c).any()]
+        recalls = [float((yp[yt == c] == c).mean()) for c in present]
+        rare_recall = float((yp[yt == rare] == rare).mean()) if (yt == rare).any() else float("nan")
+        return float((yt == yp).mean()), float(np.mean(recalls)), rare_recall
+
+    point = values(np.arange(len(y)))
+    boot = np.array([values(rng.integers(0, len(y), len(y))) for _ in range(resamples)])
+    out = {}
+    for i, key in enumerate(("accuracy", "balanced_accuracy", "rare_recall")):
+        lo, hi = np.nanpercentile(boot[:, i], [2.5, 97.5])
+        out[key] = (point[i], float(lo), float(hi))
+    return out
+
+
+def run_bed(name: str, seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
+    """The reference recipe and the workflow on one bed and seed; one row per scored model."""
+    from pipelines.reader import Galaxy10File
+    from pipelines.splits import ensure_split
+
+    folder = work / f"{name}-seed{seed}"
+    folder.mkdir()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {**os.environ, "GALAXY10_CACHE": str(folder / "cache"), "MLFLOW_TRACKING_URI": uri,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    data = make_bed(name, folder, env, args.synthetic_n)
+    size = [f"data.size={args.size}", f"data.crop={args.crop}", f"train.epochs={args.epochs}",
+            f"train.seed={seed}", f"data.split_seed={seed}"]
+    sets = [x for s in size for x in ("--set", s)]
+    timings = {}
+    t0 = time.perf_counter()
+    out = galaxy10("train", "--config", str(ROOT / "experiments/configs/reference.yaml"), "--data", str(data),
+                   "--json", *sets, cwd=folder, env=env)
+    reference = json.loads(out)
+    timings["reference"] = time.perf_counter() - t0
+    study = f"bench-{name}-{seed}"
+    t0 = time.perf_counter()
+    galaxy10("tune", "--config", str(ROOT / args.tune_config), "--data", str(data), "--study", study,
+             "--trials", str(args.trials), "--storage", f"sqlite:///{folder / 'optuna.db'}", *sets,
+             cwd=folder, env=env)
+    galaxy10("ensemble", "--study", study, "--config", str(ROOT / "experiments/configs/ensemble.yaml"),
+             "--storage", f"sqlite:///{folder / 'optuna.db'}", cwd=folder, env=env)
+    galaxy10("report", "--study", study, "--out", str(folder / "report"), "--storage",
+             f"sqlite:///{folder / 'optuna.db'}", "--bootstrap", "200", cwd=folder, env=env)
+    timings["workflow"] = time.perf_counter() - t0
+    report = json.loads((folder / "report" / "report.json").read_text())
+
+    with Galaxy10File(data) as f:
+        labels = np.asarray(f.labels()).astype(np.int64)
+        class_names = list(f.info.class_names) if getattr(f.info, "class_names", None) else None
+    split = ensure_split(data, seed=seed)
+    rows = np.asarray(split.test)
+    y = labels[rows]
+    n_classes = int(labels.max()) + 1
+    rare = int(np.argmin(np.bincount(labels[split.train], minlength=n_classes)))
+    models = {"reference recipe": (reference["model_uri"], timings["reference"])}
+    for key, m in report["models"].items():
+        if key != "baseline" and m.get("model_uri"):
+            models[f"workflow: {m['label']}"] = (m["model_uri"], timings["workflow"])
+    results = []
+    for label, (model_uri, seconds) in models.items():
+        probs = score(model_uri, data, uri, rows)
+        results.append({"bed": name, "seed": seed, "model": label, "seconds": seconds,
+                        "rare_class": class_names[rare] if class_names else str(rare),
+                        "n_test": len(rows), **metrics_with_ci(y, probs, rare, n_classes, seed)})
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--beds", default="gz2,rings", help="comma-separated: gz2, rings, synthetic")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=4, help="trials of the study (the workflow's budget)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of every training (reference and trials)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--crop", type=int, default=48)
+    parser.add_argument("--tune-config", default="experiments/configs/tune_catalog.yaml")
+    parser.add_argument("--synthetic-n", type=int, default=1500)
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2 trials, 2 epochs")
+    parser.add_argument("--json-out", help="also write every row as JSON to this file")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.trials, args.epochs = 1, 2, 2
+    beds = [b.strip() for b in args.beds.split(",") if b.strip()]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-workflow-") as tmp:
+        for bed in beds:
+            for seed in range(args.seeds):
+                start = time.perf_counter()
+                bed_rows = run_bed(bed, seed, args, Path(tmp))
+                rows += bed_rows
+                for r in bed_rows:
+                    print(f"  {bed} seed {seed} {r['model']:<45} acc {r['accuracy'][0]:.3f} "
+                          f"bal {r['balanced_accuracy'][0]:.3f} rare({r['rare_class']}) {r['rare_recall'][0]:.2f}",
+                          flush=True)
+                print(f"  {bed} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    print(f"\nbudget: {args.trials} trials of {args.tune_config}, {args.epochs} epochs per training, "
+          f"{args.size} -> {args.crop} px, seeds 0..{args.seeds - 1} (split seed = seed)")
+    print("\n| bed | model | seeds | test accuracy [95% CI] | balanced accuracy [95% CI] | rare-class recall [95% CI] |")
+    print("|---|---|---|---|---|---|")
+    for bed in beds:
+        for model in dict.fromkeys(r["model"] for r in rows if r["bed"] == bed):
+            rs = [r for r in rows if r["bed"] == bed and r["model"] == model]
+
+            def cell(key: str) -> str:
+                vals = [r[key] for r in rs]
+                return " / ".join(f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]" for v in vals)
+
+            print(f"| {bed} | {model} | {len(rs)} | {cell('accuracy')} | {cell('balanced_accuracy')} | "
+                  f"{cell('rare_recall')} ({rs[0]['rare_class']}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
