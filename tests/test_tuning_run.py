@@ -178,7 +178,7 @@ def test_bad_search_space_key_via_cli(tiny_h5: Path, tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err.strip()
     assert err == ("galaxy10: error: search_space 'model.dropuot' = 0.1: unknown config key model.dropuot; "
                    "allowed keys in model: name, params, filters, kernel_size, batch_norm, dropout, dense_units, l2, "
-                   "global_pooling, activation")
+                   "global_pooling, activation, weights, init_from")
     assert not (tmp_path / "optuna.db").exists()  # refused before any study was created
 
 
