@@ -398,3 +398,14 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
     crops = prepare_images(raw, size=int(bundle.meta["size"]), crop=int(bundle.meta["crop"]))
     embedded = CNNEmbedder(bundle.model).fit(crops).embed(crops, split="test", data_fingerprint="x")
     np.testing.assert_array_equal(embedded.probs, report_probs)
+    # training's own evaluation (per-epoch validation, val_* metrics) reads the cached resized images of the
+    # same preprocessing: the same probabilities (to float tolerance: another batch composition)
+    from experiments.config import load_config
+    from experiments.training import load_training_data, predict_probs
+
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+    data = load_training_data(load_config(smoke).data, smoke_model.data_path)
+    rows = np.asarray(data.test)
+    in_report = np.searchsorted(np.asarray(test), rows)
+    np.testing.assert_allclose(predict_probs(bundle.model, data, rows, crop=int(bundle.meta["crop"])),
+                               report_probs[in_report], rtol=1e-5, atol=1e-6)
