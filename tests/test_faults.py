@@ -537,7 +537,7 @@ def test_full_disk_during_the_embedding_cache(tiny_study: TinyStudy, tmp_path: P
 
     def comparisons() -> set[str]:
         return {r.run_id for r in find_runs({"ensemble.role": "comparison"},
-                                                     tracking_uri=tiny_study.tracking_uri)}
+                                            tracking_uri=tiny_study.tracking_uri)}
 
     before = comparisons()
 
@@ -570,7 +570,7 @@ def test_full_disk_during_the_embedding_cache(tiny_study: TinyStudy, tmp_path: P
     assert temp_files(tmp_path) == []
     # The cache written by the re-run holds what a clean computation gives.
     members = study_members("tiny", storage_url=tiny_study.storage,
-                                            tracking_uri=tiny_study.tracking_uri, top_k=1)
+                            tracking_uri=tiny_study.tracking_uri, top_k=1)
     data = load_study_data(members, None)
     model = load_model_bundle(members.best.model_uri).model
     fresh = CNNEmbedder(model, model_id=members.best.run_id, cache_dir=False).fit().embed(

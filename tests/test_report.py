@@ -245,12 +245,12 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
         mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
         tags = {"ensemble.role": "comparison", "optuna.study": "tiny", "ensemble.mode": "val_cv"}
         with MlflowTracker("ens", "ensemble comparison", tracking_uri=tiny_study.tracking_uri,
-                                    tags=tags) as parent:
+                           tags=tags) as parent:
             columns = "candidate,kind,val_accuracy,val_recall_disturbed,members,estimate,run_id"
             parent.log_text(f"{columns}\nvote-top2,vote,0.5,0.25,a b,val,r1\ncnn-best,cnn,0.4,0.5,a,val,r2\n",
                             "comparison.csv")
             with MlflowTracker("ens", "vote-top2", tracking_uri=tiny_study.tracking_uri,
-                                        parent_run_id=parent.run_id, tags={"kind": "vote", "candidate": "vote-top2"}) \
+                               parent_run_id=parent.run_id, tags={"kind": "vote", "candidate": "vote-top2"}) \
                     as winner:
                 pass
             client.create_registered_model("tiny-ensemble")

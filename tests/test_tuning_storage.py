@@ -121,7 +121,7 @@ def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(tmp_path: Path
 def test_stale_running_trial_is_failed() -> None:
     handled = []
     storage = open_storage("sqlite:///optuna.db", heartbeat_interval=1, grace_period=2,
-                                  on_stale=lambda study, trial: handled.append(trial.number))
+                           on_stale=lambda study, trial: handled.append(trial.number))
     study = open_study(_tune(), storage)
     trial = study.ask()
     trial.suggest_float("model.dropout", 0.0, 0.5)

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     # Keras prints its per-epoch progress to stdout; keep stdout for the summary (e.g. --json).
     with contextlib.redirect_stdout(sys.stderr), \
             MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri,
-                                   tags={"config.file": args.config}) as tracker:
+                          tags={"config.file": args.config}) as tracker:
         result = train(cfg, tracker, data=data, score_test=args.score_test,
                        recall_lookup=None if recall is None else (lambda run_id, slugs: recall),
                        model_loader=None if start is None else (lambda ref: start), log_model=args.log_model)

@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         tune = replace(tune, study=replace(tune.study, refit=False))
     level = logging.getLogger().getEffectiveLevel()
     report = run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
-                              storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
-                              overrides=tuple(args.overrides), log_level=level)
+                       storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
+                       overrides=tuple(args.overrides), log_level=level)
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())) or "no trials"
     print(f"study {report.study_name}: {counts} ({report.trials_this_run} new this run, {report.seconds:.0f} s)")
     if report.stale_failed:

@@ -157,14 +157,14 @@ def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]
     reason = "the galaxy10 ensemble command that logged this run stopped without ending it (killed)"
     closed = []
     for run in find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
-                                  tracking_uri=tracking_uri):
+                         tracking_uri=tracking_uri):
         pid = run.tags.get("run.pid", "")
         if run.status != "RUNNING" or run.tags.get("run.host") != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         for child in find_runs({}, tracking_uri=tracking_uri, parent_run_id=run.run_id):
             if child.status == "RUNNING":
                 finish_run(child.run_id, "FAILED", tracking_uri=tracking_uri,
-                                    tags={"ensemble.fail_reason": reason})
+                           tags={"ensemble.fail_reason": reason})
                 closed.append(child.run_id)
         finish_run(run.run_id, "FAILED", tracking_uri=tracking_uri, tags={"ensemble.fail_reason": reason})
         closed.append(run.run_id)
@@ -196,8 +196,8 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
     rows, child_ids, model_uris = [], {}, {}
     close_abandoned_comparisons(study_name, uri)
     with MlflowTracker(experiment, COMPARISON_RUN_NAME, tracking_uri=uri,
-                                tags={**common_tags, "ensemble.role": "comparison", "run.host": socket.gethostname(),
-                                      "run.pid": os.getpid()}) as parent:
+                       tags={**common_tags, "ensemble.role": "comparison", "run.host": socket.gethostname(),
+                             "run.pid": os.getpid()}) as parent:
         parent.log_params({**{f"ensemble.{k}": v for k, v in _flat(to_dict(cfg)).items()},
                            "study.name": study_name, "study.storage": storage_url,
                            "study.best_trial": members.best.trial_number,
@@ -215,7 +215,7 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
             tags = {**common_tags, "kind": cand.kind, "candidate": cand.name, "members": " ".join(cand.members),
                     "ensemble.estimate": cand.estimate, "ensemble.description": cand.model.description}
             with MlflowTracker(experiment, cand.name, tracking_uri=uri, parent_run_id=parent.run_id,
-                                        tags=tags) as child:
+                               tags=tags) as child:
                 child.log_params({"kind": cand.kind, "n_branches": len(cand.model.branches),
                                   **{k: str(v) for k, v in cand.params.items()}})
                 child.log_metrics({**prefixed(metrics, "val"), "build_seconds": cand.seconds})

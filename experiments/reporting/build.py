@@ -186,6 +186,6 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
     if log_artifacts:
         log_artifacts_to_run(study.parent_run_id, out, ARTIFACT_DIR, tracking_uri=uri)
         set_run_tags(study.parent_run_id, {"report.test_scoring_run": report.scoring_run_id},
-                              tracking_uri=uri)
+                     tracking_uri=uri)
     log.info("report written to %s (test scoring run %s)", out, report.scoring_run_id)
     return report

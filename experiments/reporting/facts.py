@@ -136,7 +136,7 @@ def find_ensemble(study_name: str, tracking_uri: str) -> EnsembleInfo:
     """
 
     runs = [r for r in find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
-                                          tracking_uri=tracking_uri)
+                                 tracking_uri=tracking_uri)
             if r.status == "FINISHED" and r.tags.get("winner.registered_model")]
     notes: list[str] = []
     mode = None

@@ -66,7 +66,7 @@ def log_test_scores(report: Report, *, experiment_name: str, tracking_uri: str) 
             **{f"report.{m.key}.model_uri": m.model_uri or "" for m in report.models},
             **git_commit()}
     with MlflowTracker(experiment_name, SCORING_RUN_NAME, tracking_uri=tracking_uri,
-                                parent_run_id=report.parent_run_id, tags=tags) as run:
+                       parent_run_id=report.parent_run_id, tags=tags) as run:
         metrics: dict[str, float] = {"test_n_images": float(report.data.split_sizes["test"])}
         for m in report.models:
             metrics.update(prefixed(m.metrics, f"test_{m.key}"))
@@ -78,8 +78,8 @@ def log_test_scores(report: Report, *, experiment_name: str, tracking_uri: str) 
     for m in report.models:
         if m.run_id and m.key != "baseline":
             log_metrics_to_run(m.run_id, {**prefixed(m.metrics, "test"),
-                                                   **{f"test_{k}_ci_low": v[0] for k, v in m.ci.items()},
-                                                   **{f"test_{k}_ci_high": v[1] for k, v in m.ci.items()}},
-                                        tracking_uri=tracking_uri)
+                                          **{f"test_{k}_ci_low": v[0] for k, v in m.ci.items()},
+                                          **{f"test_{k}_ci_high": v[1] for k, v in m.ci.items()}},
+                               tracking_uri=tracking_uri)
             set_run_tags(m.run_id, {"report.test_scoring_run": scoring_run}, tracking_uri=tracking_uri)
     return scoring_run

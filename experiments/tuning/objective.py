@@ -66,7 +66,7 @@ class StaleTrialHandler:
         run_id = trial.user_attrs.get(ATTR_TRIAL_RUN)
         if run_id:
             finish_run(run_id, "FAILED", tracking_uri=self.tracking_uri,
-                                tags={"optuna.trial_state": "FAIL",
+                       tags={"optuna.trial_state": "FAIL",
                                       "optuna.fail_reason": "stale heartbeat: the worker process stopped"})
         if self.max_retry > 0:
             with quiet_optuna_warnings():
@@ -190,8 +190,8 @@ class TrialWorker:
                 "optuna.storage": self.run.storage_url, "optuna.worker": self.run.worker,
                 "optuna.overrides": " ".join(overrides)[:5000]}
         tracker = MlflowTracker(cfg.experiment_name, run_name, tracking_uri=self.run.tracking_uri,
-                                         parent_run_id=self.run.parent_run_id, tags=tags,
-                                         killed_on=(optuna.TrialPruned,))
+                                parent_run_id=self.run.parent_run_id, tags=tags,
+                                killed_on=(optuna.TrialPruned,))
 
         report = pruning_callback(trial, metric)
         state = "FAIL"

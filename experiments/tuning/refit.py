@@ -52,13 +52,13 @@ def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, pare
     tags = {"optuna.study": study.study_name, "optuna.role": "refit", "refit.of_trial": best.number,
             "refit.epochs": epochs, "refit.val_seen": "true"}
     with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=tracking_uri,
-                                parent_run_id=parent_run_id, tags=tags) as tracker:
+                       parent_run_id=parent_run_id, tags=tags) as tracker:
         result = train(cfg, tracker, data=merged, verbose=0, restore_best=False,
                        recall_lookup=functools.partial(run_val_recall, tracking_uri=tracking_uri),
                        model_loader=functools.partial(load_keras_model, tracking_uri=tracking_uri))
     registered = register_champion(result.model_uri, study.study_name, alias=REFIT_ALIAS,
-                                            run_id=result.run_id, tracking_uri=tracking_uri,
-                                            tags={"optuna.study": study.study_name, "refit.of_trial": best.number})
+                                   run_id=result.run_id, tracking_uri=tracking_uri,
+                                   tags={"optuna.study": study.study_name, "refit.of_trial": best.number})
     study.set_user_attr(ATTR_REFIT_TRIAL, best.number)
     study.set_user_attr(ATTR_REFIT_RUN, result.run_id)
     study.set_user_attr(ATTR_REFIT_MODEL, result.model_uri)

@@ -89,7 +89,7 @@ def _parent_run(study: optuna.Study, tune: TuneConfig, tracking_uri: str, experi
     if run_id:
         log.warning("the study's parent run %s is not at %s; starting a new parent run", run_id, tracking_uri)
     parent = MlflowTracker(experiment_name, f"study-{study.study_name}", tracking_uri=tracking_uri,
-                                    tags={"optuna.study": study.study_name, "optuna.role": "study"}).start()
+                           tags={"optuna.study": study.study_name, "optuna.role": "study"}).start()
     parent.log_params({"study.name": study.study_name, "study.storage": storage_url,
                        "study.metric": tune.study.metric, "study.direction": tune.study.direction,
                        "study.search_space_hash": space_hash(tune.space)})
@@ -258,7 +258,7 @@ def close_orphan_runs(study: optuna.Study, parent_run_id: str, tracking_uri: str
             continue
         own = trial.user_attrs.get(ATTR_TRIAL_RUN) == run.run_id
         finish_run(run.run_id, MLFLOW_STATUS[trial.state] if own else "FAILED", tracking_uri=tracking_uri,
-                            tags={"optuna.trial_state": trial.state.name,
+                   tags={"optuna.trial_state": trial.state.name,
                                   "optuna.closed_late": f"trial {trial.number} ended {trial.state.name} but its run "
                                                         "was left RUNNING (tracking server unreachable or process "
                                                         "stopped); closed when the study was continued"})
