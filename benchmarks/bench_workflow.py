@@ -126,8 +126,9 @@ def run_bed(name: str, seed: int, args: argparse.Namespace, work: Path) -> list[
     galaxy10("tune", "--config", str(ROOT / args.tune_config), "--data", str(data), "--study", study,
              "--trials", str(args.trials), "--storage", f"sqlite:///{folder / 'optuna.db'}", *sets,
              cwd=folder, env=env)
-    galaxy10("ensemble", "--study", study, "--config", str(ROOT / "experiments/configs/ensemble.yaml"),
-             "--storage", f"sqlite:///{folder / 'optuna.db'}", cwd=folder, env=env)
+    comparison = galaxy10("ensemble", "--study", study, "--config", str(ROOT / "experiments/configs/ensemble.yaml"),
+                          "--storage", f"sqlite:///{folder / 'optuna.db'}", cwd=folder, env=env)
+    print(f"  {name} seed {seed}: the ensemble comparison (validation)\n{comparison}", flush=True)
     galaxy10("report", "--study", study, "--out", str(folder / "report"), "--storage",
              f"sqlite:///{folder / 'optuna.db'}", "--bootstrap", "200", cwd=folder, env=env)
     timings["workflow"] = time.perf_counter() - t0
