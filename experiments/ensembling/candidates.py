@@ -81,6 +81,7 @@ class BuildContext:
     tracking_uri: str
     y_val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     notes: list[str] = field(default_factory=list)
+    by_size: dict[int, Any] = field(default_factory=dict)  # the study's data per data.size, loaded once
 
     @property
     def n_classes(self) -> int:
@@ -310,8 +311,8 @@ def backbone_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: 
     reps = list(first.values())
     members = [ctx.members.members[i] for i in reps]
     names = [f"{m.name} ({m.backbone})" for m in members]
-    branches = [_branch(models[i], ctx.members.members[i].cfg, tta=ctx.members.members[i].cfg.augment.tta,
-                        name=ctx.members.members[i].name, run_id=ctx.members.members[i].run_id) for i in reps]
+    branches = [_branch(models[i], m.cfg, tta=m.cfg.augment.tta, name=m.name, run_id=m.run_id)
+                for i, m in zip(reps, members)]
     start = time.perf_counter()
     out = [Candidate("vote-backbones", "vote", names, soft_vote([member_probs[i] for i in reps]),
                      "validation split (equal weights over the best trial of each backbone, nothing fit on it)",
@@ -319,10 +320,9 @@ def backbone_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: 
                      {"backbones": ",".join(first)}, time.perf_counter() - start)]
     cfg, n, y = ctx.cfg, ctx.n_classes, ctx.y_val
     splits = cv_splits(y, cfg.cv_folds, seed=cfg.seed)
-    by_size: dict[int, Any] = {}
     embedded = []
     for i, m in zip(reps, members):
-        data = member_data(ctx, m, by_size)
+        data = member_data(ctx, m)
         emb = _embedder(models[i], model_id=m.run_id, tta=cfg.embeddings.tta, batch_size=cfg.embeddings.batch_size)
         embedded.append(emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint).embeddings)
     for name in cfg.second_stage:
@@ -449,14 +449,14 @@ def val_cv_candidates(ctx: BuildContext, best_model: Any) -> list[Candidate]:
     return out
 
 
-def member_data(ctx: BuildContext, member: Any, by_size: dict[int, Any]) -> Any:
-    """The study's data resized for ``member`` (members may differ in ``data.size``), its split checked."""
+def member_data(ctx: BuildContext, member: Any) -> Any:
+    """The study's data resized for ``member`` (members may differ in ``data.size``; each size is loaded
+    once per comparison), its split checked."""
     size = int(member.cfg.data.size)
-    if not by_size:
-        by_size[int(ctx.data.size)] = ctx.data
-    if size not in by_size:
-        by_size[size] = load_training_data(member.cfg.data, ctx.data.path)
-    data = by_size[size]
+    ctx.by_size.setdefault(int(ctx.data.size), ctx.data)
+    if size not in ctx.by_size:
+        ctx.by_size[size] = load_training_data(member.cfg.data, ctx.data.path)
+    data = ctx.by_size[size]
     if not np.array_equal(data.val, ctx.data.val):
         raise DataError(f"{member.name}'s validation split differs from the best trial's; the study's data changed")
     return data
@@ -466,9 +466,8 @@ def member_val_probs(ctx: BuildContext, models: Sequence[Any]) -> list[np.ndarra
     """Each member CNN's validation probabilities (its own TTA setting), checked against its run."""
 
     out = []
-    by_size: dict[int, Any] = {}
     for model, m in zip(models, ctx.members.members):
-        data = member_data(ctx, m, by_size)
+        data = member_data(ctx, m)
         emb = _embedder(model, model_id=m.run_id, tta=m.cfg.augment.tta, batch_size=ctx.cfg.embeddings.batch_size)
         probs = emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint).probs
         acc = classification_metrics(ctx.y_val, probs, ctx.data.class_slugs)["accuracy"]

@@ -170,9 +170,7 @@ def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -
     """Load the model named by ``ref`` (default: the newest study's ``champion`` alias)."""
     if tracking_uri:
         set_tracking_uri(tracking_uri)
-    uri = None if ref is None else parse_model_ref(ref)
-    if uri is not None and not Path(uri).exists():  # a store lookup must not create an empty MLflow database
-        require_tracking_store(get_tracking_uri())
+    uri = None if ref is None else resolve_model_uri(ref)
     if uri is None:
         try:
             require_tracking_store(get_tracking_uri())
@@ -190,10 +188,16 @@ def load_keras_model(ref: str, *, tracking_uri: str | None = None) -> ModelBundl
     """The logged Keras model ``ref`` (NAME@alias, run id, ``models:/...``) and its metadata (``model.init_from``)."""
     if tracking_uri:
         set_tracking_uri(tracking_uri)
+    return load_model_bundle(resolve_model_uri(ref))
+
+
+def resolve_model_uri(ref: str) -> str:
+    """:func:`parse_model_ref`, then check that the tracking store exists unless ``ref`` is a local folder
+    (a lookup in a missing store must not create an empty MLflow database)."""
     uri = parse_model_ref(ref)
-    if not Path(uri).exists():  # a store lookup must not create an empty MLflow database
+    if not Path(uri).exists():
         require_tracking_store(get_tracking_uri())
-    return load_model_bundle(uri)
+    return uri
 
 
 def predictor_from_loaded(loaded: Any) -> Predictor:
