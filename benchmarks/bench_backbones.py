@@ -33,11 +33,13 @@ BACKBONES: dict[str, list[str]] = {
     "resnet": ["model.name=resnet", "model.params={depth: 10, width: 8, stochastic_depth: 0.1}"],
     # 4-16 channels per group slice: 32-128 channels in all, the reference CNN's widths (about equal compute)
     "d4_cnn": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16]}"],
+    # the same D4 CNN with the global mean as its invariant pooling (the design before radial pooling)
+    "d4_cnn_mean": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], pool: mean}"],
     "efficientnetv2": ["model.name=efficientnetv2", "model.params={variant: B0}"],
     "convnext": ["model.name=convnext", "model.params={variant: Tiny}"],
 }
 #: Backbones run with several seeds (the others once).
-SEEDED = ("reference_cnn", "d4_cnn")
+SEEDED = ("reference_cnn", "d4_cnn", "d4_cnn_mean")
 
 
 def import_gz2(folder: Path) -> Path:
@@ -57,7 +59,7 @@ def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa:
     from experiments.training import predict_probs, train
 
     sets = [f"data.size={args.size}", f"data.crop={args.crop}", f"train.epochs={args.epochs}",
-            "train.patience=null", "train.monitor=val_loss", f"train.seed={seed}", "augment.policy=galaxy",
+            "train.patience=null", "train.monitor=val_loss", f"train.seed={seed}", f"augment.policy={args.policy}",
             "augment.targets=null", "train.precision=mixed_bfloat16", *BACKBONES[name]]
     cfg = load_config(None, sets)
     with tracker_factory(f"bench-{name}-seed{seed}") as tracker:
@@ -87,6 +89,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--crop", type=int, default=48)
     parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--policy", default="galaxy", help="augmentation policy of every run (none, reference, "
+                        "galaxy); none shows what the D4 symmetry adds where augmentation does not teach it")
     parser.add_argument("--tracking-uri", default=None, help="log every run to this MLflow store")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
     args = parser.parse_args()
@@ -119,7 +123,7 @@ def main() -> int:
         kind = "SYNTHETIC" if data.synthetic else "real"
         print(f"data: {path.name} ({kind}), {len(data.train)} train / {len(data.val)} val images, "
               f"{data.num_classes} classes ({', '.join(data.class_slugs)}); {args.size} -> {args.crop} px, "
-              f"{args.epochs} epochs, mixed_bfloat16, galaxy policy; validation split only", flush=True)
+              f"{args.epochs} epochs, mixed_bfloat16, {args.policy} policy; validation split only", flush=True)
         rows = []
         for name in names:
             for seed in range(args.seeds if name in SEEDED else 1):

@@ -5,7 +5,14 @@ pixel grid. Layout::
 
     Rescaling(1/255) -> D4Lift(f1) -> BN -> act -> D4MaxPool
     -> [D4Conv(f) -> BN -> act -> D4MaxPool] for each further entry of ``filters`` (no pool after the last)
-    -> D4Invariant (mean over the group and the plane) -> Dropout -> [head]
+    -> invariant pooling -> Dropout -> [head]
+
+The invariant pooling (``pool``) is ``radial`` by default: the mean over the group, then over
+``rings`` concentric rings around the cutout's centre (:class:`~models.layers.d4.D4RadialPool`), so the
+head sees each feature's radial profile (``rings x filters[-1]`` values). ``mean`` is the classic global
+mean over the group and the plane (:class:`~models.layers.d4.D4Invariant`, ``filters[-1]`` values): it
+measured worse on the real GZ2 bed (see the README's backbone benchmark), because a galaxy's
+concentration and extent, which morphology depends on, do not survive a global mean.
 
 Batch norm acts on the last axis only, so its statistics are shared over the 8 group slices (a
 group-aware batch norm). Each pooled map must have an even side for the pooling to stay exactly
@@ -29,6 +36,8 @@ PARAMS = {
     "kernel_size": (3, lambda v: isinstance(v, int) and v in (3, 5, 7), "3, 5 or 7 (odd sizes keep rotations exact)"),
     "batch_norm": (True, lambda v: isinstance(v, bool), "true or false"),
     # see models/resnet.py: 0.99 leaves the moving statistics unconverged on small catalogs
+    "pool": ("radial", lambda v: v in ("radial", "mean"), "radial (ring means, the default) or mean (global)"),
+    "rings": (3, lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16, "an int in 1..16"),
     "bn_momentum": (0.9, lambda v: isinstance(v, float) and 0.5 <= v < 1, "a float in [0.5, 1), e.g. 0.9"),
 }
 
@@ -38,7 +47,7 @@ def build_d4_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
     """The D4-equivariant feature extractor (see the module docstring)."""
     import keras
 
-    from models.layers.d4 import D4Conv, D4Invariant, D4Lift, D4MaxPool
+    from models.layers.d4 import D4Conv, D4Invariant, D4Lift, D4MaxPool, D4RadialPool
 
     p = backbone_params(cfg)
     size = int(inputs.shape[1])
@@ -61,7 +70,13 @@ def build_d4_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
         x = keras.layers.Activation(cfg.activation, dtype=dtype, name=f"d4_act{i}")(x)
         if i < len(filters):
             x = D4MaxPool(dtype=dtype, name=f"d4_pool{i}")(x)
-    x = D4Invariant(dtype=dtype, name="d4_invariant")(x)
+    if p["pool"] == "radial":
+        if 2 * p["rings"] > side:
+            raise ConfigError(f"d4_cnn's last map is {side} px with data.crop={size}: too small for "
+                              f"model.params.rings={p['rings']}; use rings <= {max(1, side // 2)} or pool: mean")
+        x = D4RadialPool(p["rings"], dtype=dtype, name="d4_invariant")(x)
+    else:
+        x = D4Invariant(dtype=dtype, name="d4_invariant")(x)
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, dtype=dtype, name="dropout")(x)
     return x

@@ -16,6 +16,8 @@ from models.layers.d4 import (
     ORDER,
     D4Conv,
     D4Lift,
+    D4RadialPool,
+    ring_matrix,
     transform,
     transform_feature_map,
 )
@@ -47,9 +49,10 @@ def test_d4_feature_maps_permute_as_the_group_says() -> None:
         np.testing.assert_allclose(np.asarray(conv(got_lift)), transform_feature_map(base_conv, h), atol=1e-4)
 
 
-def test_d4_cnn_embedding_is_invariant_to_all_8_orientations() -> None:
+@pytest.mark.parametrize("pool", ["radial", "mean"])
+def test_d4_cnn_embedding_is_invariant_to_all_8_orientations(pool: str) -> None:
     keras.utils.set_random_seed(0)
-    cfg = ModelConfig(name="d4_cnn", params={"filters": [4, 8, 8]}, dense_units=16, dropout=0.0)
+    cfg = ModelConfig(name="d4_cnn", params={"filters": [4, 8, 8], "pool": pool}, dense_units=16, dropout=0.0)
     model = build_model(cfg, input_size=32, num_classes=5)
     embed = keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output)
     x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
@@ -63,6 +66,28 @@ def test_d4_cnn_embedding_is_invariant_to_all_8_orientations() -> None:
     plain_embed = keras.Model(plain.input, plain.get_layer(EMBEDDING_LAYER).output)
     assert not np.allclose(np.asarray(plain_embed(transform(x, 1, axes=(1, 2)).copy())),
                            np.asarray(plain_embed(x)), atol=1e-3)
+
+
+def test_radial_pool_keeps_the_radial_profile_and_is_invariant() -> None:
+    """Ring means separate a concentrated from an extended blob (a global mean cannot) and do not move
+    under any of the 8 orientations, also for an odd-sized map."""
+    for side in (6, 7):
+        m = ring_matrix(side, 3)
+        np.testing.assert_allclose(m.sum(axis=0), 1.0, rtol=1e-6)
+        for g in range(8):
+            perm = transform(np.arange(side * side).reshape(side, side), g).ravel()
+            np.testing.assert_allclose(m[perm], m)  # every ring is a union of D4 orbits
+    yy, xx = np.mgrid[:6, :6] - 2.5
+    r = np.sqrt(yy ** 2 + xx ** 2)
+    core = (r < 1.2).astype(np.float32)
+    halo = np.where(r < 1.2, 0.0, 4 / 32).astype(np.float32) * (r < 3)
+    core, halo = core * (halo.mean() / core.mean()), halo  # same global mean, different profiles
+    maps = np.stack([core, halo])[:, :, :, None, None].repeat(8, axis=3)  # (2, 6, 6, 8, 1)
+    out = np.asarray(D4RadialPool(3)(maps.astype(np.float32)))
+    assert np.isclose(maps[0].mean(), maps[1].mean())
+    assert out.shape == (2, 3) and out[0, 0] > out[0, 2] and out[1, 0] < out[1, 2]
+    with pytest.raises(ValueError, match="rings"):
+        ring_matrix(2, 3)
 
 
 def test_d4_cnn_refuses_a_crop_that_breaks_the_symmetry() -> None:

@@ -173,3 +173,58 @@ class D4Invariant(_Parameterless):
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], input_shape[-1])
+
+
+def ring_matrix(side: int, rings: int) -> np.ndarray:
+    """``(side*side, rings)`` averaging matrix: column ``k`` averages the pixels of ring ``k``.
+
+    Rings are equal-width bands of distance from the map's centre ``((side-1)/2, (side-1)/2)``, out to
+    the inscribed circle (corners join the outer ring). D4 maps each pixel to one at the same distance
+    from the centre, so every ring is a union of orbits and ring means are exactly invariant.
+    """
+    c = (side - 1) / 2.0
+    i, j = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    r = np.sqrt((i - c) ** 2 + (j - c) ** 2).ravel()
+    ring = np.minimum((r / (max(side / 2.0, 1e-9) / rings)).astype(np.int64), rings - 1)
+    m = np.zeros((side * side, rings), dtype=np.float32)
+    m[np.arange(side * side), ring] = 1.0
+    counts = m.sum(axis=0)
+    if (counts == 0).any():
+        raise ValueError(f"a {side}x{side} map cannot hold {rings} non-empty rings; use fewer rings")
+    return m / counts
+
+
+@keras.saving.register_keras_serializable(package="galaxy10")
+class D4RadialPool(keras.layers.Layer):
+    """Mean over the group axis, then over concentric rings: ``(B, H, W, 8, F)`` to an invariant ``(B, R*F)``.
+
+    Unlike :class:`D4Invariant` (one global mean), this keeps the radial profile of every feature -
+    how concentrated, how extended a galaxy is - which morphology depends on (a centred cutout has
+    its centre at the map centre). Exactly D4-invariant (see :func:`ring_matrix`).
+    """
+
+    def __init__(self, rings: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rings = int(rings)
+
+    def build(self, input_shape: tuple) -> None:
+        h, w = input_shape[1], input_shape[2]
+        if h is None or h != w:
+            raise ValueError(f"D4RadialPool needs square maps of known size, got {h}x{w}")
+        self._side = int(h)
+        self._matrix = ring_matrix(self._side, self.rings)
+
+    def call(self, x: Any) -> Any:
+        shape = ops.shape(x)
+        g = ops.mean(x, axis=3)  # (B, H, W, F)
+        flat = ops.reshape(g, (shape[0], self._side * self._side, shape[4]))
+        m = ops.cast(ops.convert_to_tensor(self._matrix), flat.dtype)
+        rings = ops.einsum("bpf,pr->brf", flat, m)
+        return ops.reshape(rings, (shape[0], self.rings * shape[4]))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        f = input_shape[-1]
+        return (input_shape[0], None if f is None else self.rings * f)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rings": self.rings}

@@ -1,0 +1,176 @@
+"""Why does stacking on cross-fitted fold CNNs lose to its own second stage? Variants measured on one split.
+
+The ensemble's ``crossfit`` mode trains K fold CNNs on train; each fold model embeds the images it did not
+see, a second stage (XGBoost, logistic regression) is fit per fold on those held-out embeddings, and the
+``stack-*`` candidate fits a logistic meta-learner on [fold-CNN out-of-fold probabilities, second-stage
+probabilities from an inner CV] and deploys it on the refit second stage. This script trains the fold CNNs
+once and scores, on the validation split only, every design below side by side:
+
+- ``cnn-folds``: the fold CNNs' average (the ``vote-crossfit`` candidate);
+- ``gbm``: per-fold second stages on the held-out embeddings, averaged (``gbm-*``);
+- ``stack (refit)``: the design as it shipped - meta fit on inner-CV second-stage probabilities, deployed
+  on the second stage refit on all held-out rows (the meta-features it is fit on and applied to differ);
+- ``stack (bagged)``: the same meta deployed on the inner-CV models' average (consistent meta-features);
+- ``stack (balanced)``: ``stack (refit)`` with a class-balanced meta-learner;
+- ``average``: CNN and second stage averaged, nothing fitted;
+- ``gbm [emb+cnn]``: the second stage fit on the held-out embeddings *and* the fold CNN's log-probabilities
+  (the CNN's opinion as a feature; no meta-learner, no nested CV);
+- each also with prior correction (probabilities divided by the training class shares, the decision that
+  maximises balanced accuracy), marked ``/prior``.
+
+    python benchmarks/bench_stacking.py --synthetic-n 1500 --folds 3,5 --seeds 2
+    python benchmarks/bench_stacking.py --gz2 --folds 3,5 --seeds 2
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+REALSAMPLES = ROOT.parent / "shared" / "data" / "realsamples"
+
+
+def scores(y: np.ndarray, probs: np.ndarray, n: int) -> tuple[float, float]:
+    """Accuracy and balanced accuracy (mean recall over the classes present)."""
+    pred = probs.argmax(1)
+    present = [c for c in range(n) if (y == c).any()]
+    return float((pred == y).mean()), float(np.mean([(pred[y == c] == c).mean() for c in present]))
+
+
+def prior_corrected(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """``p(c|x) / pi_c``, renormalised: the Bayes decision for balanced accuracy."""
+    q = probs / np.clip(prior, 1e-6, None)
+    return q / q.sum(1, keepdims=True)
+
+
+def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, float]]:  # noqa: ANN001
+    import keras
+
+    from ensembles.crossfit import cv_predict_proba, cv_splits, make_folds
+    from ensembles.embeddings import CNNEmbedder
+    from ensembles.second_stage import full_proba, make_second_stage
+    from ensembles.stacking import fit_meta, meta_features, meta_predict
+    from experiments.tracking.base import NullTracker
+    from experiments.training import train
+    from sklearn.linear_model import LogisticRegression
+
+    n = data.num_classes
+    y_train = data.labels[data.train]
+    y_val = data.labels[data.val]
+    prior = np.bincount(y_train, minlength=n) / len(y_train)
+    folds = make_folds(data.train, y_train, k, seed=seed)
+    factory = functools.partial(make_second_stage, second, None, seed=seed, n_jobs=1)
+    out: dict[str, list[np.ndarray]] = {}
+    oof_cnn, oof_second, oof_y = [], [], []
+    per_fold = []
+    for fold in folds:
+        t0 = time.perf_counter()
+        result = train(replace(cfg, train=replace(cfg.train, seed=seed + fold.number)), NullTracker(),
+                       data=replace(data, train=fold.train), log_model=False, verbose=0)
+        emb = CNNEmbedder(result.model, cache_dir=False, progress=False).fit()
+        held = emb.embed(data.images, fold.heldout, split="held", data_fingerprint=data.fingerprint)
+        val = emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint)
+        keras.backend.clear_session()
+        yh = data.labels[fold.heldout]
+        est = factory().fit(held.embeddings, yh)
+        inner = cv_splits(yh, 3, seed=seed)
+        inner_models = [factory().fit(held.embeddings[a], yh[a]) for a, _ in inner]
+        inner_oof = cv_predict_proba(factory, held.embeddings, yh, n, inner)
+        aug_fit = np.concatenate([held.embeddings, meta_features([held.probs])], 1)
+        aug_val = np.concatenate([val.embeddings, meta_features([val.probs])], 1)
+        aug = factory().fit(aug_fit, yh)
+        per_fold.append({"cnn": val.probs, "second": full_proba(est, val.embeddings, n),
+                         "bagged": np.mean([full_proba(m, val.embeddings, n) for m in inner_models], 0),
+                         "aug": full_proba(aug, aug_val, n)})
+        oof_cnn.append(held.probs)
+        oof_second.append(inner_oof)
+        oof_y.append(yh)
+        print(f"    fold {fold.number + 1}/{k}: {len(fold.train)} train, {len(fold.heldout)} held out, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    y_oof = np.concatenate(oof_y)
+    blocks = [np.concatenate(oof_cnn), np.concatenate(oof_second)]
+    meta = fit_meta(blocks, y_oof, seed=seed)
+    meta_bal = LogisticRegression(C=1.0, max_iter=2000, random_state=seed, class_weight="balanced").fit(
+        meta_features(blocks), y_oof)
+    for f in per_fold:
+        out.setdefault("cnn-folds", []).append(f["cnn"])
+        out.setdefault(f"gbm-{second}", []).append(f["second"])
+        out.setdefault("stack (refit)", []).append(meta_predict(meta, [f["cnn"], f["second"]], n))
+        out.setdefault("stack (bagged)", []).append(meta_predict(meta, [f["cnn"], f["bagged"]], n))
+        out.setdefault("stack (balanced)", []).append(meta_predict(meta_bal, [f["cnn"], f["second"]], n))
+        out.setdefault("average", []).append((f["cnn"] + f["second"]) / 2)
+        out.setdefault(f"gbm-{second} [emb+cnn]", []).append(f["aug"])
+    res = {}
+    for name, probs in out.items():
+        p = np.mean(probs, 0)
+        res[name] = scores(y_val, p, n)
+        res[name + " /prior"] = scores(y_val, prior_corrected(p, prior), n)
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gz2", action="store_true", help="the real Galaxy Zoo 2 test bed instead of synthetic")
+    parser.add_argument("--synthetic-n", type=int, default=1500)
+    parser.add_argument("--folds", default="3,5")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--second", default="xgboost", help="second-stage model (xgboost, logreg, ...)")
+    args = parser.parse_args()
+    from experiments.config import DataConfig, load_config
+    from experiments.training import load_training_data
+
+    rows: dict[tuple[int, int], dict[str, tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-stacking-") as tmp:
+        os.environ["GALAXY10_CACHE"] = str(Path(tmp) / "cache")
+        path = Path(tmp) / "bed.h5"
+        if args.gz2:
+            from pipelines.importer import import_folder
+
+            src = REALSAMPLES / "gz2_hart16_sdss"
+            import_folder(src, src / "labels.csv", path, size=128, progress=False)
+        else:
+            subprocess.run([sys.executable, "-m", "experiments.cli", "-q", "data", "synth", "--n",
+                            str(args.synthetic_n), "--size", "128", "--seed", "0", "--out", str(path)],
+                           check=True, cwd=ROOT)
+        cfg = load_config(ROOT / "experiments/configs/reference.yaml",
+                          ["data.size=64", "data.crop=48", f"train.epochs={args.epochs}", "train.patience=null",
+                           "train.monitor=val_loss", "train.precision=mixed_bfloat16"])
+        data = load_training_data(DataConfig(size=64, crop=48), path)
+        kind = "SYNTHETIC" if data.synthetic else "real"
+        print(f"data: {'GZ2' if args.gz2 else 'synthetic'} ({kind}), {len(data.train)} train / {len(data.val)} "
+              f"val, {data.num_classes} classes; reference recipe 64 -> 48 px, {args.epochs} epochs per fold CNN; "
+              f"second stage {args.second}; validation split only", flush=True)
+        for k in [int(x) for x in args.folds.split(",")]:
+            for seed in range(args.seeds):
+                print(f"  {k} folds, seed {seed}", flush=True)
+                rows[(k, seed)] = run(data, cfg, k, seed, args.second)
+                for name, (acc, bal) in rows[(k, seed)].items():
+                    print(f"    {name:<28} acc {acc:.3f} bal {bal:.3f}", flush=True)
+    names = list(next(iter(rows.values())))
+    keys = list(rows)
+    print("\n| design | " + " | ".join(f"{k} folds seed {s}: acc / bal" for k, s in keys) + " | mean acc | mean bal |")
+    print("|---|" + "---|" * (len(keys) + 2))
+    for name in names:
+        cells = [f"{rows[key][name][0]:.3f} / {rows[key][name][1]:.3f}" for key in keys]
+        acc = np.mean([rows[key][name][0] for key in keys])
+        bal = np.mean([rows[key][name][1] for key in keys])
+        print(f"| {name} | " + " | ".join(cells) + f" | {acc:.3f} | {bal:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
