@@ -13,6 +13,9 @@ once and scores, on the validation split only, every design below side by side:
 - ``stack (bagged)``: the same meta deployed on the inner-CV models' average (consistent meta-features);
 - ``stack (balanced)``: ``stack (refit)`` with a class-balanced meta-learner;
 - ``average``: CNN and second stage averaged, nothing fitted;
+- ``blend``: ``w * CNN + (1 - w) * second stage`` with the one weight ``w`` chosen on the out-of-fold
+  log loss (grid 0, 0.05, ..., 1; the same meta-features as the stack, one parameter instead of
+  ``2 * C * C + C``);
 - ``gbm [emb+cnn]``: the second stage fit on the held-out embeddings *and* the fold CNN's log-probabilities
   (the CNN's opinion as a feature; no meta-learner, no nested CV);
 - each also with prior correction (probabilities divided by the training class shares, the decision that
@@ -54,6 +57,14 @@ def prior_corrected(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """``p(c|x) / pi_c``, renormalised: the Bayes decision for balanced accuracy."""
     q = probs / np.clip(prior, 1e-6, None)
     return q / q.sum(1, keepdims=True)
+
+
+def blend_weight(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
+    """The weight ``w`` of ``a`` in ``w * a + (1 - w) * b`` with the lowest log loss on ``y``."""
+    grid = np.linspace(0.0, 1.0, 21)
+    rows = np.arange(len(y))
+    losses = [-np.mean(np.log(np.clip(w * a[rows, y] + (1 - w) * b[rows, y], 1e-12, None))) for w in grid]
+    return float(grid[int(np.argmin(losses))])
 
 
 def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, float]]:  # noqa: ANN001
@@ -103,6 +114,7 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     y_oof = np.concatenate(oof_y)
     blocks = [np.concatenate(oof_cnn), np.concatenate(oof_second)]
     meta = fit_meta(blocks, y_oof, seed=seed)
+    w = blend_weight(blocks[0], blocks[1], y_oof)
     meta_bal = LogisticRegression(C=1.0, max_iter=2000, random_state=seed, class_weight="balanced").fit(
         meta_features(blocks), y_oof)
     for f in per_fold:
@@ -112,7 +124,9 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
         out.setdefault("stack (bagged)", []).append(meta_predict(meta, [f["cnn"], f["bagged"]], n))
         out.setdefault("stack (balanced)", []).append(meta_predict(meta_bal, [f["cnn"], f["second"]], n))
         out.setdefault("average", []).append((f["cnn"] + f["second"]) / 2)
+        out.setdefault("blend", []).append(w * f["cnn"] + (1 - w) * f["second"])
         out.setdefault(f"gbm-{second} [emb+cnn]", []).append(f["aug"])
+    print(f"    blend weight of the CNN: {w:.2f}", flush=True)
     res = {}
     for name, probs in out.items():
         p = np.mean(probs, 0)

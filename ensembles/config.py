@@ -14,13 +14,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ensembles.second_stage import MODEL_NAMES, resolve_params
+from ensembles.second_stage import MODEL_NAMES, WEIGHTABLE, resolve_params
+from ensembles.stacking import META_LEARNERS
 from ensembles.voting import WEIGHT_METHODS
 from pipelines.errors import ConfigError
 from pipelines.io import read_yaml_file
 
 MODES: tuple[str, ...] = ("crossfit", "val_cv")
 SELECT_METRICS: tuple[str, ...] = ("study", "accuracy", "balanced_accuracy", "macro_f1")
+CLASS_WEIGHTINGS: tuple[str, ...] = ("auto", "balanced", "none")
+#: Selection metrics for which ``class_weights: auto`` weights the classes equally.
+BALANCED_METRICS: tuple[str, ...] = ("balanced_accuracy", "macro_f1")
 TUNE_METRICS: tuple[str, ...] = ("log_loss", "accuracy")
 
 
@@ -54,9 +58,14 @@ class VoteConfig:
 
 @dataclass(frozen=True)
 class StackConfig:
-    """Stacking of the CNN with each listed second stage; ``C`` is the meta-learner's inverse L2."""
+    """Stacking of the CNN with each listed second stage.
+
+    ``meta``: ``blend`` (one weight chosen by out-of-fold log loss) or ``logistic`` (a multinomial
+    logistic regression on both models' log-probabilities, inverse L2 strength ``C``).
+    """
 
     second_stage: tuple[str, ...] = ()
+    meta: str = "blend"
     C: float = 1.0
 
 
@@ -77,11 +86,15 @@ class EnsembleConfig:
     (null: 1, which is fastest when the cores are shared). ``select_metric``: ``study`` (default: the
     metric the study optimised) or a metric name; a candidate replaces ``cnn-best`` as champion only
     when it leads by more than the paired-bootstrap standard error of the difference.
+    ``class_weights``: how second stages weight the classes in their fit - ``auto`` (default: equally,
+    ``balanced``, when the selection metric is balanced accuracy or macro-F1, else by their counts),
+    ``balanced`` or ``none``.
     """
 
     mode: str = "val_cv"
     seed: int = 0
     select_metric: str = "study"
+    class_weights: str = "auto"
     cv_folds: int = 5
     n_jobs: int | None = None
     alias: str = "champion"
@@ -135,6 +148,13 @@ def _check_keys(section: str, raw: Mapping[str, Any], cls: type) -> None:
                           f"{', '.join(names)}")
 
 
+def balanced_second_stages(cfg: EnsembleConfig, select_metric: str) -> bool:
+    """Whether second stages weight the classes equally, given the resolved selection metric."""
+    if cfg.class_weights == "auto":
+        return select_metric in BALANCED_METRICS
+    return cfg.class_weights == "balanced"
+
+
 def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
     """Validate a raw mapping (missing keys take defaults) into an :class:`EnsembleConfig`."""
     raw = _mapping("(top level)", raw)
@@ -173,6 +193,10 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
     if isinstance(C, bool) or not isinstance(C, (int, float)) or not math.isfinite(C) or C <= 0:
         raise ConfigError(f"config key stack.C={C!r} is not allowed; give a positive number")
 
+    if raw.get("class_weights") == "balanced" and set(second) - WEIGHTABLE:
+        raise ConfigError(f"config key class_weights=balanced, but second stage "
+                          f"{', '.join(sorted(set(second) - WEIGHTABLE))} cannot weight classes; remove it from "
+                          "second_stage or set class_weights: auto or none")
     alias = raw.get("alias", d.alias)
     if not isinstance(alias, str) or not alias.isidentifier():
         raise ConfigError(f"config key alias={alias!r} is not allowed; give a simple name like champion")
@@ -185,6 +209,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         mode=_choice("mode", raw.get("mode", d.mode), MODES),
         seed=_int("seed", raw.get("seed", d.seed), 0),
         select_metric=_choice("select_metric", raw.get("select_metric", d.select_metric), SELECT_METRICS),
+        class_weights=_choice("class_weights", raw.get("class_weights", d.class_weights), CLASS_WEIGHTINGS),
         cv_folds=_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
         n_jobs=_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
         alias=alias,
@@ -196,7 +221,8 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
                         weighted=_choice("vote.weighted", vo.get("weighted", "log_loss"), WEIGHT_METHODS,
                                          nullable=True)),
         second_stage=second,
-        stack=StackConfig(second_stage=tuple(str(s) for s in stack_with), C=float(C)),
+        stack=StackConfig(second_stage=tuple(str(s) for s in stack_with), C=float(C),
+                          meta=_choice("stack.meta", st.get("meta", StackConfig().meta), META_LEARNERS)),
         tune=TuneSpec(n_trials=n_trials, metric=_choice("tune.metric", tu.get("metric", "log_loss"), TUNE_METRICS),
                       search_space=dict(space)),
     )

@@ -33,6 +33,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.class_weight import compute_sample_weight
 from xgboost import XGBClassifier
 
 from pipelines.errors import ConfigError, ModelError
@@ -69,14 +70,25 @@ RESERVED: dict[str, tuple[str, ...]] = {
 _SCALED = frozenset({"logreg", "svm", "knn"})
 
 
-def _base_estimator(name: str, params: Mapping[str, Any], *, seed: int, n_jobs: int | None) -> Any:
-    """The bare (unscaled) estimator ``name`` with ``params`` plus the reserved settings."""
+#: Second stages that can weight classes (``class_weight`` or, for XGBoost, per-sample weights).
+WEIGHTABLE: frozenset[str] = frozenset({"logreg", "xgboost", "hist_gb", "random_forest", "extra_trees", "svm"})
+
+
+def _base_estimator(name: str, params: Mapping[str, Any], *, seed: int, n_jobs: int | None,
+                    balanced: bool = False) -> Any:
+    """The bare (unscaled) estimator ``name`` with ``params`` plus the reserved settings.
+
+    ``balanced`` weights every class equally in the fit (``class_weight="balanced"``, for XGBoost
+    per-sample weights ``n / (k * n_c)``) unless ``params`` set ``class_weight`` themselves.
+    """
 
     kw = dict(params)
+    if balanced and name in WEIGHTABLE - {"xgboost"}:
+        kw.setdefault("class_weight", "balanced")
     if name == "logreg":
         return LogisticRegression(random_state=seed, **kw)
     if name == "xgboost":
-        return EncodedXGBClassifier(params=kw, random_state=seed, n_jobs=n_jobs)
+        return EncodedXGBClassifier(params=kw, random_state=seed, n_jobs=n_jobs, balanced=balanced)
     if name == "hist_gb":
         return HistGradientBoostingClassifier(random_state=seed, **kw)
     if name == "random_forest":
@@ -145,11 +157,17 @@ def _check_values(name: str, params: Mapping[str, Any], where: str) -> None:
 
 
 def make_second_stage(name: str, params: Mapping[str, Any] | None = None, *, seed: int = 0,
-                      n_jobs: int | None = None) -> Any:
-    """An unfitted classifier ``name`` (with a StandardScaler in front where it needs one)."""
+                      n_jobs: int | None = None, balanced: bool = False) -> Any:
+    """An unfitted classifier ``name`` (with a StandardScaler in front where it needs one).
+
+    ``balanced``: weight the classes equally in the fit (see :data:`WEIGHTABLE`; ``knn`` cannot).
+    """
 
     merged = resolve_params(name, params)
-    est = _base_estimator(name, merged, seed=seed, n_jobs=n_jobs)
+    if balanced and name not in WEIGHTABLE:
+        raise ConfigError(f"second stage {name} cannot weight classes; set class_weights: none in the ensemble "
+                          f"config or drop {name} (weightable: {', '.join(sorted(WEIGHTABLE))})")
+    est = _base_estimator(name, merged, seed=seed, n_jobs=n_jobs, balanced=balanced)
     if name in _SCALED:
         return Pipeline([("scale", StandardScaler()), ("model", est)])
     return est
@@ -175,13 +193,16 @@ class EncodedXGBClassifier(ClassifierMixin, BaseEstimator):
         XGBoost hyper-parameters (``n_estimators``, ``max_depth``, ``learning_rate``, ...).
     random_state, n_jobs
         Seed and threads.
+    balanced
+        Weight every class equally in the fit (per-sample weights ``n / (k * n_c)``).
     """
 
     def __init__(self, params: Mapping[str, Any] | None = None, *, random_state: int = 0,
-                 n_jobs: int | None = None) -> None:
+                 n_jobs: int | None = None, balanced: bool = False) -> None:
         self.params = params
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.balanced = balanced
 
     def _make(self, n_classes: int) -> Any:
         kw = dict(self.params or {})
@@ -197,7 +218,8 @@ class EncodedXGBClassifier(ClassifierMixin, BaseEstimator):
                              f"{len(self.classes_)}; use more images per fold")
         self.model_ = self._make(len(self.classes_))
         try:
-            self.model_.fit(np.asarray(X, dtype=np.float32), encoded)
+            weights = compute_sample_weight("balanced", encoded) if self.balanced else None
+            self.model_.fit(np.asarray(X, dtype=np.float32), encoded, sample_weight=weights)
         except Exception as err:  # xgboost.core.XGBoostError for bad parameter values
             if type(err).__name__ == "XGBoostError" or isinstance(err, (ValueError, TypeError)):
                 raise ConfigError(f"xgboost second stage rejected its parameters ({str(err).splitlines()[0]}); "

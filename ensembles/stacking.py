@@ -1,4 +1,12 @@
-"""Stacking: a logistic-regression meta-learner on out-of-fold CNN and second-stage probabilities.
+"""Stacking: a meta-learner on out-of-fold CNN and second-stage probabilities.
+
+Two meta-learners (``stack.meta``): ``blend`` (default) - ``w * CNN + (1 - w) * second stage`` with the
+one weight chosen by out-of-fold log loss (:class:`BlendMeta`) - and ``logistic``, a multinomial
+logistic regression on the concatenated log-probabilities (``2C`` features, ``2C*C + C`` parameters).
+``benchmarks/bench_stacking.py`` measured why the logistic stack lost to its own second stage on small
+catalogs (README, "Why stacking lost"): its parameters are fit on a few hundred out-of-fold rows whose
+second-stage probabilities come from models fit on less data than the deployed one; the blend has one
+parameter, contains both inputs and their average as special cases, and cannot stray far from them.
 
 Meta-features are the log-probabilities of each base model, concatenated. They must be
 out-of-fold for the images the meta-learner is fit on: in ``crossfit`` mode they come from fold
@@ -12,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
 from ensembles.crossfit import cv_predict_proba, cv_splits
@@ -29,15 +38,57 @@ def meta_features(blocks: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.log(np.clip(a, _EPS, 1.0)) for a in arrs], axis=1)
 
 
-def make_meta_learner(C: float = 1.0, *, seed: int = 0) -> Any:
-    """The meta-learner: multinomial logistic regression (L2, strength ``1/C``)."""
+#: The meta-learners ``stack.meta`` may name.
+META_LEARNERS: tuple[str, ...] = ("blend", "logistic")
+#: Candidate weights of the first block in a :class:`BlendMeta`.
+BLEND_GRID = np.linspace(0.0, 1.0, 21)
 
-    return LogisticRegression(C=float(C), max_iter=2000, random_state=seed)
+
+class BlendMeta(ClassifierMixin, BaseEstimator):
+    """``w * p_1 + (1 - w) * p_2`` of two base models, ``w`` chosen on log loss (a one-parameter stack).
+
+    Fit and applied on :func:`meta_features` of two ``(N, C)`` blocks (log-probabilities), like the
+    logistic meta-learner. ``weight_`` is the first block's (the CNN's) weight.
+    """
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> BlendMeta:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] % 2:
+            raise DataError(f"a blend needs the meta-features of exactly two (N, C) blocks, got shape {X.shape}")
+        k = X.shape[1] // 2
+        y = np.asarray(y, dtype=np.int64)
+        a, b = np.exp(X[:, :k]), np.exp(X[:, k:])
+        rows = np.arange(len(y))
+        losses = [-np.mean(np.log(np.clip(w * a[rows, y] + (1 - w) * b[rows, y], 1e-12, None))) for w in BLEND_GRID]
+        self.weight_ = float(BLEND_GRID[int(np.argmin(losses))])
+        self.classes_ = np.arange(k)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        k = len(self.classes_)
+        p = self.weight_ * np.exp(X[:, :k]) + (1 - self.weight_) * np.exp(X[:, k:])
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
-def fit_meta(blocks: Sequence[np.ndarray], y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> Any:
+def make_meta_learner(C: float = 1.0, *, seed: int = 0, kind: str = "blend") -> Any:
+    """The meta-learner: a :class:`BlendMeta`, or multinomial logistic regression (L2, strength ``1/C``)."""
+
+    if kind == "blend":
+        return BlendMeta()
+    if kind == "logistic":
+        return LogisticRegression(C=float(C), max_iter=2000, random_state=seed)
+    raise DataError(f"unknown meta-learner {kind!r}; use one of: {', '.join(META_LEARNERS)}")
+
+
+def fit_meta(blocks: Sequence[np.ndarray], y: np.ndarray, *, C: float = 1.0, seed: int = 0,
+             kind: str = "blend") -> Any:
     """Fit the meta-learner on out-of-fold base-model probabilities ``blocks`` against ``y``."""
-    return make_meta_learner(C, seed=seed).fit(meta_features(blocks), np.asarray(y))
+    return make_meta_learner(C, seed=seed, kind=kind).fit(meta_features(blocks), np.asarray(y))
 
 
 def meta_predict(meta: Any, blocks: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
@@ -47,7 +98,7 @@ def meta_predict(meta: Any, blocks: Sequence[np.ndarray], n_classes: int) -> np.
 
 def nested_cv_stack(cnn_probs: np.ndarray, X: np.ndarray, y: np.ndarray, make_second: Callable[[], Any],
                     n_classes: int, splits: Sequence[tuple[np.ndarray, np.ndarray]], *, inner_folds: int,
-                    C: float = 1.0, seed: int = 0) -> np.ndarray:
+                    C: float = 1.0, seed: int = 0, kind: str = "blend") -> np.ndarray:
     """Honest probabilities of CNN + second stage stacked, by nested cross-validation.
 
     For each outer split the second stage's meta-features on the fit rows come from an inner
@@ -60,7 +111,7 @@ def nested_cv_stack(cnn_probs: np.ndarray, X: np.ndarray, y: np.ndarray, make_se
         inner = cv_splits(y[fit_rows], inner_folds, seed=seed + 1)
         second_oof = cv_predict_proba(make_second, X[fit_rows], y[fit_rows], n_classes, inner)
         second = make_second().fit(X[fit_rows], y[fit_rows])
-        meta = fit_meta([cnn_probs[fit_rows], second_oof], y[fit_rows], C=C, seed=seed)
+        meta = fit_meta([cnn_probs[fit_rows], second_oof], y[fit_rows], C=C, seed=seed, kind=kind)
         out[score_rows] = meta_predict(meta, [cnn_probs[score_rows], full_proba(second, X[score_rows], n_classes)],
                                        n_classes)
     return out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ensembles import second_stage as ss
-from ensembles.config import config_from_dict, read_config_yaml
+from ensembles.config import balanced_second_stages, config_from_dict, read_config_yaml
 from ensembles.crossfit import (
     Fold,
     FoldRecord,
@@ -18,7 +18,7 @@ from ensembles.crossfit import (
     cv_splits,
     make_folds,
 )
-from ensembles.stacking import fit_meta, meta_predict, nested_cv_stack
+from ensembles.stacking import BlendMeta, fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
 from pipelines.errors import ConfigError, DataError
 
@@ -201,6 +201,43 @@ def test_cv_predict_proba_scores_every_row_out_of_fold() -> None:
         cv_splits(np.arange(3), 5)
 
 
+@pytest.mark.parametrize("name", sorted(ss.WEIGHTABLE))
+def test_balanced_second_stages_find_more_of_a_rare_overlapping_class(name: str) -> None:
+    """A rare class overlapping a common one: weighting the classes raises its recall (the test can fail:
+    unweighted, most rare points are called common)."""
+    rng = np.random.default_rng(0)
+    common, rare = rng.normal(0.0, 1.0, (600, 2)), rng.normal(1.2, 1.0, (40, 2))
+    X = np.concatenate([common, rare]).astype(np.float32)
+    y = np.r_[np.zeros(600, np.int64), np.ones(40, np.int64)]
+    fresh_rare = rng.normal(1.2, 1.0, (400, 2)).astype(np.float32)  # scored on new draws, not the fit rows
+    # forests with pure leaves barely feel class weights; leaves of 10+ images do
+    params = {"n_estimators": 60} if name == "xgboost" else \
+        {"n_estimators": 60, "min_samples_leaf": 10} if name in ("random_forest", "extra_trees") else {}
+    recall = {}
+    for balanced in (False, True):
+        est = ss.make_second_stage(name, params, balanced=balanced).fit(X, y)
+        recall[balanced] = float((est.predict(fresh_rare) == 1).mean())
+    assert recall[True] > recall[False] + 0.2, recall
+
+
+def test_class_weights_config_and_knn() -> None:
+    assert config_from_dict({}).class_weights == "auto"
+    cfg = config_from_dict({"class_weights": "auto"})
+    assert balanced_second_stages(cfg, "balanced_accuracy") and balanced_second_stages(cfg, "macro_f1")
+    assert not balanced_second_stages(cfg, "accuracy")
+    assert balanced_second_stages(config_from_dict({"class_weights": "balanced"}), "accuracy")
+    assert not balanced_second_stages(config_from_dict({"class_weights": "none"}), "balanced_accuracy")
+    with pytest.raises(ConfigError, match="class_weights"):
+        config_from_dict({"class_weights": "inverse"})
+    with pytest.raises(ConfigError, match="knn cannot weight classes"):
+        config_from_dict({"class_weights": "balanced", "second_stage": {"knn": {}}})
+    with pytest.raises(ConfigError, match="knn cannot weight classes"):
+        ss.make_second_stage("knn", balanced=True)
+    # a user's own class_weight wins over the platform's
+    est = ss.make_second_stage("logreg", {"class_weight": {0: 1.0, 1: 3.0}}, balanced=True)
+    assert est.named_steps["model"].class_weight == {0: 1.0, 1: 3.0}
+
+
 # --------------------------------------------------------------------------------------------
 # Voting and stacking
 # --------------------------------------------------------------------------------------------
@@ -232,15 +269,42 @@ def test_log_loss_weights_favour_the_informative_member() -> None:
     assert oof.shape == good.shape and np.allclose(oof.sum(axis=1), 1.0)
 
 
-def test_nested_stack_beats_its_weak_cnn_input() -> None:
+@pytest.mark.parametrize("kind", ["blend", "logistic"])
+def test_nested_stack_beats_its_weak_cnn_input(kind: str) -> None:
     X, y = blobs(n=200, d=8, k=4, seed=5, spread=1.5)
     weak_cnn = _member_probs(y, 4, 0.3, 2)
     make = lambda: ss.make_second_stage("logreg")  # noqa: E731
-    probs = nested_cv_stack(weak_cnn, X, y, make, 4, cv_splits(y, 4), inner_folds=3)
+    probs = nested_cv_stack(weak_cnn, X, y, make, 4, cv_splits(y, 4), inner_folds=3, kind=kind)
     assert probs.shape == (200, 4) and np.allclose(probs.sum(axis=1), 1.0)
     assert np.mean(probs.argmax(axis=1) == y) > np.mean(weak_cnn.argmax(axis=1) == y) + 0.2
     meta = fit_meta([weak_cnn, probs], y)
     assert meta_predict(meta, [weak_cnn, probs], 4).shape == (200, 4)
+
+
+def test_blend_weight_follows_the_better_input_and_contains_both() -> None:
+    y = np.random.default_rng(0).integers(0, 5, 400)
+    good, noise = _member_probs(y, 5, 2.0, 0), _member_probs(y, 5, 0.0, 1)
+    meta = fit_meta([noise, good], y, kind="blend")
+    assert isinstance(meta, BlendMeta) and meta.weight_ <= 0.1  # little weight on the noise (the first block)
+    assert fit_meta([good, noise], y, kind="blend").weight_ >= 0.9
+    p = meta_predict(meta, [noise, good], 5)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert np.mean(p.argmax(1) == y) >= np.mean(good.argmax(1) == y) - 0.01
+    same = fit_meta([good, good], y, kind="blend")  # equal inputs: the blend is the input itself
+    np.testing.assert_allclose(meta_predict(same, [good, good], 5), np.clip(good, 1e-6, 1) / np.clip(good, 1e-6, 1)
+                               .sum(1, keepdims=True), atol=1e-9)
+    with pytest.raises(DataError, match="two"):
+        BlendMeta().fit(np.zeros((4, 5)), np.zeros(4))
+    with pytest.raises(DataError, match="meta-learner"):
+        fit_meta([good, good], y, kind="forest")
+
+
+def test_ensemble_config_checks_stack_meta() -> None:
+    assert config_from_dict({}).stack.meta == "blend"
+    assert config_from_dict(read_config_yaml(ENSEMBLE_YAML)).stack.meta == "blend"
+    assert config_from_dict({"stack": {"meta": "logistic"}}).stack.meta == "logistic"
+    with pytest.raises(ConfigError, match="stack.meta"):
+        config_from_dict({"stack": {"meta": "ridge"}})
 
 
 # --------------------------------------------------------------------------------------------

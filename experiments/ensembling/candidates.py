@@ -18,17 +18,18 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from ensembles.config import EnsembleConfig
+from ensembles.config import EnsembleConfig, balanced_second_stages
 from ensembles.crossfit import crossfit, cv_predict_proba, cv_splits, make_folds
 from ensembles.embeddings import CNNEmbedder
 from ensembles.second_stage import (
+    WEIGHTABLE,
     allowed_params,
     full_proba,
     make_second_stage,
     resolve_params,
 )
 from ensembles.serving import Branch, EnsembleModel
-from ensembles.stacking import fit_meta, meta_predict, nested_cv_stack
+from ensembles.stacking import BlendMeta, fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
 from experiments.config import to_yaml
 from experiments.ensembling.members import Member, StudyMembers, usable_members
@@ -87,14 +88,35 @@ class BuildContext:
     def n_classes(self) -> int:
         return self.data.num_classes
 
+    @property
+    def select_metric(self) -> str:
+        """The metric the champion is chosen by (``study`` resolved to the study's metric)."""
+        return self.members.metric if self.cfg.select_metric == "study" else self.cfg.select_metric
+
+    @property
+    def balanced(self) -> bool:
+        """Whether second stages weight the classes equally (``class_weights``, see the config)."""
+        return balanced_second_stages(self.cfg, self.select_metric)
+
 
 def _embedder(model: Any, *, model_id: str, tta: bool, batch_size: int) -> Any:
     return CNNEmbedder(model, tta=tta, batch_size=batch_size, model_id=model_id).fit()
 
 
-def _make_factory(name: str, params: Mapping[str, Any], cfg: EnsembleConfig) -> Callable[[], Any]:
+def _make_factory(name: str, params: Mapping[str, Any], cfg: EnsembleConfig, balanced: bool) -> Callable[[], Any]:
     # one thread per model unless configured: OpenMP thread pools thrash when cores are shared
-    return functools.partial(make_second_stage, name, dict(params), seed=cfg.seed, n_jobs=cfg.n_jobs or 1)
+    return functools.partial(make_second_stage, name, dict(params), seed=cfg.seed, n_jobs=cfg.n_jobs or 1,
+                             balanced=balanced and name in WEIGHTABLE)
+
+
+def note_class_weights(ctx: BuildContext) -> None:
+    """Say in the comparison's notes that second stages weight classes (a second stage that cannot -
+    refused by the config under ``balanced`` - is fit unweighted under ``auto``)."""
+    if not ctx.balanced:
+        return
+    unweighted = [name for name in ctx.cfg.second_stage if name not in WEIGHTABLE]
+    ctx.notes.append(f"second stages fit with balanced class weights (selection metric {ctx.select_metric})"
+                     + (f"; {', '.join(unweighted)} cannot weight classes and is fit unweighted" if unweighted else ""))
 
 
 def _branch(model: Any, member_cfg: Any, *, tta: bool, name: str, run_id: str | None,
@@ -220,7 +242,7 @@ def validate_config(cfg: EnsembleConfig) -> None:
 
 
 def tune_second_stage(name: str, base: Mapping[str, Any], space: Any, fit_sets: Sequence[tuple[np.ndarray, np.ndarray]],
-                      cfg: EnsembleConfig, n_classes: int) -> tuple[dict[str, Any], float]:
+                      cfg: EnsembleConfig, n_classes: int, *, balanced: bool = False) -> tuple[dict[str, Any], float]:
     """Small Optuna study (seeded TPE, through :mod:`experiments.tuning`) over ``space`` for ``name``.
 
     The objective is the cross-validated ``tune.metric`` averaged over ``fit_sets`` (each an
@@ -232,7 +254,7 @@ def tune_second_stage(name: str, base: Mapping[str, Any], space: Any, fit_sets: 
         params = resolve_params(name, {**base, **assignments(space, suggest(trial, space))})
         scores = []
         for X, y in fit_sets:
-            probs = cv_predict_proba(_make_factory(name, params, cfg), X, y, n_classes,
+            probs = cv_predict_proba(_make_factory(name, params, cfg, balanced), X, y, n_classes,
                                      cv_splits(y, cfg.cv_folds, seed=cfg.seed))
             m = classification_metrics(y, probs, [str(i) for i in range(n_classes)])
             scores.append(-m["log_loss"] if cfg.tune.metric == "log_loss" else m["accuracy"])
@@ -259,7 +281,8 @@ def _tuned_params(ctx: BuildContext, fit_sets: Sequence[tuple[np.ndarray, np.nda
     if ctx.cfg.tune.n_trials <= 0:
         return params
     for name, space in _space_for(ctx.cfg).items():
-        params[name], _ = tune_second_stage(name, params[name], space, fit_sets, ctx.cfg, ctx.n_classes)
+        params[name], _ = tune_second_stage(name, params[name], space, fit_sets, ctx.cfg, ctx.n_classes,
+                                            balanced=ctx.balanced)
     return params
 
 
@@ -327,7 +350,7 @@ def backbone_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: 
         embedded.append(emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint).embeddings)
     for name in cfg.second_stage:
         start = time.perf_counter()
-        factory = _make_factory(name, dict(cfg.second_stage[name]), cfg)
+        factory = _make_factory(name, dict(cfg.second_stage[name]), cfg, ctx.balanced)
         oof = np.mean([cv_predict_proba(factory, X, y, n, splits) for X in embedded], axis=0)
         finals = [factory().fit(X, y) for X in embedded]
         out.append(Candidate(
@@ -339,6 +362,20 @@ def backbone_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: 
             {"backbones": ",".join(first), **{f"{name}.{k}": v for k, v in dict(cfg.second_stage[name]).items()}},
             time.perf_counter() - start))
     return out
+
+
+def meta_text(meta: Any) -> str:
+    """How a fitted meta-learner combines its inputs, for a candidate's description."""
+    if isinstance(meta, BlendMeta):
+        return f"blend (CNN weight {meta.weight_:.2f}, chosen by out-of-fold log loss)"
+    return "logistic meta-learner"
+
+
+def meta_params(cfg: EnsembleConfig, meta: Any) -> dict[str, Any]:
+    """The meta-learner's logged parameters: its kind and its C or fitted weight."""
+    if isinstance(meta, BlendMeta):
+        return {"meta": "blend", "meta.cnn_weight": meta.weight_}
+    return {"meta": "logistic", "meta.C": cfg.stack.C}
 
 
 def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate]:
@@ -363,7 +400,7 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
     params = _tuned_params(ctx, fit_sets)
     for name, p in params.items():
         start = time.perf_counter()
-        factory = _make_factory(name, p, cfg)
+        factory = _make_factory(name, p, cfg, ctx.balanced)
         seconds = []
         fitted, val_out, second_oof = [], [], np.zeros((len(oof.indices), n))
         for i, (X, y) in enumerate(fit_sets):
@@ -387,17 +424,17 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
             time.perf_counter() - start))
         if name in cfg.stack.second_stage:
             start = time.perf_counter()
-            meta = fit_meta([oof.probs, second_oof], y_oof, C=cfg.stack.C, seed=cfg.seed)
+            meta = fit_meta([oof.probs, second_oof], y_oof, C=cfg.stack.C, seed=cfg.seed, kind=cfg.stack.meta)
             val_stack = np.mean([meta_predict(meta, [cf.val_probs[i], val_out[i]], n) for i in range(k)], axis=0)
             members = [f"{fn}+{name}+meta" for fn in fold_names]
             out.append(Candidate(
                 f"stack-{name}", "stack", members, val_stack,
-                "validation split (meta-learner fit on out-of-fold train probabilities of fold CNNs and "
-                f"in-fold cross-validated {name})",
+                f"validation split ({cfg.stack.meta} meta-learner fit on out-of-fold train probabilities of fold "
+                f"CNNs and in-fold cross-validated {name})",
                 _ensemble(ctx, "stack", [_branch(m, cf.recipe, tta=tta, name=mn, run_id=None, second=e, meta=meta)
                                          for m, mn, e in zip(models, members, fitted)],
-                          description=f"logistic meta-learner on fold CNN + {name} probabilities, averaged over folds"),
-                {"meta.C": cfg.stack.C, **{f"{name}.{kk}": v for kk, v in p.items()}},
+                          description=f"{meta_text(meta)} on fold CNN + {name} probabilities, averaged over folds"),
+                {**meta_params(cfg, meta), **{f"{name}.{kk}": v for kk, v in p.items()}},
                 time.perf_counter() - start))
     return out
 
@@ -418,7 +455,7 @@ def val_cv_candidates(ctx: BuildContext, best_model: Any) -> list[Candidate]:
     out = []
     for name, p in params.items():
         start = time.perf_counter()
-        factory = _make_factory(name, p, cfg)
+        factory = _make_factory(name, p, cfg, ctx.balanced)
         oof = cv_predict_proba(factory, X, y, n, splits)
         t0 = time.perf_counter()
         final = factory().fit(X, y)
@@ -436,15 +473,15 @@ def val_cv_candidates(ctx: BuildContext, best_model: Any) -> list[Candidate]:
         if name in cfg.stack.second_stage:
             start = time.perf_counter()
             honest = nested_cv_stack(cnn_probs, X, y, factory, n, splits, inner_folds=cfg.cv_folds, C=cfg.stack.C,
-                                     seed=cfg.seed)
-            meta = fit_meta([cnn_probs, oof], y, C=cfg.stack.C, seed=cfg.seed)
+                                     seed=cfg.seed, kind=cfg.stack.meta)
+            meta = fit_meta([cnn_probs, oof], y, C=cfg.stack.C, seed=cfg.seed, kind=cfg.stack.meta)
             out.append(Candidate(
                 f"stack-{name}", "stack", [best.name, f"{best.name}+{name}"], honest,
                 f"validation nested {len(splits)}-fold CV (meta-learner and {name} refit inside each fold){note}",
                 _ensemble(ctx, "stack", [_branch(best_model, best.cfg, tta=tta, name=f"{best.name}+{name}+meta",
                                                  run_id=best.run_id, second=final, meta=meta)],
-                          description=f"logistic meta-learner on {best.name} + {name} probabilities"),
-                {"meta.C": cfg.stack.C, **{f"{name}.{kk}": v for kk, v in p.items()}},
+                          description=f"{meta_text(meta)} on {best.name} + {name} probabilities"),
+                {**meta_params(cfg, meta), **{f"{name}.{kk}": v for kk, v in p.items()}},
                 time.perf_counter() - start))
     return out
 
@@ -486,6 +523,7 @@ def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, t
     members, notes = usable_members(members, data)
     ctx = BuildContext(cfg=cfg, data=data, members=members, tracking_uri=tracking_uri,
                    y_val=np.asarray(data.labels[data.val], dtype=np.int64), notes=list(members.notes) + notes)
+    note_class_weights(ctx)
     facts: dict[str, Any] = {}
     cf = None
     if cfg.mode == "crossfit":  # before loading the members: training clears the Keras session
