@@ -12,6 +12,10 @@ once and scores, on the validation split only, every design below side by side:
   on the second stage refit on all held-out rows (the meta-features it is fit on and applied to differ);
 - ``stack (bagged)``: the same meta deployed on the inner-CV models' average (consistent meta-features);
 - ``stack (balanced)``: ``stack (refit)`` with a class-balanced meta-learner;
+- ``stack (inner 10)`` / ``blend (inner 10)``: the meta-features from a 10-fold inner CV (second stages fit
+  on 90% of the held-out rows, close to the deployed one) instead of 3-fold (67%);
+- ``gbm (balanced)``: the second stages fit with balanced class weights (``class_weights: auto`` under a
+  balanced-accuracy study);
 - ``average``: CNN and second stage averaged, nothing fitted;
 - ``blend``: ``w * CNN + (1 - w) * second stage`` with the one weight ``w`` chosen on the out-of-fold
   log loss (grid 0, 0.05, ..., 1; the same meta-features as the stack, one parameter instead of
@@ -69,6 +73,7 @@ def blend_weight(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
 
 def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, float]]:  # noqa: ANN001
     import keras
+    from sklearn.linear_model import LogisticRegression
 
     from ensembles.crossfit import cv_predict_proba, cv_splits, make_folds
     from ensembles.embeddings import CNNEmbedder
@@ -76,7 +81,6 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     from ensembles.stacking import fit_meta, meta_features, meta_predict
     from experiments.tracking.base import NullTracker
     from experiments.training import train
-    from sklearn.linear_model import LogisticRegression
 
     n = data.num_classes
     y_train = data.labels[data.train]
@@ -85,7 +89,7 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     folds = make_folds(data.train, y_train, k, seed=seed)
     factory = functools.partial(make_second_stage, second, None, seed=seed, n_jobs=1)
     out: dict[str, list[np.ndarray]] = {}
-    oof_cnn, oof_second, oof_y = [], [], []
+    oof_cnn, oof_second, oof_second10, oof_y = [], [], [], []
     per_fold = []
     for fold in folds:
         t0 = time.perf_counter()
@@ -100,21 +104,28 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
         inner = cv_splits(yh, 3, seed=seed)
         inner_models = [factory().fit(held.embeddings[a], yh[a]) for a, _ in inner]
         inner_oof = cv_predict_proba(factory, held.embeddings, yh, n, inner)
+        inner10_oof = cv_predict_proba(factory, held.embeddings, yh, n, cv_splits(yh, 10, seed=seed))
+        balanced = functools.partial(make_second_stage, second, None, seed=seed, n_jobs=1, balanced=True)
+        est_bal = balanced().fit(held.embeddings, yh)
         aug_fit = np.concatenate([held.embeddings, meta_features([held.probs])], 1)
         aug_val = np.concatenate([val.embeddings, meta_features([val.probs])], 1)
         aug = factory().fit(aug_fit, yh)
         per_fold.append({"cnn": val.probs, "second": full_proba(est, val.embeddings, n),
                          "bagged": np.mean([full_proba(m, val.embeddings, n) for m in inner_models], 0),
-                         "aug": full_proba(aug, aug_val, n)})
+                         "aug": full_proba(aug, aug_val, n), "balanced": full_proba(est_bal, val.embeddings, n)})
         oof_cnn.append(held.probs)
         oof_second.append(inner_oof)
+        oof_second10.append(inner10_oof)
         oof_y.append(yh)
         print(f"    fold {fold.number + 1}/{k}: {len(fold.train)} train, {len(fold.heldout)} held out, "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     y_oof = np.concatenate(oof_y)
     blocks = [np.concatenate(oof_cnn), np.concatenate(oof_second)]
-    meta = fit_meta(blocks, y_oof, seed=seed)
+    meta = fit_meta(blocks, y_oof, seed=seed, kind="logistic")
     w = blend_weight(blocks[0], blocks[1], y_oof)
+    blocks10 = [blocks[0], np.concatenate(oof_second10)]
+    meta10 = fit_meta(blocks10, y_oof, seed=seed, kind="logistic")
+    w10 = blend_weight(blocks10[0], blocks10[1], y_oof)
     meta_bal = LogisticRegression(C=1.0, max_iter=2000, random_state=seed, class_weight="balanced").fit(
         meta_features(blocks), y_oof)
     for f in per_fold:
@@ -125,8 +136,11 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
         out.setdefault("stack (balanced)", []).append(meta_predict(meta_bal, [f["cnn"], f["second"]], n))
         out.setdefault("average", []).append((f["cnn"] + f["second"]) / 2)
         out.setdefault("blend", []).append(w * f["cnn"] + (1 - w) * f["second"])
+        out.setdefault("stack (inner 10)", []).append(meta_predict(meta10, [f["cnn"], f["second"]], n))
+        out.setdefault("blend (inner 10)", []).append(w10 * f["cnn"] + (1 - w10) * f["second"])
+        out.setdefault(f"gbm-{second} (balanced)", []).append(f["balanced"])
         out.setdefault(f"gbm-{second} [emb+cnn]", []).append(f["aug"])
-    print(f"    blend weight of the CNN: {w:.2f}", flush=True)
+    print(f"    blend weight of the CNN: {w:.2f} (3-fold inner CV), {w10:.2f} (10-fold)", flush=True)
     res = {}
     for name, probs in out.items():
         p = np.mean(probs, 0)

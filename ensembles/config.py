@@ -60,12 +60,12 @@ class VoteConfig:
 class StackConfig:
     """Stacking of the CNN with each listed second stage.
 
-    ``meta``: ``blend`` (one weight chosen by out-of-fold log loss) or ``logistic`` (a multinomial
-    logistic regression on both models' log-probabilities, inverse L2 strength ``C``).
+    ``meta``: ``logistic`` (a multinomial logistic regression on both models' log-probabilities, inverse
+    L2 strength ``C``) or ``blend`` (one weight chosen by out-of-fold log loss).
     """
 
     second_stage: tuple[str, ...] = ()
-    meta: str = "blend"
+    meta: str = "logistic"
     C: float = 1.0
 
 
@@ -86,15 +86,18 @@ class EnsembleConfig:
     (null: 1, which is fastest when the cores are shared). ``select_metric``: ``study`` (default: the
     metric the study optimised) or a metric name; a candidate replaces ``cnn-best`` as champion only
     when it leads by more than the paired-bootstrap standard error of the difference.
-    ``class_weights``: how second stages weight the classes in their fit - ``auto`` (default: equally,
-    ``balanced``, when the selection metric is balanced accuracy or macro-F1, else by their counts),
-    ``balanced`` or ``none``.
+    ``class_weights``: how second stages weight the classes in their fit - ``none`` (default: by their
+    counts), ``balanced`` (equally) or ``auto`` (equally when the selection metric is balanced accuracy or
+    macro-F1). ``prior_correction``: add a ``<candidate>+prior`` twin of every second-stage and stacking
+    candidate whose probabilities are divided by the training class shares - ``auto`` (default: when the
+    selection metric is balanced accuracy or macro-F1), ``true`` or ``false``.
     """
 
     mode: str = "val_cv"
     seed: int = 0
     select_metric: str = "study"
-    class_weights: str = "auto"
+    class_weights: str = "none"
+    prior_correction: bool | str = "auto"
     cv_folds: int = 5
     n_jobs: int | None = None
     alias: str = "champion"
@@ -131,6 +134,12 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
+def _auto_or_bool(key: str, value: Any) -> bool | str:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ConfigError(f"config key {key}={value!r} is not allowed; use auto, true or false")
+
+
 def _mapping(key: str, value: Any) -> Mapping[str, Any]:
     if value is None:
         return {}
@@ -153,6 +162,13 @@ def balanced_second_stages(cfg: EnsembleConfig, select_metric: str) -> bool:
     if cfg.class_weights == "auto":
         return select_metric in BALANCED_METRICS
     return cfg.class_weights == "balanced"
+
+
+def prior_twins(cfg: EnsembleConfig, select_metric: str) -> bool:
+    """Whether the comparison adds prior-corrected twins, given the resolved selection metric."""
+    if cfg.prior_correction == "auto":
+        return select_metric in BALANCED_METRICS
+    return bool(cfg.prior_correction)
 
 
 def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
@@ -210,6 +226,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         seed=_int("seed", raw.get("seed", d.seed), 0),
         select_metric=_choice("select_metric", raw.get("select_metric", d.select_metric), SELECT_METRICS),
         class_weights=_choice("class_weights", raw.get("class_weights", d.class_weights), CLASS_WEIGHTINGS),
+        prior_correction=_auto_or_bool("prior_correction", raw.get("prior_correction", d.prior_correction)),
         cv_folds=_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
         n_jobs=_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
         alias=alias,

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("cnn", "vote", "gbm", "stack")
 SPEC_FILE = "ensemble.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`load_ensemble` reads (1: before ``class_prior``).
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -63,9 +65,20 @@ class Branch:
         return meta_predict(self.meta, [probs, second], n_classes)
 
 
+def prior_corrected(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """``p(c | x) / prior_c``, renormalised per row (``prior``: the class shares the model was fit on)."""
+    q = np.asarray(probs, dtype=np.float64) / np.asarray(prior, dtype=np.float64)
+    return q / q.sum(axis=1, keepdims=True)
+
+
 @dataclass
 class EnsembleModel:
-    """Weighted average of :class:`Branch` outputs; predicts from raw uint8 images."""
+    """Weighted average of :class:`Branch` outputs; predicts from raw uint8 images.
+
+    ``class_prior`` (optional): the class shares the branches were fit on; the output is then divided
+    by it and renormalised (prior correction: the decision that maximises balanced accuracy for
+    calibrated probabilities, so rare classes are not out-voted by their rarity alone).
+    """
 
     kind: str
     branches: list[Branch]
@@ -74,6 +87,7 @@ class EnsembleModel:
     weights: np.ndarray | None = None
     description: str = ""
     batch_size: int = 128
+    class_prior: np.ndarray | None = None
     _duals: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +100,11 @@ class EnsembleModel:
         if w.shape != (len(self.branches),) or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
             raise ModelError(f"ensemble weights {w} must be {len(self.branches)} non-negative numbers summing to 1")
         self.weights = w
+        if self.class_prior is not None:
+            prior = np.asarray(self.class_prior, dtype=np.float64)
+            if prior.shape != (len(self.class_names),) or np.any(prior <= 0) or not np.isfinite(prior).all():
+                raise ModelError(f"ensemble class prior {prior} must be {len(self.class_names)} positive numbers")
+            self.class_prior = prior / prior.sum()
 
     @property
     def n_classes(self) -> int:
@@ -115,6 +134,8 @@ class EnsembleModel:
                                       batch_size=self.batch_size, progress=False)
             out = branch.output(emb, probs, self.n_classes)
             total = w * out if total is None else total + w * out
+        if self.class_prior is not None:
+            total = prior_corrected(total, self.class_prior)
         return np.asarray(total, dtype=np.float32)
 
     def members(self) -> list[str]:
@@ -147,7 +168,8 @@ def save_ensemble(model: EnsembleModel, folder: str | Path) -> Path:
         branches.append(spec)
     doc = {"format_version": FORMAT_VERSION, "kind": model.kind, "weights": [float(w) for w in model.weights],
            "class_names": list(model.class_names), "class_slugs": list(model.class_slugs),
-           "description": model.description, "branches": branches}
+           "description": model.description, "branches": branches,
+           "class_prior": None if model.class_prior is None else [float(p) for p in model.class_prior]}
     (folder / SPEC_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return folder
 
@@ -164,9 +186,9 @@ def load_ensemble(folder: str | Path) -> EnsembleModel:
         doc = json.loads(spec_path.read_text())
     except ValueError as err:
         raise ModelError(f"{spec_path} is not valid JSON ({err}); re-log the ensemble") from None
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format_version") not in READABLE_VERSIONS:
         raise ModelError(f"{spec_path} has format version {doc.get('format_version')}, this code reads "
-                         f"{FORMAT_VERSION}; re-log the ensemble with this version")
+                         f"{', '.join(map(str, READABLE_VERSIONS))}; re-log the ensemble with this version")
     cnns: dict[str, Any] = {}
     branches = []
     for spec in doc["branches"]:
@@ -186,4 +208,5 @@ def load_ensemble(folder: str | Path) -> EnsembleModel:
         ))
     return EnsembleModel(kind=doc["kind"], branches=branches, class_names=tuple(doc["class_names"]),
                          class_slugs=tuple(doc["class_slugs"]), weights=np.asarray(doc["weights"]),
-                         description=str(doc.get("description", "")))
+                         description=str(doc.get("description", "")),
+                         class_prior=None if doc.get("class_prior") is None else np.asarray(doc["class_prior"]))

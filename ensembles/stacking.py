@@ -1,12 +1,13 @@
 """Stacking: a meta-learner on out-of-fold CNN and second-stage probabilities.
 
-Two meta-learners (``stack.meta``): ``blend`` (default) - ``w * CNN + (1 - w) * second stage`` with the
-one weight chosen by out-of-fold log loss (:class:`BlendMeta`) - and ``logistic``, a multinomial
-logistic regression on the concatenated log-probabilities (``2C`` features, ``2C*C + C`` parameters).
-``benchmarks/bench_stacking.py`` measured why the logistic stack lost to its own second stage on small
-catalogs (README, "Why stacking lost"): its parameters are fit on a few hundred out-of-fold rows whose
-second-stage probabilities come from models fit on less data than the deployed one; the blend has one
-parameter, contains both inputs and their average as special cases, and cannot stray far from them.
+Two meta-learners (``stack.meta``): ``logistic`` (default), a multinomial logistic regression on the
+concatenated log-probabilities, and ``blend`` - ``w * CNN + (1 - w) * second stage`` with the one weight
+chosen by out-of-fold log loss (:class:`BlendMeta`). ``benchmarks/bench_stacking.py`` measured both
+(README, "Why stacking lost"): stacking a CNN with a second stage fit on *its own* embeddings adds
+little by construction - the CNN's probabilities are a softmax of a linear map of the very embedding
+the second stage already sees - and on the real GZ2 bed the fold CNNs' own outputs were far weaker
+than a second stage on their embeddings, so the blend (which keeps weight on them) lost more than the
+logistic stack (which learns to ignore them).
 
 Meta-features are the log-probabilities of each base model, concatenated. They must be
 out-of-fold for the images the meta-learner is fit on: in ``crossfit`` mode they come from fold
@@ -75,7 +76,7 @@ class BlendMeta(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
-def make_meta_learner(C: float = 1.0, *, seed: int = 0, kind: str = "blend") -> Any:
+def make_meta_learner(C: float = 1.0, *, seed: int = 0, kind: str = "logistic") -> Any:
     """The meta-learner: a :class:`BlendMeta`, or multinomial logistic regression (L2, strength ``1/C``)."""
 
     if kind == "blend":
@@ -86,7 +87,7 @@ def make_meta_learner(C: float = 1.0, *, seed: int = 0, kind: str = "blend") -> 
 
 
 def fit_meta(blocks: Sequence[np.ndarray], y: np.ndarray, *, C: float = 1.0, seed: int = 0,
-             kind: str = "blend") -> Any:
+             kind: str = "logistic") -> Any:
     """Fit the meta-learner on out-of-fold base-model probabilities ``blocks`` against ``y``."""
     return make_meta_learner(C, seed=seed, kind=kind).fit(meta_features(blocks), np.asarray(y))
 
@@ -98,7 +99,7 @@ def meta_predict(meta: Any, blocks: Sequence[np.ndarray], n_classes: int) -> np.
 
 def nested_cv_stack(cnn_probs: np.ndarray, X: np.ndarray, y: np.ndarray, make_second: Callable[[], Any],
                     n_classes: int, splits: Sequence[tuple[np.ndarray, np.ndarray]], *, inner_folds: int,
-                    C: float = 1.0, seed: int = 0, kind: str = "blend") -> np.ndarray:
+                    C: float = 1.0, seed: int = 0, kind: str = "logistic") -> np.ndarray:
     """Honest probabilities of CNN + second stage stacked, by nested cross-validation.
 
     For each outer split the second stage's meta-features on the fit rows come from an inner

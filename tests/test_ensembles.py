@@ -2,13 +2,19 @@
 stacking, the embedding transformer and its cache, and the saved ensemble round trip."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ensembles import second_stage as ss
-from ensembles.config import balanced_second_stages, config_from_dict, read_config_yaml
+from ensembles.config import (
+    balanced_second_stages,
+    config_from_dict,
+    prior_twins,
+    read_config_yaml,
+)
 from ensembles.crossfit import (
     Fold,
     FoldRecord,
@@ -20,7 +26,7 @@ from ensembles.crossfit import (
 )
 from ensembles.stacking import BlendMeta, fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
-from pipelines.errors import ConfigError, DataError
+from pipelines.errors import ConfigError, DataError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENSEMBLE_YAML = ROOT / "experiments" / "configs" / "ensemble.yaml"
@@ -83,8 +89,8 @@ def test_shipped_ensemble_config_loads() -> None:
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"modes": "crossfit"}, "unknown config key modes; allowed keys: mode, seed, select_metric, cv_folds, n_jobs, "
-                            "alias, crossfit, embeddings, vote, second_stage, stack, tune"),
+    ({"modes": "crossfit"}, "unknown config key modes; allowed keys: mode, seed, select_metric, class_weights, "
+                            "prior_correction, cv_folds, n_jobs, alias, crossfit, embeddings, vote, second_stage, stack, tune"),
     ({"mode": "bagging"}, "config key mode='bagging' is not allowed; use one of: crossfit, val_cv"),
     ({"crossfit": {"fold": 3}}, "unknown config key crossfit.fold; allowed keys in crossfit: folds, epochs"),
     ({"crossfit": {"folds": 1}}, "config key crossfit.folds=1 is not allowed; give an integer in [2, 20]"),
@@ -221,7 +227,7 @@ def test_balanced_second_stages_find_more_of_a_rare_overlapping_class(name: str)
 
 
 def test_class_weights_config_and_knn() -> None:
-    assert config_from_dict({}).class_weights == "auto"
+    assert config_from_dict({}).class_weights == "none"
     cfg = config_from_dict({"class_weights": "auto"})
     assert balanced_second_stages(cfg, "balanced_accuracy") and balanced_second_stages(cfg, "macro_f1")
     assert not balanced_second_stages(cfg, "accuracy")
@@ -233,6 +239,13 @@ def test_class_weights_config_and_knn() -> None:
         config_from_dict({"class_weights": "balanced", "second_stage": {"knn": {}}})
     with pytest.raises(ConfigError, match="knn cannot weight classes"):
         ss.make_second_stage("knn", balanced=True)
+    assert config_from_dict({}).prior_correction == "auto"
+    auto = config_from_dict({})
+    assert prior_twins(auto, "balanced_accuracy") and prior_twins(auto, "macro_f1") and not prior_twins(auto, "accuracy")
+    assert prior_twins(config_from_dict({"prior_correction": True}), "accuracy")
+    assert not prior_twins(config_from_dict({"prior_correction": False}), "balanced_accuracy")
+    with pytest.raises(ConfigError, match="prior_correction='yes' is not allowed; use auto, true or false"):
+        config_from_dict({"prior_correction": "yes"})
     # a user's own class_weight wins over the platform's
     est = ss.make_second_stage("logreg", {"class_weight": {0: 1.0, 1: 3.0}}, balanced=True)
     assert est.named_steps["model"].class_weight == {0: 1.0, 1: 3.0}
@@ -300,9 +313,9 @@ def test_blend_weight_follows_the_better_input_and_contains_both() -> None:
 
 
 def test_ensemble_config_checks_stack_meta() -> None:
-    assert config_from_dict({}).stack.meta == "blend"
-    assert config_from_dict(read_config_yaml(ENSEMBLE_YAML)).stack.meta == "blend"
-    assert config_from_dict({"stack": {"meta": "logistic"}}).stack.meta == "logistic"
+    assert config_from_dict({}).stack.meta == "logistic"
+    assert config_from_dict(read_config_yaml(ENSEMBLE_YAML)).stack.meta == "logistic"
+    assert config_from_dict({"stack": {"meta": "blend"}}).stack.meta == "blend"
     with pytest.raises(ConfigError, match="stack.meta"):
         config_from_dict({"stack": {"meta": "ridge"}})
 
@@ -430,6 +443,24 @@ def test_saved_ensemble_predicts_the_same_from_raw_images(tmp_path: Path) -> Non
     np.testing.assert_allclose(again.predict_proba(raw), probs, rtol=1e-5, atol=1e-6)
     one = EnsembleModel("stack", [model.branches[0]], CLASS_NAMES, CLASS_SLUGS)
     np.testing.assert_allclose(one.predict_proba(raw), branch_a, rtol=1e-5, atol=1e-6)
+    # prior correction: the output divided by the class shares, renormalised; saved and reloaded
+    prior = np.r_[np.full(5, 3.0), np.full(5, 1.0)]
+    corrected = EnsembleModel("stack", model.branches, CLASS_NAMES, CLASS_SLUGS, weights=[0.3, 0.7], class_prior=prior)
+    expected = probs / (prior / prior.sum())
+    expected /= expected.sum(axis=1, keepdims=True)
+    got = corrected.predict_proba(raw)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert got[:, 5:].sum() > probs[:, 5:].sum()  # the rarer classes gain
+    folder2 = save_ensemble(corrected, tmp_path / "ens_prior")
+    np.testing.assert_allclose(load_ensemble(folder2).predict_proba(raw), got, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelError, match="10 positive numbers"):
+        EnsembleModel("stack", model.branches, CLASS_NAMES, CLASS_SLUGS, class_prior=np.zeros(10))
+    # an ensemble saved before class priors existed (format 1) still loads, without one
+    doc = json.loads((folder / "ensemble.json").read_text())
+    doc["format_version"] = 1
+    doc.pop("class_prior")
+    (folder / "ensemble.json").write_text(json.dumps(doc))
+    assert load_ensemble(folder).class_prior is None
 
 
 def test_second_stage_tuning_returns_valid_params_and_their_cv_score() -> None:

@@ -190,14 +190,16 @@ def test_cli_val_cv_comparison(in_study: TinyStudy, capsys: pytest.CaptureFixtur
     cfg = in_study.root / "ens_val_cv.yaml"
     cfg.write_text(yaml.safe_dump({"mode": "val_cv", "cv_folds": 3, "vote": {"top_k": 2, "weighted": None},
                                    "second_stage": {"logreg": {}}, "stack": {"second_stage": ["logreg"]},
-                                   "alias": "valcv"}))
+                                   "alias": "valcv", "prior_correction": True, "class_weights": "balanced"}))
     code = cli_main(["ensemble", "--study", "tiny", "--config", str(cfg), "--storage", in_study.storage,
                      "--tracking-uri", in_study.tracking_uri, "--set", "seed=3"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith("SYNTHETIC data")
-    for name in ("cnn-best", "vote-top2", "gbm-logreg", "stack-logreg"):
+    for name in ("cnn-best", "vote-top2", "gbm-logreg", "stack-logreg", "gbm-logreg+prior", "stack-logreg+prior"):
         assert f"  {name} " in out
+    assert "vote-top2+prior" not in out  # only second stages and stacks get twins
+    assert "balanced class weights" in out and "2 prior-corrected twins" in out
     assert "registered as models:/tiny-ensemble@valcv" in out
     client = MlflowClient(in_study.tracking_uri)
     version = client.get_model_version_by_alias("tiny-ensemble", "valcv")
@@ -207,6 +209,10 @@ def test_cli_val_cv_comparison(in_study: TinyStudy, capsys: pytest.CaptureFixtur
     stack = client.search_runs([parent.info.experiment_id], filter_string=(
         f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.candidate = 'stack-logreg'"))[0]
     assert stack.data.tags["kind"] == "stack" and "nested" in stack.data.tags["ensemble.estimate"]
+    twin = client.search_runs([parent.info.experiment_id], filter_string=(
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.candidate = 'stack-logreg+prior'"))[0]
+    shares = np.array([float(x) for x in twin.data.params["class_prior"].split()])
+    assert np.isclose(shares.sum(), 1.0, atol=1e-3) and "prior-corrected" in twin.data.tags["ensemble.estimate"]
 
 
 def test_cli_errors_are_one_line(tiny_study: TinyStudy, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

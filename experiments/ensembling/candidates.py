@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from ensembles.config import EnsembleConfig, balanced_second_stages
+from ensembles.config import prior_twins as wants_prior_twins
 from ensembles.crossfit import crossfit, cv_predict_proba, cv_splits, make_folds
 from ensembles.embeddings import CNNEmbedder
 from ensembles.second_stage import (
@@ -28,7 +29,7 @@ from ensembles.second_stage import (
     make_second_stage,
     resolve_params,
 )
-from ensembles.serving import Branch, EnsembleModel
+from ensembles.serving import Branch, EnsembleModel, prior_corrected
 from ensembles.stacking import BlendMeta, fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
 from experiments.config import to_yaml
@@ -92,6 +93,11 @@ class BuildContext:
     def select_metric(self) -> str:
         """The metric the champion is chosen by (``study`` resolved to the study's metric)."""
         return self.members.metric if self.cfg.select_metric == "study" else self.cfg.select_metric
+
+    @property
+    def prior_twins(self) -> bool:
+        """Whether prior-corrected twins join the comparison (``prior_correction``, see the config)."""
+        return wants_prior_twins(self.cfg, self.select_metric)
 
     @property
     def balanced(self) -> bool:
@@ -550,7 +556,41 @@ def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, t
             candidates += crossfit_candidates(ctx, cf)
         else:
             candidates += val_cv_candidates(ctx, models[0])
+    if ctx.prior_twins:
+        candidates += prior_twin_candidates(ctx, candidates)
     return candidates, ctx.notes, facts
+
+
+#: Candidate kinds that get a prior-corrected twin (second stages and stacks: their probabilities
+#: follow the class counts they were fit on).
+PRIOR_KINDS = ("gbm", "stack")
+
+
+def training_class_shares(ctx: BuildContext) -> np.ndarray:
+    """Class shares of the training split (a class absent from it gets a tiny share, never zero)."""
+    counts = np.bincount(ctx.data.labels[ctx.data.train], minlength=ctx.n_classes).astype(np.float64)
+    counts = np.maximum(counts, 0.1)
+    return counts / counts.sum()
+
+
+def prior_twin_candidates(ctx: BuildContext, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """``<name>+prior`` for every second-stage and stacking candidate: its output divided by the training
+    class shares and renormalised, the decision for balanced accuracy (see README, "Why stacking lost")."""
+    prior = training_class_shares(ctx)
+    twins = []
+    for cand in candidates:
+        if cand.kind not in PRIOR_KINDS:
+            continue
+        model = replace(cand.model, class_prior=prior,
+                        description=f"{cand.model.description}; divided by the training class shares")
+        twins.append(Candidate(f"{cand.name}+prior", cand.kind, list(cand.members),
+                               prior_corrected(cand.val_probs, prior), f"{cand.estimate}, prior-corrected",
+                               model, {**cand.params, "class_prior": " ".join(f"{p:.4f}" for p in prior)},
+                               cand.seconds))
+    if twins:
+        ctx.notes.append(f"{len(twins)} prior-corrected twins (+prior): second-stage and stacking outputs divided "
+                         f"by the training class shares (selection metric {ctx.select_metric})")
+    return twins
 
 
 @contextlib.contextmanager
