@@ -49,10 +49,11 @@ def test_d4_feature_maps_permute_as_the_group_says() -> None:
         np.testing.assert_allclose(np.asarray(conv(got_lift)), transform_feature_map(base_conv, h), atol=1e-4)
 
 
-@pytest.mark.parametrize("pool", ["radial", "mean"])
-def test_d4_cnn_embedding_is_invariant_to_all_8_orientations(pool: str) -> None:
+@pytest.mark.parametrize("pool", [{"pool": "radial"}, {"pool": "mean"}, {"pool": "radial", "ring_stats": ["mean", "max"]},
+                                  {"pool": "radial", "ring_stats": ["max"], "rings": 4}])
+def test_d4_cnn_embedding_is_invariant_to_all_8_orientations(pool: dict, tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)
-    cfg = ModelConfig(name="d4_cnn", params={"filters": [4, 8, 8], "pool": pool}, dense_units=16, dropout=0.0)
+    cfg = ModelConfig(name="d4_cnn", params={"filters": [4, 8, 8], **pool}, dense_units=16, dropout=0.0)
     model = build_model(cfg, input_size=32, num_classes=5)
     embed = keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output)
     x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
@@ -61,6 +62,10 @@ def test_d4_cnn_embedding_is_invariant_to_all_8_orientations(pool: str) -> None:
     for g in range(8):
         views = transform(x, g, axes=(1, 2)).copy()
         np.testing.assert_allclose(np.asarray(embed(views, training=False)), base, rtol=1e-4, atol=1e-5)
+    model.save(tmp_path / "d4.keras")  # the pooling's settings survive a safe_mode reload
+    again = keras.models.load_model(tmp_path / "d4.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(np.asarray(again(x, training=False)), np.asarray(model(x, training=False)),
+                               rtol=1e-5, atol=1e-6)
     # a plain CNN is not invariant (the test can fail)
     plain = build_model(ModelConfig(filters=(4, 8), dense_units=16, dropout=0.0), input_size=32, num_classes=5)
     plain_embed = keras.Model(plain.input, plain.get_layer(EMBEDDING_LAYER).output)
@@ -86,6 +91,15 @@ def test_radial_pool_keeps_the_radial_profile_and_is_invariant() -> None:
     out = np.asarray(D4RadialPool(3)(maps.astype(np.float32)))
     assert np.isclose(maps[0].mean(), maps[1].mean())
     assert out.shape == (2, 3) and out[0, 0] > out[0, 2] and out[1, 0] < out[1, 2]
+    # ring maxima see light that covers only part of a ring (an elongated blob), which ring means dilute
+    bar = np.zeros((6, 6), np.float32)
+    bar[2:4, :] = 1.0  # a horizontal bar through the centre
+    disc = (r < 3).astype(np.float32) * (bar.sum() / (r < 3).sum())  # a round blob with the same total light
+    both = np.stack([bar, disc])[:, :, :, None, None].repeat(8, axis=3)
+    stats = np.asarray(D4RadialPool(3, ["mean", "max"])(both))
+    assert stats.shape == (2, 6) and stats[0, 5] > 2 * stats[1, 5]  # outer-ring maximum: the bar's tips
+    with pytest.raises(ValueError, match="stats"):
+        D4RadialPool(3, ["median"])
     with pytest.raises(ValueError, match="rings"):
         ring_matrix(2, 3)
 
