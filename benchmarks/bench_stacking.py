@@ -57,20 +57,6 @@ def scores(y: np.ndarray, probs: np.ndarray, n: int) -> tuple[float, float]:
     return float((pred == y).mean()), float(np.mean([(pred[y == c] == c).mean() for c in present]))
 
 
-def prior_corrected(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """``p(c|x) / pi_c``, renormalised: the Bayes decision for balanced accuracy."""
-    q = probs / np.clip(prior, 1e-6, None)
-    return q / q.sum(1, keepdims=True)
-
-
-def blend_weight(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
-    """The weight ``w`` of ``a`` in ``w * a + (1 - w) * b`` with the lowest log loss on ``y``."""
-    grid = np.linspace(0.0, 1.0, 21)
-    rows = np.arange(len(y))
-    losses = [-np.mean(np.log(np.clip(w * a[rows, y] + (1 - w) * b[rows, y], 1e-12, None))) for w in grid]
-    return float(grid[int(np.argmin(losses))])
-
-
 def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, float]]:  # noqa: ANN001
     import keras
     from sklearn.linear_model import LogisticRegression
@@ -78,6 +64,7 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     from ensembles.crossfit import cv_predict_proba, cv_splits, make_folds
     from ensembles.embeddings import CNNEmbedder
     from ensembles.second_stage import full_proba, make_second_stage
+    from ensembles.serving import prior_corrected
     from ensembles.stacking import fit_meta, meta_features, meta_predict
     from experiments.tracking.base import NullTracker
     from experiments.training import train
@@ -122,10 +109,10 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     y_oof = np.concatenate(oof_y)
     blocks = [np.concatenate(oof_cnn), np.concatenate(oof_second)]
     meta = fit_meta(blocks, y_oof, seed=seed, kind="logistic")
-    w = blend_weight(blocks[0], blocks[1], y_oof)
+    w = fit_meta(blocks, y_oof, kind="blend").weight_
     blocks10 = [blocks[0], np.concatenate(oof_second10)]
     meta10 = fit_meta(blocks10, y_oof, seed=seed, kind="logistic")
-    w10 = blend_weight(blocks10[0], blocks10[1], y_oof)
+    w10 = fit_meta(blocks10, y_oof, kind="blend").weight_
     meta_bal = LogisticRegression(C=1.0, max_iter=2000, random_state=seed, class_weight="balanced").fit(
         meta_features(blocks), y_oof)
     for f in per_fold:
@@ -145,7 +132,7 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     for name, probs in out.items():
         p = np.mean(probs, 0)
         res[name] = scores(y_val, p, n)
-        res[name + " /prior"] = scores(y_val, prior_corrected(p, prior), n)
+        res[name + " /prior"] = scores(y_val, prior_corrected(p, prior), n)  # as the +prior twins do
     return res
 
 
