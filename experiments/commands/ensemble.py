@@ -50,11 +50,12 @@ def run(args: argparse.Namespace) -> int:
     if report.synthetic:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")
     print(f"ensemble comparison of study {report.study_name} (mode {report.mode}), validation split:")
-    header = f"  {'candidate':<22} {'kind':<6} {'accuracy':>8} {'bal.acc':>8} {'macro-F1':>8} {'log loss':>8}"
+    w = max([22, *(len(r["candidate"]) for r in report.rows)])  # names like gbm-logreg-backbones+prior
+    header = f"  {'candidate':<{w}} {'kind':<6} {'accuracy':>8} {'bal.acc':>8} {'macro-F1':>8} {'log loss':>8}"
     print(header)
     for r in report.rows:
         mark = "  <- winner" if r["candidate"] == report.winner else ""
-        print(f"  {r['candidate']:<22} {r['kind']:<6} {r['val_accuracy']:>8.4f} {r['val_balanced_accuracy']:>8.4f} "
+        print(f"  {r['candidate']:<{w}} {r['kind']:<6} {r['val_accuracy']:>8.4f} {r['val_balanced_accuracy']:>8.4f} "
               f"{r['val_macro_f1']:>8.4f} {r['val_log_loss']:>8.4f}{mark}")
     print(f"  winner: {report.winner} registered as {report.registered}")
     print(f"  MLflow: parent run {report.parent_run_id} '{report.experiment_name}' with {len(report.rows)} nested runs; "
