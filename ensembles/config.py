@@ -90,7 +90,9 @@ class EnsembleConfig:
     counts), ``balanced`` (equally) or ``auto`` (equally when the selection metric is balanced accuracy or
     macro-F1). ``prior_correction``: add a ``<candidate>+prior`` twin of every second-stage and stacking
     candidate whose probabilities are divided by the training class shares - ``auto`` (default: when the
-    selection metric is balanced accuracy or macro-F1), ``true`` or ``false``.
+    selection metric is balanced accuracy or macro-F1), ``true`` or ``false``. ``accuracy_guard``: when
+    the selection metric is not accuracy, a candidate must also not lose validation accuracy to
+    ``cnn-best`` by more than the paired standard error to become champion (default true).
     """
 
     mode: str = "val_cv"
@@ -98,6 +100,7 @@ class EnsembleConfig:
     select_metric: str = "study"
     class_weights: str = "none"
     prior_correction: bool | str = "auto"
+    accuracy_guard: bool = True
     cv_folds: int = 5
     n_jobs: int | None = None
     alias: str = "champion"
@@ -227,6 +230,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         select_metric=_choice("select_metric", raw.get("select_metric", d.select_metric), SELECT_METRICS),
         class_weights=_choice("class_weights", raw.get("class_weights", d.class_weights), CLASS_WEIGHTINGS),
         prior_correction=_auto_or_bool("prior_correction", raw.get("prior_correction", d.prior_correction)),
+        accuracy_guard=_bool("accuracy_guard", raw.get("accuracy_guard", d.accuracy_guard)),
         cv_folds=_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
         n_jobs=_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
         alias=alias,

@@ -140,3 +140,41 @@ def test_an_ensemble_replaces_the_cnn_only_beyond_the_standard_error() -> None:
     rows = [row("cnn-best", cnn), row("vote-top3", much)]
     winner, rule = choose_champion(rows, [cand("cnn-best", cnn), cand("vote-top3", much)], y, 4, "accuracy")
     assert winner["candidate"] == "vote-top3" and "is champion" in rule
+
+
+def test_the_accuracy_guard_keeps_a_balanced_winner_from_trading_away_accuracy() -> None:
+    """Chosen by balanced accuracy, a candidate that buys rare-class recall with majority accuracy loses."""
+    from experiments.ensembling.candidates import Candidate
+    from experiments.ensembling.champion import choose_champion
+    from experiments.evaluation import classification_metrics
+
+    rng = np.random.default_rng(2)
+    y = np.r_[np.zeros(270, int), np.ones(30, int)]  # one rare class, 10%
+    cnn = np.zeros(300, int)  # the majority answer: accuracy 0.9, balanced 0.5
+    greedy = np.where(rng.random(300) < 0.5, 1, 0)  # calls half of everything rare: balanced ~0.5+, accuracy ~0.5
+    greedy[270:] = 1  # every rare image found: balanced ~0.75, accuracy ~0.55
+    careful = cnn.copy()
+    careful[270:290] = 1  # 20 of 30 rare found, nothing else changed: balanced 0.83, accuracy 0.967
+    careful[:5] = 1
+
+    def cand(name: str, pred: np.ndarray) -> Candidate:
+        return Candidate(name, "x", [], np.eye(2)[pred], "", None)
+
+    def row(name: str, pred: np.ndarray) -> dict:
+        m = classification_metrics(y, np.eye(2)[pred], ["majority", "rare"])
+        return {"candidate": name, "val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"]}
+
+    preds = {"cnn-best": cnn, "gbm-greedy": greedy}
+    rows, cands = [row(k, v) for k, v in preds.items()], [cand(k, v) for k, v in preds.items()]
+    assert rows[1]["val_balanced_accuracy"] > rows[0]["val_balanced_accuracy"] + 0.2
+    winner, rule = choose_champion(rows, cands, y, 2, "balanced_accuracy")
+    assert winner["candidate"] == "cnn-best" and "accuracy guard" in rule and "stays champion" in rule
+    winner, rule = choose_champion(rows, cands, y, 2, "balanced_accuracy", accuracy_guard=False)
+    assert winner["candidate"] == "gbm-greedy"
+    # the guard passes over a greedy leader to the next candidate that wins without losing accuracy
+    greedy[:270] = np.where(rng.random(270) < 0.02, 0, 1)  # now nearly everything rare: balanced ~0.51
+    preds = {"cnn-best": cnn, "gbm-greedy": greedy, "gbm-careful": careful}
+    rows, cands = [row(k, v) for k, v in preds.items()], [cand(k, v) for k, v in preds.items()]
+    rows[1]["val_balanced_accuracy"] = 0.99  # the greedy one ranks first by the metric
+    winner, rule = choose_champion(rows, cands, y, 2, "balanced_accuracy")
+    assert winner["candidate"] == "gbm-careful" and rule.startswith("gbm-greedy") and "it is champion" in rule

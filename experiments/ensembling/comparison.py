@@ -234,7 +234,8 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                      metrics["balanced_accuracy"], metrics["macro_f1"], cand.estimate)
         select_metric = members.metric if cfg.select_metric == "study" else cfg.select_metric
         key = f"val_{select_metric}"
-        winner, rule = choose_champion(rows, candidates, y_val, data.num_classes, select_metric, seed=cfg.seed)
+        winner, rule = choose_champion(rows, candidates, y_val, data.num_classes, select_metric, seed=cfg.seed,
+                                      accuracy_guard=cfg.accuracy_guard)
         log.info("champion: %s", rule)
         if winner["candidate"] == BASELINE_CANDIDATE and len(rows) > 1:
             notes.append(rule)
