@@ -1,5 +1,6 @@
 """Backbones at an equal epoch budget on one split: accuracy, balanced accuracy, weakest-class recall,
-train and predict images/s, parameters, ratios to the reference CNN (validation split only).
+train and predict images/s, parameters, multiply-adds per image, ratios to the reference CNN (validation
+split only).
 
 Data: ``--data FILE`` (any Galaxy10-schema file, e.g. the synthetic default), or ``--gz2`` to import
 the real Galaxy Zoo 2 test bed from ``../shared/data/realsamples/gz2_hart16_sdss`` into a temporary
@@ -61,10 +62,11 @@ def import_gz2(folder: Path) -> Path:
 def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa: ANN001
     from experiments.config import load_config
     from experiments.training import predict_probs, train
+    from models.cost import multiply_adds
 
     sets = [f"data.size={args.size}", f"data.crop={args.crop}", f"train.epochs={args.epochs}",
             "train.patience=null", "train.monitor=val_loss", f"train.seed={seed}", f"augment.policy={args.policy}",
-            "augment.targets=null", "train.precision=mixed_bfloat16", *BACKBONES[name]]
+            "augment.targets=null", f"train.precision={args.precision}", *BACKBONES[name]]
     cfg = load_config(None, sets)
     with tracker_factory(f"bench-{name}-seed{seed}") as tracker:
         start = time.perf_counter()
@@ -81,6 +83,7 @@ def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa:
             "weakest": weakest, "weakest_recall": recalls[weakest],
             "train_ips": len(data.train) * result.fit.epochs_run / result.fit.seconds,
             "predict_ips": len(data.val) / predict_s, "params": result.model.count_params(), "seconds": seconds,
+            "macs": multiply_adds(result.model),
             "recalls": recalls}
 
 
@@ -95,6 +98,8 @@ def main() -> int:
     parser.add_argument("--backbones", default=",".join(BACKBONES))
     parser.add_argument("--policy", default="galaxy", help="augmentation policy of every run (none, reference, "
                         "galaxy); none shows what the D4 symmetry adds where augmentation does not teach it")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_bfloat16"),
+                        help="precision of every run (auto: bfloat16 only where this machine computes it natively)")
     parser.add_argument("--tracking-uri", default=None, help="log every run to this MLflow store")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
     args = parser.parse_args()
@@ -107,6 +112,7 @@ def main() -> int:
 
     from experiments.config import DataConfig
     from experiments.training import load_training_data
+    from models.precision import resolve_precision
 
     with tempfile.TemporaryDirectory(prefix="bench-backbones-") as tmp:
         os.environ["GALAXY10_CACHE"] = str(Path(tmp) / "cache")
@@ -127,7 +133,7 @@ def main() -> int:
         kind = "SYNTHETIC" if data.synthetic else "real"
         print(f"data: {path.name} ({kind}), {len(data.train)} train / {len(data.val)} val images, "
               f"{data.num_classes} classes ({', '.join(data.class_slugs)}); {args.size} -> {args.crop} px, "
-              f"{args.epochs} epochs, mixed_bfloat16, {args.policy} policy; validation split only", flush=True)
+              f"{args.epochs} epochs, {resolve_precision(args.precision)}, {args.policy} policy; validation split only", flush=True)
         rows = []
         for name in names:
             for seed in range(args.seeds if name in SEEDED else 1):
@@ -135,15 +141,17 @@ def main() -> int:
                 rows.append(row)
                 print(f"  {name:<15} seed {seed}: val acc {row['accuracy']:.3f}, balanced {row['balanced']:.3f}, "
                       f"weakest {row['weakest']} {row['weakest_recall']:.2f}, {row['train_ips']:.0f} train img/s, "
-                      f"{row['predict_ips']:.0f} predict img/s, {row['params']:,} params, {row['seconds']:.0f} s",
+                      f"{row['predict_ips']:.0f} predict img/s, {row['params']:,} params, {row['macs'] / 1e6:.1f}M "
+                      f"multiply-adds/image, {row['seconds']:.0f} s",
                       flush=True)
     ref = [r for r in rows if r["backbone"] == "reference_cnn"]
     ref_ips = np.mean([r["train_ips"] for r in ref]) if ref else float("nan")
     ref_pred = np.mean([r["predict_ips"] for r in ref]) if ref else float("nan")
     ref_bal = np.mean([r["balanced"] for r in ref]) if ref else float("nan")
+    ref_macs = ref[0]["macs"] if ref else float("nan")
     print("\n| backbone | seeds | val accuracy | balanced accuracy | weakest class (recall) | train img/s (x ref) "
-          "| predict img/s (x ref) | parameters |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| predict img/s (x ref) | parameters | multiply-adds per image (x ref) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         rs = [r for r in rows if r["backbone"] == name]
         acc, bal = np.array([r["accuracy"] for r in rs]), np.array([r["balanced"] for r in rs])
@@ -153,7 +161,8 @@ def main() -> int:
         spread = lambda a: f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else ""  # noqa: E731
         print(f"| {name} | {len(rs)} | {acc.mean():.3f}{spread(acc)} | {bal.mean():.3f}{spread(bal)} "
               f"(x{bal.mean() / ref_bal:.2f}) | {weakest} ({mean_recall[weakest]:.2f}) | {ips:.0f} (x{ips / ref_ips:.2f}) "
-              f"| {pred:.0f} (x{pred / ref_pred:.2f}) | {rs[0]['params']:,} |")
+              f"| {pred:.0f} (x{pred / ref_pred:.2f}) | {rs[0]['params']:,} "
+              f"| {rs[0]['macs'] / 1e6:.1f}M (x{rs[0]['macs'] / ref_macs:.2f}) |")
     return 0
 
 

@@ -163,7 +163,7 @@ def main() -> int:
                            check=True, cwd=ROOT)
         cfg = load_config(ROOT / "experiments/configs/reference.yaml",
                           ["data.size=64", "data.crop=48", f"train.epochs={args.epochs}", "train.patience=null",
-                           "train.monitor=val_loss", "train.precision=mixed_bfloat16"])
+                           "train.monitor=val_loss", "train.precision=auto"])
         data = load_training_data(DataConfig(size=64, crop=48), path)
         kind = "SYNTHETIC" if data.synthetic else "real"
         print(f"data: {'GZ2' if args.gz2 else 'synthetic'} ({kind}), {len(data.train)} train / {len(data.val)} "

@@ -57,7 +57,9 @@ from experiments.evaluation import (
 from experiments.reporting.plots import confusion_figure, learning_curves_figure
 from experiments.tracking.base import NullTracker, git_commit, package_versions
 from models import build_model, describe_backbone
+from models.cost import multiply_adds
 from models.head import set_backbone_trainable
+from models.precision import native_bfloat16, resolve_precision
 from models.registry import backbone_params
 from models.weights import (
     APPLICATION_BACKBONES,
@@ -520,6 +522,8 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     tracker.log_dict({"class_names": list(data.class_names), "class_slugs": list(data.class_slugs)},
                      "class_names.json")
 
+    if cfg.train.precision == "auto":
+        log.info("precision auto -> %s: %s", resolve_precision("auto"), native_bfloat16()[1])
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.train.seed)
     strategy = make_strategy(cfg.train.distribute)
@@ -528,6 +532,8 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(cfg.model, input_size=cfg.data.crop, num_classes=data.num_classes,
                             precision=cfg.train.precision)
+        tracker.log_params({"model.parameters": model.count_params(), "model.multiply_adds": multiply_adds(model),
+                            "train.precision_resolved": resolve_precision(cfg.train.precision)})
         start_from_weights(model, cfg, data, model_loader)
         fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
                      epoch_callback=epoch_callback, verbose=verbose, restore_best=restore_best)

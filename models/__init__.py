@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from models.head import EMBEDDING_LAYER, OUTPUT_LAYER, add_head
+from models.precision import resolve_precision
 from models.registry import (
     BACKBONES,
     PRECISIONS,
@@ -56,7 +57,8 @@ def build_model(model_cfg: Any, input_size: int = 88, num_classes: int = NUM_CLA
     num_classes
         Width of the softmax output.
     precision
-        ``float32`` or ``mixed_bfloat16`` (set per layer, never as global Keras state).
+        ``float32``, ``mixed_bfloat16`` or ``auto`` (bfloat16 where this machine computes it natively;
+        :mod:`models.precision`). Set per layer, never as global Keras state.
     """
     import keras
 
@@ -64,6 +66,7 @@ def build_model(model_cfg: Any, input_size: int = 88, num_classes: int = NUM_CLA
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is unknown; use one of: {', '.join(PRECISIONS)}")
     builder = get_backbone(cfg.name)
+    precision = resolve_precision(precision)
     dtype = keras.DTypePolicy(precision)
     inputs = keras.Input(shape=(input_size, input_size, 3), dtype="float32", name="image")
     features = builder(inputs, cfg, dtype)

@@ -13,8 +13,9 @@ from typing import Any
 
 from pipelines.errors import ConfigError
 
-#: Keras dtype policies a model may be built with (set per layer, never as global Keras state).
-PRECISIONS: tuple[str, ...] = ("float32", "mixed_bfloat16")
+#: Keras dtype policies a model may be built with (set per layer, never as global Keras state); ``auto``
+#: resolves per machine (:func:`models.precision.resolve_precision`).
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed_bfloat16")
 
 #: A backbone builder: ``(inputs, model_cfg, dtype_policy) -> rank-2 feature tensor``.
 Builder = Callable[[Any, Any, Any], Any]

@@ -145,3 +145,48 @@ def test_backbone_and_its_parameters_travel_in_the_metadata():
     doc = describe_backbone(ModelConfig(filters=(8, 16), dense_units=32))
     assert doc["backbone"] == "reference_cnn"
     assert doc["backbone_params"]["filters"] == [8, 16] and doc["backbone_params"]["dense_units"] == 32
+
+
+def test_multiply_adds_count_the_reference_by_hand_and_nested_models():
+    from models.cost import multiply_adds
+
+    # 88 px: conv1 at 88^2, conv2 at 44^2, conv3 at 22^2, conv4 at 11^2; dense 1600 -> 256 -> 10
+    by_hand = (88 * 88 * 9 * 3 * 32 + 44 * 44 * 9 * 32 * 32 + 22 * 22 * 9 * 32 * 64 + 11 * 11 * 9 * 64 * 64
+               + 1600 * 256 + 256 * 10)
+    model = build_model(ModelConfig())
+    assert multiply_adds(model) == by_hand
+    inner = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.DepthwiseConv2D(3, padding="same"),
+                              keras.layers.Conv2D(6, 1, groups=2), keras.layers.Dense(5)])
+    outer_in = keras.Input((8, 8, 4))
+    outer = keras.Model(outer_in, keras.layers.Flatten()(inner(outer_in)))
+    assert multiply_adds(outer) == 64 * 9 * 4 + 64 * 2 * 6 + 64 * 6 * 5
+
+
+def test_a_d4_convolution_costs_a_plain_convolution_of_8x_the_channels():
+    from models.cost import multiply_adds
+    from models.layers.d4 import D4Conv, D4Lift
+
+    x = keras.Input((12, 12, 3))
+    g = D4Conv(5)(D4Lift(4)(x))
+    assert multiply_adds(keras.Model(x, g)) == 144 * 9 * 3 * 32 + 144 * 9 * 32 * 40
+    plain = keras.layers.Conv2D(40, 3, padding="same")(keras.layers.Conv2D(32, 3, padding="same")(x))
+    assert multiply_adds(keras.Model(x, plain)) == multiply_adds(keras.Model(x, g))
+
+
+def test_precision_auto_picks_bfloat16_only_where_it_is_native(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    from models import precision as prec
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma avx512f amx_bf16 amx_tile\n")
+    assert prec.cpu_flags(info) & prec.BF16_CPU_FLAGS == {"amx_bf16"}
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx avx2 fma\n")
+    assert not prec.cpu_flags(info) & prec.BF16_CPU_FLAGS
+    assert prec.cpu_flags(tmp_path / "missing") == frozenset()
+    monkeypatch.setattr(prec, "native_bfloat16", lambda: (True, "test"))
+    assert prec.resolve_precision("auto") == "mixed_bfloat16"
+    model = build_model(ModelConfig(filters=(4,), dense_units=8), input_size=16, precision="auto")
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+    monkeypatch.setattr(prec, "native_bfloat16", lambda: (False, "test"))
+    assert prec.resolve_precision("auto") == "float32" and prec.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    model = build_model(ModelConfig(filters=(4,), dense_units=8), input_size=16, precision="auto")
+    assert model.get_layer("conv1").compute_dtype == "float32"
