@@ -506,3 +506,13 @@ def test_convergence_warnings_become_one_note_and_other_warnings_pass(caplog: py
         with convergence_notes(notes):  # nothing stopped early: no new note
             LogisticRegression(max_iter=1000).fit(X, y)
     assert len(notes) == 1
+
+
+def test_the_comparison_says_when_a_class_has_few_validation_images() -> None:
+    from experiments.ensembling.comparison import small_validation_note
+
+    y = np.r_[np.zeros(21, int), np.full(3, 1), np.full(12, 2)]
+    note = small_validation_note(y, ["not ring", "ring", "other"])
+    assert "3 ring" in note and "by 0.33" in note and "data.val_fraction" in note and "other" not in note
+    assert small_validation_note(np.r_[np.zeros(12, int), np.ones(10, int)], ["a", "b"]) is None
+    assert small_validation_note(np.zeros(30, int), ["a", "b"]) is None  # an absent class is not thin

@@ -187,6 +187,9 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
     candidates, notes, facts = build_candidates(cfg, members, data, tracking_uri=uri)
     y_val = np.asarray(data.labels[data.val], dtype=np.int64)
     slugs, names = data.class_slugs, data.class_names
+    thin = small_validation_note(y_val, names)
+    if thin:
+        notes.append(thin)
     experiment = members.best.cfg.experiment_name
     columns = ("candidate", "kind", *(f"val_{k}" for k in TABLE_METRICS), *(f"val_recall_{s}" for s in slugs),
                "members", "estimate", "run_id")
@@ -266,6 +269,27 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
         winner_run_id=winner["run_id"], registered=registered, child_run_ids=child_ids, model_uris=model_uris,
         notes=tuple(notes), synthetic=bool(data.synthetic), seconds=time.perf_counter() - started,
         candidates=tuple(candidates))
+
+
+#: Below this many validation images of a class, the comparison says its estimates are thin.
+THIN_CLASS_IMAGES = 10
+
+
+def small_validation_note(y_val: np.ndarray, class_names: Sequence[str]) -> str | None:
+    """A note when some class has fewer than :data:`THIN_CLASS_IMAGES` validation images, else None.
+
+    With 3 images of a class one image moves its recall by 0.33: the comparison's ranking (and the
+    bootstrap standard error behind the champion rule) rests on a handful of images.
+    """
+    counts = np.bincount(y_val, minlength=len(class_names))[:len(class_names)]
+    thin = [(int(n), name) for n, name in zip(counts, class_names) if 0 < n < THIN_CLASS_IMAGES]
+    if not thin:
+        return None
+    n, name = min(thin)
+    listed = ", ".join(f"{k} {c}" for k, c in sorted(thin))
+    return (f"the validation split holds few images of some classes ({listed}): one image of {name} moves its "
+            f"recall by {1 / n:.2f}, so the comparison and the champion rule rest on a handful of images; a "
+            "larger data.val_fraction (or more images of those classes) makes the choice more reliable")
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
