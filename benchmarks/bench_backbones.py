@@ -42,11 +42,13 @@ BACKBONES: dict[str, list[str]] = {
     "d4_cnn_mean": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], pool: mean}"],
     # radial pooling with each ring's maximum as well (sees light covering part of a ring: elongated galaxies)
     "d4_cnn_max": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], ring_stats: [mean, max]}"],
+    # orientation pooling: the maximum over the 8 orientations before the ring means (keeps anisotropy)
+    "d4_cnn_gmax": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], group_pool: max}"],
     "efficientnetv2": ["model.name=efficientnetv2", "model.params={variant: B0}"],
     "convnext": ["model.name=convnext", "model.params={variant: Tiny}"],
 }
 #: Backbones run with several seeds (the others once).
-SEEDED = ("reference_cnn", "d4_cnn", "d4_cnn_small", "d4_cnn_small_nobn", "d4_cnn_mean", "d4_cnn_max")
+SEEDED = ("reference_cnn", "d4_cnn", "d4_cnn_small", "d4_cnn_small_nobn", "d4_cnn_mean", "d4_cnn_max", "d4_cnn_gmax")
 
 
 def import_gz2(folder: Path) -> Path:

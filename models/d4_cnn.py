@@ -10,7 +10,8 @@ pixel grid. Layout::
 The invariant pooling (``pool``) is ``radial`` by default: the mean over the group, then over
 ``rings`` concentric rings around the cutout's centre (:class:`~models.layers.d4.D4RadialPool`), so the
 head sees each feature's radial profile (``rings x filters[-1]`` values; ``ring_stats: [mean, max]``
-adds each ring's maximum, which also sees light covering only part of a ring). ``mean`` is the classic global
+adds each ring's maximum, which also sees light covering only part of a ring; ``group_pool: max`` pools
+the 8 orientations by their maximum instead of their mean before the ring means). ``mean`` is the classic global
 mean over the group and the plane (:class:`~models.layers.d4.D4Invariant`, ``filters[-1]`` values): it
 measured worse on the real GZ2 bed (see the README's backbone benchmark), because a galaxy's
 concentration and extent, which morphology depends on, do not survive a global mean.
@@ -41,6 +42,7 @@ PARAMS = {
     "rings": (3, lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16, "an int in 1..16"),
     "ring_stats": (("mean",), lambda v: isinstance(v, tuple) and 1 <= len(v) <= 2 and len(set(v)) == len(v)
                    and all(s in ("mean", "max") for s in v), "a list of mean and/or max, e.g. [mean, max]"),
+    "group_pool": ("mean", lambda v: v in ("mean", "max"), "mean or max (over the 8 orientations, before ring means)"),
     "bn_momentum": (0.9, lambda v: isinstance(v, float) and 0.5 <= v < 1, "a float in [0.5, 1), e.g. 0.9"),
 }
 
@@ -77,7 +79,7 @@ def build_d4_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
         if 2 * p["rings"] > side:
             raise ConfigError(f"d4_cnn's last map is {side} px with data.crop={size}: too small for "
                               f"model.params.rings={p['rings']}; use rings <= {max(1, side // 2)} or pool: mean")
-        x = D4RadialPool(p["rings"], p["ring_stats"], dtype=dtype, name="d4_invariant")(x)
+        x = D4RadialPool(p["rings"], p["ring_stats"], p["group_pool"], dtype=dtype, name="d4_invariant")(x)
     else:
         x = D4Invariant(dtype=dtype, name="d4_invariant")(x)
     if cfg.dropout > 0:

@@ -50,7 +50,8 @@ def test_d4_feature_maps_permute_as_the_group_says() -> None:
 
 
 @pytest.mark.parametrize("pool", [{"pool": "radial"}, {"pool": "mean"}, {"pool": "radial", "ring_stats": ["mean", "max"]},
-                                  {"pool": "radial", "ring_stats": ["max"], "rings": 4}])
+                                  {"pool": "radial", "ring_stats": ["max"], "rings": 4},
+                                  {"pool": "radial", "group_pool": "max"}])
 def test_d4_cnn_embedding_is_invariant_to_all_8_orientations(pool: dict, tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)
     cfg = ModelConfig(name="d4_cnn", params={"filters": [4, 8, 8], **pool}, dense_units=16, dropout=0.0)
@@ -98,6 +99,17 @@ def test_radial_pool_keeps_the_radial_profile_and_is_invariant() -> None:
     both = np.stack([bar, disc])[:, :, :, None, None].repeat(8, axis=3)
     stats = np.asarray(D4RadialPool(3, ["mean", "max"])(both))
     assert stats.shape == (2, 6) and stats[0, 5] > 2 * stats[1, 5]  # outer-ring maximum: the bar's tips
+    # orientation pooling: one orientation firing strongly (an edge-on disc) vs all 8 firing weakly (a round
+    # blob) have the same mean over the group; only the maximum over the group tells them apart
+    one = np.zeros((1, 6, 6, 8, 1), np.float32)
+    one[..., 2, 0] = 8.0
+    all8 = np.ones((1, 6, 6, 8, 1), np.float32)
+    pair = np.concatenate([one, all8])
+    by_mean, by_max = np.asarray(D4RadialPool(3)(pair)), np.asarray(D4RadialPool(3, group="max")(pair))
+    np.testing.assert_allclose(by_mean[0], by_mean[1])
+    assert np.all(by_max[0] > 4 * by_max[1])
+    with pytest.raises(ValueError, match="group"):
+        D4RadialPool(3, group="median")
     with pytest.raises(ValueError, match="stats"):
         D4RadialPool(3, ["median"])
     with pytest.raises(ValueError, match="rings"):

@@ -196,6 +196,8 @@ def ring_matrix(side: int, rings: int) -> np.ndarray:
 
 #: Statistics :class:`D4RadialPool` can take over each ring.
 RING_STATS: tuple[str, ...] = ("mean", "max")
+#: How :class:`D4RadialPool` pools the 8 orientation slices before a ring mean.
+GROUP_POOLS: tuple[str, ...] = ("mean", "max")
 
 
 @keras.saving.register_keras_serializable(package="galaxy10")
@@ -207,14 +209,22 @@ class D4RadialPool(keras.layers.Layer):
     concentrated, how extended a galaxy is - which morphology depends on (a centred cutout has its centre
     at the map centre); the maximum also sees light that covers only part of a ring (an elongated
     galaxy), which a ring mean dilutes. Exactly D4-invariant (see :func:`ring_matrix`).
+
+    ``group``: how the 8 orientation slices are pooled before the ring ``mean`` - ``mean`` (default) or
+    ``max`` (orientation pooling: the strongest orientation's response at every pixel, which keeps
+    anisotropic structure - an edge-on disc, a bar - that a mean over orientations averages away).
     """
 
-    def __init__(self, rings: int = 3, stats: tuple[str, ...] | list[str] = ("mean",), **kwargs: Any) -> None:
+    def __init__(self, rings: int = 3, stats: tuple[str, ...] | list[str] = ("mean",), group: str = "mean",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rings = int(rings)
         self.stats = tuple(str(s) for s in stats)
+        self.group = str(group)
         if not self.stats or any(s not in RING_STATS for s in self.stats):
             raise ValueError(f"D4RadialPool stats {self.stats} must be a non-empty list of {RING_STATS}")
+        if self.group not in GROUP_POOLS:
+            raise ValueError(f"D4RadialPool group {self.group!r} must be one of {GROUP_POOLS}")
 
     def build(self, input_shape: tuple) -> None:
         h, w = input_shape[1], input_shape[2]
@@ -227,7 +237,7 @@ class D4RadialPool(keras.layers.Layer):
         shape = ops.shape(x)
         out = []
         if "mean" in self.stats:
-            g = ops.mean(x, axis=3)  # (B, H, W, F)
+            g = ops.mean(x, axis=3) if self.group == "mean" else ops.max(x, axis=3)  # (B, H, W, F)
             flat = ops.reshape(g, (shape[0], self._side * self._side, shape[4]))
             m = ops.cast(ops.convert_to_tensor(self._matrix), flat.dtype)
             out.append(ops.reshape(ops.einsum("bpf,pr->brf", flat, m), (shape[0], self.rings * shape[4])))
@@ -246,4 +256,4 @@ class D4RadialPool(keras.layers.Layer):
         return (input_shape[0], None if f is None else len(self.stats) * self.rings * f)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "rings": self.rings, "stats": list(self.stats)}
+        return {**super().get_config(), "rings": self.rings, "stats": list(self.stats), "group": self.group}
