@@ -32,16 +32,19 @@ REALSAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "realsam
 BACKBONES: dict[str, list[str]] = {
     "reference_cnn": [],
     "resnet": ["model.name=resnet", "model.params={depth: 10, width: 8, stochastic_depth: 0.1}"],
-    # 4-16 channels per group slice: 32-64-128-128 channels in all, about 2.5x the reference's multiply-adds
-    "d4_cnn": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16]}"],
+    # 4-16 channels per group slice: 32-64-128-128 channels in all, about 2.5x the reference's multiply-adds;
+    # the D4 entries below pin group_pool: mean (the design measured first); d4_cnn_gmax is today's default
+    "d4_cnn": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], group_pool: mean}"],
     # 4-4-8-8 per slice: 32-32-64-64 channels, the reference CNN's widths, so the same multiply-adds per image
-    "d4_cnn_small": ["model.name=d4_cnn", "model.params={filters: [4, 4, 8, 8]}"],
+    "d4_cnn_small": ["model.name=d4_cnn", "model.params={filters: [4, 4, 8, 8], group_pool: mean}"],
     # ... without batch norm, like the reference CNN (batch norm is most of the D4 CNN's extra time on a CPU)
-    "d4_cnn_small_nobn": ["model.name=d4_cnn", "model.params={filters: [4, 4, 8, 8], batch_norm: false}"],
+    "d4_cnn_small_nobn": ["model.name=d4_cnn", "model.params={filters: [4, 4, 8, 8], batch_norm: false, "
+                          "group_pool: mean}"],
     # the same D4 CNN with the global mean as its invariant pooling (the design before radial pooling)
-    "d4_cnn_mean": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], pool: mean}"],
+    "d4_cnn_mean": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], pool: mean, group_pool: mean}"],
     # radial pooling with each ring's maximum as well (sees light covering part of a ring: elongated galaxies)
-    "d4_cnn_max": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], ring_stats: [mean, max]}"],
+    "d4_cnn_max": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], ring_stats: [mean, max], "
+                   "group_pool: mean}"],
     # orientation pooling: the maximum over the 8 orientations before the ring means (keeps anisotropy)
     "d4_cnn_gmax": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], group_pool: max}"],
     "efficientnetv2": ["model.name=efficientnetv2", "model.params={variant: B0}"],
