@@ -140,7 +140,8 @@ def main() -> int:
         kind = "SYNTHETIC" if data.synthetic else "real"
         print(f"data: {path.name} ({kind}), {len(data.train)} train / {len(data.val)} val images, "
               f"{data.num_classes} classes ({', '.join(data.class_slugs)}); {args.size} -> {args.crop} px, "
-              f"{args.epochs} epochs, {resolve_precision(args.precision)}, {args.policy} policy; validation split only", flush=True)
+              f"{args.epochs} epochs, {resolve_precision(args.precision)}, {args.policy} policy; "
+              "validation split only", flush=True)
         rows = []
         for name in names:
             for seed in range(args.seeds if name in SEEDED else 1):
@@ -167,7 +168,8 @@ def main() -> int:
         ips, pred = np.mean([r["train_ips"] for r in rs]), np.mean([r["predict_ips"] for r in rs])
         spread = lambda a: f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else ""  # noqa: E731
         print(f"| {name} | {len(rs)} | {acc.mean():.3f}{spread(acc)} | {bal.mean():.3f}{spread(bal)} "
-              f"(x{bal.mean() / ref_bal:.2f}) | {weakest} ({mean_recall[weakest]:.2f}) | {ips:.0f} (x{ips / ref_ips:.2f}) "
+              f"(x{bal.mean() / ref_bal:.2f}) | {weakest} ({mean_recall[weakest]:.2f}) "
+              f"| {ips:.0f} (x{ips / ref_ips:.2f}) "
               f"| {pred:.0f} (x{pred / ref_pred:.2f}) | {rs[0]['params']:,} "
               f"| {rs[0]['macs'] / 1e6:.1f}M (x{rs[0]['macs'] / ref_macs:.2f}) |")
     return 0

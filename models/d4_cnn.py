@@ -7,14 +7,14 @@ pixel grid. Layout::
     -> [D4Conv(f) -> BN -> act -> D4MaxPool] for each further entry of ``filters`` (no pool after the last)
     -> invariant pooling -> Dropout -> [head]
 
-The invariant pooling (``pool``) is ``radial`` by default: the mean over the group, then over
-``rings`` concentric rings around the cutout's centre (:class:`~models.layers.d4.D4RadialPool`), so the
-head sees each feature's radial profile (``rings x filters[-1]`` values; ``ring_stats: [mean, max]``
-adds each ring's maximum, which also sees light covering only part of a ring). Before the ring means the 8
-orientation slices are pooled by ``group_pool``: ``max`` (default; orientation pooling, the strongest
-orientation's response at each pixel, which keeps anisotropy - edge-on discs, bars) or ``mean`` (which
-averages it away: an edge detector firing strongly in one orientation looks like a weak one in all 8). ``mean`` is the classic global
-mean over the group and the plane (:class:`~models.layers.d4.D4Invariant`, ``filters[-1]`` values): it
+The invariant pooling (``pool``) is ``radial`` by default: the 8 orientation slices pooled by
+``group_pool``, then means over ``rings`` concentric rings around the cutout's centre
+(:class:`~models.layers.d4.D4RadialPool`), so the head sees each feature's radial profile (``rings x
+filters[-1]`` values; ``ring_stats: [mean, max]`` adds each ring's maximum, which also sees light covering
+only part of a ring). ``group_pool: max`` (default) is orientation pooling - the strongest orientation's
+response at each pixel, which keeps anisotropy (edge-on discs, bars); ``mean`` averages it away (an edge
+detector firing strongly in one orientation looks like a weak one in all 8). ``pool: mean`` is the classic
+global mean over the group and the plane (:class:`~models.layers.d4.D4Invariant`, ``filters[-1]`` values): it
 measured worse on the real GZ2 bed (see the README's backbone benchmark), because a galaxy's
 concentration and extent, which morphology depends on, do not survive a global mean.
 

@@ -236,14 +236,14 @@ class D4RadialPool(keras.layers.Layer):
     def call(self, x: Any) -> Any:
         shape = ops.shape(x)
         out = []
+        group_max = ops.max(x, axis=3) if self.group == "max" or "max" in self.stats else None  # (B, H, W, F)
         if "mean" in self.stats:
-            g = ops.mean(x, axis=3) if self.group == "mean" else ops.max(x, axis=3)  # (B, H, W, F)
+            g = group_max if self.group == "max" else ops.mean(x, axis=3)
             flat = ops.reshape(g, (shape[0], self._side * self._side, shape[4]))
             m = ops.cast(ops.convert_to_tensor(self._matrix), flat.dtype)
             out.append(ops.reshape(ops.einsum("bpf,pr->brf", flat, m), (shape[0], self.rings * shape[4])))
         if "max" in self.stats:
-            g = ops.max(x, axis=3)
-            flat = ops.reshape(g, (shape[0], self._side * self._side, shape[4]))
+            flat = ops.reshape(group_max, (shape[0], self._side * self._side, shape[4]))
             maxima = []
             for r in range(self.rings):
                 pixels = np.flatnonzero(self._matrix[:, r] > 0)
