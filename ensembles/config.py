@@ -93,6 +93,10 @@ class EnsembleConfig:
     selection metric is balanced accuracy or macro-F1), ``true`` or ``false``. ``accuracy_guard``: when
     the selection metric is not accuracy, a candidate must also not lose validation accuracy to
     ``cnn-best`` by more than the paired standard error to become champion (default true).
+    ``oof_selection``: in ``crossfit`` mode, judge the candidates that have out-of-fold predictions on the
+    training split (the fold CNNs' average, second stages, stacks, their prior twins) on those *and* the
+    validation split against ``cnn-best``'s recipe (its fold CNNs out-of-fold, itself on validation): about
+    ``1 / val_fraction`` times the images of every class behind the champion rule (default true).
     """
 
     mode: str = "val_cv"
@@ -101,6 +105,7 @@ class EnsembleConfig:
     class_weights: str = "none"
     prior_correction: bool | str = "auto"
     accuracy_guard: bool = True
+    oof_selection: bool = True
     cv_folds: int = 5
     n_jobs: int | None = None
     alias: str = "champion"
@@ -231,6 +236,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         class_weights=_choice("class_weights", raw.get("class_weights", d.class_weights), CLASS_WEIGHTINGS),
         prior_correction=_auto_or_bool("prior_correction", raw.get("prior_correction", d.prior_correction)),
         accuracy_guard=_bool("accuracy_guard", raw.get("accuracy_guard", d.accuracy_guard)),
+        oof_selection=_bool("oof_selection", raw.get("oof_selection", d.oof_selection)),
         cv_folds=_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
         n_jobs=_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
         alias=alias,

@@ -161,3 +161,59 @@ def class_recall(metrics: Mapping[str, Any], prefix: str = "", class_slugs: Sequ
         raise DataError(f"metrics lack {pre}recall_ for class(es) {', '.join(missing)}")
     return np.array([float(metrics[f"{pre}recall_{s}"]) for s in class_slugs])
 
+
+
+def rare_class_tradeoff(y_true: Any, probs: Any, rare: int, *, prevalence: float | None = None) -> dict[str, float]:
+    """What any threshold on one class's probability can buy: the accuracy / rare-recall trade-off.
+
+    The decision rule is "predict ``rare`` when its probability is at least ``t``, else the most
+    probable other class", for every ``t`` (never / always / each distinct probability). Images are
+    weighted so that ``rare`` has share ``prevalence`` (its share in ``y_true`` when None): a detector
+    measured on a balanced set can be read at a catalog's real prevalence.
+
+    Returns
+    -------
+    dict
+        ``auc`` (one-vs-rest ROC AUC of the rare class's probability; NaN when one side is empty),
+        ``prevalence``, ``never_accuracy`` (accuracy when ``rare`` is never predicted),
+        ``best_accuracy`` and ``best_accuracy_recall`` (the most accurate threshold and the rare
+        recall there), ``recall_at_no_loss`` (the largest rare recall whose accuracy is at least
+        ``never_accuracy``), ``best_balanced_accuracy`` with its ``best_balanced_accuracy_accuracy``
+        and ``best_balanced_accuracy_recall`` (balanced accuracy over the classes present).
+    """
+    y, p = _check(y_true, probs)
+    n_classes = p.shape[1]
+    if not 0 <= rare < n_classes:
+        raise DataError(f"rare class {rare} is not one of the {n_classes} classes")
+    is_rare = y == rare
+    if not is_rare.any() or is_rare.all():
+        raise DataError("the rare-class trade-off needs images of the rare class and of the others")
+    share = float(is_rare.mean()) if prevalence is None else float(prevalence)
+    if not 0.0 < share < 1.0:
+        raise DataError(f"prevalence must lie strictly between 0 and 1, got {prevalence}")
+    weight = np.where(is_rare, share / is_rare.sum(), (1.0 - share) / (~is_rare).sum())
+    others = p.copy()
+    others[:, rare] = -np.inf
+    fallback = others.argmax(axis=1)
+    score = p[:, rare]
+    thresholds = np.concatenate([[np.inf], np.unique(score)[::-1]])
+    present = np.unique(y)
+    accuracy, recall, balanced = [], [], []
+    for t in thresholds:
+        pred = np.where(score >= t, rare, fallback)
+        hit = pred == y
+        accuracy.append(float((weight * hit).sum()))
+        per_class = [float(hit[y == c].mean()) for c in present]
+        recall.append(float(hit[is_rare].mean()))
+        balanced.append(float(np.mean(per_class)))
+    accuracy_a, recall_a, balanced_a = np.array(accuracy), np.array(recall), np.array(balanced)
+    best = int(np.argmax(accuracy_a))
+    best_bal = int(np.argmax(balanced_a))
+    no_loss = accuracy_a >= accuracy_a[0] - 1e-12
+    auc = float(skm.roc_auc_score(is_rare, score))
+    return {"auc": auc, "prevalence": share, "never_accuracy": float(accuracy_a[0]),
+            "best_accuracy": float(accuracy_a[best]), "best_accuracy_recall": float(recall_a[best]),
+            "recall_at_no_loss": float(recall_a[no_loss].max()),
+            "best_balanced_accuracy": float(balanced_a[best_bal]),
+            "best_balanced_accuracy_accuracy": float(accuracy_a[best_bal]),
+            "best_balanced_accuracy_recall": float(recall_a[best_bal])}

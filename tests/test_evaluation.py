@@ -10,6 +10,7 @@ from experiments.evaluation import (
     classification_metrics,
     per_class_table,
     prefixed,
+    rare_class_tradeoff,
     scalar_metrics,
 )
 from pipelines.classes import CLASS_SLUGS, absent_classes
@@ -178,3 +179,82 @@ def test_the_accuracy_guard_keeps_a_balanced_winner_from_trading_away_accuracy()
     rows[1]["val_balanced_accuracy"] = 0.99  # the greedy one ranks first by the metric
     winner, rule = choose_champion(rows, cands, y, 2, "balanced_accuracy")
     assert winner["candidate"] == "gbm-careful" and rule.startswith("gbm-greedy") and "it is champion" in rule
+
+
+def test_out_of_fold_train_evidence_overrules_a_lucky_validation_split() -> None:
+    """3 rare validation images: a candidate that finds all 3 leads on validation; on 200 out-of-fold
+    train images (30 rare) it calls many ordinary images rare, and the wide evidence keeps the CNN."""
+    from experiments.ensembling.candidates import Candidate
+    from experiments.ensembling.champion import choose_champion
+    from experiments.evaluation import classification_metrics
+
+    rng = np.random.default_rng(3)
+    y_val = np.r_[np.zeros(21, int), np.ones(3, int)]
+    y_tr = np.r_[np.zeros(170, int), np.ones(30, int)]
+    cnn_val, cnn_tr = np.zeros(24, int), np.zeros(200, int)  # the majority answer
+    lucky_val = y_val.copy()  # all 3 rare found, no false alarm
+    lucky_tr = np.where(rng.random(200) < 0.45, 1, 0)  # on train: rare calls at random
+
+    def cand(name: str, val: np.ndarray, tr: np.ndarray) -> Candidate:
+        return Candidate(name, "x", [], np.eye(2)[val], "", None, train_rows=np.arange(200), train_probs=np.eye(2)[tr])
+
+    def row(name: str, val: np.ndarray, tr: np.ndarray) -> dict:
+        mv = classification_metrics(y_val, np.eye(2)[val], ["majority", "rare"])
+        mw = classification_metrics(np.r_[y_tr, y_val], np.eye(2)[np.r_[tr, val]], ["majority", "rare"])
+        return {"candidate": name, "val_balanced_accuracy": mv["balanced_accuracy"],
+                "oofval_balanced_accuracy": mw["balanced_accuracy"]}
+
+    rows = [row("cnn-best", cnn_val, cnn_tr), row("stack-lucky", lucky_val, lucky_tr)]
+    cands = [cand("cnn-best", cnn_val, cnn_tr), cand("stack-lucky", lucky_val, lucky_tr)]
+    # validation alone (no train labels given): the lucky candidate wins
+    winner, rule = choose_champion(rows, cands, y_val, 2, "balanced_accuracy", accuracy_guard=False)
+    assert winner["candidate"] == "stack-lucky" and "on 24 validation images" in rule
+    # with the out-of-fold train evidence its lead shrinks into the noise and the CNN stays
+    winner, rule = choose_champion(rows, cands, y_val, 2, "balanced_accuracy", accuracy_guard=False, y_train=y_tr)
+    assert winner["candidate"] == "cnn-best" and "stays champion" in rule and "out-of-fold train" in rule
+    # a candidate that really finds rare images on train too wins on the wide evidence
+    good_tr = cnn_tr.copy()
+    good_tr[170:192] = 1
+    rows[1], cands[1] = row("stack-good", lucky_val, good_tr), cand("stack-good", lucky_val, good_tr)
+    winner, rule = choose_champion(rows, cands, y_val, 2, "balanced_accuracy", y_train=y_tr)
+    assert winner["candidate"] == "stack-good" and "oofval_balanced_accuracy" in rule and "it is champion" in rule
+
+
+def test_rare_tradeoff_perfect_detector_loses_nothing() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    probs = np.full((8, 3), 0.1)
+    probs[np.arange(8), y] = 0.8
+    out = rare_class_tradeoff(y, probs, rare=1)
+    assert out["auc"] == 1.0
+    assert out["never_accuracy"] == pytest.approx(6 / 8)
+    assert out["best_accuracy"] == 1.0 and out["best_accuracy_recall"] == 1.0
+    assert out["recall_at_no_loss"] == 1.0
+
+
+def test_rare_tradeoff_weak_detector_at_low_prevalence_buys_no_recall_for_free() -> None:
+    # a balanced binary set: the rare score ranks 2 of 4 rare images above every other image, the rest below
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    score = np.array([0.9, 0.8, 0.3, 0.2, 0.7, 0.6, 0.5, 0.4])
+    probs = np.stack([1 - score, score], axis=1)
+    same = rare_class_tradeoff(y, probs, rare=1)
+    assert same["prevalence"] == 0.5 and same["never_accuracy"] == 0.5
+    assert same["best_accuracy"] == pytest.approx(0.75) and same["best_accuracy_recall"] == 0.5
+    assert same["best_balanced_accuracy"] == pytest.approx(0.75)
+    # at 10% prevalence: calling the top 2 rare images costs nothing (precision 1) -> recall 0.5 for free;
+    # going further (threshold 0.4, every 'other' called rare before the last 2 rings) costs accuracy
+    rare10 = rare_class_tradeoff(y, probs, rare=1, prevalence=0.1)
+    assert rare10["never_accuracy"] == pytest.approx(0.9)
+    assert rare10["best_accuracy"] == pytest.approx(0.95) and rare10["recall_at_no_loss"] == 0.5
+    assert rare10["best_balanced_accuracy"] == pytest.approx(0.75)  # balanced accuracy ignores prevalence
+    # a detector whose rare images all rank below an 'other' image: any call costs accuracy at 10%
+    probs_bad = np.stack([1 - score[::-1], score[::-1]], axis=1)
+    bad = rare_class_tradeoff(y, probs_bad, rare=1, prevalence=0.1)
+    assert bad["recall_at_no_loss"] == 0.0 and bad["best_accuracy"] == pytest.approx(0.9)
+
+
+def test_rare_tradeoff_refuses_a_missing_class_and_bad_prevalence() -> None:
+    probs = np.array([[0.9, 0.1], [0.8, 0.2]])
+    with pytest.raises(DataError, match="rare class"):
+        rare_class_tradeoff(np.array([0, 0]), probs, rare=1)
+    with pytest.raises(DataError, match="prevalence"):
+        rare_class_tradeoff(np.array([0, 1]), probs, rare=1, prevalence=1.5)

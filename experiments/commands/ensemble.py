@@ -51,12 +51,17 @@ def run(args: argparse.Namespace) -> int:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")
     print(f"ensemble comparison of study {report.study_name} (mode {report.mode}), validation split:")
     w = max([22, *(len(r["candidate"]) for r in report.rows)])  # names like gbm-logreg-backbones+prior
+    wide = any("oofval_accuracy" in r for r in report.rows)  # out-of-fold train + validation (oof_selection)
     header = f"  {'candidate':<{w}} {'kind':<6} {'accuracy':>8} {'bal.acc':>8} {'macro-F1':>8} {'log loss':>8}"
-    print(header)
+    print(header + ("  | oof+val: accuracy  bal.acc" if wide else ""))
     for r in report.rows:
         mark = "  <- winner" if r["candidate"] == report.winner else ""
+        extra = ""
+        if wide:
+            extra = (f"  | {r['oofval_accuracy']:>17.4f} {r['oofval_balanced_accuracy']:>8.4f}"
+                     if "oofval_accuracy" in r else f"  | {'-':>17} {'-':>8}")
         print(f"  {r['candidate']:<{w}} {r['kind']:<6} {r['val_accuracy']:>8.4f} {r['val_balanced_accuracy']:>8.4f} "
-              f"{r['val_macro_f1']:>8.4f} {r['val_log_loss']:>8.4f}{mark}")
+              f"{r['val_macro_f1']:>8.4f} {r['val_log_loss']:>8.4f}{extra}{mark}")
     print(f"  winner: {report.winner} registered as {report.registered}")
     print(f"  MLflow: parent run {report.parent_run_id} '{report.experiment_name}' with {len(report.rows)} nested runs; "
           f"mlflow ui --backend-store-uri {report.tracking_uri}")

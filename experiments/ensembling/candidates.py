@@ -61,7 +61,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Candidate:
-    """One compared model: honest validation probabilities, the deployable ensemble, what it is."""
+    """One compared model: honest validation probabilities, the deployable ensemble, what it is.
+
+    ``train_rows``/``train_probs``: in crossfit mode, honest out-of-fold probabilities of the candidate's
+    recipe on the training images ``train_rows`` (data-file indices), which widen the evidence behind the
+    champion rule (``oof_selection``); None where the candidate has none (votes of study members).
+    """
 
     name: str
     kind: str
@@ -71,6 +76,8 @@ class Candidate:
     model: Any  # ensembles.serving.EnsembleModel
     params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    train_rows: np.ndarray | None = None
+    train_probs: np.ndarray | None = None
 
 
 @dataclass
@@ -396,12 +403,14 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
     models = [keras.models.load_model(p, safe_mode=True, compile=False) for p in cf.model_paths]
     fold_names = [f"{best.name}/fold-{i}" for i in range(k)]
     tta = cfg.embeddings.tta
+    wide = cfg.oof_selection  # out-of-fold train probabilities for the champion rule
+    rows = oof.indices if wide else None
     out = [Candidate(
         f"vote-crossfit{k}", "vote", fold_names, soft_vote(cf.val_probs),
         "validation split (fold models trained on train folds only)",
         _ensemble(ctx, "vote", [_branch(m, cf.recipe, tta=tta, name=nm, run_id=None) for m, nm in zip(models, fold_names)],
                   description=f"average of the {k} cross-fitting fold CNNs of {best.name}"),
-        {"folds": k})]
+        {"folds": k}, train_rows=rows, train_probs=oof.probs if wide else None)]
     fit_sets = [(oof.embeddings[oof.rows_of(i)], y_oof[oof.rows_of(i)]) for i in range(k)]
     params = _tuned_params(ctx, fit_sets)
     for name, p in params.items():
@@ -415,7 +424,7 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
             seconds.append(time.perf_counter() - t0)
             fitted.append(est)
             val_out.append(full_proba(est, cf.val_embeddings[i], n))
-            if name in cfg.stack.second_stage:  # inner CV inside the fold: out-of-fold meta-features
+            if wide or name in cfg.stack.second_stage:  # inner CV inside the fold: out-of-fold outputs
                 second_oof[oof.rows_of(i)] = cv_predict_proba(factory, X, y, n, cv_splits(y, cfg.cv_folds, seed=cfg.seed))
         tuned = " (hyper-parameters tuned by CV on the training folds' out-of-fold embeddings)" \
             if cfg.tune.n_trials and name in _tuned_models(cfg) else ""
@@ -427,11 +436,12 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
                                    for m, mn, e in zip(models, members, fitted)],
                       description=f"{name} on the embeddings of each of {k} fold CNNs, averaged"),
             {**{f"{name}.{kk}": v for kk, v in p.items()}, "fit_seconds_per_fold": f"{np.mean(seconds):.3f}"},
-            time.perf_counter() - start))
+            time.perf_counter() - start, train_rows=rows, train_probs=second_oof if wide else None))
         if name in cfg.stack.second_stage:
             start = time.perf_counter()
             meta = fit_meta([oof.probs, second_oof], y_oof, C=cfg.stack.C, seed=cfg.seed, kind=cfg.stack.meta)
             val_stack = np.mean([meta_predict(meta, [cf.val_probs[i], val_out[i]], n) for i in range(k)], axis=0)
+            train_stack = crossfit_meta(oof, second_oof, y_oof, cfg, n) if wide else None
             members = [f"{fn}+{name}+meta" for fn in fold_names]
             out.append(Candidate(
                 f"stack-{name}", "stack", members, val_stack,
@@ -441,7 +451,20 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
                                          for m, mn, e in zip(models, members, fitted)],
                           description=f"{meta_text(meta)} on fold CNN + {name} probabilities, averaged over folds"),
                 {**meta_params(cfg, meta), **{f"{name}.{kk}": v for kk, v in p.items()}},
-                time.perf_counter() - start))
+                time.perf_counter() - start, train_rows=rows, train_probs=train_stack))
+    return out
+
+
+def crossfit_meta(oof: Any, second_oof: np.ndarray, y_oof: np.ndarray, cfg: EnsembleConfig, n: int) -> np.ndarray:
+    """Honest stack probabilities on the training split: for each fold's rows, a meta-learner fit on the
+    other folds' rows (its inputs are out-of-fold already)."""
+    out = np.zeros((len(y_oof), n))
+    folds = np.unique(oof.fold_of)
+    for i in folds:
+        rows, rest = oof.rows_of(int(i)), np.flatnonzero(oof.fold_of != i)
+        meta = fit_meta([oof.probs[rest], second_oof[rest]], y_oof[rest], C=cfg.stack.C, seed=cfg.seed,
+                        kind=cfg.stack.meta)
+        out[rows] = meta_predict(meta, [oof.probs[rows], second_oof[rows]], n)
     return out
 
 
@@ -542,11 +565,14 @@ def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, t
     models = [load_model_bundle(m.model_uri).model for m in members.members]
     probs = member_val_probs(ctx, models)
     best = members.best
+    wide = cf is not None and cfg.oof_selection
     candidates = [Candidate(
-        "cnn-best", "cnn", [best.name], probs[0], "validation split (the study's own model selection used it)",
+        "cnn-best", "cnn", [best.name], probs[0], "validation split (the study's own model selection used it)"
+        + ("; on train, its recipe's fold CNNs out-of-fold" if wide else ""),
         _ensemble(ctx, "cnn", [_branch(models[0], best.cfg, tta=best.cfg.augment.tta, name=best.name,
                                        run_id=best.run_id)], description=f"{best.name} alone"),
-        {"trial_number": best.trial_number})]
+        {"trial_number": best.trial_number}, train_rows=cf.oof.indices if wide else None,
+        train_probs=cf.oof.probs if wide else None)]
     # BLAS/OpenMP pools sized to the machine thrash when its cores are shared (measured: a logistic
     # regression on 1080x256 embeddings took 36 s with 2 OpenBLAS threads on a busy 2-core box, 1.4 s with 1).
     with threadpool_limits(limits=cfg.n_jobs or 1), convergence_notes(ctx.notes):
@@ -586,7 +612,9 @@ def prior_twin_candidates(ctx: BuildContext, candidates: Sequence[Candidate]) ->
         twins.append(Candidate(f"{cand.name}+prior", cand.kind, list(cand.members),
                                prior_corrected(cand.val_probs, prior), f"{cand.estimate}, prior-corrected",
                                model, {**cand.params, "class_prior": " ".join(f"{p:.4f}" for p in prior)},
-                               cand.seconds))
+                               cand.seconds, train_rows=cand.train_rows,
+                               train_probs=None if cand.train_probs is None else prior_corrected(cand.train_probs,
+                                                                                                 prior)))
     if twins:
         ctx.notes.append(f"{len(twins)} prior-corrected twins (+prior): second-stage and stacking outputs divided "
                          f"by the training class shares (selection metric {ctx.select_metric})")

@@ -4,10 +4,16 @@ With the accuracy guard (``accuracy_guard: true``, the default), a candidate cho
 (balanced accuracy, macro-F1) must also not lose validation accuracy to the best CNN by more than the
 paired standard error of the accuracy difference: an ensemble must not buy rare-class recall with the
 majority classes' accuracy on noise.
+
+In crossfit mode (``oof_selection: true``) candidates with out-of-fold probabilities on the training
+split are judged on those plus validation against ``cnn-best``'s recipe (its fold CNNs out-of-fold on
+train, itself on validation): with 10% validation images that is about ten times the images of every
+class, where validation alone may hold three images of a rare class.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,38 +25,60 @@ from experiments.evaluation import paired_difference_se
 BASELINE_CANDIDATE = "cnn-best"
 
 
-def _verdict(row: Mapping[str, Any], base: Mapping[str, Any], probs: Mapping[str, np.ndarray], y_val: np.ndarray,
-             n_classes: int, metric: str, guard: bool, seed: int) -> tuple[bool, str]:
+@dataclass(frozen=True)
+class Evidence:
+    """The images one candidate is judged on against ``cnn-best``: labels and both sides' probabilities."""
+
+    y: np.ndarray
+    probs: np.ndarray
+    base: np.ndarray
+    key: str  # the row key of the metric on these images (val_<metric> or oofval_<metric>)
+    where: str
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any], base_row: Mapping[str, Any], cand: Candidate, base: Candidate,
+           y_val: np.ndarray, y_train: np.ndarray | None, metric: str) -> Evidence:
+        """Out-of-fold train + validation when the row and ``cnn-best`` both carry it, else validation."""
+        key = f"oofval_{metric}"
+        if (y_train is not None and key in row and key in base_row and cand.train_probs is not None
+                and base.train_probs is not None):
+            return cls(np.concatenate([y_train, y_val]), np.concatenate([cand.train_probs, cand.val_probs]),
+                       np.concatenate([base.train_probs, base.val_probs]), key,
+                       f"{len(y_train)} out-of-fold train + {len(y_val)} validation images")
+        return cls(y_val, cand.val_probs, base.val_probs, f"val_{metric}", f"{len(y_val)} validation images")
+
+
+def _verdict(row: Mapping[str, Any], base_row: Mapping[str, Any], ev: Evidence, n_classes: int, metric: str,
+             guard: bool, seed: int) -> tuple[bool, str]:
     """Whether ``row`` may replace the best CNN, and the clause saying why (or why not)."""
-    key = f"val_{metric}"
-    pred, base_pred = probs[row["candidate"]].argmax(1), probs[BASELINE_CANDIDATE].argmax(1)
-    se = paired_difference_se(y_val, pred, base_pred, n_classes, metric, seed=seed)
-    lead = float(row[key] - base[key])
+    pred, base_pred = ev.probs.argmax(1), ev.base.argmax(1)
+    se = paired_difference_se(ev.y, pred, base_pred, n_classes, metric, seed=seed)
+    lead = float(row[ev.key] - base_row[ev.key])
     if lead <= se:
-        return False, (f"{row['candidate']} leads {BASELINE_CANDIDATE} by only {lead:.4f} val_{metric}, within the "
-                       f"paired-bootstrap standard error {se:.4f} on {len(y_val)} validation images")
-    clause = (f"{row['candidate']} leads {BASELINE_CANDIDATE} by {lead:.4f} val_{metric}, more than the "
-              f"paired-bootstrap standard error {se:.4f}")
+        return False, (f"{row['candidate']} leads {BASELINE_CANDIDATE} by only {lead:.4f} {ev.key}, within the "
+                       f"paired-bootstrap standard error {se:.4f} on {ev.where}")
+    clause = (f"{row['candidate']} leads {BASELINE_CANDIDATE} by {lead:.4f} {ev.key}, more than the "
+              f"paired-bootstrap standard error {se:.4f} on {ev.where}")
     if not guard:
         return True, clause
-    acc = float(np.mean(pred == y_val)) - float(np.mean(base_pred == y_val))
-    se_acc = paired_difference_se(y_val, pred, base_pred, n_classes, "accuracy", seed=seed)
+    acc = float(np.mean(pred == ev.y)) - float(np.mean(base_pred == ev.y))
+    se_acc = paired_difference_se(ev.y, pred, base_pred, n_classes, "accuracy", seed=seed)
     if -acc > se_acc:
-        return False, (f"{clause}, but loses {-acc:.4f} val_accuracy, more than its standard error {se_acc:.4f} "
+        return False, (f"{clause}, but loses {-acc:.4f} accuracy there, more than its standard error {se_acc:.4f} "
                        "(accuracy guard)")
-    return True, f"{clause}, and its val_accuracy is within {se_acc:.4f} of it or better ({acc:+.4f})"
+    return True, f"{clause}, and its accuracy there is within {se_acc:.4f} of it or better ({acc:+.4f})"
 
 
 def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
-                    n_classes: int, metric: str, *, seed: int = 0,
-                    accuracy_guard: bool = True) -> tuple[Mapping[str, Any], str]:
+                    n_classes: int, metric: str, *, seed: int = 0, accuracy_guard: bool = True,
+                    y_train: np.ndarray | None = None) -> tuple[Mapping[str, Any], str]:
     """The comparison's champion and the sentence saying why.
 
     Parameters
     ----------
     rows, candidates
-        The comparison's rows (``candidate`` and ``val_<metric>`` keys) and the candidates behind them
-        (their validation probabilities).
+        The comparison's rows (``candidate`` and ``val_<metric>`` keys; ``oofval_<metric>`` where the
+        candidate also has out-of-fold train probabilities) and the candidates behind them.
     y_val
         Validation labels.
     n_classes
@@ -60,32 +88,43 @@ def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Cand
     seed
         Seed of the paired bootstrap.
     accuracy_guard
-        When ``metric`` is not accuracy, a candidate must also not lose validation accuracy to
-        ``cnn-best`` by more than the paired standard error.
+        When ``metric`` is not accuracy, a candidate must also not lose accuracy to ``cnn-best`` by more
+        than the paired standard error.
+    y_train
+        Labels of the out-of-fold train rows (``oof_selection``); None judges on validation alone.
 
     Returns
     -------
     tuple
-        The winning row and the rule's sentence. Candidates are tried best ``metric`` first; the first
-        one that leads ``cnn-best`` by more than the paired-bootstrap standard error of the difference
-        (and passes the guard) wins; if none does, the study's best CNN stays champion.
+        The winning row and the rule's sentence. Each candidate is judged against ``cnn-best`` on its
+        widest evidence (out-of-fold train + validation where both carry it, else validation) and tried in
+        order of its lead there; the first that leads by more than the paired-bootstrap standard error of
+        the difference (and passes the guard) wins; if none does, the study's best CNN stays champion.
     """
 
     key = f"val_{metric}"
-    order = sorted(rows, key=lambda r: (-r[key], rows.index(r)))  # ties: the simpler, earlier candidate
-    top = order[0]
     base = next((r for r in rows if r["candidate"] == BASELINE_CANDIDATE), None)
-    if base is None or top is base:
+    if base is None:
+        top = sorted(rows, key=lambda r: (-r[key], rows.index(r)))[0]
         return top, f"{top['candidate']} has the best val_{metric} ({top[key]:.4f}) and is champion"
-    probs = {c.name: c.val_probs for c in candidates}
+    by_name = {c.name: c for c in candidates}
+    evidence = {r["candidate"]: Evidence.of(r, base, by_name[r["candidate"]], by_name[BASELINE_CANDIDATE], y_val,
+                                            y_train, metric) for r in rows if r is not base}
+    leads = {name: float(next(r for r in rows if r["candidate"] == name)[ev.key] - base[ev.key])
+             for name, ev in evidence.items()}
+    order = sorted((r for r in rows if r is not base), key=lambda r: (-leads[r["candidate"]], rows.index(r)))
+    if not order or leads[order[0]["candidate"]] <= 0:
+        where = " (out-of-fold train + validation where a candidate has both)" if y_train is not None else ""
+        return base, (f"no candidate leads {BASELINE_CANDIDATE} on {metric}{where}: {BASELINE_CANDIDATE} "
+                      f"({key} {base[key]:.4f}) stays champion")
     guard = accuracy_guard and metric != "accuracy"
     top_clause = ""
     for row in order:
-        if row is base:
+        if leads[row["candidate"]] <= 0:
             break
-        ok, clause = _verdict(row, base, probs, y_val, n_classes, metric, guard, seed)
+        ok, clause = _verdict(row, base, evidence[row["candidate"]], n_classes, metric, guard, seed)
         if ok:
-            prefix = "" if row is top else f"{top_clause}; "
+            prefix = "" if row is order[0] else f"{top_clause}; "
             return row, f"{prefix}{clause}: it is champion"
         top_clause = top_clause or clause
     return base, f"{top_clause}: {BASELINE_CANDIDATE} stays champion"

@@ -90,14 +90,16 @@ def comparison_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
 
 def comparison_markdown(rows: Sequence[Mapping[str, Any]], *, winner: str, select_metric: str, synthetic: bool) -> str:
     """The comparison table as Markdown (main metrics; the CSV has per-class recall too)."""
-    cols = ["candidate", "kind", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_log_loss", "estimate"]
+    wide = [f"oofval_{k}" for k in ("accuracy", "balanced_accuracy") if any(f"oofval_{k}" in r for r in rows)]
+    cols = ["candidate", "kind", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_log_loss", *wide,
+            "estimate"]
     lines = []
     if synthetic:
         lines += ["**SYNTHETIC data: these numbers say nothing about real galaxies.**", ""]
     lines += [f"Validation split only; winner by val_{select_metric}: **{winner}**.", "",
               "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        cells = [f"**{r[c]}**" if c == "candidate" and r[c] == winner else str(r[c]) for c in cols]
+        cells = [f"**{r[c]}**" if c == "candidate" and r[c] == winner else str(r.get(c, "")) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -191,8 +193,15 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
     if thin:
         notes.append(thin)
     experiment = members.best.cfg.experiment_name
-    columns = ("candidate", "kind", *(f"val_{k}" for k in TABLE_METRICS), *(f"val_recall_{s}" for s in slugs),
-               "members", "estimate", "run_id")
+    base_cand = next(c for c in candidates if c.name == BASELINE_CANDIDATE)
+    y_train = oof_labels(candidates, data.labels)
+    wide_cols = tuple(f"oofval_{k}" for k in WIDE_METRICS) if y_train is not None else ()
+    if y_train is not None:
+        notes.append(f"candidates with out-of-fold train probabilities are also scored on {len(y_train)} "
+                     f"out-of-fold train + {len(y_val)} validation images (oofval_*), against cnn-best's "
+                     "recipe (its fold CNNs on train); the champion rule judges them there (oof_selection)")
+    columns = ("candidate", "kind", *(f"val_{k}" for k in TABLE_METRICS), *wide_cols,
+               *(f"val_recall_{s}" for s in slugs), "members", "estimate", "run_id")
     common_tags = {**data_tags(data), **git_commit(), **package_versions(),
                    "optuna.study": study_name, "ensemble.mode": cfg.mode}
     example = _example_image(data)
@@ -215,13 +224,14 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                                     "crossfit_cached_folds": float(facts["crossfit_cached_folds"])})
         for cand in candidates:
             metrics = classification_metrics(y_val, cand.val_probs, slugs)
+            wide = wide_metrics(cand, base_cand, y_train, y_val, slugs)
             tags = {**common_tags, "kind": cand.kind, "candidate": cand.name, "members": " ".join(cand.members),
                     "ensemble.estimate": cand.estimate, "ensemble.description": cand.model.description}
             with MlflowTracker(experiment, cand.name, tracking_uri=uri, parent_run_id=parent.run_id,
                                tags=tags) as child:
                 child.log_params({"kind": cand.kind, "n_branches": len(cand.model.branches),
                                   **{k: str(v) for k, v in cand.params.items()}})
-                child.log_metrics({**prefixed(metrics, "val"), "build_seconds": cand.seconds})
+                child.log_metrics({**prefixed(metrics, "val"), **wide, "build_seconds": cand.seconds})
                 child.log_text(per_class_csv(metrics, slugs, names), "per_class_metrics_val.csv")
                 child.log_figure(confusion_figure(metrics["confusion"], names,
                                                   title=f"{cand.name}: validation confusion (row-normalised)"),
@@ -232,13 +242,14 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                         child, folder, meta=_model_meta(cand, data, study_name, cfg.mode), input_example=example,
                         n_classes=data.num_classes)
                 child_ids[cand.name] = child.run_id
-            rows.append({**_row(cand, metrics, slugs), "run_id": child.run_id})
+            rows.append({**_row(cand, metrics, slugs), **{k: round(v, 4) for k, v in wide.items()},
+                         "run_id": child.run_id})
             log.info("%-22s val accuracy %.4f, balanced %.4f, macro-F1 %.4f (%s)", cand.name, metrics["accuracy"],
                      metrics["balanced_accuracy"], metrics["macro_f1"], cand.estimate)
         select_metric = members.metric if cfg.select_metric == "study" else cfg.select_metric
         key = f"val_{select_metric}"
         winner, rule = choose_champion(rows, candidates, y_val, data.num_classes, select_metric, seed=cfg.seed,
-                                      accuracy_guard=cfg.accuracy_guard)
+                                      accuracy_guard=cfg.accuracy_guard, y_train=y_train)
         log.info("champion: %s", rule)
         if winner["candidate"] == BASELINE_CANDIDATE and len(rows) > 1:
             notes.append(rule)
@@ -269,6 +280,31 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
         winner_run_id=winner["run_id"], registered=registered, child_run_ids=child_ids, model_uris=model_uris,
         notes=tuple(notes), synthetic=bool(data.synthetic), seconds=time.perf_counter() - started,
         candidates=tuple(candidates))
+
+
+#: Metrics of the out-of-fold train + validation evidence (``oofval_<metric>``).
+WIDE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def oof_labels(candidates: Sequence[Candidate], labels: np.ndarray) -> np.ndarray | None:
+    """Labels of ``cnn-best``'s out-of-fold train rows, or None when it has none (``val_cv``, or
+    ``oof_selection: false``)."""
+    base = next((c for c in candidates if c.name == BASELINE_CANDIDATE), None)
+    if base is None or base.train_rows is None or base.train_probs is None:
+        return None
+    return np.asarray(labels[base.train_rows], dtype=np.int64)
+
+
+def wide_metrics(cand: Candidate, base: Candidate, y_train: np.ndarray | None, y_val: np.ndarray,
+                 slugs: Sequence[str]) -> dict[str, float]:
+    """``oofval_<metric>`` of ``cand`` on out-of-fold train + validation; empty when it has no out-of-fold
+    train probabilities on ``cnn-best``'s rows."""
+    if y_train is None or cand.train_probs is None or cand.train_rows is None \
+            or not np.array_equal(cand.train_rows, base.train_rows):
+        return {}
+    m = classification_metrics(np.concatenate([y_train, y_val]),
+                               np.concatenate([cand.train_probs, cand.val_probs]), slugs)
+    return {f"oofval_{k}": float(m[k]) for k in WIDE_METRICS}
 
 
 #: Below this many validation images of a class, the comparison says its estimates are thin.
