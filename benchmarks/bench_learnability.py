@@ -112,7 +112,11 @@ def main() -> int:
         data = load_training_data(cfg.data, path)
         counts = np.bincount(data.labels, minlength=data.num_classes)
         if args.rare is None:
-            rare = int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))
+            present = np.where(counts > 0, counts, counts.max() + 1)
+            rare = int(np.argmin(present))
+            if (present == present[rare]).sum() > 1:
+                raise SystemExit(f"bench_learnability: several classes share the smallest count ({present[rare]}); "
+                                 f"name one with --rare (classes: {', '.join(data.class_slugs)})")
         elif args.rare.isdigit():
             rare = int(args.rare)
         else:
