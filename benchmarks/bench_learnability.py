@@ -105,7 +105,7 @@ def main() -> int:
             path = work / Path(args.bed).name  # a copy: the split file is written beside the data
             path.write_bytes(Path(args.bed).read_bytes())
         else:
-            path = make_bed(args.bed, work, env, args.synthetic_n)
+            path = make_bed(args.bed, work, env, args.synthetic_n, size=max(128, args.size))
         cfg = load_config(args.config, [f"data.size={args.size}", f"data.crop={args.crop}",
                                         f"train.epochs={args.epochs}", "train.patience=null",
                                         f"train.seed={args.seed}", *args.set])

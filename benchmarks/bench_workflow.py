@@ -46,12 +46,13 @@ def galaxy10(*args: str, cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def make_bed(name: str, work: Path, env: dict[str, str], synthetic_n: int) -> Path:
-    """The test bed's HDF5 file in ``work`` (imported from the real samples, or synthetic)."""
+def make_bed(name: str, work: Path, env: dict[str, str], synthetic_n: int, size: int = 128) -> Path:
+    """The test bed's HDF5 file in ``work`` (imported from the real samples at ``size`` px, or synthetic)."""
     out = work / f"{name}.h5"
+    px = str(size)
     if name == "gz2":
         src = REALSAMPLES / "gz2_hart16_sdss"
-        galaxy10("data", "import", str(src), "--labels", str(src / "labels.csv"), "--size", "128", "--out",
+        galaxy10("data", "import", str(src), "--labels", str(src / "labels.csv"), "--size", px, "--out",
                  str(out), cwd=work, env=env)
     elif name == "rings":
         src = REALSAMPLES / "gz_decals_zoobot_rings"
@@ -62,14 +63,14 @@ def make_bed(name: str, work: Path, env: dict[str, str], synthetic_n: int) -> Pa
         labels = work / "rare_rings.csv"
         labels.write_text("file,label\n" + "".join(
             f"{r['file']},{'ring' if r['ring'] == '1' else 'not_ring'}\n" for r in rings + others))
-        galaxy10("data", "import", str(src), "--labels", str(labels), "--size", "128", "--out", str(out),
+        galaxy10("data", "import", str(src), "--labels", str(labels), "--size", px, "--out", str(out),
                  cwd=work, env=env)
     elif name == "rings_all":  # every ring and non-ring (235 each): a ring detector's best case
         src = REALSAMPLES / "gz_decals_zoobot_rings"
         galaxy10("data", "import", str(src), "--labels", str(src / "catalog.csv"), "--label-column", "ring",
-                 "--class-names", "not_ring,ring", "--size", "128", "--out", str(out), cwd=work, env=env)
+                 "--class-names", "not_ring,ring", "--size", px, "--out", str(out), cwd=work, env=env)
     elif name == "synthetic":
-        galaxy10("data", "synth", "--n", str(synthetic_n), "--size", "128", "--seed", "0", "--out", str(out),
+        galaxy10("data", "synth", "--n", str(synthetic_n), "--size", px, "--seed", "0", "--out", str(out),
                  cwd=work, env=env)
     else:
         raise SystemExit(f"bench_workflow: unknown test bed {name!r}; use gz2, rings, rings_all or synthetic")
