@@ -96,7 +96,9 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], *, winner: str, selec
     lines = []
     if synthetic:
         lines += ["**SYNTHETIC data: these numbers say nothing about real galaxies.**", ""]
-    lines += [f"Validation split only; winner by val_{select_metric}: **{winner}**.", "",
+    where = ("Validation split; the fold-model candidates also on out-of-fold train + validation (oofval_*), "
+             "where the champion rule judged them" if wide else "Validation split only")
+    lines += [f"{where}; winner by {select_metric}: **{winner}**.", "",
               "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         cells = [f"**{r[c]}**" if c == "candidate" and r[c] == winner else str(r.get(c, "")) for c in cols]
