@@ -194,21 +194,30 @@ def rare_class_tradeoff(y_true: Any, probs: Any, rare: int, *, prevalence: float
     weight = np.where(is_rare, share / is_rare.sum(), (1.0 - share) / (~is_rare).sum())
     others = p.copy()
     others[:, rare] = -np.inf
-    fallback = others.argmax(axis=1)
+    fallback_hit = others.argmax(axis=1) == y  # right when the rare class is not called
     score = p[:, rare]
-    thresholds = np.concatenate([[np.inf], np.unique(score)[::-1]])
+    # calling the k highest-scoring images rare, for k = 0 and the end of every group of tied scores
+    order = np.argsort(-score, kind="stable")
+    ends = np.r_[0, np.flatnonzero(np.diff(score[order]) != 0) + 1, len(y)]
+    ends = np.unique(ends)
+
+    def called_hits(hit: np.ndarray) -> np.ndarray:  # sum of hit over the first k images, per k in ends
+        return np.r_[0.0, np.cumsum(hit[order])][ends]
+
+    rare_hit = is_rare.astype(np.float64)
+    # accuracy: rare images called rare + the rest right by their fallback
+    accuracy_a = called_hits(weight * rare_hit) + (weight * fallback_hit).sum() - called_hits(weight * fallback_hit)
     present = np.unique(y)
-    accuracy, recall, balanced = [], [], []
-    for t in thresholds:
-        pred = np.where(score >= t, rare, fallback)
-        hit = pred == y
-        accuracy.append(float((weight * hit).sum()))
-        per_class = [float(hit[y == c].mean()) for c in present]
-        recall.append(float(hit[is_rare].mean()))
-        balanced.append(float(np.mean(per_class)))
-    accuracy_a, recall_a, balanced_a = np.array(accuracy), np.array(recall), np.array(balanced)
-    best = int(np.argmax(accuracy_a))
-    best_bal = int(np.argmax(balanced_a))
+    per_class = []
+    for c in present:
+        in_c = (y == c).astype(np.float64)
+        hits = called_hits(in_c) if c == rare else (in_c * fallback_hit).sum() - called_hits(in_c * fallback_hit)
+        per_class.append(hits / in_c.sum())
+    recall_a = per_class[int(np.flatnonzero(present == rare)[0])]
+    balanced_a = np.mean(per_class, axis=0)
+    # the first (fewest rare calls) threshold reaching the best, up to rounding of the running sums
+    best = int(np.flatnonzero(accuracy_a >= accuracy_a.max() - 1e-12)[0])
+    best_bal = int(np.flatnonzero(balanced_a >= balanced_a.max() - 1e-12)[0])
     no_loss = accuracy_a >= accuracy_a[0] - 1e-12
     auc = float(skm.roc_auc_score(is_rare, score))
     return {"auc": auc, "prevalence": share, "never_accuracy": float(accuracy_a[0]),
