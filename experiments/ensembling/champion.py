@@ -48,12 +48,12 @@ class Evidence:
         return cls(y_val, cand.val_probs, base.val_probs, f"val_{metric}", f"{len(y_val)} validation images")
 
 
-def _verdict(row: Mapping[str, Any], base_row: Mapping[str, Any], ev: Evidence, n_classes: int, metric: str,
-             guard: bool, seed: int) -> tuple[bool, str]:
-    """Whether ``row`` may replace the best CNN, and the clause saying why (or why not)."""
+def _verdict(row: Mapping[str, Any], lead: float, ev: Evidence, n_classes: int, metric: str, guard: bool,
+             seed: int) -> tuple[bool, str]:
+    """Whether ``row`` (leading the best CNN by ``lead`` on ``ev``) may replace it, and the clause saying why
+    (or why not)."""
     pred, base_pred = ev.probs.argmax(1), ev.base.argmax(1)
     se = paired_difference_se(ev.y, pred, base_pred, n_classes, metric, seed=seed)
-    lead = float(row[ev.key] - base_row[ev.key])
     if lead <= se:
         return False, (f"{row['candidate']} leads {BASELINE_CANDIDATE} by only {lead:.4f} {ev.key}, within the "
                        f"paired-bootstrap standard error {se:.4f} on {ev.where}")
@@ -108,11 +108,12 @@ def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Cand
         top = sorted(rows, key=lambda r: (-r[key], rows.index(r)))[0]
         return top, f"{top['candidate']} has the best val_{metric} ({top[key]:.4f}) and is champion"
     by_name = {c.name: c for c in candidates}
+    others = [r for r in rows if r is not base]
     evidence = {r["candidate"]: Evidence.of(r, base, by_name[r["candidate"]], by_name[BASELINE_CANDIDATE], y_val,
-                                            y_train, metric) for r in rows if r is not base}
-    leads = {name: float(next(r for r in rows if r["candidate"] == name)[ev.key] - base[ev.key])
-             for name, ev in evidence.items()}
-    order = sorted((r for r in rows if r is not base), key=lambda r: (-leads[r["candidate"]], rows.index(r)))
+                                            y_train, metric) for r in others}
+    leads = {r["candidate"]: float(r[evidence[r["candidate"]].key] - base[evidence[r["candidate"]].key])
+             for r in others}
+    order = sorted(others, key=lambda r: (-leads[r["candidate"]], rows.index(r)))
     if not order or leads[order[0]["candidate"]] <= 0:
         where = " (out-of-fold train + validation where a candidate has both)" if y_train is not None else ""
         return base, (f"no candidate leads {BASELINE_CANDIDATE} on {metric}{where}: {BASELINE_CANDIDATE} "
@@ -122,7 +123,8 @@ def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Cand
     for row in order:
         if leads[row["candidate"]] <= 0:
             break
-        ok, clause = _verdict(row, base, evidence[row["candidate"]], n_classes, metric, guard, seed)
+        ok, clause = _verdict(row, leads[row["candidate"]], evidence[row["candidate"]], n_classes, metric, guard,
+                              seed)
         if ok:
             prefix = "" if row is order[0] else f"{top_clause}; "
             return row, f"{prefix}{clause}: it is champion"

@@ -196,7 +196,7 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
         notes.append(thin)
     experiment = members.best.cfg.experiment_name
     base_cand = next(c for c in candidates if c.name == BASELINE_CANDIDATE)
-    y_train = oof_labels(candidates, data.labels)
+    y_train = oof_labels(base_cand, data.labels)
     wide_cols = tuple(f"oofval_{k}" for k in WIDE_METRICS) if y_train is not None else ()
     if y_train is not None:
         notes.append(f"candidates with out-of-fold train probabilities are also scored on {len(y_train)} "
@@ -288,11 +288,10 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
 WIDE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
-def oof_labels(candidates: Sequence[Candidate], labels: np.ndarray) -> np.ndarray | None:
+def oof_labels(base: Candidate, labels: np.ndarray) -> np.ndarray | None:
     """Labels of ``cnn-best``'s out-of-fold train rows, or None when it has none (``val_cv``, or
     ``oof_selection: false``)."""
-    base = next((c for c in candidates if c.name == BASELINE_CANDIDATE), None)
-    if base is None or base.train_rows is None or base.train_probs is None:
+    if base.train_rows is None or base.train_probs is None:
         return None
     return np.asarray(labels[base.train_rows], dtype=np.int64)
 
