@@ -91,6 +91,8 @@ def main() -> int:
                         "(default: the bed's own)")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--synthetic-n", type=int, default=1500)
+    parser.add_argument("--tracking-uri", help="also log the measurement (parameters, metrics with CIs, the "
+                        "out-of-fold probabilities) as one run of experiment bench-learnability in this MLflow store")
     args = parser.parse_args()
 
     from experiments.config import load_config
@@ -138,6 +140,20 @@ def main() -> int:
     for key in KEYS:
         v = out[key]
         print(f"| {key} | {v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}] |")
+    if args.tracking_uri:
+        from experiments.tracking.mlflow_tracker import MlflowTracker
+
+        with MlflowTracker("bench-learnability", f"{args.bed}-{cfg.model.name}-{args.size}px",
+                           tracking_uri=args.tracking_uri, tags={"data.synthetic": str(data.synthetic).lower(),
+                                                                  "data.fingerprint": data.fingerprint}) as run:
+            run.log_params({"bed": args.bed, "model": cfg.model.name, "epochs": args.epochs, "size": args.size,
+                            "crop": args.crop, "folds": args.folds, "seed": args.seed, "rare": data.class_slugs[rare],
+                            "prevalence": f"{share:.4f}", "sets": " ".join(args.set)})
+            run.log_metrics({**{k: v[0] for k, v in out.items()}, **{f"{k}_ci_low": v[1] for k, v in out.items()},
+                             **{f"{k}_ci_high": v[2] for k, v in out.items()}})
+            run.log_dict({"labels": data.labels.tolist(), "probs": np.round(probs, 6).tolist()},
+                         "out_of_fold.json")
+        print(f"logged to {args.tracking_uri} (experiment bench-learnability)")
     return 0
 
 
