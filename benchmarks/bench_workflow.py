@@ -138,6 +138,9 @@ def run_bed(name: str, seed: int, args: argparse.Namespace, work: Path) -> list[
              f"sqlite:///{folder / 'optuna.db'}", "--bootstrap", "200", cwd=folder, env=env)
     timings["workflow"] = time.perf_counter() - t0
     report = json.loads((folder / "report" / "report.json").read_text())
+    best = report.get("best_trial", {})
+    print(f"  {name} seed {seed}: study best trial {best.get('number')} {best.get('params')}; ensemble champion "
+          f"{report['ensemble']['winner']}", flush=True)
 
     with Galaxy10File(data) as f:
         labels = np.asarray(f.labels()).astype(np.int64)

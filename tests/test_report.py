@@ -159,6 +159,9 @@ def test_report_has_every_section(tiny_study: TinyStudy, first_report: Path) -> 
     html = html_lib.unescape((first_report / "report.html").read_text())
     md = (first_report / "report.md").read_text()
     numbers = json.loads((first_report / "report.json").read_text())
+    # the study's best trial and its parameters, as in report.md's table
+    assert numbers["best_trial"]["params"] and all(k in md for k in numbers["best_trial"]["params"])
+    assert isinstance(numbers["best_trial"]["number"], int)
     # the SYNTHETIC banner comes first, in large type
     banner = html.index('id="synthetic-banner"')
     assert banner < html.index("Data card") and "SYNTHETIC DATA" in html[banner:banner + 200]

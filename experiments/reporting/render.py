@@ -196,6 +196,7 @@ def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = Fa
         "data": {"path": report.data.path, "provenance": report.data.provenance,
                  "fingerprint": report.data.fingerprint, "split_sizes": dict(report.data.split_sizes)},
         "bootstrap": {"resamples": report.n_resamples, "seed": report.seed, "level": 0.95},
+        "best_trial": {"number": report.best_trial, "params": {k: v for k, v in report.best_params.items()}},
         "models": {m.key: {"label": m.label, "run_id": m.run_id, "model_uri": m.model_uri,
                            "test": scalar_metrics(m.metrics), "ci95": {k: list(v) for k, v in m.ci.items()}}
                    for m in report.models},
