@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from experiments.startup import quiet_startup
 from pipelines.errors import Galaxy10Error
 
 #: Sub-command modules under ``experiments.commands``, in the order ``--help`` lists them.
@@ -30,12 +31,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 log = logging.getLogger("galaxy10")
-
-
-def _quiet_third_party() -> None:
-    """Silence noisy start-up chatter of TensorFlow and albumentations before they are imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +74,7 @@ def _use_tracking_uri(uri: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``galaxy10`` console script; returns the process exit code."""
-    _quiet_third_party()
+    quiet_startup()
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)

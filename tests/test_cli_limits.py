@@ -241,20 +241,3 @@ def test_study_show_of_an_empty_study(tmp_path: Path, capsys: pytest.CaptureFixt
     optuna.create_study(study_name="empty", storage=storage)
     code, out, _ = _run(["study", "show", "empty", "--storage", storage], capsys)
     assert code == 0 and "0 trials;" in out and ", ;" not in out
-
-
-@pytest.mark.slow  # a subprocess that imports TensorFlow
-def test_predict_prints_no_tensorflow_noise(smoke_model, tmp_path: Path) -> None:
-    """Issue 11: `galaxy10 -q predict` with TF_CPP_MIN_LOG_LEVEL=3 prints nothing on stderr."""
-    import os
-    import subprocess
-    import sys
-
-    png = tmp_path / "g.png"
-    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(png)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": smoke_model.tracking_uri,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, "-m", "experiments.cli", "-q", "predict", str(png), "--model",
-                           smoke_model.model_uri], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.strip() == "" and "probability" in done.stdout

@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from experiments.startup import quiet_startup
 from experiments.tracking.faults import server_errors
 from experiments.tuning.objective import StudyRun, TrialWorker
 from pipelines import errors
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 
 def _configure_worker_logging(run: StudyRun) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     logging.basicConfig(level=run.log_level, force=True,
                         format=f"%(asctime)s %(levelname)-7s [worker {run.worker}] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -52,7 +51,7 @@ def route_optuna_logging(level: int) -> None:
 
 def worker_main(run: StudyRun, stop: Any = None) -> int:
     """Entry point of a spawned worker process: join the study and run trials; return how many."""
-
+    quiet_startup()
     _configure_worker_logging(run)
     with server_errors(run.tracking_uri):
         return TrialWorker(run, stop).loop()
