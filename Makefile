@@ -18,13 +18,13 @@ REPORT_DIR ?= reports/$(STUDY)
 # pytest-xdist workers for make test (auto: one per core, at most 4; 0 runs in one process).
 TEST_WORKERS ?= auto
 
-.PHONY: help setup setup-dev demo test test-fast test-heavy bench clean
+.PHONY: help setup setup-dev demo test test-fast bench clean
 
 help:
 	@echo "make demo   - create .venv, install, run the platform end to end (data, tuning, ensembles, report)"
-	@echo "make test   - create .venv, install with dev extras, run the test suite (all but the heavy tests)"
-	@echo "make test-heavy - the heavy tests (keras.applications backbones, ~2 min)"
-	@echo "make bench  - run the benchmarks in benchmarks/"
+	@echo "make test   - create .venv, install with dev extras, run the whole test suite (CI runs this)"
+	@echo "make test-fast - the tests not marked slow"
+	@echo "make bench  - run every benchmark in benchmarks/ with its quick defaults"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,13 +53,10 @@ demo: $(VENV)/.installed $(if $(wildcard $(REAL)),,$(SYNTH))
 	@echo "  Prediction page:  $(VENV)/bin/galaxy10 serve --model $(STUDY)@champion"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not heavy" -n $(TEST_WORKERS) --maxprocesses 4
-
-test-heavy: $(VENV)/.installed
-	$(PY) -m pytest -q -m heavy
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow and not heavy" -n $(TEST_WORKERS) --maxprocesses 4
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --maxprocesses 4
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -2,14 +2,13 @@
 train and predict images/s, parameters, multiply-adds per image, ratios to the reference CNN (validation
 split only).
 
-Data: ``--data FILE`` (any Galaxy10-schema file, e.g. the synthetic default), or ``--gz2`` to import
-the real Galaxy Zoo 2 test bed from ``../shared/data/realsamples/gz2_hart16_sdss`` into a temporary
-folder (928 SDSS galaxies, 6 classes, spiral the rarest). Everything is written to a temporary folder
+Data: ``--data FILE`` (any Galaxy10-schema file), ``--gz2`` to import the real Galaxy Zoo 2 test bed
+from ``../shared/data/realsamples/gz2_hart16_sdss`` (928 SDSS galaxies, 6 classes, spiral the rarest),
+or by default a small SYNTHETIC set rendered for the run. Everything is written to a temporary folder
 (cache, split); nothing is logged to MLflow (``--tracking-uri URI`` logs every run there instead).
 
-    python benchmarks/bench_backbones.py --gz2                          # 2 seeds, 10 epochs, 64 -> 48 px
-    python benchmarks/bench_backbones.py --data data/galaxy10_synthetic.h5 --epochs 12
-    python benchmarks/bench_backbones.py --gz2 --quick                  # smoke: 1 seed, 2 epochs
+    python benchmarks/bench_backbones.py                       # quick: synthetic 600, 3 backbones, 2 epochs
+    python benchmarks/bench_backbones.py --gz2 --full          # every backbone, 2 seeds, 10 epochs, 64 -> 48 px
 """
 from __future__ import annotations
 
@@ -20,13 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import REALSAMPLES, add_full_flag, parse_with_full, synthetic_bed
 
 import numpy as np  # noqa: E402
-
-REALSAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "realsamples"
 
 #: Each backbone at a size that trains in minutes on 2 CPU cores (the reference: the platform's recipe).
 BACKBONES: dict[str, list[str]] = {
@@ -96,24 +91,22 @@ def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="Galaxy10-schema HDF5 file")
+    parser.add_argument("--data", help="Galaxy10-schema HDF5 file (default: a small synthetic set)")
     parser.add_argument("--gz2", action="store_true", help="import and use the real Galaxy Zoo 2 test bed")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--crop", type=int, default=48)
-    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--backbones", default="reference_cnn,resnet,d4_cnn_gmax")
     parser.add_argument("--policy", default="galaxy", help="augmentation policy of every run (none, reference, "
                         "galaxy); none shows what the D4 symmetry adds where augmentation does not teach it")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_bfloat16"),
                         help="precision of every run (auto: bfloat16 only where this machine computes it natively)")
     parser.add_argument("--tracking-uri", default=None, help="log every run to this MLflow store")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs, args.seeds = 2, 1
-    if bool(args.data) == bool(args.gz2):
-        parser.error("give exactly one of --data FILE or --gz2")
+    add_full_flag(parser, {"epochs": 10, "seeds": 2, "backbones": ",".join(BACKBONES)})
+    args = parse_with_full(parser)
+    if args.data and args.gz2:
+        parser.error("give at most one of --data FILE or --gz2")
     names = [n.strip() for n in args.backbones.split(",") if n.strip()]
     import contextlib
 
@@ -123,9 +116,13 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-backbones-") as tmp:
         os.environ["GALAXY10_CACHE"] = str(Path(tmp) / "cache")
-        path = import_gz2(Path(tmp)) if args.gz2 else Path(tmp) / Path(args.data).name
-        if not args.gz2:  # work on a copy: the split file is written beside the data
+        if args.gz2:
+            path = import_gz2(Path(tmp))
+        elif args.data:  # work on a copy: the split file is written beside the data
+            path = Path(tmp) / Path(args.data).name
             path.write_bytes(Path(args.data).read_bytes())
+        else:
+            path = synthetic_bed(Path(tmp), n=600, size=args.size)
         data = load_training_data(DataConfig(size=args.size, crop=args.crop), path)
         if args.tracking_uri:
             from experiments.tracking.mlflow_tracker import MlflowTracker

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import quiet_startup
 
 RESIZE, CROP = 128, 88
 
@@ -65,7 +66,7 @@ def _pillow_box(images: np.ndarray) -> np.ndarray:
 
 def _measure(method: str, images_path: str, repeats: int, out_path: str) -> dict:
     """Run in a fresh process: best-of-``repeats`` time and peak extra resident memory of ``method``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_startup()
     fn = {"ours": _ours, "reference": _reference, "pillow_box": _pillow_box}[method]
     images = np.load(images_path)
     fn(images[:4])  # warm up: imports, TF runtime start-up
@@ -118,8 +119,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="render_dataset workers (default: its own)")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    quiet_startup()
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp_name:
         tmp = Path(tmp_name)

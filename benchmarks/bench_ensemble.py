@@ -15,20 +15,23 @@
 The CPU count and load average are printed because other processes on the machine skew the
 absolute numbers; ratios are relative to logistic regression measured in the same run.
 
-Usage: ``python benchmarks/bench_ensemble.py [--data data/galaxy10_synthetic.h5] [--epochs 3]``
+Data: ``--data FILE`` (any Galaxy10-schema file of at least 128 px), by default a SYNTHETIC set of
+``--synthetic-n`` images rendered for the run. Caches and the split go to a temporary folder.
+
+Usage: ``python benchmarks/bench_ensemble.py [--data FILE] [--epochs 3]``
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+from common import ROOT, synthetic_bed
 
 import numpy as np  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _rate(fn, n: int, repeats: int = 2) -> float:  # noqa: ANN001
@@ -42,10 +45,22 @@ def _rate(fn, n: int, repeats: int = 2) -> float:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join(ROOT, "data", "galaxy10_synthetic.h5"))
+    parser.add_argument("--data", help="Galaxy10-schema HDF5 file (default: a synthetic set rendered for the run)")
+    parser.add_argument("--synthetic-n", type=int, default=1000, help="images of the default synthetic set")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the quick CNN whose embeddings are used")
     parser.add_argument("--tta-images", type=int, default=512, help="images embedded with 8-view TTA")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-ensemble-") as tmp:
+        os.environ["GALAXY10_CACHE"] = str(Path(tmp) / "cache")
+        if args.data:  # work on a copy: the split file is written beside the data
+            args.data = str(shutil.copy(args.data, Path(tmp) / Path(args.data).name))
+        else:
+            args.data = str(synthetic_bed(Path(tmp), n=args.synthetic_n, size=128))
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Embedding throughput and second-stage fit times on ``args.data``."""
 
     import keras
     from threadpoolctl import threadpool_limits
@@ -53,13 +68,13 @@ def main() -> None:
     from ensembles.config import config_from_dict, read_config_yaml
     from ensembles.embeddings import CNNEmbedder
     from ensembles.second_stage import MODEL_NAMES, full_proba, make_second_stage
-    from experiments.config import load_config
+    from experiments.config import ModelConfig, load_config
     from experiments.tracking.base import NullTracker
     from experiments.training import load_training_data, train
     from models import build_model
 
     print(f"CPUs: {os.cpu_count()}, load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    cfg = load_config(os.path.join(ROOT, "experiments", "configs", "reference.yaml"),
+    cfg = load_config(str(ROOT / "experiments" / "configs" / "reference.yaml"),
                       [f"data.path={args.data}", "data.size=64", "data.crop=48", f"train.epochs={args.epochs}",
                        "train.patience=null", "augment.policy=galaxy"])
     data = load_training_data(cfg.data)
@@ -74,7 +89,7 @@ def main() -> None:
     rows = np.concatenate([data.train, data.val])
     ref_data = load_training_data(load_config(None, [f"data.path={args.data}"]).data)
     keras.utils.set_random_seed(0)
-    reference = build_model(None, input_size=88)
+    reference = build_model(ModelConfig(), input_size=88, num_classes=data.num_classes)
     print("\n1. embedding throughput (images/s, cache off, batch 256)")
     print(f"   {'CNN':<34} {'plain':>8} {'TTA x8':>8}")
     for label, model, source in (("tune_quick CNN, 64 px -> 48 crop", result.model, data),

@@ -34,8 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import common  # noqa: F401  (a quiet TensorFlow start, the repository on sys.path)
 
 import numpy as np  # noqa: E402
 

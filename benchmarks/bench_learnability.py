@@ -13,7 +13,8 @@ any threshold reaches, the largest rare recall that costs no accuracy, and the b
 Each with a 95% bootstrap CI over images. Fixed epochs, no early stopping, no best-epoch restore (the
 held-out fold is never used to choose anything).
 
-    python benchmarks/bench_learnability.py --bed rings --folds 5 --epochs 20 --size 128 --crop 88
+    python benchmarks/bench_learnability.py                      # quick: synthetic 600, 3 folds, 3 epochs
+    python benchmarks/bench_learnability.py --full               # rings, 5 folds, 20 epochs, 128 -> 88 px
     python benchmarks/bench_learnability.py --bed rings_all --prevalence 0.113   # 235 rings: a detector's best case
     python benchmarks/bench_learnability.py --bed rings --set augment.targets=auto --set augment.tta=true
 """
@@ -27,11 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import ROOT, add_full_flag, parse_with_full
 
 import numpy as np  # noqa: E402
 
@@ -77,23 +74,24 @@ def main() -> int:
     from bench_workflow import make_bed
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bed", default="rings", help="rings (30 rings, 235 others), rings_all (235 + 235), gz2, "
+    parser.add_argument("--bed", default="synthetic", help="rings (30 rings, 235 others), rings_all (235 + 235), gz2, "
                         "synthetic, or a Galaxy10-schema HDF5 file")
     parser.add_argument("--config", default=str(ROOT / "experiments/configs/reference.yaml"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--crop", type=int, default=88)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rare", help="the class to study (slug or index); default the rarest")
     parser.add_argument("--prevalence", type=float, help="read the trade-off at this rare-class share "
                         "(default: the bed's own)")
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--synthetic-n", type=int, default=1500)
+    parser.add_argument("--resamples", type=int, default=200)
+    parser.add_argument("--synthetic-n", type=int, default=600)
     parser.add_argument("--tracking-uri", help="also log the measurement (parameters, metrics with CIs, the "
                         "out-of-fold probabilities) as one run of experiment bench-learnability in this MLflow store")
-    args = parser.parse_args()
+    add_full_flag(parser, {"bed": "rings", "folds": 5, "epochs": 20, "resamples": 1000})
+    args = parse_with_full(parser)
 
     from experiments.config import load_config
     from experiments.training import load_training_data

@@ -25,8 +25,9 @@ once and scores, on the validation split only, every design below side by side:
 - each also with prior correction (probabilities divided by the training class shares, the decision that
   maximises balanced accuracy), marked ``/prior``.
 
-    python benchmarks/bench_stacking.py --synthetic-n 1500 --folds 3,5 --seeds 2
-    python benchmarks/bench_stacking.py --gz2 --folds 3,5 --seeds 2
+    python benchmarks/bench_stacking.py                  # quick: synthetic 600, 3 folds, 1 seed, 2 epochs
+    python benchmarks/bench_stacking.py --full           # synthetic 1500, 3 and 5 folds, 2 seeds, 8 epochs
+    python benchmarks/bench_stacking.py --gz2 --full
 """
 from __future__ import annotations
 
@@ -40,14 +41,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
 
 import numpy as np  # noqa: E402
-
-REALSAMPLES = ROOT.parent / "shared" / "data" / "realsamples"
 
 
 def scores(y: np.ndarray, probs: np.ndarray, n: int) -> tuple[float, float]:
@@ -139,12 +135,13 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gz2", action="store_true", help="the real Galaxy Zoo 2 test bed instead of synthetic")
-    parser.add_argument("--synthetic-n", type=int, default=1500)
-    parser.add_argument("--folds", default="3,5")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--synthetic-n", type=int, default=600)
+    parser.add_argument("--folds", default="3")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--second", default="xgboost", help="second-stage model (xgboost, logreg, ...)")
-    args = parser.parse_args()
+    add_full_flag(parser, {"synthetic_n": 1500, "folds": "3,5", "seeds": 2, "epochs": 8})
+    args = parse_with_full(parser)
     from experiments.config import DataConfig, load_config
     from experiments.training import load_training_data
 

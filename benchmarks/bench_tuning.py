@@ -10,8 +10,8 @@ Printed per arm: best validation accuracy of a COMPLETE trial, epochs spent, tri
 pruned), wall time; then the ratios, and how many epochs TPE+pruning needed to match random
 search's final best.
 
-    python benchmarks/bench_tuning.py                      # data/galaxy10_synthetic.h5 (or the real file)
-    python benchmarks/bench_tuning.py --budget 48 --data FILE
+    python benchmarks/bench_tuning.py                      # quick: synthetic 800 rendered here, 12 epochs per arm
+    python benchmarks/bench_tuning.py --full --data FILE   # 48 epochs per arm (8 full random trials)
 
 No MLflow: trials log to a NullTracker, so only training time counts. Timings depend on the
 machine; compare the figures of one run.
@@ -27,11 +27,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, add_full_flag, parse_with_full, synthetic_bed
 
-CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "tune_quick.yaml"
+CONFIG = ROOT / "experiments" / "configs" / "tune_quick.yaml"
 
 
 @dataclass
@@ -104,27 +102,33 @@ def epochs_to_reach(trace: list[tuple[int, float]], target: float) -> int | None
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="HDF5 file (default: the real file if present, else the synthetic default)")
-    parser.add_argument("--budget", type=int, default=48, help="epochs per arm (default 48 = 8 full random trials)")
-    args = parser.parse_args()
+    parser.add_argument("--data", help="HDF5 file (default: a synthetic set of --synthetic-n images rendered for "
+                        "the run)")
+    parser.add_argument("--synthetic-n", type=int, default=800, help="images of the default synthetic set")
+    parser.add_argument("--budget", type=int, default=12, help="epochs per arm (default 12 = 2 full random trials)")
+    add_full_flag(parser, {"budget": 48})
+    args = parse_with_full(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("experiments.training", "pipelines", "optuna", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from experiments.training import load_training_data
-    from experiments.tuning.samplers import describe
-    from experiments.tuning.search_space import (
-        PrunerConfig,
-        SamplerConfig,
-        load_tune_config,
-        resolve_run_config,
-    )
-    from pipelines.paths import resolve_data_path
+    from experiments.tuning.search_space import load_tune_config, resolve_run_config
 
     tune = load_tune_config(CONFIG)
     base_cfg, _ = resolve_run_config(tune, {})
-    data_path = str(resolve_data_path(args.data))
-    data = load_training_data(base_cfg.data, data_path)
+    with tempfile.TemporaryDirectory(prefix="bench-tuning-data-") as tmp:
+        os.environ["GALAXY10_CACHE"] = str(Path(tmp) / "cache")
+        data_path = args.data or str(synthetic_bed(Path(tmp), n=args.synthetic_n, size=64))
+        data = load_training_data(base_cfg.data, data_path)
+        return compare(args, tune, base_cfg, data)
+
+
+def compare(args: argparse.Namespace, tune, base_cfg, data) -> int:  # noqa: ANN001
+    """Both arms at ``args.budget`` epochs each on ``data``; prints the table and the ratios."""
+    from experiments.tuning.samplers import describe
+    from experiments.tuning.search_space import PrunerConfig, SamplerConfig
+
     print(f"data: {data.describe()}")
     print(f"search space of {CONFIG.name}: {', '.join(tune.space.names)}; <= {base_cfg.train.epochs} epochs/trial, "
           f"{base_cfg.data.size} px -> {base_cfg.data.crop} px; budget {args.budget} epochs per arm")

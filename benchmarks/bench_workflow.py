@@ -11,8 +11,8 @@ Test beds: ``gz2`` (the real Galaxy Zoo 2 set, ``../shared/data/realsamples/gz2_
 galaxies in 6 classes), ``rings`` (the real DECaLS ring set with rings made rare: 30 rings vs 235 others),
 ``synthetic`` (``galaxy10 data synth``, SYNTHETIC, ``--synthetic-n`` images).
 
-    python benchmarks/bench_workflow.py --beds gz2,rings --seeds 2 --trials 4 --epochs 8
-    python benchmarks/bench_workflow.py --beds synthetic --synthetic-n 1500 --quick      # smoke: 1 seed, 2 trials
+    python benchmarks/bench_workflow.py            # quick: synthetic 600, 1 seed, 2 trials, 2 epochs
+    python benchmarks/bench_workflow.py --full     # gz2 and rings, 2 seeds, 4 trials, 8 epochs
     python benchmarks/bench_workflow.py --tune-config experiments/configs/tune_backbones.yaml   # backbone arm
 """
 from __future__ import annotations
@@ -27,14 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
 
 import numpy as np  # noqa: E402
-
-REALSAMPLES = ROOT.parent / "shared" / "data" / "realsamples"
 G10 = [sys.executable, "-m", "experiments.cli", "-q"]
 
 
@@ -165,19 +160,17 @@ def run_bed(name: str, seed: int, args: argparse.Namespace, work: Path) -> list[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--beds", default="gz2,rings", help="comma-separated: gz2, rings, synthetic")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--trials", type=int, default=4, help="trials of the study (the workflow's budget)")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of every training (reference and trials)")
+    parser.add_argument("--beds", default="synthetic", help="comma-separated: gz2, rings, synthetic")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--trials", type=int, default=2, help="trials of the study (the workflow's budget)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of every training (reference and trials)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--crop", type=int, default=48)
     parser.add_argument("--tune-config", default="experiments/configs/tune_catalog.yaml")
-    parser.add_argument("--synthetic-n", type=int, default=1500)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 trials, 2 epochs")
+    parser.add_argument("--synthetic-n", type=int, default=600)
     parser.add_argument("--json-out", help="also write every row as JSON to this file")
-    args = parser.parse_args()
-    if args.quick:
-        args.seeds, args.trials, args.epochs = 1, 2, 2
+    add_full_flag(parser, {"beds": "gz2,rings", "seeds": 2, "trials": 4, "epochs": 8, "synthetic_n": 1500})
+    args = parse_with_full(parser)
     beds = [b.strip() for b in args.beds.split(",") if b.strip()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-workflow-") as tmp:

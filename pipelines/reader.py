@@ -299,8 +299,13 @@ class Galaxy10File:
         self.close()
 
     def close(self) -> None:
-        """Close the underlying HDF5 file."""
+        """Close the underlying HDF5 file; reading afterwards raises ``ValueError``."""
         self._f.close()
+
+    def _check_open(self) -> None:
+        """``ValueError`` once the file was closed (reading it then is a caller's error, not a corrupt file)."""
+        if not self._f.id.valid:
+            raise ValueError(f"I/O on a closed Galaxy10File ({self.path}); open it again")
 
     def __len__(self) -> int:
         return self.info.n_images
@@ -313,6 +318,7 @@ class Galaxy10File:
         """``(ra, dec)`` in degrees as float64, or None when the file has no coordinates."""
         if not self.info.has_coords:
             return None
+        self._check_open()
         with _h5_errors(self.path, "reading ra/dec"):
             return (np.asarray(self._f["ra"][()], dtype=np.float64),
                     np.asarray(self._f["dec"][()], dtype=np.float64))
@@ -350,6 +356,7 @@ class Galaxy10File:
         Rows are read in sorted order, ``READ_CHUNK`` at a time, and placed back in request order;
         repeated indices are allowed.
         """
+        self._check_open()
         if indices is None:
             with _h5_errors(self.path, "reading the images"):
                 return self._f["images"][()]
@@ -375,6 +382,7 @@ class Galaxy10File:
             n = self.info.n_images
             for a in range(0, n, batch_size):
                 b = min(a + batch_size, n)
+                self._check_open()
                 with _h5_errors(self.path, "reading the images"):
                     batch = self._f["images"][a:b]
                 yield np.arange(a, b, dtype=np.int64), batch

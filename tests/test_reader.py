@@ -299,8 +299,9 @@ def test_labels_coords_and_close(tiny_h5: Path, make_h5: Callable[..., Path]) ->
         ra, dec = g10.coords()
         np.testing.assert_array_equal(ra, raw_ra)
         assert ra.dtype == dec.dtype == np.float64 and len(g10) == 200
-    with pytest.raises(Exception):
-        g10.images([0])  # closed
+    for read in (lambda: g10.images([0]), g10.images, g10.coords, lambda: next(g10.iter_batches(4))):
+        with pytest.raises(ValueError, match=r"I/O on a closed Galaxy10File \(.*tiny\.h5\); open it again"):
+            read()
     with Galaxy10File(make_h5("nc.h5", n=20, with_coords=False)) as g10:
         assert g10.coords() is None
 

@@ -23,6 +23,7 @@ from experiments.reporting.bootstrap import (
 )
 from experiments.reporting.build import build_report
 from experiments.reporting.scoring import SCORING_RUN_NAME
+from pipelines.errors import DataError
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
 
@@ -60,7 +61,7 @@ def test_bootstrap_intervals_bracket_the_estimate_and_are_seeded() -> None:
 
 
 def test_bootstrap_rejects_mismatched_predictions() -> None:
-    with pytest.raises(Exception, match="predicted"):
+    with pytest.raises(DataError, match=r"model 'm' predicted \(4,\) labels for \(5,\) test images"):
         bootstrap_ci(np.zeros(5, dtype=int), {"m": np.zeros(4, dtype=int)}, 10, n_resamples=10)
 
 

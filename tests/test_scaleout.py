@@ -255,7 +255,7 @@ def test_three_workers_share_a_postgres_study_and_an_mlflow_server(
         numbers = [t.number for t in trials]
         assert sorted(numbers) == list(range(len(trials)))
         assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * len(trials)
-        assert len(trials) >= n_trials
+        assert len(trials) == n_trials  # the shared budget: no worker overshoots it
         assert study.user_attrs["mlflow_tracking_uri"] == server.uri
         assert f"study scale: {len(trials)} complete" in out
 

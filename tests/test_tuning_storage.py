@@ -1,7 +1,6 @@
 """experiments.tuning storage and study handling: bad URLs, search-space hash, stale trials, study CLI."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import optuna
@@ -117,6 +116,15 @@ def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(tmp_path: Path
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def _age_heartbeat(storage: optuna.storages.RDBStorage, trial_id: int, seconds: int) -> None:
+    """Set the trial's last heartbeat ``seconds`` before the database's clock (what Optuna compares to)."""
+    import sqlalchemy
+
+    with storage.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now', :age) "
+                                     "WHERE trial_id = :trial"), {"age": f"-{seconds} seconds", "trial": trial_id})
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_stale_running_trial_is_failed() -> None:
     handled = []
@@ -127,7 +135,9 @@ def test_stale_running_trial_is_failed() -> None:
     trial.suggest_float("model.dropout", 0.0, 0.5)
     storage.record_heartbeat(trial._trial_id)  # a worker that beat once, then died
     assert fail_stale_trials(study) == []  # still within the grace period
-    time.sleep(3.2)
+    _age_heartbeat(storage, trial._trial_id, seconds=1)  # older, but not past the 2 s grace period
+    assert fail_stale_trials(study) == []
+    _age_heartbeat(storage, trial._trial_id, seconds=10)  # no sleep: the beat is moved into the past
     assert fail_stale_trials(study) == [trial.number]
     assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
     assert handled == [trial.number]

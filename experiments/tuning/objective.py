@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -145,12 +146,20 @@ def pruning_callback(trial: optuna.Trial, metric: str) -> Callable[[int, Mapping
     return report
 
 
+#: Seconds a worker waits for the trial claim; another worker holds it for milliseconds unless it died.
+CLAIM_TIMEOUT_S = 30
+
+
 class TrialWorker:
     """One worker's state: its study handle, the data it loaded once, and the objective."""
 
-    def __init__(self, run: StudyRun, stop: Any = None) -> None:
+    def __init__(self, run: StudyRun, stop: Any = None, claim: Any = None) -> None:
         self.run = run
         self.stop = stop  # a multiprocessing Event the coordinator sets on Ctrl-C
+        # Held from the budget check until the trial exists (released as the objective starts), so two
+        # workers of one command never both take the study's last trial (a multiprocessing Lock).
+        self.claim = claim if claim is not None else threading.Lock()
+        self._claimed = False
         self.storage = storage_for(run)
         self.study = open_study(run.tune, self.storage, create=False, seed_offset=run.worker)
         self.base = base_run_dict(run.tune)
@@ -176,8 +185,15 @@ class TrialWorker:
         with server_errors(self.run.tracking_uri):
             return self._objective(trial)
 
+    def _release_claim(self) -> None:
+        if self._claimed:
+            self._claimed = False
+            self.claim.release()
+
     def _objective(self, trial: optuna.Trial) -> float:
         import keras
+
+        self._release_claim()  # the trial is RUNNING now: the other workers count it
 
         tune, metric = self.run.tune, self.run.tune.study.metric
         start = time.perf_counter()
@@ -262,20 +278,28 @@ class TrialWorker:
             if self.stop is not None and self.stop.is_set():
                 log.info("worker %d: stopping, the command was interrupted", run.worker)
                 break
-            fail_stale_trials(self.study)
-            done = n_counted(self.study)
-            if done >= run.n_trials:
-                break
-            running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-            if done + running >= run.n_trials and waiting == 0:
-                if not waited:
-                    log.info("worker %d: %d trial(s) still running elsewhere; waiting for them to finish "
-                             "(or to go stale after %d s)", run.worker, running, run.tune.study.grace_period)
-                    waited = True
-                time.sleep(min(5.0, run.tune.study.heartbeat_interval))
-                continue
-            waited = False
-            with quiet_optuna_warnings():
-                self.study.optimize(self.objective, n_trials=1, gc_after_trial=True)
+            self._claimed = self.claim.acquire(timeout=CLAIM_TIMEOUT_S)
+            if not self._claimed:  # its holder died between the check and its trial (a SIGKILL)
+                log.warning("worker %d: another worker held the trial claim for %d s; checking the budget "
+                            "without it", run.worker, CLAIM_TIMEOUT_S)
+            try:
+                fail_stale_trials(self.study)
+                done = n_counted(self.study)
+                if done >= run.n_trials:
+                    break
+                running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+                if done + running >= run.n_trials and waiting == 0:
+                    self._release_claim()
+                    if not waited:
+                        log.info("worker %d: %d trial(s) still running elsewhere; waiting for them to finish "
+                                 "(or to go stale after %d s)", run.worker, running, run.tune.study.grace_period)
+                        waited = True
+                    time.sleep(min(5.0, run.tune.study.heartbeat_interval))
+                    continue
+                waited = False
+                with quiet_optuna_warnings():
+                    self.study.optimize(self.objective, n_trials=1, gc_after_trial=True)
+            finally:
+                self._release_claim()
         return self.trials_run

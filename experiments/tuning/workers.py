@@ -49,18 +49,18 @@ def route_optuna_logging(level: int) -> None:
             handler.addFilter(_UserErrorsWithoutTraceback())
 
 
-def worker_main(run: StudyRun, stop: Any = None) -> int:
+def worker_main(run: StudyRun, stop: Any = None, claim: Any = None) -> int:
     """Entry point of a spawned worker process: join the study and run trials; return how many."""
     quiet_startup()
     _configure_worker_logging(run)
     with server_errors(run.tracking_uri):
-        return TrialWorker(run, stop).loop()
+        return TrialWorker(run, stop, claim).loop()
 
 
-def _worker_entry(run: StudyRun, results: Any, stop: Any) -> None:
+def _worker_entry(run: StudyRun, results: Any, stop: Any, claim: Any) -> None:
     """Spawned process body: run :func:`worker_main` and report the outcome on ``results``."""
     try:
-        results.put((run.worker, "ok", worker_main(run, stop), ""))
+        results.put((run.worker, "ok", worker_main(run, stop, claim), ""))
     except KeyboardInterrupt:
         results.put((run.worker, "interrupted", 0, ""))
     except Galaxy10Error as err:
@@ -107,7 +107,8 @@ def run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold TensorFlow threads
     results = ctx.Queue()
     stop = ctx.Event()
-    procs = [ctx.Process(target=_worker_entry, args=(replace(run, worker=i), results, stop),
+    claim = ctx.Lock()  # the study's budget check and the new trial, one worker at a time
+    procs = [ctx.Process(target=_worker_entry, args=(replace(run, worker=i), results, stop, claim),
                          name=f"galaxy10-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
