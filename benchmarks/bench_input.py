@@ -138,11 +138,12 @@ def keras2_enqueued(gen: Iterator, max_queue_size: int = 10) -> Iterator:
 def _model(precision: str):
     import keras
 
+    from experiments.config import ModelConfig
     from models import build_model
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
-    model = build_model(input_size=CROP, precision=precision)
+    model = build_model(ModelConfig(), input_size=CROP, precision=precision)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=False)
     return model

@@ -40,7 +40,7 @@ _SOURCE = f"official release: Zenodo record 10845026, {ZENODO_URL}"
 _OR_SYNTH = "or run `galaxy10 data synth` for the synthetic default"
 _FETCH = f"fetch it again ({_SOURCE}) {_OR_SYNTH}"
 
-Provenance = Literal["official", "modified", "synthetic"]
+Provenance = Literal["official", "modified", "imported", "synthetic"]
 
 
 @dataclass(frozen=True)
@@ -440,12 +440,15 @@ def data_fingerprint(path: str | os.PathLike) -> str:
 
 
 def provenance(path: str | os.PathLike, info: DatasetInfo | None = None) -> Provenance:
-    """``"official"`` (SHA-256 of the Zenodo release), ``"synthetic"`` (root attr), else ``"modified"``.
+    """``"official"`` (SHA-256 of the Zenodo release), ``"synthetic"`` (root attr), ``"imported"`` (written
+    by ``galaxy10 data import`` from the user's own images), else ``"modified"``.
 
     The file is validated first, unless its ``info`` is given (it was validated when opened). A file
-    marked synthetic is never the official release, so its hash is not computed here.
+    marked synthetic or imported is never the official release, so its hash is not computed here.
     """
     info = info if info is not None else validate_galaxy10(path)
     if info.synthetic:
         return "synthetic"
+    if info.attrs.get("source") == "import":
+        return "imported"
     return "official" if file_sha256(path) == OFFICIAL_SHA256 else "modified"

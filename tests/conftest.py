@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import struct
 import zlib
@@ -50,10 +51,15 @@ def tiny_images(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def write_galaxy10_h5(path: Path, n: int = 200, size: int = 64, seed: int = 0,
-                      with_coords: bool = True, synthetic: bool = True) -> Path:
-    """Write a tiny file with the Galaxy10 DECaLS schema and return its path."""
+                      with_coords: bool = True, synthetic: bool = True,
+                      imported_classes: tuple[str, ...] | None = None) -> Path:
+    """Write a tiny file with the Galaxy10 DECaLS schema and return its path.
+
+    ``imported_classes`` makes it a catalog of those classes as ``galaxy10 data import`` writes it
+    (class names and the source folder and labels file in its attributes; not synthetic).
+    """
     rng = np.random.default_rng(seed)
-    labels = np.resize(np.arange(10, dtype=np.uint8), n)
+    labels = np.resize(np.arange(len(imported_classes) if imported_classes else 10, dtype=np.uint8), n)
     rng.shuffle(labels)
     with h5py.File(path, "w") as f:
         f.create_dataset("images", data=tiny_images(labels, size, seed), chunks=(1, size, size, 3))
@@ -63,7 +69,11 @@ def write_galaxy10_h5(path: Path, n: int = 200, size: int = 64, seed: int = 0,
             f.create_dataset("dec", data=rng.uniform(-10, 30, n))
             f.create_dataset("redshift", data=rng.uniform(0.01, 0.2, n).astype(np.float32))
             f.create_dataset("pxscale", data=np.full(n, 0.262, dtype=np.float32))
-        if synthetic:
+        if imported_classes:
+            f.attrs.update({"synthetic": False, "source": "import", "class_names": json.dumps(list(imported_classes)),
+                            "class_mode": "custom", "source_folder": str(path.parent / "cutouts"),
+                            "labels_csv": str(path.parent / "cutouts" / "labels.csv")})
+        elif synthetic:
             f.attrs["synthetic"] = True
             f.attrs["generator"] = "tests.conftest.write_galaxy10_h5"
             f.attrs["seed"] = seed
@@ -185,12 +195,14 @@ class TinyStudy:
 
 @contextlib.contextmanager
 def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3, log_all_models: bool = True,
-                  refit: bool = False, search_space: dict | None = None, **study_keys: object) -> Iterator[TinyStudy]:
+                  refit: bool = False, search_space: dict | None = None,
+                  imported_classes: tuple[str, ...] | None = None, **study_keys: object) -> Iterator[TinyStudy]:
     """A study ``tiny`` of one-epoch smoke trials on a synthetic file in ``root``, via the tuning code.
 
     With ``log_all_models`` every trial logs its model (ensembles need them), else only the top 3;
     ``refit`` refits the best configuration on train + validation; ``search_space`` replaces the default
-    (``model.dropout`` only). The block runs with cwd, cache and tracking URI in ``root``.
+    (``model.dropout`` only); ``imported_classes`` studies an imported catalog of those classes. The block
+    runs with cwd, cache and tracking URI in ``root``.
     """
     from experiments.tuning.run import run_study
     from experiments.tuning.search_space import parse_tune_config
@@ -204,11 +216,13 @@ def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3, log_all
         mp.chdir(root)
         mp.setenv("GALAXY10_CACHE", str(root / "cache"))
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        data = write_galaxy10_h5(root / "tiny.h5", n=n_images)
+        data = write_galaxy10_h5(root / "tiny.h5", n=n_images, imported_classes=imported_classes)
         study = {"name": "tiny", "n_trials": n_trials, "storage": storage, "pruner": "none", "refit": refit,
                  "cv_folds": 0, **({"log_models": "all"} if log_all_models else {}), **study_keys}
         tune = parse_tune_config({
-            "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": n_images}},
+            "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": n_images},
+                                        # smoke.yaml targets Galaxy10's disturbed class
+                                        **({"augment": {"targets": None}} if imported_classes else {})},
             "study": study,
             "search_space": search_space or {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         })

@@ -107,7 +107,8 @@ def test_custom_class_set_uses_the_file_names(tmp_path: Path, capsys: pytest.Cap
     rc, out, _ = run(capsys, "custom.h5")
     assert rc == 0
     assert "classes      2 (custom set)" in out
-    assert f"provenance   modified: imported by `galaxy10 data import` from {tmp_path / 'imgs'}" in out
+    assert (f"provenance   imported by `galaxy10 data import` from {tmp_path / 'imgs'} "
+            f"(labels {tmp_path / 'l.csv'})") in out
     rows = [ln.split() for ln in out.splitlines() if ln.startswith("    ") and ln.split()[0].isdigit()]
     assert rows == [["0", "ring_galaxy", "Ring", "galaxy", "1", "25.0%"],
                     ["1", "smooth", "smooth", "3", "75.0%"]]

@@ -54,7 +54,7 @@ def test_import_real_ring_set(realsamples: Path, tmp_path: Path, capsys: pytest.
     assert info.attrs["created_by"] == "galaxy10 data import"
     assert info.attrs["source_folder"] == str(folder.resolve())
     assert json.loads(info.attrs["class_names"]) == ["0", "1"]
-    assert provenance(out) == "modified"
+    assert provenance(out) == "imported"
     catalog = pd.read_csv(folder / "catalog.csv")
     with Galaxy10File(out) as g10:
         np.testing.assert_array_equal(g10.labels(), catalog["ring"].to_numpy())

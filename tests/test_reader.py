@@ -342,6 +342,7 @@ def test_provenance(make_h5: Callable[..., Path], monkeypatch: pytest.MonkeyPatc
     mine = make_h5("m.h5", n=20, synthetic=False)
     assert provenance(synth) == "synthetic"
     assert provenance(mine) == "modified"
+    assert provenance(make_h5("i.h5", n=20, imported_classes=("a", "b"))) == "imported"
     monkeypatch.setattr(reader, "OFFICIAL_SHA256", file_sha256(mine))
     assert provenance(mine) == "official"
     with pytest.raises(DataError, match="not found"):

@@ -182,6 +182,12 @@ def test_report_has_every_section(tiny_study: TinyStudy, first_report: Path) -> 
         assert f"{100 * m['test']['accuracy']:.1f}%" in row and f"[{100 * lo:.1f}, {100 * hi:.1f}]" in row
     assert numbers["models"]["cnn"]["run_id"] == tiny_study.best_run_id
     assert "reference, not the same data" in html and "81.1%" in html
+    # the refit has a column in the per-class table and a confusion matrix, like the best CNN
+    table = re.search(r'<table id="recall-table">(.*?)</table>', html, re.S).group(1)
+    assert re.findall(r'<th class="num">(.*?)</th>', table) == [
+        "Test images", "Baseline (most frequent class)", "Reference (reference, not the same data)", "Best CNN",
+        "Refit CNN (train + validation)"]
+    assert "confusion_refit.png" in md and (first_report / "confusion_refit.png").exists()
     assert "no ensemble comparison found for study 'tiny'" in html and "no ensemble comparison found" in md
     # figures: embedded in the HTML, written as files, referenced by the Markdown
     for name in ("recall_per_class.png", "confusion_cnn.png", "learning_curves.png", "optimization_history.png",
@@ -282,6 +288,78 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
     assert "galaxy10 ensemble --study tiny --config experiments/configs/ensemble.yaml --set mode=val_cv" in md
     assert client.get_run(winner.run_id).data.metrics["test_accuracy"] == pytest.approx(
         numbers["models"]["ensemble"]["test"]["accuracy"])
+
+
+IMPORTED_CLASSES = ("smooth", "featured disk", "edge-on", "rare ring")
+
+
+@pytest.fixture(scope="module")
+def imported_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TinyStudy, Path]]:
+    """The report of a tiny study (with its refit) on an imported 4-class catalog, not Galaxy10's classes."""
+    with tiny_study_in(tmp_path_factory.mktemp("imported_study"), n_images=160, n_trials=1,
+                       log_all_models=False, refit=True, imported_classes=IMPORTED_CLASSES) as study:
+        out = study.root / "reports" / "imported"
+        build_report("tiny", out=out, storage_url=study.storage, tracking_uri=study.tracking_uri, n_resamples=100)
+        yield study, out
+
+
+@pytest.mark.slow
+def test_report_on_an_imported_catalog_tells_the_truth(imported_report: tuple[TinyStudy, Path]) -> None:
+    """Provenance IMPORTED with where it came from; no published Galaxy10 reference on another class set;
+    the refit in the per-class table; confusion titles inside their figures."""
+    study, out = imported_report
+    html = html_lib.unescape((out / "report.html").read_text())
+    md = (out / "report.md").read_text()
+    numbers = json.loads((out / "report.json").read_text())
+    folder, labels = study.root / "cutouts", study.root / "cutouts" / "labels.csv"
+    assert numbers["data"]["provenance"] == "imported"
+    assert "IMPORTED</span>" in html and f"imported by `galaxy10 data import` from {folder} (labels: {labels})" in html
+    assert f"IMPORTED: imported by `galaxy10 data import` from {folder}" in md
+    assert "MODIFIED</span>" not in html and "not the official release" not in html and "SYNTHETIC DATA" not in html
+    for text in ("81.1%", "Reference project", "reference, not the same data", "published"):
+        assert text not in html and text not in md, text
+    table = re.search(r'<table id="recall-table">(.*?)</table>', html, re.S).group(1)
+    assert re.findall(r'<th class="num">(.*?)</th>', table) == [
+        "Test images", "Baseline (most frequent class)", "Best CNN", "Refit CNN (train + validation)"]
+    refit = numbers["models"]["refit"]["test"]
+    for name in IMPORTED_CLASSES:
+        row = re.search(rf"<tr><td>{re.escape(name)}</td>(.*?)</tr>", table, re.S).group(1)
+        cells = re.findall(r'<td class="num">(.*?)</td>', row)
+        assert len(cells) == 4 and cells[3] != ""
+    slug = "rare_ring"
+    assert f"{refit[f'recall_{slug}']:.2f}" in re.search(r"<tr><td>rare ring</td>(.*?)</tr>", table, re.S).group(1)
+    for key in ("cnn", "refit"):
+        assert (out / f"confusion_{key}.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("n", [2, 4, 10])
+def test_confusion_titles_fit_their_figure(n: int) -> None:
+    from experiments.reporting.plots import confusion_figure
+
+    fig = confusion_figure(np.eye(n), [f"class name {k}" for k in range(n)],
+                           title="Refit CNN (train + validation): test confusion (row-normalised)")
+    fig.canvas.draw()
+    title = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1
+
+
+@pytest.mark.slow
+def test_imported_report_in_chromium(imported_report: tuple[TinyStudy, Path], tmp_path: Path) -> None:
+    """What a browser shows of the imported catalog's report: provenance, no Galaxy10 reference, the refit."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install -y chromium)")
+    _, out = imported_report
+    done = subprocess.run([str(chromium), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()],
+                          check=True, capture_output=True, text=True, timeout=120)
+    dom = html_lib.unescape(done.stdout)
+    assert '<span class="tag imported">IMPORTED</span>' in dom and "imported by `galaxy10 data import` from" in dom
+    assert "81.1%" not in dom and "Reference project" not in dom
+    table = re.search(r'<table id="recall-table">(.*?)</table>', dom, re.S).group(1)
+    assert "Refit CNN (train + validation)" in table
+    assert dom.count('alt="Confusion matrix') == 2  # best CNN and refit
 
 
 @pytest.mark.slow

@@ -83,8 +83,9 @@ def _provenance_line(doc: dict[str, Any]) -> str:
         return f"SYNTHETIC (generator {gen_text}, seed {seed}): not real Galaxy10 DECaLS images"
     if prov == "official":
         return "official Galaxy10 DECaLS release (SHA-256 matches Zenodo record 10845026)"
-    if attrs.get("source") == "import":
-        return f"modified: imported by `galaxy10 data import` from {attrs.get('source_folder', '?')}"
+    if prov == "imported":
+        return (f"imported by `galaxy10 data import` from {attrs.get('source_folder', '?')} "
+                f"(labels {attrs.get('labels_csv', '?')})")
     return "modified: Galaxy10 schema but not the official release"
 
 

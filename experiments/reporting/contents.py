@@ -8,12 +8,11 @@ from typing import Any
 import numpy as np
 
 from experiments.tuning.study import cv_spread
+from pipelines.classes import REFERENCE_RECALL
 
 #: How the reference project's figures are labelled unless the data is the official file.
 REFERENCE_NOTE = "reference, not the same data"
 REFERENCE_NOTE_OFFICIAL = "reference: same official file, its own split"
-#: Metric prefixes of the three scored models (``test_<key>_accuracy`` on the scoring run).
-MODEL_KEYS: tuple[str, ...] = ("baseline", "cnn", "refit", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class DataCard:
     """The data the numbers come from."""
 
     path: str
-    provenance: str  # official | modified | synthetic
+    provenance: str  # official | modified | imported | synthetic
     fingerprint: str
     n_images: int
     image_size: int
@@ -33,11 +32,30 @@ class DataCard:
     split_seed: int
     max_images: int | None
     generator: str | None
+    source_folder: str | None = None  # imported: the image folder and labels file it came from
+    labels_csv: str | None = None
 
     @property
     def synthetic(self) -> bool:
         """True for a synthetic file."""
         return self.provenance == "synthetic"
+
+    @property
+    def galaxy10_classes(self) -> bool:
+        """Whether the class set is Galaxy10's ten: only then do the reference project's numbers apply."""
+        return tuple(self.class_slugs) == tuple(REFERENCE_RECALL)
+
+    @property
+    def provenance_text(self) -> str:
+        """What the provenance tag means, in words."""
+        if self.provenance == "official":
+            return "the Zenodo Galaxy10 DECaLS release (SHA-256 verified)"
+        if self.provenance == "imported":
+            return (f"imported by `galaxy10 data import` from {self.source_folder or '?'} "
+                    f"(labels: {self.labels_csv or '?'})")
+        if self.provenance == "synthetic":
+            return "rendered, not observed"
+        return "Galaxy10 schema, not the official release (SHA-256 differs)"
 
 
 @dataclass
@@ -118,7 +136,9 @@ class Report:
 
     @property
     def reference_note(self) -> str:
-        """How the reference column is labelled."""
+        """How the reference column is labelled ("" where the class set is not Galaxy10's: no reference)."""
+        if not self.data.galaxy10_classes:
+            return ""
         return REFERENCE_NOTE_OFFICIAL if self.data.provenance == "official" else REFERENCE_NOTE
 
     def model(self, key: str) -> ScoredModel | None:

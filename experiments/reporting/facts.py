@@ -124,6 +124,8 @@ def data_card(data: Any, max_images: int | None, split_seed: int) -> DataCard:
         test_counts=tuple(int(c) for c in np.bincount(data.labels[data.test], minlength=n)),
         split_sizes={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         split_seed=int(split_seed), max_images=max_images, generator=None if generator is None else str(generator),
+        source_folder=info.attrs.get("source_folder") if data.provenance == "imported" else None,
+        labels_csv=info.attrs.get("labels_csv") if data.provenance == "imported" else None,
     )
 
 

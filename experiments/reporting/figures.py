@@ -68,7 +68,8 @@ def recall_bars_figure(class_names: Sequence[str], series: Mapping[str, tuple[st
     ax.set_ylabel("recall")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(k, 4), frameon=False)
-    ax.set_title("Per-class recall on the test split (reference: its published test recall)")
+    ax.set_title("Per-class recall on the test split"
+                 + (" (reference: its published test recall)" if "reference" in series else ""))
     return fig
 
 

@@ -5,6 +5,7 @@ state), so they are safe in worker processes and tests.
 """
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,7 +25,8 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
     n = len(class_names)
     if cm.shape != (n, n):
         raise ValueError(f"confusion matrix shape {cm.shape} does not match {n} class names")
-    fig = _figure(1.2 + 0.62 * n, 1.0 + 0.55 * n)
+    width = max(5.0, 1.2 + 0.62 * n)
+    fig = _figure(width, 1.6 + 0.55 * n)
     ax = fig.add_subplot()
     image = ax.imshow(cm, vmin=0.0, vmax=1.0, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
@@ -32,7 +34,8 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
     ax.set_yticks(range(n), labels=class_names, fontsize=8)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title)
+    # wrapped to the figure's width (about 9 characters per inch at this size), so no title is cut off
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(9 * width))), fontsize=10)
     for i in range(n):
         for j in range(n):
             ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,

@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 
 from experiments.evaluation import scalar_metrics
-from experiments.reporting.contents import MODEL_KEYS, Report
+from experiments.reporting.contents import Report
 from experiments.reporting.scoring import SCORING_RUN_NAME
 from pipelines.classes import REFERENCE_ACCURACY, REFERENCE_RECALL
 from pipelines.outputs import output_dir
@@ -36,23 +36,36 @@ def summary_rows(report: Report) -> list[dict[str, str]]:
             "macro_f1": pct(m.metrics["macro_f1"]), "macro_f1_ci": ci_text(m.ci.get("macro_f1")),
             "run_id": m.run_id or (report.scoring_run_id or "") , "reference": "",
         })
-    rows.append({"model": "Reference project (published)", "description": report.reference_note,
-                 "accuracy": pct(REFERENCE_ACCURACY), "accuracy_ci": "–", "balanced_accuracy": "–",
-                 "macro_f1": "–", "macro_f1_ci": "–", "run_id": "", "reference": report.reference_note})
+    if report.data.galaxy10_classes:  # the published numbers are about Galaxy10's ten classes only
+        rows.append({"model": "Reference project (published)", "description": report.reference_note,
+                     "accuracy": pct(REFERENCE_ACCURACY), "accuracy_ci": "–", "balanced_accuracy": "–",
+                     "macro_f1": "–", "macro_f1_ci": "–", "run_id": "", "reference": report.reference_note})
     return rows
 
 
+def recall_columns(report: Report) -> list[tuple[str, str]]:
+    """``(key, header)`` of the per-class recall table: the baseline, the published reference (Galaxy10's
+    classes only) and every other scored model (best CNN, its refit, the ensemble), in that order."""
+    columns = [(m.key, m.label) for m in report.models if m.key == "baseline"]
+    if report.data.galaxy10_classes:
+        columns.append(("reference", f"Reference ({report.reference_note})"))
+    columns += [(m.key, m.label) for m in report.models if m.key != "baseline"]
+    return columns
+
+
 def class_rows(report: Report) -> list[dict[str, str]]:
-    """Per-class recall: test support, each model and the reference (marked as such)."""
+    """Per-class recall: class, file count, test support and one value per :func:`recall_columns` key."""
     card = report.data
     out = []
     recalls = {m.key: m.recalls(card.class_slugs) for m in report.models}
     for k, (name, slug) in enumerate(zip(card.class_names, card.class_slugs)):
-        row = {"class": name, "count": str(card.class_counts[k]), "support": str(card.test_counts[k]),
-               "reference": f"{REFERENCE_RECALL[slug]:.2f}" if slug in REFERENCE_RECALL else "–"}
-        for key in MODEL_KEYS:
-            values = recalls.get(key)
-            row[key] = "–" if values is None or values[k] is None else f"{values[k]:.2f}"
+        row = {"class": name, "count": str(card.class_counts[k]), "support": str(card.test_counts[k])}
+        for key, _ in recall_columns(report):
+            if key == "reference":
+                row[key] = f"{REFERENCE_RECALL[slug]:.2f}"
+            else:
+                value = recalls[key][k]
+                row[key] = "–" if value is None else f"{value:.2f}"
         out.append(row)
     return out
 
@@ -79,6 +92,7 @@ def _context(report: Report, embed: bool) -> dict[str, Any]:
     return {
         "r": report, "card": card, "figures": figures, "notes": report.figure_notes,
         "summary": summary_rows(report), "classes": class_rows(report), "run_ids": run_id_rows(report),
+        "recall_columns": recall_columns(report),
         "has_ensemble": report.model("ensemble") is not None, "reference_note": report.reference_note,
         "counts": ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())),
         "split": ", ".join(f"{k} {v}" for k, v in card.split_sizes.items()),
@@ -115,7 +129,8 @@ def render_markdown(report: Report) -> str:
             f"scored once by this report and logged to MLflow run `{report.scoring_run_id}`.", ""]
     out += ["## Data card", "",
             _md_table(["", ""], [
-                ("Source file", f"`{card.path}`"), ("Provenance", card.provenance.upper()),
+                ("Source file", f"`{card.path}`"),
+                ("Provenance", f"{card.provenance.upper()}: {card.provenance_text}"),
                 ("Fingerprint (SHA-256)", f"`{card.fingerprint}`"),
                 ("Images", f"{card.n_images} at {card.image_size} px" +
                  (f" (study used the first {card.max_images})" if card.max_images else "")),
@@ -124,21 +139,21 @@ def render_markdown(report: Report) -> str:
             _md_table(["Class", "Images in file", "Test images"],
                       [(n, str(c), str(t)) for n, c, t in zip(card.class_names, card.class_counts, card.test_counts)]),
             ""]
+    reference = (f" The reference project's figures are its published test numbers ({report.reference_note})."
+                 if card.galaxy10_classes else "")
     out += ["## Test-split results", "",
             f"Accuracy and macro-F1 with bootstrap 95% confidence intervals ({report.n_resamples} paired resamples "
-            f"of the {card.split_sizes['test']} test images, seed {report.seed}). The reference project's figures are "
-            f"its published test numbers ({report.reference_note}).", ""]
+            f"of the {card.split_sizes['test']} test images, seed {report.seed}).{reference}", ""]
     out.append(_md_table(["Model", "What", "Accuracy", "95% CI", "Balanced acc.", "Macro-F1", "95% CI", "MLflow run"],
                          [(r["model"], r["description"], r["accuracy"], r["accuracy_ci"], r["balanced_accuracy"],
                            r["macro_f1"], r["macro_f1_ci"], f"`{r['run_id']}`" if r["run_id"] else "")
                           for r in summary_rows(report)]))
     if not report.ensemble.found:
         out += ["", f"**{report.ensemble.reason}**"]
+    columns = recall_columns(report)
     out += ["", "### Per-class recall", "",
-            _md_table(["Class", "Test images", "Baseline", f"Reference ({report.reference_note})", "Best CNN",
-                       "Best ensemble"],
-                      [(r["class"], r["support"], r["baseline"], r["reference"], r["cnn"], r["ensemble"])
-                       for r in class_rows(report)]), ""]
+            _md_table(["Class", "Test images", *[header for _, header in columns]],
+                      [(r["class"], r["support"], *[r[key] for key, _ in columns]) for r in class_rows(report)]), ""]
     out += _md_figure(report, "recall_per_class.png", "Per-class recall")
     for m in report.models:
         if m.key != "baseline":
