@@ -1,7 +1,7 @@
 """The platform's whole workflow against its own reference recipe, on the same split, at a stated budget.
 
-For each test bed and seed: ``galaxy10 train`` with ``reference.yaml`` (the reference recipe) and the full
-workflow - ``galaxy10 tune`` (``--trials N`` of a tuning config, cross-validated selection where the
+For each test bed and seed: ``galaxy10 train`` with ``reference.yaml`` as shipped (the reference recipe at its
+own resolution and epoch budget) and the full workflow - ``galaxy10 tune`` (whose trial 0 is that same recipe) (``--trials N`` of a tuning config, cross-validated selection where the
 config's ``study.cv_folds`` says so, the refit) -> ``galaxy10 ensemble`` -> ``galaxy10 report``. Every model
 is scored once on the test split of the same saved split: test accuracy, balanced accuracy and the recall
 of the rarest training class, with 95% bootstrap CIs over the test images. Everything runs in a temporary
@@ -30,6 +30,7 @@ from pathlib import Path
 from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 G10 = [sys.executable, "-m", "experiments.cli", "-q"]
 
 
@@ -101,6 +102,26 @@ def metrics_with_ci(y: np.ndarray, probs: np.ndarray, rare: int, n_classes: int,
     return out
 
 
+def study_config(args: argparse.Namespace, folder: Path) -> Path:
+    """The tuning YAML of the workflow arm: ``--tune-config``, its trials' budget changed where
+    ``--size``, ``--crop`` or ``--epochs`` say so (in the YAML, so the study's reference trial keeps the
+    reference recipe's own budget)."""
+    from experiments.config import read_yaml
+
+    source = ROOT / args.tune_config
+    doc = read_yaml(source)
+    if doc.get("base") is not None:
+        doc["base"] = str((source.parent / doc["base"]).resolve())
+    run = doc.setdefault("run", {})
+    for section, key, value in (("data", "size", args.size), ("data", "crop", args.crop),
+                                ("train", "epochs", args.epochs)):
+        if value is not None:
+            run.setdefault(section, {})[key] = value
+    out = folder / "tune.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
 def run_bed(name: str, seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
     """The reference recipe and the workflow on one bed and seed; one row per scored model."""
     from pipelines.reader import Galaxy10File
@@ -112,19 +133,17 @@ def run_bed(name: str, seed: int, args: argparse.Namespace, work: Path) -> list[
     env = {**os.environ, "GALAXY10_CACHE": str(folder / "cache"), "MLFLOW_TRACKING_URI": uri,
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     data = make_bed(name, folder, env, args.synthetic_n)
-    size = [f"data.size={args.size}", f"data.crop={args.crop}", f"train.epochs={args.epochs}",
-            f"train.seed={seed}", f"data.split_seed={seed}"]
-    sets = [x for s in size for x in ("--set", s)]
+    seeds = ["--set", f"train.seed={seed}", "--set", f"data.split_seed={seed}"]  # the same split for all
     timings = {}
     t0 = time.perf_counter()
     out = galaxy10("train", "--config", str(ROOT / "experiments/configs/reference.yaml"), "--data", str(data),
-                   "--json", *sets, cwd=folder, env=env)
-    reference = json.loads(out)
+                   "--json", *seeds, cwd=folder, env=env)
+    reference = json.loads(out)  # reference.yaml as shipped: its own resolution and epochs
     timings["reference"] = time.perf_counter() - t0
     study = f"bench-{name}-{seed}"
     t0 = time.perf_counter()
-    galaxy10("tune", "--config", str(ROOT / args.tune_config), "--data", str(data), "--study", study,
-             "--trials", str(args.trials), "--storage", f"sqlite:///{folder / 'optuna.db'}", *sets,
+    galaxy10("tune", "--config", str(study_config(args, folder)), "--data", str(data), "--study", study,
+             "--trials", str(args.trials), "--storage", f"sqlite:///{folder / 'optuna.db'}", *seeds,
              cwd=folder, env=env)
     comparison = galaxy10("ensemble", "--study", study, "--config", str(ROOT / "experiments/configs/ensemble.yaml"),
                           "--storage", f"sqlite:///{folder / 'optuna.db'}", cwd=folder, env=env)
@@ -132,6 +151,8 @@ def run_bed(name: str, seed: int, args: argparse.Namespace, work: Path) -> list[
     galaxy10("report", "--study", study, "--out", str(folder / "report"), "--storage",
              f"sqlite:///{folder / 'optuna.db'}", "--bootstrap", "200", cwd=folder, env=env)
     timings["workflow"] = time.perf_counter() - t0
+    print(f"  {name} seed {seed}: reference {timings['reference']:.0f} s, workflow {timings['workflow']:.0f} s "
+          f"(x{timings['workflow'] / timings['reference']:.1f} the reference's wall time)", flush=True)
     report = json.loads((folder / "report" / "report.json").read_text())
     best = report.get("best_trial", {})
     print(f"  {name} seed {seed}: study best trial {best.get('number')} {best.get('params')}; ensemble champion "
@@ -163,9 +184,10 @@ def main() -> int:
     parser.add_argument("--beds", default="synthetic", help="comma-separated: gz2, rings, synthetic")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--trials", type=int, default=2, help="trials of the study (the workflow's budget)")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of every training (reference and trials)")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--crop", type=int, default=48)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the study's trials (the reference recipe, "
+                        "alone and as the study's trial 0, keeps its own; default: the tune config's)")
+    parser.add_argument("--size", type=int, help="image size of the study's trials (default: the tune config's)")
+    parser.add_argument("--crop", type=int, help="crop of the study's trials (default: the tune config's)")
     parser.add_argument("--tune-config", default="experiments/configs/tune_catalog.yaml")
     parser.add_argument("--synthetic-n", type=int, default=600)
     parser.add_argument("--json-out", help="also write every row as JSON to this file")
@@ -186,8 +208,9 @@ def main() -> int:
                 print(f"  {bed} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))
-    print(f"\nbudget: {args.trials} trials of {args.tune_config}, {args.epochs} epochs per training, "
-          f"{args.size} -> {args.crop} px, seeds 0..{args.seeds - 1} (split seed = seed)")
+    print(f"\nbudget: reference.yaml as shipped; {args.trials} trials of {args.tune_config} (trial 0 the reference "
+          f"recipe), their epochs {args.epochs or 'as configured'}, size {args.size or 'as configured'}, crop "
+          f"{args.crop or 'as configured'}; seeds 0..{args.seeds - 1} (split seed = seed)")
     print("\n| bed | model | seeds | test accuracy [95% CI] | balanced accuracy [95% CI] | rare-class recall [95% CI] |")
     print("|---|---|---|---|---|---|")
     for bed in beds:

@@ -162,11 +162,12 @@ TINY_SPACE = {
 def tiny_tune_yaml(path: Path, *, experiment: str, name: str, n_trials: int, epochs: int = 2,
                    pruner: object = "none", heartbeat_interval: int = 1, grace_period: int = 3,
                    refit: bool = False, log_models: str = "improving", cv_folds: object = 0,
-                   **study: object) -> Path:
+                   reference_trial: bool = False, **study: object) -> Path:
     """Write a tiny tuning config to ``path``: 48 px / crop 32, a two-layer CNN, no augmentation,
     TPE (seed 0, 2 start-up trials), heartbeats, :data:`TINY_SPACE`; ``study`` adds study keys.
     The final refit and cross-validation are off and only improving trials log models unless asked for
-    (each costs every test time; their own tests ask)."""
+    (each costs every test time; their own tests ask), and so is the reference recipe as trial 0 (its full
+    budget takes minutes)."""
     run = {"experiment_name": experiment, "data": {"size": 48, "crop": 32}, "augment": {"policy": "none"},
            "model": {"filters": [8, 16], "dense_units": 16},
            "train": {"epochs": epochs, "batch_size": 32, "patience": None, "monitor": "val_accuracy"}}
@@ -174,7 +175,7 @@ def tiny_tune_yaml(path: Path, *, experiment: str, name: str, n_trials: int, epo
            "study": {"name": name, "n_trials": n_trials, "pruner": pruner,
                      "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
                      "heartbeat_interval": heartbeat_interval, "grace_period": grace_period, "refit": refit,
-                     "log_models": log_models, "cv_folds": cv_folds, **study},
+                     "log_models": log_models, "cv_folds": cv_folds, "reference_trial": reference_trial, **study},
            "search_space": TINY_SPACE}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -218,7 +219,7 @@ def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3, log_all
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         data = write_galaxy10_h5(root / "tiny.h5", n=n_images, imported_classes=imported_classes)
         study = {"name": "tiny", "n_trials": n_trials, "storage": storage, "pruner": "none", "refit": refit,
-                 "cv_folds": 0, **({"log_models": "all"} if log_all_models else {}), **study_keys}
+                 "cv_folds": 0, "reference_trial": False, **({"log_models": "all"} if log_all_models else {}), **study_keys}
         tune = parse_tune_config({
             "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": n_images},
                                         # smoke.yaml targets Galaxy10's disturbed class

@@ -139,7 +139,7 @@ def test_study_ensemble_report_predict_and_page_on_the_catalog(catalog: Path, ca
     tune_yaml = root / "tune_custom.yaml"
     tune_yaml.write_text(yaml.safe_dump({"run": run, "search_space": space, "study": {
         "name": "custom", "n_trials": 3, "pruner": "none", "log_models": "all", "metric": "balanced_accuracy",
-        "sampler": {"name": "random", "seed": 1}}}))
+        "sampler": {"name": "random", "seed": 1}, "reference_trial": False}}))
     assert cli_main(["-q", "tune", "--config", str(tune_yaml), "--data", str(catalog)]) == 0
     ens = root / "ens.yaml"
     ens.write_text("mode: val_cv\ncv_folds: 2\nvote: {top_k: 2}\nsecond_stage: {logreg: {}}\n")

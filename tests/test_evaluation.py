@@ -143,6 +143,60 @@ def test_an_ensemble_replaces_the_cnn_only_beyond_the_standard_error() -> None:
     assert winner["candidate"] == "vote-top3" and "is champion" in rule
 
 
+def test_no_champion_trails_the_reference_recipe() -> None:
+    """The reference floor: a champion (the best CNN staying, or a candidate that beat it) that trails the
+    study's reference trial beyond the paired SE gives way to the reference; within the SE it stays."""
+    from experiments.ensembling.candidates import Candidate
+    from experiments.ensembling.champion import choose_champion
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 300)
+
+    def noisy(p_right: float) -> np.ndarray:
+        return np.where(rng.random(300) < p_right, y, (y + 1) % 4)
+
+    def cand(name: str, pred: np.ndarray) -> Candidate:
+        return Candidate(name, "x", [], np.eye(4)[pred], "", None)
+
+    def row(name: str, pred: np.ndarray) -> dict:
+        return {"candidate": name, "val_accuracy": float(np.mean(pred == y))}
+
+    cnn, good_ref, vote = noisy(0.60), noisy(0.85), noisy(0.62)
+    preds = {"cnn-best": cnn, "reference": good_ref, "vote-top3": vote}
+    rows, cands = [row(n, p) for n, p in preds.items()], [cand(n, p) for n, p in preds.items()]
+    winner, rule = choose_champion(rows, cands, y, 4, "accuracy")
+    assert winner["candidate"] == "reference" and rule.endswith(": it is champion")  # it beat cnn-best outright
+    # a reference that is only a little better: the best CNN stays (within the SE of the difference)
+    close = cnn.copy()  # 20 more right, 16 more wrong: +0.013, within the SE of 36 disagreements
+    fix, spoil = np.flatnonzero(cnn != y)[:20], np.flatnonzero(cnn == y)[:16]
+    close[fix] = y[fix]
+    close[spoil] = (y[spoil] + 2) % 4
+    preds = {"cnn-best": cnn, "reference": close}
+    rows, cands = [row(n, p) for n, p in preds.items()], [cand(n, p) for n, p in preds.items()]
+    winner, rule = choose_champion(rows, cands, y, 4, "accuracy")
+    assert winner["candidate"] == "cnn-best" and "reference floor" not in rule
+    # an ensemble that beat cnn-best on the wider out-of-fold evidence, but trails the reference on the
+    # validation images both have beyond the SE, gives way to it
+    y_tr = rng.integers(0, 4, 1000)
+
+    def noisy_tr(p_right: float) -> np.ndarray:
+        return np.where(rng.random(1000) < p_right, y_tr, (y_tr + 1) % 4)
+
+    cnn_val, ref_val, vote_val = noisy(0.70), noisy(0.74), noisy(0.55)
+    cands = [Candidate("cnn-best", "x", [], np.eye(4)[cnn_val], "", None, train_probs=np.eye(4)[noisy_tr(0.5)]),
+             cand("reference", ref_val),
+             Candidate("gbm-x", "x", [], np.eye(4)[vote_val], "", None, train_probs=np.eye(4)[noisy_tr(0.9)])]
+    rows = [row("cnn-best", cnn_val), row("reference", ref_val), row("gbm-x", vote_val)]
+    for r, c in zip(rows, cands):
+        if c.train_probs is not None:
+            both = np.concatenate([c.train_probs.argmax(1), c.val_probs.argmax(1)])
+            r["oofval_accuracy"] = float(np.mean(both == np.concatenate([y_tr, y])))
+    winner, rule = choose_champion(rows, cands, y, 4, "accuracy", y_train=y_tr)
+    assert winner["candidate"] == "reference", rule
+    assert "gbm-x leads cnn-best by" in rule and "gbm-x trails the reference recipe by" in rule
+    assert rule.endswith("reference is champion (reference floor)")
+
+
 def test_the_accuracy_guard_keeps_a_balanced_winner_from_trading_away_accuracy() -> None:
     """Chosen by balanced accuracy, a candidate that buys rare-class recall with majority accuracy loses."""
     from experiments.ensembling.candidates import Candidate

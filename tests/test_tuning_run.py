@@ -6,6 +6,7 @@ than 15 s and is marked slow; ``make test`` runs them, ``make test-fast`` skips 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -235,7 +236,9 @@ def test_sigkilled_worker_then_rerun_continues_the_study(tiny_h5: Path, tmp_path
     assert [t.state for t in killed] == [optuna.trial.TrialState.RUNNING]
     killed_run = killed[0].user_attrs["mlflow_run_id"]
     assert mlflow_client().get_run(killed_run).info.status == "RUNNING"
-    time.sleep(3.5)  # let the dead worker's heartbeat age past the 3 s grace period
+    # the dead worker's heartbeat, moved past the 3 s grace period (no sleep: a loaded machine cannot race it)
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-10 seconds')")
 
     assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--set", "train.epochs=1"]) == 0
     out = capsys.readouterr().out
@@ -289,3 +292,80 @@ def test_cv_folds_objective_is_the_mean_over_folds_and_prunes_on_the_running_mea
         assert run.data.metrics["cv_accuracy_mean"] == pytest.approx(trial.value, abs=1e-6)
         assert run.data.metrics["cv_accuracy_std"] >= 0 and run.data.tags["optuna.cv_folds"] == "2"
         assert "val_accuracy" in run.data.metrics and trial.user_attrs["model_uri"]  # the whole-train model
+        assert trial.user_attrs["cv_best_epochs"] == [1, 1]  # each fold's best epoch, kept for the refit
+        history = MlflowClient(study.tracking_uri).get_metric_history(study.best_run_id, "cv_fold_best_epoch")
+        assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 1.0)]
+
+
+def test_refit_trains_for_the_mean_best_epoch_of_the_folds() -> None:
+    """A cross-validated trial is refit for its folds' mean best epoch (chosen on images each fold did not
+    train on), not for the best epoch of the one validation split; a trial without folds for that epoch."""
+    from experiments.tuning.refit import refit_epochs
+
+    assert refit_epochs({"cv_best_epochs": [3, 4, 6], "best_epoch": 9}) == (
+        4, "mean best epoch of its 3 folds [3, 4, 6]")
+    assert refit_epochs({"cv_best_epochs": [1, 2], "best_epoch": 9})[0] == 2  # 1.5 rounds to even: 2
+    assert refit_epochs({"best_epoch": 9}) == (9, "its best validation checkpoint")
+
+
+# --------------------------------------------------------------------------------------------
+# The reference recipe is trial 0
+# --------------------------------------------------------------------------------------------
+def test_the_reference_trial_runs_reference_yaml_at_its_full_budget(tmp_path: Path) -> None:
+    """Trial 0's config is ``reference.yaml`` as shipped (model, augmentation, resolution, epochs, early
+    stopping), on the study's experiment, file, image selection and split; ``--set`` applies to it too."""
+    from experiments.config import load_config
+    from experiments.tuning.search_space import REFERENCE_CONFIG, load_tune_config, reference_run_config
+
+    tune = load_tune_config(REPO / "experiments" / "configs" / "tune_catalog.yaml")
+    assert tune.study.reference_trial  # the default, in the catalog study
+    shipped = load_config(REFERENCE_CONFIG)
+    cfg, overrides = reference_run_config(tune, extra_overrides=["data.path=cat.h5", "data.split_seed=7"])
+    assert cfg.model == shipped.model and cfg.augment == shipped.augment and cfg.train == shipped.train
+    assert (cfg.data.size, cfg.data.crop, cfg.train.epochs, cfg.train.patience) == (128, 88, 50, 10)
+    assert cfg.train.precision == "float32" and cfg.model.filters == (32, 32, 64, 64)
+    assert cfg.experiment_name == "galaxy10-tune-catalog"  # the study's experiment, beside its other trials
+    assert (cfg.data.path, cfg.data.split_seed) == ("cat.h5", 7)
+    assert overrides[-2:] == ["data.path=cat.h5", "data.split_seed=7"]
+    quick = load_tune_config(REPO / "experiments" / "configs" / "tune_quick.yaml")
+    assert not quick.study.reference_trial  # the demo's budget is shorter than the reference's
+
+
+@pytest.mark.slow  # three tiny trials, a refit and an ensemble comparison
+def test_a_new_study_starts_with_the_reference_recipe(tiny_h5: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_tune_yaml(tmp_path / "tune.yaml", n_trials=2, reference_trial=True, refit=True)
+    shrink = ["--set", "train.epochs=1", "--set", "data.size=48", "--set", "data.crop=32"]
+    assert cli_main(["-q", "tune", "--config", str(config), "--data", str(tiny_h5), *shrink]) == 0
+    study = load()
+    first, second = sorted(study.trials, key=lambda t: t.number)
+    assert first.user_attrs.get("reference_recipe") is True and first.params == {}
+    assert "reference_recipe" not in second.user_attrs and set(second.params) == {"train.learning_rate",
+                                                                                   "model.dropout"}
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in runs_of()[1]}
+    ref, other = runs[first.number].data, runs[second.number].data
+    assert ref.tags["optuna.reference"] == "true" and other.tags["optuna.reference"] == "false"
+    # the reference's network and recipe, shrunk only by the command line's --set
+    assert ref.params["model.filters"] == "[32, 32, 64, 64]" and ref.params["augment.policy"] == "reference"
+    assert ref.params["train.learning_rate"] == "0.001" and ref.params["data.crop"] == "32"
+    assert other.params["model.filters"] == "[8, 16]"  # the study's base config
+    # re-running continues the study: no second reference trial
+    assert cli_main(["-q", "tune", "--config", str(config), "--data", str(tiny_h5), "--trials", "3", *shrink]) == 0
+    assert sum(bool(t.user_attrs.get("reference_recipe")) for t in load().trials) == 1
+    # the refit of a best reference trial trains the reference recipe
+    refit = refit_runs()
+    best = load().best_trial
+    assert refit and refit[0].data.tags["refit.of_trial"] == str(best.number)  # the newest refit first
+    expected = "[32, 32, 64, 64]" if best.user_attrs.get("reference_recipe") else "[8, 16]"
+    assert refit[0].data.params["model.filters"] == expected
+    # the reference is an ensemble candidate (or the best CNN itself)
+    ens = tmp_path / "ens.yaml"
+    ens.write_text("mode: val_cv\ncv_folds: 2\nvote: {top_k: 1, weighted: null}\nsecond_stage: {logreg: {}}\n"
+                   "stack: {second_stage: []}\n")
+    capsys.readouterr()
+    assert cli_main(["ensemble", "--study", "t", "--config", str(ens)]) == 0
+    out = capsys.readouterr().out
+    if best.user_attrs.get("reference_recipe"):
+        assert not re.search(r"^\s*reference\s", out, re.M)  # cnn-best is the reference
+    else:
+        assert re.search(r"^\s*reference\s", out, re.M), out

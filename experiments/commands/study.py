@@ -66,6 +66,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
+    from experiments.tuning.search_space import ATTR_REFERENCE
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import (
         ATTR_EXPERIMENT,
@@ -88,7 +89,8 @@ def run_show(args: argparse.Namespace) -> int:
     for t in trials:
         duration = t.duration.total_seconds() if t.duration is not None else None
         last_step = len(t.intermediate_values) or None  # steps reported (one per epoch; per fold and epoch with CV)
-        rows.append([t.number, t.state.name, t.value, last_step,
+        state = t.state.name + (" (reference)" if t.user_attrs.get(ATTR_REFERENCE) else "")
+        rows.append([t.number, state, t.value, last_step,
                      None if duration is None else f"{duration:.0f}s"]
                     + ([cv_spread(t.user_attrs.get("cv_scores"))] if with_cv else [])
                     + [t.params.get(n) for n in names])
@@ -108,6 +110,8 @@ def run_show(args: argparse.Namespace) -> int:
         spread = cv_spread(best.user_attrs.get("cv_scores"))
         print(f"\nbest: trial {best.number}, {'cross-validated' if spread else 'val'} {metric} = {best.value:.4f}"
               + (f" ({spread})" if spread else ""))
+        if best.user_attrs.get(ATTR_REFERENCE):
+            print("  the reference recipe: experiments/configs/reference.yaml as shipped (study.reference_trial)")
         for k, v in best.params.items():
             print(f"  {k} = {_fmt(v)}")
         run_id = best.user_attrs.get(ATTR_TRIAL_RUN)

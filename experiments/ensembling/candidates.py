@@ -59,6 +59,10 @@ from pipelines.paths import default_cache_dir
 log = logging.getLogger(__name__)
 
 
+#: The study's reference trial as a candidate (``reference.yaml`` as shipped, trained inside the study).
+REFERENCE_CANDIDATE = "reference"
+
+
 @dataclass
 class Candidate:
     """One compared model: honest validation probabilities, the deployable ensemble, what it is.
@@ -297,6 +301,23 @@ def _tuned_params(ctx: BuildContext, fit_sets: Sequence[tuple[np.ndarray, np.nda
         params[name], _ = tune_second_stage(name, params[name], space, fit_sets, ctx.cfg, ctx.n_classes,
                                             balanced=ctx.balanced)
     return params
+
+
+def reference_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]
+                         ) -> list[Candidate]:
+    """``reference``: the study's reference trial (``reference.yaml`` as shipped) alone, unless it is the best
+    trial already. The champion rule never crowns a model that trails it (:mod:`.champion`)."""
+    members = ctx.members.members
+    found = [i for i, m in enumerate(members) if m.reference and i > 0]
+    if not found:
+        return []
+    i = found[0]
+    m = members[i]
+    return [Candidate(REFERENCE_CANDIDATE, "cnn", [m.name], member_probs[i], "validation split",
+                      _ensemble(ctx, "cnn", [_branch(models[i], m.cfg, tta=m.cfg.augment.tta, name=m.name,
+                                                     run_id=m.run_id)],
+                                description=f"{m.name}: the reference recipe (reference.yaml as shipped)"),
+                      {"trial_number": m.trial_number})]
 
 
 def vote_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]) -> list[Candidate]:
@@ -573,6 +594,7 @@ def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, t
                                        run_id=best.run_id)], description=f"{best.name} alone"),
         {"trial_number": best.trial_number}, train_rows=cf.oof.indices if wide else None,
         train_probs=cf.oof.probs if wide else None)]
+    candidates += reference_candidates(ctx, models, probs)
     # BLAS/OpenMP pools sized to the machine thrash when its cores are shared (measured: a logistic
     # regression on 1080x256 embeddings took 36 s with 2 OpenBLAS threads on a busy 2-core box, 1.4 s with 1).
     with threadpool_limits(limits=cfg.n_jobs or 1), convergence_notes(ctx.notes):

@@ -9,6 +9,10 @@ In crossfit mode (``oof_selection: true``) candidates with out-of-fold probabili
 split are judged on those plus validation against ``cnn-best``'s recipe (its fold CNNs out-of-fold on
 train, itself on validation): with 10% validation images that is about ten times the images of every
 class, where validation alone may hold three images of a rare class.
+
+The reference floor: where the comparison holds the study's reference trial (``reference``, the shipped
+recipe trained inside the study), the champion must not trail it on the validation images by more than the
+paired standard error; one that does gives way to the reference.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.ensembling.candidates import Candidate
+from experiments.ensembling.candidates import REFERENCE_CANDIDATE, Candidate
 from experiments.evaluation import paired_difference_se
 
 #: The candidate every ensemble must beat: the study's best CNN alone.
@@ -72,6 +76,29 @@ def _verdict(row: Mapping[str, Any], lead: float, ev: Evidence, n_classes: int, 
 def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
                     n_classes: int, metric: str, *, seed: int = 0, accuracy_guard: bool = True,
                     y_train: np.ndarray | None = None) -> tuple[Mapping[str, Any], str]:
+    """The comparison's champion and the sentence saying why: :func:`best_over_cnn` (see there), then the
+    reference floor - a champion that trails the ``reference`` candidate on validation by more than the
+    paired-bootstrap standard error of the difference gives way to it."""
+    row, why = best_over_cnn(rows, candidates, y_val, n_classes, metric, seed=seed, accuracy_guard=accuracy_guard,
+                             y_train=y_train)
+    ref = next((r for r in rows if r["candidate"] == REFERENCE_CANDIDATE), None)
+    if ref is None or row is ref:
+        return row, why
+    by_name = {c.name: c for c in candidates}
+    key = f"val_{metric}"
+    trail = float(ref[key] - row[key])
+    se = paired_difference_se(y_val, by_name[REFERENCE_CANDIDATE].val_probs.argmax(1),
+                              by_name[row["candidate"]].val_probs.argmax(1), n_classes, metric, seed=seed)
+    if trail > se:
+        return ref, (f"{why}; but {row['candidate']} trails the reference recipe by {trail:.4f} {key}, more than "
+                     f"the paired-bootstrap standard error {se:.4f} on {len(y_val)} validation images: "
+                     f"{REFERENCE_CANDIDATE} is champion (reference floor)")
+    return row, why
+
+
+def best_over_cnn(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
+                  n_classes: int, metric: str, *, seed: int = 0, accuracy_guard: bool = True,
+                  y_train: np.ndarray | None = None) -> tuple[Mapping[str, Any], str]:
     """The comparison's champion and the sentence saying why.
 
     Parameters

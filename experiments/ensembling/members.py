@@ -8,6 +8,7 @@ from typing import Any
 
 from experiments.tracking.runs import get_run_facts, logged_run_config
 from experiments.training import load_training_data
+from experiments.tuning.search_space import ATTR_REFERENCE
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import (
     ATTR_METRIC,
@@ -29,6 +30,7 @@ class Member:
     cfg: Any  # experiments.config.RunConfig
     tags: Mapping[str, str]
     metrics: Mapping[str, float]
+    reference: bool = False  # the study's reference trial (reference.yaml as shipped)
 
     @property
     def name(self) -> str:
@@ -94,13 +96,18 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
             backbones.add(backbone)
             chosen.append(t)
             notes.append(f"trial-{t.number} joins as the best {backbone} trial (beyond vote.top_k={top_k})")
+    reference = next((t for t in with_models if t.user_attrs.get(ATTR_REFERENCE)), None)
+    if reference is not None and reference not in chosen:  # always compared: no champion may trail it
+        chosen.append(reference)
+        notes.append(f"trial-{reference.number} joins as the study's reference recipe (reference.yaml as shipped)")
     members = []
     for t in chosen:
         run_id = str(t.user_attrs[ATTR_TRIAL_RUN])
         facts = get_run_facts(run_id, tracking_uri=tracking_uri)
         members.append(Member(trial_number=t.number, value=float(t.value), run_id=run_id,
                               model_uri=str(t.user_attrs["model_uri"]), cfg=logged_run_config(run_id, tracking_uri=tracking_uri),
-                              tags=facts.tags, metrics=facts.metrics))
+                              tags=facts.tags, metrics=facts.metrics,
+                              reference=bool(t.user_attrs.get(ATTR_REFERENCE))))
     metric = str(study.user_attrs.get(ATTR_METRIC, "accuracy"))
     return StudyMembers(study_name, metric, tuple(members), tuple(notes))
 

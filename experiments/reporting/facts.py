@@ -23,6 +23,7 @@ from experiments.tuning.refit import (
     ATTR_REFIT_RUN,
     ATTR_REFIT_TRIAL,
 )
+from experiments.tuning.search_space import ATTR_REFERENCE
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import (
     ATTR_METRIC,
@@ -103,7 +104,9 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
         name=study_name, storage_url=storage_url, metric=str(attrs.get(ATTR_METRIC, "accuracy")),
         direction_max=study.direction.name == "MAXIMIZE", counts=counts, parent_run_id=str(parent),
         recorded_tracking_uri=attrs.get(ATTR_TRACKING_URI), best_number=best.number,
-        best_value=float(best.value), best_params=dict(best.params), best_run_id=str(run_id),
+        best_value=float(best.value), best_run_id=str(run_id),
+        best_params=({"recipe": "experiments/configs/reference.yaml as shipped (the study's reference trial)"}
+                     if best.user_attrs.get(ATTR_REFERENCE) else dict(best.params)),
         best_model_uri=str(model_uri), trials=tuple(trials),
         refit_model_uri=attrs.get(ATTR_REFIT_MODEL), refit_run_id=attrs.get(ATTR_REFIT_RUN),
         refit_of_trial=attrs.get(ATTR_REFIT_TRIAL),

@@ -22,8 +22,10 @@ from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run, run_val_recall
 from experiments.training import load_training_data, train
 from experiments.tuning.search_space import (
+    ATTR_REFERENCE,
     TuneConfig,
     base_run_dict,
+    reference_run_config,
     resolve_run_config,
     suggest,
 )
@@ -92,7 +94,8 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
 
     Pruning sees the running mean: after epoch ``e`` of fold ``k`` it gets the mean of the finished folds
     and the current epoch's value at step ``k * epochs + e``. Logged on the trial's run: ``cv_fold_<metric>``
-    per fold (step = fold), ``cv_<metric>_mean``, ``cv_<metric>_std`` and ``cv_<metric>_se``.
+    and ``cv_fold_best_epoch`` per fold (step = fold), ``cv_<metric>_mean``, ``cv_<metric>_std`` and
+    ``cv_<metric>_se``; the folds' best epochs are the trial's user attribute ``cv_best_epochs``.
     """
     import keras
 
@@ -104,6 +107,7 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
                     folds, smallest)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.train.seed)
     scores: list[float] = []
+    best_epochs: list[int] = []
     epochs = cfg.train.epochs
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
@@ -121,13 +125,15 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
         result = train(cfg, NullTracker(), data=fold_data, epoch_callback=report, verbose=0, log_model=False,
                        **train_kwargs)
         scores.append(float(result.val_metrics[metric]))
-        tracker.log_metrics({f"cv_fold_{metric}": scores[-1]}, step=k + 1)
+        best_epochs.append(int(result.best_epoch))
+        tracker.log_metrics({f"cv_fold_{metric}": scores[-1], "cv_fold_best_epoch": best_epochs[-1]}, step=k + 1)
         log.info("trial %d fold %d/%d: val_%s %.4f", trial.number, k + 1, folds, metric, scores[-1])
         keras.backend.clear_session()
     std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
     tracker.log_metrics({f"cv_{metric}_mean": float(np.mean(scores)), f"cv_{metric}_std": std,
                          f"cv_{metric}_se": std / np.sqrt(len(scores))})
     tracker.set_tags({"optuna.cv_folds": folds})
+    trial.set_user_attr("cv_best_epochs", best_epochs)  # what the refit trains for (their mean)
     return scores
 
 
@@ -197,14 +203,19 @@ class TrialWorker:
 
         tune, metric = self.run.tune, self.run.tune.study.metric
         start = time.perf_counter()
-        params = suggest(trial, tune.space)
-        cfg, overrides = resolve_run_config(tune, params, base=self.base, extra_overrides=self.run.overrides)
+        reference = bool(trial.user_attrs.get(ATTR_REFERENCE))
+        if reference:  # trial 0: reference.yaml as shipped, on the study's data and split
+            params: dict[str, Any] = {}
+            cfg, overrides = reference_run_config(tune, extra_overrides=self.run.overrides)
+        else:
+            params = suggest(trial, tune.space)
+            cfg, overrides = resolve_run_config(tune, params, base=self.base, extra_overrides=self.run.overrides)
         data = self.data_for(cfg)
         trial.set_user_attr("overrides", overrides)
-        run_name = f"{tune.study.name}-trial-{trial.number:03d}"
+        run_name = f"{tune.study.name}-trial-{trial.number:03d}" + ("-reference" if reference else "")
         tags = {"optuna.study": tune.study.name, "optuna.trial_number": trial.number,
                 "optuna.storage": self.run.storage_url, "optuna.worker": self.run.worker,
-                "optuna.overrides": " ".join(overrides)[:5000]}
+                "optuna.overrides": " ".join(overrides)[:5000], "optuna.reference": str(reference).lower()}
         tracker = MlflowTracker(cfg.experiment_name, run_name, tracking_uri=self.run.tracking_uri,
                                 parent_run_id=self.run.parent_run_id, tags=tags,
                                 killed_on=(optuna.TrialPruned,))
@@ -224,7 +235,7 @@ class TrialWorker:
                     report = None  # the whole-train fit below only gives the model; pruning saw the folds
                 result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False, **lookups)
                 value = float(np.mean(cv)) if folds else float(result.val_metrics[metric])
-                if self._should_log_model(value):
+                if reference or self._should_log_model(value):  # the reference: an ensemble candidate
                     result.model_uri = self._log_model(tracker, result, data, cfg.data.crop)
                 tracker.set_tags({"optuna.model_logged": "true" if result.model_uri else "false"})
                 state = "COMPLETE"

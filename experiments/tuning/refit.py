@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import optuna
@@ -13,7 +15,7 @@ from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.runs import run_val_recall
 from experiments.training import load_training_data, train
-from experiments.tuning.search_space import TuneConfig, resolve_run_config
+from experiments.tuning.search_space import TuneConfig, trial_run_config
 from experiments.tuning.study import best_trial
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,17 @@ log = logging.getLogger(__name__)
 #: Study user attributes of the refit model.
 ATTR_REFIT_TRIAL, ATTR_REFIT_RUN, ATTR_REFIT_MODEL = "refit_of_trial", "refit_run_id", "refit_model_uri"
 REFIT_ALIAS = "refit"
+
+
+def refit_epochs(trial_attrs: Mapping[str, Any]) -> tuple[int, str]:
+    """``(epochs, where they come from)`` for refitting a trial: the mean best epoch of its cross-validation
+    folds when it was cross-validated (each fold chose its epoch on images it did not train on), else the
+    best checkpoint of its single validation split."""
+    folds = trial_attrs.get("cv_best_epochs")
+    if folds:
+        epochs = max(1, int(round(float(np.mean(folds)))))
+        return epochs, f"mean best epoch of its {len(folds)} folds {list(folds)}"
+    return int(trial_attrs["best_epoch"]), "its best validation checkpoint"
 
 
 def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, parent_run_id: str,
@@ -41,16 +54,16 @@ def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, pare
         return None
     if study.user_attrs.get(ATTR_REFIT_TRIAL) == best.number and study.user_attrs.get(ATTR_REFIT_MODEL):
         return study.user_attrs.get("refit_registered")
-    cfg, _ = resolve_run_config(tune, dict(best.params), extra_overrides=overrides)
-    epochs = int(best.user_attrs["best_epoch"])
+    cfg, _ = trial_run_config(tune, best, extra_overrides=overrides)
+    epochs, source = refit_epochs(best.user_attrs)
     cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, patience=None),
                   run_name=f"{study.study_name}-refit-trial-{best.number:03d}")
     data = load_training_data(cfg.data, data_path, targets=cfg.augment.targets)
     merged = replace(data, train=np.union1d(data.train, data.val))
-    log.info("refit: trial %d's configuration on train + validation (%d images) for %d epochs", best.number,
-             len(merged.train), epochs)
+    log.info("refit: trial %d's configuration on train + validation (%d images) for %d epochs (%s)", best.number,
+             len(merged.train), epochs, source)
     tags = {"optuna.study": study.study_name, "optuna.role": "refit", "refit.of_trial": best.number,
-            "refit.epochs": epochs, "refit.val_seen": "true"}
+            "refit.epochs": epochs, "refit.epochs_from": source, "refit.val_seen": "true"}
     with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=tracking_uri,
                        parent_run_id=parent_run_id, tags=tags) as tracker:
         result = train(cfg, tracker, data=merged, verbose=0, restore_best=False,

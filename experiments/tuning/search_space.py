@@ -414,8 +414,10 @@ PRUNER_ARGS: dict[str, tuple[str, ...]] = {
 STUDY_KEYS: tuple[str, ...] = (
     "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
     "heartbeat_interval", "grace_period", "retry_stale", "log_models", "keep_models", "register_model",
-    "model_alias", "refit", "cv_folds",
+    "model_alias", "refit", "cv_folds", "reference_trial",
 )
+#: Trial user attribute that marks the study's reference trial (trial 0 of a new study).
+ATTR_REFERENCE = "reference_recipe"
 #: ``study.cv_folds: auto`` cross-validates when the validation split is smaller than this (images).
 CV_AUTO_BELOW_VAL = 500
 #: Folds ``auto`` uses on such a split.
@@ -464,6 +466,9 @@ class StudyConfig:
     validation split alone; ``auto`` (default) uses 3 folds when the validation split holds fewer than 500
     images (there one image moves accuracy by 0.2 points or more and a rare class by much more, so a single
     split ranks trials by noise) and 0 above (the K+1 trainings per trial would not pay).
+    ``reference_trial`` (default true): a new study's trial 0 is the shipped reference recipe
+    (``experiments/configs/reference.yaml``) at its own full budget, scored like every trial, so the best
+    trial can only improve on it by the study's own estimate.
     """
 
     name: str
@@ -483,6 +488,7 @@ class StudyConfig:
     model_alias: str = "champion"
     refit: bool = True
     cv_folds: int | str = "auto"
+    reference_trial: bool = True
 
     def folds_for(self, n_val: int) -> int:
         """The folds to use when the validation split holds ``n_val`` images (0 = no cross-validation)."""
@@ -591,7 +597,7 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
         log_models=log_models, keep_models=_positive_int("study.keep_models", raw.get("keep_models", 3)),
         register_model=register, model_alias=alias, refit=_bool("study.refit", raw.get("refit", True)),
-        cv_folds=cv_folds,
+        cv_folds=cv_folds, reference_trial=_bool("study.reference_trial", raw.get("reference_trial", True)),
     )
 
 
@@ -664,6 +670,38 @@ def resolve_run_config(tune: TuneConfig, params: Mapping[str, Scalar], *, base: 
     if isinstance(augment, dict) and augment.get("targets") != "auto":
         augment.pop("auto_from_run", None)
     return from_dict(raw), overrides
+
+
+#: The shipped reference recipe, a study's trial 0 (``study.reference_trial``).
+REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "reference.yaml"
+#: Data keys a reference trial takes from the study (which file, which images, which split); the
+#: resolution (size, crop) is part of the recipe and stays the reference's.
+STUDY_DATA_KEYS: tuple[str, ...] = ("path", "max_images", "test_fraction", "val_fraction", "split_seed")
+
+
+def reference_run_config(tune: TuneConfig, *, extra_overrides: Sequence[str] = ()) -> tuple[Any, list[str]]:
+    """The reference recipe as shipped, run inside the study: ``(RunConfig, overrides)``.
+
+    It keeps ``reference.yaml``'s model, augmentation, resolution and training budget, and takes from the
+    study's base config only the experiment and the data selection (:data:`STUDY_DATA_KEYS`), so it is
+    scored on the same images and split as every other trial. ``extra_overrides`` (the command line's
+    ``--set``) apply to it as to every trial.
+    """
+    study_base = base_run_dict(tune)
+    data = study_base.get("data") or {}
+    overrides = [f"experiment_name={study_base['experiment_name']}"] if study_base.get("experiment_name") else []
+    overrides += [f"data.{key}={data[key]}" for key in STUDY_DATA_KEYS if data.get(key) is not None]
+    overrides += list(extra_overrides)
+    return from_dict(apply_overrides(read_yaml(REFERENCE_CONFIG), overrides)), overrides
+
+
+def trial_run_config(tune: TuneConfig, trial: Any, *, base: Mapping[str, Any] | None = None,
+                     extra_overrides: Sequence[str] = ()) -> tuple[Any, list[str]]:
+    """The run config a (frozen or live) trial trains: the reference recipe for the study's reference trial,
+    else the base config with the trial's parameters."""
+    if trial.user_attrs.get(ATTR_REFERENCE):
+        return reference_run_config(tune, extra_overrides=extra_overrides)
+    return resolve_run_config(tune, dict(trial.params), base=base, extra_overrides=extra_overrides)
 
 
 def _probe(space: SearchSpace, name: str, label: Scalar) -> dict[str, Scalar]:

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.config import plain
 from experiments.tuning.samplers import make_pruner, make_sampler
-from experiments.tuning.search_space import TuneConfig, space_hash
+from experiments.tuning.search_space import ATTR_REFERENCE, TuneConfig, space_hash
 from experiments.tuning.storage import quiet_optuna_warnings, storage_url_of
 from pipelines.errors import ConfigError
 
@@ -67,6 +67,8 @@ def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create
         study.set_user_attr(ATTR_SPACE_HASH, wanted)
         study.set_user_attr(ATTR_METRIC, cfg.metric)
         study.set_user_attr("search_space", plain(tune.space.raw))
+        if cfg.reference_trial and not study.get_trials(deepcopy=False):
+            study.enqueue_trial({}, user_attrs={ATTR_REFERENCE: True})  # trial 0: the shipped reference recipe
         return study
     if attrs[ATTR_SPACE_HASH] != wanted:
         raise ConfigError(
