@@ -308,10 +308,9 @@ def reference_candidates(ctx: BuildContext, models: Sequence[Any], member_probs:
     """``reference``: the study's reference trial (``reference.yaml`` as shipped) alone, unless it is the best
     trial already. The champion rule never crowns a model that trails it (:mod:`.champion`)."""
     members = ctx.members.members
-    found = [i for i, m in enumerate(members) if m.reference and i > 0]
-    if not found:
+    i = next((i for i, m in enumerate(members) if m.reference and i > 0), None)
+    if i is None:
         return []
-    i = found[0]
     m = members[i]
     return [Candidate(REFERENCE_CANDIDATE, "cnn", [m.name], member_probs[i], "validation split",
                       _ensemble(ctx, "cnn", [_branch(models[i], m.cfg, tta=m.cfg.augment.tta, name=m.name,

@@ -25,9 +25,8 @@ from experiments.tuning.search_space import (
     ATTR_REFERENCE,
     TuneConfig,
     base_run_dict,
-    reference_run_config,
-    resolve_run_config,
     suggest,
+    trial_run_config,
 )
 from experiments.tuning.storage import open_storage, quiet_optuna_warnings
 from experiments.tuning.study import (
@@ -203,13 +202,9 @@ class TrialWorker:
 
         tune, metric = self.run.tune, self.run.tune.study.metric
         start = time.perf_counter()
-        reference = bool(trial.user_attrs.get(ATTR_REFERENCE))
-        if reference:  # trial 0: reference.yaml as shipped, on the study's data and split
-            params: dict[str, Any] = {}
-            cfg, overrides = reference_run_config(tune, extra_overrides=self.run.overrides)
-        else:
-            params = suggest(trial, tune.space)
-            cfg, overrides = resolve_run_config(tune, params, base=self.base, extra_overrides=self.run.overrides)
+        reference = bool(trial.user_attrs.get(ATTR_REFERENCE))  # trial 0: reference.yaml as shipped
+        params = {} if reference else suggest(trial, tune.space)
+        cfg, overrides = trial_run_config(tune, trial, base=self.base, extra_overrides=self.run.overrides)
         data = self.data_for(cfg)
         trial.set_user_attr("overrides", overrides)
         run_name = f"{tune.study.name}-trial-{trial.number:03d}" + ("-reference" if reference else "")

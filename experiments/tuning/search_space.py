@@ -688,11 +688,16 @@ def reference_run_config(tune: TuneConfig, *, extra_overrides: Sequence[str] = (
     ``--set``) apply to it as to every trial.
     """
     study_base = base_run_dict(tune)
-    data = study_base.get("data") or {}
-    overrides = [f"experiment_name={study_base['experiment_name']}"] if study_base.get("experiment_name") else []
-    overrides += [f"data.{key}={data[key]}" for key in STUDY_DATA_KEYS if data.get(key) is not None]
-    overrides += list(extra_overrides)
-    return from_dict(apply_overrides(read_yaml(REFERENCE_CONFIG), overrides)), overrides
+    raw = read_yaml(REFERENCE_CONFIG)
+    taken = {f"data.{key}": value for key, value in (study_base.get("data") or {}).items()
+             if key in STUDY_DATA_KEYS and value is not None}
+    if study_base.get("experiment_name"):
+        taken["experiment_name"] = study_base["experiment_name"]
+    for dotted, value in taken.items():  # set as values, not parsed again as --set text
+        section, _, key = dotted.rpartition(".")
+        (raw.setdefault(section, {}) if section else raw)[key] = value
+    overrides = [f"{k}={v}" for k, v in taken.items()] + list(extra_overrides)
+    return from_dict(apply_overrides(raw, extra_overrides)), overrides
 
 
 def trial_run_config(tune: TuneConfig, trial: Any, *, base: Mapping[str, Any] | None = None,
