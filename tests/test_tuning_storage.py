@@ -16,8 +16,19 @@ SPACE = {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}
 
 
 def _tune(name: str = "s", storage: str = "sqlite:///optuna.db", space=None, **study) -> object:
-    return parse_tune_config({"study": {"name": name, "storage": storage, **study},
+    """A tuning config without the reference trial (these tests look at storage, not at trial 0)."""
+    return parse_tune_config({"study": {"name": name, "storage": storage, "reference_trial": False, **study},
                               "search_space": space or SPACE})
+
+
+def test_a_new_study_queues_the_reference_trial_once() -> None:
+    storage = open_storage("sqlite:///optuna.db")
+    study = open_study(_tune(name="r", reference_trial=True), storage)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs for t in waiting] == [{"reference_recipe": True}] and waiting[0].number == 0
+    again = open_study(_tune(name="r", reference_trial=True), storage)  # a second worker or a re-run
+    assert len(again.get_trials()) == 1
+    assert open_study(_tune(name="off"), storage).get_trials() == []
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -149,10 +160,13 @@ def test_study_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     for value in (0.5, 0.7):
         t = study.ask()
         t.suggest_float("model.dropout", 0.0, 0.5)
+        for step in range(3):
+            t.report(value - 0.1 * (2 - step), step)
         study.tell(t, value)
     t = study.ask()
     t.suggest_float("model.dropout", 0.0, 0.5)
-    t.report(0.1, 0)
+    t.report(0.3, 0)
+    t.report(0.1, 1)
     study.tell(t, state=optuna.trial.TrialState.PRUNED)
     assert cli_main(["study", "list"]) == 0
     out = capsys.readouterr().out
@@ -163,6 +177,8 @@ def test_study_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "3 trials, 2 complete, 1 pruned" in out
     assert "best: trial 1, val accuracy = 0.7000" in out
+    # where the pruned trial was cut, against the COMPLETE trials at the same step (0.4 and 0.6 at step 1)
+    assert "trial 2: cut at step 1 with 0.1000; median of 2 COMPLETE trial(s) there 0.5000" in out
     assert "optuna-dashboard sqlite:///optuna.db" in out
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in out
     assert cli_main(["study", "show", "nope"]) == 2

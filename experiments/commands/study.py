@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +65,22 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 
+def pruned_cuts(trials: Sequence[Any]) -> list[str]:
+    """For each PRUNED trial: the step it was cut at, its value there and the median of the COMPLETE trials'
+    values at the same step (what a median pruner compares with; trials are compared at equal steps)."""
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    lines = []
+    for t in trials:
+        if t.state.name != "PRUNED" or not t.intermediate_values:
+            continue
+        step = max(t.intermediate_values)
+        others = [c.intermediate_values[step] for c in complete if step in c.intermediate_values]
+        against = (f"median of {len(others)} COMPLETE trial(s) there {statistics.median(others):.4f}" if others
+                   else "no COMPLETE trial reached that step")
+        lines.append(f"trial {t.number}: cut at step {step} with {t.intermediate_values[step]:.4f}; {against}")
+    return lines
+
+
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
     from experiments.tuning.search_space import ATTR_REFERENCE
@@ -103,6 +120,11 @@ def run_show(args: argparse.Namespace) -> int:
     if trials:
         print(format_table(["#", "state", "value", "steps" if with_cv else "epochs", "time"] + (["cv mean ± sd (folds)"] if with_cv else [])
                            + names, rows))
+    cuts = pruned_cuts(trials)
+    if cuts:
+        print("\npruned trials, where each was cut and against what (steps: epochs; with folds, fold x epochs + "
+              "epoch):")
+        print("\n".join(f"  {line}" for line in cuts))
     best = best_trial(study)
     if best is None:
         print("\nbest: no COMPLETE trial yet")
