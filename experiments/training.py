@@ -330,7 +330,7 @@ def _make_callbacks(data: TrainData, cfg: RunConfig, tracker: Any, epoch_callbac
     ]
     if train_cfg.patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=train_cfg.monitor, mode=mode,
-                                                       patience=train_cfg.patience, verbose=1))
+                                                       patience=train_cfg.patience, verbose=0))
     callbacks.append(Report())
     return callbacks
 
@@ -392,7 +392,9 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
                                 class_weight=class_weight, shuffle=False, verbose=verbose)
             for k, vals in history.history.items():
                 hist.setdefault(k, []).extend(float(v) for v in vals)
-            if model.stop_training:  # early stopping
+            if model.stop_training:  # early stopping (logged here: Keras would print it to stdout)
+                log.info("early stopping after epoch %d: %s did not improve for %d epochs",
+                         len(hist.get("loss", [])), train_cfg.monitor, train_cfg.patience)
                 break
         if restore_best and checkpoint.exists():
             model.load_weights(str(checkpoint))
