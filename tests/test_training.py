@@ -229,4 +229,3 @@ def test_the_modern_recipe_trains(data) -> None:
     result = train(cfg, data=data, log_model=False, verbose=0)
     assert result.fit.epochs_run == 2 and np.isfinite(result.val_metrics["log_loss"])
     assert result.fit.history["learning_rate"][0] == pytest.approx(cfg.train.learning_rate / 2, rel=1e-4)
-
