@@ -39,7 +39,7 @@ NOISE: tuple[re.Pattern[bytes], ...] = tuple(re.compile(p) for p in (
     rb"^[EW]\d{4} [\d:.]+\s+\d+ computation_placer\.cc:\d+\] computation placer already registered",
 ))
 
-_lock = threading.RLock()
+_lock = threading.Lock()  # one capture at a time; a nested call in the same thread returns before it
 _active = threading.local()
 
 

@@ -93,7 +93,7 @@ def _context(report: Report, embed: bool) -> dict[str, Any]:
         "r": report, "card": card, "figures": figures, "notes": report.figure_notes,
         "summary": summary_rows(report), "classes": class_rows(report), "run_ids": run_id_rows(report),
         "recall_columns": recall_columns(report),
-        "has_ensemble": report.model("ensemble") is not None, "reference_note": report.reference_note,
+        "reference_note": report.reference_note,
         "counts": ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())),
         "split": ", ".join(f"{k} {v}" for k, v in card.split_sizes.items()),
         "class_counts": list(zip(card.class_names, card.class_counts, card.test_counts)),
