@@ -32,6 +32,9 @@ from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 G10 = [sys.executable, "-m", "experiments.cli", "-q"]
+#: Shares of ``--budget-factor`` x the reference's wall time given to ``tune --budget`` and
+#: ``ensemble --budget`` (the rest is the report and the commands' start-up).
+TUNE_SHARE, ENSEMBLE_SHARE = 0.75, 0.12
 
 
 def galaxy10(*args: str, cwd: Path, env: dict[str, str]) -> str:
@@ -142,11 +145,22 @@ def run_bed(name: str, seed: int, args: argparse.Namespace, work: Path) -> list[
     timings["reference"] = time.perf_counter() - t0
     study = f"bench-{name}-{seed}"
     t0 = time.perf_counter()
-    galaxy10("tune", "--config", str(study_config(args, folder)), "--data", str(data), "--study", study,
-             "--trials", str(args.trials), "--storage", f"sqlite:///{folder / 'optuna.db'}", *seeds,
-             cwd=folder, env=env)
+    if args.budget_factor:  # the README's catalog path: budgets, not trial counts
+        total = args.budget_factor * timings["reference"]
+        tune_budget, ensemble_budget = TUNE_SHARE * total, ENSEMBLE_SHARE * total
+        out = galaxy10("tune", "--config", str(study_config(args, folder)), "--data", str(data), "--study", study,
+                       "--budget", f"{tune_budget:.0f}s", "--storage", f"sqlite:///{folder / 'optuna.db'}", *seeds,
+                       cwd=folder, env=env)
+        print("  " + next((line for line in out.splitlines() if line.startswith("plan:")), "no plan printed"),
+              flush=True)
+        budget_args = ["--budget", f"{ensemble_budget:.0f}s"]
+    else:
+        galaxy10("tune", "--config", str(study_config(args, folder)), "--data", str(data), "--study", study,
+                 "--trials", str(args.trials), "--storage", f"sqlite:///{folder / 'optuna.db'}", *seeds,
+                 cwd=folder, env=env)
+        budget_args = []
     comparison = galaxy10("ensemble", "--study", study, "--config", str(ROOT / "experiments/configs/ensemble.yaml"),
-                          "--storage", f"sqlite:///{folder / 'optuna.db'}", cwd=folder, env=env)
+                          "--storage", f"sqlite:///{folder / 'optuna.db'}", *budget_args, cwd=folder, env=env)
     print(f"  {name} seed {seed}: the ensemble comparison (validation)\n{comparison}", flush=True)
     galaxy10("report", "--study", study, "--out", str(folder / "report"), "--storage",
              f"sqlite:///{folder / 'optuna.db'}", "--bootstrap", "200", cwd=folder, env=env)
@@ -189,10 +203,15 @@ def main() -> int:
     parser.add_argument("--size", type=int, help="image size of the study's trials (default: the tune config's)")
     parser.add_argument("--crop", type=int, help="crop of the study's trials (default: the tune config's)")
     parser.add_argument("--tune-config", default="experiments/configs/tune_catalog.yaml")
+    parser.add_argument("--budget-factor", type=float,
+                        help="run the workflow with `tune --budget` and `ensemble --budget` summing to this many times "
+                             "the reference's measured wall time (the README's catalog path; --trials is then unused)")
     parser.add_argument("--synthetic-n", type=int, default=600)
     parser.add_argument("--json-out", help="also write every row as JSON to this file")
     add_full_flag(parser, {"beds": "gz2,rings", "seeds": 2, "trials": 4, "epochs": 8, "synthetic_n": 1500})
     args = parse_with_full(parser)
+    if args.budget_factor and "--epochs" not in sys.argv[1:]:
+        args.epochs = None  # a budgeted workflow runs the config's epochs (its plan may cut them)
     beds = [b.strip() for b in args.beds.split(",") if b.strip()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-workflow-") as tmp:
@@ -208,6 +227,9 @@ def main() -> int:
                 print(f"  {bed} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    if args.budget_factor:
+        print(f"\nbudget: reference.yaml as shipped; the workflow with --budget = {args.budget_factor:g} x the reference's "
+              f"wall time ({TUNE_SHARE:.0%} tune, {ENSEMBLE_SHARE:.0%} ensemble)")
     print(f"\nbudget: reference.yaml as shipped; {args.trials} trials of {args.tune_config} (trial 0 the reference "
           f"recipe), their epochs {args.epochs or 'as configured'}, size {args.size or 'as configured'}, crop "
           f"{args.crop or 'as configured'}; seeds 0..{args.seeds - 1} (split seed = seed)")

@@ -314,6 +314,10 @@ def _section_from_dict(name: str, cls: type, raw: Any) -> Any:
     return cls(**kwargs)
 
 
+#: Most epochs one fit may run (a study's report steps hold up to 1000 epochs per fold).
+MAX_EPOCHS = 999
+
+
 def _check_cross(cfg: RunConfig) -> RunConfig:
     """Checks that involve more than one key."""
     d, a = cfg.data, cfg.augment
@@ -350,6 +354,9 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
         if value is not None and not value.strip():
             raise ConfigError(f"config key {key} is empty; give a file (model.weights) or a run id / NAME@alias "
                               "(model.init_from), or null")
+    if t.epochs > MAX_EPOCHS:
+        raise ConfigError(f"config key train.epochs={t.epochs} is over {MAX_EPOCHS}; train for fewer epochs (early "
+                          "stopping ends a fit that stopped improving)")
     if t.freeze_epochs >= t.epochs:
         raise ConfigError(f"config key train.freeze_epochs={t.freeze_epochs} leaves no epoch to train the whole "
                           f"model (train.epochs={t.epochs}); use fewer freeze epochs or more epochs")

@@ -22,6 +22,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
@@ -42,6 +43,9 @@ NOISE: tuple[re.Pattern[bytes], ...] = tuple(re.compile(p) for p in (
 _lock = threading.Lock()  # one capture at a time; a nested call in the same thread returns before it
 _active = threading.local()
 
+
+#: When this process started the platform (wall clock; ``--budget`` counts from here).
+STARTED = time.time()
 
 def is_noise(line: bytes) -> bool:
     """Whether one stderr line (without its newline) is a start-up note :data:`NOISE` drops."""

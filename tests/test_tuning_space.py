@@ -130,10 +130,10 @@ def test_bad_search_space_gives_one_clear_line(space, message) -> None:
     ({"sampler": {"name": "grid"}}, "study.sampler.name='grid' is unknown; use one of: tpe, random, cmaes, qmc"),
     ({"pruner": {"name": "median", "patience": 3}},
      "study.pruner (median): unknown key 'patience'; use any of: n_startup_trials, n_warmup_steps, "
-     "interval_steps, n_min_trials"),
+     "interval_steps, n_min_trials, min_epochs"),
     ({"n_trial": 3}, "study: unknown key 'n_trial'; use any of: name, metric, n_trials, timeout, workers, storage, "
                      "sampler, pruner, heartbeat_interval, grace_period, retry_stale, log_models, keep_models, "
-                     "register_model, model_alias, refit, cv_folds, reference_trial"),
+                     "register_model, model_alias, refit, cv_folds, reference_trial, start_points"),
     ({"heartbeat_interval": 10, "grace_period": 5},
      "study.grace_period=5 must exceed study.heartbeat_interval=10 (a live worker would look dead); "
      "make it at least twice the interval"),

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_storage_argument(parser)
     add_tracking_uri_argument(parser)
     add_data_argument(parser, study=True)
+    parser.add_argument("--budget", metavar="DURATION",
+                        help="wall-clock budget, e.g. 10m: cross-fit fold CNNs only when they fit, else mode val_cv")
     add_overrides_argument(parser, "the ensemble config", "mode=crossfit")
     parser.set_defaults(func=run)
 
@@ -40,13 +42,21 @@ def run(args: argparse.Namespace) -> int:
     from experiments.ensembling.comparison import run_comparison
 
     study = check_study_name(args.study)
+    budget = None
+    if args.budget is not None:
+        import time
+
+        from experiments.startup import STARTED
+        from experiments.tuning.budget import parse_duration
+
+        budget = parse_duration(args.budget) - (time.time() - STARTED)
     raw = apply_overrides(read_config_yaml(args.config), list(args.overrides))
     cfg = config_from_dict(raw)
     text = Path(args.config).read_text()
     if args.overrides:
         text += "\n# --set " + " --set ".join(args.overrides) + "\n# resolved:\n" + yaml.safe_dump(raw, sort_keys=False)
     report = run_comparison(study, cfg, storage_url=args.storage,
-                            tracking_uri=args.tracking_uri, data_path=args.data, config_text=text)
+                            tracking_uri=args.tracking_uri, data_path=args.data, config_text=text, budget=budget)
     if report.synthetic:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")
     print(f"ensemble comparison of study {report.study_name} (mode {report.mode}), validation split:")

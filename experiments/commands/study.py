@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,24 +64,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 
-def pruned_cuts(trials: Sequence[Any]) -> list[str]:
-    """For each PRUNED trial: the step it was cut at, its value there and the median of the COMPLETE trials'
-    values at the same step (what a median pruner compares with; trials are compared at equal steps)."""
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    lines = []
-    for t in trials:
-        if t.state.name != "PRUNED" or not t.intermediate_values:
-            continue
-        step = max(t.intermediate_values)
-        others = [c.intermediate_values[step] for c in complete if step in c.intermediate_values]
-        against = (f"median of {len(others)} COMPLETE trial(s) there {statistics.median(others):.4f}" if others
-                   else "no COMPLETE trial reached that step")
-        lines.append(f"trial {t.number}: cut at step {step} with {t.intermediate_values[step]:.4f}; {against}")
-    return lines
-
-
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
+    from experiments.tuning.pruning import describe_cuts
     from experiments.tuning.search_space import ATTR_REFERENCE
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import (
@@ -105,7 +89,7 @@ def run_show(args: argparse.Namespace) -> int:
     rows = []
     for t in trials:
         duration = t.duration.total_seconds() if t.duration is not None else None
-        last_step = len(t.intermediate_values) or None  # steps reported (one per epoch; per fold and epoch with CV)
+        last_step = len(t.intermediate_values) or None  # epochs reported (over all folds with CV)
         state = t.state.name + (" (reference)" if t.user_attrs.get(ATTR_REFERENCE) else "")
         rows.append([t.number, state, t.value, last_step,
                      None if duration is None else f"{duration:.0f}s"]
@@ -118,12 +102,12 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"study {study.study_name} ({args.storage}): {len(trials)} trial{'' if len(trials) == 1 else 's'}"
           f"{states}; objective: val {metric} ({study.direction.name.lower()})")
     if trials:
-        print(format_table(["#", "state", "value", "steps" if with_cv else "epochs", "time"] + (["cv mean ± sd (folds)"] if with_cv else [])
+        print(format_table(["#", "state", "value", "epochs", "time"] + (["cv mean ± sd (folds)"] if with_cv else [])
                            + names, rows))
-    cuts = pruned_cuts(trials)
+    cuts = describe_cuts(trials)
     if cuts:
-        print("\npruned trials, where each was cut and against what (steps: epochs; with folds, fold x epochs + "
-              "epoch):")
+        print("\npruned trials, where each was cut and against what (trials are compared at equal epochs of "
+              "equal folds):")
         print("\n".join(f"  {line}" for line in cuts))
     best = best_trial(study)
     if best is None:

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="total COMPLETE+PRUNED trials the study should reach (default: study.n_trials)")
     parser.add_argument("--timeout", type=float,
                         help="stop starting new trials after this many seconds (default: study.timeout)")
+    parser.add_argument("--budget", metavar="DURATION",
+                        help="wall-clock budget, e.g. 20m, 1h or 1h30m: measure this machine's speed and plan the "
+                             "folds, trials and refit to fit it (replaces --trials as the count; --trials caps it)")
     parser.add_argument("--workers", type=int,
                         help="worker processes sharing the study, each loading the data once (default: study.workers, 1)")
     add_storage_argument(parser, default=None)
@@ -41,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from experiments.config import check_study_name
+    from pipelines.errors import ConfigError
     from experiments.tuning.run import run_study
     from experiments.tuning.search_space import load_tune_config
 
@@ -49,10 +53,22 @@ def run(args: argparse.Namespace) -> int:
         tune = replace(tune, study=replace(tune.study, name=check_study_name(args.study)))
     if not args.refit:
         tune = replace(tune, study=replace(tune.study, refit=False))
+    budget = None
+    if args.budget is not None:
+        import time
+
+        from experiments.startup import STARTED
+        from experiments.tuning.budget import parse_duration
+
+        budget = parse_duration(args.budget) - (time.time() - STARTED)  # the command's start-up counts too
+        if args.timeout is not None:
+            raise ConfigError("--budget plans the time itself; give --budget or --timeout, not both")
     level = logging.getLogger().getEffectiveLevel()
     report = run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
                        storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
-                       overrides=tuple(args.overrides), log_level=level)
+                       overrides=tuple(args.overrides), log_level=level, budget=budget)
+    if report.plan:
+        print(f"plan: {report.plan}")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())) or "no trials"
     print(f"study {report.study_name}: {counts} ({report.trials_this_run} new this run, {report.seconds:.0f} s)")
     if report.stale_failed:

@@ -31,6 +31,7 @@ from experiments.tracking.base import git_commit, package_versions
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.pyfunc import log_ensemble_model
+from experiments.tuning.budget import plan_ensemble
 from experiments.tracking.runs import find_runs, finish_run, set_run_tags
 from experiments.tracking.store import require_tracking_store
 from experiments.training import data_tags
@@ -178,17 +179,28 @@ def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]
 
 
 def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tracking_uri: str | None = None,
-                   data_path: str | Path | None = None, config_text: str | None = None) -> ComparisonReport:
-    """Build every candidate, log the comparison to MLflow and register the winner (see module docs)."""
+                   data_path: str | Path | None = None, config_text: str | None = None,
+                   budget: float | None = None) -> ComparisonReport:
+    """Build every candidate, log the comparison to MLflow and register the winner (see module docs).
+
+    ``budget`` (seconds): keep cross-fitting only when it fits (``experiments.tuning.budget.plan_ensemble``);
+    the plan is the first note.
+    """
 
     started = time.perf_counter()
     validate_config(cfg)
     uri = require_tracking_store(tracking_uri)
     members = study_members(study_name, storage_url=storage_url, tracking_uri=uri, top_k=cfg.vote.top_k)
+    plan = None
+    if budget is not None:
+        cfg, plan = plan_ensemble(cfg, members.best.metrics.get("train_seconds"), budget)
+        log.info("plan: %s", plan)
     data = load_study_data(members, data_path)
     if data.synthetic:
         log.warning("ensemble comparison on SYNTHETIC data: %s", data.describe())
     candidates, notes, facts = build_candidates(cfg, members, data, tracking_uri=uri)
+    if plan is not None:
+        notes.insert(0, f"plan: {plan}")
     y_val = np.asarray(data.labels[data.val], dtype=np.int64)
     slugs, names = data.class_slugs, data.class_names
     thin = small_validation_note(y_val, names)

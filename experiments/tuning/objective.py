@@ -21,6 +21,7 @@ from experiments.tracking.faults import server_errors
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run, run_val_recall
 from experiments.training import load_training_data, train
+from experiments.tuning.pruning import step_of
 from experiments.tuning.search_space import (
     ATTR_REFERENCE,
     TuneConfig,
@@ -92,7 +93,8 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
     """``val_<metric>`` of ``folds`` stratified folds of the train split, each trained on the others.
 
     Pruning sees the running mean: after epoch ``e`` of fold ``k`` it gets the mean of the finished folds
-    and the current epoch's value at step ``k * epochs + e``. Logged on the trial's run: ``cv_fold_<metric>``
+    and the current epoch's value at step ``pruning.step_of(k, e)`` (equal for every trial at that fold
+    and epoch, whatever its epoch budget). Logged on the trial's run: ``cv_fold_<metric>``
     and ``cv_fold_best_epoch`` per fold (step = fold), ``cv_<metric>_mean``, ``cv_<metric>_std`` and
     ``cv_<metric>_se``; the folds' best epochs are the trial's user attribute ``cv_best_epochs``.
     """
@@ -107,7 +109,7 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.train.seed)
     scores: list[float] = []
     best_epochs: list[int] = []
-    epochs = cfg.train.epochs
+    trial.set_user_attr("cv_folds", folds)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         parts = list(splitter.split(np.zeros(len(labels)), labels))
@@ -116,7 +118,7 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
 
         def report(epoch: int, metrics: Mapping[str, float], k: int = k) -> None:
             running = (sum(scores) + float(metrics[f"val_{metric}"])) / (k + 1)
-            trial.report(running, k * epochs + epoch)
+            trial.report(running, step_of(k, epoch))
             if trial.should_prune():
                 raise TrialPruned(f"pruned in fold {k + 1}/{folds}, epoch {epoch}: running mean val_{metric} = "
                                   f"{running:.4f}")

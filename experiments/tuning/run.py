@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 import yaml
 
 from augment.targeting import multipliers_from_targets
@@ -20,11 +21,13 @@ from experiments.tracking.model_registry import register_champion
 from experiments.tracking.runs import find_runs, finish_run, set_run_tags
 from experiments.tracking.store import resolve_tracking_uri
 from experiments.training import load_training_data
+from experiments.tuning.budget import plan_for_study
 from experiments.tuning.objective import StaleTrialHandler, StudyRun, TrialWorker
 from experiments.tuning.plots import save_plots
 from experiments.tuning.refit import refit_best
 from experiments.tuning.samplers import describe
 from experiments.tuning.search_space import (
+    ATTR_REFERENCE,
     StudyConfig,
     TuneConfig,
     check_against_config,
@@ -53,6 +56,9 @@ from pipelines.reader import data_fingerprint, validate_galaxy10
 
 log = logging.getLogger(__name__)
 
+#: Most trials a ``--budget`` plan starts when ``--trials`` does not cap it.
+MAX_BUDGET_TRIALS = 50
+
 
 @dataclass(frozen=True)
 class StudyReport:
@@ -75,6 +81,7 @@ class StudyReport:
     notes: tuple[str, ...]
     seconds: float
     refit: str | None = None
+    plan: str | None = None  # what --budget planned
 
 
 def _parent_run(study: optuna.Study, tune: TuneConfig, tracking_uri: str, experiment_name: str,
@@ -138,7 +145,7 @@ def check_study_limits(study_cfg: StudyConfig) -> None:
 def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float | None = None,
               workers: int | None = None, storage_url: str | None = None, tracking_uri: str | None = None,
               data_path: str | None = None, overrides: tuple[str, ...] = (),
-              log_level: int = logging.INFO) -> StudyReport:
+              log_level: int = logging.INFO, budget: float | None = None) -> StudyReport:
     """Create or continue the study and run trials until it has ``n_trials`` COMPLETE + PRUNED.
 
     CLI arguments override the YAML's ``study`` section. With ``workers > 1`` that many spawned
@@ -146,17 +153,21 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     tagged, its model registered under the study name with the configured alias, and the
     optimisation plots logged on the parent run. A tracking server that stays unreachable past the
     MLflow client's retries ends the command with one ``ConfigError`` line; re-running continues.
+    ``budget`` (seconds): measure this machine's speed and plan folds, trials and the refit to fit it
+    (:mod:`experiments.tuning.budget`); the plan replaces ``n_trials``, ``timeout``, ``cv_folds`` and
+    ``refit`` and is in the report's ``plan``.
     """
 
     uri = resolve_tracking_uri(tracking_uri)
     with server_errors(uri):
         return _run_study(tune, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage_url,
-                          tracking_uri=uri, data_path=data_path, overrides=overrides, log_level=log_level)
+                          tracking_uri=uri, data_path=data_path, overrides=overrides, log_level=log_level,
+                          budget=budget)
 
 
 def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None, workers: int | None,
                storage_url: str | None, tracking_uri: str, data_path: str | None, overrides: tuple[str, ...],
-               log_level: int) -> StudyReport:
+               log_level: int, budget: float | None = None) -> StudyReport:
     """:func:`run_study` without the translation of tracking-server failures."""
 
     started = time.perf_counter()
@@ -183,6 +194,20 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
                            on_stale=StaleTrialHandler(tracking_uri, study_cfg.retry_stale))
     study = open_study(tune, storage, data=(data_fingerprint(data_file), Path(data_file).name))
     stale = fail_stale_trials(study)
+    plan = None
+    if budget is not None:
+        reference_waiting = any(t.user_attrs.get(ATTR_REFERENCE) for t in study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING,)))
+        plan = plan_for_study(tune, data_path=data_path, budget_s=budget, with_reference=reference_waiting,
+                              max_trials=study_cfg.n_trials if n_trials is not None else MAX_BUDGET_TRIALS,
+                              overrides=tuple(overrides))
+        log.info("plan: %s", plan.describe())
+        study_cfg = replace(study_cfg, n_trials=n_counted(study) + plan.n_trials, timeout=plan.deadline_s,
+                            cv_folds=plan.folds, refit=plan.refit)
+        run_section = dict(tune.run)
+        if plan.epochs is not None:  # the tuned trials' epochs, cut to fit (the reference keeps its own)
+            run_section["train"] = {**dict(run_section.get("train") or {}), "epochs": plan.epochs}
+        tune = replace(tune, study=study_cfg, run=run_section)
     parent = _parent_run(study, tune, tracking_uri, base_cfg.experiment_name, study_cfg.storage)
     close_orphan_runs(study, parent.run_id, tracking_uri)
     db_file = sqlite_file(tracking_uri)
@@ -192,7 +217,9 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
                      "study.n_trials": study_cfg.n_trials, "study.workers": study_cfg.workers,
                      "study.timeout": study_cfg.timeout, "optuna.study": study.study_name})
     parent.log_text(to_yaml(base_cfg), "base_config.yaml")
-    before = len(study.get_trials(deepcopy=False))
+    if plan is not None:
+        parent.set_tags({"study.budget_s": f"{plan.budget_s:.0f}", "study.plan": plan.describe()[:5000]})
+    before = len(study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING)))
     log.info("study %s (%s): %d/%d trials COMPLETE+PRUNED; metric val_%s; sampler %s; pruner %s; %d worker(s)",
              study.study_name, study_cfg.storage, n_counted(study), study_cfg.n_trials, study_cfg.metric,
              describe(study_cfg.sampler), describe(study_cfg.pruner), study_cfg.workers)
@@ -218,6 +245,8 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
             end_parent_run(parent, study, status)
     report = _finish(study, tune, parent, tracking_uri, stale=stale, trials_before=before, problems=problems,
                      seconds=time.perf_counter() - started)
+    if plan is not None:
+        report = replace(report, plan=plan.describe())
     if study_cfg.refit:
         report = replace(report, refit=refit_best(study, tune, tracking_uri=tracking_uri,
                                                   parent_run_id=parent.run_id, data_path=data_path,
@@ -310,7 +339,8 @@ def _finish(study: optuna.Study, tune: TuneConfig, parent: Any, tracking_uri: st
     return StudyReport(
         study_name=study.study_name, storage_url=cfg.storage, tracking_uri=tracking_uri,
         parent_run_id=parent.run_id, experiment_id=str(parent.experiment_id), counts=counts,
-        trials_this_run=len(study.get_trials(deepcopy=False)) - trials_before, stale_failed=tuple(stale),
+        trials_this_run=len(study.get_trials(deepcopy=False, states=tuple(
+            s for s in TrialState if s != TrialState.WAITING))) - trials_before, stale_failed=tuple(stale),
         best_number=None if best is None else best.number, best_value=None if best is None else float(best.value),
         best_params={} if best is None else dict(best.params), best_run_id=best_run, registered=registered,
         plots=tuple(plots), notes=tuple(notes), seconds=seconds,

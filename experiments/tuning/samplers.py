@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import optuna
 
+from experiments.tuning.pruning import FloorPruner
 from experiments.tuning.search_space import PrunerConfig, SamplerConfig
 from experiments.tuning.storage import quiet_optuna_warnings
 from pipelines.errors import ConfigError, first_line
@@ -34,7 +35,8 @@ def make_sampler(cfg: SamplerConfig, *, seed_offset: int = 0) -> optuna.samplers
 
 
 def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
-    """Build the configured pruner (median, percentile, successive_halving, hyperband, threshold, none)."""
+    """Build the configured pruner (median, percentile, successive_halving, hyperband, threshold, none),
+    wrapped in the epoch floor of :class:`experiments.tuning.pruning.FloorPruner`."""
     classes = {
         "median": optuna.pruners.MedianPruner,
         "percentile": optuna.pruners.PercentilePruner,
@@ -47,12 +49,16 @@ def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
     if cfg.name == "percentile":
         kwargs.setdefault("percentile", 50.0)
     try:
-        return classes[cfg.name](**kwargs)
+        base = classes[cfg.name](**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"study.pruner {cfg.name} {kwargs}: {first_line(err)}; fix the pruner settings") from None
+    return base if cfg.name == "none" else FloorPruner(base, cfg.min_epochs)
 
 
 def describe(cfg: SamplerConfig | PrunerConfig) -> str:
     """``tpe(seed=0, multivariate=True)``: a short label for logs and MLflow params."""
-    args = ", ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items()))
+    kwargs = dict(cfg.kwargs)
+    if isinstance(cfg, PrunerConfig) and cfg.name != "none":
+        kwargs["min_epochs"] = cfg.min_epochs
+    args = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
     return f"{cfg.name}({args})"

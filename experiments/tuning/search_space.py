@@ -383,8 +383,19 @@ def yaml_scalar(value: Any) -> str:
 
 
 def to_overrides(space: SearchSpace, params: Mapping[str, Scalar]) -> list[str]:
-    """``["model.dropout=0.3", ...]``: the suggested parameters as ``--set`` style dotted overrides."""
-    return [f"{key}={yaml_scalar(value)}" for key, value in assignments(space, params).items()]
+    """``["model.dropout=0.3", ...]``: the suggested parameters as ``--set`` style dotted overrides.
+
+    A mapping assigned to a whole section (``target: data`` with ``{size: 96, crop: 72}``) sets those keys
+    and keeps the section's others (the data file, the split); below a section a mapping replaces the key
+    (``model.params``).
+    """
+    out = []
+    for key, value in assignments(space, params).items():
+        if "." not in key and isinstance(value, Mapping):
+            out.extend(f"{key}.{k}={yaml_scalar(v)}" for k, v in value.items())
+        else:
+            out.append(f"{key}={yaml_scalar(value)}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,18 +414,20 @@ SAMPLER_ARGS: dict[str, tuple[str, ...]] = {
 
 #: Pruners and the keyword arguments each accepts from the YAML.
 PRUNER_ARGS: dict[str, tuple[str, ...]] = {
-    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
-    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
-    "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps"),
-    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials", "min_epochs"),
+    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials",
+                   "min_epochs"),
+    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count",
+                           "min_epochs"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count", "min_epochs"),
+    "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps", "min_epochs"),
+    "none": ("min_epochs",),
 }
 
 STUDY_KEYS: tuple[str, ...] = (
     "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
     "heartbeat_interval", "grace_period", "retry_stale", "log_models", "keep_models", "register_model",
-    "model_alias", "refit", "cv_folds", "reference_trial",
+    "model_alias", "refit", "cv_folds", "reference_trial", "start_points",
 )
 #: Trial user attribute that marks the study's reference trial (trial 0 of a new study).
 ATTR_REFERENCE = "reference_recipe"
@@ -443,6 +456,9 @@ class PrunerConfig:
 
     name: str = "median"
     kwargs: Mapping[str, Any] = field(default_factory=lambda: {"n_startup_trials": 3, "n_warmup_steps": 1})
+    #: No trial is pruned before this epoch of a fit: ``auto`` = the epochs the COMPLETE trials needed
+    #: to reach their best (``experiments.tuning.pruning``), or an integer.
+    min_epochs: int | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -468,7 +484,9 @@ class StudyConfig:
     split ranks trials by noise) and 0 above (the K+1 trainings per trial would not pay).
     ``reference_trial`` (default true): a new study's trial 0 is the shipped reference recipe
     (``experiments/configs/reference.yaml``) at its own full budget, scored like every trial, so the best
-    trial can only improve on it by the study's own estimate.
+    trial can only improve on it by the study's own estimate. ``start_points``: parameter sets (labels, as
+    in ``search_space``) a new study tries first, after the reference (Optuna ``enqueue_trial``); a
+    parameter a point leaves out is sampled.
     """
 
     name: str
@@ -489,6 +507,7 @@ class StudyConfig:
     refit: bool = True
     cv_folds: int | str = "auto"
     reference_trial: bool = True
+    start_points: tuple[Mapping[str, Scalar], ...] = ()
 
     def folds_for(self, n_val: int) -> int:
         """The folds to use when the validation split holds ``n_val`` images (0 = no cross-validation)."""
@@ -565,6 +584,10 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         raise ConfigError(f"study.storage={storage!r} is not a database URL; use e.g. {DEFAULT_STORAGE}")
     s_name, s_kwargs = _named_kwargs("study.sampler", raw.get("sampler"), SAMPLER_ARGS, SamplerConfig())
     p_name, p_kwargs = _named_kwargs("study.pruner", raw.get("pruner"), PRUNER_ARGS, PrunerConfig())
+    min_epochs = p_kwargs.pop("min_epochs", "auto")
+    if min_epochs != "auto" and (not isinstance(min_epochs, int) or isinstance(min_epochs, bool) or min_epochs < 0):
+        raise ConfigError(f"study.pruner.min_epochs={min_epochs!r} must be auto (the epochs finished trials needed "
+                          "to reach their best) or a whole number of epochs")
     interval = _positive_int("study.heartbeat_interval", raw.get("heartbeat_interval", 20))
     grace = _positive_int("study.grace_period", raw.get("grace_period", 3 * interval))
     if grace <= interval:
@@ -592,13 +615,38 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         timeout=None if timeout is None else float(timeout),
         workers=_positive_int("study.workers", raw.get("workers", 1)),
         storage=storage,
-        sampler=SamplerConfig(s_name, s_kwargs), pruner=PrunerConfig(p_name, p_kwargs),
+        sampler=SamplerConfig(s_name, s_kwargs), pruner=PrunerConfig(p_name, p_kwargs, min_epochs),
         heartbeat_interval=interval, grace_period=grace,
         retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
         log_models=log_models, keep_models=_positive_int("study.keep_models", raw.get("keep_models", 3)),
         register_model=register, model_alias=alias, refit=_bool("study.refit", raw.get("refit", True)),
         cv_folds=cv_folds, reference_trial=_bool("study.reference_trial", raw.get("reference_trial", True)),
+        start_points=_start_points(raw.get("start_points")),
     )
+
+
+def _start_points(raw: Any) -> tuple[dict[str, Scalar], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, str) or not all(isinstance(p, Mapping) for p in raw):
+        raise ConfigError(f"study.start_points={raw!r} must be a list of mappings, e.g. [{{model.name: d4_cnn}}]")
+    return tuple({str(k): v for k, v in point.items()} for point in raw)
+
+
+def check_start_points(study: StudyConfig, space: SearchSpace) -> None:
+    """Each start point names search-space parameters, with a choice (or a number in range) each."""
+    for i, point in enumerate(study.start_points):
+        for name, value in point.items():
+            if name not in space.names:
+                raise ConfigError(f"study.start_points[{i}]: {name!r} is not a search_space parameter; use one of: "
+                                  f"{', '.join(space.names)}")
+            spec = space[name]
+            if spec.kind == "categorical" and value not in spec.labels:
+                raise ConfigError(f"study.start_points[{i}]: {name}={value!r} is not one of its choices "
+                                  f"{list(spec.labels)}")
+            if spec.kind != "categorical" and (not _is_number(value) or not spec.low <= value <= spec.high):
+                raise ConfigError(f"study.start_points[{i}]: {name}={value!r} must be a number in "
+                                  f"[{spec.low}, {spec.high}]")
 
 
 def parse_tune_config(raw: Any, *, default_name: str = "galaxy10-study", source: str | None = None) -> TuneConfig:
@@ -612,8 +660,10 @@ def parse_tune_config(raw: Any, *, default_name: str = "galaxy10-study", source:
     run = raw.get("run") or {}
     if not isinstance(run, Mapping):
         raise ConfigError(f"run must be a mapping of run-config settings, got {run!r}")
-    return TuneConfig(base=base, run=dict(run), study=parse_study(raw.get("study"), default_name),
-                      space=parse_search_space(raw.get("search_space")), source=source)
+    study = parse_study(raw.get("study"), default_name)
+    space = parse_search_space(raw.get("search_space"))
+    check_start_points(study, space)
+    return TuneConfig(base=base, run=dict(run), study=study, space=space, source=source)
 
 
 def load_tune_config(path: str | Path) -> TuneConfig:

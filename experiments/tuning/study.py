@@ -69,6 +69,9 @@ def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create
         study.set_user_attr("search_space", plain(tune.space.raw))
         if cfg.reference_trial and not study.get_trials(deepcopy=False):
             study.enqueue_trial({}, user_attrs={ATTR_REFERENCE: True})  # trial 0: the shipped reference recipe
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+            for point in cfg.start_points:  # the config's first guesses, before the sampler's own
+                study.enqueue_trial(dict(point), user_attrs={"start_point": True})
         return study
     if attrs[ATTR_SPACE_HASH] != wanted:
         raise ConfigError(
