@@ -208,3 +208,29 @@ def test_the_ensemble_keeps_cross_fitting_only_when_it_fits() -> None:
     cfg, _ = plan_ensemble(_EnsembleCfg(), None, 600.0)
     assert cfg.mode == "val_cv"
     assert math.isclose(trial_seconds(10, 1.0, 3), 3 * 10 * 2 / 3 + 10)
+
+
+# ----------------------------------------------------------------------------------- study accuracy guard
+
+
+def _scored(number: int, value: float, acc: float, n: int = 100, key: str = "val_accuracy") -> optuna.trial.FrozenTrial:
+    t = create_trial(state=TrialState.COMPLETE, value=value, params={"x": 0.5},
+                     distributions={"x": FloatDistribution(0, 1)}, user_attrs={key: acc, "scored_images": n})
+    t.number = number
+    return t
+
+
+def test_the_best_trial_keeps_its_accuracy() -> None:
+    """By balanced accuracy trial 0 leads, but its accuracy trails trial 1's by 0.20 (SE of the
+    difference 0.063 on 100 images each): the best is the best trial by the metric among those within the
+    SE of the most accurate one."""
+    from experiments.tuning.study import guarded_best
+
+    top, accurate, close = _scored(0, 0.70, 0.60), _scored(1, 0.65, 0.80), _scored(2, 0.69, 0.76)
+    assert guarded_best([top, accurate], "balanced_accuracy").number == 1
+    assert guarded_best([top, accurate, close], "balanced_accuracy").number == 2
+    assert guarded_best([top, accurate, close], "accuracy").number == 0  # the guard is the metric itself
+    # cross-validated accuracy (every train image scored once) is what the guard reads when there
+    cv = [_scored(0, 0.70, 0.78, 600, "cv_accuracy"), _scored(1, 0.65, 0.80, 600, "cv_accuracy")]
+    assert guarded_best(cv, "balanced_accuracy").number == 0
+    assert guarded_best([], "accuracy") is None

@@ -143,6 +143,42 @@ def test_an_ensemble_replaces_the_cnn_only_beyond_the_standard_error() -> None:
     assert winner["candidate"] == "vote-top3" and "is champion" in rule
 
 
+def test_a_vote_that_ties_the_cnn_with_a_lower_log_loss_breaks_the_tie() -> None:
+    """Within the SE no candidate wins outright; a vote (nothing fit on validation) that ties or leads
+    with the lower validation log loss is champion; a second stage in the same place, a vote with the
+    higher log loss, or a vote that loses accuracy beyond its SE (guard) is not."""
+    from experiments.ensembling.candidates import Candidate
+    from experiments.ensembling.champion import choose_champion
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 300)
+    cnn = np.where(rng.random(300) < 0.75, y, (y + 1) % 4)
+    slightly = cnn.copy()  # 15 more right, 12 more wrong: +0.01, within the SE
+    wrong, right = np.flatnonzero(cnn != y)[:15], np.flatnonzero(cnn == y)[:12]
+    slightly[wrong] = y[wrong]
+    slightly[right] = (y[right] + 2) % 4
+
+    def cand(name: str, kind: str, pred: np.ndarray) -> Candidate:
+        return Candidate(name, kind, [], np.eye(4)[pred], "", None)
+
+    def row(name: str, kind: str, pred: np.ndarray, log_loss: float) -> dict:
+        return {"candidate": name, "kind": kind, "val_accuracy": float(np.mean(pred == y)), "val_log_loss": log_loss}
+
+    def choose(kind: str, log_loss: float, pred: np.ndarray = slightly) -> tuple[str, str]:
+        rows = [row("cnn-best", "cnn", cnn, 0.80), row("x", kind, pred, log_loss)]
+        winner, rule = choose_champion(rows, [cand("cnn-best", "cnn", cnn), cand("x", kind, pred)], y, 4, "accuracy")
+        return winner["candidate"], rule
+
+    name, rule = choose("vote", 0.75)
+    assert name == "x" and rule.endswith("it is champion (votes break ties)") and "lower validation log loss" in rule
+    assert choose("vote", 0.85)[0] == "cnn-best"  # a higher log loss: the CNN stays
+    assert choose("gbm", 0.75)[0] == "cnn-best"  # fit on validation: no tie-break
+    assert choose("vote", 0.75, cnn)[0] == "x"  # an exact tie on the metric
+    worse = cnn.copy()
+    worse[np.flatnonzero(cnn == y)[:5]] = (y[np.flatnonzero(cnn == y)[:5]] + 1) % 4
+    assert choose("vote", 0.75, worse)[0] == "cnn-best"  # it trails on the metric
+
+
 def test_no_champion_trails_the_reference_recipe() -> None:
     """The reference floor: a champion (the best CNN staying, or a candidate that beat it) that trails the
     study's reference trial beyond the paired SE gives way to the reference; within the SE it stays."""

@@ -276,7 +276,8 @@ def test_the_top_k_trials_keep_their_models_for_voting(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cv_folds_objective_is_the_mean_over_folds_and_prunes_on_the_running_mean(tmp_path: Path) -> None:
     """study.cv_folds=2: the trial's value is the mean of its two fold scores, reported per fold and epoch
-    (steps 1..2E), logged with its spread; the logged model is the one trained on the whole train split."""
+    (step fold x 1000 + epoch, so every trial is compared at equal epochs of equal folds), logged with its
+    spread; the logged model is the one trained on the whole train split."""
     from mlflow import MlflowClient
 
     from experiments.tuning.storage import open_storage
@@ -286,8 +287,10 @@ def test_cv_folds_objective_is_the_mean_over_folds_and_prunes_on_the_running_mea
         trial = load_existing_study("tiny", open_storage(study.storage)).trials[0]
         scores = trial.user_attrs["cv_scores"]
         assert len(scores) == 2 and trial.value == pytest.approx(float(np.mean(scores)), abs=1e-6)
-        assert sorted(trial.intermediate_values) == [1, 2]  # 1 epoch x 2 folds
-        assert trial.intermediate_values[2] == pytest.approx(trial.value, abs=1e-6)  # the running mean at the end
+        assert sorted(trial.intermediate_values) == [1, 1001]  # epoch 1 of fold 1, epoch 1 of fold 2
+        assert trial.intermediate_values[1001] == pytest.approx(trial.value, abs=1e-6)  # the running mean at the end
+        assert trial.user_attrs["scored_images"] == 300 - 30 - 27  # the train split: every image scored once
+        assert 0 <= trial.user_attrs["cv_accuracy"] <= 1
         run = MlflowClient(study.tracking_uri).get_run(study.best_run_id)
         assert run.data.metrics["cv_accuracy_mean"] == pytest.approx(trial.value, abs=1e-6)
         assert run.data.metrics["cv_accuracy_std"] >= 0 and run.data.tags["optuna.cv_folds"] == "2"

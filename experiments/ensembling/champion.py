@@ -10,6 +10,13 @@ split are judged on those plus validation against ``cnn-best``'s recipe (its fol
 train, itself on validation): with 10% validation images that is about ten times the images of every
 class, where validation alone may hold three images of a rare class.
 
+Votes break ties: when no candidate wins by more than the paired SE, a soft vote of the study's models
+(``kind: vote``: nothing is fit on the validation split, so choosing it carries no fitting optimism)
+that does not trail the best CNN on the selection metric, passes the accuracy guard and has the lower
+validation log loss (a proper score, which counts how sure each answer was instead of only whether it was
+right, so it varies less on a small split) is champion: averaging models trained apart lowers their
+variance, which is what a small validation split cannot resolve. The vote with the lowest log loss wins.
+
 The reference floor: where the comparison holds the study's reference trial (``reference``, the shipped
 recipe trained inside the study), the champion must not trail it on the validation images by more than the
 paired standard error; one that does gives way to the reference.
@@ -141,11 +148,14 @@ def best_over_cnn(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candid
     leads = {r["candidate"]: float(r[evidence[r["candidate"]].key] - base[evidence[r["candidate"]].key])
              for r in others}
     order = sorted(others, key=lambda r: (-leads[r["candidate"]], rows.index(r)))
+    guard = accuracy_guard and metric != "accuracy"
     if not order or leads[order[0]["candidate"]] <= 0:
         where = " (out-of-fold train + validation where a candidate has both)" if y_train is not None else ""
-        return base, (f"no candidate leads {BASELINE_CANDIDATE} on {metric}{where}: {BASELINE_CANDIDATE} "
-                      f"({key} {base[key]:.4f}) stays champion")
-    guard = accuracy_guard and metric != "accuracy"
+        clause = f"no candidate leads {BASELINE_CANDIDATE} on {metric}{where}"
+        vote = _tied_vote(base, others, leads, evidence, n_classes, metric, guard, seed)
+        if vote is not None:
+            return vote[0], f"{clause}; {vote[1]}: it is champion (votes break ties)"
+        return base, f"{clause}: {BASELINE_CANDIDATE} ({key} {base[key]:.4f}) stays champion"
     top_clause = ""
     for row in order:
         if leads[row["candidate"]] <= 0:
@@ -156,4 +166,35 @@ def best_over_cnn(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candid
             prefix = "" if row is order[0] else f"{top_clause}; "
             return row, f"{prefix}{clause}: it is champion"
         top_clause = top_clause or clause
+    vote = _tied_vote(base, others, leads, evidence, n_classes, metric, guard, seed)
+    if vote is not None:
+        row, clause = vote
+        return row, f"{top_clause}; {clause}: it is champion (votes break ties)"
     return base, f"{top_clause}: {BASELINE_CANDIDATE} stays champion"
+
+
+def _tied_vote(base: Mapping[str, Any], others: Sequence[Mapping[str, Any]], leads: Mapping[str, float],
+               evidence: Mapping[str, Evidence], n_classes: int, metric: str, guard: bool,
+               seed: int) -> tuple[Mapping[str, Any], str] | None:
+    """The vote with the lowest validation log loss among those that tie or lead ``cnn-best`` on the
+    metric, pass the accuracy guard and beat its log loss; None when there is none."""
+    tied = []
+    for row in others:
+        name = row["candidate"]
+        if row.get("kind") != "vote" or leads[name] < 0 or "val_log_loss" not in row:
+            continue
+        if not row["val_log_loss"] < base.get("val_log_loss", float("inf")):
+            continue
+        ev = evidence[name]
+        if guard:
+            pred, base_pred = ev.probs.argmax(1), ev.base.argmax(1)
+            acc = float(np.mean(pred == ev.y)) - float(np.mean(base_pred == ev.y))
+            if -acc > paired_difference_se(ev.y, pred, base_pred, n_classes, "accuracy", seed=seed):
+                continue
+        tied.append(row)
+    if not tied:
+        return None
+    best = min(tied, key=lambda r: (r["val_log_loss"], others.index(r)))
+    return best, (f"{best['candidate']}, a vote, ties or leads it ({leads[best['candidate']]:+.4f} "
+                  f"{evidence[best['candidate']].key}) with the lower validation log loss "
+                  f"({best['val_log_loss']:.4f} vs {base['val_log_loss']:.4f})")

@@ -13,6 +13,7 @@ from experiments.tuning.storage import open_storage
 from experiments.tuning.study import (
     ATTR_METRIC,
     ATTR_TRIAL_RUN,
+    best_trial,
     load_existing_study,
     state_counts,
 )
@@ -79,6 +80,8 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
         raise ConfigError(f"study {study_name!r} has no COMPLETE trial ({counts}); finish one with "
                           f"`galaxy10 tune --study {study_name} ...` first")
     complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
+    guarded = best_trial(study)  # under the study's accuracy guard
+    complete.sort(key=lambda t: t.number != guarded.number)  # stable: the guarded best first, then by value
     best = complete[0]
     if not best.user_attrs.get("model_uri") or not best.user_attrs.get(ATTR_TRIAL_RUN):
         raise ModelError(f"best trial {best.number} of study {study_name!r} has no logged model; re-run the study "

@@ -117,6 +117,7 @@ class Report:
     scoring_run_id: str | None = None
     trials: list[tuple[int, str, float | None]] = field(default_factory=list)
     best_cv_scores: tuple[float, ...] = ()
+    pruned_cuts: tuple[str, ...] = ()
     gallery_model: str | None = None
     gallery_classes: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)

@@ -23,6 +23,7 @@ from experiments.tuning.refit import (
     ATTR_REFIT_RUN,
     ATTR_REFIT_TRIAL,
 )
+from experiments.tuning.pruning import describe_cuts
 from experiments.tuning.search_space import ATTR_REFERENCE
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import (
@@ -63,6 +64,7 @@ class StudyFacts:
     refit_run_id: str | None = None
     refit_of_trial: int | None = None
     best_cv_scores: tuple[float, ...] = ()
+    pruned_cuts: tuple[str, ...] = ()  # where each PRUNED trial was cut and against what
 
 
 def study_facts(study_name: str, storage_url: str) -> StudyFacts:
@@ -111,6 +113,7 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
         refit_model_uri=attrs.get(ATTR_REFIT_MODEL), refit_run_id=attrs.get(ATTR_REFIT_RUN),
         refit_of_trial=attrs.get(ATTR_REFIT_TRIAL),
         best_cv_scores=tuple(float(v) for v in best.user_attrs.get("cv_scores") or ()),
+        pruned_cuts=tuple(describe_cuts(study.get_trials(deepcopy=False))),
     )
 
 

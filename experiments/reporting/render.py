@@ -162,6 +162,9 @@ def render_markdown(report: Report) -> str:
             f"Study `{report.study_name}` ({', '.join(f'{v} {k.lower()}' for k, v in sorted(report.counts.items()))}); "
             f"best trial {report.best_trial}: {report.best_value_text}.", "",
             _md_table(["Parameter", "Value"], [(k, str(v)) for k, v in report.best_params.items()]), ""]
+    if report.pruned_cuts:
+        out += ["Pruned trials, where each was cut and against what (trials are compared at equal epochs of equal "
+                "folds):", "", *[f"- {line}" for line in report.pruned_cuts], ""]
     out += _md_figure(report, "learning_curves.png", "Learning curves of the best trial")
     out += _md_figure(report, "optimization_history.png", "Optuna optimisation history")
     out += _md_figure(report, "param_importances.png", "Optuna parameter importances")
@@ -212,6 +215,7 @@ def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = Fa
                  "fingerprint": report.data.fingerprint, "split_sizes": dict(report.data.split_sizes)},
         "bootstrap": {"resamples": report.n_resamples, "seed": report.seed, "level": 0.95},
         "best_trial": {"number": report.best_trial, "params": {k: v for k, v in report.best_params.items()}},
+        "pruned_cuts": list(report.pruned_cuts),
         "models": {m.key: {"label": m.label, "run_id": m.run_id, "model_uri": m.model_uri,
                            "test": scalar_metrics(m.metrics), "ci95": {k: list(v) for k, v in m.ci.items()}}
                    for m in report.models},

@@ -108,6 +108,7 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
                     folds, smallest)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.train.seed)
     scores: list[float] = []
+    accuracies: list[float] = []
     best_epochs: list[int] = []
     trial.set_user_attr("cv_folds", folds)
     with warnings.catch_warnings():
@@ -126,6 +127,7 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
         result = train(cfg, NullTracker(), data=fold_data, epoch_callback=report, verbose=0, log_model=False,
                        **train_kwargs)
         scores.append(float(result.val_metrics[metric]))
+        accuracies.append(float(result.val_metrics["accuracy"]) * len(held))
         best_epochs.append(int(result.best_epoch))
         tracker.log_metrics({f"cv_fold_{metric}": scores[-1], "cv_fold_best_epoch": best_epochs[-1]}, step=k + 1)
         log.info("trial %d fold %d/%d: val_%s %.4f", trial.number, k + 1, folds, metric, scores[-1])
@@ -135,6 +137,7 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
                          f"cv_{metric}_se": std / np.sqrt(len(scores))})
     tracker.set_tags({"optuna.cv_folds": folds})
     trial.set_user_attr("cv_best_epochs", best_epochs)  # what the refit trains for (their mean)
+    trial.set_user_attr("cv_accuracy", sum(accuracies) / len(labels))  # every train image scored once
     return scores
 
 
@@ -247,6 +250,7 @@ class TrialWorker:
                 self.trials_run += 1
         for name in ("accuracy", "balanced_accuracy", "macro_f1"):
             trial.set_user_attr(f"val_{name}", float(result.val_metrics[name]))
+        trial.set_user_attr("scored_images", len(data.train) if folds else len(data.val))  # behind the value
         trial.set_user_attr("best_epoch", result.best_epoch)
         if result.model_uri:
             trial.set_user_attr("model_uri", result.model_uri)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -130,12 +130,47 @@ def n_counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial, or ``None`` when there is none yet."""
-    try:
-        return study.best_trial
-    except ValueError:
+def trial_accuracy(trial: FrozenTrial) -> tuple[float, int] | None:
+    """``(accuracy, images behind it)`` of a COMPLETE trial: its cross-validated accuracy over the train
+    split when it was cross-validated, else its validation accuracy; None when not recorded."""
+    n = trial.user_attrs.get("scored_images")
+    acc = trial.user_attrs.get("cv_accuracy", trial.user_attrs.get("val_accuracy"))
+    if acc is None or not n:
         return None
+    return float(acc), int(n)
+
+
+def guarded_best(trials: Sequence[FrozenTrial], metric: str, *, maximize: bool = True) -> FrozenTrial | None:
+    """The best COMPLETE trial by ``metric`` among those that keep their accuracy: a trial whose
+    (cross-validated) accuracy trails the most accurate trial's by more than the standard error of the
+    difference is passed over (the study-level accuracy guard; with ``metric: accuracy`` it is the plain
+    best). Ties go to the earlier trial."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        return None
+    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
+    if metric == "accuracy":
+        return complete[0]
+    scored = [(t, trial_accuracy(t)) for t in complete]
+    known = [(t, a) for t, a in scored if a is not None]
+    if not known:
+        return complete[0]
+    _, (top_acc, top_n) = max(known, key=lambda ta: (ta[1][0], -ta[0].number))
+    for t, acc in scored:
+        if acc is None:
+            return t
+        a, n = acc
+        se = ((top_acc * (1 - top_acc)) / top_n + (a * (1 - a)) / n) ** 0.5
+        if top_acc - a <= se:
+            return t
+    return complete[0]  # unreachable: the most accurate trial always qualifies
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The study's best COMPLETE trial under the accuracy guard (:func:`guarded_best`), or ``None``."""
+    metric = str(study.user_attrs.get(ATTR_METRIC, "accuracy"))
+    return guarded_best(study.get_trials(deepcopy=False), metric,
+                        maximize=study.direction.name == "MAXIMIZE")
 
 
 @dataclass(frozen=True)
