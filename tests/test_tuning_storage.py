@@ -178,7 +178,7 @@ def test_study_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert "3 trials, 2 complete, 1 pruned" in out
     assert "best: trial 1, val accuracy = 0.7000" in out
     # where the pruned trial was cut, against the COMPLETE trials at the same step (0.4 and 0.6 at step 1)
-    assert "trial 2: cut at step 1 with 0.1000; median of 2 COMPLETE trial(s) there 0.5000" in out
+    assert "trial 2: cut at epoch 1 with 0.1000; median of 2 COMPLETE trial(s) there 0.5000" in out
     assert "optuna-dashboard sqlite:///optuna.db" in out
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in out
     assert cli_main(["study", "show", "nope"]) == 2
