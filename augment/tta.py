@@ -51,9 +51,6 @@ def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
     return [dihedral_view(arr, j) for j in range(N_VIEWS)]
 
 
-#: Name used in docs/ARCHITECTURE.md.
-dihedral_transforms = dihedral_views
-
 
 def tta_predict(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
                 batch_size: int = 256, progress: bool = False) -> np.ndarray:

@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REALSAMPLES, add_full_flag, parse_with_full, synthetic_bed
-
 import numpy as np  # noqa: E402
+from common import REALSAMPLES, add_full_flag, parse_with_full, synthetic_bed
 
 #: Each backbone at a size that trains in minutes on 2 CPU cores (the reference: the platform's recipe).
 BACKBONES: dict[str, list[str]] = {

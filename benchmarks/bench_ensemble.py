@@ -6,7 +6,8 @@
    speed does not depend on the weights), each without and with 8-view TTA.
 2. Fit time (and predict time) of every second-stage model (``ensembles.second_stage``, with the
    values of ``experiments/configs/ensemble.yaml`` where it sets them, else the defaults, one
-   thread and BLAS/OpenMP pools limited to one thread, as ``galaxy10 ensemble`` runs them) on the trained CNN's embeddings, at the sizes the comparison fits them: one cross-
+   thread and BLAS/OpenMP pools limited to one thread, as ``galaxy10 ensemble`` runs them) on the trained CNN's
+embeddings, at the sizes the comparison fits them: one cross-
    fitting fold's held-out rows (train / 3) and the whole training split. Validation accuracy
    of the model fit on the fold rows is printed for orientation only (embeddings of the CNN's own
    training images are over-fit; the comparison never uses those). Last, logistic regression
@@ -29,9 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, synthetic_bed
-
 import numpy as np  # noqa: E402
+from common import ROOT, synthetic_bed
 
 
 def _rate(fn, n: int, repeats: int = 2) -> float:  # noqa: ANN001
@@ -97,8 +97,9 @@ def measure(args: argparse.Namespace) -> None:
         plain = CNNEmbedder(model, cache_dir=False, progress=False).fit()
         tta = CNNEmbedder(model, tta=True, cache_dir=False, progress=False).fit()
         sub = rows[:args.tta_images]
-        r_plain = _rate(lambda: plain.embed(source.images, rows, split="b", data_fingerprint="b"), len(rows))
-        r_tta = _rate(lambda: tta.embed(source.images, sub, split="b", data_fingerprint="b"), len(sub), repeats=1)
+        r_plain = _rate(lambda e=plain, s=source: e.embed(s.images, rows, split="b", data_fingerprint="b"), len(rows))
+        r_tta = _rate(lambda e=tta, s=source, r=sub: e.embed(s.images, r, split="b", data_fingerprint="b"), len(sub),
+                      repeats=1)
         print(f"   {label:<34} {r_plain:8.0f} {r_tta:8.0f}")
 
     # 2. Second-stage fit times on the trained CNN's embeddings

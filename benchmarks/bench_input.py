@@ -35,7 +35,6 @@ import time
 from collections.abc import Iterator
 
 import common  # noqa: F401  (a quiet TensorFlow start, the repository on sys.path)
-
 import numpy as np  # noqa: E402
 
 SIZE, CROP = 128, 88

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import ROOT, add_full_flag, parse_with_full
-
 import numpy as np  # noqa: E402
+from common import ROOT, add_full_flag, parse_with_full
 
 KEYS = ("auc", "never_accuracy", "best_accuracy", "best_accuracy_recall", "recall_at_no_loss",
         "best_balanced_accuracy", "best_balanced_accuracy_accuracy", "best_balanced_accuracy_recall")

@@ -41,9 +41,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
-
 import numpy as np  # noqa: E402
+from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
 
 
 def scores(y: np.ndarray, probs: np.ndarray, n: int) -> tuple[float, float]:

@@ -42,9 +42,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, add_full_flag, parse_with_full, synthetic_bed
-
 import numpy as np  # noqa: E402
+from common import ROOT, add_full_flag, parse_with_full, synthetic_bed
 
 CONFIGS = ROOT / "experiments" / "configs"
 TARGETED_SLUGS: tuple[str, ...] = ("disturbed", "cigar", "loose_spiral", "tight_spiral")
@@ -219,7 +218,8 @@ def check_fresh_copies(data, crop: int, seed: int = 0) -> tuple[int, int, int]:
     Returns ``(images shown more than once, of them with every copy different, identical copy pairs)``.
     """
     from experiments.config import load_config
-    from experiments.training import make_augment_fn, resolve_multipliers
+    from experiments.fitting import make_augment_fn
+    from experiments.training import resolve_multipliers
     from pipelines.inputs import make_train_dataset
 
     cfg = load_config(CONFIGS / "targeted.yaml", [f"data.size={data.size}", f"data.crop={crop}"])

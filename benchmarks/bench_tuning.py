@@ -53,9 +53,10 @@ def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
     from experiments.tracking.base import NullTracker
     from experiments.training import train
     from experiments.tuning.objective import TrialPruned, pruning_callback
-    from experiments.tuning.search_space import resolve_run_config, suggest
+    from experiments.tuning.search_space import suggest
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import open_study
+    from experiments.tuning.tune_config import resolve_run_config
 
     study_cfg = replace(tune.study, name=arm.name, storage=f"sqlite:///{workdir / (arm.name + '.db')}",
                         sampler=arm.sampler, pruner=arm.pruner)
@@ -113,7 +114,7 @@ def main() -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from experiments.training import load_training_data
-    from experiments.tuning.search_space import load_tune_config, resolve_run_config
+    from experiments.tuning.tune_config import load_tune_config, resolve_run_config
 
     tune = load_tune_config(CONFIG)
     base_cfg, _ = resolve_run_config(tune, {})
@@ -127,7 +128,7 @@ def main() -> int:
 def compare(args: argparse.Namespace, tune, base_cfg, data) -> int:  # noqa: ANN001
     """Both arms at ``args.budget`` epochs each on ``data``; prints the table and the ratios."""
     from experiments.tuning.samplers import describe
-    from experiments.tuning.search_space import PrunerConfig, SamplerConfig
+    from experiments.tuning.tune_config import PrunerConfig, SamplerConfig
 
     print(f"data: {data.describe()}")
     print(f"search space of {CONFIG.name}: {', '.join(tune.space.names)}; <= {base_cfg.train.epochs} epochs/trial, "

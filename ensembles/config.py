@@ -261,7 +261,8 @@ def read_config_yaml(path: str | Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"ensemble config {Path(path)} must hold a mapping of settings (mode, vote, second_stage, ...)")
+        raise ConfigError(f"ensemble config {Path(path)} must hold a mapping of settings "
+                          "(mode, vote, second_stage, ...)")
     return dict(raw)
 
 

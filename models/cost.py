@@ -21,10 +21,6 @@ def _output_shapes(layer: Any) -> list[tuple]:
     return shapes
 
 
-def _input_channels(layer: Any) -> int:
-    return int(layer.kernel.shape[-2]) if len(layer.kernel.shape) >= 2 else 1
-
-
 def layer_multiply_adds(layer: Any) -> int:
     """Multiply-adds of one call of ``layer`` per image (0 for layers not counted)."""
     import keras

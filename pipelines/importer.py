@@ -22,7 +22,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import h5py
 import numpy as np
@@ -39,7 +38,6 @@ from pipelines.reader import validate_galaxy10
 
 log = logging.getLogger(__name__)
 
-ClassMode = Literal["auto", "galaxy10", "custom"]
 CLASS_MODES: tuple[str, ...] = ("auto", "galaxy10", "custom")
 #: Bad files named in the error line before "... and N more".
 SHOW_BAD: int = 5

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from augment.targeting import class_mix, oversample_indices
 from pipelines.classes import CLASS_SLUGS
 from pipelines.errors import ConfigError, DataError
 from pipelines.preprocess import center_crop
+from pipelines.sampling import class_mix, epoch_rng, oversample_indices
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class EpochPlanner:
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(rows, seeds)`` of ``epoch``: shuffled (oversampled) row indices and one seed per sample."""
 
-        rng = np.random.default_rng([self.seed, int(epoch)])
+        rng = epoch_rng(self.seed, epoch)
         sub_labels = self.labels[self.rows].astype(np.int64)
         if self.multipliers is None:
             order = rng.permutation(len(self.rows))

@@ -1,4 +1,5 @@
-"""A gallery figure (PNG, JPEG, PDF or SVG) of a Galaxy10-schema file: a few random examples per class, one row per class."""
+"""A gallery figure (PNG, JPEG, PDF or SVG) of a Galaxy10-schema file: a few random examples per class,
+one row per class."""
 from __future__ import annotations
 
 import logging

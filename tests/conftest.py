@@ -206,9 +206,9 @@ def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3, log_all
     runs with cwd, cache and tracking URI in ``root``.
     """
     from experiments.tuning.run import run_study
-    from experiments.tuning.search_space import parse_tune_config
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import load_existing_study
+    from experiments.tuning.tune_config import parse_tune_config
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     uri = f"sqlite:///{root / 'mlflow.db'}"

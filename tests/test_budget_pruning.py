@@ -9,9 +9,22 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from experiments.tuning.budget import StudyPlan, parse_duration, plan_ensemble, plan_study, trial_seconds
-from experiments.tuning.pruning import FloorPruner, describe_cuts, floor_epochs, fold_epoch, step_of
-from experiments.tuning.search_space import parse_tune_config, resolve_run_config, to_overrides
+from experiments.tuning.budget import (
+    StudyPlan,
+    parse_duration,
+    plan_ensemble,
+    plan_study,
+    trial_seconds,
+)
+from experiments.tuning.pruning import (
+    FloorPruner,
+    describe_cuts,
+    floor_epochs,
+    fold_epoch,
+    step_of,
+)
+from experiments.tuning.search_space import to_overrides
+from experiments.tuning.tune_config import parse_tune_config, resolve_run_config
 from pipelines.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------- pruning

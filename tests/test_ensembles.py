@@ -78,7 +78,7 @@ def test_scale_sensitive_models_get_a_scaler() -> None:
 # Config
 # --------------------------------------------------------------------------------------------
 def test_shipped_ensemble_config_loads() -> None:
-    from experiments.ensembling.candidates import validate_config
+    from experiments.ensembling.second_stage_tuning import validate_config
 
     cfg = config_from_dict(read_config_yaml(ENSEMBLE_YAML))
     validate_config(cfg)
@@ -124,7 +124,7 @@ def test_unknown_xgboost_key_lists_the_allowed_ones() -> None:
 
 
 def test_tuning_space_keys_are_checked_against_the_models() -> None:
-    from experiments.ensembling.candidates import validate_config
+    from experiments.ensembling.second_stage_tuning import validate_config
 
     cfg = config_from_dict({"second_stage": {"xgboost": {}},
                             "tune": {"n_trials": 2, "search_space": {"xgboost.depth": {"type": "int", "low": 2,
@@ -467,14 +467,14 @@ def test_saved_ensemble_predicts_the_same_from_raw_images(tmp_path: Path) -> Non
 
 def test_second_stage_tuning_returns_valid_params_and_their_cv_score() -> None:
     from ensembles.crossfit import cv_predict_proba
-    from experiments.ensembling.candidates import _space_for, tune_second_stage
+    from experiments.ensembling.second_stage_tuning import space_for, tune_second_stage
 
     cfg = config_from_dict({"second_stage": {"logreg": {}}, "cv_folds": 3, "seed": 1,
                             "tune": {"n_trials": 4, "metric": "accuracy",
                                      "search_space": {"logreg.C": {"type": "float", "low": 1e-4, "high": 10.0,
                                                                    "log": True}}}})
     X, y = blobs(n=90, d=6, k=3, seed=7, spread=3.0)
-    params, value = tune_second_stage("logreg", cfg.second_stage["logreg"], _space_for(cfg)["logreg"], [(X, y)],
+    params, value = tune_second_stage("logreg", cfg.second_stage["logreg"], space_for(cfg)["logreg"], [(X, y)],
                                       cfg, 3)
     assert 1e-4 <= params["C"] <= 10.0 and params["max_iter"] == ss.DEFAULT_PARAMS["logreg"]["max_iter"]
     probs = cv_predict_proba(lambda: ss.make_second_stage("logreg", params, seed=1, n_jobs=1), X, y, 3,
@@ -488,7 +488,7 @@ def test_convergence_warnings_become_one_note_and_other_warnings_pass(caplog: py
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from experiments.ensembling.candidates import convergence_notes
+    from experiments.ensembling.context import convergence_notes
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(200, 30)), rng.integers(0, 3, 200)
@@ -497,7 +497,7 @@ def test_convergence_warnings_become_one_note_and_other_warnings_pass(caplog: py
         with convergence_notes(notes):
             LogisticRegression(max_iter=1, C=100.0).fit(X, y)
             LogisticRegression(max_iter=1, C=100.0).fit(X, y)
-            warnings.warn("something else", UserWarning)
+            warnings.warn("something else", UserWarning, stacklevel=2)
     assert len(notes) == 1
     assert notes[0].startswith("2 second-stage fit(s) stopped at their iteration limit (lbfgs failed to converge")
     assert "\n" not in notes[0]

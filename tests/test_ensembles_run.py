@@ -56,7 +56,8 @@ def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch
     """Index bookkeeping with the real CNN: what each fold model trained on vs what it embedded."""
     from ensembles.config import config_from_dict
     from experiments import training
-    from experiments.ensembling.candidates import BuildContext, run_crossfit
+    from experiments.ensembling.context import BuildContext
+    from experiments.ensembling.fold_cnns import run_crossfit
     from experiments.ensembling.members import load_study_data, study_members
 
     members = study_members("tiny", storage_url=in_study.storage, tracking_uri=in_study.tracking_uri, top_k=1)

@@ -117,8 +117,8 @@ def test_paired_difference_se() -> None:
 
 
 def test_an_ensemble_replaces_the_cnn_only_beyond_the_standard_error() -> None:
-    from experiments.ensembling.candidates import Candidate
     from experiments.ensembling.champion import choose_champion
+    from experiments.ensembling.context import Candidate
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 300)
@@ -147,8 +147,8 @@ def test_a_vote_that_ties_the_cnn_with_a_lower_log_loss_breaks_the_tie() -> None
     """Within the SE no candidate wins outright; a vote (nothing fit on validation) that ties or leads
     with the lower validation log loss is champion; a second stage in the same place, a vote with the
     higher log loss, or a vote that loses accuracy beyond its SE (guard) is not."""
-    from experiments.ensembling.candidates import Candidate
     from experiments.ensembling.champion import choose_champion
+    from experiments.ensembling.context import Candidate
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 300)
@@ -182,8 +182,8 @@ def test_a_vote_that_ties_the_cnn_with_a_lower_log_loss_breaks_the_tie() -> None
 def test_no_champion_trails_the_reference_recipe() -> None:
     """The reference floor: a champion (the best CNN staying, or a candidate that beat it) that trails the
     study's reference trial beyond the paired SE gives way to the reference; within the SE it stays."""
-    from experiments.ensembling.candidates import Candidate
     from experiments.ensembling.champion import choose_champion
+    from experiments.ensembling.context import Candidate
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, 300)
@@ -235,8 +235,8 @@ def test_no_champion_trails_the_reference_recipe() -> None:
 
 def test_the_accuracy_guard_keeps_a_balanced_winner_from_trading_away_accuracy() -> None:
     """Chosen by balanced accuracy, a candidate that buys rare-class recall with majority accuracy loses."""
-    from experiments.ensembling.candidates import Candidate
     from experiments.ensembling.champion import choose_champion
+    from experiments.ensembling.context import Candidate
     from experiments.evaluation import classification_metrics
 
     rng = np.random.default_rng(2)
@@ -274,8 +274,8 @@ def test_the_accuracy_guard_keeps_a_balanced_winner_from_trading_away_accuracy()
 def test_out_of_fold_train_evidence_overrules_a_lucky_validation_split() -> None:
     """3 rare validation images: a candidate that finds all 3 leads on validation; on 200 out-of-fold
     train images (30 rare) it calls many ordinary images rare, and the wide evidence keeps the CNN."""
-    from experiments.ensembling.candidates import Candidate
     from experiments.ensembling.champion import choose_champion
+    from experiments.ensembling.context import Candidate
     from experiments.evaluation import classification_metrics
 
     rng = np.random.default_rng(3)

@@ -15,8 +15,9 @@ from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
 from PIL import Image
 
 from experiments.serving.inputs import iter_input_batches, parse_index_spec, plan_inputs
-from experiments.serving.predictor import ModelCard, Predictor, parse_model_ref
+from experiments.serving.predictor import ModelCard, Predictor
 from experiments.serving.results import format_predictions, top_classes
+from experiments.tracking.loading import parse_model_ref
 from pipelines.classes import CLASS_NAMES
 from pipelines.errors import DataError, ModelError
 from pipelines.images import (
@@ -409,3 +410,30 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
     in_report = np.searchsorted(np.asarray(test), rows)
     np.testing.assert_allclose(predict_probs(bundle.model, data, rows, crop=int(bundle.meta["crop"])),
                                report_probs[in_report], rtol=1e-5, atol=1e-6)
+
+
+def test_loading_name_at_alias_asks_the_registry_once(smoke_model, monkeypatch) -> None:  # noqa: ANN001
+    """``NAME@alias`` is parsed once, looked up once (one alias call, no other registry call) and its model
+    info read once; the card still carries the name and version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from experiments.serving.predictor import load_predictor
+
+    calls: list[str] = []
+    for name in ("get_model_version_by_alias", "get_model_version", "get_registered_model",
+                 "search_model_versions", "get_latest_versions"):
+        real = getattr(MlflowClient, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(MlflowClient, name, spy)
+    real_info = mlflow.models.get_model_info
+    infos: list[str] = []
+    monkeypatch.setattr(mlflow.models, "get_model_info", lambda uri: infos.append(uri) or real_info(uri))
+    predictor = load_predictor("smoke-study@champion", tracking_uri=smoke_model.tracking_uri)
+    assert calls == ["get_model_version_by_alias"]
+    assert len(infos) == 1 and not infos[0].startswith("models:/smoke-study")  # the version's own model URI
+    assert predictor.card.name == "smoke-study" and predictor.card.version

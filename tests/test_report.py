@@ -334,7 +334,7 @@ def test_report_on_an_imported_catalog_tells_the_truth(imported_report: tuple[Ti
 
 @pytest.mark.parametrize("n", [2, 4, 10])
 def test_confusion_titles_fit_their_figure(n: int) -> None:
-    from experiments.reporting.plots import confusion_figure
+    from experiments.run_figures import confusion_figure
 
     fig = confusion_figure(np.eye(n), [f"class name {k}" for k in range(n)],
                            title="Refit CNN (train + validation): test confusion (row-normalised)")

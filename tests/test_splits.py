@@ -116,7 +116,7 @@ def test_assignment_keeps_groups_whole_and_stratifies_galaxy10_counts() -> None:
     per_group = np.zeros((groups.max() + 1, 3), dtype=int)
     np.add.at(per_group, (groups, code), 1)
     assert ((per_group > 0).sum(axis=1) == 1).all(), "a duplicate group straddles two splits"
-    for k, n_k in enumerate(GALAXY10_COUNTS):
+    for k in range(len(GALAXY10_COUNTS)):
         in_k = labels == k
         assert abs((code[in_k] == 2).mean() - 0.10) < 0.02, k
         assert abs((code[in_k] == 1).mean() - 0.09) < 0.02, k

@@ -6,13 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from augment.targeting import (
-    auto_multipliers,
-    class_mix,
-    epoch_rng,
-    multipliers_from_targets,
-    oversample_indices,
-)
+from augment.targeting import auto_multipliers, multipliers_from_targets
 from pipelines.classes import (
     CLASS_SLUGS,
     GALAXY10,
@@ -21,6 +15,7 @@ from pipelines.classes import (
     class_index,
 )
 from pipelines.errors import ConfigError, DataError
+from pipelines.sampling import class_mix, epoch_rng, oversample_indices
 
 
 @pytest.fixture

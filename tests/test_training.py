@@ -10,12 +10,11 @@ from conftest import write_galaxy10_h5
 
 from augment.tta import dihedral_view
 from experiments.config import flatten, load_config
+from experiments.fitting import balanced_class_weights, learning_rate_at
 from experiments.tracking.base import NullTracker
 from experiments.training import (
     TrainData,
-    balanced_class_weights,
     evaluate,
-    learning_rate_at,
     load_training_data,
     resolve_multipliers,
     train,

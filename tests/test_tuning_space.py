@@ -9,14 +9,13 @@ import yaml
 
 from experiments.tuning.search_space import (
     assignments,
-    load_tune_config,
     parse_search_space,
-    parse_study,
     space_hash,
     suggest,
     to_overrides,
     yaml_scalar,
 )
+from experiments.tuning.tune_config import load_tune_config, parse_study
 from pipelines.errors import ConfigError
 
 SPACE = {
@@ -167,7 +166,7 @@ def test_load_tune_config_defaults_study_name_to_file_stem(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", ["tune_cnn.yaml", "tune_quick.yaml"])
 def test_shipped_tuning_configs_resolve_at_every_range_end_and_choice(name: str) -> None:
-    from experiments.tuning.search_space import check_against_config, resolve_run_config
+    from experiments.tuning.tune_config import check_against_config, resolve_run_config
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / name
     cfg = load_tune_config(path)
@@ -183,7 +182,7 @@ def test_shipped_tuning_configs_resolve_at_every_range_end_and_choice(name: str)
 
 def test_auto_targets_work_with_or_without_a_source_run(tmp_path: Path) -> None:
     """Without run.augment.auto_from_run, 'auto' measures recall in a warm-up of each trial (issue 12)."""
-    from experiments.tuning.search_space import check_against_config, resolve_run_config
+    from experiments.tuning.tune_config import check_against_config, resolve_run_config
 
     space = {"augment.targets": {"type": "categorical", "choices": {"none": None, "auto": "auto"}}}
     cfg = parse_tune_config_from(tmp_path, {"search_space": space})
@@ -191,7 +190,7 @@ def test_auto_targets_work_with_or_without_a_source_run(tmp_path: Path) -> None:
     assert resolve_run_config(cfg, {"augment.targets": "auto"})[0].augment.auto_from_run is None
     cfg = parse_tune_config_from(tmp_path, {"run": {"augment": {"auto_from_run": "abc123"}}, "search_space": space})
     check_against_config(cfg)
-    from experiments.tuning.search_space import resolve_run_config
+    from experiments.tuning.tune_config import resolve_run_config
 
     assert resolve_run_config(cfg, {"augment.targets": "auto"})[0].augment.auto_from_run == "abc123"
     assert resolve_run_config(cfg, {"augment.targets": "none"})[0].augment.auto_from_run is None

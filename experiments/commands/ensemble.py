@@ -15,7 +15,8 @@ from experiments.commands.common import (
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 ensemble``."""
     parser = subparsers.add_parser(
-        "ensemble", help="ensembles of a study's CNNs (voting, embeddings + XGBoost/sklearn, stacking) compared in MLflow",
+        "ensemble",
+        help="ensembles of a study's CNNs (voting, embeddings + XGBoost/sklearn, stacking) compared in MLflow",
         description="Build the candidates in --config from the study's best trials, score each on the validation "
                     "split only (cross-fitted or cross-validated so no model scores images it was fit on), log one "
                     "'ensemble comparison' MLflow run with a nested run and a pyfunc model per candidate, and register "
@@ -38,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ensembles.config import config_from_dict, read_config_yaml
-    from experiments.config import apply_overrides, check_study_name
+    from experiments.config import apply_overrides
     from experiments.ensembling.comparison import run_comparison
+    from experiments.names import check_study_name
 
     study = check_study_name(args.study)
     budget = None
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {r['candidate']:<{w}} {r['kind']:<6} {r['val_accuracy']:>8.4f} {r['val_balanced_accuracy']:>8.4f} "
               f"{r['val_macro_f1']:>8.4f} {r['val_log_loss']:>8.4f}{extra}{mark}")
     print(f"  winner: {report.winner} registered as {report.registered}")
-    print(f"  MLflow: parent run {report.parent_run_id} '{report.experiment_name}' with {len(report.rows)} nested runs; "
+    print(f"  MLflow: parent run {report.parent_run_id} '{report.experiment_name}' with {len(report.rows)} "
+          "nested runs; "
           f"mlflow ui --backend-store-uri {report.tracking_uri}")
     for note in report.notes:
         print(f"  note: {note}")

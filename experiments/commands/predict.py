@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from experiments.commands.common import add_tracking_uri_argument
+
 MODEL_HELP = ("NAME@alias (registered model alias), a run id, runs:/<run_id>/model or models:/...; "
               "default: the 'champion' alias of the most recent study")
 
 
 #: Largest --top (no class set is larger: the importer accepts at most a few hundred classes).
 MAX_TOP = 1000
-from experiments.commands.common import add_tracking_uri_argument
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the report and print where it is and the headline numbers."""
     from pathlib import Path
 
-    from experiments.config import check_study_name
+    from experiments.names import check_study_name
     from experiments.reporting.bootstrap import check_resamples
     from experiments.reporting.build import build_report
 

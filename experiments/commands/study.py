@@ -6,8 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 from experiments.commands.common import add_storage_argument
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,8 +67,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
+    from experiments.evaluation import cv_spread
     from experiments.tuning.pruning import describe_cuts
-    from experiments.tuning.search_space import ATTR_REFERENCE
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import (
         ATTR_EXPERIMENT,
@@ -76,10 +77,10 @@ def run_show(args: argparse.Namespace) -> int:
         ATTR_TRACKING_URI,
         ATTR_TRIAL_RUN,
         best_trial,
-        cv_spread,
         load_existing_study,
         state_counts,
     )
+    from experiments.tuning.tune_config import ATTR_REFERENCE
 
     storage = open_storage(args.storage, must_exist=True)
     study = load_existing_study(args.name, storage)

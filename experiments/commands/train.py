@@ -44,7 +44,8 @@ def format_summary(summary: dict) -> str:
     for split in ("val", "test"):
         m = summary.get(split)
         if m:
-            lines.append(f"  {split:<4} accuracy {100 * m['accuracy']:5.1f}%  balanced {100 * m['balanced_accuracy']:5.1f}%"
+            lines.append(f"  {split:<4} accuracy {100 * m['accuracy']:5.1f}%  "
+                         f"balanced {100 * m['balanced_accuracy']:5.1f}%"
                          f"  macro-F1 {100 * m['macro_f1']:5.1f}%  log loss {m['log_loss']:.3f}")
     if summary.get("model_uri"):
         lines.append(f"model: {summary['model_uri']}  (also runs:/{summary['run_id']}/model)")
@@ -54,7 +55,7 @@ def format_summary(summary: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the config, open an MLflow run, train, print the summary."""
     from experiments.config import AUTO_TARGETS, load_config
-    from experiments.serving.predictor import load_keras_model
+    from experiments.tracking.loading import load_keras_model
     from experiments.tracking.mlflow_tracker import MlflowTracker
     from experiments.tracking.runs import run_val_recall
     from experiments.tracking.store import set_tracking_uri

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="wall-clock budget, e.g. 20m, 1h or 1h30m: measure this machine's speed and plan the "
                              "folds, trials and refit to fit it (replaces --trials as the count; --trials caps it)")
     parser.add_argument("--workers", type=int,
-                        help="worker processes sharing the study, each loading the data once (default: study.workers, 1)")
+                        help="worker processes sharing the study, each loading the data once "
+                             "(default: study.workers, 1)")
     add_storage_argument(parser, default=None)
     add_tracking_uri_argument(parser)
     parser.add_argument("--no-refit", dest="refit", action="store_false",
@@ -43,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the study and print its summary; exit 1 if a worker died."""
     from dataclasses import replace
 
-    from experiments.config import check_study_name
-    from pipelines.errors import ConfigError
+    from experiments.names import check_study_name
     from experiments.tuning.run import run_study
-    from experiments.tuning.search_space import load_tune_config
+    from experiments.tuning.tune_config import load_tune_config
+    from pipelines.errors import ConfigError
 
     tune = load_tune_config(args.config)
     if args.study is not None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.ensembling.candidates import REFERENCE_CANDIDATE, Candidate
+from experiments.ensembling.context import REFERENCE_CANDIDATE, Candidate
 from experiments.evaluation import paired_difference_se
 
 #: The candidate every ensemble must beat: the study's best CNN alone.

@@ -18,23 +18,21 @@ import numpy as np
 
 from ensembles.config import EnsembleConfig, to_dict
 from ensembles.serving import save_ensemble
-from experiments.ensembling.candidates import (
-    Candidate,
-    build_candidates,
-    validate_config,
-)
+from experiments.ensembling.candidates import build_candidates
 from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
+from experiments.ensembling.context import Candidate
 from experiments.ensembling.members import load_study_data, study_members
+from experiments.ensembling.second_stage_tuning import validate_config
 from experiments.evaluation import classification_metrics, per_class_csv, prefixed
-from experiments.reporting.plots import confusion_figure
+from experiments.run_figures import confusion_figure
 from experiments.tracking.base import git_commit, package_versions
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.pyfunc import log_ensemble_model
-from experiments.tuning.budget import plan_ensemble
 from experiments.tracking.runs import find_runs, finish_run, set_run_tags
 from experiments.tracking.store import require_tracking_store
 from experiments.training import data_tags
+from experiments.tuning.budget import plan_ensemble
 from pipelines.io import pid_alive
 from pipelines.preprocess import PREPROCESS_VERSION
 from pipelines.reader import Galaxy10File

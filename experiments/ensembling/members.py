@@ -8,7 +8,6 @@ from typing import Any
 
 from experiments.tracking.runs import get_run_facts, logged_run_config
 from experiments.training import load_training_data
-from experiments.tuning.search_space import ATTR_REFERENCE
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import (
     ATTR_METRIC,
@@ -17,6 +16,7 @@ from experiments.tuning.study import (
     load_existing_study,
     state_counts,
 )
+from experiments.tuning.tune_config import ATTR_REFERENCE
 from pipelines.errors import ConfigError, DataError, ModelError
 
 
@@ -108,7 +108,8 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
         run_id = str(t.user_attrs[ATTR_TRIAL_RUN])
         facts = get_run_facts(run_id, tracking_uri=tracking_uri)
         members.append(Member(trial_number=t.number, value=float(t.value), run_id=run_id,
-                              model_uri=str(t.user_attrs["model_uri"]), cfg=logged_run_config(run_id, tracking_uri=tracking_uri),
+                              model_uri=str(t.user_attrs["model_uri"]),
+                              cfg=logged_run_config(run_id, tracking_uri=tracking_uri),
                               tags=facts.tags, metrics=facts.metrics,
                               reference=bool(t.user_attrs.get(ATTR_REFERENCE))))
     metric = str(study.user_attrs.get(ATTR_METRIC, "accuracy"))

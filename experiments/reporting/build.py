@@ -37,7 +37,7 @@ from experiments.tracking.runs import (
 )
 from experiments.tracking.store import require_tracking_store
 from experiments.training import load_training_data
-from experiments.tuning.search_space import DEFAULT_STORAGE
+from experiments.tuning import DEFAULT_STORAGE
 from pipelines.classes import absent_classes
 from pipelines.errors import ConfigError, DataError, ModelError
 from pipelines.outputs import check_output_dir
@@ -60,7 +60,8 @@ def reproduce_commands(study: StudyFacts, *, tracking_uri: str, data_path: str, 
             f"--data {q(data_path)}" + (f" --trials {trials}" if trials else "")]
     if ensemble.found:
         if ensemble.comparison_run_id:
-            cmds.append(f"# the comparison's config is logged as ensemble_config.yaml on run {ensemble.comparison_run_id}")
+            cmds.append("# the comparison's config is logged as ensemble_config.yaml on run "
+                        f"{ensemble.comparison_run_id}")
         mode = f" --set mode={q(ensemble.mode)}" if ensemble.mode else ""
         cmds.append(f"galaxy10 ensemble --study {q(study.name)} --config experiments/configs/ensemble.yaml{mode} "
                     f"{common}")
@@ -137,8 +138,9 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         log.info("scoring the best CNN (trial %d, %s) on %d test images", study.best_number, study.best_model_uri,
                  len(data.test))
         probs_by_key["cnn"] = score_logged_model(study.best_model_uri, data.path, data.test)
+        scored_by = "cross-validated" if study.best_cv_scores else "val"
         models.append(_scored("cnn", "Best CNN", f"study best trial {study.best_number} "
-                              f"({'cross-validated' if study.best_cv_scores else 'val'} {study.metric} {study.best_value:.4f})", study.best_run_id,
+                              f"({scored_by} {study.metric} {study.best_value:.4f})", study.best_run_id,
                               study.best_model_uri, y_true, probs_by_key["cnn"], slugs))
         if study.refit_model_uri and study.refit_of_trial == study.best_number:
             log.info("scoring the refit of trial %d (%s) on the test split", study.best_number, study.refit_model_uri)

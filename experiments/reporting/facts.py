@@ -18,13 +18,12 @@ from experiments.tracking.runs import (
     get_run_facts,
     list_run_artifacts,
 )
+from experiments.tuning.pruning import describe_cuts
 from experiments.tuning.refit import (
     ATTR_REFIT_MODEL,
     ATTR_REFIT_RUN,
     ATTR_REFIT_TRIAL,
 )
-from experiments.tuning.pruning import describe_cuts
-from experiments.tuning.search_space import ATTR_REFERENCE
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import (
     ATTR_METRIC,
@@ -35,6 +34,7 @@ from experiments.tuning.study import (
     load_existing_study,
     state_counts,
 )
+from experiments.tuning.tune_config import ATTR_REFERENCE
 from pipelines.errors import ConfigError, ModelError
 from pipelines.reader import validate_galaxy10
 

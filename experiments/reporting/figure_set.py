@@ -15,7 +15,7 @@ from experiments.reporting.figures import (
     png_bytes,
     recall_bars_figure,
 )
-from experiments.reporting.plots import confusion_figure, learning_curves_figure
+from experiments.run_figures import confusion_figure, learning_curves_figure
 from experiments.tracking.runs import (
     download_run_artifact,
     get_run_facts,

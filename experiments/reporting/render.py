@@ -134,7 +134,7 @@ def render_markdown(report: Report) -> str:
                 ("Fingerprint (SHA-256)", f"`{card.fingerprint}`"),
                 ("Images", f"{card.n_images} at {card.image_size} px" +
                  (f" (study used the first {card.max_images})" if card.max_images else "")),
-                ("Split (seed {})".format(card.split_seed), ", ".join(f"{k} {v}" for k, v in card.split_sizes.items())),
+                (f"Split (seed {card.split_seed})", ", ".join(f"{k} {v}" for k, v in card.split_sizes.items())),
             ] + ([("Generator", card.generator)] if card.generator else [])), "",
             _md_table(["Class", "Images in file", "Test images"],
                       [(n, str(c), str(t)) for n, c, t in zip(card.class_names, card.class_counts, card.test_counts)]),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,8 +13,8 @@ from tqdm.auto import tqdm
 from augment.tta import tta_predict
 from experiments.tracking.loading import (
     ModelBundle,
-    load_model_bundle,
     load_prediction_model,
+    resolve_model_uri,
 )
 from experiments.tracking.model_registry import default_champion_uri
 from experiments.tracking.store import (
@@ -34,8 +33,6 @@ log = logging.getLogger(__name__)
 PYFUNC_INPUT_SIZE: int = 256
 HOW_TO_TRAIN = ("train one with `galaxy10 train --config experiments/configs/smoke.yaml` or "
                 "`galaxy10 tune --config experiments/configs/tune_quick.yaml`, or pass --model")
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_NAME_ALIAS = re.compile(r"^(?P<name>[^@/:\s]+(?:[^@:\s]*[^@/:\s])?)@(?P<alias>[A-Za-z0-9_-]+)$")
 
 
 def predict_images(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *,
@@ -144,28 +141,6 @@ def predict_file_rows(predictor: Predictor, data_path: str | Path, indices: Sequ
     return np.concatenate(parts) if parts else np.zeros((0, len(predictor.card.class_names)), np.float32)
 
 
-def parse_model_ref(ref: str) -> str:
-    """Turn a ``--model`` value into an MLflow model URI.
-
-    ``NAME@alias`` -> ``models:/NAME@alias``; a bare 32-hex run id -> ``runs:/<id>/model``;
-    ``models:/...``, ``runs:/...`` and other URIs pass through.
-    """
-    ref = ref.strip()
-    if not ref:
-        raise ModelError("empty --model; pass NAME@alias, a run id, runs:/<id>/model or models:/...")
-    if "://" in ref or ref.startswith(("models:/", "runs:/")):
-        return ref
-    if _RUN_ID.match(ref):
-        return f"runs:/{ref}/model"
-    match = _NAME_ALIAS.match(ref)
-    if match:
-        return f"models:/{match['name']}@{match['alias']}"
-    if Path(ref).exists():  # a local MLflow model folder
-        return ref
-    raise ModelError(f"cannot read model reference {ref!r}; use NAME@alias (e.g. my-study@champion),"
-                     " a 32-character run id, runs:/<run_id>/model or models:/NAME/VERSION")
-
-
 def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -> Predictor:
     """Load the model named by ``ref`` (default: the newest study's ``champion`` alias)."""
     if tracking_uri:
@@ -182,22 +157,6 @@ def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -
                              f"{get_tracking_uri()}; {HOW_TO_TRAIN}")
         log.info("using the newest study champion %s", uri)
     return predictor_from_loaded(load_prediction_model(uri))
-
-
-def load_keras_model(ref: str, *, tracking_uri: str | None = None) -> ModelBundle:
-    """The logged Keras model ``ref`` (NAME@alias, run id, ``models:/...``) and its metadata (``model.init_from``)."""
-    if tracking_uri:
-        set_tracking_uri(tracking_uri)
-    return load_model_bundle(resolve_model_uri(ref))
-
-
-def resolve_model_uri(ref: str) -> str:
-    """:func:`parse_model_ref`, then check that the tracking store exists unless ``ref`` is a local folder
-    (a lookup in a missing store must not create an empty MLflow database)."""
-    uri = parse_model_ref(ref)
-    if not Path(uri).exists():
-        require_tracking_store(get_tracking_uri())
-    return uri
 
 
 def predictor_from_loaded(loaded: Any) -> Predictor:

@@ -11,7 +11,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -257,13 +256,6 @@ class _KerasFlavor:
 
         os.makedirs(path, exist_ok=True)
         mlflow.keras.save_model(path=path, **kwargs)
-
-
-@contextlib.contextmanager
-def temporary_artifact_dir() -> Iterator[Path]:
-    """A temporary folder for files about to be uploaded as artifacts."""
-    with tempfile.TemporaryDirectory(prefix="galaxy10-artifacts-") as tmp:
-        yield Path(tmp)
 
 
 def attach_run(run_id: str, *, tracking_uri: str | None = None) -> MlflowTracker | None:

@@ -199,7 +199,7 @@ def plan_for_study(tune: Any, *, data_path: str | None, budget_s: float, max_tri
     """Measure this machine's speed for the reference recipe and the search space's costliest trial
     configurations, then :func:`plan_study`."""
     from experiments.training import load_training_data
-    from experiments.tuning.search_space import reference_run_config, resolve_run_config
+    from experiments.tuning.tune_config import reference_run_config, resolve_run_config
 
     started = time.perf_counter()
     loaded: dict[Any, Any] = {}

@@ -15,26 +15,26 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sklearn.model_selection import StratifiedKFold
 
-from experiments.serving.predictor import load_keras_model
 from experiments.tracking.base import NullTracker
 from experiments.tracking.faults import server_errors
+from experiments.tracking.loading import load_keras_model
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run, run_val_recall
 from experiments.training import load_training_data, train
 from experiments.tuning.pruning import step_of
-from experiments.tuning.search_space import (
-    ATTR_REFERENCE,
-    TuneConfig,
-    base_run_dict,
-    suggest,
-    trial_run_config,
-)
+from experiments.tuning.search_space import suggest
 from experiments.tuning.storage import open_storage, quiet_optuna_warnings
 from experiments.tuning.study import (
     ATTR_TRIAL_RUN,
     fail_stale_trials,
     n_counted,
     open_study,
+)
+from experiments.tuning.tune_config import (
+    ATTR_REFERENCE,
+    TuneConfig,
+    base_run_dict,
+    trial_run_config,
 )
 
 log = logging.getLogger(__name__)

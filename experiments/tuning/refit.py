@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import optuna
 
-from experiments.serving.predictor import load_keras_model
+from experiments.tracking.loading import load_keras_model
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.runs import run_val_recall
 from experiments.training import load_training_data, train
-from experiments.tuning.search_space import TuneConfig, trial_run_config
 from experiments.tuning.study import best_trial
+from experiments.tuning.tune_config import TuneConfig, trial_run_config
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 import yaml
+from optuna.trial import TrialState
 
 from augment.targeting import multipliers_from_targets
-from experiments.config import check_study_name, plain, to_yaml
+from experiments.config import plain, to_yaml
+from experiments.names import check_study_name
 from experiments.tracking.faults import server_errors, unreachable_reason
 from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
 from experiments.tracking.model_registry import register_champion
@@ -26,14 +27,7 @@ from experiments.tuning.objective import StaleTrialHandler, StudyRun, TrialWorke
 from experiments.tuning.plots import save_plots
 from experiments.tuning.refit import refit_best
 from experiments.tuning.samplers import describe
-from experiments.tuning.search_space import (
-    ATTR_REFERENCE,
-    StudyConfig,
-    TuneConfig,
-    check_against_config,
-    resolve_run_config,
-    space_hash,
-)
+from experiments.tuning.search_space import space_hash
 from experiments.tuning.storage import enable_sqlite_wal, open_storage, sqlite_file
 from experiments.tuning.study import (
     ATTR_EXPERIMENT,
@@ -47,6 +41,13 @@ from experiments.tuning.study import (
     n_counted,
     open_study,
     state_counts,
+)
+from experiments.tuning.tune_config import (
+    ATTR_REFERENCE,
+    StudyConfig,
+    TuneConfig,
+    check_against_config,
+    resolve_run_config,
 )
 from experiments.tuning.workers import route_optuna_logging, run_workers
 from pipelines.classes import ClassSet

@@ -4,8 +4,8 @@ from __future__ import annotations
 import optuna
 
 from experiments.tuning.pruning import FloorPruner
-from experiments.tuning.search_space import PrunerConfig, SamplerConfig
 from experiments.tuning.storage import quiet_optuna_warnings
+from experiments.tuning.tune_config import PrunerConfig, SamplerConfig
 from pipelines.errors import ConfigError, first_line
 
 

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
-from experiments.tuning.search_space import DEFAULT_STORAGE
+from experiments.tuning import DEFAULT_STORAGE
 from pipelines.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)

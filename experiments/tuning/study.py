@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -11,8 +10,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.config import plain
 from experiments.tuning.samplers import make_pruner, make_sampler
-from experiments.tuning.search_space import ATTR_REFERENCE, TuneConfig, space_hash
+from experiments.tuning.search_space import space_hash
 from experiments.tuning.storage import quiet_optuna_warnings, storage_url_of
+from experiments.tuning.tune_config import ATTR_REFERENCE, TuneConfig
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,3 @@ def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optu
 
 def count_tags(study: optuna.Study) -> dict[str, int]:
     return {f"study.n_{k.lower()}": v for k, v in state_counts(study).items()}
-
-def cv_spread(scores: list[float] | None) -> str | None:
-    """``0.612 ± 0.031 (3)``: mean and sample SD of a trial's fold scores, or None without CV."""
-    if not scores:
-        return None
-    sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
-    return f"{statistics.fmean(scores):.3f} ± {sd:.3f} ({len(scores)})"

@@ -1,4 +1,5 @@
-"""Matplotlib figures for run reports: normalised confusion matrix and learning curves.
+"""Figures of one run, drawn wherever a run is scored (training, ensembles, reports): the normalised
+confusion matrix and the learning curves.
 
 Figures are built with the object-oriented API on an Agg canvas (no display, no global pyplot
 state), so they are safe in worker processes and tests.
@@ -69,7 +70,3 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]], best_epoch: i
         ax.legend(fontsize=8)
     return fig
 
-
-def save_figure(fig: Figure, path: str) -> None:
-    """Write ``fig`` as PNG to ``path``."""
-    fig.savefig(path, format="png")
