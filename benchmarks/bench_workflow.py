@@ -38,7 +38,7 @@ from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
 G10 = [sys.executable, "-m", "experiments.cli", "-q"]
 #: Shares of ``--budget-factor`` x the reference's wall time given to ``tune --budget`` and
 #: ``ensemble --budget`` (the rest is the report and the commands' start-up).
-TUNE_SHARE, ENSEMBLE_SHARE = 0.75, 0.12
+TUNE_SHARE, ENSEMBLE_SHARE = 0.82, 0.08
 #: Below this ``--budget-factor`` the study cannot hold its reference trial (about 1x by itself) and runs
 #: without it (``study.reference_trial: false``): the equal-wall-clock arm.
 REFERENCE_TRIAL_MIN_FACTOR = 2.0

@@ -160,19 +160,58 @@ def check_start_model(model_cfg: Any, meta: Mapping[str, Any]) -> str:
     return src_desc
 
 
-def start_from_weights(model: Any, cfg: RunConfig, data: TrainData, model_loader: ModelLoader | None) -> list[str]:
+@dataclass(frozen=True)
+class PreparedRun:
+    """What a run takes from outside itself, resolved and checked before anything is built or logged:
+    the ``model.weights`` file, the ``model.init_from`` model (with its metadata and description) and the
+    validation recall of ``augment.auto_from_run``."""
+
+    weights: Path | None = None
+    start: tuple[Any, Mapping[str, Any], str] | None = None
+    source_recall: np.ndarray | None = None
+
+    @property
+    def recall_lookup(self) -> RecallLookup | None:
+        """The source run's recall as a lookup (None without one)."""
+        recall = self.source_recall
+        return None if recall is None else (lambda run_id, slugs: recall)
+
+
+def prepare_run(cfg: RunConfig, data: TrainData, *, recall_lookup: RecallLookup | None = None,
+                model_loader: ModelLoader | None = None) -> PreparedRun:
+    """The one place a run's outside references are resolved (every training path goes through it, inside
+    :func:`train` or - to fail before an MLflow run is opened - just before it): the weights file is
+    checked, the start model loaded and checked against this backbone, the source run's recall read."""
+    m = cfg.model
+    weights = check_weights_file(m.weights, m.name) if m.weights is not None else None
+    start = None
+    if m.init_from is not None:
+        if model_loader is None:
+            raise ConfigError("config key model.init_from needs an MLflow store to load the model from; use "
+                              "`galaxy10 train` or `galaxy10 tune` (or model.weights with a .keras file)")
+        source, meta = model_loader(m.init_from)
+        start = (source, meta, check_start_model(m, meta))
+    recall = None
+    if cfg.augment.targets == AUTO_TARGETS and cfg.augment.auto_from_run:
+        if recall_lookup is None:
+            raise ConfigError("augment.targets=auto needs the validation recall of run "
+                              f"{cfg.augment.auto_from_run}; run it through `galaxy10 train` (which reads MLflow)")
+        recall = np.asarray(recall_lookup(str(cfg.augment.auto_from_run), data.class_slugs), dtype=np.float64)
+    return PreparedRun(weights=weights, start=start, source_recall=recall)
+
+
+def start_from_weights(model: Any, cfg: RunConfig, data: TrainData, prepared: PreparedRun) -> list[str]:
     """Copy ``model.weights`` / ``model.init_from`` into the freshly built ``model``; return the layers left fresh.
 
     ``init_from`` must be a model of the same backbone; its classifier is kept only for the same classes.
     """
     m = cfg.model
     desc = describe(m.name, backbone_params(m))
-    if m.weights is not None and not (application_weights(m.weights) and m.name in APPLICATION_BACKBONES):
-        return load_weights_file(model, check_weights_file(m.weights, m.name), target_desc=desc)
-    if m.init_from is None or model_loader is None:
+    if prepared.weights is not None and not (application_weights(m.weights) and m.name in APPLICATION_BACKBONES):
+        return load_weights_file(model, prepared.weights, target_desc=desc)
+    if prepared.start is None:
         return []
-    source, meta = model_loader(m.init_from)
-    src_desc = check_start_model(m, meta)
+    source, meta, src_desc = prepared.start
     same_classes = list(meta.get("class_names") or []) == list(data.class_names)
     return transfer_weights(model, source, target_desc=desc, source_desc=src_desc, keep_classifier=same_classes)
 
@@ -260,6 +299,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
           data_path: str | Path | None = None, score_test: bool = False, callbacks: Sequence[Any] = (),
           epoch_callback: EpochCallback | None = None, recall_lookup: RecallLookup | None = None,
           model_loader: ModelLoader | None = None, log_model: bool = True, verbose: int | str | None = None,
+          prepared: PreparedRun | None = None,
           restore_best: bool = True) -> TrainResult:
     """Run one configured training: data, model, fit, evaluation, logging.
 
@@ -279,6 +319,9 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
         Resolves ``augment.targets: auto`` (``experiments.tracking.runs.run_val_recall``).
     model_loader
         Resolves ``model.init_from`` (``experiments.tracking.loading.load_keras_model``).
+    prepared
+        The run's outside references already resolved by :func:`prepare_run` (else resolved here with
+        ``recall_lookup`` and ``model_loader``).
     log_model
         Log the Keras model with its prediction metadata.
     """
@@ -295,12 +338,9 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
         log.warning("training on SYNTHETIC data: %s", data.describe())
     else:
         log.info("training on %s", data.describe())
-    multipliers = resolve_multipliers(cfg, data, recall_lookup)
-    if cfg.model.weights is not None:
-        check_weights_file(cfg.model.weights, cfg.model.name)  # before anything is logged or built
-    if cfg.model.init_from is not None and model_loader is None:
-        raise ConfigError("config key model.init_from needs an MLflow store to load the model from; use "
-                          "`galaxy10 train` or `galaxy10 tune` (or model.weights with a .keras file)")
+    if prepared is None:  # before anything is logged or built
+        prepared = prepare_run(cfg, data, recall_lookup=recall_lookup, model_loader=model_loader)
+    multipliers = resolve_multipliers(cfg, data, prepared.recall_lookup)
 
     tracker.log_params(flatten(cfg))
     tracker.set_tags({**data_tags(data), **git_commit(), **package_versions(),
@@ -324,7 +364,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
                             precision=cfg.train.precision)
         tracker.log_params({"model.parameters": model.count_params(), "model.multiply_adds": multiply_adds(model),
                             "train.precision_resolved": resolve_precision(cfg.train.precision)})
-        start_from_weights(model, cfg, data, model_loader)
+        start_from_weights(model, cfg, data, prepared)
         fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
                      epoch_callback=epoch_callback, verbose=verbose, restore_best=restore_best)
 

@@ -172,8 +172,12 @@ def _plan(budget: float, **kw: object) -> StudyPlan:
 
 
 @pytest.mark.parametrize("budget", [150.0, 400.0, 900.0, 3000.0, 20000.0])
-def test_a_plan_fits_its_budget(budget: float) -> None:
-    plan = _plan(budget, spent_s=12.0)
+@pytest.mark.parametrize("overhead", [0.0, 6.0])
+def test_a_plan_fits_its_budget(budget: float, overhead: float) -> None:
+    plan = _plan(budget, spent_s=12.0, fit_overhead_s=overhead)
+    if overhead:  # every fit pays its set-up: a trial of 3 folds is 4 fits
+        assert plan.reference_s == trial_seconds(50, 2.0, plan.folds) + (4 if plan.folds == 3 else
+                                                                         3 if plan.folds == 2 else 1) * overhead
     assert plan.planned_s + 12.0 <= budget * 0.9 + 1e-9
     assert plan.deadline_s + plan.trial_s + (plan.refit_s if plan.refit else 0) <= budget * 0.9 - 12.0 + 1e-9
     assert plan.n_trials >= 1 and plan.folds in (3, 2, 0)

@@ -73,3 +73,17 @@ def test_the_cli_help_loads_no_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]"
+
+
+def test_every_training_path_resolves_its_references_through_one_entry() -> None:
+    """The command, the objective, the refit and the fold CNNs train through ``experiments.training.train``
+    with the one set of MLflow lookups (``tracking.lookups.training_lookups``); none builds its own."""
+    paths = ["experiments/commands/train.py", "experiments/tuning/objective.py", "experiments/tuning/refit.py",
+             "experiments/ensembling/fold_cnns.py"]
+    for rel in paths:
+        text = (ROOT / rel).read_text()
+        assert "training_lookups(" in text, rel
+        assert "partial(run_val_recall" not in text and "partial(load_keras_model" not in text, rel
+    lib = [p for p in _modules("experiments") if p.name != "lookups.py"]
+    builders = [str(p.relative_to(ROOT)) for p in lib if "partial(run_val_recall" in p.read_text()]
+    assert builders == []

@@ -54,39 +54,24 @@ def format_summary(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, open an MLflow run, train, print the summary."""
-    from experiments.config import AUTO_TARGETS, load_config
-    from experiments.tracking.loading import load_keras_model
+    from experiments.config import load_config
+    from experiments.tracking.lookups import training_lookups
     from experiments.tracking.mlflow_tracker import MlflowTracker
-    from experiments.tracking.runs import run_val_recall
     from experiments.tracking.store import set_tracking_uri
-    from experiments.training import (
-        check_start_model,
-        load_training_data,
-        summary,
-        train,
-    )
-    from models.weights import check_weights_file
+    from experiments.training import load_training_data, prepare_run, summary, train
 
     cfg = load_config(args.config, args.overrides)
     uri = set_tracking_uri(args.tracking_uri)
-    # Everything that can fail on bad input is checked before the MLflow run is opened.
+    # Everything that can fail on bad input is checked before the MLflow run is opened: the data, the
+    # weights file, the start model (a mismatch leaves no run), the source run's recall.
     data = load_training_data(cfg.data, args.data, targets=cfg.augment.targets)  # targets: the file's classes
-    if cfg.model.weights is not None:
-        check_weights_file(cfg.model.weights, cfg.model.name)
-    start = None
-    if cfg.model.init_from is not None:  # loaded and checked before the run opens: a mismatch leaves no run
-        start = load_keras_model(cfg.model.init_from, tracking_uri=uri)
-        check_start_model(cfg.model, start.meta)
-    recall = None
-    if cfg.augment.targets == AUTO_TARGETS and cfg.augment.auto_from_run:
-        recall = run_val_recall(str(cfg.augment.auto_from_run), data.class_slugs, tracking_uri=uri)
+    prepared = prepare_run(cfg, data, **training_lookups(uri))
     # Keras prints its per-epoch progress to stdout; keep stdout for the summary (e.g. --json).
     with contextlib.redirect_stdout(sys.stderr), \
             MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri,
                           tags={"config.file": args.config}) as tracker:
-        result = train(cfg, tracker, data=data, score_test=args.score_test,
-                       recall_lookup=None if recall is None else (lambda run_id, slugs: recall),
-                       model_loader=None if start is None else (lambda ref: start), log_model=args.log_model)
+        result = train(cfg, tracker, data=data, score_test=args.score_test, prepared=prepared,
+                       log_model=args.log_model)
     out = summary(result)
     print(json.dumps(out, indent=2) if args.json else format_summary(out))
     return 0

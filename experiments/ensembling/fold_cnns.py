@@ -1,7 +1,6 @@
 """Cross-fitting: the best trial's recipe trained on K folds of train (cached), out-of-fold outputs."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -16,8 +15,7 @@ from experiments.config import to_yaml
 from experiments.ensembling.context import BuildContext, embedder
 from experiments.ensembling.members import Member
 from experiments.tracking.base import NullTracker
-from experiments.tracking.loading import load_keras_model
-from experiments.tracking.runs import run_val_recall
+from experiments.tracking.lookups import training_lookups
 from experiments.training import train
 from pipelines.io import atomic_path, write_json_atomic
 from pipelines.paths import default_cache_dir
@@ -66,7 +64,7 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
     val_emb: dict[int, np.ndarray] = {}
     val_probs: dict[int, np.ndarray] = {}
     cached = 0
-    recall_lookup = functools.partial(run_val_recall, tracking_uri=ctx.tracking_uri)
+    lookups = training_lookups(ctx.tracking_uri)
 
     def train_fold(fold: Any) -> tuple[Path, np.ndarray]:
         nonlocal cached
@@ -80,8 +78,7 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
             return path, fold_data.train
         log.info("cross-fitting fold %d/%d: training %s on %d of %d training images", fold.number + 1,
                  len(folds), best.name, len(fold_data.train), len(data.train))
-        result = train(recipe, NullTracker(), data=fold_data, log_model=False, verbose=0, recall_lookup=recall_lookup,
-                       model_loader=functools.partial(load_keras_model, tracking_uri=ctx.tracking_uri))
+        result = train(recipe, NullTracker(), data=fold_data, log_model=False, verbose=0, **lookups)
         with atomic_path(path, suffix=".keras") as tmp:
             result.model.save(tmp)
         write_json_atomic(record, {"fold": fold.number, "trained_on": len(fold_data.train),

@@ -25,6 +25,8 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 #: Share of a budget kept for start-up, logging, plots and the registry (not training).
 OVERHEAD_SHARE = 0.1
+#: Views of 8-view test-time averaging (the final evaluation of a TTA fit costs more).
+TTA_VIEWS = 8
 #: Images of the training split a speed probe trains on (at most).
 PROBE_IMAGES = 192
 
@@ -44,12 +46,14 @@ def parse_duration(text: str, *, option: str = "--budget") -> float:
     return seconds
 
 
-def measure_epoch_seconds(cfg: Any, data: Any) -> float:
-    """Seconds one epoch of ``cfg`` takes on the whole training split of ``data``, on this machine.
+def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[float, float]:
+    """``(seconds per epoch, seconds per fit besides its epochs)`` of ``cfg`` on the whole training split
+    of ``data``, on this machine.
 
-    Trains two epochs on at most :data:`PROBE_IMAGES` training images (the first epoch builds and traces
-    the graph and is not counted), validation on at most a quarter of that, no early stopping, nothing
-    logged; the second epoch's time is scaled by the share of images.
+    Trains two epochs on at most :data:`PROBE_IMAGES` training images, validation on at most a quarter of
+    that, no early stopping, nothing logged; the second (warm) epoch's time is scaled by the share of
+    images; what the first epoch and the set-up took beyond a warm epoch (building the model, tracing
+    the graph, the final evaluation) is the per-fit overhead.
     """
     import keras
 
@@ -63,26 +67,30 @@ def measure_epoch_seconds(cfg: Any, data: Any) -> float:
     probe = replace(cfg, train=replace(cfg.train, epochs=2, patience=None, freeze_epochs=0),
                     augment=replace(cfg.augment, auto_warmup_epochs=0, targets=None, tta=False))
     stamps: list[float] = []
+    started = time.perf_counter()
     train(probe, data=replace(data, train=sub_train, val=sub_val), log_model=False, verbose=0,
-          epoch_callback=lambda epoch, metrics: stamps.append(time.perf_counter()))
+          epoch_callback=lambda epoch, metrics: stamps.append(time.perf_counter()), **(lookups or {}))
+    ended = time.perf_counter()
     keras.backend.clear_session()
     warm = stamps[1] - stamps[0]
     seconds = warm * (n_train + len(data.val) / 4) / (len(sub_train) + n_val / 4)
-    log.info("speed probe: %s at %d px, %.2f s per epoch of %d training images", cfg.model.name, cfg.data.crop,
-             seconds, n_train)
-    return seconds
+    overhead = max(0.0, (ended - started) - 2 * warm) * (TTA_VIEWS if cfg.augment.tta else 1) ** 0.5
+    log.info("speed probe: %s at %d px, %.2f s per epoch of %d training images, %.1f s per fit besides",
+             cfg.model.name, cfg.data.crop, seconds, n_train, overhead)
+    return seconds, overhead
 
 
-def fit_seconds(epochs: int, epoch_s: float, share: float = 1.0) -> float:
-    """A fit of at most ``epochs`` epochs on ``share`` of the training images."""
-    return epochs * epoch_s * share
+def fit_seconds(epochs: int, epoch_s: float, share: float = 1.0, overhead: float = 0.0) -> float:
+    """A fit of at most ``epochs`` epochs on ``share`` of the training images, plus its set-up."""
+    return epochs * epoch_s * share + overhead
 
 
-def trial_seconds(epochs: int, epoch_s: float, folds: int) -> float:
+def trial_seconds(epochs: int, epoch_s: float, folds: int, overhead: float = 0.0) -> float:
     """A trial's cost: K fold fits on (K-1)/K of the images plus the fit on all of them (or one fit)."""
     if folds:
-        return folds * fit_seconds(epochs, epoch_s, (folds - 1) / folds) + fit_seconds(epochs, epoch_s)
-    return fit_seconds(epochs, epoch_s)
+        return (folds * fit_seconds(epochs, epoch_s, (folds - 1) / folds, overhead)
+                + fit_seconds(epochs, epoch_s, 1.0, overhead))
+    return fit_seconds(epochs, epoch_s, 1.0, overhead)
 
 
 @dataclass(frozen=True)
@@ -121,39 +129,44 @@ class StudyPlan:
 def plan_study(budget_s: float, *, spent_s: float = 0.0, reference_epoch_s: float | None, reference_epochs: int,
                trial_epoch_s: float, trial_epochs: int, fold_options: tuple[int, ...], max_trials: int,
                refit: bool, trial_epoch_max_s: float | None = None, min_tuned: int = 2,
-               min_epochs: int = 5) -> StudyPlan:
+               min_epochs: int = 5, fit_overhead_s: float = 0.0) -> StudyPlan:
     """The most folds (of ``fold_options``, most first) that leave room for the reference trial and at
     least ``min_tuned`` tuned trials; without folds, fewer epochs per tuned trial (not below
     ``min_epochs``) when even that does not fit; then as many trials as fit (at most ``max_trials``);
     the refit is kept when it fits after them.
 
-    ``spent_s``: seconds already used (the speed probes). ``reference_epoch_s`` None: no reference trial
-    is to run. Raises ``ConfigError`` when not even the reference trial (or one trial) fits, naming the
-    budget it needs.
+    ``spent_s``: seconds already used (the speed probes); ``fit_overhead_s``: what every fit costs besides
+    its epochs. ``reference_epoch_s`` None: no reference trial is to run. Raises ``ConfigError`` when not
+    even the reference trial (or one trial) fits, naming the budget it needs.
     """
     usable = budget_s * (1.0 - OVERHEAD_SHARE) - spent_s
     worst_s = max(trial_epoch_max_s or trial_epoch_s, trial_epoch_s)
+
+    def cost(epochs: int, epoch_s: float | None, folds: int) -> float:
+        return 0.0 if epoch_s is None else trial_seconds(epochs, epoch_s, folds, fit_overhead_s)
+
     folds, epochs = fold_options[-1], trial_epochs
     for option in fold_options:
-        ref = trial_seconds(reference_epochs, reference_epoch_s, option) if reference_epoch_s is not None else 0.0
-        if usable - ref >= min_tuned * trial_seconds(trial_epochs, trial_epoch_s, option):
+        if usable - cost(reference_epochs, reference_epoch_s, option) >= min_tuned * cost(trial_epochs, trial_epoch_s,
+                                                                                            option):
             folds = option
             break
-    ref = trial_seconds(reference_epochs, reference_epoch_s, folds) if reference_epoch_s is not None else 0.0
-    if ref + (0.0 if reference_epoch_s is not None else trial_seconds(min_epochs, trial_epoch_s, folds)) > usable:
-        need = ((ref or trial_seconds(min_epochs, trial_epoch_s, folds)) + spent_s) / (1.0 - OVERHEAD_SHARE)
+    ref = cost(reference_epochs, reference_epoch_s, folds)
+    first = ref if reference_epoch_s is not None else cost(min_epochs, trial_epoch_s, folds)
+    if first > usable:
+        need = (first + spent_s) / (1.0 - OVERHEAD_SHARE)
         raise ConfigError(f"--budget {budget_s:.0f} s is too short: "
                           + ("the reference trial alone" if reference_epoch_s is not None else "one trial")
                           + f" needs about {need:.0f} s on this machine; give at least {math.ceil(need / 60)}m"
                           + (" or set study.reference_trial: false" if reference_epoch_s is not None else ""))
-    while epochs > min_epochs and usable - ref < min_tuned * trial_seconds(epochs, trial_epoch_s, folds):
+    while epochs > min_epochs and usable - ref < min_tuned * cost(epochs, trial_epoch_s, folds):
         epochs -= 1
-    one = trial_seconds(epochs, trial_epoch_s, folds)
+    one = cost(epochs, trial_epoch_s, folds)
     n_tuned = int((usable - ref) // one) if one > 0 else max_trials
     with_ref = 1 if reference_epoch_s is not None else 0
     n_trials = max(1, min(max_trials, with_ref + n_tuned))
     planned = ref + (n_trials - with_ref) * one
-    refit_s = fit_seconds(epochs, max(trial_epoch_s, reference_epoch_s or 0.0), 1.1)
+    refit_s = fit_seconds(epochs, max(trial_epoch_s, reference_epoch_s or 0.0), 1.1, fit_overhead_s)
     keep_refit = refit and planned + refit_s <= usable
     if refit and not keep_refit and n_trials - with_ref > min_tuned:  # the refit takes one trial's place
         n_trials -= 1
@@ -161,7 +174,7 @@ def plan_study(budget_s: float, *, spent_s: float = 0.0, reference_epoch_s: floa
         keep_refit = planned + refit_s <= usable
     deadline = max(usable - (refit_s if keep_refit else 0.0) - one, 0.0)
     return StudyPlan(budget_s=budget_s, folds=folds, n_trials=n_trials, refit=keep_refit, reference_s=ref,
-                     trial_s=one, trial_max_s=trial_seconds(epochs, worst_s, folds), refit_s=refit_s,
+                     trial_s=one, trial_max_s=cost(epochs, worst_s, folds), refit_s=refit_s,
                      deadline_s=deadline, epochs=epochs if epochs < trial_epochs else None)
 
 
@@ -195,20 +208,26 @@ def cost_probes(tune: Any) -> list[dict[str, Any]]:
 
 
 def plan_for_study(tune: Any, *, data_path: str | None, budget_s: float, max_trials: int, with_reference: bool,
-                   overrides: tuple[str, ...] = ()) -> StudyPlan:
+                   overrides: tuple[str, ...] = (), tracking_uri: str | None = None) -> StudyPlan:
     """Measure this machine's speed for the reference recipe and the search space's costliest trial
     configurations, then :func:`plan_study`."""
+    from experiments.tracking.lookups import training_lookups
     from experiments.training import load_training_data
     from experiments.tuning.tune_config import reference_run_config, resolve_run_config
 
     started = time.perf_counter()
     loaded: dict[Any, Any] = {}
+    lookups = training_lookups(tracking_uri) if tracking_uri else None
+
+    overheads: list[float] = []
 
     def speed(cfg: Any) -> float:
         key = (replace(cfg.data, crop=0), data_path)
         if key not in loaded:
             loaded[key] = load_training_data(cfg.data, data_path)
-        return measure_epoch_seconds(cfg, loaded[key])
+        epoch_s, overhead = measure_epoch_seconds(cfg, loaded[key], lookups)
+        overheads.append(overhead)
+        return epoch_s
 
     reference_epoch_s = reference_epochs = None
     if with_reference:
@@ -231,7 +250,7 @@ def plan_for_study(tune: Any, *, data_path: str | None, budget_s: float, max_tri
     return plan_study(budget_s, spent_s=time.perf_counter() - started, reference_epoch_s=reference_epoch_s,
                       reference_epochs=reference_epochs or 0, trial_epoch_s=float(np.mean(epoch_s)),
                       trial_epoch_max_s=max(epoch_s), trial_epochs=trial_epochs, fold_options=options,
-                      max_trials=max_trials, refit=tune.study.refit)
+                      max_trials=max_trials, refit=tune.study.refit, fit_overhead_s=max(overheads))
 
 
 def plan_ensemble(cfg: Any, best_fit_s: float | None, budget_s: float) -> tuple[Any, str]:

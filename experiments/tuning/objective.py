@@ -1,7 +1,6 @@
 """One worker's side of a study: the data loaded once, the objective, pruning, stale trials."""
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -17,9 +16,9 @@ from sklearn.model_selection import StratifiedKFold
 
 from experiments.tracking.base import NullTracker
 from experiments.tracking.faults import server_errors
-from experiments.tracking.loading import load_keras_model
+from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker
-from experiments.tracking.runs import finish_run, run_val_recall
+from experiments.tracking.runs import finish_run
 from experiments.training import load_training_data, train
 from experiments.tuning.pruning import step_of
 from experiments.tuning.search_space import suggest
@@ -225,8 +224,7 @@ class TrialWorker:
         with tracker:
             trial.set_user_attr(ATTR_TRIAL_RUN, tracker.run_id)
             tracker.log_params({f"optuna.{k}": v for k, v in params.items()})
-            lookups = {"recall_lookup": functools.partial(run_val_recall, tracking_uri=self.run.tracking_uri),
-                       "model_loader": functools.partial(load_keras_model, tracking_uri=self.run.tracking_uri)}
+            lookups = training_lookups(self.run.tracking_uri)
             folds = tune.study.folds_for(len(data.val))
             try:
                 if folds:

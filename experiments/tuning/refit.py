@@ -1,7 +1,6 @@
 """Refit: the best trial's configuration trained on train + validation for its measured epochs."""
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -10,10 +9,9 @@ from typing import Any
 import numpy as np
 import optuna
 
-from experiments.tracking.loading import load_keras_model
+from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
-from experiments.tracking.runs import run_val_recall
 from experiments.training import load_training_data, train
 from experiments.tuning.study import best_trial
 from experiments.tuning.tune_config import TuneConfig, trial_run_config
@@ -67,8 +65,7 @@ def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, pare
     with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=tracking_uri,
                        parent_run_id=parent_run_id, tags=tags) as tracker:
         result = train(cfg, tracker, data=merged, verbose=0, restore_best=False,
-                       recall_lookup=functools.partial(run_val_recall, tracking_uri=tracking_uri),
-                       model_loader=functools.partial(load_keras_model, tracking_uri=tracking_uri))
+                       **training_lookups(tracking_uri))
     registered = register_champion(result.model_uri, study.study_name, alias=REFIT_ALIAS,
                                    run_id=result.run_id, tracking_uri=tracking_uri,
                                    tags={"optuna.study": study.study_name, "refit.of_trial": best.number})

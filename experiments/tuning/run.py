@@ -201,7 +201,7 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
             deepcopy=False, states=(TrialState.WAITING,)))
         plan = plan_for_study(tune, data_path=data_path, budget_s=budget, with_reference=reference_waiting,
                               max_trials=study_cfg.n_trials if n_trials is not None else MAX_BUDGET_TRIALS,
-                              overrides=tuple(overrides))
+                              overrides=tuple(overrides), tracking_uri=tracking_uri)
         log.info("plan: %s", plan.describe())
         study_cfg = replace(study_cfg, n_trials=n_counted(study) + plan.n_trials, timeout=plan.deadline_s,
                             cv_folds=plan.folds, refit=plan.refit)
