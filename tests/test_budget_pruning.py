@@ -202,6 +202,12 @@ def test_a_budget_too_short_for_the_reference_names_what_it_needs() -> None:
                               "machine; give at least 2m or set study.reference_trial: false")
 
 
+def test_a_plan_without_the_reference_trial_counts_tuned_trials_only() -> None:
+    plan = _plan(300.0, reference_epoch_s=None, refit=False)
+    assert plan.reference_s == 0 and plan.planned_s == plan.n_trials * plan.trial_s <= 270.0
+    assert "the reference recipe" not in plan.describe() and f"{plan.n_trials} tuned trial(s)" in plan.describe()
+
+
 def test_trials_caps_a_plan() -> None:
     assert _plan(20000.0, max_trials=4).n_trials == 4
 

@@ -110,7 +110,8 @@ class StudyPlan:
 
     @property
     def planned_s(self) -> float:
-        return self.reference_s + (self.n_trials - 1) * self.trial_s + (self.refit_s if self.refit else 0.0)
+        tuned = self.n_trials - (1 if self.reference_s else 0)
+        return self.reference_s + tuned * self.trial_s + (self.refit_s if self.refit else 0.0)
 
     def describe(self) -> str:
         """One paragraph for the terminal: what was planned and why."""
