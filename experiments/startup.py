@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from types import ModuleType
+from typing import Any
 
 #: Top-level modules whose first import is guarded.
 GUARDED: frozenset[str] = frozenset({"tensorflow"})
@@ -63,31 +64,42 @@ def filtered_stderr() -> Iterator[None]:
     """Point file descriptor 2 at a temporary file inside the block; then forward all but the noise.
 
     Works on what C code writes (TensorFlow's shared libraries), not only on ``sys.stderr``. Nested
-    use is a no-op, so a guarded import inside another one forwards once.
+    use is a no-op, so a guarded import inside another one forwards once. While another thread holds the
+    capture this one does not wait for it (file descriptor 2 is the process's: its output lands in the
+    same capture): waiting could deadlock against Python's per-module import locks, which that thread
+    may need.
     """
-    if getattr(_active, "depth", 0):
+    if getattr(_active, "depth", 0) or not _lock.acquire(blocking=False):
         yield
         return
-    with _lock, tempfile.TemporaryFile() as sink:
-        _active.depth = 1
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            yield from _captured(sink)
+    finally:
+        _lock.release()
+
+
+def _captured(sink: Any) -> Iterator[None]:
+    """The body of :func:`filtered_stderr` with the capture held: fd 2 into ``sink``, then forwarded."""
+    _active.depth = 1
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(sink.fileno(), 2)
         try:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stderr.flush()
-                os.dup2(saved, 2)
+            yield
         finally:
-            os.close(saved)
-            _active.depth = 0
-            sink.seek(0)
-            kept = drop_noise(sink.read())
-            if kept:
-                os.write(2, kept)
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        _active.depth = 0
+        sink.seek(0)
+        kept = drop_noise(sink.read())
+        if kept:
+            os.write(2, kept)
 
 
 class _FilteredLoader(importlib.abc.Loader):

@@ -165,7 +165,13 @@ def test_serve_is_quiet(smoke_model: SmokeModel, tmp_path: Path) -> None:
         assert body is not None, err.read_bytes().decode(errors="replace")[-3000:]
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # say what it printed instead of hiding the first failure
+            proc.kill()
+            proc.wait()
+            pytest.fail("serve did not stop within 60 s of Ctrl-C; its stderr:\n"
+                        + err.read_bytes().decode(errors="replace")[-3000:])
     assert_quiet(err.read_bytes())
 
 
