@@ -143,6 +143,13 @@ def test_predict_is_quiet(smoke_model: SmokeModel, tmp_path: Path) -> None:
     assert done.stderr == REAL and b"probability" in done.stdout
 
 
+def _ctrl_c_stops() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns Ctrl-C into KeyboardInterrupt
+    even when the test suite itself was started in the background (a shell's background jobs ignore
+    SIGINT, and an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_serve_is_quiet(smoke_model: SmokeModel, tmp_path: Path) -> None:
     with socket.socket() as s:
@@ -153,7 +160,8 @@ def test_serve_is_quiet(smoke_model: SmokeModel, tmp_path: Path) -> None:
     with err.open("wb") as ferr:
         proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "-q", "serve", "--model",
                                  smoke_model.model_uri, "--port", str(port)], cwd=tmp_path, env=env,
-                                stdout=subprocess.DEVNULL, stderr=ferr, stdin=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=ferr, stdin=subprocess.DEVNULL,
+                                preexec_fn=_ctrl_c_stops)
     try:
         deadline, body = time.monotonic() + 240, None
         while body is None and time.monotonic() < deadline and proc.poll() is None:
