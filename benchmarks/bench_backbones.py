@@ -61,7 +61,7 @@ def import_gz2(folder: Path) -> Path:
 
 
 def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa: ANN001
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
     from experiments.training import predict_probs, train
     from models.cost import multiply_adds
 
@@ -109,7 +109,7 @@ def main() -> int:
     names = [n.strip() for n in args.backbones.split(",") if n.strip()]
     import contextlib
 
-    from experiments.config import DataConfig
+    from experiments.settings.run import DataConfig
     from experiments.training import load_training_data
     from models.precision import resolve_precision
 

@@ -65,10 +65,10 @@ def measure(args: argparse.Namespace) -> None:
     import keras
     from threadpoolctl import threadpool_limits
 
-    from ensembles.config import config_from_dict, read_config_yaml
     from ensembles.embeddings import CNNEmbedder
     from ensembles.second_stage import MODEL_NAMES, full_proba, make_second_stage
-    from experiments.config import ModelConfig, load_config
+    from experiments.settings.ensemble import config_from_dict, read_config_yaml
+    from experiments.settings.run import ModelConfig, load_config
     from experiments.tracking.base import NullTracker
     from experiments.training import load_training_data, train
     from models import build_model

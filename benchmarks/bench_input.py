@@ -137,7 +137,7 @@ def keras2_enqueued(gen: Iterator, max_queue_size: int = 10) -> Iterator:
 def _model(precision: str):
     import keras
 
-    from experiments.config import ModelConfig
+    from experiments.settings.run import ModelConfig
     from models import build_model
 
     keras.backend.clear_session()

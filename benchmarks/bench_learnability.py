@@ -91,7 +91,7 @@ def main() -> int:
     add_full_flag(parser, {"bed": "rings", "folds": 5, "epochs": 20, "resamples": 1000})
     args = parse_with_full(parser)
 
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
     from experiments.training import load_training_data
 
     with tempfile.TemporaryDirectory(prefix="bench-learnability-") as tmp:

@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--second", default="xgboost", help="second-stage model (xgboost, logreg, ...)")
     add_full_flag(parser, {"synthetic_n": 1500, "folds": "3,5", "seeds": 2, "epochs": 8})
     args = parse_with_full(parser)
-    from experiments.config import DataConfig, load_config
+    from experiments.settings.run import DataConfig, load_config
     from experiments.training import load_training_data
 
     rows: dict[tuple[int, int], dict[str, tuple[float, float]]] = {}

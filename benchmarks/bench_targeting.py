@@ -112,7 +112,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 def samples_ratio(common: list[str], data) -> float:
     """Samples per targeted epoch / samples per plain epoch (the expected oversampled count)."""
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
     from experiments.training import resolve_multipliers
 
     multipliers = resolve_multipliers(load_config(CONFIGS / "targeted.yaml", common), data)
@@ -121,7 +121,7 @@ def samples_ratio(common: list[str], data) -> float:
 
 def run_one(arm: Arm, seed: int, common: list[str], data, *, epochs: int | None = None) -> RunRecord:
     """Train ``arm`` with ``seed`` (``epochs`` overrides the common count); score validation with/without TTA."""
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
     from experiments.tracking.base import NullTracker
     from experiments.training import evaluate, train
 
@@ -217,8 +217,8 @@ def check_fresh_copies(data, crop: int, seed: int = 0) -> tuple[int, int, int]:
 
     Returns ``(images shown more than once, of them with every copy different, identical copy pairs)``.
     """
-    from experiments.config import load_config
     from experiments.fitting import make_augment_fn
+    from experiments.settings.run import load_config
     from experiments.training import resolve_multipliers
     from pipelines.inputs import make_train_dataset
 
@@ -278,7 +278,7 @@ def measure(args: argparse.Namespace, data_path: Path) -> int:
 
     import tensorflow as tf
 
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
     from experiments.training import load_training_data
     from pipelines.errors import Galaxy10Error
 

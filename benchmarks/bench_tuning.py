@@ -50,13 +50,13 @@ class Arm:
 
 def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
     """Run trials of ``arm`` until ``budget`` epochs are spent; fill in its results."""
+    from experiments.settings.tune import resolve_run_config
     from experiments.tracking.base import NullTracker
     from experiments.training import train
     from experiments.tuning.objective import TrialPruned, pruning_callback
     from experiments.tuning.search_space import suggest
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import open_study
-    from experiments.tuning.tune_config import resolve_run_config
 
     study_cfg = replace(tune.study, name=arm.name, storage=f"sqlite:///{workdir / (arm.name + '.db')}",
                         sampler=arm.sampler, pruner=arm.pruner)
@@ -113,8 +113,8 @@ def main() -> int:
     for noisy in ("experiments.training", "pipelines", "optuna", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from experiments.settings.tune import load_tune_config, resolve_run_config
     from experiments.training import load_training_data
-    from experiments.tuning.tune_config import load_tune_config, resolve_run_config
 
     tune = load_tune_config(CONFIG)
     base_cfg, _ = resolve_run_config(tune, {})
@@ -127,8 +127,8 @@ def main() -> int:
 
 def compare(args: argparse.Namespace, tune, base_cfg, data) -> int:  # noqa: ANN001
     """Both arms at ``args.budget`` epochs each on ``data``; prints the table and the ratios."""
+    from experiments.settings.tune import PrunerConfig, SamplerConfig
     from experiments.tuning.samplers import describe
-    from experiments.tuning.tune_config import PrunerConfig, SamplerConfig
 
     print(f"data: {data.describe()}")
     print(f"search space of {CONFIG.name}: {', '.join(tune.space.names)}; <= {base_cfg.train.epochs} epochs/trial, "

@@ -116,7 +116,7 @@ def study_config(args: argparse.Namespace, folder: Path) -> Path:
     """The tuning YAML of the workflow arm: ``--tune-config``, its trials' budget changed where
     ``--size``, ``--crop`` or ``--epochs`` say so (in the YAML, so the study's reference trial keeps the
     reference recipe's own budget)."""
-    from experiments.config import read_yaml
+    from experiments.settings.run import read_yaml
 
     source = ROOT / args.tune_config
     doc = read_yaml(source)

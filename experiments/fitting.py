@@ -18,12 +18,12 @@ import numpy as np
 
 from augment.mixing import mix_batch
 from augment.policies import augment_batch, build_policy
-from experiments.config import (
-    RunConfig,
-    TrainConfig,
-)
 from experiments.evaluation import (
     classification_metrics,
+)
+from experiments.settings.run import (
+    RunConfig,
+    TrainConfig,
 )
 from models.head import set_backbone_trainable
 from pipelines.dataset import TrainData

@@ -32,13 +32,6 @@ import numpy as np
 
 from augment.targeting import auto_multipliers, multipliers_from_targets
 from augment.tta import tta_predict
-from experiments.config import (
-    AUTO_TARGETS,
-    DataConfig,
-    RunConfig,
-    flatten,
-    to_yaml,
-)
 from experiments.evaluation import (
     class_recall,
     classification_metrics,
@@ -53,6 +46,13 @@ from experiments.fitting import (
     make_strategy,
 )
 from experiments.run_figures import confusion_figure, learning_curves_figure
+from experiments.settings.run import (
+    AUTO_TARGETS,
+    DataConfig,
+    RunConfig,
+    flatten,
+    to_yaml,
+)
 from experiments.tracking.base import NullTracker, git_commit, package_versions
 from models import build_model, describe_backbone
 from models.cost import multiply_adds

@@ -51,7 +51,7 @@ def build_model(model_cfg: Any, input_size: int = 88, num_classes: int = NUM_CLA
     Parameters
     ----------
     model_cfg
-        ``experiments.config.ModelConfig``; ``name`` picks the backbone.
+        ``experiments.settings.run.ModelConfig``; ``name`` picks the backbone.
     input_size
         Side of the square RGB input in pixels (the centre crop).
     num_classes

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -191,7 +192,9 @@ def reserve_space(path: str | os.PathLike, nbytes: int | None = None) -> None:
         os.close(fd)
 
 def plain(value: Any) -> Any:
-    """A copy of nested mappings/sequences as plain dicts (string keys) and lists, for JSON and YAML."""
+    """A copy of nested mappings/sequences/dataclasses as plain dicts (string keys) and lists, for JSON and YAML."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -205,10 +205,10 @@ def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3, log_all
     (``model.dropout`` only); ``imported_classes`` studies an imported catalog of those classes. The block
     runs with cwd, cache and tracking URI in ``root``.
     """
+    from experiments.settings.tune import parse_tune_config
     from experiments.tuning.run import run_study
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import load_existing_study
-    from experiments.tuning.tune_config import parse_tune_config
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -250,7 +250,7 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> SmokeModel:
 
     Everything (data, cache, sqlite store, artifacts) lives in one session temp folder.
     """
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
     from experiments.tracking.mlflow_tracker import MlflowTracker
     from experiments.tracking.model_registry import register_champion
     from experiments.training import train

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from experiments.config import ModelConfig, load_config
+from experiments.settings.run import ModelConfig, load_config
 from models import EMBEDDING_LAYER, backbone_names, build_model
 from models.layers.d4 import (
     COMPOSE,

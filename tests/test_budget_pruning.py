@@ -9,6 +9,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from experiments.settings.tune import parse_tune_config, resolve_run_config
 from experiments.tuning.budget import (
     StudyPlan,
     parse_duration,
@@ -24,7 +25,6 @@ from experiments.tuning.pruning import (
     step_of,
 )
 from experiments.tuning.search_space import to_overrides
-from experiments.tuning.tune_config import parse_tune_config, resolve_run_config
 from pipelines.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------- pruning
@@ -131,9 +131,9 @@ def test_start_points_are_queued_after_the_reference_trial(tmp_path) -> None:  #
 
 
 @pytest.mark.parametrize(("point", "message"), [
-    ({"model.width": 3}, "study.start_points[0]: 'model.width' is not a search_space parameter"),
-    ({"resolution": "128-88"}, "study.start_points[0]: resolution='128-88' is not one of its choices"),
-    ({"model.dropout": 0.9}, "study.start_points[0]: model.dropout=0.9 must be a number in [0.1, 0.6]"),
+    ({"model.width": 3}, "unknown config key study.start_points[0].model.width: not a search_space parameter"),
+    ({"resolution": "128-88"}, "config key study.start_points[0].resolution='128-88' is not allowed; use one of its choices"),
+    ({"model.dropout": 0.9}, "config key study.start_points[0].model.dropout=0.9 is not allowed; give a number in [0.1, 0.6]"),
 ])
 def test_bad_start_points_are_one_clear_error(point: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:

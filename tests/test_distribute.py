@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.config import load_config
+from experiments.settings.run import load_config
 from pipelines.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from experiments.config import load_config
+from experiments.settings.run import load_config
 from experiments.tracking.base import NullTracker
 from experiments.training import evaluate, load_training_data, train
 from models.layers import register_custom_layers

@@ -9,12 +9,6 @@ import numpy as np
 import pytest
 
 from ensembles import second_stage as ss
-from ensembles.config import (
-    balanced_second_stages,
-    config_from_dict,
-    prior_twins,
-    read_config_yaml,
-)
 from ensembles.crossfit import (
     Fold,
     FoldRecord,
@@ -26,6 +20,12 @@ from ensembles.crossfit import (
 )
 from ensembles.stacking import BlendMeta, fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
+from experiments.settings.ensemble import (
+    balanced_second_stages,
+    config_from_dict,
+    prior_twins,
+    read_config_yaml,
+)
 from pipelines.errors import ConfigError, DataError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_shipped_ensemble_config_loads() -> None:
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"modes": "crossfit"}, "unknown config key modes; allowed keys: mode, seed, select_metric, class_weights, "
+    ({"modes": "crossfit"}, "unknown config key modes; allowed top-level keys: mode, seed, select_metric, class_weights, "
                             "prior_correction, accuracy_guard, oof_selection, cv_folds, n_jobs, alias, crossfit, embeddings, vote, second_stage, stack, tune"),
     ({"mode": "bagging"}, "config key mode='bagging' is not allowed; use one of: crossfit, val_cv"),
     ({"accuracy_guard": "yes"}, "config key accuracy_guard='yes'"),
@@ -328,7 +328,7 @@ def test_ensemble_config_checks_stack_meta() -> None:
 def _tiny_cnn(seed: int = 0):  # noqa: ANN202 - a keras.Model
     import keras
 
-    from experiments.config import ModelConfig
+    from experiments.settings.run import ModelConfig
     from models import build_model
 
     keras.utils.set_random_seed(seed)

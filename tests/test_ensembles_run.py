@@ -40,8 +40,8 @@ def in_study(tiny_study: TinyStudy) -> Iterator[TinyStudy]:
 @pytest.fixture(scope="module")
 def comparison(tiny_study: TinyStudy):  # noqa: ANN201 - experiments.ensembling.comparison.ComparisonReport
     """The cross-fitted comparison of the tiny study."""
-    from ensembles.config import config_from_dict
     from experiments.ensembling.comparison import run_comparison
+    from experiments.settings.ensemble import config_from_dict
 
     with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.chdir(tiny_study.root)
@@ -54,11 +54,11 @@ def comparison(tiny_study: TinyStudy):  # noqa: ANN201 - experiments.ensembling.
 @pytest.mark.slow
 def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch: pytest.MonkeyPatch) -> None:
     """Index bookkeeping with the real CNN: what each fold model trained on vs what it embedded."""
-    from ensembles.config import config_from_dict
     from experiments import training
     from experiments.ensembling.context import BuildContext
     from experiments.ensembling.fold_cnns import run_crossfit
     from experiments.ensembling.members import load_study_data, study_members
+    from experiments.settings.ensemble import config_from_dict
 
     members = study_members("tiny", storage_url=in_study.storage, tracking_uri=in_study.tracking_uri, top_k=1)
     data = load_study_data(members, None)
@@ -262,9 +262,9 @@ BACKBONE_SPACE = {
 def test_ensembles_draw_candidates_across_backbones(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A study over two backbones: the best trial of each joins the members (beyond top_k=1), and the comparison
     has a vote over backbones and per-backbone second stages, each a pyfunc model that predicts."""
-    from ensembles.config import config_from_dict
     from experiments.ensembling.comparison import run_comparison
     from experiments.ensembling.members import study_members
+    from experiments.settings.ensemble import config_from_dict
 
     root = tmp_path_factory.mktemp("backbones")
     with tiny_study_in(root, n_trials=3, search_space=BACKBONE_SPACE,

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from experiments.config import ModelConfig, load_config
+from experiments.settings.run import ModelConfig, load_config
 from experiments.tracking.base import NullTracker
 from experiments.training import load_training_data, train
 from models import build_model

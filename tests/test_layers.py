@@ -49,7 +49,7 @@ def test_imports_point_down_the_layers(package: str) -> None:
 
 def test_the_layer_check_can_fail(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from experiments.config import RunConfig\n    import models.registry\n")
+    module.write_text("def f():\n    from experiments.settings.run import RunConfig\n    import models.registry\n")
     assert _imported_packages(module) == {"experiments", "models"}
 
 

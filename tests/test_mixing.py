@@ -42,8 +42,8 @@ def test_mixing_off_or_never_leaves_the_batch_alone() -> None:
 
 
 def test_warmup_then_cosine() -> None:
-    from experiments.config import load_config
     from experiments.fitting import learning_rate_at
+    from experiments.settings.run import load_config
 
     t = load_config(None, ["train.learning_rate=0.01", "train.epochs=12", "train.warmup_epochs=2",
                            "train.schedule=cosine"]).train

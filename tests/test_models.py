@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from experiments.config import ModelConfig
+from experiments.settings.run import ModelConfig
 from models import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
 from pipelines.errors import ConfigError
 
@@ -116,7 +116,7 @@ def test_reference_cnn_is_unchanged_by_the_registry():
 
 
 def test_unknown_backbone_is_one_line():
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
 
     with pytest.raises(ConfigError, match=r"model.name='resnet9000' is not a registered backbone; use one of: "
                                           r".*reference_cnn"):

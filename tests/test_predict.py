@@ -401,7 +401,7 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
     np.testing.assert_array_equal(embedded.probs, report_probs)
     # training's own evaluation (per-epoch validation, val_* metrics) reads the cached resized images of the
     # same preprocessing: the same probabilities (to float tolerance: another batch composition)
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
     from experiments.training import load_training_data, predict_probs
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from experiments.config import flatten, load_config
 from experiments.serving.predictor import predict_images
+from experiments.settings.run import flatten, load_config
 from experiments.tracking.base import META_ARTIFACT, NullTracker, Tracker, git_commit
 from experiments.tracking.loading import load_model_bundle, load_prediction_model
 from experiments.tracking.mlflow_tracker import MlflowTracker

@@ -9,8 +9,8 @@ import pytest
 from conftest import write_galaxy10_h5
 
 from augment.tta import dihedral_view
-from experiments.config import flatten, load_config
 from experiments.fitting import balanced_class_weights, learning_rate_at
+from experiments.settings.run import flatten, load_config
 from experiments.tracking.base import NullTracker
 from experiments.training import (
     TrainData,

@@ -263,7 +263,7 @@ def test_the_top_k_trials_keep_their_models_for_voting(tmp_path: Path) -> None:
     has a logged model, so `galaxy10 ensemble` can vote with them (here k = 2 of 4 trials)."""
     from conftest import tiny_study_in
 
-    from experiments.tuning.tune_config import parse_study
+    from experiments.settings.tune import parse_study
 
     assert parse_study({}, "s").log_models == "top_k" and parse_study({}, "s").keep_models == 3
     with tiny_study_in(tmp_path, n_images=200, n_trials=4, log_all_models=False, keep_models=2) as study:
@@ -317,8 +317,8 @@ def test_refit_trains_for_the_mean_best_epoch_of_the_folds() -> None:
 def test_the_reference_trial_runs_reference_yaml_at_its_full_budget(tmp_path: Path) -> None:
     """Trial 0's config is ``reference.yaml`` as shipped (model, augmentation, resolution, epochs, early
     stopping), on the study's experiment, file, image selection and split; ``--set`` applies to it too."""
-    from experiments.config import load_config
-    from experiments.tuning.tune_config import (
+    from experiments.settings.run import load_config
+    from experiments.settings.tune import (
         REFERENCE_CONFIG,
         load_tune_config,
         reference_run_config,

@@ -7,6 +7,7 @@ import optuna
 import pytest
 import yaml
 
+from experiments.settings.tune import load_tune_config, parse_study
 from experiments.tuning.search_space import (
     assignments,
     parse_search_space,
@@ -15,7 +16,6 @@ from experiments.tuning.search_space import (
     to_overrides,
     yaml_scalar,
 )
-from experiments.tuning.tune_config import load_tune_config, parse_study
 from pipelines.errors import ConfigError
 
 SPACE = {
@@ -125,16 +125,16 @@ def test_bad_search_space_gives_one_clear_line(space, message) -> None:
 
 
 @pytest.mark.parametrize(("study", "message"), [
-    ({"metric": "f1"}, "study.metric='f1' is unknown; use one of: accuracy, balanced_accuracy, macro_f1"),
-    ({"sampler": {"name": "grid"}}, "study.sampler.name='grid' is unknown; use one of: tpe, random, cmaes, qmc"),
+    ({"metric": "f1"}, "config key study.metric='f1' is not allowed; use one of: accuracy, balanced_accuracy, macro_f1"),
+    ({"sampler": {"name": "grid"}}, "config key study.sampler.name='grid' is not allowed; use one of: tpe, random, cmaes, qmc"),
     ({"pruner": {"name": "median", "patience": 3}},
-     "study.pruner (median): unknown key 'patience'; use any of: n_startup_trials, n_warmup_steps, "
+     "unknown config key study.pruner.patience; allowed keys in study.pruner: name, n_startup_trials, n_warmup_steps, "
      "interval_steps, n_min_trials, min_epochs"),
-    ({"n_trial": 3}, "study: unknown key 'n_trial'; use any of: name, metric, n_trials, timeout, workers, storage, "
+    ({"n_trial": 3}, "unknown config key study.n_trial; allowed keys in study: name, metric, n_trials, timeout, workers, storage, "
                      "sampler, pruner, heartbeat_interval, grace_period, retry_stale, log_models, keep_models, "
                      "register_model, model_alias, refit, cv_folds, reference_trial, start_points"),
     ({"heartbeat_interval": 10, "grace_period": 5},
-     "study.grace_period=5 must exceed study.heartbeat_interval=10 (a live worker would look dead); "
+     "config key study.grace_period=5 must exceed study.heartbeat_interval=10 (a live worker would look dead); "
      "make it at least twice the interval"),
 ])
 def test_bad_study_section(study, message) -> None:
@@ -166,7 +166,7 @@ def test_load_tune_config_defaults_study_name_to_file_stem(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", ["tune_cnn.yaml", "tune_quick.yaml"])
 def test_shipped_tuning_configs_resolve_at_every_range_end_and_choice(name: str) -> None:
-    from experiments.tuning.tune_config import check_against_config, resolve_run_config
+    from experiments.settings.tune import check_against_config, resolve_run_config
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / name
     cfg = load_tune_config(path)
@@ -182,7 +182,7 @@ def test_shipped_tuning_configs_resolve_at_every_range_end_and_choice(name: str)
 
 def test_auto_targets_work_with_or_without_a_source_run(tmp_path: Path) -> None:
     """Without run.augment.auto_from_run, 'auto' measures recall in a warm-up of each trial (issue 12)."""
-    from experiments.tuning.tune_config import check_against_config, resolve_run_config
+    from experiments.settings.tune import check_against_config, resolve_run_config
 
     space = {"augment.targets": {"type": "categorical", "choices": {"none": None, "auto": "auto"}}}
     cfg = parse_tune_config_from(tmp_path, {"search_space": space})
@@ -190,7 +190,7 @@ def test_auto_targets_work_with_or_without_a_source_run(tmp_path: Path) -> None:
     assert resolve_run_config(cfg, {"augment.targets": "auto"})[0].augment.auto_from_run is None
     cfg = parse_tune_config_from(tmp_path, {"run": {"augment": {"auto_from_run": "abc123"}}, "search_space": space})
     check_against_config(cfg)
-    from experiments.tuning.tune_config import resolve_run_config
+    from experiments.settings.tune import resolve_run_config
 
     assert resolve_run_config(cfg, {"augment.targets": "auto"})[0].augment.auto_from_run == "abc123"
     assert resolve_run_config(cfg, {"augment.targets": "none"})[0].augment.auto_from_run is None

@@ -38,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from ensembles.config import config_from_dict, read_config_yaml
-    from experiments.config import apply_overrides
     from experiments.ensembling.comparison import run_comparison
     from experiments.names import check_study_name
+    from experiments.settings.ensemble import config_from_dict, read_config_yaml
+    from experiments.settings.run import apply_overrides
 
     study = check_study_name(args.study)
     budget = None

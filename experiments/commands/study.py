@@ -68,6 +68,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
     from experiments.evaluation import cv_spread
+    from experiments.settings.tune import ATTR_REFERENCE
     from experiments.tuning.pruning import describe_cuts
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import (
@@ -80,7 +81,6 @@ def run_show(args: argparse.Namespace) -> int:
         load_existing_study,
         state_counts,
     )
-    from experiments.tuning.tune_config import ATTR_REFERENCE
 
     storage = open_storage(args.storage, must_exist=True)
     study = load_existing_study(args.name, storage)

@@ -54,7 +54,7 @@ def format_summary(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, open an MLflow run, train, print the summary."""
-    from experiments.config import load_config
+    from experiments.settings.run import load_config
     from experiments.tracking.lookups import training_lookups
     from experiments.tracking.mlflow_tracker import MlflowTracker
     from experiments.tracking.store import set_tracking_uri

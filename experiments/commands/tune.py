@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from experiments.names import check_study_name
+    from experiments.settings.tune import load_tune_config
     from experiments.tuning.run import run_study
-    from experiments.tuning.tune_config import load_tune_config
     from pipelines.errors import ConfigError
 
     tune = load_tune_config(args.config)

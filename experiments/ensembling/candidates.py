@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ensembles.config import EnsembleConfig
 from experiments.ensembling.context import (
     BuildContext,
     Candidate,
@@ -32,6 +31,7 @@ from experiments.ensembling.families import (
 )
 from experiments.ensembling.fold_cnns import run_crossfit
 from experiments.ensembling.members import StudyMembers, usable_members
+from experiments.settings.ensemble import EnsembleConfig
 from experiments.tracking.loading import load_model_bundle
 
 log = logging.getLogger(__name__)

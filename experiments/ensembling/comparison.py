@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.config import EnsembleConfig, to_dict
 from ensembles.serving import save_ensemble
 from experiments.ensembling.candidates import build_candidates
 from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
@@ -25,6 +24,7 @@ from experiments.ensembling.members import load_study_data, study_members
 from experiments.ensembling.second_stage_tuning import validate_config
 from experiments.evaluation import classification_metrics, per_class_csv, prefixed
 from experiments.run_figures import confusion_figure
+from experiments.settings.ensemble import EnsembleConfig, to_dict
 from experiments.tracking.base import git_commit, package_versions
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion

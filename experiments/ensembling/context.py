@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from ensembles.config import EnsembleConfig, balanced_second_stages
-from ensembles.config import prior_twins as wants_prior_twins
 from ensembles.embeddings import CNNEmbedder
 from ensembles.second_stage import (
     WEIGHTABLE,
@@ -22,6 +20,8 @@ from ensembles.second_stage import (
 from ensembles.serving import Branch, EnsembleModel
 from experiments.ensembling.members import StudyMembers
 from experiments.evaluation import classification_metrics
+from experiments.settings.ensemble import EnsembleConfig, balanced_second_stages
+from experiments.settings.ensemble import prior_twins as wants_prior_twins
 from experiments.training import load_training_data
 from pipelines.errors import DataError
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.config import EnsembleConfig
 from ensembles.crossfit import cv_predict_proba, cv_splits
 from ensembles.second_stage import (
     full_proba,
@@ -31,6 +30,7 @@ from experiments.ensembling.context import (
 )
 from experiments.ensembling.fold_cnns import CrossfitResult
 from experiments.ensembling.second_stage_tuning import tuned_models, tuned_params
+from experiments.settings.ensemble import EnsembleConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from ensembles.crossfit import crossfit, make_folds
-from experiments.config import to_yaml
 from experiments.ensembling.context import BuildContext, embedder
 from experiments.ensembling.members import Member
+from experiments.settings.run import to_yaml
 from experiments.tracking.base import NullTracker
 from experiments.tracking.lookups import training_lookups
 from experiments.training import train

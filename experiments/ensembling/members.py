@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from experiments.settings.tune import ATTR_REFERENCE
 from experiments.tracking.runs import get_run_facts, logged_run_config
 from experiments.training import load_training_data
 from experiments.tuning.storage import open_storage
@@ -16,7 +17,6 @@ from experiments.tuning.study import (
     load_existing_study,
     state_counts,
 )
-from experiments.tuning.tune_config import ATTR_REFERENCE
 from pipelines.errors import ConfigError, DataError, ModelError
 
 
@@ -28,7 +28,7 @@ class Member:
     value: float
     run_id: str
     model_uri: str
-    cfg: Any  # experiments.config.RunConfig
+    cfg: Any  # experiments.settings.run.RunConfig
     tags: Mapping[str, str]
     metrics: Mapping[str, float]
     reference: bool = False  # the study's reference trial (reference.yaml as shipped)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from experiments.reporting.contents import DataCard, EnsembleInfo
+from experiments.settings.tune import ATTR_REFERENCE
 from experiments.tracking.model_registry import registered_alias_version
 from experiments.tracking.runs import (
     download_run_artifact,
@@ -34,7 +35,6 @@ from experiments.tuning.study import (
     load_existing_study,
     state_counts,
 )
-from experiments.tuning.tune_config import ATTR_REFERENCE
 from pipelines.errors import ConfigError, ModelError
 from pipelines.reader import validate_galaxy10
 

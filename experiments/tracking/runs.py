@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from experiments.config import from_dict
+from experiments.settings.run import from_dict
 from experiments.tracking.mlflow_tracker import chunks
 from experiments.tracking.store import (
     get_tracking_uri,

@@ -1,7 +1,7 @@
 """Optuna studies: the only package besides ``experiments.tracking`` that imports :mod:`optuna`.
 
 Modules: ``search_space`` (the space as YAML data; ``suggest`` is the one caller of
-``trial.suggest_*``), ``tune_config`` (the rest of a tuning YAML and each trial's run config),
+``trial.suggest_*``; the rest of a tuning YAML is ``experiments.settings.tune``),
 ``pruning`` (equal-epoch steps and the pruning floor), ``budget`` (``--budget`` plans), ``storage``
 (SQLite/PostgreSQL storages), ``samplers`` (samplers and pruners from config), ``study`` (opening and
 reading studies), ``objective`` (one worker's trials),

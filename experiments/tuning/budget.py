@@ -212,9 +212,9 @@ def plan_for_study(tune: Any, *, data_path: str | None, budget_s: float, max_tri
                    overrides: tuple[str, ...] = (), tracking_uri: str | None = None) -> StudyPlan:
     """Measure this machine's speed for the reference recipe and the search space's costliest trial
     configurations, then :func:`plan_study`."""
+    from experiments.settings.tune import reference_run_config, resolve_run_config
     from experiments.tracking.lookups import training_lookups
     from experiments.training import load_training_data
-    from experiments.tuning.tune_config import reference_run_config, resolve_run_config
 
     started = time.perf_counter()
     loaded: dict[Any, Any] = {}

@@ -14,6 +14,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sklearn.model_selection import StratifiedKFold
 
+from experiments.settings.tune import (
+    ATTR_REFERENCE,
+    TuneConfig,
+    base_run_dict,
+    trial_run_config,
+)
 from experiments.tracking.base import NullTracker
 from experiments.tracking.faults import server_errors
 from experiments.tracking.lookups import training_lookups
@@ -28,12 +34,6 @@ from experiments.tuning.study import (
     fail_stale_trials,
     n_counted,
     open_study,
-)
-from experiments.tuning.tune_config import (
-    ATTR_REFERENCE,
-    TuneConfig,
-    base_run_dict,
-    trial_run_config,
 )
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import optuna
 
+from experiments.settings.tune import TuneConfig, trial_run_config
 from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.training import load_training_data, train
 from experiments.tuning.study import best_trial
-from experiments.tuning.tune_config import TuneConfig, trial_run_config
 
 log = logging.getLogger(__name__)
 

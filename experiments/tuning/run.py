@@ -14,8 +14,15 @@ import yaml
 from optuna.trial import TrialState
 
 from augment.targeting import multipliers_from_targets
-from experiments.config import plain, to_yaml
 from experiments.names import check_study_name
+from experiments.settings.run import plain, to_yaml
+from experiments.settings.tune import (
+    ATTR_REFERENCE,
+    StudyConfig,
+    TuneConfig,
+    check_against_config,
+    resolve_run_config,
+)
 from experiments.tracking.faults import server_errors, unreachable_reason
 from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
 from experiments.tracking.model_registry import register_champion
@@ -41,13 +48,6 @@ from experiments.tuning.study import (
     n_counted,
     open_study,
     state_counts,
-)
-from experiments.tuning.tune_config import (
-    ATTR_REFERENCE,
-    StudyConfig,
-    TuneConfig,
-    check_against_config,
-    resolve_run_config,
 )
 from experiments.tuning.workers import route_optuna_logging, run_workers
 from pipelines.classes import ClassSet

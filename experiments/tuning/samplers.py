@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import optuna
 
+from experiments.settings.tune import PrunerConfig, SamplerConfig
 from experiments.tuning.pruning import FloorPruner
 from experiments.tuning.storage import quiet_optuna_warnings
-from experiments.tuning.tune_config import PrunerConfig, SamplerConfig
 from pipelines.errors import ConfigError, first_line
 
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from experiments.config import (
+from experiments.settings.run import (
     plain,
 )
 from pipelines.errors import ConfigError

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.config import plain
+from experiments.settings.run import plain
+from experiments.settings.tune import ATTR_REFERENCE, TuneConfig
 from experiments.tuning.samplers import make_pruner, make_sampler
 from experiments.tuning.search_space import space_hash
 from experiments.tuning.storage import quiet_optuna_warnings, storage_url_of
-from experiments.tuning.tune_config import ATTR_REFERENCE, TuneConfig
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)

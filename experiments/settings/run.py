@@ -24,10 +24,11 @@ import yaml
 from augment.policies import policy_params
 from augment.targeting import check_targets
 from experiments.names import check_label
+from experiments.settings.checks import check_keys, read_config
 from models import backbone_params, get_backbone
 from models.registry import PRECISIONS
 from pipelines.errors import ConfigError
-from pipelines.io import DuplicateKeyError, load_yaml_text, plain, read_yaml_file
+from pipelines.io import DuplicateKeyError, load_yaml_text, plain
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
@@ -302,14 +303,9 @@ def _section_from_dict(name: str, cls: type, raw: Any) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"config section {name} must be a mapping of settings, got {raw!r}")
+        raise ConfigError(f"config key {name}={raw!r} has the wrong type; give a mapping of settings")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(str(k) for k in raw if k not in names)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {name}.{unknown[0]}; allowed keys in {name}: {', '.join(names)}"
-        )
+    check_keys(name, raw, cls)
     kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
     return cls(**kwargs)
 
@@ -371,10 +367,7 @@ def from_dict(raw: Mapping[str, Any] | None) -> RunConfig:
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a run config must be a mapping of sections, got {type(raw).__name__}")
-    allowed = [*SECTIONS, "experiment_name", "run_name"]
-    unknown = sorted(str(k) for k in raw if k not in allowed)
-    if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]}; allowed top-level keys: {', '.join(allowed)}")
+    check_keys("", raw, [*SECTIONS, "experiment_name", "run_name"])
     sections = {name: _section_from_dict(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
     hints = typing.get_type_hints(RunConfig)
     extra = {k: _coerce(k, raw[k], hints[k]) for k in ("experiment_name", "run_name") if k in raw}
@@ -462,12 +455,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a run-config YAML file as a mapping (an empty file is an empty mapping)."""
-    raw = read_yaml_file(path, what="config file", example="experiments/configs/smoke.yaml")
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config file {Path(path)} must hold a mapping of sections (data, augment, model, train)")
-    return dict(raw)
+    return read_config(path, what="config file", example="experiments/configs/smoke.yaml",
+                       holds="sections (data, augment, model, train)")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:

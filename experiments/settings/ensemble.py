@@ -8,17 +8,26 @@ The optional ``tune.search_space`` uses the tuning search-space syntax and is va
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ensembles.second_stage import MODEL_NAMES, WEIGHTABLE, resolve_params
 from ensembles.stacking import META_LEARNERS
 from ensembles.voting import WEIGHT_METHODS
+from experiments.settings.checks import (
+    as_bool,
+    as_choice,
+    as_int,
+    as_mapping,
+    as_positive_number,
+    auto_or_bool,
+    check_keys,
+    read_config,
+)
 from pipelines.errors import ConfigError
-from pipelines.io import read_yaml_file
+from pipelines.io import plain
 
 MODES: tuple[str, ...] = ("crossfit", "val_cv")
 SELECT_METRICS: tuple[str, ...] = ("study", "accuracy", "balanced_accuracy", "macro_f1")
@@ -118,53 +127,6 @@ class EnsembleConfig:
     tune: TuneSpec = field(default_factory=TuneSpec)
 
 
-def _int(key: str, value: Any, low: int, high: int | None = None, *, nullable: bool = False) -> int | None:
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise ConfigError(f"config key {key}={value!r} is not allowed; give {rng}{' or null' if nullable else ''}")
-    return int(value)
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...], *, nullable: bool = False) -> str | None:
-    if value is None and nullable:
-        return None
-    if value not in choices:
-        raise ConfigError(f"config key {key}={value!r} is not allowed; use one of: {', '.join(choices)}"
-                          f"{' or null' if nullable else ''}")
-    return str(value)
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"config key {key}={value!r} has the wrong type; give true or false")
-    return value
-
-
-def _auto_or_bool(key: str, value: Any) -> bool | str:
-    if value == "auto" or isinstance(value, bool):
-        return value
-    raise ConfigError(f"config key {key}={value!r} is not allowed; use auto, true or false")
-
-
-def _mapping(key: str, value: Any) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"config key {key} must be a mapping, got {value!r}")
-    return value
-
-
-def _check_keys(section: str, raw: Mapping[str, Any], cls: type) -> None:
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(str(k) for k in raw if k not in names)
-    if unknown:
-        where = f"{section}.{unknown[0]}" if section else unknown[0]
-        raise ConfigError(f"unknown config key {where}; allowed keys{' in ' + section if section else ''}: "
-                          f"{', '.join(names)}")
-
-
 def balanced_second_stages(cfg: EnsembleConfig, select_metric: str) -> bool:
     """Whether second stages weight the classes equally, given the resolved selection metric."""
     if cfg.class_weights == "auto":
@@ -181,27 +143,27 @@ def prior_twins(cfg: EnsembleConfig, select_metric: str) -> bool:
 
 def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
     """Validate a raw mapping (missing keys take defaults) into an :class:`EnsembleConfig`."""
-    raw = _mapping("(top level)", raw)
-    _check_keys("", raw, EnsembleConfig)
+    raw = as_mapping("(top level)", raw)
+    check_keys("", raw, EnsembleConfig)
     d = EnsembleConfig()
-    cf = _mapping("crossfit", raw.get("crossfit"))
-    _check_keys("crossfit", cf, CrossfitConfig)
-    em = _mapping("embeddings", raw.get("embeddings"))
-    _check_keys("embeddings", em, EmbeddingConfig)
-    vo = _mapping("vote", raw.get("vote"))
-    _check_keys("vote", vo, VoteConfig)
-    st = _mapping("stack", raw.get("stack"))
-    _check_keys("stack", st, StackConfig)
-    tu = _mapping("tune", raw.get("tune"))
-    _check_keys("tune", tu, TuneSpec)
+    cf = as_mapping("crossfit", raw.get("crossfit"))
+    check_keys("crossfit", cf, CrossfitConfig)
+    em = as_mapping("embeddings", raw.get("embeddings"))
+    check_keys("embeddings", em, EmbeddingConfig)
+    vo = as_mapping("vote", raw.get("vote"))
+    check_keys("vote", vo, VoteConfig)
+    st = as_mapping("stack", raw.get("stack"))
+    check_keys("stack", st, StackConfig)
+    tu = as_mapping("tune", raw.get("tune"))
+    check_keys("tune", tu, TuneSpec)
 
     second_raw = raw.get("second_stage", d.second_stage)
-    second_raw = _mapping("second_stage", second_raw)
+    second_raw = as_mapping("second_stage", second_raw)
     second: dict[str, dict[str, Any]] = {}
     for name, params in second_raw.items():
         if name not in MODEL_NAMES:
             raise ConfigError(f"unknown config key second_stage.{name}; second-stage models: {', '.join(MODEL_NAMES)}")
-        second[str(name)] = resolve_params(str(name), _mapping(f"second_stage.{name}", params),
+        second[str(name)] = resolve_params(str(name), as_mapping(f"second_stage.{name}", params),
                                            where=f"second_stage.{name}")
 
     stack_with = st.get("second_stage", [])
@@ -213,9 +175,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         if name not in second:
             raise ConfigError(f"config key stack.second_stage names {name!r}, which is not configured under "
                               f"second_stage; add it there (configured: {', '.join(second) or 'none'}) or remove it")
-    C = st.get("C", StackConfig().C)
-    if isinstance(C, bool) or not isinstance(C, (int, float)) or not math.isfinite(C) or C <= 0:
-        raise ConfigError(f"config key stack.C={C!r} is not allowed; give a positive number")
+    C = as_positive_number("stack.C", st.get("C", StackConfig().C))
 
     if raw.get("class_weights") == "balanced" and set(second) - WEIGHTABLE:
         raise ConfigError(f"config key class_weights=balanced, but second stage "
@@ -224,57 +184,43 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
     alias = raw.get("alias", d.alias)
     if not isinstance(alias, str) or not alias.isidentifier():
         raise ConfigError(f"config key alias={alias!r} is not allowed; give a simple name like champion")
-    space = _mapping("tune.search_space", tu.get("search_space"))
-    n_trials = _int("tune.n_trials", tu.get("n_trials", 0), 0)
+    space = as_mapping("tune.search_space", tu.get("search_space"))
+    n_trials = as_int("tune.n_trials", tu.get("n_trials", 0), 0)
     if n_trials and not space:
         raise ConfigError("config key tune.n_trials > 0 needs tune.search_space; add e.g. "
                           "{xgboost.max_depth: {type: int, low: 2, high: 6}} or set n_trials: 0")
     return EnsembleConfig(
-        mode=_choice("mode", raw.get("mode", d.mode), MODES),
-        seed=_int("seed", raw.get("seed", d.seed), 0),
-        select_metric=_choice("select_metric", raw.get("select_metric", d.select_metric), SELECT_METRICS),
-        class_weights=_choice("class_weights", raw.get("class_weights", d.class_weights), CLASS_WEIGHTINGS),
-        prior_correction=_auto_or_bool("prior_correction", raw.get("prior_correction", d.prior_correction)),
-        accuracy_guard=_bool("accuracy_guard", raw.get("accuracy_guard", d.accuracy_guard)),
-        oof_selection=_bool("oof_selection", raw.get("oof_selection", d.oof_selection)),
-        cv_folds=_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
-        n_jobs=_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
+        mode=as_choice("mode", raw.get("mode", d.mode), MODES),
+        seed=as_int("seed", raw.get("seed", d.seed), 0),
+        select_metric=as_choice("select_metric", raw.get("select_metric", d.select_metric), SELECT_METRICS),
+        class_weights=as_choice("class_weights", raw.get("class_weights", d.class_weights), CLASS_WEIGHTINGS),
+        prior_correction=auto_or_bool("prior_correction", raw.get("prior_correction", d.prior_correction)),
+        accuracy_guard=as_bool("accuracy_guard", raw.get("accuracy_guard", d.accuracy_guard)),
+        oof_selection=as_bool("oof_selection", raw.get("oof_selection", d.oof_selection)),
+        cv_folds=as_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
+        n_jobs=as_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
         alias=alias,
-        crossfit=CrossfitConfig(folds=_int("crossfit.folds", cf.get("folds", 3), 2, 20),
-                                epochs=_int("crossfit.epochs", cf.get("epochs"), 1, 10000, nullable=True)),
-        embeddings=EmbeddingConfig(tta=_bool("embeddings.tta", em.get("tta", False)),
-                                   batch_size=_int("embeddings.batch_size", em.get("batch_size", 256), 1, 8192)),
-        vote=VoteConfig(top_k=_int("vote.top_k", vo.get("top_k", 3), 1, 50),
-                        weighted=_choice("vote.weighted", vo.get("weighted", "log_loss"), WEIGHT_METHODS,
+        crossfit=CrossfitConfig(folds=as_int("crossfit.folds", cf.get("folds", 3), 2, 20),
+                                epochs=as_int("crossfit.epochs", cf.get("epochs"), 1, 10000, nullable=True)),
+        embeddings=EmbeddingConfig(tta=as_bool("embeddings.tta", em.get("tta", False)),
+                                   batch_size=as_int("embeddings.batch_size", em.get("batch_size", 256), 1, 8192)),
+        vote=VoteConfig(top_k=as_int("vote.top_k", vo.get("top_k", 3), 1, 50),
+                        weighted=as_choice("vote.weighted", vo.get("weighted", "log_loss"), WEIGHT_METHODS,
                                          nullable=True)),
         second_stage=second,
         stack=StackConfig(second_stage=tuple(str(s) for s in stack_with), C=float(C),
-                          meta=_choice("stack.meta", st.get("meta", StackConfig().meta), META_LEARNERS)),
-        tune=TuneSpec(n_trials=n_trials, metric=_choice("tune.metric", tu.get("metric", "log_loss"), TUNE_METRICS),
+                          meta=as_choice("stack.meta", st.get("meta", StackConfig().meta), META_LEARNERS)),
+        tune=TuneSpec(n_trials=n_trials, metric=as_choice("tune.metric", tu.get("metric", "log_loss"), TUNE_METRICS),
                       search_space=dict(space)),
     )
 
 
 def read_config_yaml(path: str | Path) -> dict[str, Any]:
     """Read an ensemble YAML as a raw mapping (an empty file is the defaults)."""
-    raw = read_yaml_file(path, what="ensemble config", example="experiments/configs/ensemble.yaml")
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"ensemble config {Path(path)} must hold a mapping of settings "
-                          "(mode, vote, second_stage, ...)")
-    return dict(raw)
+    return read_config(path, what="ensemble config", example="experiments/configs/ensemble.yaml",
+                       holds="settings (mode, vote, second_stage, ...)")
 
 
 def to_dict(cfg: EnsembleConfig) -> dict[str, Any]:
     """Plain nested dict of ``cfg`` (for logging as YAML/params)."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, Mapping):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if hasattr(v, "__dataclass_fields__"):
-            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
-        return v
-
     return plain(cfg)

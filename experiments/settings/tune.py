@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.config import (
+from experiments.names import check_study_name
+from experiments.settings.checks import as_bool, as_choice, as_int, check_keys, read_config
+from experiments.settings.run import (
     apply_overrides,
     from_dict,
     read_yaml,
 )
-from experiments.names import check_study_name
 from experiments.tuning import DEFAULT_STORAGE
 from experiments.tuning.search_space import (
     Scalar,
@@ -29,7 +30,6 @@ from experiments.tuning.search_space import (
     to_overrides,
 )
 from pipelines.errors import ConfigError
-from pipelines.io import read_yaml_file
 
 #: Objective metrics (scored on the validation split) and the per-epoch metric name pruning reads.
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -161,17 +161,8 @@ class TuneConfig:
     source: str | None = None
 
 
-def _check_keys(where: str, mapping: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    unknown = sorted(set(map(str, mapping)) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; use any of: {', '.join(allowed)}")
-
-
 def _positive_int(where: str, value: Any, *, allow_zero: bool = False) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ConfigError(f"{where}={value!r} must be an integer {'>= 0' if allow_zero else '> 0'}")
-    return int(value)
+    return as_int(where, value, 0 if allow_zero else 1)
 
 
 def _named_kwargs(where: str, raw: Any, table: Mapping[str, tuple[str, ...]], default: Any) -> tuple[str, dict]:
@@ -180,63 +171,56 @@ def _named_kwargs(where: str, raw: Any, table: Mapping[str, tuple[str, ...]], de
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a name or a mapping with 'name'; got {raw!r}")
+        raise ConfigError(f"config key {where}={raw!r} has the wrong type; give a name or a mapping with 'name'")
     name = raw.get("name", default.name)
     if name not in table:
-        raise ConfigError(f"{where}.name={name!r} is unknown; use one of: {', '.join(table)}")
+        as_choice(f"{where}.name", name, table)
     kwargs = {str(k): v for k, v in raw.items() if k != "name"}
-    _check_keys(f"{where} ({name})", kwargs, table[name])
+    check_keys(where, kwargs, ("name", *table[name]))
     return name, kwargs
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    return value
 
 
 def parse_study(raw: Any, default_name: str) -> StudyConfig:
     """Validate the ``study`` section; raise ``ConfigError`` naming the bad key."""
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"study must be a mapping of settings, got {raw!r}")
-    _check_keys("study", raw, STUDY_KEYS)
+        raise ConfigError(f"config key study={raw!r} has the wrong type; give a mapping of settings")
+    check_keys("study", raw, STUDY_KEYS)
     name = check_study_name(raw.get("name", default_name), "study.name")
     metric = raw.get("metric", "accuracy")
     if metric not in METRICS:
-        raise ConfigError(f"study.metric={metric!r} is unknown; use one of: {', '.join(METRICS)}")
+        raise ConfigError(f"config key study.metric={metric!r} is not allowed; use one of: {', '.join(METRICS)}")
     timeout = raw.get("timeout")
     if timeout is not None and (not _is_number(timeout) or timeout <= 0):
-        raise ConfigError(f"study.timeout={timeout!r} must be a positive number of seconds or null")
+        raise ConfigError(f"config key study.timeout={timeout!r} must be a positive number of seconds or null")
     storage = raw.get("storage", DEFAULT_STORAGE)
     if not isinstance(storage, str) or "://" not in storage:
-        raise ConfigError(f"study.storage={storage!r} is not a database URL; use e.g. {DEFAULT_STORAGE}")
+        raise ConfigError(f"config key study.storage={storage!r} is not a database URL; use e.g. {DEFAULT_STORAGE}")
     s_name, s_kwargs = _named_kwargs("study.sampler", raw.get("sampler"), SAMPLER_ARGS, SamplerConfig())
     p_name, p_kwargs = _named_kwargs("study.pruner", raw.get("pruner"), PRUNER_ARGS, PrunerConfig())
     min_epochs = p_kwargs.pop("min_epochs", "auto")
     if min_epochs != "auto" and (not isinstance(min_epochs, int) or isinstance(min_epochs, bool) or min_epochs < 0):
-        raise ConfigError(f"study.pruner.min_epochs={min_epochs!r} must be auto (the epochs finished trials needed "
+        raise ConfigError(f"config key study.pruner.min_epochs={min_epochs!r} must be auto (the epochs finished"
+                          f" trials needed "
                           "to reach their best) or a whole number of epochs")
     interval = _positive_int("study.heartbeat_interval", raw.get("heartbeat_interval", 20))
     grace = _positive_int("study.grace_period", raw.get("grace_period", 3 * interval))
     if grace <= interval:
         raise ConfigError(
-            f"study.grace_period={grace} must exceed study.heartbeat_interval={interval} "
+            f"config key study.grace_period={grace} must exceed study.heartbeat_interval={interval} "
             "(a live worker would look dead); make it at least twice the interval"
         )
     log_models = raw.get("log_models", "top_k")
-    if log_models not in LOG_MODELS:
-        raise ConfigError(f"study.log_models={log_models!r} is unknown; use one of: {', '.join(LOG_MODELS)}")
-    register = raw.get("register_model", True)
-    if not isinstance(register, bool):
-        raise ConfigError(f"study.register_model={register!r} must be true or false")
+    as_choice("study.log_models", log_models, LOG_MODELS)
+    register = as_bool("study.register_model", raw.get("register_model", True))
     alias = raw.get("model_alias", "champion")
     if not isinstance(alias, str) or not alias.isidentifier():
-        raise ConfigError(f"study.model_alias={alias!r} must be a simple name like champion")
+        raise ConfigError(f"config key study.model_alias={alias!r} must be a simple name like champion")
     cv_folds = raw.get("cv_folds", "auto")
     if cv_folds != "auto" and (not isinstance(cv_folds, int) or isinstance(cv_folds, bool) or cv_folds == 1
                                or not 0 <= cv_folds <= MAX_CV_FOLDS):
-        raise ConfigError(f"study.cv_folds={cv_folds!r} must be auto, 0 (the validation split alone) or an integer "
+        raise ConfigError(f"config key study.cv_folds={cv_folds!r} must be auto, 0 (the validation split alone) or"
+                          f" an integer "
                           f"2-{MAX_CV_FOLDS}")
     return StudyConfig(
         name=name.strip(), metric=metric,
@@ -248,8 +232,8 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         heartbeat_interval=interval, grace_period=grace,
         retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
         log_models=log_models, keep_models=_positive_int("study.keep_models", raw.get("keep_models", 3)),
-        register_model=register, model_alias=alias, refit=_bool("study.refit", raw.get("refit", True)),
-        cv_folds=cv_folds, reference_trial=_bool("study.reference_trial", raw.get("reference_trial", True)),
+        register_model=register, model_alias=alias, refit=as_bool("study.refit", raw.get("refit", True)),
+        cv_folds=cv_folds, reference_trial=as_bool("study.reference_trial", raw.get("reference_trial", True)),
         start_points=_start_points(raw.get("start_points")),
     )
 
@@ -258,7 +242,8 @@ def _start_points(raw: Any) -> tuple[dict[str, Scalar], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, Sequence) or isinstance(raw, str) or not all(isinstance(p, Mapping) for p in raw):
-        raise ConfigError(f"study.start_points={raw!r} must be a list of mappings, e.g. [{{model.name: d4_cnn}}]")
+        raise ConfigError(f"config key study.start_points={raw!r} must be a list of mappings, e.g. [{{model.name:"
+                          f" d4_cnn}}]")
     return tuple({str(k): v for k, v in point.items()} for point in raw)
 
 
@@ -267,14 +252,17 @@ def check_start_points(study: StudyConfig, space: SearchSpace) -> None:
     for i, point in enumerate(study.start_points):
         for name, value in point.items():
             if name not in space.names:
-                raise ConfigError(f"study.start_points[{i}]: {name!r} is not a search_space parameter; use one of: "
+                raise ConfigError(f"unknown config key study.start_points[{i}].{name}: not a search_space"
+                                  f" parameter; use one of: "
                                   f"{', '.join(space.names)}")
             spec = space[name]
             if spec.kind == "categorical" and value not in spec.labels:
-                raise ConfigError(f"study.start_points[{i}]: {name}={value!r} is not one of its choices "
+                raise ConfigError(f"config key study.start_points[{i}].{name}={value!r} is not allowed; use one of"
+                                  f" its choices "
                                   f"{list(spec.labels)}")
             if spec.kind != "categorical" and (not _is_number(value) or not spec.low <= value <= spec.high):
-                raise ConfigError(f"study.start_points[{i}]: {name}={value!r} must be a number in "
+                raise ConfigError(f"config key study.start_points[{i}].{name}={value!r} is not allowed; give a"
+                                  f" number in "
                                   f"[{spec.low}, {spec.high}]")
 
 
@@ -282,13 +270,13 @@ def parse_tune_config(raw: Any, *, default_name: str = "galaxy10-study", source:
     """Validate a whole tuning mapping (``base``, ``run``, ``study``, ``search_space``)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a tuning config must be a mapping with {', '.join(TUNE_KEYS)}; got {type(raw).__name__}")
-    _check_keys("tuning config", raw, TUNE_KEYS)
+    check_keys("", raw, TUNE_KEYS)
     base = raw.get("base")
     if base is not None and not isinstance(base, str):
-        raise ConfigError(f"base={base!r} must be the path of a run config YAML or null")
+        raise ConfigError(f"config key base={base!r} has the wrong type; give the path of a run config YAML or null")
     run = raw.get("run") or {}
     if not isinstance(run, Mapping):
-        raise ConfigError(f"run must be a mapping of run-config settings, got {run!r}")
+        raise ConfigError(f"config key run={run!r} has the wrong type; give a mapping of run-config settings")
     study = parse_study(raw.get("study"), default_name)
     space = parse_search_space(raw.get("search_space"))
     check_start_points(study, space)
@@ -298,7 +286,8 @@ def parse_tune_config(raw: Any, *, default_name: str = "galaxy10-study", source:
 def load_tune_config(path: str | Path) -> TuneConfig:
     """Read and validate a tuning YAML; the study name defaults to the file's stem."""
     p = Path(path)
-    raw = read_yaml_file(p, what="tuning config", example="experiments/configs/tune_quick.yaml")
+    raw = read_config(p, what="tuning config", example="experiments/configs/tune_quick.yaml",
+                      holds="sections (base, run, study, search_space)")
     default_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", p.stem).strip("-.") or "galaxy10-study"
     return parse_tune_config(raw, default_name=default_name, source=str(p))
 
