@@ -62,8 +62,9 @@ def _use_tracking_uri(uri: str | None) -> None:
     """Make ``--tracking-uri`` the one store of this command, for everything (runs, models, the registry).
 
     MLflow resolves model URIs (``models:/...``, ``runs:/...``) through its process-wide default, so a
-    command given ``--tracking-uri`` sets that default too (and the environment, for worker processes):
-    nothing falls back to ``./mlflow.db`` or creates it.
+    command given ``--tracking-uri`` sets that default once, here (and the environment, for worker
+    processes): nothing falls back to ``./mlflow.db`` or creates it. Library calls given an explicit
+    ``tracking_uri`` go through the same ``tracking.store.set_tracking_uri``, the only caller of MLflow's.
     """
     if not uri:
         return

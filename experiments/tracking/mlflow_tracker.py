@@ -17,7 +17,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -27,7 +26,7 @@ from mlflow.types.schema import Schema, TensorSpec
 
 from experiments.tracking.base import META_ARTIFACT, META_KEYS, MODEL_NAME
 from experiments.tracking.faults import unreachable_error, unreachable_reason
-from experiments.tracking.store import resolve_tracking_uri
+from experiments.tracking.store import resolve_tracking_uri, set_tracking_uri
 from pipelines.errors import ConfigError, ModelError, first_line
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class MlflowTracker:
     # --- run life cycle ------------------------------------------------------------------
     def start(self) -> MlflowTracker:
         """Create the run (and the experiment if needed)."""
-        mlflow.set_tracking_uri(self.tracking_uri)  # model logging resolves the URI globally
+        set_tracking_uri(self.tracking_uri)  # model logging resolves the URI globally
         try:
             exp = self.client.get_experiment_by_name(self.experiment_name)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
@@ -176,7 +175,6 @@ class MlflowTracker:
 
         Returns the model URI (``models:/<model_id>``); ``runs:/<run_id>/model`` also resolves.
         """
-        import mlflow.keras
 
         run_id = self._need_run()
         missing = [k for k in META_KEYS if k not in meta]
@@ -188,7 +186,7 @@ class MlflowTracker:
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), in_shape, "image")]),
                                    outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape, "probabilities")]))
         plain_meta = json.loads(json.dumps(dict(meta)))
-        mlflow.set_tracking_uri(self.tracking_uri)
+        set_tracking_uri(self.tracking_uri)
         with _experiment_env(self.experiment_id), warnings.catch_warnings(), _quiet_keras_progress():
             # MLflow's serving check calls the model with a list of one input; Keras warns about it.
             warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
@@ -275,6 +273,6 @@ def attach_run(run_id: str, *, tracking_uri: str | None = None) -> MlflowTracker
     tracker = MlflowTracker(experiment.name, run.info.run_name, tracking_uri=uri)
     tracker.run_id = run_id
     tracker.experiment_id = run.info.experiment_id
-    mlflow.set_tracking_uri(uri)
+    set_tracking_uri(uri)
     client.update_run(run_id, status="RUNNING")
     return tracker

@@ -14,6 +14,7 @@ from experiments.tracking.store import (
     get_tracking_uri,
     mlflow_client,
     resolve_tracking_uri,
+    set_tracking_uri,
 )
 from pipelines.errors import ModelError, first_line
 
@@ -51,7 +52,7 @@ def register_champion(model_uri: str, name: str, *, alias: str = "champion", run
         current = None
     if current is not None and run_id is not None and current.run_id == run_id:
         return f"models:/{name}@{alias}"
-    mlflow.set_tracking_uri(uri)
+    set_tracking_uri(uri)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

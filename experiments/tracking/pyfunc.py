@@ -22,6 +22,7 @@ from experiments.tracking.mlflow_tracker import (
     _experiment_env,
     _pip_requirements,
 )
+from experiments.tracking.store import set_tracking_uri
 from pipelines.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(n_classes)),
                                                           "probabilities")]))
     plain_meta = json.loads(json.dumps(dict(meta)))
-    mlflow.set_tracking_uri(tracker.tracking_uri)
+    set_tracking_uri(tracker.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="galaxy10-pyfunc-") as tmp:
         code = Path(tmp) / "galaxy10_ensemble_model.py"
         code.write_text(ENSEMBLE_MODEL_CODE)
