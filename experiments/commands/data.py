@@ -6,7 +6,7 @@ import importlib
 
 #: Modules under ``experiments.commands`` that add ``data`` sub-commands via ``register(data_sub)``.
 DATA_COMMAND_MODULES: tuple[str, ...] = (
-    "data_reader",  # info, import
+    "data_info_import",  # info, import
     "data_synth",  # synth, gallery
     "data_split",  # split
 )
