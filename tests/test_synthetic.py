@@ -13,8 +13,8 @@ from PIL import Image
 from experiments.cli import main
 from pipelines.classes import CLASS_SLUGS, GALAXY10_COUNTS, NUM_CLASSES, class_index
 from pipelines.errors import ConfigError, DataError
-from pipelines.reader import provenance, validate_galaxy10
 from pipelines.gallery import gallery_title, make_gallery, pick_examples
+from pipelines.reader import provenance, validate_galaxy10
 from pipelines.synth_params import class_counts
 from pipelines.synth_render import render_image
 from pipelines.synthetic import (

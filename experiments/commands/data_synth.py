@@ -67,8 +67,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_gallery(args: argparse.Namespace) -> int:
     """Write the gallery PNG."""
-    from pipelines.paths import resolve_data_path
     from pipelines.gallery import make_gallery
+    from pipelines.paths import resolve_data_path
 
     path = make_gallery(resolve_data_path(args.file), args.out, per_class=args.per_class, seed=args.seed,
                         thumb=args.thumb, force=args.force)
