@@ -52,12 +52,12 @@ def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
 
 
 
-def tta_predict(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
-                batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """Average ``predict_fn``'s (n, C) probabilities over the 8 D4 views of each image.
+def tta_views(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
+              batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """``predict_fn``'s (n, C) probabilities for each of the 8 D4 views: float32 ``(8, N, C)``.
 
     ``predict_fn`` gets at most ``batch_size`` images at a time (one view of one batch), so memory
-    stays at one batch. Returns float32 (N, C).
+    stays at one batch of images (plus the ``8 x N x C`` probabilities).
     """
     arr = _check_images(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -68,14 +68,32 @@ def tta_predict(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarr
     starts = range(0, len(arr), int(batch_size))
     for start in tqdm(starts, desc="TTA", unit="batch", disable=not progress):
         batch = arr[start:start + batch_size]
-        total = None
+        views = []
         for j in range(N_VIEWS):
-            probs = np.asarray(predict_fn(dihedral_view(batch, j)), dtype=np.float64)
-            if probs.ndim != 2 or probs.shape[0] != len(batch) or (total is not None and probs.shape != total.shape):
+            probs = np.asarray(predict_fn(dihedral_view(batch, j)))
+            if probs.ndim != 2 or probs.shape[0] != len(batch) or (views and probs.shape != views[0].shape):
                 raise ModelError(
                     f"predict_fn returned shape {probs.shape} for {len(batch)} images; it must return "
                     "(n_images, n_classes) probabilities"
                 )
-            total = probs if total is None else total + probs
-        chunks.append(total / N_VIEWS)
-    return np.concatenate(chunks).astype(np.float32)
+            views.append(probs.astype(np.float32))
+        chunks.append(np.stack(views))
+    return np.concatenate(chunks, axis=1)
+
+
+def mean_of_views(views: np.ndarray) -> np.ndarray:
+    """The mean over the first axis of ``(V, N, C)`` view probabilities, summed in float64 view by view."""
+    total = np.zeros(views.shape[1:], dtype=np.float64)
+    for view in views:
+        total += view
+    return (total / len(views)).astype(np.float32)
+
+
+def tta_predict(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
+                batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Average ``predict_fn``'s (n, C) probabilities over the 8 D4 views of each image.
+
+    ``predict_fn`` gets at most ``batch_size`` images at a time (one view of one batch), so memory
+    stays at one batch. Returns float32 (N, C).
+    """
+    return mean_of_views(tta_views(predict_fn, images, batch_size=batch_size, progress=progress))

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "study",
     "ensemble",
     "predict",
+    "catalog",
     "serve",
     "report",
 )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from augment.tta import tta_predict
+from augment.tta import mean_of_views, tta_views
 from experiments.tracking.loading import (
     ModelBundle,
     load_prediction_model,
@@ -35,12 +35,12 @@ HOW_TO_TRAIN = ("train one with `galaxy10 train --config experiments/configs/smo
                 "`galaxy10 tune --config experiments/configs/tune_quick.yaml`, or pass --model")
 
 
-def predict_images(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *,
-                   batch_size: int = 256) -> np.ndarray:
-    """Class probabilities ``(N, C)`` float32 for uint8 RGB images of any size.
+def predict_views(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *,
+                  batch_size: int = 256) -> np.ndarray:
+    """Class probabilities of each test-time view, ``(V, N, C)`` float32, for uint8 RGB images of any size.
 
     Images go through ``pipelines.preprocess.prepare_images`` (square crop, resize to the model's
-    ``size``, centre crop to ``crop``); with ``tta`` in the metadata the 8 D4 views are averaged.
+    ``size``, centre crop to ``crop``); with ``tta`` in the metadata V = 8 (the D4 views), else V = 1.
     """
     model, meta = bundle
     crops = prepare_images(images, size=int(meta["size"]), crop=int(meta["crop"]))
@@ -49,8 +49,14 @@ def predict_images(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: 
         return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
 
     if meta.get("tta"):
-        return tta_predict(predict_fn, crops, batch_size=batch_size)
-    return predict_fn(crops).astype(np.float32)
+        return tta_views(predict_fn, crops, batch_size=batch_size)
+    return predict_fn(crops).astype(np.float32)[None]
+
+
+def predict_images(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *,
+                   batch_size: int = 256) -> np.ndarray:
+    """Class probabilities ``(N, C)`` float32: the mean of :func:`predict_views` (the 8 D4 views with TTA)."""
+    return mean_of_views(predict_views(bundle, images, batch_size=batch_size))
 
 
 @dataclass(frozen=True)
@@ -87,10 +93,15 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class Predictor:
-    """A loaded model: ``predict_fn`` maps uint8 ``(N, H, W, 3)`` of one size to ``(N, C)`` probs."""
+    """A loaded model: ``predict_fn`` maps uint8 ``(N, H, W, 3)`` of one size to ``(N, C)`` probs.
+
+    ``views_fn`` (optional) gives the probabilities of each test-time view, ``(V, N, C)``, whose mean is
+    ``predict_fn``'s output; models without views (pyfunc ensembles) have one view.
+    """
 
     card: ModelCard
     predict_fn: Callable[[np.ndarray], np.ndarray]
+    views_fn: Callable[[np.ndarray], np.ndarray] | None = None
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``(N, C)`` for uint8 RGB images (a batch, or a list of any sizes)."""
@@ -114,6 +125,18 @@ class Predictor:
             raise ModelError(f"model {self.card.uri} returned shape {probs.shape}, expected "
                              f"{expected}; it is not a Galaxy10 classifier")
         return probs
+
+    def predict_views(self, images: np.ndarray) -> np.ndarray:
+        """``(V, N, C)`` probabilities of each test-time view of a uint8 ``(N, H, W, 3)`` batch (V = 1 without)."""
+        if self.views_fn is None:
+            return self._predict_batch(images)[None]
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise DataError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        views = np.asarray(self.views_fn(images), dtype=np.float32)
+        if views.ndim != 3 or views.shape[1:] != (len(images), len(self.card.class_names)):
+            raise ModelError(f"model {self.card.uri} returned view shape {views.shape}, expected "
+                             f"(V, {len(images)}, {len(self.card.class_names)})")
+        return views
 
     def model_view(self, image: np.ndarray) -> np.ndarray:
         """The uint8 ``(crop, crop, 3)`` centre crop the model sees for one ``(H, W, 3)`` image."""
@@ -166,8 +189,13 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
     if loaded.kind == "keras":
         bundle = loaded.model
 
+        def views_fn(images: np.ndarray) -> np.ndarray:
+            return predict_views(bundle, images)
+
         def predict_fn(images: np.ndarray) -> np.ndarray:
-            return predict_images(bundle, images)
+            return mean_of_views(views_fn(images))
+
+        return Predictor(card=card, predict_fn=predict_fn, views_fn=views_fn)
     elif loaded.kind == "pyfunc":
         pyfunc = loaded.model
         side = pyfunc_input_side(pyfunc)

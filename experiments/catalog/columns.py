@@ -1,0 +1,60 @@
+"""The catalog's columns: schema, per-class probability names and the uncertainty measures."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.classes import slugify
+
+#: Version of the catalog's column layout (in the file's metadata).
+SCHEMA_VERSION = "1"
+
+
+def probability_columns(class_names: Sequence[str]) -> list[str]:
+    """``p_<slug>`` per class, in the model's class order (made unique when two names share a slug)."""
+    out: list[str] = []
+    for i, name in enumerate(class_names):
+        col = f"p_{slugify(str(name)) or i}"
+        out.append(col if col not in out else f"{col}_{i}")
+    return out
+
+
+def catalog_schema(class_names: Sequence[str]) -> pa.Schema:
+    """Row number, identity, position, prediction, probabilities, uncertainty, error."""
+    fields = [
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("source_index", pa.int64()),
+        pa.field("ra", pa.float64()),
+        pa.field("dec", pa.float64()),
+        pa.field("predicted", pa.string()),
+        pa.field("predicted_index", pa.int16()),
+        *[pa.field(c, pa.float32()) for c in probability_columns(class_names)],
+        pa.field("max_probability", pa.float32()),
+        pa.field("entropy", pa.float32()),
+        pa.field("view_disagreement", pa.float32()),
+        pa.field("n_views", pa.int8()),
+        pa.field("error", pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row of ``(..., C)`` probabilities."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=-1)
+
+
+def view_disagreement(views: np.ndarray) -> np.ndarray:
+    """How much the test-time views disagree: the mutual information between view and class (nats).
+
+    ``H(mean over views) - mean over views of H(view)`` for ``(V, N, C)`` probabilities: 0 when every
+    view says the same, larger when confident views contradict each other. NaN with one view.
+    """
+    views = np.asarray(views, dtype=np.float64)
+    if views.shape[0] < 2:
+        return np.full(views.shape[1], np.nan)
+    return np.maximum(entropy(views.mean(axis=0)) - entropy(views).mean(axis=0), 0.0)

@@ -1,0 +1,85 @@
+"""``galaxy10 catalog INPUT... --out FILE.parquet``: a morphology catalog of any number of images."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from experiments.commands.common import add_force_argument
+from experiments.commands.predict import add_model_arguments
+
+#: Largest --chunk-size / --batch-size / --workers (bounded memory: a chunk's pixels are held at once).
+MAX_CHUNK = 65536
+MAX_BATCH = 4096
+MAX_WORKERS = 256
+
+EPILOG = """\
+Inputs, in the order given: Galaxy10-schema or imported HDF5 files (every row; ra/dec when the file has
+them), folders of PNG/JPEG images (recursive: a folder's files in name order, then
+its subfolders), CSV or Parquet lists with a 'path' column
+(relative paths are relative to the list) and optional id, ra, dec columns, or single images.
+
+The output is a Parquet file with one row per image: row, id, source, source_index, ra, dec, predicted,
+predicted_index, p_<class> per class of the model, max_probability, entropy, view_disagreement (mutual
+information across the model's 8 test-time views; empty without TTA), n_views and error (an unreadable
+image is a row with its error, never a failed job). The model URI, version, class names and the inputs'
+fingerprint are in the file's metadata.
+
+Killed at any point, the same command resumes where it stopped (finished parts are kept in a hidden
+.<name>.parts folder beside --out) and the catalog holds every image exactly once.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``galaxy10 catalog``."""
+    parser = subparsers.add_parser(
+        "catalog", help="predict a whole survey into a Parquet catalog (chunked, resumable)",
+        description="Run a model over HDF5 files, folders of images or lists of image paths and write a "
+                    "Parquet catalog: probabilities per class, uncertainty, errors per image.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="HDF5 file, folder of images, CSV/Parquet list of image paths, or an image")
+    parser.add_argument("--out", required=True, metavar="FILE.parquet", help="the catalog to write")
+    add_model_arguments(parser)
+    parser.add_argument("--chunk-size", type=int, default=1024, metavar="N",
+                        help="rows per resumable part (default: 1024)")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                        help="images per model call (default: 64)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="threads decoding images while the model predicts (default: the CPU count, max 8)")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard an unfinished job's parts for this --out instead of resuming it")
+    add_force_argument(parser, "catalog")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the inputs and the output, load the model, run the job, print a summary line."""
+    import logging
+
+    from experiments.catalog.inputs import plan_catalog_inputs
+    from experiments.catalog.job import run_catalog
+    from experiments.serving.predictor import load_predictor
+    from pipelines.errors import ConfigError
+    from pipelines.outputs import check_output_file
+
+    limits = (("--chunk-size", args.chunk_size, MAX_CHUNK), ("--batch-size", args.batch_size, MAX_BATCH),
+              ("--workers", args.workers, MAX_WORKERS))
+    for name, value, high in limits:
+        if value is not None and not 1 <= value <= high:
+            raise ConfigError(f"{name} {value} is out of range; use 1-{high}")
+    if not str(args.out).lower().endswith((".parquet", ".pq")):
+        raise ConfigError(f"--out {args.out} must end in .parquet (the catalog is a Parquet file)")
+    out = check_output_file(args.out, force=args.force)
+    inputs = plan_catalog_inputs(args.inputs)  # fails on a bad input before a model is loaded
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    predictor = load_predictor(args.model, tracking_uri=args.tracking_uri)
+    workers = args.workers or min(8, os.cpu_count() or 1)
+    result = run_catalog(inputs, predictor, out, chunk_size=args.chunk_size, workers=workers,
+                         batch_size=args.batch_size, restart=args.restart)
+    synthetic = " (model trained on SYNTHETIC data)" if predictor.card.synthetic else ""
+    logging.getLogger("galaxy10").info(
+        "catalog of %d images -> %s (%d unreadable, %.1f images/s)%s", result.n_rows, result.out, result.n_errors,
+        result.images_per_second, synthetic)
+    print(f"{result.out}: {result.n_rows} rows, {result.n_errors} errors, model {predictor.card.display_name}"
+          f"{synthetic}")
+    return 0

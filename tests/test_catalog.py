@@ -1,0 +1,214 @@
+"""``galaxy10 catalog``: rows for every input kind, error rows, workers, resume after SIGKILL, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from catalog_fakes import CLASSES, fake_predictor, views
+from conftest import png_bytes, write_galaxy10_h5
+
+from augment.tta import mean_of_views
+from experiments.catalog.columns import entropy, probability_columns, view_disagreement
+from experiments.catalog.inputs import plan_catalog_inputs
+from experiments.catalog.job import KILL_AFTER_ENV, parts_dir, run_catalog
+from pipelines.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def survey(tmp_path: Path) -> dict[str, Path]:
+    """An HDF5 file (12 rows with ra/dec), a folder of 5 PNGs of two sizes plus one broken file, and a
+    CSV list of 3 paths (one missing) with ids and coordinates."""
+    h5 = write_galaxy10_h5(tmp_path / "cutouts.h5", n=12, size=32, seed=3)
+    folder = tmp_path / "pngs"
+    (folder / "deep").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        side = 40 if i % 2 else 48
+        target = folder / ("deep" if i >= 3 else ".") / f"g{i}.png"
+        target.write_bytes(png_bytes(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    (folder / "notes.txt").write_text("not an image, not a row")
+    listing = tmp_path / "list.csv"
+    pd.DataFrame({"path": ["pngs/g0.png", "pngs/deep/g3.png", "pngs/gone.png"], "id": ["A", "B", "C"],
+                  "ra": ["10.5", "", "12"], "dec": ["-1", "", "2.5"]}).to_csv(listing, index=False)
+    return {"h5": h5, "folder": folder, "list": listing}
+
+
+def _catalog(survey: dict[str, Path], out: Path, **kwargs) -> pd.DataFrame:
+    inputs = plan_catalog_inputs([str(survey["h5"]), str(survey["folder"]), str(survey["list"])])
+    run_catalog(inputs, fake_predictor(), out, **kwargs)
+    return pq.read_table(out).to_pandas()
+
+
+def test_catalog_rows_errors_and_columns(survey: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cat.parquet"
+    df = _catalog(survey, out, chunk_size=4, workers=2)
+    assert len(df) == 12 + 6 + 3 and list(df["row"]) == list(range(21))
+    assert list(df["id"][:2]) == ["cutouts.h5[0]", "cutouts.h5[1]"]
+    assert df["id"][12:18].tolist() == ["broken.png", "g0.png", "g1.png", "g2.png", "deep/g3.png", "deep/g4.png"]
+    assert df["id"][18:].tolist() == ["A", "B", "C"]
+    errors = df[df["error"].notna()]
+    assert errors["id"].tolist() == ["broken.png", "C"]  # a damaged file and a missing one: rows, not a crash
+    assert errors["predicted"].isna().all() and errors[probability_columns(CLASSES)].isna().all().all()
+    good = df[df["error"].isna()]
+    probs = good[probability_columns(CLASSES)].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (good["predicted"] == [CLASSES[i] for i in probs.argmax(axis=1)]).all()
+    assert (good["n_views"] == 8).all() and (good["view_disagreement"] >= 0).all()
+    # coordinates: from the HDF5 file and the list (empty cells are null); none for a folder
+    with pd.option_context("mode.chained_assignment", None):
+        assert df["ra"][:12].notna().all() and df["ra"][12:18].isna().all()
+    assert df["ra"][18] == 10.5 and pd.isna(df["ra"][19]) and df["dec"][20] == 2.5
+    meta = json.loads(pq.read_schema(out).metadata[b"galaxy10"])
+    assert meta["model_uri"] == "models:/fake@champion" and meta["class_names"] == list(CLASSES)
+    assert meta["n_rows"] == 21 and len(meta["inputs_fingerprint"]) == 64
+    assert not parts_dir(out).exists()  # the job's own parts are gone once merged
+
+
+def test_probabilities_and_uncertainty_match_the_predictor(survey: dict[str, Path], tmp_path: Path) -> None:
+    df = _catalog(survey, tmp_path / "cat.parquet", chunk_size=5)
+    import h5py
+
+    with h5py.File(survey["h5"]) as f:
+        images = f["images"][()]
+    v = views(images)
+    np.testing.assert_allclose(df[probability_columns(CLASSES)][:12].to_numpy(), mean_of_views(v), rtol=1e-6)
+    np.testing.assert_allclose(df["entropy"][:12], entropy(mean_of_views(v)), rtol=1e-5)
+    np.testing.assert_allclose(df["view_disagreement"][:12], view_disagreement(v), rtol=1e-4, atol=1e-7)
+
+
+def test_view_disagreement_is_zero_for_agreeing_views_and_nan_for_one() -> None:
+    same = np.tile(np.array([[[0.7, 0.2, 0.1]]]), (8, 2, 1))
+    assert np.allclose(view_disagreement(same), 0.0)
+    split = np.concatenate([np.tile([[[1.0, 0.0, 0.0]]], (4, 1, 1)), np.tile([[[0.0, 1.0, 0.0]]], (4, 1, 1))])
+    assert view_disagreement(split)[0] == pytest.approx(np.log(2), rel=1e-6)
+    assert np.isnan(view_disagreement(same[:1])).all()
+
+
+def test_same_catalog_for_any_worker_count_and_chunk_size(survey: dict[str, Path], tmp_path: Path) -> None:
+    one = _catalog(survey, tmp_path / "one.parquet", chunk_size=4, workers=1)
+    two = _catalog(survey, tmp_path / "two.parquet", chunk_size=4, workers=2)
+    pd.testing.assert_frame_equal(one, two)
+    big = _catalog(survey, tmp_path / "big.parquet", chunk_size=1000, workers=3)
+    pd.testing.assert_frame_equal(one, big)
+
+
+KILLED_JOB = """
+import sys
+sys.path.insert(0, {tests!r})
+from catalog_fakes import fake_predictor
+from experiments.catalog.inputs import plan_catalog_inputs
+from experiments.catalog.job import run_catalog
+run_catalog(plan_catalog_inputs({inputs!r}), fake_predictor(), {out!r}, chunk_size=3, workers=2)
+"""
+
+
+def test_sigkill_then_resume_gives_every_row_exactly_once(survey: dict[str, Path], tmp_path: Path) -> None:
+    args = [str(survey["h5"]), str(survey["folder"]), str(survey["list"])]
+    out = tmp_path / "killed.parquet"
+    code = KILLED_JOB.format(tests=str(ROOT / "tests"), inputs=args, out=str(out))
+    env = {**os.environ, KILL_AFTER_ENV: "2", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL while writing the third part
+    parts = sorted(p.name for p in parts_dir(out).iterdir())
+    assert [n for n in parts if not n.startswith(".")] == ["job.json", "part-000000.parquet", "part-000001.parquet"]
+    assert any(name.startswith(".part-000002") for name in parts)  # the unfinished temporary part
+    assert not out.exists()
+    env.pop(KILL_AFTER_ENV)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    resumed = pq.read_table(out).to_pandas()
+    whole = _catalog(survey, tmp_path / "whole.parquet", chunk_size=3)
+    pd.testing.assert_frame_equal(resumed, whole)
+    assert not parts_dir(out).exists()
+
+
+def test_resume_refuses_other_inputs_and_restart_discards(survey: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cat.parquet"
+    folder = parts_dir(out)
+    folder.mkdir()
+    (folder / "job.json").write_text(json.dumps({"inputs": "0" * 64, "model": "models:/other@1"}))
+    inputs = plan_catalog_inputs([str(survey["h5"])])
+    with pytest.raises(DataError, match="other inputs, model"):
+        run_catalog(inputs, fake_predictor(), out)
+    assert folder.is_dir() and not out.exists()
+    run_catalog(inputs, fake_predictor(), out, restart=True)
+    assert len(pq.read_table(out)) == 12 and not folder.exists()
+
+
+def test_a_folder_galaxy10_did_not_write_is_never_deleted(survey: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cat.parquet"
+    folder = parts_dir(out)
+    folder.mkdir()
+    (folder / "mine.txt").write_text("user data")
+    with pytest.raises(DataError, match="no catalog job description"):
+        run_catalog(plan_catalog_inputs([str(survey["h5"])]), fake_predictor(), out, restart=True)
+    assert (folder / "mine.txt").read_text() == "user data"
+
+
+@pytest.mark.parametrize(("make", "words"), [
+    (lambda p: str(p / "missing.h5"), ["does not exist"]),
+    (lambda p: (p / "x.txt").write_text("hi") and str(p / "x.txt"), ["not an HDF5 file", "PNG/JPEG"]),
+    (lambda p: (p / "e").mkdir() or str(p / "e"), ["holds no", "images"]),
+    (lambda p: pd.DataFrame({"name": ["a.png"]}).to_csv(p / "l.csv", index=False) or str(p / "l.csv"),
+     ["no path column", "path"]),
+    (lambda p: pd.DataFrame({"path": []}).to_csv(p / "l.csv", index=False) or str(p / "l.csv"), ["no rows"]),
+    (lambda p: pd.DataFrame({"path": ["a.png"], "ra": ["east"]}).to_csv(p / "l.csv", index=False)
+     or str(p / "l.csv"), ["column ra", "not a number"]),
+    (lambda p: (p / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64) and str(p / "bad.h5"), ["bad.h5"]),
+])
+def test_bad_inputs_are_one_clear_line(tmp_path: Path, make, words) -> None:
+    with pytest.raises(DataError) as err:
+        plan_catalog_inputs([make(tmp_path)])
+    assert "\n" not in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_cli_bad_output_is_exit_2_and_writes_nothing(survey: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from experiments.cli import main
+
+    assert main(["catalog", str(survey["h5"]), "--out", str(tmp_path / "cat.csv")]) == 2
+    assert "galaxy10: error: --out" in capsys.readouterr().err
+    mine = tmp_path / "mine.parquet"
+    mine.write_bytes(b"PAR1 user data")
+    assert main(["catalog", str(survey["h5"]), "--out", str(mine)]) == 2
+    assert "not written by galaxy10" in capsys.readouterr().err and mine.read_bytes() == b"PAR1 user data"
+    assert main(["catalog", str(survey["h5"]), "--out", str(tmp_path / "c.parquet"), "--chunk-size", "0"]) == 2
+    assert not (tmp_path / "c.parquet").exists() and not parts_dir(tmp_path / "c.parquet").exists()
+
+
+@pytest.mark.slow
+def test_cli_catalog_with_a_logged_model(smoke_model, survey: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """The whole command with a model from MLflow: probabilities equal `galaxy10 predict`'s path."""
+    from experiments.cli import main
+    from experiments.serving.predictor import load_predictor, predict_file_rows
+
+    out = tmp_path / "cat.parquet"
+    ref = f"{smoke_model.registered_name}@champion"
+    code = main(["catalog", str(survey["h5"]), str(survey["folder"]), "--out", str(out), "--model", ref,
+                 "--tracking-uri", smoke_model.tracking_uri, "--chunk-size", "5"])
+    assert code == 0, capsys.readouterr().err
+    df = pq.read_table(out).to_pandas()
+    predictor = load_predictor(ref, tracking_uri=smoke_model.tracking_uri)
+    cols = probability_columns(predictor.card.class_names)
+    np.testing.assert_allclose(df[cols][:12].to_numpy(), predict_file_rows(predictor, survey["h5"], range(12)),
+                               rtol=1e-5, atol=1e-6)
+    meta = json.loads(pq.read_schema(out).metadata[b"galaxy10"])
+    assert meta["model_version"] == "1" and meta["model_synthetic"] is True
+    assert df["error"].notna().sum() == 1
+    # the same command again refuses nothing: the catalog is galaxy10's own file and is replaced
+    assert main(["catalog", str(survey["h5"]), "--out", str(out), "--model", ref,
+                 "--tracking-uri", smoke_model.tracking_uri]) == 0
+    assert len(pq.read_table(out)) == 12
