@@ -2,8 +2,9 @@
 
 The inputs become *segments* of rows in a fixed order (the order of the arguments; a folder's files in
 name order, then its subfolders in name order; a list's rows in its order). Rows are addressed by their
-global number, so a chunk of rows is the same for any number of workers and after any restart. Nothing is decoded here: planning checks
-existence, types and schemas only, and an image that cannot be read later becomes a row with an error.
+global number, so a chunk of rows is the same for any number of workers and after any restart. Nothing is
+decoded here: planning checks existence, types and schemas only, and an image that cannot be read later
+becomes a row with an error.
 """
 from __future__ import annotations
 
