@@ -212,3 +212,82 @@ def test_cli_catalog_with_a_logged_model(smoke_model, survey: dict[str, Path], t
     assert main(["catalog", str(survey["h5"]), "--out", str(out), "--model", ref,
                  "--tracking-uri", smoke_model.tracking_uri]) == 0
     assert len(pq.read_table(out)) == 12
+
+
+def test_ood_detector_scores_far_points_higher_and_flags_about_one_percent() -> None:
+    from experiments.catalog.ood import fit_detector
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 5, (3, 8))
+    labels = rng.integers(0, 3, 3000)
+    train = centres[labels] + rng.normal(0, 1, (3000, 8))
+    val = centres[rng.integers(0, 3, 2000)] + rng.normal(0, 1, (2000, 8))
+    det = fit_detector(train, labels, val)
+    assert 0.0 < det.val_flagged <= 0.011
+    near = centres[rng.integers(0, 3, 200)] + rng.normal(0, 1, (200, 8))
+    far = rng.normal(0, 1, (200, 8)) * 10 + 40
+    assert np.mean(det.score(near) > det.threshold) < 0.05 and np.all(det.score(far) > det.threshold)
+    with pytest.raises(DataError, match="too few images"):
+        fit_detector(train[:3], labels[:3], val)
+
+
+def test_catalog_ood_columns_and_a_resumed_job_keeps_its_detector(survey: dict[str, Path], tmp_path: Path) -> None:
+    from experiments.catalog.ood import fit_detector
+
+    rng = np.random.default_rng(1)
+    det = fit_detector(rng.normal(0, 1, (300, 3)), rng.integers(0, 3, 300), rng.normal(0, 1, (100, 3)))
+    predictor = fake_predictor()
+    object.__setattr__(predictor, "embed_fn", lambda im: im.reshape(len(im), -1, 3).mean(axis=1) / 255.0)
+    out = tmp_path / "cat.parquet"
+    inputs = plan_catalog_inputs([str(survey["h5"]), str(survey["folder"])])
+    calls = []
+    run_catalog(inputs, predictor, out, chunk_size=4, ood=lambda: calls.append(1) or det)
+    df = pq.read_table(out).to_pandas()
+    good = df["error"].isna()
+    emb = np.concatenate([predictor.embed(np.stack([img])) for img in _images(survey, df[good])])
+    np.testing.assert_allclose(df["ood_score"][good], det.score(emb), rtol=1e-5)
+    assert (df["ood_flag"][good] == (df["ood_score"][good] > det.threshold)).all()
+    assert df["ood_score"][~good].isna().all() and calls == [1]
+    meta = json.loads(pq.read_schema(out).metadata[b"galaxy10"])
+    assert meta["ood"]["threshold"] == pytest.approx(det.threshold) and meta["ood"]["quantile"] == 0.99
+    off = tmp_path / "off.parquet"
+    run_catalog(inputs, predictor, off, chunk_size=4)
+    assert pq.read_table(off).to_pandas()["ood_score"].isna().all()
+
+
+def _images(survey: dict[str, Path], rows: pd.DataFrame) -> list[np.ndarray]:
+    import h5py
+
+    from pipelines.images import decode_image
+
+    out = []
+    with h5py.File(survey["h5"]) as f:
+        for source, index in zip(rows["source"], rows["source_index"], strict=True):
+            out.append(f["images"][int(index)] if source.endswith(".h5") else decode_image(source, source))
+    return out
+
+
+@pytest.mark.slow
+def test_noise_and_blank_images_score_as_out_of_distribution(smoke_model, tmp_path: Path, capsys) -> None:
+    """A CNN from MLflow, its own training file: noise and blank images score above held-out galaxies."""
+    from experiments.cli import main
+    from pipelines.splits import load_split, split_path_for
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        (odd / f"noise{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+        (odd / f"blank{i}.png").write_bytes(png_bytes(np.full((64, 64, 3), 40 * i, dtype=np.uint8)))
+    split = load_split(split_path_for(smoke_model.data_path), smoke_model.data_path)
+    out = tmp_path / "cat.parquet"
+    code = main(["catalog", str(smoke_model.data_path), str(odd), "--out", str(out), "--ood", "on",
+                 "--model", f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri])
+    assert code == 0, capsys.readouterr().err
+    df = pq.read_table(out).to_pandas()
+    held_out = df.iloc[split.test]["ood_score"]
+    odd_scores = df[df["source"].str.contains("/odd/")]["ood_score"]
+    assert len(odd_scores) == 8 and odd_scores.notna().all()
+    assert odd_scores.min() > held_out.median(), (odd_scores.tolist(), held_out.describe())
+    print(f"held-out median {held_out.median():.1f}, odd images {sorted(odd_scores.round(1))}")
+    assert df[df["source"].str.contains("/odd/")]["ood_flag"].mean() > df.iloc[split.test]["ood_flag"].mean()

@@ -37,6 +37,8 @@ def catalog_schema(class_names: Sequence[str]) -> pa.Schema:
         pa.field("entropy", pa.float32()),
         pa.field("view_disagreement", pa.float32()),
         pa.field("n_views", pa.int8()),
+        pa.field("ood_score", pa.float32()),
+        pa.field("ood_flag", pa.bool_()),
         pa.field("error", pa.string()),
     ]
     return pa.schema(fields)

@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from experiments.catalog.columns import (
     view_disagreement,
 )
 from experiments.catalog.inputs import CatalogInputs, RowRef
+from experiments.catalog.ood import OODDetector
 from pipelines.errors import DataError, Galaxy10Error
 from pipelines.images import decode_image
 from pipelines.io import atomic_path, remove_stale_temps, write_json_atomic
@@ -52,6 +53,7 @@ DEFAULT_BATCH = 64
 #: Test hook: SIGKILL this process after writing this many parts (and leave a half-written temp file).
 KILL_AFTER_ENV = "GALAXY10_TEST_CATALOG_KILL_AFTER_PARTS"
 MANIFEST = "job.json"
+OOD_FILE = "ood.npz"
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,12 @@ def _decode_file(path: str) -> tuple[np.ndarray | None, str | None]:
 
 
 def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, str | None]], batch_size: int,
-                   n_classes: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean probabilities ``(n, C)`` (NaN for errors), view disagreement ``(n,)`` and the number of views."""
+                   n_classes: int, ood: OODDetector | None = None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Mean probabilities ``(n, C)`` (NaN for errors), view disagreement ``(n,)``, the number of views and the
+    out-of-distribution scores ``(n,)`` (NaN without a detector)."""
     probs = np.full((len(decoded), n_classes), np.nan, dtype=np.float32)
     disagreement = np.full(len(decoded), np.nan, dtype=np.float64)
+    scores = np.full(len(decoded), np.nan, dtype=np.float64)
     n_views = 0
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, (image, _) in enumerate(decoded):
@@ -132,16 +136,19 @@ def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, st
     for rows in by_shape.values():  # row order within a shape, the same batches for any worker count
         for start in range(0, len(rows), batch_size):
             idx = rows[start:start + batch_size]
-            views = predictor.predict_views(np.stack([decoded[i][0] for i in idx]))
+            batch = np.stack([decoded[i][0] for i in idx])
+            views = predictor.predict_views(batch)
             probs[idx] = mean_of_views(views)
             disagreement[idx] = view_disagreement(views)
             n_views = len(views)
-    return probs, disagreement, n_views
+            if ood is not None:
+                scores[idx] = ood.score(predictor.embed(batch))
+    return probs, disagreement, n_views, scores
 
 
 def _chunk_table(refs: Sequence[RowRef], decoded: Sequence[tuple[np.ndarray | None, str | None]],
-                 probs: np.ndarray, disagreement: np.ndarray, n_views: int, class_names: Sequence[str],
-                 schema: pa.Schema) -> pa.Table:
+                 probs: np.ndarray, disagreement: np.ndarray, n_views: int, scores: np.ndarray,
+                 ood: OODDetector | None, class_names: Sequence[str], schema: pa.Schema) -> pa.Table:
     ok = ~np.isnan(probs).any(axis=1)
     top = np.where(ok, np.nan_to_num(probs).argmax(axis=1), -1)
     cols: dict[str, Any] = {
@@ -161,6 +168,10 @@ def _chunk_table(refs: Sequence[RowRef], decoded: Sequence[tuple[np.ndarray | No
     cols["view_disagreement"] = pa.array(disagreement.astype(np.float32), mask=np.isnan(disagreement),
                                          type=pa.float32())
     cols["n_views"] = [n_views if k else None for k in ok]
+    no_score = np.isnan(scores)
+    cols["ood_score"] = pa.array(scores.astype(np.float32), mask=no_score, type=pa.float32())
+    flags = scores > (ood.threshold if ood is not None else np.inf)
+    cols["ood_flag"] = pa.array(flags, mask=no_score, type=pa.bool_())
     cols["error"] = [err for _, err in decoded]
     return pa.Table.from_pydict(cols, schema=schema)
 
@@ -182,9 +193,23 @@ def _check_manifest(folder: Path, manifest: dict, restart: bool) -> None:
         changed = [k for k in manifest if previous.get(k) != manifest[k]]
         raise DataError(f"an unfinished catalog job for this --out was started with other {', '.join(changed)}; "
                         "rerun it with the same inputs and options to finish it, or add --restart to discard it")
-    if any(p.name != MANIFEST and not p.name.startswith(("part-", ".part-")) for p in folder.iterdir()):
+    ours = (MANIFEST, OOD_FILE)
+    if any(p.name not in ours and not p.name.startswith(("part-", ".part-", ".job.json", ".ood.npz"))
+           for p in folder.iterdir()):
         raise DataError(f"{folder} holds files galaxy10 did not write; move them away before --restart")
     shutil.rmtree(folder)
+
+
+def _detector(folder: Path, ood: OODDetector | Callable[[], OODDetector] | None) -> OODDetector | None:
+    """The job's detector: the one kept with its parts, else ``ood`` (fitted now if it is a function)."""
+    if ood is None:
+        return None
+    kept = folder / OOD_FILE
+    if kept.is_file():
+        return OODDetector.load(kept)
+    detector = ood if isinstance(ood, OODDetector) else ood()
+    detector.save(kept)
+    return detector
 
 
 def _maybe_die(written: int) -> None:
@@ -196,6 +221,7 @@ def _maybe_die(written: int) -> None:
 
 def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, chunk_size: int = DEFAULT_CHUNK,
                 workers: int = 1, batch_size: int = DEFAULT_BATCH, restart: bool = False,
+                ood: OODDetector | Callable[[], OODDetector] | None = None,
                 extra_metadata: dict[str, Any] | None = None) -> CatalogResult:
     """Predict every row of ``inputs`` with ``predictor`` and write the Parquet catalog ``out``.
 
@@ -211,6 +237,9 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
         Rows per part (the unit of resumption), decoding threads, images per model call.
     restart : bool
         Discard an unfinished job's parts instead of resuming it.
+    ood : OODDetector, or a function that fits one, or None
+        Out-of-distribution scores and flags. A function is called only when the job has no detector yet;
+        the fitted detector is kept with the parts, so a resumed job scores with the same one.
     """
     out = Path(out)
     card = predictor.card
@@ -218,11 +247,12 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
     schema = catalog_schema(class_names)
     manifest = {"inputs": inputs.fingerprint(), "model": card.uri, "model_version": card.version,
                 "chunk_size": int(chunk_size), "n_rows": inputs.n_rows, "class_names": class_names,
-                "schema_version": SCHEMA_VERSION}
+                "schema_version": SCHEMA_VERSION, "ood": ood is not None}
     folder = parts_dir(out)
     _check_manifest(folder, manifest, restart)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / MANIFEST, manifest)
+    detector = _detector(folder, ood)
     n = inputs.n_rows
     n_chunks = -(-n // chunk_size)
     todo = [k for k in range(n_chunks) if not _part(folder, k).is_file()]
@@ -244,8 +274,10 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
             for i, k in enumerate(todo):
                 refs, decoded = pending.result()
                 pending = prefetch.submit(load, todo[i + 1]) if i + 1 < len(todo) else None  # decode ahead
-                probs, disagreement, n_views = _predict_chunk(predictor, decoded, batch_size, len(class_names))
-                table = _chunk_table(refs, decoded, probs, disagreement, n_views, class_names, schema)
+                probs, disagreement, n_views, scores = _predict_chunk(predictor, decoded, batch_size,
+                                                                      len(class_names), detector)
+                table = _chunk_table(refs, decoded, probs, disagreement, n_views, scores, detector, class_names,
+                                     schema)
                 with atomic_path(_part(folder, k)) as tmp:
                     pq.write_table(table, tmp)
                     _maybe_die(written)  # the test hook dies here, holding an unfinished temporary part
@@ -255,7 +287,8 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
         prefetch.shutdown(wait=True, cancel_futures=True)
         decoder.close()
     seconds = time.perf_counter() - started
-    n_errors = _merge(folder, n_chunks, out, schema, card, manifest, extra_metadata or {})
+    extra = {**(extra_metadata or {}), "ood": detector.describe() if detector is not None else None}
+    n_errors = _merge(folder, n_chunks, out, schema, card, manifest, extra)
     shutil.rmtree(folder)
     return CatalogResult(out=out, n_rows=n, n_errors=n_errors, resumed_rows=resumed, seconds=seconds)
 

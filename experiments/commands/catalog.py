@@ -20,7 +20,9 @@ its subfolders), CSV or Parquet lists with a 'path' column
 
 The output is a Parquet file with one row per image: row, id, source, source_index, ra, dec, predicted,
 predicted_index, p_<class> per class of the model, max_probability, entropy, view_disagreement (mutual
-information across the model's 8 test-time views; empty without TTA), n_views and error (an unreadable
+information across the model's 8 test-time views; empty without TTA), n_views, ood_score and ood_flag
+(distance of the CNN embedding to the training galaxies; flagged above the validation split's 99th
+percentile) and error (an unreadable
 image is a row with its error, never a failed job). The model URI, version, class names and the inputs'
 fingerprint are in the file's metadata.
 
@@ -46,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="images per model call (default: 64)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads decoding images while the model predicts (default: the CPU count, max 8)")
+    parser.add_argument("--ood", choices=("auto", "on", "off"), default="auto",
+                        help="out-of-distribution scores and flags, calibrated on the model's validation split so "
+                             "about 1%% of in-distribution images are flagged: on, off, or auto (on when the "
+                             "model is a CNN and its training file is here; default)")
+    parser.add_argument("--ood-data", default=None, metavar="FILE.h5",
+                        help="the file the model was trained on, where its run's data.path is not on this machine")
     parser.add_argument("--restart", action="store_true",
                         help="discard an unfinished job's parts for this --out instead of resuming it")
     add_force_argument(parser, "catalog")
@@ -72,10 +80,14 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, force=args.force)
     inputs = plan_catalog_inputs(args.inputs)  # fails on a bad input before a model is loaded
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.ood_data is not None and args.ood == "off":
+        raise ConfigError("--ood-data names the training file for out-of-distribution scores, but --ood is off; "
+                          "drop one of them")
     predictor = load_predictor(args.model, tracking_uri=args.tracking_uri)
+    ood = _ood_factory(args, predictor)
     workers = args.workers or min(8, os.cpu_count() or 1)
     result = run_catalog(inputs, predictor, out, chunk_size=args.chunk_size, workers=workers,
-                         batch_size=args.batch_size, restart=args.restart)
+                         batch_size=args.batch_size, restart=args.restart, ood=ood)
     synthetic = " (model trained on SYNTHETIC data)" if predictor.card.synthetic else ""
     logging.getLogger("galaxy10").info(
         "catalog of %d images -> %s (%d unreadable, %.1f images/s)%s", result.n_rows, result.out, result.n_errors,
@@ -83,3 +95,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.out}: {result.n_rows} rows, {result.n_errors} errors, model {predictor.card.display_name}"
           f"{synthetic}")
     return 0
+
+
+def _ood_factory(args: argparse.Namespace, predictor):  # noqa: ANN001, ANN202 - Predictor -> callable or None
+    """What fits the out-of-distribution detector (called only if the job has none yet), or None when off.
+
+    ``auto`` turns it off, saying why in one warning line, where it cannot be had (an ensemble without
+    embeddings, or the training file not on this machine); ``on`` makes that an error.
+    """
+    import logging
+
+    from experiments.catalog.ood import detector_from_file
+    from experiments.catalog.training_data import training_rows
+    from pipelines.errors import DataError
+
+    if args.ood == "off":
+        return None
+    try:
+        if not predictor.can_embed:
+            raise DataError(f"model {predictor.card.uri} is a {predictor.card.kind} model without embeddings, so "
+                            "it gives no out-of-distribution scores; use a CNN, or --ood off")
+        rows = training_rows(predictor.card, args.ood_data, tracking_uri=args.tracking_uri)
+    except DataError as err:
+        if args.ood == "on":
+            raise
+        logging.getLogger("galaxy10").warning("no out-of-distribution scores (--ood auto): %s", err)
+        return None
+    return lambda: detector_from_file(predictor.embed, rows.path, rows.train, rows.val, batch=args.batch_size)

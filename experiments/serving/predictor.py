@@ -102,6 +102,21 @@ class Predictor:
     card: ModelCard
     predict_fn: Callable[[np.ndarray], np.ndarray]
     views_fn: Callable[[np.ndarray], np.ndarray] | None = None
+    embed_fn: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def can_embed(self) -> bool:
+        """Whether the model gives embeddings (Keras CNNs do; pyfunc ensembles do not)."""
+        return self.embed_fn is not None
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """The CNN's embedding ``(N, D)`` float32 of a uint8 ``(N, H, W, 3)`` batch (the untransformed view)."""
+        if self.embed_fn is None:
+            raise ModelError(f"model {self.card.uri} gives no embeddings (a {self.card.kind} model); use a CNN "
+                             "logged by `galaxy10 train` or `galaxy10 tune`")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise DataError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        return np.asarray(self.embed_fn(images), dtype=np.float32)
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``(N, C)`` for uint8 RGB images (a batch, or a list of any sizes)."""
@@ -195,7 +210,17 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
         def predict_fn(images: np.ndarray) -> np.ndarray:
             return mean_of_views(views_fn(images))
 
-        return Predictor(card=card, predict_fn=predict_fn, views_fn=views_fn)
+        dual: list[Any] = []
+
+        def embed_fn(images: np.ndarray) -> np.ndarray:
+            from ensembles.embeddings import dual_output_model, embed_images
+
+            if not dual:
+                dual.append(dual_output_model(bundle[0]))
+            crops = prepare_images(images, size=card.size, crop=card.crop)
+            return embed_images(dual[0], crops, input_size=card.crop, progress=False)[0]
+
+        return Predictor(card=card, predict_fn=predict_fn, views_fn=views_fn, embed_fn=embed_fn)
     elif loaded.kind == "pyfunc":
         pyfunc = loaded.model
         side = pyfunc_input_side(pyfunc)
