@@ -282,8 +282,11 @@ def test_noise_and_blank_images_score_as_out_of_distribution(smoke_model, tmp_pa
     split = load_split(split_path_for(smoke_model.data_path), smoke_model.data_path)
     out = tmp_path / "cat.parquet"
     code = main(["catalog", str(smoke_model.data_path), str(odd), "--out", str(out), "--ood", "on",
-                 "--model", f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri])
+                 "--model", f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri,
+                 "--flag-uncertain", "5"])
     assert code == 0, capsys.readouterr().err
+    page = (tmp_path / "cat-inspect" / "index.html").read_text()
+    assert "noise" in page and "blank" in page  # out-of-distribution images are routed to a person
     df = pq.read_table(out).to_pandas()
     held_out = df.iloc[split.test]["ood_score"]
     odd_scores = df[df["source"].str.contains("/odd/")]["ood_score"]
@@ -291,3 +294,30 @@ def test_noise_and_blank_images_score_as_out_of_distribution(smoke_model, tmp_pa
     assert odd_scores.min() > held_out.median(), (odd_scores.tolist(), held_out.describe())
     print(f"held-out median {held_out.median():.1f}, odd images {sorted(odd_scores.round(1))}")
     assert df[df["source"].str.contains("/odd/")]["ood_flag"].mean() > df.iloc[split.test]["ood_flag"].mean()
+
+
+def test_flag_uncertain_writes_a_gallery_of_the_most_uncertain(survey: dict[str, Path], tmp_path: Path) -> None:
+    from experiments.catalog.inspect import write_inspection
+    from experiments.catalog.ood import fit_detector
+
+    rng = np.random.default_rng(1)
+    det = fit_detector(rng.normal(0.5, 0.01, (300, 3)), rng.integers(0, 3, 300), rng.normal(0.5, 0.01, (100, 3)))
+    predictor = fake_predictor()
+    object.__setattr__(predictor, "embed_fn", lambda im: im.reshape(len(im), -1, 3).mean(axis=1) / 255.0)
+    out = tmp_path / "cat.parquet"
+    run_catalog(plan_catalog_inputs([str(survey["h5"]), str(survey["folder"])]), predictor, out, ood=det)
+    df = pq.read_table(out).to_pandas()
+    folder = write_inspection(out, CLASSES, tmp_path / "inspect", 3, title="test")
+    page = (folder / "index.html").read_text()
+    top = df[df["error"].isna()].sort_values(["entropy", "row"], ascending=[False, True])["id"].head(3)
+    assert all(html_escape(i) in page for i in top) and "Most uncertain" in page and "Out of distribution" in page
+    flagged = df[df["ood_flag"].eq(True).to_numpy()]
+    assert len(flagged) > 0 and "(flagged)" in page
+    assert (folder / "gallery.png").is_file() and len(list((folder / "img").glob("*.png"))) >= 3
+    assert "broken.png" not in page  # error rows have no prediction to inspect
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)

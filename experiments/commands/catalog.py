@@ -11,6 +11,7 @@ from experiments.commands.predict import add_model_arguments
 MAX_CHUNK = 65536
 MAX_BATCH = 4096
 MAX_WORKERS = 256
+MAX_FLAGGED = 10000
 
 EPILOG = """\
 Inputs, in the order given: Galaxy10-schema or imported HDF5 files (every row; ra/dec when the file has
@@ -54,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "model is a CNN and its training file is here; default)")
     parser.add_argument("--ood-data", default=None, metavar="FILE.h5",
                         help="the file the model was trained on, where its run's data.path is not on this machine")
+    parser.add_argument("--flag-uncertain", type=int, default=None, metavar="N",
+                        help="also write the N most uncertain and up to N out-of-distribution galaxies to a gallery "
+                             "(index.html, PNGs) in the folder --inspect-out, for a person to look at")
+    parser.add_argument("--inspect-out", default=None, metavar="FOLDER",
+                        help="the gallery folder of --flag-uncertain (default: <out without .parquet>-inspect)")
     parser.add_argument("--restart", action="store_true",
                         help="discard an unfinished job's parts for this --out instead of resuming it")
     add_force_argument(parser, "catalog")
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from experiments.catalog.job import run_catalog
     from experiments.serving.predictor import load_predictor
     from pipelines.errors import ConfigError
-    from pipelines.outputs import check_output_file
+    from pipelines.outputs import check_output_dir, check_output_file
 
     limits = (("--chunk-size", args.chunk_size, MAX_CHUNK), ("--batch-size", args.batch_size, MAX_BATCH),
               ("--workers", args.workers, MAX_WORKERS))
@@ -78,6 +84,14 @@ def run(args: argparse.Namespace) -> int:
     if not str(args.out).lower().endswith((".parquet", ".pq")):
         raise ConfigError(f"--out {args.out} must end in .parquet (the catalog is a Parquet file)")
     out = check_output_file(args.out, force=args.force)
+    inspect_out = None
+    if args.flag_uncertain is not None:
+        if not 1 <= args.flag_uncertain <= MAX_FLAGGED:
+            raise ConfigError(f"--flag-uncertain {args.flag_uncertain} is out of range; use 1-{MAX_FLAGGED}")
+        inspect_out = args.inspect_out or str(out.with_suffix("")) + "-inspect"
+        check_output_dir(inspect_out, what="inspection gallery", option="--inspect-out", force=args.force)
+    elif args.inspect_out is not None:
+        raise ConfigError("--inspect-out names the gallery of --flag-uncertain N; add --flag-uncertain or drop it")
     inputs = plan_catalog_inputs(args.inputs)  # fails on a bad input before a model is loaded
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.ood_data is not None and args.ood == "off":
@@ -88,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or min(8, os.cpu_count() or 1)
     result = run_catalog(inputs, predictor, out, chunk_size=args.chunk_size, workers=workers,
                          batch_size=args.batch_size, restart=args.restart, ood=ood)
+    if inspect_out is not None:
+        from experiments.catalog.inspect import write_inspection
+
+        write_inspection(out, predictor.card.class_names, inspect_out, args.flag_uncertain, force=args.force,
+                         title=f"Inspect these: {out.name} ({predictor.card.display_name})")
+        print(f"{inspect_out}/index.html: the {args.flag_uncertain} most uncertain and the out-of-distribution "
+              "galaxies")
     synthetic = " (model trained on SYNTHETIC data)" if predictor.card.synthetic else ""
     logging.getLogger("galaxy10").info(
         "catalog of %d images -> %s (%d unreadable, %.1f images/s)%s", result.n_rows, result.out, result.n_errors,
