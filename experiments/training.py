@@ -32,6 +32,7 @@ import numpy as np
 
 from augment.targeting import auto_multipliers, multipliers_from_targets
 from augment.tta import tta_predict
+from ensembles.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from experiments.evaluation import (
     class_recall,
     classification_metrics,
@@ -300,7 +301,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
           epoch_callback: EpochCallback | None = None, recall_lookup: RecallLookup | None = None,
           model_loader: ModelLoader | None = None, log_model: bool = True, verbose: int | str | None = None,
           prepared: PreparedRun | None = None,
-          restore_best: bool = True) -> TrainResult:
+          restore_best: bool = True, temperature: float | None = None) -> TrainResult:
     """Run one configured training: data, model, fit, evaluation, logging.
 
     Parameters
@@ -324,6 +325,9 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
         ``recall_lookup`` and ``model_loader``).
     log_model
         Log the Keras model with its prediction metadata.
+    temperature
+        The model's temperature (stored in its metadata; ``experiments.serving`` calibrates with it); None
+        fits it on the validation split. A refit, which trains on the validation split, passes its trial's.
     """
     import keras
 
@@ -368,9 +372,15 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
         fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
                      epoch_callback=epoch_callback, verbose=verbose, restore_best=restore_best)
 
-    val_metrics = evaluate(model, data, data.val, crop=cfg.data.crop, tta=cfg.augment.tta)
+    val_probs = predict_probs(model, data, data.val, crop=cfg.data.crop, tta=cfg.augment.tta)
+    val_metrics = classification_metrics(data.labels[data.val], val_probs, data.class_slugs)
+    y_val = np.asarray(data.labels[data.val], dtype=np.int64)
+    if temperature is None:  # temperature scaling fitted on the validation split (held out from training)
+        temperature = fit_temperature(val_probs, y_val)
+    calibration = {"temperature": temperature, "val_ece": expected_calibration_error(val_probs, y_val),
+                   "val_ece_calibrated": expected_calibration_error(apply_temperature(val_probs, temperature), y_val)}
     tracker.log_metrics({**prefixed(val_metrics, "val"), "best_epoch": fitted.best_epoch,
-                         "epochs_run": fitted.epochs_run, "train_seconds": fitted.seconds},
+                         "epochs_run": fitted.epochs_run, "train_seconds": fitted.seconds, **calibration},
                         step=fitted.best_epoch)
     _log_split_report(tracker, "val", val_metrics, data)
     fig = learning_curves_figure(fitted.history, best_epoch=fitted.best_epoch)
@@ -386,7 +396,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
         _log_split_report(tracker, "test", test_metrics, data)
     meta = model_metadata(cfg, data)
     meta.update(best_epoch=fitted.best_epoch, val_accuracy=round(float(val_metrics["accuracy"]), 6),
-                run_id=getattr(tracker, "run_id", None))
+                run_id=getattr(tracker, "run_id", None), temperature=round(float(temperature), 6))
     model_uri = None
     if log_model:
         example = cropped_array(data.images, cfg.data.crop, data.val[:1]).astype(np.float32)

@@ -203,10 +203,12 @@ def test_cli_catalog_with_a_logged_model(smoke_model, survey: dict[str, Path], t
     df = pq.read_table(out).to_pandas()
     predictor = load_predictor(ref, tracking_uri=smoke_model.tracking_uri)
     cols = probability_columns(predictor.card.class_names)
-    np.testing.assert_allclose(df[cols][:12].to_numpy(), predict_file_rows(predictor, survey["h5"], range(12)),
-                               rtol=1e-5, atol=1e-6)
+    raw = predict_file_rows(predictor, survey["h5"], range(12))
+    np.testing.assert_allclose(df[cols][:12].to_numpy(), predictor.calibrate(raw), rtol=1e-5, atol=1e-6)
+    assert (df["predicted_index"][:12] == raw.argmax(axis=1)).all()  # calibration changes no prediction
     meta = json.loads(pq.read_schema(out).metadata[b"galaxy10"])
     assert meta["model_version"] == "1" and meta["model_synthetic"] is True
+    assert meta["calibration"]["temperature"] == predictor.card.temperature != 1.0  # fitted at training time
     assert df["error"].notna().sum() == 1
     # the same command again refuses nothing: the catalog is galaxy10's own file and is replaced
     assert main(["catalog", str(survey["h5"]), "--out", str(out), "--model", ref,

@@ -138,7 +138,7 @@ def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, st
             idx = rows[start:start + batch_size]
             batch = np.stack([decoded[i][0] for i in idx])
             views = predictor.predict_views(batch)
-            probs[idx] = mean_of_views(views)
+            probs[idx] = predictor.calibrate(mean_of_views(views))
             disagreement[idx] = view_disagreement(views)
             n_views = len(views)
             if ood is not None:
@@ -300,6 +300,7 @@ def _merge(folder: Path, n_chunks: int, out: Path, schema: pa.Schema, card: Any,
             "model_uri": card.uri, "model_name": card.name, "model_version": card.version,
             "model_run_id": card.run_id, "model_synthetic": card.synthetic,
             "model_data_fingerprint": card.data_fingerprint, "class_names": list(card.class_names),
+            "calibration": {"method": "temperature scaling", "temperature": card.temperature},
             "inputs_fingerprint": manifest["inputs"], "n_rows": manifest["n_rows"], **extra}
     schema = schema.with_metadata({b"galaxy10": json.dumps(meta).encode(), b"written_by": OWNER_TAG.encode()})
     remove_stale_temps(out)

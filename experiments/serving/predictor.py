@@ -11,6 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from augment.tta import mean_of_views, tta_views
+from ensembles.calibration import apply_temperature
 from experiments.tracking.loading import (
     ModelBundle,
     load_prediction_model,
@@ -75,6 +76,7 @@ class ModelCard:
     provenance: str | None = None
     data_fingerprint: str | None = None
     preprocess_version: str | None = None
+    temperature: float = 1.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +154,11 @@ class Predictor:
             raise ModelError(f"model {self.card.uri} returned view shape {views.shape}, expected "
                              f"(V, {len(images)}, {len(self.card.class_names)})")
         return views
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """``probs`` temperature-scaled with the model's temperature (fitted on its validation split at
+        training time; 1.0, unchanged, for models without one). Predictions (the top class) do not change."""
+        return apply_temperature(probs, self.card.temperature)
 
     def model_view(self, image: np.ndarray) -> np.ndarray:
         """The uint8 ``(crop, crop, 3)`` centre crop the model sees for one ``(H, W, 3)`` image."""
@@ -256,7 +263,7 @@ def _card_from_meta(uri: str, kind: str, meta: dict[str, Any], info: dict[str, A
     if isinstance(synthetic, str):
         synthetic = synthetic.strip().lower() == "true"
     known = {"size", "crop", "class_names", "synthetic", "provenance", "data_fingerprint",
-             "preprocess_version"}
+             "preprocess_version", "temperature"}
     return ModelCard(
         uri=uri, kind=kind, size=int(meta["size"]), crop=int(meta["crop"]),
         class_names=tuple(str(c) for c in meta["class_names"]),
@@ -265,8 +272,20 @@ def _card_from_meta(uri: str, kind: str, meta: dict[str, Any], info: dict[str, A
         provenance=meta.get("provenance", info.get("provenance")),
         data_fingerprint=_str_or_none(meta.get("data_fingerprint")),
         preprocess_version=_str_or_none(meta.get("preprocess_version")),
+        temperature=_temperature(uri, meta.get("temperature", 1.0)),
         extra={k: str(v) for k, v in meta.items() if k not in known and np.isscalar(v)},
     )
+
+
+def _temperature(uri: str, value: Any) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not np.isfinite(t) or t <= 0:
+        raise ModelError(f"model {uri} has a bad calibration temperature {value!r} in its metadata; log it again "
+                         "with `galaxy10 train`")
+    return t
 
 
 def _str_or_none(value: Any) -> str | None:

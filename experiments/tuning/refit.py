@@ -13,6 +13,7 @@ from experiments.settings.tune import TuneConfig, trial_run_config
 from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
+from experiments.tracking.runs import run_metrics
 from experiments.training import load_training_data, train
 from experiments.tuning.study import best_trial
 
@@ -33,6 +34,16 @@ def refit_epochs(trial_attrs: Mapping[str, Any]) -> tuple[int, str]:
         epochs = max(1, int(round(float(np.mean(folds)))))
         return epochs, f"mean best epoch of its {len(folds)} folds {list(folds)}"
     return int(trial_attrs["best_epoch"]), "its best validation checkpoint"
+
+
+def refit_temperature(trial_attrs: Mapping[str, Any], tracking_uri: str) -> tuple[float, str]:
+    """The refit's calibration temperature: its trial's (fitted on validation images the trial never trained
+    on), since the refit trains on the validation split itself; 1.0 (uncalibrated) when the trial has none."""
+    run_id = trial_attrs.get("mlflow_run_id")
+    value = run_metrics(run_id, tracking_uri=tracking_uri).get("temperature") if run_id else None
+    if value is None or not np.isfinite(value) or value <= 0:
+        return 1.0, "none (the trial logged no temperature)"
+    return float(value), f"trial run {run_id}"
 
 
 def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, parent_run_id: str,
@@ -60,11 +71,13 @@ def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, pare
     merged = replace(data, train=np.union1d(data.train, data.val))
     log.info("refit: trial %d's configuration on train + validation (%d images) for %d epochs (%s)", best.number,
              len(merged.train), epochs, source)
+    temperature, t_source = refit_temperature(best.user_attrs, tracking_uri)
     tags = {"optuna.study": study.study_name, "optuna.role": "refit", "refit.of_trial": best.number,
-            "refit.epochs": epochs, "refit.epochs_from": source, "refit.val_seen": "true"}
+            "refit.epochs": epochs, "refit.epochs_from": source, "refit.val_seen": "true",
+            "refit.temperature_from": t_source}
     with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=tracking_uri,
                        parent_run_id=parent_run_id, tags=tags) as tracker:
-        result = train(cfg, tracker, data=merged, verbose=0, restore_best=False,
+        result = train(cfg, tracker, data=merged, verbose=0, restore_best=False, temperature=temperature,
                        **training_lookups(tracking_uri))
     registered = register_champion(result.model_uri, study.study_name, alias=REFIT_ALIAS,
                                    run_id=result.run_id, tracking_uri=tracking_uri,
