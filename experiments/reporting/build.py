@@ -8,6 +8,7 @@ import shlex
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,21 @@ def _tune_config_path(parent_run_id: str, tracking_uri: str) -> str | None:
     name = Path(logged[0]).name
     shipped = Path(__file__).parent / "configs" / name
     return f"experiments/configs/{name}" if shipped.is_file() else name
+
+
+def calibration_summary(run_id: str, probs: np.ndarray, y_true: np.ndarray, tracking_uri: str) -> dict[str, Any]:
+    """The best CNN's temperature (fitted on validation, from its run) and its test ECE before and after."""
+    from ensembles.calibration import apply_temperature, reliability
+
+    metrics = get_run_facts(run_id, tracking_uri=tracking_uri).metrics
+    temperature = metrics.get("temperature")
+    if temperature is None:
+        return {}
+    before = reliability(probs, y_true)
+    after = reliability(apply_temperature(probs, temperature), y_true)
+    return {"temperature": float(temperature), "run_id": run_id, "val_ece": metrics.get("val_ece"),
+            "val_ece_calibrated": metrics.get("val_ece_calibrated"), "test_ece": before.ece,
+            "test_ece_calibrated": after.ece, "curves": {"uncalibrated": before, f"T = {temperature:.2f}": after}}
 
 
 def build_report(study_name: str, *, out: str | os.PathLike | None = None, storage_url: str = DEFAULT_STORAGE,
@@ -170,6 +186,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
             created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             git_commit=commit.get("git.commit", "")[:12] + (" (dirty)" if commit.get("git.dirty") == "true" else ""),
         )
+        report.calibration = calibration_summary(study.best_run_id, probs_by_key["cnn"], y_true, uri)
         report.scoring_run_id = log_test_scores(report, experiment_name=parent.experiment_name, tracking_uri=uri)
         report.commands = reproduce_commands(study, tracking_uri=uri, data_path=str(path), out=str(out),
                                              parent_tags=parent.tags,

@@ -118,6 +118,7 @@ class Report:
     trials: list[tuple[int, str, float | None]] = field(default_factory=list)
     best_cv_scores: tuple[float, ...] = ()
     pruned_cuts: tuple[str, ...] = ()
+    calibration: dict[str, Any] = field(default_factory=dict)  # the best CNN's temperature, ECE before/after
     gallery_model: str | None = None
     gallery_classes: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)

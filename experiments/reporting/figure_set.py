@@ -14,6 +14,7 @@ from experiments.reporting.figures import (
     history_figure,
     png_bytes,
     recall_bars_figure,
+    reliability_figure,
 )
 from experiments.run_figures import confusion_figure, learning_curves_figure
 from experiments.tracking.runs import (
@@ -56,6 +57,11 @@ def make_figures(report: Report, *, data: Any, probs_by_key: Mapping[str, np.nda
             continue
         fig = confusion_figure(m.metrics["confusion"], names, title=f"{m.label}: test confusion (row-normalised)")
         report.figures[f"confusion_{m.key}.png"] = png_bytes(fig)
+
+    if report.calibration:
+        report.figures["reliability.png"] = png_bytes(reliability_figure(report.calibration["curves"]))
+    else:
+        report.figure_notes["reliability.png"] = "the best trial's run logged no calibration temperature"
 
     history = metric_histories(report.best_run_id, list(EPOCH_HISTORY_KEYS), tracking_uri=tracking_uri)
     if history:

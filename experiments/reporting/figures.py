@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -132,4 +133,23 @@ def gallery_figure(images: Sequence[np.ndarray], titles: Sequence[str], *, colum
         ax.set_title(title, fontsize=6.5)
         if col == 0 and row_labels is not None:
             ax.set_ylabel(row_labels[row], fontsize=8, fontweight="bold")
+    return fig
+
+
+def reliability_figure(curves: Mapping[str, Any]) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per ``label -> Reliability``."""
+    fig = _figure(5.2, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for label, rel in curves.items():
+        filled = np.asarray(rel.count) > 0
+        ax.plot(np.asarray(rel.confidence)[filled], np.asarray(rel.accuracy)[filled], marker="o", markersize=4,
+                label=f"{label} (ECE {rel.ece:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability on the test split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     return fig

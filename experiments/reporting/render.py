@@ -97,7 +97,7 @@ def _context(report: Report, embed: bool) -> dict[str, Any]:
         "counts": ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())),
         "split": ", ".join(f"{k} {v}" for k, v in card.split_sizes.items()),
         "class_counts": list(zip(card.class_names, card.class_counts, card.test_counts)),
-        "pct": pct,
+        "pct": pct, "calibration": calibration_text(report),
     }
 
 
@@ -158,6 +158,8 @@ def render_markdown(report: Report) -> str:
     for m in report.models:
         if m.key != "baseline":
             out += _md_figure(report, f"confusion_{m.key}.png", f"{m.label}: test confusion matrix")
+    out += ["### Calibration", "", calibration_text(report), ""]
+    out += _md_figure(report, "reliability.png", "Reliability of the best CNN before and after temperature scaling")
     out += ["## Best trial and study", "",
             f"Study `{report.study_name}` ({', '.join(f'{v} {k.lower()}' for k, v in sorted(report.counts.items()))}); "
             f"best trial {report.best_trial}: {report.best_value_text}.", "",
@@ -200,6 +202,22 @@ def _md_figure(report: Report, name: str, title: str) -> list[str]:
     return [f"*{title}: {note}*", ""] if note else []
 
 
+def calibration_text(report: Report) -> str:
+    """One paragraph: the best CNN's temperature and its ECE before/after, on validation and on test."""
+    c = report.calibration
+    if not c:
+        return "The best trial's run logged no calibration temperature (trained before calibration existed)."
+
+    def num(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return (f"Temperature scaling of the best CNN: T = {c['temperature']:.3f}, fitted on the validation split at "
+            f"training time (run `{c['run_id']}`). Expected calibration error (15 bins), validation "
+            f"{num(c['val_ece'])} -> {num(c['val_ece_calibrated'])}, test {num(c['test_ece'])} -> "
+            f"{num(c['test_ece_calibrated'])}. Calibration changes no prediction (accuracy and recall above are "
+            "the same); `galaxy10 catalog` writes the calibrated probabilities.")
+
+
 def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = False) -> Path:
     """Write ``report.html``, ``report.md``, the PNGs and ``report.json`` into ``out`` atomically.
 
@@ -216,6 +234,7 @@ def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = Fa
         "bootstrap": {"resamples": report.n_resamples, "seed": report.seed, "level": 0.95},
         "best_trial": {"number": report.best_trial, "params": {k: v for k, v in report.best_params.items()}},
         "pruned_cuts": list(report.pruned_cuts),
+        "calibration": {k: v for k, v in report.calibration.items() if k != "curves"},
         "models": {m.key: {"label": m.label, "run_id": m.run_id, "model_uri": m.model_uri,
                            "test": scalar_metrics(m.metrics), "ci95": {k: list(v) for k, v in m.ci.items()}}
                    for m in report.models},

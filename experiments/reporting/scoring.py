@@ -73,6 +73,9 @@ def log_test_scores(report: Report, *, experiment_name: str, tracking_uri: str) 
             for name, (lo, hi) in m.ci.items():
                 metrics[f"test_{m.key}_{name}_ci_low"] = lo
                 metrics[f"test_{m.key}_{name}_ci_high"] = hi
+        if report.calibration:
+            metrics["test_cnn_ece"] = report.calibration["test_ece"]
+            metrics["test_cnn_ece_calibrated"] = report.calibration["test_ece_calibrated"]
         run.log_metrics(metrics)
         scoring_run = str(run.run_id)
     for m in report.models:
