@@ -55,7 +55,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     if verbose < 2:
-        for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "h5py", "absl", "git"):
+        for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "h5py", "absl", "git", "py4j"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

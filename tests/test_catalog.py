@@ -323,3 +323,33 @@ def html_escape(text: str) -> str:
     import html
 
     return html.escape(text)
+
+
+@pytest.mark.slow
+def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, survey: dict[str, Path], tmp_path: Path,
+                                                              capsys) -> None:
+    """The same inputs through ``--engine spark`` (local[2], the model run by mlflow.pyfunc.spark_udf) and the
+    native job: same rows, ids, errors and predictions; probabilities equal within float tolerance."""
+    import shutil
+
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no Java runtime for Spark (.ci/install_java.sh installs Java 17)")
+    pytest.importorskip("pyspark", reason="pyspark is not installed (the dev extras install it)")
+    from experiments.cli import main
+
+    args = [str(survey["h5"]), str(survey["folder"]), str(survey["list"]), "--model",
+            f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri]
+    assert main(["catalog", *args, "--out", str(tmp_path / "native.parquet"), "--ood", "off"]) == 0
+    assert main(["catalog", *args, "--out", str(tmp_path / "spark.parquet"), "--engine", "spark",
+                 "--spark-master", "local[2]", "--spark-partitions", "3", "--ood", "off"]) == 0, capsys.readouterr().err
+    native = pq.read_table(tmp_path / "native.parquet")
+    spark = pq.read_table(tmp_path / "spark.parquet")
+    assert spark.schema.remove_metadata() == native.schema.remove_metadata()
+    assert json.loads(spark.schema.metadata[b"galaxy10"])["engine"] == "spark"
+    a, b = native.to_pandas(), spark.to_pandas()
+    floats = [c for c in a.columns if c.startswith("p_")] + ["max_probability", "entropy"]
+    exact = [c for c in a.columns if c not in floats]
+    pd.testing.assert_frame_equal(a[exact], b[exact])
+    np.testing.assert_allclose(a[floats].to_numpy(dtype=float), b[floats].to_numpy(dtype=float), rtol=1e-4,
+                               atol=1e-6)
+    assert b["error"].notna().sum() == 2

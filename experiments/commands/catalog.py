@@ -60,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(index.html, PNGs) in the folder --inspect-out, for a person to look at")
     parser.add_argument("--inspect-out", default=None, metavar="FOLDER",
                         help="the gallery folder of --flag-uncertain (default: <out without .parquet>-inspect)")
+    parser.add_argument("--engine", choices=("native", "spark"), default="native",
+                        help="native (this machine, resumable; default) or spark (the same job as a Spark job, the "
+                             "model applied by mlflow.pyfunc.spark_udf; needs pyspark and Java 17)")
+    parser.add_argument("--spark-master", default="local[*]", metavar="URL",
+                        help="Spark master for --engine spark: local[*] (default) or a cluster's master URL")
+    parser.add_argument("--spark-partitions", type=int, default=None, metavar="N",
+                        help="partitions of the row table for --engine spark (default: Spark's)")
     parser.add_argument("--restart", action="store_true",
                         help="discard an unfinished job's parts for this --out instead of resuming it")
     add_force_argument(parser, "catalog")
@@ -94,14 +101,31 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--inspect-out names the gallery of --flag-uncertain N; add --flag-uncertain or drop it")
     inputs = plan_catalog_inputs(args.inputs)  # fails on a bad input before a model is loaded
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.engine == "spark":
+        if args.ood == "on" or args.ood_data is not None:
+            raise ConfigError("--engine spark computes no out-of-distribution scores; use --engine native for them, "
+                              "or --ood off")
+        if args.restart or args.workers is not None:
+            raise ConfigError("--restart and --workers belong to --engine native; Spark reruns a failed job and "
+                              "sets its own parallelism (--spark-partitions)")
+        if args.spark_partitions is not None and not 1 <= args.spark_partitions <= MAX_CHUNK:
+            raise ConfigError(f"--spark-partitions {args.spark_partitions} is out of range; use 1-{MAX_CHUNK}")
+    elif args.spark_partitions is not None or args.spark_master != "local[*]":
+        raise ConfigError("--spark-master and --spark-partitions belong to --engine spark; add --engine spark")
     if args.ood_data is not None and args.ood == "off":
         raise ConfigError("--ood-data names the training file for out-of-distribution scores, but --ood is off; "
                           "drop one of them")
     predictor = load_predictor(args.model, tracking_uri=args.tracking_uri)
-    ood = _ood_factory(args, predictor)
-    workers = args.workers or min(8, os.cpu_count() or 1)
-    result = run_catalog(inputs, predictor, out, chunk_size=args.chunk_size, workers=workers,
-                         batch_size=args.batch_size, restart=args.restart, ood=ood)
+    if args.engine == "spark":
+        from experiments.catalog.spark import run_catalog_spark
+
+        result = run_catalog_spark(inputs, predictor, out, master=args.spark_master,
+                                   partitions=args.spark_partitions)
+    else:
+        ood = _ood_factory(args, predictor)
+        workers = args.workers or min(8, os.cpu_count() or 1)
+        result = run_catalog(inputs, predictor, out, chunk_size=args.chunk_size, workers=workers,
+                             batch_size=args.batch_size, restart=args.restart, ood=ood)
     if inspect_out is not None:
         from experiments.catalog.inspect import write_inspection
 

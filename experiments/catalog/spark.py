@@ -1,0 +1,218 @@
+"""``galaxy10 catalog --engine spark``: the same catalog as a Spark job, the model run by ``mlflow.pyfunc.spark_udf``.
+
+The rows (the same segments and order as the native job) become a Spark DataFrame. Executors read each
+row's pixels (an HDF5 row or an image file: the paths must be readable on every executor, e.g. a shared
+file system) and apply the model's own preprocessing (square crop, resize, centre crop) and, for a model
+with test-time augmentation, its 8 dihedral views, as flat float32 arrays. The model itself runs through
+``mlflow.pyfunc.spark_udf`` (its tensor signature reshapes each array to an image), once per view. The
+columns (mean over views, temperature scaling, entropy, view disagreement, prediction) are computed by
+the same functions as the native job, and the driver streams the rows, ordered by ``row``, into the same
+Parquet schema through a temporary file. Spark does the distribution; nothing here schedules work.
+Out-of-distribution scores are not computed by this engine (the columns are null).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from augment.tta import N_VIEWS, dihedral_view, mean_of_views
+from ensembles.calibration import apply_temperature
+from experiments.catalog.columns import SCHEMA_VERSION, catalog_schema, entropy, probability_columns, view_disagreement
+from experiments.catalog.inputs import CatalogInputs
+from experiments.catalog.job import CatalogResult
+from pipelines.errors import ConfigError, Galaxy10Error
+from pipelines.images import decode_image
+from pipelines.io import atomic_path
+from pipelines.outputs import OWNER_TAG
+from pipelines.preprocess import prepare_images
+from pipelines.reader import Galaxy10File
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS = ("row", "id", "source", "source_index", "ra", "dec")
+
+
+def _row_frame(inputs: CatalogInputs) -> pd.DataFrame:
+    refs = inputs.rows(0, inputs.n_rows)
+    return pd.DataFrame({"row": [r.row for r in refs], "id": [r.id for r in refs],
+                         "source": [r.source for r in refs],
+                         "source_index": pd.array([r.index for r in refs], dtype="Int64"),
+                         "ra": [np.nan if r.ra is None else r.ra for r in refs],
+                         "dec": [np.nan if r.dec is None else r.dec for r in refs]})
+
+
+def _prepare(batches: Iterator[pd.DataFrame], *, size: int, crop: int, n_views: int) -> Iterator[pd.DataFrame]:
+    """Executor side: pixels -> the model's crops (each view flattened), or the error of an unreadable image."""
+    files: dict[str, Galaxy10File] = {}
+    try:
+        for df in batches:
+            crops = np.zeros((len(df), crop, crop, 3), dtype=np.uint8)
+            errors: list[str | None] = [None] * len(df)
+            for i, (source, index) in enumerate(zip(df["source"], df["source_index"], strict=True)):
+                try:
+                    if pd.notna(index):
+                        if source not in files:
+                            files[source] = Galaxy10File(source)
+                        image = files[source].images([int(index)])[0]
+                    else:
+                        image = decode_image(source, source, fix="replace or remove the file")
+                    crops[i] = prepare_images(image[None], size=size, crop=crop)[0]
+                except (Galaxy10Error, OSError, ValueError) as err:
+                    errors[i] = str(err).splitlines()[0] if str(err) else type(err).__name__
+            out = df.copy()
+            for j in range(n_views):
+                view = dihedral_view(crops, j).astype(np.float32).reshape(len(df), -1)
+                out[f"view_{j}"] = list(view)
+            out["error"] = errors
+            yield out
+    finally:
+        for f in files.values():
+            f.close()
+
+
+def _finish(batches: Iterator[pd.DataFrame], *, class_names: Sequence[str], n_views: int,
+            temperature: float) -> Iterator[pd.DataFrame]:
+    """Executor side: the catalog's columns from the per-view probabilities, as the native job computes them."""
+    prob_cols = probability_columns(class_names)
+    for df in batches:
+        views = np.stack([np.stack(df[f"p_view_{j}"].to_numpy()).astype(np.float32) for j in range(n_views)])
+        ok = df["error"].isna().to_numpy()
+        probs = apply_temperature(mean_of_views(views), temperature)
+        top = probs.argmax(axis=1)
+        out = df[list(ROW_COLUMNS)].copy()
+        out["predicted"] = [class_names[t] if k else None for t, k in zip(top, ok, strict=True)]
+        out["predicted_index"] = pd.array([int(t) if k else None for t, k in zip(top, ok, strict=True)],
+                                          dtype="Int16")
+        for c, name in enumerate(prob_cols):
+            out[name] = np.where(ok, probs[:, c], np.nan).astype(np.float32)
+        out["max_probability"] = np.where(ok, probs.max(axis=1), np.nan).astype(np.float32)
+        out["entropy"] = np.where(ok, entropy(probs), np.nan).astype(np.float32)
+        out["view_disagreement"] = np.where(ok, view_disagreement(views), np.nan).astype(np.float32)
+        out["n_views"] = pd.array([n_views if k else None for k in ok], dtype="Int8")
+        out["ood_score"] = np.full(len(df), np.nan, dtype=np.float32)
+        out["ood_flag"] = pd.array([None] * len(df), dtype="boolean")
+        out["error"] = df["error"]
+        yield out
+
+
+def _spark_schema(class_names: Sequence[str]) -> Any:
+    from pyspark.sql.types import (
+        BooleanType,
+        ByteType,
+        DoubleType,
+        FloatType,
+        LongType,
+        ShortType,
+        StringType,
+        StructField,
+        StructType,
+    )
+
+    kinds = {pa.int64(): LongType(), pa.string(): StringType(), pa.float64(): DoubleType(),
+             pa.float32(): FloatType(), pa.int16(): ShortType(), pa.int8(): ByteType(), pa.bool_(): BooleanType()}
+    return StructType([StructField(f.name, kinds[f.type], f.nullable) for f in catalog_schema(class_names)])
+
+
+def spark_session(master: str) -> Any:
+    """A Spark session on ``master`` (``local[*]`` on one machine; a cluster's master URL in production)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ConfigError("--engine spark needs pyspark and Java 17: pip install 'galaxy10-platform[spark]' and "
+                          "install a Java 17 runtime (e.g. Debian's openjdk-17-jre-headless)") from None
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its connection notes, even at interpreter exit
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this environment's Python
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    try:
+        return (SparkSession.builder.master(master).appName("galaxy10-catalog")
+                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "256")
+                .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+    except Exception as err:  # noqa: BLE001 - Java missing, bad master URL: one line for the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot start Spark on {master} ({first}); check --spark-master and that Java 17 is "
+                          "installed (JAVA_HOME)") from None
+
+
+def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, master: str = "local[*]",
+                      partitions: int | None = None, spark: Any = None) -> CatalogResult:
+    """Write the catalog of ``inputs`` with Spark (see the module docstring); returns what was done."""
+    card = predictor.card
+    if card.kind != "keras":
+        raise ConfigError(f"--engine spark runs Keras models through mlflow.pyfunc.spark_udf; model {card.uri} is a "
+                          f"{card.kind} model: use the native engine for it")
+    tta = str(card.extra.get("tta", "")).lower() == "true"
+    n_views = N_VIEWS if tta else 1
+    out = Path(out)
+    started = time.perf_counter()
+    session = spark or spark_session(master)
+    try:
+        n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views)
+    finally:
+        if spark is None:  # a session this call started
+            session.stop()
+    return CatalogResult(out=out, n_rows=inputs.n_rows, n_errors=n_errors, resumed_rows=0,
+                         seconds=time.perf_counter() - started)
+
+
+def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: str, partitions: int | None,
+         n_views: int) -> int:
+    import mlflow.pyfunc
+
+    names = list(card.class_names)
+    rows = session.createDataFrame(_row_frame(inputs))
+    if partitions:
+        rows = rows.repartition(partitions)
+    view_fields = ", ".join(f"view_{j} array<float>" for j in range(n_views))
+    ddl = ("row long, id string, source string, source_index long, ra double, dec double, "
+           f"{view_fields}, error string")
+    prepared = rows.mapInPandas(functools.partial(_prepare, size=card.size, crop=card.crop, n_views=n_views), ddl)
+    model = mlflow.pyfunc.spark_udf(session, card.uri, result_type="array<float>", env_manager="local")
+    for j in range(n_views):
+        prepared = prepared.withColumn(f"p_view_{j}", model(f"view_{j}")).drop(f"view_{j}")
+    finished = prepared.mapInPandas(functools.partial(_finish, class_names=names, n_views=n_views,
+                                                      temperature=card.temperature), _spark_schema(names))
+    schema = catalog_schema(names)
+    meta = {"written_by": f"{OWNER_TAG} catalog (engine spark, {master})", "schema_version": SCHEMA_VERSION,
+            "model_uri": card.uri, "model_name": card.name, "model_version": card.version,
+            "model_run_id": card.run_id, "model_synthetic": card.synthetic,
+            "model_data_fingerprint": card.data_fingerprint, "class_names": names,
+            "calibration": {"method": "temperature scaling", "temperature": card.temperature},
+            "inputs_fingerprint": inputs.fingerprint(), "n_rows": inputs.n_rows, "ood": None, "engine": "spark"}
+    schema = schema.with_metadata({b"galaxy10": json.dumps(meta).encode(), b"written_by": OWNER_TAG.encode()})
+    n_errors = 0
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        batch: list[Any] = []
+        for rec in finished.orderBy("row").toLocalIterator(prefetchPartitions=True):
+            batch.append(rec.asDict())
+            if len(batch) >= 4096:
+                n_errors += _write(writer, batch, schema)
+                batch = []
+        if batch:
+            n_errors += _write(writer, batch, schema)
+    return n_errors
+
+
+def _write(writer: Any, records: list[dict[str, Any]], schema: pa.Schema) -> int:
+    """Write rows (NaN floats become nulls, as the native job writes them); return the error rows."""
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    for rec in records:
+        for name in floats:
+            value = rec.get(name)
+            if value is not None and value != value:
+                rec[name] = None
+    table = pa.Table.from_pylist(records, schema=schema)
+    writer.write_table(table)
+    return len(table) - table.column("error").null_count
