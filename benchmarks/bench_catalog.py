@@ -6,6 +6,9 @@
    Goal: (b) >= 90% of (a)'s images/s.
 2. Memory: peak resident memory of the catalog job, each run in a fresh process, on N and 10 x N rows of
    the same images (a file 10x larger): it should stay flat, because only one chunk's pixels are held.
+3. Spark: the model logged to a temporary MLflow store, the same rows through ``--engine spark``
+   (``local[*]``, ``mlflow.pyfunc.spark_udf``) against the native job (``--no-spark`` skips it; it needs
+   pyspark and Java 17). Spark's start-up is part of its time.
 
 The images are random uint8 pixels written to a temporary Galaxy10-schema file (marked SYNTHETIC; their
 content does not change the speed). Run: ``python benchmarks/bench_catalog.py`` (quick) or ``--full``.
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="images per model call, both arms")
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=2, help="throughput: best of this many runs per arm")
+    parser.add_argument("--no-spark", action="store_true", help="skip the Spark arm")
     add_full_flag(parser, {"rows": 4000, "repeats": 3})
     args = parse_with_full(parser, argv)
     from experiments.catalog.inputs import plan_catalog_inputs
@@ -137,7 +141,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {big_run['rows']:>7} rows: {big_run['peak_mib']:7.0f} MiB ({big_run['seconds']:.1f} s)  "
               f"= x{big_run['peak_mib'] / small_run['peak_mib']:.2f} for x10 the rows")
         print(f"   (the 10x file holds {10 * args.rows * args.side * args.side * 3 / 2**20:.0f} MiB of pixels)")
+        if not args.no_spark:
+            spark_arm(args, data, tmp)
     return 0
+
+
+def spark_arm(args: argparse.Namespace, data: Path, tmp: Path) -> None:
+    """Arm 3: the same rows, native job vs ``--engine spark`` local[*], with a logged model."""
+    from experiments.catalog.inputs import plan_catalog_inputs
+    from experiments.catalog.job import run_catalog
+    from experiments.catalog.spark import run_catalog_spark
+    from experiments.serving.predictor import load_predictor
+    from experiments.settings.run import load_config
+    from experiments.tracking.mlflow_tracker import MlflowTracker
+    from models import build_model
+    from pipelines.classes import GALAXY10
+    from pipelines.preprocess import PREPROCESS_VERSION
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = load_config(None, [f"model.name={args.backbone}"])
+    model = build_model(cfg.model, input_size=args.crop, num_classes=10, precision="float32")
+    meta = {"size": args.size, "crop": args.crop, "preprocess_version": PREPROCESS_VERSION,
+            "class_names": list(GALAXY10.names), "class_slugs": list(GALAXY10.slugs), "data_fingerprint": "bench",
+            "synthetic": True, "provenance": "benchmarks/bench_catalog.py (untrained)", "tta": args.tta}
+    with MlflowTracker("bench-catalog", "model", tracking_uri=uri) as tracker:
+        model_uri = tracker.log_keras_model(model, meta=meta,
+                                            input_example=np.zeros((1, args.crop, args.crop, 3), np.float32))
+    predictor = load_predictor(model_uri, tracking_uri=uri)
+    inputs = plan_catalog_inputs([str(data)])
+    t0 = time.perf_counter()
+    run_catalog(inputs, predictor, tmp / "native.parquet", chunk_size=args.chunk_size, workers=2,
+                batch_size=args.batch)
+    native = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_catalog_spark(inputs, predictor, tmp / "spark.parquet", master="local[*]")
+    spark = time.perf_counter() - t0
+    print(f"\n3. Spark local[*] vs native, {args.rows} rows (float32 model logged to MLflow, {os.cpu_count()} CPUs):")
+    print(f"   native catalog job : {args.rows / native:8.1f} images/s ({native:.1f} s)")
+    print(f"   --engine spark     : {args.rows / spark:8.1f} images/s ({spark:.1f} s, Spark start-up included) "
+          f"= {100 * native / spark:.0f}% of the native job's speed")
 
 
 if __name__ == "__main__":
