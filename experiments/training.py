@@ -377,8 +377,8 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     y_val = np.asarray(data.labels[data.val], dtype=np.int64)
     if temperature is None:  # temperature scaling fitted on the validation split (held out from training)
         temperature = fit_temperature(val_probs, y_val)
-    calibration = {"temperature": temperature, "val_ece": expected_calibration_error(val_probs, y_val),
-                   "val_ece_calibrated": expected_calibration_error(apply_temperature(val_probs, temperature), y_val)}
+    calibration = {"temperature": temperature, "ece_val": expected_calibration_error(val_probs, y_val),
+                   "ece_val_calibrated": expected_calibration_error(apply_temperature(val_probs, temperature), y_val)}
     tracker.log_metrics({**prefixed(val_metrics, "val"), "best_epoch": fitted.best_epoch,
                          "epochs_run": fitted.epochs_run, "train_seconds": fitted.seconds, **calibration},
                         step=fitted.best_epoch)

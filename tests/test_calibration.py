@@ -57,6 +57,6 @@ def test_training_fits_and_stores_the_temperature(smoke_model) -> None:
     from experiments.serving.predictor import load_predictor
 
     metrics = MlflowClient(smoke_model.tracking_uri).get_run(smoke_model.run_id).data.metrics
-    assert {"temperature", "val_ece", "val_ece_calibrated"} <= set(metrics)
+    assert {"temperature", "ece_val", "ece_val_calibrated"} <= set(metrics)
     predictor = load_predictor(smoke_model.model_uri, tracking_uri=smoke_model.tracking_uri)
     assert predictor.card.temperature == pytest.approx(metrics["temperature"], rel=1e-5)

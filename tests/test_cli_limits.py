@@ -93,13 +93,14 @@ def _setup(tmp_path: Path, tiny_h5: Path) -> dict[tuple[str, ...], list[str]]:
         ("serve",): ["serve"],
         ("tune",): ["tune", "--config", str(tune_yaml), "--data", str(tiny_h5)],
         ("predict",): ["predict", str(folder / "a.png")],
+        ("catalog",): ["catalog", str(folder / "a.png"), "--out", str(tmp_path / "c.parquet")],
     }
 
 
 def test_every_size_option_is_known() -> None:
     sizes = {opt for _, opt in _numeric_options()} - set(NOT_SIZES)
     assert sizes == {"--n", "--size", "--workers", "--per-class", "--thumb", "--bootstrap", "--max-upload-mb",
-                     "--trials", "--top"}
+                     "--trials", "--top", "--chunk-size", "--batch-size", "--flag-uncertain", "--spark-partitions"}
 
 
 @pytest.mark.parametrize("path,option", [(p, o) for p, o in _numeric_options() if o not in NOT_SIZES],

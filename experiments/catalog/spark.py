@@ -169,7 +169,7 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
 
 def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: str, partitions: int | None,
          n_views: int) -> int:
-    import mlflow.pyfunc
+    from experiments.tracking.pyfunc import spark_model_udf
 
     names = list(card.class_names)
     rows = session.createDataFrame(_row_frame(inputs))
@@ -179,7 +179,7 @@ def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: s
     ddl = ("row long, id string, source string, source_index long, ra double, dec double, "
            f"{view_fields}, error string")
     prepared = rows.mapInPandas(functools.partial(_prepare, size=card.size, crop=card.crop, n_views=n_views), ddl)
-    model = mlflow.pyfunc.spark_udf(session, card.uri, result_type="array<float>", env_manager="local")
+    model = spark_model_udf(session, card.uri)
     for j in range(n_views):
         prepared = prepared.withColumn(f"p_view_{j}", model(f"view_{j}")).drop(f"view_{j}")
     finished = prepared.mapInPandas(functools.partial(_finish, class_names=names, n_views=n_views,

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.outputs import check_output_dir, check_output_file
 
     limits = (("--chunk-size", args.chunk_size, MAX_CHUNK), ("--batch-size", args.batch_size, MAX_BATCH),
-              ("--workers", args.workers, MAX_WORKERS))
+              ("--workers", args.workers, MAX_WORKERS), ("--flag-uncertain", args.flag_uncertain, MAX_FLAGGED),
+              ("--spark-partitions", args.spark_partitions, MAX_CHUNK))
     for name, value, high in limits:
         if value is not None and not 1 <= value <= high:
             raise ConfigError(f"{name} {value} is out of range; use 1-{high}")
@@ -93,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, force=args.force)
     inspect_out = None
     if args.flag_uncertain is not None:
-        if not 1 <= args.flag_uncertain <= MAX_FLAGGED:
-            raise ConfigError(f"--flag-uncertain {args.flag_uncertain} is out of range; use 1-{MAX_FLAGGED}")
         inspect_out = args.inspect_out or str(out.with_suffix("")) + "-inspect"
         check_output_dir(inspect_out, what="inspection gallery", option="--inspect-out", force=args.force)
     elif args.inspect_out is not None:
@@ -108,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
         if args.restart or args.workers is not None:
             raise ConfigError("--restart and --workers belong to --engine native; Spark reruns a failed job and "
                               "sets its own parallelism (--spark-partitions)")
-        if args.spark_partitions is not None and not 1 <= args.spark_partitions <= MAX_CHUNK:
-            raise ConfigError(f"--spark-partitions {args.spark_partitions} is out of range; use 1-{MAX_CHUNK}")
     elif args.spark_partitions is not None or args.spark_master != "local[*]":
         raise ConfigError("--spark-master and --spark-partitions belong to --engine spark; add --engine spark")
     if args.ood_data is not None and args.ood == "off":

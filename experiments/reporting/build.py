@@ -89,8 +89,8 @@ def calibration_summary(run_id: str, probs: np.ndarray, y_true: np.ndarray, trac
         return {}
     before = reliability(probs, y_true)
     after = reliability(apply_temperature(probs, temperature), y_true)
-    return {"temperature": float(temperature), "run_id": run_id, "val_ece": metrics.get("val_ece"),
-            "val_ece_calibrated": metrics.get("val_ece_calibrated"), "test_ece": before.ece,
+    return {"temperature": float(temperature), "run_id": run_id, "ece_val": metrics.get("ece_val"),
+            "ece_val_calibrated": metrics.get("ece_val_calibrated"), "test_ece": before.ece,
             "test_ece_calibrated": after.ece, "curves": {"uncalibrated": before, f"T = {temperature:.2f}": after}}
 
 

@@ -213,7 +213,7 @@ def calibration_text(report: Report) -> str:
 
     return (f"Temperature scaling of the best CNN: T = {c['temperature']:.3f}, fitted on the validation split at "
             f"training time (run `{c['run_id']}`). Expected calibration error (15 bins), validation "
-            f"{num(c['val_ece'])} -> {num(c['val_ece_calibrated'])}, test {num(c['test_ece'])} -> "
+            f"{num(c['ece_val'])} -> {num(c['ece_val_calibrated'])}, test {num(c['test_ece'])} -> "
             f"{num(c['test_ece_calibrated'])}. Calibration changes no prediction (accuracy and recall above are "
             "the same); `galaxy10 catalog` writes the calibrated probabilities.")
 

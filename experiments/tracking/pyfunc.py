@@ -91,3 +91,13 @@ def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta
     tracker.log_dict(plain_meta, META_ARTIFACT)
     log.info("logged ensemble model %s (run %s)", info.model_uri, run_id)
     return info.model_uri
+
+
+def spark_model_udf(spark: Any, model_uri: str) -> Any:
+    """``mlflow.pyfunc.spark_udf`` of a logged model, returning each row's probabilities (``array<float>``).
+
+    The model runs in this Python environment on every executor (``env_manager="local"``).
+    """
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.spark_udf(spark, model_uri, result_type="array<float>", env_manager="local")
