@@ -24,9 +24,13 @@ def views(images: np.ndarray) -> np.ndarray:
     return np.stack([_probs(dihedral_view(sq, j)) for j in range(8)])
 
 
-def fake_predictor(*, with_views: bool = True) -> Predictor:
+def colour_embedding(images: np.ndarray) -> np.ndarray:
+    """A 3-number "embedding": the mean colour of each image (0..1)."""
+    return images.reshape(len(images), -1, 3).mean(axis=1) / 255.0
+
+
+def fake_predictor(*, with_views: bool = True, with_embedding: bool = False) -> Predictor:
     card = ModelCard(uri="models:/fake@champion", kind="keras", size=32, crop=24, class_names=CLASSES,
                      name="fake", version="1", synthetic=True)
-    if with_views:
-        return Predictor(card=card, predict_fn=lambda im: mean_of_views(views(im)), views_fn=views)
-    return Predictor(card=card, predict_fn=lambda im: mean_of_views(views(im)))
+    return Predictor(card=card, predict_fn=lambda im: mean_of_views(views(im)), views_fn=views if with_views else None,
+                     embed_fn=colour_embedding if with_embedding else None)

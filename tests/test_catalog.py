@@ -238,8 +238,7 @@ def test_catalog_ood_columns_and_a_resumed_job_keeps_its_detector(survey: dict[s
 
     rng = np.random.default_rng(1)
     det = fit_detector(rng.normal(0, 1, (300, 3)), rng.integers(0, 3, 300), rng.normal(0, 1, (100, 3)))
-    predictor = fake_predictor()
-    object.__setattr__(predictor, "embed_fn", lambda im: im.reshape(len(im), -1, 3).mean(axis=1) / 255.0)
+    predictor = fake_predictor(with_embedding=True)
     out = tmp_path / "cat.parquet"
     inputs = plan_catalog_inputs([str(survey["h5"]), str(survey["folder"])])
     calls = []
@@ -304,8 +303,7 @@ def test_flag_uncertain_writes_a_gallery_of_the_most_uncertain(survey: dict[str,
 
     rng = np.random.default_rng(1)
     det = fit_detector(rng.normal(0.5, 0.01, (300, 3)), rng.integers(0, 3, 300), rng.normal(0.5, 0.01, (100, 3)))
-    predictor = fake_predictor()
-    object.__setattr__(predictor, "embed_fn", lambda im: im.reshape(len(im), -1, 3).mean(axis=1) / 255.0)
+    predictor = fake_predictor(with_embedding=True)
     out = tmp_path / "cat.parquet"
     run_catalog(plan_catalog_inputs([str(survey["h5"]), str(survey["folder"])]), predictor, out, ood=det)
     df = pq.read_table(out).to_pandas()
