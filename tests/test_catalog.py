@@ -351,3 +351,21 @@ def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, surve
     np.testing.assert_allclose(a[floats].to_numpy(dtype=float), b[floats].to_numpy(dtype=float), rtol=1e-4,
                                atol=1e-6)
     assert b["error"].notna().sum() == 2
+
+
+def test_fits_output_holds_the_same_rows(survey: dict[str, Path], tmp_path: Path) -> None:
+    from astropy.io import fits
+
+    from experiments.catalog.fits import write_fits
+
+    out = tmp_path / "cat.parquet"
+    df = _catalog(survey, out, chunk_size=8)
+    path = write_fits(out, tmp_path / "cat.fits")
+    with fits.open(path) as hdus:
+        data, header = hdus["CATALOG"].data, hdus["CATALOG"].header
+        assert len(data) == len(df) and list(data["id"]) == list(df["id"])
+        np.testing.assert_allclose(np.asarray(data["p_round_smooth"])[df["error"].isna().to_numpy()],
+                                   df["p_round_smooth"].dropna().to_numpy(), rtol=1e-6)
+        assert np.isnan(np.asarray(data["p_round_smooth"])[df["error"].notna().to_numpy()]).all()
+        assert list(data["error"][df["error"].notna().to_numpy()]) == df["error"].dropna().tolist()
+        assert header["MODELURI"] == "models:/fake@champion"

@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Spark master for --engine spark: local[*] (default) or a cluster's master URL")
     parser.add_argument("--spark-partitions", type=int, default=None, metavar="N",
                         help="partitions of the row table for --engine spark (default: Spark's)")
+    parser.add_argument("--fits", action="store_true",
+                        help="also write the catalog as a FITS binary table beside --out (<out>.fits; held in "
+                             "memory while written)")
     parser.add_argument("--restart", action="store_true",
                         help="discard an unfinished job's parts for this --out instead of resuming it")
     add_force_argument(parser, "catalog")
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if not str(args.out).lower().endswith((".parquet", ".pq")):
         raise ConfigError(f"--out {args.out} must end in .parquet (the catalog is a Parquet file)")
     out = check_output_file(args.out, force=args.force)
+    fits_out = check_output_file(out.with_suffix(".fits"), option="--fits", force=args.force) if args.fits else None
     inspect_out = None
     if args.flag_uncertain is not None:
         inspect_out = args.inspect_out or str(out.with_suffix("")) + "-inspect"
@@ -123,6 +127,11 @@ def run(args: argparse.Namespace) -> int:
         workers = args.workers or min(8, os.cpu_count() or 1)
         result = run_catalog(inputs, predictor, out, chunk_size=args.chunk_size, workers=workers,
                              batch_size=args.batch_size, restart=args.restart, ood=ood)
+    if fits_out is not None:
+        from experiments.catalog.fits import write_fits
+
+        write_fits(out, fits_out)
+        print(f"{fits_out}: the same catalog as a FITS binary table")
     if inspect_out is not None:
         from experiments.catalog.inspect import write_inspection
 
