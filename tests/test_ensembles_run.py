@@ -118,6 +118,8 @@ def test_comparison_run_has_one_child_per_candidate(comparison, tiny_study: Tiny
         assert {k for k in child.data.metrics if k.startswith("val_")} == cnn_val
         assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {
             "model_meta.json", "per_class_metrics_val.csv", "confusion_matrix_val.png"}
+        # each candidate's temperature, fitted on its validation probabilities, and the ECE before/after
+        assert child.data.metrics["temperature"] > 0 and {"ece_val", "ece_val_calibrated"} <= set(child.data.metrics)
     by_name = {c.info.run_name: c for c in children}
     assert {by_name[n].data.tags["kind"] for n in names} == KINDS
     # the CNN alone scores exactly what its own run logged
@@ -278,9 +280,15 @@ def test_ensembles_draw_candidates_across_backbones(tmp_path_factory: pytest.Tem
         rows = {r["candidate"]: r for r in report.rows}
         assert {"cnn-best", "vote-backbones", "gbm-logreg-backbones"} <= set(rows)
         assert "resnet" in rows["vote-backbones"]["members"] and "reference_cnn" in rows["vote-backbones"]["members"]
+        from mlflow import MlflowClient
+
         from experiments.serving.predictor import load_predictor
 
         images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
         for name in ("vote-backbones", "gbm-logreg-backbones"):
-            probs = load_predictor(report.model_uris[name], tracking_uri=study.tracking_uri).predict(images)
+            predictor = load_predictor(report.model_uris[name], tracking_uri=study.tracking_uri)
+            probs = predictor.predict(images)
             assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+            # the candidate's temperature travels with its model (the catalog calibrates with it)
+            logged = MlflowClient(study.tracking_uri).get_run(report.child_run_ids[name]).data.metrics["temperature"]
+            assert predictor.card.temperature == pytest.approx(logged, rel=1e-5)

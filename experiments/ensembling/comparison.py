@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ensembles.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from ensembles.serving import save_ensemble
 from experiments.ensembling.candidates import build_candidates
 from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
@@ -137,9 +138,19 @@ def _example_image(data: Any) -> np.ndarray:
         return np.asarray(f.images(np.asarray(data.val[:1])))
 
 
-def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str) -> dict[str, Any]:
+def _calibration(candidate: Candidate, y_val: np.ndarray) -> dict[str, float]:
+    """The candidate's temperature, fitted on its validation probabilities (out-of-fold where it was fit on
+    validation), and the validation ECE before and after (``ece_val*``: not ``val_*``, which the CNN runs share)."""
+    probs = np.asarray(candidate.val_probs, dtype=np.float64)
+    temperature = fit_temperature(probs, y_val)
+    return {"temperature": temperature, "ece_val": expected_calibration_error(probs, y_val),
+            "ece_val_calibrated": expected_calibration_error(apply_temperature(probs, temperature), y_val)}
+
+
+def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str, temperature: float) -> dict[str, Any]:
     first = candidate.model.branches[0]
-    return {"size": int(first.size), "crop": int(first.crop), "preprocess_version": PREPROCESS_VERSION,
+    return {"temperature": round(float(temperature), 6), "size": int(first.size), "crop": int(first.crop),
+            "preprocess_version": PREPROCESS_VERSION,
             "class_names": list(data.class_names), "class_slugs": list(data.class_slugs),
             "num_classes": data.num_classes, "data_fingerprint": data.fingerprint, "synthetic": bool(data.synthetic),
             "provenance": data.provenance, "tta": bool(first.tta), "kind": candidate.kind,
@@ -243,7 +254,9 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                                tags=tags) as child:
                 child.log_params({"kind": cand.kind, "n_branches": len(cand.model.branches),
                                   **{k: str(v) for k, v in cand.params.items()}})
-                child.log_metrics({**prefixed(metrics, "val"), **wide, "build_seconds": cand.seconds})
+                calibration = _calibration(cand, y_val)
+                child.log_metrics({**prefixed(metrics, "val"), **wide, "build_seconds": cand.seconds,
+                                   **calibration})
                 child.log_text(per_class_csv(metrics, slugs, names), "per_class_metrics_val.csv")
                 child.log_figure(confusion_figure(metrics["confusion"], names,
                                                   title=f"{cand.name}: validation confusion (row-normalised)"),
@@ -251,7 +264,8 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                 with tempfile.TemporaryDirectory(prefix="galaxy10-ensemble-") as tmp:
                     folder = save_ensemble(cand.model, Path(tmp) / "ensemble")
                     model_uris[cand.name] = log_ensemble_model(
-                        child, folder, meta=_model_meta(cand, data, study_name, cfg.mode), input_example=example,
+                        child, folder, meta=_model_meta(cand, data, study_name, cfg.mode, calibration["temperature"]),
+                        input_example=example,
                         n_classes=data.num_classes)
                 child_ids[cand.name] = child.run_id
             rows.append({**_row(cand, metrics, slugs), **{k: round(v, 4) for k, v in wide.items()},
