@@ -232,16 +232,23 @@ def test_report_numbers_are_logged_to_mlflow(tiny_study: TinyStudy, first_report
     assert best.data.metrics["test_accuracy"] == pytest.approx(numbers["models"]["cnn"]["test"]["accuracy"])
     assert best.data.tags["report.test_scoring_run"] == numbers["scoring_run_id"]
     # the report files are artifacts of the study's parent run
-    logged = {f.path for f in client.list_artifacts(tiny_study.parent_run_id, "report")}
+    logged_files = {f.path for f in client.list_artifacts(tiny_study.parent_run_id, "report")}
     for name in ("report.html", "report.md", "report.json", "recall_per_class.png", "confusion_cnn.png",
                  "reliability.png"):
-        assert f"report/{name}" in logged
+        assert f"report/{name}" in logged_files
     # calibration: the best trial's temperature (its run's metric) and the test ECE before/after, logged
     cal = numbers["calibration"]
     assert cal["temperature"] == pytest.approx(best.data.metrics["temperature"]) and cal["run_id"] == best.info.run_id
     assert scoring.data.metrics["test_cnn_ece"] == pytest.approx(cal["test_ece"])
     assert scoring.data.metrics["test_cnn_ece_calibrated"] == pytest.approx(cal["test_ece_calibrated"])
     assert f"T = {cal['temperature']:.3f}" in (first_report / "report.md").read_text()
+    # accuracy against speed: every finished trial's images/s, the same number on its run; a Pareto front
+    pareto = numbers["pareto"]
+    assert pareto and any(p["on_front"] for p in pareto) and all(p["images_per_second"] > 0 for p in pareto)
+    for p in pareto:
+        logged = client.get_run(p["run_id"]).data.metrics["inference_images_per_second"]
+        assert p["images_per_second"] == pytest.approx(logged, rel=1e-3)
+    assert "report/pareto_front.png" in logged_files
 
 
 @pytest.mark.slow

@@ -183,6 +183,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
             best_trial=study.best_number, best_value=study.best_value, best_params=study.best_params,
             best_run_id=study.best_run_id, data=card, models=models, ensemble=ensemble, n_resamples=n_resamples,
             seed=seed, trials=list(study.trials), best_cv_scores=study.best_cv_scores, pruned_cuts=study.pruned_cuts,
+            pareto=study.pareto,
             created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             git_commit=commit.get("git.commit", "")[:12] + (" (dirty)" if commit.get("git.dirty") == "true" else ""),
         )

@@ -119,6 +119,7 @@ class Report:
     best_cv_scores: tuple[float, ...] = ()
     pruned_cuts: tuple[str, ...] = ()
     calibration: dict[str, Any] = field(default_factory=dict)  # the best CNN's temperature, ECE before/after
+    pareto: tuple[Any, ...] = ()  # trials' (metric, inference images/s), Pareto front marked
     gallery_model: str | None = None
     gallery_classes: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)

@@ -33,6 +33,7 @@ from experiments.tuning.study import (
     ATTR_TRIAL_RUN,
     best_trial,
     load_existing_study,
+    pareto_front,
     state_counts,
 )
 from pipelines.errors import ConfigError, ModelError
@@ -65,6 +66,7 @@ class StudyFacts:
     refit_of_trial: int | None = None
     best_cv_scores: tuple[float, ...] = ()
     pruned_cuts: tuple[str, ...] = ()  # where each PRUNED trial was cut and against what
+    pareto: tuple[Any, ...] = ()  # tuning.study.ParetoPoint of every COMPLETE trial that measured its speed
 
 
 def study_facts(study_name: str, storage_url: str) -> StudyFacts:
@@ -114,6 +116,7 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
         refit_of_trial=attrs.get(ATTR_REFIT_TRIAL),
         best_cv_scores=tuple(float(v) for v in best.user_attrs.get("cv_scores") or ()),
         pruned_cuts=tuple(describe_cuts(study.get_trials(deepcopy=False))),
+        pareto=tuple(pareto_front(study.get_trials(deepcopy=False))),
     )
 
 

@@ -12,6 +12,7 @@ from experiments.reporting.contents import Report
 from experiments.reporting.figures import (
     gallery_figure,
     history_figure,
+    pareto_figure,
     png_bytes,
     recall_bars_figure,
     reliability_figure,
@@ -58,6 +59,10 @@ def make_figures(report: Report, *, data: Any, probs_by_key: Mapping[str, np.nda
         fig = confusion_figure(m.metrics["confusion"], names, title=f"{m.label}: test confusion (row-normalised)")
         report.figures[f"confusion_{m.key}.png"] = png_bytes(fig)
 
+    if report.pareto:
+        report.figures["pareto_front.png"] = png_bytes(pareto_figure(report.pareto, metric=report.metric))
+    else:
+        report.figure_notes["pareto_front.png"] = "no finished trial measured its inference speed"
     if report.calibration:
         report.figures["reliability.png"] = png_bytes(reliability_figure(report.calibration["curves"]))
     else:

@@ -153,3 +153,26 @@ def reliability_figure(curves: Mapping[str, Any]) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return fig
+
+
+def pareto_figure(points: Sequence[Any], *, metric: str) -> Figure:
+    """Each trial's validation metric against its inference speed; the Pareto front joined by a line."""
+    fig = _figure(6.0, 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    others = [p for p in points if not p.on_front]
+    front = sorted((p for p in points if p.on_front), key=lambda p: p.images_per_second)
+    if others:
+        ax.scatter([p.images_per_second for p in others], [p.value for p in others], color="#999999", s=18,
+                   label="dominated trials")
+    ax.plot([p.images_per_second for p in front], [p.value for p in front], color="#d62728", marker="o",
+            label="Pareto front")
+    for p in front:
+        ax.annotate(f"#{p.number}", (p.images_per_second, p.value), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("inference images/s on the training machine (log scale)")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title("Accuracy against speed: the trials' Pareto front")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

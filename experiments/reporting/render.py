@@ -97,7 +97,7 @@ def _context(report: Report, embed: bool) -> dict[str, Any]:
         "counts": ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())),
         "split": ", ".join(f"{k} {v}" for k, v in card.split_sizes.items()),
         "class_counts": list(zip(card.class_names, card.class_counts, card.test_counts)),
-        "pct": pct, "calibration": calibration_text(report),
+        "pct": pct, "calibration": calibration_text(report), "pareto_text": PARETO_TEXT,
     }
 
 
@@ -167,6 +167,12 @@ def render_markdown(report: Report) -> str:
     if report.pruned_cuts:
         out += ["Pruned trials, where each was cut and against what (trials are compared at equal epochs of equal "
                 "folds):", "", *[f"- {line}" for line in report.pruned_cuts], ""]
+    out += ["### Accuracy against speed", "", PARETO_TEXT, ""]
+    if report.pareto:
+        out += [_md_table(["Trial", f"Validation {report.metric}", "Images/s", "Pareto front", "MLflow run"],
+                          [(str(p.number), f"{p.value:.4f}", f"{p.images_per_second:.1f}",
+                            "yes" if p.on_front else "", f"`{p.run_id}`") for p in report.pareto]), ""]
+    out += _md_figure(report, "pareto_front.png", "The trials' validation metric against inference speed")
     out += _md_figure(report, "learning_curves.png", "Learning curves of the best trial")
     out += _md_figure(report, "optimization_history.png", "Optuna optimisation history")
     out += _md_figure(report, "param_importances.png", "Optuna parameter importances")
@@ -202,6 +208,13 @@ def _md_figure(report: Report, name: str, title: str) -> list[str]:
     return [f"*{title}: {note}*", ""] if note else []
 
 
+PARETO_TEXT = ("Each finished trial's validation metric against its model's inference speed (images/s of the "
+               "forward pass, TTA included, measured on the machine that trained it). A trial on the Pareto front "
+               "has no other trial at least as good on both and better on one; to choose the fastest model "
+               "within a point of the best, pick from the front and pass its run id to `galaxy10 catalog --model` "
+               "or register it.")
+
+
 def calibration_text(report: Report) -> str:
     """One paragraph: the best CNN's temperature and its ECE before/after, on validation and on test."""
     c = report.calibration
@@ -235,6 +248,8 @@ def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = Fa
         "best_trial": {"number": report.best_trial, "params": {k: v for k, v in report.best_params.items()}},
         "pruned_cuts": list(report.pruned_cuts),
         "calibration": {k: v for k, v in report.calibration.items() if k != "curves"},
+        "pareto": [{"trial": p.number, "value": p.value, "images_per_second": p.images_per_second,
+                    "run_id": p.run_id, "on_front": p.on_front} for p in report.pareto],
         "models": {m.key: {"label": m.label, "run_id": m.run_id, "model_uri": m.model_uri,
                            "test": scalar_metrics(m.metrics), "ci95": {k: list(v) for k, v in m.ci.items()}}
                    for m in report.models},

@@ -25,11 +25,12 @@ from experiments.tracking.faults import server_errors
 from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run
-from experiments.training import load_training_data, train
+from experiments.training import inference_images_per_second, load_training_data, train
 from experiments.tuning.pruning import step_of
 from experiments.tuning.search_space import suggest
 from experiments.tuning.storage import open_storage, quiet_optuna_warnings
 from experiments.tuning.study import (
+    ATTR_SPEED,
     ATTR_TRIAL_RUN,
     fail_stale_trials,
     n_counted,
@@ -233,6 +234,8 @@ class TrialWorker:
                     report = None  # the whole-train fit below only gives the model; pruning saw the folds
                 result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False, **lookups)
                 value = float(np.mean(cv)) if folds else float(result.val_metrics[metric])
+                speed = inference_images_per_second(result.model, data, crop=cfg.data.crop, tta=cfg.augment.tta)
+                tracker.log_metrics({"inference_images_per_second": speed})
                 if reference or self._should_log_model(value):  # the reference: an ensemble candidate
                     result.model_uri = self._log_model(tracker, result, data, cfg.data.crop)
                 tracker.set_tags({"optuna.model_logged": "true" if result.model_uri else "false"})
@@ -250,6 +253,7 @@ class TrialWorker:
             trial.set_user_attr(f"val_{name}", float(result.val_metrics[name]))
         trial.set_user_attr("scored_images", len(data.train) if folds else len(data.val))  # behind the value
         trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr(ATTR_SPEED, round(speed, 3))  # the Pareto front of metric and speed (report)
         if result.model_uri:
             trial.set_user_attr("model_uri", result.model_uri)
         return value

@@ -27,6 +27,8 @@ ATTR_EXPERIMENT = "mlflow_experiment_id"
 ATTR_TRACKING_URI = "mlflow_tracking_uri"
 #: Trial user attribute holding the trial's MLflow child run id.
 ATTR_TRIAL_RUN = "mlflow_run_id"
+#: Trial attribute: the trained model's inference speed on the machine that trained it (images/s).
+ATTR_SPEED = "images_per_second"
 #: How a finished trial's state shows in MLflow's run status.
 MLFLOW_STATUS: dict[TrialState, str] = {
     TrialState.COMPLETE: "FINISHED",
@@ -218,3 +220,28 @@ def load_existing_study(name: str, storage: optuna.storages.BaseStorage) -> optu
 
 def count_tags(study: optuna.Study) -> dict[str, int]:
     return {f"study.n_{k.lower()}": v for k, v in state_counts(study).items()}
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One COMPLETE trial with both objectives: the study's metric and inference speed."""
+
+    number: int
+    value: float
+    images_per_second: float
+    run_id: str | None
+    on_front: bool
+
+
+def pareto_front(trials: Sequence[FrozenTrial]) -> list[ParetoPoint]:
+    """Every COMPLETE trial that measured its speed, marked whether it is on the Pareto front of
+    (metric, images/s): no other trial is at least as good on both and better on one. Sorted by speed."""
+    points = [(t.number, float(t.value), float(t.user_attrs[ATTR_SPEED]), t.user_attrs.get(ATTR_TRIAL_RUN))
+              for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+              and t.user_attrs.get(ATTR_SPEED) is not None]
+
+    def dominated(v: float, s: float) -> bool:
+        return any(v2 >= v and s2 >= s and (v2 > v or s2 > s) for _, v2, s2, _ in points)
+
+    out = [ParetoPoint(n, v, s, r, not dominated(v, s)) for n, v, s, r in points]
+    return sorted(out, key=lambda p: (-p.images_per_second, -p.value, p.number))
