@@ -27,6 +27,7 @@ from experiments.tracking.base import NullTracker
 from experiments.tuning.plots import save_plots
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import COUNTED_STATES, load_existing_study
+from pipelines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -376,3 +377,39 @@ def test_a_new_study_starts_with_the_reference_recipe(tiny_h5: Path, tmp_path: P
         assert not re.search(r"^\s*reference\s", out, re.M)  # cnn-best is the reference
     else:
         assert re.search(r"^\s*reference\s", out, re.M), out
+
+
+def test_speed_objective_makes_a_multi_objective_study(tiny_h5: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``study.speed_objective``: Optuna optimises the metric and the model's images/s together; the best
+    trial is still chosen by the metric; the Pareto front is plotted; `study show` says so."""
+    from experiments.tuning.study import ATTR_SPEED, best_trial, trial_value
+
+    config = write_tune_yaml(tmp_path / "tune.yaml", name="mo", n_trials=2, speed_objective=True)
+    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
+    study = load("mo")
+    assert len(study.directions) == 2
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2
+        assert t.values[1] == pytest.approx(t.user_attrs[ATTR_SPEED], rel=1e-3) and t.values[1] > 0
+        assert not t.intermediate_values  # no pruning reports in a multi-objective study
+    best = best_trial(study)
+    assert trial_value(best) == max(trial_value(t) for t in study.trials)
+    parent = runs_of()[0][0]
+    artifacts = {a.path for a in mlflow_client().list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/pareto_front.png" in artifacts
+    capsys.readouterr()
+    assert cli_main(["study", "show", "mo"]) == 0
+    assert "multi-objective" in capsys.readouterr().out
+    # the same study name asked for one objective is refused, naming the key
+    single = write_tune_yaml(tmp_path / "single.yaml", name="mo", n_trials=3)
+    assert cli_main(["tune", "--config", str(single), "--data", str(tiny_h5)]) == 2
+    assert "speed_objective" in capsys.readouterr().err
+
+
+def test_speed_objective_needs_no_pruner() -> None:
+    from experiments.settings.tune import parse_study
+
+    with pytest.raises(ConfigError, match="cannot prune; set study.pruner: none"):
+        parse_study({"speed_objective": True}, "s")
+    assert parse_study({"speed_objective": True, "pruner": "none"}, "s").directions == ["maximize", "maximize"]

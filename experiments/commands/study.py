@@ -78,8 +78,10 @@ def run_show(args: argparse.Namespace) -> int:
         ATTR_TRACKING_URI,
         ATTR_TRIAL_RUN,
         best_trial,
+        is_multi_objective,
         load_existing_study,
         state_counts,
+        trial_value,
     )
 
     storage = open_storage(args.storage, must_exist=True)
@@ -92,7 +94,7 @@ def run_show(args: argparse.Namespace) -> int:
         duration = t.duration.total_seconds() if t.duration is not None else None
         last_step = len(t.intermediate_values) or None  # epochs reported (over all folds with CV)
         state = t.state.name + (" (reference)" if t.user_attrs.get(ATTR_REFERENCE) else "")
-        rows.append([t.number, state, t.value, last_step,
+        rows.append([t.number, state, trial_value(t), last_step,
                      None if duration is None else f"{duration:.0f}s"]
                     + ([cv_spread(t.user_attrs.get("cv_scores"))] if with_cv else [])
                     + [t.params.get(n) for n in names])
@@ -101,7 +103,8 @@ def run_show(args: argparse.Namespace) -> int:
     counts = state_counts(study)
     states = "".join(f", {v} {k.lower()}" for k, v in sorted(counts.items()) if v)
     print(f"study {study.study_name} ({args.storage}): {len(trials)} trial{'' if len(trials) == 1 else 's'}"
-          f"{states}; objective: val {metric} ({study.direction.name.lower()})")
+          f"{states}; objective: val {metric} (maximize"
+          + (", and inference images/s: multi-objective" if is_multi_objective(study) else "") + ")")
     if trials:
         print(format_table(["#", "state", "value", "epochs", "time"] + (["cv mean ± sd (folds)"] if with_cv else [])
                            + names, rows))
@@ -115,7 +118,8 @@ def run_show(args: argparse.Namespace) -> int:
         print("\nbest: no COMPLETE trial yet")
     else:
         spread = cv_spread(best.user_attrs.get("cv_scores"))
-        print(f"\nbest: trial {best.number}, {'cross-validated' if spread else 'val'} {metric} = {best.value:.4f}"
+        kind = "cross-validated" if spread else "val"
+        print(f"\nbest: trial {best.number}, {kind} {metric} = {trial_value(best):.4f}"
               + (f" ({spread})" if spread else ""))
         if best.user_attrs.get(ATTR_REFERENCE):
             print("  the reference recipe: experiments/configs/reference.yaml as shipped (study.reference_trial)")

@@ -15,7 +15,9 @@ from experiments.tuning.study import (
     ATTR_TRIAL_RUN,
     best_trial,
     load_existing_study,
+    maximizes,
     state_counts,
+    trial_value,
 )
 from pipelines.errors import ConfigError, DataError, ModelError
 
@@ -73,13 +75,14 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
 
     storage = open_storage(storage_url, must_exist=True)
     study = load_existing_study(study_name, storage)
-    maximize = study.direction.name == "MAXIMIZE"
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+    maximize = maximizes(study)
+    complete = [t for t in study.get_trials(deepcopy=False)
+                if t.state.name == "COMPLETE" and trial_value(t) is not None]
     if not complete:
         counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(state_counts(study).items())) or "no trials"
         raise ConfigError(f"study {study_name!r} has no COMPLETE trial ({counts}); finish one with "
                           f"`galaxy10 tune --study {study_name} ...` first")
-    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
+    complete.sort(key=lambda t: (-trial_value(t) if maximize else trial_value(t), t.number))
     guarded = best_trial(study)  # under the study's accuracy guard
     complete.sort(key=lambda t: t.number != guarded.number)  # stable: the guarded best first, then by value
     best = complete[0]
@@ -107,7 +110,7 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
     for t in chosen:
         run_id = str(t.user_attrs[ATTR_TRIAL_RUN])
         facts = get_run_facts(run_id, tracking_uri=tracking_uri)
-        members.append(Member(trial_number=t.number, value=float(t.value), run_id=run_id,
+        members.append(Member(trial_number=t.number, value=float(trial_value(t)), run_id=run_id,
                               model_uri=str(t.user_attrs["model_uri"]),
                               cfg=logged_run_config(run_id, tracking_uri=tracking_uri),
                               tags=facts.tags, metrics=facts.metrics,

@@ -33,8 +33,10 @@ from experiments.tuning.study import (
     ATTR_TRIAL_RUN,
     best_trial,
     load_existing_study,
+    maximizes,
     pareto_front,
     state_counts,
+    trial_value,
 )
 from pipelines.errors import ConfigError, ModelError
 from pipelines.reader import validate_galaxy10
@@ -100,15 +102,15 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
                          "re-run the study with `galaxy10 tune` so trials log their models")
     trials = []
     for t in study.get_trials(deepcopy=False):
-        value = t.value
+        value = trial_value(t)
         if value is None and t.intermediate_values:
             value = t.intermediate_values[max(t.intermediate_values)]
         trials.append((t.number, t.state.name, None if value is None else float(value)))
     return StudyFacts(
         name=study_name, storage_url=storage_url, metric=str(attrs.get(ATTR_METRIC, "accuracy")),
-        direction_max=study.direction.name == "MAXIMIZE", counts=counts, parent_run_id=str(parent),
+        direction_max=maximizes(study), counts=counts, parent_run_id=str(parent),
         recorded_tracking_uri=attrs.get(ATTR_TRACKING_URI), best_number=best.number,
-        best_value=float(best.value), best_run_id=str(run_id),
+        best_value=float(trial_value(best)), best_run_id=str(run_id),
         best_params=({"recipe": "experiments/configs/reference.yaml as shipped (the study's reference trial)"}
                      if best.user_attrs.get(ATTR_REFERENCE) else dict(best.params)),
         best_model_uri=str(model_uri), trials=tuple(trials),

@@ -57,7 +57,7 @@ PRUNER_ARGS: dict[str, tuple[str, ...]] = {
 STUDY_KEYS: tuple[str, ...] = (
     "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
     "heartbeat_interval", "grace_period", "retry_stale", "log_models", "keep_models", "register_model",
-    "model_alias", "refit", "cv_folds", "reference_trial", "start_points",
+    "model_alias", "refit", "cv_folds", "reference_trial", "start_points", "speed_objective",
 )
 #: Trial user attribute that marks the study's reference trial (trial 0 of a new study).
 ATTR_REFERENCE = "reference_recipe"
@@ -115,7 +115,10 @@ class StudyConfig:
     (``experiments/configs/reference.yaml``) at its own full budget, scored like every trial, so the best
     trial can only improve on it by the study's own estimate. ``start_points``: parameter sets (labels, as
     in ``search_space``) a new study tries first, after the reference (Optuna ``enqueue_trial``); a
-    parameter a point leaves out is sampled.
+    parameter a point leaves out is sampled. ``speed_objective`` (default false): a multi-objective study
+    that maximises the metric and the trained model's inference images/s together (Optuna's sampler sees
+    both; the best trial is still the best by the metric, the report draws the Pareto front); Optuna cannot
+    prune multi-objective trials, so it needs ``pruner: none``.
     """
 
     name: str
@@ -137,6 +140,7 @@ class StudyConfig:
     cv_folds: int | str = "auto"
     reference_trial: bool = True
     start_points: tuple[Mapping[str, Scalar], ...] = ()
+    speed_objective: bool = False
 
     def folds_for(self, n_val: int) -> int:
         """The folds to use when the validation split holds ``n_val`` images (0 = no cross-validation)."""
@@ -148,6 +152,11 @@ class StudyConfig:
     def direction(self) -> str:
         """All objective metrics are maximised."""
         return "maximize"
+
+    @property
+    def directions(self) -> list[str]:
+        """The study's objectives' directions: the metric, then images/s with ``speed_objective``."""
+        return ["maximize", "maximize"] if self.speed_objective else ["maximize"]
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,15 @@ def _named_kwargs(where: str, raw: Any, table: Mapping[str, tuple[str, ...]], de
     return name, kwargs
 
 
+def pruner_name(raw: Any) -> str:
+    """The pruner a raw ``study.pruner`` value names (the default, median, when it names none)."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, Mapping):
+        return str(raw.get("name", PrunerConfig().name))
+    return PrunerConfig().name
+
+
 def parse_study(raw: Any, default_name: str) -> StudyConfig:
     """Validate the ``study`` section; raise ``ConfigError`` naming the bad key."""
     raw = {} if raw is None else raw
@@ -203,6 +221,10 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         raise ConfigError(f"config key study.pruner.min_epochs={min_epochs!r} must be auto (the epochs finished"
                           f" trials needed "
                           "to reach their best) or a whole number of epochs")
+    speed_objective = as_bool("study.speed_objective", raw.get("speed_objective", False))
+    if speed_objective and pruner_name(raw.get("pruner")) != "none":
+        raise ConfigError("config key study.speed_objective=true makes a multi-objective study, whose trials Optuna "
+                          "cannot prune; set study.pruner: none as well")
     interval = _positive_int("study.heartbeat_interval", raw.get("heartbeat_interval", 20))
     grace = _positive_int("study.grace_period", raw.get("grace_period", 3 * interval))
     if grace <= interval:
@@ -235,6 +257,7 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         register_model=register, model_alias=alias, refit=as_bool("study.refit", raw.get("refit", True)),
         cv_folds=cv_folds, reference_trial=as_bool("study.reference_trial", raw.get("reference_trial", True)),
         start_points=_start_points(raw.get("start_points")),
+        speed_objective=speed_objective,
     )
 
 

@@ -35,6 +35,7 @@ from experiments.tuning.study import (
     fail_stale_trials,
     n_counted,
     open_study,
+    trial_value,
 )
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ def storage_for(run: StudyRun) -> optuna.storages.RDBStorage:
 TrialPruned = optuna.TrialPruned
 
 
-def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric: str, tracker: Any,
-                   **train_kwargs: Any) -> list[float]:
+def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric: str, tracker: Any, *,
+                   prune: bool = True, **train_kwargs: Any) -> list[float]:
     """``val_<metric>`` of ``folds`` stratified folds of the train split, each trained on the others.
 
     Pruning sees the running mean: after epoch ``e`` of fold ``k`` it gets the mean of the finished folds
@@ -124,8 +125,8 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
                 raise TrialPruned(f"pruned in fold {k + 1}/{folds}, epoch {epoch}: running mean val_{metric} = "
                                   f"{running:.4f}")
 
-        result = train(cfg, NullTracker(), data=fold_data, epoch_callback=report, verbose=0, log_model=False,
-                       **train_kwargs)
+        result = train(cfg, NullTracker(), data=fold_data, epoch_callback=report if prune else None, verbose=0,
+                       log_model=False, **train_kwargs)
         scores.append(float(result.val_metrics[metric]))
         accuracies.append(float(result.val_metrics["accuracy"]) * len(held))
         best_epochs.append(int(result.best_epoch))
@@ -186,7 +187,7 @@ class TrialWorker:
             self._data_key = key
         return self._data
 
-    def objective(self, trial: optuna.Trial) -> float:
+    def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         """Train the trial's config; report the per-epoch metric for pruning; return the val metric.
 
         A tracking server that cannot be reached fails the trial with a one-line ``ConfigError``.
@@ -200,7 +201,7 @@ class TrialWorker:
             self._claimed = False
             self.claim.release()
 
-    def _objective(self, trial: optuna.Trial) -> float:
+    def _objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         import keras
 
         self._release_claim()  # the trial is RUNNING now: the other workers count it
@@ -220,7 +221,8 @@ class TrialWorker:
                                 parent_run_id=self.run.parent_run_id, tags=tags,
                                 killed_on=(optuna.TrialPruned,))
 
-        report = pruning_callback(trial, metric)
+        multi = tune.study.speed_objective  # Optuna cannot prune multi-objective trials
+        report = None if multi else pruning_callback(trial, metric)
         state = "FAIL"
         with tracker:
             trial.set_user_attr(ATTR_TRIAL_RUN, tracker.run_id)
@@ -229,7 +231,7 @@ class TrialWorker:
             folds = tune.study.folds_for(len(data.val))
             try:
                 if folds:
-                    cv = cross_validate(cfg, data, folds, trial, metric, tracker, **lookups)
+                    cv = cross_validate(cfg, data, folds, trial, metric, tracker, prune=not multi, **lookups)
                     trial.set_user_attr("cv_scores", [round(v, 6) for v in cv])
                     report = None  # the whole-train fit below only gives the model; pruning saw the folds
                 result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False, **lookups)
@@ -256,7 +258,7 @@ class TrialWorker:
         trial.set_user_attr(ATTR_SPEED, round(speed, 3))  # the Pareto front of metric and speed (report)
         if result.model_uri:
             trial.set_user_attr("model_uri", result.model_uri)
-        return value
+        return (value, speed) if multi else value
 
     def _should_log_model(self, value: float) -> bool:
         """Log a trial's model when ``log_models`` is ``all``; for ``top_k`` when it ranks among the
@@ -268,8 +270,8 @@ class TrialWorker:
         study_cfg = self.run.tune.study
         if study_cfg.log_models == "all":
             return True
-        values = sorted((t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                         if t.value is not None), reverse=True)
+        values = sorted((v for v in (trial_value(t) for t in self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))) if v is not None), reverse=True)
         if study_cfg.log_models == "top_k":
             return len(values) < study_cfg.keep_models or value > values[study_cfg.keep_models - 1]
         return not values or value > values[0]

@@ -25,6 +25,8 @@ def save_plots(study: optuna.Study, parent: Any, metric: str) -> tuple[list[str]
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     target_name = f"val {metric}"
+    multi = len(study.directions) > 1  # a speed objective: the plots follow the metric, plus the Pareto front
+    target = (lambda t: t.values[0]) if multi else None
     logged, notes = [], []
     if not complete:
         return [], ["no COMPLETE trial yet: no optimisation plots"]
@@ -37,13 +39,16 @@ def save_plots(study: optuna.Study, parent: Any, metric: str) -> tuple[list[str]
         if not varying:
             raise ValueError("parameter importances need a parameter that varies across the COMPLETE trials "
                              "(and is set in all of them); none does yet")
-        return ovm.plot_param_importances(study, params=varying, target_name=target_name)
+        return ovm.plot_param_importances(study, params=varying, target=target, target_name=target_name)
 
     makers: dict[str, Callable[[], Any]] = {
-        "optimization_history": lambda: ovm.plot_optimization_history(study, target_name=target_name),
+        "optimization_history": lambda: ovm.plot_optimization_history(study, target=target,
+                                                                      target_name=target_name),
         "param_importances": importances,
-        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target_name=target_name),
+        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=target_name),
     }
+    if multi:
+        makers["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=[target_name, "images/s"])
     for name, make in makers.items():
         try:
             with quiet_optuna_warnings(), warnings.catch_warnings():

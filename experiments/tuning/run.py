@@ -48,6 +48,7 @@ from experiments.tuning.study import (
     n_counted,
     open_study,
     state_counts,
+    trial_value,
 )
 from experiments.tuning.workers import route_optuna_logging, run_workers
 from pipelines.classes import ClassSet
@@ -319,7 +320,7 @@ def _finish(study: optuna.Study, tune: TuneConfig, parent: Any, tracking_uri: st
             study.set_user_attr("best_run_id", best_run)
         parent.set_tags({"best.trial_number": best.number, "best.run_id": best_run or "",
                          **{f"best.{k}": v for k, v in best.params.items()}})
-        parent.log_metrics({f"best_val_{cfg.metric}": float(best.value), "n_complete": counts.get("COMPLETE", 0),
+        parent.log_metrics({f"best_val_{cfg.metric}": float(trial_value(best)), "n_complete": counts.get("COMPLETE", 0),
                             "n_pruned": counts.get("PRUNED", 0), "n_fail": counts.get("FAIL", 0)},
                            step=len(study.get_trials(deepcopy=False)))
         model_uri = best.user_attrs.get("model_uri")
@@ -327,7 +328,7 @@ def _finish(study: optuna.Study, tune: TuneConfig, parent: Any, tracking_uri: st
             registered = register_champion(
                 model_uri, study.study_name, alias=cfg.model_alias, run_id=best_run, tracking_uri=tracking_uri,
                 tags={"optuna.study": study.study_name, "optuna.trial_number": best.number,
-                      f"val_{cfg.metric}": f"{best.value:.6f}"})
+                      f"val_{cfg.metric}": f"{trial_value(best):.6f}"})
             parent.set_tags({"best.registered_model": registered})
         elif cfg.register_model:
             notes.append(f"best trial {best.number} has no logged model; nothing registered")
@@ -342,7 +343,8 @@ def _finish(study: optuna.Study, tune: TuneConfig, parent: Any, tracking_uri: st
         parent_run_id=parent.run_id, experiment_id=str(parent.experiment_id), counts=counts,
         trials_this_run=len(study.get_trials(deepcopy=False, states=tuple(
             s for s in TrialState if s != TrialState.WAITING))) - trials_before, stale_failed=tuple(stale),
-        best_number=None if best is None else best.number, best_value=None if best is None else float(best.value),
+        best_number=None if best is None else best.number,
+        best_value=None if best is None else float(trial_value(best)),
         best_params={} if best is None else dict(best.params), best_run_id=best_run, registered=registered,
         plots=tuple(plots), notes=tuple(notes), seconds=seconds,
     )

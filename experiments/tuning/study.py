@@ -59,9 +59,15 @@ def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create
     exists = cfg.name in {s.study_name for s in storage.get_all_studies()}
     if not exists and not create:
         raise ConfigError(f"study {cfg.name!r} not found in {storage_url_of(storage)}; run galaxy10 tune first")
+    if exists:
+        study_id = storage.get_study_id_from_name(cfg.name)
+        if len(storage.get_study_directions(study_id)) != len(cfg.directions):
+            raise ConfigError(f"study {cfg.name!r} was created with {len(storage.get_study_directions(study_id))} "
+                              f"objective(s), this config asks for {len(cfg.directions)} (study.speed_objective); "
+                              "pass a new --study name or set study.speed_objective back")
     with quiet_optuna_warnings():
         study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner,
-                                    direction=cfg.direction, load_if_exists=True)
+                                    directions=cfg.directions, load_if_exists=True)
     wanted = space_hash(tune.space)
     attrs = study.user_attrs
     check_study_data(study, data)
@@ -142,15 +148,31 @@ def trial_accuracy(trial: FrozenTrial) -> tuple[float, int] | None:
     return float(acc), int(n)
 
 
+def trial_value(trial: FrozenTrial) -> float | None:
+    """A trial's value of the study's metric (its first objective; a speed objective comes second)."""
+    values = trial.values
+    return None if not values else float(values[0])
+
+
+def maximizes(study: optuna.Study) -> bool:
+    """Whether the study's metric (its first objective) is maximised."""
+    return study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+
+
+def is_multi_objective(study: optuna.Study) -> bool:
+    """Whether the study optimises inference speed too (``study.speed_objective``)."""
+    return len(study.directions) > 1
+
+
 def guarded_best(trials: Sequence[FrozenTrial], metric: str, *, maximize: bool = True) -> FrozenTrial | None:
     """The best COMPLETE trial by ``metric`` among those that keep their accuracy: a trial whose
     (cross-validated) accuracy trails the most accurate trial's by more than the standard error of the
     difference is passed over (the study-level accuracy guard; with ``metric: accuracy`` it is the plain
     best). Ties go to the earlier trial."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and trial_value(t) is not None]
     if not complete:
         return None
-    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
+    complete.sort(key=lambda t: (-trial_value(t) if maximize else trial_value(t), t.number))
     if metric == "accuracy":
         return complete[0]
     scored = [(t, trial_accuracy(t)) for t in complete]
@@ -171,8 +193,7 @@ def guarded_best(trials: Sequence[FrozenTrial], metric: str, *, maximize: bool =
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The study's best COMPLETE trial under the accuracy guard (:func:`guarded_best`), or ``None``."""
     metric = str(study.user_attrs.get(ATTR_METRIC, "accuracy"))
-    return guarded_best(study.get_trials(deepcopy=False), metric,
-                        maximize=study.direction.name == "MAXIMIZE")
+    return guarded_best(study.get_trials(deepcopy=False), metric, maximize=maximizes(study))
 
 
 @dataclass(frozen=True)
@@ -195,8 +216,8 @@ def list_studies(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        complete = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        best = (max(complete) if s.direction == optuna.study.StudyDirection.MAXIMIZE else min(complete)) \
+        complete = [v for v in (trial_value(t) for t in trials if t.state == TrialState.COMPLETE) if v is not None]
+        best = (max(complete) if s.directions[0] == optuna.study.StudyDirection.MAXIMIZE else min(complete)) \
             if complete else None
         starts = [t.datetime_start for t in trials if t.datetime_start is not None]
         out.append(StudySummary(
@@ -236,8 +257,8 @@ class ParetoPoint:
 def pareto_front(trials: Sequence[FrozenTrial]) -> list[ParetoPoint]:
     """Every COMPLETE trial that measured its speed, marked whether it is on the Pareto front of
     (metric, images/s): no other trial is at least as good on both and better on one. Sorted by speed."""
-    points = [(t.number, float(t.value), float(t.user_attrs[ATTR_SPEED]), t.user_attrs.get(ATTR_TRIAL_RUN))
-              for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+    points = [(t.number, trial_value(t), float(t.user_attrs[ATTR_SPEED]), t.user_attrs.get(ATTR_TRIAL_RUN))
+              for t in trials if t.state == TrialState.COMPLETE and trial_value(t) is not None
               and t.user_attrs.get(ATTR_SPEED) is not None]
 
     def dominated(v: float, s: float) -> bool:
