@@ -292,3 +292,5 @@ def test_ensembles_draw_candidates_across_backbones(tmp_path_factory: pytest.Tem
             # the candidate's temperature travels with its model (the catalog calibrates with it)
             logged = MlflowClient(study.tracking_uri).get_run(report.child_run_ids[name]).data.metrics["temperature"]
             assert predictor.card.temperature == pytest.approx(logged, rel=1e-5)
+            # out-of-distribution scores of an ensemble use its first member CNN's embedding
+            assert predictor.can_embed and predictor.embed(images).shape[0] == 2

@@ -236,10 +236,35 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
             if side is not None and images.shape[1:3] != (side, side):
                 images = prepare_images(images, size=side, crop=None)  # square crop + resize only
             return np.asarray(pyfunc.predict(images))
+
+        return Predictor(card=card, predict_fn=predict_fn, embed_fn=_ensemble_embedding(pyfunc))
     else:
         raise ModelError(f"model {loaded.uri} has flavour {loaded.kind!r}; galaxy10 predicts with "
                          "Keras models logged by `galaxy10 train` or pyfunc ensembles")
     return Predictor(card=card, predict_fn=predict_fn)
+
+
+def _ensemble_embedding(pyfunc: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The embedding of a galaxy10 ensemble's first member CNN (its best trial's), or None for other pyfuncs.
+
+    Out-of-distribution scores need one embedding; the first branch's CNN is the one every candidate holds.
+    """
+    try:
+        ensemble = pyfunc.unwrap_python_model().ensemble
+        branch = ensemble.branches[0]
+    except (AttributeError, IndexError, TypeError):
+        return None
+    dual: list[Any] = []
+
+    def embed_fn(images: np.ndarray) -> np.ndarray:
+        from ensembles.embeddings import dual_output_model, embed_images
+
+        if not dual:
+            dual.append(dual_output_model(branch.cnn))
+        crops = prepare_images(images, size=int(branch.size), crop=int(branch.crop))
+        return embed_images(dual[0], crops, input_size=int(branch.crop), progress=False)[0]
+
+    return embed_fn
 
 
 def pyfunc_input_side(pyfunc: Any) -> int | None:
