@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ood", choices=("auto", "on", "off"), default="auto",
                         help="out-of-distribution scores and flags, calibrated on the model's validation split so "
                              "about 1%% of in-distribution images are flagged: on, off, or auto (on when the "
-                             "model is a CNN and its training file is here; default)")
+                             "model is a CNN or a galaxy10 ensemble and its training file is here; default)")
     parser.add_argument("--ood-data", default=None, metavar="FILE.h5",
                         help="the file the model was trained on, where its run's data.path is not on this machine")
     parser.add_argument("--flag-uncertain", type=int, default=None, metavar="N",
