@@ -1,7 +1,7 @@
 """Wall-clock budgets: ``--budget 1h`` plans a study's folds and trials (and the ensemble's mode) to fit.
 
 The plan rests on measured speed, not guesses: :func:`measure_epoch_seconds` trains a configuration for
-two short epochs on a slice of the training split on this machine and scales the second (warm) epoch to
+three short epochs on a slice of the training split on this machine and scales the faster warm epoch to
 the whole split. A study's cost is then arithmetic (:func:`plan_study`): every fit runs at most its
 configured epochs; a cross-validated trial fits K folds on (K-1)/K of the images and once more on all
 of them.
@@ -46,14 +46,19 @@ def parse_duration(text: str, *, option: str = "--budget") -> float:
     return seconds
 
 
+#: Epochs of a speed probe: the first is cold (tracing); the faster of the others is the warm epoch.
+PROBE_EPOCHS = 3
+
+
 def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[float, float]:
     """``(seconds per epoch, seconds per fit besides its epochs)`` of ``cfg`` on the whole training split
     of ``data``, on this machine.
 
-    Trains two epochs on at most :data:`PROBE_IMAGES` training images, validation on at most a quarter of
-    that, no early stopping, nothing logged; the second (warm) epoch's time is scaled by the share of
-    images; what the first epoch and the set-up took beyond a warm epoch (building the model, tracing
-    the graph, the final evaluation) is the per-fit overhead.
+    Trains three epochs on at most :data:`PROBE_IMAGES` training images, validation on at most a quarter of
+    that, no early stopping, nothing logged; the faster of the two warm epochs (one warm epoch alone was
+    off by up to 2x when the machine hiccupped, and a plan built on it cut the tuned trials' epochs) is
+    scaled by the share of images; what the first epoch and the set-up took beyond a warm epoch (building
+    the model, tracing the graph, the final evaluation) is the per-fit overhead.
     """
     import keras
 
@@ -64,7 +69,7 @@ def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[flo
     sub_train = np.sort(rng.choice(data.train, size=min(n_train, PROBE_IMAGES), replace=False))
     n_val = max(1, min(len(data.val), PROBE_IMAGES // 4))
     sub_val = np.asarray(data.val[:n_val])
-    probe = replace(cfg, train=replace(cfg.train, epochs=2, patience=None, freeze_epochs=0),
+    probe = replace(cfg, train=replace(cfg.train, epochs=PROBE_EPOCHS, patience=None, freeze_epochs=0),
                     augment=replace(cfg.augment, auto_warmup_epochs=0, targets=None, tta=False))
     stamps: list[float] = []
     started = time.perf_counter()
@@ -72,9 +77,9 @@ def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[flo
           epoch_callback=lambda epoch, metrics: stamps.append(time.perf_counter()), **(lookups or {}))
     ended = time.perf_counter()
     keras.backend.clear_session()
-    warm = stamps[1] - stamps[0]
+    warm = min(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     seconds = warm * (n_train + len(data.val) / 4) / (len(sub_train) + n_val / 4)
-    overhead = max(0.0, (ended - started) - 2 * warm) * (TTA_VIEWS if cfg.augment.tta else 1) ** 0.5
+    overhead = max(0.0, (ended - started) - PROBE_EPOCHS * warm) * (TTA_VIEWS if cfg.augment.tta else 1) ** 0.5
     log.info("speed probe: %s at %d px, %.2f s per epoch of %d training images, %.1f s per fit besides",
              cfg.model.name, cfg.data.crop, seconds, n_train, overhead)
     return seconds, overhead
