@@ -369,3 +369,23 @@ def test_fits_output_holds_the_same_rows(survey: dict[str, Path], tmp_path: Path
         assert np.isnan(np.asarray(data["p_round_smooth"])[df["error"].notna().to_numpy()]).all()
         assert list(data["error"][df["error"].notna().to_numpy()]) == df["error"].dropna().tolist()
         assert header["MODELURI"] == "models:/fake@champion"
+
+
+def test_with_embedding_adds_each_rows_embedding(survey: dict[str, Path], tmp_path: Path) -> None:
+    from catalog_fakes import colour_embedding
+
+    from experiments.catalog.columns import catalog_schema
+
+    out = tmp_path / "cat.parquet"
+    inputs = plan_catalog_inputs([str(survey["h5"]), str(survey["folder"])])
+    run_catalog(inputs, fake_predictor(with_embedding=True), out, chunk_size=5, with_embedding=True)
+    table = pq.read_table(out)
+    assert table.schema.remove_metadata() == catalog_schema(CLASSES, embedding=True)
+    df = table.to_pandas()
+    good = df["error"].isna().to_numpy()
+    emb = np.stack(df["embedding"][good].to_numpy())
+    expected = np.concatenate([colour_embedding(img[None]) for img in _images(survey, df[good])])
+    np.testing.assert_allclose(emb, expected, rtol=1e-6)
+    assert df["embedding"][~good].isna().all()
+    with pytest.raises(DataError, match="gives no embeddings"):
+        run_catalog(inputs, fake_predictor(), tmp_path / "x.parquet", with_embedding=True)

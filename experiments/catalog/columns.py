@@ -21,8 +21,8 @@ def probability_columns(class_names: Sequence[str]) -> list[str]:
     return out
 
 
-def catalog_schema(class_names: Sequence[str]) -> pa.Schema:
-    """Row number, identity, position, prediction, probabilities, uncertainty, error."""
+def catalog_schema(class_names: Sequence[str], *, embedding: bool = False) -> pa.Schema:
+    """Row number, identity, position, prediction, probabilities, uncertainty, error (and the embedding)."""
     fields = [
         pa.field("row", pa.int64(), nullable=False),
         pa.field("id", pa.string()),
@@ -41,6 +41,8 @@ def catalog_schema(class_names: Sequence[str]) -> pa.Schema:
         pa.field("ood_flag", pa.bool_()),
         pa.field("error", pa.string()),
     ]
+    if embedding:
+        fields.append(pa.field("embedding", pa.list_(pa.float32())))
     return pa.schema(fields)
 
 

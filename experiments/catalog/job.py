@@ -122,12 +122,14 @@ def _decode_file(path: str) -> tuple[np.ndarray | None, str | None]:
 
 
 def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, str | None]], batch_size: int,
-                   n_classes: int, ood: OODDetector | None = None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
-    """Mean probabilities ``(n, C)`` (NaN for errors), view disagreement ``(n,)``, the number of views and the
-    out-of-distribution scores ``(n,)`` (NaN without a detector)."""
+                   n_classes: int, ood: OODDetector | None = None,
+                   with_embedding: bool = False) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, list | None]:
+    """Mean probabilities ``(n, C)`` (NaN for errors), view disagreement ``(n,)``, the number of views, the
+    out-of-distribution scores ``(n,)`` (NaN without a detector) and, if asked, each row's embedding."""
     probs = np.full((len(decoded), n_classes), np.nan, dtype=np.float32)
     disagreement = np.full(len(decoded), np.nan, dtype=np.float64)
     scores = np.full(len(decoded), np.nan, dtype=np.float64)
+    embeddings: list | None = [None] * len(decoded) if with_embedding else None
     n_views = 0
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, (image, _) in enumerate(decoded):
@@ -141,14 +143,20 @@ def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, st
             probs[idx] = predictor.calibrate(mean_of_views(views))
             disagreement[idx] = view_disagreement(views)
             n_views = len(views)
-            if ood is not None:
-                scores[idx] = ood.score(predictor.embed(batch))
-    return probs, disagreement, n_views, scores
+            if ood is not None or embeddings is not None:
+                emb = predictor.embed(batch)
+                if ood is not None:
+                    scores[idx] = ood.score(emb)
+                if embeddings is not None:
+                    for i, row in zip(idx, emb, strict=True):
+                        embeddings[i] = row.astype(np.float32)
+    return probs, disagreement, n_views, scores, embeddings
 
 
 def _chunk_table(refs: Sequence[RowRef], decoded: Sequence[tuple[np.ndarray | None, str | None]],
                  probs: np.ndarray, disagreement: np.ndarray, n_views: int, scores: np.ndarray,
-                 ood: OODDetector | None, class_names: Sequence[str], schema: pa.Schema) -> pa.Table:
+                 ood: OODDetector | None, class_names: Sequence[str], schema: pa.Schema,
+                 embeddings: list | None = None) -> pa.Table:
     ok = ~np.isnan(probs).any(axis=1)
     top = np.where(ok, np.nan_to_num(probs).argmax(axis=1), -1)
     cols: dict[str, Any] = {
@@ -173,6 +181,8 @@ def _chunk_table(refs: Sequence[RowRef], decoded: Sequence[tuple[np.ndarray | No
     flags = scores > (ood.threshold if ood is not None else np.inf)
     cols["ood_flag"] = pa.array(flags, mask=no_score, type=pa.bool_())
     cols["error"] = [err for _, err in decoded]
+    if embeddings is not None:
+        cols["embedding"] = embeddings
     return pa.Table.from_pydict(cols, schema=schema)
 
 
@@ -221,7 +231,7 @@ def _maybe_die(written: int) -> None:
 
 def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, chunk_size: int = DEFAULT_CHUNK,
                 workers: int = 1, batch_size: int = DEFAULT_BATCH, restart: bool = False,
-                ood: OODDetector | Callable[[], OODDetector] | None = None,
+                ood: OODDetector | Callable[[], OODDetector] | None = None, with_embedding: bool = False,
                 extra_metadata: dict[str, Any] | None = None) -> CatalogResult:
     """Predict every row of ``inputs`` with ``predictor`` and write the Parquet catalog ``out``.
 
@@ -240,14 +250,19 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
     ood : OODDetector, or a function that fits one, or None
         Out-of-distribution scores and flags. A function is called only when the job has no detector yet;
         the fitted detector is kept with the parts, so a resumed job scores with the same one.
+    with_embedding : bool
+        Add each row's CNN embedding (``embedding``, a list of float32), for similarity search or clustering.
     """
     out = Path(out)
     card = predictor.card
     class_names = list(card.class_names)
-    schema = catalog_schema(class_names)
+    if with_embedding and not predictor.can_embed:
+        raise DataError(f"model {card.uri} gives no embeddings; drop --with-embedding or use a CNN or a galaxy10 "
+                        "ensemble")
+    schema = catalog_schema(class_names, embedding=with_embedding)
     manifest = {"inputs": inputs.fingerprint(), "model": card.uri, "model_version": card.version,
                 "chunk_size": int(chunk_size), "n_rows": inputs.n_rows, "class_names": class_names,
-                "schema_version": SCHEMA_VERSION, "ood": ood is not None}
+                "schema_version": SCHEMA_VERSION, "ood": ood is not None, "embedding": with_embedding}
     folder = parts_dir(out)
     _check_manifest(folder, manifest, restart)
     folder.mkdir(parents=True, exist_ok=True)
@@ -274,10 +289,10 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
             for i, k in enumerate(todo):
                 refs, decoded = pending.result()
                 pending = prefetch.submit(load, todo[i + 1]) if i + 1 < len(todo) else None  # decode ahead
-                probs, disagreement, n_views, scores = _predict_chunk(predictor, decoded, batch_size,
-                                                                      len(class_names), detector)
+                probs, disagreement, n_views, scores, embeddings = _predict_chunk(
+                    predictor, decoded, batch_size, len(class_names), detector, with_embedding)
                 table = _chunk_table(refs, decoded, probs, disagreement, n_views, scores, detector, class_names,
-                                     schema)
+                                     schema, embeddings)
                 with atomic_path(_part(folder, k)) as tmp:
                     pq.write_table(table, tmp)
                     _maybe_die(written)  # the test hook dies here, holding an unfinished temporary part

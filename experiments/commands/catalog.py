@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Spark master for --engine spark: local[*] (default) or a cluster's master URL")
     parser.add_argument("--spark-partitions", type=int, default=None, metavar="N",
                         help="partitions of the row table for --engine spark (default: Spark's)")
+    parser.add_argument("--with-embedding", action="store_true",
+                        help="add each image's CNN embedding (a list of floats) to the catalog, for similarity "
+                             "search or clustering (native engine)")
     parser.add_argument("--fits", action="store_true",
                         help="also write the catalog as a FITS binary table beside --out (<out>.fits; held in "
                              "memory while written)")
@@ -108,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
         if args.ood == "on" or args.ood_data is not None:
             raise ConfigError("--engine spark computes no out-of-distribution scores; use --engine native for them, "
                               "or --ood off")
-        if args.restart or args.workers is not None:
-            raise ConfigError("--restart and --workers belong to --engine native; Spark reruns a failed job and "
-                              "sets its own parallelism (--spark-partitions)")
+        if args.restart or args.workers is not None or args.with_embedding:
+            raise ConfigError("--restart, --workers and --with-embedding belong to --engine native; Spark reruns a "
+                              "failed job and sets its own parallelism (--spark-partitions)")
     elif args.spark_partitions is not None or args.spark_master != "local[*]":
         raise ConfigError("--spark-master and --spark-partitions belong to --engine spark; add --engine spark")
     if args.ood_data is not None and args.ood == "off":
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         ood = _ood_factory(args, predictor)
         workers = args.workers or min(8, os.cpu_count() or 1)
         result = run_catalog(inputs, predictor, out, chunk_size=args.chunk_size, workers=workers,
-                             batch_size=args.batch_size, restart=args.restart, ood=ood)
+                             batch_size=args.batch_size, restart=args.restart, ood=ood,
+                             with_embedding=args.with_embedding)
     if fits_out is not None:
         from experiments.catalog.fits import write_fits
 
