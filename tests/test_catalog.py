@@ -389,3 +389,9 @@ def test_with_embedding_adds_each_rows_embedding(survey: dict[str, Path], tmp_pa
     assert df["embedding"][~good].isna().all()
     with pytest.raises(DataError, match="gives no embeddings"):
         run_catalog(inputs, fake_predictor(), tmp_path / "x.parquet", with_embedding=True)
+    from astropy.io import fits
+
+    from experiments.catalog.fits import write_fits
+
+    with fits.open(write_fits(out, tmp_path / "cat.fits")) as hdus:
+        np.testing.assert_allclose(np.asarray(hdus["CATALOG"].data["embedding"])[good], emb, rtol=1e-6)

@@ -17,6 +17,7 @@ from pipelines.io import atomic_path
 
 def write_fits(parquet: str | Path, out: str | Path) -> Path:
     """Write the Parquet catalog ``parquet`` as the FITS file ``out`` (atomically)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from astropy.io import fits
@@ -31,6 +32,14 @@ def write_fits(parquet: str | Path, out: str | Path) -> Path:
             text = values.fillna("").astype(str).to_numpy()
             columns.append(MaskedColumn(text.astype(f"U{max(1, max((len(t) for t in text), default=1))}"),
                                         name=field.name))
+        elif pa.types.is_list(field.type):  # the embedding: a fixed-width vector column, NaN rows where null
+            rows = column.to_pylist()
+            width = max((len(r) for r in rows if r is not None), default=1)
+            data = np.full((len(rows), width), np.nan, dtype=np.float32)
+            for i, r in enumerate(rows):
+                if r is not None:
+                    data[i, :len(r)] = r
+            columns.append(MaskedColumn(data, name=field.name))
         elif field.type == "bool":
             mask = values.isna().to_numpy()
             columns.append(MaskedColumn(values.eq(True).to_numpy(dtype=bool), mask=mask, name=field.name))
