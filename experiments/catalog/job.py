@@ -35,13 +35,13 @@ from experiments.catalog.columns import (
     entropy,
     probability_columns,
     view_disagreement,
+    with_catalog_metadata,
 )
 from experiments.catalog.inputs import CatalogInputs, RowRef
 from experiments.catalog.ood import OODDetector
-from pipelines.errors import DataError, Galaxy10Error
+from pipelines.errors import DataError, Galaxy10Error, first_line
 from pipelines.images import decode_image
-from pipelines.io import atomic_path, remove_stale_temps, write_json_atomic
-from pipelines.outputs import OWNER_TAG
+from pipelines.io import atomic_path, write_json_atomic
 from pipelines.reader import Galaxy10File
 
 log = logging.getLogger(__name__)
@@ -109,16 +109,17 @@ class _Decoder:
             images = self._h5(source).images([refs[i].index for i in positions])
             for i, image in zip(positions, images, strict=True):
                 out[i] = (image, None)
-        for i, result in zip(files, self.pool.map(_decode_file, [refs[i].source for i in files]), strict=True):
+        for i, result in zip(files, self.pool.map(decode_file, [refs[i].source for i in files]), strict=True):
             out[i] = result
         return out
 
 
-def _decode_file(path: str) -> tuple[np.ndarray | None, str | None]:
+def decode_file(path: str) -> tuple[np.ndarray | None, str | None]:
+    """An image file's pixels, or ``(None, the first line of why it cannot be read)``: a row, not a crash."""
     try:
         return decode_image(path, path, fix="replace or remove the file"), None
     except (Galaxy10Error, OSError, ValueError) as err:
-        return None, str(err).splitlines()[0] if str(err) else type(err).__name__
+        return None, first_line(err)
 
 
 def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, str | None]], batch_size: int,
@@ -231,8 +232,8 @@ def _maybe_die(written: int) -> None:
 
 def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, chunk_size: int = DEFAULT_CHUNK,
                 workers: int = 1, batch_size: int = DEFAULT_BATCH, restart: bool = False,
-                ood: OODDetector | Callable[[], OODDetector] | None = None, with_embedding: bool = False,
-                extra_metadata: dict[str, Any] | None = None) -> CatalogResult:
+                ood: OODDetector | Callable[[], OODDetector] | None = None,
+                with_embedding: bool = False) -> CatalogResult:
     """Predict every row of ``inputs`` with ``predictor`` and write the Parquet catalog ``out``.
 
     Parameters
@@ -302,23 +303,16 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
         prefetch.shutdown(wait=True, cancel_futures=True)
         decoder.close()
     seconds = time.perf_counter() - started
-    extra = {**(extra_metadata or {}), "ood": detector.describe() if detector is not None else None}
-    n_errors = _merge(folder, n_chunks, out, schema, card, manifest, extra)
+    schema = with_catalog_metadata(schema, card, inputs_fingerprint=manifest["inputs"], n_rows=n, engine="native",
+                                   ood=detector.describe() if detector is not None else None)
+    n_errors = _merge(folder, n_chunks, out, schema)
     shutil.rmtree(folder)
     return CatalogResult(out=out, n_rows=n, n_errors=n_errors, resumed_rows=resumed, seconds=seconds)
 
 
-def _merge(folder: Path, n_chunks: int, out: Path, schema: pa.Schema, card: Any, manifest: dict,
-           extra: dict[str, Any]) -> int:
-    """Concatenate the parts in row order into ``out`` (atomically); return the number of error rows."""
-    meta = {"written_by": f"{OWNER_TAG} catalog", "schema_version": SCHEMA_VERSION,
-            "model_uri": card.uri, "model_name": card.name, "model_version": card.version,
-            "model_run_id": card.run_id, "model_synthetic": card.synthetic,
-            "model_data_fingerprint": card.data_fingerprint, "class_names": list(card.class_names),
-            "calibration": {"method": "temperature scaling", "temperature": card.temperature},
-            "inputs_fingerprint": manifest["inputs"], "n_rows": manifest["n_rows"], **extra}
-    schema = schema.with_metadata({b"galaxy10": json.dumps(meta).encode(), b"written_by": OWNER_TAG.encode()})
-    remove_stale_temps(out)
+def _merge(folder: Path, n_chunks: int, out: Path, schema: pa.Schema) -> int:
+    """Concatenate the parts in row order into ``out`` (atomically, with ``schema``'s metadata); return the
+    number of error rows."""
     n_errors = 0
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:

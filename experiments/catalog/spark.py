@@ -13,7 +13,6 @@ Out-of-distribution scores are not computed by this engine (the columns are null
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -29,13 +28,17 @@ import pyarrow.parquet as pq
 
 from augment.tta import N_VIEWS, dihedral_view, mean_of_views
 from ensembles.calibration import apply_temperature
-from experiments.catalog.columns import SCHEMA_VERSION, catalog_schema, entropy, probability_columns, view_disagreement
+from experiments.catalog.columns import (
+    catalog_schema,
+    entropy,
+    probability_columns,
+    view_disagreement,
+    with_catalog_metadata,
+)
 from experiments.catalog.inputs import CatalogInputs
-from experiments.catalog.job import CatalogResult
-from pipelines.errors import ConfigError, Galaxy10Error
-from pipelines.images import decode_image
+from experiments.catalog.job import CatalogResult, decode_file
+from pipelines.errors import ConfigError, Galaxy10Error, first_line
 from pipelines.io import atomic_path
-from pipelines.outputs import OWNER_TAG
 from pipelines.preprocess import prepare_images
 from pipelines.reader import Galaxy10File
 
@@ -67,10 +70,11 @@ def _prepare(batches: Iterator[pd.DataFrame], *, size: int, crop: int, n_views: 
                             files[source] = Galaxy10File(source)
                         image = files[source].images([int(index)])[0]
                     else:
-                        image = decode_image(source, source, fix="replace or remove the file")
-                    crops[i] = prepare_images(image[None], size=size, crop=crop)[0]
+                        image, errors[i] = decode_file(source)
+                    if image is not None:
+                        crops[i] = prepare_images(image[None], size=size, crop=crop)[0]
                 except (Galaxy10Error, OSError, ValueError) as err:
-                    errors[i] = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    errors[i] = first_line(err)
             out = df.copy()
             for j in range(n_views):
                 view = dihedral_view(crops, j).astype(np.float32).reshape(len(df), -1)
@@ -184,14 +188,8 @@ def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: s
         prepared = prepared.withColumn(f"p_view_{j}", model(f"view_{j}")).drop(f"view_{j}")
     finished = prepared.mapInPandas(functools.partial(_finish, class_names=names, n_views=n_views,
                                                       temperature=card.temperature), _spark_schema(names))
-    schema = catalog_schema(names)
-    meta = {"written_by": f"{OWNER_TAG} catalog (engine spark, {master})", "schema_version": SCHEMA_VERSION,
-            "model_uri": card.uri, "model_name": card.name, "model_version": card.version,
-            "model_run_id": card.run_id, "model_synthetic": card.synthetic,
-            "model_data_fingerprint": card.data_fingerprint, "class_names": names,
-            "calibration": {"method": "temperature scaling", "temperature": card.temperature},
-            "inputs_fingerprint": inputs.fingerprint(), "n_rows": inputs.n_rows, "ood": None, "engine": "spark"}
-    schema = schema.with_metadata({b"galaxy10": json.dumps(meta).encode(), b"written_by": OWNER_TAG.encode()})
+    schema = with_catalog_metadata(catalog_schema(names), card, inputs_fingerprint=inputs.fingerprint(),
+                                   n_rows=inputs.n_rows, engine="spark", ood=None, spark_master=master)
     n_errors = 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         batch: list[Any] = []
