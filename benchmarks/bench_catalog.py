@@ -60,22 +60,16 @@ def write_bed(path: Path, n: int, side: int, seed: int = 0) -> Path:
 
 def make_predictor(backbone: str, size: int, crop: int, tta: bool):  # noqa: ANN201 - a Predictor
     """A Predictor around a freshly built backbone (untrained: speed only), with the platform's preprocessing."""
-    from augment.tta import mean_of_views
-    from experiments.serving.predictor import ModelCard, Predictor, predict_views
+    from experiments.serving.predictor import ModelCard, keras_predictor
     from experiments.settings.run import load_config
     from models import build_model
     from pipelines.classes import GALAXY10
 
     cfg = load_config(None, [f"model.name={backbone}"])
     model = build_model(cfg.model, input_size=crop, num_classes=10, precision="auto")
-    meta = {"size": size, "crop": crop, "tta": tta}
     card = ModelCard(uri=f"bench:{backbone}", kind="keras", size=size, crop=crop, class_names=GALAXY10.names,
                      synthetic=True)
-
-    def views_fn(images: np.ndarray) -> np.ndarray:
-        return predict_views((model, meta), images)
-
-    return Predictor(card=card, predict_fn=lambda im: mean_of_views(views_fn(im)), views_fn=views_fn)
+    return keras_predictor(card, (model, {"size": size, "crop": crop, "tta": tta}))
 
 
 def plain_loop(predictor, data: Path, batch: int) -> float:  # noqa: ANN001

@@ -209,26 +209,8 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
     meta = dict(loaded.meta or {})
     card = _card_from_meta(loaded.uri, loaded.kind, meta, loaded.info)
     if loaded.kind == "keras":
-        bundle = loaded.model
-
-        def views_fn(images: np.ndarray) -> np.ndarray:
-            return predict_views(bundle, images)
-
-        def predict_fn(images: np.ndarray) -> np.ndarray:
-            return mean_of_views(views_fn(images))
-
-        dual: list[Any] = []
-
-        def embed_fn(images: np.ndarray) -> np.ndarray:
-            from ensembles.embeddings import dual_output_model, embed_images
-
-            if not dual:
-                dual.append(dual_output_model(bundle[0]))
-            crops = prepare_images(images, size=card.size, crop=card.crop)
-            return embed_images(dual[0], crops, input_size=card.crop, progress=False)[0]
-
-        return Predictor(card=card, predict_fn=predict_fn, views_fn=views_fn, embed_fn=embed_fn)
-    elif loaded.kind == "pyfunc":
+        return keras_predictor(card, loaded.model)
+    if loaded.kind == "pyfunc":
         pyfunc = loaded.model
         side = pyfunc_input_side(pyfunc)
 
@@ -238,10 +220,37 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
             return np.asarray(pyfunc.predict(images))
 
         return Predictor(card=card, predict_fn=predict_fn, embed_fn=_ensemble_embedding(pyfunc))
-    else:
-        raise ModelError(f"model {loaded.uri} has flavour {loaded.kind!r}; galaxy10 predicts with "
-                         "Keras models logged by `galaxy10 train` or pyfunc ensembles")
-    return Predictor(card=card, predict_fn=predict_fn)
+    raise ModelError(f"model {loaded.uri} has flavour {loaded.kind!r}; galaxy10 predicts with "
+                     "Keras models logged by `galaxy10 train` or pyfunc ensembles")
+
+
+def keras_predictor(card: ModelCard, bundle: ModelBundle | tuple[Any, Mapping[str, Any]]) -> Predictor:
+    """The Predictor of a Keras CNN and its metadata: test-time views, their mean, the embedding."""
+
+    def views_fn(images: np.ndarray) -> np.ndarray:
+        return predict_views(bundle, images)
+
+    def predict_fn(images: np.ndarray) -> np.ndarray:
+        return mean_of_views(views_fn(images))
+
+    return Predictor(card=card, predict_fn=predict_fn, views_fn=views_fn,
+                     embed_fn=cnn_embedding(bundle[0], card.size, card.crop))
+
+
+def cnn_embedding(cnn: Any, size: int, crop: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``images -> (N, D)`` embeddings of a CNN (its ``embedding`` layer) on the model's own preprocessing;
+    the embedding sub-model is built on first use."""
+    dual: list[Any] = []
+
+    def embed_fn(images: np.ndarray) -> np.ndarray:
+        from ensembles.embeddings import dual_output_model, embed_images
+
+        if not dual:
+            dual.append(dual_output_model(cnn))
+        crops = prepare_images(images, size=size, crop=crop)
+        return embed_images(dual[0], crops, input_size=crop, progress=False)[0]
+
+    return embed_fn
 
 
 def _ensemble_embedding(pyfunc: Any) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -250,21 +259,10 @@ def _ensemble_embedding(pyfunc: Any) -> Callable[[np.ndarray], np.ndarray] | Non
     Out-of-distribution scores need one embedding; the first branch's CNN is the one every candidate holds.
     """
     try:
-        ensemble = pyfunc.unwrap_python_model().ensemble
-        branch = ensemble.branches[0]
+        branch = pyfunc.unwrap_python_model().ensemble.branches[0]
     except (AttributeError, IndexError, TypeError):
         return None
-    dual: list[Any] = []
-
-    def embed_fn(images: np.ndarray) -> np.ndarray:
-        from ensembles.embeddings import dual_output_model, embed_images
-
-        if not dual:
-            dual.append(dual_output_model(branch.cnn))
-        crops = prepare_images(images, size=int(branch.size), crop=int(branch.crop))
-        return embed_images(dual[0], crops, input_size=int(branch.crop), progress=False)[0]
-
-    return embed_fn
+    return cnn_embedding(branch.cnn, int(branch.size), int(branch.crop))
 
 
 def pyfunc_input_side(pyfunc: Any) -> int | None:
