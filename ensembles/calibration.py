@@ -83,3 +83,13 @@ def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> Relia
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
     """The ECE of :func:`reliability`."""
     return reliability(probs, y, n_bins).ece
+
+
+def calibration_metrics(probs: np.ndarray, y: np.ndarray, temperature: float | None = None) -> dict[str, float]:
+    """``temperature`` (fitted on ``probs``/``y`` when None) and the ECE before and after applying it:
+    ``{temperature, ece_val, ece_val_calibrated}``, as training runs and ensemble candidates log them."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    t = fit_temperature(probs, y) if temperature is None else float(temperature)
+    return {"temperature": t, "ece_val": expected_calibration_error(probs, y),
+            "ece_val_calibrated": expected_calibration_error(apply_temperature(probs, t), y)}

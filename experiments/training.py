@@ -33,7 +33,7 @@ import numpy as np
 
 from augment.targeting import auto_multipliers, multipliers_from_targets
 from augment.tta import tta_predict
-from ensembles.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from ensembles.calibration import calibration_metrics
 from experiments.evaluation import (
     class_recall,
     classification_metrics,
@@ -235,25 +235,17 @@ def predict_probs(model: Any, data: TrainData, indices: np.ndarray, *, crop: int
 
 
 def inference_images_per_second(model: Any, data: TrainData, *, crop: int, tta: bool = False,
-                                n_images: int = 256, batch_size: int = 256) -> float:
-    """Images per second of the model's forward pass (8 views with TTA) on this machine.
+                                n_images: int = 256) -> float:
+    """Images per second of :func:`predict_probs` (the forward pass, 8 views with TTA) on this machine.
 
     Timed on up to ``n_images`` validation crops after one warm-up call (graph tracing is not counted);
     what a catalog of already-decoded images costs per image, for choosing a model for a survey.
     """
-    from pipelines.inputs import cropped_array
-
     rows = np.asarray(data.val if len(data.val) else data.train)[:n_images]
-    crops = cropped_array(data.images, crop, rows).astype(np.float32)
-
-    def predict_fn(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
-
-    run = (lambda x: tta_predict(predict_fn, x, batch_size=batch_size)) if tta else predict_fn
-    run(crops[:8])
+    predict_probs(model, data, rows[:8], crop=crop, tta=tta)
     start = time.perf_counter()
-    run(crops)
-    return len(crops) / max(time.perf_counter() - start, 1e-9)
+    predict_probs(model, data, rows, crop=crop, tta=tta)
+    return len(rows) / max(time.perf_counter() - start, 1e-9)
 
 
 def evaluate(model: Any, data: TrainData, indices: np.ndarray, *, crop: int, tta: bool = False) -> dict[str, Any]:
@@ -397,11 +389,9 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
 
     val_probs = predict_probs(model, data, data.val, crop=cfg.data.crop, tta=cfg.augment.tta)
     val_metrics = classification_metrics(data.labels[data.val], val_probs, data.class_slugs)
-    y_val = np.asarray(data.labels[data.val], dtype=np.int64)
-    if temperature is None:  # temperature scaling fitted on the validation split (held out from training)
-        temperature = fit_temperature(val_probs, y_val)
-    calibration = {"temperature": temperature, "ece_val": expected_calibration_error(val_probs, y_val),
-                   "ece_val_calibrated": expected_calibration_error(apply_temperature(val_probs, temperature), y_val)}
+    # temperature scaling fitted on the validation split (held out from training), unless given
+    calibration = calibration_metrics(val_probs, data.labels[data.val], temperature)
+    temperature = calibration["temperature"]
     tracker.log_metrics({**prefixed(val_metrics, "val"), "best_epoch": fitted.best_epoch,
                          "epochs_run": fitted.epochs_run, "train_seconds": fitted.seconds, **calibration},
                         step=fitted.best_epoch)

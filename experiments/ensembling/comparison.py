@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from ensembles.calibration import calibration_metrics
 from ensembles.serving import save_ensemble
 from experiments.ensembling.candidates import build_candidates
 from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
@@ -138,15 +138,6 @@ def _example_image(data: Any) -> np.ndarray:
         return np.asarray(f.images(np.asarray(data.val[:1])))
 
 
-def _calibration(candidate: Candidate, y_val: np.ndarray) -> dict[str, float]:
-    """The candidate's temperature, fitted on its validation probabilities (out-of-fold where it was fit on
-    validation), and the validation ECE before and after (``ece_val*``: not ``val_*``, which the CNN runs share)."""
-    probs = np.asarray(candidate.val_probs, dtype=np.float64)
-    temperature = fit_temperature(probs, y_val)
-    return {"temperature": temperature, "ece_val": expected_calibration_error(probs, y_val),
-            "ece_val_calibrated": expected_calibration_error(apply_temperature(probs, temperature), y_val)}
-
-
 def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str, temperature: float) -> dict[str, Any]:
     first = candidate.model.branches[0]
     return {"temperature": round(float(temperature), 6), "size": int(first.size), "crop": int(first.crop),
@@ -254,7 +245,9 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                                tags=tags) as child:
                 child.log_params({"kind": cand.kind, "n_branches": len(cand.model.branches),
                                   **{k: str(v) for k, v in cand.params.items()}})
-                calibration = _calibration(cand, y_val)
+                # the candidate's temperature, fitted on its validation probabilities (out-of-fold where it was
+                # fit on validation); ece_val*, not val_*, which the CNN runs share
+                calibration = calibration_metrics(cand.val_probs, y_val)
                 child.log_metrics({**prefixed(metrics, "val"), **wide, "build_seconds": cand.seconds,
                                    **calibration})
                 child.log_text(per_class_csv(metrics, slugs, names), "per_class_metrics_val.csv")
