@@ -27,9 +27,8 @@ def write_fits(parquet: str | Path, out: str | Path) -> Path:
     meta = json.loads((table.schema.metadata or {}).get(b"galaxy10", b"{}"))
     columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
-        values = column.to_pandas()
         if field.type == "string":
-            text = values.fillna("").astype(str).to_numpy()
+            text = column.to_pandas().fillna("").astype(str).to_numpy()
             columns.append(MaskedColumn(text.astype(f"U{max(1, max((len(t) for t in text), default=1))}"),
                                         name=field.name))
         elif pa.types.is_list(field.type):  # the embedding: a fixed-width vector column, NaN rows where null
@@ -41,6 +40,7 @@ def write_fits(parquet: str | Path, out: str | Path) -> Path:
                     data[i, :len(r)] = r
             columns.append(MaskedColumn(data, name=field.name))
         elif field.type == "bool":
+            values = column.to_pandas()
             mask = values.isna().to_numpy()
             columns.append(MaskedColumn(values.eq(True).to_numpy(dtype=bool), mask=mask, name=field.name))
         else:
