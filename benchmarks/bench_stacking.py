@@ -58,8 +58,8 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
 
     from ensembles.crossfit import cv_predict_proba, cv_splits, make_folds
     from ensembles.embeddings import CNNEmbedder
+    from ensembles.ensemble_model import prior_corrected
     from ensembles.second_stage import full_proba, make_second_stage
-    from ensembles.serving import prior_corrected
     from ensembles.stacking import fit_meta, meta_features, meta_predict
     from experiments.tracking.base import NullTracker
     from experiments.training import train

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -59,19 +58,15 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def _use_tracking_uri(uri: str | None) -> None:
-    """Make ``--tracking-uri`` the one store of this command, for everything (runs, models, the registry).
-
-    MLflow resolves model URIs (``models:/...``, ``runs:/...``) through its process-wide default, so a
-    command given ``--tracking-uri`` sets that default once, here (and the environment, for worker
-    processes): nothing falls back to ``./mlflow.db`` or creates it. Library calls given an explicit
-    ``tracking_uri`` go through the same ``tracking.store.set_tracking_uri``, the only caller of MLflow's.
-    """
-    if not uri:
+def _use_tracking_uri(args: argparse.Namespace) -> None:
+    """Make the command's store (``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``) this
+    process's MLflow default: the one place a ``galaxy10`` process sets it (MLflow also exports it to the
+    environment, for worker processes). Library code passes URIs explicitly and never changes it."""
+    if not hasattr(args, "tracking_uri"):
         return
     from experiments.tracking.store import set_tracking_uri
 
-    os.environ["MLFLOW_TRACKING_URI"] = set_tracking_uri(uri)
+    set_tracking_uri(args.tracking_uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     try:
-        _use_tracking_uri(getattr(args, "tracking_uri", None))
+        _use_tracking_uri(args)
         return int(args.func(args) or 0)
     except Galaxy10Error as err:
         print(f"galaxy10: error: {err}", file=sys.stderr)

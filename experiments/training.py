@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -96,37 +96,47 @@ def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None
 # --------------------------------------------------------------------------------------------
 # Pieces of a run
 # --------------------------------------------------------------------------------------------
-def resolve_multipliers(cfg: RunConfig, data: TrainData,
-                        recall_lookup: RecallLookup | None = None) -> np.ndarray | None:
-    """Per-class oversampling multipliers from ``augment.targets`` (None = no targeting).
+def resolve_multipliers(cfg: RunConfig, data: TrainData, recall: TargetRecall | None = None) -> np.ndarray | None:
+    """Per-class oversampling multipliers from ``augment.targets`` (None = no targeting); trains nothing.
 
     Class keys are resolved against the data's own class set (Galaxy10's slugs on a Galaxy10 file,
-    the file's ``class_names`` slugs on an imported one). ``auto`` takes the per-class validation
-    recall of run ``augment.auto_from_run`` when set, else of a short warm-up training of this same
-    config without targeting (``augment.auto_warmup_epochs`` epochs on train, recall on validation);
+    the file's ``class_names`` slugs on an imported one). ``auto`` maps ``recall`` - the measured
+    per-class validation recall from :func:`auto_target_recall` - to multipliers;
     ``augment.auto_top_k`` limits the targeting to the weakest k classes.
     """
 
     targets = cfg.augment.targets
     if targets is None or (isinstance(targets, Mapping) and not targets):
         return None
-    if targets == AUTO_TARGETS:
-        if cfg.augment.auto_from_run:
-            if recall_lookup is None:
-                raise ConfigError("augment.targets=auto needs the validation recall of run "
-                                  f"{cfg.augment.auto_from_run}; run it through `galaxy10 train` (which reads MLflow)")
-            recall = np.asarray(recall_lookup(str(cfg.augment.auto_from_run), data.class_slugs), dtype=np.float64)
-            source = f"run {cfg.augment.auto_from_run}"
-        else:
-            recall = warmup_recall(cfg, data)
-            source = f"a {cfg.augment.auto_warmup_epochs}-epoch warm-up"
-        multipliers = auto_multipliers(recall, max_multiplier=cfg.augment.max_multiplier, classes=data.class_set,
-                                       top_k=cfg.augment.auto_top_k)
-        log.info("auto targets from %s (val recall %s): %s", source,
-                 ", ".join(f"{s}={r:.2f}" for s, r in zip(data.class_slugs, recall)),
-                 ", ".join(f"{s}={m:.2f}" for s, m in zip(data.class_slugs, multipliers) if m > 1) or "none")
-        return multipliers
-    return multipliers_from_targets(targets, data.class_set)
+    if targets != AUTO_TARGETS:
+        return multipliers_from_targets(targets, data.class_set)
+    if recall is None:
+        raise ConfigError("augment.targets=auto needs the classes' measured validation recall (a source run's via "
+                          "augment.auto_from_run, or a warm-up's); run it through `galaxy10 train`")
+    multipliers = auto_multipliers(recall.values, max_multiplier=cfg.augment.max_multiplier, classes=data.class_set,
+                                   top_k=cfg.augment.auto_top_k)
+    log.info("auto targets from %s (val recall %s): %s", recall.source,
+             ", ".join(f"{s}={r:.2f}" for s, r in zip(data.class_slugs, recall.values)),
+             ", ".join(f"{s}={m:.2f}" for s, m in zip(data.class_slugs, multipliers) if m > 1) or "none")
+    return multipliers
+
+
+class TargetRecall(NamedTuple):
+    """Per-class validation recall that ``augment.targets: auto`` targets from, and where it was measured."""
+
+    values: np.ndarray
+    source: str
+
+
+def auto_target_recall(cfg: RunConfig, data: TrainData, prepared: PreparedRun) -> TargetRecall | None:
+    """The recall ``augment.targets: auto`` targets from (None for any other targets): the source run's
+    (``augment.auto_from_run``, read by :func:`prepare_run`), else that of a short warm-up training of this
+    config without targeting (:func:`warmup_recall`: ``augment.auto_warmup_epochs`` epochs - a whole fit)."""
+    if cfg.augment.targets != AUTO_TARGETS:
+        return None
+    if prepared.source_recall is not None:
+        return TargetRecall(prepared.source_recall, f"run {cfg.augment.auto_from_run}")
+    return TargetRecall(warmup_recall(cfg, data), f"a {cfg.augment.auto_warmup_epochs}-epoch warm-up")
 
 
 def warmup_recall(cfg: RunConfig, data: TrainData) -> np.ndarray:
@@ -171,12 +181,6 @@ class PreparedRun:
     weights: Path | None = None
     start: tuple[Any, Mapping[str, Any], str] | None = None
     source_recall: np.ndarray | None = None
-
-    @property
-    def recall_lookup(self) -> RecallLookup | None:
-        """The source run's recall as a lookup (None without one)."""
-        recall = self.source_recall
-        return None if recall is None else (lambda run_id, slugs: recall)
 
 
 def prepare_run(cfg: RunConfig, data: TrainData, *, recall_lookup: RecallLookup | None = None,
@@ -359,7 +363,7 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
         log.info("training on %s", data.describe())
     if prepared is None:  # before anything is logged or built
         prepared = prepare_run(cfg, data, recall_lookup=recall_lookup, model_loader=model_loader)
-    multipliers = resolve_multipliers(cfg, data, prepared.recall_lookup)
+    multipliers = resolve_multipliers(cfg, data, auto_target_recall(cfg, data, prepared))
 
     tracker.log_params(flatten(cfg))
     tracker.set_tags({**data_tags(data), **git_commit(), **package_versions(),
@@ -434,4 +438,4 @@ def summary(result: TrainResult) -> dict[str, Any]:
 
 
 __all__ = ["TrainData", "TrainResult", "FitResult", "load_training_data", "fit", "train", "evaluate",
-           "predict_probs", "resolve_multipliers", "model_metadata", "summary"]
+           "predict_probs", "resolve_multipliers", "auto_target_recall", "TargetRecall", "model_metadata", "summary"]

@@ -217,7 +217,7 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, se
     import mlflow
     from PIL import Image
 
-    from ensembles.serving import Branch, EnsembleModel, load_ensemble, save_ensemble
+    from ensembles.ensemble_model import Branch, EnsembleModel, load_ensemble, save_ensemble
     from experiments.cli import main as cli_main
     from experiments.serving.predictor import load_predictor
     from experiments.serving.web import create_app

@@ -3,7 +3,9 @@ stacking, the embedding transformer and its cache, and the saved ensemble round 
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -416,7 +418,7 @@ def test_tta_embeddings_are_invariant_to_a_quarter_turn() -> None:
 
 def test_saved_ensemble_predicts_the_same_from_raw_images(tmp_path: Path) -> None:
     from ensembles.embeddings import CNNEmbedder
-    from ensembles.serving import Branch, EnsembleModel, load_ensemble, save_ensemble
+    from ensembles.ensemble_model import Branch, EnsembleModel, load_ensemble, save_ensemble
     from pipelines.classes import CLASS_NAMES, CLASS_SLUGS
     from pipelines.preprocess import prepare_images
 
@@ -463,6 +465,17 @@ def test_saved_ensemble_predicts_the_same_from_raw_images(tmp_path: Path) -> Non
     doc.pop("class_prior")
     (folder / "ensemble.json").write_text(json.dumps(doc))
     assert load_ensemble(folder).class_prior is None
+    # the model code of pyfunc ensembles logged before ensembles.serving became ensembles.ensemble_model
+    # imports the old name: it must still load and predict
+    from experiments.tracking.pyfunc import ENSEMBLE_MODEL_CODE
+
+    assert "from ensembles.ensemble_model import load_ensemble" in ENSEMBLE_MODEL_CODE
+    old_code = tmp_path / "old_galaxy10_ensemble_model.py"
+    old_code.write_text(ENSEMBLE_MODEL_CODE.replace("ensembles.ensemble_model", "ensembles.serving"))
+    namespace = runpy.run_path(str(old_code))
+    logged = namespace["Galaxy10Ensemble"]()
+    logged.load_context(SimpleNamespace(artifacts={"ensemble": str(folder2)}))
+    np.testing.assert_allclose(logged.predict(None, raw), got, rtol=1e-5, atol=1e-6)
 
 
 def test_second_stage_tuning_returns_valid_params_and_their_cv_score() -> None:

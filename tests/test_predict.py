@@ -437,3 +437,37 @@ def test_loading_name_at_alias_asks_the_registry_once(smoke_model, monkeypatch) 
     assert calls == ["get_model_version_by_alias"]
     assert len(infos) == 1 and not infos[0].startswith("models:/smoke-study")  # the version's own model URI
     assert predictor.card.name == "smoke-study" and predictor.card.version
+
+
+@pytest.mark.parametrize("process_store", [None, "sqlite:///{tmp}/process.db"])
+def test_library_calls_leave_the_process_store_alone(smoke_model, tmp_path: Path, monkeypatch,  # noqa: ANN001
+                                                     process_store: str | None) -> None:
+    """Issue 23: the process's MLflow store is set by its entry point only. Library calls given another store
+    (load a model, log one, register it, load it back by NAME@alias) use it and leave the default as it was."""
+    import mlflow
+
+    from experiments.serving.predictor import load_predictor
+    from experiments.tracking.loading import load_keras_model
+    from experiments.tracking.mlflow_tracker import MlflowTracker
+    from experiments.tracking.model_registry import register_champion
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with keep_mlflow_tracking_uri():
+        mlflow.set_tracking_uri(process_store and process_store.format(tmp=tmp_path))
+
+        def default() -> str | None:
+            return mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+
+        before = default()
+        bundle = load_keras_model(smoke_model.model_uri, tracking_uri=smoke_model.tracking_uri)
+        assert default() == before
+        side = f"sqlite:///{tmp_path / 'side.db'}"
+        with MlflowTracker("side", "copy", tracking_uri=side) as tracker:
+            model_uri = tracker.log_keras_model(bundle.model, meta=bundle.meta,
+                                                input_example=np.zeros((1, 32, 32, 3), np.float32))
+        assert default() == before
+        register_champion(model_uri, "side-copy", run_id=tracker.run_id, tracking_uri=side)
+        assert default() == before
+        predictor = load_predictor("side-copy@champion", tracking_uri=side)
+        assert default() == before and predictor.card.name == "side-copy"
+        assert not (tmp_path / "process.db").exists()  # nothing was written to the process's store

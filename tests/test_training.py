@@ -14,8 +14,10 @@ from experiments.settings.run import flatten, load_config
 from experiments.tracking.base import NullTracker
 from experiments.training import (
     TrainData,
+    auto_target_recall,
     evaluate,
     load_training_data,
+    prepare_run,
     resolve_multipliers,
     train,
 )
@@ -142,11 +144,15 @@ def test_resolve_multipliers(data):
     auto = load_config(None, ["augment.targets=auto", "augment.auto_from_run=abc", "augment.max_multiplier=3"])
     with pytest.raises(ConfigError, match="auto"):
         resolve_multipliers(auto, data)
+    with pytest.raises(ConfigError, match="auto"):
+        prepare_run(auto, data)  # no MLflow to read run abc's recall from
     recall = np.array([0.2, 0.8, 0.9, 0.9, 0.45, 0.9, 0.9, 0.9, 0.9, 0.9])
     asked = []
-    m = resolve_multipliers(auto, data, lambda run_id, slugs: asked.append(run_id) or recall)
-    assert asked == ["abc"]
-    np.testing.assert_allclose(m, np.clip(0.9 / recall, 1, 3))
+    prepared = prepare_run(auto, data, recall_lookup=lambda run_id, slugs: asked.append(run_id) or recall)
+    measured = auto_target_recall(auto, data, prepared)
+    assert asked == ["abc"] and measured.source == "run abc"
+    np.testing.assert_allclose(resolve_multipliers(auto, data, measured), np.clip(0.9 / recall, 1, 3))
+    assert auto_target_recall(cfg, data, prepared) is None  # fixed targets measure nothing
 
 
 def test_targets_use_the_data_class_set(data):
@@ -165,7 +171,8 @@ def test_targets_use_the_data_class_set(data):
     recall = np.array([0.9, 0.3, 0.6])
     auto = load_config(None, ["augment.targets=auto", "augment.auto_from_run=abc", "augment.max_multiplier=8",
                               "augment.auto_top_k=1"])
-    np.testing.assert_allclose(resolve_multipliers(auto, custom, lambda run_id, slugs: recall), [1.0, 3.0, 1.0])
+    measured = auto_target_recall(auto, custom, prepare_run(auto, custom, recall_lookup=lambda run_id, slugs: recall))
+    np.testing.assert_allclose(resolve_multipliers(auto, custom, measured), [1.0, 3.0, 1.0])
 
 
 def test_schedules_and_class_weights():
@@ -190,8 +197,14 @@ def test_auto_targets_from_a_warmup(data, monkeypatch: pytest.MonkeyPatch) -> No
     fits = []
     real_fit = tr.fit
     monkeypatch.setattr(tr, "fit", lambda model, d, c, **kw: fits.append(c) or real_fit(model, d, c, **kw))
-    m = resolve_multipliers(cfg, data)
+    with pytest.raises(ConfigError, match="auto"):
+        resolve_multipliers(cfg, data)  # mapping recall to multipliers trains nothing
+    assert fits == []
+    measured = auto_target_recall(cfg, data, prepare_run(cfg, data))
     assert len(fits) == 1 and fits[0].train.epochs == 1 and fits[0].augment.targets is None
+    assert measured.source == "a 1-epoch warm-up" and measured.values.shape == (10,)
+    m = resolve_multipliers(cfg, data, measured)
+    assert len(fits) == 1
     assert m.shape == (10,) and m.min() == 1.0 and 1.0 <= m.max() <= 5.0
 
 

@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from experiments.settings.run import load_config
     from experiments.tracking.lookups import training_lookups
     from experiments.tracking.mlflow_tracker import MlflowTracker
-    from experiments.tracking.store import set_tracking_uri
+    from experiments.tracking.store import resolve_tracking_uri
     from experiments.training import load_training_data, prepare_run, summary, train
 
     cfg = load_config(args.config, args.overrides)
-    uri = set_tracking_uri(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     # Everything that can fail on bad input is checked before the MLflow run is opened: the data, the
     # weights file, the start model (a mismatch leaves no run), the source run's recall.
     data = load_training_data(cfg.data, args.data, targets=cfg.augment.targets)  # targets: the file's classes

@@ -54,7 +54,7 @@ def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, t
                      crossfit_seconds=time.perf_counter() - start,
                      crossfit_records=[{"fold": r.number, "trained_on": len(r.trained_on), "embedded": len(r.embedded)}
                                        for r in cf.oof.records])
-    models = [load_model_bundle(m.model_uri).model for m in members.members]
+    models = [load_model_bundle(m.model_uri, tracking_uri=tracking_uri).model for m in members.members]
     probs = member_val_probs(ctx, models)
     best = members.best
     wide = cf is not None and cfg.oof_selection

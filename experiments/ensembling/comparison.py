@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ensembles.calibration import calibration_metrics
-from ensembles.serving import save_ensemble
+from ensembles.ensemble_model import save_ensemble
 from experiments.ensembling.candidates import build_candidates
 from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
 from experiments.ensembling.context import Candidate

@@ -13,11 +13,11 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from ensembles.embeddings import CNNEmbedder
+from ensembles.ensemble_model import Branch, EnsembleModel
 from ensembles.second_stage import (
     WEIGHTABLE,
     make_second_stage,
 )
-from ensembles.serving import Branch, EnsembleModel
 from experiments.ensembling.members import StudyMembers
 from experiments.evaluation import classification_metrics
 from experiments.settings.ensemble import EnsembleConfig, balanced_second_stages
@@ -47,7 +47,7 @@ class Candidate:
     members: list[str]
     val_probs: np.ndarray
     estimate: str
-    model: Any  # ensembles.serving.EnsembleModel
+    model: Any  # ensembles.ensemble_model.EnsembleModel
     params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     train_rows: np.ndarray | None = None

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from ensembles.crossfit import cv_predict_proba, cv_splits
+from ensembles.ensemble_model import prior_corrected
 from ensembles.second_stage import (
     full_proba,
 )
-from ensembles.serving import prior_corrected
 from ensembles.stacking import BlendMeta, fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
 from experiments.ensembling.context import (

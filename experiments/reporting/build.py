@@ -153,21 +153,21 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         probs_by_key: dict[str, np.ndarray] = {}
         log.info("scoring the best CNN (trial %d, %s) on %d test images", study.best_number, study.best_model_uri,
                  len(data.test))
-        probs_by_key["cnn"] = score_logged_model(study.best_model_uri, data.path, data.test)
+        probs_by_key["cnn"] = score_logged_model(study.best_model_uri, data.path, data.test, tracking_uri=uri)
         scored_by = "cross-validated" if study.best_cv_scores else "val"
         models.append(_scored("cnn", "Best CNN", f"study best trial {study.best_number} "
                               f"({scored_by} {study.metric} {study.best_value:.4f})", study.best_run_id,
                               study.best_model_uri, y_true, probs_by_key["cnn"], slugs))
         if study.refit_model_uri and study.refit_of_trial == study.best_number:
             log.info("scoring the refit of trial %d (%s) on the test split", study.best_number, study.refit_model_uri)
-            probs_by_key["refit"] = score_logged_model(study.refit_model_uri, data.path, data.test)
+            probs_by_key["refit"] = score_logged_model(study.refit_model_uri, data.path, data.test, tracking_uri=uri)
             models.append(_scored("refit", "Refit CNN (train + validation)",
                                   f"trial {study.best_number}'s configuration retrained on train + validation",
                                   study.refit_run_id, study.refit_model_uri, y_true, probs_by_key["refit"], slugs))
         ensemble = find_ensemble(study_name, uri)
         if ensemble.found and ensemble.model_uri:
             log.info("scoring the ensemble winner %s (%s) on the test split", ensemble.winner_name, ensemble.model_uri)
-            probs_by_key["ensemble"] = score_logged_model(ensemble.model_uri, data.path, data.test)
+            probs_by_key["ensemble"] = score_logged_model(ensemble.model_uri, data.path, data.test, tracking_uri=uri)
             models.append(_scored("ensemble", "Best ensemble", f"comparison winner {ensemble.winner_name}",
                                   ensemble.winner_run_id, ensemble.model_uri, y_true, probs_by_key["ensemble"], slugs))
         else:

@@ -37,11 +37,12 @@ def score_baseline_model(data: Any, cfg: Any) -> tuple[np.ndarray, dict[str, Any
     return y_pred, summary
 
 
-def score_logged_model(model_uri: str, data_path: Path, indices: np.ndarray) -> np.ndarray:
+def score_logged_model(model_uri: str, data_path: Path, indices: np.ndarray, *,
+                       tracking_uri: str | None = None) -> np.ndarray:
     """Test probabilities of a logged model (Keras CNN or pyfunc ensemble) from the raw file images,
     through the one :class:`experiments.serving.predictor.Predictor` that ``galaxy10 predict`` and the web page use."""
 
-    predictor = predictor_from_loaded(load_prediction_model(model_uri))
+    predictor = predictor_from_loaded(load_prediction_model(model_uri, tracking_uri=tracking_uri))
     probs = predict_file_rows(predictor, data_path, indices, desc="score on test")
     if probs.ndim != 2 or probs.shape[0] != len(indices):
         raise ModelError(f"model {model_uri} returned {probs.shape} for {len(indices)} images; "

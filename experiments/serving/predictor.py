@@ -18,11 +18,7 @@ from experiments.tracking.loading import (
     resolve_model_uri,
 )
 from experiments.tracking.model_registry import default_champion_uri
-from experiments.tracking.store import (
-    get_tracking_uri,
-    require_tracking_store,
-    set_tracking_uri,
-)
+from experiments.tracking.store import fluent_store, require_tracking_store
 from pipelines.errors import ConfigError, DataError, ModelError
 from pipelines.preprocess import prepare_images
 from pipelines.reader import Galaxy10File
@@ -187,21 +183,21 @@ def predict_file_rows(predictor: Predictor, data_path: str | Path, indices: Sequ
 
 
 def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -> Predictor:
-    """Load the model named by ``ref`` (default: the newest study's ``champion`` alias)."""
-    if tracking_uri:
-        set_tracking_uri(tracking_uri)
-    uri = None if ref is None else resolve_model_uri(ref)
-    if uri is None:
-        try:
-            require_tracking_store(get_tracking_uri())
-            uri = default_champion_uri()
-        except ConfigError:  # no tracking database yet: nothing is registered anywhere
-            uri = None
+    """Load the model named by ``ref`` (default: the newest study's ``champion`` alias) from the store
+    ``tracking_uri`` (None: the process's store)."""
+    with fluent_store(tracking_uri) as store:
+        uri = None if ref is None else resolve_model_uri(ref)
         if uri is None:
-            raise ModelError(f"no model given and no study has a registered 'champion' model at "
-                             f"{get_tracking_uri()}; {HOW_TO_TRAIN}")
-        log.info("using the newest study champion %s", uri)
-    return predictor_from_loaded(load_prediction_model(uri))
+            try:
+                require_tracking_store(store)
+                uri = default_champion_uri()
+            except ConfigError:  # no tracking database yet: nothing is registered anywhere
+                uri = None
+            if uri is None:
+                raise ModelError(f"no model given and no study has a registered 'champion' model at {store}; "
+                                 f"{HOW_TO_TRAIN}")
+            log.info("using the newest study champion %s", uri)
+        return predictor_from_loaded(load_prediction_model(uri))
 
 
 def predictor_from_loaded(loaded: Any) -> Predictor:

@@ -4,7 +4,9 @@ A ``--model`` value is parsed once (:func:`parse_model_ref`: ``NAME@alias``, a r
 ``models:/``, a local folder), a registered name is looked up once in the registry
 (:func:`resolve_model`: one ``get_model_version_by_alias`` / ``get_model_version`` call, which also
 gives the version, alias and run for the model card), and the model is loaded once from the version's own
-logged-model URI (Keras bundles with ``safe_mode``, or pyfunc ensembles).
+logged-model URI (Keras bundles with ``safe_mode``, or pyfunc ensembles). The public functions take the
+store as ``tracking_uri`` (None: the process's store) and read it inside one
+:func:`experiments.tracking.store.fluent_store` block.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from experiments.tracking.base import META_KEYS
-from experiments.tracking.store import get_tracking_uri, mlflow_client, require_tracking_store, set_tracking_uri
+from experiments.tracking.store import fluent_store, get_tracking_uri, mlflow_client, require_tracking_store
 from models.layers import register_custom_layers
 from pipelines.errors import ModelError, first_line
 
@@ -67,12 +69,12 @@ def parse_model_ref(ref: str) -> str:
                      " a 32-character run id, runs:/<run_id>/model or models:/NAME/VERSION")
 
 
-def resolve_model_uri(ref: str) -> str:
+def resolve_model_uri(ref: str, *, tracking_uri: str | None = None) -> str:
     """:func:`parse_model_ref`, then check that the tracking store exists unless ``ref`` is a local folder
     (a lookup in a missing store must not create an empty MLflow database)."""
     uri = parse_model_ref(ref)
     if not Path(uri).exists():
-        require_tracking_store(get_tracking_uri())
+        require_tracking_store(tracking_uri or get_tracking_uri())
     return uri
 
 
@@ -112,9 +114,14 @@ def _model_info(model_uri: str, shown: str | None = None) -> Any:
         raise _not_found(shown or model_uri, err) from None
 
 
-def load_model_bundle(model_uri: str, *, info: Any = None) -> ModelBundle:
+def load_model_bundle(model_uri: str, *, info: Any = None, tracking_uri: str | None = None) -> ModelBundle:
     """Reload a Keras model logged by training, safely (Keras ``safe_mode=True``), with its metadata
     (``info``: its ``ModelInfo`` when the caller already has it)."""
+    with fluent_store(tracking_uri):
+        return _load_keras_bundle(model_uri, info)
+
+
+def _load_keras_bundle(model_uri: str, info: Any) -> ModelBundle:
     import mlflow.keras
 
     shown = model_uri
@@ -151,15 +158,20 @@ def _run_facts(facts: dict[str, Any], info: Any) -> dict[str, Any]:
     return out
 
 
-def load_prediction_model(model_uri: str) -> LoadedModel:
+def load_prediction_model(model_uri: str, *, tracking_uri: str | None = None) -> LoadedModel:
     """Load a logged model for prediction: Keras bundles or generic pyfunc models (ensembles). The
     reference is resolved once, its model info read once, the model loaded once."""
+    with fluent_store(tracking_uri):
+        return _load_prediction_model(model_uri)
+
+
+def _load_prediction_model(model_uri: str) -> LoadedModel:
     source, registry = resolve_model(model_uri)
     info = _model_info(source, model_uri)
     flavors = info.flavors or {}
     facts = _run_facts(registry, info)
     if "keras" in flavors:
-        bundle = load_model_bundle(source, info=info)
+        bundle = _load_keras_bundle(source, info)
         return LoadedModel(model_uri, "keras", bundle, bundle.meta, facts)
     if "python_function" in flavors:
         try:
@@ -173,6 +185,5 @@ def load_prediction_model(model_uri: str) -> LoadedModel:
 
 def load_keras_model(ref: str, *, tracking_uri: str | None = None) -> ModelBundle:
     """The logged Keras model ``ref`` (NAME@alias, run id, ``models:/...``) and its metadata (``model.init_from``)."""
-    if tracking_uri:
-        set_tracking_uri(tracking_uri)
-    return load_model_bundle(resolve_model_uri(ref))
+    with fluent_store(tracking_uri):
+        return _load_keras_bundle(resolve_model_uri(ref), None)

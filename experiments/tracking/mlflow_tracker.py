@@ -26,7 +26,7 @@ from mlflow.types.schema import Schema, TensorSpec
 
 from experiments.tracking.base import META_ARTIFACT, META_KEYS, MODEL_NAME
 from experiments.tracking.faults import unreachable_error, unreachable_reason
-from experiments.tracking.store import resolve_tracking_uri, set_tracking_uri
+from experiments.tracking.store import fluent_store, resolve_tracking_uri
 from pipelines.errors import ConfigError, ModelError, first_line
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,6 @@ class MlflowTracker:
     # --- run life cycle ------------------------------------------------------------------
     def start(self) -> MlflowTracker:
         """Create the run (and the experiment if needed)."""
-        set_tracking_uri(self.tracking_uri)  # model logging resolves the URI globally
         try:
             exp = self.client.get_experiment_by_name(self.experiment_name)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
@@ -186,8 +185,8 @@ class MlflowTracker:
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), in_shape, "image")]),
                                    outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape, "probabilities")]))
         plain_meta = json.loads(json.dumps(dict(meta)))
-        set_tracking_uri(self.tracking_uri)
-        with _experiment_env(self.experiment_id), warnings.catch_warnings(), _quiet_keras_progress():
+        with fluent_store(self.tracking_uri), _experiment_env(self.experiment_id), warnings.catch_warnings(), \
+                _quiet_keras_progress():
             # MLflow's serving check calls the model with a list of one input; Keras warns about it.
             warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
             info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=_KerasFlavor, model=model,
@@ -273,6 +272,5 @@ def attach_run(run_id: str, *, tracking_uri: str | None = None) -> MlflowTracker
     tracker = MlflowTracker(experiment.name, run.info.run_name, tracking_uri=uri)
     tracker.run_id = run_id
     tracker.experiment_id = run.info.experiment_id
-    set_tracking_uri(uri)
     client.update_run(run_id, status="RUNNING")
     return tracker

@@ -11,10 +11,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from experiments.tracking.store import (
+    fluent_store,
     get_tracking_uri,
     mlflow_client,
     resolve_tracking_uri,
-    set_tracking_uri,
 )
 from pipelines.errors import ModelError, first_line
 
@@ -52,9 +52,8 @@ def register_champion(model_uri: str, name: str, *, alias: str = "champion", run
         current = None
     if current is not None and run_id is not None and current.run_id == run_id:
         return f"models:/{name}@{alias}"
-    set_tracking_uri(uri)
     try:
-        with warnings.catch_warnings():
+        with fluent_store(uri), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
         client.set_registered_model_alias(name, alias, version.version)

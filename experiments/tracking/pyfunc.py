@@ -22,7 +22,7 @@ from experiments.tracking.mlflow_tracker import (
     _experiment_env,
     _pip_requirements,
 )
-from experiments.tracking.store import set_tracking_uri
+from experiments.tracking.store import fluent_store
 from pipelines.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ from mlflow.pyfunc import PythonModel
 
 class Galaxy10Ensemble(PythonModel):
     def load_context(self, context):
-        from ensembles.serving import load_ensemble
+        from ensembles.ensemble_model import load_ensemble
 
         self.ensemble = load_ensemble(context.artifacts["ensemble"])
 
@@ -61,7 +61,7 @@ def _pyfunc_requirements() -> list[str]:
 
 def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta: Mapping[str, Any],
                        input_example: np.ndarray, n_classes: int) -> str:
-    """Log a saved ensemble folder (``ensembles.serving.save_ensemble``) as the run's pyfunc ``model``.
+    """Log a saved ensemble folder (``ensembles.ensemble_model.save_ensemble``) as the run's pyfunc ``model``.
 
     The model takes uint8 images ``(N, H, W, 3)`` of any size (signature ``(-1, -1, -1, 3)``) and
     returns float32 probabilities ``(N, n_classes)``; ``meta`` (size, crop, class names, ...) is the
@@ -75,12 +75,12 @@ def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(n_classes)),
                                                           "probabilities")]))
     plain_meta = json.loads(json.dumps(dict(meta)))
-    set_tracking_uri(tracker.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="galaxy10-pyfunc-") as tmp:
         code = Path(tmp) / "galaxy10_ensemble_model.py"
         code.write_text(ENSEMBLE_MODEL_CODE)
         try:
-            with _experiment_env(tracker.experiment_id), warnings.catch_warnings():
+            with fluent_store(tracker.tracking_uri), _experiment_env(tracker.experiment_id), \
+                    warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
                 info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
                                  python_model=str(code), artifacts={ENSEMBLE_ARTIFACT: str(ensemble_dir)},

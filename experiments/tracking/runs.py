@@ -27,10 +27,11 @@ from pipelines.errors import ConfigError, ModelError, first_line
 
 def run_metrics(run_id: str, *, tracking_uri: str | None = None) -> dict[str, float]:
     """The latest value of every metric of run ``run_id``."""
+    uri = resolve_tracking_uri(tracking_uri) if tracking_uri else get_tracking_uri()
     try:
-        run = mlflow_client(resolve_tracking_uri(tracking_uri) if tracking_uri else None).get_run(run_id)
+        run = mlflow_client(uri).get_run(run_id)
     except MlflowException as err:
-        raise ModelError(f"MLflow run {run_id!r} not found at {get_tracking_uri()} ({first_line(err)}); "
+        raise ModelError(f"MLflow run {run_id!r} not found at {uri} ({first_line(err)}); "
                          "pass the id of a finished `galaxy10 train` run") from None
     return dict(run.data.metrics)
 

@@ -1,10 +1,18 @@
 """Which tracking store: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
 
 MLflow 3 refuses a ``./mlruns`` file store; a remote ``http(s)://`` server works the same way.
+
+One mechanism for the store: library code passes the URI explicitly (``MlflowClient(uri)``). MLflow's
+process-wide default is set once per process, by the entry point (:func:`set_tracking_uri`, called by
+``galaxy10``'s ``main``); the few MLflow calls that only read that default (logging, registering and
+loading models) run inside :func:`fluent_store`, which points it at the caller's store for the block
+and puts it back afterwards - a library call never changes the process's store.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -35,17 +43,41 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 def set_tracking_uri(uri: str | None = None) -> str:
-    """Resolve the tracking URI (see :func:`resolve_tracking_uri`), make it MLflow's default, return it."""
+    """Resolve the tracking URI (see :func:`resolve_tracking_uri`), make it this process's default, return it.
+
+    Called once per process, by its entry point; library code passes URIs and uses :func:`fluent_store`.
+    """
     resolved = resolve_tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
     return resolved
 
 
 def get_tracking_uri() -> str:
-    """The tracking URI MLflow uses now (after :func:`set_tracking_uri`, else the resolved default)."""
+    """The store MLflow's default points at now (set by the entry point or a :func:`fluent_store` block),
+    else the resolved default (:func:`resolve_tracking_uri`)."""
     if mlflow.is_tracking_uri_set():
         return mlflow.get_tracking_uri()
-    return set_tracking_uri(None)
+    return resolve_tracking_uri(None)
+
+
+@contextlib.contextmanager
+def fluent_store(uri: str | None = None) -> Iterator[str]:
+    """Point MLflow's process-wide default at ``uri`` (None: the current store) for the block, then put the
+    previous default back; yields the resolved URI.
+
+    For the MLflow calls that read only the default (``Model.log``, ``mlflow.register_model``,
+    ``mlflow.models.get_model_info``, ``mlflow.*.load_model`` of ``models:/`` and ``runs:/`` URIs).
+    """
+    target = resolve_tracking_uri(uri) if uri else get_tracking_uri()
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    if previous == target:
+        yield target
+        return
+    mlflow.set_tracking_uri(target)
+    try:
+        yield target
+    finally:
+        mlflow.set_tracking_uri(previous)  # None: no default again (MLflow clears its environment variable)
 
 
 def mlflow_client(uri: str | None = None) -> MlflowClient:
