@@ -262,6 +262,7 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
     from mlflow import MlflowClient
 
     from experiments.tracking.mlflow_tracker import MlflowTracker
+    from experiments.tracking.store import fluent_store
 
     client = MlflowClient(tiny_study.tracking_uri)
     with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
@@ -278,7 +279,9 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
                     as winner:
                 pass
             client.create_registered_model("tiny-ensemble")
-            version = client.create_model_version("tiny-ensemble", tiny_study.best_model_uri, run_id=winner.run_id)
+            with fluent_store(tiny_study.tracking_uri):  # MLflow resolves a models:/ source through its default
+                version = client.create_model_version("tiny-ensemble", tiny_study.best_model_uri,
+                                                      run_id=winner.run_id)
             client.set_registered_model_alias("tiny-ensemble", "champion", version.version)
             parent.set_tags({"winner.registered_model": "models:/tiny-ensemble@champion",
                              "winner.run_id": winner.run_id})

@@ -151,8 +151,13 @@ def spark_session(master: str) -> Any:
 
 
 def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, master: str = "local[*]",
-                      partitions: int | None = None, spark: Any = None) -> CatalogResult:
-    """Write the catalog of ``inputs`` with Spark (see the module docstring); returns what was done."""
+                      partitions: int | None = None, spark: Any = None,
+                      tracking_uri: str | None = None) -> CatalogResult:
+    """Write the catalog of ``inputs`` with Spark (see the module docstring); returns what was done.
+
+    ``tracking_uri``: the store ``predictor``'s model was loaded from (None: the process's store); the
+    Spark UDF fetches the model from there again.
+    """
     card = predictor.card
     if card.kind != "keras":
         raise ConfigError(f"--engine spark runs Keras models through mlflow.pyfunc.spark_udf; model {card.uri} is a "
@@ -163,7 +168,8 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
     started = time.perf_counter()
     session = spark or spark_session(master)
     try:
-        n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views)
+        n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views,
+                        tracking_uri=tracking_uri)
     finally:
         if spark is None:  # a session this call started
             session.stop()
@@ -172,7 +178,7 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
 
 
 def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: str, partitions: int | None,
-         n_views: int) -> int:
+         n_views: int, tracking_uri: str | None) -> int:
     from experiments.tracking.pyfunc import spark_model_udf
 
     names = list(card.class_names)
@@ -183,7 +189,7 @@ def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: s
     ddl = ("row long, id string, source string, source_index long, ra double, dec double, "
            f"{view_fields}, error string")
     prepared = rows.mapInPandas(functools.partial(_prepare, size=card.size, crop=card.crop, n_views=n_views), ddl)
-    model = spark_model_udf(session, card.uri)
+    model = spark_model_udf(session, card.uri, tracking_uri=tracking_uri)
     for j in range(n_views):
         prepared = prepared.withColumn(f"p_view_{j}", model(f"view_{j}")).drop(f"view_{j}")
     finished = prepared.mapInPandas(functools.partial(_finish, class_names=names, n_views=n_views,

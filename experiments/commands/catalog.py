@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         from experiments.catalog.spark import run_catalog_spark
 
         result = run_catalog_spark(inputs, predictor, out, master=args.spark_master,
-                                   partitions=args.spark_partitions)
+                                   partitions=args.spark_partitions, tracking_uri=args.tracking_uri)
     else:
         ood = _ood_factory(args, predictor)
         workers = args.workers or min(8, os.cpu_count() or 1)

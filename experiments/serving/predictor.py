@@ -190,7 +190,7 @@ def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -
         if uri is None:
             try:
                 require_tracking_store(store)
-                uri = default_champion_uri()
+                uri = default_champion_uri(tracking_uri=store)
             except ConfigError:  # no tracking database yet: nothing is registered anywhere
                 uri = None
             if uri is None:

@@ -21,14 +21,16 @@ from pipelines.errors import ModelError, first_line
 log = logging.getLogger(__name__)
 
 
-def default_champion_uri(alias: str = "champion") -> str | None:
-    """``models:/<name>@<alias>`` of the most recently updated registered model with ``alias``."""
-    client = mlflow_client()
+def default_champion_uri(alias: str = "champion", *, tracking_uri: str | None = None) -> str | None:
+    """``models:/<name>@<alias>`` of the most recently updated registered model with ``alias`` in the store
+    ``tracking_uri`` (None: the process's store)."""
+    client = mlflow_client(tracking_uri)
     best: tuple[int, str] | None = None
     try:
         page = client.search_registered_models(max_results=1000)
     except MlflowException as err:
-        raise ModelError(f"cannot list registered models at {get_tracking_uri()} ({first_line(err)})") from None
+        raise ModelError(f"cannot list registered models at {tracking_uri or get_tracking_uri()} "
+                         f"({first_line(err)})") from None
     for rm in page:
         if alias in (rm.aliases or {}):
             stamp = int(rm.last_updated_timestamp or 0)

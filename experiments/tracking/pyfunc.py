@@ -93,11 +93,13 @@ def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta
     return info.model_uri
 
 
-def spark_model_udf(spark: Any, model_uri: str) -> Any:
-    """``mlflow.pyfunc.spark_udf`` of a logged model, returning each row's probabilities (``array<float>``).
+def spark_model_udf(spark: Any, model_uri: str, *, tracking_uri: str | None = None) -> Any:
+    """``mlflow.pyfunc.spark_udf`` of a logged model of the store ``tracking_uri`` (None: the process's),
+    returning each row's probabilities (``array<float>``).
 
-    The model runs in this Python environment on every executor (``env_manager="local"``).
+    The driver fetches the model; it runs in this Python environment on every executor (``env_manager="local"``).
     """
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.spark_udf(spark, model_uri, result_type="array<float>", env_manager="local")
+    with fluent_store(tracking_uri):
+        return mlflow.pyfunc.spark_udf(spark, model_uri, result_type="array<float>", env_manager="local")
