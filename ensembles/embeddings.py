@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from augment.tta import tta_predict
 from models.head import EMBEDDING_LAYER  # the layer every backbone's head names
 from pipelines.errors import DataError, ModelError
-from pipelines.io import atomic_path, os_error_reason
+from pipelines.files import atomic_path, os_error_reason
 from pipelines.paths import default_cache_dir
 from pipelines.preprocess import center_crop
 

@@ -25,7 +25,7 @@ from models.registry import (
 )
 from pipelines.classes import NUM_CLASSES
 from pipelines.errors import ConfigError
-from pipelines.io import plain
+from pipelines.yaml_io import plain
 
 log = logging.getLogger(__name__)
 

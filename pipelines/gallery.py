@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.errors import ConfigError
-from pipelines.io import atomic_path
+from pipelines.files import atomic_path
 from pipelines.outputs import OWNER_TAG, check_output_file
 from pipelines.reader import DatasetInfo, Galaxy10File
 

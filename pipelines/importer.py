@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from pipelines.classes import CLASS_NAMES, class_index
 from pipelines.errors import DataError
+from pipelines.files import atomic_path
 from pipelines.images import MAX_IMAGE_SIDE, to_rgb_uint8
-from pipelines.io import atomic_path
 from pipelines.outputs import H5_OWNER_ATTR, check_output_file
 from pipelines.reader import validate_galaxy10
 

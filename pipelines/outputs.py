@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 
 from pipelines.errors import ConfigError
-from pipelines.io import _host_slug, is_temp_name, os_error_reason, remove_stale_temps
+from pipelines.files import _host_slug, is_temp_name, os_error_reason, remove_stale_temps
 
 log = logging.getLogger(__name__)
 

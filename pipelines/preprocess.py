@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipelines.errors import DataError
-from pipelines.io import atomic_path, os_error_reason, reserve_space
+from pipelines.files import atomic_path, os_error_reason, reserve_space
 from pipelines.paths import default_cache_dir
 from pipelines.reader import data_fingerprint, opened, validate_galaxy10
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pipelines.classes import CLASS_NAMES, OFFICIAL_SHA256
 from pipelines.errors import DataError
-from pipelines.io import write_json_atomic
+from pipelines.files import write_json_atomic
 from pipelines.paths import ZENODO_URL, default_cache_dir, real_data_path
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pipelines.classes import NUM_CLASSES
 from pipelines.errors import ConfigError, DataError
-from pipelines.io import write_json_atomic
+from pipelines.files import write_json_atomic
 from pipelines.reader import data_fingerprint, opened, validate_galaxy10
 
 log = logging.getLogger(__name__)

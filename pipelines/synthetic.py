@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from pipelines.classes import CLASS_NAMES, GALAXY10_COUNTS
 from pipelines.errors import ConfigError, DataError
+from pipelines.files import atomic_path, os_error_reason
 from pipelines.images import MAX_IMAGE_SIDE
-from pipelines.io import atomic_path, os_error_reason
 from pipelines.outputs import H5_OWNER_ATTR, check_output_file
 from pipelines.synth_params import check_difficulty, class_counts, parameters_record
 from pipelines.synth_render import pixel_scale, render_image

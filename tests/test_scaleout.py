@@ -38,7 +38,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from experiments.cli import main as cli_main
-from pipelines.io import pid_alive
+from pipelines.files import pid_alive
 
 #: Superuser of the throwaway cluster (trust authentication on 127.0.0.1 only).
 PG_USER = "galaxy10"

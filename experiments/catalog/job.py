@@ -40,8 +40,8 @@ from experiments.catalog.columns import (
 from experiments.catalog.inputs import CatalogInputs, RowRef
 from experiments.catalog.ood import OODDetector
 from pipelines.errors import DataError, Galaxy10Error, first_line
+from pipelines.files import atomic_path, write_json_atomic
 from pipelines.images import decode_image
-from pipelines.io import atomic_path, write_json_atomic
 from pipelines.reader import Galaxy10File
 
 log = logging.getLogger(__name__)

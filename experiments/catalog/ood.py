@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 
 from pipelines.errors import DataError
-from pipelines.io import atomic_path
+from pipelines.files import atomic_path
 from pipelines.reader import Galaxy10File
 
 log = logging.getLogger(__name__)

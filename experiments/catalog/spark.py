@@ -38,7 +38,7 @@ from experiments.catalog.columns import (
 from experiments.catalog.inputs import CatalogInputs
 from experiments.catalog.job import CatalogResult, decode_file
 from pipelines.errors import ConfigError, Galaxy10Error, first_line
-from pipelines.io import atomic_path
+from pipelines.files import atomic_path
 from pipelines.preprocess import prepare_images
 from pipelines.reader import Galaxy10File
 

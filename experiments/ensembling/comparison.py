@@ -34,7 +34,7 @@ from experiments.tracking.runs import find_runs, finish_run, set_run_tags
 from experiments.tracking.store import require_tracking_store
 from experiments.training import data_tags
 from experiments.tuning.budget import plan_ensemble
-from pipelines.io import pid_alive
+from pipelines.files import pid_alive
 from pipelines.preprocess import PREPROCESS_VERSION
 from pipelines.reader import Galaxy10File
 

@@ -17,7 +17,7 @@ from experiments.settings.run import to_yaml
 from experiments.tracking.base import NullTracker
 from experiments.tracking.lookups import training_lookups
 from experiments.training import train
-from pipelines.io import atomic_path, write_json_atomic
+from pipelines.files import atomic_path, write_json_atomic
 from pipelines.paths import default_cache_dir
 
 log = logging.getLogger(__name__)

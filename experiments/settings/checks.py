@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import ConfigError
-from pipelines.io import read_yaml_file
+from pipelines.yaml_io import read_yaml_file
 
 
 def read_config(path: str | Path, *, what: str, example: str, holds: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from experiments.settings.checks import (
     read_config,
 )
 from pipelines.errors import ConfigError
-from pipelines.io import plain
+from pipelines.yaml_io import plain
 
 MODES: tuple[str, ...] = ("crossfit", "val_cv")
 SELECT_METRICS: tuple[str, ...] = ("study", "accuracy", "balanced_accuracy", "macro_f1")

@@ -28,7 +28,7 @@ from experiments.settings.checks import check_keys, read_config
 from models import backbone_params, get_backbone
 from models.registry import PRECISIONS
 from pipelines.errors import ConfigError
-from pipelines.io import DuplicateKeyError, load_yaml_text, plain
+from pipelines.yaml_io import DuplicateKeyError, load_yaml_text, plain
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
