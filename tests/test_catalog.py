@@ -147,6 +147,19 @@ def test_resume_refuses_other_inputs_and_restart_discards(survey: dict[str, Path
     assert len(pq.read_table(out)) == 12 and not folder.exists()
 
 
+def test_the_inputs_fingerprint_sees_a_changed_image(survey: dict[str, Path]) -> None:
+    """A resumed job must not mix images: replacing one image of a folder or of a list (same name) changes
+    the fingerprint that ``job.json`` has to match; planning the same files again does not."""
+    for source in ("folder", "list"):
+        before = plan_catalog_inputs([str(survey[source])]).fingerprint()
+        assert plan_catalog_inputs([str(survey[source])]).fingerprint() == before
+        image = survey["folder"] / "g0.png"
+        stat = image.stat()
+        image.write_bytes(png_bytes(np.full((48, 48, 3), 7 if source == "folder" else 9, np.uint8)))
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        assert plan_catalog_inputs([str(survey[source])]).fingerprint() != before, source
+
+
 def test_a_folder_galaxy10_did_not_write_is_never_deleted(survey: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cat.parquet"
     folder = parts_dir(out)

@@ -96,6 +96,19 @@ def _stamp(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _files_stamp(files: Sequence[str]) -> str:
+    """SHA-256 of each listed file's name, size and modification time (``missing`` for one that is not
+    there): a resumed job refuses a folder or list whose images changed since the job started."""
+    digest = hashlib.sha256()
+    for name in files:
+        try:
+            st = os.stat(name)
+            digest.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{name}\tmissing\n".encode())
+    return digest.hexdigest()
+
+
 def _walk_images(folder: Path) -> Iterator[Path]:
     """Image files under ``folder``: its files in name order, then each subfolder the same way (hidden ones skipped)."""
     for root, dirs, files in os.walk(folder):
@@ -111,7 +124,7 @@ def _folder_segment(folder: Path) -> Segment:
         raise DataError(f"folder {folder} holds no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images; "
                         "give a folder of image files, an HDF5 file or a CSV/Parquet list of paths")
     ids = [os.path.relpath(p, folder) for p in files]
-    stamp = {"files": len(files), "names": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    stamp = {"files": len(files), "contents": _files_stamp(files)}
     return Segment("files", folder, len(files), files=files, ids=ids, stamp=stamp)
 
 
@@ -157,7 +170,8 @@ def _list_segment(path: Path) -> Segment:
     ids = table["id"].astype(str).tolist() if "id" in table.columns else names.tolist()
     ra = _coord(table["ra"], path, "ra") if "ra" in table.columns else None
     dec = _coord(table["dec"], path, "dec") if "dec" in table.columns else None
-    return Segment("files", path, len(files), files=files, ids=ids, ra=ra, dec=dec, stamp=_stamp(path))
+    return Segment("files", path, len(files), files=files, ids=ids, ra=ra, dec=dec,
+                   stamp={**_stamp(path), "contents": _files_stamp(files)})
 
 
 def _h5_segment(path: Path) -> Segment:
