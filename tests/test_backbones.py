@@ -242,7 +242,7 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, se
         "/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "g.png")}, content_type="multipart/form-data")
     assert resp.status_code == 200
     reply = resp.get_json()
-    expected = predictor.predict(np.asarray(Image.open(png))[None])[0]
+    expected = predictor.calibrate(predictor.predict(np.asarray(Image.open(png))[None]))[0]
     assert reply["probabilities"] == pytest.approx(dict(zip(bundle.meta["class_names"], expected.tolist())),
                                                    abs=1e-5)
     assert reply["top_class"] == bundle.meta["class_names"][int(np.argmax(expected))]

@@ -94,7 +94,7 @@ def test_upload_real_galaxy_shows_prediction(browser, server_url, predictor, rea
     by = submit(browser, server_url, image_path)
     assert browser.find_elements(by.ID, "error") == []
     pixels = np.asarray(Image.open(image_path).convert("RGB"))
-    probs = predictor.predict(pixels[None])[0]
+    probs = predictor.calibrate(predictor.predict(pixels[None]))[0]  # the page shows calibrated probabilities
     names = predictor.card.class_names
     top = names[int(probs.argmax())]
     assert browser.find_element(by.CSS_SELECTOR, "#top-class .top-name").text == top

@@ -218,6 +218,7 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 
 def test_cli_json_matches_the_logged_model(smoke_model, realsamples: Path, capsys) -> None:  # noqa: ANN001
+    from ensembles.calibration import apply_temperature
     from experiments.serving.predictor import predict_images
     from experiments.tracking.loading import load_model_bundle
 
@@ -237,9 +238,17 @@ def test_cli_json_matches_the_logged_model(smoke_model, realsamples: Path, capsy
     expected = np.concatenate([predict_images(bundle, pixels[0][None]), predict_images(bundle, pixels[1][None]),
                                predict_images(bundle, rows)])
     got = np.array([[d["probabilities"][c] for c in CLASS_NAMES] for d in doc])
-    np.testing.assert_allclose(got, expected, atol=2e-6)
+    temperature = float(bundle.meta["temperature"])
+    assert temperature != 1.0
+    np.testing.assert_allclose(got, apply_temperature(expected, temperature), atol=2e-6)  # calibrated by default
     for d, p in zip(doc, expected):
         assert len(d["top"]) == 2 and d["top"][0]["class"] == CLASS_NAMES[int(p.argmax())]
+    code, out, err = run_cli(capsys, str(png), str(jpg), f"{smoke_model.data_path}:3-4", "--uncalibrated",
+                             "--model", "smoke-study@champion", "--tracking-uri", smoke_model.tracking_uri,
+                             "--format", "json", "--top", "2")
+    assert code == 0, err
+    raw = np.array([[d["probabilities"][c] for c in CLASS_NAMES] for d in json.loads(out)])
+    np.testing.assert_allclose(raw, expected, atol=2e-6)
 
 
 def test_cli_default_model_is_the_champion(smoke_model, tiny_h5: Path, capsys) -> None:  # noqa: ANN001

@@ -45,13 +45,19 @@ def test_api_predict_matches_the_model(client, predictor, galaxy_png) -> None:  
     resp = upload(client, data, "galaxy.png")
     assert resp.status_code == 200
     body = resp.get_json()
-    expected = predictor.predict(pixels[None])[0]
+    raw = predictor.predict(pixels[None])[0]
+    expected = predictor.calibrate(raw[None])[0]  # calibrated by default, like `predict` and `catalog`
+    assert predictor.card.temperature != 1.0 and not np.allclose(expected, raw, atol=1e-4)
     names = predictor.card.class_names
     assert body["top_class"] == names[int(expected.argmax())]
     assert [body["probabilities"][c] for c in names] == pytest.approx(expected.tolist(), abs=1e-6)
     assert [c["class"] for c in body["classes"]] == [names[i] for i in np.argsort(-expected, kind="stable")]
     assert body["file"] == "galaxy.png" and (body["width"], body["height"]) == pixels.shape[1::-1]
     assert body["model"]["run_id"] == predictor.card.run_id and body["model"]["synthetic"] is True
+    assert body["calibrated"] is True and body["temperature"] == pytest.approx(predictor.card.temperature)
+    plain = upload(create_app(predictor, calibrated=False).test_client(), data, "galaxy.png").get_json()
+    assert [plain["probabilities"][c] for c in names] == pytest.approx(raw.tolist(), abs=1e-6)
+    assert plain["calibrated"] is False
 
 
 def test_page_shows_prediction_bars_crop_and_model(client, predictor, galaxy_png) -> None:  # noqa: ANN001
@@ -67,6 +73,7 @@ def test_page_shows_prediction_bars_crop_and_model(client, predictor, galaxy_png
     assert f'<span class="top-name">{top}</span>' in html
     assert html.count("data:image/png;base64,") == 2  # thumbnail and the crop the model sees
     assert f"({predictor.card.crop}×{predictor.card.crop}&nbsp;px crop)" in html
+    assert f"probabilities calibrated, temperature {predictor.card.temperature:.3g}" in html
     assert "http://" not in html.replace("http://127.0.0.1", "") and "https://" not in html  # no CDN
 
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from experiments.commands.common import add_tracking_uri_argument
+
+log = logging.getLogger(__name__)
 
 MODEL_HELP = ("NAME@alias (registered model alias), a run id, runs:/<run_id>/model or models:/...; "
               "default: the 'champion' alias of the most recent study")
@@ -15,9 +18,12 @@ MAX_TOP = 1000
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and ``--tracking-uri``, shared with ``galaxy10 serve``."""
+    """``--model``, ``--tracking-uri`` and ``--uncalibrated``, shared with ``galaxy10 serve``."""
     parser.add_argument("--model", default=None, metavar="REF", help=MODEL_HELP)
     add_tracking_uri_argument(parser)
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="the model's own softmax probabilities; default: calibrated with the temperature "
+                             "fitted on its validation split, as in `galaxy10 catalog` (the top class is the same)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
     probs: list[np.ndarray] = []
     with tqdm(total=total, desc="predict", unit="img", disable=None, leave=False) as bar:
         for batch in iter_input_batches(sources, batch_size=FILE_BATCH):
-            probs.append(predictor.predict([item.image for item in batch]))
+            batch_probs = predictor.predict([item.image for item in batch])
+            probs.append(batch_probs if args.uncalibrated else predictor.calibrate(batch_probs))
             labels.extend(item.label for item in batch)
             bar.update(len(batch))
+    log.info("probabilities %s", "uncalibrated (--uncalibrated)" if args.uncalibrated else
+             f"calibrated with temperature {predictor.card.temperature:.3g} (--uncalibrated for the model's own)")
     top = min(args.top, len(predictor.card.class_names))
     print(format_predictions(labels, np.concatenate(probs), predictor.card.class_names,
                              top=top, fmt=args.output_format))

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the output clean
     predictor = load_predictor(args.model, tracking_uri=args.tracking_uri)
     server = make_server(predictor, host=args.host, port=args.port,
-                         max_upload_bytes=int(args.max_upload_mb * 1e6))
+                         max_upload_bytes=int(args.max_upload_mb * 1e6), calibrated=not args.uncalibrated)
     print(f"galaxy10 serve: model {predictor.card.display_name} on http://{args.host}:{args.port}/"
           "  (Ctrl-C to stop)", flush=True)
     try:

@@ -52,8 +52,12 @@ class InMemoryRequest(Request):
 
 
 def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> Flask:
-    """Build the Flask app: ``/`` (upload page), ``/api/predict``, ``/api/health``, ``/api/model``."""
+               max_pixels: int = DEFAULT_MAX_PIXELS, calibrated: bool = True) -> Flask:
+    """Build the Flask app: ``/`` (upload page), ``/api/predict``, ``/api/health``, ``/api/model``.
+
+    ``calibrated``: probabilities temperature-scaled with the model's temperature (as ``galaxy10 predict`` and
+    ``galaxy10 catalog`` print them); False shows the model's own softmax.
+    """
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config.update(MAX_CONTENT_LENGTH=int(max_upload_bytes), MAX_FORM_PARTS=16)
@@ -71,6 +75,8 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
         with lock:
             probs = predictor.predict(image[None])[0]
             crop = predictor.model_view(image)
+        if calibrated:
+            probs = predictor.calibrate(probs[None])[0]
         top = top_classes(probs, card.class_names, len(card.class_names))
         return {"file": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
                 "top_class": top[0][0], "top_probability": top[0][1],
@@ -78,6 +84,7 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
                 "probabilities": {c: float(p) for c, p in zip(card.class_names, probs)},
                 "model": {"name": card.display_name, "run_id": card.run_id,
                           "synthetic": card.synthetic},
+                "calibrated": calibrated, "temperature": card.temperature if calibrated else 1.0,
                 "_image": image, "_crop": crop}
 
     @app.after_request
@@ -130,7 +137,7 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
         return err
 
     def page(result: dict[str, Any] | None = None, error: str | None = None) -> str:
-        return render_template("index.html", card=card, result=result, error=error,
+        return render_template("index.html", card=card, result=result, error=error, calibrated=calibrated,
                                max_upload_mb=max_upload_bytes / 1e6)
 
     return app
@@ -210,7 +217,7 @@ def check_bind(host: str, port: int) -> None:
 
 
 def make_server(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 8000,
-                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> Any:
+                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, calibrated: bool = True) -> Any:
     """Bind werkzeug's threaded server to ``host:port`` (call ``serve_forever()`` on it).
 
     Raises
@@ -222,7 +229,8 @@ def make_server(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 80
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: the page is reachable from other machines", host)
     try:
-        return werkzeug_server(host, port, create_app(predictor, max_upload_bytes=max_upload_bytes), threaded=True)
+        return werkzeug_server(host, port, create_app(predictor, max_upload_bytes=max_upload_bytes,
+                                                                 calibrated=calibrated), threaded=True)
     except OSError as err:
         raise _bind_error(host, port, err) from None
     except SystemExit:  # werkzeug exits on a port in use after printing its own text
