@@ -340,7 +340,8 @@ def html_escape(text: str) -> str:
 def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, survey: dict[str, Path], tmp_path: Path,
                                                               capsys) -> None:
     """The same inputs through ``--engine spark`` (local[2], the model run by mlflow.pyfunc.spark_udf) and the
-    native job: same rows, ids, errors and predictions; probabilities equal within float tolerance."""
+    native job: same rows, ids, errors and predictions; probabilities and out-of-distribution scores equal
+    within float tolerance (the same detector, fitted on the model's validation split, in both)."""
     import shutil
 
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
@@ -350,20 +351,26 @@ def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, surve
 
     args = [str(survey["h5"]), str(survey["folder"]), str(survey["list"]), "--model",
             f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri]
-    assert main(["catalog", *args, "--out", str(tmp_path / "native.parquet"), "--ood", "off"]) == 0
+    assert main(["catalog", *args, "--out", str(tmp_path / "native.parquet"), "--ood", "on"]) == 0
     assert main(["catalog", *args, "--out", str(tmp_path / "spark.parquet"), "--engine", "spark",
-                 "--spark-master", "local[2]", "--spark-partitions", "3", "--ood", "off"]) == 0, capsys.readouterr().err
+                 "--spark-master", "local[2]", "--spark-partitions", "3", "--ood", "on"]) == 0, capsys.readouterr().err
     native = pq.read_table(tmp_path / "native.parquet")
     spark = pq.read_table(tmp_path / "spark.parquet")
     assert spark.schema.remove_metadata() == native.schema.remove_metadata()
-    assert json.loads(spark.schema.metadata[b"galaxy10"])["engine"] == "spark"
+    meta_native, meta_spark = (json.loads(t.schema.metadata[b"galaxy10"]) for t in (native, spark))
+    assert meta_spark["engine"] == "spark" and meta_spark["ood"]["threshold"] == meta_native["ood"]["threshold"]
     a, b = native.to_pandas(), spark.to_pandas()
-    floats = [c for c in a.columns if c.startswith("p_")] + ["max_probability", "entropy"]
-    exact = [c for c in a.columns if c not in floats]
+    floats = [c for c in a.columns if c.startswith("p_")] + ["max_probability", "entropy", "ood_score"]
+    exact = [c for c in a.columns if c not in floats and c != "ood_flag"]
     pd.testing.assert_frame_equal(a[exact], b[exact])
     np.testing.assert_allclose(a[floats].to_numpy(dtype=float), b[floats].to_numpy(dtype=float), rtol=1e-4,
                                atol=1e-6)
     assert b["error"].notna().sum() == 2
+    assert b["ood_score"].notna().sum() == len(b) - 2 and b["ood_flag"].isna().sum() == 2
+    threshold = meta_native["ood"]["threshold"]
+    clear = (a["ood_score"] - threshold).abs() > 1e-3 * threshold  # flags agree away from the threshold itself
+    assert clear.sum() >= len(a) - 3
+    assert (a.loc[clear, "ood_flag"] == b.loc[clear, "ood_flag"]).all()
 
 
 def test_fits_output_holds_the_same_rows(survey: dict[str, Path], tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ with test-time augmentation, its 8 dihedral views, as flat float32 arrays. The m
 columns (mean over views, temperature scaling, entropy, view disagreement, prediction) are computed by
 the same functions as the native job, and the driver streams the rows, ordered by ``row``, into the same
 Parquet schema through a temporary file. Spark does the distribution; nothing here schedules work.
-Out-of-distribution scores are not computed by this engine (the columns are null).
+
+Out-of-distribution scores: the driver fits the detector as the native job does (the model's own
+validation split) and ships the CNN as a ``.keras`` file (``SparkContext.addFile``); executors load it once
+per Python worker, embed the untransformed view and score it with the detector's class means and precision.
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from experiments.catalog.columns import (
 )
 from experiments.catalog.inputs import CatalogInputs
 from experiments.catalog.job import CatalogResult, decode_file
+from experiments.catalog.ood import OODDetector
 from pipelines.errors import ConfigError, Galaxy10Error, first_line
 from pipelines.files import atomic_path
 from pipelines.preprocess import prepare_images
@@ -86,8 +91,44 @@ def _prepare(batches: Iterator[pd.DataFrame], *, size: int, crop: int, n_views: 
             f.close()
 
 
+#: Executor side: the embedding models loaded in this Python worker, by shipped file name.
+_EMBEDDERS: dict[str, Any] = {}
+
+
+def _embedder(file_name: str) -> Any:
+    """The ``[embedding, probabilities]`` model of the CNN shipped as ``file_name`` (loaded once per worker)."""
+    if file_name not in _EMBEDDERS:
+        import keras
+        from pyspark import SparkFiles
+
+        from ensembles.embeddings import dual_output_model
+        from models.layers import register_custom_layers
+
+        register_custom_layers()
+        cnn = keras.saving.load_model(SparkFiles.get(file_name), safe_mode=True, compile=False)
+        _EMBEDDERS[file_name] = dual_output_model(cnn)
+    return _EMBEDDERS[file_name]
+
+
+def _score_ood(batches: Iterator[pd.DataFrame], *, model_file: str, detector: OODDetector,
+               crop: int) -> Iterator[pd.DataFrame]:
+    """Executor side: each readable row's out-of-distribution score from the untransformed view (``view_0``)."""
+    from ensembles.embeddings import embed_images
+
+    for df in batches:
+        out = df.copy()
+        scores = np.full(len(df), np.nan, dtype=np.float32)
+        ok = np.flatnonzero(df["error"].isna().to_numpy())
+        if len(ok):
+            crops = np.stack(df["view_0"].to_numpy()[ok]).reshape(len(ok), crop, crop, 3).astype(np.uint8)
+            emb = embed_images(_embedder(model_file), crops, input_size=crop, progress=False)[0]
+            scores[ok] = detector.score(emb).astype(np.float32)
+        out["ood_score"] = scores
+        yield out
+
+
 def _finish(batches: Iterator[pd.DataFrame], *, class_names: Sequence[str], n_views: int,
-            temperature: float) -> Iterator[pd.DataFrame]:
+            temperature: float, threshold: float | None) -> Iterator[pd.DataFrame]:
     """Executor side: the catalog's columns from the per-view probabilities, as the native job computes them."""
     prob_cols = probability_columns(class_names)
     for df in batches:
@@ -105,8 +146,14 @@ def _finish(batches: Iterator[pd.DataFrame], *, class_names: Sequence[str], n_vi
         out["entropy"] = np.where(ok, entropy(probs), np.nan).astype(np.float32)
         out["view_disagreement"] = np.where(ok, view_disagreement(views), np.nan).astype(np.float32)
         out["n_views"] = pd.array([n_views if k else None for k in ok], dtype="Int8")
-        out["ood_score"] = np.full(len(df), np.nan, dtype=np.float32)
-        out["ood_flag"] = pd.array([None] * len(df), dtype="boolean")
+        if threshold is None:
+            out["ood_score"] = np.full(len(df), np.nan, dtype=np.float32)
+            out["ood_flag"] = pd.array([None] * len(df), dtype="boolean")
+        else:
+            scores = df["ood_score"].to_numpy(dtype=np.float32)
+            out["ood_score"] = scores
+            out["ood_flag"] = pd.array([bool(v > threshold) if np.isfinite(v) else None for v in scores],
+                                       dtype="boolean")
         out["error"] = df["error"]
         yield out
 
@@ -151,12 +198,13 @@ def spark_session(master: str) -> Any:
 
 
 def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, master: str = "local[*]",
-                      partitions: int | None = None, spark: Any = None,
-                      tracking_uri: str | None = None) -> CatalogResult:
+                      partitions: int | None = None, spark: Any = None, tracking_uri: str | None = None,
+                      ood: OODDetector | Callable[[], OODDetector] | None = None) -> CatalogResult:
     """Write the catalog of ``inputs`` with Spark (see the module docstring); returns what was done.
 
     ``tracking_uri``: the store ``predictor``'s model was loaded from (None: the process's store); the
-    Spark UDF fetches the model from there again.
+    Spark UDF fetches the model from there again. ``ood``: the out-of-distribution detector (or a function
+    that fits one), as for the native job; None leaves the OOD columns null.
     """
     card = predictor.card
     if card.kind != "keras":
@@ -166,10 +214,20 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
     n_views = N_VIEWS if tta else 1
     out = Path(out)
     started = time.perf_counter()
+    detector = ood() if callable(ood) and not isinstance(ood, OODDetector) else ood
+    if detector is not None and predictor.cnn is None:
+        raise ConfigError(f"model {card.uri} has no Keras CNN to embed with, so no out-of-distribution scores; "
+                          "use --ood off")
     session = spark or spark_session(master)
     try:
-        n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views,
-                        tracking_uri=tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="galaxy10-spark-") as tmp:
+            model_file = None
+            if detector is not None:  # the CNN travels to the executors as a file
+                model_file = f"galaxy10-embedding-{os.getpid()}-{time.time_ns()}.keras"
+                predictor.cnn.save(Path(tmp) / model_file)
+                session.sparkContext.addFile(str(Path(tmp) / model_file))
+            n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views,
+                            tracking_uri=tracking_uri, detector=detector, model_file=model_file)
     finally:
         if spark is None:  # a session this call started
             session.stop()
@@ -178,7 +236,7 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
 
 
 def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: str, partitions: int | None,
-         n_views: int, tracking_uri: str | None) -> int:
+         n_views: int, tracking_uri: str | None, detector: OODDetector | None, model_file: str | None) -> int:
     from experiments.tracking.pyfunc import spark_model_udf
 
     names = list(card.class_names)
@@ -189,13 +247,20 @@ def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: s
     ddl = ("row long, id string, source string, source_index long, ra double, dec double, "
            f"{view_fields}, error string")
     prepared = rows.mapInPandas(functools.partial(_prepare, size=card.size, crop=card.crop, n_views=n_views), ddl)
+    if detector is not None:
+        ddl += ", ood_score float"
+        prepared = prepared.mapInPandas(functools.partial(_score_ood, model_file=model_file, detector=detector,
+                                                          crop=card.crop), ddl)
     model = spark_model_udf(session, card.uri, tracking_uri=tracking_uri)
     for j in range(n_views):
         prepared = prepared.withColumn(f"p_view_{j}", model(f"view_{j}")).drop(f"view_{j}")
+    threshold = None if detector is None else detector.threshold
     finished = prepared.mapInPandas(functools.partial(_finish, class_names=names, n_views=n_views,
-                                                      temperature=card.temperature), _spark_schema(names))
+                                                      temperature=card.temperature, threshold=threshold),
+                                    _spark_schema(names))
     schema = with_catalog_metadata(catalog_schema(names), card, inputs_fingerprint=inputs.fingerprint(),
-                                   n_rows=inputs.n_rows, engine="spark", ood=None, spark_master=master)
+                                   n_rows=inputs.n_rows, engine="spark",
+                                   ood=None if detector is None else detector.describe(), spark_master=master)
     n_errors = 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         batch: list[Any] = []

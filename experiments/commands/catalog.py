@@ -108,9 +108,6 @@ def run(args: argparse.Namespace) -> int:
     inputs = plan_catalog_inputs(args.inputs)  # fails on a bad input before a model is loaded
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.engine == "spark":
-        if args.ood == "on" or args.ood_data is not None:
-            raise ConfigError("--engine spark computes no out-of-distribution scores; use --engine native for them, "
-                              "or --ood off")
         if args.restart or args.workers is not None or args.with_embedding:
             raise ConfigError("--restart, --workers and --with-embedding belong to --engine native; Spark reruns a "
                               "failed job and sets its own parallelism (--spark-partitions)")
@@ -124,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         from experiments.catalog.spark import run_catalog_spark
 
         result = run_catalog_spark(inputs, predictor, out, master=args.spark_master,
-                                   partitions=args.spark_partitions, tracking_uri=args.tracking_uri)
+                                   partitions=args.spark_partitions, tracking_uri=args.tracking_uri,
+                                   ood=_ood_factory(args, predictor))
     else:
         ood = _ood_factory(args, predictor)
         workers = args.workers or min(8, os.cpu_count() or 1)

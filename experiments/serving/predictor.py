@@ -101,6 +101,8 @@ class Predictor:
     predict_fn: Callable[[np.ndarray], np.ndarray]
     views_fn: Callable[[np.ndarray], np.ndarray] | None = None
     embed_fn: Callable[[np.ndarray], np.ndarray] | None = None
+    #: The Keras CNN of a ``keras`` model (``embed_fn`` reads its embedding layer); None for pyfunc models.
+    cnn: Any = None
 
     @property
     def can_embed(self) -> bool:
@@ -230,7 +232,7 @@ def keras_predictor(card: ModelCard, bundle: ModelBundle | tuple[Any, Mapping[st
         return mean_of_views(views_fn(images))
 
     return Predictor(card=card, predict_fn=predict_fn, views_fn=views_fn,
-                     embed_fn=cnn_embedding(bundle[0], card.size, card.crop))
+                     embed_fn=cnn_embedding(bundle[0], card.size, card.crop), cnn=bundle[0])
 
 
 def cnn_embedding(cnn: Any, size: int, crop: int) -> Callable[[np.ndarray], np.ndarray]:
