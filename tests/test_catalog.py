@@ -340,8 +340,8 @@ def html_escape(text: str) -> str:
 def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, survey: dict[str, Path], tmp_path: Path,
                                                               capsys) -> None:
     """The same inputs through ``--engine spark`` (local[2], the model run by mlflow.pyfunc.spark_udf) and the
-    native job: same rows, ids, errors and predictions; probabilities and out-of-distribution scores equal
-    within float tolerance (the same detector, fitted on the model's validation split, in both)."""
+    native job: same rows, ids, errors and predictions; probabilities, out-of-distribution scores and
+    embeddings equal within float tolerance (the same detector, fitted on the model's validation split)."""
     import shutil
 
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
@@ -351,8 +351,8 @@ def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, surve
 
     args = [str(survey["h5"]), str(survey["folder"]), str(survey["list"]), "--model",
             f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri]
-    assert main(["catalog", *args, "--out", str(tmp_path / "native.parquet"), "--ood", "on"]) == 0
-    assert main(["catalog", *args, "--out", str(tmp_path / "spark.parquet"), "--engine", "spark",
+    assert main(["catalog", *args, "--out", str(tmp_path / "native.parquet"), "--ood", "on", "--with-embedding"]) == 0
+    assert main(["catalog", *args, "--out", str(tmp_path / "spark.parquet"), "--engine", "spark", "--with-embedding",
                  "--spark-master", "local[2]", "--spark-partitions", "3", "--ood", "on"]) == 0, capsys.readouterr().err
     native = pq.read_table(tmp_path / "native.parquet")
     spark = pq.read_table(tmp_path / "spark.parquet")
@@ -361,8 +361,12 @@ def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, surve
     assert meta_spark["engine"] == "spark" and meta_spark["ood"]["threshold"] == meta_native["ood"]["threshold"]
     a, b = native.to_pandas(), spark.to_pandas()
     floats = [c for c in a.columns if c.startswith("p_")] + ["max_probability", "entropy", "ood_score"]
-    exact = [c for c in a.columns if c not in floats and c != "ood_flag"]
+    exact = [c for c in a.columns if c not in floats and c not in ("ood_flag", "embedding")]
     pd.testing.assert_frame_equal(a[exact], b[exact])
+    ok = a["error"].isna().to_numpy()
+    assert b.loc[~ok, "embedding"].isna().all()
+    np.testing.assert_allclose(np.stack(a.loc[ok, "embedding"]), np.stack(b.loc[ok, "embedding"]), rtol=1e-4,
+                               atol=1e-5)
     np.testing.assert_allclose(a[floats].to_numpy(dtype=float), b[floats].to_numpy(dtype=float), rtol=1e-4,
                                atol=1e-6)
     assert b["error"].notna().sum() == 2

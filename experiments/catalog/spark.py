@@ -110,25 +110,34 @@ def _embedder(file_name: str) -> Any:
     return _EMBEDDERS[file_name]
 
 
-def _score_ood(batches: Iterator[pd.DataFrame], *, model_file: str, detector: OODDetector,
-               crop: int) -> Iterator[pd.DataFrame]:
-    """Executor side: each readable row's out-of-distribution score from the untransformed view (``view_0``)."""
+def _embed_rows(batches: Iterator[pd.DataFrame], *, model_file: str, detector: OODDetector | None, crop: int,
+                with_embedding: bool) -> Iterator[pd.DataFrame]:
+    """Executor side: each readable row's CNN embedding of the untransformed view (``view_0``): its
+    out-of-distribution score (with a detector) and, if asked, the embedding itself."""
     from ensembles.embeddings import embed_images
 
     for df in batches:
         out = df.copy()
-        scores = np.full(len(df), np.nan, dtype=np.float32)
         ok = np.flatnonzero(df["error"].isna().to_numpy())
+        emb = None
         if len(ok):
             crops = np.stack(df["view_0"].to_numpy()[ok]).reshape(len(ok), crop, crop, 3).astype(np.uint8)
             emb = embed_images(_embedder(model_file), crops, input_size=crop, progress=False)[0]
-            scores[ok] = detector.score(emb).astype(np.float32)
-        out["ood_score"] = scores
+        if detector is not None:
+            scores = np.full(len(df), np.nan, dtype=np.float32)
+            if emb is not None:
+                scores[ok] = detector.score(emb).astype(np.float32)
+            out["ood_score"] = scores
+        if with_embedding:
+            rows: list[Any] = [None] * len(df)
+            for k, i in enumerate(ok):
+                rows[i] = emb[k].astype(np.float32)
+            out["embedding"] = rows
         yield out
 
 
 def _finish(batches: Iterator[pd.DataFrame], *, class_names: Sequence[str], n_views: int,
-            temperature: float, threshold: float | None) -> Iterator[pd.DataFrame]:
+            temperature: float, threshold: float | None, with_embedding: bool) -> Iterator[pd.DataFrame]:
     """Executor side: the catalog's columns from the per-view probabilities, as the native job computes them."""
     prob_cols = probability_columns(class_names)
     for df in batches:
@@ -155,11 +164,14 @@ def _finish(batches: Iterator[pd.DataFrame], *, class_names: Sequence[str], n_vi
             out["ood_flag"] = pd.array([bool(v > threshold) if np.isfinite(v) else None for v in scores],
                                        dtype="boolean")
         out["error"] = df["error"]
+        if with_embedding:
+            out["embedding"] = df["embedding"]
         yield out
 
 
-def _spark_schema(class_names: Sequence[str]) -> Any:
+def _spark_schema(class_names: Sequence[str], *, embedding: bool = False) -> Any:
     from pyspark.sql.types import (
+        ArrayType,
         BooleanType,
         ByteType,
         DoubleType,
@@ -172,8 +184,10 @@ def _spark_schema(class_names: Sequence[str]) -> Any:
     )
 
     kinds = {pa.int64(): LongType(), pa.string(): StringType(), pa.float64(): DoubleType(),
-             pa.float32(): FloatType(), pa.int16(): ShortType(), pa.int8(): ByteType(), pa.bool_(): BooleanType()}
-    return StructType([StructField(f.name, kinds[f.type], f.nullable) for f in catalog_schema(class_names)])
+             pa.float32(): FloatType(), pa.int16(): ShortType(), pa.int8(): ByteType(), pa.bool_(): BooleanType(),
+             pa.list_(pa.float32()): ArrayType(FloatType())}
+    return StructType([StructField(f.name, kinds[f.type], f.nullable)
+                       for f in catalog_schema(class_names, embedding=embedding)])
 
 
 def spark_session(master: str) -> Any:
@@ -199,12 +213,14 @@ def spark_session(master: str) -> Any:
 
 def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, master: str = "local[*]",
                       partitions: int | None = None, spark: Any = None, tracking_uri: str | None = None,
-                      ood: OODDetector | Callable[[], OODDetector] | None = None) -> CatalogResult:
+                      ood: OODDetector | Callable[[], OODDetector] | None = None,
+                      with_embedding: bool = False) -> CatalogResult:
     """Write the catalog of ``inputs`` with Spark (see the module docstring); returns what was done.
 
     ``tracking_uri``: the store ``predictor``'s model was loaded from (None: the process's store); the
     Spark UDF fetches the model from there again. ``ood``: the out-of-distribution detector (or a function
-    that fits one), as for the native job; None leaves the OOD columns null.
+    that fits one), as for the native job; None leaves the OOD columns null. ``with_embedding`` adds each
+    row's CNN embedding (``embedding``), as the native job does.
     """
     card = predictor.card
     if card.kind != "keras":
@@ -214,6 +230,8 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
     n_views = N_VIEWS if tta else 1
     out = Path(out)
     started = time.perf_counter()
+    if with_embedding and predictor.cnn is None:
+        raise ConfigError(f"model {card.uri} has no Keras CNN to embed with; drop --with-embedding")
     detector = ood() if callable(ood) and not isinstance(ood, OODDetector) else ood
     if detector is not None and predictor.cnn is None:
         raise ConfigError(f"model {card.uri} has no Keras CNN to embed with, so no out-of-distribution scores; "
@@ -222,12 +240,13 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
     try:
         with tempfile.TemporaryDirectory(prefix="galaxy10-spark-") as tmp:
             model_file = None
-            if detector is not None:  # the CNN travels to the executors as a file
+            if detector is not None or with_embedding:  # the CNN travels to the executors as a file
                 model_file = f"galaxy10-embedding-{os.getpid()}-{time.time_ns()}.keras"
                 predictor.cnn.save(Path(tmp) / model_file)
                 session.sparkContext.addFile(str(Path(tmp) / model_file))
             n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views,
-                            tracking_uri=tracking_uri, detector=detector, model_file=model_file)
+                            tracking_uri=tracking_uri, detector=detector, model_file=model_file,
+                            with_embedding=with_embedding)
     finally:
         if spark is None:  # a session this call started
             session.stop()
@@ -236,7 +255,8 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
 
 
 def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: str, partitions: int | None,
-         n_views: int, tracking_uri: str | None, detector: OODDetector | None, model_file: str | None) -> int:
+         n_views: int, tracking_uri: str | None, detector: OODDetector | None, model_file: str | None,
+         with_embedding: bool) -> int:
     from experiments.tracking.pyfunc import spark_model_udf
 
     names = list(card.class_names)
@@ -247,19 +267,21 @@ def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: s
     ddl = ("row long, id string, source string, source_index long, ra double, dec double, "
            f"{view_fields}, error string")
     prepared = rows.mapInPandas(functools.partial(_prepare, size=card.size, crop=card.crop, n_views=n_views), ddl)
-    if detector is not None:
-        ddl += ", ood_score float"
-        prepared = prepared.mapInPandas(functools.partial(_score_ood, model_file=model_file, detector=detector,
-                                                          crop=card.crop), ddl)
+    if model_file is not None:
+        ddl += (", ood_score float" if detector is not None else "") + (", embedding array<float>"
+                                                                          if with_embedding else "")
+        prepared = prepared.mapInPandas(functools.partial(_embed_rows, model_file=model_file, detector=detector,
+                                                          crop=card.crop, with_embedding=with_embedding), ddl)
     model = spark_model_udf(session, card.uri, tracking_uri=tracking_uri)
     for j in range(n_views):
         prepared = prepared.withColumn(f"p_view_{j}", model(f"view_{j}")).drop(f"view_{j}")
     threshold = None if detector is None else detector.threshold
     finished = prepared.mapInPandas(functools.partial(_finish, class_names=names, n_views=n_views,
-                                                      temperature=card.temperature, threshold=threshold),
-                                    _spark_schema(names))
-    schema = with_catalog_metadata(catalog_schema(names), card, inputs_fingerprint=inputs.fingerprint(),
-                                   n_rows=inputs.n_rows, engine="spark",
+                                                      temperature=card.temperature, threshold=threshold,
+                                                      with_embedding=with_embedding),
+                                    _spark_schema(names, embedding=with_embedding))
+    schema = with_catalog_metadata(catalog_schema(names, embedding=with_embedding), card,
+                                   inputs_fingerprint=inputs.fingerprint(), n_rows=inputs.n_rows, engine="spark",
                                    ood=None if detector is None else detector.describe(), spark_master=master)
     n_errors = 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="partitions of the row table for --engine spark (default: Spark's)")
     parser.add_argument("--with-embedding", action="store_true",
                         help="add each image's CNN embedding (a list of floats) to the catalog, for similarity "
-                             "search or clustering (native engine)")
+                             "search or clustering")
     parser.add_argument("--fits", action="store_true",
                         help="also write the catalog as a FITS binary table beside --out (<out>.fits; held in "
                              "memory while written)")
@@ -108,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = plan_catalog_inputs(args.inputs)  # fails on a bad input before a model is loaded
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.engine == "spark":
-        if args.restart or args.workers is not None or args.with_embedding:
-            raise ConfigError("--restart, --workers and --with-embedding belong to --engine native; Spark reruns a "
-                              "failed job and sets its own parallelism (--spark-partitions)")
+        if args.restart or args.workers is not None:
+            raise ConfigError("--restart and --workers belong to --engine native; Spark reruns a failed job and sets "
+                              "its own parallelism (--spark-partitions)")
     elif args.spark_partitions is not None or args.spark_master != "local[*]":
         raise ConfigError("--spark-master and --spark-partitions belong to --engine spark; add --engine spark")
     if args.ood_data is not None and args.ood == "off":
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
         result = run_catalog_spark(inputs, predictor, out, master=args.spark_master,
                                    partitions=args.spark_partitions, tracking_uri=args.tracking_uri,
-                                   ood=_ood_factory(args, predictor))
+                                   ood=_ood_factory(args, predictor), with_embedding=args.with_embedding)
     else:
         ood = _ood_factory(args, predictor)
         workers = args.workers or min(8, os.cpu_count() or 1)
