@@ -168,7 +168,7 @@ def spark_arm(args: argparse.Namespace, data: Path, tmp: Path) -> None:
                 batch_size=args.batch)
     native = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_catalog_spark(inputs, predictor, tmp / "spark.parquet", master="local[*]", tracking_uri=uri)
+    run_catalog_spark(inputs, predictor, tmp / "spark.parquet", master="local[*]")
     spark = time.perf_counter() - t0
     print(f"\n3. Spark local[*] vs native, {args.rows} rows (float32 model logged to MLflow, {os.cpu_count()} CPUs):")
     print(f"   native catalog job : {args.rows / native:8.1f} images/s ({native:.1f} s)")

@@ -419,3 +419,28 @@ def test_with_embedding_adds_each_rows_embedding(survey: dict[str, Path], tmp_pa
 
     with fits.open(write_fits(out, tmp_path / "cat.fits")) as hdus:
         np.testing.assert_allclose(np.asarray(hdus["CATALOG"].data["embedding"])[good], emb, rtol=1e-6)
+
+
+def test_the_spark_model_of_a_d4_cnn_loads_where_galaxy10_was_not_imported(tmp_path: Path) -> None:
+    """The pyfunc model the Spark engine hands to ``spark_udf`` registers the platform's layers itself: an
+    executor that never imported ``models`` loads a D4 CNN (MLflow's keras flavour alone cannot) and predicts
+    what the CNN predicts."""
+    from experiments.settings.run import load_config
+    from experiments.tracking.pyfunc import save_spark_cnn_model
+    from models import build_model
+
+    cnn = build_model(load_config(None, ["model.name=d4_cnn"]).model, input_size=64, num_classes=3,
+                      precision="float32")
+    folder = save_spark_cnn_model(cnn, tmp_path / "spark-model", crop=64, n_classes=3)
+    x = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, mlflow.pyfunc\n"
+            "assert 'models' not in sys.modules\n"
+            f"m = mlflow.pyfunc.load_model({str(folder)!r})\n"
+            f"np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r})))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step" not in proc.stdout  # no Keras progress bar
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), cnn.predict(x, verbose=0), rtol=1e-4, atol=1e-6)

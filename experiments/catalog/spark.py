@@ -4,7 +4,10 @@ The rows (the same segments and order as the native job) become a Spark DataFram
 row's pixels (an HDF5 row or an image file: the paths must be readable on every executor, e.g. a shared
 file system) and apply the model's own preprocessing (square crop, resize, centre crop) and, for a model
 with test-time augmentation, its 8 dihedral views, as flat float32 arrays. The model itself runs through
-``mlflow.pyfunc.spark_udf`` (its tensor signature reshapes each array to an image), once per view. The
+``mlflow.pyfunc.spark_udf``, once per view: the loaded CNN saved as a local pyfunc model
+(``experiments.tracking.pyfunc.save_spark_cnn_model``: its own ``.keras`` file, loaded on the executors with
+the platform's layers registered - MLflow's keras flavour alone would not know the D4 layers there - and
+called without Keras' progress bar; its tensor signature reshapes each array to an image). The
 columns (mean over views, temperature scaling, entropy, view disagreement, prediction) are computed by
 the same functions as the native job, and the driver streams the rows, ordered by ``row``, into the same
 Parquet schema through a temporary file. Spark does the distribution; nothing here schedules work.
@@ -212,40 +215,40 @@ def spark_session(master: str) -> Any:
 
 
 def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, master: str = "local[*]",
-                      partitions: int | None = None, spark: Any = None, tracking_uri: str | None = None,
+                      partitions: int | None = None, spark: Any = None,
                       ood: OODDetector | Callable[[], OODDetector] | None = None,
                       with_embedding: bool = False) -> CatalogResult:
     """Write the catalog of ``inputs`` with Spark (see the module docstring); returns what was done.
 
-    ``tracking_uri``: the store ``predictor``'s model was loaded from (None: the process's store); the
-    Spark UDF fetches the model from there again. ``ood``: the out-of-distribution detector (or a function
-    that fits one), as for the native job; None leaves the OOD columns null. ``with_embedding`` adds each
+    ``ood``: the out-of-distribution detector (or a function that fits one), as for the native job; None
+    leaves the OOD columns null. ``with_embedding`` adds each
     row's CNN embedding (``embedding``), as the native job does.
     """
     card = predictor.card
-    if card.kind != "keras":
+    if card.kind != "keras" or predictor.cnn is None:
         raise ConfigError(f"--engine spark runs Keras models through mlflow.pyfunc.spark_udf; model {card.uri} is a "
                           f"{card.kind} model: use the native engine for it")
     tta = str(card.extra.get("tta", "")).lower() == "true"
     n_views = N_VIEWS if tta else 1
     out = Path(out)
     started = time.perf_counter()
-    if with_embedding and predictor.cnn is None:
-        raise ConfigError(f"model {card.uri} has no Keras CNN to embed with; drop --with-embedding")
     detector = ood() if callable(ood) and not isinstance(ood, OODDetector) else ood
-    if detector is not None and predictor.cnn is None:
-        raise ConfigError(f"model {card.uri} has no Keras CNN to embed with, so no out-of-distribution scores; "
-                          "use --ood off")
     session = spark or spark_session(master)
     try:
         with tempfile.TemporaryDirectory(prefix="galaxy10-spark-") as tmp:
+            from experiments.tracking.pyfunc import save_spark_cnn_model
+
+            # the CNN travels to the executors twice: as the pyfunc model spark_udf applies, and (for the
+            # embedding) as its .keras file
+            model_dir = save_spark_cnn_model(predictor.cnn, Path(tmp) / "pyfunc", crop=card.crop,
+                                             n_classes=len(card.class_names))
             model_file = None
-            if detector is not None or with_embedding:  # the CNN travels to the executors as a file
+            if detector is not None or with_embedding:
                 model_file = f"galaxy10-embedding-{os.getpid()}-{time.time_ns()}.keras"
                 predictor.cnn.save(Path(tmp) / model_file)
                 session.sparkContext.addFile(str(Path(tmp) / model_file))
             n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views,
-                            tracking_uri=tracking_uri, detector=detector, model_file=model_file,
+                            model_dir=model_dir, detector=detector, model_file=model_file,
                             with_embedding=with_embedding)
     finally:
         if spark is None:  # a session this call started
@@ -255,7 +258,7 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
 
 
 def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: str, partitions: int | None,
-         n_views: int, tracking_uri: str | None, detector: OODDetector | None, model_file: str | None,
+         n_views: int, model_dir: Path, detector: OODDetector | None, model_file: str | None,
          with_embedding: bool) -> int:
     from experiments.tracking.pyfunc import spark_model_udf
 
@@ -272,7 +275,7 @@ def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: s
                                                                           if with_embedding else "")
         prepared = prepared.mapInPandas(functools.partial(_embed_rows, model_file=model_file, detector=detector,
                                                           crop=card.crop, with_embedding=with_embedding), ddl)
-    model = spark_model_udf(session, card.uri, tracking_uri=tracking_uri)
+    model = spark_model_udf(session, model_dir)
     for j in range(n_views):
         prepared = prepared.withColumn(f"p_view_{j}", model(f"view_{j}")).drop(f"view_{j}")
     threshold = None if detector is None else detector.threshold

@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
         from experiments.catalog.spark import run_catalog_spark
 
         result = run_catalog_spark(inputs, predictor, out, master=args.spark_master,
-                                   partitions=args.spark_partitions, tracking_uri=args.tracking_uri,
-                                   ood=_ood_factory(args, predictor), with_embedding=args.with_embedding)
+                                   partitions=args.spark_partitions, ood=_ood_factory(args, predictor),
+                                   with_embedding=args.with_embedding)
     else:
         ood = _ood_factory(args, predictor)
         workers = args.workers or min(8, os.cpu_count() or 1)

@@ -93,13 +93,68 @@ def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta
     return info.model_uri
 
 
-def spark_model_udf(spark: Any, model_uri: str, *, tracking_uri: str | None = None) -> Any:
-    """``mlflow.pyfunc.spark_udf`` of a logged model of the store ``tracking_uri`` (None: the process's),
+#: The pyfunc model ``galaxy10 catalog --engine spark`` hands to ``mlflow.pyfunc.spark_udf``: the CNN's own
+#: ``.keras`` file, loaded with the platform's layers registered (MLflow's keras flavour would not know the
+#: D4 layers in an executor) and called without Keras' progress bar.
+SPARK_CNN_CODE = '''\
+"""A galaxy10 CNN as an MLflow pyfunc model: float32 crops (N, S, S, 3) -> probabilities (N, C)."""
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class Galaxy10SparkCNN(PythonModel):
+    def load_context(self, context):
+        import keras
+
+        from models.layers import register_custom_layers
+
+        register_custom_layers()
+        self.model = keras.saving.load_model(context.artifacts["cnn"], safe_mode=True, compile=False)
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        x = np.asarray(model_input, dtype=np.float32)
+        return np.asarray(self.model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
+
+
+mlflow.models.set_model(Galaxy10SparkCNN())
+'''
+
+
+def save_spark_cnn_model(cnn: Any, folder: str | Path, *, crop: int, n_classes: int) -> Path:
+    """Save the Keras ``cnn`` as a local pyfunc model in ``folder`` (created; must not exist) for
+    :func:`spark_model_udf`: a tensor signature of float32 ``(-1, crop, crop, 3)`` crops, so Spark's flat
+    arrays are reshaped to images, and ``(-1, n_classes)`` probabilities. Returns the model folder."""
+    import mlflow.pyfunc
+
+    folder = Path(folder)
+    work = folder.parent / f".{folder.name}.build"
+    work.mkdir(parents=True, exist_ok=False)
+    cnn_file = work / "cnn.keras"
+    cnn.save(cnn_file)
+    code = work / "galaxy10_spark_cnn.py"
+    code.write_text(SPARK_CNN_CODE)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(crop), int(crop), 3))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(n_classes)),
+                                                          "probabilities")]))
+    try:
+        with warnings.catch_warnings():  # a local model for one job: no input example, no type hints needed
+            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*Add type hints", category=UserWarning)
+            mlflow.pyfunc.save_model(str(folder), python_model=str(code), artifacts={"cnn": str(cnn_file)},
+                                     signature=signature, pip_requirements=[])
+    except MlflowException as err:
+        raise ModelError(f"cannot save the CNN for Spark in {folder} ({first_line(err)})") from None
+    return folder
+
+
+def spark_model_udf(spark: Any, model_path: str | Path) -> Any:
+    """``mlflow.pyfunc.spark_udf`` of the local pyfunc model ``model_path`` (:func:`save_spark_cnn_model`),
     returning each row's probabilities (``array<float>``).
 
-    The driver fetches the model; it runs in this Python environment on every executor (``env_manager="local"``).
+    Spark ships the model folder to the executors; it runs in this Python environment there
+    (``env_manager="local"``).
     """
     import mlflow.pyfunc
 
-    with fluent_store(tracking_uri):
-        return mlflow.pyfunc.spark_udf(spark, model_uri, result_type="array<float>", env_manager="local")
+    return mlflow.pyfunc.spark_udf(spark, str(model_path), result_type="array<float>", env_manager="local")
