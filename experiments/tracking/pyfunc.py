@@ -157,4 +157,21 @@ def spark_model_udf(spark: Any, model_path: str | Path) -> Any:
     """
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.spark_udf(spark, str(model_path), result_type="array<float>", env_manager="local")
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    local_env = _DropMessage("env_manager=\"local\"")  # chosen on purpose: the executors run this environment
+    pyfunc_log.addFilter(local_env)
+    try:
+        return mlflow.pyfunc.spark_udf(spark, str(model_path), result_type="array<float>", env_manager="local")
+    finally:
+        pyfunc_log.removeFilter(local_env)
+
+
+class _DropMessage(logging.Filter):
+    """Drops the log records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
