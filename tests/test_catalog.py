@@ -214,6 +214,8 @@ def test_cli_catalog_with_a_logged_model(smoke_model, survey: dict[str, Path], t
                  "--tracking-uri", smoke_model.tracking_uri, "--chunk-size", "5"])
     assert code == 0, capsys.readouterr().err
     df = pq.read_table(out).to_pandas()
+    printed = capsys.readouterr().out
+    assert f"{len(df)} rows, 1 errors, {int(df['ood_flag'].sum())} flagged out-of-distribution" in printed
     predictor = load_predictor(ref, tracking_uri=smoke_model.tracking_uri)
     cols = probability_columns(predictor.card.class_names)
     raw = predict_file_rows(predictor, survey["h5"], range(12))

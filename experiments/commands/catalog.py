@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from experiments.commands.common import add_force_argument
 from experiments.commands.predict import add_model_arguments
@@ -145,9 +146,19 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("galaxy10").info(
         "catalog of %d images -> %s (%d unreadable, %.1f images/s)%s", result.n_rows, result.out, result.n_errors,
         result.images_per_second, synthetic)
-    print(f"{result.out}: {result.n_rows} rows, {result.n_errors} errors, model {predictor.card.display_name}"
-          f"{synthetic}")
+    print(f"{result.out}: {result.n_rows} rows, {result.n_errors} errors, {_flagged(result.out)}, model "
+          f"{predictor.card.display_name}{synthetic}")
     return 0
+
+
+def _flagged(out: Path) -> str:
+    """``N flagged out-of-distribution`` from the written catalog, or ``no out-of-distribution scores``."""
+    import pyarrow.parquet as pq
+
+    flags = pq.read_table(out, columns=["ood_flag"]).column("ood_flag")
+    if flags.null_count == len(flags):
+        return "no out-of-distribution scores"
+    return f"{int(flags.fill_null(False).to_numpy().sum())} flagged out-of-distribution"
 
 
 def _ood_factory(args: argparse.Namespace, predictor):  # noqa: ANN001, ANN202 - Predictor -> callable or None
