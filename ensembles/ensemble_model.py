@@ -29,7 +29,7 @@ import numpy as np
 from ensembles.embeddings import dual_output_model, embed_images
 from ensembles.second_stage import full_proba, load_second_stage, save_second_stage
 from ensembles.stacking import meta_predict
-from models.layers import register_custom_layers
+from models.layers import load_keras_file
 from pipelines.errors import DataError, ModelError
 from pipelines.preprocess import prepare_images
 
@@ -176,8 +176,6 @@ def save_ensemble(model: EnsembleModel, folder: str | Path) -> Path:
 
 def load_ensemble(folder: str | Path) -> EnsembleModel:
     """Read an ensemble written by :func:`save_ensemble` (Keras with ``safe_mode=True``)."""
-    import keras
-
     folder = Path(folder)
     spec_path = folder / SPEC_FILE
     if not spec_path.is_file():
@@ -196,8 +194,7 @@ def load_ensemble(folder: str | Path) -> EnsembleModel:
         if name not in cnns:
             path = folder / name
             try:
-                register_custom_layers()
-                cnns[name] = keras.models.load_model(path, safe_mode=True, compile=False)
+                cnns[name] = load_keras_file(path)
             except (OSError, ValueError, TypeError) as err:
                 raise ModelError(f"cannot load CNN {path} ({str(err).splitlines()[0]})") from None
         branches.append(Branch(

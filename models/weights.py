@@ -92,9 +92,7 @@ def transfer_weights(target: Any, source: Any, *, target_desc: str, source_desc:
 
 def load_weights_file(model: Any, path: str | Path, *, target_desc: str) -> list[str]:
     """Start ``model`` from a ``.keras`` or ``.weights.h5`` file (see the module docstring)."""
-    import keras
-
-    from models.layers import register_custom_layers
+    from models.layers import load_keras_file
 
     p = Path(path)
     if p.name.endswith(".weights.h5"):
@@ -108,9 +106,8 @@ def load_weights_file(model: Any, path: str | Path, *, target_desc: str) -> list
                               "class count (or give a .keras model)") from None
         log.info("loaded %s into %s", p.name, target_desc)
         return []
-    register_custom_layers()
     try:
-        source = keras.saving.load_model(str(p), safe_mode=True, compile=False)
+        source = load_keras_file(p)
     except (ValueError, OSError, TypeError) as err:
         raise ConfigError(f"cannot read model.weights {p.name} ({first_line(err)}); give a .keras model saved "
                           "by Keras 3") from None

@@ -433,7 +433,8 @@ def test_the_spark_model_of_a_d4_cnn_loads_where_galaxy10_was_not_imported(tmp_p
 
     cnn = build_model(load_config(None, ["model.name=d4_cnn"]).model, input_size=64, num_classes=3,
                       precision="float32")
-    folder = save_spark_cnn_model(cnn, tmp_path / "spark-model", crop=64, n_classes=3)
+    cnn.save(tmp_path / "cnn.keras")
+    folder = save_spark_cnn_model(tmp_path / "cnn.keras", tmp_path / "spark-model", crop=64, n_classes=3)
     x = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     code = ("import sys, numpy as np, mlflow.pyfunc\n"

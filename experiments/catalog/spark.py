@@ -101,15 +101,12 @@ _EMBEDDERS: dict[str, Any] = {}
 def _embedder(file_name: str) -> Any:
     """The ``[embedding, probabilities]`` model of the CNN shipped as ``file_name`` (loaded once per worker)."""
     if file_name not in _EMBEDDERS:
-        import keras
         from pyspark import SparkFiles
 
         from ensembles.embeddings import dual_output_model
-        from models.layers import register_custom_layers
+        from models.layers import load_keras_file
 
-        register_custom_layers()
-        cnn = keras.saving.load_model(SparkFiles.get(file_name), safe_mode=True, compile=False)
-        _EMBEDDERS[file_name] = dual_output_model(cnn)
+        _EMBEDDERS[file_name] = dual_output_model(load_keras_file(SparkFiles.get(file_name)))
     return _EMBEDDERS[file_name]
 
 
@@ -221,8 +218,8 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
     """Write the catalog of ``inputs`` with Spark (see the module docstring); returns what was done.
 
     ``ood``: the out-of-distribution detector (or a function that fits one), as for the native job; None
-    leaves the OOD columns null. ``with_embedding`` adds each
-    row's CNN embedding (``embedding``), as the native job does.
+    leaves the OOD columns null. ``with_embedding`` adds each row's CNN embedding (``embedding``), as the
+    native job does.
     """
     card = predictor.card
     if card.kind != "keras" or predictor.cnn is None:
@@ -238,15 +235,16 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
         with tempfile.TemporaryDirectory(prefix="galaxy10-spark-") as tmp:
             from experiments.tracking.pyfunc import save_spark_cnn_model
 
-            # the CNN travels to the executors twice: as the pyfunc model spark_udf applies, and (for the
-            # embedding) as its .keras file
-            model_dir = save_spark_cnn_model(predictor.cnn, Path(tmp) / "pyfunc", crop=card.crop,
+            # the CNN, saved once, travels to the executors inside the pyfunc model spark_udf applies and (for
+            # the embedding) as a file of its own; a unique name, as addFile refuses a name twice per context
+            cnn_file = Path(tmp) / f"galaxy10-cnn-{os.getpid()}-{time.time_ns()}.keras"
+            predictor.cnn.save(cnn_file)
+            model_dir = save_spark_cnn_model(cnn_file, Path(tmp) / "pyfunc", crop=card.crop,
                                              n_classes=len(card.class_names))
             model_file = None
             if detector is not None or with_embedding:
-                model_file = f"galaxy10-embedding-{os.getpid()}-{time.time_ns()}.keras"
-                predictor.cnn.save(Path(tmp) / model_file)
-                session.sparkContext.addFile(str(Path(tmp) / model_file))
+                session.sparkContext.addFile(str(cnn_file))
+                model_file = cnn_file.name
             n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views,
                             model_dir=model_dir, detector=detector, model_file=model_file,
                             with_embedding=with_embedding)

@@ -31,6 +31,7 @@ from experiments.ensembling.context import (
 from experiments.ensembling.fold_cnns import CrossfitResult
 from experiments.ensembling.second_stage_tuning import tuned_models, tuned_params
 from experiments.settings.ensemble import EnsembleConfig
+from models.layers import load_keras_file
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,12 @@ def meta_params(cfg: EnsembleConfig, meta: Any) -> dict[str, Any]:
 
 def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate]:
     """Candidates from the K fold models: their average, and per-fold second stages (+ stacking)."""
-    import keras
-
     cfg, data = ctx.cfg, ctx.data
     best = ctx.members.best
     oof = cf.oof
     n, k = ctx.n_classes, len(cf.model_paths)
     y_oof = data.labels[oof.indices]
-    models = [keras.models.load_model(p, safe_mode=True, compile=False) for p in cf.model_paths]
+    models = [load_keras_file(p) for p in cf.model_paths]
     fold_names = [f"{best.name}/fold-{i}" for i in range(k)]
     tta = cfg.embeddings.tta
     wide = cfg.oof_selection  # out-of-fold train probabilities for the champion rule

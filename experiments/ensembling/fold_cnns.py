@@ -17,6 +17,7 @@ from experiments.settings.run import to_yaml
 from experiments.tracking.base import NullTracker
 from experiments.tracking.lookups import training_lookups
 from experiments.training import train
+from models.layers import load_keras_file
 from pipelines.files import atomic_path, write_json_atomic
 from pipelines.paths import default_cache_dir
 
@@ -89,7 +90,7 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
         return path, fold_data.train
 
     def embed_fold(path: Path, fold: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
+        model = load_keras_file(path)
         emb = embedder(model, model_id=f"crossfit-{key}-fold{fold.number}", tta=cfg.embeddings.tta,
                         batch_size=cfg.embeddings.batch_size)
         held = emb.embed(data.images, fold.heldout, split=f"train-fold{fold.number}", data_fingerprint=data.fingerprint)

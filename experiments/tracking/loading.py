@@ -74,7 +74,7 @@ def resolve_model_uri(ref: str, *, tracking_uri: str | None = None) -> str:
     (a lookup in a missing store must not create an empty MLflow database)."""
     uri = parse_model_ref(ref)
     if not Path(uri).exists():
-        require_tracking_store(tracking_uri or get_tracking_uri())
+        require_tracking_store(get_tracking_uri(tracking_uri))
     return uri
 
 

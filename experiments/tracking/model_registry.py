@@ -29,7 +29,7 @@ def default_champion_uri(alias: str = "champion", *, tracking_uri: str | None = 
     try:
         page = client.search_registered_models(max_results=1000)
     except MlflowException as err:
-        raise ModelError(f"cannot list registered models at {tracking_uri or get_tracking_uri()} "
+        raise ModelError(f"cannot list registered models at {get_tracking_uri(tracking_uri)} "
                          f"({first_line(err)})") from None
     for rm in page:
         if alias in (rm.aliases or {}):

@@ -105,12 +105,9 @@ from mlflow.pyfunc import PythonModel
 
 class Galaxy10SparkCNN(PythonModel):
     def load_context(self, context):
-        import keras
+        from models.layers import load_keras_file
 
-        from models.layers import register_custom_layers
-
-        register_custom_layers()
-        self.model = keras.saving.load_model(context.artifacts["cnn"], safe_mode=True, compile=False)
+        self.model = load_keras_file(context.artifacts["cnn"])
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         x = np.asarray(model_input, dtype=np.float32)
@@ -121,17 +118,15 @@ mlflow.models.set_model(Galaxy10SparkCNN())
 '''
 
 
-def save_spark_cnn_model(cnn: Any, folder: str | Path, *, crop: int, n_classes: int) -> Path:
-    """Save the Keras ``cnn`` as a local pyfunc model in ``folder`` (created; must not exist) for
-    :func:`spark_model_udf`: a tensor signature of float32 ``(-1, crop, crop, 3)`` crops, so Spark's flat
-    arrays are reshaped to images, and ``(-1, n_classes)`` probabilities. Returns the model folder."""
+def save_spark_cnn_model(cnn_file: str | Path, folder: str | Path, *, crop: int, n_classes: int) -> Path:
+    """Save the CNN saved as ``cnn_file`` (``.keras``) as a local pyfunc model in ``folder`` (created; must not
+    exist) for :func:`spark_model_udf`: a tensor signature of float32 ``(-1, crop, crop, 3)`` crops, so Spark's
+    flat arrays are reshaped to images, and ``(-1, n_classes)`` probabilities. Returns the model folder."""
     import mlflow.pyfunc
 
     folder = Path(folder)
     work = folder.parent / f".{folder.name}.build"
     work.mkdir(parents=True, exist_ok=False)
-    cnn_file = work / "cnn.keras"
-    cnn.save(cnn_file)
     code = work / "galaxy10_spark_cnn.py"
     code.write_text(SPARK_CNN_CODE)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(crop), int(crop), 3))]),
@@ -158,20 +153,12 @@ def spark_model_udf(spark: Any, model_path: str | Path) -> Any:
     import mlflow.pyfunc
 
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
-    local_env = _DropMessage("env_manager=\"local\"")  # chosen on purpose: the executors run this environment
-    pyfunc_log.addFilter(local_env)
+
+    def not_local_env_advice(record: logging.LogRecord) -> bool:  # env_manager="local" is chosen on purpose
+        return 'env_manager="local"' not in record.getMessage()
+
+    pyfunc_log.addFilter(not_local_env_advice)
     try:
         return mlflow.pyfunc.spark_udf(spark, str(model_path), result_type="array<float>", env_manager="local")
     finally:
-        pyfunc_log.removeFilter(local_env)
-
-
-class _DropMessage(logging.Filter):
-    """Drops the log records whose message contains ``text``."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+        pyfunc_log.removeFilter(not_local_env_advice)

@@ -27,7 +27,7 @@ from pipelines.errors import ConfigError, ModelError, first_line
 
 def run_metrics(run_id: str, *, tracking_uri: str | None = None) -> dict[str, float]:
     """The latest value of every metric of run ``run_id``."""
-    uri = resolve_tracking_uri(tracking_uri) if tracking_uri else get_tracking_uri()
+    uri = get_tracking_uri(tracking_uri)
     try:
         run = mlflow_client(uri).get_run(run_id)
     except MlflowException as err:

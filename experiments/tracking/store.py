@@ -52,9 +52,11 @@ def set_tracking_uri(uri: str | None = None) -> str:
     return resolved
 
 
-def get_tracking_uri() -> str:
-    """The store MLflow's default points at now (set by the entry point or a :func:`fluent_store` block),
-    else the resolved default (:func:`resolve_tracking_uri`)."""
+def get_tracking_uri(uri: str | None = None) -> str:
+    """``uri`` resolved (:func:`resolve_tracking_uri`) when given; else the store MLflow's default points at
+    now (set by the entry point or a :func:`fluent_store` block), else the resolved default."""
+    if uri:
+        return resolve_tracking_uri(uri)
     if mlflow.is_tracking_uri_set():
         return mlflow.get_tracking_uri()
     return resolve_tracking_uri(None)
@@ -68,7 +70,7 @@ def fluent_store(uri: str | None = None) -> Iterator[str]:
     For the MLflow calls that read only the default (``Model.log``, ``mlflow.register_model``,
     ``mlflow.models.get_model_info``, ``mlflow.*.load_model`` of ``models:/`` and ``runs:/`` URIs).
     """
-    target = resolve_tracking_uri(uri) if uri else get_tracking_uri()
+    target = get_tracking_uri(uri)
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     if previous == target:
         yield target

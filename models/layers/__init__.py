@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+from typing import Any
 
 
 def register_custom_layers() -> None:
@@ -11,3 +13,12 @@ def register_custom_layers() -> None:
 
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
+
+
+def load_keras_file(path: str | os.PathLike) -> Any:
+    """A ``.keras`` model file loaded the platform's way: its custom layers registered first, Keras
+    ``safe_mode`` on, not compiled (for prediction, embedding or copying weights)."""
+    import keras
+
+    register_custom_layers()
+    return keras.saving.load_model(str(path), safe_mode=True, compile=False)
