@@ -55,10 +55,10 @@ def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[flo
     of ``data``, on this machine.
 
     Trains three epochs on at most :data:`PROBE_IMAGES` training images, validation on at most a quarter of
-    that, no early stopping, nothing logged; the faster of the two warm epochs (one warm epoch alone was
-    off by up to 2x when the machine hiccupped, and a plan built on it cut the tuned trials' epochs) is
-    scaled by the share of images; what the first epoch and the set-up took beyond a warm epoch (building
-    the model, tracing the graph, the final evaluation) is the per-fit overhead.
+    that, no early stopping, nothing logged; the faster of the two warm epochs (a single warm epoch can be
+    off by up to 2x on a busy machine; docs/BENCHMARKS.md, workflow run 4) is scaled by the share of images;
+    what the first epoch and the set-up took beyond a warm epoch (building the model, tracing the graph, the
+    final evaluation) is the per-fit overhead.
     """
     import keras
 
