@@ -137,7 +137,7 @@ def test_comparison_table_chart_and_registered_winner(comparison, tiny_study: Ti
     client = MlflowClient(tiny_study.tracking_uri)
     artifacts = {a.path for a in client.list_artifacts(comparison.parent_run_id)}
     assert {"comparison.csv", "comparison.md", "comparison.png", "ensemble_config_resolved.json",
-            "crossfit.json"} <= artifacts
+            "crossfit.json", "paired_evidence.json"} <= artifacts
     local = Path(client.download_artifacts(comparison.parent_run_id, "comparison.csv", str(tmp_path)))
     rows = list(csv.DictReader(local.open()))
     assert [r["candidate"] for r in rows] == [r["candidate"] for r in comparison.rows]
@@ -155,7 +155,9 @@ def test_comparison_table_chart_and_registered_winner(comparison, tiny_study: Ti
     if comparison.winner != "cnn-best":
         win, base = (next(r for r in rows if r["candidate"] == n) for n in (comparison.winner, "cnn-best"))
         key = "oofval_accuracy" if win.get("oofval_accuracy") else "val_accuracy"
-        assert float(win[key]) > float(base[key]) and key in rule
+        assert float(win[key]) > float(base[key])
+        assert ("out-of-fold train" if key.startswith("oofval") else "validation images") in rule
+        assert win["verdict"] == "better" and win["d_accuracy"].startswith("+")
     # out-of-fold train + validation evidence: every candidate of the fold models has it, member votes do not
     wide = {r["candidate"] for r in rows if r.get("oofval_accuracy")}
     assert wide == {"cnn-best", "vote-crossfit2", "gbm-logreg", "gbm-xgboost", "stack-xgboost"}

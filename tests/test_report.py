@@ -347,6 +347,20 @@ def test_report_on_an_imported_catalog_tells_the_truth(imported_report: tuple[Ti
     assert f"{refit[f'recall_{slug}']:.2f}" in re.search(r"<tr><td>rare ring</td>(.*?)</tr>", table, re.S).group(1)
     for key in ("cnn", "refit"):
         assert (out / f"confusion_{key}.png").read_bytes().startswith(b"\x89PNG")
+    # report.json carries no Galaxy10 published reference on another class set
+    assert "reference" not in numbers
+    # the paired verdict: the refit against the best CNN on the same test images, in words
+    (pair,) = numbers["paired"]
+    assert (pair["a"], pair["b"], pair["n_images"]) == ("refit", "cnn", numbers["data"]["split_sizes"]["test"])
+    acc = pair["differences"]["accuracy"]
+    assert acc["diff"] == pytest.approx(refit["accuracy"] - numbers["models"]["cnn"]["test"]["accuracy"])
+    assert acc["ci"][0] <= acc["diff"] <= acc["ci"][1]
+    words = {"better", "worse", f"not distinguishable on {pair['n_images']} images"}
+    assert acc["verdict"] in words and set(pair["recall_diff"]) == {s.replace(" ", "_") for s in IMPORTED_CLASSES}
+    paired = re.search(r'<table id="paired-verdicts">(.*?)</table>', html, re.S).group(1)
+    assert "Refit CNN (train + validation)" in paired and "Best CNN" in paired and acc["verdict"] in paired
+    assert f"{100 * acc['diff']:+.1f} [{100 * acc['ci'][0]:+.1f}, {100 * acc['ci'][1]:+.1f}]" in paired
+    assert "### Paired differences (same test images)" in md and acc["verdict"] in md
 
 
 @pytest.mark.parametrize("n", [2, 4, 10])
@@ -377,6 +391,9 @@ def test_imported_report_in_chromium(imported_report: tuple[TinyStudy, Path], tm
     table = re.search(r'<table id="recall-table">(.*?)</table>', dom, re.S).group(1)
     assert "Refit CNN (train + validation)" in table
     assert dom.count('alt="Confusion matrix') == 2  # best CNN and refit
+    paired = re.search(r'<table id="paired-verdicts">(.*?)</table>', dom, re.S).group(1)
+    assert re.search(r'<span class="verdict verdict-(better|worse|not)">(better|worse|not distinguishable on '
+                     r'\d+ images)</span>', paired), paired
 
 
 @pytest.mark.slow

@@ -74,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
                      if "oofval_accuracy" in r else f"  | {'-':>17} {'-':>8}")
         print(f"  {r['candidate']:<{w}} {r['kind']:<6} {r['val_accuracy']:>8.4f} {r['val_balanced_accuracy']:>8.4f} "
               f"{r['val_macro_f1']:>8.4f} {r['val_log_loss']:>8.4f}{extra}{mark}")
+    judged = [r for r in report.rows if "verdict" in r]
+    if judged:
+        keys = [k for k in judged[0] if k.startswith("d_")]
+        print("  paired against cnn-best (difference [interval], Bonferroni over the candidates; verdict on "
+              f"{keys[0][2:]}):")
+        for r in judged:
+            print(f"    {r['candidate']:<{w}} " + "  ".join(f"{k[2:]} {r[k]}" for k in keys) + f"  -> {r['verdict']}")
     print(f"  winner: {report.winner} registered as {report.registered}")
     print(f"  MLflow: parent run {report.parent_run_id} '{report.experiment_name}' with {len(report.rows)} "
           "nested runs; "

@@ -1,25 +1,26 @@
-"""The champion rule: a candidate replaces the best CNN only when it wins by more than the paired SE.
+"""The champion rule: a candidate replaces the best CNN only on clear paired evidence, on every guard metric.
 
-With the accuracy guard (``accuracy_guard: true``, the default), a candidate chosen by another metric
-(balanced accuracy, macro-F1) must also not lose validation accuracy to the best CNN by more than the
-paired standard error of the accuracy difference: an ensemble must not buy rare-class recall with the
-majority classes' accuracy on noise.
+Each candidate is compared with ``cnn-best`` image by image on its widest evidence (out-of-fold train +
+validation where both carry it, ``oof_selection``; else validation), by paired-bootstrap intervals of the
+difference (:mod:`experiments.paired`). Every interval is at the Bonferroni level for the number of
+candidates the comparison looked at (``1 - (1 - confidence) / m``), so a win by selection noise among
+19 candidates does not count.
 
-In crossfit mode (``oof_selection: true``) candidates with out-of-fold probabilities on the training
-split are judged on those plus validation against ``cnn-best``'s recipe (its fold CNNs out-of-fold on
-train, itself on validation): with 10% validation images that is about ten times the images of every
-class, where validation alone may hold three images of a rare class.
+A candidate **wins** when
 
-Votes break ties: when no candidate wins by more than the paired SE, a soft vote of the study's models
-(``kind: vote``: nothing is fit on the validation split, so choosing it carries no fitting optimism)
-that does not trail the best CNN on the selection metric, passes the accuracy guard and has the lower
-validation log loss (a proper score, which counts how sure each answer was instead of only whether it was
-right, so it varies less on a small split) is champion: averaging models trained apart lowers their
-variance, which is what a small validation split cannot resolve. The vote with the lowest log loss wins.
+- on the selection metric its interval lies above 0 (it is *better*), and
+- on every guard metric (``guard_metrics``, accuracy by default; the selection metric always) its
+  interval's lower end is above ``-guard_margin``: it is not worse by more than the margin
+  (non-inferiority), so it cannot buy rare-class recall with the majority classes' accuracy.
+
+Winners are tried in the order of their lead; the first is champion. When none wins, the simpler models
+are preferred: a soft **vote** of the study's models (nothing fit on validation) is champion only when it
+is non-inferior on every guard metric and its per-image log loss is *clearly* lower (the interval of the
+mean difference below 0, Bonferroni over the votes); otherwise ``cnn-best`` stays.
 
 The reference floor: where the comparison holds the study's reference trial (``reference``, the shipped
-recipe trained inside the study), the champion must not trail it on the validation images by more than the
-paired standard error; one that does gives way to the reference.
+recipe trained inside the study), a champion that is *worse* than it on the validation images (the interval
+of the difference on the selection metric or a guard metric below 0) gives way to the reference.
 """
 from __future__ import annotations
 
@@ -30,10 +31,34 @@ from typing import Any
 import numpy as np
 
 from experiments.ensembling.context import REFERENCE_CANDIDATE, Candidate
-from experiments.evaluation import paired_difference_se
+from experiments.paired import (
+    PairedDifference,
+    bonferroni_level,
+    paired_bootstrap,
+    paired_mean_interval,
+    per_image_log_loss,
+)
 
 #: The candidate every ensemble must beat: the study's best CNN alone.
 BASELINE_CANDIDATE = "cnn-best"
+#: Resamples of the paired bootstrap behind the rule.
+RULE_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """How strict the rule is: the metrics and level it judges by (``ensemble.yaml``)."""
+
+    metric: str
+    guard_metrics: tuple[str, ...] = ("accuracy",)
+    guard_margin: float = 0.01
+    confidence: float = 0.95
+    seed: int = 0
+
+    @property
+    def judged(self) -> tuple[str, ...]:
+        """The selection metric, then the guard metrics (each once)."""
+        return tuple(dict.fromkeys((self.metric, *self.guard_metrics)))
 
 
 @dataclass(frozen=True)
@@ -43,7 +68,7 @@ class Evidence:
     y: np.ndarray
     probs: np.ndarray
     base: np.ndarray
-    key: str  # the row key of the metric on these images (val_<metric> or oofval_<metric>)
+    prefix: str  # the row-key prefix of the metrics on these images (val or oofval)
     where: str
 
     @classmethod
@@ -54,147 +79,158 @@ class Evidence:
         if (y_train is not None and key in row and key in base_row and cand.train_probs is not None
                 and base.train_probs is not None):
             return cls(np.concatenate([y_train, y_val]), np.concatenate([cand.train_probs, cand.val_probs]),
-                       np.concatenate([base.train_probs, base.val_probs]), key,
+                       np.concatenate([base.train_probs, base.val_probs]), "oofval",
                        f"{len(y_train)} out-of-fold train + {len(y_val)} validation images")
-        return cls(y_val, cand.val_probs, base.val_probs, f"val_{metric}", f"{len(y_val)} validation images")
+        return cls(y_val, cand.val_probs, base.val_probs, "val", f"{len(y_val)} validation images")
 
 
-def _verdict(row: Mapping[str, Any], lead: float, ev: Evidence, n_classes: int, metric: str, guard: bool,
-             seed: int) -> tuple[bool, str]:
-    """Whether ``row`` (leading the best CNN by ``lead`` on ``ev``) may replace it, and the clause saying why
-    (or why not)."""
-    pred, base_pred = ev.probs.argmax(1), ev.base.argmax(1)
-    se = paired_difference_se(ev.y, pred, base_pred, n_classes, metric, seed=seed)
-    if lead <= se:
-        return False, (f"{row['candidate']} leads {BASELINE_CANDIDATE} by only {lead:.4f} {ev.key}, within the "
-                       f"paired-bootstrap standard error {se:.4f} on {ev.where}")
-    clause = (f"{row['candidate']} leads {BASELINE_CANDIDATE} by {lead:.4f} {ev.key}, more than the "
-              f"paired-bootstrap standard error {se:.4f} on {ev.where}")
-    if not guard:
-        return True, clause
-    acc = float(np.mean(pred == ev.y)) - float(np.mean(base_pred == ev.y))
-    se_acc = paired_difference_se(ev.y, pred, base_pred, n_classes, "accuracy", seed=seed)
-    if -acc > se_acc:
-        return False, (f"{clause}, but loses {-acc:.4f} accuracy there, more than its standard error {se_acc:.4f} "
-                       "(accuracy guard)")
-    return True, f"{clause}, and its accuracy there is within {se_acc:.4f} of it or better ({acc:+.4f})"
+@dataclass(frozen=True)
+class Judgement:
+    """One candidate against ``cnn-best``: its paired differences on the judged metrics and the outcome."""
+
+    candidate: str
+    evidence: str
+    differences: Mapping[str, PairedDifference]
+    wins: bool
+    clause: str
+
+    def cells(self) -> dict[str, str]:
+        """Table cells: ``d_<metric>`` (difference and interval) and ``verdict`` (on the first metric)."""
+        out = {f"d_{m}": d.text() for m, d in self.differences.items()}
+        first = next(iter(self.differences.values()))
+        out["verdict"] = first.verdict
+        return out
+
+
+def _differences(ev: Evidence, settings: RuleSettings, n_classes: int, level: float) -> dict[str, PairedDifference]:
+    return paired_bootstrap(ev.y, ev.probs.argmax(1), ev.base.argmax(1), n_classes, metrics=settings.judged,
+                            n_resamples=RULE_RESAMPLES, seed=settings.seed, level=level, interval="normal")
+
+
+def _non_inferior(diffs: Mapping[str, PairedDifference], settings: RuleSettings) -> list[str]:
+    """The judged metrics on which the candidate may be worse than ``cnn-best`` by more than the margin."""
+    return [m for m, d in diffs.items() if d.lo < -settings.guard_margin]
+
+
+def _describe(name: str, diffs: Mapping[str, PairedDifference], where: str, level: float) -> str:
+    parts = ", ".join(f"{m} {d.text()}" for m, d in diffs.items())
+    return f"{name} - {BASELINE_CANDIDATE} on {where}: {parts} ({100 * level:.2f}% paired intervals)"
+
+
+def judge(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray, n_classes: int,
+          settings: RuleSettings, *, y_train: np.ndarray | None = None) -> dict[str, Judgement]:
+    """Every candidate but ``cnn-best`` against it, at the Bonferroni level for their number (see module docs)."""
+    base_row = next(r for r in rows if r["candidate"] == BASELINE_CANDIDATE)
+    by_name = {c.name: c for c in candidates}
+    others = [r for r in rows if r is not base_row]
+    level = bonferroni_level(settings.confidence, len(others))
+    out = {}
+    for row in others:
+        name = row["candidate"]
+        ev = Evidence.of(row, base_row, by_name[name], by_name[BASELINE_CANDIDATE], y_val, y_train, settings.metric)
+        diffs = _differences(ev, settings, n_classes, level)
+        lead = diffs[settings.metric]
+        short = _non_inferior(diffs, settings)
+        text = _describe(name, diffs, ev.where, level)
+        if lead.lo <= 0:
+            wins, clause = False, f"{text}: not clearly better on {settings.metric}"
+        elif short:
+            wins, clause = False, (f"{text}: better on {settings.metric} but possibly worse by more than "
+                                   f"{settings.guard_margin:g} on {', '.join(short)} (guard)")
+        else:
+            wins, clause = True, f"{text}: better on {settings.metric} and not worse on the guard metrics"
+        out[name] = Judgement(name, ev.where, diffs, wins, clause)
+    return out
 
 
 def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
-                    n_classes: int, metric: str, *, seed: int = 0, accuracy_guard: bool = True,
-                    y_train: np.ndarray | None = None) -> tuple[Mapping[str, Any], str]:
-    """The comparison's champion and the sentence saying why: :func:`best_over_cnn` (see there), then the
-    reference floor - a champion that trails the ``reference`` candidate on validation by more than the
-    paired-bootstrap standard error of the difference gives way to it."""
-    row, why = best_over_cnn(rows, candidates, y_val, n_classes, metric, seed=seed, accuracy_guard=accuracy_guard,
-                             y_train=y_train)
-    ref = next((r for r in rows if r["candidate"] == REFERENCE_CANDIDATE), None)
-    if ref is None or row is ref:
-        return row, why
-    by_name = {c.name: c for c in candidates}
-    key = f"val_{metric}"
-    trail = float(ref[key] - row[key])
-    se = paired_difference_se(y_val, by_name[REFERENCE_CANDIDATE].val_probs.argmax(1),
-                              by_name[row["candidate"]].val_probs.argmax(1), n_classes, metric, seed=seed)
-    if trail > se:
-        return ref, (f"{why}; but {row['candidate']} trails the reference recipe by {trail:.4f} {key}, more than "
-                     f"the paired-bootstrap standard error {se:.4f} on {len(y_val)} validation images: "
-                     f"{REFERENCE_CANDIDATE} is champion (reference floor)")
-    return row, why
-
-
-def best_over_cnn(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
-                  n_classes: int, metric: str, *, seed: int = 0, accuracy_guard: bool = True,
-                  y_train: np.ndarray | None = None) -> tuple[Mapping[str, Any], str]:
-    """The comparison's champion and the sentence saying why.
+                    n_classes: int, settings: RuleSettings, *,
+                    y_train: np.ndarray | None = None) -> tuple[Mapping[str, Any], str, dict[str, Judgement]]:
+    """The comparison's champion, the rule's sentence and every candidate's judgement (see module docs).
 
     Parameters
     ----------
     rows, candidates
-        The comparison's rows (``candidate`` and ``val_<metric>`` keys; ``oofval_<metric>`` where the
-        candidate also has out-of-fold train probabilities) and the candidates behind them.
+        The comparison's rows (``candidate``, ``kind`` and ``val_<metric>`` keys; ``oofval_<metric>`` where
+        the candidate also has out-of-fold train probabilities) and the candidates behind them.
     y_val
         Validation labels.
     n_classes
         Number of classes.
-    metric
-        The selection metric (``accuracy``, ``balanced_accuracy``, ``macro_f1``, ...).
-    seed
-        Seed of the paired bootstrap.
-    accuracy_guard
-        When ``metric`` is not accuracy, a candidate must also not lose accuracy to ``cnn-best`` by more
-        than the paired standard error.
+    settings
+        The selection metric, guard metrics, margin, confidence and bootstrap seed.
     y_train
         Labels of the out-of-fold train rows (``oof_selection``); None judges on validation alone.
-
-    Returns
-    -------
-    tuple
-        The winning row and the rule's sentence. Each candidate is judged against ``cnn-best`` on its
-        widest evidence (out-of-fold train + validation where both carry it, else validation) and tried in
-        order of its lead there; the first that leads by more than the paired-bootstrap standard error of
-        the difference (and passes the guard) wins; if none does, the study's best CNN stays champion.
     """
-
-    key = f"val_{metric}"
     base = next((r for r in rows if r["candidate"] == BASELINE_CANDIDATE), None)
+    key = f"val_{settings.metric}"
     if base is None:
         top = sorted(rows, key=lambda r: (-r[key], rows.index(r)))[0]
-        return top, f"{top['candidate']} has the best val_{metric} ({top[key]:.4f}) and is champion"
-    by_name = {c.name: c for c in candidates}
-    others = [r for r in rows if r is not base]
-    evidence = {r["candidate"]: Evidence.of(r, base, by_name[r["candidate"]], by_name[BASELINE_CANDIDATE], y_val,
-                                            y_train, metric) for r in others}
-    leads = {r["candidate"]: float(r[evidence[r["candidate"]].key] - base[evidence[r["candidate"]].key])
-             for r in others}
-    order = sorted(others, key=lambda r: (-leads[r["candidate"]], rows.index(r)))
-    guard = accuracy_guard and metric != "accuracy"
-    if not order or leads[order[0]["candidate"]] <= 0:
-        where = " (out-of-fold train + validation where a candidate has both)" if y_train is not None else ""
-        clause = f"no candidate leads {BASELINE_CANDIDATE} on {metric}{where}"
-        vote = _tied_vote(base, others, leads, evidence, n_classes, metric, guard, seed)
+        return top, f"{top['candidate']} has the best {key} ({top[key]:.4f}) and is champion", {}
+    judgements = judge(rows, candidates, y_val, n_classes, settings, y_train=y_train)
+    if not judgements:
+        return base, f"{BASELINE_CANDIDATE} is the only candidate and champion", judgements
+    by_row = {r["candidate"]: r for r in rows}
+    order = sorted(judgements.values(), key=lambda j: (-j.differences[settings.metric].diff,
+                                                        rows.index(by_row[j.candidate])))
+    winner = next((j for j in order if j.wins), None)
+    looked = f"{len(judgements)} candidate(s) judged against {BASELINE_CANDIDATE}"
+    if winner is not None:
+        row, rule = by_row[winner.candidate], f"{looked}; {winner.clause}: it is champion"
+    else:
+        top = order[0]
+        vote = _clear_vote(rows, candidates, y_val, judgements, settings)
         if vote is not None:
-            return vote[0], f"{clause}; {vote[1]}: it is champion (votes break ties)"
-        return base, f"{clause}: {BASELINE_CANDIDATE} ({key} {base[key]:.4f}) stays champion"
-    top_clause = ""
-    for row in order:
-        if leads[row["candidate"]] <= 0:
-            break
-        ok, clause = _verdict(row, leads[row["candidate"]], evidence[row["candidate"]], n_classes, metric, guard,
-                              seed)
-        if ok:
-            prefix = "" if row is order[0] else f"{top_clause}; "
-            return row, f"{prefix}{clause}: it is champion"
-        top_clause = top_clause or clause
-    vote = _tied_vote(base, others, leads, evidence, n_classes, metric, guard, seed)
-    if vote is not None:
-        row, clause = vote
-        return row, f"{top_clause}; {clause}: it is champion (votes break ties)"
-    return base, f"{top_clause}: {BASELINE_CANDIDATE} stays champion"
+            row, rule = by_row[vote[0]], f"{looked}; none is clearly better (best: {top.clause}); {vote[1]}"
+        else:
+            row, rule = base, (f"{looked}; none is clearly better without losing on a guard metric (best: "
+                               f"{top.clause}): {BASELINE_CANDIDATE} stays champion")
+    return _reference_floor(row, rule, rows, candidates, y_val, n_classes, settings) + (judgements,)
 
 
-def _tied_vote(base: Mapping[str, Any], others: Sequence[Mapping[str, Any]], leads: Mapping[str, float],
-               evidence: Mapping[str, Evidence], n_classes: int, metric: str, guard: bool,
-               seed: int) -> tuple[Mapping[str, Any], str] | None:
-    """The vote with the lowest validation log loss among those that tie or lead ``cnn-best`` on the
-    metric, pass the accuracy guard and beat its log loss; None when there is none."""
-    tied = []
-    for row in others:
-        name = row["candidate"]
-        if row.get("kind") != "vote" or leads[name] < 0 or "val_log_loss" not in row:
-            continue
-        if not row["val_log_loss"] < base.get("val_log_loss", float("inf")):
-            continue
-        ev = evidence[name]
-        if guard:
-            pred, base_pred = ev.probs.argmax(1), ev.base.argmax(1)
-            acc = float(np.mean(pred == ev.y)) - float(np.mean(base_pred == ev.y))
-            if -acc > paired_difference_se(ev.y, pred, base_pred, n_classes, "accuracy", seed=seed):
-                continue
-        tied.append(row)
-    if not tied:
+def _clear_vote(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
+                judgements: Mapping[str, Judgement], settings: RuleSettings) -> tuple[str, str] | None:
+    """The vote that is non-inferior on every judged metric and has a clearly lower per-image log loss
+    than ``cnn-best`` (the lowest mean among such votes), or None."""
+    by_name = {c.name: c for c in candidates}
+    votes = [r["candidate"] for r in rows if r.get("kind") == "vote" and r["candidate"] in judgements]
+    if not votes:
         return None
-    best = min(tied, key=lambda r: (r["val_log_loss"], others.index(r)))
-    return best, (f"{best['candidate']}, a vote, ties or leads it ({leads[best['candidate']]:+.4f} "
-                  f"{evidence[best['candidate']].key}) with the lower validation log loss "
-                  f"({best['val_log_loss']:.4f} vs {base['val_log_loss']:.4f})")
+    level = bonferroni_level(settings.confidence, len(votes))
+    base = by_name[BASELINE_CANDIDATE]
+    clear = []
+    for name in votes:
+        if _non_inferior(judgements[name].differences, settings):
+            continue
+        c = by_name[name]
+        diff = per_image_log_loss(y_val, c.val_probs) - per_image_log_loss(y_val, base.val_probs)
+        mean, lo, hi = paired_mean_interval(diff, level=level)
+        if hi < 0:
+            clear.append((mean, name, lo, hi))
+    if not clear:
+        return None
+    mean, name, lo, hi = min(clear)
+    return name, (f"{name}, a vote, is not worse on the guard metrics and its validation log loss is clearly lower "
+                  f"({mean:+.4f} [{lo:+.4f}, {hi:+.4f}] per image, {100 * level:.2f}%): it is champion "
+                  "(a clear vote breaks the tie)")
+
+
+def _reference_floor(row: Mapping[str, Any], rule: str, rows: Sequence[Mapping[str, Any]],
+                     candidates: Sequence[Candidate], y_val: np.ndarray, n_classes: int,
+                     settings: RuleSettings) -> tuple[Mapping[str, Any], str]:
+    """The reference trial replaces a champion that is worse than it on validation (see module docs)."""
+    ref = next((r for r in rows if r["candidate"] == REFERENCE_CANDIDATE), None)
+    if ref is None or row is ref:
+        return row, rule
+    by_name = {c.name: c for c in candidates}
+    diffs = paired_bootstrap(y_val, by_name[REFERENCE_CANDIDATE].val_probs.argmax(1),
+                             by_name[row["candidate"]].val_probs.argmax(1), n_classes, metrics=settings.judged,
+                             n_resamples=RULE_RESAMPLES, seed=settings.seed, level=settings.confidence,
+                             interval="normal")
+    worse = [m for m, d in diffs.items() if d.lo > 0]
+    if not worse:
+        return row, rule
+    parts = ", ".join(f"{m} {diffs[m].text()}" for m in worse)
+    return ref, (f"{rule}; but the reference recipe is better than {row['candidate']} on {len(y_val)} validation "
+                 f"images ({parts}, reference - {row['candidate']}): {REFERENCE_CANDIDATE} is champion "
+                 "(reference floor)")

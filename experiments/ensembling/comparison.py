@@ -19,7 +19,7 @@ import numpy as np
 from ensembles.calibration import calibration_metrics
 from ensembles.ensemble_model import save_ensemble
 from experiments.ensembling.candidates import build_candidates
-from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
+from experiments.ensembling.champion import BASELINE_CANDIDATE, Judgement, RuleSettings, choose_champion
 from experiments.ensembling.context import Candidate
 from experiments.ensembling.members import load_study_data, study_members
 from experiments.ensembling.second_stage_tuning import validate_config
@@ -91,14 +91,19 @@ def comparison_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
 def comparison_markdown(rows: Sequence[Mapping[str, Any]], *, winner: str, select_metric: str, synthetic: bool) -> str:
     """The comparison table as Markdown (main metrics; the CSV has per-class recall too)."""
     wide = [f"oofval_{k}" for k in ("accuracy", "balanced_accuracy") if any(f"oofval_{k}" in r for r in rows)]
+    paired = sorted({k for r in rows for k in r if k.startswith("d_")})
+    paired += ["verdict"] if paired else []
     cols = ["candidate", "kind", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_log_loss", *wide,
-            "estimate"]
+            *paired, "estimate"]
     lines = []
     if synthetic:
         lines += ["**SYNTHETIC data: these numbers say nothing about real galaxies.**", ""]
     where = ("Validation split; the fold-model candidates also on out-of-fold train + validation (oofval_*), "
              "where the champion rule judged them" if wide else "Validation split only")
-    lines += [f"{where}; winner by {select_metric}: **{winner}**.", "",
+    lines += [f"{where}; winner by {select_metric}: **{winner}**."
+              + (" d_* columns: the candidate minus cnn-best on the images the rule judged it on, with its "
+                 "paired interval (Bonferroni over the candidates); verdict on the selection metric." if paired
+                 else ""), "",
               "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         cells = [f"**{r[c]}**" if c == "candidate" and r[c] == winner else str(r.get(c, "")) for c in cols]
@@ -267,11 +272,22 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
                      metrics["balanced_accuracy"], metrics["macro_f1"], cand.estimate)
         select_metric = members.metric if cfg.select_metric == "study" else cfg.select_metric
         key = f"val_{select_metric}"
-        winner, rule = choose_champion(rows, candidates, y_val, data.num_classes, select_metric, seed=cfg.seed,
-                                      accuracy_guard=cfg.accuracy_guard, y_train=y_train)
+        settings = rule_settings(cfg, select_metric)
+        winner, rule, judgements = choose_champion(rows, candidates, y_val, data.num_classes, settings,
+                                                   y_train=y_train)
         log.info("champion: %s", rule)
+        columns = add_judgements(rows, columns, judgements, settings)
         if winner["candidate"] == BASELINE_CANDIDATE and len(rows) > 1:
             notes.append(rule)
+        thin_evidence = evidence_note(judgements, y_train, plan is not None and cfg.mode == "val_cv")
+        if thin_evidence:
+            notes.append(thin_evidence)
+        parent.log_dict({"settings": {"metric": settings.metric, "guard_metrics": list(settings.guard_metrics),
+                                      "guard_margin": settings.guard_margin, "confidence": settings.confidence,
+                                      "n_judged": len(judgements)},
+                         "judgements": {n: {"evidence": j.evidence, "wins": j.wins, "clause": j.clause,
+                                            "differences": {m: d.as_dict() for m, d in j.differences.items()}}
+                                        for n, j in judgements.items()}}, "paired_evidence.json")
         md = comparison_markdown(rows, winner=winner["candidate"], select_metric=select_metric,
                                  synthetic=data.synthetic) + f"\nChampion rule: {rule}.\n"
         parent.log_text(comparison_csv(rows, columns), "comparison.csv")
@@ -299,6 +315,39 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
         winner_run_id=winner["run_id"], registered=registered, child_run_ids=child_ids, model_uris=model_uris,
         notes=tuple(notes), synthetic=bool(data.synthetic), seconds=time.perf_counter() - started,
         candidates=tuple(candidates))
+
+
+def rule_settings(cfg: EnsembleConfig, select_metric: str) -> RuleSettings:
+    """The champion rule's settings from the config (``accuracy_guard: false`` drops accuracy from the guards)."""
+    guards = tuple(g for g in cfg.guard_metrics if cfg.accuracy_guard or g != "accuracy")
+    return RuleSettings(metric=select_metric, guard_metrics=guards, guard_margin=cfg.guard_margin,
+                        confidence=cfg.confidence, seed=cfg.seed)
+
+
+def add_judgements(rows: Sequence[dict[str, Any]], columns: tuple[str, ...], judgements: Mapping[str, Judgement],
+                   settings: RuleSettings) -> tuple[str, ...]:
+    """Put each candidate's paired differences against ``cnn-best`` and its verdict into its row; the columns
+    with them (after the validation metrics)."""
+    for row in rows:
+        j = judgements.get(row["candidate"])
+        if j is not None:
+            row.update(j.cells())
+    extra = (*(f"d_{m}" for m in settings.judged), "verdict")
+    at = columns.index("members")
+    return (*columns[:at], *extra, *columns[at:])
+
+
+def evidence_note(judgements: Mapping[str, Judgement], y_train: np.ndarray | None, budget_cut: bool) -> str | None:
+    """How little evidence a validation-only choice rests on (no out-of-fold train images), else None."""
+    if y_train is not None or not judgements:
+        return None
+    j = next(iter(judgements.values()))
+    acc = j.differences.get("accuracy") or next(iter(j.differences.values()))
+    half = (acc.hi - acc.lo) / 2
+    why = "cross-fitting was skipped for the budget" if budget_cut else "no out-of-fold train predictions (val_cv)"
+    return (f"the champion rule judged every candidate on {j.evidence} only ({why}): at the corrected level "
+            f"{100 * acc.level:.2f}% a {acc.metric} difference must exceed about {100 * half:.1f} points to be told "
+            "from noise, so the best CNN (then a clear vote) is kept unless the evidence is that clear")
 
 
 #: Metrics of the out-of-fold train + validation evidence (``oofval_<metric>``).

@@ -22,6 +22,7 @@ from experiments.reporting.facts import (
 )
 from experiments.reporting.figure_set import make_figures
 from experiments.reporting.render import write_report_dir
+from experiments.reporting.verdicts import paired_rows
 from experiments.reporting.scoring import (
     _scored,
     log_test_scores,
@@ -158,6 +159,14 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         models.append(_scored("cnn", "Best CNN", f"study best trial {study.best_number} "
                               f"({scored_by} {study.metric} {study.best_value:.4f})", study.best_run_id,
                               study.best_model_uri, y_true, probs_by_key["cnn"], slugs))
+        if study.reference_model_uri and study.reference_number != study.best_number:
+            log.info("scoring the study's reference trial %d (%s) on the test split", study.reference_number,
+                     study.reference_model_uri)
+            probs_by_key["reference"] = score_logged_model(study.reference_model_uri, data.path, data.test,
+                                                           tracking_uri=uri)
+            models.append(_scored("reference", "Reference trial", f"study trial {study.reference_number}: "
+                                  "experiments/configs/reference.yaml as shipped", study.reference_run_id,
+                                  study.reference_model_uri, y_true, probs_by_key["reference"], slugs))
         if study.refit_model_uri and study.refit_of_trial == study.best_number:
             log.info("scoring the refit of trial %d (%s) on the test split", study.best_number, study.refit_model_uri)
             probs_by_key["refit"] = score_logged_model(study.refit_model_uri, data.path, data.test, tracking_uri=uri)
@@ -176,6 +185,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         cis = bootstrap_ci(y_true, {m.key: m.y_pred for m in models}, n_classes, n_resamples=n_resamples, seed=seed)
         for m in models:
             m.ci = cis[m.key]
+        paired = paired_rows(models, y_true, slugs, n_resamples=n_resamples, seed=seed)
         commit = git_commit()
         report = Report(
             study_name=study_name, storage_url=storage_url, tracking_uri=uri, parent_run_id=study.parent_run_id,
@@ -183,7 +193,7 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
             best_trial=study.best_number, best_value=study.best_value, best_params=study.best_params,
             best_run_id=study.best_run_id, data=card, models=models, ensemble=ensemble, n_resamples=n_resamples,
             seed=seed, trials=list(study.trials), best_cv_scores=study.best_cv_scores, pruned_cuts=study.pruned_cuts,
-            pareto=study.pareto,
+            pareto=study.pareto, paired=paired,
             created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             git_commit=commit.get("git.commit", "")[:12] + (" (dirty)" if commit.get("git.dirty") == "true" else ""),
         )

@@ -78,6 +78,15 @@ class ScoredModel:
 
 
 @dataclass(frozen=True)
+class PairedRow:
+    """One model against another on the same test images (keys of :class:`ScoredModel`)."""
+
+    a_key: str
+    b_key: str
+    comparison: Any  # experiments.paired.PairedComparison
+
+
+@dataclass(frozen=True)
 class EnsembleInfo:
     """The study's ensemble comparison (``galaxy10 ensemble``), or why there is none."""
 
@@ -120,6 +129,7 @@ class Report:
     pruned_cuts: tuple[str, ...] = ()
     calibration: dict[str, Any] = field(default_factory=dict)  # the best CNN's temperature, ECE before/after
     pareto: tuple[Any, ...] = ()  # trials' (metric, inference images/s), Pareto front marked
+    paired: list[PairedRow] = field(default_factory=list)  # models against the reference trial and the best CNN
     gallery_model: str | None = None
     gallery_classes: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)

@@ -69,6 +69,9 @@ class StudyFacts:
     best_cv_scores: tuple[float, ...] = ()
     pruned_cuts: tuple[str, ...] = ()  # where each PRUNED trial was cut and against what
     pareto: tuple[Any, ...] = ()  # tuning.study.ParetoPoint of every COMPLETE trial that measured its speed
+    reference_number: int | None = None  # the study's reference trial (reference.yaml as shipped), if it has a model
+    reference_run_id: str | None = None
+    reference_model_uri: str | None = None
 
 
 def study_facts(study_name: str, storage_url: str) -> StudyFacts:
@@ -100,6 +103,9 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
     if not run_id or not model_uri:
         raise ModelError(f"best trial {best.number} of study {study_name!r} has no logged model; "
                          "re-run the study with `galaxy10 tune` so trials log their models")
+    reference = next((t for t in study.get_trials(deepcopy=False)
+                      if t.user_attrs.get(ATTR_REFERENCE) and t.state.name == "COMPLETE"
+                      and t.user_attrs.get("model_uri") and t.user_attrs.get(ATTR_TRIAL_RUN)), None)
     trials = []
     for t in study.get_trials(deepcopy=False):
         value = trial_value(t)
@@ -119,6 +125,9 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
         best_cv_scores=tuple(float(v) for v in best.user_attrs.get("cv_scores") or ()),
         pruned_cuts=tuple(describe_cuts(study.get_trials(deepcopy=False))),
         pareto=tuple(pareto_front(study.get_trials(deepcopy=False))),
+        reference_number=None if reference is None else reference.number,
+        reference_run_id=None if reference is None else str(reference.user_attrs[ATTR_TRIAL_RUN]),
+        reference_model_uri=None if reference is None else str(reference.user_attrs["model_uri"]),
     )
 
 

@@ -13,6 +13,7 @@ import jinja2
 from experiments.evaluation import scalar_metrics
 from experiments.reporting.contents import Report
 from experiments.reporting.scoring import SCORING_RUN_NAME
+from experiments.reporting.verdicts import VERDICT_TEXT, recall_difference_rows, verdict_rows
 from pipelines.classes import REFERENCE_ACCURACY, REFERENCE_RECALL
 from pipelines.outputs import output_dir
 
@@ -98,6 +99,8 @@ def _context(report: Report, embed: bool) -> dict[str, Any]:
         "split": ", ".join(f"{k} {v}" for k, v in card.split_sizes.items()),
         "class_counts": list(zip(card.class_names, card.class_counts, card.test_counts)),
         "pct": pct, "calibration": calibration_text(report), "pareto_text": PARETO_TEXT,
+        "verdicts": verdict_rows(report), "verdict_text": VERDICT_TEXT,
+        "recall_diff": recall_difference_rows(report),
     }
 
 
@@ -150,6 +153,15 @@ def render_markdown(report: Report) -> str:
                           for r in summary_rows(report)]))
     if not report.ensemble.found:
         out += ["", f"**{report.ensemble.reason}**"]
+    if report.paired:
+        out += ["", "### Paired differences (same test images)", "", VERDICT_TEXT, "",
+                _md_table(["Model", "Against", "Accuracy (pts)", "Verdict", "Balanced acc. (pts)", "Verdict",
+                           "Macro-F1 (pts)", "Verdict", "McNemar (only A / only B right)"],
+                          [(v["model"], v["against"], v["accuracy"], v["accuracy_verdict"], v["balanced_accuracy"],
+                            v["balanced_accuracy_verdict"], v["macro_f1"], v["macro_f1_verdict"], v["mcnemar"])
+                           for v in verdict_rows(report)]), ""]
+        header, rows = recall_difference_rows(report)
+        out += ["Per-class recall differences (points):", "", _md_table(header, rows)]
     columns = recall_columns(report)
     out += ["", "### Per-class recall", "",
             _md_table(["Class", "Test images", *[header for _, header in columns]],
@@ -253,11 +265,14 @@ def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = Fa
         "models": {m.key: {"label": m.label, "run_id": m.run_id, "model_uri": m.model_uri,
                            "test": scalar_metrics(m.metrics), "ci95": {k: list(v) for k, v in m.ci.items()}}
                    for m in report.models},
-        "reference": {"accuracy": REFERENCE_ACCURACY, "recall": REFERENCE_RECALL, "note": report.reference_note},
+        "paired": [{"a": p.a_key, "b": p.b_key, **p.comparison.as_dict()} for p in report.paired],
         "ensemble": {"found": report.ensemble.found, "reason": report.ensemble.reason,
                      "winner": report.ensemble.winner_name, "model_uri": report.ensemble.model_uri},
         "commands": report.commands,
     }
+    if report.data.galaxy10_classes:  # the published reference is about Galaxy10's ten classes only
+        numbers["reference"] = {"accuracy": REFERENCE_ACCURACY, "recall": REFERENCE_RECALL,
+                                "note": report.reference_note}
     with output_dir(out, what="report", force=force) as tmp:
         (tmp / "report.html").write_text(html, encoding="utf-8")
         (tmp / "report.md").write_text(markdown, encoding="utf-8")

@@ -74,6 +74,12 @@ def log_test_scores(report: Report, *, experiment_name: str, tracking_uri: str) 
             for name, (lo, hi) in m.ci.items():
                 metrics[f"test_{m.key}_{name}_ci_low"] = lo
                 metrics[f"test_{m.key}_{name}_ci_high"] = hi
+        for p in report.paired:
+            pre = f"test_paired_{p.a_key}_vs_{p.b_key}"
+            for name, d in p.comparison.differences.items():
+                metrics.update({f"{pre}_{name}_diff": d.diff, f"{pre}_{name}_ci_low": d.lo,
+                                f"{pre}_{name}_ci_high": d.hi})
+            metrics[f"{pre}_mcnemar_p"] = p.comparison.mcnemar.p_value
         if report.calibration:
             metrics["test_cnn_ece"] = report.calibration["test_ece"]
             metrics["test_cnn_ece_calibrated"] = report.calibration["test_ece_calibrated"]

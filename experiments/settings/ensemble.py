@@ -35,6 +35,8 @@ CLASS_WEIGHTINGS: tuple[str, ...] = ("auto", "balanced", "none")
 #: Selection metrics for which ``class_weights: auto`` weights the classes equally.
 BALANCED_METRICS: tuple[str, ...] = ("balanced_accuracy", "macro_f1")
 TUNE_METRICS: tuple[str, ...] = ("log_loss", "accuracy")
+#: Metrics the champion rule can guard (those a paired bootstrap computes).
+GUARD_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,12 @@ class EnsembleConfig:
     candidate whose probabilities are divided by the training class shares - ``auto`` (default: when the
     selection metric is balanced accuracy or macro-F1), ``true`` or ``false``. ``accuracy_guard``: when
     the selection metric is not accuracy, a candidate must also not lose validation accuracy to
-    ``cnn-best`` by more than the paired standard error to become champion (default true).
+    ``cnn-best`` beyond the guard margin to become champion (default true; false drops accuracy from the
+    guard metrics). ``guard_metrics``: the metrics (besides the selection metric, always judged) on which a
+    candidate must be non-inferior to ``cnn-best`` - the lower end of the paired interval of the difference
+    above ``-guard_margin`` (default ``[accuracy]``, margin 0.01). ``confidence``: the level of the paired
+    intervals before the Bonferroni correction for the number of candidates (default 0.95); see
+    ``experiments.ensembling.champion``.
     ``oof_selection``: in ``crossfit`` mode, judge the candidates that have out-of-fold predictions on the
     training split (the fold CNNs' average, second stages, stacks, their prior twins) on those *and* the
     validation split against ``cnn-best``'s recipe (its fold CNNs out-of-fold, itself on validation): about
@@ -114,6 +121,9 @@ class EnsembleConfig:
     class_weights: str = "none"
     prior_correction: bool | str = "auto"
     accuracy_guard: bool = True
+    guard_metrics: tuple[str, ...] = ("accuracy",)
+    guard_margin: float = 0.01
+    confidence: float = 0.95
     oof_selection: bool = True
     cv_folds: int = 5
     n_jobs: int | None = None
@@ -181,6 +191,21 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         raise ConfigError(f"config key class_weights=balanced, but second stage "
                           f"{', '.join(sorted(set(second) - WEIGHTABLE))} cannot weight classes; remove it from "
                           "second_stage or set class_weights: auto or none")
+    guards = raw.get("guard_metrics", list(d.guard_metrics))
+    if isinstance(guards, str):
+        guards = [guards]
+    if not isinstance(guards, (list, tuple)):
+        raise ConfigError(f"config key guard_metrics={guards!r} must be a list of metrics from "
+                          f"{', '.join(GUARD_METRICS)} (e.g. [accuracy])")
+    for g in guards:
+        as_choice("guard_metrics", g, GUARD_METRICS)
+    margin = raw.get("guard_margin", d.guard_margin)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ConfigError(f"config key guard_margin={margin!r} must be a number from 0 to below 1 (e.g. 0.01: a "
+                          "candidate may trail cnn-best by at most one point on a guard metric)")
+    confidence = raw.get("confidence", d.confidence)
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.5 <= confidence < 1:
+        raise ConfigError(f"config key confidence={confidence!r} must be a level from 0.5 to below 1 (e.g. 0.95)")
     alias = raw.get("alias", d.alias)
     if not isinstance(alias, str) or not alias.isidentifier():
         raise ConfigError(f"config key alias={alias!r} is not allowed; give a simple name like champion")
@@ -196,6 +221,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         class_weights=as_choice("class_weights", raw.get("class_weights", d.class_weights), CLASS_WEIGHTINGS),
         prior_correction=auto_or_bool("prior_correction", raw.get("prior_correction", d.prior_correction)),
         accuracy_guard=as_bool("accuracy_guard", raw.get("accuracy_guard", d.accuracy_guard)),
+        guard_metrics=tuple(str(g) for g in guards), guard_margin=float(margin), confidence=float(confidence),
         oof_selection=as_bool("oof_selection", raw.get("oof_selection", d.oof_selection)),
         cv_folds=as_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
         n_jobs=as_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
