@@ -22,13 +22,13 @@ from experiments.reporting.facts import (
 )
 from experiments.reporting.figure_set import make_figures
 from experiments.reporting.render import write_report_dir
-from experiments.reporting.verdicts import paired_rows
 from experiments.reporting.scoring import (
     _scored,
     log_test_scores,
     score_baseline_model,
     score_logged_model,
 )
+from experiments.reporting.verdicts import paired_rows
 from experiments.tracking.base import git_commit
 from experiments.tracking.runs import (
     get_run_facts,
