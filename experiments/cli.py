@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tune",
     "study",
     "ensemble",
+    "evaluate",
     "predict",
     "catalog",
     "serve",

@@ -1,0 +1,255 @@
+"""The evaluation run: every recipe on every fold, one MLflow parent run with a child per recipe and fold.
+
+Each finished child keeps the recipe's probabilities on its fold's held-out images (``predictions.json``), so
+an evaluation killed mid-way continues where it stopped: the same command finds its parent run by the
+evaluation's key (data fingerprint, recipes, R, K, seed, budget), reuses every FINISHED child and redoes the
+rest. The summary is computed from the kept predictions only, so a resumed evaluation gives the same numbers
+as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from experiments.crossval.folds import (
+    Budget,
+    Fold,
+    Recipe,
+    check_counts,
+    check_recipes,
+    evaluation_key,
+    load_recipe_config,
+    repeated_folds,
+)
+from experiments.crossval.recipes import FoldResult, run_train_recipe, run_tune_recipe
+from experiments.crossval.summary import EvaluationSummary, summarize, summary_figure, summary_markdown
+from experiments.tracking.base import git_commit, package_versions
+from experiments.tracking.lookups import training_lookups
+from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
+from experiments.tracking.runs import download_run_artifact, find_runs, finish_run, get_run_facts
+from pipelines.classes import CLASS_NAMES, ClassSet
+from pipelines.errors import ConfigError
+from pipelines.outputs import check_output_dir, output_dir
+from pipelines.paths import default_cache_dir
+from pipelines.reader import Galaxy10File, data_fingerprint
+from pipelines.splits import find_groups
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "galaxy10-evaluate"
+PREDICTIONS = "predictions.json"
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What ``galaxy10 evaluate`` did: the summary, where it is, and how much was reused."""
+
+    summary: EvaluationSummary
+    parent_run_id: str
+    key: str
+    out: Path
+    reused: int
+    ran: int
+    synthetic: bool
+    seconds: float
+
+
+def _first_train_recipe(recipes: Sequence[Recipe]) -> Recipe | None:
+    return next((r for r in recipes if r.kind == "train"), None)
+
+
+def _check_budget(recipes: Sequence[Recipe], budget: Budget | None) -> None:
+    tune = [r.name for r in recipes if r.kind == "tune"]
+    if tune and budget is None:
+        raise ConfigError(f"recipe {tune[0]} is a tuning config (the catalog path): give --budget, a duration (20m) "
+                          "or a factor of the first run recipe's wall time on each fold (4x)")
+    if budget is not None and budget.factor is not None and _first_train_recipe(recipes) is None:
+        raise ConfigError(f"--budget {budget.text()} is a factor of a run recipe's wall time, but every recipe is a "
+                          "tuning config; give a duration (e.g. --budget 20m)")
+
+
+def _done_cells(parent_id: str, tracking_uri: str) -> dict[tuple[str, str], str]:
+    """``(recipe, cell) -> run id`` of the parent's FINISHED children; children left unfinished are marked FAILED."""
+    done = {}
+    for child in find_runs({"evaluate.role": "fold"}, tracking_uri=tracking_uri, parent_run_id=parent_id):
+        cell = (child.tags.get("evaluate.recipe", ""), child.tags.get("evaluate.cell", ""))
+        if child.status == "FINISHED" and cell not in done:
+            done[cell] = child.run_id
+        elif child.status == "RUNNING":
+            finish_run(child.run_id, "FAILED", tracking_uri=tracking_uri,
+                       tags={"evaluate.fail_reason": "the evaluation stopped before this fold finished; redone"})
+    return done
+
+
+def _load_predictions(run_id: str, tracking_uri: str, fold: Fold) -> FoldResult:
+    with tempfile.TemporaryDirectory(prefix="galaxy10-evaluate-") as tmp:
+        doc = json.loads(download_run_artifact(run_id, PREDICTIONS, tmp, tracking_uri=tracking_uri).read_text())
+    if doc["rows"] != fold.test.tolist():
+        raise ConfigError(f"run {run_id} holds predictions for other images than fold {fold.cell}; the evaluation's "
+                          "store was changed by hand: start over with another --experiment")
+    seconds = get_run_facts(run_id, tracking_uri=tracking_uri).metrics.get("seconds", float("nan"))
+    return FoldResult(np.asarray(doc["probs"], dtype=np.float32), float(seconds), {})
+
+
+def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str | Path, repeats: int = 3,
+                   folds: int = 5, seed: int = 0, budget: Budget | None = None, tracking_uri: str,
+                   experiment: str = EXPERIMENT, force: bool = False) -> EvaluationResult:
+    """Cross-validate ``recipes`` on ``data_path`` (see the module docs); write the summary into ``out``."""
+    started = time.perf_counter()
+    check_output_dir(out, what="evaluation", force=force)
+    check_recipes(recipes)
+    _check_budget(recipes, budget)
+    configs = {r.name: load_recipe_config(r) for r in recipes}
+    path = Path(data_path)
+    with Galaxy10File(path) as f:
+        info = f.info
+        labels = np.asarray(f.labels()).astype(np.int64)
+        classes = ClassSet.from_names(tuple(getattr(info, "class_names", None) or CLASS_NAMES))
+        groups, _ = find_groups(path, source=f)
+    check_counts(repeats, folds, labels)
+    fingerprint = data_fingerprint(path)
+    key = evaluation_key(fingerprint, recipes, folds=folds, seed=seed, budget=budget)
+    plan = repeated_folds(labels, groups, repeats=repeats, folds=folds, seed=seed)
+    if info.synthetic:
+        log.warning("evaluation on SYNTHETIC data (%s): the numbers say nothing about real galaxies", path)
+    tags = {"evaluate.key": key, "evaluate.role": "parent", "data.fingerprint": fingerprint,
+            "data.path": str(path), "data.synthetic": str(bool(info.synthetic)).lower(), **git_commit(),
+            **package_versions()}
+    previous = [r for r in find_runs({"evaluate.key": key, "evaluate.role": "parent"}, tracking_uri=tracking_uri)]
+    parent = attach_run(previous[0].run_id, tracking_uri=tracking_uri) if previous else None
+    if parent is None:
+        parent = MlflowTracker(experiment, f"evaluate {' vs '.join(r.name for r in recipes)}",
+                               tracking_uri=tracking_uri, tags={**tags, "run.host": socket.gethostname(),
+                                                                "run.pid": os.getpid()}).start()
+        parent.log_params({"repeats": repeats, "folds": folds, "seed": seed, "budget": budget and budget.text(),
+                           "recipes": " ".join(f"{r.name}={r.path}" for r in recipes), "n_images": len(labels)})
+        for r in recipes:
+            parent.log_text(r.text, f"recipes/{r.name}.yaml")
+        done: dict[tuple[str, str], str] = {}
+    else:
+        log.info("continuing evaluation %s (run %s)", key, parent.run_id)
+        done = _done_cells(parent.run_id, tracking_uri)
+    status = "FAILED"
+    try:
+        predictions, seconds, reused, ran = _run_cells(
+            plan, recipes, configs, path, parent=parent, done=done, tracking_uri=tracking_uri, seed=seed,
+            budget=budget, key=key, experiment=experiment, class_set=classes)
+        summary = summarize(labels, plan, predictions, seconds, class_names=classes.names,
+                            class_slugs=classes.slugs, repeats=repeats)
+        _publish(summary, parent, out=Path(out), synthetic=bool(info.synthetic), data_path=str(path), force=force)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        parent.end(status)
+    return EvaluationResult(summary, parent.run_id, key, Path(out), reused, ran, bool(info.synthetic),
+                            time.perf_counter() - started)
+
+
+def _run_cells(plan: Sequence[Fold], recipes: Sequence[Recipe], configs: dict[str, Any], path: Path, *,
+               parent: MlflowTracker, done: dict[tuple[str, str], str], tracking_uri: str, seed: int,
+               budget: Budget | None, key: str, experiment: str, class_set: ClassSet,
+               ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]], int, int]:
+    predictions: dict[str, dict[str, np.ndarray]] = {r.name: {} for r in recipes}
+    seconds: dict[str, dict[str, float]] = {r.name: {} for r in recipes}
+    data_by_size: dict[int, Any] = {}
+    lookups = training_lookups(tracking_uri)
+    first_train = _first_train_recipe(recipes)
+    workdir = default_cache_dir() / "evaluate" / key
+    reused = ran = 0
+    bar = tqdm(total=len(plan) * len(recipes), desc="evaluate", unit="fit", disable=None)
+    for fold in plan:
+        for recipe in recipes:
+            bar.set_postfix_str(f"{recipe.name} {fold.cell}")
+            run_id = done.get((recipe.name, fold.cell))
+            if run_id is not None:
+                result = _load_predictions(run_id, tracking_uri, fold)
+                reused += 1
+            else:
+                result = _run_one(recipe, configs[recipe.name], fold, path, parent=parent, tracking_uri=tracking_uri,
+                                  seed=seed, budget=budget, key=key, experiment=experiment, lookups=lookups,
+                                  data_by_size=data_by_size, workdir=workdir, class_set=class_set,
+                                  reference_seconds=seconds[first_train.name].get(fold.cell) if first_train else None)
+                ran += 1
+            predictions[recipe.name][fold.cell] = result.probs
+            seconds[recipe.name][fold.cell] = result.seconds
+            bar.update(1)
+    bar.close()
+    return predictions, seconds, reused, ran
+
+
+def _run_one(recipe: Recipe, cfg: Any, fold: Fold, path: Path, *, parent: MlflowTracker, tracking_uri: str,
+             seed: int, budget: Budget | None, key: str, experiment: str, lookups: dict[str, Any],
+             data_by_size: dict[int, Any], workdir: Path, class_set: ClassSet,
+             reference_seconds: float | None) -> FoldResult:
+    """One recipe on one fold in its own child run, which keeps the held-out predictions."""
+    from experiments.evaluation import classification_metrics, prefixed
+
+    tags = {"evaluate.key": key, "evaluate.role": "fold", "evaluate.recipe": recipe.name,
+            "evaluate.kind": recipe.kind, "evaluate.cell": fold.cell}
+    with MlflowTracker(experiment, f"{recipe.name} {fold.cell}", tracking_uri=tracking_uri,
+                       parent_run_id=parent.run_id, tags=tags) as child:
+        if recipe.kind == "train":
+            size = cfg.data.size
+            if size not in data_by_size:
+                from experiments.training import load_training_data
+
+                data_by_size[size] = load_training_data(cfg.data, path)
+            result = run_train_recipe(cfg, data_by_size[size], fold, seed=seed + fold.r, tracker=child,
+                                      lookups=lookups)
+        else:
+            seconds = budget.seconds if budget.seconds is not None else budget.factor * float(reference_seconds)
+            result = run_tune_recipe(cfg, recipe, path, fold, budget=seconds, study_name=f"eval-{key}-{recipe.name}"
+                                     f"-{fold.cell}", workdir=workdir, tracking_uri=tracking_uri, seed=seed + fold.r)
+            child.set_tags({f"evaluate.{k}": v for k, v in result.facts.items() if v is not None})
+        metrics = classification_metrics(np.asarray(
+            _labels_of(path, fold.test)), result.probs, class_set.slugs)
+        child.log_metrics({**prefixed({k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+                                      "heldout"), "seconds": result.seconds, "n_heldout": float(len(fold.test))})
+        child.log_dict({"rows": fold.test.tolist(), "probs": np.round(result.probs, 6).tolist()}, PREDICTIONS)
+    log.info("%s %s: held-out accuracy %.4f, balanced %.4f (%.0f s)", recipe.name, fold.cell, metrics["accuracy"],
+             metrics["balanced_accuracy"], result.seconds)
+    return FoldResult(np.round(result.probs, 6).astype(np.float32), result.seconds, result.facts)
+
+
+def _labels_of(path: Path, rows: np.ndarray) -> np.ndarray:
+    with Galaxy10File(path) as f:
+        return np.asarray(f.labels()).astype(np.int64)[rows]
+
+
+def _publish(summary: EvaluationSummary, parent: MlflowTracker, *, out: Path, synthetic: bool, data_path: str,
+             force: bool) -> None:
+    md = summary_markdown(summary, synthetic=synthetic, data_path=data_path)
+    doc = {"synthetic": synthetic, "data": data_path, "parent_run_id": parent.run_id, **summary.as_dict()}
+    title = (f"{summary.repeats} x {summary.folds}-fold CV of {Path(data_path).name}: paired differences, 95% "
+             "corrected t" + (" (SYNTHETIC)" if synthetic else ""))
+    fig = summary_figure(summary, title=title) if summary.differences else None
+    with output_dir(out, what="evaluation", force=force) as tmp:
+        (tmp / "evaluation.md").write_text(md, encoding="utf-8")
+        (tmp / "evaluation.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        if fig is not None:
+            fig.savefig(tmp / "evaluation.png", dpi=120)
+    parent.log_text(md, "evaluation.md")
+    parent.log_dict(doc, "evaluation.json")
+    if fig is not None:
+        parent.log_figure(fig, "evaluation.png")
+    metrics = {}
+    for r in summary.recipes:
+        metrics.update({f"{r.name}_{m}_mean": r.mean(m) for m in ("accuracy", "balanced_accuracy", "macro_f1")})
+    for d in summary.differences:
+        for m, t in d.metrics.items():
+            metrics.update({f"diff_{d.name}_{m}": t.mean, f"diff_{d.name}_{m}_ci_low": t.lo,
+                            f"diff_{d.name}_{m}_ci_high": t.hi})
+    parent.log_metrics(metrics)
