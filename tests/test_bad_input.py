@@ -30,6 +30,8 @@ from experiments.cli import main as cli_main
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
 ENSEMBLE = ROOT / "experiments" / "configs" / "ensemble.yaml"
+REFERENCE = ROOT / "experiments" / "configs" / "reference.yaml"
+TUNE_CATALOG = ROOT / "experiments" / "configs" / "tune_catalog.yaml"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 # --------------------------------------------------------------------------------------------------
@@ -163,6 +165,8 @@ DATA_COMMANDS: dict[str, Callable[[Path], list[str]]] = {
     "train": lambda f: ["train", "--config", str(SMOKE), "--data", str(f)],
     "tune": lambda f: ["tune", "--config", str(tune_yaml(f.parent)), "--data", str(f)],
     "predict": lambda f: ["predict", str(f)],
+    "evaluate": lambda f: ["evaluate", "--data", str(f), "--recipe", f"a={REFERENCE}", "--recipe", f"b={REFERENCE}",
+                           "--out", str(f.parent / "ev")],
 }
 
 
@@ -394,6 +398,47 @@ CASES: dict[str, Case] = {
     "predict-missing-file": Case(lambda tmp, h5: ["predict", str(tmp / "nope.png")], "does not exist"),
     "predict-index-out-of-range": Case(lambda tmp, h5: ["predict", f"{h5}:0-99"], "out of range"),
     "predict-top-zero": Case(lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--top", "0"], "--top"),
+    # --- evaluate: recipes, R, K and budgets refused before any fold is trained
+    "evaluate-one-recipe": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE)],
+                                "at least two --recipe"),
+    "evaluate-same-name-twice": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                      "--recipe", str(REFERENCE)], "used twice"),
+    "evaluate-missing-recipe": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                     "--recipe", str(tmp / "nope.yaml")], "nope.yaml not found"),
+    "evaluate-bad-recipe-key": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                     "--recipe", str(_yaml(tmp / "c.yaml", {"train": {"epoch": 3}}))],
+                                    "train.epoch"),
+    "evaluate-recipe-not-a-mapping": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                           "--recipe", str(_write(tmp / "l.yaml", "- 1\n- 2\n"))],
+                                          "not a mapping"),
+    "evaluate-bad-recipe-name": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                      "--recipe", f"a b={REFERENCE}"], "is not allowed"),
+    "evaluate-max-images-recipe": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                        "--recipe", str(SMOKE)], "max_images"),
+    "evaluate-zero-repeats": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                   "--recipe", f"b={REFERENCE}", "--repeats", "0"], "--repeats"),
+    "evaluate-huge-repeats": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                   "--recipe", f"b={REFERENCE}", "--repeats", "1000"], "--repeats"),
+    "evaluate-one-fold": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                               "--recipe", f"b={REFERENCE}", "--folds", "1"], "--folds"),
+    "evaluate-more-folds-than-rare-images": Case(lambda tmp, h5: [
+        "evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", f"b={REFERENCE}", "--folds", "20"],
+        "fewer than --folds 20"),
+    "evaluate-tune-recipe-without-budget": Case(lambda tmp, h5: [
+        "evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(TUNE_CATALOG)], "--budget"),
+    "evaluate-bad-budget": Case(lambda tmp, h5: [
+        "evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(TUNE_CATALOG), "--budget", "x4"],
+        "--budget"),
+    "evaluate-zero-budget-factor": Case(lambda tmp, h5: [
+        "evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(TUNE_CATALOG), "--budget", "0x"],
+        "--budget"),
+    "evaluate-factor-without-run-recipe": Case(lambda tmp, h5: [
+        "evaluate", "--data", str(h5), "--recipe", str(TUNE_CATALOG), "--recipe", f"b={TUNE_CATALOG}",
+        "--budget", "4x"], "every recipe is a tuning config"),
+    "evaluate-out-is-a-user-folder": Case(lambda tmp, h5: (
+        (tmp / "mine").mkdir(), (tmp / "mine" / "notes.txt").write_text("mine"),
+        ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", f"b={REFERENCE}", "--out",
+         str(tmp / "mine")])[-1], "mine"),
     # --- serve: refused before binding a port or loading a model
     "serve-bad-port": Case(lambda tmp, h5: ["serve", "--port", "70000"], "--port"),
     "serve-zero-upload-limit": Case(lambda tmp, h5: ["serve", "--max-upload-mb", "0"], "--max-upload-mb"),

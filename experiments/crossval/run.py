@@ -116,8 +116,8 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
         info = f.info
         labels = np.asarray(f.labels()).astype(np.int64)
         classes = ClassSet.from_names(tuple(getattr(info, "class_names", None) or CLASS_NAMES))
+        check_counts(repeats, folds, labels)
         groups, _ = find_groups(path, source=f)
-    check_counts(repeats, folds, labels)
     fingerprint = data_fingerprint(path)
     key = evaluation_key(fingerprint, recipes, folds=folds, seed=seed, budget=budget)
     plan = repeated_folds(labels, groups, repeats=repeats, folds=folds, seed=seed)
