@@ -209,7 +209,31 @@ def test_a_plan_without_the_reference_trial_counts_tuned_trials_only() -> None:
 
 
 def test_trials_caps_a_plan() -> None:
-    assert _plan(20000.0, max_trials=4).n_trials == 4
+    capped = _plan(20000.0, max_trials=4)
+    assert capped.n_trials == 4 and capped.capped == 4
+    assert "capped by study.n_trials / --trials = 4, not by the budget" in capped.describe()
+    bound = _plan(350.0)
+    assert bound.capped is None and "as many as the budget holds" in bound.describe()
+
+
+@pytest.mark.slow
+def test_a_measured_plan_keeps_the_configs_trial_cap(tmp_path, make_h5) -> None:  # noqa: ANN001
+    """The measured path: real speed probes on a tiny file; a huge budget runs the config's study.n_trials,
+    not 50, and says the cap bound it; a budget below the measured reference trial is refused."""
+    from conftest import tiny_tune_yaml
+
+    from experiments.settings.tune import load_tune_config
+    from experiments.tuning.budget import plan_for_study
+
+    h5 = make_h5(n=80, size=48)
+    tune = load_tune_config(tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="t", n_trials=2, epochs=3))
+    plan = plan_for_study(tune, data_path=str(h5), budget_s=360000.0, max_trials=tune.study.n_trials,
+                          with_reference=False)
+    assert plan.n_trials == 2 and plan.capped == 2 and "capped by study.n_trials" in plan.describe()
+    assert plan.reference_s == 0 and 0 < plan.trial_s < 600 and plan.trial_max_s >= plan.trial_s
+    assert plan.planned_s == pytest.approx(2 * plan.trial_s)
+    with pytest.raises(ConfigError, match="is too short"):
+        plan_for_study(tune, data_path=str(h5), budget_s=0.5, max_trials=2, with_reference=False)
 
 
 @dataclass(frozen=True)

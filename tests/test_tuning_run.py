@@ -413,3 +413,13 @@ def test_speed_objective_needs_no_pruner() -> None:
     with pytest.raises(ConfigError, match="cannot prune; set study.pruner: none"):
         parse_study({"speed_objective": True}, "s")
     assert parse_study({"speed_objective": True, "pruner": "none"}, "s").directions == ["maximize", "maximize"]
+
+
+@pytest.mark.slow
+def test_a_budget_keeps_the_configs_n_trials(tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--budget 99999h`` with ``study.n_trials: 2`` runs 2 trials, and the plan says the cap bound it."""
+    config = write_tune_yaml(tmp_path / "tune.yaml", name="capped", n_trials=2)
+    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--budget", "99999h",
+                     "--set", "train.epochs=1"]) == 0
+    assert "capped by study.n_trials / --trials = 2, not by the budget" in capsys.readouterr().out
+    assert len(load("capped").get_trials(states=COUNTED_STATES)) == 2

@@ -112,6 +112,7 @@ class StudyPlan:
     refit_s: float
     deadline_s: float  # no trial starts after this many seconds of the command
     epochs: int | None = None  # the tuned trials' epochs when the plan cut them, else None
+    capped: int | None = None  # the trial cap (study.n_trials or --trials) when it, not the budget, bound the plan
 
     @property
     def planned_s(self) -> float:
@@ -126,7 +127,10 @@ class StudyPlan:
         tuned = self.n_trials - (1 if self.reference_s else 0)
         epochs = f", cut to {self.epochs} epochs" if self.epochs else ""
         reference = f"the reference recipe (~{self.reference_s:.0f} s) and " if self.reference_s else ""
-        return (f"budget {self.budget_s:.0f} s: {self.n_trials} trial(s) scored by {cv} - {reference}{tuned} tuned "
+        bound = (f" (capped by study.n_trials / --trials = {self.capped}, not by the budget)" if self.capped
+                 else " (as many as the budget holds)")
+        return (f"budget {self.budget_s:.0f} s: {self.n_trials} trial(s){bound} scored by {cv} - {reference}{tuned} "
+                "tuned "
                 f"trial(s) (~{self.trial_s:.0f} s each, the costliest configuration ~{self.trial_max_s:.0f} s"
                 f"{epochs}) - then {refit}; about {self.planned_s:.0f} s planned, no trial starts after "
                 f"{self.deadline_s:.0f} s")
@@ -171,6 +175,7 @@ def plan_study(budget_s: float, *, spent_s: float = 0.0, reference_epoch_s: floa
     n_tuned = int((usable - ref) // one) if one > 0 else max_trials
     with_ref = 1 if reference_epoch_s is not None else 0
     n_trials = max(1, min(max_trials, with_ref + n_tuned))
+    capped = max_trials if with_ref + n_tuned > max_trials else None
     planned = ref + (n_trials - with_ref) * one
     refit_s = fit_seconds(epochs, max(trial_epoch_s, reference_epoch_s or 0.0), 1.1, fit_overhead_s)
     keep_refit = refit and planned + refit_s <= usable
@@ -181,7 +186,7 @@ def plan_study(budget_s: float, *, spent_s: float = 0.0, reference_epoch_s: floa
     deadline = max(usable - (refit_s if keep_refit else 0.0) - one, 0.0)
     return StudyPlan(budget_s=budget_s, folds=folds, n_trials=n_trials, refit=keep_refit, reference_s=ref,
                      trial_s=one, trial_max_s=cost(epochs, worst_s, folds), refit_s=refit_s,
-                     deadline_s=deadline, epochs=epochs if epochs < trial_epochs else None)
+                     deadline_s=deadline, epochs=epochs if epochs < trial_epochs else None, capped=capped)
 
 
 #: Targets of search-space parameters that change what one epoch costs (probed for the plan).

@@ -58,7 +58,7 @@ from pipelines.reader import data_fingerprint, validate_galaxy10
 
 log = logging.getLogger(__name__)
 
-#: Most trials a ``--budget`` plan starts when ``--trials`` does not cap it.
+#: Most trials a ``--budget`` plan starts (``study.n_trials`` or ``--trials`` cap it too).
 MAX_BUDGET_TRIALS = 50
 
 
@@ -201,7 +201,7 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
         reference_waiting = any(t.user_attrs.get(ATTR_REFERENCE) for t in study.get_trials(
             deepcopy=False, states=(TrialState.WAITING,)))
         plan = plan_for_study(tune, data_path=data_path, budget_s=budget, with_reference=reference_waiting,
-                              max_trials=study_cfg.n_trials if n_trials is not None else MAX_BUDGET_TRIALS,
+                              max_trials=max(1, min(study_cfg.n_trials - n_counted(study), MAX_BUDGET_TRIALS)),
                               overrides=tuple(overrides), tracking_uri=tracking_uri)
         log.info("plan: %s", plan.describe())
         study_cfg = replace(study_cfg, n_trials=n_counted(study) + plan.n_trials, timeout=plan.deadline_s,
