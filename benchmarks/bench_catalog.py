@@ -135,9 +135,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {big_run['rows']:>7} rows: {big_run['peak_mib']:7.0f} MiB ({big_run['seconds']:.1f} s)  "
               f"= x{big_run['peak_mib'] / small_run['peak_mib']:.2f} for x10 the rows")
         print(f"   (the 10x file holds {10 * args.rows * args.side * args.side * 3 / 2**20:.0f} MiB of pixels)")
-        if not args.no_spark:
+        missing = spark_missing()
+        if args.no_spark:
+            pass
+        elif missing:
+            print(f"\n3. Spark arm skipped: {missing} (--no-spark skips it on purpose)")
+        else:
             spark_arm(args, data, tmp)
     return 0
+
+
+def spark_missing() -> str | None:
+    """Why the Spark arm cannot run here (no pyspark, no Java runtime), or None."""
+    import importlib.util
+    import os
+    import shutil
+
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (pip install 'galaxy10-platform[spark]')"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "no Java runtime on PATH or in JAVA_HOME (Debian: apt-get install openjdk-17-jre-headless)"
+    return None
 
 
 def spark_arm(args: argparse.Namespace, data: Path, tmp: Path) -> None:
