@@ -281,3 +281,16 @@ def test_the_best_trial_keeps_its_accuracy() -> None:
     cv = [_scored(0, 0.70, 0.78, 600, "cv_accuracy"), _scored(1, 0.65, 0.80, 600, "cv_accuracy")]
     assert guarded_best(cv, "balanced_accuracy").number == 0
     assert guarded_best([], "accuracy") is None
+
+
+def test_study_show_prints_the_guard_evidence_behind_the_best_trial() -> None:
+    """The lines ``galaxy10 study show`` prints: which trial was passed over and why, and which was chosen."""
+    from experiments.tuning.study import guard_evidence
+
+    top, accurate, close = _scored(0, 0.70, 0.60), _scored(1, 0.65, 0.80), _scored(2, 0.69, 0.76)
+    best, lines = guard_evidence([top, accurate, close], "balanced_accuracy")
+    assert best.number == 2
+    assert lines[0].startswith("the most accurate trial is 1 (accuracy 0.8000 on 100 images)")
+    assert lines[1] == ("trial 0 (balanced_accuracy 0.7000): accuracy 0.6000, -0.2000 against trial 1, standard "
+                        "error 0.0632: passed over")
+    assert lines[2].startswith("trial 2 (balanced_accuracy 0.6900): accuracy 0.7600") and lines[2].endswith("chosen")

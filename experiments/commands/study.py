@@ -77,9 +77,10 @@ def run_show(args: argparse.Namespace) -> int:
         ATTR_PARENT_RUN,
         ATTR_TRACKING_URI,
         ATTR_TRIAL_RUN,
-        best_trial,
+        guard_evidence,
         is_multi_objective,
         load_existing_study,
+        maximizes,
         state_counts,
         trial_value,
     )
@@ -113,7 +114,10 @@ def run_show(args: argparse.Namespace) -> int:
         print("\npruned trials, where each was cut and against what (trials are compared at equal epochs of "
               "equal folds):")
         print("\n".join(f"  {line}" for line in cuts))
-    best = best_trial(study)
+    best, evidence = guard_evidence(trials, str(attrs.get(ATTR_METRIC, "accuracy")), maximize=maximizes(study))
+    if len(evidence) > 1:
+        print("\nhow the best trial was chosen (the study's accuracy guard):")
+        print("\n".join(f"  {line}" for line in evidence))
     if best is None:
         print("\nbest: no COMPLETE trial yet")
     else:

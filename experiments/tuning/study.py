@@ -168,26 +168,43 @@ def guarded_best(trials: Sequence[FrozenTrial], metric: str, *, maximize: bool =
     """The best COMPLETE trial by ``metric`` among those that keep their accuracy: a trial whose
     (cross-validated) accuracy trails the most accurate trial's by more than the standard error of the
     difference is passed over (the study-level accuracy guard; with ``metric: accuracy`` it is the plain
-    best). Ties go to the earlier trial."""
+    best). Ties go to the earlier trial. :func:`guard_evidence` says why."""
+    return guard_evidence(trials, metric, maximize=maximize)[0]
+
+
+def guard_evidence(trials: Sequence[FrozenTrial], metric: str, *,
+                   maximize: bool = True) -> tuple[FrozenTrial | None, list[str]]:
+    """:func:`guarded_best` and one line per trial it looked at, saying why it was passed over or chosen.
+
+    The standard error is unpaired (``sqrt(a(1-a)/n + b(1-b)/m)``): a trial keeps its accuracy, not its
+    per-image predictions, so the two trials' answers cannot be set side by side image by image.
+    """
     complete = [t for t in trials if t.state == TrialState.COMPLETE and trial_value(t) is not None]
     if not complete:
-        return None
+        return None, []
     complete.sort(key=lambda t: (-trial_value(t) if maximize else trial_value(t), t.number))
     if metric == "accuracy":
-        return complete[0]
+        return complete[0], [f"trial {complete[0].number} has the best accuracy ({trial_value(complete[0]):.4f})"]
     scored = [(t, trial_accuracy(t)) for t in complete]
     known = [(t, a) for t, a in scored if a is not None]
     if not known:
-        return complete[0]
-    _, (top_acc, top_n) = max(known, key=lambda ta: (ta[1][0], -ta[0].number))
+        return complete[0], [f"trial {complete[0].number} has the best {metric}; no trial recorded its accuracy, "
+                             "so the accuracy guard could not judge"]
+    top, (top_acc, top_n) = max(known, key=lambda ta: (ta[1][0], -ta[0].number))
+    lines = [f"the most accurate trial is {top.number} (accuracy {top_acc:.4f} on {top_n} images); a trial whose "
+             "accuracy trails it by more than the (unpaired) standard error of the difference is passed over"]
     for t, acc in scored:
         if acc is None:
-            return t
+            lines.append(f"trial {t.number} ({metric} {trial_value(t):.4f}) recorded no accuracy: chosen")
+            return t, lines
         a, n = acc
         se = ((top_acc * (1 - top_acc)) / top_n + (a * (1 - a)) / n) ** 0.5
+        verdict = "chosen" if top_acc - a <= se else "passed over"
+        lines.append(f"trial {t.number} ({metric} {trial_value(t):.4f}): accuracy {a:.4f}, {a - top_acc:+.4f} against "
+                     f"trial {top.number}, standard error {se:.4f}: {verdict}")
         if top_acc - a <= se:
-            return t
-    return complete[0]  # unreachable: the most accurate trial always qualifies
+            return t, lines
+    return complete[0], lines  # unreachable: the most accurate trial always qualifies
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
