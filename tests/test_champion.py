@@ -198,3 +198,19 @@ def test_bad_rule_settings_are_one_line_errors(raw: dict, match: str) -> None:
 
     with pytest.raises(ConfigError, match=match):
         config_from_dict(raw)
+
+
+def test_a_validation_only_choice_says_how_little_evidence_it_rests_on() -> None:
+    from experiments.ensembling.comparison import evidence_note
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 4, 120)
+    cnn = _noisy(rng, y, 0.7, 4)
+    rows, cands = _table(y, {"cnn-best": cnn, **{f"gbm-{i}": _noisy(rng, y, 0.7, 4) for i in range(5)}}, 4)
+    _, _, judged = choose_champion(rows, cands, y, 4, ACC)
+    note = evidence_note(judged, None, budget_cut=True)
+    assert note.startswith("the champion rule judged every candidate on 120 validation images only (cross-fitting "
+                           "was skipped for the budget): at the corrected level 99.00%")
+    half = 100 * (judged["gbm-0"].differences["accuracy"].hi - judged["gbm-0"].differences["accuracy"].lo) / 2
+    assert f"must exceed about {half:.1f} points" in note
+    assert evidence_note(judged, np.zeros(10, int), budget_cut=True) is None  # out-of-fold evidence: no note

@@ -30,6 +30,7 @@ def _subparsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()): 
 
 COMMANDS = [path for path, _ in _subparsers(build_parser())]
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+REFERENCE = SMOKE.with_name("reference.yaml")
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -94,13 +95,16 @@ def _setup(tmp_path: Path, tiny_h5: Path) -> dict[tuple[str, ...], list[str]]:
         ("tune",): ["tune", "--config", str(tune_yaml), "--data", str(tiny_h5)],
         ("predict",): ["predict", str(folder / "a.png")],
         ("catalog",): ["catalog", str(folder / "a.png"), "--out", str(tmp_path / "c.parquet")],
+        ("evaluate",): ["evaluate", "--data", str(tiny_h5), "--recipe", f"a={REFERENCE}", "--recipe",
+                        f"b={REFERENCE}", "--out", str(tmp_path / "ev")],
     }
 
 
 def test_every_size_option_is_known() -> None:
     sizes = {opt for _, opt in _numeric_options()} - set(NOT_SIZES)
     assert sizes == {"--n", "--size", "--workers", "--per-class", "--thumb", "--bootstrap", "--max-upload-mb",
-                     "--trials", "--top", "--chunk-size", "--batch-size", "--flag-uncertain", "--spark-partitions"}
+                     "--trials", "--top", "--chunk-size", "--batch-size", "--flag-uncertain", "--spark-partitions",
+                     "--repeats", "--folds"}
 
 
 @pytest.mark.parametrize("path,option", [(p, o) for p, o in _numeric_options() if o not in NOT_SIZES],

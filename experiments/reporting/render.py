@@ -265,7 +265,8 @@ def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = Fa
         "models": {m.key: {"label": m.label, "run_id": m.run_id, "model_uri": m.model_uri,
                            "test": scalar_metrics(m.metrics), "ci95": {k: list(v) for k, v in m.ci.items()}}
                    for m in report.models},
-        "paired": [{"a": p.a_key, "b": p.b_key, **p.comparison.as_dict()} for p in report.paired],
+        "paired": [{**p.comparison.as_dict(), "a": p.a_key, "b": p.b_key, "a_label": p.comparison.a,
+                    "b_label": p.comparison.b} for p in report.paired],
         "ensemble": {"found": report.ensemble.found, "reason": report.ensemble.reason,
                      "winner": report.ensemble.winner_name, "model_uri": report.ensemble.model_uri},
         "commands": report.commands,
