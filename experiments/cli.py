@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "study",
     "ensemble",
     "evaluate",
+    "pretrain",
     "predict",
     "catalog",
     "serve",

@@ -67,6 +67,7 @@ NOT_SIZES = {
     "--val-fraction": "a fraction: bounded to [0, 1) by the split code",
     "--difficulty": "a fraction: bounded to [0, 1] by the generator",
     "--port": "bounded to 1-65535",
+    "--learning-rate": "a rate: bounded to (0, 1) by the pretraining settings",
 }
 
 
@@ -95,6 +96,7 @@ def _setup(tmp_path: Path, tiny_h5: Path) -> dict[tuple[str, ...], list[str]]:
         ("tune",): ["tune", "--config", str(tune_yaml), "--data", str(tiny_h5)],
         ("predict",): ["predict", str(folder / "a.png")],
         ("catalog",): ["catalog", str(folder / "a.png"), "--out", str(tmp_path / "c.parquet")],
+        ("pretrain",): ["pretrain", str(tiny_h5)],
         ("evaluate",): ["evaluate", "--data", str(tiny_h5), "--recipe", f"a={REFERENCE}", "--recipe",
                         f"b={REFERENCE}", "--out", str(tmp_path / "ev")],
     }
@@ -104,7 +106,7 @@ def test_every_size_option_is_known() -> None:
     sizes = {opt for _, opt in _numeric_options()} - set(NOT_SIZES)
     assert sizes == {"--n", "--size", "--workers", "--per-class", "--thumb", "--bootstrap", "--max-upload-mb",
                      "--trials", "--top", "--chunk-size", "--batch-size", "--flag-uncertain", "--spark-partitions",
-                     "--repeats", "--folds"}
+                     "--repeats", "--folds", "--epochs"}
 
 
 @pytest.mark.parametrize("path,option", [(p, o) for p, o in _numeric_options() if o not in NOT_SIZES],

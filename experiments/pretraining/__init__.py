@@ -1,0 +1,1 @@
+"""``galaxy10 pretrain``: self-supervised pretraining of a registry backbone on unlabelled survey images."""
