@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pretrain",
     "predict",
     "catalog",
+    "similar",
     "serve",
     "report",
 )

@@ -452,6 +452,15 @@ CASES: dict[str, Case] = {
     "pretrain-pool-smaller-than-a-batch": Case(lambda tmp, h5: ["pretrain", str(h5), "--batch-size", "512"],
                                                "fewer than one batch"),
     "pretrain-bad-config-key": Case(lambda tmp, h5: ["pretrain", str(h5), "--set", "model.nme=x"], "model.nme"),
+    # --- similar: the catalog is checked before any model is loaded
+    "similar-missing-catalog": Case(lambda tmp, h5: ["similar", f"{h5}:0", "--catalog", str(tmp / "c.parquet")],
+                                    "does not exist"),
+    "similar-not-a-catalog": Case(lambda tmp, h5: ["similar", f"{h5}:0", "--catalog", str(h5)],
+                                  "not a readable Parquet file"),
+    "similar-zero-k": Case(lambda tmp, h5: ["similar", f"{h5}:0", "--catalog", str(h5), "--k", "0"], "--k"),
+    "similar-out-is-a-user-folder": Case(lambda tmp, h5: (
+        (tmp / "mine").mkdir(), (tmp / "mine" / "notes.txt").write_text("mine"),
+        ["similar", f"{h5}:0", "--catalog", str(h5), "--out", str(tmp / "mine")])[-1], "mine"),
     # --- serve: refused before binding a port or loading a model
     "serve-bad-port": Case(lambda tmp, h5: ["serve", "--port", "70000"], "--port"),
     "serve-zero-upload-limit": Case(lambda tmp, h5: ["serve", "--max-upload-mb", "0"], "--max-upload-mb"),

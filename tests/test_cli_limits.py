@@ -97,6 +97,7 @@ def _setup(tmp_path: Path, tiny_h5: Path) -> dict[tuple[str, ...], list[str]]:
         ("predict",): ["predict", str(folder / "a.png")],
         ("catalog",): ["catalog", str(folder / "a.png"), "--out", str(tmp_path / "c.parquet")],
         ("pretrain",): ["pretrain", str(tiny_h5)],
+        ("similar",): ["similar", str(folder / "a.png"), "--catalog", str(tmp_path / "c.parquet")],
         ("evaluate",): ["evaluate", "--data", str(tiny_h5), "--recipe", f"a={REFERENCE}", "--recipe",
                         f"b={REFERENCE}", "--out", str(tmp_path / "ev")],
     }
@@ -106,7 +107,7 @@ def test_every_size_option_is_known() -> None:
     sizes = {opt for _, opt in _numeric_options()} - set(NOT_SIZES)
     assert sizes == {"--n", "--size", "--workers", "--per-class", "--thumb", "--bootstrap", "--max-upload-mb",
                      "--trials", "--top", "--chunk-size", "--batch-size", "--flag-uncertain", "--spark-partitions",
-                     "--repeats", "--folds", "--epochs"}
+                     "--repeats", "--folds", "--epochs", "--k"}
 
 
 @pytest.mark.parametrize("path,option", [(p, o) for p, o in _numeric_options() if o not in NOT_SIZES],

@@ -1,0 +1,1 @@
+"""``galaxy10 similar``: nearest neighbours of query galaxies in a catalog's embedding column (faiss)."""

@@ -1,0 +1,130 @@
+"""Nearest neighbours of query images in a catalog: the query embedded by the catalog's own model, a table,
+and an HTML gallery (the query beside its neighbours)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.similarity.index import EmbeddingIndex, build_index
+from pipelines.errors import DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+#: Most neighbours per query.
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One catalog row near a query."""
+
+    query: str
+    rank: int
+    similarity: float
+    row: int
+    id: str
+    source: str
+    source_index: int | None
+    predicted: str
+
+
+def embed_queries(queries: Sequence[str], predictor: Any) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """``(labels, images, embeddings)`` of the query inputs (PNG/JPEG files, HDF5 files or ``file.h5:rows``)."""
+    from experiments.serving.inputs import iter_input_batches, plan_inputs
+
+    sources = plan_inputs(list(queries))
+    labels, images, vectors = [], [], []
+    for batch in iter_input_batches(sources, batch_size=64):
+        for item in batch:  # queries may differ in size: one at a time through the model's preprocessing
+            labels.append(item.label)
+            images.append(item.image)
+            vectors.append(np.asarray(predictor.embed(item.image[None]), dtype=np.float32)[0])
+    return labels, images, np.stack(vectors)
+
+
+def find_similar(queries: Sequence[str], catalog: str | Path, *, k: int = 10, model: str | None = None,
+                 tracking_uri: str | None = None) -> tuple[list[Neighbour], EmbeddingIndex, list[np.ndarray]]:
+    """The ``k`` nearest catalog rows of every query (cosine similarity of embeddings)."""
+    from experiments.serving.predictor import load_predictor
+
+    if not 1 <= k <= MAX_K:
+        raise DataError(f"--k {k} is out of range; use 1-{MAX_K}")
+    index = build_index(catalog)
+    ref = model or index.metadata.get("model_uri")
+    if not ref:
+        raise ModelError(f"{Path(catalog).name} does not name the model that wrote it; give --model")
+    predictor = load_predictor(ref, tracking_uri=tracking_uri)
+    if not predictor.can_embed:
+        raise ModelError(f"model {ref} gives no embeddings; give --model with a CNN or a galaxy10 ensemble")
+    labels, images, vectors = embed_queries(queries, predictor)
+    sims, pos = index.search(vectors, k)
+    out = []
+    info = index.info
+    for q, label in enumerate(labels):
+        for rank, (s, p) in enumerate(zip(sims[q], pos[q], strict=True), start=1):
+            if p < 0:
+                continue
+            src_index = info.get("source_index")
+            out.append(Neighbour(label, rank, float(s), int(info["row"][p]), str(info["id"][p]),
+                                 str(info["source"][p]),
+                                 None if src_index is None or src_index[p] is None or
+                                 (isinstance(src_index[p], float) and np.isnan(src_index[p])) else int(src_index[p]),
+                                 str(info["predicted"][p]) if "predicted" in info else ""))
+    return out, index, images
+
+
+def neighbour_image(n: Neighbour) -> np.ndarray | None:
+    """The neighbour's pixels from its source (an HDF5 row or an image file), or None if it cannot be read."""
+    from experiments.catalog.job import decode_file
+    from pipelines.reader import Galaxy10File
+
+    try:
+        if n.source_index is not None:
+            with Galaxy10File(n.source) as f:
+                return np.asarray(f.images(np.asarray([n.source_index])))[0]
+        image, _ = decode_file(n.source)
+        return image
+    except (OSError, ValueError, DataError):
+        return None
+
+
+def _thumb(image: np.ndarray | None, side: int = 96) -> str:
+    from PIL import Image
+
+    if image is None:
+        return ""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((side, side)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def gallery_html(neighbours: Sequence[Neighbour], query_images: Sequence[np.ndarray], catalog: Path,
+                 metadata: dict[str, Any]) -> str:
+    """A self-contained page: one row per query, the query then its neighbours with similarity and class."""
+    esc = html.escape
+    queries = list(dict.fromkeys(n.query for n in neighbours))
+    rows = []
+    for q, image in zip(queries, query_images, strict=False):
+        cells = [f'<figure class="query"><img src="{_thumb(image)}" alt="query {esc(q)}"><figcaption>query<br>'
+                 f"{esc(q)}</figcaption></figure>"]
+        for n in (n for n in neighbours if n.query == q):
+            cells.append(f'<figure><img src="{_thumb(neighbour_image(n))}" alt="{esc(n.id)}"><figcaption>#{n.rank} '
+                         f"sim {n.similarity:.3f}<br>{esc(n.id)}<br>{esc(n.predicted)}</figcaption></figure>")
+        rows.append(f'<div class="row">{"".join(cells)}</div>')
+    synthetic = ('<p class="warn">The catalog\'s model was trained on SYNTHETIC data.</p>'
+                 if metadata.get("model_synthetic") else "")
+    return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>galaxy10 similar</title><style>"
+            "body{font-family:sans-serif;margin:24px}.row{display:flex;gap:8px;margin:12px 0;flex-wrap:wrap}"
+            "figure{margin:0;width:110px;font-size:11px;text-align:center}figure img{width:96px;height:96px}"
+            ".query{border-right:3px solid #2e6f9e;padding-right:8px}.warn{color:#b3261e;font-weight:700}"
+            f"</style></head><body><h1>Nearest neighbours in {esc(catalog.name)}</h1>{synthetic}"
+            f"<p>Cosine similarity of the embeddings of model <code>{esc(str(metadata.get('model_uri')))}</code>"
+            f" ({len(queries)} queries).</p>{''.join(rows)}</body></html>")
