@@ -435,6 +435,9 @@ CASES: dict[str, Case] = {
     "evaluate-factor-without-run-recipe": Case(lambda tmp, h5: [
         "evaluate", "--data", str(h5), "--recipe", str(TUNE_CATALOG), "--recipe", f"b={TUNE_CATALOG}",
         "--budget", "4x"], "every recipe is a tuning config"),
+    "evaluate-zero-label-fraction": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
+                                                          "--recipe", f"b={REFERENCE}", "--label-fraction", "0"],
+                                         "--label-fraction"),
     "evaluate-out-is-a-user-folder": Case(lambda tmp, h5: (
         (tmp / "mine").mkdir(), (tmp / "mine" / "notes.txt").write_text("mine"),
         ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", f"b={REFERENCE}", "--out",

@@ -68,6 +68,7 @@ NOT_SIZES = {
     "--difficulty": "a fraction: bounded to [0, 1] by the generator",
     "--port": "bounded to 1-65535",
     "--learning-rate": "a rate: bounded to (0, 1) by the pretraining settings",
+    "--label-fraction": "a fraction: bounded to (0, 1] by the evaluation",
 }
 
 

@@ -164,3 +164,33 @@ def test_evaluate_command_end_to_end(tmp_path: Path, make_h5, capsys: pytest.Cap
     assert (tmp_path / "ev" / "evaluation.png").read_bytes().startswith(b"\x89PNG")
     assert cli_main(argv) == 0  # again: everything reused
     assert "0 fold fit(s) run, 8 reused" in capsys.readouterr().out
+
+
+def test_a_label_fraction_keeps_a_stratified_share_of_each_folds_training_images(
+        tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.crossval import run as run_module
+    from experiments.crossval.folds import label_subset
+    from experiments.crossval.run import run_evaluation
+
+    labels = np.r_[np.zeros(80, int), np.ones(20, int), [2, 2]]
+    rows = np.arange(102)
+    sub = label_subset(labels, rows, 0.1, seed=0)
+    assert np.bincount(labels[sub]).tolist() == [8, 2, 1] and np.array_equal(sub, np.sort(sub))
+    assert np.array_equal(label_subset(labels, rows, 1.0, seed=0), rows)
+
+    h5 = make_h5(n=60, size=32)
+    recipes = [parse_recipe(f"a={_recipe(tmp_path, 'a', 1)}"), parse_recipe(f"b={_recipe(tmp_path, 'b', 2)}")]
+    seen: list[tuple[int, int]] = []
+    fake = _fake_runner([])
+
+    def spy(cfg, data, fold, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append((len(fold.train), len(fold.test)))
+        return fake(cfg, data, fold, **kw)
+
+    monkeypatch.setattr(run_module, "run_train_recipe", spy)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    quarter = run_evaluation(h5, recipes, out=tmp_path / "q", repeats=1, folds=3, tracking_uri=uri,
+                             label_fraction=0.25)
+    assert {t for _, t in seen} == {20} and {n for n, _ in seen} == {10}  # 40 training images per fold -> 10
+    whole = run_evaluation(h5, recipes, out=tmp_path / "w", repeats=1, folds=3, tracking_uri=uri)
+    assert whole.key != quarter.key and whole.ran == 6  # another evaluation, not a continuation

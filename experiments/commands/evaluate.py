@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--budget", metavar="BUDGET",
                         help="a tuning recipe's budget per fold: a duration (20m) or a factor of the first run "
                              "recipe's wall time on the same fold (4x)")
+    parser.add_argument("--label-fraction", type=float, default=1.0,
+                        help="learn from this stratified share of each fold's training labels (0-1, default 1); "
+                             "every held-out image is still scored: a label-efficiency evaluation")
     parser.add_argument("--out", default=None, help="folder for evaluation.md/.json/.png (default: reports/evaluate)")
     parser.add_argument("--experiment", default="galaxy10-evaluate", help="MLflow experiment of the evaluation runs")
     add_tracking_uri_argument(parser)
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     data = resolve_data_path(args.data)
     result = run_evaluation(data, recipes, out=out, repeats=args.repeats, folds=args.folds, seed=args.seed,
                             budget=budget, tracking_uri=resolve_tracking_uri(args.tracking_uri),
-                            experiment=experiment, force=args.force)
+                            experiment=experiment, force=args.force, label_fraction=args.label_fraction)
     if args.json:
         print(json.dumps({"parent_run_id": result.parent_run_id, "out": str(result.out),
                           **result.summary.as_dict()}, indent=2))

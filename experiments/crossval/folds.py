@@ -132,6 +132,11 @@ class Fold:
     train: np.ndarray
     test: np.ndarray
 
+    def with_labels(self, labels: np.ndarray, fraction: float, seed: int) -> Fold:
+        """The fold with only a stratified ``fraction`` of its training images (the same held-out images)."""
+        return Fold(self.r, self.k, label_subset(labels, self.train, fraction, seed + 1000 * self.r + self.k),
+                    self.test)
+
     @property
     def cell(self) -> str:
         return f"r{self.r}k{self.k}"
@@ -183,12 +188,34 @@ def inner_validation(labels: np.ndarray, train: np.ndarray, fraction: float,
     return np.setdiff1d(train, val), val
 
 
+def label_subset(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified ``fraction`` of ``rows`` (at least one image of every class they hold), sorted: the labels
+    a recipe may learn from in a label-efficiency evaluation. ``fraction`` 1 returns ``rows``."""
+    if fraction >= 1.0:
+        return np.asarray(rows)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels[rows]):
+        members = rows[labels[rows] == c]
+        n = max(1, int(round(fraction * len(members))))
+        keep.append(rng.choice(members, size=n, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def check_label_fraction(fraction: float) -> float:
+    """``fraction`` in (0, 1], else one line."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ConfigError(f"--label-fraction {fraction!r} is out of range; use 0 < f <= 1 (e.g. 0.1: each fold's "
+                          "recipes learn from 10% of its training labels)")
+    return float(fraction)
+
+
 def evaluation_key(fingerprint: str, recipes: Sequence[Recipe], *, folds: int, seed: int,
-                   budget: Budget | None) -> str:
+                   budget: Budget | None, label_fraction: float = 1.0) -> str:
     """What makes two evaluations the same, so a later command continues the first: data, recipes, K, seed and
-    budget. Not R: repetition r's folds depend on ``seed + r`` alone, so ``--repeats 3`` after ``--repeats 1``
-    reuses the first repetition and adds two."""
-    doc = {"data": fingerprint, "folds": folds, "seed": seed,
+    budget (and the label fraction). Not R: repetition r's folds depend on ``seed + r`` alone, so ``--repeats 3``
+    after ``--repeats 1`` reuses the first repetition and adds two."""
+    doc = {"data": fingerprint, "folds": folds, "seed": seed, "label_fraction": label_fraction,
            "budget": None if budget is None else budget.text(),
            "recipes": [[r.name, r.kind, r.text] for r in recipes]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

@@ -27,6 +27,7 @@ from experiments.crossval.folds import (
     Fold,
     Recipe,
     check_counts,
+    check_label_fraction,
     check_recipes,
     evaluation_key,
     load_recipe_config,
@@ -104,11 +105,16 @@ def _load_predictions(run_id: str, tracking_uri: str, fold: Fold) -> FoldResult:
 
 def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str | Path, repeats: int = 3,
                    folds: int = 5, seed: int = 0, budget: Budget | None = None, tracking_uri: str,
-                   experiment: str = EXPERIMENT, force: bool = False) -> EvaluationResult:
-    """Cross-validate ``recipes`` on ``data_path`` (see the module docs); write the summary into ``out``."""
+                   experiment: str = EXPERIMENT, force: bool = False, label_fraction: float = 1.0) -> EvaluationResult:
+    """Cross-validate ``recipes`` on ``data_path`` (see the module docs); write the summary into ``out``.
+
+    ``label_fraction`` < 1: every recipe learns from the same stratified share of each fold's training images
+    (a label-efficiency evaluation) and is scored on all of the fold's held-out images.
+    """
     started = time.perf_counter()
     check_output_dir(out, what="evaluation", force=force)
     check_recipes(recipes)
+    label_fraction = check_label_fraction(label_fraction)
     _check_budget(recipes, budget)
     configs = {r.name: load_recipe_config(r) for r in recipes}
     path = Path(data_path)
@@ -119,8 +125,9 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
         check_counts(repeats, folds, labels)
         groups, _ = find_groups(path, source=f)
     fingerprint = data_fingerprint(path)
-    key = evaluation_key(fingerprint, recipes, folds=folds, seed=seed, budget=budget)
-    plan = repeated_folds(labels, groups, repeats=repeats, folds=folds, seed=seed)
+    key = evaluation_key(fingerprint, recipes, folds=folds, seed=seed, budget=budget, label_fraction=label_fraction)
+    plan = [f.with_labels(labels, label_fraction, seed)
+            for f in repeated_folds(labels, groups, repeats=repeats, folds=folds, seed=seed)]
     if info.synthetic:
         log.warning("evaluation on SYNTHETIC data (%s): the numbers say nothing about real galaxies", path)
     tags = {"evaluate.key": key, "evaluate.role": "parent", "data.fingerprint": fingerprint,
@@ -133,6 +140,7 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
                                tracking_uri=tracking_uri, tags={**tags, "run.host": socket.gethostname(),
                                                                 "run.pid": os.getpid()}).start()
         parent.log_params({"repeats": repeats, "folds": folds, "seed": seed, "budget": budget and budget.text(),
+                           "label_fraction": label_fraction,
                            "recipes": " ".join(f"{r.name}={r.path}" for r in recipes), "n_images": len(labels)})
         for r in recipes:
             parent.log_text(r.text, f"recipes/{r.name}.yaml")

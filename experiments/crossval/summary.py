@@ -103,7 +103,7 @@ def summarize(labels: np.ndarray, folds: Sequence[Fold], predictions: Mapping[st
     """Scores of every recipe (``predictions[recipe][cell]``, recipes in order; the first is the baseline)."""
     names = list(predictions)
     recipes = tuple(fold_scores(n, labels, folds, predictions[n], seconds.get(n, {}), class_slugs) for n in names)
-    n_train = float(np.mean([len(f.train) for f in folds]))
+    n_train = float(np.mean([len(f.train) for f in folds]))  # the images a recipe learned from
     n_test = float(np.mean([len(f.test) for f in folds]))
     base = recipes[0]
     diffs = []
