@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ensemble",
     "evaluate",
     "pretrain",
+    "self-train",
     "predict",
     "catalog",
     "similar",
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"experiments.commands.{name}")
+        module = importlib.import_module(f"experiments.commands.{name.replace('-', '_')}")
         module.register(sub)
     return parser
 

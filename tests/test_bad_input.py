@@ -464,6 +464,17 @@ CASES: dict[str, Case] = {
     "similar-out-is-a-user-folder": Case(lambda tmp, h5: (
         (tmp / "mine").mkdir(), (tmp / "mine" / "notes.txt").write_text("mine"),
         ["similar", f"{h5}:0", "--catalog", str(h5), "--out", str(tmp / "mine")])[-1], "mine"),
+    # --- self-train: options refused before the pool is read or a model loaded
+    "self-train-missing-pool": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(tmp / "nope"), "--config",
+                                                     str(SMOKE), "--data", str(h5)], "does not exist"),
+    "self-train-bad-threshold": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(h5), "--config", str(SMOKE),
+                                                      "--data", str(h5), "--threshold", "1.5"], "--threshold"),
+    "self-train-zero-per-class": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(h5), "--config", str(SMOKE),
+                                                       "--data", str(h5), "--per-class", "0"], "--per-class"),
+    "self-train-zero-rounds": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(h5), "--config", str(SMOKE),
+                                                    "--data", str(h5), "--rounds", "0"], "--rounds"),
+    "self-train-bad-name": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(h5), "--config", str(SMOKE),
+                                                 "--data", str(h5), "--name", "a b"], "--name"),
     # --- serve: refused before binding a port or loading a model
     "serve-bad-port": Case(lambda tmp, h5: ["serve", "--port", "70000"], "--port"),
     "serve-zero-upload-limit": Case(lambda tmp, h5: ["serve", "--max-upload-mb", "0"], "--max-upload-mb"),

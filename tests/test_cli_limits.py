@@ -69,6 +69,7 @@ NOT_SIZES = {
     "--port": "bounded to 1-65535",
     "--learning-rate": "a rate: bounded to (0, 1) by the pretraining settings",
     "--label-fraction": "a fraction: bounded to (0, 1] by the evaluation",
+    "--threshold": "a probability: bounded to (0, 1) by self-training",
 }
 
 
@@ -98,6 +99,7 @@ def _setup(tmp_path: Path, tiny_h5: Path) -> dict[tuple[str, ...], list[str]]:
         ("predict",): ["predict", str(folder / "a.png")],
         ("catalog",): ["catalog", str(folder / "a.png"), "--out", str(tmp_path / "c.parquet")],
         ("pretrain",): ["pretrain", str(tiny_h5)],
+        ("self-train",): ["self-train", "--unlabeled", str(tiny_h5), "--config", str(SMOKE), "--data", str(tiny_h5)],
         ("similar",): ["similar", str(folder / "a.png"), "--catalog", str(tmp_path / "c.parquet")],
         ("evaluate",): ["evaluate", "--data", str(tiny_h5), "--recipe", f"a={REFERENCE}", "--recipe",
                         f"b={REFERENCE}", "--out", str(tmp_path / "ev")],
@@ -108,7 +110,7 @@ def test_every_size_option_is_known() -> None:
     sizes = {opt for _, opt in _numeric_options()} - set(NOT_SIZES)
     assert sizes == {"--n", "--size", "--workers", "--per-class", "--thumb", "--bootstrap", "--max-upload-mb",
                      "--trials", "--top", "--chunk-size", "--batch-size", "--flag-uncertain", "--spark-partitions",
-                     "--repeats", "--folds", "--epochs", "--k"}
+                     "--repeats", "--folds", "--epochs", "--k", "--rounds"}
 
 
 @pytest.mark.parametrize("path,option", [(p, o) for p, o in _numeric_options() if o not in NOT_SIZES],
