@@ -134,3 +134,35 @@ def test_the_pool_takes_catalog_inputs_and_skips_unreadable_images(tmp_path: Pat
     assert len(pool.skipped) == 1 and "broken.png" in pool.skipped[0] and pool.synthetic
     with pytest.raises(DataError, match="does not exist"):
         load_pool([str(tmp_path / "nope")], 32)
+
+
+@pytest.mark.slow
+def test_tune_with_an_unlabeled_pool_queues_a_pretrained_start_point(tmp_path: Path, tiny_h5: Path, capsys) -> None:  # noqa: ANN001
+    """``tune --unlabeled``: the first start point's backbone is pretrained on the pool and registered, and the
+    study's first trial is that start point fine-tuned from it (its run's model.init_from says so)."""
+    import h5py
+    import optuna
+    from conftest import tiny_tune_yaml
+    from mlflow import MlflowClient
+
+    from experiments.cli import main
+
+    pool = tmp_path / "pool.h5"
+    images, _ = blobs(96, 5, size=64)
+    with h5py.File(pool, "w") as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("ans", data=np.zeros(96, np.uint8))
+    config = tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="un", n_trials=2, epochs=1,
+                            start_points=[{"train.learning_rate": 3.0e-3, "model.dropout": 0.2}])
+    assert main(["tune", "--config", str(config), "--data", str(tiny_h5), "--unlabeled", str(pool),
+                 "--pretrain-epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    assert "pretrained: un-pretrained@pretrained" in capsys.readouterr().out
+    study = optuna.load_study(study_name="un", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    first = study.trials[0]
+    assert first.user_attrs.get("init_from") == "un-pretrained@pretrained"
+    assert first.params == {"train.learning_rate": 3.0e-3, "model.dropout": 0.2}
+    assert "init_from" not in study.trials[1].user_attrs
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    run = client.get_run(first.user_attrs["mlflow_run_id"])
+    assert run.data.params["model.init_from"] == "un-pretrained@pretrained"
+    assert client.get_model_version_by_alias("un-pretrained", "pretrained").run_id

@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-refit", dest="refit", action="store_false",
                         help="skip the final refit of the best configuration on train + validation (study.refit)")
     add_data_argument(parser, help="HDF5 data file (default: data.path of the config, else the default file)")
+    parser.add_argument("--unlabeled", nargs="+", metavar="INPUT",
+                        help="unlabelled images (HDF5 files, folders, CSV/Parquet lists): pretrain the first start "
+                             "point's backbone on them (galaxy10 pretrain; a quarter of --budget) and queue that start "
+                             "point fine-tuned from it right after the reference trial")
+    parser.add_argument("--pretrain-epochs", type=int, default=30,
+                        help="most pretraining epochs with --unlabeled (default 30; --budget may stop it earlier)")
     add_overrides_argument(parser, "the base run config", "train.epochs=3")
     parser.set_defaults(func=run)
 
@@ -65,9 +71,17 @@ def run(args: argparse.Namespace) -> int:
         if args.timeout is not None:
             raise ConfigError("--budget plans the time itself; give --budget or --timeout, not both")
     level = logging.getLogger().getEffectiveLevel()
+    pretrained = None
+    if args.unlabeled:
+        from experiments.tuning.unlabeled import pretrain_for_study
+
+        pretrained, budget = pretrain_for_study(tune, args.unlabeled, data_path=args.data,
+                                                overrides=tuple(args.overrides), epochs=args.pretrain_epochs,
+                                                budget=budget, tracking_uri=args.tracking_uri)
+        print(f"pretrained: {pretrained}")
     report = run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
                        storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
-                       overrides=tuple(args.overrides), log_level=level, budget=budget)
+                       overrides=tuple(args.overrides), log_level=level, budget=budget, pretrained=pretrained)
     if report.plan:
         print(f"plan: {report.plan}")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())) or "no trials"

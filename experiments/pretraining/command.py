@@ -7,10 +7,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from experiments.pretraining.pool import load_pool
+from experiments.pretraining.pool import Pool, load_pool
 from experiments.pretraining.run import PretrainSettings, build_pretrain_model, pretrain
 from pipelines.errors import ConfigError
 
@@ -20,11 +21,14 @@ log = logging.getLogger(__name__)
 PRETRAINED_ALIAS = "pretrained"
 
 
-def run_pretrain(inputs: Sequence[str], *, config: Path, overrides: Sequence[str] = (), epochs: int = 30,
+def run_pretrain(inputs: Sequence[str], *, config: Path | Any, overrides: Sequence[str] = (), epochs: int = 30,
                  batch_size: int = 64, learning_rate: float = 1e-3, budget: str | None = None,
                  monitor: str | None = None, checkpoint_dir: Path | None = None, name: str | None = None,
-                 tracking_uri: str | None = None) -> str:
-    """Pretrain, log and register (see ``galaxy10 pretrain --help``); the closing lines for the terminal."""
+                 tracking_uri: str | None = None, pool: Pool | None = None) -> str:
+    """Pretrain, log and register (see ``galaxy10 pretrain --help``); the closing lines for the terminal.
+
+    ``config``: a run YAML (with ``overrides``) or a ``RunConfig``; ``pool``: already loaded from ``inputs``.
+    """
     from experiments.names import check_study_name
     from experiments.settings.run import load_config
     from experiments.tracking.mlflow_tracker import MlflowTracker
@@ -34,14 +38,14 @@ def run_pretrain(inputs: Sequence[str], *, config: Path, overrides: Sequence[str
     from experiments.tuning.budget import parse_duration
     from pipelines.paths import default_cache_dir
 
-    cfg = load_config(config, list(overrides))
+    cfg = load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config
     settings = PretrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
     budget_s = parse_duration(budget) if budget is not None else None
     name = check_study_name(name or f"pretrain-{cfg.model.name}", "--name")
     monitor_data = None
     if monitor is not None:
         monitor_data = load_training_data(replace(cfg.data, max_images=None), monitor)
-    pool = load_pool(inputs, cfg.data.size)
+    pool = pool if pool is not None else load_pool(inputs, cfg.data.size)
     if len(pool.images) < settings.batch_size:
         raise ConfigError(f"the pool has {len(pool.images)} images, fewer than one batch of {settings.batch_size}; "
                           "give more images or a smaller --batch-size")

@@ -61,6 +61,8 @@ STUDY_KEYS: tuple[str, ...] = (
 )
 #: Trial user attribute that marks the study's reference trial (trial 0 of a new study).
 ATTR_REFERENCE = "reference_recipe"
+#: Trial attribute naming the pretrained model a trial starts from (``galaxy10 tune --unlabeled``).
+ATTR_INIT_FROM = "init_from"
 #: ``study.cv_folds: auto`` cross-validates when the validation split is smaller than this (images).
 CV_AUTO_BELOW_VAL = 500
 #: Folds ``auto`` uses on such a split.
@@ -397,7 +399,9 @@ def trial_run_config(tune: TuneConfig, trial: Any, *, base: Mapping[str, Any] | 
     else the base config with the trial's parameters."""
     if trial.user_attrs.get(ATTR_REFERENCE):
         return reference_run_config(tune, extra_overrides=extra_overrides)
-    return resolve_run_config(tune, dict(trial.params), base=base, extra_overrides=extra_overrides)
+    start = trial.user_attrs.get(ATTR_INIT_FROM)
+    extra = [*extra_overrides, f"model.init_from={start}"] if start else list(extra_overrides)
+    return resolve_run_config(tune, dict(trial.params), base=base, extra_overrides=extra)
 
 
 def check_against_config(tune: TuneConfig) -> None:

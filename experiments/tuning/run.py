@@ -147,7 +147,8 @@ def check_study_limits(study_cfg: StudyConfig) -> None:
 def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float | None = None,
               workers: int | None = None, storage_url: str | None = None, tracking_uri: str | None = None,
               data_path: str | None = None, overrides: tuple[str, ...] = (),
-              log_level: int = logging.INFO, budget: float | None = None) -> StudyReport:
+              log_level: int = logging.INFO, budget: float | None = None,
+              pretrained: str | None = None) -> StudyReport:
     """Create or continue the study and run trials until it has ``n_trials`` COMPLETE + PRUNED.
 
     CLI arguments override the YAML's ``study`` section. With ``workers > 1`` that many spawned
@@ -157,19 +158,20 @@ def run_study(tune: TuneConfig, *, n_trials: int | None = None, timeout: float |
     MLflow client's retries ends the command with one ``ConfigError`` line; re-running continues.
     ``budget`` (seconds): measure this machine's speed and plan folds, trials and the refit to fit it
     (:mod:`experiments.tuning.budget`); the plan replaces ``n_trials``, ``timeout``, ``cv_folds`` and
-    ``refit`` and is in the report's ``plan``.
+    ``refit`` and is in the report's ``plan``. ``pretrained``: a self-supervised model the study's first start
+    point is also fine-tuned from (``galaxy10 tune --unlabeled``).
     """
 
     uri = resolve_tracking_uri(tracking_uri)
     with server_errors(uri):
         return _run_study(tune, n_trials=n_trials, timeout=timeout, workers=workers, storage_url=storage_url,
                           tracking_uri=uri, data_path=data_path, overrides=overrides, log_level=log_level,
-                          budget=budget)
+                          budget=budget, pretrained=pretrained)
 
 
 def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None, workers: int | None,
                storage_url: str | None, tracking_uri: str, data_path: str | None, overrides: tuple[str, ...],
-               log_level: int, budget: float | None = None) -> StudyReport:
+               log_level: int, budget: float | None = None, pretrained: str | None = None) -> StudyReport:
     """:func:`run_study` without the translation of tracking-server failures."""
 
     started = time.perf_counter()
@@ -194,7 +196,7 @@ def _run_study(tune: TuneConfig, *, n_trials: int | None, timeout: float | None,
     storage = open_storage(study_cfg.storage, heartbeat_interval=study_cfg.heartbeat_interval,
                            grace_period=study_cfg.grace_period,
                            on_stale=StaleTrialHandler(tracking_uri, study_cfg.retry_stale))
-    study = open_study(tune, storage, data=(data_fingerprint(data_file), Path(data_file).name))
+    study = open_study(tune, storage, data=(data_fingerprint(data_file), Path(data_file).name), pretrained=pretrained)
     stale = fail_stale_trials(study)
     plan = None
     if budget is not None:

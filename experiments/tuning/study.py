@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.settings.run import plain
-from experiments.settings.tune import ATTR_REFERENCE, TuneConfig
+from experiments.settings.tune import ATTR_INIT_FROM, ATTR_REFERENCE, TuneConfig
 from experiments.tuning.samplers import make_pruner, make_sampler
 from experiments.tuning.search_space import space_hash
 from experiments.tuning.storage import quiet_optuna_warnings, storage_url_of
@@ -40,8 +40,12 @@ COUNTED_STATES: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.PRUNED
 
 
 def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create: bool = True,
-               seed_offset: int = 0, data: tuple[str, str] | None = None) -> optuna.Study:
+               seed_offset: int = 0, data: tuple[str, str] | None = None,
+               pretrained: str | None = None) -> optuna.Study:
     """Create the study or load it to continue; refuse one made with another search space, metric or data.
+
+    ``pretrained`` (a model reference): a new study queues the first start point fine-tuned from it (trial
+    attribute ``init_from``) right after the reference trial, before the start points from scratch.
 
     ``data`` is ``(fingerprint, file name)`` of the Galaxy10 file this process trains on: the first
     process records it on the study, and a later one (another machine, another day) with a different
@@ -78,6 +82,9 @@ def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create
         if cfg.reference_trial and not study.get_trials(deepcopy=False):
             study.enqueue_trial({}, user_attrs={ATTR_REFERENCE: True})  # trial 0: the shipped reference recipe
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+            if pretrained:  # first: the first start point fine-tuned from the self-supervised model
+                first = dict(cfg.start_points[0]) if cfg.start_points else {}
+                study.enqueue_trial(first, user_attrs={"start_point": True, ATTR_INIT_FROM: pretrained})
             for point in cfg.start_points:  # the config's first guesses, before the sampler's own
                 study.enqueue_trial(dict(point), user_attrs={"start_point": True})
         return study

@@ -1,0 +1,51 @@
+"""``galaxy10 tune --unlabeled``: pretrain the study's first start point on the pool before the study runs."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from experiments.settings.tune import TuneConfig, resolve_run_config
+from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Share of ``--budget`` that pretraining may use (the study gets the rest).
+PRETRAIN_SHARE = 0.25
+
+
+def pretrain_for_study(tune: TuneConfig, inputs: Sequence[str], *, data_path: str | None,
+                       overrides: Sequence[str], epochs: int, budget: float | None,
+                       tracking_uri: str | None) -> tuple[str, float | None]:
+    """Pretrain the model of the study's first start point (its backbone and input size) on ``inputs``.
+
+    The pool may not hold the labelled file's validation or test images (one line). Returns the registered
+    model's reference (``<study>-pretrained@pretrained``) and the budget left for the study.
+    """
+    from experiments.catalog.inputs import plan_catalog_inputs
+    from experiments.pretraining.command import PRETRAINED_ALIAS, run_pretrain
+    from experiments.pretraining.pool import load_pool
+    from experiments.selftrain.pseudo import refuse_scored_images
+    from experiments.training import load_training_data
+
+    if not tune.study.start_points:
+        raise ConfigError("--unlabeled pretrains the backbone of the study's first start point, but the config has "
+                          "no study.start_points; add one (e.g. tune_catalog.yaml's D4 CNN)")
+    started = time.perf_counter()
+    cfg, _ = resolve_run_config(tune, dict(tune.study.start_points[0]), extra_overrides=tuple(overrides))
+    plan = plan_catalog_inputs(list(inputs))
+    data = load_training_data(replace(cfg.data, max_images=None), data_path)
+    pool = load_pool(plan, cfg.data.size)
+    refuse_scored_images(pool.images, data.images[[*data.val, *data.test]],
+                         what=f"validation and test splits of {Path(data.path).name}")
+    name = f"{tune.study.name}-pretrained"
+    share = None if budget is None else f"{PRETRAIN_SHARE * budget:.0f}s"
+    text = run_pretrain(list(inputs), config=cfg, epochs=epochs, budget=share, name=name, tracking_uri=tracking_uri,
+                        pool=pool)
+    log.info("%s", text)
+    left = None if budget is None else budget - (time.perf_counter() - started)
+    if left is not None and left <= 0:
+        raise ConfigError("pretraining used the whole --budget; give a larger budget or fewer --pretrain-epochs")
+    return f"{name}@{PRETRAINED_ALIAS}", left
