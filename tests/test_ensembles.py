@@ -93,7 +93,7 @@ def test_shipped_ensemble_config_loads() -> None:
 @pytest.mark.parametrize(("raw", "message"), [
     ({"modes": "crossfit"}, "unknown config key modes; allowed top-level keys: mode, seed, select_metric, class_weights, "
                             "prior_correction, accuracy_guard, guard_metrics, guard_margin, confidence, oof_selection, cv_folds, n_jobs, "
-                            "alias, crossfit, embeddings, vote, second_stage, stack, tune"),
+                            "alias, pretrained, crossfit, embeddings, vote, second_stage, stack, tune"),
     ({"mode": "bagging"}, "config key mode='bagging' is not allowed; use one of: crossfit, val_cv"),
     ({"accuracy_guard": "yes"}, "config key accuracy_guard='yes'"),
     ({"oof_selection": 1}, "config key oof_selection=1"),

@@ -296,3 +296,32 @@ def test_ensembles_draw_candidates_across_backbones(tmp_path_factory: pytest.Tem
             assert predictor.card.temperature == pytest.approx(logged, rel=1e-5)
             # out-of-distribution scores of an ensemble use its first member CNN's embedding
             assert predictor.can_embed and predictor.embed(images).shape[0] == 2
+
+
+@pytest.mark.slow
+def test_second_stages_on_a_pretrained_models_frozen_embeddings(in_study: TinyStudy,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``pretrained:`` adds ``pre-<name>`` candidates (fit on the training split's frozen embeddings of a
+    ``galaxy10 pretrain`` model, scored on validation) whose pyfunc models reload and predict as in memory."""
+    import mlflow.pyfunc
+
+    from experiments.ensembling.comparison import run_comparison
+    from experiments.settings.ensemble import config_from_dict
+    from pipelines.reader import Galaxy10File
+
+    run_yaml = in_study.root / "pre.yaml"
+    run_yaml.write_text(yaml.safe_dump({"data": {"size": 48, "crop": 32},
+                                        "model": {"filters": [8, 16], "dense_units": 16}}))
+    assert cli_main(["-q", "pretrain", str(in_study.data), "--config", str(run_yaml), "--epochs", "1",
+                     "--batch-size", "32", "--name", "tiny-pre", "--tracking-uri", in_study.tracking_uri]) == 0
+    capsys.readouterr()
+    cfg = config_from_dict({"mode": "val_cv", "cv_folds": 3, "second_stage": {"logreg": {}}, "vote": {"top_k": 1},
+                            "prior_correction": False, "alias": "pre", "pretrained": "tiny-pre@pretrained"})
+    report = run_comparison("tiny", cfg, storage_url=in_study.storage, tracking_uri=in_study.tracking_uri)
+    pre = next(c for c in report.candidates if c.name == "pre-logreg")
+    assert pre.kind == "gbm" and "frozen pretrained embeddings" in pre.estimate
+    assert pre.val_probs.ndim == 2 and pre.val_probs.shape[1] == 10 and len(pre.val_probs) > 0
+    with Galaxy10File(in_study.data) as f:
+        raw = np.asarray(f.images(np.arange(5)))
+    got = np.asarray(mlflow.pyfunc.load_model(report.model_uris["pre-logreg"]).predict(raw))
+    np.testing.assert_allclose(got, pre.model.predict_proba(raw), rtol=1e-5, atol=1e-6)

@@ -31,6 +31,7 @@ from experiments.ensembling.families import (
 )
 from experiments.ensembling.fold_cnns import run_crossfit
 from experiments.ensembling.members import StudyMembers, usable_members
+from experiments.ensembling.pretrained import pretrained_candidates
 from experiments.settings.ensemble import EnsembleConfig
 from experiments.tracking.loading import load_model_bundle
 
@@ -75,6 +76,7 @@ def build_candidates(cfg: EnsembleConfig, members: StudyMembers, data: Any, *, t
             candidates += crossfit_candidates(ctx, cf)
         else:
             candidates += val_cv_candidates(ctx, models[0])
+        candidates += pretrained_candidates(ctx)
     if ctx.prior_twins:
         candidates += prior_twin_candidates(ctx, candidates)
     return candidates, ctx.notes, facts

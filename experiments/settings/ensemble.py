@@ -109,6 +109,8 @@ class EnsembleConfig:
     above ``-guard_margin`` (default ``[accuracy]``, margin 0.01). ``confidence``: the level of the paired
     intervals before the Bonferroni correction for the number of candidates (default 0.95); see
     ``experiments.ensembling.champion``.
+    ``pretrained``: a self-supervised model (``galaxy10 pretrain``, e.g. ``pretrain-d4_cnn@pretrained``) whose
+    frozen embeddings of the training split every second stage is also fit on (``pre-<name>`` candidates).
     ``oof_selection``: in ``crossfit`` mode, judge the candidates that have out-of-fold predictions on the
     training split (the fold CNNs' average, second stages, stacks, their prior twins) on those *and* the
     validation split against ``cnn-best``'s recipe (its fold CNNs out-of-fold, itself on validation): about
@@ -128,6 +130,7 @@ class EnsembleConfig:
     cv_folds: int = 5
     n_jobs: int | None = None
     alias: str = "champion"
+    pretrained: str | None = None
     crossfit: CrossfitConfig = field(default_factory=CrossfitConfig)
     embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     vote: VoteConfig = field(default_factory=VoteConfig)
@@ -226,6 +229,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         cv_folds=as_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
         n_jobs=as_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
         alias=alias,
+        pretrained=_pretrained_ref(raw.get("pretrained")),
         crossfit=CrossfitConfig(folds=as_int("crossfit.folds", cf.get("folds", 3), 2, 20),
                                 epochs=as_int("crossfit.epochs", cf.get("epochs"), 1, 10000, nullable=True)),
         embeddings=EmbeddingConfig(tta=as_bool("embeddings.tta", em.get("tta", False)),
@@ -239,6 +243,15 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         tune=TuneSpec(n_trials=n_trials, metric=as_choice("tune.metric", tu.get("metric", "log_loss"), TUNE_METRICS),
                       search_space=dict(space)),
     )
+
+
+def _pretrained_ref(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"config key pretrained={value!r} must name a model, e.g. pretrain-d4_cnn@pretrained, or be "
+                          "null")
+    return value.strip()
 
 
 def read_config_yaml(path: str | Path) -> dict[str, Any]:
