@@ -69,7 +69,7 @@ def tradeoff_with_ci(y: np.ndarray, probs: np.ndarray, rare: int, prevalence: fl
 
 
 def main() -> int:
-    from bench_workflow import make_bed
+    from common import make_bed
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bed", default="synthetic", help="rings (30 rings, 235 others), rings_all (235 + 235), gz2, "
@@ -103,7 +103,7 @@ def main() -> int:
             path = work / Path(args.bed).name  # a copy: the split file is written beside the data
             path.write_bytes(Path(args.bed).read_bytes())
         else:
-            path = make_bed(args.bed, work, env, args.synthetic_n, size=max(128, args.size))
+            path = make_bed(args.bed, work, env, synthetic_n=args.synthetic_n, size=max(128, args.size))
         cfg = load_config(args.config, [f"data.size={args.size}", f"data.crop={args.crop}",
                                         f"train.epochs={args.epochs}", "train.patience=null",
                                         f"train.seed={args.seed}", *args.set])

@@ -14,18 +14,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
+from common import ROOT, add_full_flag, cli_env, galaxy10, make_bed, parse_with_full
 
-G10 = [sys.executable, "-m", "experiments.cli", "-q"]
 UNLABELED = ROOT.parent / "shared" / "data" / "unlabeled" / "gz2_sdss_1980" / "images"
 #: The fine-tuning recipe: the catalog study's start point as a run config (tune_catalog.yaml's first point).
 D4_RECIPE = {"experiment_name": "bench-pretrain", "data": {"size": 64, "crop": 48},
@@ -33,13 +29,6 @@ D4_RECIPE = {"experiment_name": "bench-pretrain", "data": {"size": 64, "crop": 4
              "model": {"name": "d4_cnn", "params": {"filters": [4, 8, 16, 16], "group_pool": "max"}, "dropout": 0.5},
              "train": {"epochs": 40, "patience": 10, "monitor": "val_loss", "precision": "auto",
                        "learning_rate": 1.0e-3}}
-
-
-def galaxy10(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run([*G10, *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench_pretrain: `galaxy10 {' '.join(args)}` failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
 def main() -> int:
@@ -58,18 +47,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-pretrain-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "GALAXY10_CACHE": str(work / "cache"),
-               "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        bed = work / f"{args.bed}.h5"
-        if not bed.is_file():
-            if args.bed == "gz2":
-                src = REALSAMPLES / "gz2_hart16_sdss"
-                galaxy10("data", "import", str(src), "--labels", str(src / "labels.csv"), "--size", "128", "--out",
-                         str(bed), cwd=work, env=env)
-            else:
-                galaxy10("data", "synth", "--n", "300", "--size", "128", "--seed", "0", "--out", str(bed), cwd=work,
-                         env=env)
+        env = cli_env(work)
+        bed = make_bed(args.bed, work, env, synthetic_n=300)
         pool = args.pool or (str(UNLABELED) if args.bed == "gz2" else None)
         if pool is None:
             pool = str(work / "pool.h5")

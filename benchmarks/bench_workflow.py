@@ -19,58 +19,15 @@ repetitions to a finished one); without it everything runs in a temporary folder
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
-from common import REALSAMPLES, ROOT, add_full_flag, parse_with_full
+from common import ROOT, add_full_flag, cli_env, galaxy10, make_bed, parse_with_full
 
-G10 = [sys.executable, "-m", "experiments.cli"]
 #: Below this ``--budget-factor`` the study cannot hold its reference trial (about 1x by itself) and runs
 #: without it (``study.reference_trial: false``): the equal-wall-clock arm.
 REFERENCE_TRIAL_MIN_FACTOR = 2.0
-
-
-def galaxy10(*args: str, cwd: Path, env: dict[str, str], quiet: bool = True) -> str:
-    """Run one CLI command in ``cwd``; its stdout, or SystemExit with its last lines on failure."""
-    proc = subprocess.run([*G10, *(["-q"] if quiet else []), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench_workflow: `galaxy10 {' '.join(args)}` failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-def make_bed(name: str, work: Path, env: dict[str, str], synthetic_n: int, size: int = 128) -> Path:
-    """The test bed's HDF5 file in ``work`` (imported from the real samples at ``size`` px, or synthetic)."""
-    out = work / f"{name}.h5"
-    if out.is_file():
-        return out
-    px = str(size)
-    if name == "gz2":
-        src = REALSAMPLES / "gz2_hart16_sdss"
-        galaxy10("data", "import", str(src), "--labels", str(src / "labels.csv"), "--size", px, "--out",
-                 str(out), cwd=work, env=env)
-    elif name == "rings":
-        src = REALSAMPLES / "gz_decals_zoobot_rings"
-        with (src / "catalog.csv").open() as fh:
-            rows = list(csv.DictReader(fh))
-        rings = [r for r in rows if r["ring"] == "1"][:30]
-        others = [r for r in rows if r["ring"] == "0"]
-        labels = work / "rare_rings.csv"
-        labels.write_text("file,label\n" + "".join(
-            f"{r['file']},{'ring' if r['ring'] == '1' else 'not_ring'}\n" for r in rings + others))
-        galaxy10("data", "import", str(src), "--labels", str(labels), "--size", px, "--out", str(out),
-                 cwd=work, env=env)
-    elif name == "synthetic":
-        galaxy10("data", "synth", "--n", str(synthetic_n), "--size", px, "--seed", "0", "--out", str(out),
-                 cwd=work, env=env)
-    else:
-        raise SystemExit(f"bench_workflow: unknown test bed {name!r}; use gz2, rings or synthetic")
-    return out
 
 
 def recipes(work: Path, factor: float) -> list[str]:
@@ -101,10 +58,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-workflow-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "GALAXY10_CACHE": str(work / "cache"),
-               "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        data = make_bed(args.bed, work, env, args.synthetic_n)
+        env = cli_env(work)
+        data = make_bed(args.bed, work, env, synthetic_n=args.synthetic_n)
         out = galaxy10("evaluate", "--data", str(data), *recipes(work, args.budget_factor),
                        "--budget", f"{args.budget_factor:g}x", "--repeats", str(args.repeats), "--folds",
                        str(args.folds), "--out", str(work / f"eval-{args.bed}"), cwd=work, env=env)
