@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 from common import ROOT, add_full_flag, cli_env, galaxy10, make_bed, parse_with_full
 
@@ -29,6 +30,13 @@ D4_RECIPE = {"experiment_name": "bench-pretrain", "data": {"size": 64, "crop": 4
              "model": {"name": "d4_cnn", "params": {"filters": [4, 8, 16, 16], "group_pool": "max"}, "dropout": 0.5},
              "train": {"epochs": 40, "patience": 10, "monitor": "val_loss", "precision": "auto",
                        "learning_rate": 1.0e-3}}
+
+
+def epoch_seconds(tracking_uri: str, run_id: str) -> np.ndarray:
+    """The pretraining run's per-epoch training seconds (its ``epoch_seconds`` metric)."""
+    from mlflow import MlflowClient
+
+    return np.asarray([m.value for m in MlflowClient(tracking_uri).get_metric_history(run_id, "epoch_seconds")])
 
 
 def main() -> int:
@@ -64,8 +72,11 @@ def main() -> int:
         seconds = time.perf_counter() - started
         print(out, flush=True)
         n_pool = int(re.search(r"on ([\d,]+) (?:SYNTHETIC )?unlabelled", out)[1].replace(",", ""))
-        print(f"pretraining: {args.epochs} epochs over {n_pool:,} images in {seconds:.0f} s (command wall time): "
-              f"{args.epochs * n_pool / seconds:.1f} images/s (two views each)\n", flush=True)
+        epochs_run = int(re.search(r": (\d+) epoch\(s\)", out)[1])
+        epoch_s = epoch_seconds(env["MLFLOW_TRACKING_URI"], re.search(r"MLflow run (\w+)", out)[1])
+        print(f"pretraining: {epochs_run} epochs over {n_pool:,} images, {seconds:.0f} s of command wall time "
+              f"(pool decoding and the k-NN monitor included); a training epoch {np.median(epoch_s):.1f} s "
+              f"(median): {n_pool / np.median(epoch_s):.1f} images/s, two views each\n", flush=True)
         scratch, tuned = work / "scratch.yaml", work / "pretrained.yaml"
         scratch.write_text(yaml.safe_dump(recipe, sort_keys=False))
         tuned.write_text(yaml.safe_dump({**recipe, "model": {**recipe["model"],
