@@ -197,6 +197,7 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
     uri = require_tracking_store(tracking_uri)
     members = study_members(study_name, storage_url=storage_url, tracking_uri=uri, top_k=cfg.vote.top_k)
     plan = None
+    requested_mode = cfg.mode
     if budget is not None:
         cfg, plan = plan_ensemble(cfg, members.best.metrics.get("train_seconds"), budget)
         log.info("plan: %s", plan)
@@ -279,7 +280,7 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
         columns = add_judgements(rows, columns, judgements, settings)
         if winner["candidate"] == BASELINE_CANDIDATE and len(rows) > 1:
             notes.append(rule)
-        thin_evidence = evidence_note(judgements, y_train, plan is not None and cfg.mode == "val_cv")
+        thin_evidence = evidence_note(judgements, y_train, requested_mode != cfg.mode)
         if thin_evidence:
             notes.append(thin_evidence)
         parent.log_dict({"settings": {"metric": settings.metric, "guard_metrics": list(settings.guard_metrics),
