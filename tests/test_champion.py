@@ -210,7 +210,7 @@ def test_a_validation_only_choice_says_how_little_evidence_it_rests_on() -> None
     _, _, judged = choose_champion(rows, cands, y, 4, ACC)
     note = evidence_note(judged, None, budget_cut=True)
     assert note.startswith("the champion rule judged every candidate on 120 validation images only (cross-fitting "
-                           "was skipped for the budget): at the corrected level 99.00%")
+                           "was skipped for the budget): at the corrected level 99.00% a difference in accuracy")
     half = 100 * (judged["gbm-0"].differences["accuracy"].hi - judged["gbm-0"].differences["accuracy"].lo) / 2
     assert f"must exceed about {half:.1f} points" in note
     assert evidence_note(judged, np.zeros(10, int), budget_cut=True) is None  # out-of-fold evidence: no note

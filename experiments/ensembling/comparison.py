@@ -347,8 +347,8 @@ def evidence_note(judgements: Mapping[str, Judgement], y_train: np.ndarray | Non
     half = (acc.hi - acc.lo) / 2
     why = "cross-fitting was skipped for the budget" if budget_cut else "no out-of-fold train predictions (val_cv)"
     return (f"the champion rule judged every candidate on {j.evidence} only ({why}): at the corrected level "
-            f"{100 * acc.level:.2f}% a {acc.metric} difference must exceed about {100 * half:.1f} points to be told "
-            "from noise, so the best CNN (then a clear vote) is kept unless the evidence is that clear")
+            f"{100 * acc.level:.2f}% a difference in {acc.metric} must exceed about {100 * half:.1f} points to be "
+            "told from noise, so the best CNN (then a clear vote) is kept unless the evidence is that clear")
 
 
 #: Metrics of the out-of-fold train + validation evidence (``oofval_<metric>``).
