@@ -194,3 +194,17 @@ def test_a_label_fraction_keeps_a_stratified_share_of_each_folds_training_images
     assert {t for _, t in seen} == {20} and {n for n, _ in seen} == {10}  # 40 training images per fold -> 10
     whole = run_evaluation(h5, recipes, out=tmp_path / "w", repeats=1, folds=3, tracking_uri=uri)
     assert whole.key != quarter.key and whole.ran == 6  # another evaluation, not a continuation
+
+
+def test_a_continued_evaluation_refuses_a_changed_ensemble_config(tmp_path: Path) -> None:
+    from experiments.crossval.run import ENSEMBLE_ARTIFACT, _check_same_ensemble
+    from experiments.tracking.mlflow_tracker import MlflowTracker
+    from pipelines.errors import ConfigError
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    with MlflowTracker("e", "parent", tracking_uri=uri) as parent:
+        parent.log_text("mode: crossfit\n", ENSEMBLE_ARTIFACT)
+    _check_same_ensemble(parent.run_id, "mode: crossfit\n", uri)  # unchanged: fine
+    _check_same_ensemble(parent.run_id, None, uri)  # no tuning recipe: nothing to compare
+    with pytest.raises(ConfigError, match="ensemble.yaml changed since this evaluation began"):
+        _check_same_ensemble(parent.run_id, "mode: val_cv\n", uri)

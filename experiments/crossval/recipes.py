@@ -20,6 +20,13 @@ TUNE_SHARE, ENSEMBLE_SHARE = 0.82, 0.08
 ENSEMBLE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ensemble.yaml"
 
 
+def ensemble_config() -> tuple[Any, str]:
+    """The shipped ensemble config a tuning recipe's comparison runs (validated) and its text."""
+    from experiments.settings.ensemble import config_from_dict, read_config_yaml
+
+    return config_from_dict(read_config_yaml(ENSEMBLE_CONFIG)), ENSEMBLE_CONFIG.read_text(encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class FoldResult:
     """A recipe's probabilities on a fold's held-out images and what made them."""
@@ -46,13 +53,13 @@ def run_train_recipe(cfg: Any, data: Any, fold: Fold, *, seed: int, tracker: Any
 
 
 def run_tune_recipe(tune: Any, recipe: Recipe, source: Path, fold: Fold, *, budget: float, study_name: str,
-                    workdir: Path, tracking_uri: str, seed: int) -> FoldResult:
+                    workdir: Path, tracking_uri: str, seed: int, ensemble: Any) -> FoldResult:
     """The catalog path on the fold's training images: ``tune --budget`` (82% of ``budget``) on a file of those
     images (the study splits it as it splits any file), ``ensemble --budget`` (8%), and the champion it registers
-    predicts the held-out images from the source file."""
+    predicts the held-out images from the source file. ``ensemble``: the comparison's ``EnsembleConfig``, read
+    once per evaluation (:func:`ensemble_config`)."""
     from experiments.ensembling.comparison import run_comparison
     from experiments.serving.predictor import load_predictor, predict_file_rows
-    from experiments.settings.ensemble import config_from_dict, read_config_yaml
     from experiments.tuning.run import run_study
     from pipelines.subset import write_subset
 
@@ -65,8 +72,7 @@ def run_tune_recipe(tune: Any, recipe: Recipe, source: Path, fold: Fold, *, budg
         tune = replace(tune, study=replace(tune.study, name=study_name))
         study = run_study(tune, storage_url=storage, tracking_uri=tracking_uri, data_path=str(fold_file),
                           budget=TUNE_SHARE * budget, overrides=(f"data.split_seed={seed}",))
-        ens_cfg = config_from_dict(read_config_yaml(ENSEMBLE_CONFIG))
-        comparison = run_comparison(study_name, ens_cfg, storage_url=storage, tracking_uri=tracking_uri,
+        comparison = run_comparison(study_name, ensemble, storage_url=storage, tracking_uri=tracking_uri,
                                     data_path=fold_file, budget=ENSEMBLE_SHARE * budget)
         model_uri = comparison.model_uris[comparison.winner]
         probs = predict_file_rows(load_predictor(model_uri, tracking_uri=tracking_uri), source, fold.test)

@@ -15,7 +15,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,14 @@ from experiments.crossval.folds import (
     load_recipe_config,
     repeated_folds,
 )
-from experiments.crossval.recipes import FoldResult, run_train_recipe, run_tune_recipe
+from experiments.crossval.recipes import FoldResult, ensemble_config, run_train_recipe, run_tune_recipe
 from experiments.crossval.summary import EvaluationSummary, summarize, summary_figure, summary_markdown
 from experiments.tracking.base import git_commit, package_versions
 from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
 from experiments.tracking.runs import download_run_artifact, find_runs, finish_run, get_run_facts
 from pipelines.classes import CLASS_NAMES, ClassSet
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, ModelError
 from pipelines.outputs import check_output_dir, output_dir
 from pipelines.paths import default_cache_dir
 from pipelines.reader import Galaxy10File, data_fingerprint
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "galaxy10-evaluate"
 PREDICTIONS = "predictions.json"
+ENSEMBLE_ARTIFACT = "ensemble_config.yaml"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,23 @@ def _done_cells(parent_id: str, tracking_uri: str) -> dict[tuple[str, str], str]
     return done
 
 
+def _check_same_ensemble(parent_id: str, text: str | None, tracking_uri: str) -> None:
+    """A continued evaluation's tuning recipes must run the ensemble config its first folds ran."""
+    if text is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="galaxy10-evaluate-") as tmp:
+        try:
+            logged = download_run_artifact(parent_id, ENSEMBLE_ARTIFACT, tmp, tracking_uri=tracking_uri).read_text()
+        except ModelError:  # an evaluation begun before the config was kept: nothing to compare
+            log.warning("evaluation run %s kept no ensemble config; its earlier folds ran the one shipped then",
+                        parent_id)
+            return
+    if logged != text:
+        raise ConfigError("experiments/configs/ensemble.yaml changed since this evaluation began (its earlier folds "
+                          "ran the config logged on its MLflow run); restore it, or start a new evaluation with "
+                          "another --seed or --experiment")
+
+
 def _load_predictions(run_id: str, tracking_uri: str, fold: Fold) -> FoldResult:
     with tempfile.TemporaryDirectory(prefix="galaxy10-evaluate-") as tmp:
         doc = json.loads(download_run_artifact(run_id, PREDICTIONS, tmp, tracking_uri=tracking_uri).read_text())
@@ -117,6 +135,7 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
     label_fraction = check_label_fraction(label_fraction)
     _check_budget(recipes, budget)
     configs = {r.name: load_recipe_config(r) for r in recipes}
+    ensemble, ensemble_text = ensemble_config() if any(r.kind == "tune" for r in recipes) else (None, None)
     path = Path(data_path)
     with Galaxy10File(path) as f:
         info = f.info
@@ -144,15 +163,18 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
                            "recipes": " ".join(f"{r.name}={r.path}" for r in recipes), "n_images": len(labels)})
         for r in recipes:
             parent.log_text(r.text, f"recipes/{r.name}.yaml")
+        if ensemble_text is not None:
+            parent.log_text(ensemble_text, ENSEMBLE_ARTIFACT)
         done: dict[tuple[str, str], str] = {}
     else:
         log.info("continuing evaluation %s (run %s)", key, parent.run_id)
+        _check_same_ensemble(parent.run_id, ensemble_text, tracking_uri)
         done = _done_cells(parent.run_id, tracking_uri)
     status = "FAILED"
     try:
-        predictions, seconds, reused, ran = _run_cells(
-            plan, recipes, configs, path, parent=parent, done=done, tracking_uri=tracking_uri, seed=seed,
-            budget=budget, key=key, experiment=experiment, class_set=classes)
+        ev = _Evaluation(path, labels, classes, parent, key, experiment, tracking_uri, seed, budget, ensemble,
+                         default_cache_dir() / "evaluate" / key, training_lookups(tracking_uri))
+        predictions, seconds, reused, ran = _run_cells(ev, plan, recipes, configs, done)
         summary = summarize(labels, plan, predictions, seconds, class_names=classes.names,
                             class_slugs=classes.slugs, repeats=repeats)
         _publish(summary, parent, out=Path(out), synthetic=bool(info.synthetic), data_path=str(path), force=force)
@@ -166,16 +188,31 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
                             time.perf_counter() - started)
 
 
-def _run_cells(plan: Sequence[Fold], recipes: Sequence[Recipe], configs: dict[str, Any], path: Path, *,
-               parent: MlflowTracker, done: dict[tuple[str, str], str], tracking_uri: str, seed: int,
-               budget: Budget | None, key: str, experiment: str, class_set: ClassSet,
-               ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]], int, int]:
+@dataclass
+class _Evaluation:
+    """What every cell of one evaluation shares (built once by :func:`run_evaluation`)."""
+
+    path: Path
+    labels: np.ndarray
+    class_set: ClassSet
+    parent: MlflowTracker
+    key: str
+    experiment: str
+    tracking_uri: str
+    seed: int
+    budget: Budget | None
+    ensemble: Any  # the EnsembleConfig of tuning recipes (None without one)
+    workdir: Path
+    lookups: dict[str, Any] = field(default_factory=dict)
+    data_by_size: dict[int, Any] = field(default_factory=dict)
+
+
+def _run_cells(ev: _Evaluation, plan: Sequence[Fold], recipes: Sequence[Recipe], configs: dict[str, Any],
+               done: dict[tuple[str, str], str]) -> tuple[dict[str, dict[str, np.ndarray]],
+                                                          dict[str, dict[str, float]], int, int]:
     predictions: dict[str, dict[str, np.ndarray]] = {r.name: {} for r in recipes}
     seconds: dict[str, dict[str, float]] = {r.name: {} for r in recipes}
-    data_by_size: dict[int, Any] = {}
-    lookups = training_lookups(tracking_uri)
     first_train = _first_train_recipe(recipes)
-    workdir = default_cache_dir() / "evaluate" / key
     reused = ran = 0
     bar = tqdm(total=len(plan) * len(recipes), desc="evaluate", unit="fit", disable=None)
     for fold in plan:
@@ -183,13 +220,11 @@ def _run_cells(plan: Sequence[Fold], recipes: Sequence[Recipe], configs: dict[st
             bar.set_postfix_str(f"{recipe.name} {fold.cell}")
             run_id = done.get((recipe.name, fold.cell))
             if run_id is not None:
-                result = _load_predictions(run_id, tracking_uri, fold)
+                result = _load_predictions(run_id, ev.tracking_uri, fold)
                 reused += 1
             else:
-                result = _run_one(recipe, configs[recipe.name], fold, path, parent=parent, tracking_uri=tracking_uri,
-                                  seed=seed, budget=budget, key=key, experiment=experiment, lookups=lookups,
-                                  data_by_size=data_by_size, workdir=workdir, class_set=class_set,
-                                  reference_seconds=seconds[first_train.name].get(fold.cell) if first_train else None)
+                reference_s = seconds[first_train.name].get(fold.cell) if first_train else None
+                result = _run_one(ev, recipe, configs[recipe.name], fold, reference_s)
                 ran += 1
             predictions[recipe.name][fold.cell] = result.probs
             seconds[recipe.name][fold.cell] = result.seconds
@@ -198,43 +233,35 @@ def _run_cells(plan: Sequence[Fold], recipes: Sequence[Recipe], configs: dict[st
     return predictions, seconds, reused, ran
 
 
-def _run_one(recipe: Recipe, cfg: Any, fold: Fold, path: Path, *, parent: MlflowTracker, tracking_uri: str,
-             seed: int, budget: Budget | None, key: str, experiment: str, lookups: dict[str, Any],
-             data_by_size: dict[int, Any], workdir: Path, class_set: ClassSet,
-             reference_seconds: float | None) -> FoldResult:
+def _run_one(ev: _Evaluation, recipe: Recipe, cfg: Any, fold: Fold, reference_seconds: float | None) -> FoldResult:
     """One recipe on one fold in its own child run, which keeps the held-out predictions."""
     from experiments.evaluation import classification_metrics, prefixed
 
-    tags = {"evaluate.key": key, "evaluate.role": "fold", "evaluate.recipe": recipe.name,
+    tags = {"evaluate.key": ev.key, "evaluate.role": "fold", "evaluate.recipe": recipe.name,
             "evaluate.kind": recipe.kind, "evaluate.cell": fold.cell}
-    with MlflowTracker(experiment, f"{recipe.name} {fold.cell}", tracking_uri=tracking_uri,
-                       parent_run_id=parent.run_id, tags=tags) as child:
+    with MlflowTracker(ev.experiment, f"{recipe.name} {fold.cell}", tracking_uri=ev.tracking_uri,
+                       parent_run_id=ev.parent.run_id, tags=tags) as child:
         if recipe.kind == "train":
             size = cfg.data.size
-            if size not in data_by_size:
+            if size not in ev.data_by_size:
                 from experiments.training import load_training_data
 
-                data_by_size[size] = load_training_data(cfg.data, path)
-            result = run_train_recipe(cfg, data_by_size[size], fold, seed=seed + fold.r, tracker=child,
-                                      lookups=lookups)
+                ev.data_by_size[size] = load_training_data(cfg.data, ev.path)
+            result = run_train_recipe(cfg, ev.data_by_size[size], fold, seed=ev.seed + fold.r, tracker=child,
+                                      lookups=ev.lookups)
         else:
-            seconds = budget.seconds if budget.seconds is not None else budget.factor * float(reference_seconds)
-            result = run_tune_recipe(cfg, recipe, path, fold, budget=seconds, study_name=f"eval-{key}-{recipe.name}"
-                                     f"-{fold.cell}", workdir=workdir, tracking_uri=tracking_uri, seed=seed + fold.r)
+            budget = ev.budget.seconds if ev.budget.seconds is not None else ev.budget.factor * float(reference_seconds)
+            result = run_tune_recipe(cfg, recipe, ev.path, fold, budget=budget,
+                                     study_name=f"eval-{ev.key}-{recipe.name}-{fold.cell}", workdir=ev.workdir,
+                                     tracking_uri=ev.tracking_uri, seed=ev.seed + fold.r, ensemble=ev.ensemble)
             child.set_tags({f"evaluate.{k}": v for k, v in result.facts.items() if v is not None})
-        metrics = classification_metrics(np.asarray(
-            _labels_of(path, fold.test)), result.probs, class_set.slugs)
+        metrics = classification_metrics(ev.labels[fold.test], result.probs, ev.class_set.slugs)
         child.log_metrics({**prefixed({k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
                                       "heldout"), "seconds": result.seconds, "n_heldout": float(len(fold.test))})
         child.log_dict({"rows": fold.test.tolist(), "probs": np.round(result.probs, 6).tolist()}, PREDICTIONS)
     log.info("%s %s: held-out accuracy %.4f, balanced %.4f (%.0f s)", recipe.name, fold.cell, metrics["accuracy"],
              metrics["balanced_accuracy"], result.seconds)
     return FoldResult(np.round(result.probs, 6).astype(np.float32), result.seconds, result.facts)
-
-
-def _labels_of(path: Path, rows: np.ndarray) -> np.ndarray:
-    with Galaxy10File(path) as f:
-        return np.asarray(f.labels()).astype(np.int64)[rows]
 
 
 def _publish(summary: EvaluationSummary, parent: MlflowTracker, *, out: Path, synthetic: bool, data_path: str,
