@@ -215,7 +215,9 @@ def evaluation_key(fingerprint: str, recipes: Sequence[Recipe], *, folds: int, s
     """What makes two evaluations the same, so a later command continues the first: data, recipes, K, seed and
     budget (and the label fraction). Not R: repetition r's folds depend on ``seed + r`` alone, so ``--repeats 3``
     after ``--repeats 1`` reuses the first repetition and adds two."""
-    doc = {"data": fingerprint, "folds": folds, "seed": seed, "label_fraction": label_fraction,
+    doc = {"data": fingerprint, "folds": folds, "seed": seed,
            "budget": None if budget is None else budget.text(),
            "recipes": [[r.name, r.kind, r.text] for r in recipes]}
+    if label_fraction != 1.0:  # only then: an evaluation of all the labels keeps the key it had before the option
+        doc["label_fraction"] = label_fraction
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
