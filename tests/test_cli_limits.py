@@ -110,7 +110,7 @@ def test_every_size_option_is_known() -> None:
     sizes = {opt for _, opt in _numeric_options()} - set(NOT_SIZES)
     assert sizes == {"--n", "--size", "--workers", "--per-class", "--thumb", "--bootstrap", "--max-upload-mb",
                      "--trials", "--top", "--chunk-size", "--batch-size", "--flag-uncertain", "--spark-partitions",
-                     "--repeats", "--folds", "--epochs", "--k", "--rounds"}
+                     "--repeats", "--folds", "--epochs", "--k", "--rounds", "--pretrain-epochs"}
 
 
 @pytest.mark.parametrize("path,option", [(p, o) for p, o in _numeric_options() if o not in NOT_SIZES],

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--budget plans the time itself; give --budget or --timeout, not both")
     level = logging.getLogger().getEffectiveLevel()
     pretrained = None
+    if not 1 <= args.pretrain_epochs <= 10_000:
+        raise ConfigError(f"--pretrain-epochs {args.pretrain_epochs} is out of range; use 1-10,000")
     if args.unlabeled:
         from experiments.tuning.unlabeled import pretrain_for_study
 
