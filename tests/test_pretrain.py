@@ -166,3 +166,39 @@ def test_tune_with_an_unlabeled_pool_queues_a_pretrained_start_point(tmp_path: P
     run = client.get_run(first.user_attrs["mlflow_run_id"])
     assert run.data.params["model.init_from"] == "un-pretrained@pretrained"
     assert client.get_model_version_by_alias("un-pretrained", "pretrained").run_id
+
+
+def test_a_tuning_config_can_name_its_unlabeled_pool(tmp_path: Path) -> None:
+    from conftest import tiny_tune_yaml
+
+    from experiments.settings.tune import load_tune_config, unlabeled_inputs
+
+    config = tiny_tune_yaml(tmp_path / "sub" / "t.yaml" if (tmp_path / "sub").mkdir() is None else None,
+                            experiment="e", name="u", n_trials=1, unlabeled=["pool", "/abs/other.h5"])
+    tune = load_tune_config(config)
+    assert unlabeled_inputs(tune) == [str(tmp_path / "sub" / "pool"), "/abs/other.h5"]
+    bad = tiny_tune_yaml(tmp_path / "bad.yaml", experiment="e", name="u", n_trials=1, unlabeled=[3])
+    with pytest.raises(ConfigError, match="study.unlabeled"):
+        load_tune_config(bad)
+
+
+def test_evaluates_held_out_images_may_not_be_in_the_pretraining_pool(tmp_path: Path, tiny_h5: Path) -> None:
+    """``galaxy10 evaluate`` hands a tuning recipe's pretraining its held-out fold: a pool holding one of those
+    images is refused before anything is trained."""
+    import h5py
+    from conftest import tiny_tune_yaml
+
+    from experiments.settings.tune import load_tune_config
+    from experiments.tuning.unlabeled import pretrain_for_study
+
+    images, _ = blobs(40, 9, size=64)
+    pool = tmp_path / "pool.h5"
+    with h5py.File(pool, "w") as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("ans", data=np.zeros(40, np.uint8))
+    tune = load_tune_config(tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="h", n_trials=1,
+                                           start_points=[{"train.learning_rate": 3.0e-3}]))
+    with pytest.raises(DataError, match=r"holds 1 image\(s\) of the validation and test splits of tiny.h5 or the held-out"):
+        pretrain_for_study(tune, [str(pool)], data_path=str(tiny_h5), overrides=(), epochs=1, budget=None,
+                           tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", held_out=images[[3]])
+    assert not (tmp_path / "m.db").exists()

@@ -74,10 +74,13 @@ def run(args: argparse.Namespace) -> int:
     pretrained = None
     if not 1 <= args.pretrain_epochs <= 10_000:
         raise ConfigError(f"--pretrain-epochs {args.pretrain_epochs} is out of range; use 1-10,000")
-    if args.unlabeled:
+    from experiments.settings.tune import unlabeled_inputs
+
+    pool = args.unlabeled or unlabeled_inputs(tune)
+    if pool:
         from experiments.tuning.unlabeled import pretrain_for_study
 
-        pretrained, budget = pretrain_for_study(tune, args.unlabeled, data_path=args.data,
+        pretrained, budget = pretrain_for_study(tune, pool, data_path=args.data,
                                                 overrides=tuple(args.overrides), epochs=args.pretrain_epochs,
                                                 budget=budget, tracking_uri=args.tracking_uri)
         print(f"pretrained: {pretrained}")

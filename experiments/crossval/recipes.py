@@ -70,8 +70,20 @@ def run_tune_recipe(tune: Any, recipe: Recipe, source: Path, fold: Fold, *, budg
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     try:
         tune = replace(tune, study=replace(tune.study, name=study_name))
+        overrides = (f"data.split_seed={seed}",)
+        tune_budget, pretrained = TUNE_SHARE * budget, None
+        if tune.study.unlabeled:  # the catalog path with a pool: pretraining comes out of the tuning share
+            from experiments.settings.tune import unlabeled_inputs
+            from experiments.tuning.unlabeled import pretrain_for_study
+            from pipelines.reader import Galaxy10File
+
+            with Galaxy10File(source) as f:
+                held_out = np.asarray(f.images(fold.test))
+            pretrained, tune_budget = pretrain_for_study(
+                tune, unlabeled_inputs(tune), data_path=str(fold_file), overrides=overrides, epochs=30,
+                budget=tune_budget, tracking_uri=tracking_uri, held_out=held_out)
         study = run_study(tune, storage_url=storage, tracking_uri=tracking_uri, data_path=str(fold_file),
-                          budget=TUNE_SHARE * budget, overrides=(f"data.split_seed={seed}",))
+                          budget=tune_budget, overrides=overrides, pretrained=pretrained)
         comparison = run_comparison(study_name, ensemble, storage_url=storage, tracking_uri=tracking_uri,
                                     data_path=fold_file, budget=ENSEMBLE_SHARE * budget)
         model_uri = comparison.model_uris[comparison.winner]

@@ -57,7 +57,7 @@ PRUNER_ARGS: dict[str, tuple[str, ...]] = {
 STUDY_KEYS: tuple[str, ...] = (
     "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
     "heartbeat_interval", "grace_period", "retry_stale", "log_models", "keep_models", "register_model",
-    "model_alias", "refit", "cv_folds", "reference_trial", "start_points", "speed_objective",
+    "model_alias", "refit", "cv_folds", "reference_trial", "start_points", "speed_objective", "unlabeled",
 )
 #: Trial user attribute that marks the study's reference trial (trial 0 of a new study).
 ATTR_REFERENCE = "reference_recipe"
@@ -120,7 +120,9 @@ class StudyConfig:
     parameter a point leaves out is sampled. ``speed_objective`` (default false): a multi-objective study
     that maximises the metric and the trained model's inference images/s together (Optuna's sampler sees
     both; the best trial is still the best by the metric, the report draws the Pareto front); Optuna cannot
-    prune multi-objective trials, so it needs ``pruner: none``.
+    prune multi-objective trials, so it needs ``pruner: none``. ``unlabeled``: unlabelled inputs (paths relative
+    to the tuning YAML) the study's first start point is pretrained on before the trials (``galaxy10 tune
+    --unlabeled`` gives them on the command line instead).
     """
 
     name: str
@@ -143,6 +145,7 @@ class StudyConfig:
     reference_trial: bool = True
     start_points: tuple[Mapping[str, Scalar], ...] = ()
     speed_objective: bool = False
+    unlabeled: tuple[str, ...] = ()
 
     def folds_for(self, n_val: int) -> int:
         """The folds to use when the validation split holds ``n_val`` images (0 = no cross-validation)."""
@@ -259,8 +262,24 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
         register_model=register, model_alias=alias, refit=as_bool("study.refit", raw.get("refit", True)),
         cv_folds=cv_folds, reference_trial=as_bool("study.reference_trial", raw.get("reference_trial", True)),
         start_points=_start_points(raw.get("start_points")),
-        speed_objective=speed_objective,
+        speed_objective=speed_objective, unlabeled=_unlabeled(raw.get("unlabeled")),
     )
+
+
+def _unlabeled(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in items):
+        raise ConfigError(f"config key study.unlabeled={raw!r} must be a path or a list of paths (HDF5 files, folders, "
+                          "CSV/Parquet lists) of unlabelled images")
+    return tuple(items)
+
+
+def unlabeled_inputs(tune: TuneConfig) -> list[str]:
+    """``study.unlabeled`` resolved against the tuning YAML's folder (absolute paths stay)."""
+    folder = Path(tune.source).parent if tune.source else Path.cwd()
+    return [str(p if Path(p).is_absolute() else folder / p) for p in tune.study.unlabeled]
 
 
 def _start_points(raw: Any) -> tuple[dict[str, Scalar], ...]:

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from experiments.settings.tune import TuneConfig, resolve_run_config
 from pipelines.errors import ConfigError
+from pipelines.preprocess import resize_images
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +21,12 @@ PRETRAIN_SHARE = 0.25
 
 def pretrain_for_study(tune: TuneConfig, inputs: Sequence[str], *, data_path: str | None,
                        overrides: Sequence[str], epochs: int, budget: float | None,
-                       tracking_uri: str | None) -> tuple[str, float | None]:
+                       tracking_uri: str | None, held_out: np.ndarray | None = None) -> tuple[str, float | None]:
     """Pretrain the model of the study's first start point (its backbone and input size) on ``inputs``.
 
-    The pool may not hold the labelled file's validation or test images (one line). Returns the registered
-    model's reference (``<study>-pretrained@pretrained``) and the budget left for the study.
+    The pool may not hold the labelled file's validation or test images, nor ``held_out`` (uint8 images a
+    score is computed on elsewhere, e.g. ``galaxy10 evaluate``'s held-out fold): one line. Returns the
+    registered model's reference (``<study>-pretrained@pretrained``) and the budget left for the study.
     """
     from experiments.catalog.inputs import plan_catalog_inputs
     from experiments.pretraining.command import PRETRAINED_ALIAS, run_pretrain
@@ -38,8 +42,11 @@ def pretrain_for_study(tune: TuneConfig, inputs: Sequence[str], *, data_path: st
     plan = plan_catalog_inputs(list(inputs))
     data = load_training_data(replace(cfg.data, max_images=None), data_path)
     pool = load_pool(plan, cfg.data.size)
-    refuse_scored_images(pool.images, data.images[[*data.val, *data.test]],
-                         what=f"validation and test splits of {Path(data.path).name}")
+    scored = data.images[[*data.val, *data.test]]
+    if held_out is not None and len(held_out):
+        scored = np.concatenate([scored, resize_images(np.asarray(held_out, dtype=np.uint8), cfg.data.size)])
+    refuse_scored_images(pool.images, scored, what=f"validation and test splits of {Path(data.path).name}"
+                         + (" or the held-out images" if held_out is not None else ""))
     name = f"{tune.study.name}-pretrained"
     share = None if budget is None else f"{PRETRAIN_SHARE * budget:.0f}s"
     text = run_pretrain(list(inputs), config=cfg, epochs=epochs, budget=share, name=name, tracking_uri=tracking_uri,
