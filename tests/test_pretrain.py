@@ -1,6 +1,7 @@
 """``galaxy10 pretrain``: the view policy, VICReg on a tiny pool, resume, and fine-tuning from the result."""
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
@@ -166,6 +167,14 @@ def test_tune_with_an_unlabeled_pool_queues_a_pretrained_start_point(tmp_path: P
     run = client.get_run(first.user_attrs["mlflow_run_id"])
     assert run.data.params["model.init_from"] == "un-pretrained@pretrained"
     assert client.get_model_version_by_alias("un-pretrained", "pretrained").run_id
+    # the report names the pool behind the pretrained start point
+    capsys.readouterr()
+    assert main(["-q", "report", "--study", "un", "--out", str(tmp_path / "rep"), "--bootstrap", "50",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    numbers = json.loads((tmp_path / "rep" / "report.json").read_text())
+    (pool_facts,) = numbers["unlabeled_pools"]
+    assert pool_facts["trial"] == 0 and pool_facts["sources"] == str(pool) and pool_facts["images"] == "96"
+    assert f"96 unlabelled images from {pool}" in (tmp_path / "rep" / "report.html").read_text()
 
 
 def test_a_tuning_config_can_name_its_unlabeled_pool(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from experiments.reporting.facts import (
     StudyFacts,
     data_card,
     find_ensemble,
+    pretraining_pools,
     study_facts,
 )
 from experiments.reporting.figure_set import make_figures
@@ -204,6 +205,12 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
                                              tune_config=_tune_config_path(study.parent_run_id, uri),
                                              ensemble=ensemble)
         report.notes.extend(ensemble.notes)
+        report.pools = pretraining_pools(study, uri)
+        for pool in report.pools:
+            report.notes.append(f"trial {pool['trial']} started from {pool['model']}, pretrained (self-supervised, no "
+                                f"labels) on {pool['images']} unlabelled images from {pool['sources']} (fingerprint "
+                                f"{str(pool['fingerprint'])[:12]}); the pool was checked to hold none of this file's "
+                                "validation or test images")
         absent = absent_classes(y_true, slugs)
         if absent:
             report.notes.append(f"the test split has no image of {', '.join(absent)}: macro metrics average over the "

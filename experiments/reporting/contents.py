@@ -130,6 +130,7 @@ class Report:
     calibration: dict[str, Any] = field(default_factory=dict)  # the best CNN's temperature, ECE before/after
     pareto: tuple[Any, ...] = ()  # trials' (metric, inference images/s), Pareto front marked
     paired: list[PairedRow] = field(default_factory=list)  # models against the reference trial and the best CNN
+    pools: list[dict[str, Any]] = field(default_factory=list)  # unlabelled pools behind pretrained start points
     gallery_model: str | None = None
     gallery_classes: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from experiments.reporting.contents import DataCard, EnsembleInfo
-from experiments.settings.tune import ATTR_REFERENCE
+from experiments.settings.tune import ATTR_INIT_FROM, ATTR_REFERENCE
 from experiments.tracking.model_registry import registered_alias_version
 from experiments.tracking.runs import (
     download_run_artifact,
@@ -72,6 +72,7 @@ class StudyFacts:
     reference_number: int | None = None  # the study's reference trial (reference.yaml as shipped), if it has a model
     reference_run_id: str | None = None
     reference_model_uri: str | None = None
+    pretrained: tuple[tuple[int, str], ...] = ()  # (trial, model) of trials fine-tuned from a pretrained model
 
 
 def study_facts(study_name: str, storage_url: str) -> StudyFacts:
@@ -128,7 +129,24 @@ def study_facts(study_name: str, storage_url: str) -> StudyFacts:
         reference_number=None if reference is None else reference.number,
         reference_run_id=None if reference is None else str(reference.user_attrs[ATTR_TRIAL_RUN]),
         reference_model_uri=None if reference is None else str(reference.user_attrs["model_uri"]),
+        pretrained=tuple((t.number, str(t.user_attrs[ATTR_INIT_FROM])) for t in study.get_trials(deepcopy=False)
+                         if t.user_attrs.get(ATTR_INIT_FROM)),
     )
+
+
+def pretraining_pools(study: StudyFacts, tracking_uri: str) -> list[dict[str, Any]]:
+    """The unlabelled pools behind the study's pretrained start points: the pretraining run's tags (sources,
+    image count, fingerprint), one entry per trial fine-tuned from a registered pretrained model."""
+    out = []
+    for number, ref in study.pretrained:
+        name, _, alias = ref.removeprefix("models:/").partition("@")
+        version = registered_alias_version(name, alias, tracking_uri=tracking_uri) if alias else None
+        tags = get_run_facts(version["run_id"], tracking_uri=tracking_uri).tags if version and version["run_id"] \
+            else {}
+        out.append({"trial": number, "model": ref, "run_id": (version or {}).get("run_id"),
+                    "sources": tags.get("pool.sources", "unknown"), "images": tags.get("pool.images", "unknown"),
+                    "fingerprint": tags.get("pool.fingerprint", "unknown")})
+    return out
 
 
 def data_card(data: Any, max_images: int | None, split_seed: int) -> DataCard:

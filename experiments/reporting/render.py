@@ -270,6 +270,7 @@ def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = Fa
         "ensemble": {"found": report.ensemble.found, "reason": report.ensemble.reason,
                      "winner": report.ensemble.winner_name, "model_uri": report.ensemble.model_uri},
         "commands": report.commands,
+        "unlabeled_pools": report.pools,
     }
     if report.data.galaxy10_classes:  # the published reference is about Galaxy10's ten classes only
         numbers["reference"] = {"accuracy": REFERENCE_ACCURACY, "recall": REFERENCE_RECALL,
