@@ -208,3 +208,19 @@ def test_a_continued_evaluation_refuses_a_changed_ensemble_config(tmp_path: Path
     _check_same_ensemble(parent.run_id, None, uri)  # no tuning recipe: nothing to compare
     with pytest.raises(ConfigError, match="ensemble.yaml changed since this evaluation began"):
         _check_same_ensemble(parent.run_id, "mode: val_cv\n", uri)
+
+
+def test_with_a_label_fraction_the_correction_keeps_the_k_fold_overlap() -> None:
+    """Subsets of the folds' training images overlap less than the folds do: the correction keeps the K-fold
+    ratio n_test / (N - n_test), not n_test / (images learned from), which would blow the interval up."""
+    labels = np.resize(np.arange(2), 40)
+    full = [Fold(0, k, np.setdiff1d(np.arange(40), np.arange(k, 40, 4)), np.arange(k, 40, 4)) for k in range(4)]
+    plan = [f.with_labels(labels, 0.2, seed=0) for f in full]
+    assert {len(f.train) for f in plan} == {6} and {len(f.test) for f in plan} == {10}
+    rng = np.random.default_rng(2)
+    preds = {name: {f.cell: np.eye(2)[np.where(rng.random(10) < p, labels[f.test], 1 - labels[f.test])]
+                    for f in plan} for name, p in (("a", 0.6), ("b", 0.8))}
+    s = summarize(labels, plan, preds, {}, class_names=("x", "y"), class_slugs=("x", "y"), repeats=1)
+    t = s.differences[0].metrics["accuracy"]
+    assert (s.n_train, s.n_pool, s.n_test) == (6, 30, 10)
+    assert t.se / t.naive_se == pytest.approx(np.sqrt(1 + 4 * 10 / 30))

@@ -56,8 +56,9 @@ class EvaluationSummary:
     repeats: int
     folds: int
     n_images: int
-    n_train: float
+    n_train: float  # the images a recipe learned from (fewer than the fold's training images with a label fraction)
     n_test: float
+    n_pool: float  # the fold's training images (everything not held out): the correction's n_train
     class_names: tuple[str, ...]
     class_slugs: tuple[str, ...]
 
@@ -66,6 +67,7 @@ class EvaluationSummary:
         return {
             "repeats": self.repeats, "folds": self.folds, "n_images": self.n_images,
             "mean_train_images": self.n_train, "mean_test_images": self.n_test,
+            "mean_fold_training_pool": self.n_pool,
             "interval": "Nadeau-Bengio corrected resampled t over the R x K fold differences, 95%",
             "class_names": list(self.class_names),
             "recipes": {r.name: {"mean": {m: r.mean(m) for m in FOLD_METRICS}, "sd": {m: r.sd(m) for m in FOLD_METRICS},
@@ -105,18 +107,24 @@ def summarize(labels: np.ndarray, folds: Sequence[Fold], predictions: Mapping[st
     recipes = tuple(fold_scores(n, labels, folds, predictions[n], seconds.get(n, {}), class_slugs) for n in names)
     n_train = float(np.mean([len(f.train) for f in folds]))  # the images a recipe learned from
     n_test = float(np.mean([len(f.test) for f in folds]))
+    # The correction's n_test / n_train stands for how much the folds' training sets overlap: that of the
+    # K-fold partition (everything not held out), also when a label fraction draws a subset from it - a
+    # subset's overlap is smaller, so the K-fold ratio is the conservative (wider) one. The subset's own size
+    # would inflate the ratio (75 of 742 images: 2.5 instead of 0.25) and the interval with it.
+    n_pool = float(np.mean([len(labels) - len(f.test) for f in folds]))
     base = recipes[0]
     diffs = []
     for r in recipes[1:]:
-        metrics = {m: corrected_resampled_t(r.scores[m] - base.scores[m], n_train=n_train, n_test=n_test,
+        metrics = {m: corrected_resampled_t(r.scores[m] - base.scores[m], n_train=n_pool, n_test=n_test,
                                             level=level) for m in FOLD_METRICS}
         recall: dict[str, CorrectedT | None] = {}
         for slug in class_slugs:
             d = r.recall[slug] - base.recall[slug]
             d = d[np.isfinite(d)]
-            recall[slug] = corrected_resampled_t(d, n_train=n_train, n_test=n_test, level=level) if len(d) > 1 else None
+            recall[slug] = corrected_resampled_t(d, n_train=n_pool, n_test=n_test, level=level) if len(d) > 1 else None
         diffs.append(RecipeDifference(r.name, base.name, metrics, recall))
     return EvaluationSummary(recipes, tuple(diffs), repeats, len(folds) // repeats, len(labels), n_train, n_test,
+                             n_pool,
                              tuple(class_names), tuple(class_slugs))
 
 
@@ -130,7 +138,9 @@ def summary_markdown(s: EvaluationSummary, *, synthetic: bool, data_path: str) -
     if synthetic:
         lines += ["**SYNTHETIC data: these numbers say nothing about real galaxies.**", ""]
     lines += [f"Repeated cross-validation of {data_path}: {s.repeats} x {s.folds} stratified folds, every one of the "
-              f"{s.n_images} images held out once per repetition (mean {s.n_train:.0f} training / {s.n_test:.0f} "
+              f"{s.n_images} images held out once per repetition (mean {s.n_train:.0f} training"
+              + (f" - drawn from the fold's {s.n_pool:.0f} -" if s.n_pool and s.n_train < s.n_pool else "")
+              + f" / {s.n_test:.0f} "
               "held-out images per fold).", "",
               "| recipe | accuracy mean ± sd (folds) | balanced accuracy | macro-F1 | seconds per fold |",
               "|---|---|---|---|---|"]
