@@ -224,3 +224,34 @@ def test_with_a_label_fraction_the_correction_keeps_the_k_fold_overlap() -> None
     t = s.differences[0].metrics["accuracy"]
     assert (s.n_train, s.n_pool, s.n_test) == (6, 30, 10)
     assert t.se / t.naive_se == pytest.approx(np.sqrt(1 + 4 * 10 / 30))
+
+
+def test_a_factor_budget_follows_the_run_recipes_median_time_per_fold(
+        tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--budget 4x``: 4 x the run recipe's median wall time over the folds so far, so a fold whose run recipe
+    stopped early does not starve the tuning recipe."""
+    from conftest import tiny_tune_yaml
+
+    from experiments.crossval import run as run_module
+    from experiments.crossval.folds import Budget
+    from experiments.crossval.run import run_evaluation
+
+    h5 = make_h5(n=60, size=32)
+    times = iter([100.0, 10.0, 40.0])  # the run recipe's seconds on folds 0, 1, 2
+    budgets: list[float] = []
+
+    def fake_train(cfg, data, fold, **kw):  # noqa: ANN001, ANN003, ANN202
+        y = data.labels[fold.test]
+        return FoldResult(np.eye(data.num_classes, dtype=np.float32)[y], next(times), {})
+
+    def fake_tune(tune, recipe, source, fold, *, budget, **kw):  # noqa: ANN001, ANN003, ANN202
+        budgets.append(budget)
+        return FoldResult(np.full((len(fold.test), 10), 0.1, np.float32), 1.0, {})
+
+    monkeypatch.setattr(run_module, "run_train_recipe", fake_train)
+    monkeypatch.setattr(run_module, "run_tune_recipe", fake_tune)
+    tune_yaml = tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="t", n_trials=1)
+    recipes = [parse_recipe(f"a={_recipe(tmp_path, 'a', 1)}"), parse_recipe(f"t={tune_yaml}")]
+    run_evaluation(h5, recipes, out=tmp_path / "ev", repeats=1, folds=3, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                   budget=Budget(factor=4.0))
+    assert budgets == [400.0, 4 * 55.0, 4 * 40.0]  # medians of [100], [100, 10], [100, 10, 40]

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds (repetition r uses seed + r)")
     parser.add_argument("--budget", metavar="BUDGET",
                         help="a tuning recipe's budget per fold: a duration (20m) or a factor of the first run "
-                             "recipe's wall time on the same fold (4x)")
+                             "recipe's median wall time per fold so far, this fold's included (4x)")
     parser.add_argument("--label-fraction", type=float, default=1.0,
                         help="learn from this stratified share of each fold's training labels (0-1, default 1); "
                              "every held-out image is still scored: a label-efficiency evaluation")

@@ -92,7 +92,8 @@ class Budget:
 
 
 def parse_budget(text: str | None) -> Budget | None:
-    """``4x`` (4 times the first run recipe's measured wall time on the same fold) or a duration (``20m``)."""
+    """``4x`` (4 times the first run recipe's median wall time per fold, over the folds so far, the current one
+    included) or a duration (``20m``)."""
     if text is None:
         return None
     raw = str(text).strip().lower()

@@ -223,7 +223,10 @@ def _run_cells(ev: _Evaluation, plan: Sequence[Fold], recipes: Sequence[Recipe],
                 result = _load_predictions(run_id, ev.tracking_uri, fold)
                 reused += 1
             else:
-                reference_s = seconds[first_train.name].get(fold.cell) if first_train else None
+                # the median over the folds so far (this one's included): a fold whose run recipe stopped early
+                # does not starve a tuning recipe whose budget is a factor of it
+                done_s = [v for v in seconds[first_train.name].values() if np.isfinite(v)] if first_train else []
+                reference_s = float(np.median(done_s)) if done_s else None
                 result = _run_one(ev, recipe, configs[recipe.name], fold, reference_s)
                 ran += 1
             predictions[recipe.name][fold.cell] = result.probs
