@@ -132,7 +132,8 @@ def test_bad_search_space_gives_one_clear_line(space, message) -> None:
      "interval_steps, n_min_trials, min_epochs"),
     ({"n_trial": 3}, "unknown config key study.n_trial; allowed keys in study: name, metric, n_trials, timeout, workers, storage, "
                      "sampler, pruner, heartbeat_interval, grace_period, retry_stale, log_models, keep_models, "
-                     "register_model, model_alias, refit, cv_folds, reference_trial, start_points, speed_objective"),
+                     "register_model, model_alias, refit, cv_folds, reference_trial, start_points, speed_objective, "
+                     "unlabeled"),
     ({"heartbeat_interval": 10, "grace_period": 5},
      "config key study.grace_period=5 must exceed study.heartbeat_interval=10 (a live worker would look dead); "
      "make it at least twice the interval"),
