@@ -94,32 +94,6 @@ def metric_from_counts(counts: np.ndarray, metric: str, present: np.ndarray) -> 
     raise DataError(f"unknown metric {metric!r}; use accuracy, balanced_accuracy or macro_f1")
 
 
-def paired_difference_se(y_true: Any, pred_a: Any, pred_b: Any, n_classes: int, metric: str, *,
-                         n_resamples: int = 500, seed: int = 0) -> float:
-    """Bootstrap standard error of ``metric(a) - metric(b)`` over the same images (paired resamples).
-
-    How far apart two models' scores on one small validation split can land by chance alone: a lead
-    smaller than this is not evidence that one model is better.
-    """
-    y = np.asarray(y_true, dtype=np.int64)
-    a, b = np.asarray(pred_a, dtype=np.int64), np.asarray(pred_b, dtype=np.int64)
-    present = np.bincount(y, minlength=n_classes)[:n_classes] > 0
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for start in range(0, n_resamples, 100):
-        rows = rng.integers(0, len(y), size=(min(100, n_resamples - start), len(y)))
-        offsets = (np.arange(len(rows)) * n_classes * n_classes)[:, None]
-        size = len(rows) * n_classes * n_classes
-        ca = np.bincount((y[rows] * n_classes + a[rows] + offsets).ravel(), minlength=size)
-        cb = np.bincount((y[rows] * n_classes + b[rows] + offsets).ravel(), minlength=size)
-        shape = (len(rows), n_classes, n_classes)
-        diffs.append(metric_from_counts(ca.reshape(shape), metric, present)
-                     - metric_from_counts(cb.reshape(shape), metric, present))
-    return float(np.std(np.concatenate(diffs), ddof=1))
-
-
-
-
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Only the float entries of ``metrics`` (drops the confusion matrices)."""
     return {k: float(v) for k, v in metrics.items() if np.isscalar(v)}

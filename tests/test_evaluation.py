@@ -102,20 +102,6 @@ def test_bad_inputs(y, probs, match):
         classification_metrics(y, probs)
 
 
-def test_paired_difference_se() -> None:
-    from experiments.evaluation import paired_difference_se
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 400)
-    a = np.where(rng.random(400) < 0.8, y, (y + 1) % 3)
-    assert paired_difference_se(y, a, a, 3, "accuracy") == 0.0
-    b = np.where(rng.random(400) < 0.1, (a + 1) % 3, a)  # b differs from a on ~10% of images
-    se = paired_difference_se(y, a, b, 3, "accuracy", n_resamples=2000)
-    disagree = np.mean(a != b)
-    assert se == pytest.approx(np.sqrt(disagree / 400), rel=0.25)  # ~ sqrt(p_discordant / n)
-    assert paired_difference_se(y, a, b, 3, "balanced_accuracy") > 0
-
-
 def test_rare_tradeoff_perfect_detector_loses_nothing() -> None:
     y = np.array([0, 0, 0, 0, 1, 1, 2, 2])
     probs = np.full((8, 3), 0.1)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from experiments.catalog.inputs import plan_catalog_inputs
     from experiments.names import check_study_name
     from experiments.pretraining.pool import load_pool
-    from experiments.selftrain.pseudo import select_pseudo_labels
+    from experiments.selftrain.pseudo import check_selection
     from experiments.selftrain.run import self_train, summary_lines
     from experiments.settings.run import load_config
     from experiments.tracking.store import resolve_tracking_uri
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     name = check_study_name(args.name or f"self-train-{cfg.model.name}", "--name")
-    select_pseudo_labels([[1.0]], ["x"], threshold=args.threshold, per_class=args.per_class)  # options, up front
+    check_selection(args.threshold, args.per_class)  # before the data or the pool is read
     if not 1 <= args.rounds <= 10:
         from pipelines.errors import ConfigError
 

@@ -33,13 +33,18 @@ class PseudoLabels:
                 f"the confidence threshold, {self.n_ood} out-of-distribution left out")
 
 
-def select_pseudo_labels(probs: np.ndarray, class_slugs: Sequence[str], *, threshold: float,
-                         ood_flags: np.ndarray | None = None, per_class: int | None = None) -> PseudoLabels:
-    """Pseudo-labels from calibrated probabilities ``(N, C)`` (see the module docs)."""
+def check_selection(threshold: float, per_class: int | None) -> None:
+    """One line for a confidence threshold outside (0, 1) or a per-class cap outside 1-10,000,000."""
     if not 0 < threshold < 1:
         raise ConfigError(f"--threshold {threshold} is out of range; use 0 < t < 1 (e.g. 0.8)")
     if per_class is not None and not 1 <= per_class <= 10_000_000:
         raise ConfigError(f"--per-class {per_class} is out of range; use 1-10,000,000 (or leave it out: no cap)")
+
+
+def select_pseudo_labels(probs: np.ndarray, class_slugs: Sequence[str], *, threshold: float,
+                         ood_flags: np.ndarray | None = None, per_class: int | None = None) -> PseudoLabels:
+    """Pseudo-labels from calibrated probabilities ``(N, C)`` (see the module docs)."""
+    check_selection(threshold, per_class)
     probs = np.asarray(probs, dtype=np.float64)
     conf, label = probs.max(axis=1), probs.argmax(axis=1)
     ood = np.zeros(len(probs), bool) if ood_flags is None else np.asarray(ood_flags, bool)
