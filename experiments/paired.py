@@ -172,10 +172,7 @@ def paired_bootstrap(y_true: Any, pred_a: Any, pred_b: Any, n_classes: int, *,
     cc = n_classes * n_classes
     for start in range(0, n_resamples, _CHUNK):
         rows = rng.integers(0, len(y), size=(min(_CHUNK, n_resamples - start), len(y)))
-        offsets = (np.arange(len(rows)) * cc)[:, None]
-        shape = (len(rows), n_classes, n_classes)
-        ca = np.bincount((y[rows] * n_classes + a[rows] + offsets).ravel(), minlength=len(rows) * cc).reshape(shape)
-        cb = np.bincount((y[rows] * n_classes + b[rows] + offsets).ravel(), minlength=len(rows) * cc).reshape(shape)
+        ca, cb = confusion_stack(y, a, rows, n_classes), confusion_stack(y, b, rows, n_classes)
         for m in metrics:
             diffs[m].append(metric_from_counts(ca, m, present) - metric_from_counts(cb, m, present))
     full_a = np.bincount(y * n_classes + a, minlength=cc).reshape(n_classes, n_classes)
@@ -194,6 +191,14 @@ def paired_bootstrap(y_true: Any, pred_a: Any, pred_b: Any, n_classes: int, *,
             method = "paired bootstrap (percentile)"
         out[m] = PairedDifference(m, va, vb, va - vb, lo, hi, level, len(y), method)
     return out
+
+
+def confusion_stack(y_true: np.ndarray, y_pred: np.ndarray, resamples: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion-count matrices ``(B, C, C)`` of ``B`` resamples (rows of index array ``resamples``)."""
+    codes = (np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64))[resamples]
+    codes += (np.arange(len(resamples), dtype=np.int64) * n_classes * n_classes)[:, None]
+    counts = np.bincount(codes.ravel(), minlength=len(resamples) * n_classes * n_classes)
+    return counts.reshape(len(resamples), n_classes, n_classes)
 
 
 def _normal_quantile(level: float) -> float:

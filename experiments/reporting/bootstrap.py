@@ -6,19 +6,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from experiments.evaluation import metric_from_counts
+from experiments.paired import confusion_stack
 from pipelines.errors import ConfigError, DataError
 
 #: Bootstrap resamples for the confidence intervals (default and most).
 DEFAULT_RESAMPLES = 1000
 MAX_RESAMPLES = 100_000
-
-
-def confusion_stack(y_true: np.ndarray, y_pred: np.ndarray, resamples: np.ndarray, n_classes: int) -> np.ndarray:
-    """Confusion-count matrices ``(B, C, C)`` of ``B`` resamples (rows of index array ``resamples``)."""
-    codes = (np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64))[resamples]
-    codes += (np.arange(len(resamples), dtype=np.int64) * n_classes * n_classes)[:, None]
-    counts = np.bincount(codes.ravel(), minlength=len(resamples) * n_classes * n_classes)
-    return counts.reshape(len(resamples), n_classes, n_classes)
 
 
 def accuracy_macro_f1(counts: np.ndarray, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
