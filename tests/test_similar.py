@@ -69,3 +69,50 @@ def test_similar_returns_the_query_itself_first(smoke_model, tmp_path: Path, cap
     html = (tmp_path / "sim" / "similar.html").read_text()
     assert html.count('class="query"') == 2 and html.count("data:image/png;base64,") == 8
     assert (tmp_path / "sim" / "similar.csv").read_text().count("\n") == 7
+
+
+def test_another_models_space_embeds_the_catalog_rows_from_their_sources(tmp_path: Path, make_h5) -> None:  # noqa: ANN001
+    """With an encoder the index holds the rows' images embedded by it (not the catalog's column): each row's
+    own image finds itself first; rows whose source cannot be read are left out."""
+    import h5py
+
+    data = make_h5(n=30, size=16)
+    with h5py.File(data, "r") as f:
+        pixels = np.asarray(f["images"])
+    rng = np.random.default_rng(0)
+    projection = rng.normal(size=(16 * 16 * 3, 8)).astype(np.float32)
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return (images.reshape(len(images), -1).astype(np.float32) - 128) @ projection
+
+    n = 30
+    table = pa.table({"row": np.arange(n + 1), "id": [f"g{i}" for i in range(n + 1)],
+                      "source": [str(data)] * n + [str(tmp_path / "gone.png")],
+                      "source_index": pa.array([*range(n), None], pa.int64()), "predicted": ["a"] * (n + 1),
+                      "embedding": pa.array([[0.0, 1.0]] * (n + 1), pa.list_(pa.float32()))})
+    path = tmp_path / "c.parquet"
+    pq.write_table(table.replace_schema_metadata({b"galaxy10": json.dumps({"model_uri": "m"}).encode()}), path)
+    index = build_index(path, embed=embed)
+    assert index.n == n and index.dim == 8  # the unreadable row is left out; the 2-d column is not used
+    sims, pos = index.search(embed(pixels[[3, 17]]), 2)
+    assert index.info["row"][pos[:, 0]].tolist() == [3, 17] and np.allclose(sims[:, 0], 1.0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_similar_searches_in_a_pretrained_encoders_space(smoke_model, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``galaxy10 similar --model`` with an encoder of ``galaxy10 pretrain`` (no classes): the catalog's rows
+    are embedded by it and the query comes back first."""
+    data, uri = smoke_model.data_path, smoke_model.tracking_uri
+    catalog = tmp_path / "cat.parquet"
+    assert main(["catalog", f"{data}", "--out", str(catalog), "--model", f"{smoke_model.registered_name}@champion",
+                 "--tracking-uri", uri]) == 0  # no embedding column at all
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
+    assert main(["pretrain", str(data), "--config", str(smoke), "--epochs", "1", "--batch-size", "16",
+                 "--checkpoint-dir", str(tmp_path / "ck"), "--name", "enc", "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    assert main(["similar", f"{data}:11", "--catalog", str(catalog), "--model", "enc@pretrained", "--k", "2",
+                 "--out", str(tmp_path / "sim"), "--tracking-uri", uri]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:] if line.strip()
+            and not line.startswith("written")]
+    assert rows[0][1] == "1" and int(rows[0][3]) == 11 and float(rows[0][2]) > 0.999
+    assert "enc@pretrained" in (tmp_path / "sim" / "similar.html").read_text()

@@ -10,14 +10,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 similar``."""
     parser = subparsers.add_parser(
         "similar", help="nearest neighbours of galaxies in a catalog's embeddings (faiss)",
-        description="Embed each query image with the model that wrote the catalog (or --model) and list its "
-                    "nearest catalog rows by cosine similarity of the embedding column that `galaxy10 catalog "
-                    "--with-embedding` writes (an exact faiss index up to 200,000 rows, an HNSW graph above). "
-                    "--out adds a CSV and an HTML gallery.")
+        description="Embed each query image with the model that wrote the catalog and list its nearest catalog "
+                    "rows by cosine similarity of the embedding column that `galaxy10 catalog --with-embedding` "
+                    "writes; with --model (a CNN, an ensemble or an encoder of `galaxy10 pretrain`) the search "
+                    "runs in that model's space instead: the catalog's rows are read from their sources and "
+                    "embedded by it. An exact faiss index up to 200,000 rows, an HNSW graph above. --out adds a "
+                    "CSV and an HTML gallery.")
     parser.add_argument("queries", nargs="+", metavar="IMAGE", help="PNG/JPEG files, HDF5 files or FILE.h5:ROWS")
     parser.add_argument("--catalog", required=True, help="a Parquet catalog written with --with-embedding")
     parser.add_argument("--k", type=int, default=10, help="neighbours per query (1-1000, default 10)")
-    parser.add_argument("--model", help="the model to embed the queries with (default: the catalog's own)")
+    parser.add_argument("--model", help="search in this model's space, e.g. pretrain-d4_cnn@pretrained "
+                        "(default: the catalog's own model and embedding column)")
     parser.add_argument("--out", help="folder for similar.csv and similar.html")
     add_force_argument(parser, "results")
     add_tracking_uri_argument(parser)

@@ -202,6 +202,20 @@ def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -
         return predictor_from_loaded(load_prediction_model(uri))
 
 
+def load_encoder(ref: str, *, tracking_uri: str | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """``(embed_fn, metadata)`` of any model that gives embeddings: a CNN logged by training, a galaxy10
+    ensemble (its first member's CNN) or an encoder registered by ``galaxy10 pretrain`` (no classes)."""
+    with fluent_store(tracking_uri):
+        loaded = load_prediction_model(resolve_model_uri(ref))
+    meta = dict(loaded.meta or {})
+    if loaded.kind == "keras":
+        return cnn_embedding(loaded.model[0], int(meta["size"]), int(meta["crop"])), meta
+    embed = _ensemble_embedding(loaded.model) if loaded.kind == "pyfunc" else None
+    if embed is None:
+        raise ModelError(f"model {ref} gives no embeddings; give a CNN, a galaxy10 ensemble or a pretrained encoder")
+    return embed, meta
+
+
 def predictor_from_loaded(loaded: Any) -> Predictor:
     """Wrap a ``LoadedModel`` (kind, model object, metadata, run info) as a Predictor."""
     meta = dict(loaded.meta or {})

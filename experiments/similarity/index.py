@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,9 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
-def catalog_metadata(path: Path) -> dict[str, Any]:
-    """The ``galaxy10`` metadata of a catalog written by ``galaxy10 catalog`` (one line if it is not one)."""
+def catalog_metadata(path: Path, *, need_embedding: bool = True) -> dict[str, Any]:
+    """The ``galaxy10`` metadata of a catalog written by ``galaxy10 catalog`` (one line if it is not one, or,
+    with ``need_embedding``, if it has no embedding column)."""
     import pyarrow.parquet as pq
 
     try:
@@ -72,44 +74,112 @@ def catalog_metadata(path: Path) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(b"galaxy10")
     if raw is None:
         raise DataError(f"{path} was not written by galaxy10 catalog (no galaxy10 metadata); give such a catalog")
-    if "embedding" not in schema.names:
+    if need_embedding and "embedding" not in schema.names:
         raise DataError(f"{path} has no embedding column; write the catalog with galaxy10 catalog "
-                        "--with-embedding")
+                        "--with-embedding, or give --model to search in that model's space")
     return json.loads(raw)
 
 
-def build_index(path: str | Path, *, exact_max_rows: int = EXACT_MAX_ROWS) -> EmbeddingIndex:
-    """Read the catalog's embeddings (in record batches) into a faiss index."""
+def _new_index(d: int, n_rows: int, exact_max_rows: int) -> Any:
     import faiss
+
+    if n_rows <= exact_max_rows:
+        return faiss.IndexFlatIP(d)
+    index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efSearch = HNSW_EF_SEARCH
+    return index
+
+
+def row_images(columns: dict[str, np.ndarray]) -> list[np.ndarray | None]:
+    """The pixels of catalog rows from their sources (HDF5 rows read per file in index order, image files
+    decoded one by one); None for a row whose source cannot be read."""
+    from experiments.catalog.job import decode_file
+    from pipelines.reader import Galaxy10File
+
+    sources, n = columns["source"], len(columns["source"])
+    indices = columns.get("source_index")
+    out: list[np.ndarray | None] = [None] * n
+    by_file: dict[str, list[int]] = {}
+    for i in range(n):
+        idx = None if indices is None else indices[i]
+        if idx is None or (isinstance(idx, float) and np.isnan(idx)):
+            out[i] = decode_file(str(sources[i]))[0]
+        else:
+            by_file.setdefault(str(sources[i]), []).append(i)
+    for source, rows in by_file.items():
+        want = np.asarray([int(indices[i]) for i in rows])
+        order = np.argsort(want, kind="stable")
+        try:
+            with Galaxy10File(source) as f:
+                images = np.asarray(f.images(want[order]))
+        except (OSError, ValueError, DataError) as err:
+            log.warning("cannot read %s (%s); its %d row(s) are left out", source, str(err).splitlines()[0],
+                        len(rows))
+            continue
+        for pos, image in zip(order, images, strict=True):
+            out[rows[pos]] = image
+    return out
+
+
+def embed_rows(images: list[np.ndarray | None], embed: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """``(kept, vectors)``: the embeddings of the readable images, one model call per image size."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        if image is not None:
+            by_shape.setdefault(np.shape(image), []).append(i)
+    kept = np.asarray(sorted(i for rows in by_shape.values() for i in rows), dtype=np.int64)
+    vectors: dict[int, np.ndarray] = {}
+    for rows in by_shape.values():
+        for i, v in zip(rows, np.asarray(embed(np.stack([images[i] for i in rows])), dtype=np.float32), strict=True):
+            vectors[i] = v
+    return kept, np.stack([vectors[i] for i in kept]) if len(kept) else np.zeros((0, 0), np.float32)
+
+
+def build_index(path: str | Path, *, exact_max_rows: int = EXACT_MAX_ROWS,
+                embed: Callable[[np.ndarray], np.ndarray] | None = None, batch_rows: int = 65_536) -> EmbeddingIndex:
+    """A faiss index of the catalog: its embedding column (read in record batches), or, with ``embed``, the
+    rows' images read again from their sources and embedded by ``embed`` (another model's space, e.g. an
+    encoder of ``galaxy10 pretrain``); rows without an embedding or an unreadable source are left out."""
     import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"catalog {path} does not exist; write one with galaxy10 catalog --with-embedding")
-    meta = catalog_metadata(path)
+        raise DataError(f"catalog {path} does not exist; write one with galaxy10 catalog"
+                        + ("" if embed is not None else " --with-embedding"))
+    meta = catalog_metadata(path, need_embedding=embed is None)
     parquet = pq.ParquetFile(path)
     n_rows = parquet.metadata.num_rows
     columns = [c for c in INFO_COLUMNS if c in parquet.schema_arrow.names]
+    if embed is not None and "source" not in columns:
+        raise DataError(f"{path} has no source column to read its images from; write it with galaxy10 catalog")
     info: dict[str, list] = {c: [] for c in columns}
     index = None
-    for batch in parquet.iter_batches(columns=[*columns, "embedding"], batch_size=65_536):
-        emb = batch.column("embedding")
-        keep = np.asarray(emb.is_valid())
-        if not keep.any():
-            continue
-        vectors = np.stack([np.asarray(v, dtype=np.float32) for v, k in zip(emb.to_pylist(), keep) if k])
-        if index is None:
-            d = vectors.shape[1]
-            if n_rows <= exact_max_rows:
-                index = faiss.IndexFlatIP(d)
+    read = columns if embed is not None else [*columns, "embedding"]
+    with tqdm(total=n_rows, desc="embed catalog", unit="img", disable=None if embed is not None else True) as bar:
+        for batch in parquet.iter_batches(columns=read, batch_size=batch_rows if embed is None else 512):
+            values = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
+            if embed is None:
+                emb = batch.column("embedding")
+                valid = np.asarray(emb.is_valid())
+                keep = np.flatnonzero(valid)
+                vectors = (np.stack([np.asarray(v, dtype=np.float32) for v, k in zip(emb.to_pylist(), valid) if k])
+                           if len(keep) else None)
             else:
-                index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-                index.hnsw.efSearch = HNSW_EF_SEARCH
-        index.add(normalise(vectors))
-        for c in columns:
-            values = batch.column(c).to_numpy(zero_copy_only=False)
-            info[c].append(values[keep])
+                keep, vectors = embed_rows(row_images(values), embed)
+                bar.update(batch.num_rows)
+            if not len(keep):
+                continue
+            if index is None:
+                index = _new_index(vectors.shape[1], n_rows, exact_max_rows)
+            index.add(normalise(vectors))
+            for c in columns:
+                info[c].append(values[c][keep])
     if index is None:
-        raise DataError(f"{path} has no row with an embedding; nothing to search")
-    log.info("indexed %d embeddings of %s (%s)", index.ntotal, path.name, type(index).__name__)
+        raise DataError(f"{path} has no row with an embedding" + (" or a readable source" if embed else "")
+                        + "; nothing to search")
+    skipped = n_rows - index.ntotal
+    log.info("indexed %d embeddings of %s (%s)%s", index.ntotal, path.name, type(index).__name__,
+             f"; {skipped} row(s) without one left out" if skipped else "")
     return EmbeddingIndex(index, {c: np.concatenate(v) for c, v in info.items()}, meta, path)

@@ -6,14 +6,14 @@ import base64
 import html
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.similarity.index import EmbeddingIndex, build_index
+from experiments.similarity.index import EmbeddingIndex, build_index, catalog_metadata
 from pipelines.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ class Neighbour:
     predicted: str
 
 
-def embed_queries(queries: Sequence[str], predictor: Any) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+def embed_queries(queries: Sequence[str], embed: Callable[[np.ndarray], np.ndarray]) -> tuple[list[str],
+                                                                                              list[np.ndarray],
+                                                                                              np.ndarray]:
     """``(labels, images, embeddings)`` of the query inputs (PNG/JPEG files, HDF5 files or ``file.h5:rows``)."""
     from experiments.serving.inputs import iter_input_batches, plan_inputs
 
@@ -46,25 +48,38 @@ def embed_queries(queries: Sequence[str], predictor: Any) -> tuple[list[str], li
         for item in batch:  # queries may differ in size: one at a time through the model's preprocessing
             labels.append(item.label)
             images.append(item.image)
-            vectors.append(np.asarray(predictor.embed(item.image[None]), dtype=np.float32)[0])
+            vectors.append(np.asarray(embed(item.image[None]), dtype=np.float32)[0])
     return labels, images, np.stack(vectors)
 
 
 def find_similar(queries: Sequence[str], catalog: str | Path, *, k: int = 10, model: str | None = None,
                  tracking_uri: str | None = None) -> tuple[list[Neighbour], EmbeddingIndex, list[np.ndarray]]:
-    """The ``k`` nearest catalog rows of every query (cosine similarity of embeddings)."""
-    from experiments.serving.predictor import load_predictor
+    """The ``k`` nearest catalog rows of every query (cosine similarity of embeddings).
+
+    Without ``model`` (or with the catalog's own model) the catalog's embedding column is searched and the
+    queries are embedded by the catalog's model. With another ``model`` - a CNN, an ensemble or an encoder
+    of ``galaxy10 pretrain`` - the search runs in that model's space: the catalog's rows are read from their
+    sources and embedded by it, and so are the queries.
+    """
+    from experiments.serving.predictor import load_encoder, load_predictor
 
     if not 1 <= k <= MAX_K:
         raise DataError(f"--k {k} is out of range; use 1-{MAX_K}")
-    index = build_index(catalog)
-    ref = model or index.metadata.get("model_uri")
-    if not ref:
-        raise ModelError(f"{Path(catalog).name} does not name the model that wrote it; give --model")
-    predictor = load_predictor(ref, tracking_uri=tracking_uri)
-    if not predictor.can_embed:
-        raise ModelError(f"model {ref} gives no embeddings; give --model with a CNN or a galaxy10 ensemble")
-    labels, images, vectors = embed_queries(queries, predictor)
+    own = catalog_metadata(Path(catalog), need_embedding=False).get("model_uri") if Path(catalog).is_file() else None
+    if model is None or model == own:
+        index = build_index(catalog)
+        if not own:
+            raise ModelError(f"{Path(catalog).name} does not name the model that wrote it; give --model")
+        predictor = load_predictor(own, tracking_uri=tracking_uri)
+        if not predictor.can_embed:
+            raise ModelError(f"model {own} gives no embeddings; give --model with a CNN, a galaxy10 ensemble or a "
+                             "pretrained encoder")
+        embed: Callable[[np.ndarray], np.ndarray] = predictor.embed
+    else:
+        embed, _ = load_encoder(model, tracking_uri=tracking_uri)
+        index = build_index(catalog, embed=embed)
+        index.metadata = {**index.metadata, "model_uri": model, "catalog_model_uri": own}
+    labels, images, vectors = embed_queries(queries, embed)
     sims, pos = index.search(vectors, k)
     out = []
     info = index.info
