@@ -412,3 +412,51 @@ def test_report_renders_in_chromium(first_report: Path, tmp_path: Path) -> None:
     banner = np.all(np.abs(image.astype(int) - (0xB3, 0x26, 0x1E)) < 12, axis=-1)
     rows = np.flatnonzero(banner.mean(axis=1) > 0.5)
     assert rows.size > 60 and rows.min() < 60  # a tall red banner at the very top
+
+
+@pytest.mark.slow
+def test_report_scores_a_self_trained_student_and_checks_its_pool(tiny_study: TinyStudy, first_report: Path,
+                                                                  make_h5, tmp_path: Path,  # noqa: ANN001
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``report --model`` adds a student of ``galaxy10 self-train``: scored with paired verdicts, its pool named
+    (sources, size, fingerprint); a pool that changed since, or that holds the test images, is refused with one
+    line. (The toy generator draws galaxies of a class almost alike: only exact copies count as the same galaxy.)"""
+    from experiments.selftrain import pseudo
+    from experiments.selftrain import run as selftrain_run
+
+    monkeypatch.setattr(pseudo, "SAME_GALAXY_CORRELATION", 0.9999)
+    monkeypatch.chdir(tiny_study.root)
+    monkeypatch.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
+    pool = make_h5(name="pool.h5", n=40, size=64, seed=11)
+    common = ["--config", str(SMOKE), "--data", str(tiny_study.data), "--teacher", tiny_study.best_model_uri,
+              "--tracking-uri", tiny_study.tracking_uri, "--set", "train.epochs=1", "--set", "data.size=48",
+              "--set", "data.crop=32", "--threshold", "0.05"]
+    assert cli_main(["-q", "self-train", "--unlabeled", str(pool), *common, "--name", "st"]) == 0
+    report = ["report", "--study", "tiny", "--storage", tiny_study.storage, "--tracking-uri", tiny_study.tracking_uri,
+              "--bootstrap", "200", "--model", "st@student"]
+    capsys.readouterr()
+    assert cli_main([*report, "--out", str(tmp_path / "r1")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "r1" / "report.json").read_text())
+    pools = [p for p in doc["unlabeled_pools"] if p.get("kind") == "self-training"]
+    assert len(pools) == 1 and pools[0]["model"] == "models:/st@student" and str(pool) in pools[0]["sources"]
+    assert pools[0]["images"] == 40 and len(pools[0]["fingerprint"]) >= 12
+    md = (tmp_path / "r1" / "report.md").read_text()
+    assert "self-trained on pseudo-labels of 40 unlabelled images" in md
+    assert doc["models"]["model-1"]["model_uri"] == "models:/st@student"
+    assert {(p["a"], p["b"]) for p in doc["paired"]} >= {("model-1", "cnn")}
+
+    make_h5(name="pool.h5", n=40, size=64, seed=12)  # the pool changed since the student learned from it
+    assert cli_main(["-q", *report, "--out", str(tmp_path / "r2")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "SYNTHETIC" not in line]
+    assert len(err) == 1 and "changed since the model learned from it" in err[0] and not (tmp_path / "r2").exists()
+
+    monkeypatch.setattr(selftrain_run, "refuse_scored_images", lambda *a, **k: None)  # a student made elsewhere
+    assert cli_main(["-q", "self-train", "--unlabeled", str(tiny_study.data), *common, "--name", "leaky"]) == 0
+    capsys.readouterr()
+    assert cli_main(["-q", *report[:-1], "leaky@student", "--out", str(tmp_path / "r3")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "SYNTHETIC" not in line]
+    assert len(err) == 1 and "must not contain the images a score is computed on" in err[0]
+    assert cli_main(["-q", *report[:-1], "not a ref!", "--out", str(tmp_path / "r4")]) == 2
+    assert "cannot read model reference" in capsys.readouterr().err

@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% confidence intervals (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--model", action="append", default=[], metavar="REF", dest="models",
+                        help="also score this model (NAME@alias, run id, models:/...), e.g. a student of `galaxy10 "
+                             "self-train`, with paired verdicts against the study's models; repeatable (at most 8). "
+                             "A self-trained model's unlabelled pool is named and checked to hold no test image")
     parser.set_defaults(func=run)
 
 
@@ -40,12 +44,15 @@ def run(args: argparse.Namespace) -> int:
     from experiments.names import check_study_name
     from experiments.reporting.bootstrap import check_resamples
     from experiments.reporting.build import build_report
+    from experiments.reporting.extra import check_model_refs
 
     study = check_study_name(args.study)
     check_resamples(args.bootstrap)
+    check_model_refs(args.models)
     out = Path(args.out) if args.out else Path("reports") / study
     report = build_report(study, out=out, storage_url=args.storage, tracking_uri=args.tracking_uri,
-                          data_path=args.data, n_resamples=args.bootstrap, seed=args.seed, force=args.force)
+                          data_path=args.data, n_resamples=args.bootstrap, seed=args.seed, force=args.force,
+                          extra_models=args.models)
     if report.data.synthetic:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")
     print(f"report: {out / 'report.html'} (also report.md and PNGs; logged under report/ on run "

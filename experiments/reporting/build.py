@@ -6,7 +6,7 @@ import logging
 import os
 import shlex
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from experiments.reporting.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci
 from experiments.reporting.contents import EnsembleInfo, Report
+from experiments.reporting.extra import check_model_refs, score_extra_models
 from experiments.reporting.facts import (
     StudyFacts,
     data_card,
@@ -99,7 +100,7 @@ def calibration_summary(run_id: str, probs: np.ndarray, y_true: np.ndarray, trac
 def build_report(study_name: str, *, out: str | os.PathLike | None = None, storage_url: str = DEFAULT_STORAGE,
                  tracking_uri: str | None = None, data_path: str | os.PathLike | None = None,
                  n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, log_artifacts: bool = True,
-                 force: bool = False) -> Report:
+                 force: bool = False, extra_models: Sequence[str] = ()) -> Report:
     """Score the study's models on the test split, log the numbers, write the report into ``out``.
 
     Parameters
@@ -113,9 +114,13 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         Where the data file is now, if it moved since the study ran (its fingerprint must match).
     log_artifacts
         Also log the report files under ``report/`` on the study's parent run.
+    extra_models
+        More models to score beside the study's (``--model``: a self-trained student, a fine-tuned CNN), each
+        compared by paired verdicts; a self-trained model's pool is named and checked against the test images.
     """
 
     out = Path(out) if out is not None else Path("reports") / study_name
+    check_model_refs(extra_models)
     check_output_dir(out, what="report", force=force)
     uri = require_tracking_store(tracking_uri)
     study = study_facts(study_name, storage_url)
@@ -183,6 +188,11 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
         else:
             log.info("%s", ensemble.reason)
 
+        extras = score_extra_models(extra_models, data, tracking_uri=uri)
+        for extra in extras:
+            probs_by_key[extra.key] = extra.probs
+            models.append(_scored(extra.key, extra.label, extra.description, extra.run_id, extra.model_uri, y_true,
+                                  extra.probs, slugs))
         cis = bootstrap_ci(y_true, {m.key: m.y_pred for m in models}, n_classes, n_resamples=n_resamples, seed=seed)
         for m in models:
             m.ci = cis[m.key]
@@ -211,6 +221,10 @@ def build_report(study_name: str, *, out: str | os.PathLike | None = None, stora
                                 f"labels) on {pool['images']} unlabelled images from {pool['sources']} (fingerprint "
                                 f"{str(pool['fingerprint'])[:12]}); the pool was checked to hold none of this file's "
                                 "validation or test images")
+        for extra in extras:
+            report.notes.extend(extra.notes)
+            if extra.pool is not None:
+                report.pools.append({"trial": None, **extra.pool})
         absent = absent_classes(y_true, slugs)
         if absent:
             report.notes.append(f"the test split has no image of {', '.join(absent)}: macro metrics average over the "
