@@ -226,10 +226,12 @@ def test_with_a_label_fraction_the_correction_keeps_the_k_fold_overlap() -> None
     assert t.se / t.naive_se == pytest.approx(np.sqrt(1 + 4 * 10 / 30))
 
 
+@pytest.mark.parametrize("tune_first", [False, True])
 def test_a_factor_budget_follows_the_run_recipes_median_time_per_fold(
-        tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch, tune_first: bool) -> None:
     """``--budget 4x``: 4 x the run recipe's median wall time over the folds so far, so a fold whose run recipe
-    stopped early does not starve the tuning recipe."""
+    stopped early does not starve the tuning recipe; the run recipes of a fold run first, whatever the order
+    of the recipes (the first recipe stays the baseline)."""
     from conftest import tiny_tune_yaml
 
     from experiments.crossval import run as run_module
@@ -252,6 +254,7 @@ def test_a_factor_budget_follows_the_run_recipes_median_time_per_fold(
     monkeypatch.setattr(run_module, "run_tune_recipe", fake_tune)
     tune_yaml = tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="t", n_trials=1)
     recipes = [parse_recipe(f"a={_recipe(tmp_path, 'a', 1)}"), parse_recipe(f"t={tune_yaml}")]
+    recipes = recipes[::-1] if tune_first else recipes
     run_evaluation(h5, recipes, out=tmp_path / "ev", repeats=1, folds=3, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                    budget=Budget(factor=4.0))
     assert budgets == [400.0, 4 * 55.0, 4 * 40.0]  # medians of [100], [100, 10], [100, 10, 40]

@@ -215,8 +215,9 @@ def _run_cells(ev: _Evaluation, plan: Sequence[Fold], recipes: Sequence[Recipe],
     first_train = _first_train_recipe(recipes)
     reused = ran = 0
     bar = tqdm(total=len(plan) * len(recipes), desc="evaluate", unit="fit", disable=None)
+    in_order = sorted(recipes, key=lambda r: r.kind != "train")  # a factor budget needs the run recipes' times
     for fold in plan:
-        for recipe in recipes:
+        for recipe in in_order:
             bar.set_postfix_str(f"{recipe.name} {fold.cell}")
             run_id = done.get((recipe.name, fold.cell))
             if run_id is not None:
