@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
 
 
 def _beta(alpha: float) -> Any:

@@ -22,7 +22,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from pipelines.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, Galaxy10Error
 from pipelines.classes import GALAXY10, ClassSet
-from pipelines.errors import ConfigError, Galaxy10Error
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipelines.errors import DataError, ModelError
+from core.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
 

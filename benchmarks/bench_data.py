@@ -1,6 +1,6 @@
 """Data-side timings, measured in one run: synthetic rendering rate and preprocessing cost.
 
-1. ``pipelines.synthetic.render_dataset`` images per second on ``--n`` images of ``--size`` px.
+1. ``synth.generator.render_dataset`` images per second on ``--n`` images of ``--size`` px.
 2. Preprocessing of ``--prep-n`` uint8 images: ours (``resize_images`` to 128 px with OpenCV area
    averaging, then ``center_crop`` to 88 px, all uint8) against the reference project's way
    (``tf.image.resize`` of the whole array as float32 to 128 px, then slicing the centre 88 px),
@@ -94,9 +94,9 @@ def _in_fresh_process(*args) -> dict:
 def bench_render(tmp: Path, n: int, size: int, workers: int | None) -> np.ndarray | None:
     """Time ``render_dataset``; return its images (None when the generator is not available)."""
     try:
-        from pipelines.synthetic import render_dataset
+        from synth.generator import render_dataset
     except ImportError as err:
-        print(f"1. synthetic rendering: NOT MEASURED, pipelines.synthetic is not importable ({err})")
+        print(f"1. synthetic rendering: NOT MEASURED, synth.generator is not importable ({err})")
         return None
     from pipelines.reader import Galaxy10File
 

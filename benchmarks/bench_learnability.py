@@ -7,7 +7,7 @@ never predicts it, so its accuracy is the majority share; a rare-class call then
 it is right more often than wrong. This bench measures, for one recipe (``--config`` plus ``--set``), the
 rare class's detector quality: every image of the bed gets out-of-fold probabilities from a model that
 never saw it (K stratified folds over *all* images of the bed - a property of the data and the recipe,
-not a model selection; nothing is tuned here), then :func:`experiments.evaluation.rare_class_tradeoff`
+not a model selection; nothing is tuned here), then :func:`experiments.training.evaluation.rare_class_tradeoff`
 reads the one-vs-rest ROC at a prevalence: the accuracy of never predicting the class, the best accuracy
 any threshold reaches, the largest rare recall that costs no accuracy, and the best balanced accuracy.
 Each with a 95% bootstrap CI over images. Fixed epochs, no early stopping, no best-epoch restore (the
@@ -56,7 +56,7 @@ def out_of_fold(cfg, data, folds: int, seed: int) -> np.ndarray:  # noqa: ANN001
 def tradeoff_with_ci(y: np.ndarray, probs: np.ndarray, rare: int, prevalence: float | None, seed: int,
                      resamples: int) -> dict[str, tuple[float, float, float]]:
     """:func:`rare_class_tradeoff` with a 95% bootstrap CI over images (resampled within each class)."""
-    from experiments.evaluation import rare_class_tradeoff
+    from experiments.training.evaluation import rare_class_tradeoff
 
     point = rare_class_tradeoff(y, probs, rare, prevalence=prevalence)
     rng = np.random.default_rng(seed)

@@ -217,9 +217,9 @@ def check_fresh_copies(data, crop: int, seed: int = 0) -> tuple[int, int, int]:
 
     Returns ``(images shown more than once, of them with every copy different, identical copy pairs)``.
     """
-    from experiments.fitting import make_augment_fn
     from experiments.settings.run import load_config
     from experiments.training import resolve_multipliers
+    from experiments.training.fitting import make_augment_fn
     from pipelines.inputs import make_train_dataset
 
     cfg = load_config(CONFIGS / "targeted.yaml", [f"data.size={data.size}", f"data.crop={crop}"])
@@ -278,9 +278,9 @@ def measure(args: argparse.Namespace, data_path: Path) -> int:
 
     import tensorflow as tf
 
+    from core.errors import Galaxy10Error
     from experiments.settings.run import load_config
     from experiments.training import load_training_data
-    from pipelines.errors import Galaxy10Error
 
     common = [f"data.size={args.size}", f"data.crop={args.crop}", f"train.epochs={args.epochs}",
               f"train.precision={args.precision}"]

@@ -37,8 +37,8 @@ class Arm:
     """One search strategy and what it achieved."""
 
     name: str
-    sampler: object  # experiments.tuning.search_space.SamplerConfig
-    pruner: object  # experiments.tuning.search_space.PrunerConfig
+    sampler: object  # experiments.settings.search_space.SamplerConfig
+    pruner: object  # experiments.settings.search_space.PrunerConfig
     best: float = float("nan")
     epochs: int = 0
     complete: int = 0
@@ -50,11 +50,11 @@ class Arm:
 
 def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
     """Run trials of ``arm`` until ``budget`` epochs are spent; fill in its results."""
+    from experiments.settings.search_space import suggest
     from experiments.settings.tune import resolve_run_config
     from experiments.tracking.base import NullTracker
     from experiments.training import train
     from experiments.tuning.objective import TrialPruned, pruning_callback
-    from experiments.tuning.search_space import suggest
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import open_study
 

@@ -44,8 +44,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="cap every model's epochs (0: the configs' own)")
     add_full_flag(parser, {"seeds": "2,3,4", "gz2": True, "epochs": 0})
     args = parse_with_full(parser)
-    from experiments.evaluation import classification_metrics
     from experiments.serving.predictor import load_predictor, predict_file_rows
+    from experiments.training.evaluation import classification_metrics
     from pipelines.reader import Galaxy10File
     from pipelines.splits import ensure_split
 

@@ -43,7 +43,7 @@ def parse_with_full(parser: argparse.ArgumentParser, argv: list[str] | None = No
 
 def synthetic_bed(folder: Path, *, n: int = 600, size: int = 128, seed: int = 0) -> Path:
     """Render a small SYNTHETIC Galaxy10-like file into ``folder`` (the default bed without ``--data``)."""
-    from pipelines.synthetic import render_dataset
+    from synth.generator import render_dataset
 
     path = folder / f"synthetic-{n}-{size}px-seed{seed}.h5"
     print(f"data: rendering {n} SYNTHETIC images at {size} px (seed {seed}) into a temporary folder", flush=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from pipelines.errors import DataError
+from core.errors import DataError
 
 #: Temperatures searched (log-uniform bounds).
 T_RANGE = (0.05, 20.0)

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from core.errors import DataError
 from ensembles.second_stage import full_proba
-from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
 

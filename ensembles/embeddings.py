@@ -6,7 +6,7 @@ cropped here to the model's input size) to float32 embeddings ``(N, D)``, option
 the 8 dihedral test-time views (:mod:`augment.tta`). One forward pass gives the embeddings and the
 CNN's softmax probabilities together (:meth:`CNNEmbedder.embed`).
 
-Results are cached on disk under ``pipelines.paths.default_cache_dir() / "embeddings"``, keyed by the
+Results are cached on disk under ``core.paths.default_cache_dir() / "embeddings"``, keyed by the
 model id (the MLflow run id, or a digest of the weights when none is given), the split name, the
 data fingerprint, the TTA flag and a digest of the row indices; files are written atomically and
 read back without pickle.
@@ -25,10 +25,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from tqdm.auto import tqdm
 
 from augment.tta import tta_predict
+from core.errors import DataError, ModelError
+from core.files import atomic_path, os_error_reason
+from core.paths import default_cache_dir
 from models.head import EMBEDDING_LAYER  # the layer every backbone's head names
-from pipelines.errors import DataError, ModelError
-from pipelines.files import atomic_path, os_error_reason
-from pipelines.paths import default_cache_dir
 from pipelines.preprocess import center_crop
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def _save_cached(path: Path, result: Embedded) -> None:
 
 
 def default_embedding_cache() -> Path:
-    """``pipelines.paths.default_cache_dir() / "embeddings"`` (``GALAXY10_CACHE`` moves it)."""
+    """``core.paths.default_cache_dir() / "embeddings"`` (``GALAXY10_CACHE`` moves it)."""
 
     return default_cache_dir() / "embeddings"
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import DataError, ModelError
 from ensembles.embeddings import dual_output_model, embed_images
 from ensembles.second_stage import full_proba, load_second_stage, save_second_stage
 from ensembles.stacking import meta_predict
 from models.layers import load_keras_file
-from pipelines.errors import DataError, ModelError
 from pipelines.preprocess import prepare_images
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Every model is built by :func:`make_second_stage` from a name and a mapping of hyper-parameters
 (the ``second_stage`` section of ``experiments/configs/ensemble.yaml``). Unknown names or keys raise
-:class:`~pipelines.errors.ConfigError` naming the key; values are checked with scikit-learn's own
+:class:`~core.errors.ConfigError` naming the key; values are checked with scikit-learn's own
 parameter validation where the estimator has it. Scale-sensitive models (logistic regression, SVM,
 k-nearest neighbours) get a ``StandardScaler`` in front.
 
@@ -36,7 +36,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.class_weight import compute_sample_weight
 from xgboost import XGBClassifier
 
-from pipelines.errors import ConfigError, ModelError
+from core.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 

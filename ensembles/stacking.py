@@ -24,9 +24,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
+from core.errors import DataError
 from ensembles.crossfit import cv_predict_proba, cv_splits
 from ensembles.second_stage import full_proba
-from pipelines.errors import DataError
 
 _EPS = 1e-6
 

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from pipelines.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

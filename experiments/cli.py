@@ -2,7 +2,7 @@
 
 Each sub-command lives in ``experiments/commands/<name>.py`` and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and
-returning an exit code). User errors (:class:`pipelines.errors.Galaxy10Error`) become one line on
+returning an exit code). User errors (:class:`core.errors.Galaxy10Error`) become one line on
 stderr and exit code 2.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from core.errors import Galaxy10Error
 from experiments.startup import quiet_startup
-from pipelines.errors import Galaxy10Error
 
 #: Sub-command modules under ``experiments.commands``, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (

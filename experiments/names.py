@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
 
 #: Study names become MLflow registered-model names (``<study>``, ``<study>-ensemble``), ``models:/NAME@alias``
 #: references and folder names (``reports/<study>``): letters, digits, ``_ . -``; no ``..``.

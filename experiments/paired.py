@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.evaluation import metric_from_counts
-from pipelines.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
+from experiments.training.evaluation import metric_from_counts
 
 #: Metrics a paired bootstrap can compare (those computable from confusion counts).
 PAIRED_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")

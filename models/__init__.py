@@ -14,6 +14,8 @@ import pkgutil
 from dataclasses import asdict
 from typing import Any
 
+from core.errors import ConfigError
+from core.yaml_io import plain
 from models.head import EMBEDDING_LAYER, OUTPUT_LAYER, add_head
 from models.precision import resolve_precision
 from models.registry import (
@@ -24,8 +26,6 @@ from models.registry import (
     register,
 )
 from pipelines.classes import NUM_CLASSES
-from pipelines.errors import ConfigError
-from pipelines.yaml_io import plain
 
 log = logging.getLogger(__name__)
 

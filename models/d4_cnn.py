@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import ConfigError
 from models.registry import backbone_params, register
-from pipelines.errors import ConfigError
 
 
 def _filters(value: Any) -> bool:

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError, first_line
 from models.registry import backbone_params, register
 from models.weights import application_weights, describe
-from pipelines.errors import ConfigError, first_line
 
 EFFICIENTNETV2 = ("B0", "B1", "B2", "B3", "S")
 CONVNEXT = ("Tiny", "Small")

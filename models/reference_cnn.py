@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import ConfigError
 from models.registry import register
-from pipelines.errors import ConfigError
 
 
 @register("reference_cnn")

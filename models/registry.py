@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
 
 #: Keras dtype policies a model may be built with (set per layer, never as global Keras state); ``auto``
 #: resolves per machine (:func:`models.precision.resolve_precision`).

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError, first_line
 from models.head import CLASSIFIER_LAYER, HEAD_LAYERS
-from pipelines.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from core.errors import DataError
 from pipelines.classes import CLASS_NAMES, CLASS_SLUGS
-from pipelines.errors import DataError
 from pipelines.reader import Galaxy10File
 from pipelines.splits import Split
 

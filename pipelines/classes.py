@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import DataError
+from core.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import DataError
+from core.paths import resolve_data_path
 from pipelines.classes import CLASS_NAMES, ClassSet, absent_classes
-from pipelines.errors import DataError
-from pipelines.paths import resolve_data_path
 from pipelines.preprocess import load_resized, resize_images
 from pipelines.reader import Galaxy10File, data_fingerprint, provenance
 from pipelines.splits import ensure_split

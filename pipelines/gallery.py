@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.errors import ConfigError
-from pipelines.files import atomic_path
-from pipelines.outputs import OWNER_TAG, check_output_file
+from core.errors import ConfigError
+from core.files import atomic_path
+from core.outputs import OWNER_TAG, check_output_file
 from pipelines.reader import DatasetInfo, Galaxy10File
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _thumbnail(image: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
 
 
-#: Figure formats by file suffix, and how each carries :data:`pipelines.outputs.OWNER_TAG`.
+#: Figure formats by file suffix, and how each carries :data:`core.outputs.OWNER_TAG`.
 FORMATS: dict[str, str] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
 MAX_PER_CLASS = 100
 MAX_THUMB = 1024
@@ -49,7 +49,7 @@ MAX_CANVAS_PIXELS = 100_000_000
 
 
 def _owner_metadata(fmt: str) -> dict:
-    """``savefig`` keywords that stamp the figure as written by galaxy10 (see :mod:`pipelines.outputs`)."""
+    """``savefig`` keywords that stamp the figure as written by galaxy10 (see :mod:`core.outputs`)."""
     if fmt == "png":
         return {"metadata": {"Software": OWNER_TAG}}
     if fmt in ("pdf", "svg"):

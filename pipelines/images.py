@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.errors import DataError
+from core.errors import DataError
 
 #: Image formats accepted from users by ``predict`` and the web page (Pillow format names).
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG")

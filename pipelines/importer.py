@@ -29,11 +29,11 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from core.errors import DataError
+from core.files import atomic_path
+from core.outputs import H5_OWNER_ATTR, check_output_file
 from pipelines.classes import CLASS_NAMES, class_index
-from pipelines.errors import DataError
-from pipelines.files import atomic_path
 from pipelines.images import MAX_IMAGE_SIDE, to_rgb_uint8
-from pipelines.outputs import H5_OWNER_ATTR, check_output_file
 from pipelines.reader import validate_galaxy10
 
 log = logging.getLogger(__name__)

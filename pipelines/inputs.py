@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from core.errors import ConfigError, DataError
 from pipelines.classes import CLASS_SLUGS
-from pipelines.errors import ConfigError, DataError
 from pipelines.preprocess import center_crop
 from pipelines.sampling import class_mix, epoch_rng, oversample_indices
 

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipelines.errors import DataError
-from pipelines.files import atomic_path, os_error_reason, reserve_space
-from pipelines.paths import default_cache_dir
+from core.errors import DataError
+from core.files import atomic_path, os_error_reason, reserve_space
+from core.paths import default_cache_dir
 from pipelines.reader import data_fingerprint, opened, validate_galaxy10
 
 log = logging.getLogger(__name__)

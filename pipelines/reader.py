@@ -23,10 +23,10 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.errors import DataError
+from core.files import write_json_atomic
+from core.paths import ZENODO_URL, default_cache_dir, real_data_path
 from pipelines.classes import CLASS_NAMES, OFFICIAL_SHA256
-from pipelines.errors import DataError
-from pipelines.files import write_json_atomic
-from pipelines.paths import ZENODO_URL, default_cache_dir, real_data_path
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ def file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     """SHA-256 hex digest of a file, streamed in blocks and cached by absolute path, size and mtime.
 
     The cache is a small JSON under ``<cache_dir>/sha256/`` (default
-    :func:`pipelines.paths.default_cache_dir`), written atomically.
+    :func:`core.paths.default_cache_dir`), written atomically.
     """
     path = Path(path)
     if not path.is_file():

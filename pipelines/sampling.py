@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, DataError
 from pipelines.classes import GALAXY10
-from pipelines.errors import ConfigError, DataError
 
 
 def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:

@@ -24,9 +24,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
+from core.errors import ConfigError, DataError
+from core.files import write_json_atomic
 from pipelines.classes import NUM_CLASSES
-from pipelines.errors import ConfigError, DataError
-from pipelines.files import write_json_atomic
 from pipelines.reader import data_fingerprint, opened, validate_galaxy10
 
 log = logging.getLogger(__name__)

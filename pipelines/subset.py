@@ -7,8 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipelines.files import atomic_path
-from pipelines.outputs import H5_OWNER_ATTR
+from core.files import atomic_path
+from core.outputs import H5_OWNER_ATTR
 
 #: Datasets copied row by row when the source has them.
 ROW_DATASETS: tuple[str, ...] = ("images", "ans", "ra", "dec", "redshift", "pxscale")

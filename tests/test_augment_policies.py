@@ -18,7 +18,7 @@ from augment.policies import (
     compose_policy,
     policy_params,
 )
-from pipelines.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 SIZE, CROP = 128, 88
 LO = (SIZE - CROP) // 2

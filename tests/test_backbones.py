@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from core.errors import ConfigError
 from experiments.settings.run import ModelConfig, load_config
 from models import EMBEDDING_LAYER, backbone_names, build_model
 from models.layers.d4 import (
@@ -21,7 +22,6 @@ from models.layers.d4 import (
     transform,
     transform_feature_map,
 )
-from pipelines.errors import ConfigError
 
 
 def test_the_group_table_is_d4() -> None:

@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
+from core.errors import DataError
 from experiments.commands import baseline as baseline_cmd
 from pipelines.baseline import baseline_metrics, score_baseline
 from pipelines.classes import CLASS_SLUGS, GALAXY10_COUNTS
-from pipelines.errors import DataError
 from pipelines.splits import ensure_split
 
 

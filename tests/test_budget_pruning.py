@@ -9,6 +9,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from core.errors import ConfigError
+from experiments.settings.search_space import to_overrides
 from experiments.settings.tune import parse_tune_config, resolve_run_config
 from experiments.tuning.budget import (
     StudyPlan,
@@ -24,8 +26,6 @@ from experiments.tuning.pruning import (
     fold_epoch,
     step_of,
 )
-from experiments.tuning.search_space import to_overrides
-from pipelines.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------- pruning
 

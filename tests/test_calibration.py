@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import DataError
 from ensembles.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
-from pipelines.errors import DataError
 
 
 def _overconfident(n: int, seed: int, sharpen: float = 3.0) -> tuple[np.ndarray, np.ndarray]:

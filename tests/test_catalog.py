@@ -15,10 +15,10 @@ from catalog_fakes import CLASSES, fake_predictor, views
 from conftest import png_bytes, write_galaxy10_h5
 
 from augment.tta import mean_of_views
+from core.errors import DataError
 from experiments.catalog.columns import entropy, probability_columns, view_disagreement
 from experiments.catalog.inputs import plan_catalog_inputs
 from experiments.catalog.job import KILL_AFTER_ENV, parts_dir, run_catalog
-from pipelines.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 

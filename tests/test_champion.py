@@ -6,7 +6,7 @@ import pytest
 
 from experiments.ensembling.champion import RuleSettings, choose_champion
 from experiments.ensembling.context import Candidate
-from experiments.evaluation import classification_metrics
+from experiments.training.evaluation import classification_metrics
 
 ACC = RuleSettings("accuracy")
 BAL = RuleSettings("balanced_accuracy")
@@ -193,8 +193,8 @@ def test_out_of_fold_train_evidence_overrules_a_lucky_validation_split() -> None
     ({"confidence": 1.0}, "confidence"),
 ])
 def test_bad_rule_settings_are_one_line_errors(raw: dict, match: str) -> None:
+    from core.errors import ConfigError
     from experiments.settings.ensemble import config_from_dict
-    from pipelines.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):
         config_from_dict(raw)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.errors import ConfigError
 from experiments.settings.run import (
     AugmentConfig,
     DataConfig,
@@ -21,7 +22,6 @@ from experiments.settings.run import (
     to_dict,
     to_yaml,
 )
-from pipelines.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 RUN_KEYS = {"data", "augment", "model", "train", "experiment_name", "run_name"}

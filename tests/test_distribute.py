@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from experiments.settings.run import load_config
-from pipelines.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

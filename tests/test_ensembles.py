@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from core.errors import ConfigError, DataError, ModelError
 from ensembles import second_stage as ss
 from ensembles.crossfit import (
     Fold,
@@ -28,7 +29,6 @@ from experiments.settings.ensemble import (
     prior_twins,
     read_config_yaml,
 )
-from pipelines.errors import ConfigError, DataError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENSEMBLE_YAML = ROOT / "experiments" / "configs" / "ensemble.yaml"

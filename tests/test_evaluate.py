@@ -197,9 +197,9 @@ def test_a_label_fraction_keeps_a_stratified_share_of_each_folds_training_images
 
 
 def test_a_continued_evaluation_refuses_a_changed_ensemble_config(tmp_path: Path) -> None:
+    from core.errors import ConfigError
     from experiments.crossval.run import ENSEMBLE_ARTIFACT, _check_same_ensemble
     from experiments.tracking.mlflow_tracker import MlflowTracker
-    from pipelines.errors import ConfigError
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     with MlflowTracker("e", "parent", tracking_uri=uri) as parent:

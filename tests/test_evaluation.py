@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from experiments.evaluation import (
+from core.errors import DataError
+from experiments.training.evaluation import (
     class_recall,
     classification_metrics,
     per_class_table,
@@ -14,7 +15,6 @@ from experiments.evaluation import (
     scalar_metrics,
 )
 from pipelines.classes import CLASS_SLUGS, absent_classes
-from pipelines.errors import DataError
 
 
 def _one_hot_probs(pred, n_classes=10, p=0.9):

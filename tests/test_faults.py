@@ -222,7 +222,7 @@ def running_trial_with_epoch(db: Path, study: str) -> tuple[int, str] | None:
 
 
 def temp_files(root: Path) -> list[str]:
-    """Files left by :func:`pipelines.files.atomic_path` (``.<name>.<random><suffix>``) anywhere under ``root``."""
+    """Files left by :func:`core.files.atomic_path` (``.<name>.<random><suffix>``) anywhere under ``root``."""
     return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
                   if p.is_file() and re.search(r"\.(tmp|keras)$", p.name))
 
@@ -670,7 +670,7 @@ def test_interrupted_ensemble(tiny_study: TinyStudy, tmp_path: Path) -> None:
 WRITER = """
 import sys, time
 from pathlib import Path
-from pipelines.files import atomic_path
+from core.files import atomic_path
 with atomic_path(Path(sys.argv[1]), suffix=".npy.tmp") as tmp:
     tmp.write_bytes(b"half" * 1000)
     print(tmp, flush=True)
@@ -679,7 +679,7 @@ with atomic_path(Path(sys.argv[1]), suffix=".npy.tmp") as tmp:
 
 
 def test_temp_file_of_a_sigkilled_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
-    from pipelines.files import atomic_path
+    from core.files import atomic_path
 
     target = tmp_path / "cache" / "images.npy"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], cwd=REPO, stdout=subprocess.PIPE,

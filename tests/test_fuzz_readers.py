@@ -3,7 +3,7 @@
 Hypothesis feeds random bytes and mutated valid PNG / JPEG / Galaxy10 HDF5 files to the readers that
 take user files (``experiments.serving.inputs`` and ``check_image_header`` for prediction and the
 web page, ``pipelines.reader.validate_galaxy10`` and ``Galaxy10File`` for every data command). Each
-must either succeed (and then return well-formed data) or raise :class:`pipelines.errors.DataError`:
+must either succeed (and then return well-formed data) or raise :class:`core.errors.DataError`:
 no other exception type, no crash, no hang. A hard watchdog (``faulthandler``) ends the run with a
 traceback if one example hangs. The example budget is small and fixed, so the run is bounded.
 """
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipelines.errors import DataError
+from core.errors import DataError
 from pipelines.images import check_image_header, decode_image
 from pipelines.reader import Galaxy10File, validate_galaxy10
 

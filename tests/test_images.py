@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.errors import DataError
+from core.errors import DataError
 from pipelines.images import NotAnImageError, decode_image, to_rgb_uint8
 
 RNG = np.random.default_rng(0)

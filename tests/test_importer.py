@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from core.errors import DataError
 from experiments.cli import main
 from pipelines.classes import CLASS_NAMES
-from pipelines.errors import DataError
 from pipelines.importer import import_folder, load_image, resolve_classes
 from pipelines.reader import Galaxy10File, provenance, validate_galaxy10
 

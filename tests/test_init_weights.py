@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 
+from core.errors import ConfigError
 from experiments.settings.run import ModelConfig, load_config
 from experiments.tracking.base import NullTracker
 from experiments.training import load_training_data, train
 from models import build_model
 from models.head import CLASSIFIER_LAYER, EMBEDDING_LAYER, HEAD_LAYERS
 from models.weights import load_weights_file, transfer_weights
-from pipelines.errors import ConfigError
 
 RESNET = ["model.name=resnet", "model.params={depth: 10, width: 4}", "model.dense_units=8"]
 TINY = ["data.size=32", "data.crop=24", "train.epochs=2", "train.batch_size=16", "train.patience=null",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from augment.policies import augment_batch, build_policy
-from pipelines.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from pipelines.inputs import (
     EpochPlanner,
     cropped_array,

@@ -1,5 +1,6 @@
-"""The house rules of docs/ARCHITECTURE.md, checked: imports point down the layers, modules stay small,
-building the CLI's parser loads nothing heavy."""
+"""The house rules of docs/ARCHITECTURE.md, checked: imports point down the layers (between the top-level
+packages, and between the units inside ``experiments/``), modules stay small, building the CLI's parser loads
+nothing heavy."""
 from __future__ import annotations
 
 import ast
@@ -10,15 +11,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = ("pipelines", "augment", "models", "ensembles", "experiments")
+LIBRARY = ("core", "pipelines", "augment", "models", "synth", "ensembles", "experiments")
 #: What each layer may import from the platform's own packages (besides itself).
 ALLOWED: dict[str, set[str]] = {
-    "pipelines": set(),
-    "augment": {"pipelines"},
-    "models": {"pipelines"},
-    "ensembles": {"pipelines", "augment", "models"},
-    "experiments": {"pipelines", "augment", "models", "ensembles"},
+    "core": set(),
+    "pipelines": {"core"},
+    "augment": {"core", "pipelines"},
+    "models": {"core", "pipelines"},
+    "synth": {"core", "pipelines"},
+    "ensembles": {"core", "pipelines", "augment", "models"},
+    "experiments": {"core", "pipelines", "augment", "models", "synth", "ensembles"},
 }
+#: The units inside ``experiments/`` (a subpackage or a loose module), lowest first: a unit imports only units
+#: before it. ``training`` is one CNN run (training, fitting, evaluation, figures); ``paired`` the verdicts.
+EXPERIMENTS_ORDER: tuple[str, ...] = (
+    "names", "startup", "settings", "tracking", "training", "paired", "serving", "catalog", "pretraining",
+    "selftrain", "similarity", "tuning", "ensembling", "crossval", "reporting", "commands", "cli",
+)
 MAX_LINES = 500
 
 
@@ -26,18 +35,44 @@ def _modules(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def _imported_packages(path: Path) -> set[str]:
-    """Top-level platform packages a module imports anywhere (module level or inside functions)."""
+def _imported_modules(path: Path) -> set[str]:
+    """Dotted names of the modules a file imports anywhere (module level or inside functions)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found.update(n.split(".")[0] for n in names if n.split(".")[0] in LIBRARY)
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
     return found
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """Top-level platform packages a module imports anywhere."""
+    return {n.split(".")[0] for n in _imported_modules(path) if n.split(".")[0] in LIBRARY}
+
+
+def _experiments_unit(dotted_or_path: str) -> str | None:
+    parts = dotted_or_path.replace("/", ".").removesuffix(".py").split(".")
+    if parts[0] != "experiments" or len(parts) < 2 or parts[1] == "__init__":
+        return None
+    return parts[1]
+
+
+def _upward_imports(root: Path, order: tuple[str, ...] = EXPERIMENTS_ORDER) -> dict[str, list[str]]:
+    """``{file: [imported unit, ...]}`` of the imports inside ``experiments/`` that do not point down."""
+    rank = {u: i for i, u in enumerate(order)}
+    bad: dict[str, list[str]] = {}
+    for path in sorted((root / "experiments").rglob("*.py")):
+        rel = str(path.relative_to(root))
+        unit = _experiments_unit(rel)
+        if unit is None:
+            continue
+        targets = {_experiments_unit(m) for m in _imported_modules(path)} - {None, unit}
+        wrong = sorted(t for t in targets if t not in rank or unit not in rank or rank[t] > rank[unit])
+        if wrong:
+            bad[rel] = wrong
+    return bad
 
 
 @pytest.mark.parametrize("package", LIBRARY)
@@ -53,9 +88,66 @@ def test_the_layer_check_can_fail(tmp_path: Path) -> None:
     assert _imported_packages(module) == {"experiments", "models"}
 
 
+def test_units_inside_experiments_point_down() -> None:
+    """Every unit of ``experiments/`` is in :data:`EXPERIMENTS_ORDER` and imports only units below it."""
+    units = {_experiments_unit(str(p.relative_to(ROOT))) for p in _modules("experiments")} - {None}
+    assert units - set(EXPERIMENTS_ORDER) == set(), "add new units to EXPERIMENTS_ORDER and docs/ARCHITECTURE.md"
+    assert _upward_imports(ROOT) == {}
+
+
+def test_a_planted_upward_import_inside_experiments_fails(tmp_path: Path) -> None:
+    """A copy of ``experiments/`` with one upward import planted (settings reaching up into tuning, inside a
+    function) is caught, and so is a unit missing from the order."""
+    import shutil
+
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments",
+                    ignore=shutil.ignore_patterns("__pycache__", "configs", "templates", "static"))
+    assert _upward_imports(tmp_path) == {}
+    planted = tmp_path / "experiments" / "settings" / "checks.py"
+    planted.write_text(planted.read_text() + "\n\ndef _late():\n    from experiments.tuning import budget\n")
+    assert _upward_imports(tmp_path) == {"experiments/settings/checks.py": ["tuning"]}
+    (tmp_path / "experiments" / "newthing.py").write_text("from experiments.names import check_label\n")
+    assert "experiments/newthing.py" in _upward_imports(tmp_path)
+
+
 def test_no_library_module_is_over_500_lines() -> None:
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for pkg in LIBRARY for p in _modules(pkg)}
     assert {k: n for k, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """No two platform modules import each other, directly or through others (module-level imports)."""
+    graph: dict[str, set[str]] = {}
+    modules = {str(p.relative_to(ROOT).with_suffix("")).replace("/", ".").removesuffix(".__init__"): p
+               for pkg in LIBRARY for p in _modules(pkg)}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        deps = set()
+        for node in tree.body:  # module level only: imports inside functions run late and cannot deadlock
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                deps.update(d for d in (node.module, *(f"{node.module}.{a.name}" for a in node.names))
+                            if d in modules)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in modules)
+        graph[name] = deps - {name}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, stack: list[str]) -> bool:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle.extend([*stack[stack.index(dep):], dep] if dep in stack else [node, dep])
+                return True
+            if state.get(dep) is None and visit(dep, [*stack, dep]):
+                return True
+        state[node] = 2
+        return False
+
+    for start in sorted(graph):
+        if state.get(start) is None and visit(start, [start]):
+            break
+    assert cycle == []
 
 
 def test_the_cli_help_loads_no_heavy_library() -> None:

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from augment.mixing import mix_batch
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
 
 
 def _batch(n: int = 16, size: int = 8, k: int = 4) -> tuple[tf.Tensor, tf.Tensor]:
@@ -42,8 +42,8 @@ def test_mixing_off_or_never_leaves_the_batch_alone() -> None:
 
 
 def test_warmup_then_cosine() -> None:
-    from experiments.fitting import learning_rate_at
     from experiments.settings.run import load_config
+    from experiments.training.fitting import learning_rate_at
 
     t = load_config(None, ["train.learning_rate=0.01", "train.epochs=12", "train.warmup_epochs=2",
                            "train.schedule=cosine"]).train

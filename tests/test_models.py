@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 
+from core.errors import ConfigError
 from experiments.settings.run import ModelConfig
 from models import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
-from pipelines.errors import ConfigError
 
 # Conv 3x3 (3->32, 32->32, 32->64, 64->64), 88 px pooled 4x to 5 px: 5*5*64 = 1600 -> Dense 256 -> Dense 10.
 REFERENCE_PARAMS = (

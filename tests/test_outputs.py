@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.cli import main as cli_main
-from pipelines.errors import ConfigError
-from pipelines.outputs import (
+from core.errors import ConfigError
+from core.outputs import (
     MARKER_NAME,
     check_output_dir,
     output_dir,
     platform_wrote_file,
 )
+from experiments.cli import main as cli_main
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -41,7 +41,7 @@ def _user_folder(root: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# pipelines.outputs.output_dir
+# core.outputs.output_dir
 # --------------------------------------------------------------------------------------------
 def test_new_folder_is_written_whole_with_a_marker(tmp_path: Path) -> None:
     out = tmp_path / "reports" / "s"

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from core.errors import ConfigError, DataError
 from experiments.paired import (
     compare_predictions,
     corrected_resampled_t,
@@ -14,7 +15,6 @@ from experiments.paired import (
     paired_mean_interval,
     verdict,
 )
-from pipelines.errors import ConfigError, DataError
 
 
 def _preds(n: int = 300, seed: int = 0, acc: float = 0.8, k: int = 4) -> tuple[np.ndarray, np.ndarray]:

@@ -14,12 +14,12 @@ import pytest
 from conftest import bomb_png, keep_mlflow_tracking_uri, png_bytes
 from PIL import Image
 
+from core.errors import DataError, ModelError
 from experiments.serving.inputs import iter_input_batches, parse_index_spec, plan_inputs
 from experiments.serving.predictor import ModelCard, Predictor
 from experiments.serving.results import format_predictions, top_classes
 from experiments.tracking.loading import parse_model_ref
 from pipelines.classes import CLASS_NAMES
-from pipelines.errors import DataError, ModelError
 from pipelines.images import (
     EmptyImageError,
     ImageTooLargeError,

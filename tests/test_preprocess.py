@@ -11,7 +11,7 @@ from PIL import Image
 
 import pipelines.preprocess as pre
 import pipelines.reader as reader
-from pipelines.errors import DataError
+from core.errors import DataError
 from pipelines.preprocess import (
     PREPROCESS_VERSION,
     center_crop,

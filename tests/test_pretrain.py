@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from augment.views import ViewPolicy, make_view_fn
+from core.errors import ConfigError, DataError
 from experiments.pretraining.pool import Pool, load_pool
 from experiments.pretraining.run import PretrainSettings, checkpoint_path, pretrain
 from experiments.settings.run import from_dict
-from pipelines.errors import ConfigError, DataError
 
 
 def blobs(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
+from core.errors import DataError
 from pipelines import reader
 from pipelines.classes import CLASS_NAMES
-from pipelines.errors import DataError
 from pipelines.reader import (
     Galaxy10File,
     data_fingerprint,

@@ -15,6 +15,7 @@ import pytest
 from conftest import TinyStudy, keep_mlflow_tracking_uri, tiny_study_in
 from sklearn.metrics import f1_score
 
+from core.errors import DataError
 from experiments.cli import main as cli_main
 from experiments.reporting.bootstrap import (
     accuracy_macro_f1,
@@ -23,7 +24,6 @@ from experiments.reporting.bootstrap import (
 )
 from experiments.reporting.build import build_report
 from experiments.reporting.scoring import SCORING_RUN_NAME
-from pipelines.errors import DataError
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
 
@@ -365,7 +365,7 @@ def test_report_on_an_imported_catalog_tells_the_truth(imported_report: tuple[Ti
 
 @pytest.mark.parametrize("n", [2, 4, 10])
 def test_confusion_titles_fit_their_figure(n: int) -> None:
-    from experiments.run_figures import confusion_figure
+    from experiments.training.figures import confusion_figure
 
     fig = confusion_figure(np.eye(n), [f"class name {k}" for k in range(n)],
                            title="Refit CNN (train + validation): test confusion (row-normalised)")

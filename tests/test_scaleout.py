@@ -37,8 +37,8 @@ from conftest import tiny_tune_yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from core.files import pid_alive
 from experiments.cli import main as cli_main
-from pipelines.files import pid_alive
 
 #: Superuser of the throwaway cluster (trust authentication on 127.0.0.1 only).
 PG_USER = "galaxy10"

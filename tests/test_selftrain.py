@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import ConfigError, DataError
 from experiments.selftrain.pseudo import refuse_scored_images, select_pseudo_labels
-from pipelines.errors import ConfigError, DataError
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
 

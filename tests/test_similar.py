@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.errors import DataError
 from experiments.cli import main
 from experiments.similarity.index import build_index
-from pipelines.errors import DataError
 
 
 def _catalog(path: Path, vectors: np.ndarray) -> Path:

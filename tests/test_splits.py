@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pipelines.splits as splits
+from core.errors import ConfigError, DataError
 from experiments.commands import data_split
 from pipelines.classes import GALAXY10_COUNTS
-from pipelines.errors import ConfigError, DataError
 from pipelines.splits import (
     assign_groups,
     ensure_split,

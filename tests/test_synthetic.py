@@ -1,4 +1,4 @@
-"""The GalSim synthetic Galaxy10 generator (``pipelines.synthetic``) and the gallery."""
+"""The GalSim synthetic Galaxy10 generator (``synth.generator``) and the gallery."""
 from __future__ import annotations
 
 import json
@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import ConfigError, DataError
 from experiments.cli import main
 from pipelines.classes import CLASS_SLUGS, GALAXY10_COUNTS, NUM_CLASSES, class_index
-from pipelines.errors import ConfigError, DataError
 from pipelines.gallery import gallery_title, make_gallery, pick_examples
 from pipelines.reader import provenance, validate_galaxy10
-from pipelines.synth_params import class_counts
-from pipelines.synth_render import render_image
-from pipelines.synthetic import (
+from synth.generator import (
     GENERATOR,
     GENERATOR_VERSION,
     render_dataset,
     synthetic_labels,
 )
+from synth.params import class_counts
+from synth.render import render_image
 
 N, SIZE = 50, 64
 
@@ -173,7 +173,7 @@ def test_output_folder_read_only(tmp_path: Path) -> None:
 
 
 def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipelines.synthetic as synthetic
+    import synth.generator as synthetic
 
     calls = {"n": 0}
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from augment.targeting import auto_multipliers, multipliers_from_targets
+from core.errors import ConfigError, DataError
 from pipelines.classes import (
     CLASS_SLUGS,
     GALAXY10,
@@ -14,7 +15,6 @@ from pipelines.classes import (
     REFERENCE_RECALL,
     class_index,
 )
-from pipelines.errors import ConfigError, DataError
 from pipelines.sampling import class_mix, epoch_rng, oversample_indices
 
 

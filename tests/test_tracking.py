@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from core.errors import ConfigError, ModelError
 from experiments.serving.predictor import predict_images
 from experiments.settings.run import flatten, load_config
 from experiments.tracking.base import META_ARTIFACT, NullTracker, Tracker, git_commit
@@ -21,7 +22,6 @@ from experiments.tracking.model_registry import default_champion_uri
 from experiments.tracking.runs import run_val_recall
 from experiments.tracking.store import resolve_tracking_uri, set_tracking_uri
 from experiments.training import train
-from pipelines.errors import ConfigError, ModelError
 from pipelines.preprocess import center_crop, load_resized
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 from conftest import write_galaxy10_h5
 
 from augment.tta import dihedral_view
-from experiments.fitting import balanced_class_weights, learning_rate_at
+from core.errors import ConfigError
 from experiments.settings.run import flatten, load_config
 from experiments.tracking.base import NullTracker
 from experiments.training import (
@@ -21,9 +21,9 @@ from experiments.training import (
     resolve_multipliers,
     train,
 )
+from experiments.training.fitting import balanced_class_weights, learning_rate_at
 from models import build_model
 from pipelines.classes import CLASS_SLUGS
-from pipelines.errors import ConfigError
 from pipelines.preprocess import center_crop
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
@@ -190,7 +190,7 @@ def test_schedules_and_class_weights():
 
 def test_auto_targets_from_a_warmup(data, monkeypatch: pytest.MonkeyPatch) -> None:
     """``targets: auto`` without a source run measures validation recall in a short warm-up (issue 12)."""
-    import experiments.training as tr
+    import experiments.training.run as tr
 
     cfg = load_config(SMOKE, [*FAST, "augment.targets=auto", "augment.auto_warmup_epochs=1",
                               "augment.max_multiplier=5"])

@@ -11,7 +11,7 @@ from augment.tta import (
     inverse_dihedral_view,
     tta_predict,
 )
-from pipelines.errors import DataError, ModelError
+from core.errors import DataError, ModelError
 
 
 @pytest.fixture

@@ -22,12 +22,12 @@ from conftest import tiny_study_in, tiny_tune_yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from core.errors import ConfigError
 from experiments.cli import main as cli_main
 from experiments.tracking.base import NullTracker
 from experiments.tuning.plots import save_plots
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import COUNTED_STATES, load_existing_study
-from pipelines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""experiments.tuning.search_space: schema validation with exact messages, conditional suggest, overrides."""
+"""experiments.settings.search_space: schema validation with exact messages, conditional suggest, overrides."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ import optuna
 import pytest
 import yaml
 
-from experiments.settings.tune import load_tune_config, parse_study
-from experiments.tuning.search_space import (
+from core.errors import ConfigError
+from experiments.settings.search_space import (
     assignments,
     parse_search_space,
     space_hash,
@@ -16,7 +16,7 @@ from experiments.tuning.search_space import (
     to_overrides,
     yaml_scalar,
 )
-from pipelines.errors import ConfigError
+from experiments.settings.tune import load_tune_config, parse_study
 
 SPACE = {
     "train.learning_rate": {"type": "float", "low": 1.0e-4, "high": 3.0e-3, "log": True},

@@ -6,12 +6,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from core.errors import ConfigError
 from experiments.cli import main as cli_main
+from experiments.settings.search_space import space_hash
 from experiments.settings.tune import parse_tune_config
-from experiments.tuning.search_space import space_hash
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import fail_stale_trials, open_study
-from pipelines.errors import ConfigError
 
 SPACE = {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}
 

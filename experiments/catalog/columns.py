@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from core.outputs import OWNER_TAG
 from pipelines.classes import slugify
-from pipelines.outputs import OWNER_TAG
 
 #: Version of the catalog's column layout (in the file's metadata).
 SCHEMA_VERSION = "1"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.files import atomic_path
+from core.files import atomic_path
 
 
 def write_fits(parquet: str | Path, out: str | Path) -> Path:

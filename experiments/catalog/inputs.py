@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import DataError
+from core.errors import DataError
 from pipelines.reader import Galaxy10File, validate_galaxy10
 
 HDF5_SIGNATURE: bytes = b"\x89HDF\r\n\x1a\n"

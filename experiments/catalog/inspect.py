@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from core.outputs import OWNER_TAG, output_dir
 from pipelines.images import decode_image
-from pipelines.outputs import OWNER_TAG, output_dir
 from pipelines.reader import Galaxy10File
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from augment.tta import mean_of_views
+from core.errors import DataError, Galaxy10Error, first_line
+from core.files import atomic_path, write_json_atomic
 from experiments.catalog.columns import (
     SCHEMA_VERSION,
     catalog_schema,
@@ -39,8 +41,6 @@ from experiments.catalog.columns import (
 )
 from experiments.catalog.inputs import CatalogInputs, RowRef
 from experiments.catalog.ood import OODDetector
-from pipelines.errors import DataError, Galaxy10Error, first_line
-from pipelines.files import atomic_path, write_json_atomic
 from pipelines.images import decode_image
 from pipelines.reader import Galaxy10File
 

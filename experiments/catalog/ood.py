@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from sklearn.covariance import LedoitWolf
 
-from pipelines.errors import DataError
-from pipelines.files import atomic_path
+from core.errors import DataError
+from core.files import atomic_path
 from pipelines.reader import Galaxy10File
 
 log = logging.getLogger(__name__)

@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from augment.tta import N_VIEWS, dihedral_view, mean_of_views
+from core.errors import ConfigError, Galaxy10Error, first_line
+from core.files import atomic_path
 from ensembles.calibration import apply_temperature
 from experiments.catalog.columns import (
     catalog_schema,
@@ -45,8 +47,6 @@ from experiments.catalog.columns import (
 from experiments.catalog.inputs import CatalogInputs
 from experiments.catalog.job import CatalogResult, decode_file
 from experiments.catalog.ood import OODDetector
-from pipelines.errors import ConfigError, Galaxy10Error, first_line
-from pipelines.files import atomic_path
 from pipelines.preprocess import prepare_images
 from pipelines.reader import Galaxy10File
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import DataError
 from experiments.tracking.runs import get_run_facts
-from pipelines.errors import DataError
 from pipelines.reader import data_fingerprint
 from pipelines.splits import load_split, make_split, split_path_for
 

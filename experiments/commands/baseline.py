@@ -45,8 +45,8 @@ def format_baseline(metrics: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load or make the split, score the baseline, print a table or JSON."""
+    from core.paths import resolve_data_path
     from pipelines.baseline import score_baseline
-    from pipelines.paths import resolve_data_path
     from pipelines.splits import ensure_split
 
     data_path = resolve_data_path(args.data)

@@ -84,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
     """Check the inputs and the output, load the model, run the job, print a summary line."""
     import logging
 
+    from core.errors import ConfigError
+    from core.outputs import check_output_dir, check_output_file
     from experiments.catalog.inputs import plan_catalog_inputs
     from experiments.catalog.job import run_catalog
     from experiments.serving.predictor import load_predictor
-    from pipelines.errors import ConfigError
-    from pipelines.outputs import check_output_dir, check_output_file
 
     limits = (("--chunk-size", args.chunk_size, MAX_CHUNK), ("--batch-size", args.batch_size, MAX_BATCH),
               ("--workers", args.workers, MAX_WORKERS), ("--flag-uncertain", args.flag_uncertain, MAX_FLAGGED),
@@ -169,9 +169,9 @@ def _ood_factory(args: argparse.Namespace, predictor):  # noqa: ANN001, ANN202 -
     """
     import logging
 
+    from core.errors import DataError
     from experiments.catalog.ood import detector_from_file
     from experiments.catalog.training_data import training_rows
-    from pipelines.errors import DataError
 
     if args.ood == "off":
         return None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.tuning import DEFAULT_STORAGE
+from core.paths import DEFAULT_STORAGE
 
 TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 DATA_HELP = "Galaxy10-schema HDF5 file (default: data/Galaxy10_DECals.h5 if present, else data/galaxy10_synthetic.h5)"

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core.errors import DataError
 from experiments.commands.common import add_force_argument, add_json_argument
-from pipelines.errors import DataError
 
 IMPORT_EPILOG = """\
 class rule (--classes):
@@ -132,7 +132,7 @@ def format_info(doc: dict[str, Any]) -> str:
 
 def run_info(args: argparse.Namespace) -> int:
     """``galaxy10 data info``."""
-    from pipelines.paths import resolve_data_path
+    from core.paths import resolve_data_path
 
     doc = collect_info(resolve_data_path(args.file), groups=not args.no_groups)
     if args.json:

@@ -43,7 +43,7 @@ def format_split_table(class_names: Sequence[str], counts: dict[str, Sequence[in
 
 def run(args: argparse.Namespace) -> int:
     """Make or reuse the split and print its sizes and class counts."""
-    from pipelines.paths import resolve_data_path
+    from core.paths import resolve_data_path
     from pipelines.reader import validate_galaxy10
     from pipelines.splits import ensure_split, split_path_for
 

@@ -50,8 +50,8 @@ def register(data_sub: argparse._SubParsersAction) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     """Render the file and print where it went and how fast."""
-    from pipelines.paths import synthetic_data_path
-    from pipelines.synthetic import DEFAULT_N, render_dataset
+    from core.paths import synthetic_data_path
+    from synth.generator import DEFAULT_N, render_dataset
 
     n = DEFAULT_N if args.n is None else args.n
     out = args.out or synthetic_data_path()
@@ -67,8 +67,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_gallery(args: argparse.Namespace) -> int:
     """Write the gallery PNG."""
+    from core.paths import resolve_data_path
     from pipelines.gallery import make_gallery
-    from pipelines.paths import resolve_data_path
 
     path = make_gallery(resolve_data_path(args.file), args.out, per_class=args.per_class, seed=args.seed,
                         thumb=args.thumb, force=args.force)

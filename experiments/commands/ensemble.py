@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.budget is not None:
         import time
 
+        from experiments.settings.checks import parse_duration
         from experiments.startup import STARTED
-        from experiments.tuning.budget import parse_duration
 
         budget = parse_duration(args.budget) - (time.time() - STARTED)
     raw = apply_overrides(read_config_yaml(args.config), list(args.overrides))

@@ -45,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
     """Run (or continue) the evaluation and print its tables."""
     import json
 
+    from core.paths import resolve_data_path
     from experiments.crossval.folds import parse_budget, parse_recipe
     from experiments.crossval.run import run_evaluation
     from experiments.crossval.summary import summary_markdown
     from experiments.names import check_label
     from experiments.tracking.store import resolve_tracking_uri
-    from pipelines.paths import resolve_data_path
 
     recipes = [parse_recipe(spec) for spec in args.recipe]
     budget = parse_budget(args.budget)

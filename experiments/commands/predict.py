@@ -47,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
+    from core.errors import DataError
     from experiments.serving.inputs import iter_input_batches, plan_inputs
     from experiments.serving.predictor import FILE_BATCH, load_predictor
     from experiments.serving.results import format_predictions
-    from pipelines.errors import DataError
 
     if not 1 <= args.top <= MAX_TOP:
         raise DataError(f"--top {args.top} is out of range; use 1-{MAX_TOP} (larger values print every class)")

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     name = check_study_name(args.name or f"self-train-{cfg.model.name}", "--name")
     check_selection(args.threshold, args.per_class)  # before the data or the pool is read
     if not 1 <= args.rounds <= 10:
-        from pipelines.errors import ConfigError
+        from core.errors import ConfigError
 
         raise ConfigError(f"--rounds {args.rounds} is out of range; use 1-10")
     inputs = plan_catalog_inputs(args.unlabeled)  # a missing pool input fails before the data is touched

@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     """Load the model once, then serve until interrupted."""
     import math
 
+    from core.errors import ConfigError
     from experiments.serving.predictor import load_predictor
     from experiments.serving.web import check_bind, make_server
-    from pipelines.errors import ConfigError
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1-65535, got {args.port}")

@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
+    from core.outputs import check_output_dir, output_dir
     from experiments.similarity.search import find_similar, gallery_html
-    from pipelines.outputs import check_output_dir, output_dir
 
     if args.out:
         check_output_dir(args.out, what="similarity results", force=args.force)

@@ -67,8 +67,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print the study's trials table, its best trial and how to open the dashboards."""
-    from experiments.evaluation import cv_spread
     from experiments.settings.tune import ATTR_REFERENCE
+    from experiments.training.evaluation import cv_spread
     from experiments.tuning.pruning import describe_cuts
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import (

@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the study and print its summary; exit 1 if a worker died."""
     from dataclasses import replace
 
+    from core.errors import ConfigError
     from experiments.names import check_study_name
     from experiments.settings.tune import load_tune_config
     from experiments.tuning.run import run_study
-    from pipelines.errors import ConfigError
 
     tune = load_tune_config(args.config)
     if args.study is not None:
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.budget is not None:
         import time
 
+        from experiments.settings.checks import parse_duration
         from experiments.startup import STARTED
-        from experiments.tuning.budget import parse_duration
 
         budget = parse_duration(args.budget) - (time.time() - STARTED)  # the command's start-up counts too
         if args.timeout is not None:

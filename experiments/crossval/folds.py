@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import ConfigError, DataError
-from pipelines.yaml_io import read_yaml_file
+from core.errors import ConfigError, DataError
+from core.yaml_io import read_yaml_file
 
 #: Bounds of ``--repeats`` and ``--folds``.
 MAX_REPEATS, MAX_FOLDS = 20, 20
@@ -106,7 +106,7 @@ def parse_budget(text: str | None) -> Budget | None:
             raise ConfigError(f"--budget {text!r} is out of range; write a factor from 0.1x to 100x (e.g. 4x) or a "
                               "duration (e.g. 20m)")
         return Budget(factor=factor)
-    from experiments.tuning.budget import parse_duration
+    from experiments.settings.checks import parse_duration
 
     return Budget(seconds=parse_duration(text))
 

@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import ConfigError, ModelError
+from core.outputs import check_output_dir, output_dir
+from core.paths import default_cache_dir
 from experiments.crossval.folds import (
     Budget,
     Fold,
@@ -40,9 +43,6 @@ from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
 from experiments.tracking.runs import download_run_artifact, find_runs, finish_run, get_run_facts
 from pipelines.classes import CLASS_NAMES, ClassSet
-from pipelines.errors import ConfigError, ModelError
-from pipelines.outputs import check_output_dir, output_dir
-from pipelines.paths import default_cache_dir
 from pipelines.reader import Galaxy10File, data_fingerprint
 from pipelines.splits import find_groups
 
@@ -239,7 +239,7 @@ def _run_cells(ev: _Evaluation, plan: Sequence[Fold], recipes: Sequence[Recipe],
 
 def _run_one(ev: _Evaluation, recipe: Recipe, cfg: Any, fold: Fold, reference_seconds: float | None) -> FoldResult:
     """One recipe on one fold in its own child run, which keeps the held-out predictions."""
-    from experiments.evaluation import classification_metrics, prefixed
+    from experiments.training.evaluation import classification_metrics, prefixed
 
     tags = {"evaluate.key": ev.key, "evaluate.role": "fold", "evaluate.recipe": recipe.name,
             "evaluate.kind": recipe.kind, "evaluate.cell": fold.cell}

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from experiments.crossval.folds import Fold
-from experiments.evaluation import classification_metrics
 from experiments.paired import PAIRED_METRICS, CorrectedT, corrected_resampled_t
+from experiments.training.evaluation import classification_metrics
 
 #: Metrics summarised per fold (their names in ``classification_metrics``).
 FOLD_METRICS: tuple[str, ...] = PAIRED_METRICS

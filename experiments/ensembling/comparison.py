@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from core.files import pid_alive
 from ensembles.calibration import calibration_metrics
 from ensembles.ensemble_model import save_ensemble
 from experiments.ensembling.candidates import build_candidates
@@ -23,8 +24,6 @@ from experiments.ensembling.champion import BASELINE_CANDIDATE, Judgement, RuleS
 from experiments.ensembling.context import Candidate
 from experiments.ensembling.members import load_study_data, study_members
 from experiments.ensembling.second_stage_tuning import validate_config
-from experiments.evaluation import classification_metrics, per_class_csv, prefixed
-from experiments.run_figures import confusion_figure
 from experiments.settings.ensemble import EnsembleConfig, to_dict
 from experiments.tracking.base import git_commit, package_versions
 from experiments.tracking.mlflow_tracker import MlflowTracker
@@ -33,8 +32,9 @@ from experiments.tracking.pyfunc import log_ensemble_model
 from experiments.tracking.runs import find_runs, finish_run, set_run_tags
 from experiments.tracking.store import require_tracking_store
 from experiments.training import data_tags
+from experiments.training.evaluation import classification_metrics, per_class_csv, prefixed
+from experiments.training.figures import confusion_figure
 from experiments.tuning.budget import plan_ensemble
-from pipelines.files import pid_alive
 from pipelines.preprocess import PREPROCESS_VERSION
 from pipelines.reader import Galaxy10File
 

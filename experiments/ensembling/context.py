@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from core.errors import DataError
 from ensembles.embeddings import CNNEmbedder
 from ensembles.ensemble_model import Branch, EnsembleModel
 from ensembles.second_stage import (
@@ -19,11 +20,10 @@ from ensembles.second_stage import (
     make_second_stage,
 )
 from experiments.ensembling.members import StudyMembers
-from experiments.evaluation import classification_metrics
 from experiments.settings.ensemble import EnsembleConfig, balanced_second_stages
 from experiments.settings.ensemble import prior_twins as wants_prior_twins
 from experiments.training import load_training_data
-from pipelines.errors import DataError
+from experiments.training.evaluation import classification_metrics
 
 log = logging.getLogger(__name__)
 

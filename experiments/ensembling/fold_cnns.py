@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from core.files import atomic_path, write_json_atomic
+from core.paths import default_cache_dir
 from ensembles.crossfit import crossfit, make_folds
 from experiments.ensembling.context import BuildContext, embedder
 from experiments.ensembling.members import Member
@@ -18,8 +20,6 @@ from experiments.tracking.base import NullTracker
 from experiments.tracking.lookups import training_lookups
 from experiments.training import train
 from models.layers import load_keras_file
-from pipelines.files import atomic_path, write_json_atomic
-from pipelines.paths import default_cache_dir
 
 log = logging.getLogger(__name__)
 

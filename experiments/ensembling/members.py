@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError, DataError, ModelError
 from experiments.settings.tune import ATTR_REFERENCE
 from experiments.tracking.runs import get_run_facts, logged_run_config
 from experiments.training import load_training_data
@@ -19,7 +20,6 @@ from experiments.tuning.study import (
     state_counts,
     trial_value,
 )
-from pipelines.errors import ConfigError, DataError, ModelError
 
 
 @dataclass(frozen=True)

@@ -9,25 +9,25 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from ensembles.crossfit import cv_predict_proba, cv_splits
 from ensembles.second_stage import (
     allowed_params,
     resolve_params,
 )
 from experiments.ensembling.context import BuildContext, second_stage_factory
-from experiments.evaluation import classification_metrics
 from experiments.settings.ensemble import EnsembleConfig
+from experiments.settings.search_space import assignments, parse_search_space, suggest
 from experiments.settings.tune import (
     PrunerConfig,
     SamplerConfig,
     StudyConfig,
     TuneConfig,
 )
-from experiments.tuning.search_space import assignments, parse_search_space, suggest
+from experiments.training.evaluation import classification_metrics
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import open_study
 from experiments.tuning.workers import route_optuna_logging
-from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from experiments.pretraining.pool import Pool, load_pool
 from experiments.pretraining.run import PretrainSettings, build_pretrain_model, pretrain
-from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,14 @@ def run_pretrain(inputs: Sequence[str], *, config: Path | Any, overrides: Sequen
 
     ``config``: a run YAML (with ``overrides``) or a ``RunConfig``; ``pool``: already loaded from ``inputs``.
     """
+    from core.paths import default_cache_dir
     from experiments.names import check_study_name
+    from experiments.settings.checks import parse_duration
     from experiments.settings.run import load_config
     from experiments.tracking.mlflow_tracker import MlflowTracker
     from experiments.tracking.model_registry import register_champion
     from experiments.tracking.store import resolve_tracking_uri
     from experiments.training import load_training_data
-    from experiments.tuning.budget import parse_duration
-    from pipelines.paths import default_cache_dir
 
     cfg = load_config(config, list(overrides)) if isinstance(config, (str, Path)) else config
     settings = PretrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import DataError
 from experiments.catalog.inputs import CatalogInputs, plan_catalog_inputs
 from experiments.catalog.job import decode_file
-from pipelines.errors import DataError
 from pipelines.preprocess import resize_images, square_crop
 from pipelines.reader import Galaxy10File
 

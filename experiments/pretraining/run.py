@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from augment.views import ViewPolicy, make_view_fn
+from core.errors import ConfigError
+from core.files import atomic_path
 from experiments.tracking.base import NullTracker
 from models import build_model, describe_backbone
 from models.selfsup import build_vicreg, embedding_encoder
-from pipelines.errors import ConfigError
-from pipelines.files import atomic_path
 from pipelines.preprocess import PREPROCESS_VERSION
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from experiments.evaluation import metric_from_counts
+from core.errors import ConfigError, DataError
 from experiments.paired import confusion_stack
-from pipelines.errors import ConfigError, DataError
+from experiments.training.evaluation import metric_from_counts
 
 #: Bootstrap resamples for the confidence intervals (default and most).
 DEFAULT_RESAMPLES = 1000
@@ -18,7 +18,7 @@ def accuracy_macro_f1(counts: np.ndarray, present: np.ndarray | None = None) -> 
     """Accuracy and macro-F1 of confusion counts; macro-F1 averages over the classes in ``present``.
 
     ``present`` (boolean ``(C,)``) defaults to the classes with true images in ``counts``: the
-    convention of :func:`experiments.evaluation.classification_metrics` (a bootstrap passes the classes
+    convention of :func:`experiments.training.evaluation.classification_metrics` (a bootstrap passes the classes
     present in the whole test split, so every resample averages over the same classes). Works on one
     ``(C, C)`` matrix or a stack ``(B, C, C)``.
     """

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, DataError, ModelError
+from core.outputs import check_output_dir
+from core.paths import DEFAULT_STORAGE
 from experiments.reporting.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci
 from experiments.reporting.contents import EnsembleInfo, Report
 from experiments.reporting.extra import check_model_refs, score_extra_models
@@ -41,10 +44,7 @@ from experiments.tracking.runs import (
 )
 from experiments.tracking.store import require_tracking_store
 from experiments.training import load_training_data
-from experiments.tuning import DEFAULT_STORAGE
 from pipelines.classes import absent_classes
-from pipelines.errors import ConfigError, DataError, ModelError
-from pipelines.outputs import check_output_dir
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.evaluation import cv_spread
+from experiments.training.evaluation import cv_spread
 from pipelines.classes import REFERENCE_RECALL
 
 #: How the reference project's figures are labelled unless the data is the official file.

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, DataError, ModelError
 from experiments.serving.predictor import predict_file_rows, predictor_from_loaded
 from experiments.tracking.loading import load_prediction_model, parse_model_ref
 from experiments.tracking.runs import download_run_artifact, get_run_facts
-from pipelines.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, ModelError
 from experiments.reporting.contents import DataCard, EnsembleInfo
 from experiments.settings.tune import ATTR_INIT_FROM, ATTR_REFERENCE
 from experiments.tracking.model_registry import registered_alias_version
@@ -38,7 +39,6 @@ from experiments.tuning.study import (
     state_counts,
     trial_value,
 )
-from pipelines.errors import ConfigError, ModelError
 from pipelines.reader import validate_galaxy10
 
 #: Registered-model name of a study's ensemble winner (``galaxy10 ensemble``): ``<study>-ensemble``.

@@ -17,13 +17,13 @@ from experiments.reporting.figures import (
     recall_bars_figure,
     reliability_figure,
 )
-from experiments.run_figures import confusion_figure, learning_curves_figure
 from experiments.tracking.runs import (
     download_run_artifact,
     get_run_facts,
     list_run_artifacts,
     metric_histories,
 )
+from experiments.training.figures import confusion_figure, learning_curves_figure
 from pipelines.classes import REFERENCE_RECALL
 from pipelines.reader import Galaxy10File
 

@@ -1,9 +1,9 @@
-"""Matplotlib figures of the best-model report that ``experiments.run_figures`` does not already draw.
+"""Matplotlib figures of the best-model report that ``experiments.training.figures`` does not already draw.
 
 Per-class recall bars (baseline, reference, best CNN, best ensemble), the optimisation history of a
 study redrawn from its trials (when the tuning plots are missing on the parent run), and a gallery
 of misclassified test images. Confusion matrices and learning curves come from
-:mod:`experiments.run_figures`. Figures use the object-oriented API on an Agg canvas (no pyplot state).
+:mod:`experiments.training.figures`. Figures use the object-oriented API on an Agg canvas (no pyplot state).
 """
 from __future__ import annotations
 

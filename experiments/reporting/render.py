@@ -10,12 +10,12 @@ from typing import Any
 
 import jinja2
 
-from experiments.evaluation import scalar_metrics
+from core.outputs import output_dir
 from experiments.reporting.contents import Report
 from experiments.reporting.scoring import SCORING_RUN_NAME
 from experiments.reporting.verdicts import VERDICT_TEXT, recall_difference_rows, verdict_rows
+from experiments.training.evaluation import scalar_metrics
 from pipelines.classes import REFERENCE_ACCURACY, REFERENCE_RECALL
-from pipelines.outputs import output_dir
 
 
 def pct(value: float | None, digits: int = 1) -> str:
@@ -246,7 +246,7 @@ def calibration_text(report: Report) -> str:
 def write_report_dir(report: Report, out: str | os.PathLike, *, force: bool = False) -> Path:
     """Write ``report.html``, ``report.md``, the PNGs and ``report.json`` into ``out`` atomically.
 
-    ``out`` follows :func:`pipelines.outputs.output_dir`: a new folder or a previous report is replaced,
+    ``out`` follows :func:`core.outputs.output_dir`: a new folder or a previous report is replaced,
     any other non-empty folder is refused unless ``force`` (then the report's files are added to it).
     """
 

@@ -7,15 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from experiments.evaluation import classification_metrics, prefixed
+from core.errors import DataError, ModelError
 from experiments.reporting.contents import Report, ScoredModel
 from experiments.serving.predictor import predict_file_rows, predictor_from_loaded
 from experiments.tracking.base import git_commit
 from experiments.tracking.loading import load_prediction_model
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import log_metrics_to_run, set_run_tags
+from experiments.training.evaluation import classification_metrics, prefixed
 from pipelines.baseline import baseline_metrics, score_baseline
-from pipelines.errors import DataError, ModelError
 from pipelines.splits import ensure_split
 
 #: Name of the MLflow child run that holds the report's test scores.

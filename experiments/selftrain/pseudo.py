@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)

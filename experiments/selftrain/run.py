@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, ModelError
 from experiments.selftrain.pseudo import PseudoLabels, refuse_scored_images, select_pseudo_labels
-from pipelines.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import DataError
+from core.errors import DataError
 from pipelines.images import DEFAULT_MAX_PIXELS, check_image_header, decode_image
 from pipelines.reader import Galaxy10File, validate_galaxy10
 

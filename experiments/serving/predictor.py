@@ -11,6 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from augment.tta import mean_of_views, tta_views
+from core.errors import ConfigError, DataError, ModelError
 from ensembles.calibration import apply_temperature
 from experiments.tracking.loading import (
     ModelBundle,
@@ -19,7 +20,6 @@ from experiments.tracking.loading import (
 )
 from experiments.tracking.model_registry import default_champion_uri
 from experiments.tracking.store import fluent_store, require_tracking_store
-from pipelines.errors import ConfigError, DataError, ModelError
 from pipelines.preprocess import prepare_images
 from pipelines.reader import Galaxy10File
 

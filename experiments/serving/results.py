@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines.errors import DataError
+from core.errors import DataError
 
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
 

@@ -19,9 +19,9 @@ from PIL import Image, ImageDraw
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import make_server as werkzeug_server
 
+from core.errors import ConfigError, DataError
 from experiments.serving.predictor import ModelCard, Predictor
 from experiments.serving.results import top_classes
-from pipelines.errors import ConfigError, DataError
 from pipelines.images import (
     DEFAULT_MAX_PIXELS,
     EmptyImageError,

@@ -7,13 +7,14 @@ key <dotted.key>; allowed keys in <section>: ...``), so a user reads one wording
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import ConfigError
-from pipelines.yaml_io import read_yaml_file
+from core.errors import ConfigError
+from core.yaml_io import read_yaml_file
 
 
 def read_config(path: str | Path, *, what: str, example: str, holds: str) -> dict[str, Any]:
@@ -107,3 +108,22 @@ def as_choice(key: str, value: Any, choices: Iterable[str], *, nullable: bool = 
         raise ConfigError(f"config key {key}={value!r} is not allowed; use one of: {', '.join(map(str, choices))}"
                           f"{' or null' if nullable else ''}")
     return str(value)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
+
+
+def parse_duration(text: str, *, option: str = "--budget") -> float:
+    """Seconds in ``"90"``, ``"90s"``, ``"15m"``, ``"1h"`` or ``"1h30m"``; ``ConfigError`` otherwise."""
+    raw = str(text).strip().lower().replace(" ", "")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        parts = _PART.findall(raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise ConfigError(f"{option} {text!r} is not a duration; write e.g. 90s, 20m, 1h or 1h30m") from None
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{option} {text!r} must be a positive duration; write e.g. 20m or 1h")
+    return seconds

@@ -1,7 +1,7 @@
 """The ensemble comparison's configuration (``experiments/configs/ensemble.yaml``) as frozen dataclasses.
 
 Every section and key is validated on load; an unknown key, a wrong type or a bad value raises
-:class:`~pipelines.errors.ConfigError` naming the dotted key and what is allowed. Second-stage
+:class:`~core.errors.ConfigError` naming the dotted key and what is allowed. Second-stage
 hyper-parameters are checked against the estimators themselves (:mod:`ensembles.second_stage`).
 The optional ``tune.search_space`` uses the tuning search-space syntax and is validated by
 ``experiments/`` (which owns Optuna).
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError
+from core.yaml_io import plain
 from ensembles.second_stage import MODEL_NAMES, WEIGHTABLE, resolve_params
 from ensembles.stacking import META_LEARNERS
 from ensembles.voting import WEIGHT_METHODS
@@ -26,8 +28,6 @@ from experiments.settings.checks import (
     check_keys,
     read_config,
 )
-from pipelines.errors import ConfigError
-from pipelines.yaml_io import plain
 
 MODES: tuple[str, ...] = ("crossfit", "val_cv")
 SELECT_METRICS: tuple[str, ...] = ("study", "accuracy", "balanced_accuracy", "macro_f1")

@@ -4,7 +4,7 @@ A YAML file holds only what differs from the defaults (the defaults are the refe
 recipe: its CNN, its augmentation, Adam 1e-3, 50 epochs). ``--set section.key=value`` overrides
 are applied on top; values are parsed as YAML (``--set train.epochs=3``,
 ``--set augment.targets={disturbed: 3}``, ``--set augment.targets.cigar=2.5``). Every unknown key,
-wrong type or bad value raises :class:`~pipelines.errors.ConfigError` naming the dotted key and what
+wrong type or bad value raises :class:`~core.errors.ConfigError` naming the dotted key and what
 is allowed.
 """
 from __future__ import annotations
@@ -23,12 +23,12 @@ import yaml
 
 from augment.policies import policy_params
 from augment.targeting import check_targets
+from core.errors import ConfigError
+from core.yaml_io import DuplicateKeyError, load_yaml_text, plain
 from experiments.names import check_label
 from experiments.settings.checks import check_keys, read_config
 from models import backbone_params, get_backbone
 from models.registry import PRECISIONS
-from pipelines.errors import ConfigError
-from pipelines.yaml_io import DuplicateKeyError, load_yaml_text, plain
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")

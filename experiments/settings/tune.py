@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError
+from core.paths import DEFAULT_STORAGE
 from experiments.names import check_study_name
 from experiments.settings.checks import as_bool, as_choice, as_int, check_keys, read_config
 from experiments.settings.run import (
@@ -19,8 +21,7 @@ from experiments.settings.run import (
     from_dict,
     read_yaml,
 )
-from experiments.tuning import DEFAULT_STORAGE
-from experiments.tuning.search_space import (
+from experiments.settings.search_space import (
     Scalar,
     SearchSpace,
     _copy,
@@ -29,7 +30,6 @@ from experiments.tuning.search_space import (
     parse_search_space,
     to_overrides,
 )
-from pipelines.errors import ConfigError
 
 #: Objective metrics (scored on the validation split) and the per-epoch metric name pruning reads.
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import DataError
+from core.errors import DataError
 
 log = logging.getLogger(__name__)
 

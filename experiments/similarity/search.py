@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import DataError, ModelError
 from experiments.similarity.index import EmbeddingIndex, build_index, catalog_metadata
-from pipelines.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import requests
 from mlflow.exceptions import MlflowException
 
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
 
 
 def unreachable_reason(err: BaseException) -> str | None:

@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from core.errors import ModelError, first_line
 from experiments.tracking.base import META_KEYS
 from experiments.tracking.store import fluent_store, get_tracking_uri, mlflow_client, require_tracking_store
 from models.layers import register_custom_layers
-from pipelines.errors import ModelError, first_line
 
 
 class ModelBundle(NamedTuple):

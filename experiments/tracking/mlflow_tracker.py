@@ -24,10 +24,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
+from core.errors import ConfigError, ModelError, first_line
 from experiments.tracking.base import META_ARTIFACT, META_KEYS, MODEL_NAME
 from experiments.tracking.faults import unreachable_error, unreachable_reason
 from experiments.tracking.store import fluent_store, resolve_tracking_uri
-from pipelines.errors import ConfigError, ModelError, first_line
 
 log = logging.getLogger(__name__)
 

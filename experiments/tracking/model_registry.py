@@ -10,13 +10,13 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from core.errors import ModelError, first_line
 from experiments.tracking.store import (
     fluent_store,
     get_tracking_uri,
     mlflow_client,
     resolve_tracking_uri,
 )
-from pipelines.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 

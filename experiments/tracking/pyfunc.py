@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
+from core.errors import ModelError, first_line
 from experiments.tracking.base import META_ARTIFACT, MODEL_NAME
 from experiments.tracking.mlflow_tracker import (
     MlflowTracker,
@@ -23,7 +24,6 @@ from experiments.tracking.mlflow_tracker import (
     _pip_requirements,
 )
 from experiments.tracking.store import fluent_store
-from pipelines.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 

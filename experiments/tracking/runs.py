@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from core.errors import ConfigError, ModelError, first_line
 from experiments.settings.run import from_dict
 from experiments.tracking.mlflow_tracker import chunks
 from experiments.tracking.store import (
@@ -22,7 +23,6 @@ from experiments.tracking.store import (
     mlflow_client,
     resolve_tracking_uri,
 )
-from pipelines.errors import ConfigError, ModelError, first_line
 
 
 def run_metrics(run_id: str, *, tracking_uri: str | None = None) -> dict[str, float]:

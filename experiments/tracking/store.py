@@ -19,7 +19,7 @@ import mlflow
 from mlflow import MlflowClient
 from sqlalchemy.engine import make_url
 
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_DB = "mlflow.db"
 

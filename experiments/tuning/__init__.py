@@ -9,6 +9,4 @@ reading studies), ``objective`` (one worker's trials),
 ``refit`` (the chosen configuration on train + validation) and ``plots``.
 """
 
-#: Where studies live unless a config or ``--storage`` says otherwise (here, so building the CLI's parser
-#: imports nothing heavy).
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+from core.paths import DEFAULT_STORAGE  # noqa: F401  (re-exported: the tuning layer's default store)

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
+from experiments.settings.checks import parse_duration  # noqa: F401  (re-exported for callers of budget)
 
 log = logging.getLogger(__name__)
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 #: Share of a budget kept for start-up, logging, plots and the registry (not training).
 OVERHEAD_SHARE = 0.1
 #: Views of 8-view test-time averaging (the final evaluation of a TTA fit costs more).
@@ -31,19 +29,6 @@ TTA_VIEWS = 8
 PROBE_IMAGES = 192
 
 
-def parse_duration(text: str, *, option: str = "--budget") -> float:
-    """Seconds in ``"90"``, ``"90s"``, ``"15m"``, ``"1h"`` or ``"1h30m"``; ``ConfigError`` otherwise."""
-    raw = str(text).strip().lower().replace(" ", "")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        parts = _PART.findall(raw)
-        if not parts or "".join(n + u for n, u in parts) != raw:
-            raise ConfigError(f"{option} {text!r} is not a duration; write e.g. 90s, 20m, 1h or 1h30m") from None
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{option} {text!r} must be a positive duration; write e.g. 20m or 1h")
-    return seconds
 
 
 #: Epochs of a speed probe: the first is cold (tracing); the faster of the others is the warm epoch.
@@ -203,7 +188,7 @@ def cost_probes(tune: Any) -> list[dict[str, Any]]:
     hold is left out), at most :data:`MAX_PROBES`."""
     import itertools
 
-    from experiments.tuning.search_space import is_active
+    from experiments.settings.search_space import is_active
 
     costly = [p for p in tune.space.params if p.kind == "categorical" and p.target is not None
               and any(p.target == t or p.target.startswith(t + ".") for t in COST_TARGETS)]

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sklearn.model_selection import StratifiedKFold
 
+from experiments.settings.search_space import suggest
 from experiments.settings.tune import (
     ATTR_REFERENCE,
     TuneConfig,
@@ -27,7 +28,6 @@ from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run
 from experiments.training import inference_images_per_second, load_training_data, train
 from experiments.tuning.pruning import step_of
-from experiments.tuning.search_space import suggest
 from experiments.tuning.storage import open_storage, quiet_optuna_warnings
 from experiments.tuning.study import (
     ATTR_SPEED,

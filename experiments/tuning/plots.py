@@ -9,8 +9,8 @@ import optuna
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as ovm
 
+from core.errors import first_line
 from experiments.tuning.storage import quiet_optuna_warnings
-from pipelines.errors import first_line
 
 
 def save_plots(study: optuna.Study, parent: Any, metric: str) -> tuple[list[str], list[str]]:

@@ -14,8 +14,11 @@ import yaml
 from optuna.trial import TrialState
 
 from augment.targeting import multipliers_from_targets
+from core.errors import ConfigError
+from core.paths import resolve_data_path
 from experiments.names import check_study_name
 from experiments.settings.run import plain, to_yaml
+from experiments.settings.search_space import space_hash
 from experiments.settings.tune import (
     ATTR_REFERENCE,
     StudyConfig,
@@ -34,7 +37,6 @@ from experiments.tuning.objective import StaleTrialHandler, StudyRun, TrialWorke
 from experiments.tuning.plots import save_plots
 from experiments.tuning.refit import refit_best
 from experiments.tuning.samplers import describe
-from experiments.tuning.search_space import space_hash
 from experiments.tuning.storage import enable_sqlite_wal, open_storage, sqlite_file
 from experiments.tuning.study import (
     ATTR_EXPERIMENT,
@@ -52,8 +54,6 @@ from experiments.tuning.study import (
 )
 from experiments.tuning.workers import route_optuna_logging, run_workers
 from pipelines.classes import ClassSet
-from pipelines.errors import ConfigError
-from pipelines.paths import resolve_data_path
 from pipelines.reader import data_fingerprint, validate_galaxy10
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import optuna
 
+from core.errors import ConfigError, first_line
 from experiments.settings.tune import PrunerConfig, SamplerConfig
 from experiments.tuning.pruning import FloorPruner
 from experiments.tuning.storage import quiet_optuna_warnings
-from pipelines.errors import ConfigError, first_line
 
 
 def make_sampler(cfg: SamplerConfig, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:

@@ -13,8 +13,8 @@ import optuna
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
-from experiments.tuning import DEFAULT_STORAGE
-from pipelines.errors import ConfigError, first_line
+from core.errors import ConfigError, first_line
+from core.paths import DEFAULT_STORAGE
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from core.errors import ConfigError
 from experiments.settings.run import plain
+from experiments.settings.search_space import space_hash
 from experiments.settings.tune import ATTR_INIT_FROM, ATTR_REFERENCE, TuneConfig
 from experiments.tuning.samplers import make_pruner, make_sampler
-from experiments.tuning.search_space import space_hash
 from experiments.tuning.storage import quiet_optuna_warnings, storage_url_of
-from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

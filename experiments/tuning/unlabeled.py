@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import ConfigError
 from experiments.settings.tune import TuneConfig, resolve_run_config
-from pipelines.errors import ConfigError
 from pipelines.preprocess import resize_images
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ from typing import Any
 
 import optuna
 
+from core.errors import Galaxy10Error, first_line
 from experiments.startup import quiet_startup
 from experiments.tracking.faults import server_errors
 from experiments.tuning.objective import StudyRun, TrialWorker
 from pipelines import errors
-from pipelines.errors import Galaxy10Error, first_line
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Render one synthetic Galaxy10-like image with GalSim (the per-image work of ``pipelines.synthetic``).
+"""Render one synthetic Galaxy10-like image with GalSim (the per-image work of ``synth.generator``).
 
 Each image is built from a few *components*, each with a g/r/z colour: a red bulge (and bar), a
 bluer disk, blue arms and knots, tidal debris, field stars and background galaxies. Every
@@ -24,7 +24,7 @@ import galsim
 import numpy as np
 
 from pipelines.classes import CLASS_SLUGS
-from pipelines.synth_params import CLASS_RANGES, COMMON, DISTURBED_HOSTS
+from synth.params import CLASS_RANGES, COMMON, DISTURBED_HOSTS
 
 #: DECaLS pixel scale (arcsec) of a 256 px cutout; other sizes keep the same field of view.
 PIXEL_SCALE_256: float = 0.262

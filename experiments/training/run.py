@@ -33,21 +33,8 @@ import numpy as np
 
 from augment.targeting import auto_multipliers, multipliers_from_targets
 from augment.tta import tta_predict
+from core.errors import ConfigError, DataError
 from ensembles.calibration import calibration_metrics
-from experiments.evaluation import (
-    class_recall,
-    classification_metrics,
-    per_class_csv,
-    prefixed,
-    scalar_metrics,
-)
-from experiments.fitting import (
-    EpochCallback,
-    FitResult,
-    fit,
-    make_strategy,
-)
-from experiments.run_figures import confusion_figure, learning_curves_figure
 from experiments.settings.run import (
     AUTO_TARGETS,
     DataConfig,
@@ -56,6 +43,20 @@ from experiments.settings.run import (
     to_yaml,
 )
 from experiments.tracking.base import NullTracker, git_commit, package_versions
+from experiments.training.evaluation import (
+    class_recall,
+    classification_metrics,
+    per_class_csv,
+    prefixed,
+    scalar_metrics,
+)
+from experiments.training.figures import confusion_figure, learning_curves_figure
+from experiments.training.fitting import (
+    EpochCallback,
+    FitResult,
+    fit,
+    make_strategy,
+)
 from models import build_model, describe_backbone
 from models.cost import multiply_adds
 from models.precision import native_bfloat16, resolve_precision
@@ -69,7 +70,6 @@ from models.weights import (
     transfer_weights,
 )
 from pipelines.dataset import TrainData, open_dataset
-from pipelines.errors import ConfigError, DataError
 from pipelines.preprocess import PREPROCESS_VERSION
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def inference_images_per_second(model: Any, data: TrainData, *, crop: int, tta: 
 
 
 def evaluate(model: Any, data: TrainData, indices: np.ndarray, *, crop: int, tta: bool = False) -> dict[str, Any]:
-    """:func:`~experiments.evaluation.classification_metrics` of the model on ``indices``."""
+    """:func:`~experiments.training.evaluation.classification_metrics` of the model on ``indices``."""
     probs = predict_probs(model, data, indices, crop=crop, tta=tta)
     return classification_metrics(data.labels[indices], probs, data.class_slugs)
 

@@ -8,6 +8,10 @@ DATA_DIR = Path("data")
 REAL_FILENAME = "Galaxy10_DECals.h5"
 SYNTH_FILENAME = "galaxy10_synthetic.h5"
 ZENODO_URL = "https://zenodo.org/records/10845026"
+#: Where Optuna studies live unless a config or ``--storage`` says otherwise.
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+#: The MLflow store's SQLite file (in the working folder) unless ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``.
+DEFAULT_TRACKING_DB = "mlflow.db"
 
 
 def real_data_path(data_dir: Path = DATA_DIR) -> Path:

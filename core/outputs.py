@@ -29,8 +29,8 @@ from pathlib import Path
 
 import h5py
 
-from pipelines.errors import ConfigError
-from pipelines.files import _host_slug, is_temp_name, os_error_reason, remove_stale_temps
+from core.errors import ConfigError
+from core.files import _host_slug, is_temp_name, os_error_reason, remove_stale_temps
 
 log = logging.getLogger(__name__)
 

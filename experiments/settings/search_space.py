@@ -28,10 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core.errors import ConfigError
 from experiments.settings.run import (
     plain,
 )
-from pipelines.errors import ConfigError
 
 PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
 SPEC_KEYS: tuple[str, ...] = ("type", "low", "high", "step", "log", "choices", "when", "target")

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.errors import ConfigError
+from core.errors import ConfigError
 
 
 class DuplicateKeyError(ValueError):

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from pipelines.classes import CLASS_SLUGS, GALAXY10_COUNTS, NUM_CLASSES
-from pipelines.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from core.errors import DataError
 from pipelines.classes import CLASS_SLUGS
-from pipelines.errors import DataError
 
 
 def _check(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
 """The synthetic Galaxy10-like data set: GalSim renders in parallel, written with the real schema.
 
 The real ``Galaxy10_DECals.h5`` (2.7 GB) is brought by hand; everywhere else the platform runs on
-this file. Images are rendered by :mod:`pipelines.synth_render` from ranges in
-:mod:`pipelines.synth_params`; class proportions follow Galaxy10 DECaLS. Output depends only on
+this file. Images are rendered by :mod:`synth.render` from ranges in
+:mod:`synth.params`; class proportions follow Galaxy10 DECaLS. Output depends only on
 ``seed`` (and ``n``, ``size``, ``difficulty``), never on the number of worker processes: every
 image has its own seed spawned from ``numpy.random.SeedSequence(seed)``.
 """
@@ -24,13 +24,13 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.errors import ConfigError, DataError
+from core.files import atomic_path, os_error_reason
+from core.outputs import H5_OWNER_ATTR, check_output_file
 from pipelines.classes import CLASS_NAMES, GALAXY10_COUNTS
-from pipelines.errors import ConfigError, DataError
-from pipelines.files import atomic_path, os_error_reason
 from pipelines.images import MAX_IMAGE_SIDE
-from pipelines.outputs import H5_OWNER_ATTR, check_output_file
-from pipelines.synth_params import check_difficulty, class_counts, parameters_record
-from pipelines.synth_render import pixel_scale, render_image
+from synth.params import check_difficulty, class_counts, parameters_record
+from synth.render import pixel_scale, render_image
 
 log = logging.getLogger(__name__)
 

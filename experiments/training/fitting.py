@@ -18,16 +18,16 @@ import numpy as np
 
 from augment.mixing import mix_batch
 from augment.policies import augment_batch, build_policy
-from experiments.evaluation import (
-    classification_metrics,
-)
+from core.errors import DataError
 from experiments.settings.run import (
     RunConfig,
     TrainConfig,
 )
+from experiments.training.evaluation import (
+    classification_metrics,
+)
 from models.head import set_backbone_trainable
 from pipelines.dataset import TrainData
-from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
 
