@@ -1,4 +1,5 @@
 """Albumentations policies, class-targeted oversampling and test-time augmentation."""
+
 import os
 
 # albumentations pings the internet for updates on import unless this is set; set it before any import.

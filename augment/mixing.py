@@ -5,6 +5,7 @@ weight ``lam ~ Beta(alpha, alpha)``; CutMix pastes a box covering a fraction ``1
 from another image of the batch and mixes the labels by the pasted area. When both are on, a mixed
 batch uses one of them at random. The partner of each image is a random permutation of the batch.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,6 +10,7 @@ every policy is built with ``strict=True`` (an unknown argument raises) and only
 ``Affine(rotate, scale, translate_percent, border_mode)``, ``GaussNoise(std_range)`` (a fraction of
 255), ``GaussianBlur(sigma_limit, blur_limit=0)``, ``RandomBrightnessContrast``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,13 +89,23 @@ class PolicyParams:
 POLICY_DEFAULTS: dict[str, PolicyParams] = {
     "none": PolicyParams(p_affine=0.0),
     "reference": PolicyParams(
-        rotation_limit=45.0, scale_min=0.8, scale_max=1.2, isotropic_scale=False,
-        p_affine=1.0, p_hflip=0.5, p_vflip=0.5,
+        rotation_limit=45.0, scale_min=0.8, scale_max=1.2, isotropic_scale=False, p_affine=1.0, p_hflip=0.5, p_vflip=0.5
     ),
     "galaxy": PolicyParams(
-        rotation_limit=180.0, scale_min=0.9, scale_max=1.1, shift_limit=0.03,
-        brightness_limit=0.1, contrast_limit=0.1, noise_std=3.0, blur_sigma=0.8,
-        p_affine=1.0, p_hflip=0.5, p_vflip=0.5, p_color=0.5, p_noise=0.3, p_blur=0.3,
+        rotation_limit=180.0,
+        scale_min=0.9,
+        scale_max=1.1,
+        shift_limit=0.03,
+        brightness_limit=0.1,
+        contrast_limit=0.1,
+        noise_std=3.0,
+        blur_sigma=0.8,
+        p_affine=1.0,
+        p_hflip=0.5,
+        p_vflip=0.5,
+        p_color=0.5,
+        p_noise=0.3,
+        p_blur=0.3,
     ),
 }
 
@@ -129,9 +140,7 @@ def validate_params(params: PolicyParams) -> PolicyParams:
     if not isinstance(params.isotropic_scale, bool):
         raise ConfigError(f"augment strength isotropic_scale={params.isotropic_scale!r} is not true/false")
     if params.border not in _BORDERS:
-        raise ConfigError(
-            f"augment border={params.border!r} is unknown; use one of: {', '.join(_BORDERS)}"
-        )
+        raise ConfigError(f"augment border={params.border!r} is unknown; use one of: {', '.join(_BORDERS)}")
     _check_number("fill", params.fill, 0, 255)
     return params
 
@@ -142,9 +151,7 @@ def policy_params(name: str, **strengths: Any) -> PolicyParams:
         raise ConfigError(f"unknown augment policy {name!r}; use one of: {', '.join(POLICY_NAMES)}")
     unknown = sorted(set(strengths) - set(_FIELD_NAMES))
     if unknown:
-        raise ConfigError(
-            f"unknown augment strength(s) {', '.join(unknown)}; use any of: {', '.join(_FIELD_NAMES)}"
-        )
+        raise ConfigError(f"unknown augment strength(s) {', '.join(unknown)}; use any of: {', '.join(_FIELD_NAMES)}")
     if name == "none" and strengths:
         raise ConfigError(
             f"augment policy 'none' takes no strengths (got {', '.join(sorted(strengths))}); "
@@ -157,34 +164,40 @@ def policy_transforms(params: PolicyParams) -> list[A.BasicTransform]:
     """Return the albumentations transforms of ``params``, leaving out those with no effect."""
     validate_params(params)
     out: list[A.BasicTransform] = []
-    geometric = (params.rotation_limit > 0 or params.shift_limit > 0
-                 or (params.scale_min, params.scale_max) != (1.0, 1.0))
+    geometric = (
+        params.rotation_limit > 0 or params.shift_limit > 0 or (params.scale_min, params.scale_max) != (1.0, 1.0)
+    )
     if geometric and params.p_affine > 0:
         scale = (float(params.scale_min), float(params.scale_max))
-        out.append(A.Affine(
-            rotate=(-float(params.rotation_limit), float(params.rotation_limit)),
-            scale=scale if params.isotropic_scale else {"x": scale, "y": scale},
-            keep_ratio=params.isotropic_scale,
-            translate_percent=(-float(params.shift_limit), float(params.shift_limit)),
-            interpolation=cv2.INTER_LINEAR,
-            border_mode=_BORDERS[params.border],
-            fill=int(params.fill),
-            p=float(params.p_affine),
-        ))
+        out.append(
+            A.Affine(
+                rotate=(-float(params.rotation_limit), float(params.rotation_limit)),
+                scale=scale if params.isotropic_scale else {"x": scale, "y": scale},
+                keep_ratio=params.isotropic_scale,
+                translate_percent=(-float(params.shift_limit), float(params.shift_limit)),
+                interpolation=cv2.INTER_LINEAR,
+                border_mode=_BORDERS[params.border],
+                fill=int(params.fill),
+                p=float(params.p_affine),
+            )
+        )
     if params.p_hflip > 0:
         out.append(A.HorizontalFlip(p=float(params.p_hflip)))
     if params.p_vflip > 0:
         out.append(A.VerticalFlip(p=float(params.p_vflip)))
     if (params.brightness_limit > 0 or params.contrast_limit > 0) and params.p_color > 0:
-        out.append(A.RandomBrightnessContrast(
-            brightness_limit=(-float(params.brightness_limit), float(params.brightness_limit)),
-            contrast_limit=(-float(params.contrast_limit), float(params.contrast_limit)),
-            p=float(params.p_color),
-        ))
+        out.append(
+            A.RandomBrightnessContrast(
+                brightness_limit=(-float(params.brightness_limit), float(params.brightness_limit)),
+                contrast_limit=(-float(params.contrast_limit), float(params.contrast_limit)),
+                p=float(params.p_color),
+            )
+        )
     if params.noise_std > 0 and params.p_noise > 0:
         std = float(params.noise_std) / 255.0  # GaussNoise takes std as a fraction of the max value
-        out.append(A.GaussNoise(std_range=(std / 2, std), mean_range=(0.0, 0.0), per_channel=True,
-                                p=float(params.p_noise)))
+        out.append(
+            A.GaussNoise(std_range=(std / 2, std), mean_range=(0.0, 0.0), per_channel=True, p=float(params.p_noise))
+        )
     if params.blur_sigma > 0 and params.p_blur > 0:
         sigma = float(params.blur_sigma)
         out.append(A.GaussianBlur(sigma_limit=(sigma / 2, sigma), blur_limit=0, p=float(params.p_blur)))
@@ -218,8 +231,7 @@ def _check_images(images: Any) -> np.ndarray:
     return arr
 
 
-def augment_batch(policy: A.Compose, images: np.ndarray,
-                  rng_or_seed: int | np.random.Generator) -> np.ndarray:
+def augment_batch(policy: A.Compose, images: np.ndarray, rng_or_seed: int | np.random.Generator) -> np.ndarray:
     """Augment every image of a uint8 (N, H, W, 3) batch independently; same order, dtype and shape.
 
     A private copy of ``policy`` is seeded from ``rng_or_seed`` so the result depends only on the

@@ -6,6 +6,7 @@ every sample independently, so each extra copy gets its own random augmentation.
 named targets (:func:`multipliers_from_targets`) or from measured per-class recall
 (:func:`auto_multipliers`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,16 +40,19 @@ def check_targets(targets: Any) -> None:
     for key, value in targets.items():
         if isinstance(key, bool) or not isinstance(key, (str, int)) or (isinstance(key, str) and not key.strip()):
             raise ConfigError(f"augment targets key {key!r} is not a class slug, name or index")
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(float(value)) or float(value) < 1.0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(float(value))
+            or float(value) < 1.0
+        ):
             raise ConfigError(
                 f"augment targets {key!r}: multiplier {value!r} must be a finite number >= 1 "
                 "(1 = no extra copies, 2.5 = 1.5 extra copies per image on average)"
             )
 
 
-def multipliers_from_targets(targets: Mapping[str | int, float] | None,
-                             classes: ClassSet = GALAXY10) -> np.ndarray:
+def multipliers_from_targets(targets: Mapping[str | int, float] | None, classes: ClassSet = GALAXY10) -> np.ndarray:
     """Turn ``{class slug/name/index: multiplier}`` into a ``(classes.n,)`` array, 1.0 for classes not named.
 
     Keys are resolved against ``classes``: Galaxy10's by default, or the data file's own class set.
@@ -78,8 +82,14 @@ def multipliers_from_targets(targets: Mapping[str | int, float] | None,
     return out
 
 
-def auto_multipliers(recall: Sequence[float] | Mapping[str, float], *, max_multiplier: float = 4.0,
-                     floor: float = 0.05, classes: ClassSet | None = None, top_k: int | None = None) -> np.ndarray:
+def auto_multipliers(
+    recall: Sequence[float] | Mapping[str, float],
+    *,
+    max_multiplier: float = 4.0,
+    floor: float = 0.05,
+    classes: ClassSet | None = None,
+    top_k: int | None = None,
+) -> np.ndarray:
     """Derive multipliers from per-class validation recall (of an earlier run or a warm-up).
 
     ``m_k = clip(recall_best / max(recall_k, floor), 1, max_multiplier)``: the best class gets 1, a
@@ -88,8 +98,12 @@ def auto_multipliers(recall: Sequence[float] | Mapping[str, float], *, max_multi
     ``recall`` is one number per class in label order, or a mapping with every class of ``classes``
     (Galaxy10's by default). With ``top_k`` only the ``k`` classes of lowest recall are targeted.
     """
-    if isinstance(max_multiplier, bool) or not isinstance(max_multiplier, (int, float)) \
-            or not math.isfinite(max_multiplier) or max_multiplier < 1.0:
+    if (
+        isinstance(max_multiplier, bool)
+        or not isinstance(max_multiplier, (int, float))
+        or not math.isfinite(max_multiplier)
+        or max_multiplier < 1.0
+    ):
         raise ConfigError(f"max_multiplier={max_multiplier!r} must be a finite number >= 1")
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 < floor <= 1.0:
         raise ConfigError(f"floor={floor!r} must be a number in (0, 1]")

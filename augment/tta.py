@@ -4,6 +4,7 @@ Galaxy morphology does not depend on orientation or handedness on the sky, so av
 class probabilities over the 8 exact (interpolation-free) views removes orientation noise.
 View ``j`` is ``rot90(flip(x) if j >= 4 else x, j % 4)`` on the image axes (1, 2).
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,9 +52,9 @@ def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
     return [dihedral_view(arr, j) for j in range(N_VIEWS)]
 
 
-
-def tta_views(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
-              batch_size: int = 256, progress: bool = False) -> np.ndarray:
+def tta_views(
+    predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *, batch_size: int = 256, progress: bool = False
+) -> np.ndarray:
     """``predict_fn``'s (n, C) probabilities for each of the 8 D4 views: float32 ``(8, N, C)``.
 
     ``predict_fn`` gets at most ``batch_size`` images at a time (one view of one batch), so memory
@@ -67,7 +68,7 @@ def tta_views(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray
     chunks = []
     starts = range(0, len(arr), int(batch_size))
     for start in tqdm(starts, desc="TTA", unit="batch", disable=not progress):
-        batch = arr[start:start + batch_size]
+        batch = arr[start : start + batch_size]
         views = []
         for j in range(N_VIEWS):
             probs = np.asarray(predict_fn(dihedral_view(batch, j)))
@@ -89,8 +90,9 @@ def mean_of_views(views: np.ndarray) -> np.ndarray:
     return (total / len(views)).astype(np.float32)
 
 
-def tta_predict(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
-                batch_size: int = 256, progress: bool = False) -> np.ndarray:
+def tta_predict(
+    predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *, batch_size: int = 256, progress: bool = False
+) -> np.ndarray:
     """Average ``predict_fn``'s (n, C) probabilities over the 8 D4 views of each image.
 
     ``predict_fn`` gets at most ``batch_size`` images at a time (one view of one batch), so memory

@@ -16,6 +16,7 @@ should map to the same representation:
 Images are float32 0..255 in and out (the models rescale themselves); every operation runs per image
 inside the graph, so the views cost no Python per sample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +37,14 @@ class ViewPolicy:
     noise: float = 0.03
 
     def __post_init__(self) -> None:
-        for name, value, high in (("zoom", self.zoom, 0.75), ("shift", self.shift, 0.5), ("flux", self.flux, 0.9),
-                                  ("sky", self.sky, 0.5), ("blur", self.blur, 5.0),
-                                  ("noise", self.noise, 0.5)):
+        for name, value, high in (
+            ("zoom", self.zoom, 0.75),
+            ("shift", self.shift, 0.5),
+            ("flux", self.flux, 0.9),
+            ("sky", self.sky, 0.5),
+            ("blur", self.blur, 5.0),
+            ("noise", self.noise, 0.5),
+        ):
             if not isinstance(value, (int, float)) or not 0 <= value <= high:
                 raise ConfigError(f"view policy {name}={value!r} is out of range; use 0-{high:g} (0 turns it off)")
 
@@ -84,8 +90,9 @@ def make_view_fn(size: int, crop: int, policy: ViewPolicy = ViewPolicy()) -> Any
             k = _gaussian_kernel(sigma, radius)
             kx = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
             ky = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
-            blurred = tf.nn.depthwise_conv2d(tf.nn.depthwise_conv2d(x, kx, [1, 1, 1, 1], "SAME"), ky,
-                                             [1, 1, 1, 1], "SAME")
+            blurred = tf.nn.depthwise_conv2d(
+                tf.nn.depthwise_conv2d(x, kx, [1, 1, 1, 1], "SAME"), ky, [1, 1, 1, 1], "SAME"
+            )
             mix = tf.random.uniform([b, 1, 1, 1])
             x = mix * blurred + (1.0 - mix) * x
         if policy.sky > 0:

@@ -10,6 +10,7 @@ or by default a small SYNTHETIC set rendered for the run. Everything is written 
     python benchmarks/bench_backbones.py                       # quick: synthetic 600, 3 backbones, 2 epochs
     python benchmarks/bench_backbones.py --gz2 --full          # every backbone, 2 seeds, 10 epochs, 64 -> 48 px
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,17 @@ BACKBONES: dict[str, list[str]] = {
     # 4-4-8-8 per slice: 32-32-64-64 channels, the reference CNN's widths, so the same multiply-adds per image
     "d4_cnn_small": ["model.name=d4_cnn", "model.params={filters: [4, 4, 8, 8], group_pool: mean}"],
     # ... without batch norm, like the reference CNN (batch norm is most of the D4 CNN's extra time on a CPU)
-    "d4_cnn_small_nobn": ["model.name=d4_cnn", "model.params={filters: [4, 4, 8, 8], batch_norm: false, "
-                          "group_pool: mean}"],
+    "d4_cnn_small_nobn": [
+        "model.name=d4_cnn",
+        "model.params={filters: [4, 4, 8, 8], batch_norm: false, group_pool: mean}",
+    ],
     # the same D4 CNN with the global mean as its invariant pooling (the design before radial pooling)
     "d4_cnn_mean": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], pool: mean, group_pool: mean}"],
     # radial pooling with each ring's maximum as well (sees light covering part of a ring: elongated galaxies)
-    "d4_cnn_max": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], ring_stats: [mean, max], "
-                   "group_pool: mean}"],
+    "d4_cnn_max": [
+        "model.name=d4_cnn",
+        "model.params={filters: [4, 8, 16, 16], ring_stats: [mean, max], group_pool: mean}",
+    ],
     # orientation pooling: the maximum over the 8 orientations before the ring means (keeps anisotropy)
     "d4_cnn_gmax": ["model.name=d4_cnn", "model.params={filters: [4, 8, 16, 16], group_pool: max}"],
     "efficientnetv2": ["model.name=efficientnetv2", "model.params={variant: B0}"],
@@ -65,9 +70,18 @@ def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa:
     from experiments.training import predict_probs, train
     from models.cost import multiply_adds
 
-    sets = [f"data.size={args.size}", f"data.crop={args.crop}", f"train.epochs={args.epochs}",
-            "train.patience=null", "train.monitor=val_loss", f"train.seed={seed}", f"augment.policy={args.policy}",
-            "augment.targets=null", f"train.precision={args.precision}", *BACKBONES[name]]
+    sets = [
+        f"data.size={args.size}",
+        f"data.crop={args.crop}",
+        f"train.epochs={args.epochs}",
+        "train.patience=null",
+        "train.monitor=val_loss",
+        f"train.seed={seed}",
+        f"augment.policy={args.policy}",
+        "augment.targets=null",
+        f"train.precision={args.precision}",
+        *BACKBONES[name],
+    ]
     cfg = load_config(None, sets)
     with tracker_factory(f"bench-{name}-seed{seed}") as tracker:
         start = time.perf_counter()
@@ -80,12 +94,20 @@ def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa:
     m = result.val_metrics
     recalls = {s: m[f"recall_{s}"] for s in data.class_slugs}
     weakest = min(recalls, key=recalls.get)
-    return {"backbone": name, "seed": seed, "accuracy": m["accuracy"], "balanced": m["balanced_accuracy"],
-            "weakest": weakest, "weakest_recall": recalls[weakest],
-            "train_ips": len(data.train) * result.fit.epochs_run / result.fit.seconds,
-            "predict_ips": len(data.val) / predict_s, "params": result.model.count_params(), "seconds": seconds,
-            "macs": multiply_adds(result.model),
-            "recalls": recalls}
+    return {
+        "backbone": name,
+        "seed": seed,
+        "accuracy": m["accuracy"],
+        "balanced": m["balanced_accuracy"],
+        "weakest": weakest,
+        "weakest_recall": recalls[weakest],
+        "train_ips": len(data.train) * result.fit.epochs_run / result.fit.seconds,
+        "predict_ips": len(data.val) / predict_s,
+        "params": result.model.count_params(),
+        "seconds": seconds,
+        "macs": multiply_adds(result.model),
+        "recalls": recalls,
+    }
 
 
 def main() -> int:
@@ -97,10 +119,18 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--crop", type=int, default=48)
     parser.add_argument("--backbones", default="reference_cnn,resnet,d4_cnn_gmax")
-    parser.add_argument("--policy", default="galaxy", help="augmentation policy of every run (none, reference, "
-                        "galaxy); none shows what the D4 symmetry adds where augmentation does not teach it")
-    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_bfloat16"),
-                        help="precision of every run (auto: bfloat16 only where this machine computes it natively)")
+    parser.add_argument(
+        "--policy",
+        default="galaxy",
+        help="augmentation policy of every run (none, reference, "
+        "galaxy); none shows what the D4 symmetry adds where augmentation does not teach it",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "float32", "mixed_bfloat16"),
+        help="precision of every run (auto: bfloat16 only where this machine computes it natively)",
+    )
     parser.add_argument("--tracking-uri", default=None, help="log every run to this MLflow store")
     add_full_flag(parser, {"epochs": 10, "seeds": 2, "backbones": ",".join(BACKBONES)})
     args = parse_with_full(parser)
@@ -125,36 +155,45 @@ def main() -> int:
         data = load_training_data(DataConfig(size=args.size, crop=args.crop), path)
         if args.tracking_uri:
             from experiments.tracking.mlflow_tracker import MlflowTracker
+            from experiments.tracking.workspace import Workspace
 
             def tracker_factory(run_name: str):  # noqa: ANN202
-                return MlflowTracker("bench-backbones", run_name, tracking_uri=args.tracking_uri)
+                return MlflowTracker("bench-backbones", run_name, ws=Workspace.of(args.tracking_uri))
         else:
             from experiments.tracking.base import NullTracker
 
             def tracker_factory(run_name: str):  # noqa: ANN202
                 return contextlib.nullcontext(NullTracker())
+
         kind = "SYNTHETIC" if data.synthetic else "real"
-        print(f"data: {path.name} ({kind}), {len(data.train)} train / {len(data.val)} val images, "
-              f"{data.num_classes} classes ({', '.join(data.class_slugs)}); {args.size} -> {args.crop} px, "
-              f"{args.epochs} epochs, {resolve_precision(args.precision)}, {args.policy} policy; "
-              "validation split only", flush=True)
+        print(
+            f"data: {path.name} ({kind}), {len(data.train)} train / {len(data.val)} val images, "
+            f"{data.num_classes} classes ({', '.join(data.class_slugs)}); {args.size} -> {args.crop} px, "
+            f"{args.epochs} epochs, {resolve_precision(args.precision)}, {args.policy} policy; "
+            "validation split only",
+            flush=True,
+        )
         rows = []
         for name in names:
             for seed in range(args.seeds if name in SEEDED else 1):
                 row = run_one(name, seed, data, args, tracker_factory)
                 rows.append(row)
-                print(f"  {name:<15} seed {seed}: val acc {row['accuracy']:.3f}, balanced {row['balanced']:.3f}, "
-                      f"weakest {row['weakest']} {row['weakest_recall']:.2f}, {row['train_ips']:.0f} train img/s, "
-                      f"{row['predict_ips']:.0f} predict img/s, {row['params']:,} params, {row['macs'] / 1e6:.1f}M "
-                      f"multiply-adds/image, {row['seconds']:.0f} s",
-                      flush=True)
+                print(
+                    f"  {name:<15} seed {seed}: val acc {row['accuracy']:.3f}, balanced {row['balanced']:.3f}, "
+                    f"weakest {row['weakest']} {row['weakest_recall']:.2f}, {row['train_ips']:.0f} train img/s, "
+                    f"{row['predict_ips']:.0f} predict img/s, {row['params']:,} params, {row['macs'] / 1e6:.1f}M "
+                    f"multiply-adds/image, {row['seconds']:.0f} s",
+                    flush=True,
+                )
     ref = [r for r in rows if r["backbone"] == "reference_cnn"]
     ref_ips = np.mean([r["train_ips"] for r in ref]) if ref else float("nan")
     ref_pred = np.mean([r["predict_ips"] for r in ref]) if ref else float("nan")
     ref_bal = np.mean([r["balanced"] for r in ref]) if ref else float("nan")
     ref_macs = ref[0]["macs"] if ref else float("nan")
-    print("\n| backbone | seeds | val accuracy | balanced accuracy | weakest class (recall) | train img/s (x ref) "
-          "| predict img/s (x ref) | parameters | multiply-adds per image (x ref) |")
+    print(
+        "\n| backbone | seeds | val accuracy | balanced accuracy | weakest class (recall) | train img/s (x ref) "
+        "| predict img/s (x ref) | parameters | multiply-adds per image (x ref) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         rs = [r for r in rows if r["backbone"] == name]
@@ -163,11 +202,13 @@ def main() -> int:
         weakest = min(mean_recall, key=mean_recall.get)
         ips, pred = np.mean([r["train_ips"] for r in rs]), np.mean([r["predict_ips"] for r in rs])
         spread = lambda a: f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else ""  # noqa: E731
-        print(f"| {name} | {len(rs)} | {acc.mean():.3f}{spread(acc)} | {bal.mean():.3f}{spread(bal)} "
-              f"(x{bal.mean() / ref_bal:.2f}) | {weakest} ({mean_recall[weakest]:.2f}) "
-              f"| {ips:.0f} (x{ips / ref_ips:.2f}) "
-              f"| {pred:.0f} (x{pred / ref_pred:.2f}) | {rs[0]['params']:,} "
-              f"| {rs[0]['macs'] / 1e6:.1f}M (x{rs[0]['macs'] / ref_macs:.2f}) |")
+        print(
+            f"| {name} | {len(rs)} | {acc.mean():.3f}{spread(acc)} | {bal.mean():.3f}{spread(bal)} "
+            f"(x{bal.mean() / ref_bal:.2f}) | {weakest} ({mean_recall[weakest]:.2f}) "
+            f"| {ips:.0f} (x{ips / ref_ips:.2f}) "
+            f"| {pred:.0f} (x{pred / ref_pred:.2f}) | {rs[0]['params']:,} "
+            f"| {rs[0]['macs'] / 1e6:.1f}M (x{rs[0]['macs'] / ref_macs:.2f}) |"
+        )
     return 0
 
 

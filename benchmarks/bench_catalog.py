@@ -13,6 +13,7 @@
 The images are random uint8 pixels written to a temporary Galaxy10-schema file (marked SYNTHETIC; their
 content does not change the speed). Run: ``python benchmarks/bench_catalog.py`` (quick) or ``--full``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,9 @@ def make_predictor(backbone: str, size: int, crop: int, tta: bool):  # noqa: ANN
 
     cfg = load_config(None, [f"model.name={backbone}"])
     model = build_model(cfg.model, input_size=crop, num_classes=10, precision="auto")
-    card = ModelCard(uri=f"bench:{backbone}", kind="keras", size=size, crop=crop, class_names=GALAXY10.names,
-                     synthetic=True)
+    card = ModelCard(
+        uri=f"bench:{backbone}", kind="keras", size=size, crop=crop, class_names=GALAXY10.names, synthetic=True
+    )
     return keras_predictor(card, (model, {"size": size, "crop": crop, "tta": tta}))
 
 
@@ -84,8 +86,17 @@ def plain_loop(predictor, data: Path, batch: int) -> float:  # noqa: ANN001
 
 
 def child_run(args: argparse.Namespace, data: Path, out: Path) -> dict:
-    code = CHILD.format(root=str(ROOT), bench=str(Path(__file__).parent), backbone=args.backbone, size=args.size,
-                        crop=args.crop, tta=args.tta, data=str(data), out=str(out), chunk=args.chunk_size)
+    code = CHILD.format(
+        root=str(ROOT),
+        bench=str(Path(__file__).parent),
+        backbone=args.backbone,
+        size=args.size,
+        crop=args.crop,
+        tta=args.tta,
+        data=str(data),
+        out=str(out),
+        chunk=args.chunk_size,
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"catalog child failed:\n{proc.stderr[-3000:]}")
@@ -118,12 +129,20 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.repeats):
             plain.append(plain_loop(predictor, data, args.batch))
             t0 = time.perf_counter()
-            run_catalog(plan_catalog_inputs([str(data)]), predictor, tmp / f"cat{r}.parquet",
-                        chunk_size=args.chunk_size, workers=2, batch_size=args.batch)
+            run_catalog(
+                plan_catalog_inputs([str(data)]),
+                predictor,
+                tmp / f"cat{r}.parquet",
+                chunk_size=args.chunk_size,
+                workers=2,
+                batch_size=args.batch,
+            )
             job.append(time.perf_counter() - t0)
         a, b = args.rows / min(plain), args.rows / min(job)
-        print(f"\n1. throughput, {args.rows} rows of {args.side} px, {args.backbone} {args.size}->{args.crop} px, "
-              f"TTA {'on' if args.tta else 'off'}, batch {args.batch}, best of {args.repeats}, {os.cpu_count()} CPUs:")
+        print(
+            f"\n1. throughput, {args.rows} rows of {args.side} px, {args.backbone} {args.size}->{args.crop} px, "
+            f"TTA {'on' if args.tta else 'off'}, batch {args.batch}, best of {args.repeats}, {os.cpu_count()} CPUs:"
+        )
         print(f"   plain predict loop : {a:8.1f} images/s")
         print(f"   galaxy10 catalog   : {b:8.1f} images/s  = {100 * b / a:.0f}% of the plain loop (goal >= 90%)")
 
@@ -132,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         big_run = child_run(args, big, tmp / "m10.parquet")
         print(f"\n2. peak resident memory of the catalog job (fresh process each, chunk {args.chunk_size}):")
         print(f"   {small_run['rows']:>7} rows: {small_run['peak_mib']:7.0f} MiB ({small_run['seconds']:.1f} s)")
-        print(f"   {big_run['rows']:>7} rows: {big_run['peak_mib']:7.0f} MiB ({big_run['seconds']:.1f} s)  "
-              f"= x{big_run['peak_mib'] / small_run['peak_mib']:.2f} for x10 the rows")
+        print(
+            f"   {big_run['rows']:>7} rows: {big_run['peak_mib']:7.0f} MiB ({big_run['seconds']:.1f} s)  "
+            f"= x{big_run['peak_mib'] / small_run['peak_mib']:.2f} for x10 the rows"
+        )
         print(f"   (the 10x file holds {10 * args.rows * args.side * args.side * 3 / 2**20:.0f} MiB of pixels)")
         missing = spark_missing()
         if args.no_spark:
@@ -166,6 +187,7 @@ def spark_arm(args: argparse.Namespace, data: Path, tmp: Path) -> None:
     from experiments.serving.predictor import load_predictor
     from experiments.settings.run import load_config
     from experiments.tracking.mlflow_tracker import MlflowTracker
+    from experiments.tracking.workspace import Workspace
     from models import build_model
     from pipelines.classes import GALAXY10
     from pipelines.preprocess import PREPROCESS_VERSION
@@ -173,25 +195,35 @@ def spark_arm(args: argparse.Namespace, data: Path, tmp: Path) -> None:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     cfg = load_config(None, [f"model.name={args.backbone}"])
     model = build_model(cfg.model, input_size=args.crop, num_classes=10, precision="float32")
-    meta = {"size": args.size, "crop": args.crop, "preprocess_version": PREPROCESS_VERSION,
-            "class_names": list(GALAXY10.names), "class_slugs": list(GALAXY10.slugs), "data_fingerprint": "bench",
-            "synthetic": True, "provenance": "benchmarks/bench_catalog.py (untrained)", "tta": args.tta}
-    with MlflowTracker("bench-catalog", "model", tracking_uri=uri) as tracker:
-        model_uri = tracker.log_keras_model(model, meta=meta,
-                                            input_example=np.zeros((1, args.crop, args.crop, 3), np.float32))
-    predictor = load_predictor(model_uri, tracking_uri=uri)
+    meta = {
+        "size": args.size,
+        "crop": args.crop,
+        "preprocess_version": PREPROCESS_VERSION,
+        "class_names": list(GALAXY10.names),
+        "class_slugs": list(GALAXY10.slugs),
+        "data_fingerprint": "bench",
+        "synthetic": True,
+        "provenance": "benchmarks/bench_catalog.py (untrained)",
+        "tta": args.tta,
+    }
+    with MlflowTracker("bench-catalog", "model", ws=Workspace.of(uri)) as tracker:
+        model_uri = tracker.log_keras_model(
+            model, meta=meta, input_example=np.zeros((1, args.crop, args.crop, 3), np.float32)
+        )
+    predictor = load_predictor(model_uri, ws=Workspace.of(uri))
     inputs = plan_catalog_inputs([str(data)])
     t0 = time.perf_counter()
-    run_catalog(inputs, predictor, tmp / "native.parquet", chunk_size=args.chunk_size, workers=2,
-                batch_size=args.batch)
+    run_catalog(inputs, predictor, tmp / "native.parquet", chunk_size=args.chunk_size, workers=2, batch_size=args.batch)
     native = time.perf_counter() - t0
     t0 = time.perf_counter()
     run_catalog_spark(inputs, predictor, tmp / "spark.parquet", master="local[*]")
     spark = time.perf_counter() - t0
     print(f"\n3. Spark local[*] vs native, {args.rows} rows (float32 model logged to MLflow, {os.cpu_count()} CPUs):")
     print(f"   native catalog job : {args.rows / native:8.1f} images/s ({native:.1f} s)")
-    print(f"   --engine spark     : {args.rows / spark:8.1f} images/s ({spark:.1f} s, Spark start-up included) "
-          f"= {100 * native / spark:.0f}% of the native job's speed")
+    print(
+        f"   --engine spark     : {args.rows / spark:8.1f} images/s ({spark:.1f} s, Spark start-up included) "
+        f"= {100 * native / spark:.0f}% of the native job's speed"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 
 Usage: ``python benchmarks/bench_data.py [--n 32] [--size 256] [--prep-n 1000] [--repeats 3]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,14 +55,13 @@ def _reference(images: np.ndarray) -> np.ndarray:
 
     resized = tf.image.resize(images.astype(np.float32), [RESIZE, RESIZE])
     lo = (RESIZE - CROP) // 2
-    return resized[:, lo:lo + CROP, lo:lo + CROP].numpy()
+    return resized[:, lo : lo + CROP, lo : lo + CROP].numpy()
 
 
 def _pillow_box(images: np.ndarray) -> np.ndarray:
     from PIL import Image
 
-    return np.stack([np.asarray(Image.fromarray(im).resize((RESIZE, RESIZE), Image.Resampling.BOX))
-                     for im in images])
+    return np.stack([np.asarray(Image.fromarray(im).resize((RESIZE, RESIZE), Image.Resampling.BOX)) for im in images])
 
 
 def _measure(method: str, images_path: str, repeats: int, out_path: str) -> dict:
@@ -103,9 +103,11 @@ def bench_render(tmp: Path, n: int, size: int, workers: int | None) -> np.ndarra
     t0 = time.perf_counter()
     path = render_dataset(tmp / "bench_synth.h5", n=n, size=size, seed=0, workers=workers, progress=False)
     seconds = time.perf_counter() - t0
-    print(f"1. synthetic rendering: {n} images of {size} px in {seconds:.2f} s = "
-          f"{n / seconds:.1f} images/s (workers={workers or 'default'}, {os.cpu_count()} CPUs, "
-          "including pool start-up and HDF5 write)")
+    print(
+        f"1. synthetic rendering: {n} images of {size} px in {seconds:.2f} s = "
+        f"{n / seconds:.1f} images/s (workers={workers or 'default'}, {os.cpu_count()} CPUs, "
+        "including pool start-up and HDF5 write)"
+    )
     with Galaxy10File(path) as f:
         return f.images()
 
@@ -116,8 +118,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="image size in px (default: 256)")
     parser.add_argument("--prep-n", type=int, default=1000, help="images to preprocess (default: 1000)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats, best kept (default: 3)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="render_dataset workers (default: its own)")
+    parser.add_argument("--workers", type=int, default=None, help="render_dataset workers (default: its own)")
     args = parser.parse_args()
     quiet_startup()
 
@@ -131,30 +132,39 @@ def main() -> None:
         else:
             source = f"the {len(rendered)} rendered synthetic images"
         reps = -(-args.prep_n // len(rendered))
-        images = np.concatenate([rendered] * reps)[:args.prep_n]
+        images = np.concatenate([rendered] * reps)[: args.prep_n]
         images_path = tmp / "images.npy"
         np.save(images_path, images)
-        print(f"2. preprocessing {len(images)} images {args.size} -> {RESIZE} px -> centre {CROP} px, "
-              f"tiled from {source}; input {images.nbytes / 2**20:.0f} MiB; best of {args.repeats}, "
-              "each method in a fresh process")
-        res = {m: _in_fresh_process(m, str(images_path), args.repeats, str(tmp / f"{m}.npy"))
-               for m in ("ours", "reference", "pillow_box")}
+        print(
+            f"2. preprocessing {len(images)} images {args.size} -> {RESIZE} px -> centre {CROP} px, "
+            f"tiled from {source}; input {images.nbytes / 2**20:.0f} MiB; best of {args.repeats}, "
+            "each method in a fresh process"
+        )
+        res = {
+            m: _in_fresh_process(m, str(images_path), args.repeats, str(tmp / f"{m}.npy"))
+            for m in ("ours", "reference", "pillow_box")
+        }
         per_1000 = {m: 1000 * r["seconds"] / len(images) for m, r in res.items()}
         ours, ref = np.load(tmp / "ours.npy"), np.load(tmp / "reference.npy")
         mem = "peak RSS" if res["ours"]["exact_peak"] else "maxrss delta"
-        for name, label in (("ours", "ours (cv2 INTER_AREA uint8, crop)"),
-                            ("reference", "reference (tf.image.resize f32, slice)")):
-            print(f"   {label:<40} {per_1000[name]:7.3f} s / 1000 images, "
-                  f"{mem} +{res[name]['peak_mib']:.0f} MiB")
-        print(f"   ratio reference / ours: {per_1000['reference'] / per_1000['ours']:.1f}x time, "
-              f"{res['reference']['peak_mib'] / max(res['ours']['peak_mib'], 1e-9):.1f}x memory; output "
-              f"{ours.nbytes / 2**20:.0f} MiB uint8 vs {ref.nbytes / 2**20:.0f} MiB float32")
+        for name, label in (
+            ("ours", "ours (cv2 INTER_AREA uint8, crop)"),
+            ("reference", "reference (tf.image.resize f32, slice)"),
+        ):
+            print(f"   {label:<40} {per_1000[name]:7.3f} s / 1000 images, {mem} +{res[name]['peak_mib']:.0f} MiB")
+        print(
+            f"   ratio reference / ours: {per_1000['reference'] / per_1000['ours']:.1f}x time, "
+            f"{res['reference']['peak_mib'] / max(res['ours']['peak_mib'], 1e-9):.1f}x memory; output "
+            f"{ours.nbytes / 2**20:.0f} MiB uint8 vs {ref.nbytes / 2**20:.0f} MiB float32"
+        )
         diff = np.abs(ours.astype(np.float32) - ref)
-        print(f"   pixel agreement: mean |ours - reference| = {diff.mean():.3f} grey levels, "
-              f"max {diff.max():.2f}")
-        print(f"3. resize backend: Pillow BOX {per_1000['pillow_box']:.3f} s / 1000 images (resize only) "
-              f"vs ours {per_1000['ours']:.3f} s (resize + crop): OpenCV "
-              f"{per_1000['pillow_box'] / per_1000['ours']:.1f}x faster")
+        print(f"   pixel agreement: mean |ours - reference| = {diff.mean():.3f} grey levels, max {diff.max():.2f}")
+        print(
+            f"3. resize backend: Pillow BOX {per_1000['pillow_box']:.3f} s / 1000 images (resize only) "
+            f"vs ours {per_1000['ours']:.3f} s (resize + crop): OpenCV "
+            f"{per_1000['pillow_box'] / per_1000['ours']:.1f}x faster"
+        )
+
 
 if __name__ == "__main__":
     main()

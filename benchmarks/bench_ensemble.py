@@ -21,6 +21,7 @@ Data: ``--data FILE`` (any Galaxy10-schema file of at least 128 px), by default 
 
 Usage: ``python benchmarks/bench_ensemble.py [--data FILE] [--epochs 3]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,16 +75,26 @@ def measure(args: argparse.Namespace) -> None:
     from models import build_model
 
     print(f"CPUs: {os.cpu_count()}, load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    cfg = load_config(str(ROOT / "experiments" / "configs" / "reference.yaml"),
-                      [f"data.path={args.data}", "data.size=64", "data.crop=48", f"train.epochs={args.epochs}",
-                       "train.patience=null", "augment.policy=galaxy"])
+    cfg = load_config(
+        str(ROOT / "experiments" / "configs" / "reference.yaml"),
+        [
+            f"data.path={args.data}",
+            "data.size=64",
+            "data.crop=48",
+            f"train.epochs={args.epochs}",
+            "train.patience=null",
+            "augment.policy=galaxy",
+        ],
+    )
     data = load_training_data(cfg.data)
     kind = "SYNTHETIC" if data.synthetic else data.provenance
     print(f"data: {data.path} ({kind}), {len(data.train)} train / {len(data.val)} val images")
     start = time.perf_counter()
     result = train(cfg, NullTracker(), data=data, log_model=False, verbose=0)
-    print(f"quick CNN (tune_quick recipe at 64/48 px, {args.epochs} epochs): trained in "
-          f"{time.perf_counter() - start:.0f} s, val accuracy {result.val_metrics['accuracy']:.3f}")
+    print(
+        f"quick CNN (tune_quick recipe at 64/48 px, {args.epochs} epochs): trained in "
+        f"{time.perf_counter() - start:.0f} s, val accuracy {result.val_metrics['accuracy']:.3f}"
+    )
 
     # 1. Embedding throughput
     rows = np.concatenate([data.train, data.val])
@@ -92,14 +103,17 @@ def measure(args: argparse.Namespace) -> None:
     reference = build_model(ModelConfig(), input_size=88, num_classes=data.num_classes)
     print("\n1. embedding throughput (images/s, cache off, batch 256)")
     print(f"   {'CNN':<34} {'plain':>8} {'TTA x8':>8}")
-    for label, model, source in (("tune_quick CNN, 64 px -> 48 crop", result.model, data),
-                                 ("reference CNN, 128 px -> 88 crop", reference, ref_data)):
+    for label, model, source in (
+        ("tune_quick CNN, 64 px -> 48 crop", result.model, data),
+        ("reference CNN, 128 px -> 88 crop", reference, ref_data),
+    ):
         plain = CNNEmbedder(model, cache_dir=False, progress=False).fit()
         tta = CNNEmbedder(model, tta=True, cache_dir=False, progress=False).fit()
-        sub = rows[:args.tta_images]
+        sub = rows[: args.tta_images]
         r_plain = _rate(lambda e=plain, s=source: e.embed(s.images, rows, split="b", data_fingerprint="b"), len(rows))
-        r_tta = _rate(lambda e=tta, s=source, r=sub: e.embed(s.images, r, split="b", data_fingerprint="b"), len(sub),
-                      repeats=1)
+        r_tta = _rate(
+            lambda e=tta, s=source, r=sub: e.embed(s.images, r, split="b", data_fingerprint="b"), len(sub), repeats=1
+        )
         print(f"   {label:<34} {r_plain:8.0f} {r_tta:8.0f}")
 
     # 2. Second-stage fit times on the trained CNN's embeddings
@@ -109,10 +123,14 @@ def measure(args: argparse.Namespace) -> None:
     y_tr, y_va = data.labels[data.train], data.labels[data.val]
     shipped = config_from_dict(read_config_yaml(os.path.join(ROOT, "experiments", "configs", "ensemble.yaml")))
     fold = len(y_tr) // 3
-    print(f"\n2. second-stage fit time (s, 1 thread) on {tr.embeddings.shape[1]}-d embeddings; "
-          f"ratio = fit time / logreg's")
-    print(f"   {'model':<14} {'fit ' + str(fold) + ' rows':>13} {'ratio':>6} {'fit ' + str(len(y_tr)) + ' rows':>14} "
-          f"{'ratio':>6} {'predict val':>11} {'val acc':>8}")
+    print(
+        f"\n2. second-stage fit time (s, 1 thread) on {tr.embeddings.shape[1]}-d embeddings; "
+        f"ratio = fit time / logreg's"
+    )
+    print(
+        f"   {'model':<14} {'fit ' + str(fold) + ' rows':>13} {'ratio':>6} {'fit ' + str(len(y_tr)) + ' rows':>14} "
+        f"{'ratio':>6} {'predict val':>11} {'val acc':>8}"
+    )
     base: dict[str, float] = {}
     limit = threadpool_limits(limits=1)  # what galaxy10 ensemble does (n_jobs: null)
     for name in MODEL_NAMES:
@@ -130,15 +148,19 @@ def measure(args: argparse.Namespace) -> None:
                 acc = float(np.mean(probs.argmax(axis=1) == y_va))
         if name == "logreg":
             base = times
-        print(f"   {name:<14} {times[fold]:13.2f} {times[fold] / base[fold]:6.1f} {times[len(y_tr)]:14.2f} "
-              f"{times[len(y_tr)] / base[len(y_tr)]:6.1f} {predict:11.3f} {acc:8.3f}")
+        print(
+            f"   {name:<14} {times[fold]:13.2f} {times[fold] / base[fold]:6.1f} {times[len(y_tr)]:14.2f} "
+            f"{times[len(y_tr)] / base[len(y_tr)]:6.1f} {predict:11.3f} {acc:8.3f}"
+        )
     limit.restore_original_limits()
     est = make_second_stage("logreg", shipped.second_stage.get("logreg", {}), seed=0, n_jobs=1)
     start = time.perf_counter()
     est.fit(tr.embeddings[:fold], y_tr[:fold])
     free = time.perf_counter() - start
-    print(f"   logreg on {fold} rows with the default BLAS/OpenMP threads: {free:.2f} s "
-          f"({free / base[fold]:.1f}x the 1-thread time)")
+    print(
+        f"   logreg on {fold} rows with the default BLAS/OpenMP threads: {free:.2f} s "
+        f"({free / base[fold]:.1f}x the 1-thread time)"
+    )
     print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

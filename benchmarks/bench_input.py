@@ -24,6 +24,7 @@ same random draws (checked against ``keras.src.legacy.preprocessing.image`` whil
 
 Usage: ``python benchmarks/bench_input.py [--steps 30] [--rounds 3] [--warmup 5] [--batch 64] [--n 2048]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,9 @@ def _offset_center(matrix: np.ndarray, h: int, w: int) -> np.ndarray:
     return offset @ matrix @ reset
 
 
-def reference_random_transform(x: np.ndarray, rng: np.random.RandomState, rotation_range: float = 45.0,
-                               zoom_range: float = 0.2) -> np.ndarray:
+def reference_random_transform(
+    x: np.ndarray, rng: np.random.RandomState, rotation_range: float = 45.0, zoom_range: float = 0.2
+) -> np.ndarray:
     """One float32 (H, W, C) image through ImageDataGenerator.random_transform + apply_transform."""
     import scipy.ndimage
 
@@ -83,8 +85,10 @@ def reference_random_transform(x: np.ndarray, rng: np.random.RandomState, rotati
     m[:, [0, 1]] = m[:, [1, 0]]  # Keras' x/y <-> row/col swap
     m[[0, 1]] = m[[1, 0]]
     channels = np.rollaxis(x, 2, 0)
-    out = np.stack([scipy.ndimage.affine_transform(c, m[:2, :2], m[:2, 2], order=1, mode="nearest", cval=0.0)
-                    for c in channels], axis=0)
+    out = np.stack(
+        [scipy.ndimage.affine_transform(c, m[:2, :2], m[:2, 2], order=1, mode="nearest", cval=0.0) for c in channels],
+        axis=0,
+    )
     out = np.rollaxis(out, 0, 3)
     if flip_h:
         out = out[:, ::-1]
@@ -93,8 +97,9 @@ def reference_random_transform(x: np.ndarray, rng: np.random.RandomState, rotati
     return out
 
 
-def reference_flow(images: np.ndarray, labels: np.ndarray, batch_size: int, crop: int,
-                   seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def reference_flow(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, crop: int, seed: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """NumpyArrayIterator semantics: float32 copy of x, per-epoch shuffle, per-image Python loop."""
     x = np.asarray(images, dtype=np.float32)  # flow() keeps the whole array as float32
     rng = np.random.RandomState(seed)
@@ -102,11 +107,11 @@ def reference_flow(images: np.ndarray, labels: np.ndarray, batch_size: int, crop
     while True:
         order = rng.permutation(len(x))
         for start in range(0, len(x) - batch_size + 1, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = np.zeros((len(idx), *x.shape[1:]), dtype=np.float32)
             for i, j in enumerate(idx):
                 batch[i] = reference_random_transform(x[j], rng)
-            yield batch[:, lo:lo + crop, lo:lo + crop], labels[idx].astype(np.int32)
+            yield batch[:, lo : lo + crop, lo : lo + crop], labels[idx].astype(np.int32)
 
 
 def keras2_enqueued(gen: Iterator, max_queue_size: int = 10) -> Iterator:
@@ -143,8 +148,12 @@ def _model(precision: str):
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     model = build_model(ModelConfig(), input_size=CROP, precision=precision)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=False)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
     return model
 
 
@@ -178,20 +187,29 @@ def main() -> None:
     from pipelines.inputs import make_train_dataset
 
     images, labels = galaxy_like_images(args.n)
-    print(f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}, "
-          f"TF threads intra={tf.config.threading.get_intra_op_parallelism_threads()}")
-    print(f"{args.n} images at {SIZE} px -> crop {CROP}, batch {args.batch}, {args.steps} timed steps, "
-          f"reference CNN, {args.precision}")
+    print(
+        f"cpus: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}, "
+        f"TF threads intra={tf.config.threading.get_intra_op_parallelism_threads()}"
+    )
+    print(
+        f"{args.n} images at {SIZE} px -> crop {CROP}, batch {args.batch}, {args.steps} timed steps, "
+        f"reference CNN, {args.precision}"
+    )
 
     aug = functools.partial(augment_batch, build_policy("reference"))
-    x_fixed = np.ascontiguousarray(images[:args.batch * 4, 20:20 + CROP, 20:20 + CROP]).astype(np.float32)
-    fixed = tf.data.Dataset.from_tensor_slices((x_fixed, labels[:len(x_fixed)].astype(np.int32))) \
-        .batch(args.batch).cache().repeat()
+    x_fixed = np.ascontiguousarray(images[: args.batch * 4, 20 : 20 + CROP, 20 : 20 + CROP]).astype(np.float32)
+    fixed = (
+        tf.data.Dataset.from_tensor_slices((x_fixed, labels[: len(x_fixed)].astype(np.int32)))
+        .batch(args.batch)
+        .cache()
+        .repeat()
+    )
     # Each timed round starts a fresh feed (empty queues), so no method gets batches made earlier.
     feeds = {
         "model only": lambda r: fixed,
-        "ours": lambda r: make_train_dataset(images, labels, batch_size=args.batch, crop=CROP, augment_fn=aug,
-                                             seed=r, parallel_calls=args.parallel_calls).repeat(),
+        "ours": lambda r: make_train_dataset(
+            images, labels, batch_size=args.batch, crop=CROP, augment_fn=aug, seed=r, parallel_calls=args.parallel_calls
+        ).repeat(),
         "reference": lambda r: keras2_enqueued(reference_flow(images, labels, args.batch, CROP, seed=r)),
     }
     models = {name: _model(args.precision) for name in feeds}
@@ -226,10 +244,14 @@ def main() -> None:
     print("input alone (no model)")
     print(f"  {'ours':<32}{ours_alone:>10.1f}")
     print(f"  {'reference':<32}{ref_alone:>10.1f}")
-    print(f"ratio ours / reference (training, median of per-round ratios): {np.median(ratios):.2f}x "
-          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
-    print(f"ours keeps the CNN at {100 * med['ours'] / med['model only']:.0f}% of its unfed speed, "
-          f"reference at {100 * med['reference'] / med['model only']:.0f}%")
+    print(
+        f"ratio ours / reference (training, median of per-round ratios): {np.median(ratios):.2f}x "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    print(
+        f"ours keeps the CNN at {100 * med['ours'] / med['model only']:.0f}% of its unfed speed, "
+        f"reference at {100 * med['reference'] / med['model only']:.0f}%"
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

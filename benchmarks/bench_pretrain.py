@@ -11,6 +11,7 @@
     python benchmarks/bench_pretrain.py                       # quick: synthetic pool and bed, 2 epochs, 1 x 3
     python benchmarks/bench_pretrain.py --full --work /tmp/pre   # the real pool and GZ2 bed, 1 x 5 folds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,13 @@ from common import ROOT, add_full_flag, cli_env, galaxy10, make_bed, parse_with_
 
 UNLABELED = ROOT.parent / "shared" / "data" / "unlabeled" / "gz2_sdss_1980" / "images"
 #: The fine-tuning recipe: the catalog study's start point as a run config (tune_catalog.yaml's first point).
-D4_RECIPE = {"experiment_name": "bench-pretrain", "data": {"size": 64, "crop": 48},
-             "augment": {"policy": "galaxy", "tta": True},
-             "model": {"name": "d4_cnn", "params": {"filters": [4, 8, 16, 16], "group_pool": "max"}, "dropout": 0.5},
-             "train": {"epochs": 40, "patience": 10, "monitor": "val_loss", "precision": "auto",
-                       "learning_rate": 1.0e-3}}
+D4_RECIPE = {
+    "experiment_name": "bench-pretrain",
+    "data": {"size": 64, "crop": 48},
+    "augment": {"policy": "galaxy", "tta": True},
+    "model": {"name": "d4_cnn", "params": {"filters": [4, 8, 16, 16], "group_pool": "max"}, "dropout": 0.5},
+    "train": {"epochs": 40, "patience": 10, "monitor": "val_loss", "precision": "auto", "learning_rate": 1.0e-3},
+}
 
 
 def epoch_seconds(tracking_uri: str, run_id: str) -> np.ndarray:
@@ -47,8 +50,12 @@ def main() -> int:
     parser.add_argument("--fractions", default="0.25,1.0", help="shares of the training labels, comma-separated")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--fine-tune-epochs", type=int, default=2,
-                        help="epochs of both recipes (0: the recipe's own 40, with early stopping)")
+    parser.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=2,
+        help="epochs of both recipes (0: the recipe's own 40, with early stopping)",
+    )
     parser.add_argument("--work", help="keep the stores here (resumable); default: a temporary folder")
     add_full_flag(parser, {"bed": "gz2", "epochs": 30, "fractions": "0.1,0.25,1.0", "folds": 5, "fine_tune_epochs": 0})
     args = parse_with_full(parser)
@@ -61,32 +68,65 @@ def main() -> int:
         if pool is None:
             pool = str(work / "pool.h5")
             if not Path(pool).is_file():
-                galaxy10("data", "synth", "--n", "400", "--size", "128", "--seed", "7", "--out", pool, cwd=work,
-                         env=env)
+                galaxy10(
+                    "data", "synth", "--n", "400", "--size", "128", "--seed", "7", "--out", pool, cwd=work, env=env
+                )
         recipe = {**D4_RECIPE}
         if args.fine_tune_epochs:
             recipe["train"] = {**recipe["train"], "epochs": args.fine_tune_epochs}
         started = time.perf_counter()
-        out = galaxy10("pretrain", pool, "--epochs", str(args.epochs), "--monitor", str(bed), "--name",
-                       "bench-pretrained", "--checkpoint-dir", str(work / "checkpoints"), cwd=work, env=env)
+        out = galaxy10(
+            "pretrain",
+            pool,
+            "--epochs",
+            str(args.epochs),
+            "--monitor",
+            str(bed),
+            "--name",
+            "bench-pretrained",
+            "--checkpoint-dir",
+            str(work / "checkpoints"),
+            cwd=work,
+            env=env,
+        )
         seconds = time.perf_counter() - started
         print(out, flush=True)
         n_pool = int(re.search(r"on ([\d,]+) (?:SYNTHETIC )?unlabelled", out)[1].replace(",", ""))
         epochs_run = int(re.search(r": (\d+) epoch\(s\)", out)[1])
         epoch_s = epoch_seconds(env["MLFLOW_TRACKING_URI"], re.search(r"MLflow run (\w+)", out)[1])
-        print(f"pretraining: {epochs_run} epochs over {n_pool:,} images, {seconds:.0f} s of command wall time "
-              f"(pool decoding and the k-NN monitor included); a training epoch {np.median(epoch_s):.1f} s "
-              f"(median): {n_pool / np.median(epoch_s):.1f} images/s, two views each\n", flush=True)
+        print(
+            f"pretraining: {epochs_run} epochs over {n_pool:,} images, {seconds:.0f} s of command wall time "
+            f"(pool decoding and the k-NN monitor included); a training epoch {np.median(epoch_s):.1f} s "
+            f"(median): {n_pool / np.median(epoch_s):.1f} images/s, two views each\n",
+            flush=True,
+        )
         scratch, tuned = work / "scratch.yaml", work / "pretrained.yaml"
         scratch.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        tuned.write_text(yaml.safe_dump({**recipe, "model": {**recipe["model"],
-                                                             "init_from": "bench-pretrained@pretrained"}},
-                                        sort_keys=False))
+        tuned.write_text(
+            yaml.safe_dump(
+                {**recipe, "model": {**recipe["model"], "init_from": "bench-pretrained@pretrained"}}, sort_keys=False
+            )
+        )
         for fraction in (float(f) for f in args.fractions.split(",")):
-            out = galaxy10("evaluate", "--data", str(bed), "--recipe", f"scratch={scratch}", "--recipe",
-                           f"pretrained={tuned}", "--repeats", str(args.repeats), "--folds", str(args.folds),
-                           "--label-fraction", f"{fraction:g}", "--out", str(work / f"eval-{fraction:g}"), cwd=work,
-                           env=env)
+            out = galaxy10(
+                "evaluate",
+                "--data",
+                str(bed),
+                "--recipe",
+                f"scratch={scratch}",
+                "--recipe",
+                f"pretrained={tuned}",
+                "--repeats",
+                str(args.repeats),
+                "--folds",
+                str(args.folds),
+                "--label-fraction",
+                f"{fraction:g}",
+                "--out",
+                str(work / f"eval-{fraction:g}"),
+                cwd=work,
+                env=env,
+            )
             print(f"== {fraction:.0%} of the training labels\n{out}", flush=True)
     return 0
 

@@ -29,6 +29,7 @@ once and scores, on the validation split only, every design below side by side:
     python benchmarks/bench_stacking.py --full           # synthetic 1500, 3 and 5 folds, 2 seeds, 8 epochs
     python benchmarks/bench_stacking.py --gz2 --full
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,13 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     per_fold = []
     for fold in folds:
         t0 = time.perf_counter()
-        result = train(replace(cfg, train=replace(cfg.train, seed=seed + fold.number)), NullTracker(),
-                       data=replace(data, train=fold.train), log_model=False, verbose=0)
+        result = train(
+            replace(cfg, train=replace(cfg.train, seed=seed + fold.number)),
+            NullTracker(),
+            data=replace(data, train=fold.train),
+            log_model=False,
+            verbose=0,
+        )
         emb = CNNEmbedder(result.model, cache_dir=False, progress=False).fit()
         held = emb.embed(data.images, fold.heldout, split="held", data_fingerprint=data.fingerprint)
         val = emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint)
@@ -92,15 +98,24 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
         aug_fit = np.concatenate([held.embeddings, meta_features([held.probs])], 1)
         aug_val = np.concatenate([val.embeddings, meta_features([val.probs])], 1)
         aug = factory().fit(aug_fit, yh)
-        per_fold.append({"cnn": val.probs, "second": full_proba(est, val.embeddings, n),
-                         "bagged": np.mean([full_proba(m, val.embeddings, n) for m in inner_models], 0),
-                         "aug": full_proba(aug, aug_val, n), "balanced": full_proba(est_bal, val.embeddings, n)})
+        per_fold.append(
+            {
+                "cnn": val.probs,
+                "second": full_proba(est, val.embeddings, n),
+                "bagged": np.mean([full_proba(m, val.embeddings, n) for m in inner_models], 0),
+                "aug": full_proba(aug, aug_val, n),
+                "balanced": full_proba(est_bal, val.embeddings, n),
+            }
+        )
         oof_cnn.append(held.probs)
         oof_second.append(inner_oof)
         oof_second10.append(inner10_oof)
         oof_y.append(yh)
-        print(f"    fold {fold.number + 1}/{k}: {len(fold.train)} train, {len(fold.heldout)} held out, "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"    fold {fold.number + 1}/{k}: {len(fold.train)} train, {len(fold.heldout)} held out, "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     y_oof = np.concatenate(oof_y)
     blocks = [np.concatenate(oof_cnn), np.concatenate(oof_second)]
     meta = fit_meta(blocks, y_oof, seed=seed, kind="logistic")
@@ -109,7 +124,8 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     meta10 = fit_meta(blocks10, y_oof, seed=seed, kind="logistic")
     w10 = fit_meta(blocks10, y_oof, kind="blend").weight_
     meta_bal = LogisticRegression(C=1.0, max_iter=2000, random_state=seed, class_weight="balanced").fit(
-        meta_features(blocks), y_oof)
+        meta_features(blocks), y_oof
+    )
     for f in per_fold:
         out.setdefault("cnn-folds", []).append(f["cnn"])
         out.setdefault(f"gbm-{second}", []).append(f["second"])
@@ -154,17 +170,45 @@ def main() -> int:
             src = REALSAMPLES / "gz2_hart16_sdss"
             import_folder(src, src / "labels.csv", path, size=128, progress=False)
         else:
-            subprocess.run([sys.executable, "-m", "experiments.cli", "-q", "data", "synth", "--n",
-                            str(args.synthetic_n), "--size", "128", "--seed", "0", "--out", str(path)],
-                           check=True, cwd=ROOT)
-        cfg = load_config(ROOT / "experiments/configs/reference.yaml",
-                          ["data.size=64", "data.crop=48", f"train.epochs={args.epochs}", "train.patience=null",
-                           "train.monitor=val_loss", "train.precision=auto"])
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "experiments.cli",
+                    "-q",
+                    "data",
+                    "synth",
+                    "--n",
+                    str(args.synthetic_n),
+                    "--size",
+                    "128",
+                    "--seed",
+                    "0",
+                    "--out",
+                    str(path),
+                ],
+                check=True,
+                cwd=ROOT,
+            )
+        cfg = load_config(
+            ROOT / "experiments/configs/reference.yaml",
+            [
+                "data.size=64",
+                "data.crop=48",
+                f"train.epochs={args.epochs}",
+                "train.patience=null",
+                "train.monitor=val_loss",
+                "train.precision=auto",
+            ],
+        )
         data = load_training_data(DataConfig(size=64, crop=48), path)
         kind = "SYNTHETIC" if data.synthetic else "real"
-        print(f"data: {'GZ2' if args.gz2 else 'synthetic'} ({kind}), {len(data.train)} train / {len(data.val)} "
-              f"val, {data.num_classes} classes; reference recipe 64 -> 48 px, {args.epochs} epochs per fold CNN; "
-              f"second stage {args.second}; validation split only", flush=True)
+        print(
+            f"data: {'GZ2' if args.gz2 else 'synthetic'} ({kind}), {len(data.train)} train / {len(data.val)} "
+            f"val, {data.num_classes} classes; reference recipe 64 -> 48 px, {args.epochs} epochs per fold CNN; "
+            f"second stage {args.second}; validation split only",
+            flush=True,
+        )
         for k in [int(x) for x in args.folds.split(",")]:
             for seed in range(args.seeds):
                 print(f"  {k} folds, seed {seed}", flush=True)

@@ -31,6 +31,7 @@ accuracy for the reference recipe, the two runs back to back in this process.
 Numbers on the synthetic file say nothing about real galaxies; timings depend on the machine's load
 (printed), compare the figures of one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -134,13 +135,26 @@ def run_one(arm: Arm, seed: int, common: list[str], data, *, epochs: int | None 
     seconds = time.perf_counter() - start
     mixes = result.fit.class_mixes
     mix = {slug: float(np.mean([m[slug] for m in mixes])) for slug in data.class_slugs} if mixes else {}
-    weights = np.ones(len(data.train)) if result.multipliers is None else \
-        np.asarray(result.multipliers)[data.labels[data.train]]
-    return RunRecord(arm=arm.name, seed=seed, precision=cfg.train.precision, tta=cfg.augment.tta,
-                     metrics=_scalars(result.val_metrics), metrics_other_tta=_scalars(other),
-                     epoch_seconds=timer.seconds, best_epoch=result.best_epoch, epochs_run=result.fit.epochs_run,
-                     samples_per_epoch=int(round(weights.sum())), mix=mix, seconds=seconds,
-                     extra={"multipliers": result.multipliers})
+    weights = (
+        np.ones(len(data.train))
+        if result.multipliers is None
+        else np.asarray(result.multipliers)[data.labels[data.train]]
+    )
+    return RunRecord(
+        arm=arm.name,
+        seed=seed,
+        precision=cfg.train.precision,
+        tta=cfg.augment.tta,
+        metrics=_scalars(result.val_metrics),
+        metrics_other_tta=_scalars(other),
+        epoch_seconds=timer.seconds,
+        best_epoch=result.best_epoch,
+        epochs_run=result.fit.epochs_run,
+        samples_per_epoch=int(round(weights.sum())),
+        mix=mix,
+        seconds=seconds,
+        extra={"multipliers": result.multipliers},
+    )
 
 
 def stats(values: list[float]) -> str:
@@ -193,10 +207,14 @@ def print_ablation(records: list[RunRecord], seeds: list[int], arms: tuple[Arm, 
 def print_mix(records: list[RunRecord], data, arms: tuple[Arm, ...]) -> None:
     """Logged per-epoch class mix (mean over epochs and seeds) vs the mix the multipliers ask for."""
     train_counts = np.bincount(data.labels[data.train], minlength=data.num_classes).astype(np.float64)
-    print("\nclass mix of the training samples (fraction per epoch: logged by the input pipeline, mean over "
-          "epochs and seeds | expected from the multipliers)")
-    print(f"  {'arm':<20}{'samples/epoch':>14}{'epochs':>7}{'samples seen':>13}  "
-          + "".join(f"{s:>24}" for s in TARGETED_SLUGS))
+    print(
+        "\nclass mix of the training samples (fraction per epoch: logged by the input pipeline, mean over "
+        "epochs and seeds | expected from the multipliers)"
+    )
+    print(
+        f"  {'arm':<20}{'samples/epoch':>14}{'epochs':>7}{'samples seen':>13}  "
+        + "".join(f"{s:>24}" for s in TARGETED_SLUGS)
+    )
     for arm in arms:
         rows = [r for r in records if r.arm == arm.name and r.precision == records[0].precision]
         mult = rows[0].extra["multipliers"]
@@ -224,9 +242,17 @@ def check_fresh_copies(data, crop: int, seed: int = 0) -> tuple[int, int, int]:
 
     cfg = load_config(CONFIGS / "targeted.yaml", [f"data.size={data.size}", f"data.crop={crop}"])
     planners: list = []
-    ds = make_train_dataset(data.images, data.labels, batch_size=cfg.train.batch_size, crop=crop,
-                            augment_fn=make_augment_fn(cfg), multipliers=resolve_multipliers(cfg, data),
-                            seed=seed, indices=data.train, planner_out=planners)
+    ds = make_train_dataset(
+        data.images,
+        data.labels,
+        batch_size=cfg.train.batch_size,
+        crop=crop,
+        augment_fn=make_augment_fn(cfg),
+        multipliers=resolve_multipliers(cfg, data),
+        seed=seed,
+        indices=data.train,
+        planner_out=planners,
+    )
     out = np.concatenate([x.numpy() for x, _ in ds])  # the first epoch, in plan order
     rows, _ = planners[0].plan(0)  # the same plan again: it depends only on (seed, epoch)
     repeated, all_differ, identical = 0, 0, 0
@@ -235,7 +261,7 @@ def check_fresh_copies(data, crop: int, seed: int = 0) -> tuple[int, int, int]:
         if len(where) < 2:
             continue
         repeated += 1
-        same = sum(np.array_equal(out[i], out[j]) for n, i in enumerate(where) for j in where[n + 1:])
+        same = sum(np.array_equal(out[i], out[j]) for n, i in enumerate(where) for j in where[n + 1 :])
         identical += same
         all_differ += same == 0
     return repeated, all_differ, identical
@@ -243,15 +269,22 @@ def check_fresh_copies(data, crop: int, seed: int = 0) -> tuple[int, int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="HDF5 file (default: a synthetic set of --synthetic-n images rendered for "
-                        "the run; the published runs used data/galaxy10_synthetic.h5)")
+    parser.add_argument(
+        "--data",
+        help="HDF5 file (default: a synthetic set of --synthetic-n images rendered for "
+        "the run; the published runs used data/galaxy10_synthetic.h5)",
+    )
     parser.add_argument("--synthetic-n", type=int, default=1000, help="images of the default synthetic set")
     parser.add_argument("--seeds", type=int, default=2, help="training seeds 0..N-1 per arm (default 2)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run, the same for every arm (default 2)")
     parser.add_argument("--size", type=int, default=64, help="resize side in px (recipes: 128; default 64)")
     parser.add_argument("--crop", type=int, default=48, help="centre crop in px (recipes: 88; default 48)")
-    parser.add_argument("--precision", default="mixed_bfloat16", choices=("float32", "mixed_bfloat16"),
-                        help="precision of every arm (default mixed_bfloat16)")
+    parser.add_argument(
+        "--precision",
+        default="mixed_bfloat16",
+        choices=("float32", "mixed_bfloat16"),
+        help="precision of every arm (default mixed_bfloat16)",
+    )
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N images of the file")
     add_full_flag(parser, {"seeds": 3, "epochs": 10})
     args = parse_with_full(parser)
@@ -267,8 +300,11 @@ def main() -> int:
             return measure(args, synthetic_bed(Path(tmp), n=args.synthetic_n, size=max(64, args.size)))
     data_path = Path(args.data)
     if not data_path.is_file():
-        print(f"bench_targeting: error: {data_path} not found; render it with `.venv/bin/galaxy10 data synth "
-              f"--n 4000 --size 256 --seed 0 --out {data_path}` or leave out --data", file=sys.stderr)
+        print(
+            f"bench_targeting: error: {data_path} not found; render it with `.venv/bin/galaxy10 data synth "
+            f"--n 4000 --size 256 --seed 0 --out {data_path}` or leave out --data",
+            file=sys.stderr,
+        )
         return 2
     return measure(args, data_path)
 
@@ -282,8 +318,12 @@ def measure(args: argparse.Namespace, data_path: Path) -> int:
     from experiments.settings.run import load_config
     from experiments.training import load_training_data
 
-    common = [f"data.size={args.size}", f"data.crop={args.crop}", f"train.epochs={args.epochs}",
-              f"train.precision={args.precision}"]
+    common = [
+        f"data.size={args.size}",
+        f"data.crop={args.crop}",
+        f"train.epochs={args.epochs}",
+        f"train.precision={args.precision}",
+    ]
     if args.max_images is not None:
         common.append(f"data.max_images={args.max_images}")
     try:
@@ -295,19 +335,27 @@ def measure(args: argparse.Namespace, data_path: Path) -> int:
     seeds = list(range(args.seeds))
     val_counts = np.bincount(data.labels[data.val], minlength=data.num_classes)
     print(f"data: {data.describe()}")
-    print("validation images of the targeted classes: "
-          + ", ".join(f"{s} {val_counts[data.class_slugs.index(s)]}" for s in TARGETED_SLUGS)
-          + " (one cigar image = {:.3f} of its recall)".format(1 / max(1, val_counts[data.class_slugs.index('cigar')])))
-    print(f"both recipes shrunk identically: {' '.join(common)}; seeds {seeds}; the same precision "
-          f"({args.precision}) for every arm; early stopping as in the recipes (patience {base.train.patience} "
-          f"on {base.train.monitor}, best-{base.train.monitor} weights restored); validation split only")
-    print(f"cpus: {os.cpu_count()}, TF intra-op threads {tf.config.threading.get_intra_op_parallelism_threads()}, "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        "validation images of the targeted classes: "
+        + ", ".join(f"{s} {val_counts[data.class_slugs.index(s)]}" for s in TARGETED_SLUGS)
+        + " (one cigar image = {:.3f} of its recall)".format(1 / max(1, val_counts[data.class_slugs.index("cigar")]))
+    )
+    print(
+        f"both recipes shrunk identically: {' '.join(common)}; seeds {seeds}; the same precision "
+        f"({args.precision}) for every arm; early stopping as in the recipes (patience {base.train.patience} "
+        f"on {base.train.monitor}, best-{base.train.monitor} weights restored); validation split only"
+    )
+    print(
+        f"cpus: {os.cpu_count()}, TF intra-op threads {tf.config.threading.get_intra_op_parallelism_threads()}, "
+        f"load average before: {os.getloadavg()[0]:.2f}"
+    )
 
     ratio = samples_ratio(common, data)
     control_epochs = max(args.epochs, int(round(args.epochs * ratio)))
-    print(f"a targeted epoch has {ratio:.3f}x the samples of a plain one; the equal-samples control trains "
-          f"{control_epochs} epochs")
+    print(
+        f"a targeted epoch has {ratio:.3f}x the samples of a plain one; the equal-samples control trains "
+        f"{control_epochs} epochs"
+    )
     records: list[RunRecord] = []
     total = len(seeds) * len(ARMS) + 1
     started = time.perf_counter()
@@ -316,15 +364,21 @@ def measure(args: argparse.Namespace, data_path: Path) -> int:
         for arm in ARMS:
             rec = run_one(arm, seed, common, data, epochs=control_epochs if arm.equal_samples else None)
             records.append(rec)
-            print(f"[{len(records) + (fp32 is not None)}/{total}] {arm.name:<20} seed {seed}: val accuracy "
-                  f"{rec.metrics['accuracy']:.3f}, balanced {rec.metrics['balanced_accuracy']:.3f}, best epoch "
-                  f"{rec.best_epoch}/{rec.epochs_run}, {rec.seconds:.0f} s", flush=True)
+            print(
+                f"[{len(records) + (fp32 is not None)}/{total}] {arm.name:<20} seed {seed}: val accuracy "
+                f"{rec.metrics['accuracy']:.3f}, balanced {rec.metrics['balanced_accuracy']:.3f}, best epoch "
+                f"{rec.best_epoch}/{rec.epochs_run}, {rec.seconds:.0f} s",
+                flush=True,
+            )
             if seed == seeds[0] and arm.name == "reference":
                 # float32 vs mixed_bfloat16: the other precision right after this run, so both see the same load
                 other = "float32" if args.precision == "mixed_bfloat16" else "mixed_bfloat16"
                 fp32 = run_one(arm, seed, [*common, f"train.precision={other}"], data)
-                print(f"[{len(records) + 1}/{total}] {arm.name:<20} seed {seed} ({other}): val accuracy "
-                      f"{fp32.metrics['accuracy']:.3f}, {fp32.seconds:.0f} s", flush=True)
+                print(
+                    f"[{len(records) + 1}/{total}] {arm.name:<20} seed {seed} ({other}): val accuracy "
+                    f"{fp32.metrics['accuracy']:.3f}, {fp32.seconds:.0f} s",
+                    flush=True,
+                )
 
     print_comparison(records, "reference", "targeted", seeds)
     print_ablation(records, seeds, ARMS)
@@ -332,25 +386,33 @@ def measure(args: argparse.Namespace, data_path: Path) -> int:
     print("\nbest epochs (checkpoint on the recipes' monitor) and epoch times")
     for arm in ARMS:
         rows = [r for r in records if r.arm == arm.name]
-        print(f"  {arm.name:<20} best epoch per seed {[r.best_epoch for r in rows]} of {rows[0].epochs_run}, "
-              f"median epoch {np.median([t for r in rows for t in r.epoch_seconds[1:] or r.epoch_seconds]):.1f} s")
+        print(
+            f"  {arm.name:<20} best epoch per seed {[r.best_epoch for r in rows]} of {rows[0].epochs_run}, "
+            f"median epoch {np.median([t for r in rows for t in r.epoch_seconds[1:] or r.epoch_seconds]):.1f} s"
+        )
     repeated, all_differ, identical = check_fresh_copies(data, args.crop)
-    print(f"extra copies freshly augmented: {all_differ} of {repeated} images shown more than once in a targeted "
-          f"epoch had every copy different ({identical} identical copy pairs)")
+    print(
+        f"extra copies freshly augmented: {all_differ} of {repeated} images shown more than once in a targeted "
+        f"epoch had every copy different ({identical} identical copy pairs)"
+    )
 
     # Precision: the same recipe and seed, back to back.
     bf = records[0] if records[0].precision == "mixed_bfloat16" else fp32
     f32 = fp32 if bf is records[0] else records[0]
     t_bf = float(np.median(bf.epoch_seconds[1:] or bf.epoch_seconds))
     t_f32 = float(np.median(f32.epoch_seconds[1:] or f32.epoch_seconds))
-    print(f"\nprecision (reference recipe, seed {seeds[0]}, the two runs back to back; median epoch time without "
-          "the first epoch, which includes tracing)")
+    print(
+        f"\nprecision (reference recipe, seed {seeds[0]}, the two runs back to back; median epoch time without "
+        "the first epoch, which includes tracing)"
+    )
     print(f"  {'precision':<16}{'epoch s':>9}{'accuracy':>10}{'balanced':>10}")
     for rec, t in ((f32, t_f32), (bf, t_bf)):
         m = rec.metrics
         print(f"  {rec.precision:<16}{t:>9.2f}{m['accuracy']:>10.3f}{m['balanced_accuracy']:>10.3f}")
-    print(f"  epoch time ratio float32 / mixed_bfloat16: {t_f32 / t_bf:.2f}x; accuracy difference bf16 - fp32: "
-          f"{bf.metrics['accuracy'] - f32.metrics['accuracy']:+.3f} (one seed)")
+    print(
+        f"  epoch time ratio float32 / mixed_bfloat16: {t_f32 / t_bf:.2f}x; accuracy difference bf16 - fp32: "
+        f"{bf.metrics['accuracy'] - f32.metrics['accuracy']:+.3f} (one seed)"
+    )
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -16,6 +16,7 @@ search's final best.
 No MLflow: trials log to a NullTracker, so only training time counts. Timings depend on the
 machine; compare the figures of one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,15 +52,20 @@ class Arm:
 def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
     """Run trials of ``arm`` until ``budget`` epochs are spent; fill in its results."""
     from experiments.settings.search_space import suggest
-    from experiments.settings.tune import resolve_run_config
+    from experiments.settings.trial import resolve_run_config
     from experiments.tracking.base import NullTracker
     from experiments.training import train
     from experiments.tuning.objective import TrialPruned, pruning_callback
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import open_study
 
-    study_cfg = replace(tune.study, name=arm.name, storage=f"sqlite:///{workdir / (arm.name + '.db')}",
-                        sampler=arm.sampler, pruner=arm.pruner)
+    study_cfg = replace(
+        tune.study,
+        name=arm.name,
+        storage=f"sqlite:///{workdir / (arm.name + '.db')}",
+        sampler=arm.sampler,
+        pruner=arm.pruner,
+    )
     arm_tune = replace(tune, study=study_cfg)
     study = open_study(arm_tune, open_storage(study_cfg.storage))
     max_epochs = resolve_run_config(arm_tune, {})[0].train.epochs
@@ -86,8 +92,15 @@ def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
         arm.complete += 1
         arm.best = value if arm.complete == 1 else max(arm.best, value)
         arm.trace.append((arm.epochs, arm.best))
-        logging.info("%s trial %d: val accuracy %.4f after %d epochs; %d/%d epochs spent", arm.name, trial.number,
-                     value, result.fit.epochs_run, arm.epochs, budget)
+        logging.info(
+            "%s trial %d: val accuracy %.4f after %d epochs; %d/%d epochs spent",
+            arm.name,
+            trial.number,
+            value,
+            result.fit.epochs_run,
+            arm.epochs,
+            budget,
+        )
         return value
 
     while arm.epochs < budget:
@@ -103,8 +116,9 @@ def epochs_to_reach(trace: list[tuple[int, float]], target: float) -> int | None
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="HDF5 file (default: a synthetic set of --synthetic-n images rendered for "
-                        "the run)")
+    parser.add_argument(
+        "--data", help="HDF5 file (default: a synthetic set of --synthetic-n images rendered for the run)"
+    )
     parser.add_argument("--synthetic-n", type=int, default=800, help="images of the default synthetic set")
     parser.add_argument("--budget", type=int, default=12, help="epochs per arm (default 12 = 2 full random trials)")
     add_full_flag(parser, {"budget": 48})
@@ -113,7 +127,8 @@ def main() -> int:
     for noisy in ("experiments.training", "pipelines", "optuna", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from experiments.settings.tune import load_tune_config, resolve_run_config
+    from experiments.settings.trial import resolve_run_config
+    from experiments.settings.tune import load_tune_config
     from experiments.training import load_training_data
 
     tune = load_tune_config(CONFIG)
@@ -131,8 +146,10 @@ def compare(args: argparse.Namespace, tune, base_cfg, data) -> int:  # noqa: ANN
     from experiments.tuning.samplers import describe
 
     print(f"data: {data.describe()}")
-    print(f"search space of {CONFIG.name}: {', '.join(tune.space.names)}; <= {base_cfg.train.epochs} epochs/trial, "
-          f"{base_cfg.data.size} px -> {base_cfg.data.crop} px; budget {args.budget} epochs per arm")
+    print(
+        f"search space of {CONFIG.name}: {', '.join(tune.space.names)}; <= {base_cfg.train.epochs} epochs/trial, "
+        f"{base_cfg.data.size} px -> {base_cfg.data.crop} px; budget {args.budget} epochs per arm"
+    )
     arms = [
         Arm("tpe+pruning", sampler=tune.study.sampler, pruner=tune.study.pruner),
         Arm("random", sampler=SamplerConfig("random", {"seed": 0}), pruner=PrunerConfig("none", {})),
@@ -144,21 +161,27 @@ def compare(args: argparse.Namespace, tune, base_cfg, data) -> int:  # noqa: ANN
             run_arm(arm, tune, data, args.budget, Path(tmp))
     print(f"\n{'arm':<12} {'best val acc':>12} {'epochs':>7} {'complete':>9} {'pruned':>7} {'wall s':>8}")
     for arm in arms:
-        print(f"{arm.name:<12} {arm.best:>12.4f} {arm.epochs:>7d} {arm.complete:>9d} {arm.pruned:>7d} "
-              f"{arm.seconds:>8.0f}")
+        print(
+            f"{arm.name:<12} {arm.best:>12.4f} {arm.epochs:>7d} {arm.complete:>9d} {arm.pruned:>7d} {arm.seconds:>8.0f}"
+        )
     tpe, rnd = arms
     print(f"\nbest val accuracy ratio, TPE+pruning / random: {tpe.best / rnd.best:.3f}")
     print(f"epochs spent ratio, TPE+pruning / random: {tpe.epochs / rnd.epochs:.3f}")
-    shared = next((i for i, (a, b) in enumerate(zip(tpe.params, rnd.params)) if a != b),
-                  min(len(tpe.params), len(rnd.params)))
-    print(f"the first {shared} trials of both arms drew the same parameters (TPE starts with seeded random "
-          "sampling), so the arms differ only after them")
+    shared = next(
+        (i for i, (a, b) in enumerate(zip(tpe.params, rnd.params)) if a != b), min(len(tpe.params), len(rnd.params))
+    )
+    print(
+        f"the first {shared} trials of both arms drew the same parameters (TPE starts with seeded random "
+        "sampling), so the arms differ only after them"
+    )
     reach = epochs_to_reach(tpe.trace or [], rnd.best)
     if reach is None:
         print(f"TPE+pruning did not reach random search's best ({rnd.best:.4f}) within {tpe.epochs} epochs")
     else:
-        print(f"TPE+pruning reached random search's best ({rnd.best:.4f}) after {reach} of {tpe.epochs} epochs "
-              f"(ratio {reach / rnd.epochs:.3f})")
+        print(
+            f"TPE+pruning reached random search's best ({rnd.best:.4f}) after {reach} of {tpe.epochs} epochs "
+            f"(ratio {reach / rnd.epochs:.3f})"
+        )
     return 0
 
 

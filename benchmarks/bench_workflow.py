@@ -22,6 +22,7 @@ pool is then the first recipe, the baseline of the paired differences.
 With ``--work DIR`` the evaluation's stores stay there, and the same command continues a killed run (or adds
 repetitions to a finished one); without it everything runs in a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,12 @@ def main() -> int:
     parser.add_argument("--bed", default="synthetic", help="gz2, rings or synthetic")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--budget-factor", type=float, default=2.0,
-                        help="the catalog path's budget per fold, in multiples of the reference's wall time there")
+    parser.add_argument(
+        "--budget-factor",
+        type=float,
+        default=2.0,
+        help="the catalog path's budget per fold, in multiples of the reference's wall time there",
+    )
     parser.add_argument("--synthetic-n", type=int, default=300)
     parser.add_argument("--unlabeled", help="an unlabelled pool: adds the catalog path with --unlabeled POOL")
     parser.add_argument("--work", help="keep the stores here (resumable); default: a temporary folder")
@@ -75,9 +80,22 @@ def main() -> int:
         env = cli_env(work)
         data = make_bed(args.bed, work, env, synthetic_n=args.synthetic_n)
         folder = work / f"eval-{args.bed}{'-unlabeled' * bool(args.unlabeled)}"
-        out = galaxy10("evaluate", "--data", str(data), *recipes(work, args.budget_factor, args.unlabeled),
-                       "--budget", f"{args.budget_factor:g}x", "--repeats", str(args.repeats), "--folds",
-                       str(args.folds), "--out", str(folder), cwd=work, env=env)
+        out = galaxy10(
+            "evaluate",
+            "--data",
+            str(data),
+            *recipes(work, args.budget_factor, args.unlabeled),
+            "--budget",
+            f"{args.budget_factor:g}x",
+            "--repeats",
+            str(args.repeats),
+            "--folds",
+            str(args.folds),
+            "--out",
+            str(folder),
+            cwd=work,
+            env=env,
+        )
         print(out, flush=True)
     return 0
 

@@ -4,6 +4,7 @@ Each ``bench_*.py`` runs with defaults that finish in a few minutes on 2 CPU cor
 them all). ``--full`` switches to the settings ``docs/BENCHMARKS.md`` quotes; options given explicitly
 on the command line win over both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,9 +53,12 @@ def synthetic_bed(folder: Path, *, n: int = 600, size: int = 128, seed: int = 0)
 
 def cli_env(work: Path) -> dict[str, str]:
     """The environment of a benchmark's ``galaxy10`` commands: cache and MLflow store inside ``work``."""
-    return {**os.environ, "GALAXY10_CACHE": str(work / "cache"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "GALAXY10_CACHE": str(work / "cache"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def galaxy10(*args: str, cwd: Path, env: dict[str, str], quiet: bool = True) -> str:
@@ -75,8 +79,19 @@ def make_bed(name: str, work: Path, env: dict[str, str], *, synthetic_n: int = 6
     px = str(size)
     if name == "gz2":
         src = REALSAMPLES / "gz2_hart16_sdss"
-        galaxy10("data", "import", str(src), "--labels", str(src / "labels.csv"), "--size", px, "--out", str(out),
-                 cwd=work, env=env)
+        galaxy10(
+            "data",
+            "import",
+            str(src),
+            "--labels",
+            str(src / "labels.csv"),
+            "--size",
+            px,
+            "--out",
+            str(out),
+            cwd=work,
+            env=env,
+        )
     elif name == "rings":
         src = REALSAMPLES / "gz_decals_zoobot_rings"
         with (src / "catalog.csv").open() as fh:
@@ -84,18 +99,36 @@ def make_bed(name: str, work: Path, env: dict[str, str], *, synthetic_n: int = 6
         rings = [r for r in rows if r["ring"] == "1"][:30]
         others = [r for r in rows if r["ring"] == "0"]
         labels = work / "rare_rings.csv"
-        labels.write_text("file,label\n" + "".join(
-            f"{r['file']},{'ring' if r['ring'] == '1' else 'not_ring'}\n" for r in rings + others))
-        galaxy10("data", "import", str(src), "--labels", str(labels), "--size", px, "--out", str(out), cwd=work,
-                 env=env)
+        labels.write_text(
+            "file,label\n"
+            + "".join(f"{r['file']},{'ring' if r['ring'] == '1' else 'not_ring'}\n" for r in rings + others)
+        )
+        galaxy10(
+            "data", "import", str(src), "--labels", str(labels), "--size", px, "--out", str(out), cwd=work, env=env
+        )
     elif name == "rings_all":
         src = REALSAMPLES / "gz_decals_zoobot_rings"
-        galaxy10("data", "import", str(src), "--labels", str(src / "catalog.csv"), "--label-column", "ring",
-                 "--class-names", "not_ring,ring", "--size", px, "--out", str(out), cwd=work, env=env)
+        galaxy10(
+            "data",
+            "import",
+            str(src),
+            "--labels",
+            str(src / "catalog.csv"),
+            "--label-column",
+            "ring",
+            "--class-names",
+            "not_ring,ring",
+            "--size",
+            px,
+            "--out",
+            str(out),
+            cwd=work,
+            env=env,
+        )
     elif name == "synthetic":
-        galaxy10("data", "synth", "--n", str(synthetic_n), "--size", px, "--seed", "0", "--out", str(out), cwd=work,
-                 env=env)
+        galaxy10(
+            "data", "synth", "--n", str(synthetic_n), "--size", px, "--seed", "0", "--out", str(out), cwd=work, env=env
+        )
     else:
-        raise SystemExit(f"{Path(sys.argv[0]).stem}: unknown test bed {name!r}; use gz2, rings, rings_all or "
-                         "synthetic")
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: unknown test bed {name!r}; use gz2, rings, rings_all or synthetic")
     return out

@@ -3,6 +3,7 @@
 Every error a user can cause carries one line that names the problem and the fix; the CLI prints
 that line and exits non-zero without a traceback.
 """
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """Files the platform writes: atomic writes (a temporary name, then a rename: nothing half-written is ever
 left behind), the temporary names and their clean-up, disk space reserved up front, one-line OS errors."""
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,9 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
             else:
                 candidate.unlink()
             removed.append(candidate)
-            log.info("removed %s, left by process %s that died while writing %s", candidate.name, m.group(1),
-                     target.name)
+            log.info(
+                "removed %s, left by process %s that died while writing %s", candidate.name, m.group(1), target.name
+            )
     return removed
 
 
@@ -84,8 +86,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.pid{os.getpid()}@{_host_slug()}.", suffix=suffix or ".tmp",
-                               dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.pid{os.getpid()}@{_host_slug()}.", suffix=suffix or ".tmp", dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

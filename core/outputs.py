@@ -15,6 +15,7 @@ work. :func:`output_dir` then writes a folder: a new or previous platform folder
 atomically, an empty or ``--force``-d folder receives each file atomically and keeps everything
 else it holds.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,7 @@ def _unwritable_reason(folder: Path) -> str | None:
     """Why nothing can be created in ``folder`` (tried for real: permission bits do not bind root, and
     read-only or virtual file systems refuse anyway), or None when it can."""
     try:
-        probe = tempfile.mkdtemp(prefix=f".galaxy10-probe.pid{os.getpid()}@{_host_slug()}.", suffix=".tmp",
-                                 dir=folder)
+        probe = tempfile.mkdtemp(prefix=f".galaxy10-probe.pid{os.getpid()}@{_host_slug()}.", suffix=".tmp", dir=folder)
     except OSError as err:
         return os_error_reason(err)
     os.rmdir(probe)
@@ -74,8 +74,9 @@ def _check_creatable(path: Path, option: str) -> None:
         raise ConfigError(f"cannot write {option} {path}: {base} is a file, not a folder; choose another {option}")
     reason = _unwritable_reason(base)
     if reason:
-        raise ConfigError(f"cannot write {option} {path}: folder {base} is not writable ({reason}); choose another "
-                          f"{option}")
+        raise ConfigError(
+            f"cannot write {option} {path}: folder {base} is not writable ({reason}); choose another {option}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,12 +132,15 @@ def check_output_file(path: str | os.PathLike, *, option: str = "--out", force: 
         raise ConfigError(f"{option} {p} is a folder; give a file name inside it, e.g. {p / 'out'}")
     if p.exists():
         if not force and not platform_wrote_file(p):
-            raise ConfigError(f"{option} {p} exists and was not written by galaxy10; choose another {option}, or "
-                              "add --force to replace it")
+            raise ConfigError(
+                f"{option} {p} exists and was not written by galaxy10; choose another {option}, or "
+                "add --force to replace it"
+            )
         reason = _unwritable_reason(p.parent)
         if reason:
-            raise ConfigError(f"cannot replace {option} {p}: folder {p.parent} is not writable ({reason}); choose "
-                              f"another {option}")
+            raise ConfigError(
+                f"cannot replace {option} {p}: folder {p.parent} is not writable ({reason}); choose another {option}"
+            )
         return p
     _check_creatable(p, option)
     return p
@@ -166,8 +170,7 @@ def _relative_files(folder: Path) -> list[str]:
             dirs[:] = [d for d in dirs if not is_temp_name(d)]
             files = [f for f in files if not is_temp_name(f)]
         out.extend((rel_root / name).as_posix() for name in files)
-        out.extend((rel_root / name).as_posix() + "/" for name in dirs
-                   if not any(os.scandir(Path(root) / name)))
+        out.extend((rel_root / name).as_posix() + "/" for name in dirs if not any(os.scandir(Path(root) / name)))
     return sorted(out)
 
 
@@ -181,8 +184,9 @@ def _legacy_report_files(folder: Path, entries: list[str]) -> set[str]:
         return set()
     if not isinstance(doc, dict) or "scoring_run_id" not in doc or "study" not in doc:
         return set()
-    return {e for e in entries if e in ("report.html", "report.md", "report.json")
-            or ("/" not in e and e.endswith(".png"))}
+    return {
+        e for e in entries if e in ("report.html", "report.md", "report.json") or ("/" not in e and e.endswith(".png"))
+    }
 
 
 def foreign_files(folder: str | os.PathLike) -> list[str]:
@@ -210,25 +214,39 @@ def check_output_dir(path: str | os.PathLike, *, what: str, option: str = "--out
     p = Path(path)
     if p.exists() or p.is_symlink():
         if not p.is_dir():
-            raise ConfigError(f"{option} {p} is an existing file, not a folder; give a folder path for the {what} "
-                              "(the file is left alone)")
+            raise ConfigError(
+                f"{option} {p} is an existing file, not a folder; give a folder path for the {what} "
+                "(the file is left alone)"
+            )
         reason = _unwritable_reason(p)
         if reason:
-            raise ConfigError(f"cannot write the {what} into {p}: the folder is not writable ({reason}); choose "
-                              f"another {option}")
+            raise ConfigError(
+                f"cannot write the {what} into {p}: the folder is not writable ({reason}); choose another {option}"
+            )
         foreign = foreign_files(p)
         if foreign and not force:
-            raise ConfigError(f"{option} {p} holds files galaxy10 did not write ({_first(foreign)}); choose a new "
-                              f"or empty folder, or add --force to write the {what} into it (nothing there is "
-                              "deleted)")
+            raise ConfigError(
+                f"{option} {p} holds files galaxy10 did not write ({_first(foreign)}); choose a new "
+                f"or empty folder, or add --force to write the {what} into it (nothing there is "
+                "deleted)"
+            )
         return p
     _check_creatable(p, option)
     return p
 
 
 def _marker_doc(what: str, files: list[str]) -> str:
-    return json.dumps({"written_by": f"galaxy10 {what}", "files": files,
-                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "written_by": f"galaxy10 {what}",
+                "files": files,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _make_temp_dir(target: Path) -> Path:
@@ -249,8 +267,9 @@ def _merge_into(tmp: Path, target: Path, files: list[str], previous: list[str]) 
         dst = target / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.is_dir() and not dst.is_symlink():
-            raise ConfigError(f"cannot write {dst}: a folder of that name is in the way; move it or choose another "
-                              "output folder")
+            raise ConfigError(
+                f"cannot write {dst}: a folder of that name is in the way; move it or choose another output folder"
+            )
         os.replace(tmp / rel, dst)
     for rel in sorted(set(previous) - set(files) - {MARKER_NAME}, reverse=True):
         with contextlib.suppress(OSError):  # only what the marker says the platform wrote
@@ -276,8 +295,9 @@ def output_dir(path: str | os.PathLike, *, what: str, option: str = "--out", for
     try:
         tmp = _make_temp_dir(target)
     except OSError as err:
-        raise ConfigError(f"cannot write the {what} into {target} ({os_error_reason(err)}); choose another "
-                          f"{option}") from None
+        raise ConfigError(
+            f"cannot write the {what} into {target} ({os_error_reason(err)}); choose another {option}"
+        ) from None
     try:
         yield tmp
         files = _relative_files(tmp)
@@ -293,8 +313,11 @@ def output_dir(path: str | os.PathLike, *, what: str, option: str = "--out", for
         previous = list(marker["files"]) if marker else []
         holds_cwd = target == Path.cwd() or target in Path.cwd().parents  # never rename the working folder
         if marker and not foreign_files(target) and tmp.parent == target.parent and not holds_cwd:
-            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.pid{os.getpid()}@{_host_slug()}.old.", suffix=".tmp",
-                                          dir=target.parent))  # a temp name: removed by the next writer if we die
+            aside = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{target.name}.pid{os.getpid()}@{_host_slug()}.old.", suffix=".tmp", dir=target.parent
+                )
+            )  # a temp name: removed by the next writer if we die
             try:
                 os.replace(target, aside / "old")
             except OSError:  # the working folder or a mount point: fall back to file-by-file
@@ -310,8 +333,10 @@ def output_dir(path: str | os.PathLike, *, what: str, option: str = "--out", for
             (tmp / MARKER_NAME).write_text(_marker_doc(what, sorted({*files, *kept})))
         os.replace(tmp / MARKER_NAME, target / MARKER_NAME)
     except OSError as err:
-        raise ConfigError(f"cannot write the {what} into {target} ({os_error_reason(err)}); check its free space "
-                          f"and permissions or choose another {option}") from None
+        raise ConfigError(
+            f"cannot write the {what} into {target} ({os_error_reason(err)}); check its free space "
+            f"and permissions or choose another {option}"
+        ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

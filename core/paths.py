@@ -1,4 +1,5 @@
 """Where data and generated files live by default."""
+
 from __future__ import annotations
 
 import os

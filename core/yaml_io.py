@@ -1,5 +1,6 @@
 """YAML and plain data: the strict YAML reader (duplicate keys refused) with one-line errors, and
 :func:`plain`, which turns nested dataclasses and mappings into the plain values JSON and YAML write."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,7 +61,6 @@ def read_yaml_file(path: str | os.PathLike, *, what: str, example: str) -> Any:
         raise ConfigError(f"{what} {p} is not valid YAML ({first}); fix the syntax") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{what} {p} is not UTF-8 text; save it as a UTF-8 YAML file") from None
-
 
 
 def plain(value: Any) -> Any:

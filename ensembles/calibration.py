@@ -6,6 +6,7 @@ right, without changing any prediction (the order of the classes of an image is 
 probabilities, so the logits are ``log p`` (equal to the logits up to a per-image constant, which softmax
 ignores).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,11 +43,14 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     if len(y) < 2 or probs.shape != (len(y), probs.shape[-1]):
-        raise DataError(f"temperature scaling needs held-out probabilities (N, C) and N labels; got {probs.shape} "
-                        f"and {len(y)} labels")
+        raise DataError(
+            f"temperature scaling needs held-out probabilities (N, C) and N labels; got {probs.shape} "
+            f"and {len(y)} labels"
+        )
     lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
-    res = minimize_scalar(lambda t: _nll(probs, y, float(np.exp(t))), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-4})
+    res = minimize_scalar(
+        lambda t: _nll(probs, y, float(np.exp(t))), bounds=(lo, hi), method="bounded", options={"xatol": 1e-4}
+    )
     best = float(np.exp(res.x))
     return best if _nll(probs, y, best) <= _nll(probs, y, 1.0) else 1.0
 
@@ -91,5 +95,8 @@ def calibration_metrics(probs: np.ndarray, y: np.ndarray, temperature: float | N
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     t = fit_temperature(probs, y) if temperature is None else float(temperature)
-    return {"temperature": t, "ece_val": expected_calibration_error(probs, y),
-            "ece_val_calibrated": expected_calibration_error(apply_temperature(probs, t), y)}
+    return {
+        "temperature": t,
+        "ece_val": expected_calibration_error(probs, y),
+        "ece_val_calibrated": expected_calibration_error(apply_temperature(probs, t), y),
+    }

@@ -19,6 +19,7 @@ stage fit on them learns the wrong thing. Two remedies, chosen by ``mode`` in th
 
 Nothing here touches the test split.
 """
+
 from __future__ import annotations
 
 import logging
@@ -108,8 +109,10 @@ def check_records(records: Sequence[FoldRecord], indices: np.ndarray) -> None:
     for rec in records:
         overlap = np.intersect1d(rec.trained_on, rec.embedded)
         if overlap.size:
-            raise DataError(f"cross-fitting fold {rec.number} embedded {overlap.size} image(s) it was trained on "
-                            f"(e.g. index {int(overlap[0])}); its out-of-fold outputs would be over-fit")
+            raise DataError(
+                f"cross-fitting fold {rec.number} embedded {overlap.size} image(s) it was trained on "
+                f"(e.g. index {int(overlap[0])}); its out-of-fold outputs would be over-fit"
+            )
         seen.append(np.asarray(rec.embedded, dtype=np.int64))
     embedded = np.sort(np.concatenate(seen)) if seen else np.zeros(0, dtype=np.int64)
     if len(embedded) != len(expected) or not np.array_equal(embedded, expected):
@@ -117,15 +120,24 @@ def check_records(records: Sequence[FoldRecord], indices: np.ndarray) -> None:
         twice = uniq[counts > 1]
         missing = np.setdiff1d(expected, embedded)
         extra = np.setdiff1d(embedded, expected)
-        detail = (f"{twice.size} embedded more than once" if twice.size else
-                  f"{missing.size} never embedded" if missing.size else f"{extra.size} outside the training split")
-        raise DataError(f"cross-fitting did not embed every training image exactly once ({detail}); "
-                        "the fold plan is broken")
+        detail = (
+            f"{twice.size} embedded more than once"
+            if twice.size
+            else f"{missing.size} never embedded"
+            if missing.size
+            else f"{extra.size} outside the training split"
+        )
+        raise DataError(
+            f"cross-fitting did not embed every training image exactly once ({detail}); the fold plan is broken"
+        )
 
 
-def crossfit(folds: Sequence[Fold], indices: np.ndarray,
-             train_fold: Callable[[Fold], tuple[Any, np.ndarray]],
-             embed_fold: Callable[[Any, Fold], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> OutOfFold:
+def crossfit(
+    folds: Sequence[Fold],
+    indices: np.ndarray,
+    train_fold: Callable[[Fold], tuple[Any, np.ndarray]],
+    embed_fold: Callable[[Any, Fold], tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> OutOfFold:
     """Train one model per fold and collect its out-of-fold embeddings and probabilities.
 
     Parameters
@@ -163,13 +175,19 @@ def crossfit(folds: Sequence[Fold], indices: np.ndarray,
             fold_of[pos] = fold.number
         records.append(rec)
         models.append(model)
-        log.info("cross-fitting fold %d/%d: trained on %d images, embedded %d held-out images",
-                 fold.number + 1, len(folds), len(rec.trained_on), len(embedded))
+        log.info(
+            "cross-fitting fold %d/%d: trained on %d images, embedded %d held-out images",
+            fold.number + 1,
+            len(folds),
+            len(rec.trained_on),
+            len(embedded),
+        )
     check_records(records, idx)
     embeddings = np.stack([emb_rows[i] for i in range(len(idx))]).astype(np.float32)
     probs_all = np.stack([prob_rows[i] for i in range(len(idx))]).astype(np.float32)
-    return OutOfFold(indices=idx, embeddings=embeddings, probs=probs_all, fold_of=fold_of, models=models,
-                     records=records)
+    return OutOfFold(
+        indices=idx, embeddings=embeddings, probs=probs_all, fold_of=fold_of, models=models, records=records
+    )
 
 
 def cv_splits(labels: np.ndarray, n_folds: int, *, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -178,16 +196,23 @@ def cv_splits(labels: np.ndarray, n_folds: int, *, seed: int = 0) -> list[tuple[
     y = np.asarray(labels)
     counts = np.bincount(y.astype(np.int64)) if len(y) else np.zeros(1, dtype=np.int64)
     if len(y) < 4 or counts.max() < 2:
-        raise DataError(f"cross-validation needs at least 4 images and 2 of some class, got {len(y)} images; "
-                        "use more validation images")
+        raise DataError(
+            f"cross-validation needs at least 4 images and 2 of some class, got {len(y)} images; "
+            "use more validation images"
+        )
     k = int(max(2, min(n_folds, counts.max(), len(y) // 2)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
-def cv_predict_proba(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, n_classes: int,
-                     splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def cv_predict_proba(
+    make_estimator: Callable[[], Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
     """Out-of-fold ``predict_proba`` of fresh estimators over ``splits`` (all ``n_classes`` columns)."""
 
     out = np.zeros((len(y), n_classes), dtype=np.float64)

@@ -11,6 +11,7 @@ model id (the MLflow run id, or a digest of the weights when none is given), the
 data fingerprint, the TTA flag and a digest of the row indices; files are written atomically and
 read back without pickle.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,10 @@ def dual_output_model(model: Any) -> DualModel:
     try:
         layer = model.get_layer(EMBEDDING_LAYER)
     except ValueError:
-        raise ModelError(f"model {getattr(model, 'name', '?')!r} has no layer named {EMBEDDING_LAYER!r}; "
-                         "build it with models.build_model") from None
+        raise ModelError(
+            f"model {getattr(model, 'name', '?')!r} has no layer named {EMBEDDING_LAYER!r}; "
+            "build it with models.build_model"
+        ) from None
     emb = keras.ops.cast(layer.output, "float32")
     probs = keras.ops.cast(model.outputs[0], "float32")
     dual = keras.Model(model.inputs, [emb, probs], name=f"{model.name}_embedding_and_probs")
@@ -99,15 +102,24 @@ def weights_digest(model: Any) -> str:
 
 def _crop_to(images: np.ndarray, side: int) -> np.ndarray:
     if images.shape[1] < side or images.shape[2] < side:
-        raise DataError(f"images are {images.shape[1]}x{images.shape[2]} px but the CNN takes {side} px crops; "
-                        "pass images resized to the model's data.size")
+        raise DataError(
+            f"images are {images.shape[1]}x{images.shape[2]} px but the CNN takes {side} px crops; "
+            "pass images resized to the model's data.size"
+        )
     if images.shape[1] == side and images.shape[2] == side:
         return np.ascontiguousarray(images)
     return np.ascontiguousarray(center_crop(images, side))
 
 
-def embed_images(dual_model: DualModel, images: np.ndarray, *, input_size: int, tta: bool = False,
-                 batch_size: int = 256, progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def embed_images(
+    dual_model: DualModel,
+    images: np.ndarray,
+    *,
+    input_size: int,
+    tta: bool = False,
+    batch_size: int = 256,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run ``dual_model`` over uint8 ``images`` in chunks; return (embeddings, probabilities) float32.
 
     Images larger than ``input_size`` are centre-cropped; with ``tta`` both outputs are averaged
@@ -116,8 +128,9 @@ def embed_images(dual_model: DualModel, images: np.ndarray, *, input_size: int, 
 
     arr = images
     if getattr(arr, "dtype", None) != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise DataError(f"images must be uint8 (N, H, W, 3), got {getattr(arr, 'dtype', None)} "
-                        f"{getattr(arr, 'shape', None)}")
+        raise DataError(
+            f"images must be uint8 (N, H, W, 3), got {getattr(arr, 'dtype', None)} {getattr(arr, 'shape', None)}"
+        )
     if len(arr) == 0:
         raise DataError("no images to embed; pass at least one image")
 
@@ -126,20 +139,20 @@ def embed_images(dual_model: DualModel, images: np.ndarray, *, input_size: int, 
         return np.concatenate([emb, probs], axis=1)
 
     def run(x: np.ndarray) -> np.ndarray:
-        parts = [forward(x[s:s + batch_size]) for s in range(0, len(x), batch_size)]
+        parts = [forward(x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
         return np.concatenate(parts)
 
     chunks = []
     starts = range(0, len(arr), CHUNK)
     for start in tqdm(starts, desc="embeddings", unit="chunk", disable=None if progress is None else not progress):
-        x = _crop_to(np.asarray(arr[start:start + CHUNK]), input_size)
+        x = _crop_to(np.asarray(arr[start : start + CHUNK]), input_size)
         if tta:
             out = tta_predict(run, x, batch_size=batch_size)
         else:
             out = run(x)
         chunks.append(out)
     both = np.concatenate(chunks).astype(np.float32)
-    return both[:, :dual_model.width], both[:, dual_model.width:]
+    return both[:, : dual_model.width], both[:, dual_model.width :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +162,9 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))[:80] or "x"
 
 
-def cache_file(root: Path, *, model_id: str, split: str, data_fingerprint: str, tta: bool,
-               rows_digest: str, input_size: int) -> Path:
+def cache_file(
+    root: Path, *, model_id: str, split: str, data_fingerprint: str, tta: bool, rows_digest: str, input_size: int
+) -> Path:
     """Where the embeddings of one (model, split, data, TTA, rows) combination are cached."""
     key = f"v{CACHE_VERSION}|{model_id}|{split}|{data_fingerprint}|{int(tta)}|{rows_digest}|{input_size}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -185,8 +199,10 @@ def _save_cached(path: Path, result: Embedded) -> None:
         with atomic_path(path, suffix=".npz.tmp") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, embeddings=result.embeddings, probs=result.probs)
     except OSError as err:
-        raise DataError(f"cannot write the embedding cache {path} ({os_error_reason(err)}); free space in "
-                        f"{path.parent} or point GALAXY10_CACHE at a folder with room") from None
+        raise DataError(
+            f"cannot write the embedding cache {path} ({os_error_reason(err)}); free space in "
+            f"{path.parent} or point GALAXY10_CACHE at a folder with room"
+        ) from None
 
 
 def default_embedding_cache() -> Path:
@@ -225,8 +241,16 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         How many :meth:`embed` calls were served from / written to the cache.
     """
 
-    def __init__(self, model: Any = None, *, tta: bool = False, batch_size: int = 256, model_id: str | None = None,
-                 cache_dir: str | Path | bool | None = None, progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        tta: bool = False,
+        batch_size: int = 256,
+        model_id: str | None = None,
+        cache_dir: str | Path | bool | None = None,
+        progress: bool | None = None,
+    ) -> None:
         self.model = model
         self.tta = tta
         self.batch_size = batch_size
@@ -256,8 +280,9 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
             return None
         return default_embedding_cache() if self.cache_dir in (None, True) else Path(self.cache_dir)
 
-    def embed(self, images: np.ndarray, indices: np.ndarray | None = None, *, split: str,
-              data_fingerprint: str) -> Embedded:
+    def embed(
+        self, images: np.ndarray, indices: np.ndarray | None = None, *, split: str, data_fingerprint: str
+    ) -> Embedded:
         """Embeddings and probabilities of ``images[indices]`` (all rows when None), cached.
 
         ``split`` (e.g. ``val`` or ``train-fold0``) and ``data_fingerprint`` name what is embedded
@@ -268,17 +293,29 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         root = self._cache_root()
         path = None
         if root is not None:
-            path = cache_file(root, model_id=self.model_id_, split=split, data_fingerprint=data_fingerprint,
-                              tta=bool(self.tta), rows_digest=rows_digest(indices, len(images)),
-                              input_size=self.input_size_)
+            path = cache_file(
+                root,
+                model_id=self.model_id_,
+                split=split,
+                data_fingerprint=data_fingerprint,
+                tta=bool(self.tta),
+                rows_digest=rows_digest(indices, len(images)),
+                input_size=self.input_size_,
+            )
             hit = _load_cached(path, n_rows, self.n_features_out_)
             if hit is not None:
                 self.cache_hits_ += 1
                 log.info("embeddings of %s (%d images) from cache %s", split, n_rows, path)
                 return hit
         rows = images if indices is None else _take(images, indices)
-        emb, probs = embed_images(self.dual_model_, rows, input_size=self.input_size_, tta=bool(self.tta),
-                                  batch_size=int(self.batch_size), progress=self.progress)
+        emb, probs = embed_images(
+            self.dual_model_,
+            rows,
+            input_size=self.input_size_,
+            tta=bool(self.tta),
+            batch_size=int(self.batch_size),
+            progress=self.progress,
+        )
         result = Embedded(emb, probs, cached=False)
         if path is not None:
             _save_cached(path, result)

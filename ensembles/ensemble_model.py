@@ -15,6 +15,7 @@ images of any size and prepares them with ``pipelines.preprocess.prepare_images`
 scikit-learn models with joblib, plus ``ensemble.json``; :func:`load_ensemble` reads them back with
 Keras ``safe_mode=True`` (joblib only ever loads the platform's own artifacts).
 """
+
 from __future__ import annotations
 
 import json
@@ -95,8 +96,11 @@ class EnsembleModel:
             raise ModelError(f"ensemble kind {self.kind!r} is unknown; use one of: {', '.join(KINDS)}")
         if not self.branches:
             raise ModelError("an ensemble needs at least one branch")
-        w = np.full(len(self.branches), 1.0 / len(self.branches)) if self.weights is None \
+        w = (
+            np.full(len(self.branches), 1.0 / len(self.branches))
+            if self.weights is None
             else np.asarray(self.weights, dtype=np.float64)
+        )
         if w.shape != (len(self.branches),) or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
             raise ModelError(f"ensemble weights {w} must be {len(self.branches)} non-negative numbers summing to 1")
         self.weights = w
@@ -130,8 +134,14 @@ class EnsembleModel:
             key = (int(branch.size), int(branch.crop))
             if key not in prepared:
                 prepared[key] = prepare_images(images, size=key[0], crop=key[1])
-            emb, probs = embed_images(self._dual(branch.cnn), prepared[key], input_size=key[1], tta=branch.tta,
-                                      batch_size=self.batch_size, progress=False)
+            emb, probs = embed_images(
+                self._dual(branch.cnn),
+                prepared[key],
+                input_size=key[1],
+                tta=branch.tta,
+                batch_size=self.batch_size,
+                progress=False,
+            )
             out = branch.output(emb, probs, self.n_classes)
             total = w * out if total is None else total + w * out
         if self.class_prior is not None:
@@ -159,17 +169,29 @@ def save_ensemble(model: EnsembleModel, folder: str | Path) -> Path:
             name = f"cnn_{len(cnn_files)}.keras"
             b.cnn.save(folder / name)
             cnn_files[id(b.cnn)] = name
-        spec: dict[str, Any] = {"name": b.name, "run_id": b.run_id, "cnn": cnn_files[id(b.cnn)],
-                                "size": int(b.size), "crop": int(b.crop), "tta": bool(b.tta)}
+        spec: dict[str, Any] = {
+            "name": b.name,
+            "run_id": b.run_id,
+            "cnn": cnn_files[id(b.cnn)],
+            "size": int(b.size),
+            "crop": int(b.crop),
+            "tta": bool(b.tta),
+        }
         if b.second is not None:
             spec["second"] = save_second_stage(b.second, folder, f"second_{i}")
         if b.meta is not None:
             spec["meta"] = save_second_stage(b.meta, folder, f"meta_{i}")
         branches.append(spec)
-    doc = {"format_version": FORMAT_VERSION, "kind": model.kind, "weights": [float(w) for w in model.weights],
-           "class_names": list(model.class_names), "class_slugs": list(model.class_slugs),
-           "description": model.description, "branches": branches,
-           "class_prior": None if model.class_prior is None else [float(p) for p in model.class_prior]}
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "kind": model.kind,
+        "weights": [float(w) for w in model.weights],
+        "class_names": list(model.class_names),
+        "class_slugs": list(model.class_slugs),
+        "description": model.description,
+        "branches": branches,
+        "class_prior": None if model.class_prior is None else [float(p) for p in model.class_prior],
+    }
     (folder / SPEC_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return folder
 
@@ -185,8 +207,10 @@ def load_ensemble(folder: str | Path) -> EnsembleModel:
     except ValueError as err:
         raise ModelError(f"{spec_path} is not valid JSON ({err}); re-log the ensemble") from None
     if doc.get("format_version") not in READABLE_VERSIONS:
-        raise ModelError(f"{spec_path} has format version {doc.get('format_version')}, this code reads "
-                         f"{', '.join(map(str, READABLE_VERSIONS))}; re-log the ensemble with this version")
+        raise ModelError(
+            f"{spec_path} has format version {doc.get('format_version')}, this code reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-log the ensemble with this version"
+        )
     cnns: dict[str, Any] = {}
     branches = []
     for spec in doc["branches"]:
@@ -197,13 +221,24 @@ def load_ensemble(folder: str | Path) -> EnsembleModel:
                 cnns[name] = load_keras_file(path)
             except (OSError, ValueError, TypeError) as err:
                 raise ModelError(f"cannot load CNN {path} ({str(err).splitlines()[0]})") from None
-        branches.append(Branch(
-            cnn=cnns[name], size=int(spec["size"]), crop=int(spec["crop"]), tta=bool(spec["tta"]),
-            second=load_second_stage(spec["second"], folder) if "second" in spec else None,
-            meta=load_second_stage(spec["meta"], folder) if "meta" in spec else None,
-            name=str(spec.get("name", "")), run_id=spec.get("run_id"),
-        ))
-    return EnsembleModel(kind=doc["kind"], branches=branches, class_names=tuple(doc["class_names"]),
-                         class_slugs=tuple(doc["class_slugs"]), weights=np.asarray(doc["weights"]),
-                         description=str(doc.get("description", "")),
-                         class_prior=None if doc.get("class_prior") is None else np.asarray(doc["class_prior"]))
+        branches.append(
+            Branch(
+                cnn=cnns[name],
+                size=int(spec["size"]),
+                crop=int(spec["crop"]),
+                tta=bool(spec["tta"]),
+                second=load_second_stage(spec["second"], folder) if "second" in spec else None,
+                meta=load_second_stage(spec["meta"], folder) if "meta" in spec else None,
+                name=str(spec.get("name", "")),
+                run_id=spec.get("run_id"),
+            )
+        )
+    return EnsembleModel(
+        kind=doc["kind"],
+        branches=branches,
+        class_names=tuple(doc["class_names"]),
+        class_slugs=tuple(doc["class_slugs"]),
+        weights=np.asarray(doc["weights"]),
+        description=str(doc.get("description", "")),
+        class_prior=None if doc.get("class_prior") is None else np.asarray(doc["class_prior"]),
+    )

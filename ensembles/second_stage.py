@@ -10,6 +10,7 @@ k-nearest neighbours) get a ``StandardScaler`` in front.
 (a fold may lack a class) and reports ``classes_`` like scikit-learn; it is saved as XGBoost's own
 JSON model, the scikit-learn models with joblib (:func:`save_second_stage`).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,7 @@ from typing import Any
 import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.ensemble import (
-    ExtraTreesClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
-)
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
@@ -46,10 +43,22 @@ MODEL_NAMES: tuple[str, ...] = ("logreg", "xgboost", "hist_gb", "random_forest",
 #: Defaults per model (the YAML overrides them key by key).
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "logreg": {"C": 0.5, "max_iter": 2000},
-    "xgboost": {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.1, "subsample": 0.9,
-                "colsample_bytree": 0.5, "min_child_weight": 1.0, "reg_lambda": 1.0},
-    "hist_gb": {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 15, "l2_regularization": 0.0,
-                "early_stopping": False},
+    "xgboost": {
+        "n_estimators": 200,
+        "max_depth": 4,
+        "learning_rate": 0.1,
+        "subsample": 0.9,
+        "colsample_bytree": 0.5,
+        "min_child_weight": 1.0,
+        "reg_lambda": 1.0,
+    },
+    "hist_gb": {
+        "max_iter": 100,
+        "learning_rate": 0.1,
+        "max_leaf_nodes": 15,
+        "l2_regularization": 0.0,
+        "early_stopping": False,
+    },
     "random_forest": {"n_estimators": 300, "max_features": "sqrt", "min_samples_leaf": 1},
     "extra_trees": {"n_estimators": 300, "max_features": "sqrt", "min_samples_leaf": 1},
     "svm": {"C": 1.0, "kernel": "rbf", "gamma": "scale"},
@@ -59,8 +68,19 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 #: Parameters the platform sets itself (seed, threads, probability outputs): not configurable.
 RESERVED: dict[str, tuple[str, ...]] = {
     "logreg": ("random_state", "n_jobs"),
-    "xgboost": ("random_state", "n_jobs", "objective", "num_class", "tree_method", "device", "callbacks",
-                "early_stopping_rounds", "eval_metric", "enable_categorical", "feature_types"),
+    "xgboost": (
+        "random_state",
+        "n_jobs",
+        "objective",
+        "num_class",
+        "tree_method",
+        "device",
+        "callbacks",
+        "early_stopping_rounds",
+        "eval_metric",
+        "enable_categorical",
+        "feature_types",
+    ),
     "hist_gb": ("random_state",),
     "random_forest": ("random_state", "n_jobs"),
     "extra_trees": ("random_state", "n_jobs"),
@@ -74,8 +94,9 @@ _SCALED = frozenset({"logreg", "svm", "knn"})
 WEIGHTABLE: frozenset[str] = frozenset({"logreg", "xgboost", "hist_gb", "random_forest", "extra_trees", "svm"})
 
 
-def _base_estimator(name: str, params: Mapping[str, Any], *, seed: int, n_jobs: int | None,
-                    balanced: bool = False) -> Any:
+def _base_estimator(
+    name: str, params: Mapping[str, Any], *, seed: int, n_jobs: int | None, balanced: bool = False
+) -> Any:
     """The bare (unscaled) estimator ``name`` with ``params`` plus the reserved settings.
 
     ``balanced`` weights every class equally in the fit (``class_weight="balanced"``, for XGBoost
@@ -127,8 +148,9 @@ def resolve_params(name: str, params: Mapping[str, Any] | None, *, where: str | 
     params = dict(params or {})
     for key in params:
         if str(key) in RESERVED[name]:
-            raise ConfigError(f"config key {where}.{key} is set by the platform; remove it "
-                              f"(allowed keys: {', '.join(allowed)})")
+            raise ConfigError(
+                f"config key {where}.{key} is set by the platform; remove it (allowed keys: {', '.join(allowed)})"
+            )
         if key not in allowed:
             raise ConfigError(f"unknown config key {where}.{key}; allowed keys for {name}: {', '.join(allowed)}")
     merged = {**DEFAULT_PARAMS[name], **params}
@@ -156,8 +178,14 @@ def _check_values(name: str, params: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"config key {where}: {message}; fix the value") from None
 
 
-def make_second_stage(name: str, params: Mapping[str, Any] | None = None, *, seed: int = 0,
-                      n_jobs: int | None = None, balanced: bool = False) -> Any:
+def make_second_stage(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    n_jobs: int | None = None,
+    balanced: bool = False,
+) -> Any:
     """An unfitted classifier ``name`` (with a StandardScaler in front where it needs one).
 
     ``balanced``: weight the classes equally in the fit (see :data:`WEIGHTABLE`; ``knn`` cannot).
@@ -165,8 +193,10 @@ def make_second_stage(name: str, params: Mapping[str, Any] | None = None, *, see
 
     merged = resolve_params(name, params)
     if balanced and name not in WEIGHTABLE:
-        raise ConfigError(f"second stage {name} cannot weight classes; set class_weights: none in the ensemble "
-                          f"config or drop {name} (weightable: {', '.join(sorted(WEIGHTABLE))})")
+        raise ConfigError(
+            f"second stage {name} cannot weight classes; set class_weights: none in the ensemble "
+            f"config or drop {name} (weightable: {', '.join(sorted(WEIGHTABLE))})"
+        )
     est = _base_estimator(name, merged, seed=seed, n_jobs=n_jobs, balanced=balanced)
     if name in _SCALED:
         return Pipeline([("scale", StandardScaler()), ("model", est)])
@@ -197,8 +227,14 @@ class EncodedXGBClassifier(ClassifierMixin, BaseEstimator):
         Weight every class equally in the fit (per-sample weights ``n / (k * n_c)``).
     """
 
-    def __init__(self, params: Mapping[str, Any] | None = None, *, random_state: int = 0,
-                 n_jobs: int | None = None, balanced: bool = False) -> None:
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        *,
+        random_state: int = 0,
+        n_jobs: int | None = None,
+        balanced: bool = False,
+    ) -> None:
         self.params = params
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -214,16 +250,20 @@ class EncodedXGBClassifier(ClassifierMixin, BaseEstimator):
         """Fit on labels re-encoded to ``0..k-1``; ``classes_`` keeps the original labels."""
         self.classes_, encoded = np.unique(np.asarray(y), return_inverse=True)
         if len(self.classes_) < 2:
-            raise ModelError(f"xgboost second stage needs at least 2 classes in its training labels, got "
-                             f"{len(self.classes_)}; use more images per fold")
+            raise ModelError(
+                f"xgboost second stage needs at least 2 classes in its training labels, got "
+                f"{len(self.classes_)}; use more images per fold"
+            )
         self.model_ = self._make(len(self.classes_))
         try:
             weights = compute_sample_weight("balanced", encoded) if self.balanced else None
             self.model_.fit(np.asarray(X, dtype=np.float32), encoded, sample_weight=weights)
         except Exception as err:  # xgboost.core.XGBoostError for bad parameter values
             if type(err).__name__ == "XGBoostError" or isinstance(err, (ValueError, TypeError)):
-                raise ConfigError(f"xgboost second stage rejected its parameters ({str(err).splitlines()[0]}); "
-                                  "fix second_stage.xgboost") from None
+                raise ConfigError(
+                    f"xgboost second stage rejected its parameters ({str(err).splitlines()[0]}); "
+                    "fix second_stage.xgboost"
+                ) from None
             raise
         self.n_features_in_ = np.asarray(X).shape[1]
         return self
@@ -252,8 +292,12 @@ def save_second_stage(estimator: Any, folder: str | Path, stem: str) -> dict[str
     if isinstance(estimator, EncodedXGBClassifier):
         path = folder / f"{stem}.json"
         estimator.model_.save_model(str(path))
-        return {"format": "xgboost-json", "file": path.name, "classes": [int(c) for c in estimator.classes_],
-                "params": json.loads(json.dumps(dict(estimator.params or {})))}
+        return {
+            "format": "xgboost-json",
+            "file": path.name,
+            "classes": [int(c) for c in estimator.classes_],
+            "params": json.loads(json.dumps(dict(estimator.params or {}))),
+        }
     path = folder / f"{stem}.joblib"
     joblib.dump(estimator, path)
     return {"format": "joblib", "file": path.name}

@@ -4,6 +4,7 @@ Every pyfunc ensemble carries its own model code (``galaxy10_ensemble_model.py``
 ``experiments.tracking.pyfunc``); the code of ensembles logged before the rename imports
 ``load_ensemble`` from here. New code imports :mod:`ensembles.ensemble_model`.
 """
+
 from __future__ import annotations
 
 from ensembles.ensemble_model import load_ensemble

@@ -15,6 +15,7 @@ models that never saw those images (and second stages cross-validated within eac
 ``val_cv`` mode :func:`nested_cv_stack` scores the whole stack by nested cross-validation on the
 validation split, so no image is scored by a model (base or meta) that was fit on its label.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -86,8 +87,9 @@ def make_meta_learner(C: float = 1.0, *, seed: int = 0, kind: str = "logistic") 
     raise DataError(f"unknown meta-learner {kind!r}; use one of: {', '.join(META_LEARNERS)}")
 
 
-def fit_meta(blocks: Sequence[np.ndarray], y: np.ndarray, *, C: float = 1.0, seed: int = 0,
-             kind: str = "logistic") -> Any:
+def fit_meta(
+    blocks: Sequence[np.ndarray], y: np.ndarray, *, C: float = 1.0, seed: int = 0, kind: str = "logistic"
+) -> Any:
     """Fit the meta-learner on out-of-fold base-model probabilities ``blocks`` against ``y``."""
     return make_meta_learner(C, seed=seed, kind=kind).fit(meta_features(blocks), np.asarray(y))
 
@@ -97,9 +99,19 @@ def meta_predict(meta: Any, blocks: Sequence[np.ndarray], n_classes: int) -> np.
     return full_proba(meta, meta_features(blocks), n_classes)
 
 
-def nested_cv_stack(cnn_probs: np.ndarray, X: np.ndarray, y: np.ndarray, make_second: Callable[[], Any],
-                    n_classes: int, splits: Sequence[tuple[np.ndarray, np.ndarray]], *, inner_folds: int,
-                    C: float = 1.0, seed: int = 0, kind: str = "logistic") -> np.ndarray:
+def nested_cv_stack(
+    cnn_probs: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    make_second: Callable[[], Any],
+    n_classes: int,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    inner_folds: int,
+    C: float = 1.0,
+    seed: int = 0,
+    kind: str = "logistic",
+) -> np.ndarray:
     """Honest probabilities of CNN + second stage stacked, by nested cross-validation.
 
     For each outer split the second stage's meta-features on the fit rows come from an inner
@@ -113,6 +125,7 @@ def nested_cv_stack(cnn_probs: np.ndarray, X: np.ndarray, y: np.ndarray, make_se
         second_oof = cv_predict_proba(make_second, X[fit_rows], y[fit_rows], n_classes, inner)
         second = make_second().fit(X[fit_rows], y[fit_rows])
         meta = fit_meta([cnn_probs[fit_rows], second_oof], y[fit_rows], C=C, seed=seed, kind=kind)
-        out[score_rows] = meta_predict(meta, [cnn_probs[score_rows], full_proba(second, X[score_rows], n_classes)],
-                                       n_classes)
+        out[score_rows] = meta_predict(
+            meta, [cnn_probs[score_rows], full_proba(second, X[score_rows], n_classes)], n_classes
+        )
     return out

@@ -4,6 +4,7 @@ Weights fit on the validation split and scored on the same split would be optimi
 :func:`cv_weighted_vote` scores them honestly: weights fit on K-1 validation folds are applied to
 the held-out fold. The deployed ensemble uses weights fit on the whole validation split.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,8 +81,13 @@ def fit_vote_weights(probs: Sequence[np.ndarray], y: np.ndarray, *, method: str 
     return w
 
 
-def cv_weighted_vote(probs: Sequence[np.ndarray], y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
-                     *, method: str = "log_loss") -> tuple[np.ndarray, np.ndarray]:
+def cv_weighted_vote(
+    probs: Sequence[np.ndarray],
+    y: np.ndarray,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    method: str = "log_loss",
+) -> tuple[np.ndarray, np.ndarray]:
     """Honest probabilities of a weighted vote: per split, weights fit on the fit rows score the others.
 
     Returns ``(out-of-fold probabilities (N, C), per-split weights (S, M))``.

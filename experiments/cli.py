@@ -5,6 +5,7 @@ which adds its parser and sets ``func`` (a callable taking the parsed ``argparse
 returning an exit code). User errors (:class:`core.errors.Galaxy10Error`) become one line on
 stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,7 @@ log = logging.getLogger("galaxy10")
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered sub-command."""
     parser = argparse.ArgumentParser(
-        prog="galaxy10",
-        description="Galaxy10 DECaLS morphology platform (data, training, tuning, ensembles, reports).",
+        prog="galaxy10", description="Galaxy10 DECaLS morphology platform (data, training, tuning, ensembles, reports)."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -55,22 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
     if verbose < 2:
         for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "h5py", "absl", "git", "py4j"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def _use_tracking_uri(args: argparse.Namespace) -> None:
-    """Make the command's store (``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``) this
-    process's MLflow default: the one place a ``galaxy10`` process sets it (MLflow also exports it to the
-    environment, for worker processes). Library code passes URIs explicitly and never changes it."""
+def _use_workspace(args: argparse.Namespace) -> None:
+    """Build the command's :class:`~experiments.tracking.workspace.Workspace` (``args.ws``: ``--tracking-uri``,
+    else ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``; ``--storage``) and make its store this process's MLflow
+    default: the one place a ``galaxy10`` process sets it (MLflow also exports it to the environment, for
+    worker processes). Library code takes the workspace and never changes the default."""
     if not hasattr(args, "tracking_uri"):
         return
     from experiments.tracking.store import set_tracking_uri
+    from experiments.tracking.workspace import Workspace
 
-    set_tracking_uri(args.tracking_uri)
+    args.ws = Workspace(tracking_uri=args.tracking_uri or "", storage_url=getattr(args, "storage", None))
+    set_tracking_uri(args.ws.tracking_uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     try:
-        _use_tracking_uri(args)
+        _use_workspace(args)
         return int(args.func(args) or 0)
     except Galaxy10Error as err:
         print(f"galaxy10: error: {err}", file=sys.stderr)

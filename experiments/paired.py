@@ -14,6 +14,7 @@ Two models scored on the same images are compared image by image, never by their
 on N images``. A multiple-comparison correction is the caller's (the champion rule widens the level by
 Bonferroni over the candidates it looked at).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,13 +65,21 @@ class PairedDifference:
 
     def text(self, scale: float = 1.0, digits: int = 3) -> str:
         """``+0.012 [-0.020, +0.045]`` (``scale`` 100 for points)."""
-        return (f"{self.diff * scale:+.{digits}f} [{self.lo * scale:+.{digits}f}, "
-                f"{self.hi * scale:+.{digits}f}]")
+        return f"{self.diff * scale:+.{digits}f} [{self.lo * scale:+.{digits}f}, {self.hi * scale:+.{digits}f}]"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields plus the verdict."""
-        return {"metric": self.metric, "a": self.a, "b": self.b, "diff": self.diff, "ci": [self.lo, self.hi],
-                "level": self.level, "n_images": self.n_images, "method": self.method, "verdict": self.verdict}
+        return {
+            "metric": self.metric,
+            "a": self.a,
+            "b": self.b,
+            "diff": self.diff,
+            "ci": [self.lo, self.hi],
+            "level": self.level,
+            "n_images": self.n_images,
+            "method": self.method,
+            "verdict": self.verdict,
+        }
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,12 @@ class McNemar:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return {"a_only_right": self.a_only, "b_only_right": self.b_only, "p_value": self.p_value,
-                "test": "exact McNemar (two-sided binomial on the discordant images)"}
+        return {
+            "a_only_right": self.a_only,
+            "b_only_right": self.b_only,
+            "p_value": self.p_value,
+            "test": "exact McNemar (two-sided binomial on the discordant images)",
+        }
 
 
 @dataclass(frozen=True)
@@ -105,9 +118,14 @@ class PairedComparison:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return {"a": self.a, "b": self.b, "n_images": self.n_images,
-                "differences": {k: d.as_dict() for k, d in self.differences.items()},
-                "mcnemar": self.mcnemar.as_dict(), "recall_diff": dict(self.recall_diff)}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "n_images": self.n_images,
+            "differences": {k: d.as_dict() for k, d in self.differences.items()},
+            "mcnemar": self.mcnemar.as_dict(),
+            "recall_diff": dict(self.recall_diff),
+        }
 
 
 def _labels(y_true: Any, *preds: Any) -> tuple[np.ndarray, ...]:
@@ -145,9 +163,18 @@ def mcnemar_exact(y_true: Any, pred_a: Any, pred_b: Any) -> McNemar:
     return McNemar(a_only, b_only, min(1.0, p))
 
 
-def paired_bootstrap(y_true: Any, pred_a: Any, pred_b: Any, n_classes: int, *,
-                     metrics: Sequence[str] = PAIRED_METRICS, n_resamples: int = DEFAULT_PAIRED_RESAMPLES,
-                     seed: int = 0, level: float = 0.95, interval: str = "percentile") -> dict[str, PairedDifference]:
+def paired_bootstrap(
+    y_true: Any,
+    pred_a: Any,
+    pred_b: Any,
+    n_classes: int,
+    *,
+    metrics: Sequence[str] = PAIRED_METRICS,
+    n_resamples: int = DEFAULT_PAIRED_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    interval: str = "percentile",
+) -> dict[str, PairedDifference]:
     """Differences ``metric(A) - metric(B)`` on the same images with bootstrap intervals.
 
     Each resample draws the images once and scores both models on it (a paired bootstrap), so what the
@@ -223,14 +250,28 @@ def recall_differences(y_true: Any, pred_a: Any, pred_b: Any, class_slugs: Seque
     return out
 
 
-def compare_predictions(y_true: Any, pred_a: Any, pred_b: Any, class_slugs: Sequence[str], *, a: str = "A",
-                        b: str = "B", n_resamples: int = DEFAULT_PAIRED_RESAMPLES, seed: int = 0,
-                        level: float = 0.95) -> PairedComparison:
+def compare_predictions(
+    y_true: Any,
+    pred_a: Any,
+    pred_b: Any,
+    class_slugs: Sequence[str],
+    *,
+    a: str = "A",
+    b: str = "B",
+    n_resamples: int = DEFAULT_PAIRED_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> PairedComparison:
     """Everything a verdict "A against B on these images" needs (see the module docs)."""
-    diffs = paired_bootstrap(y_true, pred_a, pred_b, len(class_slugs), n_resamples=n_resamples, seed=seed,
-                             level=level)
-    return PairedComparison(a, b, len(np.asarray(y_true)), diffs, mcnemar_exact(y_true, pred_a, pred_b),
-                            recall_differences(y_true, pred_a, pred_b, class_slugs))
+    diffs = paired_bootstrap(y_true, pred_a, pred_b, len(class_slugs), n_resamples=n_resamples, seed=seed, level=level)
+    return PairedComparison(
+        a,
+        b,
+        len(np.asarray(y_true)),
+        diffs,
+        mcnemar_exact(y_true, pred_a, pred_b),
+        recall_differences(y_true, pred_a, pred_b, class_slugs),
+    )
 
 
 def paired_mean_interval(values: Any, *, level: float = 0.95) -> tuple[float, float, float]:
@@ -273,10 +314,18 @@ class CorrectedT:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return {"mean": self.mean, "ci": [self.lo, self.hi], "se": self.se, "naive_se": self.naive_se,
-                "p_value": self.p_value, "n_folds": self.n_folds, "test_train_ratio": self.test_train_ratio,
-                "level": self.level, "verdict": self.verdict,
-                "method": "Nadeau-Bengio corrected resampled t (variance x (1/J + n_test/n_train), J - 1 df)"}
+        return {
+            "mean": self.mean,
+            "ci": [self.lo, self.hi],
+            "se": self.se,
+            "naive_se": self.naive_se,
+            "p_value": self.p_value,
+            "n_folds": self.n_folds,
+            "test_train_ratio": self.test_train_ratio,
+            "level": self.level,
+            "verdict": self.verdict,
+            "method": "Nadeau-Bengio corrected resampled t (variance x (1/J + n_test/n_train), J - 1 df)",
+        }
 
 
 def corrected_resampled_t(diffs: Any, *, n_train: float, n_test: float, level: float = 0.95) -> CorrectedT:

@@ -12,6 +12,7 @@ descriptor 2 pointed at a temporary file; afterwards the lines that match :data:
 notes that say nothing to a user) are dropped and every other line is written to the real stderr, in
 order. So a real warning or error written during the import still reaches the user.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,15 +32,18 @@ from typing import Any
 GUARDED: frozenset[str] = frozenset({"tensorflow"})
 
 #: Start-up notes of TensorFlow's C++ runtime that carry nothing a user can act on.
-NOISE: tuple[re.Pattern[bytes], ...] = tuple(re.compile(p) for p in (
-    rb"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
-    rb"^[IW]\d{4} [\d:.]+\s+\d+ port\.cc:\d+\] oneDNN custom operations are on\.",
-    rb"^[IW]\d{4} [\d:.]+\s+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized",
-    rb"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$",
-    # The GPU wheels register the same CUDA plugins from two libraries and say so at import.
-    rb"^[EW]\d{4} [\d:.]+\s+\d+ cuda_(dnn|fft|blas)\.cc:\d+\] Unable to register cu(DNN|FFT|BLAS) factory",
-    rb"^[EW]\d{4} [\d:.]+\s+\d+ computation_placer\.cc:\d+\] computation placer already registered",
-))
+NOISE: tuple[re.Pattern[bytes], ...] = tuple(
+    re.compile(p)
+    for p in (
+        rb"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
+        rb"^[IW]\d{4} [\d:.]+\s+\d+ port\.cc:\d+\] oneDNN custom operations are on\.",
+        rb"^[IW]\d{4} [\d:.]+\s+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized",
+        rb"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$",
+        # The GPU wheels register the same CUDA plugins from two libraries and say so at import.
+        rb"^[EW]\d{4} [\d:.]+\s+\d+ cuda_(dnn|fft|blas)\.cc:\d+\] Unable to register cu(DNN|FFT|BLAS) factory",
+        rb"^[EW]\d{4} [\d:.]+\s+\d+ computation_placer\.cc:\d+\] computation placer already registered",
+    )
+)
 
 _lock = threading.Lock()  # one capture at a time; a nested call in the same thread returns before it
 _active = threading.local()
@@ -47,6 +51,7 @@ _active = threading.local()
 
 #: When this process started the platform (wall clock; ``--budget`` counts from here).
 STARTED = time.time()
+
 
 def is_noise(line: bytes) -> bool:
     """Whether one stderr line (without its newline) is a start-up note :data:`NOISE` drops."""
@@ -123,8 +128,9 @@ class _FilteredLoader(importlib.abc.Loader):
 class _GuardedImports(importlib.abc.MetaPathFinder):
     """Finds :data:`GUARDED` modules with the other finders and hands back a filtering loader."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in GUARDED:
             return None
         for finder in sys.meta_path:

@@ -6,6 +6,7 @@ layer ensembles stack and the float32 softmax. Every backbone module in this pac
 itself on import. The model takes the centre-cropped image as float32 0..255 and rescales it
 itself, so a saved model needs no separate normalisation.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -18,19 +19,21 @@ from core.errors import ConfigError
 from core.yaml_io import plain
 from models.head import EMBEDDING_LAYER, OUTPUT_LAYER, add_head
 from models.precision import resolve_precision
-from models.registry import (
-    BACKBONES,
-    PRECISIONS,
-    backbone_params,
-    get_backbone,
-    register,
-)
+from models.registry import BACKBONES, PRECISIONS, backbone_params, get_backbone, register
 from pipelines.classes import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKBONES", "EMBEDDING_LAYER", "OUTPUT_LAYER", "backbone_names", "backbone_params", "build_model",
-           "describe_backbone", "register"]
+__all__ = [
+    "BACKBONES",
+    "EMBEDDING_LAYER",
+    "OUTPUT_LAYER",
+    "backbone_names",
+    "backbone_params",
+    "build_model",
+    "describe_backbone",
+    "register",
+]
 
 for _module in pkgutil.iter_modules(__path__):  # every backbone module registers itself
     if _module.name not in ("registry", "head", "layers"):
@@ -42,10 +45,9 @@ def backbone_names() -> tuple[str, ...]:
     return tuple(sorted(BACKBONES))
 
 
-
-
-def build_model(model_cfg: Any, input_size: int = 88, num_classes: int = NUM_CLASSES, *,
-                precision: str = "float32") -> Any:
+def build_model(
+    model_cfg: Any, input_size: int = 88, num_classes: int = NUM_CLASSES, *, precision: str = "float32"
+) -> Any:
     """Build the (uncompiled) Keras model of ``model_cfg``.
 
     Parameters
@@ -70,8 +72,9 @@ def build_model(model_cfg: Any, input_size: int = 88, num_classes: int = NUM_CLA
     dtype = keras.DTypePolicy(precision)
     inputs = keras.Input(shape=(input_size, input_size, 3), dtype="float32", name="image")
     features = builder(inputs, cfg, dtype)
-    outputs = add_head(features, units=cfg.dense_units, num_classes=num_classes, activation=cfg.activation,
-                       l2=cfg.l2, dtype=dtype)
+    outputs = add_head(
+        features, units=cfg.dense_units, num_classes=num_classes, activation=cfg.activation, l2=cfg.l2, dtype=dtype
+    )
     model = keras.Model(inputs, outputs, name="galaxy10_cnn" if cfg.name == "reference_cnn" else cfg.name)
     log.debug("built %s: %d parameters, %s", model.name, model.count_params(), precision)
     return model

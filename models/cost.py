@@ -6,6 +6,7 @@ compares backbones "at equal compute" can state both. Counted: ``Conv2D`` (with 
 convolution costs what a plain convolution of its 8x channel counts costs). Normalisation, activations
 and pooling are left out (a few percent of a CNN's multiply-adds).
 """
+
 from __future__ import annotations
 
 import math

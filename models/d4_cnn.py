@@ -22,6 +22,7 @@ Batch norm acts on the last axis only, so its statistics are shared over the 8 g
 group-aware batch norm). Each pooled map must have an even side for the pooling to stay exactly
 equivariant; the builder checks the crop.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,11 @@ from models.registry import backbone_params, register
 
 
 def _filters(value: Any) -> bool:
-    return isinstance(value, tuple) and 1 <= len(value) <= 6 and all(
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 512 for v in value)
+    return (
+        isinstance(value, tuple)
+        and 1 <= len(value) <= 6
+        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 512 for v in value)
+    )
 
 
 PARAMS = {
@@ -42,8 +46,13 @@ PARAMS = {
     # see models/resnet.py: 0.99 leaves the moving statistics unconverged on small catalogs
     "pool": ("radial", lambda v: v in ("radial", "mean"), "radial (ring means, the default) or mean (global)"),
     "rings": (3, lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16, "an int in 1..16"),
-    "ring_stats": (("mean",), lambda v: isinstance(v, tuple) and 1 <= len(v) <= 2 and len(set(v)) == len(v)
-                   and all(s in ("mean", "max") for s in v), "a list of mean and/or max, e.g. [mean, max]"),
+    "ring_stats": (
+        ("mean",),
+        lambda v: (
+            isinstance(v, tuple) and 1 <= len(v) <= 2 and len(set(v)) == len(v) and all(s in ("mean", "max") for s in v)
+        ),
+        "a list of mean and/or max, e.g. [mean, max]",
+    ),
     # max (orientation pooling) measured better than mean on GZ2 and the synthetic set (README)
     "group_pool": ("max", lambda v: v in ("mean", "max"), "max (the default) or mean, over the 8 orientations"),
     "bn_momentum": (0.9, lambda v: isinstance(v, float) and 0.5 <= v < 1, "a float in [0.5, 1), e.g. 0.9"),
@@ -63,9 +72,11 @@ def build_d4_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
     side = size
     for i in range(len(filters) - 1):
         if side % 2:
-            raise ConfigError(f"d4_cnn pools {len(filters) - 1} times, but the map is {side} px (odd) before pool "
-                              f"{i + 1} with data.crop={size}; use a crop divisible by {2 ** (len(filters) - 1)} or "
-                              "fewer model.params.filters")
+            raise ConfigError(
+                f"d4_cnn pools {len(filters) - 1} times, but the map is {side} px (odd) before pool "
+                f"{i + 1} with data.crop={size}; use a crop divisible by {2 ** (len(filters) - 1)} or "
+                "fewer model.params.filters"
+            )
         side //= 2
     x = keras.layers.Rescaling(1.0 / 255, dtype=dtype, name="rescale")(inputs)
     for i, n in enumerate(filters, start=1):
@@ -80,8 +91,10 @@ def build_d4_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
             x = D4MaxPool(dtype=dtype, name=f"d4_pool{i}")(x)
     if p["pool"] == "radial":
         if 2 * p["rings"] > side:
-            raise ConfigError(f"d4_cnn's last map is {side} px with data.crop={size}: too small for "
-                              f"model.params.rings={p['rings']}; use rings <= {max(1, side // 2)} or pool: mean")
+            raise ConfigError(
+                f"d4_cnn's last map is {side} px with data.crop={size}: too small for "
+                f"model.params.rings={p['rings']}; use rings <= {max(1, side // 2)} or pool: mean"
+            )
         x = D4RadialPool(p["rings"], p["ring_stats"], p["group_pool"], dtype=dtype, name="d4_invariant")(x)
     else:
         x = D4Invariant(dtype=dtype, name="d4_invariant")(x)

@@ -1,4 +1,5 @@
 """The head every backbone shares: the ``embedding`` layer (what ensembles stack) and the classifier."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,9 @@ def add_head(features: Any, *, units: int, num_classes: int, activation: str, l2
     import keras
 
     reg = keras.regularizers.L2(l2) if l2 > 0 else None
-    x = keras.layers.Dense(units, activation=activation, kernel_regularizer=reg, dtype=dtype,
-                           name=EMBEDDING_LAYER)(features)
+    x = keras.layers.Dense(units, activation=activation, kernel_regularizer=reg, dtype=dtype, name=EMBEDDING_LAYER)(
+        features
+    )
     x = keras.layers.Dense(num_classes, kernel_regularizer=reg, dtype=dtype, name=CLASSIFIER_LAYER)(x)
     return keras.layers.Activation("softmax", dtype="float32", name=OUTPUT_LAYER)(x)
 

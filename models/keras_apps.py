@@ -8,6 +8,7 @@ Both keep their built-in input normalisation (``include_preprocessing=True``): t
 standard deviation), so nothing is rescaled twice. Their layers take the precision from Keras' global
 dtype policy, which is set only while they are built and restored after.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,12 +43,15 @@ def _pooled(app_fn: Any, inputs: Any, dtype: Any, cfg: Any) -> Any:
     weights = weights if application_weights(weights) else None  # .keras / .weights.h5: models.weights, later
     with _policy(dtype.name):
         try:
-            app = app_fn(include_top=False, weights=weights, input_tensor=inputs, pooling="avg",
-                         include_preprocessing=True)
+            app = app_fn(
+                include_top=False, weights=weights, input_tensor=inputs, pooling="avg", include_preprocessing=True
+            )
         except (ValueError, OSError) as err:
-            raise ConfigError(f"cannot load model.weights {Path(weights).name} into "
-                              f"{describe(cfg.name, backbone_params(cfg))} ({first_line(err)}); give "
-                              f"include_top=False weights of {app_fn.__name__}") from None
+            raise ConfigError(
+                f"cannot load model.weights {Path(weights).name} into "
+                f"{describe(cfg.name, backbone_params(cfg))} ({first_line(err)}); give "
+                f"include_top=False weights of {app_fn.__name__}"
+            ) from None
     x = app.output
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, dtype=dtype, name="dropout")(x)

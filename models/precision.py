@@ -7,6 +7,7 @@ CNN about 8x *slower* than float32 (``benchmarks/bench_input.py --precision``). 
 resolves to ``mixed_bfloat16`` on a GPU of compute capability 8.0 or newer or a CPU that reports
 ``avx512_bf16`` or ``amx_bf16``, and to ``float32`` otherwise.
 """
+
 from __future__ import annotations
 
 import functools

@@ -8,6 +8,7 @@ Reference network (88 px crop in, 10 classes out)::
 
 3x3 kernels, ReLU, same padding; ``batch_norm``, ``global_pooling``, ``l2`` and ``activation`` vary it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,7 +24,7 @@ def build_reference_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
 
     size = int(inputs.shape[1])
     n_pools = len(cfg.filters)
-    if size // (2 ** n_pools) < 1:
+    if size // (2**n_pools) < 1:
         raise ConfigError(
             f"model.filters has {n_pools} pooling blocks, too many for a {size} px input; "
             "use fewer blocks or a larger crop"
@@ -31,8 +32,15 @@ def build_reference_cnn(inputs: Any, cfg: Any, dtype: Any) -> Any:
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
     x = keras.layers.Rescaling(1.0 / 255, dtype=dtype, name="rescale")(inputs)
     for i, n_filters in enumerate(cfg.filters, start=1):
-        x = keras.layers.Conv2D(n_filters, cfg.kernel_size, padding="same", use_bias=not cfg.batch_norm,
-                                kernel_regularizer=reg, dtype=dtype, name=f"conv{i}")(x)
+        x = keras.layers.Conv2D(
+            n_filters,
+            cfg.kernel_size,
+            padding="same",
+            use_bias=not cfg.batch_norm,
+            kernel_regularizer=reg,
+            dtype=dtype,
+            name=f"conv{i}",
+        )(x)
         if cfg.batch_norm:
             x = keras.layers.BatchNormalization(dtype=dtype, name=f"bn{i}")(x)
         x = keras.layers.Activation(cfg.activation, dtype=dtype, name=f"act{i}")(x)

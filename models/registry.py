@@ -6,6 +6,7 @@ validates its own parameters (``ConfigError`` naming the key). :func:`models.bui
 shared head (the ``embedding`` layer and the softmax classifier). Adding a backbone = one new module
 in ``models/`` (imported by ``models/__init__.py`` automatically) + one test.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,8 +26,9 @@ BACKBONES: dict[str, Builder] = {}
 PARAMS: dict[str, dict[str, tuple[Any, Callable[[Any], bool], str]]] = {}
 
 
-def register(name: str, params: dict[str, tuple[Any, Callable[[Any], bool], str]] | None = None
-             ) -> Callable[[Builder], Builder]:
+def register(
+    name: str, params: dict[str, tuple[Any, Callable[[Any], bool], str]] | None = None
+) -> Callable[[Builder], Builder]:
     """Decorator: register ``builder`` as backbone ``name`` (names are unique) with its ``model.params``
     (``{key: (default, check, allowed)}``)."""
 
@@ -53,16 +55,18 @@ def resolve_params(name: str, given: Any) -> dict[str, Any]:
     unknown = sorted(set(given) - set(spec))
     if unknown:
         known = ", ".join(sorted(spec)) or "none"
-        raise ConfigError(f"config key model.params.{unknown[0]} is not a parameter of backbone {name!r}; "
-                          f"its parameters: {known}")
+        raise ConfigError(
+            f"config key model.params.{unknown[0]} is not a parameter of backbone {name!r}; its parameters: {known}"
+        )
     out = {}
     for key, (default, check, allowed) in spec.items():
         value = given.get(key, default)
         if isinstance(value, list):
             value = tuple(value)
         if not check(value):
-            raise ConfigError(f"config key model.params.{key}={value!r} is not allowed for backbone {name!r}; "
-                              f"use {allowed}")
+            raise ConfigError(
+                f"config key model.params.{key}={value!r} is not allowed for backbone {name!r}; use {allowed}"
+            )
         out[key] = value
     return out
 
@@ -72,8 +76,10 @@ def get_backbone(name: str) -> Builder:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ConfigError(f"config key model.name={name!r} is not a registered backbone; use one of: "
-                          f"{', '.join(sorted(BACKBONES))}") from None
+        raise ConfigError(
+            f"config key model.name={name!r} is not a registered backbone; use one of: {', '.join(sorted(BACKBONES))}"
+        ) from None
+
 
 def backbone_params(model_cfg: Any) -> dict[str, Any]:
     """The parameters of ``model_cfg``'s backbone: defaults plus ``model.params``, validated."""

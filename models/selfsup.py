@@ -12,6 +12,7 @@ its head's embedding layer), so the pretrained weights load into a classifier by
 (``model.init_from`` / ``model.weights``); a small projector (two dense layers) carries the loss and is
 thrown away afterwards.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -68,10 +69,15 @@ def build_vicreg(model: Any, views: Any, *, projector_units: int = 256) -> Any:
     import tensorflow as tf
 
     encoder = embedding_encoder(model)
-    projector = keras.Sequential([keras.layers.Dense(projector_units, name="proj_1"),
-                                  keras.layers.BatchNormalization(name="proj_bn"), keras.layers.ReLU(),
-                                  keras.layers.Dense(projector_units, name="proj_2", dtype="float32")],
-                                 name="projector")
+    projector = keras.Sequential(
+        [
+            keras.layers.Dense(projector_units, name="proj_1"),
+            keras.layers.BatchNormalization(name="proj_bn"),
+            keras.layers.ReLU(),
+            keras.layers.Dense(projector_units, name="proj_2", dtype="float32"),
+        ],
+        name="projector",
+    )
 
     class VICReg(keras.Model):
         """Encoder + projector trained on two views; the losses as metrics."""

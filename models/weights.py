@@ -10,6 +10,7 @@ exactly this model: same backbone, parameters and class count) and, for the ``ke
 backbones, a plain ``.h5`` (e.g. ImageNet ``*_notop.h5`` weights brought by hand), loaded by the
 application itself when it is built.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,9 @@ def check_weights_file(path: str, backbone: str) -> Path:
     """``path`` as a Path if it is a weights file this backbone can start from; else one ConfigError line."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"model.weights file {path} not found; give a .keras model or a .weights.h5 file "
-                          "saved by Keras")
+        raise ConfigError(
+            f"model.weights file {path} not found; give a .keras model or a .weights.h5 file saved by Keras"
+        )
     if p.suffix == ".keras" or p.name.endswith(".weights.h5"):
         return p
     if application_weights(str(p)) and backbone in APPLICATION_BACKBONES:
@@ -51,8 +53,9 @@ def check_weights_file(path: str, backbone: str) -> Path:
     raise ConfigError(f"model.weights file {p.name} is not a Keras weights file for {backbone}; give {allowed}")
 
 
-def transfer_weights(target: Any, source: Any, *, target_desc: str, source_desc: str,
-                     keep_classifier: bool = True) -> list[str]:
+def transfer_weights(
+    target: Any, source: Any, *, target_desc: str, source_desc: str, keep_classifier: bool = True
+) -> list[str]:
     """Copy ``source``'s layer weights into ``target`` by layer name; return the layers left fresh.
 
     Raises ConfigError (one line naming both models) when a backbone layer is missing from ``source`` or
@@ -70,8 +73,10 @@ def transfer_weights(target: Any, source: Any, *, target_desc: str, source_desc:
             if layer.name in HEAD_LAYERS:
                 fresh.append(layer.name)
                 continue
-            raise ConfigError(f"cannot start {target_desc} from {source_desc}: it has no layer {layer.name!r}; "
-                              "use a model of the same model.name and model.params")
+            raise ConfigError(
+                f"cannot start {target_desc} from {source_desc}: it has no layer {layer.name!r}; "
+                "use a model of the same model.name and model.params"
+            )
         if layer.name == CLASSIFIER_LAYER and not keep_classifier:
             fresh.append(layer.name)
             continue
@@ -81,12 +86,19 @@ def transfer_weights(target: Any, source: Any, *, target_desc: str, source_desc:
             if layer.name == CLASSIFIER_LAYER:
                 fresh.append(layer.name)  # another class count: a new classifier
                 continue
-            raise ConfigError(f"cannot start {target_desc} from {source_desc}: layer {layer.name!r} has weights "
-                              f"{have} there but {want} here; use a model of the same model.name and model.params")
+            raise ConfigError(
+                f"cannot start {target_desc} from {source_desc}: layer {layer.name!r} has weights "
+                f"{have} there but {want} here; use a model of the same model.name and model.params"
+            )
         layer.set_weights(src.get_weights())
         copied += 1
-    log.info("started %s from %s: %d layers copied%s", target_desc, source_desc, copied,
-             f", {', '.join(fresh)} fresh" if fresh else "")
+    log.info(
+        "started %s from %s: %d layers copied%s",
+        target_desc,
+        source_desc,
+        copied,
+        f", {', '.join(fresh)} fresh" if fresh else "",
+    )
     return fresh
 
 
@@ -101,14 +113,17 @@ def load_weights_file(model: Any, path: str | Path, *, target_desc: str) -> list
                 warnings.simplefilter("ignore", UserWarning)
                 model.load_weights(str(p))
         except (ValueError, KeyError, OSError) as err:
-            raise ConfigError(f"cannot load model.weights {p.name} into {target_desc} ({first_line(err)}); "
-                              "a .weights.h5 file must come from the same model.name, model.params and "
-                              "class count (or give a .keras model)") from None
+            raise ConfigError(
+                f"cannot load model.weights {p.name} into {target_desc} ({first_line(err)}); "
+                "a .weights.h5 file must come from the same model.name, model.params and "
+                "class count (or give a .keras model)"
+            ) from None
         log.info("loaded %s into %s", p.name, target_desc)
         return []
     try:
         source = load_keras_file(p)
     except (ValueError, OSError, TypeError) as err:
-        raise ConfigError(f"cannot read model.weights {p.name} ({first_line(err)}); give a .keras model saved "
-                          "by Keras 3") from None
+        raise ConfigError(
+            f"cannot read model.weights {p.name} ({first_line(err)}); give a .keras model saved by Keras 3"
+        ) from None
     return transfer_weights(model, source, target_desc=target_desc, source_desc=p.name)

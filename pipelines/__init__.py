@@ -1,1 +1,2 @@
-"""Data in: Galaxy10 HDF5 reader, synthetic generator, folder importer, splits, preprocessing."""
+"""Data in: the Galaxy10 HDF5 reader, the folder importer, class sets, splits, preprocessing, the dataset and
+the input pipeline."""

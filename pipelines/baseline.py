@@ -1,4 +1,5 @@
 """The floor every model must beat: always predict the most frequent training class."""
+
 from __future__ import annotations
 
 import logging
@@ -8,12 +9,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.dummy import DummyClassifier
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    f1_score,
-    recall_score,
-)
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
 
 from core.errors import DataError
 from pipelines.classes import CLASS_NAMES, CLASS_SLUGS
@@ -23,8 +19,9 @@ from pipelines.splits import Split
 log = logging.getLogger(__name__)
 
 
-def baseline_metrics(train_labels: np.ndarray, test_labels: np.ndarray,
-                     class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, Any]:
+def baseline_metrics(
+    train_labels: np.ndarray, test_labels: np.ndarray, class_names: tuple[str, ...] = CLASS_NAMES
+) -> dict[str, Any]:
     """Fit a most-frequent ``DummyClassifier`` on ``train_labels``; score it on ``test_labels``.
 
     Returns
@@ -48,8 +45,7 @@ def baseline_metrics(train_labels: np.ndarray, test_labels: np.ndarray,
         "accuracy": float(accuracy_score(y_test, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_test, y_pred)),
         "macro_f1": float(f1_score(y_test, y_pred, labels=present, average="macro", zero_division=0)),
-        "per_class_recall": {key: float(recalls[k]) if in_test[k] else None
-                             for k, key in enumerate(keys)},
+        "per_class_recall": {key: float(recalls[k]) if in_test[k] else None for k, key in enumerate(keys)},
         "majority_class": majority,
         "majority_class_name": class_names[majority],
         "n_train": int(len(y_train)),
@@ -67,11 +63,15 @@ def score_baseline(data_path: str | os.PathLike, split: Split) -> dict[str, Any]
         labels = f.labels()
         info = f.info
     if split.n_images != info.n_images:
-        raise DataError(f"split covers {split.n_images} images but {data_path} holds {info.n_images}; "
-                        "re-split with `galaxy10 data split --force`")
+        raise DataError(
+            f"split covers {split.n_images} images but {data_path} holds {info.n_images}; "
+            "re-split with `galaxy10 data split --force`"
+        )
     metrics = baseline_metrics(labels[split.train], labels[split.test], info.class_names)
-    metrics.update(data=str(Path(data_path)), fingerprint=split.fingerprint[:12],
-                   synthetic=info.synthetic, split_seed=split.seed)
-    log.info("baseline on %s: accuracy %.3f (always %s)", data_path, metrics["accuracy"],
-             metrics["majority_class_name"])
+    metrics.update(
+        data=str(Path(data_path)), fingerprint=split.fingerprint[:12], synthetic=info.synthetic, split_seed=split.seed
+    )
+    log.info(
+        "baseline on %s: accuracy %.3f (always %s)", data_path, metrics["accuracy"], metrics["majority_class_name"]
+    )
     return metrics

@@ -1,4 +1,5 @@
 """The Galaxy10 DECaLS class table: the one place that names the ten classes."""
+
 from __future__ import annotations
 
 import re
@@ -46,8 +47,15 @@ OFFICIAL_SHA256: str = "19aefc477c41bb7f77ff07599a6b82a038dc042f889a111b0d4d98bb
 #: The reference project's published test figures (81.1% accuracy), per-class recall by slug.
 REFERENCE_ACCURACY: float = 0.811
 REFERENCE_RECALL: dict[str, float] = {
-    "disturbed": 0.31, "merging": 0.89, "round": 0.92, "in_between": 0.92, "cigar": 0.71,
-    "barred": 0.89, "tight_spiral": 0.70, "loose_spiral": 0.66, "edge_on_no_bulge": 0.94,
+    "disturbed": 0.31,
+    "merging": 0.89,
+    "round": 0.92,
+    "in_between": 0.92,
+    "cigar": 0.71,
+    "barred": 0.89,
+    "tight_spiral": 0.70,
+    "loose_spiral": 0.66,
+    "edge_on_no_bulge": 0.94,
     "edge_on_bulge": 0.91,
 }
 
@@ -69,9 +77,7 @@ def class_index(key: str | int) -> int:
     for c in CLASSES:
         if norm in (c.slug, c.name.lower().replace("-", "_").replace(" ", "_")):
             return c.index
-    raise DataError(
-        f"unknown class {key!r}; use an index 0-9 or one of: {', '.join(CLASS_SLUGS)}"
-    )
+    raise DataError(f"unknown class {key!r}; use an index 0-9 or one of: {', '.join(CLASS_SLUGS)}")
 
 
 def slugify(name: str) -> str:
@@ -97,8 +103,9 @@ class ClassSet:
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.slugs) or not self.names:
-            raise DataError(f"a class set needs one slug per name, got {len(self.names)} names, "
-                            f"{len(self.slugs)} slugs")
+            raise DataError(
+                f"a class set needs one slug per name, got {len(self.names)} names, {len(self.slugs)} slugs"
+            )
 
     @classmethod
     def from_names(cls, names: tuple[str, ...] | list[str]) -> ClassSet:
@@ -139,12 +146,14 @@ class ClassSet:
         for k, (name, slug) in enumerate(zip(self.names, self.slugs)):
             if norm in (slug, _norm(name)):
                 return k
-        raise DataError(f"unknown class {key!r}; this data's classes are: {', '.join(self.slugs)} (or an index "
-                        f"0-{self.n - 1})")
+        raise DataError(
+            f"unknown class {key!r}; this data's classes are: {', '.join(self.slugs)} (or an index 0-{self.n - 1})"
+        )
 
 
 #: The Galaxy10 DECaLS class set.
 GALAXY10 = ClassSet(CLASS_NAMES, CLASS_SLUGS)
+
 
 def absent_classes(y_true: Any, class_slugs: Sequence[str]) -> list[str]:
     """Slugs of the classes with no image in ``y_true``: macro metrics average over the others."""

@@ -4,6 +4,7 @@
 fingerprint and the resized-image cache all read through that one handle. Every command builds one
 :class:`TrainData` and hands it on; nothing below re-opens the file by path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,13 +58,22 @@ class TrainData:
     def describe(self) -> str:
         """One line for the log: file, image counts and whether the data is synthetic."""
         kind = "SYNTHETIC data" if self.synthetic else f"real data ({self.provenance})"
-        return (f"{self.path} [{kind}, fingerprint {self.fingerprint[:12]}]: {len(self.train)} train / "
-                f"{len(self.val)} val / {len(self.test)} test images at {self.size} px")
+        return (
+            f"{self.path} [{kind}, fingerprint {self.fingerprint[:12]}]: {len(self.train)} train / "
+            f"{len(self.val)} val / {len(self.test)} test images at {self.size} px"
+        )
 
 
-def open_dataset(path: str | Path | None, *, size: int, test_fraction: float, val_fraction: float,
-                 split_seed: int | None, max_images: int | None = None,
-                 check_classes: Callable[[ClassSet], None] | None = None) -> TrainData:
+def open_dataset(
+    path: str | Path | None,
+    *,
+    size: int,
+    test_fraction: float,
+    val_fraction: float,
+    split_seed: int | None,
+    max_images: int | None = None,
+    check_classes: Callable[[ClassSet], None] | None = None,
+) -> TrainData:
     """Open and validate the data file once, make or load its split, load the resized images (cached).
 
     ``path`` None resolves to the real file if present, else the synthetic default. With
@@ -77,8 +87,7 @@ def open_dataset(path: str | Path | None, *, size: int, test_fraction: float, va
         classes = ClassSet.from_names(tuple(getattr(info, "class_names", None) or CLASS_NAMES))
         if check_classes is not None:
             check_classes(classes)
-        split = ensure_split(path, test_fraction=test_fraction, val_fraction=val_fraction,
-                             seed=split_seed, source=f)
+        split = ensure_split(path, test_fraction=test_fraction, val_fraction=val_fraction, seed=split_seed, source=f)
         labels = np.asarray(f.labels()).astype(np.int64)
         n = len(labels)
         limit = n if max_images is None else min(n, max_images)
@@ -90,15 +99,32 @@ def open_dataset(path: str | Path | None, *, size: int, test_fraction: float, va
     train, val, test = (np.asarray(s, dtype=np.int64) for s in (split.train, split.val, split.test))
     train, val, test = train[train < limit], val[val < limit], test[test < limit]
     if len(train) == 0 or len(val) == 0:
-        raise DataError(f"data.max_images={limit} leaves {len(train)} train / {len(val)} val images; "
-                        "raise data.max_images")
+        raise DataError(
+            f"data.max_images={limit} leaves {len(train)} train / {len(val)} val images; raise data.max_images"
+        )
     names, slugs = classes.names, classes.slugs
     for split_name, rows in (("train", train), ("validation", val), ("test", test)):
         absent = absent_classes(labels[rows], slugs) if len(rows) else []
         if absent:
-            log.warning("the %s split of %s has no image of class(es) %s: their recall is not measured and macro "
-                        "metrics average over the %d classes present", split_name, path.name, ", ".join(absent),
-                        len(slugs) - len(absent))
-    return TrainData(path=path, images=images, labels=labels, train=train, val=val, test=test,
-                     class_names=tuple(names), class_slugs=tuple(slugs), fingerprint=data_fingerprint(path),
-                     synthetic=bool(info.synthetic), provenance=str(provenance(path, info)), size=size)
+            log.warning(
+                "the %s split of %s has no image of class(es) %s: their recall is not measured and macro "
+                "metrics average over the %d classes present",
+                split_name,
+                path.name,
+                ", ".join(absent),
+                len(slugs) - len(absent),
+            )
+    return TrainData(
+        path=path,
+        images=images,
+        labels=labels,
+        train=train,
+        val=val,
+        test=test,
+        class_names=tuple(names),
+        class_slugs=tuple(slugs),
+        fingerprint=data_fingerprint(path),
+        synthetic=bool(info.synthetic),
+        provenance=str(provenance(path, info)),
+        size=size,
+    )

@@ -1,5 +1,6 @@
 """A gallery figure (PNG, JPEG, PDF or SVG) of a Galaxy10-schema file: a few random examples per class,
 one row per class."""
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,7 @@ def _owner_metadata(fmt: str) -> dict:
     return {"pil_kwargs": {"comment": OWNER_TAG.encode()}}
 
 
-def check_gallery_request(out: str | os.PathLike, *, per_class: int, thumb: int | None,
-                          force: bool = False) -> str:
+def check_gallery_request(out: str | os.PathLike, *, per_class: int, thumb: int | None, force: bool = False) -> str:
     """Validate the gallery options before any image is read; return the figure format.
 
     Raises
@@ -72,14 +72,23 @@ def check_gallery_request(out: str | os.PathLike, *, per_class: int, thumb: int 
         raise ConfigError(f"--thumb {thumb} is out of range; use 16-{MAX_THUMB} px")
     fmt = FORMATS.get(Path(out).suffix.lower())
     if fmt is None and not Path(out).is_dir():
-        raise ConfigError(f"--out {out} has suffix {Path(out).suffix or '(none)'!r}; name a "
-                          f"{', '.join(sorted(set(FORMATS)))} file, e.g. gallery.png")
+        raise ConfigError(
+            f"--out {out} has suffix {Path(out).suffix or '(none)'!r}; name a "
+            f"{', '.join(sorted(set(FORMATS)))} file, e.g. gallery.png"
+        )
     check_output_file(out, force=force)
     return str(fmt)
 
 
-def make_gallery(path: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 6, seed: int = 0,
-                 thumb: int | None = 128, force: bool = False) -> Path:
+def make_gallery(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    per_class: int = 6,
+    seed: int = 0,
+    thumb: int | None = 128,
+    force: bool = False,
+) -> Path:
     """Write a grid of ``per_class`` examples per class (rows, named) from ``path`` to the figure ``out``.
 
     The format follows the suffix of ``out`` (:data:`FORMATS`). Images are read lazily (only the
@@ -98,12 +107,15 @@ def make_gallery(path: str | os.PathLike, out: str | os.PathLike, *, per_class: 
         side = thumb or info.image_size
         canvas = per_class * side * info.num_classes * side
         if canvas > MAX_CANVAS_PIXELS:
-            raise ConfigError(f"a gallery of {info.num_classes} classes x {per_class} images of {side} px is "
-                              f"{canvas / 1e6:.0f} million pixels, over the {MAX_CANVAS_PIXELS // 10**6} million "
-                              "limit; lower --per-class or --thumb")
+            raise ConfigError(
+                f"a gallery of {info.num_classes} classes x {per_class} images of {side} px is "
+                f"{canvas / 1e6:.0f} million pixels, over the {MAX_CANVAS_PIXELS // 10**6} million "
+                "limit; lower --per-class or --thumb"
+            )
         picks = pick_examples(g10.labels(), info.num_classes, per_class, seed)
-        rows = [g10.images(p) if p.size else np.zeros((0, info.image_size, info.image_size, 3), np.uint8)
-                for p in picks]
+        rows = [
+            g10.images(p) if p.size else np.zeros((0, info.image_size, info.image_size, 3), np.uint8) for p in picks
+        ]
     dpi = 100
     label_w = 2.3
     fig_w, fig_h = label_w + per_class * side / dpi, 0.5 + info.num_classes * side / dpi
@@ -120,11 +132,13 @@ def make_gallery(path: str | os.PathLike, out: str | os.PathLike, *, per_class: 
                 ax.imshow(_thumbnail(images[j], side), interpolation="nearest")
             elif j == 0:
                 ax.text(0.5, 0.5, "no images", ha="center", va="center", fontsize=8, transform=ax.transAxes)
-        axes[k, 0].set_ylabel(f"{k}: {name}\n({info.class_counts[k]})", rotation=0, ha="right", va="center",
-                              fontsize=9, labelpad=6)
+        axes[k, 0].set_ylabel(
+            f"{k}: {name}\n({info.class_counts[k]})", rotation=0, ha="right", va="center", fontsize=9, labelpad=6
+        )
     fig.suptitle(gallery_title(info), fontsize=10, y=1 - 0.12 / fig_h)
-    fig.subplots_adjust(left=label_w / fig_w, right=0.995, bottom=0.05 / fig_h, top=1 - 0.4 / fig_h,
-                        wspace=0.03, hspace=0.03)
+    fig.subplots_adjust(
+        left=label_w / fig_w, right=0.995, bottom=0.05 / fig_h, top=1 - 0.4 / fig_h, wspace=0.03, hspace=0.03
+    )
     target = Path(out)
     with atomic_path(target, suffix=f".{fmt}.tmp") as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, **_owner_metadata(fmt))

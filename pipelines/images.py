@@ -7,6 +7,7 @@ grayscale and palette images are expanded, alpha is dropped, CMYK / YCbCr / HSV 
 Pillow's colour conversion. A mode that cannot be converted is refused with one line. ``data
 import``, ``predict`` and the web page all decode through :func:`decode_image` / :func:`to_rgb_uint8`.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,9 @@ MAX_IMAGE_SIDE: int = 2048
 #: Largest image (width x height) decoded; bigger files are treated as decompression bombs.
 DEFAULT_MAX_PIXELS: int = 25_000_000
 #: Modes Pillow converts to RGB correctly itself (alpha dropped, palettes expanded, colour spaces converted).
-_PIL_CONVERTS = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
-                           "HSV", "LAB"})
+_PIL_CONVERTS = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "LAB"}
+)
 
 
 class EmptyImageError(DataError):
@@ -56,8 +58,10 @@ def scale_to_uint8(values: np.ndarray, mode: str, name: str) -> np.ndarray:
     """
     v = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(v)):
-        raise NotAnImageError(f"{name} has NaN or infinite pixel values (mode {mode}); save it with finite "
-                              "values, e.g. as an 8- or 16-bit PNG")
+        raise NotAnImageError(
+            f"{name} has NaN or infinite pixel values (mode {mode}); save it with finite "
+            "values, e.g. as an 8- or 16-bit PNG"
+        )
     if mode.startswith("I;16"):
         scaled = v / 257.0
     else:
@@ -88,12 +92,15 @@ def to_rgb_uint8(img: Image.Image, name: str) -> np.ndarray:
     if mode in _PIL_CONVERTS:
         source = img.convert("LA") if mode == "La" else img  # premultiplied alpha: Pillow has no La -> RGB
         return np.asarray(source.convert("RGB"), dtype=np.uint8)
-    raise NotAnImageError(f"{name} has pixel mode {mode}, which galaxy10 cannot convert to RGB; save it as an "
-                          "8- or 16-bit grayscale or RGB PNG")
+    raise NotAnImageError(
+        f"{name} has pixel mode {mode}, which galaxy10 cannot convert to RGB; save it as an "
+        "8- or 16-bit grayscale or RGB PNG"
+    )
 
 
-def _open_checked(source: io.BytesIO | Path, name: str, formats: Sequence[str] | None, max_pixels: int,
-                  fix: str) -> Image.Image:
+def _open_checked(
+    source: io.BytesIO | Path, name: str, formats: Sequence[str] | None, max_pixels: int, fix: str
+) -> Image.Image:
     try:
         img = Image.open(source, formats=list(formats) if formats else None)
     except Image.DecompressionBombError as err:
@@ -104,14 +111,21 @@ def _open_checked(source: io.BytesIO | Path, name: str, formats: Sequence[str] |
     width, height = img.size
     if width * height > max_pixels:
         img.close()
-        raise ImageTooLargeError(f"{name} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit; "
-                                 "give a smaller image (Galaxy10 images are 256x256)")
+        raise ImageTooLargeError(
+            f"{name} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit; "
+            "give a smaller image (Galaxy10 images are 256x256)"
+        )
     return img
 
 
-def decode_image(data: bytes | str | os.PathLike, name: str | None = None, *,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, formats: Sequence[str] | None = IMAGE_FORMATS,
-                 fix: str = "give a PNG or JPEG image") -> np.ndarray:
+def decode_image(
+    data: bytes | str | os.PathLike,
+    name: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] | None = IMAGE_FORMATS,
+    fix: str = "give a PNG or JPEG image",
+) -> np.ndarray:
     """Decode image bytes (or a file) to uint8 RGB ``(H, W, 3)``.
 
     ``formats`` limits the accepted Pillow formats (None: any Pillow can read).
@@ -147,9 +161,13 @@ def decode_image(data: bytes | str | os.PathLike, name: str | None = None, *,
     return rgb
 
 
-def check_image_header(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                       formats: Sequence[str] | None = IMAGE_FORMATS,
-                       fix: str = "give PNG/JPEG images or Galaxy10 HDF5 files") -> None:
+def check_image_header(
+    path: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] | None = IMAGE_FORMATS,
+    fix: str = "give PNG/JPEG images or Galaxy10 HDF5 files",
+) -> None:
     """Raise the :func:`decode_image` errors that the file header alone reveals (no pixels decoded)."""
     if path.stat().st_size == 0:
         raise EmptyImageError(f"{path} is empty (0 bytes); {fix}")

@@ -14,6 +14,7 @@ Class rule (``classes``):
 Every image is converted to RGB, centre-cropped to a square and resized to ``size`` with Pillow's
 anti-aliased LANCZOS filter. The root attribute ``class_names`` (JSON list) records the classes.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,9 @@ def _is_galaxy10_name(text: str) -> bool:
     return True
 
 
-def resolve_classes(values: Sequence[str], mode: str = "auto",
-                    class_names: Sequence[str] | None = None) -> tuple[str, tuple[str, ...], dict[str, int]]:
+def resolve_classes(
+    values: Sequence[str], mode: str = "auto", class_names: Sequence[str] | None = None
+) -> tuple[str, tuple[str, ...], dict[str, int]]:
     """Decide the class set for label strings; return ``(mode, class_names, value -> index)``.
 
     Values that map to no class are absent from the mapping (callers report their rows).
@@ -88,14 +90,15 @@ def resolve_classes(values: Sequence[str], mode: str = "auto",
     distinct = sorted({v for v in values if v})
     if mode == "auto":
         mode = "galaxy10" if distinct and all(_is_galaxy10_name(v) for v in distinct) else "custom"
-        if mode == "custom" and class_names is None and all(_is_int(v) and 0 <= int(v) <= 9
-                                                             for v in distinct):
-            log.info("integer labels import as a custom %d-class set; pass --classes galaxy10 if "
-                     "they are Galaxy10 labels 0-9", len(distinct))
+        if mode == "custom" and class_names is None and all(_is_int(v) and 0 <= int(v) <= 9 for v in distinct):
+            log.info(
+                "integer labels import as a custom %d-class set; pass --classes galaxy10 if "
+                "they are Galaxy10 labels 0-9",
+                len(distinct),
+            )
     if mode == "galaxy10":
         if class_names is not None:
-            raise DataError("class names are fixed for Galaxy10 labels; drop --class-names or use "
-                            "--classes custom")
+            raise DataError("class names are fixed for Galaxy10 labels; drop --class-names or use --classes custom")
         mapping = {}
         for v in distinct:
             try:
@@ -106,12 +109,16 @@ def resolve_classes(values: Sequence[str], mode: str = "auto",
     if class_names is not None:
         names = tuple(n.strip() for n in class_names)
         if not names or any(not n for n in names) or len(set(names)) != len(names):
-            raise DataError(f"--class-names {','.join(class_names)!r} must list distinct, non-empty "
-                            "names, one per integer label 0..K-1")
+            raise DataError(
+                f"--class-names {','.join(class_names)!r} must list distinct, non-empty "
+                "names, one per integer label 0..K-1"
+            )
         not_int = [v for v in distinct if not _is_int(v)]
         if not_int:
-            raise DataError(f"--class-names names integer labels 0..K-1, but the labels include "
-                            f"{not_int[0]!r}; drop --class-names to use the label text as names")
+            raise DataError(
+                f"--class-names names integer labels 0..K-1, but the labels include "
+                f"{not_int[0]!r}; drop --class-names to use the label text as names"
+            )
         mapping = {v: int(v) for v in distinct if 0 <= int(v) < len(names)}
         return mode, names, mapping
     if all(_is_int(v) for v in distinct):
@@ -120,8 +127,10 @@ def resolve_classes(values: Sequence[str], mode: str = "auto",
     else:
         names = tuple(distinct)
     if len(names) > _MAX_CLASSES:
-        raise DataError(f"the labels name {len(names)} distinct classes, more than {_MAX_CLASSES}; "
-                        "check --label-column points at a class column")
+        raise DataError(
+            f"the labels name {len(names)} distinct classes, more than {_MAX_CLASSES}; "
+            "check --label-column points at a class column"
+        )
     return mode, names, {v: i for i, v in enumerate(distinct)}
 
 
@@ -149,13 +158,16 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 def _read_catalog(labels_csv: Path, file_column: str, label_column: str) -> pd.DataFrame:
     if not labels_csv.is_file():
-        raise DataError(f"labels CSV {labels_csv} not found; pass a CSV with a file column and a "
-                        "label column (--labels)")
+        raise DataError(
+            f"labels CSV {labels_csv} not found; pass a CSV with a file column and a label column (--labels)"
+        )
     try:
         table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{labels_csv} is not a readable CSV ({str(err).splitlines()[0]}); save it "
-                        "as comma-separated text with a header row") from None
+        raise DataError(
+            f"{labels_csv} is not a readable CSV ({str(err).splitlines()[0]}); save it "
+            "as comma-separated text with a header row"
+        ) from None
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in (file_column, label_column) if c not in table.columns]
     if missing:
@@ -194,11 +206,20 @@ def _bad_line(bad: list[tuple[str, str]]) -> str:
     return f"{shown}{more}"
 
 
-def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out: str | os.PathLike,
-                  *, size: int = 256, skip_bad: bool = False, file_column: str = "file",
-                  label_column: str = "label", classes: str = "auto",
-                  class_names: Sequence[str] | None = None, progress: bool = True,
-                  force: bool = False) -> ImportReport:
+def import_folder(
+    folder: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    size: int = 256,
+    skip_bad: bool = False,
+    file_column: str = "file",
+    label_column: str = "label",
+    classes: str = "auto",
+    class_names: Sequence[str] | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> ImportReport:
     """Import images listed in ``labels_csv`` (paths relative to ``folder``) into HDF5 at ``out``.
 
     Bad rows (missing or unreadable images, unknown classes, bad coordinates) stop the import with
@@ -216,8 +237,9 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
     if not 8 <= size <= MAX_IMAGE_SIDE:
         raise DataError(f"--size {size} is out of range; use 8-{MAX_IMAGE_SIDE} pixels (Galaxy10 uses 256)")
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} not found or not a folder; pass the folder that "
-                        "holds the images named in the CSV")
+        raise DataError(
+            f"image folder {folder} not found or not a folder; pass the folder that holds the images named in the CSV"
+        )
     if out.is_dir():
         raise DataError(f"--out {out} is a folder; pass a file name such as data/my_set.h5")
     check_output_file(out, force=force)
@@ -247,8 +269,9 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
                 try:
                     ra, dec = float(table.at[i, coord_cols[0]]), float(table.at[i, coord_cols[1]])
                 except ValueError:
-                    bad.append((tag, f"non-numeric ra/dec {table.at[i, coord_cols[0]]!r}, "
-                                     f"{table.at[i, coord_cols[1]]!r}"))
+                    bad.append(
+                        (tag, f"non-numeric ra/dec {table.at[i, coord_cols[0]]!r}, {table.at[i, coord_cols[1]]!r}")
+                    )
                     continue
             rows.append((name, path, mapping[lab], ra, dec))
 
@@ -256,16 +279,27 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
     coords_out: list[tuple[float, float]] = []
     with atomic_path(out, suffix=".h5.tmp") as tmp:
         with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset("images", shape=(len(rows), size, size, 3), dtype=np.uint8,
-                                  maxshape=(None, size, size, 3), chunks=(1, size, size, 3))
+            ds = f.create_dataset(
+                "images",
+                shape=(len(rows), size, size, 3),
+                dtype=np.uint8,
+                maxshape=(None, size, size, 3),
+                chunks=(1, size, size, 3),
+            )
             n = 0
-            for name, path, lab, ra, dec in tqdm(rows, desc=f"import {folder.name}", unit="img",
-                                                 disable=not progress or None):
+            for name, path, lab, ra, dec in tqdm(
+                rows, desc=f"import {folder.name}", unit="img", disable=not progress or None
+            ):
                 try:
                     image = load_image(path, size)
                 except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, DataError) as err:
-                    bad.append((name, f"unreadable image ({type(err).__name__}: "
-                                      f"{str(err).splitlines()[0] if str(err) else 'no detail'})"))
+                    bad.append(
+                        (
+                            name,
+                            f"unreadable image ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'no detail'})",
+                        )
+                    )
                     continue
                 if bad and not skip_bad:
                     continue  # keep checking the rest so the error counts every bad file
@@ -279,30 +313,38 @@ def import_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike, out:
                     "fix or remove them, or pass --skip-bad to import the rest"
                 )
             if n == 0:
-                raise DataError(f"no usable images in {folder} ({len(bad)} bad: {_bad_line(bad)}); "
-                                "nothing was written")
+                raise DataError(f"no usable images in {folder} ({len(bad)} bad: {_bad_line(bad)}); nothing was written")
             ds.resize(n, axis=0)
             f.create_dataset("ans", data=np.asarray(labels_out, dtype=np.uint8))
             if coord_cols:
                 arr = np.asarray(coords_out, dtype=np.float64)
                 f.create_dataset("ra", data=arr[:, 0])
                 f.create_dataset("dec", data=arr[:, 1])
-            f.attrs.update({
-                "synthetic": False,
-                "source": "import",
-                "class_names": json.dumps(list(names)),
-                "class_mode": mode,
-                "source_folder": str(folder.resolve()),
-                "labels_csv": str(labels_csv.resolve()),
-                "label_column": label_column,
-                "created_by": "galaxy10 data import",
-                H5_OWNER_ATTR: "galaxy10 data import",
-                "n_skipped": len(bad),
-            })
+            f.attrs.update(
+                {
+                    "synthetic": False,
+                    "source": "import",
+                    "class_names": json.dumps(list(names)),
+                    "class_mode": mode,
+                    "source_folder": str(folder.resolve()),
+                    "labels_csv": str(labels_csv.resolve()),
+                    "label_column": label_column,
+                    "created_by": "galaxy10 data import",
+                    H5_OWNER_ATTR: "galaxy10 data import",
+                    "n_skipped": len(bad),
+                }
+            )
         info = validate_galaxy10(tmp)
     if bad:
         log.warning("skipped %d of %d rows: %s", len(bad), len(files), _bad_line(bad))
     log.info("imported %d images (%s classes: %s) into %s", n, mode, ", ".join(names), out)
-    return ImportReport(out=out, n_images=n, image_size=size, class_mode=mode, class_names=names,
-                        class_counts=info.class_counts, has_coords=coord_cols is not None,
-                        skipped=tuple(bad))
+    return ImportReport(
+        out=out,
+        n_images=n,
+        image_size=size,
+        class_mode=mode,
+        class_names=names,
+        class_counts=info.class_counts,
+        has_coords=coord_cols is not None,
+        skipped=tuple(bad),
+    )

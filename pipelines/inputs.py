@@ -13,6 +13,7 @@ whatever the thread timing. Each new iteration of the dataset (Keras starts one 
 next epoch: new oversampling draw, new order, new augmentations. The model rescales the images
 itself (``Rescaling(1/255)``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,10 @@ DEFAULT_PARALLEL_CALLS = 2
 def _check_images(images: Any, crop: int) -> None:
     shape = getattr(images, "shape", None)
     if getattr(images, "dtype", None) != np.uint8 or shape is None or len(shape) != 4 or shape[-1] != 3:
-        raise DataError(f"input images must be uint8 (N, H, W, 3), got {getattr(images, 'dtype', None)} {shape}; "
-                        "pass the array from pipelines.preprocess.load_resized")
+        raise DataError(
+            f"input images must be uint8 (N, H, W, 3), got {getattr(images, 'dtype', None)} {shape}; "
+            "pass the array from pipelines.preprocess.load_resized"
+        )
     if crop > min(shape[1], shape[2]):
         raise DataError(f"crop {crop} px is larger than the {shape[1]} px images; use a crop <= {shape[1]}")
 
@@ -65,8 +68,14 @@ class EpochPlanner:
     ``numpy.random.default_rng([seed, e])``. :attr:`class_mixes` keeps each epoch's class mix.
     """
 
-    def __init__(self, labels: np.ndarray, rows: np.ndarray, multipliers: np.ndarray | None, seed: int,
-                 class_slugs: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        labels: np.ndarray,
+        rows: np.ndarray,
+        multipliers: np.ndarray | None,
+        seed: int,
+        class_slugs: Sequence[str] | None = None,
+    ) -> None:
         self.labels = np.asarray(labels)
         self.rows = rows
         self.multipliers = multipliers
@@ -95,7 +104,7 @@ class EpochPlanner:
         # Random rounding makes the oversampled count vary by a few samples; trim or top up (with
         # random repeats) to the fixed epoch length.
         if len(order) > self.epoch_length:
-            order = order[:self.epoch_length]
+            order = order[: self.epoch_length]
         elif len(order) < self.epoch_length:
             order = np.concatenate([order, rng.choice(order, self.epoch_length - len(order))])
         seeds = rng.integers(0, 2**31 - 1, size=len(order), dtype=np.int64)
@@ -114,8 +123,9 @@ class EpochPlanner:
         return rows, seeds
 
 
-def _loader(images: np.ndarray, labels: np.ndarray, crop: int,
-            augment_fn: AugmentFn | None) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _loader(
+    images: np.ndarray, labels: np.ndarray, crop: int, augment_fn: AugmentFn | None
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The per-batch numpy work: gather rows, augment (seeded), centre crop."""
 
     def load(rows: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,12 +150,20 @@ def _batch_map(load: Callable, crop: int) -> Callable:
     return fn
 
 
-def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, crop: int,
-                       augment_fn: AugmentFn | None = None, multipliers: np.ndarray | None = None,
-                       seed: int = 0, indices: np.ndarray | None = None,
-                       parallel_calls: int = DEFAULT_PARALLEL_CALLS,
-                       planner_out: list | None = None,
-                       class_slugs: Sequence[str] | None = None) -> tf.data.Dataset:
+def make_train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    crop: int,
+    augment_fn: AugmentFn | None = None,
+    multipliers: np.ndarray | None = None,
+    seed: int = 0,
+    indices: np.ndarray | None = None,
+    parallel_calls: int = DEFAULT_PARALLEL_CALLS,
+    planner_out: list | None = None,
+    class_slugs: Sequence[str] | None = None,
+) -> tf.data.Dataset:
     """Training batches ``(float32 (B, crop, crop, 3) 0..255, int32 (B,))``, a new epoch per iteration.
 
     Every epoch has the same length, ``round(sum of the samples' multipliers)`` samples, so Keras
@@ -179,8 +197,7 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
         raise DataError(f"batch_size={batch_size!r} must be a positive integer")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be a non-negative integer")
-    planner = EpochPlanner(labels, rows, None if multipliers is None else np.asarray(multipliers), seed,
-                           class_slugs)
+    planner = EpochPlanner(labels, rows, None if multipliers is None else np.asarray(multipliers), seed, class_slugs)
     if planner_out is not None:
         planner_out.append(planner)
 
@@ -198,9 +215,15 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, crop: int, batch_size: int,
-                      indices: np.ndarray | None = None,
-                      parallel_calls: int = DEFAULT_PARALLEL_CALLS) -> tf.data.Dataset:
+def make_eval_dataset(
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    crop: int,
+    batch_size: int,
+    indices: np.ndarray | None = None,
+    parallel_calls: int = DEFAULT_PARALLEL_CALLS,
+) -> tf.data.Dataset:
     """Evaluation batches in row order, centre-cropped, no augmentation.
 
     Yields ``(images, labels)`` when ``labels`` is given, else images only.

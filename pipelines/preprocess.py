@@ -6,6 +6,7 @@ cut-out goes through the same steps as a 256 px Galaxy10 image. Resizing uses Op
 ``INTER_AREA`` (pixel-area averaging) for downscaling: about 2x faster than Pillow's ``BOX`` filter
 and identical to it within 1 grey level (see ``benchmarks/bench_data.py``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,7 @@ def _check_rgb_uint8(images: np.ndarray, what: str, ndim: int) -> None:
     if not isinstance(images, np.ndarray) or images.ndim != ndim or images.shape[-1] != 3:
         shape = getattr(images, "shape", None)
         want = "(H, W, 3)" if ndim == 3 else "(N, H, W, 3)"
-        raise DataError(f"{what} must be an RGB array of shape {want}, got shape {shape}; "
-                        "convert it to RGB first")
+        raise DataError(f"{what} must be an RGB array of shape {want}, got shape {shape}; convert it to RGB first")
     if images.dtype != np.uint8:
         raise DataError(f"{what} must be uint8 (0..255), got {images.dtype}; convert it to uint8 first")
 
@@ -88,7 +88,7 @@ def center_crop(images: np.ndarray, crop: int = 88) -> np.ndarray:
     if crop > min(h, w):
         raise DataError(f"crop {crop} px is larger than the {h}x{w} px images; use a crop <= {min(h, w)}")
     top, left = _crop_offsets(h, w, crop, crop)
-    return images[:, top:top + crop, left:left + crop]
+    return images[:, top : top + crop, left : left + crop]
 
 
 def square_crop(image: np.ndarray) -> np.ndarray:
@@ -97,11 +97,12 @@ def square_crop(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     s = min(h, w)
     top, left = _crop_offsets(h, w, s, s)
-    return image[top:top + s, left:left + s]
+    return image[top : top + s, left : left + s]
 
 
-def prepare_images(images_any_size: np.ndarray | Sequence[np.ndarray], size: int = 128,
-                   crop: int | None = 88) -> np.ndarray:
+def prepare_images(
+    images_any_size: np.ndarray | Sequence[np.ndarray], size: int = 128, crop: int | None = 88
+) -> np.ndarray:
     """Square-crop, resize to ``size`` and centre-crop to ``crop``: what prediction does to new images.
 
     Parameters
@@ -133,8 +134,7 @@ def prepare_images(images_any_size: np.ndarray | Sequence[np.ndarray], size: int
     return out if crop is None else np.ascontiguousarray(center_crop(out, crop))
 
 
-def cache_path_for(fingerprint: str, size: int, crop: int | None,
-                   cache_dir: str | os.PathLike | None = None) -> Path:
+def cache_path_for(fingerprint: str, size: int, crop: int | None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of the cached resized array for data ``fingerprint`` at ``size`` / ``crop``."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     crop_part = f"c{crop}" if crop is not None else "nocrop"
@@ -174,12 +174,20 @@ def _build_cache(data_path: Path, path: Path, size: int, crop: int | None, sourc
                 finally:
                     del out
         except OSError as err:
-            raise DataError(f"cannot write the image cache {path} ({os_error_reason(err)}); free space in "
-                            f"{path.parent} or point GALAXY10_CACHE at a folder with room") from None
+            raise DataError(
+                f"cannot write the image cache {path} ({os_error_reason(err)}); free space in "
+                f"{path.parent} or point GALAXY10_CACHE at a folder with room"
+            ) from None
 
 
-def load_resized(data_path: str | os.PathLike, *, size: int = 128, crop: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, source: Any = None) -> np.ndarray:
+def load_resized(
+    data_path: str | os.PathLike,
+    *,
+    size: int = 128,
+    crop: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    source: Any = None,
+) -> np.ndarray:
     """Return all images of ``data_path`` resized to ``size`` (and centre-cropped to ``crop``), cached.
 
     The first call streams the HDF5 file and writes a ``.npy`` cache named by the data fingerprint,

@@ -6,6 +6,7 @@ of length ``N``. Files written by ``galaxy10 data import`` may carry a root attr
 ``class_names`` (a JSON list); their labels are then checked against ``0..len(class_names)-1``
 instead of ``0..9``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -103,8 +104,13 @@ def class_names_from_attrs(attrs: dict, path: str | os.PathLike = "") -> tuple[s
             names = json.loads(raw)
         except json.JSONDecodeError:
             names = None
-    if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
-            or len(set(names)) != len(names) or len(names) > 256):
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+        or len(names) > 256
+    ):
         raise DataError(
             f"{path}: root attribute 'class_names' is {raw!r}, not a JSON list of 1-256 distinct "
             "names; rewrite it (e.g. attrs['class_names'] = json.dumps(['a', 'b'])) or delete it "
@@ -117,19 +123,18 @@ def _check_file(path: Path) -> None:
     """Existence, not-a-directory, size and HDF5 signature checks (no HDF5 open)."""
     if not path.exists():
         raise DataError(
-            f"data file {path} not found; put Galaxy10_DECals.h5 at {real_data_path()} ({_SOURCE}) "
-            f"{_OR_SYNTH}"
+            f"data file {path} not found; put Galaxy10_DECals.h5 at {real_data_path()} ({_SOURCE}) {_OR_SYNTH}"
         )
     if path.is_dir():
-        raise DataError(f"{path} is a directory, not an HDF5 file; pass the .h5 file itself "
-                        f"(e.g. {real_data_path()})")
+        raise DataError(f"{path} is a directory, not an HDF5 file; pass the .h5 file itself (e.g. {real_data_path()})")
     size = path.stat().st_size
     if size == 0:
-        raise DataError(f"{path} is an empty file (0 bytes), not HDF5; the download or copy failed: "
-                        f"{_FETCH}")
+        raise DataError(f"{path} is an empty file (0 bytes), not HDF5; the download or copy failed: {_FETCH}")
     if not h5py.is_hdf5(path):
-        raise DataError(f"{path} is not an HDF5 file (no HDF5 signature, {size} bytes); pass a "
-                        f"Galaxy10 .h5 file ({_SOURCE}) {_OR_SYNTH}")
+        raise DataError(
+            f"{path} is not an HDF5 file (no HDF5 signature, {size} bytes); pass a "
+            f"Galaxy10 .h5 file ({_SOURCE}) {_OR_SYNTH}"
+        )
 
 
 def _open(path: Path) -> h5py.File:
@@ -159,26 +164,36 @@ def _check_schema(path: Path, f: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset]
         )
     images, ans = f["images"], f["ans"]
     if images.dtype != np.uint8:
-        raise DataError(f"{path}: 'images' has dtype {images.dtype}, expected uint8 pixels 0-255; "
-                        "re-save them with np.clip(x, 0, 255).astype(np.uint8)")
+        raise DataError(
+            f"{path}: 'images' has dtype {images.dtype}, expected uint8 pixels 0-255; "
+            "re-save them with np.clip(x, 0, 255).astype(np.uint8)"
+        )
     if images.ndim != 4:
-        raise DataError(f"{path}: 'images' has shape {images.shape} (rank {images.ndim}), expected "
-                        "rank 4 (N, H, W, 3); store one RGB image per row")
+        raise DataError(
+            f"{path}: 'images' has shape {images.shape} (rank {images.ndim}), expected "
+            "rank 4 (N, H, W, 3); store one RGB image per row"
+        )
     _, h, w, c = images.shape
     if h != w:
-        raise DataError(f"{path}: images are {h}x{w}, not square; centre-crop them to square "
-                        "(`galaxy10 data import` does this)")
+        raise DataError(
+            f"{path}: images are {h}x{w}, not square; centre-crop them to square (`galaxy10 data import` does this)"
+        )
     if c != 3:
-        raise DataError(f"{path}: images have {c} channels, expected 3 (RGB); convert them to RGB "
-                        "(`galaxy10 data import` does this)")
+        raise DataError(
+            f"{path}: images have {c} channels, expected 3 (RGB); convert them to RGB "
+            "(`galaxy10 data import` does this)"
+        )
     if not np.issubdtype(ans.dtype, np.integer):
-        raise DataError(f"{path}: 'ans' has dtype {ans.dtype}, expected integer class labels "
-                        "(uint8); store labels as integers 0-9")
+        raise DataError(
+            f"{path}: 'ans' has dtype {ans.dtype}, expected integer class labels (uint8); store labels as integers 0-9"
+        )
     if ans.ndim != 1:
         raise DataError(f"{path}: 'ans' has shape {ans.shape}, expected one label per image (N,)")
     if ans.shape[0] != images.shape[0]:
-        raise DataError(f"{path}: 'ans' has {ans.shape[0]} labels but 'images' has {images.shape[0]} "
-                        "images; give exactly one label per image")
+        raise DataError(
+            f"{path}: 'ans' has {ans.shape[0]} labels but 'images' has {images.shape[0]} "
+            "images; give exactly one label per image"
+        )
     if images.shape[0] == 0:
         raise DataError(f"{path} holds 0 images; regenerate or re-import it, or {_FETCH}")
     for key in OPTIONAL_KEYS:
@@ -187,8 +202,10 @@ def _check_schema(path: Path, f: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset]
             continue
         if not isinstance(ds, h5py.Dataset) or ds.shape != (images.shape[0],):
             shape = ds.shape if isinstance(ds, h5py.Dataset) else "a group"
-            raise DataError(f"{path}: '{key}' has shape {shape} but there are {images.shape[0]} "
-                            f"images; give one value per image or delete '{key}'")
+            raise DataError(
+                f"{path}: '{key}' has shape {shape} but there are {images.shape[0]} "
+                f"images; give one value per image or delete '{key}'"
+            )
     return images, ans
 
 
@@ -199,8 +216,9 @@ def _check_labels(path: Path, labels: np.ndarray, class_names: tuple[str, ...]) 
     n_bad = int(bad.sum())
     if n_bad:
         vals = labels[bad]
-        where = ("Galaxy10 labels must be 0-9" if class_names == CLASS_NAMES
-                 else f"the file's class_names lists {k} classes")
+        where = (
+            "Galaxy10 labels must be 0-9" if class_names == CLASS_NAMES else f"the file's class_names lists {k} classes"
+        )
         raise DataError(
             f"{path}: {n_bad} of {len(labels)} labels are outside 0..{k - 1} (bad values "
             f"{int(vals.min())}..{int(vals.max())}); {where}: fix or drop those rows"
@@ -230,8 +248,9 @@ def _validate_layout(path: Path, f: h5py.File) -> tuple[DatasetInfo, np.ndarray]
     try:
         labels = ans[()]
     except OSError as err:
-        raise DataError(f"{path}: 'ans' cannot be read ({str(err).splitlines()[0]}); the file is "
-                        f"corrupt; {_FETCH}") from None
+        raise DataError(
+            f"{path}: 'ans' cannot be read ({str(err).splitlines()[0]}); the file is corrupt; {_FETCH}"
+        ) from None
     counts = _check_labels(path, labels, class_names)
     info = DatasetInfo(
         path=path,
@@ -320,14 +339,12 @@ class Galaxy10File:
             return None
         self._check_open()
         with _h5_errors(self.path, "reading ra/dec"):
-            return (np.asarray(self._f["ra"][()], dtype=np.float64),
-                    np.asarray(self._f["dec"][()], dtype=np.float64))
+            return (np.asarray(self._f["ra"][()], dtype=np.float64), np.asarray(self._f["dec"][()], dtype=np.float64))
 
     def _as_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-            raise IndexError(f"indices must be a 1-D integer sequence, got shape {idx.shape} "
-                             f"dtype {idx.dtype}")
+            raise IndexError(f"indices must be a 1-D integer sequence, got shape {idx.shape} dtype {idx.dtype}")
         idx = idx.astype(np.int64, copy=False)
         n = self.info.n_images
         if idx.size and (idx.min() < 0 or idx.max() >= n):
@@ -347,7 +364,7 @@ class Galaxy10File:
         out = np.empty((len(rows), *ds.shape[1:]), dtype=ds.dtype)
         starts = np.flatnonzero(np.diff(rows) != 1) + 1
         for a, b in zip(np.r_[0, starts], np.r_[starts, len(rows)]):
-            ds.read_direct(out, np.s_[int(rows[a]):int(rows[b - 1]) + 1], np.s_[int(a):int(b)])
+            ds.read_direct(out, np.s_[int(rows[a]) : int(rows[b - 1]) + 1], np.s_[int(a) : int(b)])
         return out
 
     def images(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
@@ -366,15 +383,15 @@ class Galaxy10File:
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
         for a in range(0, len(idx), READ_CHUNK):
-            part = sorted_idx[a:a + READ_CHUNK]
+            part = sorted_idx[a : a + READ_CHUNK]
             rows, inverse = np.unique(part, return_inverse=True)
             with _h5_errors(self.path, "reading the images"):
-                out[order[a:a + READ_CHUNK]] = self._read_sorted_unique(rows)[inverse]
+                out[order[a : a + READ_CHUNK]] = self._read_sorted_unique(rows)[inverse]
         return out
 
-    def iter_batches(self, batch_size: int,
-                     indices: Sequence[int] | np.ndarray | None = None
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_batches(
+        self, batch_size: int, indices: Sequence[int] | np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(indices, images)`` batches of at most ``batch_size``, in the given order."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -389,7 +406,7 @@ class Galaxy10File:
             return
         idx = self._as_indices(indices)
         for a in range(0, len(idx), batch_size):
-            part = idx[a:a + batch_size]
+            part = idx[a : a + batch_size]
             yield part, self.images(part)
 
 
@@ -412,23 +429,34 @@ def file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     if cache.is_file():
         try:
             entry = json.loads(cache.read_text())
-            if (entry.get("path") == str(path.resolve()) and entry.get("size") == st.st_size
-                    and entry.get("mtime_ns") == st.st_mtime_ns):
+            if (
+                entry.get("path") == str(path.resolve())
+                and entry.get("size") == st.st_size
+                and entry.get("mtime_ns") == st.st_mtime_ns
+            ):
                 return str(entry["sha256"])
         except (OSError, ValueError, KeyError):
             log.warning("ignoring unreadable SHA-256 cache entry %s", cache)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh, tqdm(total=st.st_size, unit="B", unit_scale=True,
-                                      desc=f"sha256 {path.name}", leave=False,
-                                      disable=True if st.st_size < _HASH_PROGRESS_MIN_BYTES else None
-                                      ) as bar:
+    with (
+        open(path, "rb") as fh,
+        tqdm(
+            total=st.st_size,
+            unit="B",
+            unit_scale=True,
+            desc=f"sha256 {path.name}",
+            leave=False,
+            disable=True if st.st_size < _HASH_PROGRESS_MIN_BYTES else None,
+        ) as bar,
+    ):
         while block := fh.read(_HASH_BLOCK):
             digest.update(block)
             bar.update(len(block))
     hexdigest = digest.hexdigest()
     try:
-        write_json_atomic(cache, {"path": str(path.resolve()), "size": st.st_size,
-                                  "mtime_ns": st.st_mtime_ns, "sha256": hexdigest})
+        write_json_atomic(
+            cache, {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": hexdigest}
+        )
     except OSError as err:
         log.warning("could not cache the SHA-256 of %s in %s: %s", path, cache.parent, err)
     return hexdigest

@@ -5,6 +5,7 @@ once as itself, ``floor(m_k) - 1`` extra times, and once more for a random fract
 of the class's images (drawn anew each epoch). Which classes get multipliers, and how large, is
 ``augment.targeting``'s business; this module only draws the sample and measures its class mix.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,7 @@ def _check_labels(labels: Any, n_classes: int) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
-def oversample_indices(labels: Any, multipliers: Any,
-                       rng: np.random.Generator | int) -> np.ndarray:
+def oversample_indices(labels: Any, multipliers: Any, rng: np.random.Generator | int) -> np.ndarray:
     """Return one epoch's shuffled int64 indices: every index once plus extra copies of targeted classes.
 
     Class ``k`` with ``n_k`` images and multiplier ``m_k`` gets ``(floor(m_k) - 1) * n_k`` whole extra
@@ -75,7 +75,6 @@ def oversample_indices(labels: Any, multipliers: Any,
     indices = np.concatenate(parts)
     gen.shuffle(indices)
     return indices
-
 
 
 def class_mix(labels: Any, indices: Any, slugs: Sequence[str] = GALAXY10.slugs) -> dict[str, float]:

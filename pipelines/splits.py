@@ -6,6 +6,7 @@ images and positions, and letting one copy sit in train and another in test infl
 Within that constraint the split is stratified: multi-member groups are placed greedily where their
 classes are most needed, then single images fill each class's per-split quota exactly.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,8 +71,11 @@ class Split:
 
     def matches(self, *, seed: int, test_fraction: float, val_fraction: float) -> bool:
         """Whether this split was made with these parameters."""
-        return (self.seed == seed and math.isclose(self.test_fraction, test_fraction)
-                and math.isclose(self.val_fraction, val_fraction))
+        return (
+            self.seed == seed
+            and math.isclose(self.test_fraction, test_fraction)
+            and math.isclose(self.val_fraction, val_fraction)
+        )
 
 
 def split_path_for(data_path: str | os.PathLike) -> Path:
@@ -92,6 +96,7 @@ def _check_fractions(test_fraction: float, val_fraction: float) -> None:
 
 # --- duplicate groups ------------------------------------------------------------------------------
 
+
 def _position_pairs(ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: float) -> np.ndarray:
     """(P, 2) index pairs of entries within ``radius_arcsec`` on the sky (NaN coordinates skipped)."""
     ra = np.radians(np.asarray(ra_deg, dtype=np.float64))
@@ -106,8 +111,13 @@ def _position_pairs(ra_deg: np.ndarray, dec_deg: np.ndarray, radius_arcsec: floa
     return ok[pairs].reshape(-1, 2)
 
 
-def groups_from_keys(image_keys: np.ndarray, ra: np.ndarray | None = None, dec: np.ndarray | None = None,
-                     *, radius_arcsec: float = DUPLICATE_RADIUS_ARCSEC) -> tuple[np.ndarray, int]:
+def groups_from_keys(
+    image_keys: np.ndarray,
+    ra: np.ndarray | None = None,
+    dec: np.ndarray | None = None,
+    *,
+    radius_arcsec: float = DUPLICATE_RADIUS_ARCSEC,
+) -> tuple[np.ndarray, int]:
     """Join entries with equal ``image_keys`` or sky positions within ``radius_arcsec`` (transitively).
 
     Returns
@@ -138,8 +148,7 @@ def groups_from_keys(image_keys: np.ndarray, ra: np.ndarray | None = None, dec: 
     return group_ids, int((sizes > 1).sum())
 
 
-def image_hashes(data_path: str | os.PathLike, batch_size: int = HASH_BATCH_SIZE, *,
-                 source: Any = None) -> np.ndarray:
+def image_hashes(data_path: str | os.PathLike, batch_size: int = HASH_BATCH_SIZE, *, source: Any = None) -> np.ndarray:
     """blake2b-128 digest of each image's bytes, streamed in batches; ``(N,)`` array of 16-byte keys.
 
     ``source``: the caller's open ``Galaxy10File`` of ``data_path`` (else the file is opened here).
@@ -171,12 +180,18 @@ def find_groups(data_path: str | os.PathLike, *, source: Any = None) -> tuple[np
         coords = f.coords()
     ra, dec = coords if coords is not None else (None, None)
     group_ids, n_multi = groups_from_keys(hashes, ra, dec)
-    log.info("%s: %d images in %d groups, %d with duplicates", data_path, len(group_ids),
-             int(group_ids.max()) + 1 if len(group_ids) else 0, n_multi)
+    log.info(
+        "%s: %d images in %d groups, %d with duplicates",
+        data_path,
+        len(group_ids),
+        int(group_ids.max()) + 1 if len(group_ids) else 0,
+        n_multi,
+    )
     return group_ids, n_multi
 
 
 # --- assignment ------------------------------------------------------------------------------------
+
 
 def _split_fractions(test_fraction: float, val_fraction: float) -> np.ndarray:
     """Fractions of the whole for (train, val, test); validation is a fraction of what test leaves."""
@@ -191,8 +206,9 @@ def _quota(n: int, fractions: np.ndarray) -> np.ndarray:
     return np.array([n - val - test, val, test])
 
 
-def assign_groups(labels: np.ndarray, group_ids: np.ndarray, *, test_fraction: float = 0.1,
-                  val_fraction: float = 0.1, seed: int = 42) -> np.ndarray:
+def assign_groups(
+    labels: np.ndarray, group_ids: np.ndarray, *, test_fraction: float = 0.1, val_fraction: float = 0.1, seed: int = 42
+) -> np.ndarray:
     """Assign each image to split 0 (train), 1 (val) or 2 (test), keeping every group in one split.
 
     Multi-member groups go first, largest first (random order among equals), each to the split whose
@@ -244,13 +260,19 @@ def assign_groups(labels: np.ndarray, group_ids: np.ndarray, *, test_fraction: f
         n_test = int(np.clip(left[2], 0, len(pool)))
         n_val = int(np.clip(left[1], 0, len(pool) - n_test))
         split_of[pool[:n_test]] = 2
-        split_of[pool[n_test:n_test + n_val]] = 1
-        split_of[pool[n_test + n_val:]] = 0
+        split_of[pool[n_test : n_test + n_val]] = 1
+        split_of[pool[n_test + n_val :]] = 0
     return split_of
 
 
-def make_split(path: str | os.PathLike, *, test_fraction: float = 0.1, val_fraction: float = 0.1,
-               seed: int = 42, source: Any = None) -> Split:
+def make_split(
+    path: str | os.PathLike,
+    *,
+    test_fraction: float = 0.1,
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    source: Any = None,
+) -> Split:
     """Make a group-aware stratified split of the Galaxy10 file at ``path`` (not saved; ``source``: its
     open ``Galaxy10File``, else it is opened here)."""
 
@@ -259,21 +281,30 @@ def make_split(path: str | os.PathLike, *, test_fraction: float = 0.1, val_fract
         labels = f.labels()
         num_classes = f.info.num_classes
         group_ids, n_multi = find_groups(path, source=f)
-    split_of = assign_groups(labels, group_ids, test_fraction=test_fraction, val_fraction=val_fraction,
-                             seed=seed)
-    parts = {name: np.flatnonzero(split_of == code).astype(np.int64)
-             for code, name in enumerate(SPLIT_NAMES)}
+    split_of = assign_groups(labels, group_ids, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    parts = {name: np.flatnonzero(split_of == code).astype(np.int64) for code, name in enumerate(SPLIT_NAMES)}
     if not len(parts["train"]) or not len(parts["test"]):
-        raise DataError(f"{path} has too few images ({len(labels)}) for a train and a test split; "
-                        "use a larger file or other fractions")
-    counts = {name: tuple(int(c) for c in np.bincount(labels[idx], minlength=num_classes))
-              for name, idx in parts.items()}
-    return Split(**parts, fingerprint=data_fingerprint(path), seed=int(seed),
-                 test_fraction=float(test_fraction), val_fraction=float(val_fraction),
-                 n_groups=int(group_ids.max()) + 1, n_multi_groups=n_multi, class_counts=counts)
+        raise DataError(
+            f"{path} has too few images ({len(labels)}) for a train and a test split; "
+            "use a larger file or other fractions"
+        )
+    counts = {
+        name: tuple(int(c) for c in np.bincount(labels[idx], minlength=num_classes)) for name, idx in parts.items()
+    }
+    return Split(
+        **parts,
+        fingerprint=data_fingerprint(path),
+        seed=int(seed),
+        test_fraction=float(test_fraction),
+        val_fraction=float(val_fraction),
+        n_groups=int(group_ids.max()) + 1,
+        n_multi_groups=n_multi,
+        class_counts=counts,
+    )
 
 
 # --- persistence -----------------------------------------------------------------------------------
+
 
 def split_to_json(split: Split, data_name: str | None = None) -> dict[str, Any]:
     """The JSON document :func:`save_split` writes."""
@@ -300,8 +331,9 @@ def save_split(split: Split, path: str | os.PathLike, data_name: str | None = No
 
 
 def _malformed(path: Path, problem: str) -> DataError:
-    return DataError(f"split file {path} is malformed ({problem}); delete it or re-split with "
-                     "`galaxy10 data split --force`")
+    return DataError(
+        f"split file {path} is malformed ({problem}); delete it or re-split with `galaxy10 data split --force`"
+    )
 
 
 def _index_array(path: Path, doc: Mapping[str, Any], name: str, n_images: int) -> np.ndarray:
@@ -324,12 +356,17 @@ def split_from_json(doc: Any, path: Path) -> Split:
         if not isinstance(fingerprint, str) or not fingerprint:
             raise _malformed(path, "fingerprint is missing")
         parts = {name: _index_array(path, doc, name, n_images) for name in SPLIT_NAMES}
-        class_counts = {name: tuple(int(c) for c in doc.get("class_counts", {}).get(name, ()))
-                        for name in SPLIT_NAMES}
-        split = Split(**parts, fingerprint=fingerprint, seed=int(doc["seed"]),
-                      test_fraction=float(doc["test_fraction"]), val_fraction=float(doc["val_fraction"]),
-                      n_groups=int(doc["n_groups"]), n_multi_groups=int(doc.get("n_multi_groups", 0)),
-                      class_counts=class_counts)
+        class_counts = {name: tuple(int(c) for c in doc.get("class_counts", {}).get(name, ())) for name in SPLIT_NAMES}
+        split = Split(
+            **parts,
+            fingerprint=fingerprint,
+            seed=int(doc["seed"]),
+            test_fraction=float(doc["test_fraction"]),
+            val_fraction=float(doc["val_fraction"]),
+            n_groups=int(doc["n_groups"]),
+            n_multi_groups=int(doc.get("n_multi_groups", 0)),
+            class_counts=class_counts,
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise _malformed(path, f"bad or missing field {err}") from None
     everything = np.concatenate([split.train, split.val, split.test])
@@ -364,9 +401,15 @@ def load_split(path: str | os.PathLike, data_path: str | os.PathLike) -> Split:
     return split
 
 
-def ensure_split(data_path: str | os.PathLike, *, test_fraction: float | None = 0.1,
-                 val_fraction: float | None = 0.1, seed: int | None = 42, force: bool = False,
-                 source: Any = None) -> Split:
+def ensure_split(
+    data_path: str | os.PathLike,
+    *,
+    test_fraction: float | None = 0.1,
+    val_fraction: float | None = 0.1,
+    seed: int | None = 42,
+    force: bool = False,
+    source: Any = None,
+) -> Split:
     """Load ``<data>.split.json`` if it matches these parameters; make and save one if none is saved.
 
     A saved split is the user's decision: one made with other parameters, or for other data, raises
@@ -398,7 +441,8 @@ def ensure_split(data_path: str | os.PathLike, *, test_fraction: float | None = 
             f"split is kept: use it (--set data.split_seed={split.seed} --set data.test_fraction="
             f"{split.test_fraction:g} --set data.val_fraction={split.val_fraction:g}, or the same options of "
             f"`galaxy10 data split`), or replace it with `galaxy10 data split {data_path} --test-fraction "
-            f"{test_fraction:g} --val-fraction {val_fraction:g} --seed {seed} --force`")
+            f"{test_fraction:g} --val-fraction {val_fraction:g} --seed {seed} --force`"
+        )
     split = make_split(data_path, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, source=source)
     save_split(split, path, data_name=Path(data_path).name)
     log.info("saved split %s", path)

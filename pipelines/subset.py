@@ -1,4 +1,5 @@
 """A Galaxy10-schema file holding some rows of another (a cross-validation fold's training images)."""
+
 from __future__ import annotations
 
 import os
@@ -25,13 +26,17 @@ def write_subset(source: str | os.PathLike, rows: np.ndarray, out: str | os.Path
         for name in ROW_DATASETS:
             if name in src:
                 data = src[name]
-                dst.create_dataset(name, data=data[rows] if name != "images" else _rows(data, rows),
-                                   chunks=(1, *data.shape[1:]) if name == "images" else None)
+                dst.create_dataset(
+                    name,
+                    data=data[rows] if name != "images" else _rows(data, rows),
+                    chunks=(1, *data.shape[1:]) if name == "images" else None,
+                )
         dst.attrs.update(dict(src.attrs))
-        dst.attrs.update({"subset_of": str(Path(source).resolve()), "subset_note": note,
-                          H5_OWNER_ATTR: "galaxy10 evaluate"})
+        dst.attrs.update(
+            {"subset_of": str(Path(source).resolve()), "subset_note": note, H5_OWNER_ATTR: "galaxy10 evaluate"}
+        )
     return Path(out)
 
 
 def _rows(dataset: h5py.Dataset, rows: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([dataset[rows[i:i + batch]] for i in range(0, len(rows), batch)])
+    return np.concatenate([dataset[rows[i : i + batch]] for i in range(0, len(rows), batch)])

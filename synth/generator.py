@@ -6,6 +6,7 @@ this file. Images are rendered by :mod:`synth.render` from ranges in
 ``seed`` (and ``n``, ``size``, ``difficulty``), never on the number of worker processes: every
 image has its own seed spawned from ``numpy.random.SeedSequence(seed)``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +31,8 @@ from core.outputs import H5_OWNER_ATTR, check_output_file
 from pipelines.classes import CLASS_NAMES, GALAXY10_COUNTS
 from pipelines.images import MAX_IMAGE_SIDE
 from synth.params import check_difficulty, class_counts, parameters_record
-from synth.render import pixel_scale, render_image
+from synth.render import render_image
+from synth.shapes import pixel_scale
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,9 @@ COMPRESSION: str = "gzip"
 COMPRESSION_LEVEL: int = 1
 
 
-def check_request(n: int, size: int, difficulty: float, workers: int | None, out: str | os.PathLike, *,
-                  force: bool = False) -> Path:
+def check_request(
+    n: int, size: int, difficulty: float, workers: int | None, out: str | os.PathLike, *, force: bool = False
+) -> Path:
     """Validate the arguments of :func:`render_dataset`; return the output path.
 
     Raises
@@ -72,16 +75,15 @@ def check_request(n: int, size: int, difficulty: float, workers: int | None, out
     if not MIN_N <= int(n) <= MAX_N:
         raise ConfigError(f"--n {n} is out of range; render {MIN_N}-{MAX_N:,} images (e.g. --n {DEFAULT_N})")
     if not MIN_SIZE <= int(size) <= MAX_IMAGE_SIDE:
-        raise ConfigError(f"--size {size} is out of range; use {MIN_SIZE}-{MAX_IMAGE_SIDE} px (Galaxy10 images "
-                          "are 256)")
+        raise ConfigError(
+            f"--size {size} is out of range; use {MIN_SIZE}-{MAX_IMAGE_SIDE} px (Galaxy10 images are 256)"
+        )
     check_difficulty(difficulty)
     if workers is not None and not 1 <= int(workers) <= MAX_WORKERS:
-        raise ConfigError(f"--workers {workers} is out of range; use 1-{MAX_WORKERS}, or omit it to use every "
-                          "CPU core")
+        raise ConfigError(f"--workers {workers} is out of range; use 1-{MAX_WORKERS}, or omit it to use every CPU core")
     path = Path(out)
     if path.is_dir():
-        raise DataError(f"--out {path} is a folder; give a file name such as "
-                        f"{path / 'galaxy10_synthetic.h5'}")
+        raise DataError(f"--out {path} is a folder; give a file name such as {path / 'galaxy10_synthetic.h5'}")
     folder = path.parent
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -90,8 +92,10 @@ def check_request(n: int, size: int, difficulty: float, workers: int | None, out
     need = int(n) * int(size) ** 2 * 3 * COMPRESSED_FRACTION
     free = shutil.disk_usage(existing).free
     if need > free:
-        raise DataError(f"--n {n} images of {size} px need about {_human_bytes(need)} but {existing} has "
-                        f"{_human_bytes(free)} free; render fewer or smaller images, or choose another --out")
+        raise DataError(
+            f"--n {n} images of {size} px need about {_human_bytes(need)} but {existing} has "
+            f"{_human_bytes(free)} free; render fewer or smaller images, or choose another --out"
+        )
     return path
 
 
@@ -130,8 +134,9 @@ def image_seeds(n: int, seed: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence([seed, 0]).spawn(n)
 
 
-def _render_chunk(start: int, labels: np.ndarray, seeds: list[np.random.SeedSequence], size: int,
-                  difficulty: float) -> tuple[int, np.ndarray, np.ndarray]:
+def _render_chunk(
+    start: int, labels: np.ndarray, seeds: list[np.random.SeedSequence], size: int, difficulty: float
+) -> tuple[int, np.ndarray, np.ndarray]:
     images = np.empty((len(labels), size, size, 3), dtype=np.uint8)
     redshift = np.empty(len(labels), dtype=np.float32)
     for i, (label, s) in enumerate(zip(labels, seeds)):
@@ -145,7 +150,7 @@ def _worker_init() -> None:
 
 def _chunks(labels: np.ndarray, seeds: list, size: int, difficulty: float) -> Iterator[tuple]:
     for a in range(0, len(labels), CHUNK):
-        yield a, labels[a:a + CHUNK], seeds[a:a + CHUNK], size, difficulty
+        yield a, labels[a : a + CHUNK], seeds[a : a + CHUNK], size, difficulty
 
 
 def _render_parallel(tasks: Iterator[tuple], workers: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -187,20 +192,34 @@ def _file_attrs(n: int, size: int, seed: int, difficulty: float) -> dict:
     }
 
 
-def _write_h5(tmp: Path, results: Iterator[tuple[int, np.ndarray, np.ndarray]], *, labels: np.ndarray,
-              ra: np.ndarray, dec: np.ndarray, attrs: dict, size: int, progress: bool) -> None:
+def _write_h5(
+    tmp: Path,
+    results: Iterator[tuple[int, np.ndarray, np.ndarray]],
+    *,
+    labels: np.ndarray,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    attrs: dict,
+    size: int,
+    progress: bool,
+) -> None:
     """Write the rendered blocks and the catalogue columns into the new HDF5 file ``tmp``."""
     n = len(labels)
     f = h5py.File(tmp, "w")
     try:
-        images = f.create_dataset("images", shape=(n, size, size, 3), dtype=np.uint8,
-                                  chunks=(1, size, size, 3), compression=COMPRESSION,
-                                  compression_opts=COMPRESSION_LEVEL)
+        images = f.create_dataset(
+            "images",
+            shape=(n, size, size, 3),
+            dtype=np.uint8,
+            chunks=(1, size, size, 3),
+            compression=COMPRESSION,
+            compression_opts=COMPRESSION_LEVEL,
+        )
         redshift = np.empty(n, dtype=np.float32)
         with tqdm(total=n, unit="img", desc="synth", disable=None if progress else True) as bar:
             for start, block, z in results:
-                images[start:start + len(block)] = block
-                redshift[start:start + len(block)] = z
+                images[start : start + len(block)] = block
+                redshift[start : start + len(block)] = z
                 bar.update(len(block))
         f.create_dataset("ans", data=labels)
         f.create_dataset("ra", data=ra)
@@ -231,8 +250,17 @@ def _discard_h5(f: h5py.File, tmp: Path) -> None:
             continue
 
 
-def render_dataset(out: str | os.PathLike, *, n: int, size: int = 256, seed: int = 0, difficulty: float = 0.5,
-                   workers: int | None = None, progress: bool = True, force: bool = False) -> Path:
+def render_dataset(
+    out: str | os.PathLike,
+    *,
+    n: int,
+    size: int = 256,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    workers: int | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> Path:
     """Render ``n`` synthetic Galaxy10-like images into the HDF5 file ``out``; return its path.
 
     Parameters
@@ -261,17 +289,33 @@ def render_dataset(out: str | os.PathLike, *, n: int, size: int = 256, seed: int
     labels = synthetic_labels(n, seed)
     seeds = image_seeds(n, seed)
     ra, dec = sky_positions(n, seed)
-    log.info("rendering %d synthetic images of %d px (seed %d, difficulty %.2f) on %d process(es)",
-             n, size, seed, difficulty, workers)
+    log.info(
+        "rendering %d synthetic images of %d px (seed %d, difficulty %.2f) on %d process(es)",
+        n,
+        size,
+        seed,
+        difficulty,
+        workers,
+    )
     tasks = _chunks(labels, seeds, size, difficulty)
     results = (_render_chunk(*t) for t in tasks) if workers == 1 else _render_parallel(tasks, workers)
     try:
         with atomic_path(path, suffix=".h5.tmp") as tmp:
-            _write_h5(tmp, results, labels=labels, ra=ra, dec=dec, attrs=_file_attrs(n, size, seed, difficulty),
-                      size=size, progress=progress)
+            _write_h5(
+                tmp,
+                results,
+                labels=labels,
+                ra=ra,
+                dec=dec,
+                attrs=_file_attrs(n, size, seed, difficulty),
+                size=size,
+                progress=progress,
+            )
     except OSError as err:
-        raise DataError(f"cannot write {path} ({os_error_reason(err)}); check the free space and permissions "
-                        f"of {path.parent.resolve()} or choose another --out") from None
+        raise DataError(
+            f"cannot write {path} ({os_error_reason(err)}); check the free space and permissions "
+            f"of {path.parent.resolve()} or choose another --out"
+        ) from None
     finally:
         results.close()  # stops the worker pool at once if writing failed
     log.info("wrote %s", path)

@@ -14,10 +14,8 @@ for GalSim's FFT. The scene is drawn at half the output resolution (the PSF keep
 sampled), upsampled, given sky noise and mapped to RGB with the asinh stretch of the DECaLS
 cutouts (z -> red, r -> green, g -> blue).
 """
-from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from __future__ import annotations
 
 import cv2
 import galsim
@@ -25,9 +23,24 @@ import numpy as np
 
 from pipelines.classes import CLASS_SLUGS
 from synth.params import CLASS_RANGES, COMMON, DISTURBED_HOSTS
+from synth.shapes import (
+    GSPARAMS,
+    Component,
+    Grid,
+    _incline,
+    _int,
+    _jitter,
+    _knots,
+    _lopsided_body,
+    _scaled,
+    _sersic,
+    _spiral,
+    _splat,
+    _tails,
+    _u,
+    render_grid,
+)
 
-#: DECaLS pixel scale (arcsec) of a 256 px cutout; other sizes keep the same field of view.
-PIXEL_SCALE_256: float = 0.262
 #: Per-band (g, r, z) weights and RGB planes of the DECaLS viewer's colour mapping.
 RGB_SCALES: np.ndarray = np.array([6.0, 3.4, 2.2], dtype=np.float32)
 #: Nominal sky noise per output pixel in r (flux units of the scene, before ``sky_sigma``).
@@ -40,155 +53,6 @@ SED_BULGE = np.array([0.52, 1.0, 1.45], dtype=np.float32)
 SED_DISK = np.array([0.62, 1.0, 1.28], dtype=np.float32)
 SED_YOUNG = np.array([0.80, 1.0, 1.05], dtype=np.float32)
 
-GSPARAMS = galsim.GSParams(maximum_fft_size=2048, folding_threshold=1e-2, maxk_threshold=3e-3,
-                           kvalue_accuracy=1e-4, xvalue_accuracy=1e-4)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The drawing grid: ``n`` x ``n`` pixels of ``scale`` arcsec, coordinates about the centre."""
-
-    n: int
-    scale: float
-    x: np.ndarray
-    y: np.ndarray
-
-
-@lru_cache(maxsize=8)
-def _grid(n: int, scale: float) -> Grid:
-    c = (n - 1) / 2.0
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-    return Grid(n, scale, (xx - c) * scale, (yy - c) * scale)
-
-
-def render_grid(size: int) -> Grid:
-    """Grid the scene is drawn on for an output of ``size`` px (half resolution from 64 px up)."""
-    n = size // 2 if size >= 64 else size
-    return _grid(n, PIXEL_SCALE_256 * 256 / n)
-
-
-def pixel_scale(size: int) -> float:
-    """Arcsec per output pixel (0.262 at 256 px; the field of view is the same at every size)."""
-    return PIXEL_SCALE_256 * 256 / size
-
-
-# --------------------------------------------------------------------------- small helpers
-def _u(rng: np.random.Generator, r: tuple[float, float]) -> float:
-    return float(rng.uniform(r[0], r[1]))
-
-
-def _int(rng: np.random.Generator, r: tuple[float, float]) -> int:
-    return int(rng.integers(int(round(r[0])), int(round(r[1])) + 1))
-
-
-def _jitter(sed: np.ndarray, rng: np.random.Generator, amount: float = 0.08) -> np.ndarray:
-    """Shift a colour along the blue-red direction (independent per-band jitter would turn green)."""
-    t = rng.normal(0.0, amount)
-    return (sed * np.exp(np.array([-t, 0.0, t]))).astype(np.float32)
-
-
-def _sersic(n: float, hlr: float, flux: float = 1.0) -> galsim.GSObject:
-    # n is quantised and the truncation is a fixed multiple of the radius, so GalSim's per-profile
-    # tables are cached in each worker (a new one costs ~20 ms); the truncation keeps FFTs small.
-    n_q = float(np.clip(np.round(n * 4) / 4, 0.5, 6.0))
-    return galsim.Sersic(n=n_q, half_light_radius=hlr, flux=flux, trunc=6 * hlr, gsparams=GSPARAMS)
-
-
-def _incline(obj: galsim.GSObject, q: float, pa: float) -> galsim.GSObject:
-    """Compress ``obj`` by ``q`` along its y axis, then rotate by ``pa`` (flux kept)."""
-    c, s = np.cos(pa), np.sin(pa)
-    return obj.transform(c, -s * q, s, c * q).withFlux(obj.flux)
-
-
-def _frame(grid: Grid, q: float, pa: float) -> tuple[np.ndarray, np.ndarray]:
-    """Grid coordinates in the frame of a disk of axis ratio ``q`` at angle ``pa`` (undoes ``_incline``)."""
-    c, s = np.cos(pa), np.sin(pa)
-    return grid.x * c + grid.y * s, (-grid.x * s + grid.y * c) / max(q, 1e-3)
-
-
-def _scaled(pattern: np.ndarray, flux: float) -> np.ndarray:
-    """``pattern`` rescaled to a total of ``flux`` (zeros if it is empty)."""
-    total = float(pattern.sum())
-    return pattern * (flux / total) if total > 0 and flux > 0 else np.zeros_like(pattern)
-
-
-def _splat(grid: Grid, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Deposit point fluxes ``w`` at arcsec positions ``(x, y)`` on the grid (bilinear)."""
-    fx = x / grid.scale + (grid.n - 1) / 2.0
-    fy = y / grid.scale + (grid.n - 1) / 2.0
-    ix, iy = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
-    tx, ty = fx - ix, fy - iy
-    out = np.zeros(grid.n * grid.n, dtype=np.float64)
-    corners = ((0, 0, (1 - tx) * (1 - ty)), (1, 0, tx * (1 - ty)), (0, 1, (1 - tx) * ty), (1, 1, tx * ty))
-    for ox, oy, wt in corners:
-        jx, jy = ix + ox, iy + oy
-        ok = (jx >= 0) & (jx < grid.n) & (jy >= 0) & (jy < grid.n)
-        out += np.bincount(jy[ok] * grid.n + jx[ok], weights=(w * wt)[ok], minlength=grid.n * grid.n)
-    return out.reshape(grid.n, grid.n).astype(np.float32)
-
-
-def _knots(grid: Grid, rng: np.random.Generator, *, n: int, hlr: float, q: float, pa: float,
-           dx: float = 0.0, dy: float = 0.0) -> np.ndarray:
-    """Star-forming knots: ``galsim.RandomKnots`` positions, inclined and deposited as unit-flux points.
-
-    Depositing them on the grid (convolved with the PSF together with the arm pattern) is far
-    cheaper than GalSim's k-space sum over delta functions (~0.1 ms per knot at 128 px).
-    """
-    knots = galsim.RandomKnots(n, half_light_radius=hlr, rng=galsim.BaseDeviate(int(rng.integers(1, 2**31))))
-    pts = knots.points
-    c, s = np.cos(pa), np.sin(pa)
-    x, y = pts[:, 0], pts[:, 1] * q
-    w = rng.lognormal(0.0, 0.6, n)
-    return _splat(grid, x * c - y * s + dx, x * s + y * c + dy, w / w.sum())
-
-
-def _spiral(grid: Grid, rng: np.random.Generator, *, q: float, pa: float, pitch_deg: float, r_in: float,
-            r_scale: float, n_arms: int, phase: float, flocculence: float = 0.0) -> np.ndarray:
-    """A logarithmic-spiral arm pattern in the disk frame, starting at ``r_in``."""
-    xp, yp = _frame(grid, q, pa)
-    r = np.hypot(xp, yp) + 1e-3
-    phi = np.arctan2(yp, xp) * (1 if rng.random() < 0.5 else -1)
-    k = 1.0 / np.tan(np.radians(pitch_deg))
-    wobble = flocculence * np.sin(rng.uniform(1, 3) * np.log(r / r_in + 1) + rng.uniform(0, 2 * np.pi))
-    theta = n_arms * (phi - k * np.log(r / r_in + 0.3) + wobble) - phase
-    ridge = (0.5 * (1 + np.cos(theta))) ** rng.uniform(2.0, 4.0)
-    envelope = np.exp(-r / r_scale) * (1 - np.exp(-((r / r_in) ** 3)))
-    return ridge * envelope
-
-
-def _lopsided_body(grid: Grid, rng: np.random.Generator, *, hlr: float, q: float, pa: float,
-                   strength: float) -> np.ndarray:
-    """An exponential disk with an m=1 asymmetry (one side brighter and more extended)."""
-    xp, yp = _frame(grid, q, pa)
-    rs = hlr / 1.678
-    r = np.hypot(xp, yp)
-    phi = np.arctan2(yp, xp) - rng.uniform(0, 2 * np.pi)
-    warp = 1 + strength * np.cos(phi) * (r / rs) / (1 + r / rs)
-    return np.exp(-r / (rs * warp))
-
-
-def _tails(grid: Grid, rng: np.random.Generator, *, centres: list[tuple[float, float]], length: float,
-           width: float, n_tails: int) -> np.ndarray:
-    """Curved tidal tails: points along bent arcs from the ``centres``, fading outwards, blurred."""
-    xs, ys, ws = [], [], []
-    for _ in range(n_tails):
-        cx, cy = centres[rng.integers(len(centres))]
-        ang, bend = rng.uniform(0, 2 * np.pi), rng.uniform(-1.8, 1.8)
-        t = rng.uniform(0.1, 1.0, 150)
-        a = ang + bend * t
-        spread = width * (0.4 + t) * rng.standard_normal((2, t.size))
-        xs.append(cx + length * t * np.cos(a) + spread[0])
-        ys.append(cy + length * t * np.sin(a) + spread[1])
-        ws.append(np.exp(-2.0 * t))
-    pts = _splat(grid, np.concatenate(xs), np.concatenate(ys), np.concatenate(ws))
-    return cv2.GaussianBlur(pts, (0, 0), max(0.5 * width / grid.scale, 0.8))
-
-
-# --------------------------------------------------------------------------- class recipes
-#: A piece of the scene and its (g, r, z) colour: a GalSim profile (convolved with the PSF by
-#: GalSim) or a numpy flux-per-pixel pattern on the grid (convolved with GalSim's PSF image).
-Component = tuple["galsim.GSObject | np.ndarray", np.ndarray]
-
 
 def _smooth(rng: np.random.Generator, p: dict, pa: float) -> list[Component]:
     hlr, q, n = _u(rng, p["hlr"]), _u(rng, p["q"]), _u(rng, p["sersic_n"])
@@ -200,9 +64,18 @@ def _smooth(rng: np.random.Generator, p: dict, pa: float) -> list[Component]:
     return [(body, _jitter(SED_BULGE, rng))]
 
 
-def _spiral_galaxy(rng: np.random.Generator, p: dict, pa: float, grid: Grid, *, bar_frac: float,
-                   n_arms: int, flocculence: float, knots: tuple[int, float] = (0, 0.0),
-                   lopsided: float = 0.0) -> list[Component]:
+def _spiral_galaxy(
+    rng: np.random.Generator,
+    p: dict,
+    pa: float,
+    grid: Grid,
+    *,
+    bar_frac: float,
+    n_arms: int,
+    flocculence: float,
+    knots: tuple[int, float] = (0, 0.0),
+    lopsided: float = 0.0,
+) -> list[Component]:
     """Bulge (+ bar) in red, disk, and blue arms (+ knots) drawn from one numpy pattern."""
     hlr, q = _u(rng, p["hlr"]), _u(rng, p["disk_q"])
     bulge_frac, arm_frac = _u(rng, p["bulge_frac"]), _u(rng, p["arm_frac"])
@@ -223,14 +96,25 @@ def _spiral_galaxy(rng: np.random.Generator, p: dict, pa: float, grid: Grid, *, 
     r_in = hlr * rng.uniform(0.25, 0.45)
     if bar_frac > 0:
         bar_len = hlr * _u(rng, p.get("bar_len", (0.5, 0.8)))
-        bar = _sersic(rng.uniform(0.5, 1.0), bar_len * 0.55).shear(q=_u(rng, p.get("bar_q", (0.3, 0.45))),
-                                                                  beta=bar_angle * galsim.radians)
+        bar = _sersic(rng.uniform(0.5, 1.0), bar_len * 0.55).shear(
+            q=_u(rng, p.get("bar_q", (0.3, 0.45))), beta=bar_angle * galsim.radians
+        )
         old.append(_incline(bar, q, pa).withFlux(bar_frac))
         r_in = bar_len
     if old:
         comps.append((galsim.Sum(old, gsparams=GSPARAMS), _jitter(SED_BULGE, rng)))
-    arms = _spiral(grid, rng, q=q, pa=pa, pitch_deg=_u(rng, p["pitch"]), r_in=r_in, r_scale=hlr / 1.678 * 1.3,
-                   n_arms=n_arms, phase=n_arms * bar_angle, flocculence=flocculence)
+    arms = _spiral(
+        grid,
+        rng,
+        q=q,
+        pa=pa,
+        pitch_deg=_u(rng, p["pitch"]),
+        r_in=r_in,
+        r_scale=hlr / 1.678 * 1.3,
+        n_arms=n_arms,
+        phase=n_arms * bar_angle,
+        flocculence=flocculence,
+    )
     young = _scaled(arms, arm_frac)
     if n_knots > 0 and knot_frac > 0:
         young += knot_frac * _knots(grid, rng, n=n_knots, hlr=hlr * 0.9, q=q, pa=pa)
@@ -261,17 +145,26 @@ def build_tight_spiral(rng, p, pa, grid):  # noqa: D103
 
 def build_loose_spiral(rng, p, pa, grid):  # noqa: D103
     n_arms = 3 if rng.random() < 0.3 else 2
-    return _spiral_galaxy(rng, p, pa, grid, bar_frac=0.0, n_arms=n_arms, flocculence=0.35,
-                          knots=(_int(rng, p["n_knots"]), _u(rng, p["knot_frac"])),
-                          lopsided=_u(rng, p["lopsided"]))
+    return _spiral_galaxy(
+        rng,
+        p,
+        pa,
+        grid,
+        bar_frac=0.0,
+        n_arms=n_arms,
+        flocculence=0.35,
+        knots=(_int(rng, p["n_knots"]), _u(rng, p["knot_frac"])),
+        lopsided=_u(rng, p["lopsided"]),
+    )
 
 
 def _edge_on(rng: np.random.Generator, p: dict, pa: float) -> list[Component]:
     hlr = _u(rng, p["hlr"])
     inc = np.radians(_u(rng, p["inclination"]))
     bulge_frac = _u(rng, p["bulge_frac"])
-    disk = galsim.InclinedExponential(inc * galsim.radians, half_light_radius=hlr,
-                                      scale_h_over_r=_u(rng, p["h_over_r"]), gsparams=GSPARAMS)
+    disk = galsim.InclinedExponential(
+        inc * galsim.radians, half_light_radius=hlr, scale_h_over_r=_u(rng, p["h_over_r"]), gsparams=GSPARAMS
+    )
     comps = [(disk.rotate(pa * galsim.radians).withFlux(1.0 - bulge_frac), _jitter(SED_DISK, rng))]
     if bulge_frac > 0:
         bq = _u(rng, p["bulge_q"]) if "bulge_q" in p else rng.uniform(0.6, 0.9)
@@ -298,13 +191,28 @@ def build_disturbed(rng, p, pa, grid):  # noqa: D103
     young = _jitter(SED_YOUNG, rng, 0.12)
     disk_sed = _jitter(SED_DISK, rng, 0.12)
     if host == "spiral":
-        spiral_p = {"hlr": (hlr, hlr), "disk_q": (q, q), "bulge_frac": p["bulge_frac"],
-                    "arm_frac": p["arm_frac"], "pitch": p["pitch"]}
-        host_comps = _spiral_galaxy(rng, spiral_p, pa, grid, bar_frac=0.0, n_arms=2, flocculence=0.6,
-                                    knots=(_int(rng, p["n_knots"]), _u(rng, p["knot_frac"])),
-                                    lopsided=lopsided)
-        comps = [(obj * host_frac if isinstance(obj, np.ndarray) else obj.withScaledFlux(host_frac), sed)
-                 for obj, sed in host_comps]
+        spiral_p = {
+            "hlr": (hlr, hlr),
+            "disk_q": (q, q),
+            "bulge_frac": p["bulge_frac"],
+            "arm_frac": p["arm_frac"],
+            "pitch": p["pitch"],
+        }
+        host_comps = _spiral_galaxy(
+            rng,
+            spiral_p,
+            pa,
+            grid,
+            bar_frac=0.0,
+            n_arms=2,
+            flocculence=0.6,
+            knots=(_int(rng, p["n_knots"]), _u(rng, p["knot_frac"])),
+            lopsided=lopsided,
+        )
+        comps = [
+            (obj * host_frac if isinstance(obj, np.ndarray) else obj.withScaledFlux(host_frac), sed)
+            for obj, sed in host_comps
+        ]
     else:
         knot_frac = _u(rng, p["knot_frac"]) if host == "irregular" else 0.0
         body = _lopsided_body(grid, rng, hlr=hlr, q=q, pa=pa, strength=lopsided)
@@ -312,16 +220,32 @@ def build_disturbed(rng, p, pa, grid):  # noqa: D103
         comps = [(body, disk_sed if host == "irregular" else _jitter(SED_BULGE, rng, 0.12))]
         if knot_frac > 0:
             dx, dy = rng.normal(0, 0.3 * hlr, 2)
-            knots = _knots(grid, rng, n=_int(rng, p["n_knots"]), hlr=hlr * rng.uniform(0.6, 1.1), q=q, pa=pa,
-                           dx=dx, dy=dy)
+            knots = _knots(
+                grid, rng, n=_int(rng, p["n_knots"]), hlr=hlr * rng.uniform(0.6, 1.1), q=q, pa=pa, dx=dx, dy=dy
+            )
             comps.append((knot_frac * knots, young))
-    comps.append((_scaled(_tails(grid, rng, centres=[(0.0, 0.0)], length=hlr * rng.uniform(1.5, 3.0),
-                                 width=hlr * 0.25, n_tails=int(rng.integers(1, 3))), tidal_frac), disk_sed))
+    comps.append(
+        (
+            _scaled(
+                _tails(
+                    grid,
+                    rng,
+                    centres=[(0.0, 0.0)],
+                    length=hlr * rng.uniform(1.5, 3.0),
+                    width=hlr * 0.25,
+                    n_tails=int(rng.integers(1, 3)),
+                ),
+                tidal_frac,
+            ),
+            disk_sed,
+        )
+    )
     clumps = []
     for w in rng.dirichlet(np.ones(_int(rng, p["n_clumps"]))):
         d, a = hlr * _u(rng, p["clump_offset"]), rng.uniform(0, 2 * np.pi)
-        c = _incline(_sersic(rng.uniform(0.7, 1.5), hlr * rng.uniform(0.2, 0.5)), rng.uniform(0.4, 1.0),
-                     rng.uniform(0, np.pi))
+        c = _incline(
+            _sersic(rng.uniform(0.7, 1.5), hlr * rng.uniform(0.2, 0.5)), rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+        )
         clumps.append(c.withFlux(w * clump_frac).shift(d * np.cos(a), d * np.sin(a)))
     comps.append((galsim.Sum(clumps, gsparams=GSPARAMS), young if rng.random() < 0.5 else disk_sed))
     return comps
@@ -344,24 +268,38 @@ def build_merging(rng, p, pa, grid):  # noqa: D103
         disk = _incline(galsim.Exponential(half_light_radius=h, gsparams=GSPARAMS), q, gpa)
         bulges.append(bulge.withFlux(f * b * (1 - tail_frac)).shift(cx, cy))
         disks.append(disk.withFlux(f * (1 - b) * (1 - tail_frac)).shift(cx, cy))
-    debris = _tails(grid, rng, centres=[c1, c2], length=hlr * rng.uniform(1.5, 3.5), width=hlr * 0.25,
-                    n_tails=int(rng.integers(1, 4)))
+    debris = _tails(
+        grid,
+        rng,
+        centres=[c1, c2],
+        length=hlr * rng.uniform(1.5, 3.5),
+        width=hlr * 0.25,
+        n_tails=int(rng.integers(1, 4)),
+    )
     # the bridge: points scattered along the line joining the two nuclei
     t = rng.uniform(0.15, 0.85, 200)
-    bridge = _splat(grid, c1[0] + t * (c2[0] - c1[0]) + rng.normal(0, 0.25 * hlr, t.size),
-                    c1[1] + t * (c2[1] - c1[1]) + rng.normal(0, 0.25 * hlr, t.size), np.ones_like(t))
+    bridge = _splat(
+        grid,
+        c1[0] + t * (c2[0] - c1[0]) + rng.normal(0, 0.25 * hlr, t.size),
+        c1[1] + t * (c2[1] - c1[1]) + rng.normal(0, 0.25 * hlr, t.size),
+        np.ones_like(t),
+    )
     debris = _scaled(debris, 0.6) + _scaled(cv2.GaussianBlur(bridge, (0, 0), 1.0), 0.4)
     disk_sed = _jitter(SED_DISK, rng)
-    return [(galsim.Sum(bulges, gsparams=GSPARAMS), _jitter(SED_BULGE, rng)),
-            (galsim.Sum(disks, gsparams=GSPARAMS), disk_sed), (_scaled(debris, tail_frac), disk_sed)]
+    return [
+        (galsim.Sum(bulges, gsparams=GSPARAMS), _jitter(SED_BULGE, rng)),
+        (galsim.Sum(disks, gsparams=GSPARAMS), disk_sed),
+        (_scaled(debris, tail_frac), disk_sed),
+    ]
 
 
 BUILDERS = {slug: globals()[f"build_{slug}"] for slug in CLASS_SLUGS}
 
 
 # --------------------------------------------------------------------------- whole image
-def _field_sources(grid: Grid, rng: np.random.Generator, psf_image: np.ndarray, n_stars: int,
-                   n_background: int) -> np.ndarray:
+def _field_sources(
+    grid: Grid, rng: np.random.Generator, psf_image: np.ndarray, n_stars: int, n_background: int
+) -> np.ndarray:
     """Foreground stars (varied colours, now and then a bright one) and faint background galaxies.
 
     Both are deposited as points on the grid (a galaxy as a short blurred streak, for its size and
@@ -437,8 +375,7 @@ def draw_scene(comps: list[Component], psf: galsim.GSObject, psf_image: np.ndarr
     return bands
 
 
-def render_image(label: int, seed: np.random.SeedSequence, size: int,
-                 difficulty: float) -> tuple[np.ndarray, float]:
+def render_image(label: int, seed: np.random.SeedSequence, size: int, difficulty: float) -> tuple[np.ndarray, float]:
     """Render one image of class ``label``; return ``(uint8 (size, size, 3), redshift)``.
 
     Everything random comes from ``seed`` (numpy for the parameters and noise, a GalSim
@@ -466,10 +403,8 @@ def render_image(label: int, seed: np.random.SeedSequence, size: int,
             bands *= _dust_lane(grid, rng, depth, pa, float(np.mean(p["hlr"])))
     offset, angle = _u(rng, common["offset"]) / grid.scale, rng.uniform(0, 2 * np.pi)
     shift = np.float32([[1, 0, offset * np.cos(angle)], [0, 1, offset * np.sin(angle)]])
-    bands = cv2.warpAffine(bands, shift, (grid.n, grid.n), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT)
-    bands += _field_sources(grid, rng, psf_image, _int(rng, common["n_stars"]),
-                            _int(rng, common["n_background"]))
+    bands = cv2.warpAffine(bands, shift, (grid.n, grid.n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    bands += _field_sources(grid, rng, psf_image, _int(rng, common["n_stars"]), _int(rng, common["n_background"]))
     if grid.n != size:
         bands = cv2.resize(bands, (size, size), interpolation=cv2.INTER_CUBIC)
         bands *= (grid.n / size) ** 2

@@ -1,4 +1,5 @@
 """A fast stand-in model for the catalog tests (no TensorFlow): probabilities from colour means per view."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,13 @@ CLASSES = ("Round Smooth", "Barred Spiral", "Edge-on Disk")
 def _probs(images: np.ndarray) -> np.ndarray:
     x = images.astype(np.float64) / 255.0
     h = x.shape[1]
-    feats = np.stack([x[:, : h // 2].mean(axis=(1, 2, 3)), x[:, :, : h // 2].mean(axis=(1, 2, 3)),
-                      x[..., 0].mean(axis=(1, 2))], axis=1) * 6.0
+    feats = (
+        np.stack(
+            [x[:, : h // 2].mean(axis=(1, 2, 3)), x[:, :, : h // 2].mean(axis=(1, 2, 3)), x[..., 0].mean(axis=(1, 2))],
+            axis=1,
+        )
+        * 6.0
+    )
     e = np.exp(feats - feats.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
@@ -30,7 +36,19 @@ def colour_embedding(images: np.ndarray) -> np.ndarray:
 
 
 def fake_predictor(*, with_views: bool = True, with_embedding: bool = False) -> Predictor:
-    card = ModelCard(uri="models:/fake@champion", kind="keras", size=32, crop=24, class_names=CLASSES,
-                     name="fake", version="1", synthetic=True)
-    return Predictor(card=card, predict_fn=lambda im: mean_of_views(views(im)), views_fn=views if with_views else None,
-                     embed_fn=colour_embedding if with_embedding else None)
+    card = ModelCard(
+        uri="models:/fake@champion",
+        kind="keras",
+        size=32,
+        crop=24,
+        class_names=CLASSES,
+        name="fake",
+        version="1",
+        synthetic=True,
+    )
+    return Predictor(
+        card=card,
+        predict_fn=lambda im: mean_of_views(views(im)),
+        views_fn=views if with_views else None,
+        embed_fn=colour_embedding if with_embedding else None,
+    )

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny Galaxy10-schema HDF5 files made in ``tmp_path`` (never the real data)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,8 @@ import pytest
 import yaml
 from hypothesis import settings
 from PIL import Image
+
+from experiments.tracking.workspace import Workspace
 
 # Hypothesis keeps an example database in ./.hypothesis by default; tests write nothing outside tmp_path.
 settings.register_profile("galaxy10", database=None, deadline=None)
@@ -50,9 +53,15 @@ def tiny_images(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return out
 
 
-def write_galaxy10_h5(path: Path, n: int = 200, size: int = 64, seed: int = 0,
-                      with_coords: bool = True, synthetic: bool = True,
-                      imported_classes: tuple[str, ...] | None = None) -> Path:
+def write_galaxy10_h5(
+    path: Path,
+    n: int = 200,
+    size: int = 64,
+    seed: int = 0,
+    with_coords: bool = True,
+    synthetic: bool = True,
+    imported_classes: tuple[str, ...] | None = None,
+) -> Path:
     """Write a tiny file with the Galaxy10 DECaLS schema and return its path.
 
     ``imported_classes`` makes it a catalog of those classes as ``galaxy10 data import`` writes it
@@ -70,9 +79,16 @@ def write_galaxy10_h5(path: Path, n: int = 200, size: int = 64, seed: int = 0,
             f.create_dataset("redshift", data=rng.uniform(0.01, 0.2, n).astype(np.float32))
             f.create_dataset("pxscale", data=np.full(n, 0.262, dtype=np.float32))
         if imported_classes:
-            f.attrs.update({"synthetic": False, "source": "import", "class_names": json.dumps(list(imported_classes)),
-                            "class_mode": "custom", "source_folder": str(path.parent / "cutouts"),
-                            "labels_csv": str(path.parent / "cutouts" / "labels.csv")})
+            f.attrs.update(
+                {
+                    "synthetic": False,
+                    "source": "import",
+                    "class_names": json.dumps(list(imported_classes)),
+                    "class_mode": "custom",
+                    "source_folder": str(path.parent / "cutouts"),
+                    "labels_csv": str(path.parent / "cutouts" / "labels.csv"),
+                }
+            )
         elif synthetic:
             f.attrs["synthetic"] = True
             f.attrs["generator"] = "tests.conftest.write_galaxy10_h5"
@@ -132,8 +148,7 @@ def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 @contextlib.contextmanager
@@ -159,24 +174,51 @@ TINY_SPACE = {
 }
 
 
-def tiny_tune_yaml(path: Path, *, experiment: str, name: str, n_trials: int, epochs: int = 2,
-                   pruner: object = "none", heartbeat_interval: int = 1, grace_period: int = 3,
-                   refit: bool = False, log_models: str = "improving", cv_folds: object = 0,
-                   reference_trial: bool = False, **study: object) -> Path:
+def tiny_tune_yaml(
+    path: Path,
+    *,
+    experiment: str,
+    name: str,
+    n_trials: int,
+    epochs: int = 2,
+    pruner: object = "none",
+    heartbeat_interval: int = 1,
+    grace_period: int = 3,
+    refit: bool = False,
+    log_models: str = "improving",
+    cv_folds: object = 0,
+    reference_trial: bool = False,
+    **study: object,
+) -> Path:
     """Write a tiny tuning config to ``path``: 48 px / crop 32, a two-layer CNN, no augmentation,
     TPE (seed 0, 2 start-up trials), heartbeats, :data:`TINY_SPACE`; ``study`` adds study keys.
     The final refit and cross-validation are off and only improving trials log models unless asked for
     (each costs every test time; their own tests ask), and so is the reference recipe as trial 0 (its full
     budget takes minutes)."""
-    run = {"experiment_name": experiment, "data": {"size": 48, "crop": 32}, "augment": {"policy": "none"},
-           "model": {"filters": [8, 16], "dense_units": 16},
-           "train": {"epochs": epochs, "batch_size": 32, "patience": None, "monitor": "val_accuracy"}}
-    doc = {"run": run,
-           "study": {"name": name, "n_trials": n_trials, "pruner": pruner,
-                     "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-                     "heartbeat_interval": heartbeat_interval, "grace_period": grace_period, "refit": refit,
-                     "log_models": log_models, "cv_folds": cv_folds, "reference_trial": reference_trial, **study},
-           "search_space": TINY_SPACE}
+    run = {
+        "experiment_name": experiment,
+        "data": {"size": 48, "crop": 32},
+        "augment": {"policy": "none"},
+        "model": {"filters": [8, 16], "dense_units": 16},
+        "train": {"epochs": epochs, "batch_size": 32, "patience": None, "monitor": "val_accuracy"},
+    }
+    doc = {
+        "run": run,
+        "study": {
+            "name": name,
+            "n_trials": n_trials,
+            "pruner": pruner,
+            "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "refit": refit,
+            "log_models": log_models,
+            "cv_folds": cv_folds,
+            "reference_trial": reference_trial,
+            **study,
+        },
+        "search_space": TINY_SPACE,
+    }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -193,11 +235,24 @@ class TinyStudy:
     best_run_id: str | None
     best_model_uri: str | None
 
+    @property
+    def ws(self) -> Workspace:
+        """A workspace of the study's stores (a new one each time: nothing memoised between uses)."""
+        return Workspace(tracking_uri=self.tracking_uri, storage_url=self.storage)
+
 
 @contextlib.contextmanager
-def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3, log_all_models: bool = True,
-                  refit: bool = False, search_space: dict | None = None,
-                  imported_classes: tuple[str, ...] | None = None, **study_keys: object) -> Iterator[TinyStudy]:
+def tiny_study_in(
+    root: Path,
+    *,
+    n_images: int = 400,
+    n_trials: int = 3,
+    log_all_models: bool = True,
+    refit: bool = False,
+    search_space: dict | None = None,
+    imported_classes: tuple[str, ...] | None = None,
+    **study_keys: object,
+) -> Iterator[TinyStudy]:
     """A study ``tiny`` of one-epoch smoke trials on a synthetic file in ``root``, via the tuning code.
 
     With ``log_all_models`` every trial logs its model (ensembles need them), else only the top 3;
@@ -218,19 +273,35 @@ def tiny_study_in(root: Path, *, n_images: int = 400, n_trials: int = 3, log_all
         mp.setenv("GALAXY10_CACHE", str(root / "cache"))
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         data = write_galaxy10_h5(root / "tiny.h5", n=n_images, imported_classes=imported_classes)
-        study = {"name": "tiny", "n_trials": n_trials, "storage": storage, "pruner": "none", "refit": refit,
-                 "cv_folds": 0, "reference_trial": False, **({"log_models": "all"} if log_all_models else {}), **study_keys}
-        tune = parse_tune_config({
-            "base": str(smoke), "run": {"train": {"epochs": 1}, "data": {"max_images": n_images},
-                                        # smoke.yaml targets Galaxy10's disturbed class
-                                        **({"augment": {"targets": None}} if imported_classes else {})},
-            "study": study,
-            "search_space": search_space or {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
-        })
-        result = run_study(tune, tracking_uri=uri, data_path=str(data))
+        study = {
+            "name": "tiny",
+            "n_trials": n_trials,
+            "storage": storage,
+            "pruner": "none",
+            "refit": refit,
+            "cv_folds": 0,
+            "reference_trial": False,
+            **({"log_models": "all"} if log_all_models else {}),
+            **study_keys,
+        }
+        tune = parse_tune_config(
+            {
+                "base": str(smoke),
+                "run": {
+                    "train": {"epochs": 1},
+                    "data": {"max_images": n_images},
+                    # smoke.yaml targets Galaxy10's disturbed class
+                    **({"augment": {"targets": None}} if imported_classes else {}),
+                },
+                "study": study,
+                "search_space": search_space or {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+            }
+        )
+        result = run_study(tune, ws=Workspace.of(uri), data_path=str(data))
         best = load_existing_study("tiny", open_storage(storage)).best_trial
-        yield TinyStudy(root, data, uri, storage, result.parent_run_id, result.best_run_id,
-                        best.user_attrs.get("model_uri"))
+        yield TinyStudy(
+            root, data, uri, storage, result.parent_run_id, result.best_run_id, best.user_attrs.get("model_uri")
+        )
 
 
 @dataclass(frozen=True)
@@ -242,6 +313,11 @@ class SmokeModel:
     model_uri: str
     registered_name: str
     data_path: Path
+
+    @property
+    def ws(self) -> Workspace:
+        """A workspace of the model's store (a new one each time: nothing memoised between uses)."""
+        return Workspace(tracking_uri=self.tracking_uri)
 
 
 @pytest.fixture(scope="session")
@@ -262,10 +338,11 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> SmokeModel:
         mp.setenv("GALAXY10_CACHE", str(root / "cache"))
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         data = write_galaxy10_h5(root / "tiny.h5")
-        cfg = load_config(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml",
-                          [f"data.path={data}"])
-        with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri) as tracker:
+        cfg = load_config(
+            Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml", [f"data.path={data}"]
+        )
+        with MlflowTracker(cfg.experiment_name, cfg.run_name, ws=Workspace.of(uri)) as tracker:
             result = train(cfg, tracker, verbose=0)
         name = "smoke-study"
-        register_champion(result.model_uri, name, run_id=result.run_id, tracking_uri=uri)
+        register_champion(result.model_uri, name, run_id=result.run_id, ws=Workspace.of(uri))
     return SmokeModel(uri, result.run_id, result.model_uri, name, data)

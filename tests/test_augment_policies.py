@@ -1,4 +1,5 @@
 """augment.policies: every transform really changes pixels, the 1.x-name trap cannot occur, seeds work."""
+
 from __future__ import annotations
 
 import copy
@@ -10,14 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment.policies import (
-    POLICY_NAMES,
-    PolicyParams,
-    augment_batch,
-    build_policy,
-    compose_policy,
-    policy_params,
-)
+from augment.policies import POLICY_NAMES, PolicyParams, augment_batch, build_policy, compose_policy, policy_params
 from core.errors import ConfigError, DataError
 
 SIZE, CROP = 128, 88
@@ -26,8 +20,7 @@ LO = (SIZE - CROP) // 2
 EXPECTED_TRANSFORMS = {
     "none": [],
     "reference": ["Affine", "HorizontalFlip", "VerticalFlip"],
-    "galaxy": ["Affine", "HorizontalFlip", "VerticalFlip", "RandomBrightnessContrast", "GaussNoise",
-               "GaussianBlur"],
+    "galaxy": ["Affine", "HorizontalFlip", "VerticalFlip", "RandomBrightnessContrast", "GaussNoise", "GaussianBlur"],
 }
 
 
@@ -115,8 +108,17 @@ def test_every_transform_changes_real_galaxy_pixels(name: str, galaxy_images: np
 
 def test_transform_parameters_reach_albumentations() -> None:
     """Each strength lands in the 2.x argument that albumentations really reads."""
-    p = policy_params("galaxy", rotation_limit=30, scale_min=0.85, scale_max=1.05, shift_limit=0.02,
-                      noise_std=5.1, blur_sigma=1.2, brightness_limit=0.15, contrast_limit=0.05)
+    p = policy_params(
+        "galaxy",
+        rotation_limit=30,
+        scale_min=0.85,
+        scale_max=1.05,
+        shift_limit=0.02,
+        noise_std=5.1,
+        blur_sigma=1.2,
+        brightness_limit=0.15,
+        contrast_limit=0.05,
+    )
     by_name = {type(t).__name__: t for t in compose_policy(p).transforms}
     aff = by_name["Affine"]
     assert tuple(aff.rotate) == (-30, 30)
@@ -130,15 +132,17 @@ def test_transform_parameters_reach_albumentations() -> None:
 
 def test_noise_and_blur_have_the_requested_strength() -> None:
     flat = np.full((SIZE, SIZE, 3), 100, np.uint8)
-    noise = _alone(next(t for t in build_policy("galaxy", noise_std=8.0).transforms
-                        if type(t).__name__ == "GaussNoise"), 0)
+    noise = _alone(
+        next(t for t in build_policy("galaxy", noise_std=8.0).transforms if type(t).__name__ == "GaussNoise"), 0
+    )
     resid = noise(image=flat)["image"].astype(np.float64) - 100
     assert 3.0 < resid.std() < 8.5  # drawn in [4, 8] counts, before uint8 rounding
 
     checker = ((np.indices((SIZE, SIZE)).sum(0) % 2) * 200 + 20).astype(np.uint8)
     checker = np.repeat(checker[..., None], 3, axis=2)
-    blur = _alone(next(t for t in build_policy("galaxy", blur_sigma=1.6).transforms
-                       if type(t).__name__ == "GaussianBlur"), 0)
+    blur = _alone(
+        next(t for t in build_policy("galaxy", blur_sigma=1.6).transforms if type(t).__name__ == "GaussianBlur"), 0
+    )
     # a 1-pixel checkerboard is all but wiped out by a Gaussian of sigma >= 0.8 px
     assert blur(image=checker)["image"].astype(np.float64).std() < 0.25 * checker.std()
 
@@ -164,11 +168,11 @@ def test_central_crop_never_sees_fill_up_to_45_degrees() -> None:
     rot45 = A.Compose([A.Affine(rotate=(45, 45), border_mode=0, fill=0, p=1.0)], strict=True, seed=0)
     out = rot45(image=img)["image"]
     assert (out == 0).all(axis=-1).sum() > 1000  # the corners of the full image are filled...
-    assert out[LO:LO + CROP, LO:LO + CROP].min() > 100  # ...but not the central crop
+    assert out[LO : LO + CROP, LO : LO + CROP].min() > 100  # ...but not the central crop
     p = policy_params("reference", scale_min=1.0, scale_max=1.0, border="constant", fill=0)
     for seed in range(20):
         out = compose_policy(p, seed=seed)(image=img)["image"]
-        assert out[LO:LO + CROP, LO:LO + CROP].min() > 100
+        assert out[LO : LO + CROP, LO : LO + CROP].min() > 100
 
 
 def test_default_reflect_border_fills_no_constant_in_crop_even_zoomed_out() -> None:
@@ -178,7 +182,7 @@ def test_default_reflect_border_fills_no_constant_in_crop_even_zoomed_out() -> N
         assert p.border == "reflect"
         for seed in range(10):
             out = compose_policy(p, seed=seed)(image=img)["image"]
-            assert out[LO:LO + CROP, LO:LO + CROP].min() > 100, name
+            assert out[LO : LO + CROP, LO : LO + CROP].min() > 100, name
 
 
 def test_augment_batch_is_reproducible_and_varies(asym_images: np.ndarray) -> None:
@@ -219,18 +223,21 @@ def test_augment_batch_rejects_bad_input(asym_images: np.ndarray) -> None:
         augment_batch(policy, asym_images, "zero")
 
 
-@pytest.mark.parametrize("name, strengths, match", [
-    ("fancy", {}, "unknown augment policy 'fancy'"),
-    ("galaxy", {"rotate_limit": 10}, "unknown augment strength.*rotate_limit"),
-    ("galaxy", {"var_limit": (10, 50)}, "var_limit"),
-    ("galaxy", {"rotation_limit": 270}, "rotation_limit=270"),
-    ("galaxy", {"p_noise": 1.5}, "p_noise"),
-    ("galaxy", {"noise_std": "3"}, "noise_std"),
-    ("galaxy", {"scale_min": 1.2, "scale_max": 0.9}, "scale_min"),
-    ("galaxy", {"border": "wrap"}, "border"),
-    ("galaxy", {"blur_sigma": float("nan")}, "blur_sigma"),
-    ("none", {"rotation_limit": 10}, "takes no strengths"),
-])
+@pytest.mark.parametrize(
+    "name, strengths, match",
+    [
+        ("fancy", {}, "unknown augment policy 'fancy'"),
+        ("galaxy", {"rotate_limit": 10}, "unknown augment strength.*rotate_limit"),
+        ("galaxy", {"var_limit": (10, 50)}, "var_limit"),
+        ("galaxy", {"rotation_limit": 270}, "rotation_limit=270"),
+        ("galaxy", {"p_noise": 1.5}, "p_noise"),
+        ("galaxy", {"noise_std": "3"}, "noise_std"),
+        ("galaxy", {"scale_min": 1.2, "scale_max": 0.9}, "scale_min"),
+        ("galaxy", {"border": "wrap"}, "border"),
+        ("galaxy", {"blur_sigma": float("nan")}, "blur_sigma"),
+        ("none", {"rotation_limit": 10}, "takes no strengths"),
+    ],
+)
 def test_bad_policy_config_is_one_line_config_error(name, strengths, match) -> None:
     with pytest.raises(ConfigError, match=match) as err:
         build_policy(name, **strengths)

@@ -1,5 +1,6 @@
 """Backbones of the registry (issue 14): the D4-equivariant CNN's symmetry, and every backbone builds,
 trains a step, saves and reloads with ``safe_mode``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,9 +50,16 @@ def test_d4_feature_maps_permute_as_the_group_says() -> None:
         np.testing.assert_allclose(np.asarray(conv(got_lift)), transform_feature_map(base_conv, h), atol=1e-4)
 
 
-@pytest.mark.parametrize("pool", [{"pool": "radial"}, {"pool": "mean"}, {"pool": "radial", "ring_stats": ["mean", "max"]},
-                                  {"pool": "radial", "ring_stats": ["max"], "rings": 4},
-                                  {"pool": "radial", "group_pool": "max"}])
+@pytest.mark.parametrize(
+    "pool",
+    [
+        {"pool": "radial"},
+        {"pool": "mean"},
+        {"pool": "radial", "ring_stats": ["mean", "max"]},
+        {"pool": "radial", "ring_stats": ["max"], "rings": 4},
+        {"pool": "radial", "group_pool": "max"},
+    ],
+)
 def test_d4_cnn_embedding_is_invariant_to_all_8_orientations(pool: dict, tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)
     cfg = ModelConfig(name="d4_cnn", params={"filters": [4, 8, 8], **pool}, dense_units=16, dropout=0.0)
@@ -65,13 +73,15 @@ def test_d4_cnn_embedding_is_invariant_to_all_8_orientations(pool: dict, tmp_pat
         np.testing.assert_allclose(np.asarray(embed(views, training=False)), base, rtol=1e-4, atol=1e-5)
     model.save(tmp_path / "d4.keras")  # the pooling's settings survive a safe_mode reload
     again = keras.models.load_model(tmp_path / "d4.keras", safe_mode=True, compile=False)
-    np.testing.assert_allclose(np.asarray(again(x, training=False)), np.asarray(model(x, training=False)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(again(x, training=False)), np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-6
+    )
     # a plain CNN is not invariant (the test can fail)
     plain = build_model(ModelConfig(filters=(4, 8), dense_units=16, dropout=0.0), input_size=32, num_classes=5)
     plain_embed = keras.Model(plain.input, plain.get_layer(EMBEDDING_LAYER).output)
-    assert not np.allclose(np.asarray(plain_embed(transform(x, 1, axes=(1, 2)).copy())),
-                           np.asarray(plain_embed(x)), atol=1e-3)
+    assert not np.allclose(
+        np.asarray(plain_embed(transform(x, 1, axes=(1, 2)).copy())), np.asarray(plain_embed(x)), atol=1e-3
+    )
 
 
 def test_radial_pool_keeps_the_radial_profile_and_is_invariant() -> None:
@@ -84,7 +94,7 @@ def test_radial_pool_keeps_the_radial_profile_and_is_invariant() -> None:
             perm = transform(np.arange(side * side).reshape(side, side), g).ravel()
             np.testing.assert_allclose(m[perm], m)  # every ring is a union of D4 orbits
     yy, xx = np.mgrid[:6, :6] - 2.5
-    r = np.sqrt(yy ** 2 + xx ** 2)
+    r = np.sqrt(yy**2 + xx**2)
     core = (r < 1.2).astype(np.float32)
     halo = np.where(r < 1.2, 0.0, 4 / 32).astype(np.float32) * (r < 3)
     core, halo = core * (halo.mean() / core.mean()), halo  # same global mean, different profiles
@@ -154,8 +164,9 @@ def test_each_backbone_trains_saves_and_reloads_in_safe_mode(name: str, tmp_path
     y = np.array([0, 1, 2, 0])
     before = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
     model.fit(x, y, epochs=1, verbose=0)
-    assert any(not np.array_equal(b, keras.ops.convert_to_numpy(w))
-               for b, w in zip(before, model.trainable_weights))  # it trained
+    assert any(
+        not np.array_equal(b, keras.ops.convert_to_numpy(w)) for b, w in zip(before, model.trainable_weights)
+    )  # it trained
     path = tmp_path / f"{name}.keras"
     model.save(path)
     from models.layers import register_custom_layers
@@ -188,28 +199,34 @@ def test_a_notop_weights_file_starts_the_application_backbone(tmp_path: Path) ->
     chosen backbone is one ConfigError line."""
     path = tmp_path / "efficientnetv2-b0_notop.h5"
     kernel = _write_notop_h5(keras.applications.EfficientNetV2B0, path)
-    cfg = load_config(None, ["model.name=efficientnetv2", "model.params={variant: B0}", f"model.weights={path}",
-                             "model.dense_units=8"]).model
+    cfg = load_config(
+        None,
+        ["model.name=efficientnetv2", "model.params={variant: B0}", f"model.weights={path}", "model.dense_units=8"],
+    ).model
     model = build_model(cfg, input_size=32, num_classes=3)
     first = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     np.testing.assert_array_equal(np.asarray(first.kernel), kernel)
-    fresh = build_model(load_config(None, ["model.name=efficientnetv2", "model.dense_units=8"]).model,
-                        input_size=32, num_classes=3)
+    fresh = build_model(
+        load_config(None, ["model.name=efficientnetv2", "model.dense_units=8"]).model, input_size=32, num_classes=3
+    )
     fresh_first = next(layer for layer in fresh.layers if isinstance(layer, keras.layers.Conv2D))
     assert not np.array_equal(np.asarray(fresh_first.kernel), kernel)
     wrong = load_config(None, ["model.name=convnext", f"model.weights={path}"]).model
-    with pytest.raises(ConfigError, match=r"^cannot load model.weights efficientnetv2-b0_notop.h5 into "
-                                          r"convnext\(variant=Tiny\) .*give include_top=False weights of ConvNeXtTiny$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^cannot load model.weights efficientnetv2-b0_notop.h5 into "
+        r"convnext\(variant=Tiny\) .*give include_top=False weights of ConvNeXtTiny$",
+    ):
         build_model(wrong, input_size=32, num_classes=3)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,sets", [
-    ("resnet", ["model.params={depth: 10, width: 8}"]),
-    ("d4_cnn", ["model.params={filters: [4, 8, 8]}"]),
-])
-def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, sets: list[str], tiny_h5: Path,
-                                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name,sets", [("resnet", ["model.params={depth: 10, width: 8}"]), ("d4_cnn", ["model.params={filters: [4, 8, 8]}"])]
+)
+def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(
+    name: str, sets: list[str], tiny_h5: Path, tmp_path: Path
+) -> None:
     """A 1-epoch `galaxy10 train` logs the backbone to MLflow; it reloads (safe_mode), predicts from the
     command line and the web page, and serves as the CNN of a two-branch ensemble with the reference CNN."""
     import io
@@ -230,29 +247,39 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(name: str, se
         for s in model_sets:
             argv += ["--set", s]
         assert cli_main(argv) == 0
-        ids.append(mlflow.search_runs(experiment_names=["galaxy10-smoke"], order_by=["start_time DESC"],
-                                      max_results=1).iloc[0]["run_id"])
+        ids.append(
+            mlflow.search_runs(experiment_names=["galaxy10-smoke"], order_by=["start_time DESC"], max_results=1).iloc[
+                0
+            ]["run_id"]
+        )
     bundle = load_model_bundle(f"runs:/{ids[0]}/model")
     assert bundle.meta["backbone"] == name
     png = tmp_path / "g.png"
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(png)
     assert cli_main(["-q", "predict", str(png), "--model", ids[0], "--format", "json"]) == 0
     predictor = load_predictor(ids[0])
-    resp = create_app(predictor).test_client().post(
-        "/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "g.png")}, content_type="multipart/form-data")
+    resp = (
+        create_app(predictor)
+        .test_client()
+        .post(
+            "/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "g.png")}, content_type="multipart/form-data"
+        )
+    )
     assert resp.status_code == 200
     reply = resp.get_json()
     expected = predictor.calibrate(predictor.predict(np.asarray(Image.open(png))[None]))[0]
-    assert reply["probabilities"] == pytest.approx(dict(zip(bundle.meta["class_names"], expected.tolist())),
-                                                   abs=1e-5)
+    assert reply["probabilities"] == pytest.approx(dict(zip(bundle.meta["class_names"], expected.tolist())), abs=1e-5)
     assert reply["top_class"] == bundle.meta["class_names"][int(np.argmax(expected))]
     reference = load_model_bundle(f"runs:/{ids[1]}/model")
-    branches = [Branch(cnn=b.model, size=int(b.meta["size"]), crop=int(b.meta["crop"]), name=n)
-                for b, n in ((bundle, name), (reference, "reference_cnn"))]
+    branches = [
+        Branch(cnn=b.model, size=int(b.meta["size"]), crop=int(b.meta["crop"]), name=n)
+        for b, n in ((bundle, name), (reference, "reference_cnn"))
+    ]
     ens = EnsembleModel("vote", branches, tuple(bundle.meta["class_names"]), tuple(bundle.meta["class_slugs"]))
     images = np.stack([np.asarray(Image.open(png))] * 3)
     probs = ens.predict_proba(images)
     folder = save_ensemble(ens, tmp_path / "ens")
     np.testing.assert_allclose(load_ensemble(folder).predict_proba(images), probs, atol=1e-6)
-    np.testing.assert_allclose(probs, 0.5 * (predictor.predict(images) + load_predictor(ids[1]).predict(images)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        probs, 0.5 * (predictor.predict(images) + load_predictor(ids[1]).predict(images)), atol=1e-5
+    )

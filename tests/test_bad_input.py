@@ -10,6 +10,7 @@ folder, runs ``experiments.cli.main`` and checks that
 The web page (``galaxy10 serve``) is exercised through Flask's test client with a stub predictor
 (input rejection happens before the model is called): every bad upload gets a 4xx and a message.
 """
+
 from __future__ import annotations
 
 import io
@@ -80,8 +81,7 @@ def text_as_h5(tmp: Path) -> Path:
 
 
 def nan_float_images(tmp: Path) -> Path:
-    return _h5(tmp / "nan.h5", np.full((20, 32, 32, 3), np.nan, dtype=np.float32),
-               np.arange(20, dtype=np.uint8) % 10)
+    return _h5(tmp / "nan.h5", np.full((20, 32, 32, 3), np.nan, dtype=np.float32), np.arange(20, dtype=np.uint8) % 10)
 
 
 def rank3_images(tmp: Path) -> Path:
@@ -144,17 +144,24 @@ BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 
 def tune_yaml(tmp: Path, *, space: object = None, **study: object) -> Path:
-    doc = {"base": str(SMOKE), "run": {"train": {"epochs": 1}},
-           "study": {"name": "bad", "n_trials": 2, **study},
-           "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}} if space is None else space}
+    doc = {
+        "base": str(SMOKE),
+        "run": {"train": {"epochs": 1}},
+        "study": {"name": "bad", "n_trials": 2, **study},
+        "search_space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}} if space is None else space,
+    }
     path = tmp / "tune.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
 #: How ``predict`` (which also takes PNG/JPEG files) words the file-level problems.
-PREDICT_WORDS = {"zero-byte": "is empty (0 bytes)", "not-hdf5": "not a PNG or JPEG image", "a-folder": "is a folder",
-                 "missing": "does not exist"}
+PREDICT_WORDS = {
+    "zero-byte": "is empty (0 bytes)",
+    "not-hdf5": "not a PNG or JPEG image",
+    "a-folder": "is a folder",
+    "missing": "does not exist",
+}
 
 #: Every command that reads a Galaxy10 file, with the file's path substituted for {f}.
 DATA_COMMANDS: dict[str, Callable[[Path], list[str]]] = {
@@ -165,8 +172,17 @@ DATA_COMMANDS: dict[str, Callable[[Path], list[str]]] = {
     "train": lambda f: ["train", "--config", str(SMOKE), "--data", str(f)],
     "tune": lambda f: ["tune", "--config", str(tune_yaml(f.parent)), "--data", str(f)],
     "predict": lambda f: ["predict", str(f)],
-    "evaluate": lambda f: ["evaluate", "--data", str(f), "--recipe", f"a={REFERENCE}", "--recipe", f"b={REFERENCE}",
-                           "--out", str(f.parent / "ev")],
+    "evaluate": lambda f: [
+        "evaluate",
+        "--data",
+        str(f),
+        "--recipe",
+        f"a={REFERENCE}",
+        "--recipe",
+        f"b={REFERENCE}",
+        "--out",
+        str(f.parent / "ev"),
+    ],
 }
 
 
@@ -192,8 +208,7 @@ def running_mlflow_runs(db: Path) -> int:
             return 0
 
 
-def fails_cleanly(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], *,
-                  expect: str) -> str:
+def fails_cleanly(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], *, expect: str) -> str:
     """Run the CLI on bad input; assert one error line containing ``expect``, exit 2, no new files."""
     capsys.readouterr()
     before = snapshot(tmp_path)
@@ -213,8 +228,9 @@ def fails_cleanly(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
 
 @pytest.mark.parametrize("command", sorted(DATA_COMMANDS))
 @pytest.mark.parametrize("bad", sorted(BAD_FILES))
-def test_bad_data_file_at_every_entry_point(command: str, bad: str, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_data_file_at_every_entry_point(
+    command: str, bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     writer, expect = BAD_FILES[bad]
     if command == "predict":  # predict also takes PNG/JPEG files, and says so
         expect = PREDICT_WORDS.get(bad, expect)
@@ -250,8 +266,9 @@ def _png(path: Path, size: tuple[int, int] = (40, 40)) -> Path:
     return path
 
 
-def import_case(rows: list[tuple[str, str]], files: dict[str, bytes | None] | None = None,
-                *extra: str) -> Callable[[Path, Path], list[str]]:
+def import_case(
+    rows: list[tuple[str, str]], files: dict[str, bytes | None] | None = None, *extra: str
+) -> Callable[[Path, Path], list[str]]:
     """``data import`` of a folder holding ``files`` (None: a real PNG) with a CSV of ``rows``."""
 
     def setup(tmp: Path, _: Path) -> list[str]:
@@ -264,222 +281,544 @@ def import_case(rows: list[tuple[str, str]], files: dict[str, bytes | None] | No
                 (folder / name).write_bytes(data)
         csv = "file,label\n" + "".join(f"{f},{lab}\n" for f, lab in rows)
         _write(tmp / "labels.csv", csv)
-        return ["data", "import", str(folder), "--labels", str(tmp / "labels.csv"), "--out", str(tmp / "out.h5"),
-                *extra]
+        return [
+            "data",
+            "import",
+            str(folder),
+            "--labels",
+            str(tmp / "labels.csv"),
+            "--out",
+            str(tmp / "out.h5"),
+            *extra,
+        ]
 
     return setup
 
 
 CASES: dict[str, Case] = {
     # --- data import: path traversal, non-images, empty files, bad CSVs
-    "import-path-traversal": Case(import_case([("a.png", "disturbed"), ("../../../../../../etc/passwd", "merging")],
-                                              {"a.png": None}), "outside the image folder"),
-    "import-absolute-path": Case(import_case([("a.png", "disturbed"), ("/etc/passwd", "merging")],
-                                             {"a.png": None}), "outside the image folder"),
-    "import-not-an-image": Case(import_case([("a.png", "disturbed"), ("b.png", "merging")],
-                                            {"a.png": None, "b.png": b"GIF89a not really"}), "b.png: unreadable"),
-    "import-zero-byte-image": Case(import_case([("a.png", "disturbed"), ("z.png", "merging")],
-                                               {"a.png": None, "z.png": b""}), "z.png: unreadable"),
-    "import-decompression-bomb": Case(import_case([("a.png", "disturbed"), ("bomb.png", "merging")],
-                                                  {"a.png": None, "bomb.png": bomb_png()}), "bomb.png"),
-    "import-unknown-class": Case(import_case([("a.png", "disturbed"), ("b.png", "spiral-ish")],
-                                             {"a.png": None, "b.png": None}, "--classes", "galaxy10"),
-                                 "unknown"),
-    "import-missing-column": Case(lambda tmp, _: (
-        (tmp / "imgs").mkdir(), _write(tmp / "l.csv", "name,klass\na.png,0\n"),
-        ["data", "import", str(tmp / "imgs"), "--labels", str(tmp / "l.csv"), "--out", str(tmp / "o.h5")])[-1],
-        "no column 'file', 'label'"),
-    "import-binary-csv": Case(lambda tmp, _: (
-        (tmp / "imgs").mkdir(), (tmp / "l.csv").write_bytes(b"\xff\xfe\x00\x81" * 50),
-        ["data", "import", str(tmp / "imgs"), "--labels", str(tmp / "l.csv"), "--out", str(tmp / "o.h5")])[-1],
-        "not a readable CSV"),
-    "import-missing-folder": Case(lambda tmp, _: (
-        _write(tmp / "l.csv", "file,label\na.png,0\n"),
-        ["data", "import", str(tmp / "nope"), "--labels", str(tmp / "l.csv"), "--out", str(tmp / "o.h5")])[-1],
-        "not found"),
+    "import-path-traversal": Case(
+        import_case([("a.png", "disturbed"), ("../../../../../../etc/passwd", "merging")], {"a.png": None}),
+        "outside the image folder",
+    ),
+    "import-absolute-path": Case(
+        import_case([("a.png", "disturbed"), ("/etc/passwd", "merging")], {"a.png": None}), "outside the image folder"
+    ),
+    "import-not-an-image": Case(
+        import_case([("a.png", "disturbed"), ("b.png", "merging")], {"a.png": None, "b.png": b"GIF89a not really"}),
+        "b.png: unreadable",
+    ),
+    "import-zero-byte-image": Case(
+        import_case([("a.png", "disturbed"), ("z.png", "merging")], {"a.png": None, "z.png": b""}), "z.png: unreadable"
+    ),
+    "import-decompression-bomb": Case(
+        import_case([("a.png", "disturbed"), ("bomb.png", "merging")], {"a.png": None, "bomb.png": bomb_png()}),
+        "bomb.png",
+    ),
+    "import-unknown-class": Case(
+        import_case(
+            [("a.png", "disturbed"), ("b.png", "spiral-ish")], {"a.png": None, "b.png": None}, "--classes", "galaxy10"
+        ),
+        "unknown",
+    ),
+    "import-missing-column": Case(
+        lambda tmp, _: (
+            (tmp / "imgs").mkdir(),
+            _write(tmp / "l.csv", "name,klass\na.png,0\n"),
+            ["data", "import", str(tmp / "imgs"), "--labels", str(tmp / "l.csv"), "--out", str(tmp / "o.h5")],
+        )[-1],
+        "no column 'file', 'label'",
+    ),
+    "import-binary-csv": Case(
+        lambda tmp, _: (
+            (tmp / "imgs").mkdir(),
+            (tmp / "l.csv").write_bytes(b"\xff\xfe\x00\x81" * 50),
+            ["data", "import", str(tmp / "imgs"), "--labels", str(tmp / "l.csv"), "--out", str(tmp / "o.h5")],
+        )[-1],
+        "not a readable CSV",
+    ),
+    "import-missing-folder": Case(
+        lambda tmp, _: (
+            _write(tmp / "l.csv", "file,label\na.png,0\n"),
+            ["data", "import", str(tmp / "nope"), "--labels", str(tmp / "l.csv"), "--out", str(tmp / "o.h5")],
+        )[-1],
+        "not found",
+    ),
     # --- data synth: impossible sizes
     "synth-zero-images": Case(lambda tmp, _: ["data", "synth", "--n", "0", "--out", str(tmp / "s.h5")], "--n"),
     "synth-negative-images": Case(lambda tmp, _: ["data", "synth", "--n", "-5", "--out", str(tmp / "s.h5")], "--n"),
-    "synth-tiny-size": Case(lambda tmp, _: ["data", "synth", "--n", "10", "--size", "3", "--out", str(tmp / "s.h5")],
-                            "--size"),
-    "synth-difficulty-out-of-range": Case(lambda tmp, _: ["data", "synth", "--n", "10", "--difficulty", "7",
-                                                          "--out", str(tmp / "s.h5")], "difficulty"),
-    "synth-difficulty-nan": Case(lambda tmp, _: ["data", "synth", "--n", "10", "--difficulty", "nan",
-                                                 "--out", str(tmp / "s.h5")], "difficulty"),
-    "synth-out-is-a-folder": Case(lambda tmp, _: ((tmp / "dir").mkdir(), ["data", "synth", "--n", "10", "--out",
-                                                                          str(tmp / "dir")])[-1], "folder"),
+    "synth-tiny-size": Case(
+        lambda tmp, _: ["data", "synth", "--n", "10", "--size", "3", "--out", str(tmp / "s.h5")], "--size"
+    ),
+    "synth-difficulty-out-of-range": Case(
+        lambda tmp, _: ["data", "synth", "--n", "10", "--difficulty", "7", "--out", str(tmp / "s.h5")], "difficulty"
+    ),
+    "synth-difficulty-nan": Case(
+        lambda tmp, _: ["data", "synth", "--n", "10", "--difficulty", "nan", "--out", str(tmp / "s.h5")], "difficulty"
+    ),
+    "synth-out-is-a-folder": Case(
+        lambda tmp, _: ((tmp / "dir").mkdir(), ["data", "synth", "--n", "10", "--out", str(tmp / "dir")])[-1], "folder"
+    ),
     # --- data split / gallery: impossible options
-    "split-test-fraction-above-1": Case(lambda tmp, h5: ["data", "split", str(h5), "--test-fraction", "1.5"],
-                                        "test"),
-    "split-negative-val-fraction": Case(lambda tmp, h5: ["data", "split", str(h5), "--val-fraction", "-0.1"],
-                                        "val"),
-    "gallery-zero-per-class": Case(lambda tmp, h5: ["data", "gallery", str(h5), "--per-class", "0",
-                                                    "--out", str(tmp / "g.png")], "per-class"),
-    "gallery-out-is-a-folder": Case(lambda tmp, h5: ((tmp / "gdir").mkdir(), ["data", "gallery", str(h5),
-                                                                              "--out", str(tmp / "gdir")])[-1],
-                                    "folder"),
+    "split-test-fraction-above-1": Case(lambda tmp, h5: ["data", "split", str(h5), "--test-fraction", "1.5"], "test"),
+    "split-negative-val-fraction": Case(lambda tmp, h5: ["data", "split", str(h5), "--val-fraction", "-0.1"], "val"),
+    "gallery-zero-per-class": Case(
+        lambda tmp, h5: ["data", "gallery", str(h5), "--per-class", "0", "--out", str(tmp / "g.png")], "per-class"
+    ),
+    "gallery-out-is-a-folder": Case(
+        lambda tmp, h5: ((tmp / "gdir").mkdir(), ["data", "gallery", str(h5), "--out", str(tmp / "gdir")])[-1], "folder"
+    ),
     # --- train: configs with unknown keys, wrong types, impossible values; missing config
-    "train-unknown-key": Case(lambda tmp, h5: ["train", "--config", str(_yaml(tmp / "c.yaml", {
-        "train": {"epochz": 3}})), "--data", str(h5)], "epochz"),
-    "train-unknown-section": Case(lambda tmp, h5: ["train", "--config", str(_yaml(tmp / "c.yaml", {
-        "trian": {"epochs": 3}})), "--data", str(h5)], "trian"),
-    "train-wrong-type": Case(lambda tmp, h5: ["train", "--config", str(_yaml(tmp / "c.yaml", {
-        "train": {"epochs": "ten"}})), "--data", str(h5)], "train.epochs"),
-    "train-negative-learning-rate": Case(lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5),
-                                                          "--set", "train.learning_rate=-1"], "learning_rate"),
-    "train-crop-larger-than-size": Case(lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5),
-                                                         "--set", "data.crop=64"], "crop"),
-    "train-set-unknown-key": Case(lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5),
-                                                   "--set", "model.dropuot=0.3"], "dropuot"),
-    "train-set-not-key-value": Case(lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5),
-                                                     "--set", "train.epochs"], "train.epochs"),
-    "train-config-not-a-mapping": Case(lambda tmp, h5: ["train", "--config", str(_write(tmp / "c.yaml", "- a\n- b\n")),
-                                                        "--data", str(h5)], "c.yaml"),
-    "train-config-not-yaml": Case(lambda tmp, h5: ["train", "--config", str(_write(tmp / "c.yaml", "a: [1, 2\n")),
-                                                   "--data", str(h5)], "c.yaml"),
-    "train-config-missing": Case(lambda tmp, h5: ["train", "--config", str(tmp / "nope.yaml"), "--data", str(h5)],
-                                 "nope.yaml"),
-    "train-unknown-policy": Case(lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5),
-                                                  "--set", "augment.policy=sparkle"], "sparkle"),
-    "train-unknown-target-class": Case(lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5),
-                                                        "--set", "augment.targets={blobs: 2}"], "blobs"),
+    "train-unknown-key": Case(
+        lambda tmp, h5: ["train", "--config", str(_yaml(tmp / "c.yaml", {"train": {"epochz": 3}})), "--data", str(h5)],
+        "epochz",
+    ),
+    "train-unknown-section": Case(
+        lambda tmp, h5: ["train", "--config", str(_yaml(tmp / "c.yaml", {"trian": {"epochs": 3}})), "--data", str(h5)],
+        "trian",
+    ),
+    "train-wrong-type": Case(
+        lambda tmp, h5: [
+            "train",
+            "--config",
+            str(_yaml(tmp / "c.yaml", {"train": {"epochs": "ten"}})),
+            "--data",
+            str(h5),
+        ],
+        "train.epochs",
+    ),
+    "train-negative-learning-rate": Case(
+        lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5), "--set", "train.learning_rate=-1"],
+        "learning_rate",
+    ),
+    "train-crop-larger-than-size": Case(
+        lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5), "--set", "data.crop=64"], "crop"
+    ),
+    "train-set-unknown-key": Case(
+        lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5), "--set", "model.dropuot=0.3"], "dropuot"
+    ),
+    "train-set-not-key-value": Case(
+        lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5), "--set", "train.epochs"], "train.epochs"
+    ),
+    "train-config-not-a-mapping": Case(
+        lambda tmp, h5: ["train", "--config", str(_write(tmp / "c.yaml", "- a\n- b\n")), "--data", str(h5)], "c.yaml"
+    ),
+    "train-config-not-yaml": Case(
+        lambda tmp, h5: ["train", "--config", str(_write(tmp / "c.yaml", "a: [1, 2\n")), "--data", str(h5)], "c.yaml"
+    ),
+    "train-config-missing": Case(
+        lambda tmp, h5: ["train", "--config", str(tmp / "nope.yaml"), "--data", str(h5)], "nope.yaml"
+    ),
+    "train-unknown-policy": Case(
+        lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5), "--set", "augment.policy=sparkle"],
+        "sparkle",
+    ),
+    "train-unknown-target-class": Case(
+        lambda tmp, h5: ["train", "--config", str(SMOKE), "--data", str(h5), "--set", "augment.targets={blobs: 2}"],
+        "blobs",
+    ),
     # --- tune: empty / malformed search spaces, bad study settings, bad storage
-    "tune-empty-search-space": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, space={})),
-                                                     "--data", str(h5)], "search_space"),
-    "tune-no-search-space": Case(lambda tmp, h5: ["tune", "--config", str(_yaml(tmp / "t.yaml", {
-        "base": str(SMOKE), "study": {"name": "x"}})), "--data", str(h5)], "search_space"),
-    "tune-low-above-high": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, space={
-        "model.dropout": {"type": "float", "low": 0.6, "high": 0.1}})), "--data", str(h5)], "model.dropout"),
-    "tune-empty-choices": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, space={
-        "train.batch_size": {"type": "categorical", "choices": []}})), "--data", str(h5)], "choices is empty"),
-    "tune-unknown-param": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, space={
-        "model.dropuot": {"type": "float", "low": 0.1, "high": 0.5}})), "--data", str(h5)], "dropuot"),
-    "tune-unknown-study-key": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, n_trails=3)),
-                                                    "--data", str(h5)], "n_trails"),
-    "tune-wrong-type-trials": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, n_trials="many")),
-                                                    "--data", str(h5)], "n_trials"),
-    "tune-unknown-sampler": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, sampler="magic")),
-                                                  "--data", str(h5)], "magic"),
-    "tune-zero-workers": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp)), "--data", str(h5),
-                                               "--workers", "0"], "--workers"),
-    "tune-in-memory-storage": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp)), "--data", str(h5),
-                                                    "--storage", "sqlite://"], "in-memory"),
-    "tune-storage-folder-missing": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp)), "--data", str(h5),
-                                                         "--storage", f"sqlite:///{tmp}/no/such/dir/o.db"],
-                                        "does not exist"),
-    "tune-file-store-tracking": Case(lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp)), "--data", str(h5),
-                                                      "--tracking-uri", str(tmp / "mlruns")], "file store"),
+    "tune-empty-search-space": Case(
+        lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, space={})), "--data", str(h5)], "search_space"
+    ),
+    "tune-no-search-space": Case(
+        lambda tmp, h5: [
+            "tune",
+            "--config",
+            str(_yaml(tmp / "t.yaml", {"base": str(SMOKE), "study": {"name": "x"}})),
+            "--data",
+            str(h5),
+        ],
+        "search_space",
+    ),
+    "tune-low-above-high": Case(
+        lambda tmp, h5: [
+            "tune",
+            "--config",
+            str(tune_yaml(tmp, space={"model.dropout": {"type": "float", "low": 0.6, "high": 0.1}})),
+            "--data",
+            str(h5),
+        ],
+        "model.dropout",
+    ),
+    "tune-empty-choices": Case(
+        lambda tmp, h5: [
+            "tune",
+            "--config",
+            str(tune_yaml(tmp, space={"train.batch_size": {"type": "categorical", "choices": []}})),
+            "--data",
+            str(h5),
+        ],
+        "choices is empty",
+    ),
+    "tune-unknown-param": Case(
+        lambda tmp, h5: [
+            "tune",
+            "--config",
+            str(tune_yaml(tmp, space={"model.dropuot": {"type": "float", "low": 0.1, "high": 0.5}})),
+            "--data",
+            str(h5),
+        ],
+        "dropuot",
+    ),
+    "tune-unknown-study-key": Case(
+        lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, n_trails=3)), "--data", str(h5)], "n_trails"
+    ),
+    "tune-wrong-type-trials": Case(
+        lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, n_trials="many")), "--data", str(h5)], "n_trials"
+    ),
+    "tune-unknown-sampler": Case(
+        lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp, sampler="magic")), "--data", str(h5)], "magic"
+    ),
+    "tune-zero-workers": Case(
+        lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp)), "--data", str(h5), "--workers", "0"], "--workers"
+    ),
+    "tune-in-memory-storage": Case(
+        lambda tmp, h5: ["tune", "--config", str(tune_yaml(tmp)), "--data", str(h5), "--storage", "sqlite://"],
+        "in-memory",
+    ),
+    "tune-storage-folder-missing": Case(
+        lambda tmp, h5: [
+            "tune",
+            "--config",
+            str(tune_yaml(tmp)),
+            "--data",
+            str(h5),
+            "--storage",
+            f"sqlite:///{tmp}/no/such/dir/o.db",
+        ],
+        "does not exist",
+    ),
+    "tune-file-store-tracking": Case(
+        lambda tmp, h5: [
+            "tune",
+            "--config",
+            str(tune_yaml(tmp)),
+            "--data",
+            str(h5),
+            "--tracking-uri",
+            str(tmp / "mlruns"),
+        ],
+        "file store",
+    ),
     # --- ensemble / report: missing studies, bad configs
-    "ensemble-no-tracking-store": Case(lambda tmp, h5: ["ensemble", "--study", "nope", "--config", str(ENSEMBLE)],
-                                       "no MLflow tracking database"),
-    "ensemble-unknown-config-key": Case(lambda tmp, h5: ["ensemble", "--study", "nope", "--config", str(_yaml(
-        tmp / "e.yaml", {"mode": "crossfit", "secnd_stage": {}}))], "secnd_stage"),
-    "ensemble-bad-mode": Case(lambda tmp, h5: ["ensemble", "--study", "nope", "--config", str(ENSEMBLE),
-                                               "--set", "mode=magic"], "magic"),
-    "report-no-tracking-store": Case(lambda tmp, h5: ["report", "--study", "nope", "--out", str(tmp / "rep")],
-                                     "no MLflow tracking database"),
-    "report-zero-bootstrap": Case(lambda tmp, h5: ["report", "--study", "nope", "--bootstrap", "0",
-                                                   "--out", str(tmp / "rep")], "--bootstrap"),
+    "ensemble-no-tracking-store": Case(
+        lambda tmp, h5: ["ensemble", "--study", "nope", "--config", str(ENSEMBLE)], "no MLflow tracking database"
+    ),
+    "ensemble-unknown-config-key": Case(
+        lambda tmp, h5: [
+            "ensemble",
+            "--study",
+            "nope",
+            "--config",
+            str(_yaml(tmp / "e.yaml", {"mode": "crossfit", "secnd_stage": {}})),
+        ],
+        "secnd_stage",
+    ),
+    "ensemble-bad-mode": Case(
+        lambda tmp, h5: ["ensemble", "--study", "nope", "--config", str(ENSEMBLE), "--set", "mode=magic"], "magic"
+    ),
+    "report-no-tracking-store": Case(
+        lambda tmp, h5: ["report", "--study", "nope", "--out", str(tmp / "rep")], "no MLflow tracking database"
+    ),
+    "report-zero-bootstrap": Case(
+        lambda tmp, h5: ["report", "--study", "nope", "--bootstrap", "0", "--out", str(tmp / "rep")], "--bootstrap"
+    ),
     # --- predict: missing models, non-images, empty and huge images, traversal-looking names
-    "predict-no-model-anywhere": Case(lambda tmp, h5: ["predict", str(_png(tmp / "g.png"))],
-                                      "no study has a registered 'champion' model"),
-    "predict-unknown-model-no-store": Case(lambda tmp, h5: ["predict", str(_png(tmp / "g.png")),
-                                                            "--model", "nope@champion"], "no MLflow tracking database"),
-    "predict-model-ref-garbage": Case(lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", "a b c"],
-                                      "model reference"),
-    "predict-model-path-traversal": Case(lambda tmp, h5: ["predict", str(_png(tmp / "g.png")),
-                                                          "--model", "../../../../../../etc/passwd"], "passwd"),
-    "predict-not-an-image": Case(lambda tmp, h5: ["predict", str(_write(tmp / "x.png", "hello"))],
-                                 "not a PNG or JPEG"),
+    "predict-no-model-anywhere": Case(
+        lambda tmp, h5: ["predict", str(_png(tmp / "g.png"))], "no study has a registered 'champion' model"
+    ),
+    "predict-unknown-model-no-store": Case(
+        lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", "nope@champion"], "no MLflow tracking database"
+    ),
+    "predict-model-ref-garbage": Case(
+        lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", "a b c"], "model reference"
+    ),
+    "predict-model-path-traversal": Case(
+        lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", "../../../../../../etc/passwd"], "passwd"
+    ),
+    "predict-not-an-image": Case(lambda tmp, h5: ["predict", str(_write(tmp / "x.png", "hello"))], "not a PNG or JPEG"),
     "predict-zero-byte-image": Case(lambda tmp, h5: ["predict", str(_write(tmp / "z.png", ""))], "0 bytes"),
-    "predict-decompression-bomb": Case(lambda tmp, h5: ["predict", str(_bytes(tmp / "bomb.png", bomb_png()))],
-                                       "pixel"),
+    "predict-decompression-bomb": Case(lambda tmp, h5: ["predict", str(_bytes(tmp / "bomb.png", bomb_png()))], "pixel"),
     "predict-folder": Case(lambda tmp, h5: ["predict", str(tmp)], "folder"),
     "predict-missing-file": Case(lambda tmp, h5: ["predict", str(tmp / "nope.png")], "does not exist"),
     "predict-index-out-of-range": Case(lambda tmp, h5: ["predict", f"{h5}:0-99"], "out of range"),
     "predict-top-zero": Case(lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--top", "0"], "--top"),
     # --- evaluate: recipes, R, K and budgets refused before any fold is trained
-    "evaluate-one-recipe": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE)],
-                                "at least two --recipe"),
-    "evaluate-same-name-twice": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                      "--recipe", str(REFERENCE)], "used twice"),
-    "evaluate-missing-recipe": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                     "--recipe", str(tmp / "nope.yaml")], "nope.yaml not found"),
-    "evaluate-bad-recipe-key": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                     "--recipe", str(_yaml(tmp / "c.yaml", {"train": {"epoch": 3}}))],
-                                    "train.epoch"),
-    "evaluate-recipe-not-a-mapping": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                           "--recipe", str(_write(tmp / "l.yaml", "- 1\n- 2\n"))],
-                                          "not a mapping"),
-    "evaluate-bad-recipe-name": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                      "--recipe", f"a b={REFERENCE}"], "is not allowed"),
-    "evaluate-max-images-recipe": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                        "--recipe", str(SMOKE)], "max_images"),
-    "evaluate-zero-repeats": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                   "--recipe", f"b={REFERENCE}", "--repeats", "0"], "--repeats"),
-    "evaluate-huge-repeats": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                   "--recipe", f"b={REFERENCE}", "--repeats", "1000"], "--repeats"),
-    "evaluate-one-fold": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                               "--recipe", f"b={REFERENCE}", "--folds", "1"], "--folds"),
-    "evaluate-more-folds-than-rare-images": Case(lambda tmp, h5: [
-        "evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", f"b={REFERENCE}", "--folds", "20"],
-        "fewer than --folds 20"),
-    "evaluate-tune-recipe-without-budget": Case(lambda tmp, h5: [
-        "evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(TUNE_CATALOG)], "--budget"),
-    "evaluate-bad-budget": Case(lambda tmp, h5: [
-        "evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(TUNE_CATALOG), "--budget", "x4"],
-        "--budget"),
-    "evaluate-zero-budget-factor": Case(lambda tmp, h5: [
-        "evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(TUNE_CATALOG), "--budget", "0x"],
-        "--budget"),
-    "evaluate-factor-without-run-recipe": Case(lambda tmp, h5: [
-        "evaluate", "--data", str(h5), "--recipe", str(TUNE_CATALOG), "--recipe", f"b={TUNE_CATALOG}",
-        "--budget", "4x"], "every recipe is a tuning config"),
-    "evaluate-zero-label-fraction": Case(lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE),
-                                                          "--recipe", f"b={REFERENCE}", "--label-fraction", "0"],
-                                         "--label-fraction"),
-    "evaluate-out-is-a-user-folder": Case(lambda tmp, h5: (
-        (tmp / "mine").mkdir(), (tmp / "mine" / "notes.txt").write_text("mine"),
-        ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", f"b={REFERENCE}", "--out",
-         str(tmp / "mine")])[-1], "mine"),
+    "evaluate-one-recipe": Case(
+        lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE)], "at least two --recipe"
+    ),
+    "evaluate-same-name-twice": Case(
+        lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(REFERENCE)],
+        "used twice",
+    ),
+    "evaluate-missing-recipe": Case(
+        lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(tmp / "nope.yaml")],
+        "nope.yaml not found",
+    ),
+    "evaluate-bad-recipe-key": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            str(_yaml(tmp / "c.yaml", {"train": {"epoch": 3}})),
+        ],
+        "train.epoch",
+    ),
+    "evaluate-recipe-not-a-mapping": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            str(_write(tmp / "l.yaml", "- 1\n- 2\n")),
+        ],
+        "not a mapping",
+    ),
+    "evaluate-bad-recipe-name": Case(
+        lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", f"a b={REFERENCE}"],
+        "is not allowed",
+    ),
+    "evaluate-max-images-recipe": Case(
+        lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(SMOKE)],
+        "max_images",
+    ),
+    "evaluate-zero-repeats": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            f"b={REFERENCE}",
+            "--repeats",
+            "0",
+        ],
+        "--repeats",
+    ),
+    "evaluate-huge-repeats": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            f"b={REFERENCE}",
+            "--repeats",
+            "1000",
+        ],
+        "--repeats",
+    ),
+    "evaluate-one-fold": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            f"b={REFERENCE}",
+            "--folds",
+            "1",
+        ],
+        "--folds",
+    ),
+    "evaluate-more-folds-than-rare-images": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            f"b={REFERENCE}",
+            "--folds",
+            "20",
+        ],
+        "fewer than --folds 20",
+    ),
+    "evaluate-tune-recipe-without-budget": Case(
+        lambda tmp, h5: ["evaluate", "--data", str(h5), "--recipe", str(REFERENCE), "--recipe", str(TUNE_CATALOG)],
+        "--budget",
+    ),
+    "evaluate-bad-budget": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            str(TUNE_CATALOG),
+            "--budget",
+            "x4",
+        ],
+        "--budget",
+    ),
+    "evaluate-zero-budget-factor": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            str(TUNE_CATALOG),
+            "--budget",
+            "0x",
+        ],
+        "--budget",
+    ),
+    "evaluate-factor-without-run-recipe": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(TUNE_CATALOG),
+            "--recipe",
+            f"b={TUNE_CATALOG}",
+            "--budget",
+            "4x",
+        ],
+        "every recipe is a tuning config",
+    ),
+    "evaluate-zero-label-fraction": Case(
+        lambda tmp, h5: [
+            "evaluate",
+            "--data",
+            str(h5),
+            "--recipe",
+            str(REFERENCE),
+            "--recipe",
+            f"b={REFERENCE}",
+            "--label-fraction",
+            "0",
+        ],
+        "--label-fraction",
+    ),
+    "evaluate-out-is-a-user-folder": Case(
+        lambda tmp, h5: (
+            (tmp / "mine").mkdir(),
+            (tmp / "mine" / "notes.txt").write_text("mine"),
+            [
+                "evaluate",
+                "--data",
+                str(h5),
+                "--recipe",
+                str(REFERENCE),
+                "--recipe",
+                f"b={REFERENCE}",
+                "--out",
+                str(tmp / "mine"),
+            ],
+        )[-1],
+        "mine",
+    ),
     # --- pretrain: options and inputs refused before the pool is read or a run is opened
     "pretrain-missing-input": Case(lambda tmp, h5: ["pretrain", str(tmp / "nope")], "does not exist"),
     "pretrain-zero-epochs": Case(lambda tmp, h5: ["pretrain", str(h5), "--epochs", "0"], "--epochs"),
     "pretrain-tiny-batch": Case(lambda tmp, h5: ["pretrain", str(h5), "--batch-size", "2"], "--batch-size"),
-    "pretrain-zero-learning-rate": Case(lambda tmp, h5: ["pretrain", str(h5), "--learning-rate", "0"],
-                                        "--learning-rate"),
+    "pretrain-zero-learning-rate": Case(
+        lambda tmp, h5: ["pretrain", str(h5), "--learning-rate", "0"], "--learning-rate"
+    ),
     "pretrain-bad-budget": Case(lambda tmp, h5: ["pretrain", str(h5), "--budget", "soon"], "--budget"),
     "pretrain-bad-name": Case(lambda tmp, h5: ["pretrain", str(h5), "--name", "a/b"], "--name"),
-    "pretrain-missing-monitor": Case(lambda tmp, h5: ["pretrain", str(h5), "--monitor", str(tmp / "no.h5")],
-                                     "no.h5"),
-    "pretrain-pool-smaller-than-a-batch": Case(lambda tmp, h5: ["pretrain", str(h5), "--batch-size", "512"],
-                                               "fewer than one batch"),
+    "pretrain-missing-monitor": Case(lambda tmp, h5: ["pretrain", str(h5), "--monitor", str(tmp / "no.h5")], "no.h5"),
+    "pretrain-pool-smaller-than-a-batch": Case(
+        lambda tmp, h5: ["pretrain", str(h5), "--batch-size", "512"], "fewer than one batch"
+    ),
     "pretrain-bad-config-key": Case(lambda tmp, h5: ["pretrain", str(h5), "--set", "model.nme=x"], "model.nme"),
     # --- similar: the catalog is checked before any model is loaded
-    "similar-missing-catalog": Case(lambda tmp, h5: ["similar", f"{h5}:0", "--catalog", str(tmp / "c.parquet")],
-                                    "does not exist"),
-    "similar-not-a-catalog": Case(lambda tmp, h5: ["similar", f"{h5}:0", "--catalog", str(h5)],
-                                  "not a readable Parquet file"),
+    "similar-missing-catalog": Case(
+        lambda tmp, h5: ["similar", f"{h5}:0", "--catalog", str(tmp / "c.parquet")], "does not exist"
+    ),
+    "similar-not-a-catalog": Case(
+        lambda tmp, h5: ["similar", f"{h5}:0", "--catalog", str(h5)], "not a readable Parquet file"
+    ),
     "similar-zero-k": Case(lambda tmp, h5: ["similar", f"{h5}:0", "--catalog", str(h5), "--k", "0"], "--k"),
-    "similar-out-is-a-user-folder": Case(lambda tmp, h5: (
-        (tmp / "mine").mkdir(), (tmp / "mine" / "notes.txt").write_text("mine"),
-        ["similar", f"{h5}:0", "--catalog", str(h5), "--out", str(tmp / "mine")])[-1], "mine"),
+    "similar-out-is-a-user-folder": Case(
+        lambda tmp, h5: (
+            (tmp / "mine").mkdir(),
+            (tmp / "mine" / "notes.txt").write_text("mine"),
+            ["similar", f"{h5}:0", "--catalog", str(h5), "--out", str(tmp / "mine")],
+        )[-1],
+        "mine",
+    ),
     # --- self-train: options refused before the pool is read or a model loaded
-    "self-train-missing-pool": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(tmp / "nope"), "--config",
-                                                     str(SMOKE), "--data", str(h5)], "does not exist"),
-    "self-train-bad-threshold": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(h5), "--config", str(SMOKE),
-                                                      "--data", str(h5), "--threshold", "1.5"], "--threshold"),
-    "self-train-zero-per-class": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(h5), "--config", str(SMOKE),
-                                                       "--data", str(h5), "--per-class", "0"], "--per-class"),
-    "self-train-zero-rounds": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(h5), "--config", str(SMOKE),
-                                                    "--data", str(h5), "--rounds", "0"], "--rounds"),
-    "self-train-bad-name": Case(lambda tmp, h5: ["self-train", "--unlabeled", str(h5), "--config", str(SMOKE),
-                                                 "--data", str(h5), "--name", "a b"], "--name"),
+    "self-train-missing-pool": Case(
+        lambda tmp, h5: ["self-train", "--unlabeled", str(tmp / "nope"), "--config", str(SMOKE), "--data", str(h5)],
+        "does not exist",
+    ),
+    "self-train-bad-threshold": Case(
+        lambda tmp, h5: [
+            "self-train",
+            "--unlabeled",
+            str(h5),
+            "--config",
+            str(SMOKE),
+            "--data",
+            str(h5),
+            "--threshold",
+            "1.5",
+        ],
+        "--threshold",
+    ),
+    "self-train-zero-per-class": Case(
+        lambda tmp, h5: [
+            "self-train",
+            "--unlabeled",
+            str(h5),
+            "--config",
+            str(SMOKE),
+            "--data",
+            str(h5),
+            "--per-class",
+            "0",
+        ],
+        "--per-class",
+    ),
+    "self-train-zero-rounds": Case(
+        lambda tmp, h5: [
+            "self-train",
+            "--unlabeled",
+            str(h5),
+            "--config",
+            str(SMOKE),
+            "--data",
+            str(h5),
+            "--rounds",
+            "0",
+        ],
+        "--rounds",
+    ),
+    "self-train-bad-name": Case(
+        lambda tmp, h5: [
+            "self-train",
+            "--unlabeled",
+            str(h5),
+            "--config",
+            str(SMOKE),
+            "--data",
+            str(h5),
+            "--name",
+            "a b",
+        ],
+        "--name",
+    ),
     # --- serve: refused before binding a port or loading a model
     "serve-bad-port": Case(lambda tmp, h5: ["serve", "--port", "70000"], "--port"),
     "serve-zero-upload-limit": Case(lambda tmp, h5: ["serve", "--max-upload-mb", "0"], "--max-upload-mb"),
-    "serve-no-model-anywhere": Case(lambda tmp, h5: ["serve", "--port", "8765"],
-                                    "no study has a registered 'champion' model"),
+    "serve-no-model-anywhere": Case(
+        lambda tmp, h5: ["serve", "--port", "8765"], "no study has a registered 'champion' model"
+    ),
 }
 
 
@@ -497,7 +836,8 @@ def test_bad_option_config_or_input(name: str, tmp_path: Path, capsys: pytest.Ca
 
 
 def test_path_traversal_in_an_import_csv_never_reads_outside_the_folder(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A secret beside the folder named as ``../secret.png`` is refused, not imported (even with --skip-bad)."""
     from pipelines import importer
 
@@ -510,8 +850,19 @@ def test_path_traversal_in_an_import_csv_never_reads_outside_the_folder(
     real_load = importer.load_image
     monkeypatch.setattr(importer, "load_image", lambda path, size: opened.append(str(path)) or real_load(path, size))
     (tmp_path / "labels.csv").write_text("file,label\na.png,disturbed\nb.png,merging\n../secret.png,round\n")
-    code = cli_main(["-q", "data", "import", str(folder), "--labels", str(tmp_path / "labels.csv"),
-                     "--out", str(tmp_path / "out.h5"), "--skip-bad"])
+    code = cli_main(
+        [
+            "-q",
+            "data",
+            "import",
+            str(folder),
+            "--labels",
+            str(tmp_path / "labels.csv"),
+            "--out",
+            str(tmp_path / "out.h5"),
+            "--skip-bad",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "../secret.png: path leads outside the image folder" in out
@@ -537,8 +888,16 @@ def web(tmp_path: Path):  # noqa: ANN201 - a Flask test client
         calls.append(len(images))
         return np.full((len(images), len(CLASS_NAMES)), 1.0 / len(CLASS_NAMES), dtype=np.float32)
 
-    card = ModelCard(uri="models:/stub@champion", kind="keras", size=48, crop=32, class_names=CLASS_NAMES,
-                     name="stub", version="1", synthetic=True)
+    card = ModelCard(
+        uri="models:/stub@champion",
+        kind="keras",
+        size=48,
+        crop=32,
+        class_names=CLASS_NAMES,
+        name="stub",
+        version="1",
+        synthetic=True,
+    )
     app = create_app(Predictor(card, predict_fn), max_upload_bytes=200_000)
     client = app.test_client()
     client.calls = calls  # type: ignore[attr-defined]
@@ -576,12 +935,18 @@ def test_bad_uploads_are_4xx_with_a_message(web, name: str, url: str, tmp_path: 
 
 def test_traversal_upload_name_is_only_displayed_as_a_base_name(web, tmp_path: Path) -> None:  # noqa: ANN001
     before = snapshot(tmp_path)
-    resp = web.post("/api/predict", data={"file": (io.BytesIO(png_bytes(np.full((40, 40, 3), 90, np.uint8))), "../../etc/cron.d/evil.png")},
-                    content_type="multipart/form-data")
+    resp = web.post(
+        "/api/predict",
+        data={"file": (io.BytesIO(png_bytes(np.full((40, 40, 3), 90, np.uint8))), "../../etc/cron.d/evil.png")},
+        content_type="multipart/form-data",
+    )
     assert resp.status_code == 200
     assert resp.get_json()["file"] == "evil.png"
-    page = web.post("/", data={"file": (io.BytesIO(png_bytes(np.full((40, 40, 3), 90, np.uint8))), "<script>x</script>/../../a.png")},
-                    content_type="multipart/form-data").get_data(as_text=True)
+    page = web.post(
+        "/",
+        data={"file": (io.BytesIO(png_bytes(np.full((40, 40, 3), 90, np.uint8))), "<script>x</script>/../../a.png")},
+        content_type="multipart/form-data",
+    ).get_data(as_text=True)
     assert "<script>x</script>" not in page
     assert snapshot(tmp_path) == before
     assert not Path("/etc/cron.d/evil.png").exists()
@@ -591,4 +956,3 @@ def test_api_errors_are_json_for_wrong_methods(web) -> None:  # noqa: ANN001
     resp = web.get("/api/predict")
     assert resp.status_code == 405
     assert json.loads(resp.get_data(as_text=True))["error"]
-

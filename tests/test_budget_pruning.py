@@ -1,4 +1,5 @@
 """Issue 22: pruning at equal epochs with a floor, start points, --budget plans that fit."""
+
 from __future__ import annotations
 
 import math
@@ -11,21 +12,10 @@ from optuna.trial import TrialState, create_trial
 
 from core.errors import ConfigError
 from experiments.settings.search_space import to_overrides
-from experiments.settings.tune import parse_tune_config, resolve_run_config
-from experiments.tuning.budget import (
-    StudyPlan,
-    parse_duration,
-    plan_ensemble,
-    plan_study,
-    trial_seconds,
-)
-from experiments.tuning.pruning import (
-    FloorPruner,
-    describe_cuts,
-    floor_epochs,
-    fold_epoch,
-    step_of,
-)
+from experiments.settings.trial import resolve_run_config
+from experiments.settings.tune import parse_tune_config
+from experiments.tuning.budget import StudyPlan, parse_duration, plan_ensemble, plan_study, trial_seconds
+from experiments.tuning.pruning import FloorPruner, describe_cuts, floor_epochs, fold_epoch, step_of
 
 # ----------------------------------------------------------------------------------------------- pruning
 
@@ -39,9 +29,14 @@ def test_steps_align_trials_of_any_epoch_budget_at_equal_fold_and_epoch() -> Non
 
 
 def _complete(best_epoch: int, values: dict[int, float], **attrs: object) -> optuna.trial.FrozenTrial:
-    return create_trial(state=TrialState.COMPLETE, value=max(values.values()), intermediate_values=values,
-                        params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
-                        user_attrs={"best_epoch": best_epoch, **attrs})
+    return create_trial(
+        state=TrialState.COMPLETE,
+        value=max(values.values()),
+        intermediate_values=values,
+        params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 1)},
+        user_attrs={"best_epoch": best_epoch, **attrs},
+    )
 
 
 def _study(pruner: optuna.pruners.BasePruner, finished: list[optuna.trial.FrozenTrial]) -> optuna.Study:
@@ -89,33 +84,57 @@ def test_cross_validated_folds_give_the_floor_their_first_fold() -> None:
 
 
 def test_study_show_says_where_each_pruned_trial_was_cut_and_against_what() -> None:
-    finished = [_complete(5, {step_of(0, 3): 0.6, step_of(1, 3): 0.7}),
-                _complete(5, {step_of(0, 3): 0.8, step_of(1, 3): 0.9})]
-    pruned = create_trial(state=TrialState.PRUNED, intermediate_values={step_of(0, 3): 0.4, step_of(1, 3): 0.3},
-                          params={"x": 0.1}, distributions={"x": FloatDistribution(0, 1)},
-                          user_attrs={"cv_folds": 3})
+    finished = [
+        _complete(5, {step_of(0, 3): 0.6, step_of(1, 3): 0.7}),
+        _complete(5, {step_of(0, 3): 0.8, step_of(1, 3): 0.9}),
+    ]
+    pruned = create_trial(
+        state=TrialState.PRUNED,
+        intermediate_values={step_of(0, 3): 0.4, step_of(1, 3): 0.3},
+        params={"x": 0.1},
+        distributions={"x": FloatDistribution(0, 1)},
+        user_attrs={"cv_folds": 3},
+    )
     pruned.number = 2
     assert describe_cuts([*finished, pruned]) == [
-        "trial 2: cut at epoch 3 of fold 2 with 0.3000; median of 2 COMPLETE trial(s) there 0.8000"]
+        "trial 2: cut at epoch 3 of fold 2 with 0.3000; median of 2 COMPLETE trial(s) there 0.8000"
+    ]
 
 
 def test_min_epochs_is_checked() -> None:
     with pytest.raises(ConfigError, match="study.pruner.min_epochs='soon' must be auto"):
-        parse_tune_config({"study": {"name": "s", "pruner": {"name": "median", "min_epochs": "soon"}},
-                           "search_space": {"model.dropout": {"type": "float", "low": 0, "high": 0.5}}})
-    cfg = parse_tune_config({"study": {"name": "s", "pruner": {"name": "hyperband", "min_epochs": 3}},
-                             "search_space": {"model.dropout": {"type": "float", "low": 0, "high": 0.5}}})
+        parse_tune_config(
+            {
+                "study": {"name": "s", "pruner": {"name": "median", "min_epochs": "soon"}},
+                "search_space": {"model.dropout": {"type": "float", "low": 0, "high": 0.5}},
+            }
+        )
+    cfg = parse_tune_config(
+        {
+            "study": {"name": "s", "pruner": {"name": "hyperband", "min_epochs": 3}},
+            "search_space": {"model.dropout": {"type": "float", "low": 0, "high": 0.5}},
+        }
+    )
     assert cfg.study.pruner.min_epochs == 3 and "min_epochs" not in cfg.study.pruner.kwargs
 
 
 # ------------------------------------------------------------------------------------------ start points
 
-SPACE = {"model.name": {"type": "categorical", "choices": ["d4_cnn", "reference_cnn"]},
-         "d4": {"type": "categorical", "choices": {"small": {"filters": [4, 8, 16, 16]}}, "target": "model.params",
-                "when": {"model.name": "d4_cnn"}},
-         "resolution": {"type": "categorical", "choices": {"64-48": {"size": 64, "crop": 48},
-                                                           "96-72": {"size": 96, "crop": 72}}, "target": "data"},
-         "model.dropout": {"type": "float", "low": 0.1, "high": 0.6}}
+SPACE = {
+    "model.name": {"type": "categorical", "choices": ["d4_cnn", "reference_cnn"]},
+    "d4": {
+        "type": "categorical",
+        "choices": {"small": {"filters": [4, 8, 16, 16]}},
+        "target": "model.params",
+        "when": {"model.name": "d4_cnn"},
+    },
+    "resolution": {
+        "type": "categorical",
+        "choices": {"64-48": {"size": 64, "crop": 48}, "96-72": {"size": 96, "crop": 72}},
+        "target": "data",
+    },
+    "model.dropout": {"type": "float", "low": 0.1, "high": 0.6},
+}
 
 
 def test_start_points_are_queued_after_the_reference_trial(tmp_path) -> None:  # noqa: ANN001
@@ -130,11 +149,20 @@ def test_start_points_are_queued_after_the_reference_trial(tmp_path) -> None:  #
     assert waiting[1].system_attrs["fixed_params"] == point  # its labels; dropout is left to the sampler
 
 
-@pytest.mark.parametrize(("point", "message"), [
-    ({"model.width": 3}, "unknown config key study.start_points[0].model.width: not a search_space parameter"),
-    ({"resolution": "128-88"}, "config key study.start_points[0].resolution='128-88' is not allowed; use one of its choices"),
-    ({"model.dropout": 0.9}, "config key study.start_points[0].model.dropout=0.9 is not allowed; give a number in [0.1, 0.6]"),
-])
+@pytest.mark.parametrize(
+    ("point", "message"),
+    [
+        ({"model.width": 3}, "unknown config key study.start_points[0].model.width: not a search_space parameter"),
+        (
+            {"resolution": "128-88"},
+            "config key study.start_points[0].resolution='128-88' is not allowed; use one of its choices",
+        ),
+        (
+            {"model.dropout": 0.9},
+            "config key study.start_points[0].model.dropout=0.9 is not allowed; give a number in [0.1, 0.6]",
+        ),
+    ],
+)
 def test_bad_start_points_are_one_clear_error(point: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_tune_config({"study": {"name": "s", "start_points": [point]}, "search_space": SPACE})
@@ -142,8 +170,9 @@ def test_bad_start_points_are_one_clear_error(point: dict, message: str) -> None
 
 
 def test_a_resolution_choice_sets_size_and_crop_and_keeps_the_rest_of_data() -> None:
-    tune = parse_tune_config({"run": {"data": {"path": "my_set.h5", "split_seed": 3}}, "study": {"name": "s"},
-                              "search_space": SPACE})
+    tune = parse_tune_config(
+        {"run": {"data": {"path": "my_set.h5", "split_seed": 3}}, "study": {"name": "s"}, "search_space": SPACE}
+    )
     params = {"model.name": "reference_cnn", "resolution": "96-72", "model.dropout": 0.3}
     assert "data.size=96" in to_overrides(tune.space, params)
     cfg, _ = resolve_run_config(tune, params)
@@ -153,8 +182,10 @@ def test_a_resolution_choice_sets_size_and_crop_and_keeps_the_rest_of_data() -> 
 # -------------------------------------------------------------------------------------------------- budget
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600),
-                                               ("1h30m", 5400), (" 2M ", 120), ("0.5h", 1800)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400), (" 2M ", 120), ("0.5h", 1800)],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -166,8 +197,16 @@ def test_bad_durations_are_one_clear_error(text: str) -> None:
 
 
 def _plan(budget: float, **kw: object) -> StudyPlan:
-    args = {"reference_epoch_s": 2.0, "reference_epochs": 50, "trial_epoch_s": 2.0, "trial_epochs": 40,
-            "fold_options": (3, 2, 0), "max_trials": 50, "refit": True, **kw}
+    args = {
+        "reference_epoch_s": 2.0,
+        "reference_epochs": 50,
+        "trial_epoch_s": 2.0,
+        "trial_epochs": 40,
+        "fold_options": (3, 2, 0),
+        "max_trials": 50,
+        "refit": True,
+        **kw,
+    }
     return plan_study(budget, **args)
 
 
@@ -176,8 +215,10 @@ def _plan(budget: float, **kw: object) -> StudyPlan:
 def test_a_plan_fits_its_budget(budget: float, overhead: float) -> None:
     plan = _plan(budget, spent_s=12.0, fit_overhead_s=overhead)
     if overhead:  # every fit pays its set-up: a trial of 3 folds is 4 fits
-        assert plan.reference_s == trial_seconds(50, 2.0, plan.folds) + (4 if plan.folds == 3 else
-                                                                         3 if plan.folds == 2 else 1) * overhead
+        assert (
+            plan.reference_s
+            == trial_seconds(50, 2.0, plan.folds) + (4 if plan.folds == 3 else 3 if plan.folds == 2 else 1) * overhead
+        )
     assert plan.planned_s + 12.0 <= budget * 0.9 + 1e-9
     assert plan.deadline_s + plan.trial_s + (plan.refit_s if plan.refit else 0) <= budget * 0.9 - 12.0 + 1e-9
     assert plan.n_trials >= 1 and plan.folds in (3, 2, 0)
@@ -198,8 +239,10 @@ def test_a_plan_prefers_folds_then_drops_them_then_cuts_epochs() -> None:
 def test_a_budget_too_short_for_the_reference_names_what_it_needs() -> None:
     with pytest.raises(ConfigError) as err:
         _plan(60.0)
-    assert str(err.value) == ("--budget 60 s is too short: the reference trial alone needs about 111 s on this "
-                              "machine; give at least 2m or set study.reference_trial: false")
+    assert str(err.value) == (
+        "--budget 60 s is too short: the reference trial alone needs about 111 s on this "
+        "machine; give at least 2m or set study.reference_trial: false"
+    )
 
 
 def test_a_plan_without_the_reference_trial_counts_tuned_trials_only() -> None:
@@ -227,8 +270,9 @@ def test_a_measured_plan_keeps_the_configs_trial_cap(tmp_path, make_h5) -> None:
 
     h5 = make_h5(n=80, size=48)
     tune = load_tune_config(tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="t", n_trials=2, epochs=3))
-    plan = plan_for_study(tune, data_path=str(h5), budget_s=360000.0, max_trials=tune.study.n_trials,
-                          with_reference=False)
+    plan = plan_for_study(
+        tune, data_path=str(h5), budget_s=360000.0, max_trials=tune.study.n_trials, with_reference=False
+    )
     assert plan.n_trials == 2 and plan.capped == 2 and "capped by study.n_trials" in plan.describe()
     assert plan.reference_s == 0 and 0 < plan.trial_s < 600 and plan.trial_max_s >= plan.trial_s
     assert plan.planned_s == pytest.approx(2 * plan.trial_s)
@@ -261,8 +305,13 @@ def test_the_ensemble_keeps_cross_fitting_only_when_it_fits() -> None:
 
 
 def _scored(number: int, value: float, acc: float, n: int = 100, key: str = "val_accuracy") -> optuna.trial.FrozenTrial:
-    t = create_trial(state=TrialState.COMPLETE, value=value, params={"x": 0.5},
-                     distributions={"x": FloatDistribution(0, 1)}, user_attrs={key: acc, "scored_images": n})
+    t = create_trial(
+        state=TrialState.COMPLETE,
+        value=value,
+        params={"x": 0.5},
+        distributions={"x": FloatDistribution(0, 1)},
+        user_attrs={key: acc, "scored_images": n},
+    )
     t.number = number
     return t
 
@@ -291,6 +340,8 @@ def test_study_show_prints_the_guard_evidence_behind_the_best_trial() -> None:
     best, lines = guard_evidence([top, accurate, close], "balanced_accuracy")
     assert best.number == 2
     assert lines[0].startswith("the most accurate trial is 1 (accuracy 0.8000 on 100 images)")
-    assert lines[1] == ("trial 0 (balanced_accuracy 0.7000): accuracy 0.6000, -0.2000 against trial 1, standard "
-                        "error 0.0632: passed over")
+    assert lines[1] == (
+        "trial 0 (balanced_accuracy 0.7000): accuracy 0.6000, -0.2000 against trial 1, standard "
+        "error 0.0632: passed over"
+    )
     assert lines[2].startswith("trial 2 (balanced_accuracy 0.6900): accuracy 0.7600") and lines[2].endswith("chosen")

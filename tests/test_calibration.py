@@ -1,4 +1,5 @@
 """Temperature scaling and the expected calibration error (ensembles/calibration.py), and where they are used."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,5 +59,5 @@ def test_training_fits_and_stores_the_temperature(smoke_model) -> None:
 
     metrics = MlflowClient(smoke_model.tracking_uri).get_run(smoke_model.run_id).data.metrics
     assert {"temperature", "ece_val", "ece_val_calibrated"} <= set(metrics)
-    predictor = load_predictor(smoke_model.model_uri, tracking_uri=smoke_model.tracking_uri)
+    predictor = load_predictor(smoke_model.model_uri, ws=smoke_model.ws)
     assert predictor.card.temperature == pytest.approx(metrics["temperature"], rel=1e-5)

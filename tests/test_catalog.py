@@ -1,4 +1,5 @@
 """``galaxy10 catalog``: rows for every input kind, error rows, workers, resume after SIGKILL, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,14 @@ def survey(tmp_path: Path) -> dict[str, Path]:
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
     (folder / "notes.txt").write_text("not an image, not a row")
     listing = tmp_path / "list.csv"
-    pd.DataFrame({"path": ["pngs/g0.png", "pngs/deep/g3.png", "pngs/gone.png"], "id": ["A", "B", "C"],
-                  "ra": ["10.5", "", "12"], "dec": ["-1", "", "2.5"]}).to_csv(listing, index=False)
+    pd.DataFrame(
+        {
+            "path": ["pngs/g0.png", "pngs/deep/g3.png", "pngs/gone.png"],
+            "id": ["A", "B", "C"],
+            "ra": ["10.5", "", "12"],
+            "dec": ["-1", "", "2.5"],
+        }
+    ).to_csv(listing, index=False)
     return {"h5": h5, "folder": folder, "list": listing}
 
 
@@ -117,16 +124,18 @@ def test_sigkill_then_resume_gives_every_row_exactly_once(survey: dict[str, Path
     out = tmp_path / "killed.parquet"
     code = KILLED_JOB.format(tests=str(ROOT / "tests"), inputs=args, out=str(out))
     env = {**os.environ, KILL_AFTER_ENV: "2", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL while writing the third part
     parts = sorted(p.name for p in parts_dir(out).iterdir())
     assert [n for n in parts if not n.startswith(".")] == ["job.json", "part-000000.parquet", "part-000001.parquet"]
     assert any(name.startswith(".part-000002") for name in parts)  # the unfinished temporary part
     assert not out.exists()
     env.pop(KILL_AFTER_ENV)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     resumed = pq.read_table(out).to_pandas()
     whole = _catalog(survey, tmp_path / "whole.parquet", chunk_size=3)
@@ -170,17 +179,26 @@ def test_a_folder_galaxy10_did_not_write_is_never_deleted(survey: dict[str, Path
     assert (folder / "mine.txt").read_text() == "user data"
 
 
-@pytest.mark.parametrize(("make", "words"), [
-    (lambda p: str(p / "missing.h5"), ["does not exist"]),
-    (lambda p: (p / "x.txt").write_text("hi") and str(p / "x.txt"), ["not an HDF5 file", "PNG/JPEG"]),
-    (lambda p: (p / "e").mkdir() or str(p / "e"), ["holds no", "images"]),
-    (lambda p: pd.DataFrame({"name": ["a.png"]}).to_csv(p / "l.csv", index=False) or str(p / "l.csv"),
-     ["no path column", "path"]),
-    (lambda p: pd.DataFrame({"path": []}).to_csv(p / "l.csv", index=False) or str(p / "l.csv"), ["no rows"]),
-    (lambda p: pd.DataFrame({"path": ["a.png"], "ra": ["east"]}).to_csv(p / "l.csv", index=False)
-     or str(p / "l.csv"), ["column ra", "not a number"]),
-    (lambda p: (p / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64) and str(p / "bad.h5"), ["bad.h5"]),
-])
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: str(p / "missing.h5"), ["does not exist"]),
+        (lambda p: (p / "x.txt").write_text("hi") and str(p / "x.txt"), ["not an HDF5 file", "PNG/JPEG"]),
+        (lambda p: (p / "e").mkdir() or str(p / "e"), ["holds no", "images"]),
+        (
+            lambda p: pd.DataFrame({"name": ["a.png"]}).to_csv(p / "l.csv", index=False) or str(p / "l.csv"),
+            ["no path column", "path"],
+        ),
+        (lambda p: pd.DataFrame({"path": []}).to_csv(p / "l.csv", index=False) or str(p / "l.csv"), ["no rows"]),
+        (
+            lambda p: (
+                pd.DataFrame({"path": ["a.png"], "ra": ["east"]}).to_csv(p / "l.csv", index=False) or str(p / "l.csv")
+            ),
+            ["column ra", "not a number"],
+        ),
+        (lambda p: (p / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64) and str(p / "bad.h5"), ["bad.h5"]),
+    ],
+)
 def test_bad_inputs_are_one_clear_line(tmp_path: Path, make, words) -> None:
     with pytest.raises(DataError) as err:
         plan_catalog_inputs([make(tmp_path)])
@@ -210,13 +228,26 @@ def test_cli_catalog_with_a_logged_model(smoke_model, survey: dict[str, Path], t
 
     out = tmp_path / "cat.parquet"
     ref = f"{smoke_model.registered_name}@champion"
-    code = main(["catalog", str(survey["h5"]), str(survey["folder"]), "--out", str(out), "--model", ref,
-                 "--tracking-uri", smoke_model.tracking_uri, "--chunk-size", "5"])
+    code = main(
+        [
+            "catalog",
+            str(survey["h5"]),
+            str(survey["folder"]),
+            "--out",
+            str(out),
+            "--model",
+            ref,
+            "--tracking-uri",
+            smoke_model.tracking_uri,
+            "--chunk-size",
+            "5",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     df = pq.read_table(out).to_pandas()
     printed = capsys.readouterr().out
     assert f"{len(df)} rows, 1 errors, {int(df['ood_flag'].sum())} flagged out-of-distribution" in printed
-    predictor = load_predictor(ref, tracking_uri=smoke_model.tracking_uri)
+    predictor = load_predictor(ref, ws=smoke_model.ws)
     cols = probability_columns(predictor.card.class_names)
     raw = predict_file_rows(predictor, survey["h5"], range(12))
     np.testing.assert_allclose(df[cols][:12].to_numpy(), predictor.calibrate(raw), rtol=1e-5, atol=1e-6)
@@ -226,8 +257,21 @@ def test_cli_catalog_with_a_logged_model(smoke_model, survey: dict[str, Path], t
     assert meta["calibration"]["temperature"] == predictor.card.temperature != 1.0  # fitted at training time
     assert df["error"].notna().sum() == 1
     # the same command again refuses nothing: the catalog is galaxy10's own file and is replaced
-    assert main(["catalog", str(survey["h5"]), "--out", str(out), "--model", ref,
-                 "--tracking-uri", smoke_model.tracking_uri]) == 0
+    assert (
+        main(
+            [
+                "catalog",
+                str(survey["h5"]),
+                "--out",
+                str(out),
+                "--model",
+                ref,
+                "--tracking-uri",
+                smoke_model.tracking_uri,
+            ]
+        )
+        == 0
+    )
     assert len(pq.read_table(out)) == 12
 
 
@@ -297,9 +341,23 @@ def test_noise_and_blank_images_score_as_out_of_distribution(smoke_model, tmp_pa
         (odd / f"blank{i}.png").write_bytes(png_bytes(np.full((64, 64, 3), 40 * i, dtype=np.uint8)))
     split = load_split(split_path_for(smoke_model.data_path), smoke_model.data_path)
     out = tmp_path / "cat.parquet"
-    code = main(["catalog", str(smoke_model.data_path), str(odd), "--out", str(out), "--ood", "on",
-                 "--model", f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri,
-                 "--flag-uncertain", "5"])
+    code = main(
+        [
+            "catalog",
+            str(smoke_model.data_path),
+            str(odd),
+            "--out",
+            str(out),
+            "--ood",
+            "on",
+            "--model",
+            f"{smoke_model.registered_name}@champion",
+            "--tracking-uri",
+            smoke_model.tracking_uri,
+            "--flag-uncertain",
+            "5",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     page = (tmp_path / "cat-inspect" / "index.html").read_text()
     assert "noise" in page and "blank" in page  # out-of-distribution images are routed to a person
@@ -339,8 +397,9 @@ def html_escape(text: str) -> str:
 
 
 @pytest.mark.slow
-def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, survey: dict[str, Path], tmp_path: Path,
-                                                              capsys) -> None:
+def test_spark_engine_in_local_mode_equals_the_native_catalog(
+    smoke_model, survey: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     """The same inputs through ``--engine spark`` (local[2], the model run by mlflow.pyfunc.spark_udf) and the
     native job: same rows, ids, errors and predictions; probabilities, out-of-distribution scores and
     embeddings equal within float tolerance (the same detector, fitted on the model's validation split)."""
@@ -351,11 +410,36 @@ def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, surve
     pytest.importorskip("pyspark", reason="pyspark is not installed (the dev extras install it)")
     from experiments.cli import main
 
-    args = [str(survey["h5"]), str(survey["folder"]), str(survey["list"]), "--model",
-            f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri]
+    args = [
+        str(survey["h5"]),
+        str(survey["folder"]),
+        str(survey["list"]),
+        "--model",
+        f"{smoke_model.registered_name}@champion",
+        "--tracking-uri",
+        smoke_model.tracking_uri,
+    ]
     assert main(["catalog", *args, "--out", str(tmp_path / "native.parquet"), "--ood", "on", "--with-embedding"]) == 0
-    assert main(["catalog", *args, "--out", str(tmp_path / "spark.parquet"), "--engine", "spark", "--with-embedding",
-                 "--spark-master", "local[2]", "--spark-partitions", "3", "--ood", "on"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "catalog",
+                *args,
+                "--out",
+                str(tmp_path / "spark.parquet"),
+                "--engine",
+                "spark",
+                "--with-embedding",
+                "--spark-master",
+                "local[2]",
+                "--spark-partitions",
+                "3",
+                "--ood",
+                "on",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     native = pq.read_table(tmp_path / "native.parquet")
     spark = pq.read_table(tmp_path / "spark.parquet")
     assert spark.schema.remove_metadata() == native.schema.remove_metadata()
@@ -367,10 +451,8 @@ def test_spark_engine_in_local_mode_equals_the_native_catalog(smoke_model, surve
     pd.testing.assert_frame_equal(a[exact], b[exact])
     ok = a["error"].isna().to_numpy()
     assert b.loc[~ok, "embedding"].isna().all()
-    np.testing.assert_allclose(np.stack(a.loc[ok, "embedding"]), np.stack(b.loc[ok, "embedding"]), rtol=1e-4,
-                               atol=1e-5)
-    np.testing.assert_allclose(a[floats].to_numpy(dtype=float), b[floats].to_numpy(dtype=float), rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(np.stack(a.loc[ok, "embedding"]), np.stack(b.loc[ok, "embedding"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a[floats].to_numpy(dtype=float), b[floats].to_numpy(dtype=float), rtol=1e-4, atol=1e-6)
     assert b["error"].notna().sum() == 2
     assert b["ood_score"].notna().sum() == len(b) - 2 and b["ood_flag"].isna().sum() == 2
     threshold = meta_native["ood"]["threshold"]
@@ -390,8 +472,11 @@ def test_fits_output_holds_the_same_rows(survey: dict[str, Path], tmp_path: Path
     with fits.open(path) as hdus:
         data, header = hdus["CATALOG"].data, hdus["CATALOG"].header
         assert len(data) == len(df) and list(data["id"]) == list(df["id"])
-        np.testing.assert_allclose(np.asarray(data["p_round_smooth"])[df["error"].isna().to_numpy()],
-                                   df["p_round_smooth"].dropna().to_numpy(), rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(data["p_round_smooth"])[df["error"].isna().to_numpy()],
+            df["p_round_smooth"].dropna().to_numpy(),
+            rtol=1e-6,
+        )
         assert np.isnan(np.asarray(data["p_round_smooth"])[df["error"].notna().to_numpy()]).all()
         assert list(data["error"][df["error"].notna().to_numpy()]) == df["error"].dropna().tolist()
         assert header["MODELURI"] == "models:/fake@champion"
@@ -431,19 +516,21 @@ def test_the_spark_model_of_a_d4_cnn_loads_where_galaxy10_was_not_imported(tmp_p
     from experiments.tracking.pyfunc import save_spark_cnn_model
     from models import build_model
 
-    cnn = build_model(load_config(None, ["model.name=d4_cnn"]).model, input_size=64, num_classes=3,
-                      precision="float32")
+    cnn = build_model(load_config(None, ["model.name=d4_cnn"]).model, input_size=64, num_classes=3, precision="float32")
     cnn.save(tmp_path / "cnn.keras")
     folder = save_spark_cnn_model(tmp_path / "cnn.keras", tmp_path / "spark-model", crop=64, n_classes=3)
     x = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    code = ("import sys, numpy as np, mlflow.pyfunc\n"
-            "assert 'models' not in sys.modules\n"
-            f"m = mlflow.pyfunc.load_model({str(folder)!r})\n"
-            f"np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r})))\n")
+    code = (
+        "import sys, numpy as np, mlflow.pyfunc\n"
+        "assert 'models' not in sys.modules\n"
+        f"m = mlflow.pyfunc.load_model({str(folder)!r})\n"
+        f"np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r})))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step" not in proc.stdout  # no Keras progress bar
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), cnn.predict(x, verbose=0), rtol=1e-4, atol=1e-6)

@@ -1,4 +1,5 @@
 """The champion rule: paired intervals on every guard metric, Bonferroni over the candidates, clear votes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,13 @@ def _table(y: np.ndarray, preds: dict, k: int, kinds: dict | None = None, p: flo
         probs = pred if pred.ndim == 2 else _one_hot(pred, k, p)
         m = classification_metrics(y, probs, slugs)
         kind = (kinds or {}).get(name, "cnn" if name == "cnn-best" else "x")
-        rows.append({"candidate": name, "kind": kind, **{f"val_{key}": m[key] for key in
-                                                         ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")}})
+        rows.append(
+            {
+                "candidate": name,
+                "kind": kind,
+                **{f"val_{key}": m[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")},
+            }
+        )
         cands.append(_cand(name, probs, kind))
     return rows, cands
 
@@ -125,12 +131,14 @@ def test_no_champion_is_worse_than_the_reference_recipe() -> None:
     y = rng.integers(0, 4, 300)
     cnn = _noisy(rng, y, 0.6, 4)
     vote = _one_hot(cnn, 4, 0.5)  # a clear vote: same answers, lower log loss
-    rows, cands = _table(y, {"cnn-best": cnn, "reference": _shift(y, cnn, 20, 16, 4), "vote-top3": vote}, 4,
-                         kinds={"vote-top3": "vote"})
+    rows, cands = _table(
+        y, {"cnn-best": cnn, "reference": _shift(y, cnn, 20, 16, 4), "vote-top3": vote}, 4, kinds={"vote-top3": "vote"}
+    )
     winner, rule, _ = choose_champion(rows, cands, y, 4, ACC)
     assert winner["candidate"] == "vote-top3" and "reference floor" not in rule  # the reference is only a bit better
-    rows, cands = _table(y, {"cnn-best": cnn, "reference": _shift(y, cnn, 80, 0, 4), "vote-top3": vote}, 4,
-                         kinds={"vote-top3": "vote"})
+    rows, cands = _table(
+        y, {"cnn-best": cnn, "reference": _shift(y, cnn, 80, 0, 4), "vote-top3": vote}, 4, kinds={"vote-top3": "vote"}
+    )
     winner, rule, _ = choose_champion(rows, cands, y, 4, ACC)
     assert winner["candidate"] == "reference" and rule.endswith("it is champion")  # it beat cnn-best outright
 
@@ -143,9 +151,11 @@ def test_the_reference_floor_replaces_a_champion_that_is_worse_than_the_referenc
     y_tr = rng.integers(0, 4, 3000)
     cnn_val, ref_val, gbm_val = _noisy(rng, y, 0.7, 4), _noisy(rng, y, 0.9, 4), _noisy(rng, y, 0.55, 4)
     cnn_tr, gbm_tr = _noisy(rng, y_tr, 0.5, 4), _noisy(rng, y_tr, 0.8, 4)
-    cands = [_cand("cnn-best", _one_hot(cnn_val, 4), train_probs=_one_hot(cnn_tr, 4)),
-             _cand("reference", _one_hot(ref_val, 4)),
-             _cand("gbm-x", _one_hot(gbm_val, 4), train_probs=_one_hot(gbm_tr, 4))]
+    cands = [
+        _cand("cnn-best", _one_hot(cnn_val, 4), train_probs=_one_hot(cnn_tr, 4)),
+        _cand("reference", _one_hot(ref_val, 4)),
+        _cand("gbm-x", _one_hot(gbm_val, 4), train_probs=_one_hot(gbm_tr, 4)),
+    ]
     rows = []
     for c in cands:
         row = {"candidate": c.name, "kind": "x", "val_accuracy": float(np.mean(c.val_probs.argmax(1) == y))}
@@ -167,14 +177,22 @@ def test_out_of_fold_train_evidence_overrules_a_lucky_validation_split() -> None
     lucky_val, lucky_tr = y_val.copy(), _noisy(rng, y_tr, 0.68, 2)  # perfect on validation only
 
     def setup(tr: np.ndarray):
-        cands = [_cand("cnn-best", _one_hot(cnn_val, 2), train_probs=_one_hot(cnn_tr, 2)),
-                 _cand("stack-x", _one_hot(lucky_val, 2), train_probs=_one_hot(tr, 2))]
+        cands = [
+            _cand("cnn-best", _one_hot(cnn_val, 2), train_probs=_one_hot(cnn_tr, 2)),
+            _cand("stack-x", _one_hot(lucky_val, 2), train_probs=_one_hot(tr, 2)),
+        ]
         rows = []
         for c in cands:
-            rows.append({"candidate": c.name, "kind": "x",
-                         "val_accuracy": float(np.mean(c.val_probs.argmax(1) == y_val)),
-                         "oofval_accuracy": float(np.mean(np.r_[c.train_probs.argmax(1), c.val_probs.argmax(1)]
-                                                          == np.r_[y_tr, y_val]))})
+            rows.append(
+                {
+                    "candidate": c.name,
+                    "kind": "x",
+                    "val_accuracy": float(np.mean(c.val_probs.argmax(1) == y_val)),
+                    "oofval_accuracy": float(
+                        np.mean(np.r_[c.train_probs.argmax(1), c.val_probs.argmax(1)] == np.r_[y_tr, y_val])
+                    ),
+                }
+            )
         return rows, cands
 
     rows, cands = setup(lucky_tr)
@@ -185,13 +203,16 @@ def test_out_of_fold_train_evidence_overrules_a_lucky_validation_split() -> None
     assert choose_champion(rows, cands, y_val, 2, ACC, y_train=y_tr)[0]["candidate"] == "stack-x"
 
 
-@pytest.mark.parametrize("raw, match", [
-    ({"guard_metrics": ["log_loss"]}, "guard_metrics='log_loss'"),
-    ({"guard_metrics": 3}, "must be a list"),
-    ({"guard_margin": -0.1}, "guard_margin"),
-    ({"guard_margin": "small"}, "guard_margin"),
-    ({"confidence": 1.0}, "confidence"),
-])
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"guard_metrics": ["log_loss"]}, "guard_metrics='log_loss'"),
+        ({"guard_metrics": 3}, "must be a list"),
+        ({"guard_margin": -0.1}, "guard_margin"),
+        ({"guard_margin": "small"}, "guard_margin"),
+        ({"confidence": 1.0}, "confidence"),
+    ],
+)
 def test_bad_rule_settings_are_one_line_errors(raw: dict, match: str) -> None:
     from core.errors import ConfigError
     from experiments.settings.ensemble import config_from_dict
@@ -201,7 +222,7 @@ def test_bad_rule_settings_are_one_line_errors(raw: dict, match: str) -> None:
 
 
 def test_a_validation_only_choice_says_how_little_evidence_it_rests_on() -> None:
-    from experiments.ensembling.comparison import evidence_note
+    from experiments.ensembling.evidence import evidence_note
 
     rng = np.random.default_rng(7)
     y = rng.integers(0, 4, 120)
@@ -209,8 +230,10 @@ def test_a_validation_only_choice_says_how_little_evidence_it_rests_on() -> None
     rows, cands = _table(y, {"cnn-best": cnn, **{f"gbm-{i}": _noisy(rng, y, 0.7, 4) for i in range(5)}}, 4)
     _, _, judged = choose_champion(rows, cands, y, 4, ACC)
     note = evidence_note(judged, None, budget_cut=True)
-    assert note.startswith("the champion rule judged every candidate on 120 validation images only (cross-fitting "
-                           "was skipped for the budget): at the corrected level 99.00% a difference in accuracy")
+    assert note.startswith(
+        "the champion rule judged every candidate on 120 validation images only (cross-fitting "
+        "was skipped for the budget): at the corrected level 99.00% a difference in accuracy"
+    )
     half = 100 * (judged["gbm-0"].differences["accuracy"].hi - judged["gbm-0"].differences["accuracy"].lo) / 2
     assert f"must exceed about {half:.1f} points" in note
     assert evidence_note(judged, np.zeros(10, int), budget_cut=True) is None  # out-of-fold evidence: no note

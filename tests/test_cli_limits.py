@@ -4,6 +4,7 @@ tracking store a command is given, the web server's address, and the smaller rou
 Each test walks every command (or every option of a kind), so a new command or option joins the
 check without being listed by hand; the few exceptions are listed with the reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,8 +91,15 @@ def _setup(tmp_path: Path, tiny_h5: Path) -> dict[tuple[str, ...], list[str]]:
     tune_yaml = tiny_tune_yaml(tmp_path / "tune.yaml", experiment="e", name="s", n_trials=1)
     return {
         ("data", "synth"): ["data", "synth", "--out", str(tmp_path / "s.h5")],
-        ("data", "import"): ["data", "import", str(folder), "--labels", str(folder / "labels.csv"), "--out",
-                             str(tmp_path / "i.h5")],
+        ("data", "import"): [
+            "data",
+            "import",
+            str(folder),
+            "--labels",
+            str(folder / "labels.csv"),
+            "--out",
+            str(tmp_path / "i.h5"),
+        ],
         ("data", "gallery"): ["data", "gallery", str(tiny_h5), "--out", str(tmp_path / "g.png")],
         ("report",): ["report", "--study", "s", "--out", str(tmp_path / "rep")],
         ("serve",): ["serve"],
@@ -101,22 +109,53 @@ def _setup(tmp_path: Path, tiny_h5: Path) -> dict[tuple[str, ...], list[str]]:
         ("pretrain",): ["pretrain", str(tiny_h5)],
         ("self-train",): ["self-train", "--unlabeled", str(tiny_h5), "--config", str(SMOKE), "--data", str(tiny_h5)],
         ("similar",): ["similar", str(folder / "a.png"), "--catalog", str(tmp_path / "c.parquet")],
-        ("evaluate",): ["evaluate", "--data", str(tiny_h5), "--recipe", f"a={REFERENCE}", "--recipe",
-                        f"b={REFERENCE}", "--out", str(tmp_path / "ev")],
+        ("evaluate",): [
+            "evaluate",
+            "--data",
+            str(tiny_h5),
+            "--recipe",
+            f"a={REFERENCE}",
+            "--recipe",
+            f"b={REFERENCE}",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
     }
 
 
 def test_every_size_option_is_known() -> None:
     sizes = {opt for _, opt in _numeric_options()} - set(NOT_SIZES)
-    assert sizes == {"--n", "--size", "--workers", "--per-class", "--thumb", "--bootstrap", "--max-upload-mb",
-                     "--trials", "--top", "--chunk-size", "--batch-size", "--flag-uncertain", "--spark-partitions",
-                     "--repeats", "--folds", "--epochs", "--k", "--rounds", "--pretrain-epochs"}
+    assert sizes == {
+        "--n",
+        "--size",
+        "--workers",
+        "--per-class",
+        "--thumb",
+        "--bootstrap",
+        "--max-upload-mb",
+        "--trials",
+        "--top",
+        "--chunk-size",
+        "--batch-size",
+        "--flag-uncertain",
+        "--spark-partitions",
+        "--repeats",
+        "--folds",
+        "--epochs",
+        "--k",
+        "--rounds",
+        "--pretrain-epochs",
+    }
 
 
-@pytest.mark.parametrize("path,option", [(p, o) for p, o in _numeric_options() if o not in NOT_SIZES],
-                         ids=lambda x: " ".join(x) if isinstance(x, tuple) else x)
-def test_huge_sizes_fail_fast_with_one_line(path: tuple[str, ...], option: str, tmp_path: Path, tiny_h5: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "path,option",
+    [(p, o) for p, o in _numeric_options() if o not in NOT_SIZES],
+    ids=lambda x: " ".join(x) if isinstance(x, tuple) else x,
+)
+def test_huge_sizes_fail_fast_with_one_line(
+    path: tuple[str, ...], option: str, tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = _setup(tmp_path, tiny_h5)[path]
     before = sorted(p.name for p in tmp_path.iterdir())
     start = time.perf_counter()
@@ -130,26 +169,30 @@ def test_huge_sizes_fail_fast_with_one_line(path: tuple[str, ...], option: str, 
 # Names are validated before any work
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["a/b/../c", "../../etc", "x:y", "a b", "", "-lead", "s@champion", "dots..x"])
-def test_bad_study_names_are_refused_up_front(name: str, tmp_path: Path, tiny_h5: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_study_names_are_refused_up_front(
+    name: str, tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tune_yaml = tiny_tune_yaml(tmp_path / "tune.yaml", experiment="e", name="ok", n_trials=1)
-    for argv in (["tune", "--config", str(tune_yaml), "--data", str(tiny_h5), f"--study={name}"],
-                 ["report", f"--study={name}"], ["ensemble", f"--study={name}", "--config", str(tune_yaml)]):
+    for argv in (
+        ["tune", "--config", str(tune_yaml), "--data", str(tiny_h5), f"--study={name}"],
+        ["report", f"--study={name}"],
+        ["ensemble", f"--study={name}", "--config", str(tune_yaml)],
+    ):
         err = _one_error_line(*_run(argv, capsys))
         assert "is not a valid study name" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["tune.yaml", tiny_h5.name])
 
 
 def test_bad_experiment_name_in_a_config(tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _one_error_line(*_run(["train", "--config", str(SMOKE), "--set",
-                                 "experiment_name=' padded '", "--data", str(tiny_h5)], capsys))
+    err = _one_error_line(
+        *_run(["train", "--config", str(SMOKE), "--set", "experiment_name=' padded '", "--data", str(tiny_h5)], capsys)
+    )
     assert "experiment_name" in err
 
 
 def test_zero_trials_names_the_option(tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tune_yaml = tiny_tune_yaml(tmp_path / "tune.yaml", experiment="e", name="s", n_trials=1)
-    err = _one_error_line(*_run(["tune", "--config", str(tune_yaml), "--data", str(tiny_h5), "--trials", "0"],
-                                capsys))
+    err = _one_error_line(*_run(["tune", "--config", str(tune_yaml), "--data", str(tiny_h5), "--trials", "0"], capsys))
     assert "--trials 0 is out of range" in err and "timeout" not in err
 
 
@@ -157,8 +200,9 @@ def test_zero_trials_names_the_option(tmp_path: Path, tiny_h5: Path, capsys: pyt
 # One tracking store per command: the one it was given
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow  # a real 2-trial study, then ensemble / report / predict from another folder
-def test_every_command_uses_the_store_it_was_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_command_uses_the_store_it_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = tmp_path / "store"
     store.mkdir()
     with tiny_study_in(store, n_images=300, n_trials=2) as study:
@@ -174,8 +218,19 @@ def test_every_command_uses_the_store_it_was_given(tmp_path: Path, monkeypatch: 
     Image.fromarray(np.full((64, 64, 3), 80, np.uint8)).save(image)
     commands = [
         ["ensemble", "--study", "tiny", "--config", str(ens_cfg), "--storage", o_uri, "--tracking-uri", m_uri],
-        ["report", "--study", "tiny", "--out", str(elsewhere / "rep"), "--storage", o_uri, "--tracking-uri", m_uri,
-         "--bootstrap", "50"],
+        [
+            "report",
+            "--study",
+            "tiny",
+            "--out",
+            str(elsewhere / "rep"),
+            "--storage",
+            o_uri,
+            "--tracking-uri",
+            m_uri,
+            "--bootstrap",
+            "50",
+        ],
         ["predict", str(image), "--model", "tiny@champion", "--tracking-uri", m_uri],
         ["study", "show", "tiny", "--storage", o_uri],
     ]
@@ -206,16 +261,19 @@ def test_serve_on_an_unknown_host_is_one_line(capsys: pytest.CaptureFixture[str]
 # --------------------------------------------------------------------------------------------
 # Smaller rough edges
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("yaml_text,key", [("train:\n  epochs: 2\n  epochs: 3\n", "epochs"),
-                                           ("train: {}\ntrain: {epochs: 2}\n", "train")])
-def test_duplicate_yaml_keys_are_refused(yaml_text: str, key: str, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "yaml_text,key", [("train:\n  epochs: 2\n  epochs: 3\n", "epochs"), ("train: {}\ntrain: {epochs: 2}\n", "train")]
+)
+def test_duplicate_yaml_keys_are_refused(
+    yaml_text: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "dup.yaml"
     cfg.write_text(yaml_text)
     err = _one_error_line(*_run(["train", "--config", str(cfg)], capsys))
     assert f"sets key '{key}'" in err and "twice" in err
-    err = _one_error_line(*_run(["train", "--config", str(SMOKE), "--set",
-                                 "augment.targets={cigar: 2, cigar: 3}"], capsys))
+    err = _one_error_line(
+        *_run(["train", "--config", str(SMOKE), "--set", "augment.targets={cigar: 2, cigar: 3}"], capsys)
+    )
     assert "sets key 'cigar'" in err
 
 
@@ -225,8 +283,7 @@ def test_predict_bad_index_range_is_named(spec: str, tiny_h5: Path, capsys: pyte
     assert "bad index range" in err and "does not exist" not in err
 
 
-def test_import_accepts_absolute_paths_inside_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                                         ) -> None:
+def test_import_accepts_absolute_paths_inside_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()
     rows = ["file,label"]
@@ -236,12 +293,38 @@ def test_import_accepts_absolute_paths_inside_the_folder(tmp_path: Path, capsys:
     outside = tmp_path / "outside.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(outside)
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    code, out, err = _run(["data", "import", str(folder), "--labels", str(folder / "labels.csv"), "--size", "16",
-                           "--out", str(tmp_path / "a.h5")], capsys)
+    code, out, err = _run(
+        [
+            "data",
+            "import",
+            str(folder),
+            "--labels",
+            str(folder / "labels.csv"),
+            "--size",
+            "16",
+            "--out",
+            str(tmp_path / "a.h5"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     (folder / "labels.csv").write_text("\n".join([*rows, f"{outside},0"]) + "\n")
-    err = _one_error_line(*_run(["data", "import", str(folder), "--labels", str(folder / "labels.csv"),
-                                 "--size", "16", "--out", str(tmp_path / "b.h5")], capsys))
+    err = _one_error_line(
+        *_run(
+            [
+                "data",
+                "import",
+                str(folder),
+                "--labels",
+                str(folder / "labels.csv"),
+                "--size",
+                "16",
+                "--out",
+                str(tmp_path / "b.h5"),
+            ],
+            capsys,
+        )
+    )
     assert "outside.png: path leads outside the image folder" in err
 
 

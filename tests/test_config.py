@@ -1,4 +1,5 @@
 """Run configs: defaults, shipped YAML files, overrides, validation errors, round trips."""
+
 from __future__ import annotations
 
 from dataclasses import fields
@@ -51,10 +52,23 @@ def test_every_shipped_run_config_loads(path):
 
 def test_reference_yaml_is_the_reference_recipe():
     cfg = load_config(CONFIG_DIR / "reference.yaml")
-    assert cfg.model == ModelConfig(filters=(32, 32, 64, 64), kernel_size=3, batch_norm=False, dropout=0.5,
-                                    dense_units=256, l2=0.0, global_pooling=False, activation="relu")
+    assert cfg.model == ModelConfig(
+        filters=(32, 32, 64, 64),
+        kernel_size=3,
+        batch_norm=False,
+        dropout=0.5,
+        dense_units=256,
+        l2=0.0,
+        global_pooling=False,
+        activation="relu",
+    )
     assert (cfg.augment.policy, cfg.augment.targets, cfg.augment.tta) == ("reference", None, False)
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.optimizer, cfg.train.learning_rate) == (50, 64, "adam", 1e-3)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.optimizer, cfg.train.learning_rate) == (
+        50,
+        64,
+        "adam",
+        1e-3,
+    )
     assert (cfg.train.schedule, cfg.train.precision) == ("constant", "float32")
     assert (cfg.data.size, cfg.data.crop) == (128, 88)
 
@@ -85,9 +99,19 @@ def test_yaml_holds_only_differences(tmp_path):
 
 
 def test_overrides_are_dotted_and_yaml_parsed(tmp_path):
-    cfg = load_config(None, ["train.epochs=3", "train.learning_rate=3.0e-4", "augment.tta=true",
-                             "model.filters=[8, 16, 32]", "augment.targets={disturbed: 3}",
-                             "augment.targets.cigar=2.5", "data.max_images=null", "run_name=abc"])
+    cfg = load_config(
+        None,
+        [
+            "train.epochs=3",
+            "train.learning_rate=3.0e-4",
+            "augment.tta=true",
+            "model.filters=[8, 16, 32]",
+            "augment.targets={disturbed: 3}",
+            "augment.targets.cigar=2.5",
+            "data.max_images=null",
+            "run_name=abc",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.train.learning_rate == pytest.approx(3e-4)
     assert cfg.augment.tta is True and cfg.model.filters == (8, 16, 32)
     assert cfg.augment.targets == {"disturbed": 3.0, "cigar": 2.5}
@@ -110,30 +134,33 @@ def test_strengths_pass_through_to_policy():
     assert cfg.augment.strengths == {"rotation_limit": 90, "isotropic_scale": False}
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.epoch=3", ["train.epoch", "epochs"]),
-    ("trian.epochs=3", ["trian", "train"]),
-    ("train.optimizer=rmsprop", ["train.optimizer", "adam, adamw, sgd"]),
-    ("train.precision=float16", ["train.precision", "mixed_bfloat16"]),
-    ("train.schedule=linear", ["train.schedule", "cosine"]),
-    ("train.epochs=abc", ["train.epochs", "integer"]),
-    ("train.epochs=2.5", ["train.epochs", "integer"]),
-    ("train.epochs=0", ["train.epochs", "range"]),
-    ("model.dropout=1.5", ["model.dropout", "range"]),
-    ("model.batch_norm=1", ["model.batch_norm", "true or false"]),
-    ("model.filters=[]", ["model.filters", "list"]),
-    ("model.filters=[8, 8, 8, 8, 8, 8, 8]", ["model.filters", "pooling"]),
-    ("data.crop=200", ["data.crop", "data.size"]),
-    ("augment.policy=fancy", ["augment.policy", "galaxy"]),
-    ("augment.targets=sometimes", ["augment.targets", "auto"]),
-    ("augment.targets.nebula=0.5", ["nebula", ">= 1"]),
-    ("augment.targets.disturbed=0.5", ["disturbed", ">= 1"]),
-    ("augment.auto_from_run=abc", ["auto_from_run", "targets=auto"]),
-    ("augment.strengths.rotation_limit=400", ["rotation_limit"]),
-    ("augment.strengths.spin=1", ["spin"]),
-    ("epochs=3", ["epochs", "top-level"]),
-    ("train.epochs.x=3", ["train.epochs", "integer"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.epoch=3", ["train.epoch", "epochs"]),
+        ("trian.epochs=3", ["trian", "train"]),
+        ("train.optimizer=rmsprop", ["train.optimizer", "adam, adamw, sgd"]),
+        ("train.precision=float16", ["train.precision", "mixed_bfloat16"]),
+        ("train.schedule=linear", ["train.schedule", "cosine"]),
+        ("train.epochs=abc", ["train.epochs", "integer"]),
+        ("train.epochs=2.5", ["train.epochs", "integer"]),
+        ("train.epochs=0", ["train.epochs", "range"]),
+        ("model.dropout=1.5", ["model.dropout", "range"]),
+        ("model.batch_norm=1", ["model.batch_norm", "true or false"]),
+        ("model.filters=[]", ["model.filters", "list"]),
+        ("model.filters=[8, 8, 8, 8, 8, 8, 8]", ["model.filters", "pooling"]),
+        ("data.crop=200", ["data.crop", "data.size"]),
+        ("augment.policy=fancy", ["augment.policy", "galaxy"]),
+        ("augment.targets=sometimes", ["augment.targets", "auto"]),
+        ("augment.targets.nebula=0.5", ["nebula", ">= 1"]),
+        ("augment.targets.disturbed=0.5", ["disturbed", ">= 1"]),
+        ("augment.auto_from_run=abc", ["auto_from_run", "targets=auto"]),
+        ("augment.strengths.rotation_limit=400", ["rotation_limit"]),
+        ("augment.strengths.spin=1", ["spin"]),
+        ("epochs=3", ["epochs", "top-level"]),
+        ("train.epochs.x=3", ["train.epochs", "integer"]),
+    ],
+)
 def test_bad_values_name_the_key(override, words):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -176,8 +203,16 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_round_trips_through_dict_and_yaml():
-    cfg = load_config(None, ["augment.targets={disturbed: 3, cigar: 1.5}", "model.filters=[4, 8]",
-                             "train.patience=null", "augment.policy=galaxy", "augment.strengths={noise_std: 2}"])
+    cfg = load_config(
+        None,
+        [
+            "augment.targets={disturbed: 3, cigar: 1.5}",
+            "model.filters=[4, 8]",
+            "train.patience=null",
+            "augment.policy=galaxy",
+            "augment.strengths={noise_std: 2}",
+        ],
+    )
     assert from_dict(to_dict(cfg)) == cfg
     assert from_dict(yaml.safe_load(to_yaml(cfg))) == cfg
 

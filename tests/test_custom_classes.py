@@ -6,6 +6,7 @@ epochs matches the multiplier), ``auto`` targeting (warm-up recall), a 3-trial s
 rare class's multiplier, an ensemble, a report, ``predict`` and the web page, all naming the file's
 classes. Where ``../shared/data/realsamples`` is present the same targeting runs on the real ring set.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,8 +52,23 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.chdir(root)
         mp.setenv("GALAXY10_CACHE", str(root / "cache"))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        assert cli_main(["-q", "data", "import", str(folder), "--labels", str(folder / "labels.csv"), "--size", "48",
-                         "--out", str(root / "custom.h5")]) == 0
+        assert (
+            cli_main(
+                [
+                    "-q",
+                    "data",
+                    "import",
+                    str(folder),
+                    "--labels",
+                    str(folder / "labels.csv"),
+                    "--size",
+                    "48",
+                    "--out",
+                    str(root / "custom.h5"),
+                ]
+            )
+            == 0
+        )
         yield root / "custom.h5"
 
 
@@ -70,13 +86,25 @@ def _history(run_id: str) -> dict:
 def _train(data: Path, *sets: str) -> str:
     import mlflow
 
-    argv = ["-q", "train", "--config", str(SMOKE), "--data", str(data), "--set", "data.max_images=null",
-            "--set", "train.epochs=2", "--json"]
+    argv = [
+        "-q",
+        "train",
+        "--config",
+        str(SMOKE),
+        "--data",
+        str(data),
+        "--set",
+        "data.max_images=null",
+        "--set",
+        "train.epochs=2",
+        "--json",
+    ]
     for s in sets:
         argv += ["--set", s]
     assert cli_main(argv) == 0
-    return mlflow.search_runs(experiment_names=["galaxy10-smoke"], order_by=["start_time DESC"],
-                              max_results=1).iloc[0]["run_id"]
+    return mlflow.search_runs(experiment_names=["galaxy10-smoke"], order_by=["start_time DESC"], max_results=1).iloc[0][
+        "run_id"
+    ]
 
 
 @pytest.mark.slow
@@ -118,28 +146,53 @@ def test_galaxy10_slug_on_the_catalog_is_one_line(catalog: Path, capsys: pytest.
 
 @pytest.mark.slow
 def test_auto_targeting_from_a_warmup_on_the_catalog(catalog: Path) -> None:
-    run_id = _train(catalog, "augment.targets=auto", "augment.auto_warmup_epochs=1", "augment.auto_top_k=2",
-                    "augment.max_multiplier=6")
+    run_id = _train(
+        catalog,
+        "augment.targets=auto",
+        "augment.auto_warmup_epochs=1",
+        "augment.auto_top_k=2",
+        "augment.max_multiplier=6",
+    )
     params = _client().get_run(run_id).data.params
     multipliers = {s: float(params[f"multiplier.{s}"]) for s in SLUGS}
     assert sum(m > 1 for m in multipliers.values()) <= 2 and max(multipliers.values()) <= 6
 
 
 @pytest.mark.slow
-def test_study_ensemble_report_predict_and_page_on_the_catalog(catalog: Path, capsys: pytest.CaptureFixture[str]
-                                                                ) -> None:
+def test_study_ensemble_report_predict_and_page_on_the_catalog(
+    catalog: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = catalog.parent
-    run = {"experiment_name": "custom-study", "data": {"size": 48, "crop": 32}, "augment": {"policy": "none"},
-           "model": {"filters": [8, 16], "dense_units": 16},
-           "train": {"epochs": 1, "batch_size": 32, "patience": None, "monitor": "val_accuracy"}}
-    space = {"train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-             "augment.targets": {"type": "categorical", "choices": {"none": None, "rare": {}}},
-             "augment.targets.rare_ring": {"type": "float", "low": 1.0, "high": 6.0,
-                                           "when": {"augment.targets": "rare"}}}
+    run = {
+        "experiment_name": "custom-study",
+        "data": {"size": 48, "crop": 32},
+        "augment": {"policy": "none"},
+        "model": {"filters": [8, 16], "dense_units": 16},
+        "train": {"epochs": 1, "batch_size": 32, "patience": None, "monitor": "val_accuracy"},
+    }
+    space = {
+        "train.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "augment.targets": {"type": "categorical", "choices": {"none": None, "rare": {}}},
+        "augment.targets.rare_ring": {"type": "float", "low": 1.0, "high": 6.0, "when": {"augment.targets": "rare"}},
+    }
     tune_yaml = root / "tune_custom.yaml"
-    tune_yaml.write_text(yaml.safe_dump({"run": run, "search_space": space, "study": {
-        "name": "custom", "n_trials": 3, "pruner": "none", "log_models": "all", "metric": "balanced_accuracy",
-        "sampler": {"name": "random", "seed": 1}, "reference_trial": False}}))
+    tune_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "run": run,
+                "search_space": space,
+                "study": {
+                    "name": "custom",
+                    "n_trials": 3,
+                    "pruner": "none",
+                    "log_models": "all",
+                    "metric": "balanced_accuracy",
+                    "sampler": {"name": "random", "seed": 1},
+                    "reference_trial": False,
+                },
+            }
+        )
+    )
     assert cli_main(["-q", "tune", "--config", str(tune_yaml), "--data", str(catalog)]) == 0
     ens = root / "ens.yaml"
     ens.write_text("mode: val_cv\ncv_folds: 2\nvote: {top_k: 2}\nsecond_stage: {logreg: {}}\n")
@@ -166,15 +219,19 @@ def test_study_ensemble_report_predict_and_page_on_the_catalog(catalog: Path, ca
     from experiments.serving.web import create_app
 
     app = create_app(load_predictor("custom@champion"))
-    resp = app.test_client().post("/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "one.png")},
-                                  content_type="multipart/form-data")
+    resp = app.test_client().post(
+        "/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "one.png")}, content_type="multipart/form-data"
+    )
     assert resp.status_code == 200, resp.data
     body = resp.get_json()
     assert all(name in json.dumps(body) for name in NAMES), body
 
     gallery = root / "g.png"
-    assert cli_main(["-q", "data", "gallery", str(catalog), "--out", str(gallery), "--per-class", "2",
-                     "--thumb", "16"]) == 0 and gallery.stat().st_size > 0
+    assert (
+        cli_main(["-q", "data", "gallery", str(catalog), "--out", str(gallery), "--per-class", "2", "--thumb", "16"])
+        == 0
+        and gallery.stat().st_size > 0
+    )
 
 
 @pytest.mark.slow
@@ -189,11 +246,12 @@ def test_real_ring_set_with_rare_rings(realsamples: Path, tmp_path: Path) -> Non
     rings = [r for r in rows if r["ring"] == "1"][:30]
     others = [r for r in rows if r["ring"] == "0"]
     labels = tmp_path / "rare_rings.csv"
-    labels.write_text("file,label\n" + "".join(f"{r[file_col]},{'ring' if r['ring'] == '1' else 'not_ring'}\n"
-                                              for r in rings + others))
+    labels.write_text(
+        "file,label\n"
+        + "".join(f"{r[file_col]},{'ring' if r['ring'] == '1' else 'not_ring'}\n" for r in rings + others)
+    )
     out = tmp_path / "rings.h5"
-    assert cli_main(["-q", "data", "import", str(src), "--labels", str(labels), "--size", "64", "--out",
-                     str(out)]) == 0
+    assert cli_main(["-q", "data", "import", str(src), "--labels", str(labels), "--size", "64", "--out", str(out)]) == 0
     run_id = _train(out, "augment.targets={ring: 5}", "data.size=48", "train.epochs=1")
     params = _client().get_run(run_id).data.params
     assert params["multiplier.ring"] == "5" and params["multiplier.not_ring"] == "1"

@@ -1,5 +1,6 @@
 """``train.distribute: mirrored`` (issue 14) on a CPU split into 2 logical devices: 2 replicas, the same
 loss-curve shape as one device, and a best-epoch checkpoint that restores and reloads."""
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,14 @@ json.dump(result, open(f"{out}/result.json", "w"))
 @pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_matches_one_device(tiny_h5: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_h5), str(tmp_path)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tiny_h5), str(tmp_path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     one, two = result["none"], result["mirrored"]

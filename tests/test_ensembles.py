@@ -1,5 +1,6 @@
 """Unit tests of ensembles/: second stages, config validation, cross-fitting bookkeeping, voting,
 stacking, the embedding transformer and its cache, and the saved ensemble round trip."""
+
 from __future__ import annotations
 
 import json
@@ -12,23 +13,10 @@ import pytest
 
 from core.errors import ConfigError, DataError, ModelError
 from ensembles import second_stage as ss
-from ensembles.crossfit import (
-    Fold,
-    FoldRecord,
-    check_records,
-    crossfit,
-    cv_predict_proba,
-    cv_splits,
-    make_folds,
-)
+from ensembles.crossfit import Fold, FoldRecord, check_records, crossfit, cv_predict_proba, cv_splits, make_folds
 from ensembles.stacking import BlendMeta, fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
-from experiments.settings.ensemble import (
-    balanced_second_stages,
-    config_from_dict,
-    prior_twins,
-    read_config_yaml,
-)
+from experiments.settings.ensemble import balanced_second_stages, config_from_dict, prior_twins, read_config_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ENSEMBLE_YAML = ROOT / "experiments" / "configs" / "ensemble.yaml"
@@ -48,8 +36,13 @@ def blobs(n: int = 300, d: int = 16, k: int = 4, seed: int = 0, spread: float = 
 @pytest.mark.parametrize("name", ss.MODEL_NAMES)
 def test_every_second_stage_learns_and_round_trips(name: str, tmp_path: Path) -> None:
     X, y = blobs(seed=1)
-    params = {"n_estimators": 30} if name in ("xgboost", "random_forest", "extra_trees") else \
-        {"max_iter": 30} if name == "hist_gb" else {}
+    params = (
+        {"n_estimators": 30}
+        if name in ("xgboost", "random_forest", "extra_trees")
+        else {"max_iter": 30}
+        if name == "hist_gb"
+        else {}
+    )
     est = ss.make_second_stage(name, params, seed=0, n_jobs=1).fit(X[:200], y[:200])
     probs = ss.full_proba(est, X[200:], 4)
     assert probs.shape == (100, 4) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -90,29 +83,45 @@ def test_shipped_ensemble_config_loads() -> None:
     assert cfg.second_stage["xgboost"]["subsample"] == ss.DEFAULT_PARAMS["xgboost"]["subsample"]
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ({"modes": "crossfit"}, "unknown config key modes; allowed top-level keys: mode, seed, select_metric, class_weights, "
-                            "prior_correction, accuracy_guard, guard_metrics, guard_margin, confidence, oof_selection, cv_folds, n_jobs, "
-                            "alias, pretrained, crossfit, embeddings, vote, second_stage, stack, tune"),
-    ({"mode": "bagging"}, "config key mode='bagging' is not allowed; use one of: crossfit, val_cv"),
-    ({"accuracy_guard": "yes"}, "config key accuracy_guard='yes'"),
-    ({"oof_selection": 1}, "config key oof_selection=1"),
-    ({"crossfit": {"fold": 3}}, "unknown config key crossfit.fold; allowed keys in crossfit: folds, epochs"),
-    ({"crossfit": {"folds": 1}}, "config key crossfit.folds=1 is not allowed; give an integer in [2, 20]"),
-    ({"second_stage": {"catboost": {}}},
-     "unknown config key second_stage.catboost; second-stage models: logreg, xgboost, hist_gb, random_forest, "
-     "extra_trees, svm, knn"),
-    ({"second_stage": {"logreg": {"C": -1}}},
-     "config key second_stage.logreg.C=-1 is not allowed: it must be a float in the range (0.0, inf]"),
-    ({"second_stage": {"knn": {"n_jobs": 3}}},
-     "config key second_stage.knn.n_jobs is set by the platform; remove it"),
-    ({"stack": {"second_stage": ["svm"]}},
-     "config key stack.second_stage names 'svm', which is not configured under second_stage; add it there "
-     "(configured: logreg, xgboost) or remove it"),
-    ({"vote": {"weighted": "median"}},
-     "config key vote.weighted='median' is not allowed; use one of: log_loss, accuracy or null"),
-    ({"tune": {"n_trials": 3}}, "config key tune.n_trials > 0 needs tune.search_space"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"modes": "crossfit"},
+            "unknown config key modes; allowed top-level keys: mode, seed, select_metric, class_weights, "
+            "prior_correction, accuracy_guard, guard_metrics, guard_margin, confidence, oof_selection, cv_folds, n_jobs, "
+            "alias, pretrained, crossfit, embeddings, vote, second_stage, stack, tune",
+        ),
+        ({"mode": "bagging"}, "config key mode='bagging' is not allowed; use one of: crossfit, val_cv"),
+        ({"accuracy_guard": "yes"}, "config key accuracy_guard='yes'"),
+        ({"oof_selection": 1}, "config key oof_selection=1"),
+        ({"crossfit": {"fold": 3}}, "unknown config key crossfit.fold; allowed keys in crossfit: folds, epochs"),
+        ({"crossfit": {"folds": 1}}, "config key crossfit.folds=1 is not allowed; give an integer in [2, 20]"),
+        (
+            {"second_stage": {"catboost": {}}},
+            "unknown config key second_stage.catboost; second-stage models: logreg, xgboost, hist_gb, random_forest, "
+            "extra_trees, svm, knn",
+        ),
+        (
+            {"second_stage": {"logreg": {"C": -1}}},
+            "config key second_stage.logreg.C=-1 is not allowed: it must be a float in the range (0.0, inf]",
+        ),
+        (
+            {"second_stage": {"knn": {"n_jobs": 3}}},
+            "config key second_stage.knn.n_jobs is set by the platform; remove it",
+        ),
+        (
+            {"stack": {"second_stage": ["svm"]}},
+            "config key stack.second_stage names 'svm', which is not configured under second_stage; add it there "
+            "(configured: logreg, xgboost) or remove it",
+        ),
+        (
+            {"vote": {"weighted": "median"}},
+            "config key vote.weighted='median' is not allowed; use one of: log_loss, accuracy or null",
+        ),
+        ({"tune": {"n_trials": 3}}, "config key tune.n_trials > 0 needs tune.search_space"),
+    ],
+)
 def test_bad_ensemble_config_names_the_key(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         config_from_dict(raw)
@@ -121,24 +130,36 @@ def test_bad_ensemble_config_names_the_key(raw: dict, message: str) -> None:
 
 
 def test_unknown_xgboost_key_lists_the_allowed_ones() -> None:
-    with pytest.raises(ConfigError, match=r"^unknown config key second_stage\.xgboost\.max_dept; allowed keys for "
-                                          r"xgboost: .*max_depth"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^unknown config key second_stage\.xgboost\.max_dept; allowed keys for "
+        r"xgboost: .*max_depth",
+    ):
         config_from_dict({"second_stage": {"xgboost": {"max_dept": 3}}})
 
 
 def test_tuning_space_keys_are_checked_against_the_models() -> None:
     from experiments.ensembling.second_stage_tuning import validate_config
 
-    cfg = config_from_dict({"second_stage": {"xgboost": {}},
-                            "tune": {"n_trials": 2, "search_space": {"xgboost.depth": {"type": "int", "low": 2,
-                                                                                        "high": 4}}}})
+    cfg = config_from_dict(
+        {
+            "second_stage": {"xgboost": {}},
+            "tune": {"n_trials": 2, "search_space": {"xgboost.depth": {"type": "int", "low": 2, "high": 4}}},
+        }
+    )
     with pytest.raises(ConfigError, match=r"^unknown config key tune\.search_space\.xgboost\.depth; allowed keys"):
         validate_config(cfg)
-    cfg = config_from_dict({"second_stage": {"xgboost": {}},
-                            "tune": {"n_trials": 2, "search_space": {"svm.C": {"type": "float", "low": 0.1,
-                                                                               "high": 1.0}}}})
-    with pytest.raises(ConfigError, match=r"tune\.search_space\.svm\.C must be <model>\.<param> with a model "
-                                          r"configured under second_stage \(xgboost\)"):
+    cfg = config_from_dict(
+        {
+            "second_stage": {"xgboost": {}},
+            "tune": {"n_trials": 2, "search_space": {"svm.C": {"type": "float", "low": 0.1, "high": 1.0}}},
+        }
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"tune\.search_space\.svm\.C must be <model>\.<param> with a model "
+        r"configured under second_stage \(xgboost\)",
+    ):
         validate_config(cfg)
 
 
@@ -222,8 +243,13 @@ def test_balanced_second_stages_find_more_of_a_rare_overlapping_class(name: str)
     y = np.r_[np.zeros(600, np.int64), np.ones(40, np.int64)]
     fresh_rare = rng.normal(1.2, 1.0, (400, 2)).astype(np.float32)  # scored on new draws, not the fit rows
     # forests with pure leaves barely feel class weights; leaves of 10+ images do
-    params = {"n_estimators": 60} if name == "xgboost" else \
-        {"n_estimators": 60, "min_samples_leaf": 10} if name in ("random_forest", "extra_trees") else {}
+    params = (
+        {"n_estimators": 60}
+        if name == "xgboost"
+        else {"n_estimators": 60, "min_samples_leaf": 10}
+        if name in ("random_forest", "extra_trees")
+        else {}
+    )
     recall = {}
     for balanced in (False, True):
         est = ss.make_second_stage(name, params, balanced=balanced).fit(X, y)
@@ -246,7 +272,9 @@ def test_class_weights_config_and_knn() -> None:
         ss.make_second_stage("knn", balanced=True)
     assert config_from_dict({}).prior_correction == "auto"
     auto = config_from_dict({})
-    assert prior_twins(auto, "balanced_accuracy") and prior_twins(auto, "macro_f1") and not prior_twins(auto, "accuracy")
+    assert (
+        prior_twins(auto, "balanced_accuracy") and prior_twins(auto, "macro_f1") and not prior_twins(auto, "accuracy")
+    )
     assert prior_twins(config_from_dict({"prior_correction": True}), "accuracy")
     assert not prior_twins(config_from_dict({"prior_correction": False}), "balanced_accuracy")
     with pytest.raises(ConfigError, match="prior_correction='yes' is not allowed; use auto, true or false"):
@@ -309,8 +337,11 @@ def test_blend_weight_follows_the_better_input_and_contains_both() -> None:
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     assert np.mean(p.argmax(1) == y) >= np.mean(good.argmax(1) == y) - 0.01
     same = fit_meta([good, good], y, kind="blend")  # equal inputs: the blend is the input itself
-    np.testing.assert_allclose(meta_predict(same, [good, good], 5), np.clip(good, 1e-6, 1) / np.clip(good, 1e-6, 1)
-                               .sum(1, keepdims=True), atol=1e-9)
+    np.testing.assert_allclose(
+        meta_predict(same, [good, good], 5),
+        np.clip(good, 1e-6, 1) / np.clip(good, 1e-6, 1).sum(1, keepdims=True),
+        atol=1e-9,
+    )
     with pytest.raises(DataError, match="two"):
         BlendMeta().fit(np.zeros((4, 5)), np.zeros(4))
     with pytest.raises(DataError, match="meta-learner"):
@@ -383,10 +414,11 @@ def test_embedding_cache_is_reused_and_keyed(tmp_path: Path) -> None:
     fresh = CNNEmbedder(_tiny_cnn(1), model_id="run-x", cache_dir=False).fit()
     assert not np.allclose(fresh.embed(images, rows, split="val", data_fingerprint="f" * 64).embeddings, a.embeddings)
     # Another split name, fingerprint, row set or TTA flag is another entry.
-    for kwargs, emb in (({"split": "train-fold0", "data_fingerprint": "f" * 64}, second),
-                        ({"split": "val", "data_fingerprint": "e" * 64}, second),
-                        ({"split": "val", "data_fingerprint": "f" * 64}, CNNEmbedder(_tiny_cnn(1), model_id="run-x",
-                                                                                      tta=True).fit())):
+    for kwargs, emb in (
+        ({"split": "train-fold0", "data_fingerprint": "f" * 64}, second),
+        ({"split": "val", "data_fingerprint": "e" * 64}, second),
+        ({"split": "val", "data_fingerprint": "f" * 64}, CNNEmbedder(_tiny_cnn(1), model_id="run-x", tta=True).fit()),
+    ):
         assert not emb.embed(images, rows, **kwargs).cached
     assert not second.embed(images, rows[:-1], split="val", data_fingerprint="f" * 64).cached
     assert len(list(default_embedding_cache().rglob("*.npz"))) == 5
@@ -429,9 +461,16 @@ def test_saved_ensemble_predicts_the_same_from_raw_images(tmp_path: Path) -> Non
     emb = CNNEmbedder(cnn_a, cache_dir=False).fit().embed(train_imgs, split="x", data_fingerprint="x")
     xgb = ss.make_second_stage("xgboost", {"n_estimators": 5}, n_jobs=1).fit(emb.embeddings, y)
     meta = fit_meta([emb.probs, ss.full_proba(xgb, emb.embeddings, 10)], y)
-    model = EnsembleModel("stack", [Branch(cnn_a, 48, 32, False, second=xgb, meta=meta, name="a"),
-                                    Branch(cnn_b, 40, 32, True, second=xgb, meta=meta, name="b")],
-                          CLASS_NAMES, CLASS_SLUGS, weights=[0.3, 0.7])
+    model = EnsembleModel(
+        "stack",
+        [
+            Branch(cnn_a, 48, 32, False, second=xgb, meta=meta, name="a"),
+            Branch(cnn_b, 40, 32, True, second=xgb, meta=meta, name="b"),
+        ],
+        CLASS_NAMES,
+        CLASS_SLUGS,
+        weights=[0.3, 0.7],
+    )
     raw = _images(5, 256, seed=3)
     probs = model.predict_proba(raw)
     assert probs.shape == (5, 10) and probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
@@ -441,8 +480,15 @@ def test_saved_ensemble_predicts_the_same_from_raw_images(tmp_path: Path) -> Non
     branch_a = meta_predict(meta, [e.probs, ss.full_proba(xgb, e.embeddings, 10)], 10)
     assert not np.allclose(probs, branch_a, atol=1e-4)  # branch b contributes
     folder = save_ensemble(model, tmp_path / "ens")
-    assert sorted(p.name for p in folder.iterdir()) == ["cnn_0.keras", "cnn_1.keras", "ensemble.json", "meta_0.joblib",
-                                                        "meta_1.joblib", "second_0.json", "second_1.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cnn_0.keras",
+        "cnn_1.keras",
+        "ensemble.json",
+        "meta_0.joblib",
+        "meta_1.joblib",
+        "second_0.json",
+        "second_1.json",
+    ]
     again = load_ensemble(folder)
     assert again.kind == "stack" and again.members() == ["a", "b"]
     np.testing.assert_allclose(again.predict_proba(raw), probs, rtol=1e-5, atol=1e-6)
@@ -483,16 +529,24 @@ def test_second_stage_tuning_returns_valid_params_and_their_cv_score() -> None:
     from ensembles.crossfit import cv_predict_proba
     from experiments.ensembling.second_stage_tuning import space_for, tune_second_stage
 
-    cfg = config_from_dict({"second_stage": {"logreg": {}}, "cv_folds": 3, "seed": 1,
-                            "tune": {"n_trials": 4, "metric": "accuracy",
-                                     "search_space": {"logreg.C": {"type": "float", "low": 1e-4, "high": 10.0,
-                                                                   "log": True}}}})
+    cfg = config_from_dict(
+        {
+            "second_stage": {"logreg": {}},
+            "cv_folds": 3,
+            "seed": 1,
+            "tune": {
+                "n_trials": 4,
+                "metric": "accuracy",
+                "search_space": {"logreg.C": {"type": "float", "low": 1e-4, "high": 10.0, "log": True}},
+            },
+        }
+    )
     X, y = blobs(n=90, d=6, k=3, seed=7, spread=3.0)
-    params, value = tune_second_stage("logreg", cfg.second_stage["logreg"], space_for(cfg)["logreg"], [(X, y)],
-                                      cfg, 3)
+    params, value = tune_second_stage("logreg", cfg.second_stage["logreg"], space_for(cfg)["logreg"], [(X, y)], cfg, 3)
     assert 1e-4 <= params["C"] <= 10.0 and params["max_iter"] == ss.DEFAULT_PARAMS["logreg"]["max_iter"]
-    probs = cv_predict_proba(lambda: ss.make_second_stage("logreg", params, seed=1, n_jobs=1), X, y, 3,
-                             cv_splits(y, 3, seed=1))
+    probs = cv_predict_proba(
+        lambda: ss.make_second_stage("logreg", params, seed=1, n_jobs=1), X, y, 3, cv_splits(y, 3, seed=1)
+    )
     assert value == pytest.approx(np.mean(probs.argmax(axis=1) == y))  # the objective is the CV accuracy
 
 
@@ -524,7 +578,7 @@ def test_convergence_warnings_become_one_note_and_other_warnings_pass(caplog: py
 
 
 def test_the_comparison_says_when_a_class_has_few_validation_images() -> None:
-    from experiments.ensembling.comparison import small_validation_note
+    from experiments.ensembling.evidence import small_validation_note
 
     y = np.r_[np.zeros(21, int), np.full(3, 1), np.full(12, 2)]
     note = small_validation_note(y, ["not ring", "ring", "other"])

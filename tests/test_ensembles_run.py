@@ -1,4 +1,5 @@
 """End-to-end: a tiny study (smoke CNN, 48 px / crop 32, 1 epoch), then `galaxy10 ensemble` on it."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -15,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
 KINDS = {"cnn", "vote", "gbm", "stack"}
 #: A small comparison: 2 folds, two cheap second stages, one stack.
-CROSSFIT_CFG = {"mode": "crossfit", "cv_folds": 3, "crossfit": {"folds": 2},
-                "second_stage": {"logreg": {}, "xgboost": {"n_estimators": 15, "max_depth": 2}},
-                "stack": {"second_stage": ["xgboost"]}}
+CROSSFIT_CFG = {
+    "mode": "crossfit",
+    "cv_folds": 3,
+    "crossfit": {"folds": 2},
+    "second_stage": {"logreg": {}, "xgboost": {"n_estimators": 15, "max_depth": 2}},
+    "stack": {"second_stage": ["xgboost"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +52,7 @@ def comparison(tiny_study: TinyStudy):  # noqa: ANN201 - experiments.ensembling.
         mp.chdir(tiny_study.root)
         mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
         mp.setenv("MLFLOW_TRACKING_URI", tiny_study.tracking_uri)
-        return run_comparison("tiny", config_from_dict(CROSSFIT_CFG), storage_url=tiny_study.storage,
-                              tracking_uri=tiny_study.tracking_uri)
+        return run_comparison("tiny", config_from_dict(CROSSFIT_CFG), ws=tiny_study.ws)
 
 
 @pytest.mark.slow
@@ -60,7 +64,7 @@ def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch
     from experiments.ensembling.members import load_study_data, study_members
     from experiments.settings.ensemble import config_from_dict
 
-    members = study_members("tiny", storage_url=in_study.storage, tracking_uri=in_study.tracking_uri, top_k=1)
+    members = study_members("tiny", ws=in_study.ws, top_k=1)
     data = load_study_data(members, None)
     fitted_on: list[np.ndarray] = []
     real_fit = training.fit
@@ -71,8 +75,7 @@ def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch
 
     monkeypatch.setattr(training, "fit", spy_fit)
     cfg = config_from_dict({**CROSSFIT_CFG, "crossfit": {"folds": 3}, "seed": 7})
-    ctx = BuildContext(cfg=cfg, data=data, members=members, tracking_uri=in_study.tracking_uri,
-                      y_val=data.labels[data.val])
+    ctx = BuildContext(cfg=cfg, data=data, members=members, ws=in_study.ws, y_val=data.labels[data.val])
     result = run_crossfit(ctx)
     assert len(fitted_on) == 3 and result.cached_folds == 0
     embedded_all = []
@@ -102,10 +105,18 @@ def test_comparison_run_has_one_child_per_candidate(comparison, tiny_study: Tiny
     assert parent.data.tags["ensemble.role"] == "comparison" and parent.data.tags["ensemble.mode"] == "crossfit"
     assert parent.data.tags["optuna.study"] == "tiny" and parent.data.tags["data.synthetic"] == "true"
     names = [r["candidate"] for r in comparison.rows]
-    assert names == ["cnn-best", "vote-top3", "wvote-top3", "vote-crossfit2", "gbm-logreg", "gbm-xgboost",
-                     "stack-xgboost"]
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{comparison.parent_run_id}'")
+    assert names == [
+        "cnn-best",
+        "vote-top3",
+        "wvote-top3",
+        "vote-crossfit2",
+        "gbm-logreg",
+        "gbm-xgboost",
+        "stack-xgboost",
+    ]
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{comparison.parent_run_id}'"
+    )
     assert sorted(c.info.run_name for c in children) == sorted(names)  # exactly one child per candidate
     # the same metric names as the CNN runs, so MLflow's compare view lines them up
     best_trial = client.get_run(comparison.candidates[0].model.branches[0].run_id)
@@ -117,7 +128,10 @@ def test_comparison_run_has_one_child_per_candidate(comparison, tiny_study: Tiny
         assert tags["ensemble.estimate"] and child.info.status == "FINISHED"
         assert {k for k in child.data.metrics if k.startswith("val_")} == cnn_val
         assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {
-            "model_meta.json", "per_class_metrics_val.csv", "confusion_matrix_val.png"}
+            "model_meta.json",
+            "per_class_metrics_val.csv",
+            "confusion_matrix_val.png",
+        }
         # each candidate's temperature, fitted on its validation probabilities, and the ECE before/after
         assert child.data.metrics["temperature"] > 0 and {"ece_val", "ece_val_calibrated"} <= set(child.data.metrics)
     by_name = {c.info.run_name: c for c in children}
@@ -136,15 +150,22 @@ def test_comparison_table_chart_and_registered_winner(comparison, tiny_study: Ti
 
     client = MlflowClient(tiny_study.tracking_uri)
     artifacts = {a.path for a in client.list_artifacts(comparison.parent_run_id)}
-    assert {"comparison.csv", "comparison.md", "comparison.png", "ensemble_config_resolved.json",
-            "crossfit.json", "paired_evidence.json"} <= artifacts
+    assert {
+        "comparison.csv",
+        "comparison.md",
+        "comparison.png",
+        "ensemble_config_resolved.json",
+        "crossfit.json",
+        "paired_evidence.json",
+    } <= artifacts
     local = Path(client.download_artifacts(comparison.parent_run_id, "comparison.csv", str(tmp_path)))
     rows = list(csv.DictReader(local.open()))
     assert [r["candidate"] for r in rows] == [r["candidate"] for r in comparison.rows]
     for row, child_id in zip(rows, comparison.child_run_ids.values()):
         assert row["run_id"] == child_id
-        assert float(row["val_accuracy"]) == pytest.approx(client.get_run(child_id).data.metrics["val_accuracy"],
-                                                           abs=1e-4)
+        assert float(row["val_accuracy"]) == pytest.approx(
+            client.get_run(child_id).data.metrics["val_accuracy"], abs=1e-4
+        )
     png = Path(client.download_artifacts(comparison.parent_run_id, "comparison.png", str(tmp_path)))
     assert png.read_bytes().startswith(b"\x89PNG")
     md = Path(client.download_artifacts(comparison.parent_run_id, "comparison.md", str(tmp_path))).read_text()
@@ -196,8 +217,12 @@ def test_every_pyfunc_model_reloads_and_predicts_as_in_memory(comparison, in_stu
     # cnn-best is the logged Keras model: the same as the training code's own prediction path
     cnn = comparison.candidates[0]
     bundle = load_model_bundle(f"runs:/{cnn.model.branches[0].run_id}/model")
-    np.testing.assert_allclose(mlflow.pyfunc.load_model(comparison.model_uris["cnn-best"]).predict(raw256),
-                               predict_images(bundle, raw256), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        mlflow.pyfunc.load_model(comparison.model_uris["cnn-best"]).predict(raw256),
+        predict_images(bundle, raw256),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.slow
@@ -205,11 +230,35 @@ def test_cli_val_cv_comparison(in_study: TinyStudy, capsys: pytest.CaptureFixtur
     from mlflow import MlflowClient
 
     cfg = in_study.root / "ens_val_cv.yaml"
-    cfg.write_text(yaml.safe_dump({"mode": "val_cv", "cv_folds": 3, "vote": {"top_k": 2, "weighted": None},
-                                   "second_stage": {"logreg": {}}, "stack": {"second_stage": ["logreg"]},
-                                   "alias": "valcv", "prior_correction": True, "class_weights": "balanced"}))
-    code = cli_main(["ensemble", "--study", "tiny", "--config", str(cfg), "--storage", in_study.storage,
-                     "--tracking-uri", in_study.tracking_uri, "--set", "seed=3"])
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "val_cv",
+                "cv_folds": 3,
+                "vote": {"top_k": 2, "weighted": None},
+                "second_stage": {"logreg": {}},
+                "stack": {"second_stage": ["logreg"]},
+                "alias": "valcv",
+                "prior_correction": True,
+                "class_weights": "balanced",
+            }
+        )
+    )
+    code = cli_main(
+        [
+            "ensemble",
+            "--study",
+            "tiny",
+            "--config",
+            str(cfg),
+            "--storage",
+            in_study.storage,
+            "--tracking-uri",
+            in_study.tracking_uri,
+            "--set",
+            "seed=3",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith("SYNTHETIC data")
@@ -223,11 +272,15 @@ def test_cli_val_cv_comparison(in_study: TinyStudy, capsys: pytest.CaptureFixtur
     winner = client.get_run(version.run_id)
     parent = client.get_run(winner.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["ensemble.mode"] == "val_cv" and parent.data.params["ensemble.seed"] == "3"
-    stack = client.search_runs([parent.info.experiment_id], filter_string=(
-        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.candidate = 'stack-logreg'"))[0]
+    stack = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.candidate = 'stack-logreg'"),
+    )[0]
     assert stack.data.tags["kind"] == "stack" and "nested" in stack.data.tags["ensemble.estimate"]
-    twin = client.search_runs([parent.info.experiment_id], filter_string=(
-        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.candidate = 'stack-logreg+prior'"))[0]
+    twin = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.candidate = 'stack-logreg+prior'"),
+    )[0]
     shares = np.array([float(x) for x in twin.data.params["class_prior"].split()])
     assert np.isclose(shares.sum(), 1.0, atol=1e-3) and "prior-corrected" in twin.data.tags["ensemble.estimate"]
 
@@ -240,25 +293,59 @@ def test_cli_errors_are_one_line(tiny_study: TinyStudy, capsys: pytest.CaptureFi
     assert code == 2 and len(err) == 1
     assert err[0].startswith("galaxy10: error: unknown config key second_stage.xgboost.max_dept; allowed keys")
     good = ROOT / "experiments" / "configs" / "ensemble.yaml"
-    code = cli_main(["ensemble", "--study", "nope", "--config", str(good), "--storage", tiny_study.storage,
-                     "--tracking-uri", tiny_study.tracking_uri])
+    code = cli_main(
+        [
+            "ensemble",
+            "--study",
+            "nope",
+            "--config",
+            str(good),
+            "--storage",
+            tiny_study.storage,
+            "--tracking-uri",
+            tiny_study.tracking_uri,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == [f"galaxy10: error: study 'nope' not found in {tiny_study.storage}; "
-                                 "known studies: tiny"]
-    code = cli_main(["ensemble", "--study", "tiny", "--config", str(good), "--storage", tiny_study.storage,
-                     "--tracking-uri", tiny_study.tracking_uri, "--set", "mode=bagging"])
+    assert code == 2 and err == [
+        f"galaxy10: error: study 'nope' not found in {tiny_study.storage}; known studies: tiny"
+    ]
+    code = cli_main(
+        [
+            "ensemble",
+            "--study",
+            "tiny",
+            "--config",
+            str(good),
+            "--storage",
+            tiny_study.storage,
+            "--tracking-uri",
+            tiny_study.tracking_uri,
+            "--set",
+            "mode=bagging",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["galaxy10: error: config key mode='bagging' is not allowed; use one of: "
-                                 "crossfit, val_cv"]
+    assert code == 2 and err == [
+        "galaxy10: error: config key mode='bagging' is not allowed; use one of: crossfit, val_cv"
+    ]
 
 
 #: Two backbones in one study: the reference CNN and a tiny ResNet (its knobs conditional on it).
 BACKBONE_SPACE = {
     "model.name": {"type": "categorical", "choices": ["reference_cnn", "resnet"]},
-    "resnet_width": {"type": "categorical", "choices": [4], "target": "model.params.width",
-                     "when": {"model.name": "resnet"}},
-    "resnet_depth": {"type": "categorical", "choices": [10], "target": "model.params.depth",
-                     "when": {"model.name": "resnet"}},
+    "resnet_width": {
+        "type": "categorical",
+        "choices": [4],
+        "target": "model.params.width",
+        "when": {"model.name": "resnet"},
+    },
+    "resnet_depth": {
+        "type": "categorical",
+        "choices": [10],
+        "target": "model.params.depth",
+        "when": {"model.name": "resnet"},
+    },
 }
 
 
@@ -271,14 +358,16 @@ def test_ensembles_draw_candidates_across_backbones(tmp_path_factory: pytest.Tem
     from experiments.settings.ensemble import config_from_dict
 
     root = tmp_path_factory.mktemp("backbones")
-    with tiny_study_in(root, n_trials=3, search_space=BACKBONE_SPACE,
-                       sampler={"name": "random", "seed": 0}) as study:  # seed 0 draws both backbones
-        members = study_members("tiny", storage_url=study.storage, tracking_uri=study.tracking_uri, top_k=1)
+    with tiny_study_in(
+        root, n_trials=3, search_space=BACKBONE_SPACE, sampler={"name": "random", "seed": 0}
+    ) as study:  # seed 0 draws both backbones
+        members = study_members("tiny", ws=study.ws, top_k=1)
         assert {m.backbone for m in members.members} == {"reference_cnn", "resnet"}
         assert any("joins as the best" in n for n in members.notes)
-        cfg = config_from_dict({"mode": "val_cv", "cv_folds": 3, "vote": {"top_k": 1},
-                                "second_stage": {"logreg": {"C": 1.0}}})
-        report = run_comparison("tiny", cfg, storage_url=study.storage, tracking_uri=study.tracking_uri)
+        cfg = config_from_dict(
+            {"mode": "val_cv", "cv_folds": 3, "vote": {"top_k": 1}, "second_stage": {"logreg": {"C": 1.0}}}
+        )
+        report = run_comparison("tiny", cfg, ws=study.ws)
         rows = {r["candidate"]: r for r in report.rows}
         assert {"cnn-best", "vote-backbones", "gbm-logreg-backbones"} <= set(rows)
         assert "resnet" in rows["vote-backbones"]["members"] and "reference_cnn" in rows["vote-backbones"]["members"]
@@ -288,7 +377,7 @@ def test_ensembles_draw_candidates_across_backbones(tmp_path_factory: pytest.Tem
 
         images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
         for name in ("vote-backbones", "gbm-logreg-backbones"):
-            predictor = load_predictor(report.model_uris[name], tracking_uri=study.tracking_uri)
+            predictor = load_predictor(report.model_uris[name], ws=study.ws)
             probs = predictor.predict(images)
             assert probs.shape == (2, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
             # the candidate's temperature travels with its model (the catalog calibrates with it)
@@ -299,8 +388,9 @@ def test_ensembles_draw_candidates_across_backbones(tmp_path_factory: pytest.Tem
 
 
 @pytest.mark.slow
-def test_second_stages_on_a_pretrained_models_frozen_embeddings(in_study: TinyStudy,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_second_stages_on_a_pretrained_models_frozen_embeddings(
+    in_study: TinyStudy, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``pretrained:`` adds ``pre-<name>`` candidates (fit on the training split's frozen embeddings of a
     ``galaxy10 pretrain`` model, scored on validation) whose pyfunc models reload and predict as in memory."""
     import mlflow.pyfunc
@@ -310,14 +400,42 @@ def test_second_stages_on_a_pretrained_models_frozen_embeddings(in_study: TinySt
     from pipelines.reader import Galaxy10File
 
     run_yaml = in_study.root / "pre.yaml"
-    run_yaml.write_text(yaml.safe_dump({"data": {"size": 48, "crop": 32},
-                                        "model": {"filters": [8, 16], "dense_units": 16}}))
-    assert cli_main(["-q", "pretrain", str(in_study.data), "--config", str(run_yaml), "--epochs", "1",
-                     "--batch-size", "32", "--name", "tiny-pre", "--tracking-uri", in_study.tracking_uri]) == 0
+    run_yaml.write_text(
+        yaml.safe_dump({"data": {"size": 48, "crop": 32}, "model": {"filters": [8, 16], "dense_units": 16}})
+    )
+    assert (
+        cli_main(
+            [
+                "-q",
+                "pretrain",
+                str(in_study.data),
+                "--config",
+                str(run_yaml),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--name",
+                "tiny-pre",
+                "--tracking-uri",
+                in_study.tracking_uri,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    cfg = config_from_dict({"mode": "val_cv", "cv_folds": 3, "second_stage": {"logreg": {}}, "vote": {"top_k": 1},
-                            "prior_correction": False, "alias": "pre", "pretrained": "tiny-pre@pretrained"})
-    report = run_comparison("tiny", cfg, storage_url=in_study.storage, tracking_uri=in_study.tracking_uri)
+    cfg = config_from_dict(
+        {
+            "mode": "val_cv",
+            "cv_folds": 3,
+            "second_stage": {"logreg": {}},
+            "vote": {"top_k": 1},
+            "prior_correction": False,
+            "alias": "pre",
+            "pretrained": "tiny-pre@pretrained",
+        }
+    )
+    report = run_comparison("tiny", cfg, ws=in_study.ws)
     pre = next(c for c in report.candidates if c.name == "pre-logreg")
     assert pre.kind == "gbm" and "frozen pretrained embeddings" in pre.estimate
     assert pre.val_probs.ndim == 2 and pre.val_probs.shape[1] == 10 and len(pre.val_probs) > 0

@@ -1,4 +1,5 @@
 """``galaxy10 evaluate``: the folds, the corrected summary, resuming a killed evaluation, the whole command."""
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import yaml
 from experiments.crossval.folds import Fold, inner_validation, parse_recipe, repeated_folds
 from experiments.crossval.recipes import FoldResult
 from experiments.crossval.summary import summarize
+from experiments.tracking.workspace import Workspace
 
 
 def test_every_image_is_held_out_once_per_repetition_and_duplicates_stay_together() -> None:
@@ -47,25 +49,37 @@ def test_summary_differences_use_the_corrected_interval() -> None:
     labels = np.resize(np.arange(2), 40)
     plan = [Fold(0, k, np.setdiff1d(np.arange(40), np.arange(k, 40, 4)), np.arange(k, 40, 4)) for k in range(4)]
     rng = np.random.default_rng(1)
-    preds = {name: {f.cell: np.eye(2)[np.where(rng.random(len(f.test)) < p, labels[f.test], 1 - labels[f.test])]
-                    for f in plan} for name, p in (("a", 0.6), ("b", 0.9))}
+    preds = {
+        name: {
+            f.cell: np.eye(2)[np.where(rng.random(len(f.test)) < p, labels[f.test], 1 - labels[f.test])] for f in plan
+        }
+        for name, p in (("a", 0.6), ("b", 0.9))
+    }
     s = summarize(labels, plan, preds, {}, class_names=("x", "y"), class_slugs=("x", "y"), repeats=1)
     (d,) = s.differences
     fold_diff = s.recipes[1].scores["accuracy"] - s.recipes[0].scores["accuracy"]
     expect = corrected_resampled_t(fold_diff, n_train=30, n_test=10)
     assert (d.metrics["accuracy"].mean, d.metrics["accuracy"].lo) == pytest.approx((expect.mean, expect.lo))
     assert d.metrics["accuracy"].se / d.metrics["accuracy"].naive_se == pytest.approx(np.sqrt(1 + 4 * 10 / 30))
-    identical = summarize(labels, plan, {"a": preds["a"], "c": preds["a"]}, {}, class_names=("x", "y"),
-                          class_slugs=("x", "y"), repeats=1)
+    identical = summarize(
+        labels, plan, {"a": preds["a"], "c": preds["a"]}, {}, class_names=("x", "y"), class_slugs=("x", "y"), repeats=1
+    )
     t = identical.differences[0].metrics["accuracy"]
     assert (t.mean, t.lo, t.hi) == (0.0, 0.0, 0.0)
 
 
 def _recipe(tmp: Path, name: str, epochs: int) -> Path:
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"experiment_name": f"ev-{name}", "data": {"size": 32, "crop": 24},
-                                    "model": {"filters": [4, 8], "dense_units": 8},
-                                    "train": {"epochs": epochs, "batch_size": 32, "patience": None}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "experiment_name": f"ev-{name}",
+                "data": {"size": 32, "crop": 24},
+                "model": {"filters": [4, 8], "dense_units": 8},
+                "train": {"epochs": epochs, "batch_size": 32, "patience": None},
+            }
+        )
+    )
     return path
 
 
@@ -88,12 +102,14 @@ def _fake_runner(calls: list, kill_at: int | None = None):
 def _evaluate(tmp: Path, h5: Path, out: str, store: str, recipes: list, **kw):
     from experiments.crossval.run import run_evaluation
 
-    return run_evaluation(h5, recipes, out=tmp / out, repeats=2, folds=3, seed=0,
-                          tracking_uri=f"sqlite:///{tmp / store}", **kw)
+    return run_evaluation(
+        h5, recipes, out=tmp / out, repeats=2, folds=3, seed=0, ws=Workspace.of(f"sqlite:///{tmp / store}"), **kw
+    )
 
 
 def test_a_killed_evaluation_resumes_and_gives_the_uninterrupted_numbers(
-        tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from experiments.crossval import run as run_module
 
     h5 = make_h5(n=60, size=32)
@@ -128,8 +144,9 @@ def test_a_killed_evaluation_resumes_and_gives_the_uninterrupted_numbers(
     assert client.get_run(resumed.parent_run_id).info.status == "FINISHED"
 
 
-def test_more_repetitions_extend_an_earlier_evaluation(tmp_path: Path, make_h5,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_more_repetitions_extend_an_earlier_evaluation(
+    tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from experiments.crossval import run as run_module
     from experiments.crossval.run import run_evaluation
 
@@ -138,8 +155,8 @@ def test_more_repetitions_extend_an_earlier_evaluation(tmp_path: Path, make_h5,
     calls: list = []
     monkeypatch.setattr(run_module, "run_train_recipe", _fake_runner(calls))
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    one = run_evaluation(h5, recipes, out=tmp_path / "one", repeats=1, folds=3, tracking_uri=uri)
-    two = run_evaluation(h5, recipes, out=tmp_path / "two", repeats=2, folds=3, tracking_uri=uri)
+    one = run_evaluation(h5, recipes, out=tmp_path / "one", repeats=1, folds=3, ws=Workspace.of(uri))
+    two = run_evaluation(h5, recipes, out=tmp_path / "two", repeats=2, folds=3, ws=Workspace.of(uri))
     assert (one.ran, two.ran, two.reused) == (6, 6, 6) and two.parent_run_id == one.parent_run_id
     assert json.loads((tmp_path / "two" / "evaluation.json").read_text())["repeats"] == 2
 
@@ -151,8 +168,24 @@ def test_evaluate_command_end_to_end(tmp_path: Path, make_h5, capsys: pytest.Cap
 
     h5 = make_h5(n=48, size=32, imported_classes=("smooth", "disk", "ring"))
     a, b = _recipe(tmp_path, "a", 1), _recipe(tmp_path, "b", 2)
-    argv = ["-q", "evaluate", "--data", str(h5), "--recipe", str(a), "--recipe", str(b), "--repeats", "2",
-            "--folds", "2", "--out", str(tmp_path / "ev"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    argv = [
+        "-q",
+        "evaluate",
+        "--data",
+        str(h5),
+        "--recipe",
+        str(a),
+        "--recipe",
+        str(b),
+        "--repeats",
+        "2",
+        "--folds",
+        "2",
+        "--out",
+        str(tmp_path / "ev"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+    ]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "| b - a |" in out and "Nadeau & Bengio" in out and "4 fold fit(s) run" not in out
@@ -167,7 +200,8 @@ def test_evaluate_command_end_to_end(tmp_path: Path, make_h5, capsys: pytest.Cap
 
 
 def test_a_label_fraction_keeps_a_stratified_share_of_each_folds_training_images(
-        tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from experiments.crossval import run as run_module
     from experiments.crossval.folds import label_subset
     from experiments.crossval.run import run_evaluation
@@ -189,10 +223,11 @@ def test_a_label_fraction_keeps_a_stratified_share_of_each_folds_training_images
 
     monkeypatch.setattr(run_module, "run_train_recipe", spy)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    quarter = run_evaluation(h5, recipes, out=tmp_path / "q", repeats=1, folds=3, tracking_uri=uri,
-                             label_fraction=0.25)
+    quarter = run_evaluation(
+        h5, recipes, out=tmp_path / "q", repeats=1, folds=3, ws=Workspace.of(uri), label_fraction=0.25
+    )
     assert {t for _, t in seen} == {20} and {n for n, _ in seen} == {10}  # 40 training images per fold -> 10
-    whole = run_evaluation(h5, recipes, out=tmp_path / "w", repeats=1, folds=3, tracking_uri=uri)
+    whole = run_evaluation(h5, recipes, out=tmp_path / "w", repeats=1, folds=3, ws=Workspace.of(uri))
     assert whole.key != quarter.key and whole.ran == 6  # another evaluation, not a continuation
 
 
@@ -202,7 +237,7 @@ def test_a_continued_evaluation_refuses_a_changed_ensemble_config(tmp_path: Path
     from experiments.tracking.mlflow_tracker import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    with MlflowTracker("e", "parent", tracking_uri=uri) as parent:
+    with MlflowTracker("e", "parent", ws=Workspace.of(uri)) as parent:
         parent.log_text("mode: crossfit\n", ENSEMBLE_ARTIFACT)
     _check_same_ensemble(parent.run_id, "mode: crossfit\n", uri)  # unchanged: fine
     _check_same_ensemble(parent.run_id, None, uri)  # no tuning recipe: nothing to compare
@@ -218,8 +253,10 @@ def test_with_a_label_fraction_the_correction_keeps_the_k_fold_overlap() -> None
     plan = [f.with_labels(labels, 0.2, seed=0) for f in full]
     assert {len(f.train) for f in plan} == {6} and {len(f.test) for f in plan} == {10}
     rng = np.random.default_rng(2)
-    preds = {name: {f.cell: np.eye(2)[np.where(rng.random(10) < p, labels[f.test], 1 - labels[f.test])]
-                    for f in plan} for name, p in (("a", 0.6), ("b", 0.8))}
+    preds = {
+        name: {f.cell: np.eye(2)[np.where(rng.random(10) < p, labels[f.test], 1 - labels[f.test])] for f in plan}
+        for name, p in (("a", 0.6), ("b", 0.8))
+    }
     s = summarize(labels, plan, preds, {}, class_names=("x", "y"), class_slugs=("x", "y"), repeats=1)
     t = s.differences[0].metrics["accuracy"]
     assert (s.n_train, s.n_pool, s.n_test) == (6, 30, 10)
@@ -228,7 +265,8 @@ def test_with_a_label_fraction_the_correction_keeps_the_k_fold_overlap() -> None
 
 @pytest.mark.parametrize("tune_first", [False, True])
 def test_a_factor_budget_follows_the_run_recipes_median_time_per_fold(
-        tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch, tune_first: bool) -> None:
+    tmp_path: Path, make_h5, monkeypatch: pytest.MonkeyPatch, tune_first: bool
+) -> None:
     """``--budget 4x``: 4 x the run recipe's median wall time over the folds so far, so a fold whose run recipe
     stopped early does not starve the tuning recipe; the run recipes of a fold run first, whatever the order
     of the recipes (the first recipe stays the baseline)."""
@@ -255,6 +293,13 @@ def test_a_factor_budget_follows_the_run_recipes_median_time_per_fold(
     tune_yaml = tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="t", n_trials=1)
     recipes = [parse_recipe(f"a={_recipe(tmp_path, 'a', 1)}"), parse_recipe(f"t={tune_yaml}")]
     recipes = recipes[::-1] if tune_first else recipes
-    run_evaluation(h5, recipes, out=tmp_path / "ev", repeats=1, folds=3, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                   budget=Budget(factor=4.0))
+    run_evaluation(
+        h5,
+        recipes,
+        out=tmp_path / "ev",
+        repeats=1,
+        folds=3,
+        ws=Workspace.of(f"sqlite:///{tmp_path / 'm.db'}"),
+        budget=Budget(factor=4.0),
+    )
     assert budgets == [400.0, 4 * 55.0, 4 * 40.0]  # medians of [100], [100, 10], [100, 10, 40]

@@ -1,4 +1,5 @@
 """Classification metrics against hand-computed values and scikit-learn."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,11 @@ def test_hand_computed_three_classes():
     m = classification_metrics(y, _one_hot_probs(pred, 3), ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["recall_a"] == pytest.approx(2 / 3) and m["recall_b"] == pytest.approx(1 / 2) and m["recall_c"] == 1.0
-    assert m["precision_a"] == 1.0 and m["precision_b"] == pytest.approx(1 / 2) and m["precision_c"] == pytest.approx(1 / 2)
+    assert (
+        m["precision_a"] == 1.0
+        and m["precision_b"] == pytest.approx(1 / 2)
+        and m["precision_c"] == pytest.approx(1 / 2)
+    )
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
     np.testing.assert_allclose(m["confusion"], [[2 / 3, 1 / 3, 0], [0, 0.5, 0.5], [0, 0, 1]])
     np.testing.assert_array_equal(m["confusion_counts"], [[2, 1, 0], [0, 1, 1], [0, 0, 1]])
@@ -90,13 +95,16 @@ def test_prefixed_names_and_tables():
     np.testing.assert_allclose(class_recall(val, "val"), np.ones(10))
 
 
-@pytest.mark.parametrize("y, probs, match", [
-    (np.array([0.5, 1.0]), np.ones((2, 10)) / 10, "integer"),
-    (np.array([0, 1]), np.ones((3, 10)) / 10, "n_images"),
-    (np.array([0, 12]), np.ones((2, 10)) / 10, "0..9"),
-    (np.array([0, 1]), np.full((2, 10), np.nan), "NaN"),
-    (np.array([], dtype=int), np.ones((0, 10)), "n_images"),
-])
+@pytest.mark.parametrize(
+    "y, probs, match",
+    [
+        (np.array([0.5, 1.0]), np.ones((2, 10)) / 10, "integer"),
+        (np.array([0, 1]), np.ones((3, 10)) / 10, "n_images"),
+        (np.array([0, 12]), np.ones((2, 10)) / 10, "0..9"),
+        (np.array([0, 1]), np.full((2, 10), np.nan), "NaN"),
+        (np.array([], dtype=int), np.ones((0, 10)), "n_images"),
+    ],
+)
 def test_bad_inputs(y, probs, match):
     with pytest.raises(DataError, match=match):
         classification_metrics(y, probs)

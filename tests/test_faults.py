@@ -13,6 +13,7 @@ re-run) and that re-running the same command completes the work with exactly one
 trial / candidate. Every subprocess runs in its own session and is killed (process group) in a
 ``finally``; every wait has a timeout.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,9 +66,15 @@ def write_tune_yaml(path: Path, *, name: str, n_trials: int, epochs: int) -> Pat
 def cli_env(root: Path, **extra: str) -> dict[str, str]:
     """The environment of a ``galaxy10`` subprocess: cache, tracking store and temp folder under ``root``."""
     (root / "tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-           "GALAXY10_CACHE": str(root / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(root / "tmp")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+        "GALAXY10_CACHE": str(root / "cache"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TMPDIR": str(root / "tmp"),
+    }
     env.update(extra)
     return env
 
@@ -116,8 +123,9 @@ def default_sigint() -> None:
 
 
 @contextlib.contextmanager
-def galaxy10(args: list[str], *, cwd: Path, env: dict[str, str], name: str,
-             pause_marker: Path | None = None) -> Iterator[Command]:
+def galaxy10(
+    args: list[str], *, cwd: Path, env: dict[str, str], name: str, pause_marker: Path | None = None
+) -> Iterator[Command]:
     """Start ``python -m experiments.cli ARGS``; whatever happens, its process group is killed on exit.
 
     With ``pause_marker`` the command runs through :data:`PAUSE_AFTER_FIRST_CANDIDATE`: it stops for
@@ -125,11 +133,22 @@ def galaxy10(args: list[str], *, cwd: Path, env: dict[str, str], name: str,
     signal sent once the marker exists always lands mid-comparison, however fast or slow the machine.
     """
     out, err = cwd / f"{name}.out", cwd / f"{name}.err"
-    argv = ([sys.executable, "-m", "experiments.cli", *args] if pause_marker is None
-            else [sys.executable, "-c", PAUSE_AFTER_FIRST_CANDIDATE, str(pause_marker), *args])
+    argv = (
+        [sys.executable, "-m", "experiments.cli", *args]
+        if pause_marker is None
+        else [sys.executable, "-c", PAUSE_AFTER_FIRST_CANDIDATE, str(pause_marker), *args]
+    )
     with out.open("wb") as fout, err.open("wb") as ferr:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, preexec_fn=default_sigint,
-                                stdout=fout, stderr=ferr, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            preexec_fn=default_sigint,
+            stdout=fout,
+            stderr=ferr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     cmd = Command(proc, out, err)
     try:
         yield cmd
@@ -162,8 +181,11 @@ def slow_epochs(env: dict[str, str], root: Path, seconds: float) -> dict[str, st
     hooks = root / "hooks"
     hooks.mkdir(exist_ok=True)
     (hooks / "sitecustomize.py").write_text(SLOW_EPOCHS)
-    return {**env, "PYTHONPATH": os.pathsep.join([str(hooks), env["PYTHONPATH"]]),
-            "GALAXY10_TEST_EPOCH_SECONDS": str(seconds)}
+    return {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(hooks), env["PYTHONPATH"]]),
+        "GALAXY10_TEST_EPOCH_SECONDS": str(seconds),
+    }
 
 
 #: ``python -c`` program: the CLI with ``log_ensemble_model`` wrapped so that the first call
@@ -215,7 +237,9 @@ def running_trial_with_epoch(db: Path, study: str) -> tuple[int, str] | None:
                 "SELECT t.number, a.value_json FROM trials t JOIN studies s ON s.study_id = t.study_id "
                 "JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
                 "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'mlflow_run_id' "
-                "WHERE t.state = 'RUNNING' AND s.study_name = ? LIMIT 1", (study,)).fetchone()
+                "WHERE t.state = 'RUNNING' AND s.study_name = ? LIMIT 1",
+                (study,),
+            ).fetchone()
     except sqlite3.Error:  # tables not created yet, or a writer holds the lock
         return None
     return (int(row[0]), json.loads(row[1])) if row else None
@@ -223,8 +247,9 @@ def running_trial_with_epoch(db: Path, study: str) -> tuple[int, str] | None:
 
 def temp_files(root: Path) -> list[str]:
     """Files left by :func:`core.files.atomic_path` (``.<name>.<random><suffix>``) anywhere under ``root``."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
-                  if p.is_file() and re.search(r"\.(tmp|keras)$", p.name))
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob(".*") if p.is_file() and re.search(r"\.(tmp|keras)$", p.name)
+    )
 
 
 def ours(folder: Path) -> set[str]:
@@ -243,8 +268,7 @@ def error_lines(err: str) -> list[str]:
 def study_children(client: MlflowClient, experiment: str, study: str) -> tuple[list, list]:
     """(parent runs, trial child runs) of ``study`` in ``experiment``."""
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`optuna.study` = '{study}'",
-                              max_results=1000)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`optuna.study` = '{study}'", max_results=1000)
     parents = [r for r in runs if r.data.tags.get("optuna.role") == "study"]
     # trial runs only: the study's refit of its best trial (issue 13) is a child run too
     children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags and r.data.tags.get("optuna.role") != "refit"]
@@ -271,16 +295,19 @@ def assert_one_run_per_trial(study: optuna.Study, client: MlflowClient, experime
 
 
 @pytest.mark.slow  # two spawned TensorFlow workers, three tiny trials, then a re-run
-def test_sigkilled_tune_worker_fails_its_trial_and_the_rerun_adds_no_duplicates(tiny_h5: Path,
-                                                                                tmp_path: Path) -> None:
+def test_sigkilled_tune_worker_fails_its_trial_and_the_rerun_adds_no_duplicates(tiny_h5: Path, tmp_path: Path) -> None:
     config = write_tune_yaml(tmp_path / "tune.yaml", name="kw", n_trials=2, epochs=6)
     args = ["tune", "--config", str(config), "--data", str(tiny_h5), "--workers", "2"]
     env = cli_env(tmp_path)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     with galaxy10(args, cwd=tmp_path, env=slow_epochs(env, tmp_path, 1.0), name="tune1") as cmd:
         pids = wait_for(lambda: worker_pids(cmd.stderr()), 180, "worker pids in the log", cmd)
-        number, run_id = wait_for(lambda: running_trial_with_epoch(tmp_path / "optuna.db", "kw"), 180,
-                                  "RUNNING trial with a reported epoch", cmd)
+        number, run_id = wait_for(
+            lambda: running_trial_with_epoch(tmp_path / "optuna.db", "kw"),
+            180,
+            "RUNNING trial with a reported epoch",
+            cmd,
+        )
         worker = int(client.get_run(run_id).data.tags["optuna.worker"])
         os.kill(pids[worker], signal.SIGKILL)
         code = cmd.wait(300)
@@ -288,8 +315,9 @@ def test_sigkilled_tune_worker_fails_its_trial_and_the_rerun_adds_no_duplicates(
     # The surviving worker fails the stale trial, retries its parameters and finishes the study;
     # the command still says a worker died and exits 1.
     assert code == 1, err[-3000:]
-    assert (f"note: worker {worker} died (killed by SIGKILL; its trial fails once its heartbeat is stale and "
-            "is retried)") in out
+    assert (
+        f"note: worker {worker} died (killed by SIGKILL; its trial fails once its heartbeat is stale and is retried)"
+    ) in out
     assert "Traceback" not in err
     study = optuna.load_study(study_name="kw", storage="sqlite:///optuna.db")
     killed = study.trials[number]
@@ -329,8 +357,9 @@ def test_tracking_server_killed_mid_study(tiny_h5: Path, tmp_path: Path) -> None
         # Run 1, no client retries: the outage fails the command with one line, no traceback.
         env = cli_env(tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
         with galaxy10(args, cwd=tmp_path, env=slow_epochs(env, tmp_path, 1.0), name="tune1") as cmd:
-            number, run_id = wait_for(lambda: running_trial_with_epoch(db, "srv"), 240,
-                                      "RUNNING trial with a reported epoch", cmd)
+            number, run_id = wait_for(
+                lambda: running_trial_with_epoch(db, "srv"), 240, "RUNNING trial with a reported epoch", cmd
+            )
             server.stop(signal.SIGKILL)
             code = cmd.wait(180)
         err = cmd.stderr()
@@ -338,7 +367,8 @@ def test_tracking_server_killed_mid_study(tiny_h5: Path, tmp_path: Path) -> None
         assert error_lines(err) == [
             f"galaxy10: error: MLflow tracking server {server.uri} is unreachable (connection refused, after the "
             "client's retries); start it again or fix --tracking-uri / MLFLOW_TRACKING_URI, then re-run the same "
-            "command to continue"]
+            "command to continue"
+        ]
         assert err.rstrip().splitlines()[-1].startswith("galaxy10: error:") and "Traceback" not in err
         assert optuna.load_study(study_name="srv", storage=f"sqlite:///{db}").trials[number].state == TrialState.FAIL
 
@@ -348,8 +378,12 @@ def test_tracking_server_killed_mid_study(tiny_h5: Path, tmp_path: Path) -> None
 
         # Run 2 (the same command), with the client's retries: the server is killed and restarted
         # mid-trial again, and the command rides it out.
-        env = cli_env(tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="7", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
-                      MLFLOW_HTTP_REQUEST_TIMEOUT="30")
+        env = cli_env(
+            tmp_path,
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES="7",
+            MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+            MLFLOW_HTTP_REQUEST_TIMEOUT="30",
+        )
         with galaxy10(args, cwd=tmp_path, env=slow_epochs(env, tmp_path, 1.0), name="tune2") as cmd:
             wait_for(lambda: running_trial_with_epoch(db, "srv"), 240, "RUNNING trial with a reported epoch", cmd)
             server.stop(signal.SIGKILL)
@@ -381,12 +415,12 @@ def _write_then_fail(path: Path) -> None:
     raise ENOSPC
 
 
-def test_full_disk_during_the_preprocessing_cache(tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_disk_during_the_preprocessing_cache(
+    tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pipelines import preprocess
 
-    args = ["-q", "train", "--config", str(SMOKE), "--data", str(tiny_h5), "--set", "train.epochs=1",
-            "--no-log-model"]
+    args = ["-q", "train", "--config", str(SMOKE), "--data", str(tiny_h5), "--set", "train.epochs=1", "--no-log-model"]
     cache = tmp_path / "cache"
     calls: list[Path] = []
 
@@ -399,8 +433,10 @@ def test_full_disk_during_the_preprocessing_cache(tiny_h5: Path, tmp_path: Path,
         assert cli_main(args) == 2
     err = capsys.readouterr().err
     target = preprocess.cache_path_for(_fingerprint(tiny_h5), 48, None, cache)
-    assert error_lines(err) == [f"galaxy10: error: cannot write the image cache {target} (No space left on device); "
-                                f"free space in {cache} or point GALAXY10_CACHE at a folder with room"]
+    assert error_lines(err) == [
+        f"galaxy10: error: cannot write the image cache {target} (No space left on device); "
+        f"free space in {cache} or point GALAXY10_CACHE at a folder with room"
+    ]
     assert "Traceback" not in err and len(calls) == 1
     assert calls[0].parent == cache and not calls[0].exists()  # the temporary file was removed
     assert not list(cache.glob("resized_*")) and temp_files(tmp_path) == []
@@ -418,8 +454,9 @@ def _fingerprint(path: Path) -> str:
     return data_fingerprint(path)
 
 
-def test_full_disk_during_data_synth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_disk_during_data_synth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["-q", "data", "synth", "--n", "40", "--size", "32", "--workers", "1", "--seed", "3"]
     writes = []
     real_setitem = h5py.Dataset.__setitem__
@@ -435,8 +472,10 @@ def test_full_disk_during_data_synth(tmp_path: Path, monkeypatch: pytest.MonkeyP
         mp.setattr(h5py.Dataset, "__setitem__", fills_up)
         assert cli_main([*args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert error_lines(err) == [f"galaxy10: error: cannot write {out} (No space left on device); check the free "
-                                f"space and permissions of {out.parent} or choose another --out"]
+    assert error_lines(err) == [
+        f"galaxy10: error: cannot write {out} (No space left on device); check the free "
+        f"space and permissions of {out.parent} or choose another --out"
+    ]
     assert writes == ["/images", "/images"] and "Traceback" not in err
     assert list(out.parent.iterdir()) == []  # no temporary file, no partial target
 
@@ -463,8 +502,12 @@ def tiny_disk_ok(tmp_path_factory: pytest.TempPathFactory) -> bool:
     probe = tmp_path_factory.mktemp("probe")
     if shutil.which("unshare") is None:
         pytest.skip("no `unshare` to make a private mount namespace for a real tiny file system")
-    done = subprocess.run([*_unshare_prefix(), "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs '{probe}'"],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*_unshare_prefix(), "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs '{probe}'"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a private mount namespace here ({done.stderr.strip()[:200]})")
     return True
@@ -472,10 +515,13 @@ def tiny_disk_ok(tmp_path_factory: pytest.TempPathFactory) -> bool:
 
 def on_tiny_disk(disk: Path, command: str, *, cwd: Path, env: dict[str, str]) -> tuple[int, str, list[str]]:
     """Run ``command`` (sh) with a 1 MiB tmpfs mounted on ``disk``; return (exit code, stderr, files left)."""
-    script = (f"mount -t tmpfs -o size=1m tmpfs '{disk}' || exit 99\n{command}\ncode=$?\n"
-              f"echo '--- left:'\ncd '{disk}' && find . -type f | sort\nexit $code\n")
-    done = subprocess.run([*_unshare_prefix(), "sh", "-c", script], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs '{disk}' || exit 99\n{command}\ncode=$?\n"
+        f"echo '--- left:'\ncd '{disk}' && find . -type f | sort\nexit $code\n"
+    )
+    done = subprocess.run(
+        [*_unshare_prefix(), "sh", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode != 99, done.stderr
     left = done.stdout.split("--- left:\n", 1)[1].split()
     return done.returncode, done.stderr, left
@@ -489,23 +535,30 @@ def test_a_real_full_disk(tiny_disk_ok: bool, tiny_h5: Path, tmp_path: Path) -> 
     disk.mkdir()
     py = f"'{sys.executable}' -m experiments.cli -q"
     env = cli_env(tmp_path, GALAXY10_CACHE=str(disk / "cache"))
-    code, err, left = on_tiny_disk(disk, f"{py} data synth --n 400 --size 64 --workers 1 --out '{disk}/x.h5'",
-                                   cwd=tmp_path, env=env)
+    code, err, left = on_tiny_disk(
+        disk, f"{py} data synth --n 400 --size 64 --workers 1 --out '{disk}/x.h5'", cwd=tmp_path, env=env
+    )
     assert code == 2, err[-3000:]
     # since issue 11 the file's size is estimated against the free space first (the write-path ENOSPC is
     # simulated in test_full_disk_during_data_synth)
-    assert error_lines(err) == [f"galaxy10: error: --n 400 images of 64 px need about 3.6 MiB but {disk} has "
-                                "1.0 MiB free; render fewer or smaller images, or choose another --out"]
+    assert error_lines(err) == [
+        f"galaxy10: error: --n 400 images of 64 px need about 3.6 MiB but {disk} has "
+        "1.0 MiB free; render fewer or smaller images, or choose another --out"
+    ]
     assert "Traceback" not in err and left == []
 
-    code, err, left = on_tiny_disk(disk, f"{py} train --config '{SMOKE}' --data '{tiny_h5}' --set train.epochs=1",
-                                   cwd=tmp_path, env=env)
+    code, err, left = on_tiny_disk(
+        disk, f"{py} train --config '{SMOKE}' --data '{tiny_h5}' --set train.epochs=1", cwd=tmp_path, env=env
+    )
     assert code == 2, err[-3000:]
     [line] = error_lines(err)
     cache = re.escape(str(disk / "cache"))
-    assert re.fullmatch(rf"galaxy10: error: cannot write the image cache {cache}/resized_\w+_s48_nocrop_v1\.npy "
-                        rf"\(No space left on device\); free space in {cache} or point GALAXY10_CACHE at a "
-                        "folder with room", line), line
+    assert re.fullmatch(
+        rf"galaxy10: error: cannot write the image cache {cache}/resized_\w+_s48_nocrop_v1\.npy "
+        rf"\(No space left on device\); free space in {cache} or point GALAXY10_CACHE at a "
+        "folder with room",
+        line,
+    ), line
     assert "Traceback" not in err
     assert [f for f in left if "resized" in f or f.endswith(".tmp")] == []
 
@@ -521,23 +574,36 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
 
 
 @pytest.mark.slow  # needs the tiny study (three trainings) and a comparison run
-def test_full_disk_during_the_embedding_cache(tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_disk_during_the_embedding_cache(
+    tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ensembles.embeddings import CNNEmbedder
     from experiments.ensembling.members import load_study_data, study_members
     from experiments.tracking.loading import load_model_bundle
     from experiments.tracking.runs import find_runs
 
     config = tmp_path / "ens.yaml"
-    config.write_text(yaml.safe_dump({"mode": "val_cv", "cv_folds": 3, "vote": {"top_k": 1, "weighted": None},
-                                      "second_stage": {"logreg": {}}}))
-    args = ["-q", "ensemble", "--study", "tiny", "--config", str(config), "--storage", tiny_study.storage,
-            "--tracking-uri", tiny_study.tracking_uri]
+    config.write_text(
+        yaml.safe_dump(
+            {"mode": "val_cv", "cv_folds": 3, "vote": {"top_k": 1, "weighted": None}, "second_stage": {"logreg": {}}}
+        )
+    )
+    args = [
+        "-q",
+        "ensemble",
+        "--study",
+        "tiny",
+        "--config",
+        str(config),
+        "--storage",
+        tiny_study.storage,
+        "--tracking-uri",
+        tiny_study.tracking_uri,
+    ]
     client = MlflowClient(tiny_study.tracking_uri)
 
     def comparisons() -> set[str]:
-        return {r.run_id for r in find_runs({"ensemble.role": "comparison"},
-                                            tracking_uri=tiny_study.tracking_uri)}
+        return {r.run_id for r in find_runs({"ensemble.role": "comparison"}, ws=tiny_study.ws)}
 
     before = comparisons()
 
@@ -552,9 +618,12 @@ def test_full_disk_during_the_embedding_cache(tiny_study: TinyStudy, tmp_path: P
     [line] = error_lines(err)
     folder = tmp_path / "cache" / "embeddings"
     where = re.escape(str(folder))
-    assert re.fullmatch(rf"galaxy10: error: cannot write the embedding cache {where}/(\w+)/val-\w+-tta0-\w+\.npz "
-                        rf"\(No space left on device\); free space in {where}/\1 or point GALAXY10_CACHE at a folder "
-                        "with room", line), line
+    assert re.fullmatch(
+        rf"galaxy10: error: cannot write the embedding cache {where}/(\w+)/val-\w+-tta0-\w+\.npz "
+        rf"\(No space left on device\); free space in {where}/\1 or point GALAXY10_CACHE at a folder "
+        "with room",
+        line,
+    ), line
     assert "Traceback" not in err
     assert [p for p in folder.rglob("*") if p.is_file()] == [] and temp_files(tmp_path) == []
     assert comparisons() == before  # it failed before the comparison run was opened
@@ -562,19 +631,23 @@ def test_full_disk_during_the_embedding_cache(tiny_study: TinyStudy, tmp_path: P
     assert cli_main(args) == 0
     new = comparisons() - before
     assert len(new) == 1
-    children = client.search_runs([client.get_run(next(iter(new))).info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{next(iter(new))}'")
+    children = client.search_runs(
+        [client.get_run(next(iter(new))).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{next(iter(new))}'",
+    )
     assert sorted(c.info.run_name for c in children) == ["cnn-best", "gbm-logreg"]
     assert {c.info.status for c in children} == {"FINISHED"}
     [cached] = [p for p in folder.rglob("*") if p.is_file()]
     assert temp_files(tmp_path) == []
     # The cache written by the re-run holds what a clean computation gives.
-    members = study_members("tiny", storage_url=tiny_study.storage,
-                            tracking_uri=tiny_study.tracking_uri, top_k=1)
+    members = study_members("tiny", ws=tiny_study.ws, top_k=1)
     data = load_study_data(members, None)
     model = load_model_bundle(members.best.model_uri).model
-    fresh = CNNEmbedder(model, model_id=members.best.run_id, cache_dir=False).fit().embed(
-        data.images, data.val, split="val", data_fingerprint=data.fingerprint)
+    fresh = (
+        CNNEmbedder(model, model_id=members.best.run_id, cache_dir=False)
+        .fit()
+        .embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint)
+    )
     with np.load(cached) as f:
         np.testing.assert_allclose(f["embeddings"], fresh.embeddings, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(f["probs"], fresh.probs, rtol=1e-5, atol=1e-6)
@@ -589,10 +662,28 @@ CANDIDATES = ["cnn-best", "gbm-logreg", "vote-crossfit2", "vote-top2"]
 @pytest.mark.slow  # three real `galaxy10 ensemble` commands (TensorFlow start-up, 2-fold cross-fitting)
 def test_interrupted_ensemble(tiny_study: TinyStudy, tmp_path: Path) -> None:
     config = tmp_path / "ens.yaml"
-    config.write_text(yaml.safe_dump({"mode": "crossfit", "cv_folds": 3, "crossfit": {"folds": 2},
-                                      "vote": {"top_k": 2, "weighted": None}, "second_stage": {"logreg": {}}}))
-    args = ["ensemble", "--study", "tiny", "--config", str(config), "--storage", tiny_study.storage,
-            "--tracking-uri", tiny_study.tracking_uri]
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "crossfit",
+                "cv_folds": 3,
+                "crossfit": {"folds": 2},
+                "vote": {"top_k": 2, "weighted": None},
+                "second_stage": {"logreg": {}},
+            }
+        )
+    )
+    args = [
+        "ensemble",
+        "--study",
+        "tiny",
+        "--config",
+        str(config),
+        "--storage",
+        tiny_study.storage,
+        "--tracking-uri",
+        tiny_study.tracking_uri,
+    ]
     env = cli_env(tmp_path, MLFLOW_TRACKING_URI=tiny_study.tracking_uri)
     client = MlflowClient(tiny_study.tracking_uri)
     experiment = client.get_experiment_by_name("galaxy10-smoke").experiment_id
@@ -635,8 +726,11 @@ def test_interrupted_ensemble(tiny_study: TinyStudy, tmp_path: Path) -> None:
     err = cmd.stderr()
     assert code == 130, err[-3000:]
     assert err.rstrip().splitlines()[-1] == "galaxy10: interrupted" and "Traceback" not in err
-    assert re.search(rf"ensemble comparison run {killed} of study tiny was left RUNNING by process \d+, which is "
-                     "gone; marked it and its unfinished candidate runs FAILED", err)
+    assert re.search(
+        rf"ensemble comparison run {killed} of study tiny was left RUNNING by process \d+, which is "
+        "gone; marked it and its unfinished candidate runs FAILED",
+        err,
+    )
     assert client.get_run(killed).info.status == "FAILED"
     assert {c.info.status for c in children(killed)} <= {"FINISHED", "FAILED"}
     assert all(c.data.tags.get("ensemble.fail_reason") for c in children(killed) if c.info.status == "FAILED")
@@ -682,8 +776,13 @@ def test_temp_file_of_a_sigkilled_writer_is_removed_by_the_next_write(tmp_path: 
     from core.files import atomic_path
 
     target = tmp_path / "cache" / "images.npy"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], cwd=REPO, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         tmp = Path(proc.stdout.readline().strip())  # the writer is now inside the block
         assert tmp.is_file() and tmp.parent == target.parent

@@ -7,6 +7,7 @@ must either succeed (and then return well-formed data) or raise :class:`core.err
 no other exception type, no crash, no hang. A hard watchdog (``faulthandler``) ends the run with a
 traceback if one example hangs. The example budget is small and fixed, so the run is bounded.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -29,8 +30,12 @@ from pipelines.reader import Galaxy10File, validate_galaxy10
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: One example that takes longer than this is a hang: dump every thread's stack and exit.
 WATCHDOG_S = 120
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(autouse=True)
@@ -59,18 +64,19 @@ def mutated(valid: bytes) -> st.SearchStrategy[bytes]:
     @st.composite
     def build(draw: st.DrawFn) -> bytes:
         data = bytearray(valid)
-        for pos, value in draw(st.lists(st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)),
-                                        min_size=0, max_size=12)):
+        for pos, value in draw(
+            st.lists(st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)), min_size=0, max_size=12)
+        ):
             data[pos % len(data)] = value
         edit = draw(st.sampled_from(["none", "delete", "insert", "truncate"]))
         if edit == "delete" and len(data) > 2:
             a = draw(st.integers(0, len(data) - 2))
-            del data[a:a + draw(st.integers(1, 64))]
+            del data[a : a + draw(st.integers(1, 64))]
         elif edit == "insert":
             a = draw(st.integers(0, len(data)))
             data[a:a] = draw(st.binary(min_size=1, max_size=64))
         elif edit == "truncate":
-            data = data[:draw(st.integers(0, len(data) - 1))]
+            data = data[: draw(st.integers(0, len(data) - 1))]
         return bytes(data)
 
     return build()

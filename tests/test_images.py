@@ -4,6 +4,7 @@ The reference conversions are written out here independently of ``pipelines.imag
 values divide by 257, 8-bit modes go through Pillow's own RGB conversion, grayscale is repeated
 over three channels. The same decoder serves ``data import``, ``predict`` and the web page.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,22 +42,30 @@ CASES = {
     "L": lambda: (Image.fromarray(GRAY8, "L"), _gray(GRAY8)),
     "LA": lambda: (Image.fromarray(np.stack([GRAY8, 255 - GRAY8], -1), "LA"), _gray(GRAY8)),
     "P": lambda: (Image.fromarray(RGB8).convert("P"), np.asarray(Image.fromarray(RGB8).convert("P").convert("RGB"))),
-    "PA": lambda: (Image.fromarray(RGB8).convert("P").convert("PA"),
-                   np.asarray(Image.fromarray(RGB8).convert("P").convert("RGB"))),
+    "PA": lambda: (
+        Image.fromarray(RGB8).convert("P").convert("PA"),
+        np.asarray(Image.fromarray(RGB8).convert("P").convert("RGB")),
+    ),
     "RGB": lambda: (Image.fromarray(RGB8), RGB8),
     "RGBA": lambda: (Image.fromarray(np.concatenate([RGB8, GRAY8[..., None]], -1), "RGBA"), RGB8),
-    "CMYK": lambda: (Image.fromarray(RGB8).convert("CMYK"), np.asarray(Image.fromarray(RGB8).convert("CMYK")
-                                                                       .convert("RGB"))),
-    "YCbCr": lambda: (Image.fromarray(RGB8).convert("YCbCr"), np.asarray(Image.fromarray(RGB8).convert("YCbCr")
-                                                                         .convert("RGB"))),
+    "CMYK": lambda: (
+        Image.fromarray(RGB8).convert("CMYK"),
+        np.asarray(Image.fromarray(RGB8).convert("CMYK").convert("RGB")),
+    ),
+    "YCbCr": lambda: (
+        Image.fromarray(RGB8).convert("YCbCr"),
+        np.asarray(Image.fromarray(RGB8).convert("YCbCr").convert("RGB")),
+    ),
     "I;16": lambda: (_image_16("I;16"), _ref16(GRAY16)),
     "I;16L": lambda: (_image_16("I;16L"), _ref16(GRAY16)),
     "I;16B": lambda: (_image_16("I;16B"), _ref16(GRAY16)),
     "I;16N": lambda: (_image_16("I;16N"), _ref16(GRAY16)),
     "I (16-bit values)": lambda: (Image.fromarray(GRAY16.astype(np.int32), "I"), _ref16(GRAY16)),
     "I (8-bit values)": lambda: (Image.fromarray(GRAY8.astype(np.int32), "I"), _gray(GRAY8)),
-    "I (negative values)": lambda: (Image.fromarray(GRAY8.astype(np.int32) - 1000, "I"),
-                                    _gray(np.rint((GRAY8.astype(float) - GRAY8.min()) * 255 / np.ptp(GRAY8)))),
+    "I (negative values)": lambda: (
+        Image.fromarray(GRAY8.astype(np.int32) - 1000, "I"),
+        _gray(np.rint((GRAY8.astype(float) - GRAY8.min()) * 255 / np.ptp(GRAY8))),
+    ),
     "F (0..1)": lambda: (Image.fromarray(GRAY8.astype(np.float32) / 255, "F"), _gray(GRAY8)),
     "F (0..255)": lambda: (Image.fromarray(GRAY8.astype(np.float32), "F"), _gray(GRAY8)),
 }
@@ -110,8 +119,12 @@ def test_import_predict_and_the_page_share_the_decoder(tmp_path: Path, capsys: p
         rows.append(f"g{i}.png,{i % 2}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "g.h5"
-    assert cli_main(["data", "import", str(folder), "--labels", str(folder / "labels.csv"), "--size", "20",
-                     "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (
+        cli_main(
+            ["data", "import", str(folder), "--labels", str(folder / "labels.csv"), "--size", "20", "--out", str(out)]
+        )
+        == 0
+    ), capsys.readouterr().err
     with Galaxy10File(out) as f:
         images = f.images()
     # 24x20 centre-cropped to 20x20 (no resize): rows 2..21

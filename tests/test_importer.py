@@ -1,4 +1,5 @@
 """pipelines.importer and ``galaxy10 data import``: real ring set, class rules, bad files, resizing."""
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,25 @@ def make_folder(root: Path, labels: list, *, size: int = 20, extra: dict | None 
 
 # --- the real DECaLS ring set ---------------------------------------------------------------------
 
+
 def test_import_real_ring_set(realsamples: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = realsamples / RINGS
     out = tmp_path / "data" / "rings.h5"
-    rc = main(["data", "import", str(folder), "--labels", str(folder / "catalog.csv"),
-               "--label-column", "ring", "--out", str(out), "--size", "64"])
+    rc = main(
+        [
+            "data",
+            "import",
+            str(folder),
+            "--labels",
+            str(folder / "catalog.csv"),
+            "--label-column",
+            "ring",
+            "--out",
+            str(out),
+            "--size",
+            "64",
+        ]
+    )
     assert rc == 0
     assert f"imported 470 images (64 px, custom classes) into {out}" in capsys.readouterr().out
     info = validate_galaxy10(out)
@@ -66,8 +81,9 @@ def test_import_real_ring_set(realsamples: Path, tmp_path: Path, capsys: pytest.
     assert list(tmp_path.joinpath("data").iterdir()) == [out]  # no temp file left
 
 
-def test_ring_set_with_class_names_and_skip_bad(realsamples: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_ring_set_with_class_names_and_skip_bad(
+    realsamples: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     src = realsamples / RINGS
     catalog = pd.read_csv(src / "catalog.csv")
     few = pd.concat([catalog[catalog.ring == 0].head(3), catalog[catalog.ring == 1].head(3)])
@@ -79,13 +95,27 @@ def test_ring_set_with_class_names_and_skip_bad(realsamples: Path, tmp_path: Pat
     (folder / "images_256" / "text.png").write_text("not an image")
     good = (folder / few["file"].iloc[0]).read_bytes()
     (folder / "images_256" / "cut.png").write_bytes(good[: len(good) // 3])
-    bad_rows = pd.DataFrame({"file": ["images_256/text.png", "images_256/cut.png", "images_256/gone.png"],
-                             "ring": [0, 1, 1]})
+    bad_rows = pd.DataFrame(
+        {"file": ["images_256/text.png", "images_256/cut.png", "images_256/gone.png"], "ring": [0, 1, 1]}
+    )
     table = pd.concat([few[["file", "ring"]], bad_rows], ignore_index=True)
     table.to_csv(folder / "catalog.csv", index=False)
     out = tmp_path / "rings.h5"
-    args = ["data", "import", str(folder), "--labels", str(folder / "catalog.csv"), "--label-column",
-            "ring", "--class-names", "not_ring,ring", "--out", str(out), "--size", "32"]
+    args = [
+        "data",
+        "import",
+        str(folder),
+        "--labels",
+        str(folder / "catalog.csv"),
+        "--label-column",
+        "ring",
+        "--class-names",
+        "not_ring,ring",
+        "--out",
+        str(out),
+        "--size",
+        "32",
+    ]
 
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -105,6 +135,7 @@ def test_ring_set_with_class_names_and_skip_bad(realsamples: Path, tmp_path: Pat
 
 
 # --- class rules ----------------------------------------------------------------------------------
+
 
 def test_resolve_classes_rules() -> None:
     assert resolve_classes(["barred", "Round Smooth", "cigar"])[:2] == ("galaxy10", CLASS_NAMES)
@@ -140,16 +171,16 @@ def test_integer_labels_as_galaxy10_and_unknown_classes_named(tmp_path: Path) ->
     with pytest.raises(DataError) as err:
         import_folder(folder, csv, tmp_path / "g.h5", size=16, classes="galaxy10", progress=False)
     assert "img/g2.png: unknown class '12'" in str(err.value) and "1 of 4 rows" in str(err.value)
-    report = import_folder(folder, csv, tmp_path / "g.h5", size=16, classes="galaxy10",
-                           skip_bad=True, progress=False)
+    report = import_folder(folder, csv, tmp_path / "g.h5", size=16, classes="galaxy10", skip_bad=True, progress=False)
     assert report.n_images == 3 and report.skipped == (("img/g2.png", "unknown class '12'"),)
     with Galaxy10File(tmp_path / "g.h5") as g10:
         np.testing.assert_array_equal(g10.labels(), [3, 7, 7])
 
 
 def test_coordinates_columns_are_written(tmp_path: Path) -> None:
-    folder, csv = make_folder(tmp_path / "f", ["a", "b", "a"],
-                              extra={"RA": [10.5, 11.0, 12.25], "Dec": [-1.0, 2.0, 3.5]})
+    folder, csv = make_folder(
+        tmp_path / "f", ["a", "b", "a"], extra={"RA": [10.5, 11.0, 12.25], "Dec": [-1.0, 2.0, 3.5]}
+    )
     import_folder(folder, csv, tmp_path / "c.h5", size=16, progress=False)
     with Galaxy10File(tmp_path / "c.h5") as g10:
         ra, dec = g10.coords()
@@ -159,12 +190,14 @@ def test_coordinates_columns_are_written(tmp_path: Path) -> None:
 
 # --- errors ---------------------------------------------------------------------------------------
 
+
 def test_missing_column_names_the_columns(tmp_path: Path) -> None:
     folder, csv = make_folder(tmp_path / "f", [0, 1])
     with pytest.raises(DataError) as err:
         import_folder(folder, csv, tmp_path / "x.h5", label_column="ring", progress=False)
-    assert str(err.value) == (f"{csv} has no column 'ring' (columns: file, label); name the right ones "
-                              "with --file-column/--label-column")
+    assert str(err.value) == (
+        f"{csv} has no column 'ring' (columns: file, label); name the right ones with --file-column/--label-column"
+    )
 
 
 def test_missing_folder_and_csv(tmp_path: Path) -> None:
@@ -197,6 +230,7 @@ def test_error_lists_first_few_and_the_count(tmp_path: Path) -> None:
 
 
 # --- pixels: crop, resize, colour ----------------------------------------------------------------
+
 
 def test_centre_crop_to_square(tmp_path: Path) -> None:
     img = np.zeros((20, 30, 3), np.uint8)

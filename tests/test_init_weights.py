@@ -3,6 +3,7 @@
 Weights are copied by layer name; a mismatch of backbone or shapes fails with one line naming both models;
 the classifier starts fresh for another class set; frozen epochs leave the backbone untouched.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,15 @@ from models.head import CLASSIFIER_LAYER, EMBEDDING_LAYER, HEAD_LAYERS
 from models.weights import load_weights_file, transfer_weights
 
 RESNET = ["model.name=resnet", "model.params={depth: 10, width: 4}", "model.dense_units=8"]
-TINY = ["data.size=32", "data.crop=24", "train.epochs=2", "train.batch_size=16", "train.patience=null",
-        "augment.policy=none", "train.precision=float32"]
+TINY = [
+    "data.size=32",
+    "data.crop=24",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.patience=null",
+    "augment.policy=none",
+    "train.precision=float32",
+]
 
 
 def resnet(width: int = 4, classes: int = 10, name: str = "resnet") -> keras.Model:
@@ -30,8 +38,11 @@ def resnet(width: int = 4, classes: int = 10, name: str = "resnet") -> keras.Mod
 
 
 def backbone_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
-    return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers
-            if layer.weights and layer.name not in HEAD_LAYERS}
+    return {
+        layer.name: [np.array(w) for w in layer.get_weights()]
+        for layer in model.layers
+        if layer.weights and layer.name not in HEAD_LAYERS
+    }
 
 
 def same(a: dict, b: dict) -> bool:
@@ -45,8 +56,9 @@ def test_transfer_copies_every_backbone_layer_and_a_new_class_count_gets_a_fresh
     fresh = transfer_weights(target, source, target_desc="target", source_desc="source")
     assert fresh == [CLASSIFIER_LAYER]
     assert same(backbone_weights(source), backbone_weights(target))
-    np.testing.assert_array_equal(target.get_layer(EMBEDDING_LAYER).get_weights()[0],
-                                  source.get_layer(EMBEDDING_LAYER).get_weights()[0])
+    np.testing.assert_array_equal(
+        target.get_layer(EMBEDDING_LAYER).get_weights()[0], source.get_layer(EMBEDDING_LAYER).get_weights()[0]
+    )
 
 
 def test_same_class_count_but_other_classes_keeps_the_classifier_fresh() -> None:
@@ -54,14 +66,18 @@ def test_same_class_count_but_other_classes_keeps_the_classifier_fresh() -> None
     source, target = resnet(), resnet()
     before = target.get_layer(CLASSIFIER_LAYER).get_weights()[0].copy()
     assert transfer_weights(target, source, target_desc="t", source_desc="s", keep_classifier=False) == [
-        CLASSIFIER_LAYER]
+        CLASSIFIER_LAYER
+    ]
     np.testing.assert_array_equal(target.get_layer(CLASSIFIER_LAYER).get_weights()[0], before)
 
 
-@pytest.mark.parametrize("source_kw,match", [
-    ({"width": 8}, r"layer 'stem_conv' has weights \[\(3, 3, 3, 8\)"),
-    ({"name": "d4_cnn"}, "has no layer 'stem_conv'"),
-])
+@pytest.mark.parametrize(
+    "source_kw,match",
+    [
+        ({"width": 8}, r"layer 'stem_conv' has weights \[\(3, 3, 3, 8\)"),
+        ({"name": "d4_cnn"}, "has no layer 'stem_conv'"),
+    ],
+)
 def test_mismatched_backbones_fail_with_one_line_naming_both(source_kw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as err:
         transfer_weights(resnet(), resnet(**source_kw), target_desc="resnet(width=4)", source_desc="the source")
@@ -98,11 +114,14 @@ class Snapshot(keras.callbacks.Callback):
         self.after.append(backbone_weights(self.model))
 
 
-def test_train_starts_from_a_weights_file_and_freeze_epochs_train_only_the_head(tiny_h5: Path,
-                                                                                 tmp_path: Path) -> None:
+def test_train_starts_from_a_weights_file_and_freeze_epochs_train_only_the_head(tiny_h5: Path, tmp_path: Path) -> None:
     keras.utils.set_random_seed(1)
-    source = build_model(ModelConfig(name="resnet", params={"depth": 10, "width": 4}, dense_units=8),
-                         input_size=24, num_classes=10, precision="float32")
+    source = build_model(
+        ModelConfig(name="resnet", params={"depth": 10, "width": 4}, dense_units=8),
+        input_size=24,
+        num_classes=10,
+        precision="float32",
+    )
     source.save(tmp_path / "start.keras")
     start = backbone_weights(source)
     cfg = load_config(None, [*TINY, *RESNET, f"model.weights={tmp_path / 'start.keras'}", "train.freeze_epochs=1"])
@@ -127,16 +146,25 @@ def test_bad_starting_weights_fail_before_training(tiny_h5: Path, tmp_path: Path
         train(load_config(None, [*TINY, *RESNET, "model.init_from=0123456789abcdef0123456789abcdef"]), data=data)
     with pytest.raises(ConfigError, match="another backbone; set model.name=d4_cnn"):
         d4 = resnet(name="d4_cnn")
-        train(load_config(None, [*TINY, *RESNET, "model.init_from=x@champion"]), data=data, log_model=False,
-              model_loader=lambda ref: (d4, {"backbone": "d4_cnn", "backbone_params": {"filters": [4, 8]},
-                                             "class_names": list(data.class_names)}))
+        train(
+            load_config(None, [*TINY, *RESNET, "model.init_from=x@champion"]),
+            data=data,
+            log_model=False,
+            model_loader=lambda ref: (
+                d4,
+                {"backbone": "d4_cnn", "backbone_params": {"filters": [4, 8]}, "class_names": list(data.class_names)},
+            ),
+        )
 
 
-@pytest.mark.parametrize("sets,match", [
-    (["train.epochs=3", "train.freeze_epochs=3"], "leaves no epoch"),
-    (["model.weights=a.keras", "model.init_from=x@champion"], "keep one"),
-    (["model.init_from=''"], "model.init_from is empty"),
-])
+@pytest.mark.parametrize(
+    "sets,match",
+    [
+        (["train.epochs=3", "train.freeze_epochs=3"], "leaves no epoch"),
+        (["model.weights=a.keras", "model.init_from=x@champion"], "keep one"),
+        (["model.init_from=''"], "model.init_from is empty"),
+    ],
+)
 def test_config_checks(sets: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_config(None, sets)
@@ -153,16 +181,41 @@ def test_init_from_a_logged_run_through_the_cli(smoke_model, tmp_path: Path) -> 
     mlflow.set_tracking_uri(smoke_model.tracking_uri)
     source, _ = load_model_bundle(smoke_model.model_uri)
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
-    argv = ["-q", "train", "--config", str(smoke), "--data", str(smoke_model.data_path), "--tracking-uri",
-            smoke_model.tracking_uri, "--set", "train.epochs=2", "--set", "train.freeze_epochs=1",
-            "--set", f"model.init_from={smoke_model.run_id}", "--set", "run_name=warm-start"]
+    argv = [
+        "-q",
+        "train",
+        "--config",
+        str(smoke),
+        "--data",
+        str(smoke_model.data_path),
+        "--tracking-uri",
+        smoke_model.tracking_uri,
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.freeze_epochs=1",
+        "--set",
+        f"model.init_from={smoke_model.run_id}",
+        "--set",
+        "run_name=warm-start",
+    ]
     assert cli_main(argv) == 0
     run = mlflow.search_runs(experiment_names=["galaxy10-smoke"], filter_string="tags.mlflow.runName = 'warm-start'")
     assert len(run) == 1 and run.iloc[0]["params.model.init_from"] == smoke_model.run_id
     warm, _ = load_model_bundle(f"runs:/{run.iloc[0]['run_id']}/model")
     assert not same(backbone_weights(warm), backbone_weights(source))  # trained on after the start
-    code = cli_main([*argv[:-2], "--set", "run_name=bad", "--set", "model.name=resnet", "--set",
-                     "model.params={depth: 10, width: 4}"])
+    code = cli_main(
+        [
+            *argv[:-2],
+            "--set",
+            "run_name=bad",
+            "--set",
+            "model.name=resnet",
+            "--set",
+            "model.params={depth: 10, width: 4}",
+        ]
+    )
     assert code == 2  # a reference_cnn model cannot start a resnet: one line, no run
-    assert len(mlflow.search_runs(experiment_names=["galaxy10-smoke"],
-                                  filter_string="tags.mlflow.runName = 'bad'")) == 0
+    assert (
+        len(mlflow.search_runs(experiment_names=["galaxy10-smoke"], filter_string="tags.mlflow.runName = 'bad'")) == 0
+    )

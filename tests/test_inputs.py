@@ -1,4 +1,5 @@
 """tf.data input pipelines: crops, epochs, oversampling, reproducibility, augmentation."""
+
 from __future__ import annotations
 
 import functools
@@ -8,12 +9,7 @@ import pytest
 
 from augment.policies import augment_batch, build_policy
 from core.errors import ConfigError, DataError
-from pipelines.inputs import (
-    EpochPlanner,
-    cropped_array,
-    make_eval_dataset,
-    make_train_dataset,
-)
+from pipelines.inputs import EpochPlanner, cropped_array, make_eval_dataset, make_train_dataset
 from pipelines.preprocess import center_crop
 
 
@@ -76,8 +72,9 @@ def test_oversampling_matches_multipliers(arrays):
     planners = []
     multipliers = np.ones(10)
     multipliers[0], multipliers[4] = 3.0, 2.0
-    ds = make_train_dataset(images, labels, batch_size=64, crop=24, multipliers=multipliers, seed=1,
-                            planner_out=planners)
+    ds = make_train_dataset(
+        images, labels, batch_size=64, crop=24, multipliers=multipliers, seed=1, planner_out=planners
+    )
     _, y = _epoch(ds)
     counts = np.bincount(y, minlength=10)
     assert counts[0] == 36 and counts[4] == 24 and all(counts[k] == 12 for k in (1, 2, 3, 5, 6, 7, 8, 9))
@@ -97,8 +94,7 @@ def test_augmentation_changes_pixels_reproducibly(arrays):
     aug = functools.partial(augment_batch, build_policy("reference"))
     plain = _epoch(make_train_dataset(images, labels, batch_size=20, crop=24, seed=2))
     a1 = _epoch(make_train_dataset(images, labels, batch_size=20, crop=24, seed=2, augment_fn=aug))
-    a2 = _epoch(make_train_dataset(images, labels, batch_size=20, crop=24, seed=2, augment_fn=aug,
-                                   parallel_calls=1))
+    a2 = _epoch(make_train_dataset(images, labels, batch_size=20, crop=24, seed=2, augment_fn=aug, parallel_calls=1))
     np.testing.assert_array_equal(plain[1], a1[1])  # same order and labels
     assert np.mean(plain[0] != a1[0]) > 0.5  # pixels really changed
     np.testing.assert_array_equal(a1[0], a2[0])  # independent of thread count
@@ -115,12 +111,15 @@ def test_eval_dataset_keeps_order(arrays):
     np.testing.assert_array_equal(cropped_array(images, 24, rows), center_crop(images[rows], 24))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"crop": 64}, "larger"),
-    ({"indices": np.array([0, 500])}, "0..119"),
-    ({"indices": np.array([], dtype=int)}, "non-empty"),
-    ({"batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"crop": 64}, "larger"),
+        ({"indices": np.array([0, 500])}, "0..119"),
+        ({"indices": np.array([], dtype=int)}, "non-empty"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
 def test_bad_arguments(arrays, kwargs, match):
     images, labels = arrays
     args = {"batch_size": 8, "crop": 24, **kwargs}

@@ -1,6 +1,7 @@
 """The house rules of docs/ARCHITECTURE.md, checked: imports point down the layers (between the top-level
 packages, and between the units inside ``experiments/``), modules stay small, building the CLI's parser loads
 nothing heavy."""
+
 from __future__ import annotations
 
 import ast
@@ -25,8 +26,23 @@ ALLOWED: dict[str, set[str]] = {
 #: The units inside ``experiments/`` (a subpackage or a loose module), lowest first: a unit imports only units
 #: before it. ``training`` is one CNN run (training, fitting, evaluation, figures); ``paired`` the verdicts.
 EXPERIMENTS_ORDER: tuple[str, ...] = (
-    "names", "startup", "settings", "tracking", "training", "paired", "serving", "catalog", "pretraining",
-    "selftrain", "similarity", "tuning", "ensembling", "crossval", "reporting", "commands", "cli",
+    "names",
+    "startup",
+    "settings",
+    "tracking",
+    "training",
+    "paired",
+    "serving",
+    "catalog",
+    "pretraining",
+    "selftrain",
+    "similarity",
+    "tuning",
+    "ensembling",
+    "crossval",
+    "reporting",
+    "commands",
+    "cli",
 )
 MAX_LINES = 500
 
@@ -77,8 +93,10 @@ def _upward_imports(root: Path, order: tuple[str, ...] = EXPERIMENTS_ORDER) -> d
 
 @pytest.mark.parametrize("package", LIBRARY)
 def test_imports_point_down_the_layers(package: str) -> None:
-    bad = {str(p.relative_to(ROOT)): sorted(_imported_packages(p) - ALLOWED[package] - {package})
-           for p in _modules(package)}
+    bad = {
+        str(p.relative_to(ROOT)): sorted(_imported_packages(p) - ALLOWED[package] - {package})
+        for p in _modules(package)
+    }
     assert {k: v for k, v in bad.items() if v} == {}
 
 
@@ -100,8 +118,11 @@ def test_a_planted_upward_import_inside_experiments_fails(tmp_path: Path) -> Non
     function) is caught, and so is a unit missing from the order."""
     import shutil
 
-    shutil.copytree(ROOT / "experiments", tmp_path / "experiments",
-                    ignore=shutil.ignore_patterns("__pycache__", "configs", "templates", "static"))
+    shutil.copytree(
+        ROOT / "experiments",
+        tmp_path / "experiments",
+        ignore=shutil.ignore_patterns("__pycache__", "configs", "templates", "static"),
+    )
     assert _upward_imports(tmp_path) == {}
     planted = tmp_path / "experiments" / "settings" / "checks.py"
     planted.write_text(planted.read_text() + "\n\ndef _late():\n    from experiments.tuning import budget\n")
@@ -118,15 +139,17 @@ def test_no_library_module_is_over_500_lines() -> None:
 def test_no_import_cycle_between_modules() -> None:
     """No two platform modules import each other, directly or through others (module-level imports)."""
     graph: dict[str, set[str]] = {}
-    modules = {str(p.relative_to(ROOT).with_suffix("")).replace("/", ".").removesuffix(".__init__"): p
-               for pkg in LIBRARY for p in _modules(pkg)}
+    modules = {
+        str(p.relative_to(ROOT).with_suffix("")).replace("/", ".").removesuffix(".__init__"): p
+        for pkg in LIBRARY
+        for p in _modules(pkg)
+    }
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
         deps = set()
         for node in tree.body:  # module level only: imports inside functions run late and cannot deadlock
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                deps.update(d for d in (node.module, *(f"{node.module}.{a.name}" for a in node.names))
-                            if d in modules)
+                deps.update(d for d in (node.module, *(f"{node.module}.{a.name}" for a in node.names)) if d in modules)
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name in modules)
         graph[name] = deps - {name}
@@ -137,7 +160,7 @@ def test_no_import_cycle_between_modules() -> None:
         state[node] = 1
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                cycle.extend([*stack[stack.index(dep):], dep] if dep in stack else [node, dep])
+                cycle.extend([*stack[stack.index(dep) :], dep] if dep in stack else [node, dep])
                 return True
             if state.get(dep) is None and visit(dep, [*stack, dep]):
                 return True
@@ -150,28 +173,60 @@ def test_no_import_cycle_between_modules() -> None:
     assert cycle == []
 
 
+def test_only_the_cli_entry_sets_mlflows_process_wide_store() -> None:
+    """``mlflow.set_tracking_uri`` is called in one library function (``tracking.store.set_tracking_uri``), and
+    that function only by ``galaxy10``'s entry (``experiments/cli.py``); nothing else swaps MLflow's default."""
+    setters, callers = [], []
+    for pkg in LIBRARY:
+        for path in _modules(pkg):
+            rel = str(path.relative_to(ROOT))
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call):
+                    f = node.func
+                    name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                    owner = getattr(f.value, "id", "") if isinstance(f, ast.Attribute) else ""
+                    if name == "set_tracking_uri" and owner == "mlflow":
+                        setters.append(rel)
+                    elif name in ("set_tracking_uri", "_use_tracking_uri") and owner != "mlflow":
+                        callers.append(rel)
+    assert setters == ["experiments/tracking/store.py"]
+    assert callers == ["experiments/cli.py"]
+
+
 def test_the_cli_help_loads_no_heavy_library() -> None:
     """``galaxy10 --help`` and every subcommand's parser build without TensorFlow, albumentations, cv2 or the
     backbones (they load when a command runs)."""
-    code = ("import io, sys, contextlib\n"
-            "from experiments import cli\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    try:\n"
-            "        cli.main(['--help'])\n"
-            "    except SystemExit:\n"
-            "        pass\n"
-            "heavy = ('tensorflow', 'keras', 'albumentations', 'cv2', 'models.registry', 'mlflow', 'optuna')\n"
-            "print(sorted(m for m in heavy if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"})
+    code = (
+        "import io, sys, contextlib\n"
+        "from experiments import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        cli.main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('tensorflow', 'keras', 'albumentations', 'cv2', 'models.registry', 'mlflow', 'optuna')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_every_training_path_resolves_its_references_through_one_entry() -> None:
     """The command, the objective, the refit and the fold CNNs train through ``experiments.training.train``
     with the one set of MLflow lookups (``tracking.lookups.training_lookups``); none builds its own."""
-    paths = ["experiments/commands/train.py", "experiments/tuning/objective.py", "experiments/tuning/refit.py",
-             "experiments/ensembling/fold_cnns.py"]
+    paths = [
+        "experiments/commands/train.py",
+        "experiments/tuning/objective.py",
+        "experiments/tuning/refit.py",
+        "experiments/ensembling/fold_cnns.py",
+    ]
     for rel in paths:
         text = (ROOT / rel).read_text()
         assert "training_lookups(" in text, rel

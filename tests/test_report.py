@@ -1,4 +1,5 @@
 """Best-model reports: bootstrap intervals, atomic output, errors, and a report of a real tiny study."""
+
 from __future__ import annotations
 
 import base64
@@ -17,11 +18,7 @@ from sklearn.metrics import f1_score
 
 from core.errors import DataError
 from experiments.cli import main as cli_main
-from experiments.reporting.bootstrap import (
-    accuracy_macro_f1,
-    bootstrap_ci,
-    confusion_stack,
-)
+from experiments.reporting.bootstrap import accuracy_macro_f1, bootstrap_ci, confusion_stack
 from experiments.reporting.build import build_report
 from experiments.reporting.scoring import SCORING_RUN_NAME
 
@@ -72,8 +69,10 @@ def test_missing_tracking_db_is_one_line(capsys: pytest.CaptureFixture[str], tmp
     code = cli_main(["report", "--study", "s", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == (f"galaxy10: error: no MLflow tracking database at {tmp_path / 'none.db'}; run `galaxy10 tune` "
-                   "first or pass --tracking-uri of the store the study logged to")
+    assert err == (
+        f"galaxy10: error: no MLflow tracking database at {tmp_path / 'none.db'}; run `galaxy10 tune` "
+        "first or pass --tracking-uri of the store the study logged to"
+    )
     assert not (tmp_path / "none.db").exists()
 
 
@@ -106,8 +105,10 @@ def test_study_without_completed_trial_is_one_line(capsys: pytest.CaptureFixture
     code = cli_main(["report", "--study", "s", "--tracking-uri", uri])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0] == ("galaxy10: error: study 's' has no COMPLETE trial (1 fail, 1 pruned); finish one with "
-                      "`galaxy10 tune --study s ...` before asking for a report")
+    assert err[0] == (
+        "galaxy10: error: study 's' has no COMPLETE trial (1 fail, 1 pruned); finish one with "
+        "`galaxy10 tune --study s ...` before asking for a report"
+    )
 
 
 def test_missing_optuna_storage_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -125,15 +126,29 @@ def test_missing_optuna_storage_is_one_line(capsys: pytest.CaptureFixture[str], 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
     """A 2-trial study (smoke CNN, 48 px / crop 32) on a 200-image synthetic file, via the tuning code."""
-    with tiny_study_in(tmp_path_factory.mktemp("report_study"), n_images=200, n_trials=2,
-                       log_all_models=False, refit=True) as study:
+    with tiny_study_in(
+        tmp_path_factory.mktemp("report_study"), n_images=200, n_trials=2, log_all_models=False, refit=True
+    ) as study:
         assert study.best_run_id is not None and study.best_model_uri is not None
         yield study
 
 
 def _report(study: TinyStudy, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    code = cli_main(["report", "--study", "tiny", "--out", str(out), "--storage", study.storage,
-                     "--tracking-uri", study.tracking_uri, "--bootstrap", "300"])
+    code = cli_main(
+        [
+            "report",
+            "--study",
+            "tiny",
+            "--out",
+            str(out),
+            "--storage",
+            study.storage,
+            "--tracking-uri",
+            study.tracking_uri,
+            "--bootstrap",
+            "300",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.out
@@ -146,8 +161,7 @@ def first_report(tiny_study: TinyStudy) -> Iterator[Path]:
     with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.chdir(tiny_study.root)
         mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
-        build_report("tiny", out=out, storage_url=tiny_study.storage, tracking_uri=tiny_study.tracking_uri,
-                        n_resamples=300)
+        build_report("tiny", out=out, ws=tiny_study.ws, n_resamples=300)
         snapshot = tiny_study.root / "first_report"
         shutil.copytree(out, snapshot)
     yield snapshot
@@ -165,7 +179,7 @@ def test_report_has_every_section(tiny_study: TinyStudy, first_report: Path) -> 
     assert isinstance(numbers["best_trial"]["number"], int)
     # the SYNTHETIC banner comes first, in large type
     banner = html.index('id="synthetic-banner"')
-    assert banner < html.index("Data card") and "SYNTHETIC DATA" in html[banner:banner + 200]
+    assert banner < html.index("Data card") and "SYNTHETIC DATA" in html[banner : banner + 200]
     assert re.search(r"\.banner \.big \{[^}]*font-size: 2\.\d+rem", html)
     assert md.startswith("# ⚠ SYNTHETIC DATA")
     # data card: file, provenance, fingerprint, class counts, split sizes
@@ -173,8 +187,11 @@ def test_report_has_every_section(tiny_study: TinyStudy, first_report: Path) -> 
     assert "SYNTHETIC</span>" in html and "train 160, val 20, test 20" in html
     assert html.count('<td class="num">20</td>') >= 10  # 20 images of each class in the file
     # baseline and best CNN rows with intervals, next to the reference marked as such
-    for key, label in (("baseline", "Baseline (most frequent class)"), ("cnn", "Best CNN"),
-                       ("refit", "Refit CNN (train + validation)")):  # issue 13: the refit is scored too
+    for key, label in (
+        ("baseline", "Baseline (most frequent class)"),
+        ("cnn", "Best CNN"),
+        ("refit", "Refit CNN (train + validation)"),
+    ):  # issue 13: the refit is scored too
         m = numbers["models"][key]
         lo, hi = m["ci95"]["accuracy"]
         assert lo <= m["test"]["accuracy"] <= hi
@@ -185,13 +202,22 @@ def test_report_has_every_section(tiny_study: TinyStudy, first_report: Path) -> 
     # the refit has a column in the per-class table and a confusion matrix, like the best CNN
     table = re.search(r'<table id="recall-table">(.*?)</table>', html, re.S).group(1)
     assert re.findall(r'<th class="num">(.*?)</th>', table) == [
-        "Test images", "Baseline (most frequent class)", "Reference (reference, not the same data)", "Best CNN",
-        "Refit CNN (train + validation)"]
+        "Test images",
+        "Baseline (most frequent class)",
+        "Reference (reference, not the same data)",
+        "Best CNN",
+        "Refit CNN (train + validation)",
+    ]
     assert "confusion_refit.png" in md and (first_report / "confusion_refit.png").exists()
     assert "no ensemble comparison found for study 'tiny'" in html and "no ensemble comparison found" in md
     # figures: embedded in the HTML, written as files, referenced by the Markdown
-    for name in ("recall_per_class.png", "confusion_cnn.png", "learning_curves.png", "optimization_history.png",
-                 "misclassified.png"):
+    for name in (
+        "recall_per_class.png",
+        "confusion_cnn.png",
+        "learning_curves.png",
+        "optimization_history.png",
+        "misclassified.png",
+    ):
         data = (first_report / name).read_bytes()
         assert data.startswith(b"\x89PNG")
         assert base64.b64encode(data).decode()[:200] in html
@@ -222,19 +248,27 @@ def test_report_numbers_are_logged_to_mlflow(tiny_study: TinyStudy, first_report
         for metric in ("accuracy", "macro_f1", "balanced_accuracy"):
             assert scoring.data.metrics[f"test_{key}_{metric}"] == pytest.approx(numbers["models"][key]["test"][metric])
         assert scoring.data.metrics[f"test_{key}_accuracy_ci_low"] == pytest.approx(
-            numbers["models"][key]["ci95"]["accuracy"][0])
+            numbers["models"][key]["ci95"]["accuracy"][0]
+        )
     # the baseline is pipelines.baseline's, on the same split
     split = ensure_split(tiny_study.data)
     assert numbers["models"]["baseline"]["test"]["accuracy"] == pytest.approx(
-        score_baseline(tiny_study.data, split)["accuracy"])
+        score_baseline(tiny_study.data, split)["accuracy"]
+    )
     # test_* metrics on the best trial's own run
     best = client.get_run(tiny_study.best_run_id)
     assert best.data.metrics["test_accuracy"] == pytest.approx(numbers["models"]["cnn"]["test"]["accuracy"])
     assert best.data.tags["report.test_scoring_run"] == numbers["scoring_run_id"]
     # the report files are artifacts of the study's parent run
     logged_files = {f.path for f in client.list_artifacts(tiny_study.parent_run_id, "report")}
-    for name in ("report.html", "report.md", "report.json", "recall_per_class.png", "confusion_cnn.png",
-                 "reliability.png"):
+    for name in (
+        "report.html",
+        "report.md",
+        "report.json",
+        "recall_per_class.png",
+        "confusion_cnn.png",
+        "reliability.png",
+    ):
         assert f"report/{name}" in logged_files
     # calibration: the best trial's temperature (its run's metric) and the test ECE before/after, logged
     cal = numbers["calibration"]
@@ -252,8 +286,9 @@ def test_report_numbers_are_logged_to_mlflow(tiny_study: TinyStudy, first_report
 
 
 @pytest.mark.slow
-def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_with_an_ensemble_winner(
+    tiny_study: TinyStudy, first_report: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A comparison run tagged as ``galaxy10 ensemble`` tags it, with a registered winner, is scored and shown.
 
     The winner here is the best CNN's own Keras model registered as ``tiny-ensemble@champion``: the
@@ -262,29 +297,30 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
     from mlflow import MlflowClient
 
     from experiments.tracking.mlflow_tracker import MlflowTracker
-    from experiments.tracking.store import fluent_store
+    from experiments.tracking.model_registry import register_champion
 
     client = MlflowClient(tiny_study.tracking_uri)
     with keep_mlflow_tracking_uri(), pytest.MonkeyPatch.context() as mp:
         mp.chdir(tiny_study.root)
         mp.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
         tags = {"ensemble.role": "comparison", "optuna.study": "tiny", "ensemble.mode": "val_cv"}
-        with MlflowTracker("ens", "ensemble comparison", tracking_uri=tiny_study.tracking_uri,
-                           tags=tags) as parent:
+        with MlflowTracker("ens", "ensemble comparison", ws=tiny_study.ws, tags=tags) as parent:
             columns = "candidate,kind,val_accuracy,val_recall_disturbed,members,estimate,run_id"
-            parent.log_text(f"{columns}\nvote-top2,vote,0.5,0.25,a b,val,r1\ncnn-best,cnn,0.4,0.5,a,val,r2\n",
-                            "comparison.csv")
-            with MlflowTracker("ens", "vote-top2", tracking_uri=tiny_study.tracking_uri,
-                               parent_run_id=parent.run_id, tags={"kind": "vote", "candidate": "vote-top2"}) \
-                    as winner:
+            parent.log_text(
+                f"{columns}\nvote-top2,vote,0.5,0.25,a b,val,r1\ncnn-best,cnn,0.4,0.5,a,val,r2\n", "comparison.csv"
+            )
+            with MlflowTracker(
+                "ens",
+                "vote-top2",
+                ws=tiny_study.ws,
+                parent_run_id=parent.run_id,
+                tags={"kind": "vote", "candidate": "vote-top2"},
+            ) as winner:
                 pass
-            client.create_registered_model("tiny-ensemble")
-            with fluent_store(tiny_study.tracking_uri):  # MLflow resolves a models:/ source through its default
-                version = client.create_model_version("tiny-ensemble", tiny_study.best_model_uri,
-                                                      run_id=winner.run_id)
-            client.set_registered_model_alias("tiny-ensemble", "champion", version.version)
-            parent.set_tags({"winner.registered_model": "models:/tiny-ensemble@champion",
-                             "winner.run_id": winner.run_id})
+            register_champion(tiny_study.best_model_uri, "tiny-ensemble", run_id=winner.run_id, ws=tiny_study.ws)
+            parent.set_tags(
+                {"winner.registered_model": "models:/tiny-ensemble@champion", "winner.run_id": winner.run_id}
+            )
         out = tiny_study.root / "reports" / "with-ensemble"
         printed = _report(tiny_study, out, capsys)
     html = html_lib.unescape((out / "report.html").read_text())
@@ -296,7 +332,8 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
     assert numbers["models"]["ensemble"]["run_id"] == winner.run_id
     # the same Keras model scored from the raw file images agrees with the CNN scored from the cache
     assert numbers["models"]["ensemble"]["test"]["accuracy"] == pytest.approx(
-        numbers["models"]["cnn"]["test"]["accuracy"], abs=0.051)
+        numbers["models"]["cnn"]["test"]["accuracy"], abs=0.051
+    )
     assert (out / "confusion_ensemble.png").read_bytes().startswith(b"\x89PNG")
     # the comparison table, winner highlighted, per-class columns left to the CSV
     assert '<tr class="winner"><td class="col-candidate">vote-top2</td>' in html
@@ -304,7 +341,8 @@ def test_report_with_an_ensemble_winner(tiny_study: TinyStudy, first_report: Pat
     assert parent.run_id in html and winner.run_id in html
     assert "galaxy10 ensemble --study tiny --config experiments/configs/ensemble.yaml --set mode=val_cv" in md
     assert client.get_run(winner.run_id).data.metrics["test_accuracy"] == pytest.approx(
-        numbers["models"]["ensemble"]["test"]["accuracy"])
+        numbers["models"]["ensemble"]["test"]["accuracy"]
+    )
 
 
 IMPORTED_CLASSES = ("smooth", "featured disk", "edge-on", "rare ring")
@@ -313,10 +351,16 @@ IMPORTED_CLASSES = ("smooth", "featured disk", "edge-on", "rare ring")
 @pytest.fixture(scope="module")
 def imported_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TinyStudy, Path]]:
     """The report of a tiny study (with its refit) on an imported 4-class catalog, not Galaxy10's classes."""
-    with tiny_study_in(tmp_path_factory.mktemp("imported_study"), n_images=160, n_trials=1,
-                       log_all_models=False, refit=True, imported_classes=IMPORTED_CLASSES) as study:
+    with tiny_study_in(
+        tmp_path_factory.mktemp("imported_study"),
+        n_images=160,
+        n_trials=1,
+        log_all_models=False,
+        refit=True,
+        imported_classes=IMPORTED_CLASSES,
+    ) as study:
         out = study.root / "reports" / "imported"
-        build_report("tiny", out=out, storage_url=study.storage, tracking_uri=study.tracking_uri, n_resamples=100)
+        build_report("tiny", out=out, ws=study.ws, n_resamples=100)
         yield study, out
 
 
@@ -337,7 +381,11 @@ def test_report_on_an_imported_catalog_tells_the_truth(imported_report: tuple[Ti
         assert text not in html and text not in md, text
     table = re.search(r'<table id="recall-table">(.*?)</table>', html, re.S).group(1)
     assert re.findall(r'<th class="num">(.*?)</th>', table) == [
-        "Test images", "Baseline (most frequent class)", "Best CNN", "Refit CNN (train + validation)"]
+        "Test images",
+        "Baseline (most frequent class)",
+        "Best CNN",
+        "Refit CNN (train + validation)",
+    ]
     refit = numbers["models"]["refit"]["test"]
     for name in IMPORTED_CLASSES:
         row = re.search(rf"<tr><td>{re.escape(name)}</td>(.*?)</tr>", table, re.S).group(1)
@@ -367,8 +415,11 @@ def test_report_on_an_imported_catalog_tells_the_truth(imported_report: tuple[Ti
 def test_confusion_titles_fit_their_figure(n: int) -> None:
     from experiments.training.figures import confusion_figure
 
-    fig = confusion_figure(np.eye(n), [f"class name {k}" for k in range(n)],
-                           title="Refit CNN (train + validation): test confusion (row-normalised)")
+    fig = confusion_figure(
+        np.eye(n),
+        [f"class name {k}" for k in range(n)],
+        title="Refit CNN (train + validation): test confusion (row-normalised)",
+    )
     fig.canvas.draw()
     title = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
     assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1
@@ -381,10 +432,25 @@ def test_imported_report_in_chromium(imported_report: tuple[TinyStudy, Path], tm
     if not chromium.exists():
         pytest.skip("/usr/bin/chromium is not installed (apt-get install -y chromium)")
     _, out = imported_report
-    done = subprocess.run([str(chromium), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()],
-                          check=True, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            str(chromium),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            (out / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = html_lib.unescape(done.stdout)
     assert '<span class="tag imported">IMPORTED</span>' in dom and "imported by `galaxy10 data import` from" in dom
     assert "81.1%" not in dom and "Reference project" not in dom
@@ -392,8 +458,11 @@ def test_imported_report_in_chromium(imported_report: tuple[TinyStudy, Path], tm
     assert "Refit CNN (train + validation)" in table
     assert dom.count('alt="Confusion matrix') == 2  # best CNN and refit
     paired = re.search(r'<table id="paired-verdicts">(.*?)</table>', dom, re.S).group(1)
-    assert re.search(r'<span class="verdict verdict-(better|worse|not)">(better|worse|not distinguishable on '
-                     r'\d+ images)</span>', paired), paired
+    assert re.search(
+        r'<span class="verdict verdict-(better|worse|not)">(better|worse|not distinguishable on '
+        r"\d+ images)</span>",
+        paired,
+    ), paired
 
 
 @pytest.mark.slow
@@ -404,10 +473,25 @@ def test_report_renders_in_chromium(first_report: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     shot = tmp_path / "report.png"
-    subprocess.run([str(chromium), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,900",
-                    (first_report / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(chromium),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1280,900",
+            (first_report / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     image = np.asarray(Image.open(shot).convert("RGB"))
     banner = np.all(np.abs(image.astype(int) - (0xB3, 0x26, 0x1E)) < 12, axis=-1)
     rows = np.flatnonzero(banner.mean(axis=1) > 0.5)
@@ -415,10 +499,14 @@ def test_report_renders_in_chromium(first_report: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_report_scores_a_self_trained_student_and_checks_its_pool(tiny_study: TinyStudy, first_report: Path,
-                                                                  make_h5, tmp_path: Path,  # noqa: ANN001
-                                                                  capsys: pytest.CaptureFixture[str],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_scores_a_self_trained_student_and_checks_its_pool(
+    tiny_study: TinyStudy,
+    first_report: Path,
+    make_h5,
+    tmp_path: Path,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """``report --model`` adds a student of ``galaxy10 self-train``: scored with paired verdicts, its pool named
     (sources, size, fingerprint); a pool that changed since, or that holds the test images, is refused with one
     line. (The toy generator draws galaxies of a class almost alike: only exact copies count as the same galaxy.)"""
@@ -429,12 +517,38 @@ def test_report_scores_a_self_trained_student_and_checks_its_pool(tiny_study: Ti
     monkeypatch.chdir(tiny_study.root)
     monkeypatch.setenv("GALAXY10_CACHE", str(tiny_study.root / "cache"))
     pool = make_h5(name="pool.h5", n=40, size=64, seed=11)
-    common = ["--config", str(SMOKE), "--data", str(tiny_study.data), "--teacher", tiny_study.best_model_uri,
-              "--tracking-uri", tiny_study.tracking_uri, "--set", "train.epochs=1", "--set", "data.size=48",
-              "--set", "data.crop=32", "--threshold", "0.05"]
+    common = [
+        "--config",
+        str(SMOKE),
+        "--data",
+        str(tiny_study.data),
+        "--teacher",
+        tiny_study.best_model_uri,
+        "--tracking-uri",
+        tiny_study.tracking_uri,
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.size=48",
+        "--set",
+        "data.crop=32",
+        "--threshold",
+        "0.05",
+    ]
     assert cli_main(["-q", "self-train", "--unlabeled", str(pool), *common, "--name", "st"]) == 0
-    report = ["report", "--study", "tiny", "--storage", tiny_study.storage, "--tracking-uri", tiny_study.tracking_uri,
-              "--bootstrap", "200", "--model", "st@student"]
+    report = [
+        "report",
+        "--study",
+        "tiny",
+        "--storage",
+        tiny_study.storage,
+        "--tracking-uri",
+        tiny_study.tracking_uri,
+        "--bootstrap",
+        "200",
+        "--model",
+        "st@student",
+    ]
     capsys.readouterr()
     assert cli_main([*report, "--out", str(tmp_path / "r1")]) == 0
     assert "test accuracy" in capsys.readouterr().out

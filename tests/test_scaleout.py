@@ -13,6 +13,7 @@ removed afterwards; as any other user it lives in ``tmp_path``.
 
 The server helpers here are also used by ``tests/test_faults.py``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,10 @@ SERVER_START_TIMEOUT_S = 180
 
 def postgres_bin() -> Path | None:
     """The newest ``/usr/lib/postgresql/<version>/bin`` holding initdb, pg_ctl and postgres, or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: [int(x) if x.isdigit() else x for x in Path(p).parts[-3].split(".")])
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: [int(x) if x.isdigit() else x for x in Path(p).parts[-3].split(".")],
+    )
     for initdb in reversed(found):
         folder = Path(initdb).parent
         if all((folder / name).is_file() for name in ("pg_ctl", "postgres")):
@@ -95,8 +98,9 @@ def postgres_cluster(tmp_path: Path, database: str = "optuna") -> Iterator[Postg
 
     bin_dir = postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
-                    "(run .ci/install_postgres.sh)")
+        pytest.skip(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (run .ci/install_postgres.sh)"
+        )
     as_root = os.geteuid() == 0
     if as_root:
         owner = pwd.getpwnam("postgres")  # created by Debian's postgresql package
@@ -111,13 +115,22 @@ def postgres_cluster(tmp_path: Path, database: str = "optuna") -> Iterator[Postg
     pid = None
     try:
         subprocess.run(prefix + ["mkdir", "-p", str(sock)], check=True)
-        subprocess.run(prefix + [str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
-                                 "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            prefix
+            + [str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         port = free_port()
         options = f"-h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=100"
-        started = subprocess.run(prefix + [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w",
-                                           "-t", "120", "-o", options, "start"],
-                                 capture_output=True, text=True, timeout=180)
+        started = subprocess.run(
+            prefix
+            + [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "120", "-o", options, "start"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         if (data / "postmaster.pid").is_file():
             pid = int((data / "postmaster.pid").read_text().split()[0])
         if started.returncode != 0:
@@ -158,17 +171,30 @@ class MlflowServer:
 
     def start(self, timeout: float = SERVER_START_TIMEOUT_S) -> MlflowServer:
         """Start the server and wait until ``/health`` answers."""
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", self.backend,
-               "--artifacts-destination", str(self.artifacts)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            self.backend,
+            "--artifacts-destination",
+            str(self.artifacts),
+        ]
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.time() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: "
-                                   f"{self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
             if self.healthy():
                 return self
             if time.time() > deadline:
@@ -206,9 +232,13 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
     """A started ``mlflow server`` on 127.0.0.1:<free port> with SQLite runs and artifacts under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    server = MlflowServer(uri=f"http://127.0.0.1:{port}", port=port,
-                          backend=f"sqlite:///{root / 'mlflow.db'}", artifacts=root / "artifacts",
-                          log=root / "server.log")
+    server = MlflowServer(
+        uri=f"http://127.0.0.1:{port}",
+        port=port,
+        backend=f"sqlite:///{root / 'mlflow.db'}",
+        artifacts=root / "artifacts",
+        log=root / "server.log",
+    )
     try:
         yield server.start()
     finally:
@@ -221,8 +251,9 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
 
 def write_tune_yaml(path: Path, *, name: str, n_trials: int) -> Path:
     """A tiny tuning config (48 px / crop 32, a two-layer CNN, 2 epochs, no pruning, 2 s heartbeat)."""
-    return tiny_tune_yaml(path, experiment="scaleout", name=name, n_trials=n_trials, heartbeat_interval=2,
-                          grace_period=6)
+    return tiny_tune_yaml(
+        path, experiment="scaleout", name=name, n_trials=n_trials, heartbeat_interval=2, grace_period=6
+    )
 
 
 def study_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
@@ -239,12 +270,26 @@ def study_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
 
 @pytest.mark.slow  # a PostgreSQL cluster, an MLflow server (~30 s to start) and 3 TensorFlow workers
 def test_three_workers_share_a_postgres_study_and_an_mlflow_server(
-        tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     n_trials = 6
     config = write_tune_yaml(tmp_path / "tune.yaml", name="scale", n_trials=n_trials)
     with postgres_cluster(tmp_path) as pg, mlflow_server(tmp_path / "mlflow-server") as server:
-        code = cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--workers", "3",
-                         "--storage", pg.url, "--tracking-uri", server.uri])
+        code = cli_main(
+            [
+                "tune",
+                "--config",
+                str(config),
+                "--data",
+                str(tiny_h5),
+                "--workers",
+                "3",
+                "--storage",
+                pg.url,
+                "--tracking-uri",
+                server.uri,
+            ]
+        )
         out, err = capsys.readouterr()
         assert code == 0, out + err
         assert "started 3 worker processes" in err
@@ -286,7 +331,8 @@ def test_three_workers_share_a_postgres_study_and_an_mlflow_server(
             workers.add(child.data.tags["optuna.worker"])
         assert workers <= {"0", "1", "2"} and len(workers) >= 2, workers  # really run in parallel
         assert {"plots/optimization_history.png", "plots/param_importances.png"} <= {
-            a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+            a.path for a in client.list_artifacts(parent.info.run_id, "plots")
+        }
 
         # The best trial's model went through the server's artifact proxy and is registered there.
         best = study.best_trial

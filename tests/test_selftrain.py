@@ -1,4 +1,5 @@
 """``galaxy10 self-train``: which images get pseudo-labels, the pool check, a whole round end to end."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke
 
 
 def test_pseudo_labels_skip_out_of_distribution_and_unsure_images_and_balance_the_classes() -> None:
-    probs = np.array([[0.95, 0.05], [0.90, 0.10], [0.85, 0.15], [0.55, 0.45], [0.10, 0.90], [0.99, 0.01],
-                      [0.20, 0.80]])
+    probs = np.array([[0.95, 0.05], [0.90, 0.10], [0.85, 0.15], [0.55, 0.45], [0.10, 0.90], [0.99, 0.01], [0.20, 0.80]])
     ood = np.array([False, False, False, False, False, True, False])
     p = select_pseudo_labels(probs, ["smooth", "ring"], threshold=0.8, ood_flags=ood)
     assert p.rows.tolist() == [0, 1, 2, 4, 6]  # row 3 unsure, row 5 out-of-distribution
@@ -50,8 +50,13 @@ def test_a_pool_holding_a_scored_image_is_refused_even_resampled() -> None:
 
 
 @pytest.mark.slow
-def test_self_training_round_end_to_end(smoke_model, make_h5, tmp_path: Path, capsys,  # noqa: ANN001
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_self_training_round_end_to_end(
+    smoke_model,
+    make_h5,
+    tmp_path: Path,
+    capsys,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The smoke model teaches; the pool is another tiny file of the same generator; the student learns labels +
     pseudo-labels, its run logs the counts and the pool, it is registered; the labelled file itself as the pool is
     refused with one line. (The toy generator draws every galaxy of a class almost alike, so here only exact
@@ -63,9 +68,18 @@ def test_self_training_round_end_to_end(smoke_model, make_h5, tmp_path: Path, ca
 
     monkeypatch.setattr(pseudo, "SAME_GALAXY_CORRELATION", 0.9999)
     pool = make_h5(name="pool.h5", n=60, size=64, seed=11)
-    common = ["--config", str(SMOKE), "--data", str(smoke_model.data_path), "--teacher",
-              f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri,
-              "--set", "train.epochs=1"]
+    common = [
+        "--config",
+        str(SMOKE),
+        "--data",
+        str(smoke_model.data_path),
+        "--teacher",
+        f"{smoke_model.registered_name}@champion",
+        "--tracking-uri",
+        smoke_model.tracking_uri,
+        "--set",
+        "train.epochs=1",
+    ]
     assert main(["self-train", "--unlabeled", str(pool), *common, "--threshold", "0.05", "--name", "st"]) == 0
     out = capsys.readouterr().out
     assert "round 1 (teacher models:/smoke-study@champion)" in out and "registered as models:/st@student" in out

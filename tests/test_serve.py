@@ -1,4 +1,5 @@
 """The prediction web page and JSON API, through Flask's test client, with a tiny trained model."""
+
 from __future__ import annotations
 
 import io
@@ -21,7 +22,7 @@ def _restore_mlflow_uri():  # noqa: ANN202 - loading a model sets MLflow's globa
 
 @pytest.fixture(scope="module")
 def predictor(smoke_model):  # noqa: ANN001, ANN201 - fixtures
-    return load_predictor(f"{smoke_model.registered_name}@champion", tracking_uri=smoke_model.tracking_uri)
+    return load_predictor(f"{smoke_model.registered_name}@champion", ws=smoke_model.ws)
 
 
 @pytest.fixture

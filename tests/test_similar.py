@@ -1,4 +1,5 @@
 """``galaxy10 similar``: a catalog's embeddings as a faiss index; the query itself comes back first."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,16 @@ from experiments.similarity.index import build_index
 
 def _catalog(path: Path, vectors: np.ndarray) -> Path:
     n = len(vectors)
-    table = pa.table({"row": np.arange(n), "id": [f"g{i}" for i in range(n)], "source": ["x.h5"] * n,
-                      "source_index": np.arange(n), "predicted": ["a"] * n,
-                      "embedding": pa.array([v.tolist() for v in vectors], pa.list_(pa.float32()))})
+    table = pa.table(
+        {
+            "row": np.arange(n),
+            "id": [f"g{i}" for i in range(n)],
+            "source": ["x.h5"] * n,
+            "source_index": np.arange(n),
+            "predicted": ["a"] * n,
+            "embedding": pa.array([v.tolist() for v in vectors], pa.list_(pa.float32())),
+        }
+    )
     table = table.replace_schema_metadata({b"galaxy10": json.dumps({"model_uri": "m"}).encode()})
     pq.write_table(table, path)
     return path
@@ -56,11 +64,41 @@ def test_similar_returns_the_query_itself_first(smoke_model, tmp_path: Path, cap
     and --out writes the table and the gallery."""
     data = smoke_model.data_path
     catalog = tmp_path / "cat.parquet"
-    assert main(["catalog", f"{data}", "--out", str(catalog), "--with-embedding", "--model",
-                 f"{smoke_model.registered_name}@champion", "--tracking-uri", smoke_model.tracking_uri]) == 0
+    assert (
+        main(
+            [
+                "catalog",
+                f"{data}",
+                "--out",
+                str(catalog),
+                "--with-embedding",
+                "--model",
+                f"{smoke_model.registered_name}@champion",
+                "--tracking-uri",
+                smoke_model.tracking_uri,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["similar", f"{data}:7", f"{data}:42", "--catalog", str(catalog), "--k", "3", "--out",
-                 str(tmp_path / "sim"), "--tracking-uri", smoke_model.tracking_uri]) == 0
+    assert (
+        main(
+            [
+                "similar",
+                f"{data}:7",
+                f"{data}:42",
+                "--catalog",
+                str(catalog),
+                "--k",
+                "3",
+                "--out",
+                str(tmp_path / "sim"),
+                "--tracking-uri",
+                smoke_model.tracking_uri,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines()[1:] if line.strip() and not line.startswith("written")]
     firsts = [r for r in rows if r[1] == "1"]
@@ -86,10 +124,16 @@ def test_another_models_space_embeds_the_catalog_rows_from_their_sources(tmp_pat
         return (images.reshape(len(images), -1).astype(np.float32) - 128) @ projection
 
     n = 30
-    table = pa.table({"row": np.arange(n + 1), "id": [f"g{i}" for i in range(n + 1)],
-                      "source": [str(data)] * n + [str(tmp_path / "gone.png")],
-                      "source_index": pa.array([*range(n), None], pa.int64()), "predicted": ["a"] * (n + 1),
-                      "embedding": pa.array([[0.0, 1.0]] * (n + 1), pa.list_(pa.float32()))})
+    table = pa.table(
+        {
+            "row": np.arange(n + 1),
+            "id": [f"g{i}" for i in range(n + 1)],
+            "source": [str(data)] * n + [str(tmp_path / "gone.png")],
+            "source_index": pa.array([*range(n), None], pa.int64()),
+            "predicted": ["a"] * (n + 1),
+            "embedding": pa.array([[0.0, 1.0]] * (n + 1), pa.list_(pa.float32())),
+        }
+    )
     path = tmp_path / "c.parquet"
     pq.write_table(table.replace_schema_metadata({b"galaxy10": json.dumps({"model_uri": "m"}).encode()}), path)
     index = build_index(path, embed=embed)
@@ -104,15 +148,67 @@ def test_similar_searches_in_a_pretrained_encoders_space(smoke_model, tmp_path: 
     are embedded by it and the query comes back first."""
     data, uri = smoke_model.data_path, smoke_model.tracking_uri
     catalog = tmp_path / "cat.parquet"
-    assert main(["catalog", f"{data}", "--out", str(catalog), "--model", f"{smoke_model.registered_name}@champion",
-                 "--tracking-uri", uri]) == 0  # no embedding column at all
+    assert (
+        main(
+            [
+                "catalog",
+                f"{data}",
+                "--out",
+                str(catalog),
+                "--model",
+                f"{smoke_model.registered_name}@champion",
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )  # no embedding column at all
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
-    assert main(["pretrain", str(data), "--config", str(smoke), "--epochs", "1", "--batch-size", "16",
-                 "--checkpoint-dir", str(tmp_path / "ck"), "--name", "enc", "--tracking-uri", uri]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                str(data),
+                "--config",
+                str(smoke),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--checkpoint-dir",
+                str(tmp_path / "ck"),
+                "--name",
+                "enc",
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["similar", f"{data}:11", "--catalog", str(catalog), "--model", "enc@pretrained", "--k", "2",
-                 "--out", str(tmp_path / "sim"), "--tracking-uri", uri]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:] if line.strip()
-            and not line.startswith("written")]
+    assert (
+        main(
+            [
+                "similar",
+                f"{data}:11",
+                "--catalog",
+                str(catalog),
+                "--model",
+                "enc@pretrained",
+                "--k",
+                "2",
+                "--out",
+                str(tmp_path / "sim"),
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
+    rows = [
+        line.split()
+        for line in capsys.readouterr().out.splitlines()[1:]
+        if line.strip() and not line.startswith("written")
+    ]
     assert rows[0][1] == "1" and int(rows[0][3]) == 11 and float(rows[0][2]) > 0.999
     assert "enc@pretrained" in (tmp_path / "sim" / "similar.html").read_text()

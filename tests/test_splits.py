@@ -1,4 +1,5 @@
 """pipelines.splits: duplicate groups, group-aware stratification, the saved split file, `data split`."""
+
 from __future__ import annotations
 
 import argparse
@@ -52,16 +53,16 @@ def _with_duplicates(n: int, n_pairs: int, n_triples: int, seed: int = 0) -> np.
     base = 2 * n_pairs
     for i in range(n_triples):
         a = order[base + 3 * i]
-        groups[order[base + 3 * i + 1: base + 3 * i + 3]] = groups[a]
+        groups[order[base + 3 * i + 1 : base + 3 * i + 3]] = groups[a]
     return np.unique(groups, return_inverse=True)[1].ravel()
 
 
 # --- groups --------------------------------------------------------------------------------------
 
+
 def test_groups_join_equal_images_and_close_positions_transitively() -> None:
     keys = np.array([b"a", b"b", b"a", b"c", b"d", b"e", b"f", b"g"], dtype="S1")
-    ra = np.array([10.0, 20.0, 30.0, 40.0, 40.0 + 0.6 * ARCSEC, 40.0 + 1.2 * ARCSEC,
-                   50.0, 50.0 + 1.5 * ARCSEC])
+    ra = np.array([10.0, 20.0, 30.0, 40.0, 40.0 + 0.6 * ARCSEC, 40.0 + 1.2 * ARCSEC, 50.0, 50.0 + 1.5 * ARCSEC])
     dec = np.zeros(8)
     groups, n_multi = groups_from_keys(keys, ra, dec)
     assert groups[0] == groups[2] != groups[1]  # same pixels, far apart on the sky
@@ -109,6 +110,7 @@ def test_find_groups_without_coordinates_uses_pixels_only(make_h5) -> None:
 
 # --- assignment ----------------------------------------------------------------------------------
 
+
 def test_assignment_keeps_groups_whole_and_stratifies_galaxy10_counts() -> None:
     labels = _galaxy10_like_labels()
     groups = _with_duplicates(len(labels), n_pairs=600, n_triples=40)
@@ -133,8 +135,7 @@ def test_assignment_is_reproducible_and_seed_dependent() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(5, 300), st.integers(0, 2**31 - 1), st.floats(0.05, 0.5), st.floats(0.0, 0.5))
-def test_assignment_partitions_any_input(n: int, seed: int, test_fraction: float,
-                                         val_fraction: float) -> None:
+def test_assignment_partitions_any_input(n: int, seed: int, test_fraction: float, val_fraction: float) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
     groups = rng.integers(0, max(1, n - n // 4), n)  # about a quarter of entries share a group
@@ -146,14 +147,16 @@ def test_assignment_partitions_any_input(n: int, seed: int, test_fraction: float
         assert not (code == 1).any()
 
 
-@pytest.mark.parametrize("kwargs", [{"test_fraction": 0.0}, {"test_fraction": 1.0}, {"val_fraction": -0.1},
-                                    {"val_fraction": float("nan")}])
+@pytest.mark.parametrize(
+    "kwargs", [{"test_fraction": 0.0}, {"test_fraction": 1.0}, {"val_fraction": -0.1}, {"val_fraction": float("nan")}]
+)
 def test_bad_fractions_are_config_errors(kwargs) -> None:
     with pytest.raises(ConfigError, match="fraction"):
         assign_groups(np.zeros(10), np.arange(10), **kwargs)
 
 
 # --- make, save, load, ensure --------------------------------------------------------------------
+
 
 def test_make_split_fields_and_round_trip(tiny_h5: Path) -> None:
     split = make_split(tiny_h5, seed=3)
@@ -187,8 +190,11 @@ def test_ensure_split_saves_beside_data_and_reuses(tiny_h5: Path, monkeypatch: p
     np.testing.assert_array_equal(again.test, first.test)
     saved = path.read_bytes()
     # other parameters: the saved split is the user's decision, refused with one line naming both and the fix
-    with pytest.raises(DataError, match=r"made with seed 42, test fraction 0.1, val fraction 0.1, but seed 5, "
-                                        r"0.1, 0.1 were asked for; .*--force") as err:
+    with pytest.raises(
+        DataError,
+        match=r"made with seed 42, test fraction 0.1, val fraction 0.1, but seed 5, "
+        r"0.1, 0.1 were asked for; .*--force",
+    ) as err:
         ensure_split(tiny_h5, seed=5)
     assert "\n" not in str(err.value) and path.read_bytes() == saved and len(calls) == 1
     other = ensure_split(tiny_h5, seed=5, force=True)  # replacing it is explicit
@@ -206,6 +212,7 @@ def test_split_for_other_data_is_refused_unless_forced(make_h5) -> None:
     msg = str(err.value)
     assert "\n" not in msg and split_a.fingerprint[:12] in msg and "--force" in msg
     from pipelines.reader import data_fingerprint
+
     assert data_fingerprint(b)[:12] in msg
     forced = ensure_split(b, force=True)
     assert forced.fingerprint == data_fingerprint(b)
@@ -229,8 +236,7 @@ def _corrupt(doc: dict, how: str) -> str:
     return json.dumps(doc)
 
 
-@pytest.mark.parametrize("how", ["not json", "list", "missing seed", "index out of range", "overlap",
-                                 "strings"])
+@pytest.mark.parametrize("how", ["not json", "list", "missing seed", "index out of range", "overlap", "strings"])
 def test_malformed_split_file_is_one_line_data_error(tiny_h5: Path, how: str) -> None:
     ensure_split(tiny_h5)
     path = split_path_for(tiny_h5)
@@ -249,8 +255,8 @@ def test_missing_data_file_is_data_error(tmp_path: Path) -> None:
 
 # --- CLI -----------------------------------------------------------------------------------------
 
-def test_data_split_cli_prints_sizes_counts_and_synthetic(tiny_h5: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+
+def test_data_split_cli_prints_sizes_counts_and_synthetic(tiny_h5: Path, capsys: pytest.CaptureFixture) -> None:
     assert _run_cli(["split", str(tiny_h5), "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out
@@ -269,8 +275,7 @@ def test_data_split_cli_real_schema_file_not_called_synthetic(make_h5, capsys: p
     assert "SYNTHETIC" not in out and "train 120, val 40, test 40" in out
 
 
-def test_data_split_cli_defaults_to_resolved_data_path(make_h5, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_data_split_cli_defaults_to_resolved_data_path(make_h5, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "data").mkdir()
     make_h5("data/galaxy10_synthetic.h5")
     assert _run_cli(["split"]) == 0

@@ -7,6 +7,7 @@ not noise, and then loads the real TensorFlow in its place. Every command that i
 as a real subprocess with it; each must show the real line once and none of the notes. Without the
 guard (``experiments.startup``) the notes come through on any machine, which the control test checks.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,9 +69,14 @@ def noisy_env(root: Path, **extra: str) -> dict[str, str]:
     shim.mkdir(parents=True, exist_ok=True)
     (shim / "__init__.py").write_text(SHIM)
     (root / "tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "shim"), str(REPO)]),
-           "GALAXY10_CACHE": str(root / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(root / "tmp")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root / "shim"), str(REPO)]),
+        "GALAXY10_CACHE": str(root / "cache"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TMPDIR": str(root / "tmp"),
+    }
     env.pop("NO_ALBUMENTATIONS_UPDATE", None)  # the guard sets it
     env.update(extra)
     return env
@@ -86,8 +92,14 @@ def assert_quiet(stderr: bytes, *, imported_tf: bool = True) -> None:
 
 
 def galaxy10(args: list[str], root: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=root, env=env, capture_output=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
     return done
 
@@ -98,8 +110,9 @@ def galaxy10(args: list[str], root: Path, env: dict[str, str], timeout: float = 
 def test_every_note_is_noise_and_real_lines_are_kept() -> None:
     for line in NOTES.splitlines():
         assert is_noise(line), line
-    kept = drop_noise(b"before\n" + NOTES + REAL + b"W0000 00:00:1.0  1 gpu_device.cc:2] Cannot dlopen some GPU "
-                      b"libraries.\nafter")
+    kept = drop_noise(
+        b"before\n" + NOTES + REAL + b"W0000 00:00:1.0  1 gpu_device.cc:2] Cannot dlopen some GPU libraries.\nafter"
+    )
     assert kept == b"before\n" + REAL + b"W0000 00:00:1.0  1 gpu_device.cc:2] Cannot dlopen some GPU libraries.\nafter"
 
 
@@ -112,10 +125,16 @@ def test_filtered_stderr_works_on_the_file_descriptor(capfd: pytest.CaptureFixtu
 
 
 def _import_in_subprocess(tmp_path: Path, guard: bool) -> subprocess.CompletedProcess:
-    code = ("from experiments.startup import quiet_startup; quiet_startup(); " if guard else "") + \
-        "import tensorflow; print(tensorflow.__version__)"
-    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, timeout=60,
-                          env=noisy_env(tmp_path, GALAXY10_TEST_FAKE_TF="1"))
+    code = (
+        "from experiments.startup import quiet_startup; quiet_startup(); " if guard else ""
+    ) + "import tensorflow; print(tensorflow.__version__)"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        env=noisy_env(tmp_path, GALAXY10_TEST_FAKE_TF="1"),
+    )
 
 
 def test_the_guard_drops_the_notes_a_guarded_import_writes_to_fd2(tmp_path: Path) -> None:
@@ -158,10 +177,25 @@ def test_serve_is_quiet(smoke_model: SmokeModel, tmp_path: Path) -> None:
     env = noisy_env(tmp_path, MLFLOW_TRACKING_URI=smoke_model.tracking_uri)
     err = tmp_path / "serve.err"
     with err.open("wb") as ferr:
-        proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "-q", "serve", "--model",
-                                 smoke_model.model_uri, "--port", str(port)], cwd=tmp_path, env=env,
-                                stdout=subprocess.DEVNULL, stderr=ferr, stdin=subprocess.DEVNULL,
-                                preexec_fn=_ctrl_c_stops)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.cli",
+                "-q",
+                "serve",
+                "--model",
+                smoke_model.model_uri,
+                "--port",
+                str(port),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=ferr,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_ctrl_c_stops,
+        )
     try:
         deadline, body = time.monotonic() + 240, None
         while body is None and time.monotonic() < deadline and proc.poll() is None:
@@ -178,8 +212,10 @@ def test_serve_is_quiet(smoke_model: SmokeModel, tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:  # say what it printed instead of hiding the first failure
             proc.kill()
             proc.wait()
-            pytest.fail("serve did not stop within 60 s of Ctrl-C; its stderr:\n"
-                        + err.read_bytes().decode(errors="replace")[-3000:])
+            pytest.fail(
+                "serve did not stop within 60 s of Ctrl-C; its stderr:\n"
+                + err.read_bytes().decode(errors="replace")[-3000:]
+            )
     assert_quiet(err.read_bytes())
 
 
@@ -187,8 +223,11 @@ def test_serve_is_quiet(smoke_model: SmokeModel, tmp_path: Path) -> None:
 def test_train_and_data_commands_are_quiet(tmp_path: Path) -> None:
     data = write_galaxy10_h5(tmp_path / "tiny.h5", n=120, size=48)
     env = noisy_env(tmp_path)
-    for args in (["data", "info", str(data)], ["data", "split", str(data)],
-                 ["data", "gallery", str(data), "--out", str(tmp_path / "gallery.png")]):
+    for args in (
+        ["data", "info", str(data)],
+        ["data", "split", str(data)],
+        ["data", "gallery", str(data), "--out", str(tmp_path / "gallery.png")],
+    ):
         assert_quiet(galaxy10(args, tmp_path, env).stderr, imported_tf=False)
     done = galaxy10(["train", "--config", str(SMOKE), "--data", str(data), "--set", "train.epochs=1"], tmp_path, env)
     assert_quiet(done.stderr)
@@ -198,18 +237,32 @@ def test_train_and_data_commands_are_quiet(tmp_path: Path) -> None:
 def test_tune_workers_ensemble_and_report_are_quiet(tmp_path: Path) -> None:
     data = write_galaxy10_h5(tmp_path / "tiny.h5", n=200, size=48)
     env = noisy_env(tmp_path)
-    config = tiny_tune_yaml(tmp_path / "tune.yaml", experiment="quiet", name="quiet", n_trials=2, epochs=1,
-                            log_models="all")
+    config = tiny_tune_yaml(
+        tmp_path / "tune.yaml", experiment="quiet", name="quiet", n_trials=2, epochs=1, log_models="all"
+    )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    done = galaxy10(["tune", "--config", str(config), "--data", str(data), "--workers", "2", "--storage", storage],
-                    tmp_path, env)
+    done = galaxy10(
+        ["tune", "--config", str(config), "--data", str(data), "--workers", "2", "--storage", storage], tmp_path, env
+    )
     assert_quiet(done.stderr)
     assert done.stderr.splitlines(keepends=True).count(REAL) >= 2  # both workers imported TensorFlow
     ens = tmp_path / "ens.yaml"
-    ens.write_text(yaml.safe_dump({"mode": "val_cv", "cv_folds": 2, "vote": {"top_k": 2, "weighted": None},
-                                   "second_stage": {"logreg": {}}, "stack": {"second_stage": []}}))
+    ens.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "val_cv",
+                "cv_folds": 2,
+                "vote": {"top_k": 2, "weighted": None},
+                "second_stage": {"logreg": {}},
+                "stack": {"second_stage": []},
+            }
+        )
+    )
     done = galaxy10(["ensemble", "--study", "quiet", "--config", str(ens), "--storage", storage], tmp_path, env)
     assert_quiet(done.stderr)
-    done = galaxy10(["report", "--study", "quiet", "--storage", storage, "--out", str(tmp_path / "report"),
-                     "--bootstrap", "50"], tmp_path, env)
+    done = galaxy10(
+        ["report", "--study", "quiet", "--storage", storage, "--out", str(tmp_path / "report"), "--bootstrap", "50"],
+        tmp_path,
+        env,
+    )
     assert_quiet(done.stderr)

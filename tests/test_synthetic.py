@@ -1,4 +1,5 @@
 """The GalSim synthetic Galaxy10 generator (``synth.generator``) and the gallery."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,7 @@ from experiments.cli import main
 from pipelines.classes import CLASS_SLUGS, GALAXY10_COUNTS, NUM_CLASSES, class_index
 from pipelines.gallery import gallery_title, make_gallery, pick_examples
 from pipelines.reader import provenance, validate_galaxy10
-from synth.generator import (
-    GENERATOR,
-    GENERATOR_VERSION,
-    render_dataset,
-    synthetic_labels,
-)
+from synth.generator import GENERATOR, GENERATOR_VERSION, render_dataset, synthetic_labels
 from synth.params import class_counts
 from synth.render import render_image
 
@@ -30,8 +26,7 @@ N, SIZE = 50, 64
 @pytest.fixture(scope="module")
 def synth_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 50-image, 64 px synthetic file rendered in this process, shared by the module."""
-    return render_dataset(tmp_path_factory.mktemp("synth") / "s.h5", n=N, size=SIZE, seed=3, workers=1,
-                          progress=False)
+    return render_dataset(tmp_path_factory.mktemp("synth") / "s.h5", n=N, size=SIZE, seed=3, workers=1, progress=False)
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
@@ -106,7 +101,7 @@ def _galaxy_stats(image: np.ndarray) -> tuple[float, float, float]:
     c = slice(s // 4, 3 * s // 4)
     core = np.clip(lum[c, c] - sky, 0, None)
     w = np.where(core > 0.25 * core.max(), core, 0.0)  # the galaxy's bright body, not stars or noise
-    yy, xx = np.mgrid[0:w.shape[0], 0:w.shape[1]]
+    yy, xx = np.mgrid[0 : w.shape[0], 0 : w.shape[1]]
     m = w.sum()
     cx, cy = (w * xx).sum() / m, (w * yy).sum() / m
     cov = np.cov(np.stack([xx.ravel() - cx, yy.ravel() - cy]), aweights=w.ravel())
@@ -134,13 +129,16 @@ def test_each_class_renders_its_shape_and_colour() -> None:
     assert not np.array_equal(a, b)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"n": 5}, ConfigError, "--n 5 is out of range; render 10-1,000,000 images (e.g. --n 4000)"),
-    ({"size": 16}, ConfigError, "--size 16 is out of range; use 32-2048 px (Galaxy10 images are 256)"),
-    ({"difficulty": 1.5}, ConfigError, "difficulty 1.5 is outside [0, 1]; pass e.g. --difficulty 0.5"),
-    ({"difficulty": -0.1}, ConfigError, "difficulty -0.1 is outside [0, 1]; pass e.g. --difficulty 0.5"),
-    ({"workers": 0}, ConfigError, "--workers 0 is out of range; use 1-256, or omit it to use every CPU core"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"n": 5}, ConfigError, "--n 5 is out of range; render 10-1,000,000 images (e.g. --n 4000)"),
+        ({"size": 16}, ConfigError, "--size 16 is out of range; use 32-2048 px (Galaxy10 images are 256)"),
+        ({"difficulty": 1.5}, ConfigError, "difficulty 1.5 is outside [0, 1]; pass e.g. --difficulty 0.5"),
+        ({"difficulty": -0.1}, ConfigError, "difficulty -0.1 is outside [0, 1]; pass e.g. --difficulty 0.5"),
+        ({"workers": 0}, ConfigError, "--workers 0 is out of range; use 1-256, or omit it to use every CPU core"),
+    ],
+)
 def test_bad_arguments(tmp_path: Path, kwargs: dict, error: type, message: str) -> None:
     args = {"n": 20, "size": 32, "workers": 1, "progress": False, **kwargs}
     with pytest.raises(error) as exc:
@@ -154,8 +152,9 @@ def test_output_folder_not_writable(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(DataError) as exc:
         render_dataset(blocker / "x.h5", n=20, size=32, workers=1, progress=False)
-    assert str(exc.value) == (f"cannot write {blocker / 'x.h5'}: folder {blocker} is not writable; "
-                              "choose another --out")
+    assert str(exc.value) == (
+        f"cannot write {blocker / 'x.h5'}: folder {blocker} is not writable; choose another --out"
+    )
     with pytest.raises(DataError, match="is a folder; give a file name"):
         render_dataset(tmp_path, n=20, size=32, workers=1, progress=False)
 
@@ -192,8 +191,27 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_cli_synth_and_gallery(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "data" / "syn.h5"
-    assert main(["data", "synth", "--n", "20", "--size", "48", "--seed", "1", "--difficulty", "0.3",
-                 "--workers", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--n",
+                "20",
+                "--size",
+                "48",
+                "--seed",
+                "1",
+                "--difficulty",
+                "0.3",
+                "--workers",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"wrote SYNTHETIC data {out}: 20 images of 48 px, seed 1, difficulty 0.3" in printed
     with h5py.File(out, "r") as f:
@@ -208,7 +226,8 @@ def test_cli_synth_and_gallery(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 def test_cli_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "synth", "--n", "5", "--out", str(tmp_path / "x.h5")]) == 2
     assert capsys.readouterr().err.strip() == (
-        "galaxy10: error: --n 5 is out of range; render 10-1,000,000 images (e.g. --n 4000)")
+        "galaxy10: error: --n 5 is out of range; render 10-1,000,000 images (e.g. --n 4000)"
+    )
     assert main(["data", "gallery", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "g.png")]) == 2
     assert "galaxy10: error:" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()

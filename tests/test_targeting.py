@@ -1,4 +1,5 @@
 """augment.targeting: requested class mix, reproducibility, per-epoch variety, bounded auto multipliers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,13 +9,7 @@ from hypothesis import strategies as st
 
 from augment.targeting import auto_multipliers, multipliers_from_targets
 from core.errors import ConfigError, DataError
-from pipelines.classes import (
-    CLASS_SLUGS,
-    GALAXY10,
-    NUM_CLASSES,
-    REFERENCE_RECALL,
-    class_index,
-)
+from pipelines.classes import CLASS_SLUGS, GALAXY10, NUM_CLASSES, REFERENCE_RECALL, class_index
 from pipelines.sampling import class_mix, epoch_rng, oversample_indices
 
 
@@ -35,16 +30,19 @@ def test_multipliers_from_targets_by_slug_name_and_index() -> None:
     np.testing.assert_array_equal(multipliers_from_targets({}), np.ones(NUM_CLASSES))
 
 
-@pytest.mark.parametrize("targets, match", [
-    ({"spiral": 2}, "'spiral'"),
-    ({"cigar": 0.5}, "'cigar'.*>= 1"),
-    ({"cigar": float("inf")}, "'cigar'"),
-    ({"cigar": "3"}, "'cigar'"),
-    ({"cigar": True}, "'cigar'"),
-    ({"cigar": 2, 4: 3}, "twice"),
-    ({12: 2}, "12"),
-    ([("cigar", 2)], "mapping"),
-])
+@pytest.mark.parametrize(
+    "targets, match",
+    [
+        ({"spiral": 2}, "'spiral'"),
+        ({"cigar": 0.5}, "'cigar'.*>= 1"),
+        ({"cigar": float("inf")}, "'cigar'"),
+        ({"cigar": "3"}, "'cigar'"),
+        ({"cigar": True}, "'cigar'"),
+        ({"cigar": 2, 4: 3}, "twice"),
+        ({12: 2}, "12"),
+        ([("cigar", 2)], "mapping"),
+    ],
+)
 def test_bad_targets_name_the_key_in_one_line(targets, match) -> None:
     with pytest.raises(ConfigError, match=match) as err:
         multipliers_from_targets(targets)
@@ -68,8 +66,9 @@ def test_integer_multipliers_give_exact_counts(labels: np.ndarray) -> None:
 def test_fractional_multiplier_matches_in_expectation(labels: np.ndarray) -> None:
     m = multipliers_from_targets({"merging": 2.5, "cigar": 1.3})
     n_k = np.bincount(labels, minlength=NUM_CLASSES)
-    counts = np.array([np.bincount(labels[oversample_indices(labels, m, epoch_rng(0, e))],
-                                   minlength=NUM_CLASSES) for e in range(400)])
+    counts = np.array(
+        [np.bincount(labels[oversample_indices(labels, m, epoch_rng(0, e))], minlength=NUM_CLASSES) for e in range(400)]
+    )
     # copies beyond the whole ones: expected (m_k - floor(m_k)) * n_k, e.g. 13.5 for merging (n=27)
     fractional_extra = counts.mean(0) - n_k * np.floor(m)
     np.testing.assert_allclose(fractional_extra, (m - np.floor(m)) * n_k, atol=0.1)
@@ -109,13 +108,16 @@ def test_targeted_class_absent_from_labels_is_fine() -> None:
     np.testing.assert_array_equal(np.sort(idx), np.arange(4))
 
 
-@pytest.mark.parametrize("labels_in, mult, exc", [
-    (np.array([0, 10]), np.ones(NUM_CLASSES), DataError),
-    (np.array([0.0, 1.0]), np.ones(NUM_CLASSES), DataError),
-    (np.array([0, 6]), np.ones(5), DataError),  # any class count (issue 12), but the labels must fit it
-    (np.array([0, 1]), np.ones(0), ConfigError),
-    (np.array([0, 1]), np.full(NUM_CLASSES, 0.5), ConfigError),
-])
+@pytest.mark.parametrize(
+    "labels_in, mult, exc",
+    [
+        (np.array([0, 10]), np.ones(NUM_CLASSES), DataError),
+        (np.array([0.0, 1.0]), np.ones(NUM_CLASSES), DataError),
+        (np.array([0, 6]), np.ones(5), DataError),  # any class count (issue 12), but the labels must fit it
+        (np.array([0, 1]), np.ones(0), ConfigError),
+        (np.array([0, 1]), np.full(NUM_CLASSES, 0.5), ConfigError),
+    ],
+)
 def test_oversample_rejects_bad_input(labels_in, mult, exc) -> None:
     with pytest.raises(exc):
         oversample_indices(labels_in, mult, 0)
@@ -132,8 +134,12 @@ def test_auto_multipliers_on_reference_recall() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(0.0, 1.0), min_size=NUM_CLASSES, max_size=NUM_CLASSES),
-       st.floats(1.0, 10.0), st.integers(0, NUM_CLASSES - 1), st.floats(0.0, 1.0))
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=NUM_CLASSES, max_size=NUM_CLASSES),
+    st.floats(1.0, 10.0),
+    st.integers(0, NUM_CLASSES - 1),
+    st.floats(0.0, 1.0),
+)
 def test_auto_multipliers_bounded_and_monotone(recall, max_m, k, new_value) -> None:
     m = auto_multipliers(recall, max_multiplier=max_m)
     assert np.all(m >= 1.0) and np.all(m <= max_m)
@@ -147,14 +153,17 @@ def test_auto_multipliers_bounded_and_monotone(recall, max_m, k, new_value) -> N
     assert auto_multipliers(lowered, max_multiplier=max_m)[k] >= m[k] - 1e-12
 
 
-@pytest.mark.parametrize("recall, kwargs, match", [
-    ([0.5] * 9, {"classes": GALAXY10}, "10 value"),
-    ([0.5] * 9 + [1.2], {"classes": GALAXY10}, "edge_on_bulge"),
-    ([0.5] * 9 + [float("nan")], {"classes": GALAXY10}, "edge_on_bulge"),
-    ([0.5, 1.2], {}, "recall of 1 is not"),
-    ({"disturbed": 0.3}, {}, "lacks"),
-    ([0.5] * 10, {"max_multiplier": 0.5}, "max_multiplier"),
-])
+@pytest.mark.parametrize(
+    "recall, kwargs, match",
+    [
+        ([0.5] * 9, {"classes": GALAXY10}, "10 value"),
+        ([0.5] * 9 + [1.2], {"classes": GALAXY10}, "edge_on_bulge"),
+        ([0.5] * 9 + [float("nan")], {"classes": GALAXY10}, "edge_on_bulge"),
+        ([0.5, 1.2], {}, "recall of 1 is not"),
+        ({"disturbed": 0.3}, {}, "lacks"),
+        ([0.5] * 10, {"max_multiplier": 0.5}, "max_multiplier"),
+    ],
+)
 def test_auto_multipliers_rejects_bad_recall(recall, kwargs, match) -> None:
     with pytest.raises(ConfigError, match=match):
         auto_multipliers(recall, **kwargs)

@@ -1,4 +1,5 @@
 """MLflow tracking: URI resolution, tracker life cycle, and a train -> log -> reload -> predict round trip."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import default_champion_uri
 from experiments.tracking.runs import run_val_recall
 from experiments.tracking.store import resolve_tracking_uri, set_tracking_uri
+from experiments.tracking.workspace import Workspace
 from experiments.training import train
 from pipelines.preprocess import center_crop, load_resized
 
@@ -92,15 +94,18 @@ def test_unknown_models_and_runs_are_model_errors():
 
 def test_only_tracking_imports_mlflow():
     pattern = re.compile(r"^\s*(import mlflow|from mlflow)", re.MULTILINE)
-    offenders = [str(p.relative_to(ROOT)) for pkg in ("pipelines", "augment", "ensembles", "experiments")
-                 for p in (ROOT / pkg).rglob("*.py") if pattern.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for pkg in ("pipelines", "augment", "ensembles", "experiments")
+        for p in (ROOT / pkg).rglob("*.py")
+        if pattern.search(p.read_text())
+    ]
     assert offenders and all(o.startswith("experiments/tracking/") for o in offenders), offenders
     assert "experiments/tracking/base.py" not in offenders
 
 
 def test_the_tracker_protocol_loads_without_mlflow():
-    code = ("import sys, experiments.tracking.base, experiments.training; "
-            "print('mlflow' in sys.modules)")
+    code = "import sys, experiments.tracking.base, experiments.training; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
 
@@ -108,7 +113,7 @@ def test_the_tracker_protocol_loads_without_mlflow():
 def test_train_log_reload_predict_round_trip(tiny_h5):
     cfg = load_config(SMOKE, ["train.epochs=1"])
     uri = set_tracking_uri()
-    with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=uri) as tracker:
+    with MlflowTracker(cfg.experiment_name, cfg.run_name, ws=Workspace.of(uri)) as tracker:
         result = train(cfg, tracker, data_path=tiny_h5, verbose=0)
     client = MlflowClient()
     run = client.get_run(tracker.run_id)
@@ -127,16 +132,31 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
     # metrics: per epoch with step, final validation metrics, no test metrics
     history = client.get_metric_history(tracker.run_id, "epoch_val_accuracy")
     assert [m.step for m in history] == [1]
-    for key in ("epoch_train_loss", "epoch_mix_disturbed", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
-                "val_log_loss", "val_recall_disturbed", "val_precision_cigar", "best_epoch"):
+    for key in (
+        "epoch_train_loss",
+        "epoch_mix_disturbed",
+        "val_accuracy",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "val_log_loss",
+        "val_recall_disturbed",
+        "val_precision_cigar",
+        "best_epoch",
+    ):
         assert key in run.data.metrics, key
     assert not [k for k in run.data.metrics if k.startswith("test_")]
     recall = run_val_recall(tracker.run_id, ["disturbed", "cigar"])
     np.testing.assert_allclose(recall, [result.val_metrics["recall_disturbed"], result.val_metrics["recall_cigar"]])
     # artifacts
     artifacts = {a.path for a in client.list_artifacts(tracker.run_id)}
-    assert {"config.yaml", "confusion_matrix_val.png", "per_class_metrics_val.csv", "learning_curves.png",
-            "class_names.json", META_ARTIFACT} <= artifacts
+    assert {
+        "config.yaml",
+        "confusion_matrix_val.png",
+        "per_class_metrics_val.csv",
+        "learning_curves.png",
+        "class_names.json",
+        META_ARTIFACT,
+    } <= artifacts
     local = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="config.yaml"))
     assert load_config(local) == cfg
     png = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="confusion_matrix_val.png"))
@@ -187,8 +207,20 @@ def _train_command(argv: list[str]) -> int:
 
 def test_train_command_logs_a_run(tiny_h5, capsys):
     db = Path("cli.db").resolve()
-    code = _train_command(["--config", str(SMOKE), "--data", str(tiny_h5), "--set", "train.epochs=1",
-                           "--tracking-uri", f"sqlite:///{db}", "--no-log-model", "--json"])
+    code = _train_command(
+        [
+            "--config",
+            str(SMOKE),
+            "--data",
+            str(tiny_h5),
+            "--set",
+            "train.epochs=1",
+            "--tracking-uri",
+            f"sqlite:///{db}",
+            "--no-log-model",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["synthetic"] is True and "test" not in out and out["model_uri"] is None
@@ -202,7 +234,19 @@ def test_train_command_checks_inputs_before_opening_a_run(tiny_h5):
     with pytest.raises(ConfigError, match="train.optimizer"):
         _train_command(["--config", str(SMOKE), "--set", "train.optimizer=rmsprop", "--tracking-uri", uri])
     with pytest.raises(ModelError, match="not found"):
-        _train_command(["--config", str(SMOKE), "--data", str(tiny_h5), "--tracking-uri", uri,
-                        "--set", "augment.targets=auto", "--set", "augment.auto_from_run=0123456789abcdef0123456789abcdef"])
+        _train_command(
+            [
+                "--config",
+                str(SMOKE),
+                "--data",
+                str(tiny_h5),
+                "--tracking-uri",
+                uri,
+                "--set",
+                "augment.targets=auto",
+                "--set",
+                "augment.auto_from_run=0123456789abcdef0123456789abcdef",
+            ]
+        )
     client = MlflowClient(uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

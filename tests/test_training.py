@@ -1,4 +1,5 @@
 """Training on tiny data: learning, logging through a tracker, early stopping, callbacks, test-split guard."""
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,14 @@ def test_train_learns_and_logs_everything_but_the_test_split(data):
     assert tracker.latest("val_recall_disturbed") == result.val_metrics["recall_disturbed"]
     assert tracker.latest("best_epoch") == result.best_epoch
     assert not [k for k in tracker.metrics if k.startswith("test_")]
-    assert {"config.yaml", "class_names.json", "confusion_matrix_val.png", "per_class_metrics_val.csv",
-            "learning_curves.png", "history.json"} <= set(tracker.artifacts)
+    assert {
+        "config.yaml",
+        "class_names.json",
+        "confusion_matrix_val.png",
+        "per_class_metrics_val.csv",
+        "learning_curves.png",
+        "history.json",
+    } <= set(tracker.artifacts)
     assert not [a for a in tracker.artifacts if "test" in a]
     csv_lines = tracker.artifacts["per_class_metrics_val.csv"].splitlines()
     assert csv_lines[0] == "class,name,recall,precision,support" and len(csv_lines) == 11
@@ -101,8 +108,9 @@ def test_epoch_callback_exception_stops_training_and_propagates(data):
 
 def test_early_stopping_and_scoring_the_test_split(data):
     # a learning rate this small leaves val accuracy unchanged: patience 1 stops after epoch 2
-    cfg = load_config(SMOKE, [*FAST, "train.epochs=6", "train.learning_rate=1.0e-7", "train.patience=1",
-                              "train.monitor=val_accuracy"])
+    cfg = load_config(
+        SMOKE, [*FAST, "train.epochs=6", "train.learning_rate=1.0e-7", "train.patience=1", "train.monitor=val_accuracy"]
+    )
     tracker = NullTracker()
     result = train(cfg, tracker, data=data, score_test=True, verbose=0)
     assert result.fit.epochs_run == 2 and result.best_epoch == 1
@@ -112,10 +120,23 @@ def test_early_stopping_and_scoring_the_test_split(data):
 
 
 def test_other_options_train(data):
-    cfg = load_config(SMOKE, [*FAST[:-1], "data.max_images=400", "train.epochs=2", "train.optimizer=adamw",
-                              "train.schedule=cosine", "train.label_smoothing=0.1", "train.class_weights=balanced",
-                              "train.precision=mixed_bfloat16", "model.batch_norm=true", "augment.policy=galaxy",
-                              "augment.targets={disturbed: 2}", "augment.tta=true"])
+    cfg = load_config(
+        SMOKE,
+        [
+            *FAST[:-1],
+            "data.max_images=400",
+            "train.epochs=2",
+            "train.optimizer=adamw",
+            "train.schedule=cosine",
+            "train.label_smoothing=0.1",
+            "train.class_weights=balanced",
+            "train.precision=mixed_bfloat16",
+            "model.batch_norm=true",
+            "augment.policy=galaxy",
+            "augment.targets={disturbed: 2}",
+            "augment.tta=true",
+        ],
+    )
     tracker = NullTracker()
     result = train(cfg, tracker, data=data, verbose=0)
     assert all(math.isfinite(v) for v in result.fit.history["loss"])
@@ -160,17 +181,25 @@ def test_targets_use_the_data_class_set(data):
     from dataclasses import replace
 
     labels = (data.labels % 3).astype(np.int64)
-    custom = replace(data, labels=labels, class_names=("Ring", "No ring", "Rare thing"),
-                     class_slugs=("ring", "no_ring", "rare_thing"))
+    custom = replace(
+        data,
+        labels=labels,
+        class_names=("Ring", "No ring", "Rare thing"),
+        class_slugs=("ring", "no_ring", "rare_thing"),
+    )
     m = resolve_multipliers(load_config(None, ["augment.targets={rare_thing: 8, Ring: 2}"]), custom)
     np.testing.assert_allclose(m, [2.0, 1.0, 8.0])
     np.testing.assert_allclose(resolve_multipliers(load_config(None, ["augment.targets={1: 3}"]), custom), [1, 3, 1])
-    with pytest.raises(ConfigError, match=r"unknown class 'disturbed'; this data's classes are: ring, no_ring, "
-                                          r"rare_thing"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown class 'disturbed'; this data's classes are: ring, no_ring, "
+        r"rare_thing",
+    ):
         resolve_multipliers(load_config(None, ["augment.targets={disturbed: 2}"]), custom)
     recall = np.array([0.9, 0.3, 0.6])
-    auto = load_config(None, ["augment.targets=auto", "augment.auto_from_run=abc", "augment.max_multiplier=8",
-                              "augment.auto_top_k=1"])
+    auto = load_config(
+        None, ["augment.targets=auto", "augment.auto_from_run=abc", "augment.max_multiplier=8", "augment.auto_top_k=1"]
+    )
     measured = auto_target_recall(auto, custom, prepare_run(auto, custom, recall_lookup=lambda run_id, slugs: recall))
     np.testing.assert_allclose(resolve_multipliers(auto, custom, measured), [1.0, 3.0, 1.0])
 
@@ -192,8 +221,9 @@ def test_auto_targets_from_a_warmup(data, monkeypatch: pytest.MonkeyPatch) -> No
     """``targets: auto`` without a source run measures validation recall in a short warm-up (issue 12)."""
     import experiments.training.run as tr
 
-    cfg = load_config(SMOKE, [*FAST, "augment.targets=auto", "augment.auto_warmup_epochs=1",
-                              "augment.max_multiplier=5"])
+    cfg = load_config(
+        SMOKE, [*FAST, "augment.targets=auto", "augment.auto_warmup_epochs=1", "augment.max_multiplier=5"]
+    )
     fits = []
     real_fit = tr.fit
     monkeypatch.setattr(tr, "fit", lambda model, d, c, **kw: fits.append(c) or real_fit(model, d, c, **kw))
@@ -209,8 +239,9 @@ def test_auto_targets_from_a_warmup(data, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.parametrize("max_images", ["null", "150"])
-def test_train_opens_and_validates_the_data_file_once(max_images: str, tiny_h5: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_opens_and_validates_the_data_file_once(
+    max_images: str, tiny_h5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One ``galaxy10 train`` opens the HDF5 file once and validates it once, on a cold run (no split,
     no image cache: the duplicate scan and the cache read through the same handle) and a warm one."""
     import pipelines.reader as reader
@@ -221,8 +252,19 @@ def test_train_opens_and_validates_the_data_file_once(max_images: str, tiny_h5: 
     real_open, real_validate = reader._open, reader._validate_open
     monkeypatch.setattr(reader, "_open", lambda p: opens.append(str(p)) or real_open(p))
     monkeypatch.setattr(reader, "_validate_open", lambda p, f: validations.append(str(p)) or real_validate(p, f))
-    argv = ["-q", "train", "--config", str(SMOKE), "--data", str(tiny_h5), "--set", "train.epochs=1",
-            "--set", f"data.max_images={max_images}", "--no-log-model"]
+    argv = [
+        "-q",
+        "train",
+        "--config",
+        str(SMOKE),
+        "--data",
+        str(tiny_h5),
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"data.max_images={max_images}",
+        "--no-log-model",
+    ]
     for run in ("cold", "warm"):
         opens.clear()
         validations.clear()
@@ -235,9 +277,21 @@ def test_the_modern_recipe_trains(data) -> None:
     """Issue 14's recipe at once: AdamW, warm-up + cosine, label smoothing, MixUp + CutMix, EMA weights."""
     from experiments.training import train
 
-    cfg = load_config(SMOKE, [*FAST, "train.optimizer=adamw", "train.schedule=cosine", "train.warmup_epochs=1",
-                              "train.label_smoothing=0.1", "train.mixup=0.4", "train.cutmix=1.0",
-                              "train.mix_prob=1.0", "train.ema=true", "train.epochs=2"])
+    cfg = load_config(
+        SMOKE,
+        [
+            *FAST,
+            "train.optimizer=adamw",
+            "train.schedule=cosine",
+            "train.warmup_epochs=1",
+            "train.label_smoothing=0.1",
+            "train.mixup=0.4",
+            "train.cutmix=1.0",
+            "train.mix_prob=1.0",
+            "train.ema=true",
+            "train.epochs=2",
+        ],
+    )
     result = train(cfg, data=data, log_model=False, verbose=0)
     assert result.fit.epochs_run == 2 and np.isfinite(result.val_metrics["log_loss"])
     assert result.fit.history["learning_rate"][0] == pytest.approx(cfg.train.learning_rate / 2, rel=1e-4)

@@ -1,16 +1,11 @@
 """augment.tta: the 8 D4 views are distinct and form a group; tta_predict averages over them."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from augment.tta import (
-    N_VIEWS,
-    dihedral_view,
-    dihedral_views,
-    inverse_dihedral_view,
-    tta_predict,
-)
+from augment.tta import N_VIEWS, dihedral_view, dihedral_views, inverse_dihedral_view, tta_predict
 from core.errors import DataError, ModelError
 
 

@@ -3,6 +3,7 @@
 Every end-to-end test trains real (tiny) CNNs and creates an MLflow database, so each takes longer
 than 15 s and is marked slow; ``make test`` runs them, ``make test-fast`` skips them.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,11 @@ def refit_runs(experiment: str = "tune-test") -> list:
     """The refit child runs of the study (issue 13), apart from the trial runs."""
     client = mlflow_client()
     exp = client.get_experiment_by_name(experiment)
-    return [r for r in client.search_runs([exp.experiment_id], max_results=1000)
-            if r.data.tags.get("optuna.role") == "refit"]
+    return [
+        r
+        for r in client.search_runs([exp.experiment_id], max_results=1000)
+        if r.data.tags.get("optuna.role") == "refit"
+    ]
 
 
 def load(name: str = "t") -> optuna.Study:
@@ -63,8 +67,9 @@ def load(name: str = "t") -> optuna.Study:
 
 
 @pytest.mark.slow  # TensorFlow start-up, MLflow database creation and real training: ~20-50 s
-def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_three_trial_study_logs_parent_and_nested_children(
+    tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_tune_yaml(tmp_path / "tune.yaml", refit=True)
     assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
     out = capsys.readouterr().out
@@ -104,7 +109,7 @@ def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_pa
     best = study.best_trial
     # a trial logs its model only when it beats every earlier COMPLETE trial
     for trial in study.trials:
-        improved = all(trial.value > t.value for t in study.trials[:trial.number])
+        improved = all(trial.value > t.value for t in study.trials[: trial.number])
         assert by_number[trial.number].data.tags["optuna.model_logged"] == ("true" if improved else "false")
         assert ("model_uri" in trial.user_attrs) == improved
     tagged = [r for r in children if r.data.tags.get("optuna.best_trial") == "true"]
@@ -112,8 +117,11 @@ def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_pa
     champion = client.get_model_version_by_alias("t", "champion")
     assert champion.run_id == best.user_attrs["mlflow_run_id"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert artifacts == {"plots/optimization_history.png", "plots/param_importances.png",
-                         "plots/parallel_coordinate.png"}
+    assert artifacts == {
+        "plots/optimization_history.png",
+        "plots/param_importances.png",
+        "plots/parallel_coordinate.png",
+    }
     assert {"search_space.yaml", "base_config.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert client.get_run(parent.info.run_id).data.metrics["best_val_accuracy"] == pytest.approx(best.value)
 
@@ -127,11 +135,13 @@ def test_three_trial_study_logs_parent_and_nested_children(tiny_h5: Path, tmp_pa
 
 
 @pytest.mark.slow  # TensorFlow start-up, MLflow database creation and real training: ~20-50 s
-def test_forced_pruning_shows_in_optuna_and_mlflow(tiny_h5: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_forced_pruning_shows_in_optuna_and_mlflow(
+    tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # accuracy can never reach 1.1, so the threshold pruner must prune every trial after epoch 1
-    config = write_tune_yaml(tmp_path / "tune.yaml", name="p", n_trials=2,
-                             pruner={"name": "threshold", "lower": 1.1, "n_warmup_steps": 0})
+    config = write_tune_yaml(
+        tmp_path / "tune.yaml", name="p", n_trials=2, pruner={"name": "threshold", "lower": 1.1, "n_warmup_steps": 0}
+    )
     assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5)]) == 0
     study = load("p")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
@@ -160,16 +170,17 @@ def test_plots_need_two_varying_complete_trials() -> None:
     parent = NullTracker()
     logged, notes = save_plots(study, parent, "accuracy")
     assert logged == ["plots/optimization_history.png", "plots/parallel_coordinate.png"]
-    assert notes == ["plot param_importances skipped: parameter importances need >= 2 COMPLETE trials, "
-                     "the study has 1"]
+    assert notes == ["plot param_importances skipped: parameter importances need >= 2 COMPLETE trials, the study has 1"]
     same = optuna.create_study(direction="maximize")
     for value in (0.1, 0.2):
         t = same.ask()
         t.suggest_categorical("policy", ["galaxy"])
         same.tell(t, value)
     _, notes = save_plots(same, NullTracker(), "accuracy")
-    assert notes == ["plot param_importances skipped: parameter importances need a parameter that varies across "
-                     "the COMPLETE trials (and is set in all of them); none does yet"]
+    assert notes == [
+        "plot param_importances skipped: parameter importances need a parameter that varies across "
+        "the COMPLETE trials (and is set in all of them); none does yet"
+    ]
 
 
 def test_bad_search_space_key_via_cli(tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,17 +189,21 @@ def test_bad_search_space_key_via_cli(tiny_h5: Path, tmp_path: Path, capsys: pyt
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
     assert cli_main(["tune", "--config", str(tmp_path / "bad.yaml"), "--data", str(tiny_h5)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("galaxy10: error: search_space 'model.dropuot' = 0.1: unknown config key model.dropuot; "
-                   "allowed keys in model: name, params, filters, kernel_size, batch_norm, dropout, dense_units, l2, "
-                   "global_pooling, activation, weights, init_from")
+    assert err == (
+        "galaxy10: error: search_space 'model.dropuot' = 0.1: unknown config key model.dropuot; "
+        "allowed keys in model: name, params, filters, kernel_size, batch_norm, dropout, dense_units, l2, "
+        "global_pooling, activation, weights, init_from"
+    )
     assert not (tmp_path / "optuna.db").exists()  # refused before any study was created
 
 
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tiny_h5: Path, tmp_path: Path) -> None:
     config = write_tune_yaml(tmp_path / "tune.yaml", name="w", n_trials=4)
-    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--workers", "2",
-                     "--set", "train.epochs=1"]) == 0
+    assert (
+        cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--workers", "2", "--set", "train.epochs=1"])
+        == 0
+    )
     study = load("w")
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(len(numbers))) and len(set(numbers)) == len(numbers)
@@ -209,21 +224,27 @@ def _running_trial_with_a_report(db: Path) -> bool:
         with sqlite3.connect(db, timeout=1) as conn:
             row = conn.execute(
                 "SELECT COUNT(*) FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
-                "WHERE t.state = 'RUNNING'").fetchone()
+                "WHERE t.state = 'RUNNING'"
+            ).fetchone()
     except sqlite3.Error:
         return False
     return row[0] > 0
 
 
 @pytest.mark.slow
-def test_sigkilled_worker_then_rerun_continues_the_study(tiny_h5: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigkilled_worker_then_rerun_continues_the_study(
+    tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # a long trial (30 epochs), killed after its first epoch
     config = write_tune_yaml(tmp_path / "tune.yaml", name="k", n_trials=2, epochs=30)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "-q", "tune", "--config", str(config),
-                             "--data", str(tiny_h5)], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.cli", "-q", "tune", "--config", str(config), "--data", str(tiny_h5)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not _running_trial_with_a_report(tmp_path / "optuna.db"):
@@ -307,7 +328,9 @@ def test_refit_trains_for_the_mean_best_epoch_of_the_folds() -> None:
     from experiments.tuning.refit import refit_epochs
 
     assert refit_epochs({"cv_best_epochs": [3, 4, 6], "best_epoch": 9}) == (
-        4, "mean best epoch of its 3 folds [3, 4, 6]")
+        4,
+        "mean best epoch of its 3 folds [3, 4, 6]",
+    )
     assert refit_epochs({"cv_best_epochs": [1, 2], "best_epoch": 9})[0] == 2  # 1.5 rounds to even: 2
     assert refit_epochs({"best_epoch": 9}) == (9, "its best validation checkpoint")
 
@@ -319,11 +342,8 @@ def test_the_reference_trial_runs_reference_yaml_at_its_full_budget(tmp_path: Pa
     """Trial 0's config is ``reference.yaml`` as shipped (model, augmentation, resolution, epochs, early
     stopping), on the study's experiment, file, image selection and split; ``--set`` applies to it too."""
     from experiments.settings.run import load_config
-    from experiments.settings.tune import (
-        REFERENCE_CONFIG,
-        load_tune_config,
-        reference_run_config,
-    )
+    from experiments.settings.trial import REFERENCE_CONFIG, reference_run_config
+    from experiments.settings.tune import load_tune_config
 
     tune = load_tune_config(REPO / "experiments" / "configs" / "tune_catalog.yaml")
     assert tune.study.reference_trial  # the default, in the catalog study
@@ -340,16 +360,19 @@ def test_the_reference_trial_runs_reference_yaml_at_its_full_budget(tmp_path: Pa
 
 
 @pytest.mark.slow  # three tiny trials, a refit and an ensemble comparison
-def test_a_new_study_starts_with_the_reference_recipe(tiny_h5: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_new_study_starts_with_the_reference_recipe(
+    tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write_tune_yaml(tmp_path / "tune.yaml", n_trials=2, reference_trial=True, refit=True)
     shrink = ["--set", "train.epochs=1", "--set", "data.size=48", "--set", "data.crop=32"]
     assert cli_main(["-q", "tune", "--config", str(config), "--data", str(tiny_h5), *shrink]) == 0
     study = load()
     first, second = sorted(study.trials, key=lambda t: t.number)
     assert first.user_attrs.get("reference_recipe") is True and first.params == {}
-    assert "reference_recipe" not in second.user_attrs and set(second.params) == {"train.learning_rate",
-                                                                                   "model.dropout"}
+    assert "reference_recipe" not in second.user_attrs and set(second.params) == {
+        "train.learning_rate",
+        "model.dropout",
+    }
     runs = {int(r.data.tags["optuna.trial_number"]): r for r in runs_of()[1]}
     ref, other = runs[first.number].data, runs[second.number].data
     assert ref.tags["optuna.reference"] == "true" and other.tags["optuna.reference"] == "false"
@@ -368,8 +391,10 @@ def test_a_new_study_starts_with_the_reference_recipe(tiny_h5: Path, tmp_path: P
     assert refit[0].data.params["model.filters"] == expected
     # the reference is an ensemble candidate (or the best CNN itself)
     ens = tmp_path / "ens.yaml"
-    ens.write_text("mode: val_cv\ncv_folds: 2\nvote: {top_k: 1, weighted: null}\nsecond_stage: {logreg: {}}\n"
-                   "stack: {second_stage: []}\n")
+    ens.write_text(
+        "mode: val_cv\ncv_folds: 2\nvote: {top_k: 1, weighted: null}\nsecond_stage: {logreg: {}}\n"
+        "stack: {second_stage: []}\n"
+    )
     capsys.readouterr()
     assert cli_main(["ensemble", "--study", "t", "--config", str(ens)]) == 0
     out = capsys.readouterr().out
@@ -379,8 +404,9 @@ def test_a_new_study_starts_with_the_reference_recipe(tiny_h5: Path, tmp_path: P
         assert re.search(r"^\s*reference\s", out, re.M), out
 
 
-def test_speed_objective_makes_a_multi_objective_study(tiny_h5: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_speed_objective_makes_a_multi_objective_study(
+    tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``study.speed_objective``: Optuna optimises the metric and the model's images/s together; the best
     trial is still chosen by the metric; the Pareto front is plotted; `study show` says so."""
     from experiments.tuning.study import ATTR_SPEED, best_trial, trial_value
@@ -419,7 +445,11 @@ def test_speed_objective_needs_no_pruner() -> None:
 def test_a_budget_keeps_the_configs_n_trials(tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--budget 99999h`` with ``study.n_trials: 2`` runs 2 trials, and the plan says the cap bound it."""
     config = write_tune_yaml(tmp_path / "tune.yaml", name="capped", n_trials=2)
-    assert cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--budget", "99999h",
-                     "--set", "train.epochs=1"]) == 0
+    assert (
+        cli_main(
+            ["tune", "--config", str(config), "--data", str(tiny_h5), "--budget", "99999h", "--set", "train.epochs=1"]
+        )
+        == 0
+    )
     assert "capped by study.n_trials / --trials = 2, not by the budget" in capsys.readouterr().out
     assert len(load("capped").get_trials(states=COUNTED_STATES)) == 2

@@ -1,4 +1,5 @@
 """experiments.tuning storage and study handling: bad URLs, search-space hash, stale trials, study CLI."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,9 @@ SPACE = {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}
 
 def _tune(name: str = "s", storage: str = "sqlite:///optuna.db", space=None, **study) -> object:
     """A tuning config without the reference trial (these tests look at storage, not at trial 0)."""
-    return parse_tune_config({"study": {"name": name, "storage": storage, "reference_trial": False, **study},
-                              "search_space": space or SPACE})
+    return parse_tune_config(
+        {"study": {"name": name, "storage": storage, "reference_trial": False, **study}, "search_space": space or SPACE}
+    )
 
 
 def test_a_new_study_queues_the_reference_trial_once() -> None:
@@ -32,16 +34,26 @@ def test_a_new_study_queues_the_reference_trial_once() -> None:
     assert open_study(_tune(name="off"), storage).get_trials() == []
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("sqlite:////no/such/folder/optuna.db",
-     "cannot open the Optuna storage 'sqlite:////no/such/folder/optuna.db': folder /no/such/folder does not exist; "
-     "create it or point --storage at an existing folder"),
-    ("sqlite://", "storage 'sqlite://' is an in-memory SQLite database that worker processes cannot share and that "
-                  "is lost on exit; use a file, e.g. sqlite:///optuna.db"),
-    ("nosuchdb://user@localhost/x",
-     "cannot open the Optuna storage 'nosuchdb://user@localhost/x' (Can't load plugin: sqlalchemy.dialects:nosuchdb); "
-     "check the URL and that the database is reachable, or use sqlite:///optuna.db"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "sqlite:////no/such/folder/optuna.db",
+            "cannot open the Optuna storage 'sqlite:////no/such/folder/optuna.db': folder /no/such/folder does not exist; "
+            "create it or point --storage at an existing folder",
+        ),
+        (
+            "sqlite://",
+            "storage 'sqlite://' is an in-memory SQLite database that worker processes cannot share and that "
+            "is lost on exit; use a file, e.g. sqlite:///optuna.db",
+        ),
+        (
+            "nosuchdb://user@localhost/x",
+            "cannot open the Optuna storage 'nosuchdb://user@localhost/x' (Can't load plugin: sqlalchemy.dialects:nosuchdb); "
+            "check the URL and that the database is reachable, or use sqlite:///optuna.db",
+        ),
+    ],
+)
 def test_unreachable_storage_is_one_clear_line(url: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         open_storage(url)
@@ -51,6 +63,7 @@ def test_unreachable_storage_is_one_clear_line(url: str, message: str) -> None:
 def test_missing_driver_is_one_clear_line() -> None:
     try:
         import MySQLdb  # noqa: F401
+
         pytest.skip("the MySQL driver is installed here")
     except ImportError:
         pass
@@ -85,8 +98,9 @@ def test_existing_study_with_other_space_is_refused() -> None:
     )
     with pytest.raises(ConfigError) as err:
         open_study(_tune(metric="macro_f1"), storage)
-    assert str(err.value) == ("study 's' optimises 'accuracy', not 'macro_f1'; "
-                              "pass a new --study name or set study.metric back")
+    assert str(err.value) == (
+        "study 's' optimises 'accuracy', not 'macro_f1'; pass a new --study name or set study.metric back"
+    )
 
 
 def test_existing_study_with_other_data_is_refused() -> None:
@@ -103,8 +117,9 @@ def test_existing_study_with_other_data_is_refused() -> None:
     )
 
 
-def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import yaml
     from conftest import write_galaxy10_h5
 
@@ -115,15 +130,24 @@ def test_tune_worker_with_other_data_is_one_line_and_adds_nothing(tmp_path: Path
     storage = open_storage("sqlite:///optuna.db")
     open_study(_tune(), storage, data=(data_fingerprint(first), first.name))
     cfg = tmp_path / "tune.yaml"
-    cfg.write_text(yaml.safe_dump({"base": str(Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"),
-                                   "study": {"name": "s", "n_trials": 1}, "search_space": SPACE}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(Path(__file__).resolve().parents[1] / "experiments/configs/smoke.yaml"),
+                "study": {"name": "s", "n_trials": 1},
+                "search_space": SPACE,
+            }
+        )
+    )
     capsys.readouterr()
     code = cli_main(["-q", "tune", "--config", str(cfg), "--data", str(other)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err == [f"galaxy10: error: study 's' was run on first.h5 (fingerprint {data_fingerprint(first)[:12]}) "
-                   f"but this process has other.h5 (fingerprint {data_fingerprint(other)[:12]}); use the same "
-                   "data file on every worker, or pass a new --study name"]
+    assert err == [
+        f"galaxy10: error: study 's' was run on first.h5 (fingerprint {data_fingerprint(first)[:12]}) "
+        f"but this process has other.h5 (fingerprint {data_fingerprint(other)[:12]}); use the same "
+        "data file on every worker, or pass a new --study name"
+    ]
     assert optuna.load_study(study_name="s", storage=storage).trials == []
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -133,15 +157,21 @@ def _age_heartbeat(storage: optuna.storages.RDBStorage, trial_id: int, seconds: 
     import sqlalchemy
 
     with storage.engine.begin() as conn:
-        conn.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now', :age) "
-                                     "WHERE trial_id = :trial"), {"age": f"-{seconds} seconds", "trial": trial_id})
+        conn.execute(
+            sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now', :age) WHERE trial_id = :trial"),
+            {"age": f"-{seconds} seconds", "trial": trial_id},
+        )
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_stale_running_trial_is_failed() -> None:
     handled = []
-    storage = open_storage("sqlite:///optuna.db", heartbeat_interval=1, grace_period=2,
-                           on_stale=lambda study, trial: handled.append(trial.number))
+    storage = open_storage(
+        "sqlite:///optuna.db",
+        heartbeat_interval=1,
+        grace_period=2,
+        on_stale=lambda study, trial: handled.append(trial.number),
+    )
     study = open_study(_tune(), storage)
     trial = study.ask()
     trial.suggest_float("model.dropout", 0.0, 0.5)
@@ -184,4 +214,5 @@ def test_study_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in out
     assert cli_main(["study", "show", "nope"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "galaxy10: error: study 'nope' not found in sqlite:///optuna.db; known studies: demo")
+        "galaxy10: error: study 'nope' not found in sqlite:///optuna.db; known studies: demo"
+    )

@@ -1,4 +1,5 @@
 """The catalog's columns: schema, per-class probability names and the uncertainty measures."""
+
 from __future__ import annotations
 
 import json
@@ -49,17 +50,36 @@ def catalog_schema(class_names: Sequence[str], *, embedding: bool = False) -> pa
     return pa.schema(fields)
 
 
-def with_catalog_metadata(schema: pa.Schema, card: Any, *, inputs_fingerprint: str, n_rows: int,
-                          engine: str, ood: dict[str, Any] | None, **extra: Any) -> pa.Schema:
+def with_catalog_metadata(
+    schema: pa.Schema,
+    card: Any,
+    *,
+    inputs_fingerprint: str,
+    n_rows: int,
+    engine: str,
+    ood: dict[str, Any] | None,
+    **extra: Any,
+) -> pa.Schema:
     """``schema`` carrying the catalog's metadata (key ``galaxy10``, JSON) and galaxy10's owner tag: the
     model (URI, name, version, run, synthetic flag, data fingerprint, class names, temperature), the
     inputs' fingerprint and row count, the engine and the out-of-distribution detector's summary."""
-    meta = {"written_by": f"{OWNER_TAG} catalog (engine {engine})", "schema_version": SCHEMA_VERSION,
-            "model_uri": card.uri, "model_name": card.name, "model_version": card.version,
-            "model_run_id": card.run_id, "model_synthetic": card.synthetic,
-            "model_data_fingerprint": card.data_fingerprint, "class_names": list(card.class_names),
-            "calibration": {"method": "temperature scaling", "temperature": card.temperature},
-            "inputs_fingerprint": inputs_fingerprint, "n_rows": n_rows, "engine": engine, "ood": ood, **extra}
+    meta = {
+        "written_by": f"{OWNER_TAG} catalog (engine {engine})",
+        "schema_version": SCHEMA_VERSION,
+        "model_uri": card.uri,
+        "model_name": card.name,
+        "model_version": card.version,
+        "model_run_id": card.run_id,
+        "model_synthetic": card.synthetic,
+        "model_data_fingerprint": card.data_fingerprint,
+        "class_names": list(card.class_names),
+        "calibration": {"method": "temperature scaling", "temperature": card.temperature},
+        "inputs_fingerprint": inputs_fingerprint,
+        "n_rows": n_rows,
+        "engine": engine,
+        "ood": ood,
+        **extra,
+    }
     return schema.with_metadata({b"galaxy10": json.dumps(meta).encode(), b"written_by": OWNER_TAG.encode()})
 
 

@@ -5,6 +5,7 @@ types, null numbers are masked (FITS ``TNULL`` for integers, NaN for floats). Th
 temperature and the inputs' fingerprint go into the header. The whole table is held in memory while it
 is written (about 8 bytes per value); use the Parquet file for surveys that do not fit.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,15 +30,16 @@ def write_fits(parquet: str | Path, out: str | Path) -> Path:
     for field, column in zip(table.schema, table.columns, strict=True):
         if field.type == "string":
             text = column.to_pandas().fillna("").astype(str).to_numpy()
-            columns.append(MaskedColumn(text.astype(f"U{max(1, max((len(t) for t in text), default=1))}"),
-                                        name=field.name))
+            columns.append(
+                MaskedColumn(text.astype(f"U{max(1, max((len(t) for t in text), default=1))}"), name=field.name)
+            )
         elif pa.types.is_list(field.type):  # the embedding: a fixed-width vector column, NaN rows where null
             rows = column.to_pylist()
             width = max((len(r) for r in rows if r is not None), default=1)
             data = np.full((len(rows), width), np.nan, dtype=np.float32)
             for i, r in enumerate(rows):
                 if r is not None:
-                    data[i, :len(r)] = r
+                    data[i, : len(r)] = r
             columns.append(MaskedColumn(data, name=field.name))
         elif field.type == "bool":
             values = column.to_pandas()
@@ -54,9 +56,13 @@ def write_fits(parquet: str | Path, out: str | Path) -> Path:
     hdu.name = "CATALOG"
     header = hdu.header
     header["ORIGIN"] = "galaxy10 catalog"
-    for key, value in (("MODELURI", meta.get("model_uri")), ("MODELVER", meta.get("model_version")),
-                       ("TEMPERAT", (meta.get("calibration") or {}).get("temperature")),
-                       ("INPUTSHA", meta.get("inputs_fingerprint")), ("SYNTHMOD", meta.get("model_synthetic"))):
+    for key, value in (
+        ("MODELURI", meta.get("model_uri")),
+        ("MODELVER", meta.get("model_version")),
+        ("TEMPERAT", (meta.get("calibration") or {}).get("temperature")),
+        ("INPUTSHA", meta.get("inputs_fingerprint")),
+        ("SYNTHMOD", meta.get("model_synthetic")),
+    ):
         if value is not None:
             header[f"HIERARCH {key}"] = value if isinstance(value, (int, float, bool)) else str(value)
     header["COMMENT"] = "written by galaxy10; class names: " + ", ".join(meta.get("class_names") or [])

@@ -6,6 +6,7 @@ global number, so a chunk of rows is the same for any number of workers and afte
 decoded here: planning checks existence, types and schemas only, and an image that cannot be read later
 becomes a row with an error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -121,8 +122,10 @@ def _walk_images(folder: Path) -> Iterator[Path]:
 def _folder_segment(folder: Path) -> Segment:
     files = [str(p) for p in _walk_images(folder)]
     if not files:
-        raise DataError(f"folder {folder} holds no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images; "
-                        "give a folder of image files, an HDF5 file or a CSV/Parquet list of paths")
+        raise DataError(
+            f"folder {folder} holds no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images; "
+            "give a folder of image files, an HDF5 file or a CSV/Parquet list of paths"
+        )
     ids = [os.path.relpath(p, folder) for p in files]
     stamp = {"files": len(files), "contents": _files_stamp(files)}
     return Segment("files", folder, len(files), files=files, ids=ids, stamp=stamp)
@@ -137,19 +140,21 @@ def _read_list(path: Path):  # noqa: ANN202 - a pandas DataFrame
         return pd.read_parquet(path)
     except (ValueError, OSError, ImportError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"cannot read the image list {path} ({first}); give a CSV or Parquet file with a "
-                        f"'path' column") from None
+        raise DataError(
+            f"cannot read the image list {path} ({first}); give a CSV or Parquet file with a 'path' column"
+        ) from None
 
 
 def _coord(values, path: Path, name: str) -> np.ndarray:  # noqa: ANN001 - a pandas Series
     import pandas as pd
 
     out = pd.to_numeric(values.replace("", np.nan), errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(np.isnan(out) & values.astype(str).str.strip().ne("").to_numpy()
-                         & values.notna().to_numpy())
+    bad = np.flatnonzero(np.isnan(out) & values.astype(str).str.strip().ne("").to_numpy() & values.notna().to_numpy())
     if len(bad):
-        raise DataError(f"image list {path}: column {name} row {int(bad[0]) + 2} ({values.iloc[bad[0]]!r}) is not "
-                        "a number; give degrees or leave it empty")
+        raise DataError(
+            f"image list {path}: column {name} row {int(bad[0]) + 2} ({values.iloc[bad[0]]!r}) is not "
+            "a number; give degrees or leave it empty"
+        )
     return out
 
 
@@ -157,8 +162,10 @@ def _list_segment(path: Path) -> Segment:
     table = _read_list(path)
     column = next((c for c in PATH_COLUMNS if c in table.columns), None)
     if column is None:
-        raise DataError(f"image list {path} has no path column; name one of: {', '.join(PATH_COLUMNS)} "
-                        f"(its columns: {', '.join(map(str, table.columns[:8])) or 'none'})")
+        raise DataError(
+            f"image list {path} has no path column; name one of: {', '.join(PATH_COLUMNS)} "
+            f"(its columns: {', '.join(map(str, table.columns[:8])) or 'none'})"
+        )
     if len(table) == 0:
         raise DataError(f"image list {path} has no rows; list at least one image")
     names = table[column].astype(str).str.strip()
@@ -170,8 +177,16 @@ def _list_segment(path: Path) -> Segment:
     ids = table["id"].astype(str).tolist() if "id" in table.columns else names.tolist()
     ra = _coord(table["ra"], path, "ra") if "ra" in table.columns else None
     dec = _coord(table["dec"], path, "dec") if "dec" in table.columns else None
-    return Segment("files", path, len(files), files=files, ids=ids, ra=ra, dec=dec,
-                   stamp={**_stamp(path), "contents": _files_stamp(files)})
+    return Segment(
+        "files",
+        path,
+        len(files),
+        files=files,
+        ids=ids,
+        ra=ra,
+        dec=dec,
+        stamp={**_stamp(path), "contents": _files_stamp(files)},
+    )
 
 
 def _h5_segment(path: Path) -> Segment:
@@ -215,6 +230,7 @@ def plan_catalog_inputs(args: Sequence[str]) -> CatalogInputs:
         elif suffix in IMAGE_SUFFIXES:
             segments.append(Segment("files", path, 1, files=[str(path)], ids=[path.name], stamp=_stamp(path)))
         else:
-            raise DataError(f"input {arg} is not an HDF5 file, a folder, a CSV/Parquet list or a PNG/JPEG image; "
-                            "give one of those")
+            raise DataError(
+                f"input {arg} is not an HDF5 file, a folder, a CSV/Parquet list or a PNG/JPEG image; give one of those"
+            )
     return CatalogInputs(segments)

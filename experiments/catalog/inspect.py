@@ -1,4 +1,4 @@
-""""Inspect these": the most uncertain and the out-of-distribution galaxies of a catalog, for a person to look at.
+""" "Inspect these": the most uncertain and the out-of-distribution galaxies of a catalog, for a person to look at.
 
 Galaxy Zoo routes the images its model is least sure of to volunteers; ``galaxy10 catalog --flag-uncertain
 N`` writes the N rows with the highest entropy and up to N rows flagged out-of-distribution (highest score
@@ -6,6 +6,7 @@ first) to a folder: ``index.html`` (each image with its id, source, predicted cl
 entropy, view disagreement and out-of-distribution score), the images as PNG files, and ``gallery.png``
 (one contact sheet of them).
 """
+
 from __future__ import annotations
 
 import html
@@ -64,12 +65,17 @@ def _png(img: Image.Image) -> bytes:
 def _card(row: pd.Series, prob_cols: Sequence[str], class_names: Sequence[str], name: str) -> str:
     probs = sorted(zip(row[list(prob_cols)].to_numpy(dtype=float), class_names, strict=True), reverse=True)[:3]
     top = ", ".join(f"{html.escape(c)} {p:.2f}" for p, c in probs)
-    ood = "" if pd.isna(row["ood_score"]) else f"<br>OOD score {row['ood_score']:.3g}" + (
-        " <b>(flagged)</b>" if row["ood_flag"] else "")
+    ood = (
+        ""
+        if pd.isna(row["ood_score"])
+        else f"<br>OOD score {row['ood_score']:.3g}" + (" <b>(flagged)</b>" if row["ood_flag"] else "")
+    )
     dis = "" if pd.isna(row["view_disagreement"]) else f", view disagreement {row['view_disagreement']:.3f}"
-    return (f'<figure><img src="img/{name}" width="{THUMB}" alt="{html.escape(str(row["id"]))}">'
-            f"<figcaption><b>{html.escape(str(row['id']))}</b><br>{html.escape(str(row['source']))}<br>"
-            f"{top}<br>entropy {row['entropy']:.3f}{dis}{ood}</figcaption></figure>")
+    return (
+        f'<figure><img src="img/{name}" width="{THUMB}" alt="{html.escape(str(row["id"]))}">'
+        f"<figcaption><b>{html.escape(str(row['id']))}</b><br>{html.escape(str(row['source']))}<br>"
+        f"{top}<br>entropy {row['entropy']:.3f}{dis}{ood}</figcaption></figure>"
+    )
 
 
 def _selected(catalog: Path, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -79,15 +85,19 @@ def _selected(catalog: Path, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     light = pq.read_table(catalog, columns=["row", "entropy", "ood_score", "ood_flag", "error"]).to_pandas()
     uncertain, flagged = pick_rows(light, n)
     wanted = sorted(set(uncertain["row"]) | set(flagged["row"]))
-    full = pq.read_table(catalog, filters=[("row", "in", wanted)]).to_pandas().set_index("row", drop=False) \
-        if wanted else None
+    full = (
+        pq.read_table(catalog, filters=[("row", "in", wanted)]).to_pandas().set_index("row", drop=False)
+        if wanted
+        else None
+    )
     if full is None:
         return uncertain, flagged
     return full.loc[list(uncertain["row"])], full.loc[list(flagged["row"])]
 
 
-def write_inspection(catalog: str | Path, class_names: Sequence[str], folder: str | Path, n: int, *, title: str,
-                     force: bool = False) -> Path:
+def write_inspection(
+    catalog: str | Path, class_names: Sequence[str], folder: str | Path, n: int, *, title: str, force: bool = False
+) -> Path:
     """Write the gallery of :func:`pick_rows` of the Parquet ``catalog`` into ``folder`` (a platform folder)."""
     from experiments.catalog.columns import probability_columns
 
@@ -99,8 +109,10 @@ def write_inspection(catalog: str | Path, class_names: Sequence[str], folder: st
     with output_dir(folder, what="inspection gallery", option="--flag-uncertain folder", force=force) as tmp:
         (tmp / "img").mkdir()
         try:
-            for heading, rows in (("Most uncertain (highest entropy)", uncertain),
-                                  ("Out of distribution (flagged, highest score first)", flagged)):
+            for heading, rows in (
+                ("Most uncertain (highest entropy)", uncertain),
+                ("Out of distribution (flagged, highest score first)", flagged),
+            ):
                 cards = []
                 for _, row in rows.iterrows():
                     name = f"row-{int(row['row']):09d}.png"
@@ -114,10 +126,12 @@ def write_inspection(catalog: str | Path, class_names: Sequence[str], folder: st
         finally:
             for f in files.values():
                 f.close()
-        page = (f"<!doctype html><meta charset=utf-8><meta name=generator content='{OWNER_TAG}'>"
-                f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}.grid{{display:flex;"
-                "flex-wrap:wrap;gap:12px}figure{width:180px;margin:0;font-size:12px}</style>"
-                f"<h1>{html.escape(title)}</h1>{''.join(sections)}")
+        page = (
+            f"<!doctype html><meta charset=utf-8><meta name=generator content='{OWNER_TAG}'>"
+            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}.grid{{display:flex;"
+            "flex-wrap:wrap;gap:12px}figure{width:180px;margin:0;font-size:12px}</style>"
+            f"<h1>{html.escape(title)}</h1>{''.join(sections)}"
+        )
         (tmp / "index.html").write_text(page)
         if thumbs:
             cols = min(10, len(thumbs))
@@ -125,6 +139,7 @@ def write_inspection(catalog: str | Path, class_names: Sequence[str], folder: st
             for i, t in enumerate(thumbs):
                 sheet.paste(t, ((i % cols) * THUMB, (i // cols) * THUMB))
             (tmp / "gallery.png").write_bytes(_png(sheet))
-    log.info("inspection gallery: %d uncertain and %d out-of-distribution images in %s", len(uncertain),
-             len(flagged), folder)
+    log.info(
+        "inspection gallery: %d uncertain and %d out-of-distribution images in %s", len(uncertain), len(flagged), folder
+    )
     return Path(folder)

@@ -9,6 +9,7 @@ into the output (again through a temporary file), and the parts folder, which on
 removed. Chunks hold the same rows for any number of ``workers`` and are predicted in the same batches,
 so the catalog does not depend on the number of workers.
 """
+
 from __future__ import annotations
 
 import json
@@ -122,9 +123,14 @@ def decode_file(path: str) -> tuple[np.ndarray | None, str | None]:
         return None, first_line(err)
 
 
-def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, str | None]], batch_size: int,
-                   n_classes: int, ood: OODDetector | None = None,
-                   with_embedding: bool = False) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, list | None]:
+def _predict_chunk(
+    predictor: Any,
+    decoded: Sequence[tuple[np.ndarray | None, str | None]],
+    batch_size: int,
+    n_classes: int,
+    ood: OODDetector | None = None,
+    with_embedding: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, list | None]:
     """Mean probabilities ``(n, C)`` (NaN for errors), view disagreement ``(n,)``, the number of views, the
     out-of-distribution scores ``(n,)`` (NaN without a detector) and, if asked, each row's embedding."""
     probs = np.full((len(decoded), n_classes), np.nan, dtype=np.float32)
@@ -138,7 +144,7 @@ def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, st
             by_shape.setdefault(image.shape, []).append(i)
     for rows in by_shape.values():  # row order within a shape, the same batches for any worker count
         for start in range(0, len(rows), batch_size):
-            idx = rows[start:start + batch_size]
+            idx = rows[start : start + batch_size]
             batch = np.stack([decoded[i][0] for i in idx])
             views = predictor.predict_views(batch)
             probs[idx] = predictor.calibrate(mean_of_views(views))
@@ -154,10 +160,18 @@ def _predict_chunk(predictor: Any, decoded: Sequence[tuple[np.ndarray | None, st
     return probs, disagreement, n_views, scores, embeddings
 
 
-def _chunk_table(refs: Sequence[RowRef], decoded: Sequence[tuple[np.ndarray | None, str | None]],
-                 probs: np.ndarray, disagreement: np.ndarray, n_views: int, scores: np.ndarray,
-                 ood: OODDetector | None, class_names: Sequence[str], schema: pa.Schema,
-                 embeddings: list | None = None) -> pa.Table:
+def _chunk_table(
+    refs: Sequence[RowRef],
+    decoded: Sequence[tuple[np.ndarray | None, str | None]],
+    probs: np.ndarray,
+    disagreement: np.ndarray,
+    n_views: int,
+    scores: np.ndarray,
+    ood: OODDetector | None,
+    class_names: Sequence[str],
+    schema: pa.Schema,
+    embeddings: list | None = None,
+) -> pa.Table:
     ok = ~np.isnan(probs).any(axis=1)
     top = np.where(ok, np.nan_to_num(probs).argmax(axis=1), -1)
     cols: dict[str, Any] = {
@@ -174,8 +188,9 @@ def _chunk_table(refs: Sequence[RowRef], decoded: Sequence[tuple[np.ndarray | No
         cols[name] = pa.array(probs[:, c], mask=~ok, type=pa.float32())
     cols["max_probability"] = pa.array(np.nan_to_num(probs).max(axis=1), mask=~ok, type=pa.float32())
     cols["entropy"] = pa.array(entropy(np.nan_to_num(probs)).astype(np.float32), mask=~ok, type=pa.float32())
-    cols["view_disagreement"] = pa.array(disagreement.astype(np.float32), mask=np.isnan(disagreement),
-                                         type=pa.float32())
+    cols["view_disagreement"] = pa.array(
+        disagreement.astype(np.float32), mask=np.isnan(disagreement), type=pa.float32()
+    )
     cols["n_views"] = [n_views if k else None for k in ok]
     no_score = np.isnan(scores)
     cols["ood_score"] = pa.array(scores.astype(np.float32), mask=no_score, type=pa.float32())
@@ -196,17 +211,23 @@ def _check_manifest(folder: Path, manifest: dict, restart: bool) -> None:
     except (OSError, ValueError):
         previous = None
     if previous is None:
-        raise DataError(f"{folder} exists but holds no catalog job description; move it away (galaxy10 did not "
-                        "write it) or choose another --out")
+        raise DataError(
+            f"{folder} exists but holds no catalog job description; move it away (galaxy10 did not "
+            "write it) or choose another --out"
+        )
     if previous == manifest and not restart:
         return
     if not restart:
         changed = [k for k in manifest if previous.get(k) != manifest[k]]
-        raise DataError(f"an unfinished catalog job for this --out was started with other {', '.join(changed)}; "
-                        "rerun it with the same inputs and options to finish it, or add --restart to discard it")
+        raise DataError(
+            f"an unfinished catalog job for this --out was started with other {', '.join(changed)}; "
+            "rerun it with the same inputs and options to finish it, or add --restart to discard it"
+        )
     ours = (MANIFEST, OOD_FILE)
-    if any(p.name not in ours and not p.name.startswith(("part-", ".part-", ".job.json", ".ood.npz"))
-           for p in folder.iterdir()):
+    if any(
+        p.name not in ours and not p.name.startswith(("part-", ".part-", ".job.json", ".ood.npz"))
+        for p in folder.iterdir()
+    ):
         raise DataError(f"{folder} holds files galaxy10 did not write; move them away before --restart")
     shutil.rmtree(folder)
 
@@ -230,10 +251,18 @@ def _maybe_die(written: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, chunk_size: int = DEFAULT_CHUNK,
-                workers: int = 1, batch_size: int = DEFAULT_BATCH, restart: bool = False,
-                ood: OODDetector | Callable[[], OODDetector] | None = None,
-                with_embedding: bool = False) -> CatalogResult:
+def run_catalog(
+    inputs: CatalogInputs,
+    predictor: Any,
+    out: str | os.PathLike,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    workers: int = 1,
+    batch_size: int = DEFAULT_BATCH,
+    restart: bool = False,
+    ood: OODDetector | Callable[[], OODDetector] | None = None,
+    with_embedding: bool = False,
+) -> CatalogResult:
     """Predict every row of ``inputs`` with ``predictor`` and write the Parquet catalog ``out``.
 
     Parameters
@@ -258,12 +287,21 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
     card = predictor.card
     class_names = list(card.class_names)
     if with_embedding and not predictor.can_embed:
-        raise DataError(f"model {card.uri} gives no embeddings; drop --with-embedding or use a CNN or a galaxy10 "
-                        "ensemble")
+        raise DataError(
+            f"model {card.uri} gives no embeddings; drop --with-embedding or use a CNN or a galaxy10 ensemble"
+        )
     schema = catalog_schema(class_names, embedding=with_embedding)
-    manifest = {"inputs": inputs.fingerprint(), "model": card.uri, "model_version": card.version,
-                "chunk_size": int(chunk_size), "n_rows": inputs.n_rows, "class_names": class_names,
-                "schema_version": SCHEMA_VERSION, "ood": ood is not None, "embedding": with_embedding}
+    manifest = {
+        "inputs": inputs.fingerprint(),
+        "model": card.uri,
+        "model_version": card.version,
+        "chunk_size": int(chunk_size),
+        "n_rows": inputs.n_rows,
+        "class_names": class_names,
+        "schema_version": SCHEMA_VERSION,
+        "ood": ood is not None,
+        "embedding": with_embedding,
+    }
     folder = parts_dir(out)
     _check_manifest(folder, manifest, restart)
     folder.mkdir(parents=True, exist_ok=True)
@@ -291,9 +329,11 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
                 refs, decoded = pending.result()
                 pending = prefetch.submit(load, todo[i + 1]) if i + 1 < len(todo) else None  # decode ahead
                 probs, disagreement, n_views, scores, embeddings = _predict_chunk(
-                    predictor, decoded, batch_size, len(class_names), detector, with_embedding)
-                table = _chunk_table(refs, decoded, probs, disagreement, n_views, scores, detector, class_names,
-                                     schema, embeddings)
+                    predictor, decoded, batch_size, len(class_names), detector, with_embedding
+                )
+                table = _chunk_table(
+                    refs, decoded, probs, disagreement, n_views, scores, detector, class_names, schema, embeddings
+                )
                 with atomic_path(_part(folder, k)) as tmp:
                     pq.write_table(table, tmp)
                     _maybe_die(written)  # the test hook dies here, holding an unfinished temporary part
@@ -303,8 +343,14 @@ def run_catalog(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *
         prefetch.shutdown(wait=True, cancel_futures=True)
         decoder.close()
     seconds = time.perf_counter() - started
-    schema = with_catalog_metadata(schema, card, inputs_fingerprint=manifest["inputs"], n_rows=n, engine="native",
-                                   ood=detector.describe() if detector is not None else None)
+    schema = with_catalog_metadata(
+        schema,
+        card,
+        inputs_fingerprint=manifest["inputs"],
+        n_rows=n,
+        engine="native",
+        ood=detector.describe() if detector is not None else None,
+    )
     n_errors = _merge(folder, n_chunks, out, schema)
     shutil.rmtree(folder)
     return CatalogResult(out=out, n_rows=n, n_errors=n_errors, resumed_rows=resumed, seconds=seconds)

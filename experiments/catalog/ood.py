@@ -6,6 +6,7 @@ out-of-distribution samples"; Ledoit-Wolf shrinkage, so a few hundred training i
 threshold is the ``quantile`` (default 99%) of the scores of the *validation* split, so about 1% of
 in-distribution images are flagged; the validation images were never trained on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,15 +55,24 @@ class OODDetector:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (for the catalog's metadata)."""
-        return {"method": "min class Mahalanobis distance of the CNN embedding (shared Ledoit-Wolf covariance)",
-                "threshold": self.threshold, "quantile": self.quantile, "n_train": self.n_train,
-                "n_val": self.n_val, "val_flagged": self.val_flagged}
+        return {
+            "method": "min class Mahalanobis distance of the CNN embedding (shared Ledoit-Wolf covariance)",
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "val_flagged": self.val_flagged,
+        }
 
     def save(self, path: str | Path) -> None:
         """Write to ``path`` (npz) atomically."""
         with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, means=self.means, precision=self.precision,
-                     meta=np.array([self.threshold, self.quantile, self.n_train, self.n_val, self.val_flagged]))
+            np.savez(
+                tmp,
+                means=self.means,
+                precision=self.precision,
+                meta=np.array([self.threshold, self.quantile, self.n_train, self.n_val, self.val_flagged]),
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> OODDetector:
@@ -71,15 +81,18 @@ class OODDetector:
             return cls(z["means"], z["precision"], threshold, quantile, int(n_train), int(n_val), flagged)
 
 
-def fit_detector(train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarray, *,
-                 quantile: float = QUANTILE) -> OODDetector:
+def fit_detector(
+    train_emb: np.ndarray, train_labels: np.ndarray, val_emb: np.ndarray, *, quantile: float = QUANTILE
+) -> OODDetector:
     """Class means and shared covariance from training embeddings; the threshold from validation ones."""
     train_emb = np.asarray(train_emb, dtype=np.float64)
     labels = np.asarray(train_labels)
     classes = np.unique(labels)
     if len(train_emb) < 2 * len(classes) or len(val_emb) < 10:
-        raise DataError(f"too few images to calibrate out-of-distribution scores ({len(train_emb)} training, "
-                        f"{len(val_emb)} validation); give the model's training file with more images, or --ood off")
+        raise DataError(
+            f"too few images to calibrate out-of-distribution scores ({len(train_emb)} training, "
+            f"{len(val_emb)} validation); give the model's training file with more images, or --ood off"
+        )
     means = np.stack([train_emb[labels == c].mean(axis=0) for c in classes])
     centred = train_emb - means[np.searchsorted(classes, labels)]
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
@@ -97,8 +110,7 @@ def _sample(rows: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, size=k, replace=False))
 
 
-def _embed_rows(embed: Callable[[np.ndarray], np.ndarray], data: Path, rows: np.ndarray,
-                batch: int) -> np.ndarray:
+def _embed_rows(embed: Callable[[np.ndarray], np.ndarray], data: Path, rows: np.ndarray, batch: int) -> np.ndarray:
     parts = []
     with Galaxy10File(data) as f:
         for _, images in f.iter_batches(batch, rows):
@@ -106,16 +118,28 @@ def _embed_rows(embed: Callable[[np.ndarray], np.ndarray], data: Path, rows: np.
     return np.concatenate(parts)
 
 
-def detector_from_file(embed: Callable[[np.ndarray], np.ndarray], data: str | Path, train_rows: np.ndarray,
-                       val_rows: np.ndarray, *, quantile: float = QUANTILE, batch: int = 64,
-                       seed: int = 0) -> OODDetector:
+def detector_from_file(
+    embed: Callable[[np.ndarray], np.ndarray],
+    data: str | Path,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    *,
+    quantile: float = QUANTILE,
+    batch: int = 64,
+    seed: int = 0,
+) -> OODDetector:
     """Embed (a seeded sample of) the training and validation rows of ``data`` and fit the detector."""
     data = Path(data)
     train = _sample(train_rows, MAX_TRAIN, seed)
     val = _sample(val_rows, MAX_VAL, seed + 1)
     with Galaxy10File(data) as f:
         labels = f.labels()[train]
-    log.info("out-of-distribution scores: embedding %d training and %d validation images of %s",
-             len(train), len(val), data.name)
-    return fit_detector(_embed_rows(embed, data, train, batch), labels, _embed_rows(embed, data, val, batch),
-                        quantile=quantile)
+    log.info(
+        "out-of-distribution scores: embedding %d training and %d validation images of %s",
+        len(train),
+        len(val),
+        data.name,
+    )
+    return fit_detector(
+        _embed_rows(embed, data, train, batch), labels, _embed_rows(embed, data, val, batch), quantile=quantile
+    )

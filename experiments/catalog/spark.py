@@ -16,6 +16,7 @@ Out-of-distribution scores: the driver fits the detector as the native job does 
 validation split) and ships the CNN as a ``.keras`` file (``SparkContext.addFile``); executors load it once
 per Python worker, embed the untransformed view and score it with the detector's class means and precision.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,11 +58,16 @@ ROW_COLUMNS = ("row", "id", "source", "source_index", "ra", "dec")
 
 def _row_frame(inputs: CatalogInputs) -> pd.DataFrame:
     refs = inputs.rows(0, inputs.n_rows)
-    return pd.DataFrame({"row": [r.row for r in refs], "id": [r.id for r in refs],
-                         "source": [r.source for r in refs],
-                         "source_index": pd.array([r.index for r in refs], dtype="Int64"),
-                         "ra": [np.nan if r.ra is None else r.ra for r in refs],
-                         "dec": [np.nan if r.dec is None else r.dec for r in refs]})
+    return pd.DataFrame(
+        {
+            "row": [r.row for r in refs],
+            "id": [r.id for r in refs],
+            "source": [r.source for r in refs],
+            "source_index": pd.array([r.index for r in refs], dtype="Int64"),
+            "ra": [np.nan if r.ra is None else r.ra for r in refs],
+            "dec": [np.nan if r.dec is None else r.dec for r in refs],
+        }
+    )
 
 
 def _prepare(batches: Iterator[pd.DataFrame], *, size: int, crop: int, n_views: int) -> Iterator[pd.DataFrame]:
@@ -110,8 +116,9 @@ def _embedder(file_name: str) -> Any:
     return _EMBEDDERS[file_name]
 
 
-def _embed_rows(batches: Iterator[pd.DataFrame], *, model_file: str, detector: OODDetector | None, crop: int,
-                with_embedding: bool) -> Iterator[pd.DataFrame]:
+def _embed_rows(
+    batches: Iterator[pd.DataFrame], *, model_file: str, detector: OODDetector | None, crop: int, with_embedding: bool
+) -> Iterator[pd.DataFrame]:
     """Executor side: each readable row's CNN embedding of the untransformed view (``view_0``): its
     out-of-distribution score (with a detector) and, if asked, the embedding itself."""
     from ensembles.embeddings import embed_images
@@ -136,8 +143,15 @@ def _embed_rows(batches: Iterator[pd.DataFrame], *, model_file: str, detector: O
         yield out
 
 
-def _finish(batches: Iterator[pd.DataFrame], *, class_names: Sequence[str], n_views: int,
-            temperature: float, threshold: float | None, with_embedding: bool) -> Iterator[pd.DataFrame]:
+def _finish(
+    batches: Iterator[pd.DataFrame],
+    *,
+    class_names: Sequence[str],
+    n_views: int,
+    temperature: float,
+    threshold: float | None,
+    with_embedding: bool,
+) -> Iterator[pd.DataFrame]:
     """Executor side: the catalog's columns from the per-view probabilities, as the native job computes them."""
     prob_cols = probability_columns(class_names)
     for df in batches:
@@ -147,8 +161,7 @@ def _finish(batches: Iterator[pd.DataFrame], *, class_names: Sequence[str], n_vi
         top = probs.argmax(axis=1)
         out = df[list(ROW_COLUMNS)].copy()
         out["predicted"] = [class_names[t] if k else None for t, k in zip(top, ok, strict=True)]
-        out["predicted_index"] = pd.array([int(t) if k else None for t, k in zip(top, ok, strict=True)],
-                                          dtype="Int16")
+        out["predicted_index"] = pd.array([int(t) if k else None for t, k in zip(top, ok, strict=True)], dtype="Int16")
         for c, name in enumerate(prob_cols):
             out[name] = np.where(ok, probs[:, c], np.nan).astype(np.float32)
         out["max_probability"] = np.where(ok, probs.max(axis=1), np.nan).astype(np.float32)
@@ -161,8 +174,9 @@ def _finish(batches: Iterator[pd.DataFrame], *, class_names: Sequence[str], n_vi
         else:
             scores = df["ood_score"].to_numpy(dtype=np.float32)
             out["ood_score"] = scores
-            out["ood_flag"] = pd.array([bool(v > threshold) if np.isfinite(v) else None for v in scores],
-                                       dtype="boolean")
+            out["ood_flag"] = pd.array(
+                [bool(v > threshold) if np.isfinite(v) else None for v in scores], dtype="boolean"
+            )
         out["error"] = df["error"]
         if with_embedding:
             out["embedding"] = df["embedding"]
@@ -183,11 +197,19 @@ def _spark_schema(class_names: Sequence[str], *, embedding: bool = False) -> Any
         StructType,
     )
 
-    kinds = {pa.int64(): LongType(), pa.string(): StringType(), pa.float64(): DoubleType(),
-             pa.float32(): FloatType(), pa.int16(): ShortType(), pa.int8(): ByteType(), pa.bool_(): BooleanType(),
-             pa.list_(pa.float32()): ArrayType(FloatType())}
-    return StructType([StructField(f.name, kinds[f.type], f.nullable)
-                       for f in catalog_schema(class_names, embedding=embedding)])
+    kinds = {
+        pa.int64(): LongType(),
+        pa.string(): StringType(),
+        pa.float64(): DoubleType(),
+        pa.float32(): FloatType(),
+        pa.int16(): ShortType(),
+        pa.int8(): ByteType(),
+        pa.bool_(): BooleanType(),
+        pa.list_(pa.float32()): ArrayType(FloatType()),
+    }
+    return StructType(
+        [StructField(f.name, kinds[f.type], f.nullable) for f in catalog_schema(class_names, embedding=embedding)]
+    )
 
 
 def spark_session(master: str) -> Any:
@@ -195,26 +217,40 @@ def spark_session(master: str) -> Any:
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        raise ConfigError("--engine spark needs pyspark and Java 17: pip install 'galaxy10-platform[spark]' and "
-                          "install a Java 17 runtime (e.g. Debian's openjdk-17-jre-headless)") from None
+        raise ConfigError(
+            "--engine spark needs pyspark and Java 17: pip install 'galaxy10-platform[spark]' and "
+            "install a Java 17 runtime (e.g. Debian's openjdk-17-jre-headless)"
+        ) from None
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its connection notes, even at interpreter exit
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this environment's Python
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     try:
-        return (SparkSession.builder.master(master).appName("galaxy10-catalog")
-                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "256")
-                .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+        return (
+            SparkSession.builder.master(master)
+            .appName("galaxy10-catalog")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.sql.execution.arrow.maxRecordsPerBatch", "256")
+            .config("spark.ui.showConsoleProgress", "false")
+            .getOrCreate()
+        )
     except Exception as err:  # noqa: BLE001 - Java missing, bad master URL: one line for the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot start Spark on {master} ({first}); check --spark-master and that Java 17 is "
-                          "installed (JAVA_HOME)") from None
+        raise ConfigError(
+            f"cannot start Spark on {master} ({first}); check --spark-master and that Java 17 is installed (JAVA_HOME)"
+        ) from None
 
 
-def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathLike, *, master: str = "local[*]",
-                      partitions: int | None = None, spark: Any = None,
-                      ood: OODDetector | Callable[[], OODDetector] | None = None,
-                      with_embedding: bool = False) -> CatalogResult:
+def run_catalog_spark(
+    inputs: CatalogInputs,
+    predictor: Any,
+    out: str | os.PathLike,
+    *,
+    master: str = "local[*]",
+    partitions: int | None = None,
+    spark: Any = None,
+    ood: OODDetector | Callable[[], OODDetector] | None = None,
+    with_embedding: bool = False,
+) -> CatalogResult:
     """Write the catalog of ``inputs`` with Spark (see the module docstring); returns what was done.
 
     ``ood``: the out-of-distribution detector (or a function that fits one), as for the native job; None
@@ -223,8 +259,10 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
     """
     card = predictor.card
     if card.kind != "keras" or predictor.cnn is None:
-        raise ConfigError(f"--engine spark runs Keras models through mlflow.pyfunc.spark_udf; model {card.uri} is a "
-                          f"{card.kind} model: use the native engine for it")
+        raise ConfigError(
+            f"--engine spark runs Keras models through mlflow.pyfunc.spark_udf; model {card.uri} is a "
+            f"{card.kind} model: use the native engine for it"
+        )
     tta = str(card.extra.get("tta", "")).lower() == "true"
     n_views = N_VIEWS if tta else 1
     out = Path(out)
@@ -239,25 +277,48 @@ def run_catalog_spark(inputs: CatalogInputs, predictor: Any, out: str | os.PathL
             # the embedding) as a file of its own; a unique name, as addFile refuses a name twice per context
             cnn_file = Path(tmp) / f"galaxy10-cnn-{os.getpid()}-{time.time_ns()}.keras"
             predictor.cnn.save(cnn_file)
-            model_dir = save_spark_cnn_model(cnn_file, Path(tmp) / "pyfunc", crop=card.crop,
-                                             n_classes=len(card.class_names))
+            model_dir = save_spark_cnn_model(
+                cnn_file, Path(tmp) / "pyfunc", crop=card.crop, n_classes=len(card.class_names)
+            )
             model_file = None
             if detector is not None or with_embedding:
                 session.sparkContext.addFile(str(cnn_file))
                 model_file = cnn_file.name
-            n_errors = _run(session, inputs, card, out, master=master, partitions=partitions, n_views=n_views,
-                            model_dir=model_dir, detector=detector, model_file=model_file,
-                            with_embedding=with_embedding)
+            n_errors = _run(
+                session,
+                inputs,
+                card,
+                out,
+                master=master,
+                partitions=partitions,
+                n_views=n_views,
+                model_dir=model_dir,
+                detector=detector,
+                model_file=model_file,
+                with_embedding=with_embedding,
+            )
     finally:
         if spark is None:  # a session this call started
             session.stop()
-    return CatalogResult(out=out, n_rows=inputs.n_rows, n_errors=n_errors, resumed_rows=0,
-                         seconds=time.perf_counter() - started)
+    return CatalogResult(
+        out=out, n_rows=inputs.n_rows, n_errors=n_errors, resumed_rows=0, seconds=time.perf_counter() - started
+    )
 
 
-def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: str, partitions: int | None,
-         n_views: int, model_dir: Path, detector: OODDetector | None, model_file: str | None,
-         with_embedding: bool) -> int:
+def _run(
+    session: Any,
+    inputs: CatalogInputs,
+    card: Any,
+    out: Path,
+    *,
+    master: str,
+    partitions: int | None,
+    n_views: int,
+    model_dir: Path,
+    detector: OODDetector | None,
+    model_file: str | None,
+    with_embedding: bool,
+) -> int:
     from experiments.tracking.pyfunc import spark_model_udf
 
     names = list(card.class_names)
@@ -265,25 +326,42 @@ def _run(session: Any, inputs: CatalogInputs, card: Any, out: Path, *, master: s
     if partitions:
         rows = rows.repartition(partitions)
     view_fields = ", ".join(f"view_{j} array<float>" for j in range(n_views))
-    ddl = ("row long, id string, source string, source_index long, ra double, dec double, "
-           f"{view_fields}, error string")
+    ddl = f"row long, id string, source string, source_index long, ra double, dec double, {view_fields}, error string"
     prepared = rows.mapInPandas(functools.partial(_prepare, size=card.size, crop=card.crop, n_views=n_views), ddl)
     if model_file is not None:
-        ddl += (", ood_score float" if detector is not None else "") + (", embedding array<float>"
-                                                                          if with_embedding else "")
-        prepared = prepared.mapInPandas(functools.partial(_embed_rows, model_file=model_file, detector=detector,
-                                                          crop=card.crop, with_embedding=with_embedding), ddl)
+        ddl += (", ood_score float" if detector is not None else "") + (
+            ", embedding array<float>" if with_embedding else ""
+        )
+        prepared = prepared.mapInPandas(
+            functools.partial(
+                _embed_rows, model_file=model_file, detector=detector, crop=card.crop, with_embedding=with_embedding
+            ),
+            ddl,
+        )
     model = spark_model_udf(session, model_dir)
     for j in range(n_views):
         prepared = prepared.withColumn(f"p_view_{j}", model(f"view_{j}")).drop(f"view_{j}")
     threshold = None if detector is None else detector.threshold
-    finished = prepared.mapInPandas(functools.partial(_finish, class_names=names, n_views=n_views,
-                                                      temperature=card.temperature, threshold=threshold,
-                                                      with_embedding=with_embedding),
-                                    _spark_schema(names, embedding=with_embedding))
-    schema = with_catalog_metadata(catalog_schema(names, embedding=with_embedding), card,
-                                   inputs_fingerprint=inputs.fingerprint(), n_rows=inputs.n_rows, engine="spark",
-                                   ood=None if detector is None else detector.describe(), spark_master=master)
+    finished = prepared.mapInPandas(
+        functools.partial(
+            _finish,
+            class_names=names,
+            n_views=n_views,
+            temperature=card.temperature,
+            threshold=threshold,
+            with_embedding=with_embedding,
+        ),
+        _spark_schema(names, embedding=with_embedding),
+    )
+    schema = with_catalog_metadata(
+        catalog_schema(names, embedding=with_embedding),
+        card,
+        inputs_fingerprint=inputs.fingerprint(),
+        n_rows=inputs.n_rows,
+        engine="spark",
+        ood=None if detector is None else detector.describe(),
+        spark_master=master,
+    )
     n_errors = 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         batch: list[Any] = []

@@ -3,6 +3,7 @@
 The out-of-distribution detector is fitted on the training split and calibrated on the validation split
 of the very file the model was trained on (checked by its SHA-256 against the model's metadata).
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,7 @@ import numpy as np
 
 from core.errors import DataError
 from experiments.tracking.runs import get_run_facts
+from experiments.tracking.workspace import Workspace
 from pipelines.reader import data_fingerprint
 from pipelines.splits import load_split, make_split, split_path_for
 
@@ -36,7 +38,7 @@ def _float(params: dict[str, str], key: str, default: float) -> float:
         return default
 
 
-def training_rows(card: object, data: str | Path | None = None, *, tracking_uri: str | None = None) -> TrainingRows:
+def training_rows(card: object, data: str | Path | None = None, *, ws: Workspace) -> TrainingRows:
     """The training and validation rows of the model behind ``card`` (a ``ModelCard``).
 
     ``data`` overrides the file the run names (``data.path`` tag), e.g. on another machine. The file must
@@ -50,33 +52,49 @@ def training_rows(card: object, data: str | Path | None = None, *, tracking_uri:
         ``--ood off``).
     """
     run_id = getattr(card, "run_id", None)
-    facts = get_run_facts(run_id, tracking_uri=tracking_uri) if run_id else None
+    facts = get_run_facts(run_id, ws=ws) if run_id else None
     if data is None:
         named = facts.tags.get("data.path") if facts else None
         if not named:
-            raise DataError(f"model {card.uri} names no training data file; pass --ood-data FILE.h5 (the file it "
-                            "was trained on) or --ood off")
+            raise DataError(
+                f"model {card.uri} names no training data file; pass --ood-data FILE.h5 (the file it "
+                "was trained on) or --ood off"
+            )
         data = named
     path = Path(data)
     if not path.is_file():
-        raise DataError(f"the model's training data {path} is not here; pass --ood-data FILE.h5 (the file it was "
-                        "trained on) or --ood off")
+        raise DataError(
+            f"the model's training data {path} is not here; pass --ood-data FILE.h5 (the file it was "
+            "trained on) or --ood off"
+        )
     expected = getattr(card, "data_fingerprint", None)
     if expected and data_fingerprint(path) != expected:
-        raise DataError(f"{path} is not the file model {card.uri} was trained on (its SHA-256 differs); pass "
-                        "--ood-data with that file, or --ood off")
+        raise DataError(
+            f"{path} is not the file model {card.uri} was trained on (its SHA-256 differs); pass "
+            "--ood-data with that file, or --ood off"
+        )
     saved = split_path_for(path)
     if saved.is_file():
         split, source = load_split(saved, path), f"the split saved in {saved.name}"
     else:
         params = facts.params if facts else {}
         seed = int(_float(params, "data.split_seed", 42))
-        split = make_split(path, test_fraction=_float(params, "data.test_fraction", 0.1),
-                           val_fraction=_float(params, "data.val_fraction", 0.1), seed=seed)
+        split = make_split(
+            path,
+            test_fraction=_float(params, "data.test_fraction", 0.1),
+            val_fraction=_float(params, "data.val_fraction", 0.1),
+            seed=seed,
+        )
         source = f"the run's split parameters (seed {seed}), made again in memory"
     if len(split.val) == 0:
-        raise DataError(f"{path}'s split has no validation images to calibrate out-of-distribution flags on; "
-                        "pass --ood off")
-    log.info("out-of-distribution reference: %s (%d training, %d validation rows; %s)", path, len(split.train),
-             len(split.val), source)
+        raise DataError(
+            f"{path}'s split has no validation images to calibrate out-of-distribution flags on; pass --ood off"
+        )
+    log.info(
+        "out-of-distribution reference: %s (%d training, %d validation rows; %s)",
+        path,
+        len(split.train),
+        len(split.val),
+        source,
+    )
     return TrainingRows(path, np.asarray(split.train), np.asarray(split.val), source)

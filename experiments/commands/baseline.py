@@ -1,4 +1,5 @@
 """``galaxy10 baseline``: the most-frequent-class floor, scored on the test split."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,14 +12,20 @@ from experiments.commands.common import add_data_argument, add_json_argument
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 baseline``."""
     parser = subparsers.add_parser(
-        "baseline", help="score the most-frequent-class baseline on the test split",
+        "baseline",
+        help="score the most-frequent-class baseline on the test split",
         description="Fit DummyClassifier(strategy='most_frequent') on the train labels and score it on "
-                    "the test split (accuracy, balanced accuracy, macro-F1, per-class recall). Uses the "
-                    "saved split of the data file, making it first if needed.")
+        "the test split (accuracy, balanced accuracy, macro-F1, per-class recall). Uses the "
+        "saved split of the data file, making it first if needed.",
+    )
     add_data_argument(parser)
-    parser.add_argument("--seed", type=int, default=None,
-                        help="split seed (default: the saved split's, else 42); a saved split made with another "
-                             "seed is refused, never replaced")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="split seed (default: the saved split's, else 42); a saved split made with another "
+        "seed is refused, never replaced",
+    )
     add_json_argument(parser, "the metrics")
     parser.set_defaults(func=run)
 

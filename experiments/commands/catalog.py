@@ -1,4 +1,5 @@
 """``galaxy10 catalog INPUT... --out FILE.parquet``: a morphology catalog of any number of images."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,46 +37,93 @@ Killed at any point, the same command resumes where it stopped (finished parts a
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 catalog``."""
     parser = subparsers.add_parser(
-        "catalog", help="predict a whole survey into a Parquet catalog (chunked, resumable)",
+        "catalog",
+        help="predict a whole survey into a Parquet catalog (chunked, resumable)",
         description="Run a model over HDF5 files, folders of images or lists of image paths and write a "
-                    "Parquet catalog: probabilities per class, uncertainty, errors per image.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="HDF5 file, folder of images, CSV/Parquet list of image paths, or an image")
+        "Parquet catalog: probabilities per class, uncertainty, errors per image.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="HDF5 file, folder of images, CSV/Parquet list of image paths, or an image",
+    )
     parser.add_argument("--out", required=True, metavar="FILE.parquet", help="the catalog to write")
     add_model_arguments(parser)
-    parser.add_argument("--chunk-size", type=int, default=1024, metavar="N",
-                        help="rows per resumable part (default: 1024)")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
-                        help="images per model call (default: 64)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="threads decoding images while the model predicts (default: the CPU count, max 8)")
-    parser.add_argument("--ood", choices=("auto", "on", "off"), default="auto",
-                        help="out-of-distribution scores and flags, calibrated on the model's validation split so "
-                             "about 1%% of in-distribution images are flagged: on, off, or auto (on when the "
-                             "model is a CNN or a galaxy10 ensemble and its training file is here; default)")
-    parser.add_argument("--ood-data", default=None, metavar="FILE.h5",
-                        help="the file the model was trained on, where its run's data.path is not on this machine")
-    parser.add_argument("--flag-uncertain", type=int, default=None, metavar="N",
-                        help="also write the N most uncertain and up to N out-of-distribution galaxies to a gallery "
-                             "(index.html, PNGs) in the folder --inspect-out, for a person to look at")
-    parser.add_argument("--inspect-out", default=None, metavar="FOLDER",
-                        help="the gallery folder of --flag-uncertain (default: <out without .parquet>-inspect)")
-    parser.add_argument("--engine", choices=("native", "spark"), default="native",
-                        help="native (this machine, resumable; default) or spark (the same job as a Spark job, the "
-                             "model applied by mlflow.pyfunc.spark_udf; needs pyspark and Java 17)")
-    parser.add_argument("--spark-master", default="local[*]", metavar="URL",
-                        help="Spark master for --engine spark: local[*] (default) or a cluster's master URL")
-    parser.add_argument("--spark-partitions", type=int, default=None, metavar="N",
-                        help="partitions of the row table for --engine spark (default: Spark's)")
-    parser.add_argument("--with-embedding", action="store_true",
-                        help="add each image's CNN embedding (a list of floats) to the catalog, for similarity "
-                             "search or clustering")
-    parser.add_argument("--fits", action="store_true",
-                        help="also write the catalog as a FITS binary table beside --out (<out>.fits; held in "
-                             "memory while written)")
-    parser.add_argument("--restart", action="store_true",
-                        help="discard an unfinished job's parts for this --out instead of resuming it")
+    parser.add_argument(
+        "--chunk-size", type=int, default=1024, metavar="N", help="rows per resumable part (default: 1024)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per model call (default: 64)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads decoding images while the model predicts (default: the CPU count, max 8)",
+    )
+    parser.add_argument(
+        "--ood",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="out-of-distribution scores and flags, calibrated on the model's validation split so "
+        "about 1%% of in-distribution images are flagged: on, off, or auto (on when the "
+        "model is a CNN or a galaxy10 ensemble and its training file is here; default)",
+    )
+    parser.add_argument(
+        "--ood-data",
+        default=None,
+        metavar="FILE.h5",
+        help="the file the model was trained on, where its run's data.path is not on this machine",
+    )
+    parser.add_argument(
+        "--flag-uncertain",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also write the N most uncertain and up to N out-of-distribution galaxies to a gallery "
+        "(index.html, PNGs) in the folder --inspect-out, for a person to look at",
+    )
+    parser.add_argument(
+        "--inspect-out",
+        default=None,
+        metavar="FOLDER",
+        help="the gallery folder of --flag-uncertain (default: <out without .parquet>-inspect)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("native", "spark"),
+        default="native",
+        help="native (this machine, resumable; default) or spark (the same job as a Spark job, the "
+        "model applied by mlflow.pyfunc.spark_udf; needs pyspark and Java 17)",
+    )
+    parser.add_argument(
+        "--spark-master",
+        default="local[*]",
+        metavar="URL",
+        help="Spark master for --engine spark: local[*] (default) or a cluster's master URL",
+    )
+    parser.add_argument(
+        "--spark-partitions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="partitions of the row table for --engine spark (default: Spark's)",
+    )
+    parser.add_argument(
+        "--with-embedding",
+        action="store_true",
+        help="add each image's CNN embedding (a list of floats) to the catalog, for similarity search or clustering",
+    )
+    parser.add_argument(
+        "--fits",
+        action="store_true",
+        help="also write the catalog as a FITS binary table beside --out (<out>.fits; held in memory while written)",
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="discard an unfinished job's parts for this --out instead of resuming it"
+    )
     add_force_argument(parser, "catalog")
     parser.set_defaults(func=run)
 
@@ -90,9 +138,13 @@ def run(args: argparse.Namespace) -> int:
     from experiments.catalog.job import run_catalog
     from experiments.serving.predictor import load_predictor
 
-    limits = (("--chunk-size", args.chunk_size, MAX_CHUNK), ("--batch-size", args.batch_size, MAX_BATCH),
-              ("--workers", args.workers, MAX_WORKERS), ("--flag-uncertain", args.flag_uncertain, MAX_FLAGGED),
-              ("--spark-partitions", args.spark_partitions, MAX_CHUNK))
+    limits = (
+        ("--chunk-size", args.chunk_size, MAX_CHUNK),
+        ("--batch-size", args.batch_size, MAX_BATCH),
+        ("--workers", args.workers, MAX_WORKERS),
+        ("--flag-uncertain", args.flag_uncertain, MAX_FLAGGED),
+        ("--spark-partitions", args.spark_partitions, MAX_CHUNK),
+    )
     for name, value, high in limits:
         if value is not None and not 1 <= value <= high:
             raise ConfigError(f"{name} {value} is out of range; use 1-{high}")
@@ -110,26 +162,43 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.engine == "spark":
         if args.restart or args.workers is not None:
-            raise ConfigError("--restart and --workers belong to --engine native; Spark reruns a failed job and sets "
-                              "its own parallelism (--spark-partitions)")
+            raise ConfigError(
+                "--restart and --workers belong to --engine native; Spark reruns a failed job and sets "
+                "its own parallelism (--spark-partitions)"
+            )
     elif args.spark_partitions is not None or args.spark_master != "local[*]":
         raise ConfigError("--spark-master and --spark-partitions belong to --engine spark; add --engine spark")
     if args.ood_data is not None and args.ood == "off":
-        raise ConfigError("--ood-data names the training file for out-of-distribution scores, but --ood is off; "
-                          "drop one of them")
-    predictor = load_predictor(args.model, tracking_uri=args.tracking_uri)
+        raise ConfigError(
+            "--ood-data names the training file for out-of-distribution scores, but --ood is off; drop one of them"
+        )
+    predictor = load_predictor(args.model, ws=args.ws)
     if args.engine == "spark":
         from experiments.catalog.spark import run_catalog_spark
 
-        result = run_catalog_spark(inputs, predictor, out, master=args.spark_master,
-                                   partitions=args.spark_partitions, ood=_ood_factory(args, predictor),
-                                   with_embedding=args.with_embedding)
+        result = run_catalog_spark(
+            inputs,
+            predictor,
+            out,
+            master=args.spark_master,
+            partitions=args.spark_partitions,
+            ood=_ood_factory(args, predictor),
+            with_embedding=args.with_embedding,
+        )
     else:
         ood = _ood_factory(args, predictor)
         workers = args.workers or min(8, os.cpu_count() or 1)
-        result = run_catalog(inputs, predictor, out, chunk_size=args.chunk_size, workers=workers,
-                             batch_size=args.batch_size, restart=args.restart, ood=ood,
-                             with_embedding=args.with_embedding)
+        result = run_catalog(
+            inputs,
+            predictor,
+            out,
+            chunk_size=args.chunk_size,
+            workers=workers,
+            batch_size=args.batch_size,
+            restart=args.restart,
+            ood=ood,
+            with_embedding=args.with_embedding,
+        )
     if fits_out is not None:
         from experiments.catalog.fits import write_fits
 
@@ -138,16 +207,30 @@ def run(args: argparse.Namespace) -> int:
     if inspect_out is not None:
         from experiments.catalog.inspect import write_inspection
 
-        write_inspection(out, predictor.card.class_names, inspect_out, args.flag_uncertain, force=args.force,
-                         title=f"Inspect these: {out.name} ({predictor.card.display_name})")
-        print(f"{inspect_out}/index.html: the {args.flag_uncertain} most uncertain and the out-of-distribution "
-              "galaxies")
+        write_inspection(
+            out,
+            predictor.card.class_names,
+            inspect_out,
+            args.flag_uncertain,
+            force=args.force,
+            title=f"Inspect these: {out.name} ({predictor.card.display_name})",
+        )
+        print(
+            f"{inspect_out}/index.html: the {args.flag_uncertain} most uncertain and the out-of-distribution galaxies"
+        )
     synthetic = " (model trained on SYNTHETIC data)" if predictor.card.synthetic else ""
     logging.getLogger("galaxy10").info(
-        "catalog of %d images -> %s (%d unreadable, %.1f images/s)%s", result.n_rows, result.out, result.n_errors,
-        result.images_per_second, synthetic)
-    print(f"{result.out}: {result.n_rows} rows, {result.n_errors} errors, {_flagged(result.out)}, model "
-          f"{predictor.card.display_name}{synthetic}")
+        "catalog of %d images -> %s (%d unreadable, %.1f images/s)%s",
+        result.n_rows,
+        result.out,
+        result.n_errors,
+        result.images_per_second,
+        synthetic,
+    )
+    print(
+        f"{result.out}: {result.n_rows} rows, {result.n_errors} errors, {_flagged(result.out)}, model "
+        f"{predictor.card.display_name}{synthetic}"
+    )
     return 0
 
 
@@ -177,9 +260,11 @@ def _ood_factory(args: argparse.Namespace, predictor):  # noqa: ANN001, ANN202 -
         return None
     try:
         if not predictor.can_embed:
-            raise DataError(f"model {predictor.card.uri} is a {predictor.card.kind} model without embeddings, so "
-                            "it gives no out-of-distribution scores; use a CNN, or --ood off")
-        rows = training_rows(predictor.card, args.ood_data, tracking_uri=args.tracking_uri)
+            raise DataError(
+                f"model {predictor.card.uri} is a {predictor.card.kind} model without embeddings, so "
+                "it gives no out-of-distribution scores; use a CNN, or --ood off"
+            )
+        rows = training_rows(predictor.card, args.ood_data, ws=args.ws)
     except DataError as err:
         if args.ood == "on":
             raise

@@ -1,4 +1,5 @@
 """Command-line arguments shared by several sub-commands, defined once (same name, meaning and help)."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,9 @@ DATA_HELP = "Galaxy10-schema HDF5 file (default: data/Galaxy10_DECals.h5 if pres
 
 def add_force_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """``--force``: write ``what`` over an output that galaxy10 did not write (never deletes other files)."""
-    parser.add_argument("--force", action="store_true",
-                        help=f"replace an existing --out that galaxy10 did not write with the {what}")
+    parser.add_argument(
+        "--force", action="store_true", help=f"replace an existing --out that galaxy10 did not write with the {what}"
+    )
 
 
 def add_tracking_uri_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +42,14 @@ def add_data_argument(parser: argparse.ArgumentParser, *, study: bool = False, h
 
 def add_overrides_argument(parser: argparse.ArgumentParser, what: str, example: str) -> None:
     """``--set KEY=VALUE`` (repeatable): override ``what``; values are YAML."""
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override {what}, e.g. --set {example} (repeatable; values are YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override {what}, e.g. --set {example} (repeatable; values are YAML)",
+    )
 
 
 def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:

@@ -1,4 +1,5 @@
 """``galaxy10 data ...``: the data sub-commands (info, import, synth, gallery, split)."""
+
 from __future__ import annotations
 
 import argparse

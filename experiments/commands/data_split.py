@@ -1,4 +1,5 @@
 """``galaxy10 data split``: make (or reuse) the group-aware stratified train/val/test split of a file."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,21 +9,37 @@ from collections.abc import Sequence
 def register(data_sub: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 data split``."""
     parser = data_sub.add_parser(
-        "split", help="make the train/validation/test split of a data file",
+        "split",
+        help="make the train/validation/test split of a data file",
         description="Split a Galaxy10 file into train/validation/test, stratified by class, keeping "
-                    "duplicate images and same-position entries (within 1 arcsec) in one split. The "
-                    "split is saved beside the data as <data>.split.json and reused by every later step.")
-    parser.add_argument("file", nargs="?", default=None, metavar="FILE",
-                        help="Galaxy10 HDF5 file (default: data/Galaxy10_DECals.h5 if present, "
-                             "else data/galaxy10_synthetic.h5)")
-    parser.add_argument("--test-fraction", type=float, default=None, metavar="F",
-                        help="fraction of all images held out for testing (default: the saved split's, else 0.1)")
-    parser.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                        help="fraction of the non-test images used for validation (default: the saved split's, "
-                             "else 0.1)")
+        "duplicate images and same-position entries (within 1 arcsec) in one split. The "
+        "split is saved beside the data as <data>.split.json and reused by every later step.",
+    )
+    parser.add_argument(
+        "file",
+        nargs="?",
+        default=None,
+        metavar="FILE",
+        help="Galaxy10 HDF5 file (default: data/Galaxy10_DECals.h5 if present, else data/galaxy10_synthetic.h5)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fraction of all images held out for testing (default: the saved split's, else 0.1)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fraction of the non-test images used for validation (default: the saved split's, else 0.1)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the saved split's, else 42)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace a saved split made with other parameters or for other data")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a saved split made with other parameters or for other data"
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,13 +68,16 @@ def run(args: argparse.Namespace) -> int:
     info = validate_galaxy10(data_path)
     path = split_path_for(data_path)
     before = path.stat().st_mtime_ns if path.exists() else None
-    split = ensure_split(data_path, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-                         seed=args.seed, force=args.force)
+    split = ensure_split(
+        data_path, test_fraction=args.test_fraction, val_fraction=args.val_fraction, seed=args.seed, force=args.force
+    )
     reused = before is not None and path.stat().st_mtime_ns == before
     kind = "SYNTHETIC data" if info.synthetic else "data"
     print(f"{kind}: {data_path} ({info.n_images} images, fingerprint {split.fingerprint[:12]})")
-    print(f"split: seed {split.seed}, test {split.test_fraction:g} of all, val {split.val_fraction:g} of the "
-          f"rest; {split.n_groups} groups, {split.n_multi_groups} of them duplicate groups (> 1 image)")
+    print(
+        f"split: seed {split.seed}, test {split.test_fraction:g} of all, val {split.val_fraction:g} of the "
+        f"rest; {split.n_groups} groups, {split.n_multi_groups} of them duplicate groups (> 1 image)"
+    )
     print(f"sizes: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}")
     print(format_split_table(info.class_names, dict(split.class_counts)))
     print(f"{'reused existing split' if reused else 'saved split to'} {path}")

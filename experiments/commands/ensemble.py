@@ -1,4 +1,5 @@
 """``galaxy10 ensemble``: compare CNN voting, gradient-boosted embeddings and stacking for a study in MLflow."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,16 +19,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ensemble",
         help="ensembles of a study's CNNs (voting, embeddings + XGBoost/sklearn, stacking) compared in MLflow",
         description="Build the candidates in --config from the study's best trials, score each on the validation "
-                    "split only (cross-fitted or cross-validated so no model scores images it was fit on), log one "
-                    "'ensemble comparison' MLflow run with a nested run and a pyfunc model per candidate, and register "
-                    "the winner as <study>-ensemble@champion. The test split is never used.")
+        "split only (cross-fitted or cross-validated so no model scores images it was fit on), log one "
+        "'ensemble comparison' MLflow run with a nested run and a pyfunc model per candidate, and register "
+        "the winner as <study>-ensemble@champion. The test split is never used.",
+    )
     add_study_argument(parser)
     parser.add_argument("--config", required=True, help="ensemble YAML, e.g. experiments/configs/ensemble.yaml")
     add_storage_argument(parser)
     add_tracking_uri_argument(parser)
     add_data_argument(parser, study=True)
-    parser.add_argument("--budget", metavar="DURATION",
-                        help="wall-clock budget, e.g. 10m: cross-fit fold CNNs only when they fit, else mode val_cv")
+    parser.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="wall-clock budget, e.g. 10m: cross-fit fold CNNs only when they fit, else mode val_cv",
+    )
     add_overrides_argument(parser, "the ensemble config", "mode=crossfit")
     parser.set_defaults(func=run)
 
@@ -57,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
     text = Path(args.config).read_text()
     if args.overrides:
         text += "\n# --set " + " --set ".join(args.overrides) + "\n# resolved:\n" + yaml.safe_dump(raw, sort_keys=False)
-    report = run_comparison(study, cfg, storage_url=args.storage,
-                            tracking_uri=args.tracking_uri, data_path=args.data, config_text=text, budget=budget)
+    report = run_comparison(study, cfg, ws=args.ws, data_path=args.data, config_text=text, budget=budget)
     if report.synthetic:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")
     print(f"ensemble comparison of study {report.study_name} (mode {report.mode}), validation split:")
@@ -70,21 +74,30 @@ def run(args: argparse.Namespace) -> int:
         mark = "  <- winner" if r["candidate"] == report.winner else ""
         extra = ""
         if wide:
-            extra = (f"  | {r['oofval_accuracy']:>17.4f} {r['oofval_balanced_accuracy']:>8.4f}"
-                     if "oofval_accuracy" in r else f"  | {'-':>17} {'-':>8}")
-        print(f"  {r['candidate']:<{w}} {r['kind']:<6} {r['val_accuracy']:>8.4f} {r['val_balanced_accuracy']:>8.4f} "
-              f"{r['val_macro_f1']:>8.4f} {r['val_log_loss']:>8.4f}{extra}{mark}")
+            extra = (
+                f"  | {r['oofval_accuracy']:>17.4f} {r['oofval_balanced_accuracy']:>8.4f}"
+                if "oofval_accuracy" in r
+                else f"  | {'-':>17} {'-':>8}"
+            )
+        print(
+            f"  {r['candidate']:<{w}} {r['kind']:<6} {r['val_accuracy']:>8.4f} {r['val_balanced_accuracy']:>8.4f} "
+            f"{r['val_macro_f1']:>8.4f} {r['val_log_loss']:>8.4f}{extra}{mark}"
+        )
     judged = [r for r in report.rows if "verdict" in r]
     if judged:
         keys = [k for k in judged[0] if k.startswith("d_")]
-        print("  paired against cnn-best (difference [interval], Bonferroni over the candidates; verdict on "
-              f"{keys[0][2:]}):")
+        print(
+            "  paired against cnn-best (difference [interval], Bonferroni over the candidates; verdict on "
+            f"{keys[0][2:]}):"
+        )
         for r in judged:
             print(f"    {r['candidate']:<{w}} " + "  ".join(f"{k[2:]} {r[k]}" for k in keys) + f"  -> {r['verdict']}")
     print(f"  winner: {report.winner} registered as {report.registered}")
-    print(f"  MLflow: parent run {report.parent_run_id} '{report.experiment_name}' with {len(report.rows)} "
-          "nested runs; "
-          f"mlflow ui --backend-store-uri {report.tracking_uri}")
+    print(
+        f"  MLflow: parent run {report.parent_run_id} '{report.experiment_name}' with {len(report.rows)} "
+        "nested runs; "
+        f"mlflow ui --backend-store-uri {report.tracking_uri}"
+    )
     for note in report.notes:
         print(f"  note: {note}")
     print(f"  ({report.seconds:.0f} s)")

@@ -1,4 +1,5 @@
 """``galaxy10 predict IMAGE...``: classify PNG/JPEG images or Galaxy10 HDF5 files with a logged model."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,10 @@ from experiments.commands.common import add_tracking_uri_argument
 
 log = logging.getLogger(__name__)
 
-MODEL_HELP = ("NAME@alias (registered model alias), a run id, runs:/<run_id>/model or models:/...; "
-              "default: the 'champion' alias of the most recent study")
+MODEL_HELP = (
+    "NAME@alias (registered model alias), a run id, runs:/<run_id>/model or models:/...; "
+    "default: the 'champion' alias of the most recent study"
+)
 
 
 #: Largest --top (no class set is larger: the importer accepts at most a few hundred classes).
@@ -21,24 +24,36 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--tracking-uri`` and ``--uncalibrated``, shared with ``galaxy10 serve``."""
     parser.add_argument("--model", default=None, metavar="REF", help=MODEL_HELP)
     add_tracking_uri_argument(parser)
-    parser.add_argument("--uncalibrated", action="store_true",
-                        help="the model's own softmax probabilities; default: calibrated with the temperature "
-                             "fitted on its validation split, as in `galaxy10 catalog` (the top class is the same)")
+    parser.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="the model's own softmax probabilities; default: calibrated with the temperature "
+        "fitted on its validation split, as in `galaxy10 catalog` (the top class is the same)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 predict``."""
     parser = subparsers.add_parser(
-        "predict", help="classify images with a trained model",
+        "predict",
+        help="classify images with a trained model",
         description="Print the most probable Galaxy10 classes of PNG/JPEG images or of the images "
-                    "in Galaxy10 HDF5 files (FILE.h5 for all, FILE.h5:0-9,20 for some).")
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="PNG/JPEG file, Galaxy10 HDF5 file, or FILE.h5:RANGES")
+        "in Galaxy10 HDF5 files (FILE.h5 for all, FILE.h5:0-9,20 for some).",
+    )
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="PNG/JPEG file, Galaxy10 HDF5 file, or FILE.h5:RANGES"
+    )
     add_model_arguments(parser)
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
-                        dest="output_format", help="output format (default: table)")
-    parser.add_argument("--top", type=int, default=3, metavar="K",
-                        help="how many classes to print per image (default: 3)")
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        dest="output_format",
+        help="output format (default: table)",
+    )
+    parser.add_argument(
+        "--top", type=int, default=3, metavar="K", help="how many classes to print per image (default: 3)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -59,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if total == 0:
         raise DataError("the inputs hold no images; give PNG/JPEG files or a non-empty HDF5 file")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the output clean
-    predictor = load_predictor(args.model, tracking_uri=args.tracking_uri)
+    predictor = load_predictor(args.model, ws=args.ws)
     labels: list[str] = []
     probs: list[np.ndarray] = []
     with tqdm(total=total, desc="predict", unit="img", disable=None, leave=False) as bar:
@@ -68,9 +83,14 @@ def run(args: argparse.Namespace) -> int:
             probs.append(batch_probs if args.uncalibrated else predictor.calibrate(batch_probs))
             labels.extend(item.label for item in batch)
             bar.update(len(batch))
-    log.info("probabilities %s", "uncalibrated (--uncalibrated)" if args.uncalibrated else
-             f"calibrated with temperature {predictor.card.temperature:.3g} (--uncalibrated for the model's own)")
+    log.info(
+        "probabilities %s",
+        "uncalibrated (--uncalibrated)"
+        if args.uncalibrated
+        else f"calibrated with temperature {predictor.card.temperature:.3g} (--uncalibrated for the model's own)",
+    )
     top = min(args.top, len(predictor.card.class_names))
-    print(format_predictions(labels, np.concatenate(probs), predictor.card.class_names,
-                             top=top, fmt=args.output_format))
+    print(
+        format_predictions(labels, np.concatenate(probs), predictor.card.class_names, top=top, fmt=args.output_format)
+    )
     return 0

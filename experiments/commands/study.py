@@ -1,4 +1,5 @@
 """``galaxy10 study list|show``: look at Optuna studies (trials, states, values, best parameters)."""
+
 from __future__ import annotations
 
 import argparse
@@ -50,19 +51,27 @@ def run_list(args: argparse.Namespace) -> int:
     storage = open_storage(args.storage, must_exist=True)
     studies = list_studies(storage)
     if not studies:
-        print(f"no studies in {args.storage}; start one with: "
-              "galaxy10 tune --config experiments/configs/tune_quick.yaml")
+        print(
+            f"no studies in {args.storage}; start one with: galaxy10 tune --config experiments/configs/tune_quick.yaml"
+        )
         return 0
     rows = [
-        (s.name, s.n_trials, s.counts.get("COMPLETE", 0), s.counts.get("PRUNED", 0), s.counts.get("FAIL", 0),
-         s.counts.get("RUNNING", 0), s.metric, s.best_value, s.start)
+        (
+            s.name,
+            s.n_trials,
+            s.counts.get("COMPLETE", 0),
+            s.counts.get("PRUNED", 0),
+            s.counts.get("FAIL", 0),
+            s.counts.get("RUNNING", 0),
+            s.metric,
+            s.best_value,
+            s.start,
+        )
         for s in studies
     ]
     print(format_table(("study", "trials", "complete", "pruned", "fail", "running", "metric", "best", "started"), rows))
     print(f"\nshow one: galaxy10 study show NAME --storage {args.storage}")
     return 0
-
-
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -95,24 +104,32 @@ def run_show(args: argparse.Namespace) -> int:
         duration = t.duration.total_seconds() if t.duration is not None else None
         last_step = len(t.intermediate_values) or None  # epochs reported (over all folds with CV)
         state = t.state.name + (" (reference)" if t.user_attrs.get(ATTR_REFERENCE) else "")
-        rows.append([t.number, state, trial_value(t), last_step,
-                     None if duration is None else f"{duration:.0f}s"]
-                    + ([cv_spread(t.user_attrs.get("cv_scores"))] if with_cv else [])
-                    + [t.params.get(n) for n in names])
+        rows.append(
+            [t.number, state, trial_value(t), last_step, None if duration is None else f"{duration:.0f}s"]
+            + ([cv_spread(t.user_attrs.get("cv_scores"))] if with_cv else [])
+            + [t.params.get(n) for n in names]
+        )
     attrs = study.user_attrs
     metric = attrs.get(ATTR_METRIC, "objective")
     counts = state_counts(study)
     states = "".join(f", {v} {k.lower()}" for k, v in sorted(counts.items()) if v)
-    print(f"study {study.study_name} ({args.storage}): {len(trials)} trial{'' if len(trials) == 1 else 's'}"
-          f"{states}; objective: val {metric} (maximize"
-          + (", and inference images/s: multi-objective" if is_multi_objective(study) else "") + ")")
+    print(
+        f"study {study.study_name} ({args.storage}): {len(trials)} trial{'' if len(trials) == 1 else 's'}"
+        f"{states}; objective: val {metric} (maximize"
+        + (", and inference images/s: multi-objective" if is_multi_objective(study) else "")
+        + ")"
+    )
     if trials:
-        print(format_table(["#", "state", "value", "epochs", "time"] + (["cv mean ± sd (folds)"] if with_cv else [])
-                           + names, rows))
+        print(
+            format_table(
+                ["#", "state", "value", "epochs", "time"] + (["cv mean ± sd (folds)"] if with_cv else []) + names, rows
+            )
+        )
     cuts = describe_cuts(trials)
     if cuts:
-        print("\npruned trials, where each was cut and against what (trials are compared at equal epochs of "
-              "equal folds):")
+        print(
+            "\npruned trials, where each was cut and against what (trials are compared at equal epochs of equal folds):"
+        )
         print("\n".join(f"  {line}" for line in cuts))
     best, evidence = guard_evidence(trials, str(attrs.get(ATTR_METRIC, "accuracy")), maximize=maximizes(study))
     if len(evidence) > 1:
@@ -123,8 +140,10 @@ def run_show(args: argparse.Namespace) -> int:
     else:
         spread = cv_spread(best.user_attrs.get("cv_scores"))
         kind = "cross-validated" if spread else "val"
-        print(f"\nbest: trial {best.number}, {kind} {metric} = {trial_value(best):.4f}"
-              + (f" ({spread})" if spread else ""))
+        print(
+            f"\nbest: trial {best.number}, {kind} {metric} = {trial_value(best):.4f}"
+            + (f" ({spread})" if spread else "")
+        )
         if best.user_attrs.get(ATTR_REFERENCE):
             print("  the reference recipe: experiments/configs/reference.yaml as shipped (study.reference_trial)")
         for k, v in best.params.items():

@@ -1,4 +1,5 @@
 """``galaxy10 tune``: run or continue an Optuna study; every trial is a nested MLflow run."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,33 +16,54 @@ from experiments.commands.common import (
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``galaxy10 tune``."""
     parser = subparsers.add_parser(
-        "tune", help="run or continue an Optuna tuning study (pruning, parallel workers, MLflow child runs)",
+        "tune",
+        help="run or continue an Optuna tuning study (pruning, parallel workers, MLflow child runs)",
         description="Create or continue the study in the config until it has --trials COMPLETE+PRUNED trials. "
-                    "Re-running the same command continues it; trials left RUNNING by a killed worker are "
-                    "failed once their heartbeat is older than the grace period.")
+        "Re-running the same command continues it; trials left RUNNING by a killed worker are "
+        "failed once their heartbeat is older than the grace period.",
+    )
     parser.add_argument("--config", required=True, help="tuning YAML, e.g. experiments/configs/tune_cnn.yaml")
     parser.add_argument("--study", help="study name (default: study.name in the YAML, else the file name)")
-    parser.add_argument("--trials", type=int,
-                        help="total COMPLETE+PRUNED trials the study should reach (default: study.n_trials)")
-    parser.add_argument("--timeout", type=float,
-                        help="stop starting new trials after this many seconds (default: study.timeout)")
-    parser.add_argument("--budget", metavar="DURATION",
-                        help="wall-clock budget, e.g. 20m, 1h or 1h30m: measure this machine's speed and plan the "
-                             "folds, trials and refit to fit it (replaces --trials as the count; --trials caps it)")
-    parser.add_argument("--workers", type=int,
-                        help="worker processes sharing the study, each loading the data once "
-                             "(default: study.workers, 1)")
+    parser.add_argument(
+        "--trials", type=int, help="total COMPLETE+PRUNED trials the study should reach (default: study.n_trials)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="stop starting new trials after this many seconds (default: study.timeout)"
+    )
+    parser.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="wall-clock budget, e.g. 20m, 1h or 1h30m: measure this machine's speed and plan the "
+        "folds, trials and refit to fit it (replaces --trials as the count; --trials caps it)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the study, each loading the data once (default: study.workers, 1)",
+    )
     add_storage_argument(parser, default=None)
     add_tracking_uri_argument(parser)
-    parser.add_argument("--no-refit", dest="refit", action="store_false",
-                        help="skip the final refit of the best configuration on train + validation (study.refit)")
+    parser.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="skip the final refit of the best configuration on train + validation (study.refit)",
+    )
     add_data_argument(parser, help="HDF5 data file (default: data.path of the config, else the default file)")
-    parser.add_argument("--unlabeled", nargs="+", metavar="INPUT",
-                        help="unlabelled images (HDF5 files, folders, CSV/Parquet lists): pretrain the first start "
-                             "point's backbone on them (galaxy10 pretrain; a quarter of --budget) and queue that start "
-                             "point fine-tuned from it right after the reference trial")
-    parser.add_argument("--pretrain-epochs", type=int, default=30,
-                        help="most pretraining epochs with --unlabeled (default 30; --budget may stop it earlier)")
+    parser.add_argument(
+        "--unlabeled",
+        nargs="+",
+        metavar="INPUT",
+        help="unlabelled images (HDF5 files, folders, CSV/Parquet lists): pretrain the first start "
+        "point's backbone on them (galaxy10 pretrain; a quarter of --budget) and queue that start "
+        "point fine-tuned from it right after the reference trial",
+    )
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=30,
+        help="most pretraining epochs with --unlabeled (default 30; --budget may stop it earlier)",
+    )
     add_overrides_argument(parser, "the base run config", "train.epochs=3")
     parser.set_defaults(func=run)
 
@@ -80,13 +102,28 @@ def run(args: argparse.Namespace) -> int:
     if pool:
         from experiments.tuning.unlabeled import pretrain_for_study
 
-        pretrained, budget = pretrain_for_study(tune, pool, data_path=args.data,
-                                                overrides=tuple(args.overrides), epochs=args.pretrain_epochs,
-                                                budget=budget, tracking_uri=args.tracking_uri)
+        pretrained, budget = pretrain_for_study(
+            tune,
+            pool,
+            data_path=args.data,
+            overrides=tuple(args.overrides),
+            epochs=args.pretrain_epochs,
+            budget=budget,
+            ws=args.ws,
+        )
         print(f"pretrained: {pretrained}")
-    report = run_study(tune, n_trials=args.trials, timeout=args.timeout, workers=args.workers,
-                       storage_url=args.storage, tracking_uri=args.tracking_uri, data_path=args.data,
-                       overrides=tuple(args.overrides), log_level=level, budget=budget, pretrained=pretrained)
+    report = run_study(
+        tune,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        workers=args.workers,
+        ws=args.ws,
+        data_path=args.data,
+        overrides=tuple(args.overrides),
+        log_level=level,
+        budget=budget,
+        pretrained=pretrained,
+    )
     if report.plan:
         print(f"plan: {report.plan}")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(report.counts.items())) or "no trials"
@@ -103,10 +140,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"  registered model: {report.registered}")
         if report.refit:
             print(f"  refit on train + validation: {report.refit} (scored on test by `galaxy10 report`)")
-    print(f"  MLflow: parent run {report.parent_run_id} (experiment {report.experiment_id}); "
-          f"mlflow ui --backend-store-uri {report.tracking_uri}")
-    print(f"  Optuna: galaxy10 study show {report.study_name} --storage {report.storage_url}; "
-          f"optuna-dashboard {report.storage_url}")
+    print(
+        f"  MLflow: parent run {report.parent_run_id} (experiment {report.experiment_id}); "
+        f"mlflow ui --backend-store-uri {report.tracking_uri}"
+    )
+    print(
+        f"  Optuna: galaxy10 study show {report.study_name} --storage {report.storage_url}; "
+        f"optuna-dashboard {report.storage_url}"
+    )
     for note in report.notes:
         print(f"  note: {note}")
     return 1 if any(n.startswith("worker ") for n in report.notes) else 0

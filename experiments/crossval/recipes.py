@@ -1,4 +1,5 @@
 """One recipe on one fold: train on the fold's training images, predict its held-out images."""
+
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from experiments.crossval.folds import Fold, Recipe, inner_validation
+from experiments.tracking.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +38,36 @@ class FoldResult:
     facts: dict[str, Any]
 
 
-def run_train_recipe(cfg: Any, data: Any, fold: Fold, *, seed: int, tracker: Any,
-                     lookups: dict[str, Any]) -> FoldResult:
+def run_train_recipe(
+    cfg: Any, data: Any, fold: Fold, *, seed: int, tracker: Any, lookups: dict[str, Any]
+) -> FoldResult:
     """A run config trained on the fold's training images (a stratified share of them for validation:
     early stopping and calibration), its restored best weights scored on the held-out images."""
     from experiments.training import predict_probs, train
 
     started = time.perf_counter()
-    tr, va = inner_validation(data.labels, fold.train, cfg.data.val_fraction or 0.1,
-                              seed=seed + 1000 * fold.r + fold.k)
+    tr, va = inner_validation(data.labels, fold.train, cfg.data.val_fraction or 0.1, seed=seed + 1000 * fold.r + fold.k)
     fold_data = replace(data, train=tr, val=va, test=fold.test)
     result = train(cfg, tracker, data=fold_data, log_model=False, verbose=0, **lookups)
     probs = predict_probs(result.model, fold_data, fold.test, crop=cfg.data.crop, tta=cfg.augment.tta)
-    return FoldResult(probs, time.perf_counter() - started,
-                      {"best_epoch": result.best_epoch, "n_train": len(tr), "n_val": len(va)})
+    return FoldResult(
+        probs, time.perf_counter() - started, {"best_epoch": result.best_epoch, "n_train": len(tr), "n_val": len(va)}
+    )
 
 
-def run_tune_recipe(tune: Any, recipe: Recipe, source: Path, fold: Fold, *, budget: float, study_name: str,
-                    workdir: Path, tracking_uri: str, seed: int, ensemble: Any) -> FoldResult:
+def run_tune_recipe(
+    tune: Any,
+    recipe: Recipe,
+    source: Path,
+    fold: Fold,
+    *,
+    budget: float,
+    study_name: str,
+    workdir: Path,
+    ws: Workspace,
+    seed: int,
+    ensemble: Any,
+) -> FoldResult:
     """The catalog path on the fold's training images: ``tune --budget`` (82% of ``budget``) on a file of those
     images (the study splits it as it splits any file), ``ensemble --budget`` (8%), and the champion it registers
     predicts the held-out images from the source file. ``ensemble``: the comparison's ``EnsembleConfig``, read
@@ -80,18 +94,42 @@ def run_tune_recipe(tune: Any, recipe: Recipe, source: Path, fold: Fold, *, budg
             with Galaxy10File(source) as f:
                 held_out = np.asarray(f.images(fold.test))
             pretrained, tune_budget = pretrain_for_study(
-                tune, unlabeled_inputs(tune), data_path=str(fold_file), overrides=overrides, epochs=30,
-                budget=tune_budget, tracking_uri=tracking_uri, held_out=held_out)
-        study = run_study(tune, storage_url=storage, tracking_uri=tracking_uri, data_path=str(fold_file),
-                          budget=tune_budget, overrides=overrides, pretrained=pretrained)
-        comparison = run_comparison(study_name, ensemble, storage_url=storage, tracking_uri=tracking_uri,
-                                    data_path=fold_file, budget=ENSEMBLE_SHARE * budget)
+                tune,
+                unlabeled_inputs(tune),
+                data_path=str(fold_file),
+                overrides=overrides,
+                epochs=30,
+                budget=tune_budget,
+                ws=ws,
+                held_out=held_out,
+            )
+        study = run_study(
+            tune,
+            storage_url=storage,
+            ws=ws,
+            data_path=str(fold_file),
+            budget=tune_budget,
+            overrides=overrides,
+            pretrained=pretrained,
+        )
+        comparison = run_comparison(
+            study_name, ensemble, storage_url=storage, ws=ws, data_path=fold_file, budget=ENSEMBLE_SHARE * budget
+        )
         model_uri = comparison.model_uris[comparison.winner]
-        probs = predict_file_rows(load_predictor(model_uri, tracking_uri=tracking_uri), source, fold.test)
+        probs = predict_file_rows(load_predictor(model_uri, ws=ws), source, fold.test)
     finally:
         for stale in (fold_file, fold_file.with_suffix(".split.json"), *workdir.glob(f".{fold_file.name}*")):
             stale.unlink(missing_ok=True)
-    return FoldResult(np.asarray(probs, dtype=np.float32), time.perf_counter() - started,
-                      {"study": study_name, "plan": study.plan, "best_trial": study.best_number,
-                       "champion": comparison.winner, "champion_uri": model_uri, "storage": storage,
-                       "budget_seconds": round(budget, 1)})
+    return FoldResult(
+        np.asarray(probs, dtype=np.float32),
+        time.perf_counter() - started,
+        {
+            "study": study_name,
+            "plan": study.plan,
+            "best_trial": study.best_number,
+            "champion": comparison.winner,
+            "champion_uri": model_uri,
+            "storage": storage,
+            "budget_seconds": round(budget, 1),
+        },
+    )

@@ -6,6 +6,7 @@ evaluation's key (data fingerprint, recipes, R, K, seed, budget), reuses every F
 rest. The summary is computed from the kept predictions only, so a resumed evaluation gives the same numbers
 as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,6 @@ from tqdm import tqdm
 
 from core.errors import ConfigError, ModelError
 from core.outputs import check_output_dir, output_dir
-from core.paths import default_cache_dir
 from experiments.crossval.folds import (
     Budget,
     Fold,
@@ -42,6 +42,7 @@ from experiments.tracking.base import git_commit, package_versions
 from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
 from experiments.tracking.runs import download_run_artifact, find_runs, finish_run, get_run_facts
+from experiments.tracking.workspace import Workspace
 from pipelines.classes import CLASS_NAMES, ClassSet
 from pipelines.reader import Galaxy10File, data_fingerprint
 from pipelines.splits import find_groups
@@ -74,56 +75,80 @@ def _first_train_recipe(recipes: Sequence[Recipe]) -> Recipe | None:
 def _check_budget(recipes: Sequence[Recipe], budget: Budget | None) -> None:
     tune = [r.name for r in recipes if r.kind == "tune"]
     if tune and budget is None:
-        raise ConfigError(f"recipe {tune[0]} is a tuning config (the catalog path): give --budget, a duration (20m) "
-                          "or a factor of the first run recipe's wall time on each fold (4x)")
+        raise ConfigError(
+            f"recipe {tune[0]} is a tuning config (the catalog path): give --budget, a duration (20m) "
+            "or a factor of the first run recipe's wall time on each fold (4x)"
+        )
     if budget is not None and budget.factor is not None and _first_train_recipe(recipes) is None:
-        raise ConfigError(f"--budget {budget.text()} is a factor of a run recipe's wall time, but every recipe is a "
-                          "tuning config; give a duration (e.g. --budget 20m)")
+        raise ConfigError(
+            f"--budget {budget.text()} is a factor of a run recipe's wall time, but every recipe is a "
+            "tuning config; give a duration (e.g. --budget 20m)"
+        )
 
 
-def _done_cells(parent_id: str, tracking_uri: str) -> dict[tuple[str, str], str]:
+def _done_cells(parent_id: str, ws: Workspace) -> dict[tuple[str, str], str]:
     """``(recipe, cell) -> run id`` of the parent's FINISHED children; children left unfinished are marked FAILED."""
     done = {}
-    for child in find_runs({"evaluate.role": "fold"}, tracking_uri=tracking_uri, parent_run_id=parent_id):
+    for child in find_runs({"evaluate.role": "fold"}, ws=ws, parent_run_id=parent_id):
         cell = (child.tags.get("evaluate.recipe", ""), child.tags.get("evaluate.cell", ""))
         if child.status == "FINISHED" and cell not in done:
             done[cell] = child.run_id
         elif child.status == "RUNNING":
-            finish_run(child.run_id, "FAILED", tracking_uri=tracking_uri,
-                       tags={"evaluate.fail_reason": "the evaluation stopped before this fold finished; redone"})
+            finish_run(
+                child.run_id,
+                "FAILED",
+                ws=ws,
+                tags={"evaluate.fail_reason": "the evaluation stopped before this fold finished; redone"},
+            )
     return done
 
 
-def _check_same_ensemble(parent_id: str, text: str | None, tracking_uri: str) -> None:
+def _check_same_ensemble(parent_id: str, text: str | None, ws: Workspace) -> None:
     """A continued evaluation's tuning recipes must run the ensemble config its first folds ran."""
     if text is None:
         return
     with tempfile.TemporaryDirectory(prefix="galaxy10-evaluate-") as tmp:
         try:
-            logged = download_run_artifact(parent_id, ENSEMBLE_ARTIFACT, tmp, tracking_uri=tracking_uri).read_text()
+            logged = download_run_artifact(parent_id, ENSEMBLE_ARTIFACT, tmp, ws=ws).read_text()
         except ModelError:  # an evaluation begun before the config was kept: nothing to compare
-            log.warning("evaluation run %s kept no ensemble config; its earlier folds ran the one shipped then",
-                        parent_id)
+            log.warning(
+                "evaluation run %s kept no ensemble config; its earlier folds ran the one shipped then", parent_id
+            )
             return
     if logged != text:
-        raise ConfigError("experiments/configs/ensemble.yaml changed since this evaluation began (its earlier folds "
-                          "ran the config logged on its MLflow run); restore it, or start a new evaluation with "
-                          "another --seed or --experiment")
+        raise ConfigError(
+            "experiments/configs/ensemble.yaml changed since this evaluation began (its earlier folds "
+            "ran the config logged on its MLflow run); restore it, or start a new evaluation with "
+            "another --seed or --experiment"
+        )
 
 
-def _load_predictions(run_id: str, tracking_uri: str, fold: Fold) -> FoldResult:
+def _load_predictions(run_id: str, ws: Workspace, fold: Fold) -> FoldResult:
     with tempfile.TemporaryDirectory(prefix="galaxy10-evaluate-") as tmp:
-        doc = json.loads(download_run_artifact(run_id, PREDICTIONS, tmp, tracking_uri=tracking_uri).read_text())
+        doc = json.loads(download_run_artifact(run_id, PREDICTIONS, tmp, ws=ws).read_text())
     if doc["rows"] != fold.test.tolist():
-        raise ConfigError(f"run {run_id} holds predictions for other images than fold {fold.cell}; the evaluation's "
-                          "store was changed by hand: start over with another --experiment")
-    seconds = get_run_facts(run_id, tracking_uri=tracking_uri).metrics.get("seconds", float("nan"))
+        raise ConfigError(
+            f"run {run_id} holds predictions for other images than fold {fold.cell}; the evaluation's "
+            "store was changed by hand: start over with another --experiment"
+        )
+    seconds = get_run_facts(run_id, ws=ws).metrics.get("seconds", float("nan"))
     return FoldResult(np.asarray(doc["probs"], dtype=np.float32), float(seconds), {})
 
 
-def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str | Path, repeats: int = 3,
-                   folds: int = 5, seed: int = 0, budget: Budget | None = None, tracking_uri: str,
-                   experiment: str = EXPERIMENT, force: bool = False, label_fraction: float = 1.0) -> EvaluationResult:
+def run_evaluation(
+    data_path: str | Path,
+    recipes: Sequence[Recipe],
+    *,
+    out: str | Path,
+    repeats: int = 3,
+    folds: int = 5,
+    seed: int = 0,
+    budget: Budget | None = None,
+    ws: Workspace,
+    experiment: str = EXPERIMENT,
+    force: bool = False,
+    label_fraction: float = 1.0,
+) -> EvaluationResult:
     """Cross-validate ``recipes`` on ``data_path`` (see the module docs); write the summary into ``out``.
 
     ``label_fraction`` < 1: every recipe learns from the same stratified share of each fold's training images
@@ -145,22 +170,41 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
         groups, _ = find_groups(path, source=f)
     fingerprint = data_fingerprint(path)
     key = evaluation_key(fingerprint, recipes, folds=folds, seed=seed, budget=budget, label_fraction=label_fraction)
-    plan = [f.with_labels(labels, label_fraction, seed)
-            for f in repeated_folds(labels, groups, repeats=repeats, folds=folds, seed=seed)]
+    plan = [
+        f.with_labels(labels, label_fraction, seed)
+        for f in repeated_folds(labels, groups, repeats=repeats, folds=folds, seed=seed)
+    ]
     if info.synthetic:
         log.warning("evaluation on SYNTHETIC data (%s): the numbers say nothing about real galaxies", path)
-    tags = {"evaluate.key": key, "evaluate.role": "parent", "data.fingerprint": fingerprint,
-            "data.path": str(path), "data.synthetic": str(bool(info.synthetic)).lower(), **git_commit(),
-            **package_versions()}
-    previous = [r for r in find_runs({"evaluate.key": key, "evaluate.role": "parent"}, tracking_uri=tracking_uri)]
-    parent = attach_run(previous[0].run_id, tracking_uri=tracking_uri) if previous else None
+    tags = {
+        "evaluate.key": key,
+        "evaluate.role": "parent",
+        "data.fingerprint": fingerprint,
+        "data.path": str(path),
+        "data.synthetic": str(bool(info.synthetic)).lower(),
+        **git_commit(),
+        **package_versions(),
+    }
+    previous = [r for r in find_runs({"evaluate.key": key, "evaluate.role": "parent"}, ws=ws)]
+    parent = attach_run(previous[0].run_id, ws=ws) if previous else None
     if parent is None:
-        parent = MlflowTracker(experiment, f"evaluate {' vs '.join(r.name for r in recipes)}",
-                               tracking_uri=tracking_uri, tags={**tags, "run.host": socket.gethostname(),
-                                                                "run.pid": os.getpid()}).start()
-        parent.log_params({"repeats": repeats, "folds": folds, "seed": seed, "budget": budget and budget.text(),
-                           "label_fraction": label_fraction,
-                           "recipes": " ".join(f"{r.name}={r.path}" for r in recipes), "n_images": len(labels)})
+        parent = MlflowTracker(
+            experiment,
+            f"evaluate {' vs '.join(r.name for r in recipes)}",
+            ws=ws,
+            tags={**tags, "run.host": socket.gethostname(), "run.pid": os.getpid()},
+        ).start()
+        parent.log_params(
+            {
+                "repeats": repeats,
+                "folds": folds,
+                "seed": seed,
+                "budget": budget and budget.text(),
+                "label_fraction": label_fraction,
+                "recipes": " ".join(f"{r.name}={r.path}" for r in recipes),
+                "n_images": len(labels),
+            }
+        )
         for r in recipes:
             parent.log_text(r.text, f"recipes/{r.name}.yaml")
         if ensemble_text is not None:
@@ -168,15 +212,28 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
         done: dict[tuple[str, str], str] = {}
     else:
         log.info("continuing evaluation %s (run %s)", key, parent.run_id)
-        _check_same_ensemble(parent.run_id, ensemble_text, tracking_uri)
-        done = _done_cells(parent.run_id, tracking_uri)
+        _check_same_ensemble(parent.run_id, ensemble_text, ws)
+        done = _done_cells(parent.run_id, ws)
     status = "FAILED"
     try:
-        ev = _Evaluation(path, labels, classes, parent, key, experiment, tracking_uri, seed, budget, ensemble,
-                         default_cache_dir() / "evaluate" / key, training_lookups(tracking_uri))
+        ev = _Evaluation(
+            path,
+            labels,
+            classes,
+            parent,
+            key,
+            experiment,
+            ws,
+            seed,
+            budget,
+            ensemble,
+            ws.cache_dir / "evaluate" / key,
+            training_lookups(ws),
+        )
         predictions, seconds, reused, ran = _run_cells(ev, plan, recipes, configs, done)
-        summary = summarize(labels, plan, predictions, seconds, class_names=classes.names,
-                            class_slugs=classes.slugs, repeats=repeats)
+        summary = summarize(
+            labels, plan, predictions, seconds, class_names=classes.names, class_slugs=classes.slugs, repeats=repeats
+        )
         _publish(summary, parent, out=Path(out), synthetic=bool(info.synthetic), data_path=str(path), force=force)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -184,8 +241,9 @@ def run_evaluation(data_path: str | Path, recipes: Sequence[Recipe], *, out: str
         raise
     finally:
         parent.end(status)
-    return EvaluationResult(summary, parent.run_id, key, Path(out), reused, ran, bool(info.synthetic),
-                            time.perf_counter() - started)
+    return EvaluationResult(
+        summary, parent.run_id, key, Path(out), reused, ran, bool(info.synthetic), time.perf_counter() - started
+    )
 
 
 @dataclass
@@ -198,7 +256,7 @@ class _Evaluation:
     parent: MlflowTracker
     key: str
     experiment: str
-    tracking_uri: str
+    ws: Workspace
     seed: int
     budget: Budget | None
     ensemble: Any  # the EnsembleConfig of tuning recipes (None without one)
@@ -207,9 +265,13 @@ class _Evaluation:
     data_by_size: dict[int, Any] = field(default_factory=dict)
 
 
-def _run_cells(ev: _Evaluation, plan: Sequence[Fold], recipes: Sequence[Recipe], configs: dict[str, Any],
-               done: dict[tuple[str, str], str]) -> tuple[dict[str, dict[str, np.ndarray]],
-                                                          dict[str, dict[str, float]], int, int]:
+def _run_cells(
+    ev: _Evaluation,
+    plan: Sequence[Fold],
+    recipes: Sequence[Recipe],
+    configs: dict[str, Any],
+    done: dict[tuple[str, str], str],
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]], int, int]:
     predictions: dict[str, dict[str, np.ndarray]] = {r.name: {} for r in recipes}
     seconds: dict[str, dict[str, float]] = {r.name: {} for r in recipes}
     first_train = _first_train_recipe(recipes)
@@ -221,7 +283,7 @@ def _run_cells(ev: _Evaluation, plan: Sequence[Fold], recipes: Sequence[Recipe],
             bar.set_postfix_str(f"{recipe.name} {fold.cell}")
             run_id = done.get((recipe.name, fold.cell))
             if run_id is not None:
-                result = _load_predictions(run_id, ev.tracking_uri, fold)
+                result = _load_predictions(run_id, ev.ws, fold)
                 reused += 1
             else:
                 # the median over the folds so far (this one's included): a fold whose run recipe stopped early
@@ -241,39 +303,69 @@ def _run_one(ev: _Evaluation, recipe: Recipe, cfg: Any, fold: Fold, reference_se
     """One recipe on one fold in its own child run, which keeps the held-out predictions."""
     from experiments.training.evaluation import classification_metrics, prefixed
 
-    tags = {"evaluate.key": ev.key, "evaluate.role": "fold", "evaluate.recipe": recipe.name,
-            "evaluate.kind": recipe.kind, "evaluate.cell": fold.cell}
-    with MlflowTracker(ev.experiment, f"{recipe.name} {fold.cell}", tracking_uri=ev.tracking_uri,
-                       parent_run_id=ev.parent.run_id, tags=tags) as child:
+    tags = {
+        "evaluate.key": ev.key,
+        "evaluate.role": "fold",
+        "evaluate.recipe": recipe.name,
+        "evaluate.kind": recipe.kind,
+        "evaluate.cell": fold.cell,
+    }
+    with MlflowTracker(
+        ev.experiment, f"{recipe.name} {fold.cell}", ws=ev.ws, parent_run_id=ev.parent.run_id, tags=tags
+    ) as child:
         if recipe.kind == "train":
             size = cfg.data.size
             if size not in ev.data_by_size:
                 from experiments.training import load_training_data
 
                 ev.data_by_size[size] = load_training_data(cfg.data, ev.path)
-            result = run_train_recipe(cfg, ev.data_by_size[size], fold, seed=ev.seed + fold.r, tracker=child,
-                                      lookups=ev.lookups)
+            result = run_train_recipe(
+                cfg, ev.data_by_size[size], fold, seed=ev.seed + fold.r, tracker=child, lookups=ev.lookups
+            )
         else:
             budget = ev.budget.seconds if ev.budget.seconds is not None else ev.budget.factor * float(reference_seconds)
-            result = run_tune_recipe(cfg, recipe, ev.path, fold, budget=budget,
-                                     study_name=f"eval-{ev.key}-{recipe.name}-{fold.cell}", workdir=ev.workdir,
-                                     tracking_uri=ev.tracking_uri, seed=ev.seed + fold.r, ensemble=ev.ensemble)
+            result = run_tune_recipe(
+                cfg,
+                recipe,
+                ev.path,
+                fold,
+                budget=budget,
+                study_name=f"eval-{ev.key}-{recipe.name}-{fold.cell}",
+                workdir=ev.workdir,
+                ws=ev.ws,
+                seed=ev.seed + fold.r,
+                ensemble=ev.ensemble,
+            )
             child.set_tags({f"evaluate.{k}": v for k, v in result.facts.items() if v is not None})
         metrics = classification_metrics(ev.labels[fold.test], result.probs, ev.class_set.slugs)
-        child.log_metrics({**prefixed({k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
-                                      "heldout"), "seconds": result.seconds, "n_heldout": float(len(fold.test))})
+        child.log_metrics(
+            {
+                **prefixed({k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}, "heldout"),
+                "seconds": result.seconds,
+                "n_heldout": float(len(fold.test)),
+            }
+        )
         child.log_dict({"rows": fold.test.tolist(), "probs": np.round(result.probs, 6).tolist()}, PREDICTIONS)
-    log.info("%s %s: held-out accuracy %.4f, balanced %.4f (%.0f s)", recipe.name, fold.cell, metrics["accuracy"],
-             metrics["balanced_accuracy"], result.seconds)
+    log.info(
+        "%s %s: held-out accuracy %.4f, balanced %.4f (%.0f s)",
+        recipe.name,
+        fold.cell,
+        metrics["accuracy"],
+        metrics["balanced_accuracy"],
+        result.seconds,
+    )
     return FoldResult(np.round(result.probs, 6).astype(np.float32), result.seconds, result.facts)
 
 
-def _publish(summary: EvaluationSummary, parent: MlflowTracker, *, out: Path, synthetic: bool, data_path: str,
-             force: bool) -> None:
+def _publish(
+    summary: EvaluationSummary, parent: MlflowTracker, *, out: Path, synthetic: bool, data_path: str, force: bool
+) -> None:
     md = summary_markdown(summary, synthetic=synthetic, data_path=data_path)
     doc = {"synthetic": synthetic, "data": data_path, "parent_run_id": parent.run_id, **summary.as_dict()}
-    title = (f"{summary.repeats} x {summary.folds}-fold CV of {Path(data_path).name}: paired differences, 95% "
-             "corrected t" + (" (SYNTHETIC)" if synthetic else ""))
+    title = (
+        f"{summary.repeats} x {summary.folds}-fold CV of {Path(data_path).name}: paired differences, 95% "
+        "corrected t" + (" (SYNTHETIC)" if synthetic else "")
+    )
     fig = summary_figure(summary, title=title) if summary.differences else None
     with output_dir(out, what="evaluation", force=force) as tmp:
         (tmp / "evaluation.md").write_text(md, encoding="utf-8")
@@ -289,6 +381,7 @@ def _publish(summary: EvaluationSummary, parent: MlflowTracker, *, out: Path, sy
         metrics.update({f"{r.name}_{m}_mean": r.mean(m) for m in ("accuracy", "balanced_accuracy", "macro_f1")})
     for d in summary.differences:
         for m, t in d.metrics.items():
-            metrics.update({f"diff_{d.name}_{m}": t.mean, f"diff_{d.name}_{m}_ci_low": t.lo,
-                            f"diff_{d.name}_{m}_ci_high": t.hi})
+            metrics.update(
+                {f"diff_{d.name}_{m}": t.mean, f"diff_{d.name}_{m}_ci_low": t.lo, f"diff_{d.name}_{m}_ci_high": t.hi}
+            )
     parent.log_metrics(metrics)

@@ -22,6 +22,7 @@ The reference floor: where the comparison holds the study's reference trial (``r
 recipe trained inside the study), a champion that is *worse* than it on the validation images (the interval
 of the difference on the selection metric or a guard metric below 0) gives way to the reference.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -72,15 +73,32 @@ class Evidence:
     where: str
 
     @classmethod
-    def of(cls, row: Mapping[str, Any], base_row: Mapping[str, Any], cand: Candidate, base: Candidate,
-           y_val: np.ndarray, y_train: np.ndarray | None, metric: str) -> Evidence:
+    def of(
+        cls,
+        row: Mapping[str, Any],
+        base_row: Mapping[str, Any],
+        cand: Candidate,
+        base: Candidate,
+        y_val: np.ndarray,
+        y_train: np.ndarray | None,
+        metric: str,
+    ) -> Evidence:
         """Out-of-fold train + validation when the row and ``cnn-best`` both carry it, else validation."""
         key = f"oofval_{metric}"
-        if (y_train is not None and key in row and key in base_row and cand.train_probs is not None
-                and base.train_probs is not None):
-            return cls(np.concatenate([y_train, y_val]), np.concatenate([cand.train_probs, cand.val_probs]),
-                       np.concatenate([base.train_probs, base.val_probs]), "oofval",
-                       f"{len(y_train)} out-of-fold train + {len(y_val)} validation images")
+        if (
+            y_train is not None
+            and key in row
+            and key in base_row
+            and cand.train_probs is not None
+            and base.train_probs is not None
+        ):
+            return cls(
+                np.concatenate([y_train, y_val]),
+                np.concatenate([cand.train_probs, cand.val_probs]),
+                np.concatenate([base.train_probs, base.val_probs]),
+                "oofval",
+                f"{len(y_train)} out-of-fold train + {len(y_val)} validation images",
+            )
         return cls(y_val, cand.val_probs, base.val_probs, "val", f"{len(y_val)} validation images")
 
 
@@ -103,8 +121,17 @@ class Judgement:
 
 
 def _differences(ev: Evidence, settings: RuleSettings, n_classes: int, level: float) -> dict[str, PairedDifference]:
-    return paired_bootstrap(ev.y, ev.probs.argmax(1), ev.base.argmax(1), n_classes, metrics=settings.judged,
-                            n_resamples=RULE_RESAMPLES, seed=settings.seed, level=level, interval="normal")
+    return paired_bootstrap(
+        ev.y,
+        ev.probs.argmax(1),
+        ev.base.argmax(1),
+        n_classes,
+        metrics=settings.judged,
+        n_resamples=RULE_RESAMPLES,
+        seed=settings.seed,
+        level=level,
+        interval="normal",
+    )
 
 
 def _non_inferior(diffs: Mapping[str, PairedDifference], settings: RuleSettings) -> list[str]:
@@ -117,8 +144,15 @@ def _describe(name: str, diffs: Mapping[str, PairedDifference], where: str, leve
     return f"{name} - {BASELINE_CANDIDATE} on {where}: {parts} ({100 * level:.2f}% paired intervals)"
 
 
-def judge(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray, n_classes: int,
-          settings: RuleSettings, *, y_train: np.ndarray | None = None) -> dict[str, Judgement]:
+def judge(
+    rows: Sequence[Mapping[str, Any]],
+    candidates: Sequence[Candidate],
+    y_val: np.ndarray,
+    n_classes: int,
+    settings: RuleSettings,
+    *,
+    y_train: np.ndarray | None = None,
+) -> dict[str, Judgement]:
     """Every candidate but ``cnn-best`` against it, at the Bonferroni level for their number (see module docs)."""
     base_row = next(r for r in rows if r["candidate"] == BASELINE_CANDIDATE)
     by_name = {c.name: c for c in candidates}
@@ -135,17 +169,28 @@ def judge(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_
         if lead.lo <= 0:
             wins, clause = False, f"{text}: not clearly better on {settings.metric}"
         elif short:
-            wins, clause = False, (f"{text}: better on {settings.metric} but possibly worse by more than "
-                                   f"{settings.guard_margin:g} on {', '.join(short)} (guard)")
+            wins, clause = (
+                False,
+                (
+                    f"{text}: better on {settings.metric} but possibly worse by more than "
+                    f"{settings.guard_margin:g} on {', '.join(short)} (guard)"
+                ),
+            )
         else:
             wins, clause = True, f"{text}: better on {settings.metric} and not worse on the guard metrics"
         out[name] = Judgement(name, ev.where, diffs, wins, clause)
     return out
 
 
-def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
-                    n_classes: int, settings: RuleSettings, *,
-                    y_train: np.ndarray | None = None) -> tuple[Mapping[str, Any], str, dict[str, Judgement]]:
+def choose_champion(
+    rows: Sequence[Mapping[str, Any]],
+    candidates: Sequence[Candidate],
+    y_val: np.ndarray,
+    n_classes: int,
+    settings: RuleSettings,
+    *,
+    y_train: np.ndarray | None = None,
+) -> tuple[Mapping[str, Any], str, dict[str, Judgement]]:
     """The comparison's champion, the rule's sentence and every candidate's judgement (see module docs).
 
     Parameters
@@ -171,8 +216,9 @@ def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Cand
     if not judgements:
         return base, f"{BASELINE_CANDIDATE} is the only candidate and champion", judgements
     by_row = {r["candidate"]: r for r in rows}
-    order = sorted(judgements.values(), key=lambda j: (-j.differences[settings.metric].diff,
-                                                        rows.index(by_row[j.candidate])))
+    order = sorted(
+        judgements.values(), key=lambda j: (-j.differences[settings.metric].diff, rows.index(by_row[j.candidate]))
+    )
     winner = next((j for j in order if j.wins), None)
     looked = f"{len(judgements)} candidate(s) judged against {BASELINE_CANDIDATE}"
     if winner is not None:
@@ -183,13 +229,23 @@ def choose_champion(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Cand
         if vote is not None:
             row, rule = by_row[vote[0]], f"{looked}; none is clearly better (best: {top.clause}); {vote[1]}"
         else:
-            row, rule = base, (f"{looked}; none is clearly better without losing on a guard metric (best: "
-                               f"{top.clause}): {BASELINE_CANDIDATE} stays champion")
+            row, rule = (
+                base,
+                (
+                    f"{looked}; none is clearly better without losing on a guard metric (best: "
+                    f"{top.clause}): {BASELINE_CANDIDATE} stays champion"
+                ),
+            )
     return _reference_floor(row, rule, rows, candidates, y_val, n_classes, settings) + (judgements,)
 
 
-def _clear_vote(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidate], y_val: np.ndarray,
-                judgements: Mapping[str, Judgement], settings: RuleSettings) -> tuple[str, str] | None:
+def _clear_vote(
+    rows: Sequence[Mapping[str, Any]],
+    candidates: Sequence[Candidate],
+    y_val: np.ndarray,
+    judgements: Mapping[str, Judgement],
+    settings: RuleSettings,
+) -> tuple[str, str] | None:
     """The vote that is non-inferior on every judged metric and has a clearly lower per-image log loss
     than ``cnn-best`` (the lowest mean among such votes), or None."""
     by_name = {c.name: c for c in candidates}
@@ -210,27 +266,44 @@ def _clear_vote(rows: Sequence[Mapping[str, Any]], candidates: Sequence[Candidat
     if not clear:
         return None
     mean, name, lo, hi = min(clear)
-    return name, (f"{name}, a vote, is not worse on the guard metrics and its validation log loss is clearly lower "
-                  f"({mean:+.4f} [{lo:+.4f}, {hi:+.4f}] per image, {100 * level:.2f}%): it is champion "
-                  "(a clear vote breaks the tie)")
+    return name, (
+        f"{name}, a vote, is not worse on the guard metrics and its validation log loss is clearly lower "
+        f"({mean:+.4f} [{lo:+.4f}, {hi:+.4f}] per image, {100 * level:.2f}%): it is champion "
+        "(a clear vote breaks the tie)"
+    )
 
 
-def _reference_floor(row: Mapping[str, Any], rule: str, rows: Sequence[Mapping[str, Any]],
-                     candidates: Sequence[Candidate], y_val: np.ndarray, n_classes: int,
-                     settings: RuleSettings) -> tuple[Mapping[str, Any], str]:
+def _reference_floor(
+    row: Mapping[str, Any],
+    rule: str,
+    rows: Sequence[Mapping[str, Any]],
+    candidates: Sequence[Candidate],
+    y_val: np.ndarray,
+    n_classes: int,
+    settings: RuleSettings,
+) -> tuple[Mapping[str, Any], str]:
     """The reference trial replaces a champion that is worse than it on validation (see module docs)."""
     ref = next((r for r in rows if r["candidate"] == REFERENCE_CANDIDATE), None)
     if ref is None or row is ref:
         return row, rule
     by_name = {c.name: c for c in candidates}
-    diffs = paired_bootstrap(y_val, by_name[REFERENCE_CANDIDATE].val_probs.argmax(1),
-                             by_name[row["candidate"]].val_probs.argmax(1), n_classes, metrics=settings.judged,
-                             n_resamples=RULE_RESAMPLES, seed=settings.seed, level=settings.confidence,
-                             interval="normal")
+    diffs = paired_bootstrap(
+        y_val,
+        by_name[REFERENCE_CANDIDATE].val_probs.argmax(1),
+        by_name[row["candidate"]].val_probs.argmax(1),
+        n_classes,
+        metrics=settings.judged,
+        n_resamples=RULE_RESAMPLES,
+        seed=settings.seed,
+        level=settings.confidence,
+        interval="normal",
+    )
     worse = [m for m, d in diffs.items() if d.lo > 0]
     if not worse:
         return row, rule
     parts = ", ".join(f"{m} {diffs[m].text()}" for m in worse)
-    return ref, (f"{rule}; but the reference recipe is better than {row['candidate']} on {len(y_val)} validation "
-                 f"images ({parts}, reference - {row['candidate']}): {REFERENCE_CANDIDATE} is champion "
-                 "(reference floor)")
+    return ref, (
+        f"{rule}; but the reference recipe is better than {row['candidate']} on {len(y_val)} validation "
+        f"images ({parts}, reference - {row['candidate']}): {REFERENCE_CANDIDATE} is champion "
+        "(reference floor)"
+    )

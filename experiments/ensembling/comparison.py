@@ -1,15 +1,14 @@
 """The comparison run: every candidate scored on validation, logged, the table, the registered winner."""
+
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,27 @@ from core.files import pid_alive
 from ensembles.calibration import calibration_metrics
 from ensembles.ensemble_model import save_ensemble
 from experiments.ensembling.candidates import build_candidates
-from experiments.ensembling.champion import BASELINE_CANDIDATE, Judgement, RuleSettings, choose_champion
+from experiments.ensembling.champion import BASELINE_CANDIDATE, choose_champion
 from experiments.ensembling.context import Candidate
+from experiments.ensembling.evidence import (
+    WIDE_METRICS,
+    add_judgements,
+    evidence_note,
+    oof_labels,
+    rule_settings,
+    small_validation_note,
+    wide_metrics,
+)
 from experiments.ensembling.members import load_study_data, study_members
 from experiments.ensembling.second_stage_tuning import validate_config
+from experiments.ensembling.table import TABLE_METRICS, _row, comparison_csv, comparison_figure, comparison_markdown
 from experiments.settings.ensemble import EnsembleConfig, to_dict
 from experiments.tracking.base import git_commit, package_versions
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.pyfunc import log_ensemble_model
 from experiments.tracking.runs import find_runs, finish_run, set_run_tags
-from experiments.tracking.store import require_tracking_store
+from experiments.tracking.workspace import Workspace
 from experiments.training import data_tags
 from experiments.training.evaluation import classification_metrics, per_class_csv, prefixed
 from experiments.training.figures import confusion_figure
@@ -43,7 +52,6 @@ log = logging.getLogger(__name__)
 
 COMPARISON_RUN_NAME = "ensemble comparison"
 REGISTERED_SUFFIX = "-ensemble"
-TABLE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
 
 
 @dataclass(frozen=True)
@@ -68,74 +76,6 @@ class ComparisonReport:
     candidates: tuple[Candidate, ...] = ()
 
 
-def _row(candidate: Candidate, metrics: Mapping[str, Any], slugs: Sequence[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {"candidate": candidate.name, "kind": candidate.kind}
-    for key in TABLE_METRICS:
-        row[f"val_{key}"] = round(float(metrics[key]), 4)
-    for slug in slugs:
-        row[f"val_recall_{slug}"] = round(float(metrics[f"recall_{slug}"]), 4)
-    row["members"] = " ".join(candidate.members)
-    row["estimate"] = candidate.estimate
-    return row
-
-
-def comparison_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """The comparison table as CSV text."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def comparison_markdown(rows: Sequence[Mapping[str, Any]], *, winner: str, select_metric: str, synthetic: bool) -> str:
-    """The comparison table as Markdown (main metrics; the CSV has per-class recall too)."""
-    wide = [f"oofval_{k}" for k in ("accuracy", "balanced_accuracy") if any(f"oofval_{k}" in r for r in rows)]
-    paired = sorted({k for r in rows for k in r if k.startswith("d_")})
-    paired += ["verdict"] if paired else []
-    cols = ["candidate", "kind", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_log_loss", *wide,
-            *paired, "estimate"]
-    lines = []
-    if synthetic:
-        lines += ["**SYNTHETIC data: these numbers say nothing about real galaxies.**", ""]
-    where = ("Validation split; the fold-model candidates also on out-of-fold train + validation (oofval_*), "
-             "where the champion rule judged them" if wide else "Validation split only")
-    lines += [f"{where}; winner by {select_metric}: **{winner}**."
-              + (" d_* columns: the candidate minus cnn-best on the images the rule judged it on, with its "
-                 "paired interval (Bonferroni over the candidates); verdict on the selection metric." if paired
-                 else ""), "",
-              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in rows:
-        cells = [f"**{r[c]}**" if c == "candidate" and r[c] == winner else str(r.get(c, "")) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_figure(rows: Sequence[Mapping[str, Any]], *, title: str) -> Any:
-    """Grouped bars: validation accuracy, balanced accuracy and macro-F1 per candidate."""
-    from matplotlib.figure import Figure
-
-    metrics = [("val_accuracy", "accuracy"), ("val_balanced_accuracy", "balanced accuracy"),
-               ("val_macro_f1", "macro-F1")]
-    names = [r["candidate"] for r in rows]
-    fig = Figure(figsize=(max(7.0, 1.1 * len(names) + 2), 4.5))
-    ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(names))
-    width = 0.8 / len(metrics)
-    for i, (key, label) in enumerate(metrics):
-        vals = [float(r[key]) for r in rows]
-        bars = ax.bar(x + (i - 1) * width, vals, width, label=label)
-        ax.bar_label(bars, labels=[f"{v:.3f}" for v in vals], fontsize=6, rotation=90, padding=2)
-    lows = [min(float(r[k]) for k, _ in metrics) for r in rows]
-    ax.set_ylim(max(0.0, min(lows) - 0.1), min(1.0, max(float(r[k]) for r in rows for k, _ in metrics) + 0.08))
-    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("validation split")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
 def _example_image(data: Any) -> np.ndarray:
     """One raw validation image from the file, the pyfunc models' input example."""
 
@@ -145,16 +85,28 @@ def _example_image(data: Any) -> np.ndarray:
 
 def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str, temperature: float) -> dict[str, Any]:
     first = candidate.model.branches[0]
-    return {"temperature": round(float(temperature), 6), "size": int(first.size), "crop": int(first.crop),
-            "preprocess_version": PREPROCESS_VERSION,
-            "class_names": list(data.class_names), "class_slugs": list(data.class_slugs),
-            "num_classes": data.num_classes, "data_fingerprint": data.fingerprint, "synthetic": bool(data.synthetic),
-            "provenance": data.provenance, "tta": bool(first.tta), "kind": candidate.kind,
-            "members": candidate.members, "candidate": candidate.name, "study": study_name, "ensemble_mode": mode,
-            "input": "uint8 (N, H, W, 3) raw RGB images of any size (square-cropped and resized per member)"}
+    return {
+        "temperature": round(float(temperature), 6),
+        "size": int(first.size),
+        "crop": int(first.crop),
+        "preprocess_version": PREPROCESS_VERSION,
+        "class_names": list(data.class_names),
+        "class_slugs": list(data.class_slugs),
+        "num_classes": data.num_classes,
+        "data_fingerprint": data.fingerprint,
+        "synthetic": bool(data.synthetic),
+        "provenance": data.provenance,
+        "tta": bool(first.tta),
+        "kind": candidate.kind,
+        "members": candidate.members,
+        "candidate": candidate.name,
+        "study": study_name,
+        "ensemble_mode": mode,
+        "input": "uint8 (N, H, W, 3) raw RGB images of any size (square-cropped and resized per member)",
+    }
 
 
-def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]:
+def close_abandoned_comparisons(study_name: str, ws: Workspace) -> list[str]:
     """Mark FAILED the study's comparison runs (and their candidate runs) left RUNNING by a killed command.
 
     A comparison run records the host and process id of the command that made it (``run.host``,
@@ -166,26 +118,35 @@ def close_abandoned_comparisons(study_name: str, tracking_uri: str) -> list[str]
     host = socket.gethostname()
     reason = "the galaxy10 ensemble command that logged this run stopped without ending it (killed)"
     closed = []
-    for run in find_runs({"ensemble.role": "comparison", "optuna.study": study_name},
-                         tracking_uri=tracking_uri):
+    for run in find_runs({"ensemble.role": "comparison", "optuna.study": study_name}, ws=ws):
         pid = run.tags.get("run.pid", "")
         if run.status != "RUNNING" or run.tags.get("run.host") != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
-        for child in find_runs({}, tracking_uri=tracking_uri, parent_run_id=run.run_id):
+        for child in find_runs({}, ws=ws, parent_run_id=run.run_id):
             if child.status == "RUNNING":
-                finish_run(child.run_id, "FAILED", tracking_uri=tracking_uri,
-                           tags={"ensemble.fail_reason": reason})
+                finish_run(child.run_id, "FAILED", ws=ws, tags={"ensemble.fail_reason": reason})
                 closed.append(child.run_id)
-        finish_run(run.run_id, "FAILED", tracking_uri=tracking_uri, tags={"ensemble.fail_reason": reason})
+        finish_run(run.run_id, "FAILED", ws=ws, tags={"ensemble.fail_reason": reason})
         closed.append(run.run_id)
-        log.warning("ensemble comparison run %s of study %s was left RUNNING by process %s, which is gone; "
-                    "marked it and its unfinished candidate runs FAILED", run.run_id, study_name, pid)
+        log.warning(
+            "ensemble comparison run %s of study %s was left RUNNING by process %s, which is gone; "
+            "marked it and its unfinished candidate runs FAILED",
+            run.run_id,
+            study_name,
+            pid,
+        )
     return closed
 
 
-def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tracking_uri: str | None = None,
-                   data_path: str | Path | None = None, config_text: str | None = None,
-                   budget: float | None = None) -> ComparisonReport:
+def run_comparison(
+    study_name: str,
+    cfg: EnsembleConfig,
+    *,
+    ws: Workspace,
+    data_path: str | Path | None = None,
+    config_text: str | None = None,
+    budget: float | None = None,
+) -> ComparisonReport:
     """Build every candidate, log the comparison to MLflow and register the winner (see module docs).
 
     ``budget`` (seconds): keep cross-fitting only when it fits (``experiments.tuning.budget.plan_ensemble``);
@@ -194,8 +155,8 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
 
     started = time.perf_counter()
     validate_config(cfg)
-    uri = require_tracking_store(tracking_uri)
-    members = study_members(study_name, storage_url=storage_url, tracking_uri=uri, top_k=cfg.vote.top_k)
+    uri = ws.require_store()
+    members = study_members(study_name, ws=ws, top_k=cfg.vote.top_k)
     plan = None
     requested_mode = cfg.mode
     if budget is not None:
@@ -204,7 +165,7 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
     data = load_study_data(members, data_path)
     if data.synthetic:
         log.warning("ensemble comparison on SYNTHETIC data: %s", data.describe())
-    candidates, notes, facts = build_candidates(cfg, members, data, tracking_uri=uri)
+    candidates, notes, facts = build_candidates(cfg, members, data, ws=ws)
     if plan is not None:
         notes.insert(0, f"plan: {plan}")
     y_val = np.asarray(data.labels[data.val], dtype=np.int64)
@@ -217,65 +178,113 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
     y_train = oof_labels(base_cand, data.labels)
     wide_cols = tuple(f"oofval_{k}" for k in WIDE_METRICS) if y_train is not None else ()
     if y_train is not None:
-        notes.append(f"candidates with out-of-fold train probabilities are also scored on {len(y_train)} "
-                     f"out-of-fold train + {len(y_val)} validation images (oofval_*), against cnn-best's "
-                     "recipe (its fold CNNs on train); the champion rule judges them there (oof_selection)")
-    columns = ("candidate", "kind", *(f"val_{k}" for k in TABLE_METRICS), *wide_cols,
-               *(f"val_recall_{s}" for s in slugs), "members", "estimate", "run_id")
-    common_tags = {**data_tags(data), **git_commit(), **package_versions(),
-                   "optuna.study": study_name, "ensemble.mode": cfg.mode}
+        notes.append(
+            f"candidates with out-of-fold train probabilities are also scored on {len(y_train)} "
+            f"out-of-fold train + {len(y_val)} validation images (oofval_*), against cnn-best's "
+            "recipe (its fold CNNs on train); the champion rule judges them there (oof_selection)"
+        )
+    columns = (
+        "candidate",
+        "kind",
+        *(f"val_{k}" for k in TABLE_METRICS),
+        *wide_cols,
+        *(f"val_recall_{s}" for s in slugs),
+        "members",
+        "estimate",
+        "run_id",
+    )
+    common_tags = {
+        **data_tags(data),
+        **git_commit(),
+        **package_versions(),
+        "optuna.study": study_name,
+        "ensemble.mode": cfg.mode,
+    }
     example = _example_image(data)
     rows, child_ids, model_uris = [], {}, {}
-    close_abandoned_comparisons(study_name, uri)
-    with MlflowTracker(experiment, COMPARISON_RUN_NAME, tracking_uri=uri,
-                       tags={**common_tags, "ensemble.role": "comparison", "run.host": socket.gethostname(),
-                             "run.pid": os.getpid()}) as parent:
-        parent.log_params({**{f"ensemble.{k}": v for k, v in _flat(to_dict(cfg)).items()},
-                           "study.name": study_name, "study.storage": storage_url,
-                           "study.best_trial": members.best.trial_number,
-                           "members": " ".join(m.name for m in members.members)})
+    close_abandoned_comparisons(study_name, ws)
+    with MlflowTracker(
+        experiment,
+        COMPARISON_RUN_NAME,
+        ws=ws,
+        tags={**common_tags, "ensemble.role": "comparison", "run.host": socket.gethostname(), "run.pid": os.getpid()},
+    ) as parent:
+        parent.log_params(
+            {
+                **{f"ensemble.{k}": v for k, v in _flat(to_dict(cfg)).items()},
+                "study.name": study_name,
+                "study.storage": ws.study_storage(),
+                "study.best_trial": members.best.trial_number,
+                "members": " ".join(m.name for m in members.members),
+            }
+        )
         if config_text is not None:
             parent.log_text(config_text, "ensemble_config.yaml")
         parent.log_dict(json.loads(json.dumps(to_dict(cfg))), "ensemble_config_resolved.json")
         if facts:
             parent.log_dict(json.loads(json.dumps(facts, default=str)), "crossfit.json")
             if "crossfit_seconds" in facts:
-                parent.log_metrics({"crossfit_seconds": float(facts["crossfit_seconds"]),
-                                    "crossfit_cached_folds": float(facts["crossfit_cached_folds"])})
+                parent.log_metrics(
+                    {
+                        "crossfit_seconds": float(facts["crossfit_seconds"]),
+                        "crossfit_cached_folds": float(facts["crossfit_cached_folds"]),
+                    }
+                )
         for cand in candidates:
             metrics = classification_metrics(y_val, cand.val_probs, slugs)
             wide = wide_metrics(cand, base_cand, y_train, y_val, slugs)
-            tags = {**common_tags, "kind": cand.kind, "candidate": cand.name, "members": " ".join(cand.members),
-                    "ensemble.estimate": cand.estimate, "ensemble.description": cand.model.description}
-            with MlflowTracker(experiment, cand.name, tracking_uri=uri, parent_run_id=parent.run_id,
-                               tags=tags) as child:
-                child.log_params({"kind": cand.kind, "n_branches": len(cand.model.branches),
-                                  **{k: str(v) for k, v in cand.params.items()}})
+            tags = {
+                **common_tags,
+                "kind": cand.kind,
+                "candidate": cand.name,
+                "members": " ".join(cand.members),
+                "ensemble.estimate": cand.estimate,
+                "ensemble.description": cand.model.description,
+            }
+            with MlflowTracker(experiment, cand.name, ws=ws, parent_run_id=parent.run_id, tags=tags) as child:
+                child.log_params(
+                    {
+                        "kind": cand.kind,
+                        "n_branches": len(cand.model.branches),
+                        **{k: str(v) for k, v in cand.params.items()},
+                    }
+                )
                 # the candidate's temperature, fitted on its validation probabilities (out-of-fold where it was
                 # fit on validation); ece_val*, not val_*, which the CNN runs share
                 calibration = calibration_metrics(cand.val_probs, y_val)
-                child.log_metrics({**prefixed(metrics, "val"), **wide, "build_seconds": cand.seconds,
-                                   **calibration})
+                child.log_metrics({**prefixed(metrics, "val"), **wide, "build_seconds": cand.seconds, **calibration})
                 child.log_text(per_class_csv(metrics, slugs, names), "per_class_metrics_val.csv")
-                child.log_figure(confusion_figure(metrics["confusion"], names,
-                                                  title=f"{cand.name}: validation confusion (row-normalised)"),
-                                 "confusion_matrix_val.png")
+                child.log_figure(
+                    confusion_figure(
+                        metrics["confusion"], names, title=f"{cand.name}: validation confusion (row-normalised)"
+                    ),
+                    "confusion_matrix_val.png",
+                )
                 with tempfile.TemporaryDirectory(prefix="galaxy10-ensemble-") as tmp:
                     folder = save_ensemble(cand.model, Path(tmp) / "ensemble")
                     model_uris[cand.name] = log_ensemble_model(
-                        child, folder, meta=_model_meta(cand, data, study_name, cfg.mode, calibration["temperature"]),
+                        child,
+                        folder,
+                        meta=_model_meta(cand, data, study_name, cfg.mode, calibration["temperature"]),
                         input_example=example,
-                        n_classes=data.num_classes)
+                        n_classes=data.num_classes,
+                    )
                 child_ids[cand.name] = child.run_id
-            rows.append({**_row(cand, metrics, slugs), **{k: round(v, 4) for k, v in wide.items()},
-                         "run_id": child.run_id})
-            log.info("%-22s val accuracy %.4f, balanced %.4f, macro-F1 %.4f (%s)", cand.name, metrics["accuracy"],
-                     metrics["balanced_accuracy"], metrics["macro_f1"], cand.estimate)
+            rows.append(
+                {**_row(cand, metrics, slugs), **{k: round(v, 4) for k, v in wide.items()}, "run_id": child.run_id}
+            )
+            log.info(
+                "%-22s val accuracy %.4f, balanced %.4f, macro-F1 %.4f (%s)",
+                cand.name,
+                metrics["accuracy"],
+                metrics["balanced_accuracy"],
+                metrics["macro_f1"],
+                cand.estimate,
+            )
         select_metric = members.metric if cfg.select_metric == "study" else cfg.select_metric
         key = f"val_{select_metric}"
         settings = rule_settings(cfg, select_metric)
-        winner, rule, judgements = choose_champion(rows, candidates, y_val, data.num_classes, settings,
-                                                   y_train=y_train)
+        winner, rule, judgements = choose_champion(rows, candidates, y_val, data.num_classes, settings, y_train=y_train)
         log.info("champion: %s", rule)
         columns = add_judgements(rows, columns, judgements, settings)
         if winner["candidate"] == BASELINE_CANDIDATE and len(rows) > 1:
@@ -283,117 +292,95 @@ def run_comparison(study_name: str, cfg: EnsembleConfig, *, storage_url: str, tr
         thin_evidence = evidence_note(judgements, y_train, requested_mode != cfg.mode)
         if thin_evidence:
             notes.append(thin_evidence)
-        parent.log_dict({"settings": {"metric": settings.metric, "guard_metrics": list(settings.guard_metrics),
-                                      "guard_margin": settings.guard_margin, "confidence": settings.confidence,
-                                      "n_judged": len(judgements)},
-                         "judgements": {n: {"evidence": j.evidence, "wins": j.wins, "clause": j.clause,
-                                            "differences": {m: d.as_dict() for m, d in j.differences.items()}}
-                                        for n, j in judgements.items()}}, "paired_evidence.json")
-        md = comparison_markdown(rows, winner=winner["candidate"], select_metric=select_metric,
-                                 synthetic=data.synthetic) + f"\nChampion rule: {rule}.\n"
+        parent.log_dict(
+            {
+                "settings": {
+                    "metric": settings.metric,
+                    "guard_metrics": list(settings.guard_metrics),
+                    "guard_margin": settings.guard_margin,
+                    "confidence": settings.confidence,
+                    "n_judged": len(judgements),
+                },
+                "judgements": {
+                    n: {
+                        "evidence": j.evidence,
+                        "wins": j.wins,
+                        "clause": j.clause,
+                        "differences": {m: d.as_dict() for m, d in j.differences.items()},
+                    }
+                    for n, j in judgements.items()
+                },
+            },
+            "paired_evidence.json",
+        )
+        md = (
+            comparison_markdown(rows, winner=winner["candidate"], select_metric=select_metric, synthetic=data.synthetic)
+            + f"\nChampion rule: {rule}.\n"
+        )
         parent.log_text(comparison_csv(rows, columns), "comparison.csv")
         parent.log_text(md, "comparison.md")
-        parent.log_figure(comparison_figure(rows, title=f"study {study_name}: ensembles on the validation split"
-                                            + (" (SYNTHETIC data)" if data.synthetic else "")), "comparison.png")
+        parent.log_figure(
+            comparison_figure(
+                rows,
+                title=f"study {study_name}: ensembles on the validation split"
+                + (" (SYNTHETIC data)" if data.synthetic else ""),
+            ),
+            "comparison.png",
+        )
         if notes:
             parent.log_text("\n".join(notes) + "\n", "notes.txt")
         name = f"{study_name}{REGISTERED_SUFFIX}"
         registered = register_champion(
-            model_uris[winner["candidate"]], name, alias=cfg.alias, run_id=winner["run_id"], tracking_uri=uri,
-            tags={"candidate": winner["candidate"], "kind": winner["kind"], key: f"{winner[key]:.4f}",
-                  "optuna.study": study_name})
-        set_run_tags(winner["run_id"], {"ensemble.winner": "true"}, tracking_uri=uri)
-        parent.set_tags({"winner": winner["candidate"], "winner.run_id": winner["run_id"],
-                         "winner.registered_model": registered, "n_candidates": len(rows),
-                         "winner.rule": rule, "select_metric": select_metric})
-        parent.log_metrics({f"winner_{key}": float(winner[key]), "n_candidates": float(len(rows)),
-                            "comparison_seconds": time.perf_counter() - started})
+            model_uris[winner["candidate"]],
+            name,
+            alias=cfg.alias,
+            run_id=winner["run_id"],
+            ws=ws,
+            tags={
+                "candidate": winner["candidate"],
+                "kind": winner["kind"],
+                key: f"{winner[key]:.4f}",
+                "optuna.study": study_name,
+            },
+        )
+        set_run_tags(winner["run_id"], {"ensemble.winner": "true"}, ws=ws)
+        parent.set_tags(
+            {
+                "winner": winner["candidate"],
+                "winner.run_id": winner["run_id"],
+                "winner.registered_model": registered,
+                "n_candidates": len(rows),
+                "winner.rule": rule,
+                "select_metric": select_metric,
+            }
+        )
+        parent.log_metrics(
+            {
+                f"winner_{key}": float(winner[key]),
+                "n_candidates": float(len(rows)),
+                "comparison_seconds": time.perf_counter() - started,
+            }
+        )
     for note in notes:
         log.warning("%s", note)
     return ComparisonReport(
-        study_name=study_name, mode=cfg.mode, parent_run_id=parent.run_id, experiment_name=experiment,
-        tracking_uri=uri, columns=columns, rows=tuple(rows), winner=winner["candidate"],
-        winner_run_id=winner["run_id"], registered=registered, child_run_ids=child_ids, model_uris=model_uris,
-        notes=tuple(notes), synthetic=bool(data.synthetic), seconds=time.perf_counter() - started,
-        candidates=tuple(candidates))
-
-
-def rule_settings(cfg: EnsembleConfig, select_metric: str) -> RuleSettings:
-    """The champion rule's settings from the config (``accuracy_guard: false`` drops accuracy from the guards)."""
-    guards = tuple(g for g in cfg.guard_metrics if cfg.accuracy_guard or g != "accuracy")
-    return RuleSettings(metric=select_metric, guard_metrics=guards, guard_margin=cfg.guard_margin,
-                        confidence=cfg.confidence, seed=cfg.seed)
-
-
-def add_judgements(rows: Sequence[dict[str, Any]], columns: tuple[str, ...], judgements: Mapping[str, Judgement],
-                   settings: RuleSettings) -> tuple[str, ...]:
-    """Put each candidate's paired differences against ``cnn-best`` and its verdict into its row; the columns
-    with them (after the validation metrics)."""
-    for row in rows:
-        j = judgements.get(row["candidate"])
-        if j is not None:
-            row.update(j.cells())
-    extra = (*(f"d_{m}" for m in settings.judged), "verdict")
-    at = columns.index("members")
-    return (*columns[:at], *extra, *columns[at:])
-
-
-def evidence_note(judgements: Mapping[str, Judgement], y_train: np.ndarray | None, budget_cut: bool) -> str | None:
-    """How little evidence a validation-only choice rests on (no out-of-fold train images), else None."""
-    if y_train is not None or not judgements:
-        return None
-    j = next(iter(judgements.values()))
-    acc = j.differences.get("accuracy") or next(iter(j.differences.values()))
-    half = (acc.hi - acc.lo) / 2
-    why = "cross-fitting was skipped for the budget" if budget_cut else "no out-of-fold train predictions (val_cv)"
-    return (f"the champion rule judged every candidate on {j.evidence} only ({why}): at the corrected level "
-            f"{100 * acc.level:.2f}% a difference in {acc.metric} must exceed about {100 * half:.1f} points to be "
-            "told from noise, so the best CNN (then a clear vote) is kept unless the evidence is that clear")
-
-
-#: Metrics of the out-of-fold train + validation evidence (``oofval_<metric>``).
-WIDE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
-
-
-def oof_labels(base: Candidate, labels: np.ndarray) -> np.ndarray | None:
-    """Labels of ``cnn-best``'s out-of-fold train rows, or None when it has none (``val_cv``, or
-    ``oof_selection: false``)."""
-    if base.train_rows is None or base.train_probs is None:
-        return None
-    return np.asarray(labels[base.train_rows], dtype=np.int64)
-
-
-def wide_metrics(cand: Candidate, base: Candidate, y_train: np.ndarray | None, y_val: np.ndarray,
-                 slugs: Sequence[str]) -> dict[str, float]:
-    """``oofval_<metric>`` of ``cand`` on out-of-fold train + validation; empty when it has no out-of-fold
-    train probabilities on ``cnn-best``'s rows."""
-    if y_train is None or cand.train_probs is None or cand.train_rows is None \
-            or not np.array_equal(cand.train_rows, base.train_rows):
-        return {}
-    m = classification_metrics(np.concatenate([y_train, y_val]),
-                               np.concatenate([cand.train_probs, cand.val_probs]), slugs)
-    return {f"oofval_{k}": float(m[k]) for k in WIDE_METRICS}
-
-
-#: Below this many validation images of a class, the comparison says its estimates are thin.
-THIN_CLASS_IMAGES = 10
-
-
-def small_validation_note(y_val: np.ndarray, class_names: Sequence[str]) -> str | None:
-    """A note when some class has fewer than :data:`THIN_CLASS_IMAGES` validation images, else None.
-
-    With 3 images of a class one image moves its recall by 0.33: the comparison's ranking (and the
-    bootstrap standard error behind the champion rule) rests on a handful of images.
-    """
-    counts = np.bincount(y_val, minlength=len(class_names))[:len(class_names)]
-    thin = [(int(n), name) for n, name in zip(counts, class_names) if 0 < n < THIN_CLASS_IMAGES]
-    if not thin:
-        return None
-    n, name = min(thin)
-    listed = ", ".join(f"{k} {c}" for k, c in sorted(thin))
-    return (f"the validation split holds few images of some classes ({listed}): one image of {name} moves its "
-            f"recall by {1 / n:.2f}, so the comparison and the champion rule rest on a handful of images; a "
-            "larger data.val_fraction (or more images of those classes) makes the choice more reliable")
+        study_name=study_name,
+        mode=cfg.mode,
+        parent_run_id=parent.run_id,
+        experiment_name=experiment,
+        tracking_uri=uri,
+        columns=columns,
+        rows=tuple(rows),
+        winner=winner["candidate"],
+        winner_run_id=winner["run_id"],
+        registered=registered,
+        child_run_ids=child_ids,
+        model_uris=model_uris,
+        notes=tuple(notes),
+        synthetic=bool(data.synthetic),
+        seconds=time.perf_counter() - started,
+        candidates=tuple(candidates),
+    )
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

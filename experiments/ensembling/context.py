@@ -1,4 +1,5 @@
 """What the candidate builders share: the candidate, the build context, the member data and helpers."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,18 +16,15 @@ from sklearn.exceptions import ConvergenceWarning
 from core.errors import DataError
 from ensembles.embeddings import CNNEmbedder
 from ensembles.ensemble_model import Branch, EnsembleModel
-from ensembles.second_stage import (
-    WEIGHTABLE,
-    make_second_stage,
-)
+from ensembles.second_stage import WEIGHTABLE, make_second_stage
 from experiments.ensembling.members import StudyMembers
 from experiments.settings.ensemble import EnsembleConfig, balanced_second_stages
 from experiments.settings.ensemble import prior_twins as wants_prior_twins
+from experiments.tracking.workspace import Workspace
 from experiments.training import load_training_data
 from experiments.training.evaluation import classification_metrics
 
 log = logging.getLogger(__name__)
-
 
 
 #: The study's reference trial as a candidate (``reference.yaml`` as shipped, trained inside the study).
@@ -61,7 +59,7 @@ class BuildContext:
     cfg: EnsembleConfig
     data: Any  # experiments.training.TrainData
     members: StudyMembers
-    tracking_uri: str
+    ws: Workspace
     y_val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     notes: list[str] = field(default_factory=list)
     by_size: dict[int, Any] = field(default_factory=dict)  # the study's data per data.size, loaded once
@@ -90,11 +88,18 @@ def embedder(model: Any, *, model_id: str, tta: bool, batch_size: int) -> Any:
     return CNNEmbedder(model, tta=tta, batch_size=batch_size, model_id=model_id).fit()
 
 
-def second_stage_factory(name: str, params: Mapping[str, Any], cfg: EnsembleConfig,
-                         balanced: bool) -> Callable[[], Any]:
+def second_stage_factory(
+    name: str, params: Mapping[str, Any], cfg: EnsembleConfig, balanced: bool
+) -> Callable[[], Any]:
     # one thread per model unless configured: OpenMP thread pools thrash when cores are shared
-    return functools.partial(make_second_stage, name, dict(params), seed=cfg.seed, n_jobs=cfg.n_jobs or 1,
-                             balanced=balanced and name in WEIGHTABLE)
+    return functools.partial(
+        make_second_stage,
+        name,
+        dict(params),
+        seed=cfg.seed,
+        n_jobs=cfg.n_jobs or 1,
+        balanced=balanced and name in WEIGHTABLE,
+    )
 
 
 def note_class_weights(ctx: BuildContext) -> None:
@@ -103,21 +108,39 @@ def note_class_weights(ctx: BuildContext) -> None:
     if not ctx.balanced:
         return
     unweighted = [name for name in ctx.cfg.second_stage if name not in WEIGHTABLE]
-    ctx.notes.append(f"second stages fit with balanced class weights (selection metric {ctx.select_metric})"
-                     + (f"; {', '.join(unweighted)} cannot weight classes and is fit unweighted" if unweighted else ""))
+    ctx.notes.append(
+        f"second stages fit with balanced class weights (selection metric {ctx.select_metric})"
+        + (f"; {', '.join(unweighted)} cannot weight classes and is fit unweighted" if unweighted else "")
+    )
 
 
-def branch_of(model: Any, member_cfg: Any, *, tta: bool, name: str, run_id: str | None,
-            second: Any = None, meta: Any = None) -> Any:
-    return Branch(cnn=model, size=int(member_cfg.data.size), crop=int(member_cfg.data.crop), tta=bool(tta),
-                  second=second, meta=meta, name=name, run_id=run_id)
+def branch_of(
+    model: Any, member_cfg: Any, *, tta: bool, name: str, run_id: str | None, second: Any = None, meta: Any = None
+) -> Any:
+    return Branch(
+        cnn=model,
+        size=int(member_cfg.data.size),
+        crop=int(member_cfg.data.crop),
+        tta=bool(tta),
+        second=second,
+        meta=meta,
+        name=name,
+        run_id=run_id,
+    )
 
 
-def ensemble_of(ctx: BuildContext, kind: str, branches: list[Any], *, weights: Any = None,
-                description: str = "") -> Any:
-    return EnsembleModel(kind=kind, branches=branches, class_names=tuple(ctx.data.class_names),
-                         class_slugs=tuple(ctx.data.class_slugs), weights=weights, description=description,
-                         batch_size=ctx.cfg.embeddings.batch_size)
+def ensemble_of(
+    ctx: BuildContext, kind: str, branches: list[Any], *, weights: Any = None, description: str = ""
+) -> Any:
+    return EnsembleModel(
+        kind=kind,
+        branches=branches,
+        class_names=tuple(ctx.data.class_names),
+        class_slugs=tuple(ctx.data.class_slugs),
+        weights=weights,
+        description=description,
+        batch_size=ctx.cfg.embeddings.batch_size,
+    )
 
 
 def member_data(ctx: BuildContext, member: Any) -> Any:
@@ -177,7 +200,9 @@ def convergence_notes(notes: list[str]) -> Iterator[None]:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if stopped:
         first = " ".join(str(stopped[0].message).split())[:120]
-        note = (f"{len(stopped)} second-stage fit(s) stopped at their iteration limit ({first}); they are used "
-                "as fitted: raise max_iter (or lower C) in the ensemble config to let them converge")
+        note = (
+            f"{len(stopped)} second-stage fit(s) stopped at their iteration limit ({first}); they are used "
+            "as fitted: raise max_iter (or lower C) in the ensemble config to let them converge"
+        )
         log.warning(note)
         notes.append(note)

@@ -1,4 +1,5 @@
 """The candidate families: the reference, votes, backbones, cross-fitted and validation-CV stacks, prior twins."""
+
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,7 @@ import numpy as np
 
 from ensembles.crossfit import cv_predict_proba, cv_splits
 from ensembles.ensemble_model import prior_corrected
-from ensembles.second_stage import (
-    full_proba,
-)
+from ensembles.second_stage import full_proba
 from ensembles.stacking import BlendMeta, fit_meta, meta_predict, nested_cv_stack
 from ensembles.voting import cv_weighted_vote, fit_vote_weights, soft_vote
 from experiments.ensembling.context import (
@@ -36,9 +35,9 @@ from models.layers import load_keras_file
 log = logging.getLogger(__name__)
 
 
-
-def reference_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]
-                         ) -> list[Candidate]:
+def reference_candidates(
+    ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]
+) -> list[Candidate]:
     """``reference``: the study's reference trial (``reference.yaml`` as shipped) alone, unless it is the best
     trial already. The champion rule never crowns a model that trails it (:mod:`.champion`)."""
     members = ctx.members.members
@@ -46,11 +45,22 @@ def reference_candidates(ctx: BuildContext, models: Sequence[Any], member_probs:
     if i is None:
         return []
     m = members[i]
-    return [Candidate(REFERENCE_CANDIDATE, "cnn", [m.name], member_probs[i], "validation split",
-                      ensemble_of(ctx, "cnn", [branch_of(models[i], m.cfg, tta=m.cfg.augment.tta, name=m.name,
-                                                     run_id=m.run_id)],
-                                description=f"{m.name}: the reference recipe (reference.yaml as shipped)"),
-                      {"trial_number": m.trial_number})]
+    return [
+        Candidate(
+            REFERENCE_CANDIDATE,
+            "cnn",
+            [m.name],
+            member_probs[i],
+            "validation split",
+            ensemble_of(
+                ctx,
+                "cnn",
+                [branch_of(models[i], m.cfg, tta=m.cfg.augment.tta, name=m.name, run_id=m.run_id)],
+                description=f"{m.name}: the reference recipe (reference.yaml as shipped)",
+            ),
+            {"trial_number": m.trial_number},
+        )
+    ]
 
 
 def vote_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]) -> list[Candidate]:
@@ -62,14 +72,25 @@ def vote_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequ
         return []
     k = len(members)
     names = [m.name for m in members]
-    branches = [branch_of(model, m.cfg, tta=m.cfg.augment.tta, name=m.name, run_id=m.run_id)
-                for model, m in zip(models, members)]
+    branches = [
+        branch_of(model, m.cfg, tta=m.cfg.augment.tta, name=m.name, run_id=m.run_id)
+        for model, m in zip(models, members)
+    ]
     out = []
     start = time.perf_counter()
     probs = soft_vote(member_probs)
-    out.append(Candidate(f"vote-top{k}", "vote", names, probs, "validation split (equal weights, nothing fit on it)",
-                         ensemble_of(ctx, "vote", branches, description=f"soft vote of {', '.join(names)}"),
-                         {"weights": "equal"}, time.perf_counter() - start))
+    out.append(
+        Candidate(
+            f"vote-top{k}",
+            "vote",
+            names,
+            probs,
+            "validation split (equal weights, nothing fit on it)",
+            ensemble_of(ctx, "vote", branches, description=f"soft vote of {', '.join(names)}"),
+            {"weights": "equal"},
+            time.perf_counter() - start,
+        )
+    )
     method = ctx.cfg.vote.weighted
     if method is not None:
         start = time.perf_counter()
@@ -77,17 +98,31 @@ def vote_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequ
         oof, _ = cv_weighted_vote(member_probs, ctx.y_val, splits, method=method)
         weights = fit_vote_weights(member_probs, ctx.y_val, method=method)
         params = {"weights_method": method, **{f"weight.{n}": f"{w:.4f}" for n, w in zip(names, weights)}}
-        out.append(Candidate(f"wvote-top{k}", "vote", names, oof,
-                             f"validation {len(splits)}-fold CV (weights fit on the other folds by {method}); "
-                             "deployed weights fit on the whole validation split",
-                             ensemble_of(ctx, "vote", branches, weights=weights,
-                                       description=f"weighted vote ({method}) of {', '.join(names)}"),
-                             params, time.perf_counter() - start))
+        out.append(
+            Candidate(
+                f"wvote-top{k}",
+                "vote",
+                names,
+                oof,
+                f"validation {len(splits)}-fold CV (weights fit on the other folds by {method}); "
+                "deployed weights fit on the whole validation split",
+                ensemble_of(
+                    ctx,
+                    "vote",
+                    branches,
+                    weights=weights,
+                    description=f"weighted vote ({method}) of {', '.join(names)}",
+                ),
+                params,
+                time.perf_counter() - start,
+            )
+        )
     return out
 
 
-def backbone_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]) -> list[
-        Candidate]:
+def backbone_candidates(
+    ctx: BuildContext, models: Sequence[Any], member_probs: Sequence[np.ndarray]
+) -> list[Candidate]:
     """Across backbones: a soft vote of each backbone's best trial, and per-backbone second stages averaged.
 
     Each second stage is fit on its own backbone's validation embeddings and scored by validation CV; the
@@ -101,13 +136,22 @@ def backbone_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: 
     reps = list(first.values())
     members = [ctx.members.members[i] for i in reps]
     names = [f"{m.name} ({m.backbone})" for m in members]
-    branches = [branch_of(models[i], m.cfg, tta=m.cfg.augment.tta, name=m.name, run_id=m.run_id)
-                for i, m in zip(reps, members)]
+    branches = [
+        branch_of(models[i], m.cfg, tta=m.cfg.augment.tta, name=m.name, run_id=m.run_id) for i, m in zip(reps, members)
+    ]
     start = time.perf_counter()
-    out = [Candidate("vote-backbones", "vote", names, soft_vote([member_probs[i] for i in reps]),
-                     "validation split (equal weights over the best trial of each backbone, nothing fit on it)",
-                     ensemble_of(ctx, "vote", branches, description=f"soft vote of {', '.join(names)}"),
-                     {"backbones": ",".join(first)}, time.perf_counter() - start)]
+    out = [
+        Candidate(
+            "vote-backbones",
+            "vote",
+            names,
+            soft_vote([member_probs[i] for i in reps]),
+            "validation split (equal weights over the best trial of each backbone, nothing fit on it)",
+            ensemble_of(ctx, "vote", branches, description=f"soft vote of {', '.join(names)}"),
+            {"backbones": ",".join(first)},
+            time.perf_counter() - start,
+        )
+    ]
     cfg, n, y = ctx.cfg, ctx.n_classes, ctx.y_val
     splits = cv_splits(y, cfg.cv_folds, seed=cfg.seed)
     embedded = []
@@ -120,14 +164,34 @@ def backbone_candidates(ctx: BuildContext, models: Sequence[Any], member_probs: 
         factory = second_stage_factory(name, dict(cfg.second_stage[name]), cfg, ctx.balanced)
         oof = np.mean([cv_predict_proba(factory, X, y, n, splits) for X in embedded], axis=0)
         finals = [factory().fit(X, y) for X in embedded]
-        out.append(Candidate(
-            f"gbm-{name}-backbones", "gbm", [f"{nm}+{name}" for nm in names], oof,
-            f"validation {len(splits)}-fold CV (one {name} per backbone on its own validation embeddings, averaged)",
-            ensemble_of(ctx, "gbm", [branch_of(models[i], m.cfg, tta=cfg.embeddings.tta, name=f"{m.name}+{name}",
-                                           run_id=m.run_id, second=est) for i, m, est in zip(reps, members, finals)],
-                      description=f"{name} per backbone ({', '.join(first)}), probabilities averaged"),
-            {"backbones": ",".join(first), **{f"{name}.{k}": v for k, v in dict(cfg.second_stage[name]).items()}},
-            time.perf_counter() - start))
+        out.append(
+            Candidate(
+                f"gbm-{name}-backbones",
+                "gbm",
+                [f"{nm}+{name}" for nm in names],
+                oof,
+                f"validation {len(splits)}-fold CV (one {name} per backbone on its own validation embeddings, "
+                "averaged)",
+                ensemble_of(
+                    ctx,
+                    "gbm",
+                    [
+                        branch_of(
+                            models[i],
+                            m.cfg,
+                            tta=cfg.embeddings.tta,
+                            name=f"{m.name}+{name}",
+                            run_id=m.run_id,
+                            second=est,
+                        )
+                        for i, m, est in zip(reps, members, finals)
+                    ],
+                    description=f"{name} per backbone ({', '.join(first)}), probabilities averaged",
+                ),
+                {"backbones": ",".join(first), **{f"{name}.{k}": v for k, v in dict(cfg.second_stage[name]).items()}},
+                time.perf_counter() - start,
+            )
+        )
     return out
 
 
@@ -157,13 +221,24 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
     tta = cfg.embeddings.tta
     wide = cfg.oof_selection  # out-of-fold train probabilities for the champion rule
     rows = oof.indices if wide else None
-    out = [Candidate(
-        f"vote-crossfit{k}", "vote", fold_names, soft_vote(cf.val_probs),
-        "validation split (fold models trained on train folds only)",
-        ensemble_of(ctx, "vote",
-                    [branch_of(m, cf.recipe, tta=tta, name=nm, run_id=None) for m, nm in zip(models, fold_names)],
-                  description=f"average of the {k} cross-fitting fold CNNs of {best.name}"),
-        {"folds": k}, train_rows=rows, train_probs=oof.probs if wide else None)]
+    out = [
+        Candidate(
+            f"vote-crossfit{k}",
+            "vote",
+            fold_names,
+            soft_vote(cf.val_probs),
+            "validation split (fold models trained on train folds only)",
+            ensemble_of(
+                ctx,
+                "vote",
+                [branch_of(m, cf.recipe, tta=tta, name=nm, run_id=None) for m, nm in zip(models, fold_names)],
+                description=f"average of the {k} cross-fitting fold CNNs of {best.name}",
+            ),
+            {"folds": k},
+            train_rows=rows,
+            train_probs=oof.probs if wide else None,
+        )
+    ]
     fit_sets = [(oof.embeddings[oof.rows_of(i)], y_oof[oof.rows_of(i)]) for i in range(k)]
     params = tuned_params(ctx, fit_sets)
     for name, p in params.items():
@@ -180,32 +255,63 @@ def crossfit_candidates(ctx: BuildContext, cf: CrossfitResult) -> list[Candidate
             if wide or name in cfg.stack.second_stage:  # inner CV inside the fold: out-of-fold outputs
                 splits = cv_splits(y, cfg.cv_folds, seed=cfg.seed)
                 second_oof[oof.rows_of(i)] = cv_predict_proba(factory, X, y, n, splits)
-        tuned = " (hyper-parameters tuned by CV on the training folds' out-of-fold embeddings)" \
-            if cfg.tune.n_trials and name in tuned_models(cfg) else ""
+        tuned = (
+            " (hyper-parameters tuned by CV on the training folds' out-of-fold embeddings)"
+            if cfg.tune.n_trials and name in tuned_models(cfg)
+            else ""
+        )
         members = [f"{fn}+{name}" for fn in fold_names]
-        out.append(Candidate(
-            f"gbm-{name}", "gbm", members, np.mean(val_out, axis=0),
-            f"validation split (second stages fit on out-of-fold train embeddings, one per fold model){tuned}",
-            ensemble_of(ctx, "gbm", [branch_of(m, cf.recipe, tta=tta, name=mn, run_id=None, second=e)
-                                   for m, mn, e in zip(models, members, fitted)],
-                      description=f"{name} on the embeddings of each of {k} fold CNNs, averaged"),
-            {**{f"{name}.{kk}": v for kk, v in p.items()}, "fit_seconds_per_fold": f"{np.mean(seconds):.3f}"},
-            time.perf_counter() - start, train_rows=rows, train_probs=second_oof if wide else None))
+        out.append(
+            Candidate(
+                f"gbm-{name}",
+                "gbm",
+                members,
+                np.mean(val_out, axis=0),
+                f"validation split (second stages fit on out-of-fold train embeddings, one per fold model){tuned}",
+                ensemble_of(
+                    ctx,
+                    "gbm",
+                    [
+                        branch_of(m, cf.recipe, tta=tta, name=mn, run_id=None, second=e)
+                        for m, mn, e in zip(models, members, fitted)
+                    ],
+                    description=f"{name} on the embeddings of each of {k} fold CNNs, averaged",
+                ),
+                {**{f"{name}.{kk}": v for kk, v in p.items()}, "fit_seconds_per_fold": f"{np.mean(seconds):.3f}"},
+                time.perf_counter() - start,
+                train_rows=rows,
+                train_probs=second_oof if wide else None,
+            )
+        )
         if name in cfg.stack.second_stage:
             start = time.perf_counter()
             meta = fit_meta([oof.probs, second_oof], y_oof, C=cfg.stack.C, seed=cfg.seed, kind=cfg.stack.meta)
             val_stack = np.mean([meta_predict(meta, [cf.val_probs[i], val_out[i]], n) for i in range(k)], axis=0)
             train_stack = crossfit_meta(oof, second_oof, y_oof, cfg, n) if wide else None
             members = [f"{fn}+{name}+meta" for fn in fold_names]
-            out.append(Candidate(
-                f"stack-{name}", "stack", members, val_stack,
-                f"validation split ({cfg.stack.meta} meta-learner fit on out-of-fold train probabilities of fold "
-                f"CNNs and in-fold cross-validated {name})",
-                ensemble_of(ctx, "stack", [branch_of(m, cf.recipe, tta=tta, name=mn, run_id=None, second=e, meta=meta)
-                                         for m, mn, e in zip(models, members, fitted)],
-                          description=f"{meta_text(meta)} on fold CNN + {name} probabilities, averaged over folds"),
-                {**meta_params(cfg, meta), **{f"{name}.{kk}": v for kk, v in p.items()}},
-                time.perf_counter() - start, train_rows=rows, train_probs=train_stack))
+            out.append(
+                Candidate(
+                    f"stack-{name}",
+                    "stack",
+                    members,
+                    val_stack,
+                    f"validation split ({cfg.stack.meta} meta-learner fit on out-of-fold train probabilities of fold "
+                    f"CNNs and in-fold cross-validated {name})",
+                    ensemble_of(
+                        ctx,
+                        "stack",
+                        [
+                            branch_of(m, cf.recipe, tta=tta, name=mn, run_id=None, second=e, meta=meta)
+                            for m, mn, e in zip(models, members, fitted)
+                        ],
+                        description=f"{meta_text(meta)} on fold CNN + {name} probabilities, averaged over folds",
+                    ),
+                    {**meta_params(cfg, meta), **{f"{name}.{kk}": v for kk, v in p.items()}},
+                    time.perf_counter() - start,
+                    train_rows=rows,
+                    train_probs=train_stack,
+                )
+            )
     return out
 
 
@@ -216,8 +322,9 @@ def crossfit_meta(oof: Any, second_oof: np.ndarray, y_oof: np.ndarray, cfg: Ense
     folds = np.unique(oof.fold_of)
     for i in folds:
         rows, rest = oof.rows_of(int(i)), np.flatnonzero(oof.fold_of != i)
-        meta = fit_meta([oof.probs[rest], second_oof[rest]], y_oof[rest], C=cfg.stack.C, seed=cfg.seed,
-                        kind=cfg.stack.meta)
+        meta = fit_meta(
+            [oof.probs[rest], second_oof[rest]], y_oof[rest], C=cfg.stack.C, seed=cfg.seed, kind=cfg.stack.meta
+        )
         out[rows] = meta_predict(meta, [oof.probs[rows], second_oof[rows]], n)
     return out
 
@@ -245,27 +352,69 @@ def val_cv_candidates(ctx: BuildContext, best_model: Any) -> list[Candidate]:
         fit_s = time.perf_counter() - t0
         tuned = cfg.tune.n_trials > 0 and name in tuned_models(cfg)
         note = " (optimistic: hyper-parameters tuned on the same validation folds)" if tuned else ""
-        out.append(Candidate(
-            f"gbm-{name}", "gbm", [f"{best.name}+{name}"], oof,
-            f"validation {len(splits)}-fold CV (fit on the best CNN's validation embeddings){note}",
-            ensemble_of(ctx, "gbm", [branch_of(best_model, best.cfg, tta=tta, name=f"{best.name}+{name}",
-                                           run_id=best.run_id, second=final)],
-                      description=f"{name} on {best.name}'s embeddings, fit on the validation split"),
-            {**{f"{name}.{kk}": v for kk, v in p.items()}, "fit_seconds": f"{fit_s:.3f}"},
-            time.perf_counter() - start))
+        out.append(
+            Candidate(
+                f"gbm-{name}",
+                "gbm",
+                [f"{best.name}+{name}"],
+                oof,
+                f"validation {len(splits)}-fold CV (fit on the best CNN's validation embeddings){note}",
+                ensemble_of(
+                    ctx,
+                    "gbm",
+                    [
+                        branch_of(
+                            best_model, best.cfg, tta=tta, name=f"{best.name}+{name}", run_id=best.run_id, second=final
+                        )
+                    ],
+                    description=f"{name} on {best.name}'s embeddings, fit on the validation split",
+                ),
+                {**{f"{name}.{kk}": v for kk, v in p.items()}, "fit_seconds": f"{fit_s:.3f}"},
+                time.perf_counter() - start,
+            )
+        )
         if name in cfg.stack.second_stage:
             start = time.perf_counter()
-            honest = nested_cv_stack(cnn_probs, X, y, factory, n, splits, inner_folds=cfg.cv_folds, C=cfg.stack.C,
-                                     seed=cfg.seed, kind=cfg.stack.meta)
+            honest = nested_cv_stack(
+                cnn_probs,
+                X,
+                y,
+                factory,
+                n,
+                splits,
+                inner_folds=cfg.cv_folds,
+                C=cfg.stack.C,
+                seed=cfg.seed,
+                kind=cfg.stack.meta,
+            )
             meta = fit_meta([cnn_probs, oof], y, C=cfg.stack.C, seed=cfg.seed, kind=cfg.stack.meta)
-            out.append(Candidate(
-                f"stack-{name}", "stack", [best.name, f"{best.name}+{name}"], honest,
-                f"validation nested {len(splits)}-fold CV (meta-learner and {name} refit inside each fold){note}",
-                ensemble_of(ctx, "stack", [branch_of(best_model, best.cfg, tta=tta, name=f"{best.name}+{name}+meta",
-                                                 run_id=best.run_id, second=final, meta=meta)],
-                          description=f"{meta_text(meta)} on {best.name} + {name} probabilities"),
-                {**meta_params(cfg, meta), **{f"{name}.{kk}": v for kk, v in p.items()}},
-                time.perf_counter() - start))
+            out.append(
+                Candidate(
+                    f"stack-{name}",
+                    "stack",
+                    [best.name, f"{best.name}+{name}"],
+                    honest,
+                    f"validation nested {len(splits)}-fold CV (meta-learner and {name} refit inside each fold){note}",
+                    ensemble_of(
+                        ctx,
+                        "stack",
+                        [
+                            branch_of(
+                                best_model,
+                                best.cfg,
+                                tta=tta,
+                                name=f"{best.name}+{name}+meta",
+                                run_id=best.run_id,
+                                second=final,
+                                meta=meta,
+                            )
+                        ],
+                        description=f"{meta_text(meta)} on {best.name} + {name} probabilities",
+                    ),
+                    {**meta_params(cfg, meta), **{f"{name}.{kk}": v for kk, v in p.items()}},
+                    time.perf_counter() - start,
+                )
+            )
     return out
 
 
@@ -277,15 +426,26 @@ def prior_twin_candidates(ctx: BuildContext, candidates: Sequence[Candidate]) ->
     for cand in candidates:
         if cand.kind not in PRIOR_KINDS:
             continue
-        model = replace(cand.model, class_prior=prior,
-                        description=f"{cand.model.description}; divided by the training class shares")
-        twins.append(Candidate(f"{cand.name}+prior", cand.kind, list(cand.members),
-                               prior_corrected(cand.val_probs, prior), f"{cand.estimate}, prior-corrected",
-                               model, {**cand.params, "class_prior": " ".join(f"{p:.4f}" for p in prior)},
-                               cand.seconds, train_rows=cand.train_rows,
-                               train_probs=None if cand.train_probs is None else prior_corrected(cand.train_probs,
-                                                                                                 prior)))
+        model = replace(
+            cand.model, class_prior=prior, description=f"{cand.model.description}; divided by the training class shares"
+        )
+        twins.append(
+            Candidate(
+                f"{cand.name}+prior",
+                cand.kind,
+                list(cand.members),
+                prior_corrected(cand.val_probs, prior),
+                f"{cand.estimate}, prior-corrected",
+                model,
+                {**cand.params, "class_prior": " ".join(f"{p:.4f}" for p in prior)},
+                cand.seconds,
+                train_rows=cand.train_rows,
+                train_probs=None if cand.train_probs is None else prior_corrected(cand.train_probs, prior),
+            )
+        )
     if twins:
-        ctx.notes.append(f"{len(twins)} prior-corrected twins (+prior): second-stage and stacking outputs divided "
-                         f"by the training class shares (selection metric {ctx.select_metric})")
+        ctx.notes.append(
+            f"{len(twins)} prior-corrected twins (+prior): second-stage and stacking outputs divided "
+            f"by the training class shares (selection metric {ctx.select_metric})"
+        )
     return twins

@@ -1,4 +1,5 @@
 """Cross-fitting: the best trial's recipe trained on K folds of train (cached), out-of-fold outputs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,6 @@ from models.layers import load_keras_file
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class CrossfitResult:
     """Fold models (paths), out-of-fold outputs on train, and each fold model's validation outputs."""
@@ -41,10 +41,18 @@ class CrossfitResult:
 def crossfit_key(best: Member, data: Any, recipe: Any, n_folds: int, seed: int) -> str:
     """Cache key of a cross-fitting: the recipe, the study run, the data and split, the folds."""
 
-    payload = json.dumps({"run": best.run_id, "fingerprint": data.fingerprint, "recipe": to_yaml(recipe),
-                          "train": hashlib.sha256(np.asarray(data.train, np.int64).tobytes()).hexdigest(),
-                          "val": hashlib.sha256(np.asarray(data.val, np.int64).tobytes()).hexdigest(),
-                          "folds": n_folds, "seed": seed}, sort_keys=True)
+    payload = json.dumps(
+        {
+            "run": best.run_id,
+            "fingerprint": data.fingerprint,
+            "recipe": to_yaml(recipe),
+            "train": hashlib.sha256(np.asarray(data.train, np.int64).tobytes()).hexdigest(),
+            "val": hashlib.sha256(np.asarray(data.val, np.int64).tobytes()).hexdigest(),
+            "folds": n_folds,
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -65,34 +73,53 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
     val_emb: dict[int, np.ndarray] = {}
     val_probs: dict[int, np.ndarray] = {}
     cached = 0
-    lookups = training_lookups(ctx.tracking_uri)
+    lookups = training_lookups(ctx.ws)
 
     def train_fold(fold: Any) -> tuple[Path, np.ndarray]:
         nonlocal cached
         path = folder / f"fold{fold.number}.keras"
         record = folder / f"fold{fold.number}.json"
         fold_data = replace(data, train=fold.train)
-        if path.is_file() and record.is_file() and json.loads(record.read_text()).get("trained_on_sha256") == \
-                hashlib.sha256(np.asarray(fold_data.train, np.int64).tobytes()).hexdigest():
+        if (
+            path.is_file()
+            and record.is_file()
+            and json.loads(record.read_text()).get("trained_on_sha256")
+            == hashlib.sha256(np.asarray(fold_data.train, np.int64).tobytes()).hexdigest()
+        ):
             cached += 1
             log.info("cross-fitting fold %d: reusing the cached fold model %s", fold.number, path)
             return path, fold_data.train
-        log.info("cross-fitting fold %d/%d: training %s on %d of %d training images", fold.number + 1,
-                 len(folds), best.name, len(fold_data.train), len(data.train))
+        log.info(
+            "cross-fitting fold %d/%d: training %s on %d of %d training images",
+            fold.number + 1,
+            len(folds),
+            best.name,
+            len(fold_data.train),
+            len(data.train),
+        )
         result = train(recipe, NullTracker(), data=fold_data, log_model=False, verbose=0, **lookups)
         with atomic_path(path, suffix=".keras") as tmp:
             result.model.save(tmp)
-        write_json_atomic(record, {"fold": fold.number, "trained_on": len(fold_data.train),
-                                   "trained_on_sha256": hashlib.sha256(
-                                       np.asarray(fold_data.train, np.int64).tobytes()).hexdigest(),
-                                   "val_accuracy": float(result.val_metrics["accuracy"]),
-                                   "best_epoch": int(result.best_epoch)})
+        write_json_atomic(
+            record,
+            {
+                "fold": fold.number,
+                "trained_on": len(fold_data.train),
+                "trained_on_sha256": hashlib.sha256(np.asarray(fold_data.train, np.int64).tobytes()).hexdigest(),
+                "val_accuracy": float(result.val_metrics["accuracy"]),
+                "best_epoch": int(result.best_epoch),
+            },
+        )
         return path, fold_data.train
 
     def embed_fold(path: Path, fold: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         model = load_keras_file(path)
-        emb = embedder(model, model_id=f"crossfit-{key}-fold{fold.number}", tta=cfg.embeddings.tta,
-                        batch_size=cfg.embeddings.batch_size)
+        emb = embedder(
+            model,
+            model_id=f"crossfit-{key}-fold{fold.number}",
+            tta=cfg.embeddings.tta,
+            batch_size=cfg.embeddings.batch_size,
+        )
         held = emb.embed(data.images, fold.heldout, split=f"train-fold{fold.number}", data_fingerprint=data.fingerprint)
         val = emb.embed(data.images, data.val, split="val", data_fingerprint=data.fingerprint)
         val_emb[fold.number], val_probs[fold.number] = val.embeddings, val.probs
@@ -101,6 +128,12 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
     oof = crossfit(folds, data.train, train_fold, embed_fold)
     keras.backend.clear_session()
     order = [f.number for f in folds]
-    return CrossfitResult(key=key, model_paths=list(oof.models), oof=oof,
-                          val_embeddings=[val_emb[k] for k in order], val_probs=[val_probs[k] for k in order],
-                          cached_folds=cached, recipe=recipe)
+    return CrossfitResult(
+        key=key,
+        model_paths=list(oof.models),
+        oof=oof,
+        val_embeddings=[val_emb[k] for k in order],
+        val_probs=[val_probs[k] for k in order],
+        cached_folds=cached,
+        recipe=recipe,
+    )

@@ -1,4 +1,5 @@
 """A study's members: the top-k trials with logged models, and the data they were trained on."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from typing import Any
 from core.errors import ConfigError, DataError, ModelError
 from experiments.settings.tune import ATTR_REFERENCE
 from experiments.tracking.runs import get_run_facts, logged_run_config
+from experiments.tracking.workspace import Workspace
 from experiments.training import load_training_data
 from experiments.tuning.storage import open_storage
 from experiments.tuning.study import (
@@ -61,7 +63,7 @@ class StudyMembers:
         return self.members[0]
 
 
-def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k: int) -> StudyMembers:
+def study_members(study_name: str, *, ws: Workspace, top_k: int) -> StudyMembers:
     """The ``top_k`` best COMPLETE trials of the study that logged a model (the best one must have), then the
     best trial of every other backbone (``model.name``) with a model, so ensembles can combine backbones.
 
@@ -73,27 +75,34 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
         The best trial logged no model.
     """
 
-    storage = open_storage(storage_url, must_exist=True)
+    storage = open_storage(ws.study_storage(), must_exist=True)
     study = load_existing_study(study_name, storage)
     maximize = maximizes(study)
-    complete = [t for t in study.get_trials(deepcopy=False)
-                if t.state.name == "COMPLETE" and trial_value(t) is not None]
+    complete = [
+        t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and trial_value(t) is not None
+    ]
     if not complete:
         counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(state_counts(study).items())) or "no trials"
-        raise ConfigError(f"study {study_name!r} has no COMPLETE trial ({counts}); finish one with "
-                          f"`galaxy10 tune --study {study_name} ...` first")
+        raise ConfigError(
+            f"study {study_name!r} has no COMPLETE trial ({counts}); finish one with "
+            f"`galaxy10 tune --study {study_name} ...` first"
+        )
     complete.sort(key=lambda t: (-trial_value(t) if maximize else trial_value(t), t.number))
     guarded = best_trial(study)  # under the study's accuracy guard
     complete.sort(key=lambda t: t.number != guarded.number)  # stable: the guarded best first, then by value
     best = complete[0]
     if not best.user_attrs.get("model_uri") or not best.user_attrs.get(ATTR_TRIAL_RUN):
-        raise ModelError(f"best trial {best.number} of study {study_name!r} has no logged model; re-run the study "
-                         "with `galaxy10 tune` so trials log their models")
+        raise ModelError(
+            f"best trial {best.number} of study {study_name!r} has no logged model; re-run the study "
+            "with `galaxy10 tune` so trials log their models"
+        )
     with_models = [t for t in complete if t.user_attrs.get("model_uri") and t.user_attrs.get(ATTR_TRIAL_RUN)]
     notes = []
     if len(with_models) < top_k:
-        notes.append(f"vote.top_k={top_k} but only {len(with_models)} COMPLETE trial(s) logged a model; set "
-                     "study.log_models: all in the tuning config to vote over more trials")
+        notes.append(
+            f"vote.top_k={top_k} but only {len(with_models)} COMPLETE trial(s) logged a model; set "
+            "study.log_models: all in the tuning config to vote over more trials"
+        )
     chosen = with_models[:top_k]
     backbones = {t.params.get("model.name") for t in chosen}
     for t in with_models[top_k:]:
@@ -109,12 +118,19 @@ def study_members(study_name: str, *, storage_url: str, tracking_uri: str, top_k
     members = []
     for t in chosen:
         run_id = str(t.user_attrs[ATTR_TRIAL_RUN])
-        facts = get_run_facts(run_id, tracking_uri=tracking_uri)
-        members.append(Member(trial_number=t.number, value=float(trial_value(t)), run_id=run_id,
-                              model_uri=str(t.user_attrs["model_uri"]),
-                              cfg=logged_run_config(run_id, tracking_uri=tracking_uri),
-                              tags=facts.tags, metrics=facts.metrics,
-                              reference=bool(t.user_attrs.get(ATTR_REFERENCE))))
+        facts = get_run_facts(run_id, ws=ws)
+        members.append(
+            Member(
+                trial_number=t.number,
+                value=float(trial_value(t)),
+                run_id=run_id,
+                model_uri=str(t.user_attrs["model_uri"]),
+                cfg=logged_run_config(run_id, ws=ws),
+                tags=facts.tags,
+                metrics=facts.metrics,
+                reference=bool(t.user_attrs.get(ATTR_REFERENCE)),
+            )
+        )
     metric = str(study.user_attrs.get(ATTR_METRIC, "accuracy"))
     return StudyMembers(study_name, metric, tuple(members), tuple(notes))
 
@@ -125,13 +141,17 @@ def load_study_data(members: StudyMembers, data_path: str | Path | None) -> Any:
     best = members.best
     path = Path(data_path) if data_path is not None else Path(best.tags.get("data.path") or "")
     if not str(path) or str(path) == "." or not path.is_file():
-        raise DataError(f"the study's data file {str(path) if str(path) not in ('', '.') else '(not recorded)'} is "
-                        "missing; pass --data FILE pointing at the file the study was trained on")
+        raise DataError(
+            f"the study's data file {str(path) if str(path) not in ('', '.') else '(not recorded)'} is "
+            "missing; pass --data FILE pointing at the file the study was trained on"
+        )
     data = load_training_data(best.cfg.data, path)
     recorded = best.tags.get("data.fingerprint")
     if recorded and recorded != data.fingerprint:
-        raise DataError(f"{path} has fingerprint {data.fingerprint[:12]} but the study was trained on "
-                        f"{recorded[:12]}; pass --data with the original file")
+        raise DataError(
+            f"{path} has fingerprint {data.fingerprint[:12]} but the study was trained on "
+            f"{recorded[:12]}; pass --data with the original file"
+        )
     return data
 
 
@@ -141,8 +161,12 @@ def usable_members(members: StudyMembers, data: Any) -> tuple[StudyMembers, list
     ref = members.best.cfg.data
     for m in members.members[1:]:
         d = m.cfg.data
-        if (d.split_seed, d.test_fraction, d.val_fraction, d.max_images) != \
-                (ref.split_seed, ref.test_fraction, ref.val_fraction, ref.max_images):
+        if (d.split_seed, d.test_fraction, d.val_fraction, d.max_images) != (
+            ref.split_seed,
+            ref.test_fraction,
+            ref.val_fraction,
+            ref.max_images,
+        ):
             notes.append(f"{m.name} used another split/image limit than the best trial; left out of the votes")
             continue
         keep.append(m)

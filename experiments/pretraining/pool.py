@@ -1,4 +1,5 @@
 """The unlabelled pool: every image of the inputs ``galaxy10 catalog`` takes, square-cropped and resized."""
+
 from __future__ import annotations
 
 import logging
@@ -32,9 +33,10 @@ class Pool:
 
     def describe(self) -> str:
         kind = "SYNTHETIC " if self.synthetic else ""
-        return (f"{len(self.images):,} {kind}unlabelled images from {', '.join(self.sources)} (fingerprint "
-                f"{self.fingerprint[:12]}" + (f"; {len(self.skipped)} unreadable skipped" if self.skipped else "")
-                + ")")
+        return (
+            f"{len(self.images):,} {kind}unlabelled images from {', '.join(self.sources)} (fingerprint "
+            f"{self.fingerprint[:12]}" + (f"; {len(self.skipped)} unreadable skipped" if self.skipped else "") + ")"
+        )
 
 
 def load_pool(inputs: Sequence[str] | CatalogInputs, size: int) -> Pool:
@@ -56,7 +58,7 @@ def load_pool(inputs: Sequence[str] | CatalogInputs, size: int) -> Pool:
                 continue
             for start in range(0, seg.n, POOL_BATCH):
                 batch = []
-                for path in seg.files[start:start + POOL_BATCH]:
+                for path in seg.files[start : start + POOL_BATCH]:
                     image, error = decode_file(path)
                     if image is None:
                         skipped.append(f"{path}: {error}")
@@ -66,9 +68,15 @@ def load_pool(inputs: Sequence[str] | CatalogInputs, size: int) -> Pool:
                 if batch:
                     parts.append(np.stack(batch))
     if not parts:
-        raise DataError(f"the unlabelled pool is empty ({len(skipped)} unreadable image(s)); give inputs that hold "
-                        "readable images")
+        raise DataError(
+            f"the unlabelled pool is empty ({len(skipped)} unreadable image(s)); give inputs that hold readable images"
+        )
     if skipped:
         log.warning("pool: %d unreadable image(s) skipped, e.g. %s", len(skipped), skipped[0])
-    return Pool(np.concatenate(parts), plan.fingerprint(), tuple(str(s.source) for s in plan.segments),
-                tuple(skipped), synthetic)
+    return Pool(
+        np.concatenate(parts),
+        plan.fingerprint(),
+        tuple(str(s.source) for s in plan.segments),
+        tuple(skipped),
+        synthetic,
+    )

@@ -7,6 +7,7 @@ encoder's k-nearest-neighbour accuracy (cosine, on the embedding layer) is measu
 random initialisation, the baseline it must beat) and every ``monitor_every`` epochs. Nothing here knows
 MLflow: a tracker is passed in.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,9 +32,12 @@ from pipelines.preprocess import PREPROCESS_VERSION
 
 log = logging.getLogger(__name__)
 
+
 def checkpoint_path(folder: Path, key: str) -> Path:
     """Where the checkpoint of run ``key`` lives in ``folder``."""
     return folder / f"pretrain-{key}.npz"
+
+
 #: Classes of the placeholder classifier a pretrained model carries (replaced when it is fine-tuned).
 PLACEHOLDER_CLASSES = 2
 
@@ -54,8 +58,10 @@ class PretrainSettings:
         if not 1 <= self.epochs <= 10_000:
             raise ConfigError(f"--epochs {self.epochs} is out of range; use 1-10,000")
         if not 4 <= self.batch_size <= 4096:
-            raise ConfigError(f"--batch-size {self.batch_size} is out of range; use 4-4,096 (VICReg needs a few "
-                              "images per batch to measure their spread)")
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is out of range; use 4-4,096 (VICReg needs a few "
+                "images per batch to measure their spread)"
+            )
         if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate < 1):
             raise ConfigError(f"--learning-rate {self.learning_rate} is out of range; use 0 < lr < 1 (e.g. 1e-3)")
 
@@ -75,8 +81,13 @@ class PretrainResult:
 
 def run_key(cfg: Any, settings: PretrainSettings, pool_fingerprint: str) -> str:
     """What a checkpoint must match to be continued: the model, its input, the settings and the pool."""
-    doc = {"model": describe_backbone(cfg.model), "size": cfg.data.size, "crop": cfg.data.crop,
-           "settings": repr(settings), "pool": pool_fingerprint}
+    doc = {
+        "model": describe_backbone(cfg.model),
+        "size": cfg.data.size,
+        "crop": cfg.data.crop,
+        "settings": repr(settings),
+        "pool": pool_fingerprint,
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -114,8 +125,10 @@ def _load_checkpoint(folder: Path | None, key: str, vicreg: Any) -> tuple[int, l
     with np.load(path) as doc:
         meta = json.loads(str(doc["meta"]))
         if meta["key"] != key:
-            raise ConfigError(f"{path} holds a pretraining checkpoint of other settings, model or pool; give another "
-                              "--checkpoint-dir or the same settings and inputs to continue it")
+            raise ConfigError(
+                f"{path} holds a pretraining checkpoint of other settings, model or pool; give another "
+                "--checkpoint-dir or the same settings and inputs to continue it"
+            )
         weights = [doc[f"w{i}"] for i in range(len(vicreg.get_weights()))]
         vicreg.set_weights(weights)
         vicreg.optimizer.build(vicreg.trainable_variables)
@@ -138,12 +151,25 @@ def build_pretrain_model(cfg: Any, seed: int = 0) -> Any:
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    return build_model(replace(cfg.model, dropout=0.0), input_size=cfg.data.crop, num_classes=PLACEHOLDER_CLASSES,
-                       precision=cfg.train.precision)
+    return build_model(
+        replace(cfg.model, dropout=0.0),
+        input_size=cfg.data.crop,
+        num_classes=PLACEHOLDER_CLASSES,
+        precision=cfg.train.precision,
+    )
 
 
-def pretrain(cfg: Any, pool: Any, settings: PretrainSettings, *, tracker: Any = None, monitor: Any = None,
-             checkpoint_dir: Path | None = None, budget_s: float | None = None, model: Any = None) -> PretrainResult:
+def pretrain(
+    cfg: Any,
+    pool: Any,
+    settings: PretrainSettings,
+    *,
+    tracker: Any = None,
+    monitor: Any = None,
+    checkpoint_dir: Path | None = None,
+    budget_s: float | None = None,
+    model: Any = None,
+) -> PretrainResult:
     """Pretrain ``cfg.model`` (at ``cfg.data.size`` -> ``cfg.data.crop``) on ``pool`` with VICReg.
 
     ``monitor``: a labelled ``TrainData`` at the same size (k-NN accuracy). ``budget_s``: no epoch starts
@@ -160,11 +186,14 @@ def pretrain(cfg: Any, pool: Any, settings: PretrainSettings, *, tracker: Any = 
     if pool.images.shape[1] != cfg.data.size:
         raise ConfigError(f"the pool is at {pool.images.shape[1]} px but data.size={cfg.data.size}")
     if len(pool.images) < settings.batch_size:
-        raise ConfigError(f"the pool has {len(pool.images)} images, fewer than one batch of {settings.batch_size}; "
-                          "give more images or a smaller --batch-size")
+        raise ConfigError(
+            f"the pool has {len(pool.images)} images, fewer than one batch of {settings.batch_size}; "
+            "give more images or a smaller --batch-size"
+        )
     model = model if model is not None else build_pretrain_model(cfg, settings.seed)
-    vicreg = build_vicreg(model, make_view_fn(cfg.data.size, cfg.data.crop, settings.policy),
-                          projector_units=settings.projector_units)
+    vicreg = build_vicreg(
+        model, make_view_fn(cfg.data.size, cfg.data.crop, settings.policy), projector_units=settings.projector_units
+    )
     vicreg.compile(optimizer=keras.optimizers.AdamW(settings.learning_rate, weight_decay=1e-4))
     key = run_key(cfg, settings, pool.fingerprint)
     done, history, knn = _load_checkpoint(checkpoint_dir, key, vicreg)
@@ -174,9 +203,13 @@ def pretrain(cfg: Any, pool: Any, settings: PretrainSettings, *, tracker: Any = 
         log.info("k-NN accuracy of the random initialisation: %.4f", knn[0])
     if 0 in knn:
         tracker.log_metrics({"knn_accuracy": knn[0]}, step=0)
-    ds = (tf.data.Dataset.from_tensor_slices(pool.images).shuffle(min(len(pool.images), 10_000), seed=settings.seed)
-          .batch(settings.batch_size, drop_remainder=True).map(lambda x: tf.cast(x, tf.float32))
-          .prefetch(2))
+    ds = (
+        tf.data.Dataset.from_tensor_slices(pool.images)
+        .shuffle(min(len(pool.images), 10_000), seed=settings.seed)
+        .batch(settings.batch_size, drop_remainder=True)
+        .map(lambda x: tf.cast(x, tf.float32))
+        .prefetch(2)
+    )
     epoch_s: list[float] = []
     resumed_from = done
     for epoch in range(done + 1, settings.epochs + 1):
@@ -194,17 +227,37 @@ def pretrain(cfg: Any, pool: Any, settings: PretrainSettings, *, tracker: Any = 
             knn[epoch] = knn_accuracy(encoder, monitor, cfg.data.crop)
             metrics["knn_accuracy"] = knn[epoch]
         tracker.log_metrics({**metrics, "epoch_seconds": epoch_s[-1]}, step=epoch)
-        log.info("pretrain epoch %d/%d: loss %.4f (invariance %.4f, variance %.4f, covariance %.4f)%s, %.1f s",
-                 epoch, settings.epochs, row["loss"], row["invariance"], row["variance"], row["covariance"],
-                 f", k-NN accuracy {knn[epoch]:.4f}" if epoch in knn else "", epoch_s[-1])
+        log.info(
+            "pretrain epoch %d/%d: loss %.4f (invariance %.4f, variance %.4f, covariance %.4f)%s, %.1f s",
+            epoch,
+            settings.epochs,
+            row["loss"],
+            row["invariance"],
+            row["variance"],
+            row["covariance"],
+            f", k-NN accuracy {knn[epoch]:.4f}" if epoch in knn else "",
+            epoch_s[-1],
+        )
         if checkpoint_dir is not None:
             _save_checkpoint(checkpoint_dir, key, vicreg, epoch, history, knn)
     if monitor is not None and len(history) not in knn:
         knn[len(history)] = knn_accuracy(encoder, monitor, cfg.data.crop)
         tracker.log_metrics({"knn_accuracy": knn[len(history)]}, step=len(history))
-    meta = {"size": cfg.data.size, "crop": cfg.data.crop, "preprocess_version": PREPROCESS_VERSION,
-            "class_names": [], "class_slugs": [], "num_classes": 0, "data_fingerprint": pool.fingerprint,
-            "synthetic": bool(pool.synthetic), "provenance": "unlabelled pool", "tta": False, "pretrained": "vicreg",
-            "pretrain_epochs": len(history), "pool_images": int(len(pool.images)),
-            "input": "float32 0..255 centre crop", **describe_backbone(cfg.model)}
+    meta = {
+        "size": cfg.data.size,
+        "crop": cfg.data.crop,
+        "preprocess_version": PREPROCESS_VERSION,
+        "class_names": [],
+        "class_slugs": [],
+        "num_classes": 0,
+        "data_fingerprint": pool.fingerprint,
+        "synthetic": bool(pool.synthetic),
+        "provenance": "unlabelled pool",
+        "tta": False,
+        "pretrained": "vicreg",
+        "pretrain_epochs": len(history),
+        "pool_images": int(len(pool.images)),
+        "input": "float32 0..255 centre crop",
+        **describe_backbone(cfg.model),
+    }
     return PretrainResult(model, history, knn, len(history), resumed_from, time.perf_counter() - started, meta)

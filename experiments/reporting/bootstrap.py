@@ -1,4 +1,5 @@
 """Bootstrap confidence intervals of accuracy and macro-F1 from resampled confusion counts."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -33,9 +34,15 @@ def accuracy_macro_f1(counts: np.ndarray, present: np.ndarray | None = None) -> 
 _BOOTSTRAP_CHUNK = 200
 
 
-def bootstrap_ci(y_true: np.ndarray, predictions: Mapping[str, np.ndarray], n_classes: int, *,
-                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                 level: float = 0.95) -> dict[str, dict[str, tuple[float, float]]]:
+def bootstrap_ci(
+    y_true: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    n_classes: int,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, tuple[float, float]]]:
     """Percentile bootstrap intervals of accuracy and macro-F1 for each model's predicted labels.
 
     The same resampled test sets (seeded) are used for every model (paired bootstrap), so their
@@ -79,6 +86,8 @@ def bootstrap_ci(y_true: np.ndarray, predictions: Mapping[str, np.ndarray], n_cl
 def check_resamples(n_resamples: int) -> int:
     """``n_resamples`` if it lies in 1..:data:`MAX_RESAMPLES`, else one ``ConfigError`` line."""
     if not 1 <= n_resamples <= MAX_RESAMPLES:
-        raise ConfigError(f"--bootstrap {n_resamples} is out of range; use 1-{MAX_RESAMPLES:,} resamples "
-                          f"(e.g. --bootstrap {DEFAULT_RESAMPLES}; the intervals settle by a few thousand)")
+        raise ConfigError(
+            f"--bootstrap {n_resamples} is out of range; use 1-{MAX_RESAMPLES:,} resamples "
+            f"(e.g. --bootstrap {DEFAULT_RESAMPLES}; the intervals settle by a few thousand)"
+        )
     return n_resamples

@@ -1,4 +1,5 @@
 """What a report holds: the data card, scored models, the ensemble and the report itself."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -51,8 +52,10 @@ class DataCard:
         if self.provenance == "official":
             return "the Zenodo Galaxy10 DECaLS release (SHA-256 verified)"
         if self.provenance == "imported":
-            return (f"imported by `galaxy10 data import` from {self.source_folder or '?'} "
-                    f"(labels: {self.labels_csv or '?'})")
+            return (
+                f"imported by `galaxy10 data import` from {self.source_folder or '?'} "
+                f"(labels: {self.labels_csv or '?'})"
+            )
         if self.provenance == "synthetic":
             return "rendered, not observed"
         return "Galaxy10 schema, not the official release (SHA-256 differs)"

@@ -5,6 +5,7 @@ A self-trained model learned from pseudo-labels on an unlabelled pool. The repor
 size, fingerprint) and reads it back to check that it holds none of the test images it scores: a pool that
 does, or that cannot be read back as it was, is refused with one line.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ from core.errors import ConfigError, DataError, ModelError
 from experiments.serving.predictor import predict_file_rows, predictor_from_loaded
 from experiments.tracking.loading import load_prediction_model, parse_model_ref
 from experiments.tracking.runs import download_run_artifact, get_run_facts
+from experiments.tracking.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +54,18 @@ def check_model_refs(refs: Sequence[str]) -> list[str]:
     return uris
 
 
-def selftrain_pool(run_id: str, tags: dict[str, str], tracking_uri: str) -> dict[str, Any] | None:
+def selftrain_pool(run_id: str, tags: dict[str, str], ws: Workspace) -> dict[str, Any] | None:
     """The unlabelled pool a self-trained model learned from (its run's ``pseudo_labels.json``; the run's tags
     when that artifact is gone), or None for a model that was not self-trained."""
     if "selftrain.pool_fingerprint" not in tags:
         return None
-    pool: dict[str, Any] = {"sources": tags.get("selftrain.pool_sources", "").split(),
-                            "images": tags.get("selftrain.pool_images")}
+    pool: dict[str, Any] = {
+        "sources": tags.get("selftrain.pool_sources", "").split(),
+        "images": tags.get("selftrain.pool_images"),
+    }
     with tempfile.TemporaryDirectory(prefix="galaxy10-pool-") as tmp:
         try:
-            path = download_run_artifact(run_id, "pseudo_labels.json", tmp, tracking_uri=tracking_uri)
+            path = download_run_artifact(run_id, "pseudo_labels.json", tmp, ws=ws)
             pool.update(json.loads(path.read_text())["pool"])
         except (ModelError, OSError, KeyError, ValueError, TypeError):
             log.warning("run %s has no readable pseudo_labels.json; the pool's sources come from its tags", run_id)
@@ -82,16 +86,20 @@ def check_pool_against(pool: dict[str, Any], ref: str, test_images: np.ndarray, 
     try:
         loaded = load_pool(sources, size)
     except (DataError, ConfigError, OSError) as err:
-        raise DataError(f"cannot read back the self-training pool of {ref} ({str(err).splitlines()[0]}) to check it "
-                        f"holds none of the test images; {fix}") from None
+        raise DataError(
+            f"cannot read back the self-training pool of {ref} ({str(err).splitlines()[0]}) to check it "
+            f"holds none of the test images; {fix}"
+        ) from None
     if loaded.fingerprint != pool["fingerprint"]:
-        raise DataError(f"the self-training pool of {ref} ({' '.join(sources)[:200]}) changed since the model "
-                        f"learned from it (fingerprint {loaded.fingerprint[:12]}, recorded "
-                        f"{str(pool['fingerprint'])[:12]}); {fix}")
+        raise DataError(
+            f"the self-training pool of {ref} ({' '.join(sources)[:200]}) changed since the model "
+            f"learned from it (fingerprint {loaded.fingerprint[:12]}, recorded "
+            f"{str(pool['fingerprint'])[:12]}); {fix}"
+        )
     refuse_scored_images(loaded.images, test_images, what=what)
 
 
-def score_extra_models(refs: Sequence[str], data: Any, *, tracking_uri: str) -> list[ExtraModel]:
+def score_extra_models(refs: Sequence[str], data: Any, *, ws: Workspace) -> list[ExtraModel]:
     """Score each added model once on ``data``'s test split (after checking its class set and, for a
     self-trained model, its pool)."""
     from pipelines.reader import Galaxy10File
@@ -99,28 +107,48 @@ def score_extra_models(refs: Sequence[str], data: Any, *, tracking_uri: str) -> 
     out: list[ExtraModel] = []
     test_images = None
     for i, uri in enumerate(check_model_refs(refs), start=1):
-        loaded = load_prediction_model(uri, tracking_uri=tracking_uri)  # one registry look-up per reference
+        loaded = load_prediction_model(uri, ws=ws)  # one registry look-up per reference
         predictor = predictor_from_loaded(loaded)
         if list(predictor.card.class_names) != list(data.class_names):
-            raise ConfigError(f"--model {uri} predicts {', '.join(predictor.card.class_names)}, but the study's file "
-                              f"has {', '.join(data.class_names)}; give models of this class set")
+            raise ConfigError(
+                f"--model {uri} predicts {', '.join(predictor.card.class_names)}, but the study's file "
+                f"has {', '.join(data.class_names)}; give models of this class set"
+            )
         run_id = loaded.info.get("run_id")
-        tags = get_run_facts(run_id, tracking_uri=tracking_uri).tags if run_id else {}
-        pool = selftrain_pool(run_id, tags, tracking_uri) if run_id else None
-        extra = ExtraModel(f"model-{i}", (tags.get("mlflow.runName") or uri)[:40],
-                           f"added with --model {uri}" + (" (self-trained)" if pool else ""), run_id, uri,
-                           np.zeros((0, 0)))
+        tags = get_run_facts(run_id, ws=ws).tags if run_id else {}
+        pool = selftrain_pool(run_id, tags, ws) if run_id else None
+        extra = ExtraModel(
+            f"model-{i}",
+            (tags.get("mlflow.runName") or uri)[:40],
+            f"added with --model {uri}" + (" (self-trained)" if pool else ""),
+            run_id,
+            uri,
+            np.zeros((0, 0)),
+        )
         if pool is not None:
             if test_images is None:
                 with Galaxy10File(data.path) as f:
                     test_images = np.asarray(f.images(np.sort(np.asarray(data.test))))
-            check_pool_against(pool, uri, test_images, predictor.card.size,
-                               what=f"test split of {Path(data.path).name} that the report scores")
-            extra.pool = {"model": uri, "run_id": run_id, "sources": " ".join(map(str, pool.get("sources") or [])),
-                          "images": pool.get("images"), "fingerprint": pool["fingerprint"], "kind": "self-training"}
-            extra.notes.append(f"{extra.label} was self-trained on pseudo-labels of {pool.get('images')} unlabelled "
-                               f"images from {extra.pool['sources'][:300]} (fingerprint {pool['fingerprint'][:12]}); "
-                               "the pool was read back and holds none of the test images")
+            check_pool_against(
+                pool,
+                uri,
+                test_images,
+                predictor.card.size,
+                what=f"test split of {Path(data.path).name} that the report scores",
+            )
+            extra.pool = {
+                "model": uri,
+                "run_id": run_id,
+                "sources": " ".join(map(str, pool.get("sources") or [])),
+                "images": pool.get("images"),
+                "fingerprint": pool["fingerprint"],
+                "kind": "self-training",
+            }
+            extra.notes.append(
+                f"{extra.label} was self-trained on pseudo-labels of {pool.get('images')} unlabelled "
+                f"images from {extra.pool['sources'][:300]} (fingerprint {pool['fingerprint'][:12]}); "
+                "the pool was read back and holds none of the test images"
+            )
         log.info("scoring the added model %s on %d test images", uri, len(data.test))
         extra.probs = predict_file_rows(predictor, data.path, data.test, desc="score on test")
         out.append(extra)

@@ -1,4 +1,5 @@
 """The report's figures: confusion matrices, recall bars, curves, gallery, importance."""
+
 from __future__ import annotations
 
 import tempfile
@@ -17,12 +18,8 @@ from experiments.reporting.figures import (
     recall_bars_figure,
     reliability_figure,
 )
-from experiments.tracking.runs import (
-    download_run_artifact,
-    get_run_facts,
-    list_run_artifacts,
-    metric_histories,
-)
+from experiments.tracking.runs import download_run_artifact, get_run_facts, list_run_artifacts, metric_histories
+from experiments.tracking.workspace import Workspace
 from experiments.training.figures import confusion_figure, learning_curves_figure
 from pipelines.classes import REFERENCE_RECALL
 from pipelines.reader import Galaxy10File
@@ -30,13 +27,17 @@ from pipelines.reader import Galaxy10File
 GALLERY_CLASSES = 3
 GALLERY_PER_CLASS = 6
 EPOCH_HISTORY_KEYS: dict[str, str] = {
-    "epoch_train_loss": "loss", "epoch_val_loss": "val_loss", "epoch_train_accuracy": "accuracy",
-    "epoch_val_accuracy": "val_accuracy", "epoch_val_balanced_accuracy": "val_balanced_accuracy",
+    "epoch_train_loss": "loss",
+    "epoch_val_loss": "val_loss",
+    "epoch_train_accuracy": "accuracy",
+    "epoch_val_accuracy": "val_accuracy",
+    "epoch_val_balanced_accuracy": "val_balanced_accuracy",
 }
 
 
-def make_figures(report: Report, *, data: Any, probs_by_key: Mapping[str, np.ndarray], tracking_uri: str,
-                 workdir: Path) -> None:
+def make_figures(
+    report: Report, *, data: Any, probs_by_key: Mapping[str, np.ndarray], ws: Workspace, workdir: Path
+) -> None:
     """Fill ``report.figures`` (PNG bytes) and ``report.figure_notes``."""
 
     card = report.data
@@ -46,8 +47,10 @@ def make_figures(report: Report, *, data: Any, probs_by_key: Mapping[str, np.nda
         if m.key == "baseline":
             series["baseline"] = (m.label, m.recalls(card.class_slugs))
     if tuple(card.class_slugs) == tuple(REFERENCE_RECALL):
-        series["reference"] = (f"reference project ({report.reference_note})",
-                               [REFERENCE_RECALL[s] for s in card.class_slugs])
+        series["reference"] = (
+            f"reference project ({report.reference_note})",
+            [REFERENCE_RECALL[s] for s in card.class_slugs],
+        )
     for m in report.models:
         if m.key != "baseline":
             series[m.key] = (m.label, m.recalls(card.class_slugs))
@@ -68,45 +71,49 @@ def make_figures(report: Report, *, data: Any, probs_by_key: Mapping[str, np.nda
     else:
         report.figure_notes["reliability.png"] = "the best trial's run logged no calibration temperature"
 
-    history = metric_histories(report.best_run_id, list(EPOCH_HISTORY_KEYS), tracking_uri=tracking_uri)
+    history = metric_histories(report.best_run_id, list(EPOCH_HISTORY_KEYS), ws=ws)
     if history:
         curves = {EPOCH_HISTORY_KEYS[k]: [v for _, v in pts] for k, pts in history.items()}
-        best_epoch = get_run_facts(report.best_run_id, tracking_uri=tracking_uri).metrics.get("best_epoch")
+        best_epoch = get_run_facts(report.best_run_id, ws=ws).metrics.get("best_epoch")
         fig = learning_curves_figure(curves, best_epoch=None if best_epoch is None else int(best_epoch))
         report.figures["learning_curves.png"] = png_bytes(fig)
     else:
         report.figure_notes["learning_curves.png"] = "the best trial's run has no per-epoch metrics"
 
-    logged = set(list_run_artifacts(report.parent_run_id, "plots", tracking_uri=tracking_uri))
+    logged = set(list_run_artifacts(report.parent_run_id, "plots", ws=ws))
     for name in ("optimization_history", "param_importances"):
         artifact = f"plots/{name}.png"
         if artifact in logged:
-            local = download_run_artifact(report.parent_run_id, artifact, workdir, tracking_uri=tracking_uri)
+            local = download_run_artifact(report.parent_run_id, artifact, workdir, ws=ws)
             report.figures[f"{name}.png"] = local.read_bytes()
         elif name == "optimization_history":
             numbers, states, values = zip(*[(n, s, v) for n, s, v in report.trials]) if report.trials else ((), (), ())
             fig = history_figure(numbers, values, states, metric=report.metric)
             report.figures["optimization_history.png"] = png_bytes(fig)
-            report.figure_notes["optimization_history.png"] = ("redrawn from the study's trials (the parent run "
-                                                               "has no plots/optimization_history.png)")
+            report.figure_notes["optimization_history.png"] = (
+                "redrawn from the study's trials (the parent run has no plots/optimization_history.png)"
+            )
         else:
-            report.figure_notes[f"{name}.png"] = _importance_note(report, tracking_uri)
+            report.figure_notes[f"{name}.png"] = _importance_note(report, ws)
 
     _gallery(report, data, probs_by_key, gallery_figure, png_bytes)
 
 
-def _importance_note(report: Report, tracking_uri: str) -> str:
+def _importance_note(report: Report, ws: Workspace) -> str:
     notes = ""
-    if "notes.txt" in list_run_artifacts(report.parent_run_id, tracking_uri=tracking_uri):
+    if "notes.txt" in list_run_artifacts(report.parent_run_id, ws=ws):
         with tempfile.TemporaryDirectory(prefix="galaxy10-report-") as tmp:
-            local = download_run_artifact(report.parent_run_id, "notes.txt", tmp, tracking_uri=tracking_uri)
+            local = download_run_artifact(report.parent_run_id, "notes.txt", tmp, ws=ws)
             notes = " ".join(line.strip() for line in local.read_text().splitlines() if "importances" in line)
-    return notes or ("not available: parameter importances need at least 2 COMPLETE trials with varying "
-                     "parameters (the tuning run logged none)")
+    return notes or (
+        "not available: parameter importances need at least 2 COMPLETE trials with varying "
+        "parameters (the tuning run logged none)"
+    )
 
 
-def _gallery(report: Report, data: Any, probs_by_key: Mapping[str, np.ndarray], gallery_figure: Any,
-             png_bytes: Any) -> None:
+def _gallery(
+    report: Report, data: Any, probs_by_key: Mapping[str, np.ndarray], gallery_figure: Any, png_bytes: Any
+) -> None:
     """Misclassified test images of the final model's weakest classes (lowest test recall)."""
 
     final = report.model("ensemble") or report.model("cnn")
@@ -143,4 +150,4 @@ def _gallery(report: Report, data: Any, probs_by_key: Mapping[str, np.ndarray], 
 
 
 def short_name(name: str, limit: int = 28) -> str:
-    return name if len(name) <= limit else name[:limit - 1] + "…"
+    return name if len(name) <= limit else name[: limit - 1] + "…"

@@ -5,6 +5,7 @@ study redrawn from its trials (when the tuning plots are missing on the parent r
 of misclassified test images. Confusion matrices and learning curves come from
 :mod:`experiments.training.figures`. Figures use the object-oriented API on an Agg canvas (no pyplot state).
 """
+
 from __future__ import annotations
 
 import io
@@ -60,22 +61,32 @@ def recall_bars_figure(class_names: Sequence[str], series: Mapping[str, tuple[st
             raise ValueError(f"series {key!r} has {len(recalls)} recalls for {n} classes")
         values = np.array([np.nan if r is None else float(r) for r in recalls])
         style = SERIES_STYLE.get(key, {})
-        ax.bar(x + (i - (k - 1) / 2) * width, np.nan_to_num(values), width=width * 0.92, label=label,
-               linewidth=0.8, **({"edgecolor": "none"} | style))
-    ax.set_xticks(x, labels=[name.replace(" ", "\n", 1) if len(name) > 14 else name for name in class_names],
-                  fontsize=8)
+        ax.bar(
+            x + (i - (k - 1) / 2) * width,
+            np.nan_to_num(values),
+            width=width * 0.92,
+            label=label,
+            linewidth=0.8,
+            **({"edgecolor": "none"} | style),
+        )
+    ax.set_xticks(
+        x, labels=[name.replace(" ", "\n", 1) if len(name) > 14 else name for name in class_names], fontsize=8
+    )
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylim(0, 1.0)
     ax.set_ylabel("recall")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(k, 4), frameon=False)
-    ax.set_title("Per-class recall on the test split"
-                 + (" (reference: its published test recall)" if "reference" in series else ""))
+    ax.set_title(
+        "Per-class recall on the test split"
+        + (" (reference: its published test recall)" if "reference" in series else "")
+    )
     return fig
 
 
-def history_figure(numbers: Sequence[int], values: Sequence[float | None], states: Sequence[str], *,
-                   metric: str, maximize: bool = True) -> Figure:
+def history_figure(
+    numbers: Sequence[int], values: Sequence[float | None], states: Sequence[str], *, metric: str, maximize: bool = True
+) -> Figure:
     """Objective value per trial (COMPLETE dots, PRUNED crosses at their last report) and the best so far."""
     fig = _figure(8, 4)
     ax = fig.add_subplot()
@@ -104,8 +115,14 @@ def history_figure(numbers: Sequence[int], values: Sequence[float | None], state
     return fig
 
 
-def gallery_figure(images: Sequence[np.ndarray], titles: Sequence[str], *, columns: int = 6,
-                   row_labels: Sequence[str] | None = None, rows: Sequence[int] | None = None) -> Figure:
+def gallery_figure(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    *,
+    columns: int = 6,
+    row_labels: Sequence[str] | None = None,
+    rows: Sequence[int] | None = None,
+) -> Figure:
     """A grid of image thumbnails with a small title each (e.g. ``true: X / pred: Y``).
 
     ``rows[i]`` puts image ``i`` on that row (one row per class); by default images fill the grid in
@@ -143,8 +160,13 @@ def reliability_figure(curves: Mapping[str, Any]) -> Figure:
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for label, rel in curves.items():
         filled = np.asarray(rel.count) > 0
-        ax.plot(np.asarray(rel.confidence)[filled], np.asarray(rel.accuracy)[filled], marker="o", markersize=4,
-                label=f"{label} (ECE {rel.ece:.3f})")
+        ax.plot(
+            np.asarray(rel.confidence)[filled],
+            np.asarray(rel.accuracy)[filled],
+            marker="o",
+            markersize=4,
+            label=f"{label} (ECE {rel.ece:.3f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-class probability)")
@@ -162,13 +184,24 @@ def pareto_figure(points: Sequence[Any], *, metric: str) -> Figure:
     others = [p for p in points if not p.on_front]
     front = sorted((p for p in points if p.on_front), key=lambda p: p.images_per_second)
     if others:
-        ax.scatter([p.images_per_second for p in others], [p.value for p in others], color="#999999", s=18,
-                   label="dominated trials")
-    ax.plot([p.images_per_second for p in front], [p.value for p in front], color="#d62728", marker="o",
-            label="Pareto front")
+        ax.scatter(
+            [p.images_per_second for p in others],
+            [p.value for p in others],
+            color="#999999",
+            s=18,
+            label="dominated trials",
+        )
+    ax.plot(
+        [p.images_per_second for p in front],
+        [p.value for p in front],
+        color="#d62728",
+        marker="o",
+        label="Pareto front",
+    )
     for p in front:
-        ax.annotate(f"#{p.number}", (p.images_per_second, p.value), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
+        ax.annotate(
+            f"#{p.number}", (p.images_per_second, p.value), textcoords="offset points", xytext=(4, 4), fontsize=7
+        )
     ax.set_xscale("log")
     ax.set_xlabel("inference images/s on the training machine (log scale)")
     ax.set_ylabel(f"validation {metric}")

@@ -1,4 +1,5 @@
 """The report's paired verdicts: every model against the reference trial and the best CNN, image by image."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,8 +14,15 @@ from experiments.reporting.contents import PairedRow, Report, ScoredModel
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1"}
 
 
-def paired_rows(models: Sequence[ScoredModel], y_true: np.ndarray, class_slugs: Sequence[str], *,
-                n_resamples: int, seed: int, level: float = 0.95) -> list[PairedRow]:
+def paired_rows(
+    models: Sequence[ScoredModel],
+    y_true: np.ndarray,
+    class_slugs: Sequence[str],
+    *,
+    n_resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> list[PairedRow]:
     """Each scored model (but the majority baseline) against the reference trial and against the best CNN.
 
     The reference is the study's reference trial (``reference``, or the best CNN itself when the reference
@@ -30,10 +38,24 @@ def paired_rows(models: Sequence[ScoredModel], y_true: np.ndarray, class_slugs: 
         for anchor in anchors:
             if m.key != anchor and (m.key, anchor) not in pairs and (anchor, m.key) not in pairs:
                 pairs.append((m.key, anchor))
-    return [PairedRow(a, b, compare_predictions(y_true, by_key[a].y_pred, by_key[b].y_pred, class_slugs,
-                                                a=by_key[a].label, b=by_key[b].label, n_resamples=n_resamples,
-                                                seed=seed, level=level))
-            for a, b in pairs]
+    return [
+        PairedRow(
+            a,
+            b,
+            compare_predictions(
+                y_true,
+                by_key[a].y_pred,
+                by_key[b].y_pred,
+                class_slugs,
+                a=by_key[a].label,
+                b=by_key[b].label,
+                n_resamples=n_resamples,
+                seed=seed,
+                level=level,
+            ),
+        )
+        for a, b in pairs
+    ]
 
 
 def _pts(d: Any) -> str:
@@ -69,7 +91,9 @@ def recall_difference_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-VERDICT_TEXT = ("Differences are in points (model minus the one it is set against) on the same test images, with "
-                "a paired bootstrap 95% interval (the images resampled once for both models); the verdict says "
-                "better or worse only when the interval excludes 0. McNemar: images only the model gets right / "
-                "only the other gets right, exact two-sided p. With a few hundred images most differences are noise.")
+VERDICT_TEXT = (
+    "Differences are in points (model minus the one it is set against) on the same test images, with "
+    "a paired bootstrap 95% interval (the images resampled once for both models); the verdict says "
+    "better or worse only when the interval excludes 0. McNemar: images only the model gets right / "
+    "only the other gets right, exact two-sided p. With a few hundred images most differences are noise."
+)

@@ -5,6 +5,7 @@ out-of-distribution; then each class keeps at most ``per_class`` images, the mos
 majority classes do not drown the rare ones (Xie et al. 2020, Noisy Student). Also here: the check that the
 pool holds no image the student is scored on.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,8 +30,10 @@ class PseudoLabels:
 
     def describe(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.per_class.items())
-        return (f"{len(self.rows)} of {self.n_pool} pool images pseudo-labelled ({counts}); {self.n_unsure} below "
-                f"the confidence threshold, {self.n_ood} out-of-distribution left out")
+        return (
+            f"{len(self.rows)} of {self.n_pool} pool images pseudo-labelled ({counts}); {self.n_unsure} below "
+            f"the confidence threshold, {self.n_ood} out-of-distribution left out"
+        )
 
 
 def check_selection(threshold: float, per_class: int | None) -> None:
@@ -41,8 +44,14 @@ def check_selection(threshold: float, per_class: int | None) -> None:
         raise ConfigError(f"--per-class {per_class} is out of range; use 1-10,000,000 (or leave it out: no cap)")
 
 
-def select_pseudo_labels(probs: np.ndarray, class_slugs: Sequence[str], *, threshold: float,
-                         ood_flags: np.ndarray | None = None, per_class: int | None = None) -> PseudoLabels:
+def select_pseudo_labels(
+    probs: np.ndarray,
+    class_slugs: Sequence[str],
+    *,
+    threshold: float,
+    ood_flags: np.ndarray | None = None,
+    per_class: int | None = None,
+) -> PseudoLabels:
     """Pseudo-labels from calibrated probabilities ``(N, C)`` (see the module docs)."""
     check_selection(threshold, per_class)
     probs = np.asarray(probs, dtype=np.float64)
@@ -60,8 +69,7 @@ def select_pseudo_labels(probs: np.ndarray, class_slugs: Sequence[str], *, thres
         chosen.append(rows)
         counts[slug] = int(len(rows))
     rows = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-    return PseudoLabels(rows, label[rows], conf[rows], len(probs), int(np.sum(ood & sure)),
-                        int(np.sum(~sure)), counts)
+    return PseudoLabels(rows, label[rows], conf[rows], len(probs), int(np.sum(ood & sure)), int(np.sum(~sure)), counts)
 
 
 def thumbnails(images: np.ndarray, side: int = 48) -> np.ndarray:
@@ -91,11 +99,13 @@ def refuse_scored_images(pool: np.ndarray, scored: np.ndarray, *, what: str, thr
     hits = 0
     first = None
     for start in range(0, len(a), 2048):
-        corr = a[start:start + 2048] @ b.T
+        corr = a[start : start + 2048] @ b.T
         found = np.flatnonzero(corr.max(axis=1) > threshold)
         if len(found) and first is None:
             first = start + int(found[0])
         hits += len(found)
     if hits:
-        raise DataError(f"the unlabelled pool holds {hits} image(s) of the {what} (pool image {first} is one): a "
-                        "pool must not contain the images a score is computed on; remove them from the pool")
+        raise DataError(
+            f"the unlabelled pool holds {hits} image(s) of the {what} (pool image {first} is one): a "
+            "pool must not contain the images a score is computed on; remove them from the pool"
+        )

@@ -1,4 +1,5 @@
 """What ``galaxy10 predict`` reads: image files, folders and HDF5 rows, decoded in bounded batches."""
+
 from __future__ import annotations
 
 import re
@@ -63,8 +64,10 @@ def plan_inputs(args: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         path, spec = (Path(range_match["path"]), range_match["spec"]) if range_match else (Path(arg), None)
         head, colon, tail = arg.rpartition(":")
         if not range_match and colon and not path.exists() and Path(head).is_file():
-            raise DataError(f"bad index range {tail!r} in {arg}; use FILE.h5:RANGES with indices and inclusive "
-                            "ranges, e.g. file.h5:0-9,20")
+            raise DataError(
+                f"bad index range {tail!r} in {arg}; use FILE.h5:RANGES with indices and inclusive "
+                "ranges, e.g. file.h5:0-9,20"
+            )
         if not path.exists():
             raise DataError(f"input {arg} does not exist; check the path")
         if path.is_dir():
@@ -83,8 +86,9 @@ def plan_inputs(args: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return sources
 
 
-def iter_input_batches(sources: Sequence[InputSource], batch_size: int = 64, *,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[list[InputImage]]:
+def iter_input_batches(
+    sources: Sequence[InputSource], batch_size: int = 64, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[list[InputImage]]:
     """Read the planned inputs in order, ``batch_size`` images at a time (HDF5 rows read lazily)."""
     batch: list[InputImage] = []
     for source in sources:
@@ -99,9 +103,15 @@ def iter_input_batches(sources: Sequence[InputSource], batch_size: int = 64, *,
 
 def _iter_source(source: InputSource, batch_size: int, max_pixels: int) -> Iterator[InputImage]:
     if source.indices is None:
-        yield InputImage(str(source.path), decode_image(
-            source.path.read_bytes(), str(source.path), max_pixels=max_pixels,
-            fix="give PNG/JPEG images or Galaxy10 HDF5 files"))
+        yield InputImage(
+            str(source.path),
+            decode_image(
+                source.path.read_bytes(),
+                str(source.path),
+                max_pixels=max_pixels,
+                fix="give PNG/JPEG images or Galaxy10 HDF5 files",
+            ),
+        )
         return
 
     with Galaxy10File(source.path) as f:

@@ -1,4 +1,5 @@
 """The one predictor: a logged model with its own preprocessing (resize, crop, optional 8-view TTA)."""
+
 from __future__ import annotations
 
 import logging
@@ -13,13 +14,9 @@ from tqdm.auto import tqdm
 from augment.tta import mean_of_views, tta_views
 from core.errors import ConfigError, DataError, ModelError
 from ensembles.calibration import apply_temperature
-from experiments.tracking.loading import (
-    ModelBundle,
-    load_prediction_model,
-    resolve_model_uri,
-)
+from experiments.tracking.loading import ModelBundle, load_prediction_model
 from experiments.tracking.model_registry import default_champion_uri
-from experiments.tracking.store import fluent_store, require_tracking_store
+from experiments.tracking.workspace import ModelRef, Workspace
 from pipelines.preprocess import prepare_images
 from pipelines.reader import Galaxy10File
 
@@ -28,12 +25,15 @@ log = logging.getLogger(__name__)
 
 #: Side of the square uint8 images given to a pyfunc model whose signature does not say.
 PYFUNC_INPUT_SIZE: int = 256
-HOW_TO_TRAIN = ("train one with `galaxy10 train --config experiments/configs/smoke.yaml` or "
-                "`galaxy10 tune --config experiments/configs/tune_quick.yaml`, or pass --model")
+HOW_TO_TRAIN = (
+    "train one with `galaxy10 train --config experiments/configs/smoke.yaml` or "
+    "`galaxy10 tune --config experiments/configs/tune_quick.yaml`, or pass --model"
+)
 
 
-def predict_views(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *,
-                  batch_size: int = 256) -> np.ndarray:
+def predict_views(
+    bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *, batch_size: int = 256
+) -> np.ndarray:
     """Class probabilities of each test-time view, ``(V, N, C)`` float32, for uint8 RGB images of any size.
 
     Images go through ``pipelines.preprocess.prepare_images`` (square crop, resize to the model's
@@ -50,8 +50,9 @@ def predict_views(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: A
     return predict_fn(crops).astype(np.float32)[None]
 
 
-def predict_images(bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *,
-                   batch_size: int = 256) -> np.ndarray:
+def predict_images(
+    bundle: ModelBundle | tuple[Any, Mapping[str, Any]], images: Any, *, batch_size: int = 256
+) -> np.ndarray:
     """Class probabilities ``(N, C)`` float32: the mean of :func:`predict_views` (the 8 D4 views with TTA)."""
     return mean_of_views(predict_views(bundle, images, batch_size=batch_size))
 
@@ -112,8 +113,10 @@ class Predictor:
     def embed(self, images: np.ndarray) -> np.ndarray:
         """The CNN's embedding ``(N, D)`` float32 of a uint8 ``(N, H, W, 3)`` batch (the untransformed view)."""
         if self.embed_fn is None:
-            raise ModelError(f"model {self.card.uri} gives no embeddings (a {self.card.kind} model); use a CNN "
-                             "logged by `galaxy10 train` or `galaxy10 tune`")
+            raise ModelError(
+                f"model {self.card.uri} gives no embeddings (a {self.card.kind} model); use a CNN "
+                "logged by `galaxy10 train` or `galaxy10 tune`"
+            )
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise DataError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         return np.asarray(self.embed_fn(images), dtype=np.float32)
@@ -137,8 +140,10 @@ class Predictor:
         probs = np.asarray(self.predict_fn(images), dtype=np.float32)
         expected = (len(images), len(self.card.class_names))
         if probs.shape != expected:
-            raise ModelError(f"model {self.card.uri} returned shape {probs.shape}, expected "
-                             f"{expected}; it is not a Galaxy10 classifier")
+            raise ModelError(
+                f"model {self.card.uri} returned shape {probs.shape}, expected "
+                f"{expected}; it is not a Galaxy10 classifier"
+            )
         return probs
 
     def predict_views(self, images: np.ndarray) -> np.ndarray:
@@ -149,8 +154,10 @@ class Predictor:
             raise DataError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         views = np.asarray(self.views_fn(images), dtype=np.float32)
         if views.ndim != 3 or views.shape[1:] != (len(images), len(self.card.class_names)):
-            raise ModelError(f"model {self.card.uri} returned view shape {views.shape}, expected "
-                             f"(V, {len(images)}, {len(self.card.class_names)})")
+            raise ModelError(
+                f"model {self.card.uri} returned view shape {views.shape}, expected "
+                f"(V, {len(images)}, {len(self.card.class_names)})"
+            )
         return views
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
@@ -168,45 +175,47 @@ class Predictor:
 FILE_BATCH = 64
 
 
-def predict_file_rows(predictor: Predictor, data_path: str | Path, indices: Sequence[int] | np.ndarray, *,
-                      desc: str = "predict") -> np.ndarray:
+def predict_file_rows(
+    predictor: Predictor, data_path: str | Path, indices: Sequence[int] | np.ndarray, *, desc: str = "predict"
+) -> np.ndarray:
     """Probabilities ``(len(indices), C)`` of rows of a Galaxy10 file, read lazily in batches of
     :data:`FILE_BATCH`: the one path by which ``galaxy10 predict FILE.h5`` and the report score a file,
     so a model scores the same images identically wherever it is scored."""
 
     indices = np.asarray(indices, dtype=np.int64)
     parts = []
-    with Galaxy10File(data_path) as f, tqdm(total=len(indices), desc=desc, unit="img", disable=None,
-                                            leave=False) as bar:
+    with (
+        Galaxy10File(data_path) as f,
+        tqdm(total=len(indices), desc=desc, unit="img", disable=None, leave=False) as bar,
+    ):
         for _, images in f.iter_batches(FILE_BATCH, indices):
             parts.append(predictor.predict(images))
             bar.update(len(images))
     return np.concatenate(parts) if parts else np.zeros((0, len(predictor.card.class_names)), np.float32)
 
 
-def load_predictor(ref: str | None = None, *, tracking_uri: str | None = None) -> Predictor:
-    """Load the model named by ``ref`` (default: the newest study's ``champion`` alias) from the store
-    ``tracking_uri`` (None: the process's store)."""
-    with fluent_store(tracking_uri) as store:
-        uri = None if ref is None else resolve_model_uri(ref)
+def load_predictor(ref: ModelRef | str | None = None, *, ws: Workspace) -> Predictor:
+    """Load the model named by ``ref`` (default: the newest study's ``champion`` alias) from the workspace's
+    store."""
+    if ref is None:
+        try:
+            ws.require_store()
+            uri = default_champion_uri(ws=ws)
+        except ConfigError:  # no tracking database yet: nothing is registered anywhere
+            uri = None
         if uri is None:
-            try:
-                require_tracking_store(store)
-                uri = default_champion_uri(tracking_uri=store)
-            except ConfigError:  # no tracking database yet: nothing is registered anywhere
-                uri = None
-            if uri is None:
-                raise ModelError(f"no model given and no study has a registered 'champion' model at {store}; "
-                                 f"{HOW_TO_TRAIN}")
-            log.info("using the newest study champion %s", uri)
-        return predictor_from_loaded(load_prediction_model(uri))
+            raise ModelError(
+                f"no model given and no study has a registered 'champion' model at {ws.tracking_uri}; {HOW_TO_TRAIN}"
+            )
+        log.info("using the newest study champion %s", uri)
+        ref = uri
+    return predictor_from_loaded(load_prediction_model(ref, ws=ws))
 
 
-def load_encoder(ref: str, *, tracking_uri: str | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+def load_encoder(ref: ModelRef | str, *, ws: Workspace) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
     """``(embed_fn, metadata)`` of any model that gives embeddings: a CNN logged by training, a galaxy10
     ensemble (its first member's CNN) or an encoder registered by ``galaxy10 pretrain`` (no classes)."""
-    with fluent_store(tracking_uri):
-        loaded = load_prediction_model(resolve_model_uri(ref))
+    loaded = load_prediction_model(ref, ws=ws)
     meta = dict(loaded.meta or {})
     if loaded.kind == "keras":
         return cnn_embedding(loaded.model[0], int(meta["size"]), int(meta["crop"])), meta
@@ -232,8 +241,10 @@ def predictor_from_loaded(loaded: Any) -> Predictor:
             return np.asarray(pyfunc.predict(images))
 
         return Predictor(card=card, predict_fn=predict_fn, embed_fn=_ensemble_embedding(pyfunc))
-    raise ModelError(f"model {loaded.uri} has flavour {loaded.kind!r}; galaxy10 predicts with "
-                     "Keras models logged by `galaxy10 train` or pyfunc ensembles")
+    raise ModelError(
+        f"model {loaded.uri} has flavour {loaded.kind!r}; galaxy10 predicts with "
+        "Keras models logged by `galaxy10 train` or pyfunc ensembles"
+    )
 
 
 def keras_predictor(card: ModelCard, bundle: ModelBundle | tuple[Any, Mapping[str, Any]]) -> Predictor:
@@ -245,8 +256,13 @@ def keras_predictor(card: ModelCard, bundle: ModelBundle | tuple[Any, Mapping[st
     def predict_fn(images: np.ndarray) -> np.ndarray:
         return mean_of_views(views_fn(images))
 
-    return Predictor(card=card, predict_fn=predict_fn, views_fn=views_fn,
-                     embed_fn=cnn_embedding(bundle[0], card.size, card.crop), cnn=bundle[0])
+    return Predictor(
+        card=card,
+        predict_fn=predict_fn,
+        views_fn=views_fn,
+        embed_fn=cnn_embedding(bundle[0], card.size, card.crop),
+        cnn=bundle[0],
+    )
 
 
 def cnn_embedding(cnn: Any, size: int, crop: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -292,18 +308,33 @@ def pyfunc_input_side(pyfunc: Any) -> int | None:
 def _card_from_meta(uri: str, kind: str, meta: dict[str, Any], info: dict[str, Any]) -> ModelCard:
     missing = [k for k in ("size", "crop", "class_names") if meta.get(k) in (None, "", [])]
     if missing:
-        raise ModelError(f"model {uri} lacks the metadata prediction needs ({', '.join(missing)}); "
-                         "log it with `galaxy10 train` / `galaxy10 ensemble`, which save it")
+        raise ModelError(
+            f"model {uri} lacks the metadata prediction needs ({', '.join(missing)}); "
+            "log it with `galaxy10 train` / `galaxy10 ensemble`, which save it"
+        )
     synthetic = meta.get("synthetic", info.get("synthetic"))
     if isinstance(synthetic, str):
         synthetic = synthetic.strip().lower() == "true"
-    known = {"size", "crop", "class_names", "synthetic", "provenance", "data_fingerprint",
-             "preprocess_version", "temperature"}
+    known = {
+        "size",
+        "crop",
+        "class_names",
+        "synthetic",
+        "provenance",
+        "data_fingerprint",
+        "preprocess_version",
+        "temperature",
+    }
     return ModelCard(
-        uri=uri, kind=kind, size=int(meta["size"]), crop=int(meta["crop"]),
+        uri=uri,
+        kind=kind,
+        size=int(meta["size"]),
+        crop=int(meta["crop"]),
         class_names=tuple(str(c) for c in meta["class_names"]),
-        name=info.get("name"), version=_str_or_none(info.get("version")),
-        run_id=info.get("run_id"), synthetic=synthetic,
+        name=info.get("name"),
+        version=_str_or_none(info.get("version")),
+        run_id=info.get("run_id"),
+        synthetic=synthetic,
         provenance=meta.get("provenance", info.get("provenance")),
         data_fingerprint=_str_or_none(meta.get("data_fingerprint")),
         preprocess_version=_str_or_none(meta.get("preprocess_version")),
@@ -318,8 +349,10 @@ def _temperature(uri: str, value: Any) -> float:
     except (TypeError, ValueError):
         t = float("nan")
     if not np.isfinite(t) or t <= 0:
-        raise ModelError(f"model {uri} has a bad calibration temperature {value!r} in its metadata; log it again "
-                         "with `galaxy10 train`")
+        raise ModelError(
+            f"model {uri} has a bad calibration temperature {value!r} in its metadata; log it again "
+            "with `galaxy10 train`"
+        )
     return t
 
 

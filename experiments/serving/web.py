@@ -3,6 +3,7 @@
 Uploads are decoded in memory (never written to disk), size-limited (``MAX_CONTENT_LENGTH``) and
 pixel-limited (decompression bombs); the user's file name is only ever displayed, escaped.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,21 +23,17 @@ from werkzeug.serving import make_server as werkzeug_server
 from core.errors import ConfigError, DataError
 from experiments.serving.predictor import ModelCard, Predictor
 from experiments.serving.results import top_classes
-from pipelines.images import (
-    DEFAULT_MAX_PIXELS,
-    EmptyImageError,
-    ImageTooLargeError,
-    NotAnImageError,
-    decode_image,
-)
+from pipelines.images import DEFAULT_MAX_PIXELS, EmptyImageError, ImageTooLargeError, NotAnImageError, decode_image
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES: int = 10_000_000
 THUMBNAIL_PX: int = 256
 MAX_NAME_CHARS: int = 120
-CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src 'self' data:; style-src 'self'; "
-                           "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; img-src 'self' data:; style-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class InMemoryRequest(Request):
@@ -45,14 +42,23 @@ class InMemoryRequest(Request):
     Werkzeug's default spools file parts over 500 kB to a temporary file on disk.
     """
 
-    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
-                         filename: str | None = None, content_length: int | None = None
-                         ) -> IO[bytes]:
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
         return io.BytesIO()
 
 
-def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, calibrated: bool = True) -> Flask:
+def create_app(
+    predictor: Predictor,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    calibrated: bool = True,
+) -> Flask:
     """Build the Flask app: ``/`` (upload page), ``/api/predict``, ``/api/health``, ``/api/model``.
 
     ``calibrated``: probabilities temperature-scaled with the model's temperature (as ``galaxy10 predict`` and
@@ -78,14 +84,20 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
         if calibrated:
             probs = predictor.calibrate(probs[None])[0]
         top = top_classes(probs, card.class_names, len(card.class_names))
-        return {"file": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                "top_class": top[0][0], "top_probability": top[0][1],
-                "classes": [{"class": c, "probability": p} for c, p in top],
-                "probabilities": {c: float(p) for c, p in zip(card.class_names, probs)},
-                "model": {"name": card.display_name, "run_id": card.run_id,
-                          "synthetic": card.synthetic},
-                "calibrated": calibrated, "temperature": card.temperature if calibrated else 1.0,
-                "_image": image, "_crop": crop}
+        return {
+            "file": name,
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "top_class": top[0][0],
+            "top_probability": top[0][1],
+            "classes": [{"class": c, "probability": p} for c, p in top],
+            "probabilities": {c: float(p) for c, p in zip(card.class_names, probs)},
+            "model": {"name": card.display_name, "run_id": card.run_id, "synthetic": card.synthetic},
+            "calibrated": calibrated,
+            "temperature": card.temperature if calibrated else 1.0,
+            "_image": image,
+            "_crop": crop,
+        }
 
     @app.after_request
     def security_headers(resp):  # noqa: ANN001, ANN202 - Flask hook
@@ -124,8 +136,7 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(err: RequestEntityTooLarge):  # noqa: ANN202
-        msg = (f"upload is larger than the {max_upload_bytes / 1e6:.1f} MB limit; "
-               "give a smaller image")
+        msg = f"upload is larger than the {max_upload_bytes / 1e6:.1f} MB limit; give a smaller image"
         if request.path.startswith("/api/"):
             return jsonify(error=msg), 413
         return page(error=msg), 413
@@ -137,8 +148,14 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLO
         return err
 
     def page(result: dict[str, Any] | None = None, error: str | None = None) -> str:
-        return render_template("index.html", card=card, result=result, error=error, calibrated=calibrated,
-                               max_upload_mb=max_upload_bytes / 1e6)
+        return render_template(
+            "index.html",
+            card=card,
+            result=result,
+            error=error,
+            calibrated=calibrated,
+            max_upload_mb=max_upload_bytes / 1e6,
+        )
 
     return app
 
@@ -155,11 +172,10 @@ def _status_for(err: DataError) -> int:
 def _display_name(filename: str | None) -> str:
     """The uploaded file's name for display only (shortened; Jinja escapes it)."""
     name = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1] or "upload"
-    return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS - 1] + "…"
+    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
 
 
-def _png_data_uri(image: np.ndarray, max_px: int | None = None,
-                  box_fraction: float | None = None) -> str:
+def _png_data_uri(image: np.ndarray, max_px: int | None = None, box_fraction: float | None = None) -> str:
     """Encode uint8 RGB as a ``data:image/png`` URI, optionally shrunk to ``max_px``.
 
     ``box_fraction`` outlines the centred square of that fraction of the shorter side (the region
@@ -173,8 +189,9 @@ def _png_data_uri(image: np.ndarray, max_px: int | None = None,
         w, h = img.size
         side = min(w, h) * box_fraction
         left, top = (w - side) / 2, (h - side) / 2
-        ImageDraw.Draw(img).rectangle([left, top, left + side - 1, top + side - 1],
-                                      outline=(255, 214, 64), width=max(1, round(min(w, h) / 128)))
+        ImageDraw.Draw(img).rectangle(
+            [left, top, left + side - 1, top + side - 1], outline=(255, 214, 64), width=max(1, round(min(w, h) / 128))
+        )
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -182,23 +199,36 @@ def _png_data_uri(image: np.ndarray, max_px: int | None = None,
 
 def _view_model(result: dict[str, Any], card: ModelCard) -> dict[str, Any]:
     """Template data: image URIs (crop region outlined on the thumbnail) and bar geometry."""
-    bars = [{"label": c["class"], "p": c["probability"], "pct": f"{100 * c['probability']:.1f}%",
-             "width": round(max(0.0, min(1.0, c["probability"])) * 100, 2)}
-            for c in result["classes"]]
-    return {**{k: v for k, v in result.items() if not k.startswith("_")},
-            "thumb_uri": _png_data_uri(result["_image"], THUMBNAIL_PX, box_fraction=card.crop / card.size),
-            "crop_uri": _png_data_uri(result["_crop"]),
-            "crop_px": int(result["_crop"].shape[0]), "bars": bars,
-            "top_pct": f"{100 * result['top_probability']:.1f}%"}
+    bars = [
+        {
+            "label": c["class"],
+            "p": c["probability"],
+            "pct": f"{100 * c['probability']:.1f}%",
+            "width": round(max(0.0, min(1.0, c["probability"])) * 100, 2),
+        }
+        for c in result["classes"]
+    ]
+    return {
+        **{k: v for k, v in result.items() if not k.startswith("_")},
+        "thumb_uri": _png_data_uri(result["_image"], THUMBNAIL_PX, box_fraction=card.crop / card.size),
+        "crop_uri": _png_data_uri(result["_crop"]),
+        "crop_px": int(result["_crop"].shape[0]),
+        "bars": bars,
+        "top_pct": f"{100 * result['top_probability']:.1f}%",
+    }
 
 
 def _bind_error(host: str, port: int, err: OSError) -> ConfigError:
     if isinstance(err, socket.gaierror):
-        return ConfigError(f"--host {host} is not an address of this machine ({err.strerror or err}); use e.g. "
-                           "--host 127.0.0.1, or 0.0.0.0 for every interface")
+        return ConfigError(
+            f"--host {host} is not an address of this machine ({err.strerror or err}); use e.g. "
+            "--host 127.0.0.1, or 0.0.0.0 for every interface"
+        )
     if err.errno == errno.EADDRINUSE:
-        return ConfigError(f"port {port} on {host} is in use by another program; pass another --port, e.g. "
-                           f"--port {port + 1 if port < 65535 else 8000}")
+        return ConfigError(
+            f"port {port} on {host} is in use by another program; pass another --port, e.g. "
+            f"--port {port + 1 if port < 65535 else 8000}"
+        )
     if err.errno == errno.EACCES:
         return ConfigError(f"not allowed to listen on port {port} (ports below 1024 need root); pass e.g. --port 8000")
     return ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); pass another --host or --port")
@@ -216,8 +246,14 @@ def check_bind(host: str, port: int) -> None:
         raise _bind_error(host, port, err) from None
 
 
-def make_server(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 8000,
-                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, calibrated: bool = True) -> Any:
+def make_server(
+    predictor: Predictor,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    calibrated: bool = True,
+) -> Any:
     """Bind werkzeug's threaded server to ``host:port`` (call ``serve_forever()`` on it).
 
     Raises
@@ -229,8 +265,9 @@ def make_server(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 80
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: the page is reachable from other machines", host)
     try:
-        return werkzeug_server(host, port, create_app(predictor, max_upload_bytes=max_upload_bytes,
-                                                                 calibrated=calibrated), threaded=True)
+        return werkzeug_server(
+            host, port, create_app(predictor, max_upload_bytes=max_upload_bytes, calibrated=calibrated), threaded=True
+        )
     except OSError as err:
         raise _bind_error(host, port, err) from None
     except SystemExit:  # werkzeug exits on a port in use after printing its own text

@@ -105,8 +105,10 @@ def as_choice(key: str, value: Any, choices: Iterable[str], *, nullable: bool = 
         return None
     choices = tuple(choices)
     if value not in choices:
-        raise ConfigError(f"config key {key}={value!r} is not allowed; use one of: {', '.join(map(str, choices))}"
-                          f"{' or null' if nullable else ''}")
+        raise ConfigError(
+            f"config key {key}={value!r} is not allowed; use one of: {', '.join(map(str, choices))}"
+            f"{' or null' if nullable else ''}"
+        )
     return str(value)
 
 

@@ -6,6 +6,7 @@ hyper-parameters are checked against the estimators themselves (:mod:`ensembles.
 The optional ``tune.search_space`` uses the tuning search-space syntax and is validated by
 ``experiments/`` (which owns Optuna).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -134,8 +135,7 @@ class EnsembleConfig:
     crossfit: CrossfitConfig = field(default_factory=CrossfitConfig)
     embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     vote: VoteConfig = field(default_factory=VoteConfig)
-    second_stage: Mapping[str, Mapping[str, Any]] = field(
-        default_factory=lambda: {"logreg": {}, "xgboost": {}})
+    second_stage: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"logreg": {}, "xgboost": {}})
     stack: StackConfig = field(default_factory=StackConfig)
     tune: TuneSpec = field(default_factory=TuneSpec)
 
@@ -176,8 +176,9 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
     for name, params in second_raw.items():
         if name not in MODEL_NAMES:
             raise ConfigError(f"unknown config key second_stage.{name}; second-stage models: {', '.join(MODEL_NAMES)}")
-        second[str(name)] = resolve_params(str(name), as_mapping(f"second_stage.{name}", params),
-                                           where=f"second_stage.{name}")
+        second[str(name)] = resolve_params(
+            str(name), as_mapping(f"second_stage.{name}", params), where=f"second_stage.{name}"
+        )
 
     stack_with = st.get("second_stage", [])
     if isinstance(stack_with, str):
@@ -186,26 +187,34 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         raise ConfigError(f"config key stack.second_stage={stack_with!r} must be a list of second-stage names")
     for name in stack_with:
         if name not in second:
-            raise ConfigError(f"config key stack.second_stage names {name!r}, which is not configured under "
-                              f"second_stage; add it there (configured: {', '.join(second) or 'none'}) or remove it")
+            raise ConfigError(
+                f"config key stack.second_stage names {name!r}, which is not configured under "
+                f"second_stage; add it there (configured: {', '.join(second) or 'none'}) or remove it"
+            )
     C = as_positive_number("stack.C", st.get("C", StackConfig().C))
 
     if raw.get("class_weights") == "balanced" and set(second) - WEIGHTABLE:
-        raise ConfigError(f"config key class_weights=balanced, but second stage "
-                          f"{', '.join(sorted(set(second) - WEIGHTABLE))} cannot weight classes; remove it from "
-                          "second_stage or set class_weights: auto or none")
+        raise ConfigError(
+            f"config key class_weights=balanced, but second stage "
+            f"{', '.join(sorted(set(second) - WEIGHTABLE))} cannot weight classes; remove it from "
+            "second_stage or set class_weights: auto or none"
+        )
     guards = raw.get("guard_metrics", list(d.guard_metrics))
     if isinstance(guards, str):
         guards = [guards]
     if not isinstance(guards, (list, tuple)):
-        raise ConfigError(f"config key guard_metrics={guards!r} must be a list of metrics from "
-                          f"{', '.join(GUARD_METRICS)} (e.g. [accuracy])")
+        raise ConfigError(
+            f"config key guard_metrics={guards!r} must be a list of metrics from "
+            f"{', '.join(GUARD_METRICS)} (e.g. [accuracy])"
+        )
     for g in guards:
         as_choice("guard_metrics", g, GUARD_METRICS)
     margin = raw.get("guard_margin", d.guard_margin)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-        raise ConfigError(f"config key guard_margin={margin!r} must be a number from 0 to below 1 (e.g. 0.01: a "
-                          "candidate may trail cnn-best by at most one point on a guard metric)")
+        raise ConfigError(
+            f"config key guard_margin={margin!r} must be a number from 0 to below 1 (e.g. 0.01: a "
+            "candidate may trail cnn-best by at most one point on a guard metric)"
+        )
     confidence = raw.get("confidence", d.confidence)
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.5 <= confidence < 1:
         raise ConfigError(f"config key confidence={confidence!r} must be a level from 0.5 to below 1 (e.g. 0.95)")
@@ -215,8 +224,10 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
     space = as_mapping("tune.search_space", tu.get("search_space"))
     n_trials = as_int("tune.n_trials", tu.get("n_trials", 0), 0)
     if n_trials and not space:
-        raise ConfigError("config key tune.n_trials > 0 needs tune.search_space; add e.g. "
-                          "{xgboost.max_depth: {type: int, low: 2, high: 6}} or set n_trials: 0")
+        raise ConfigError(
+            "config key tune.n_trials > 0 needs tune.search_space; add e.g. "
+            "{xgboost.max_depth: {type: int, low: 2, high: 6}} or set n_trials: 0"
+        )
     return EnsembleConfig(
         mode=as_choice("mode", raw.get("mode", d.mode), MODES),
         seed=as_int("seed", raw.get("seed", d.seed), 0),
@@ -224,24 +235,37 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> EnsembleConfig:
         class_weights=as_choice("class_weights", raw.get("class_weights", d.class_weights), CLASS_WEIGHTINGS),
         prior_correction=auto_or_bool("prior_correction", raw.get("prior_correction", d.prior_correction)),
         accuracy_guard=as_bool("accuracy_guard", raw.get("accuracy_guard", d.accuracy_guard)),
-        guard_metrics=tuple(str(g) for g in guards), guard_margin=float(margin), confidence=float(confidence),
+        guard_metrics=tuple(str(g) for g in guards),
+        guard_margin=float(margin),
+        confidence=float(confidence),
         oof_selection=as_bool("oof_selection", raw.get("oof_selection", d.oof_selection)),
         cv_folds=as_int("cv_folds", raw.get("cv_folds", d.cv_folds), 2, 20),
         n_jobs=as_int("n_jobs", raw.get("n_jobs", d.n_jobs), 1, 256, nullable=True),
         alias=alias,
         pretrained=_pretrained_ref(raw.get("pretrained")),
-        crossfit=CrossfitConfig(folds=as_int("crossfit.folds", cf.get("folds", 3), 2, 20),
-                                epochs=as_int("crossfit.epochs", cf.get("epochs"), 1, 10000, nullable=True)),
-        embeddings=EmbeddingConfig(tta=as_bool("embeddings.tta", em.get("tta", False)),
-                                   batch_size=as_int("embeddings.batch_size", em.get("batch_size", 256), 1, 8192)),
-        vote=VoteConfig(top_k=as_int("vote.top_k", vo.get("top_k", 3), 1, 50),
-                        weighted=as_choice("vote.weighted", vo.get("weighted", "log_loss"), WEIGHT_METHODS,
-                                         nullable=True)),
+        crossfit=CrossfitConfig(
+            folds=as_int("crossfit.folds", cf.get("folds", 3), 2, 20),
+            epochs=as_int("crossfit.epochs", cf.get("epochs"), 1, 10000, nullable=True),
+        ),
+        embeddings=EmbeddingConfig(
+            tta=as_bool("embeddings.tta", em.get("tta", False)),
+            batch_size=as_int("embeddings.batch_size", em.get("batch_size", 256), 1, 8192),
+        ),
+        vote=VoteConfig(
+            top_k=as_int("vote.top_k", vo.get("top_k", 3), 1, 50),
+            weighted=as_choice("vote.weighted", vo.get("weighted", "log_loss"), WEIGHT_METHODS, nullable=True),
+        ),
         second_stage=second,
-        stack=StackConfig(second_stage=tuple(str(s) for s in stack_with), C=float(C),
-                          meta=as_choice("stack.meta", st.get("meta", StackConfig().meta), META_LEARNERS)),
-        tune=TuneSpec(n_trials=n_trials, metric=as_choice("tune.metric", tu.get("metric", "log_loss"), TUNE_METRICS),
-                      search_space=dict(space)),
+        stack=StackConfig(
+            second_stage=tuple(str(s) for s in stack_with),
+            C=float(C),
+            meta=as_choice("stack.meta", st.get("meta", StackConfig().meta), META_LEARNERS),
+        ),
+        tune=TuneSpec(
+            n_trials=n_trials,
+            metric=as_choice("tune.metric", tu.get("metric", "log_loss"), TUNE_METRICS),
+            search_space=dict(space),
+        ),
     )
 
 
@@ -249,15 +273,20 @@ def _pretrained_ref(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"config key pretrained={value!r} must name a model, e.g. pretrain-d4_cnn@pretrained, or be "
-                          "null")
+        raise ConfigError(
+            f"config key pretrained={value!r} must name a model, e.g. pretrain-d4_cnn@pretrained, or be null"
+        )
     return value.strip()
 
 
 def read_config_yaml(path: str | Path) -> dict[str, Any]:
     """Read an ensemble YAML as a raw mapping (an empty file is the defaults)."""
-    return read_config(path, what="ensemble config", example="experiments/configs/ensemble.yaml",
-                       holds="settings (mode, vote, second_stage, ...)")
+    return read_config(
+        path,
+        what="ensemble config",
+        example="experiments/configs/ensemble.yaml",
+        holds="settings (mode, vote, second_stage, ...)",
+    )
 
 
 def to_dict(cfg: EnsembleConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ are applied on top; values are parsed as YAML (``--set train.epochs=3``,
 wrong type or bad value raises :class:`~core.errors.ConfigError` naming the dotted key and what
 is allowed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -164,9 +165,7 @@ class RunConfig:
     run_name: str | None = None
 
 
-SECTIONS: dict[str, type] = {
-    "data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "train": TrainConfig,
-}
+SECTIONS: dict[str, type] = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "train": TrainConfig}
 
 #: Allowed values of string fields (dotted key -> choices).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -322,7 +321,7 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
     if d.test_fraction + d.val_fraction >= 0.9:
         raise ConfigError("config keys data.test_fraction + data.val_fraction must stay below 0.9; shrink them")
     n_pools = len(cfg.model.filters)
-    if d.crop // (2 ** n_pools) < 1:
+    if d.crop // (2**n_pools) < 1:
         raise ConfigError(
             f"config key model.filters has {n_pools} pooling blocks, too many for data.crop={d.crop}; "
             f"use at most {max(1, int(math.log2(d.crop)))} entries or a larger crop"
@@ -334,8 +333,9 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
                 "like {disturbed: 3, cigar: 3}"
             )
     elif a.auto_from_run:
-        raise ConfigError("config key augment.auto_from_run is only used with augment.targets=auto; "
-                          "remove it or set targets: auto")
+        raise ConfigError(
+            "config key augment.auto_from_run is only used with augment.targets=auto; remove it or set targets: auto"
+        )
     if isinstance(a.targets, Mapping):
         check_targets(a.targets)  # class names are resolved against the data's own classes when it is loaded
 
@@ -348,14 +348,20 @@ def _check_cross(cfg: RunConfig) -> RunConfig:
         raise ConfigError("config keys model.weights and model.init_from both give starting weights; keep one")
     for key, value in (("model.weights", m.weights), ("model.init_from", m.init_from)):
         if value is not None and not value.strip():
-            raise ConfigError(f"config key {key} is empty; give a file (model.weights) or a run id / NAME@alias "
-                              "(model.init_from), or null")
+            raise ConfigError(
+                f"config key {key} is empty; give a file (model.weights) or a run id / NAME@alias "
+                "(model.init_from), or null"
+            )
     if t.epochs > MAX_EPOCHS:
-        raise ConfigError(f"config key train.epochs={t.epochs} is over {MAX_EPOCHS}; train for fewer epochs (early "
-                          "stopping ends a fit that stopped improving)")
+        raise ConfigError(
+            f"config key train.epochs={t.epochs} is over {MAX_EPOCHS}; train for fewer epochs (early "
+            "stopping ends a fit that stopped improving)"
+        )
     if t.freeze_epochs >= t.epochs:
-        raise ConfigError(f"config key train.freeze_epochs={t.freeze_epochs} leaves no epoch to train the whole "
-                          f"model (train.epochs={t.epochs}); use fewer freeze epochs or more epochs")
+        raise ConfigError(
+            f"config key train.freeze_epochs={t.freeze_epochs} leaves no epoch to train the whole "
+            f"model (train.epochs={t.epochs}); use fewer freeze epochs or more epochs"
+        )
     check_label(cfg.experiment_name, "config key experiment_name")
     if cfg.run_name is not None:
         check_label(cfg.run_name, "config key run_name")
@@ -372,7 +378,6 @@ def from_dict(raw: Mapping[str, Any] | None) -> RunConfig:
     hints = typing.get_type_hints(RunConfig)
     extra = {k: _coerce(k, raw[k], hints[k]) for k in ("experiment_name", "run_name") if k in raw}
     return _check_cross(RunConfig(**sections, **extra))
-
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -429,8 +434,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     except DuplicateKeyError as err:
         raise ConfigError(f"override {text!r} sets {err} twice; keep one of them") from None
     except yaml.YAMLError:
-        raise ConfigError(f"override {text!r} has a value that is not valid YAML; quote strings, "
-                          "write mappings as {a: 1}") from None
+        raise ConfigError(
+            f"override {text!r} has a value that is not valid YAML; quote strings, write mappings as {{a: 1}}"
+        ) from None
     return key, parsed
 
 
@@ -445,8 +451,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             child = node.get(part)
             if not isinstance(child, dict):
                 if child is not None and not (i >= 1 and isinstance(child, str)):
-                    raise ConfigError(f"override {text!r}: {'.'.join(parts[:i + 1])} is not a section; "
-                                      "set it as a whole instead")
+                    raise ConfigError(
+                        f"override {text!r}: {'.'.join(parts[: i + 1])} is not a section; set it as a whole instead"
+                    )
                 child = node[part] = {}  # e.g. targets: auto/null -> a fresh mapping
             node = child
         node[parts[-1]] = value
@@ -455,8 +462,12 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a run-config YAML file as a mapping (an empty file is an empty mapping)."""
-    return read_config(path, what="config file", example="experiments/configs/smoke.yaml",
-                       holds="sections (data, augment, model, train)")
+    return read_config(
+        path,
+        what="config file",
+        example="experiments/configs/smoke.yaml",
+        holds="sections (data, augment, model, train)",
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:

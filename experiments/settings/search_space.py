@@ -19,6 +19,7 @@ parameter a switch that only ``when`` conditions read).
 This module is pure: it never imports Optuna. :func:`suggest` is the only place in the codebase
 that calls ``trial.suggest_*``; it works with any object offering those methods.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import ConfigError
-from experiments.settings.run import (
-    plain,
-)
+from experiments.settings.run import plain
 
 PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
 SPEC_KEYS: tuple[str, ...] = ("type", "low", "high", "step", "log", "choices", "when", "target")
@@ -45,8 +44,9 @@ Scalar = None | bool | int | float | str
 class SuggestingTrial(Protocol):
     """The part of ``optuna.trial.Trial`` that :func:`suggest` uses."""
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float: ...
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
 
@@ -215,9 +215,7 @@ def parse_param(name: str, spec: Any, earlier: Mapping[str, ParamSpec]) -> Param
     if not isinstance(name, str) or not name:
         raise ConfigError(f"search_space key {name!r} is not a parameter name; use a dotted config key")
     if not isinstance(spec, Mapping):
-        raise ConfigError(
-            f"{where}: expected a mapping like {{type: float, low: 0.1, high: 0.5}}, got {spec!r}"
-        )
+        raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.1, high: 0.5}}, got {spec!r}")
     unknown = sorted(set(map(str, spec)) - set(SPEC_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; use any of: {', '.join(SPEC_KEYS)}")
@@ -329,7 +327,7 @@ def assignments(space: SearchSpace, params: Mapping[str, Scalar]) -> dict[str, A
             else:
                 # The parent took a non-mapping value (e.g. "auto"); the child does not apply.
                 continue
-        parts = key[len(parent) + 1:].split(".")
+        parts = key[len(parent) + 1 :].split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = flat[key]

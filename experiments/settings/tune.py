@@ -4,6 +4,7 @@ config each trial trains (the study's reference trial trains ``reference.yaml`` 
 ``search_space`` holds the space itself (parameters, conditions, ``suggest``); this module holds
 everything else a tuning YAML says and turns a trial's parameters into a validated ``RunConfig``.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,20 +17,7 @@ from core.errors import ConfigError
 from core.paths import DEFAULT_STORAGE
 from experiments.names import check_study_name
 from experiments.settings.checks import as_bool, as_choice, as_int, check_keys, read_config
-from experiments.settings.run import (
-    apply_overrides,
-    from_dict,
-    read_yaml,
-)
-from experiments.settings.search_space import (
-    Scalar,
-    SearchSpace,
-    _copy,
-    _is_number,
-    activating_params,
-    parse_search_space,
-    to_overrides,
-)
+from experiments.settings.search_space import Scalar, SearchSpace, _is_number, parse_search_space
 
 #: Objective metrics (scored on the validation split) and the per-epoch metric name pruning reads.
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -45,19 +33,41 @@ SAMPLER_ARGS: dict[str, tuple[str, ...]] = {
 #: Pruners and the keyword arguments each accepts from the YAML.
 PRUNER_ARGS: dict[str, tuple[str, ...]] = {
     "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials", "min_epochs"),
-    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials",
-                   "min_epochs"),
-    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count",
-                           "min_epochs"),
+    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials", "min_epochs"),
+    "successive_halving": (
+        "min_resource",
+        "reduction_factor",
+        "min_early_stopping_rate",
+        "bootstrap_count",
+        "min_epochs",
+    ),
     "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count", "min_epochs"),
     "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps", "min_epochs"),
     "none": ("min_epochs",),
 }
 
 STUDY_KEYS: tuple[str, ...] = (
-    "name", "metric", "n_trials", "timeout", "workers", "storage", "sampler", "pruner",
-    "heartbeat_interval", "grace_period", "retry_stale", "log_models", "keep_models", "register_model",
-    "model_alias", "refit", "cv_folds", "reference_trial", "start_points", "speed_objective", "unlabeled",
+    "name",
+    "metric",
+    "n_trials",
+    "timeout",
+    "workers",
+    "storage",
+    "sampler",
+    "pruner",
+    "heartbeat_interval",
+    "grace_period",
+    "retry_stale",
+    "log_models",
+    "keep_models",
+    "register_model",
+    "model_alias",
+    "refit",
+    "cv_folds",
+    "reference_trial",
+    "start_points",
+    "speed_objective",
+    "unlabeled",
 )
 #: Trial user attribute that marks the study's reference trial (trial 0 of a new study).
 ATTR_REFERENCE = "reference_recipe"
@@ -223,13 +233,17 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
     p_name, p_kwargs = _named_kwargs("study.pruner", raw.get("pruner"), PRUNER_ARGS, PrunerConfig())
     min_epochs = p_kwargs.pop("min_epochs", "auto")
     if min_epochs != "auto" and (not isinstance(min_epochs, int) or isinstance(min_epochs, bool) or min_epochs < 0):
-        raise ConfigError(f"config key study.pruner.min_epochs={min_epochs!r} must be auto (the epochs finished"
-                          f" trials needed "
-                          "to reach their best) or a whole number of epochs")
+        raise ConfigError(
+            f"config key study.pruner.min_epochs={min_epochs!r} must be auto (the epochs finished"
+            f" trials needed "
+            "to reach their best) or a whole number of epochs"
+        )
     speed_objective = as_bool("study.speed_objective", raw.get("speed_objective", False))
     if speed_objective and pruner_name(raw.get("pruner")) != "none":
-        raise ConfigError("config key study.speed_objective=true makes a multi-objective study, whose trials Optuna "
-                          "cannot prune; set study.pruner: none as well")
+        raise ConfigError(
+            "config key study.speed_objective=true makes a multi-objective study, whose trials Optuna "
+            "cannot prune; set study.pruner: none as well"
+        )
     interval = _positive_int("study.heartbeat_interval", raw.get("heartbeat_interval", 20))
     grace = _positive_int("study.grace_period", raw.get("grace_period", 3 * interval))
     if grace <= interval:
@@ -244,25 +258,39 @@ def parse_study(raw: Any, default_name: str) -> StudyConfig:
     if not isinstance(alias, str) or not alias.isidentifier():
         raise ConfigError(f"config key study.model_alias={alias!r} must be a simple name like champion")
     cv_folds = raw.get("cv_folds", "auto")
-    if cv_folds != "auto" and (not isinstance(cv_folds, int) or isinstance(cv_folds, bool) or cv_folds == 1
-                               or not 0 <= cv_folds <= MAX_CV_FOLDS):
-        raise ConfigError(f"config key study.cv_folds={cv_folds!r} must be auto, 0 (the validation split alone) or"
-                          f" an integer "
-                          f"2-{MAX_CV_FOLDS}")
+    if cv_folds != "auto" and (
+        not isinstance(cv_folds, int)
+        or isinstance(cv_folds, bool)
+        or cv_folds == 1
+        or not 0 <= cv_folds <= MAX_CV_FOLDS
+    ):
+        raise ConfigError(
+            f"config key study.cv_folds={cv_folds!r} must be auto, 0 (the validation split alone) or"
+            f" an integer "
+            f"2-{MAX_CV_FOLDS}"
+        )
     return StudyConfig(
-        name=name.strip(), metric=metric,
+        name=name.strip(),
+        metric=metric,
         n_trials=_positive_int("study.n_trials", raw.get("n_trials", 20)),
         timeout=None if timeout is None else float(timeout),
         workers=_positive_int("study.workers", raw.get("workers", 1)),
         storage=storage,
-        sampler=SamplerConfig(s_name, s_kwargs), pruner=PrunerConfig(p_name, p_kwargs, min_epochs),
-        heartbeat_interval=interval, grace_period=grace,
+        sampler=SamplerConfig(s_name, s_kwargs),
+        pruner=PrunerConfig(p_name, p_kwargs, min_epochs),
+        heartbeat_interval=interval,
+        grace_period=grace,
         retry_stale=_positive_int("study.retry_stale", raw.get("retry_stale", 1), allow_zero=True),
-        log_models=log_models, keep_models=_positive_int("study.keep_models", raw.get("keep_models", 3)),
-        register_model=register, model_alias=alias, refit=as_bool("study.refit", raw.get("refit", True)),
-        cv_folds=cv_folds, reference_trial=as_bool("study.reference_trial", raw.get("reference_trial", True)),
+        log_models=log_models,
+        keep_models=_positive_int("study.keep_models", raw.get("keep_models", 3)),
+        register_model=register,
+        model_alias=alias,
+        refit=as_bool("study.refit", raw.get("refit", True)),
+        cv_folds=cv_folds,
+        reference_trial=as_bool("study.reference_trial", raw.get("reference_trial", True)),
         start_points=_start_points(raw.get("start_points")),
-        speed_objective=speed_objective, unlabeled=_unlabeled(raw.get("unlabeled")),
+        speed_objective=speed_objective,
+        unlabeled=_unlabeled(raw.get("unlabeled")),
     )
 
 
@@ -271,8 +299,10 @@ def _unlabeled(raw: Any) -> tuple[str, ...]:
         return ()
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in items):
-        raise ConfigError(f"config key study.unlabeled={raw!r} must be a path or a list of paths (HDF5 files, folders, "
-                          "CSV/Parquet lists) of unlabelled images")
+        raise ConfigError(
+            f"config key study.unlabeled={raw!r} must be a path or a list of paths (HDF5 files, folders, "
+            "CSV/Parquet lists) of unlabelled images"
+        )
     return tuple(items)
 
 
@@ -286,8 +316,9 @@ def _start_points(raw: Any) -> tuple[dict[str, Scalar], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, Sequence) or isinstance(raw, str) or not all(isinstance(p, Mapping) for p in raw):
-        raise ConfigError(f"config key study.start_points={raw!r} must be a list of mappings, e.g. [{{model.name:"
-                          f" d4_cnn}}]")
+        raise ConfigError(
+            f"config key study.start_points={raw!r} must be a list of mappings, e.g. [{{model.name: d4_cnn}}]"
+        )
     return tuple({str(k): v for k, v in point.items()} for point in raw)
 
 
@@ -296,18 +327,24 @@ def check_start_points(study: StudyConfig, space: SearchSpace) -> None:
     for i, point in enumerate(study.start_points):
         for name, value in point.items():
             if name not in space.names:
-                raise ConfigError(f"unknown config key study.start_points[{i}].{name}: not a search_space"
-                                  f" parameter; use one of: "
-                                  f"{', '.join(space.names)}")
+                raise ConfigError(
+                    f"unknown config key study.start_points[{i}].{name}: not a search_space"
+                    f" parameter; use one of: "
+                    f"{', '.join(space.names)}"
+                )
             spec = space[name]
             if spec.kind == "categorical" and value not in spec.labels:
-                raise ConfigError(f"config key study.start_points[{i}].{name}={value!r} is not allowed; use one of"
-                                  f" its choices "
-                                  f"{list(spec.labels)}")
+                raise ConfigError(
+                    f"config key study.start_points[{i}].{name}={value!r} is not allowed; use one of"
+                    f" its choices "
+                    f"{list(spec.labels)}"
+                )
             if spec.kind != "categorical" and (not _is_number(value) or not spec.low <= value <= spec.high):
-                raise ConfigError(f"config key study.start_points[{i}].{name}={value!r} is not allowed; give a"
-                                  f" number in "
-                                  f"[{spec.low}, {spec.high}]")
+                raise ConfigError(
+                    f"config key study.start_points[{i}].{name}={value!r} is not allowed; give a"
+                    f" number in "
+                    f"[{spec.low}, {spec.high}]"
+                )
 
 
 def parse_tune_config(raw: Any, *, default_name: str = "galaxy10-study", source: str | None = None) -> TuneConfig:
@@ -330,115 +367,15 @@ def parse_tune_config(raw: Any, *, default_name: str = "galaxy10-study", source:
 def load_tune_config(path: str | Path) -> TuneConfig:
     """Read and validate a tuning YAML; the study name defaults to the file's stem."""
     p = Path(path)
-    raw = read_config(p, what="tuning config", example="experiments/configs/tune_quick.yaml",
-                      holds="sections (base, run, study, search_space)")
+    raw = read_config(
+        p,
+        what="tuning config",
+        example="experiments/configs/tune_quick.yaml",
+        holds="sections (base, run, study, search_space)",
+    )
     default_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", p.stem).strip("-.") or "galaxy10-study"
     return parse_tune_config(raw, default_name=default_name, source=str(p))
 
 
 # --------------------------------------------------------------------------------------------------
 # From suggested parameters to a validated RunConfig
-
-
-def base_run_dict(tune: TuneConfig) -> dict[str, Any]:
-    """The study's base run config as a mapping: the ``base`` YAML (if any) updated by ``run``.
-
-    ``base`` is looked up beside the tuning YAML first, then relative to the working directory.
-    """
-
-    raw: dict[str, Any] = {}
-    if tune.base is not None:
-        candidates = [Path(tune.source).parent / tune.base] if tune.source else []
-        candidates.append(Path(tune.base))
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise ConfigError(
-                f"base config {tune.base!r} not found (looked in {', '.join(str(c) for c in candidates)}); "
-                "give a path relative to the tuning YAML"
-            )
-        raw = read_yaml(found)
-    return _deep_merge(raw, tune.run)
-
-
-def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    out = _copy(dict(a))
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else _copy(v)
-    return out
-
-
-def resolve_run_config(tune: TuneConfig, params: Mapping[str, Scalar], *, base: Mapping[str, Any] | None = None,
-                       extra_overrides: Sequence[str] = ()) -> tuple[Any, list[str]]:
-    """Base run config + the suggested ``params`` as dotted overrides -> ``(RunConfig, overrides)``.
-
-    ``augment.auto_from_run`` in the base config applies only to trials whose ``augment.targets`` is
-    ``auto`` and is dropped for the others. ``extra_overrides`` (e.g. ``data.path=...`` from the
-    command line) go first, the suggested values last.
-    """
-
-    overrides = list(extra_overrides) + to_overrides(tune.space, params)
-    raw = apply_overrides(base_run_dict(tune) if base is None else base, overrides)
-    augment = raw.get("augment")
-    if isinstance(augment, dict) and augment.get("targets") != "auto":
-        augment.pop("auto_from_run", None)
-    return from_dict(raw), overrides
-
-
-#: The shipped reference recipe, a study's trial 0 (``study.reference_trial``).
-REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "reference.yaml"
-#: Data keys a reference trial takes from the study (which file, which images, which split); the
-#: resolution (size, crop) is part of the recipe and stays the reference's.
-STUDY_DATA_KEYS: tuple[str, ...] = ("path", "max_images", "test_fraction", "val_fraction", "split_seed")
-
-
-def reference_run_config(tune: TuneConfig, *, extra_overrides: Sequence[str] = ()) -> tuple[Any, list[str]]:
-    """The reference recipe as shipped, run inside the study: ``(RunConfig, overrides)``.
-
-    It keeps ``reference.yaml``'s model, augmentation, resolution and training budget, and takes from the
-    study's base config only the experiment and the data selection (:data:`STUDY_DATA_KEYS`), so it is
-    scored on the same images and split as every other trial. ``extra_overrides`` (the command line's
-    ``--set``) apply to it as to every trial.
-    """
-    study_base = base_run_dict(tune)
-    raw = read_yaml(REFERENCE_CONFIG)
-    taken = {f"data.{key}": value for key, value in (study_base.get("data") or {}).items()
-             if key in STUDY_DATA_KEYS and value is not None}
-    if study_base.get("experiment_name"):
-        taken["experiment_name"] = study_base["experiment_name"]
-    for dotted, value in taken.items():  # set as values, not parsed again as --set text
-        section, _, key = dotted.rpartition(".")
-        (raw.setdefault(section, {}) if section else raw)[key] = value
-    overrides = [f"{k}={v}" for k, v in taken.items()] + list(extra_overrides)
-    return from_dict(apply_overrides(raw, extra_overrides)), overrides
-
-
-def trial_run_config(tune: TuneConfig, trial: Any, *, base: Mapping[str, Any] | None = None,
-                     extra_overrides: Sequence[str] = ()) -> tuple[Any, list[str]]:
-    """The run config a (frozen or live) trial trains: the reference recipe for the study's reference trial,
-    else the base config with the trial's parameters."""
-    if trial.user_attrs.get(ATTR_REFERENCE):
-        return reference_run_config(tune, extra_overrides=extra_overrides)
-    start = trial.user_attrs.get(ATTR_INIT_FROM)
-    extra = [*extra_overrides, f"model.init_from={start}"] if start else list(extra_overrides)
-    return resolve_run_config(tune, dict(trial.params), base=base, extra_overrides=extra)
-
-
-def check_against_config(tune: TuneConfig) -> None:
-    """Resolve a run config at each end of every range and for every choice; raise ``ConfigError``.
-
-    Catches unknown config keys and values the run config refuses before any trial runs.
-    """
-    base = base_run_dict(tune)
-    probes: list[tuple[str, Scalar]] = []
-    for p in tune.space.params:
-        values = p.labels if p.kind == "categorical" else (p.low, p.high)
-        probes.extend((p.name, v) for v in values)
-    try:
-        resolve_run_config(tune, {}, base=base)
-    except ConfigError as err:
-        raise ConfigError(f"tuning base run config: {err}") from None
-    for name, value in probes:
-        try:
-            resolve_run_config(tune, activating_params(tune.space, name, value), base=base)
-        except ConfigError as err:
-            raise ConfigError(f"search_space {name!r} = {value!r}: {err}") from None

@@ -5,6 +5,7 @@ Up to :data:`EXACT_MAX_ROWS` rows the index is exact (``IndexFlatIP``); above, a
 rows answer in milliseconds. The column is read in record batches; rows without an embedding (unreadable
 images) are left out.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,10 @@ class EmbeddingIndex:
         """``(similarities, positions)`` ``(Q, k)`` of the ``k`` nearest entries of each query (cosine)."""
         q = normalise(np.asarray(queries, dtype=np.float32))
         if q.shape[1] != self.dim:
-            raise DataError(f"the query embeddings have {q.shape[1]} dimensions but {self.path.name}'s have "
-                            f"{self.dim}; embed the queries with the catalog's model (or give --model)")
+            raise DataError(
+                f"the query embeddings have {q.shape[1]} dimensions but {self.path.name}'s have "
+                f"{self.dim}; embed the queries with the catalog's model (or give --model)"
+            )
         sims, pos = self.index.search(q, min(k, self.n))
         return sims, pos
 
@@ -69,14 +72,18 @@ def catalog_metadata(path: Path, *, need_embedding: bool = True) -> dict[str, An
     try:
         schema = pq.read_schema(path)
     except (OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable Parquet file ({str(err).splitlines()[0]}); give a catalog "
-                        "written by galaxy10 catalog") from None
+        raise DataError(
+            f"{path} is not a readable Parquet file ({str(err).splitlines()[0]}); give a catalog "
+            "written by galaxy10 catalog"
+        ) from None
     raw = (schema.metadata or {}).get(b"galaxy10")
     if raw is None:
         raise DataError(f"{path} was not written by galaxy10 catalog (no galaxy10 metadata); give such a catalog")
     if need_embedding and "embedding" not in schema.names:
-        raise DataError(f"{path} has no embedding column; write the catalog with galaxy10 catalog "
-                        "--with-embedding, or give --model to search in that model's space")
+        raise DataError(
+            f"{path} has no embedding column; write the catalog with galaxy10 catalog "
+            "--with-embedding, or give --model to search in that model's space"
+        )
     return json.loads(raw)
 
 
@@ -113,16 +120,16 @@ def row_images(columns: dict[str, np.ndarray]) -> list[np.ndarray | None]:
             with Galaxy10File(source) as f:
                 images = np.asarray(f.images(want[order]))
         except (OSError, ValueError, DataError) as err:
-            log.warning("cannot read %s (%s); its %d row(s) are left out", source, str(err).splitlines()[0],
-                        len(rows))
+            log.warning("cannot read %s (%s); its %d row(s) are left out", source, str(err).splitlines()[0], len(rows))
             continue
         for pos, image in zip(order, images, strict=True):
             out[rows[pos]] = image
     return out
 
 
-def embed_rows(images: list[np.ndarray | None], embed: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray,
-                                                                                                   np.ndarray]:
+def embed_rows(
+    images: list[np.ndarray | None], embed: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(kept, vectors)``: the embeddings of the readable images, one model call per image size."""
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
@@ -136,8 +143,13 @@ def embed_rows(images: list[np.ndarray | None], embed: Callable[[np.ndarray], np
     return kept, np.stack([vectors[i] for i in kept]) if len(kept) else np.zeros((0, 0), np.float32)
 
 
-def build_index(path: str | Path, *, exact_max_rows: int = EXACT_MAX_ROWS,
-                embed: Callable[[np.ndarray], np.ndarray] | None = None, batch_rows: int = 65_536) -> EmbeddingIndex:
+def build_index(
+    path: str | Path,
+    *,
+    exact_max_rows: int = EXACT_MAX_ROWS,
+    embed: Callable[[np.ndarray], np.ndarray] | None = None,
+    batch_rows: int = 65_536,
+) -> EmbeddingIndex:
     """A faiss index of the catalog: its embedding column (read in record batches), or, with ``embed``, the
     rows' images read again from their sources and embedded by ``embed`` (another model's space, e.g. an
     encoder of ``galaxy10 pretrain``); rows without an embedding or an unreadable source are left out."""
@@ -146,8 +158,10 @@ def build_index(path: str | Path, *, exact_max_rows: int = EXACT_MAX_ROWS,
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"catalog {path} does not exist; write one with galaxy10 catalog"
-                        + ("" if embed is not None else " --with-embedding"))
+        raise DataError(
+            f"catalog {path} does not exist; write one with galaxy10 catalog"
+            + ("" if embed is not None else " --with-embedding")
+        )
     meta = catalog_metadata(path, need_embedding=embed is None)
     parquet = pq.ParquetFile(path)
     n_rows = parquet.metadata.num_rows
@@ -164,8 +178,11 @@ def build_index(path: str | Path, *, exact_max_rows: int = EXACT_MAX_ROWS,
                 emb = batch.column("embedding")
                 valid = np.asarray(emb.is_valid())
                 keep = np.flatnonzero(valid)
-                vectors = (np.stack([np.asarray(v, dtype=np.float32) for v, k in zip(emb.to_pylist(), valid) if k])
-                           if len(keep) else None)
+                vectors = (
+                    np.stack([np.asarray(v, dtype=np.float32) for v, k in zip(emb.to_pylist(), valid) if k])
+                    if len(keep)
+                    else None
+                )
             else:
                 keep, vectors = embed_rows(row_images(values), embed)
                 bar.update(batch.num_rows)
@@ -177,9 +194,15 @@ def build_index(path: str | Path, *, exact_max_rows: int = EXACT_MAX_ROWS,
             for c in columns:
                 info[c].append(values[c][keep])
     if index is None:
-        raise DataError(f"{path} has no row with an embedding" + (" or a readable source" if embed else "")
-                        + "; nothing to search")
+        raise DataError(
+            f"{path} has no row with an embedding" + (" or a readable source" if embed else "") + "; nothing to search"
+        )
     skipped = n_rows - index.ntotal
-    log.info("indexed %d embeddings of %s (%s)%s", index.ntotal, path.name, type(index).__name__,
-             f"; {skipped} row(s) without one left out" if skipped else "")
+    log.info(
+        "indexed %d embeddings of %s (%s)%s",
+        index.ntotal,
+        path.name,
+        type(index).__name__,
+        f"; {skipped} row(s) without one left out" if skipped else "",
+    )
     return EmbeddingIndex(index, {c: np.concatenate(v) for c, v in info.items()}, meta, path)

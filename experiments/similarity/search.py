@@ -1,5 +1,6 @@
 """Nearest neighbours of query images in a catalog: the query embedded by the catalog's own model, a table,
 and an HTML gallery (the query beside its neighbours)."""
+
 from __future__ import annotations
 
 import base64
@@ -15,6 +16,7 @@ import numpy as np
 
 from core.errors import DataError, ModelError
 from experiments.similarity.index import EmbeddingIndex, build_index, catalog_metadata
+from experiments.tracking.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,9 @@ class Neighbour:
     predicted: str
 
 
-def embed_queries(queries: Sequence[str], embed: Callable[[np.ndarray], np.ndarray]) -> tuple[list[str],
-                                                                                              list[np.ndarray],
-                                                                                              np.ndarray]:
+def embed_queries(
+    queries: Sequence[str], embed: Callable[[np.ndarray], np.ndarray]
+) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """``(labels, images, embeddings)`` of the query inputs (PNG/JPEG files, HDF5 files or ``file.h5:rows``)."""
     from experiments.serving.inputs import iter_input_batches, plan_inputs
 
@@ -52,8 +54,9 @@ def embed_queries(queries: Sequence[str], embed: Callable[[np.ndarray], np.ndarr
     return labels, images, np.stack(vectors)
 
 
-def find_similar(queries: Sequence[str], catalog: str | Path, *, k: int = 10, model: str | None = None,
-                 tracking_uri: str | None = None) -> tuple[list[Neighbour], EmbeddingIndex, list[np.ndarray]]:
+def find_similar(
+    queries: Sequence[str], catalog: str | Path, *, k: int = 10, model: str | None = None, ws: Workspace
+) -> tuple[list[Neighbour], EmbeddingIndex, list[np.ndarray]]:
     """The ``k`` nearest catalog rows of every query (cosine similarity of embeddings).
 
     Without ``model`` (or with the catalog's own model) the catalog's embedding column is searched and the
@@ -70,13 +73,14 @@ def find_similar(queries: Sequence[str], catalog: str | Path, *, k: int = 10, mo
         index = build_index(catalog)
         if not own:
             raise ModelError(f"{Path(catalog).name} does not name the model that wrote it; give --model")
-        predictor = load_predictor(own, tracking_uri=tracking_uri)
+        predictor = load_predictor(own, ws=ws)
         if not predictor.can_embed:
-            raise ModelError(f"model {own} gives no embeddings; give --model with a CNN, a galaxy10 ensemble or a "
-                             "pretrained encoder")
+            raise ModelError(
+                f"model {own} gives no embeddings; give --model with a CNN, a galaxy10 ensemble or a pretrained encoder"
+            )
         embed: Callable[[np.ndarray], np.ndarray] = predictor.embed
     else:
-        embed, _ = load_encoder(model, tracking_uri=tracking_uri)
+        embed, _ = load_encoder(model, ws=ws)
         index = build_index(catalog, embed=embed)
         index.metadata = {**index.metadata, "model_uri": model, "catalog_model_uri": own}
     labels, images, vectors = embed_queries(queries, embed)
@@ -88,11 +92,22 @@ def find_similar(queries: Sequence[str], catalog: str | Path, *, k: int = 10, mo
             if p < 0:
                 continue
             src_index = info.get("source_index")
-            out.append(Neighbour(label, rank, float(s), int(info["row"][p]), str(info["id"][p]),
-                                 str(info["source"][p]),
-                                 None if src_index is None or src_index[p] is None or
-                                 (isinstance(src_index[p], float) and np.isnan(src_index[p])) else int(src_index[p]),
-                                 str(info["predicted"][p]) if "predicted" in info else ""))
+            out.append(
+                Neighbour(
+                    label,
+                    rank,
+                    float(s),
+                    int(info["row"][p]),
+                    str(info["id"][p]),
+                    str(info["source"][p]),
+                    None
+                    if src_index is None
+                    or src_index[p] is None
+                    or (isinstance(src_index[p], float) and np.isnan(src_index[p]))
+                    else int(src_index[p]),
+                    str(info["predicted"][p]) if "predicted" in info else "",
+                )
+            )
     return out, index, images
 
 
@@ -121,25 +136,35 @@ def _thumb(image: np.ndarray | None, side: int = 96) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def gallery_html(neighbours: Sequence[Neighbour], query_images: Sequence[np.ndarray], catalog: Path,
-                 metadata: dict[str, Any]) -> str:
+def gallery_html(
+    neighbours: Sequence[Neighbour], query_images: Sequence[np.ndarray], catalog: Path, metadata: dict[str, Any]
+) -> str:
     """A self-contained page: one row per query, the query then its neighbours with similarity and class."""
     esc = html.escape
     queries = list(dict.fromkeys(n.query for n in neighbours))
     rows = []
     for q, image in zip(queries, query_images, strict=False):
-        cells = [f'<figure class="query"><img src="{_thumb(image)}" alt="query {esc(q)}"><figcaption>query<br>'
-                 f"{esc(q)}</figcaption></figure>"]
+        cells = [
+            f'<figure class="query"><img src="{_thumb(image)}" alt="query {esc(q)}"><figcaption>query<br>'
+            f"{esc(q)}</figcaption></figure>"
+        ]
         for n in (n for n in neighbours if n.query == q):
-            cells.append(f'<figure><img src="{_thumb(neighbour_image(n))}" alt="{esc(n.id)}"><figcaption>#{n.rank} '
-                         f"sim {n.similarity:.3f}<br>{esc(n.id)}<br>{esc(n.predicted)}</figcaption></figure>")
+            cells.append(
+                f'<figure><img src="{_thumb(neighbour_image(n))}" alt="{esc(n.id)}"><figcaption>#{n.rank} '
+                f"sim {n.similarity:.3f}<br>{esc(n.id)}<br>{esc(n.predicted)}</figcaption></figure>"
+            )
         rows.append(f'<div class="row">{"".join(cells)}</div>')
-    synthetic = ('<p class="warn">The catalog\'s model was trained on SYNTHETIC data.</p>'
-                 if metadata.get("model_synthetic") else "")
-    return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>galaxy10 similar</title><style>"
-            "body{font-family:sans-serif;margin:24px}.row{display:flex;gap:8px;margin:12px 0;flex-wrap:wrap}"
-            "figure{margin:0;width:110px;font-size:11px;text-align:center}figure img{width:96px;height:96px}"
-            ".query{border-right:3px solid #2e6f9e;padding-right:8px}.warn{color:#b3261e;font-weight:700}"
-            f"</style></head><body><h1>Nearest neighbours in {esc(catalog.name)}</h1>{synthetic}"
-            f"<p>Cosine similarity of the embeddings of model <code>{esc(str(metadata.get('model_uri')))}</code>"
-            f" ({len(queries)} queries).</p>{''.join(rows)}</body></html>")
+    synthetic = (
+        '<p class="warn">The catalog\'s model was trained on SYNTHETIC data.</p>'
+        if metadata.get("model_synthetic")
+        else ""
+    )
+    return (
+        '<!doctype html><html><head><meta charset="utf-8"><title>galaxy10 similar</title><style>'
+        "body{font-family:sans-serif;margin:24px}.row{display:flex;gap:8px;margin:12px 0;flex-wrap:wrap}"
+        "figure{margin:0;width:110px;font-size:11px;text-align:center}figure img{width:96px;height:96px}"
+        ".query{border-right:3px solid #2e6f9e;padding-right:8px}.warn{color:#b3261e;font-weight:700}"
+        f"</style></head><body><h1>Nearest neighbours in {esc(catalog.name)}</h1>{synthetic}"
+        f"<p>Cosine similarity of the embeddings of model <code>{esc(str(metadata.get('model_uri')))}</code>"
+        f" ({len(queries)} queries).</p>{''.join(rows)}</body></html>"
+    )

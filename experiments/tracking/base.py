@@ -2,6 +2,7 @@
 
 mlflow-free: training, tuning workers and tests import this without MLflow.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -18,21 +19,46 @@ MODEL_NAME = "model"
 #: Run artifact with the prediction metadata (the same dict is the model's MLmodel ``metadata``).
 META_ARTIFACT = "model_meta.json"
 #: Keys prediction needs from a model's metadata.
-META_KEYS: tuple[str, ...] = ("size", "crop", "preprocess_version", "class_names", "class_slugs",
-                              "data_fingerprint", "synthetic", "provenance", "tta")
+META_KEYS: tuple[str, ...] = (
+    "size",
+    "crop",
+    "preprocess_version",
+    "class_names",
+    "class_slugs",
+    "data_fingerprint",
+    "synthetic",
+    "provenance",
+    "tta",
+)
 #: Packages whose versions are tagged on every run (``version.<name>``).
-VERSIONED_PACKAGES: tuple[str, ...] = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "albumentations",
-                                       "scikit-learn", "mlflow", "optuna", "galaxy10-platform")
+VERSIONED_PACKAGES: tuple[str, ...] = (
+    "tensorflow",
+    "tensorflow-cpu",
+    "keras",
+    "numpy",
+    "albumentations",
+    "scikit-learn",
+    "mlflow",
+    "optuna",
+    "galaxy10-platform",
+)
 
 
 def git_commit(path: str | Path | None = None) -> dict[str, str]:
     """``{git.commit, git.dirty}`` of the source tree holding this package; empty if not a git repo."""
     folder = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git.commit": commit, "git.dirty": "true" if dirty else "false"} if commit else {}

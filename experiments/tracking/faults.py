@@ -1,4 +1,5 @@
 """An unreachable tracking server as one ``galaxy10: error:`` line, not a traceback."""
+
 from __future__ import annotations
 
 import contextlib
@@ -46,6 +47,8 @@ def server_errors(uri: str) -> Iterator[None]:
 
 def unreachable_error(uri: str, reason: str) -> ConfigError:
     """The one-line error for a tracking server that did not answer."""
-    return ConfigError(f"MLflow tracking server {uri} is unreachable ({reason}, after the client's retries); "
-                       "start it again or fix --tracking-uri / MLFLOW_TRACKING_URI, then re-run the same "
-                       "command to continue")
+    return ConfigError(
+        f"MLflow tracking server {uri} is unreachable ({reason}, after the client's retries); "
+        "start it again or fix --tracking-uri / MLFLOW_TRACKING_URI, then re-run the same "
+        "command to continue"
+    )

@@ -4,6 +4,7 @@ Never through MLflow's global active-run stack, so several runs (tuning trials, 
 open in one process. Models are logged with the ``mlflow.keras`` flavour (MLflow 3 LoggedModels named
 ``model``), a tensor signature, an input example and metadata holding what prediction needs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
@@ -27,7 +27,8 @@ from mlflow.types.schema import Schema, TensorSpec
 from core.errors import ConfigError, ModelError, first_line
 from experiments.tracking.base import META_ARTIFACT, META_KEYS, MODEL_NAME
 from experiments.tracking.faults import unreachable_error, unreachable_reason
-from experiments.tracking.store import fluent_store, resolve_tracking_uri
+from experiments.tracking.store import require_default_store
+from experiments.tracking.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ _BATCH = 100  # MLflow's per-request limit on params/tags/metrics
 
 def chunks(items: list, size: int = _BATCH) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _pip_requirements() -> list[str]:
@@ -58,8 +59,8 @@ class MlflowTracker:
         Created if missing.
     run_name
         Display name of the run.
-    tracking_uri
-        See :func:`resolve_tracking_uri`.
+    ws
+        The workspace whose store and client the run uses.
     parent_run_id
         Makes this a nested (child) run of that run.
     tags
@@ -70,18 +71,29 @@ class MlflowTracker:
     which propagates unchanged.
     """
 
-    def __init__(self, experiment_name: str, run_name: str | None = None, *, tracking_uri: str | None = None,
-                 parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
-                 killed_on: tuple[type[BaseException], ...] = ()) -> None:
+    def __init__(
+        self,
+        experiment_name: str,
+        run_name: str | None = None,
+        *,
+        ws: Workspace,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        killed_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self.experiment_name = experiment_name
         self.run_name = run_name
-        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.ws = ws
         self.parent_run_id = parent_run_id
         self.initial_tags = dict(tags or {})
         self.killed_on = killed_on
         self.run_id: str | None = None
         self.experiment_id: str | None = None
-        self.client = MlflowClient(self.tracking_uri)
+        self.client = ws.client
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.ws.tracking_uri
 
     # --- run life cycle ------------------------------------------------------------------
     def start(self) -> MlflowTracker:
@@ -96,11 +108,18 @@ class MlflowTracker:
         except MlflowException as err:
             if unreachable_reason(err) is not None:
                 raise unreachable_error(self.tracking_uri, unreachable_reason(err)) from None
-            raise ConfigError(f"cannot start an MLflow run at {self.tracking_uri} ({first_line(err)}); "
-                              "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+            raise ConfigError(
+                f"cannot start an MLflow run at {self.tracking_uri} ({first_line(err)}); "
+                "check --tracking-uri / MLFLOW_TRACKING_URI"
+            ) from None
         self.run_id = run.info.run_id
-        log.info("MLflow run %s (%s) in experiment %r at %s", self.run_id, run.info.run_name,
-                 self.experiment_name, self.tracking_uri)
+        log.info(
+            "MLflow run %s (%s) in experiment %r at %s",
+            self.run_id,
+            run.info.run_name,
+            self.experiment_name,
+            self.tracking_uri,
+        )
         return self
 
     def end(self, status: str = "FINISHED") -> None:
@@ -182,16 +201,26 @@ class MlflowTracker:
         example = np.asarray(input_example, dtype=np.float32)
         in_shape = (-1, *model.input_shape[1:])
         out_shape = (-1, *model.output_shape[1:])
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), in_shape, "image")]),
-                                   outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape, "probabilities")]))
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), in_shape, "image")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), out_shape, "probabilities")]),
+        )
         plain_meta = json.loads(json.dumps(dict(meta)))
-        with fluent_store(self.tracking_uri), _experiment_env(self.experiment_id), warnings.catch_warnings(), \
-                _quiet_keras_progress():
+        require_default_store(self.tracking_uri)  # Model.log writes to MLflow's default store only
+        with _experiment_env(self.experiment_id), warnings.catch_warnings(), _quiet_keras_progress():
             # MLflow's serving check calls the model with a list of one input; Keras warns about it.
             warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
-            info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=_KerasFlavor, model=model,
-                             run_id=run_id, signature=signature, input_example=example, metadata=plain_meta,
-                             pip_requirements=_pip_requirements())
+            info = Model.log(
+                artifact_path=None,
+                name=MODEL_NAME,
+                flavor=_KerasFlavor,
+                model=model,
+                run_id=run_id,
+                signature=signature,
+                input_example=example,
+                metadata=plain_meta,
+                pip_requirements=_pip_requirements(),
+            )
         self.log_dict(plain_meta, META_ARTIFACT)
         log.info("logged model %s (run %s)", info.model_uri, run_id)
         return info.model_uri
@@ -201,11 +230,7 @@ class MlflowTracker:
 def _quiet_keras_progress() -> Iterator[None]:
     """No Keras progress bar on stdout while MLflow checks a logged model by predicting its input example
     (the bar's ANSI codes land in piped output such as ``galaxy10 tune | tee log``)."""
-    from keras.utils import (
-        disable_interactive_logging,
-        enable_interactive_logging,
-        is_interactive_logging_enabled,
-    )
+    from keras.utils import disable_interactive_logging, enable_interactive_logging, is_interactive_logging_enabled
 
     was_on = is_interactive_logging_enabled()
     disable_interactive_logging()
@@ -255,13 +280,12 @@ class _KerasFlavor:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
-def attach_run(run_id: str, *, tracking_uri: str | None = None) -> MlflowTracker | None:
+def attach_run(run_id: str, *, ws: Workspace) -> MlflowTracker | None:
     """A started :class:`MlflowTracker` bound to the existing run ``run_id``, set RUNNING again.
 
     Returns None when the run does not exist at this tracking URI (or was deleted).
     """
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = ws.client
     try:
         run = client.get_run(run_id)
         experiment = client.get_experiment(run.info.experiment_id)
@@ -269,7 +293,7 @@ def attach_run(run_id: str, *, tracking_uri: str | None = None) -> MlflowTracker
         return None
     if run.info.lifecycle_stage != "active":
         return None
-    tracker = MlflowTracker(experiment.name, run.info.run_name, tracking_uri=uri)
+    tracker = MlflowTracker(experiment.name, run.info.run_name, ws=ws)
     tracker.run_id = run_id
     tracker.experiment_id = run.info.experiment_id
     client.update_run(run_id, status="RUNNING")

@@ -1,4 +1,5 @@
 """The ensemble as an MLflow pyfunc model: its code (kept as a file body) and how it is logged."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,12 +19,8 @@ from mlflow.types.schema import Schema, TensorSpec
 
 from core.errors import ModelError, first_line
 from experiments.tracking.base import META_ARTIFACT, MODEL_NAME
-from experiments.tracking.mlflow_tracker import (
-    MlflowTracker,
-    _experiment_env,
-    _pip_requirements,
-)
-from experiments.tracking.store import fluent_store
+from experiments.tracking.mlflow_tracker import MlflowTracker, _experiment_env, _pip_requirements
+from experiments.tracking.store import require_default_store
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +56,14 @@ def _pyfunc_requirements() -> list[str]:
     return reqs
 
 
-def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta: Mapping[str, Any],
-                       input_example: np.ndarray, n_classes: int) -> str:
+def log_ensemble_model(
+    tracker: MlflowTracker,
+    ensemble_dir: str | Path,
+    *,
+    meta: Mapping[str, Any],
+    input_example: np.ndarray,
+    n_classes: int,
+) -> str:
     """Log a saved ensemble folder (``ensembles.ensemble_model.save_ensemble``) as the run's pyfunc ``model``.
 
     The model takes uint8 images ``(N, H, W, 3)`` of any size (signature ``(-1, -1, -1, 3)``) and
@@ -71,21 +74,30 @@ def log_ensemble_model(tracker: MlflowTracker, ensemble_dir: str | Path, *, meta
 
     run_id = tracker._need_run()
     example = np.asarray(input_example, dtype=np.uint8)
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(n_classes)),
-                                                          "probabilities")]))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(n_classes)), "probabilities")]),
+    )
     plain_meta = json.loads(json.dumps(dict(meta)))
     with tempfile.TemporaryDirectory(prefix="galaxy10-pyfunc-") as tmp:
         code = Path(tmp) / "galaxy10_ensemble_model.py"
         code.write_text(ENSEMBLE_MODEL_CODE)
+        require_default_store(tracker.tracking_uri)  # Model.log writes to MLflow's default store only
         try:
-            with fluent_store(tracker.tracking_uri), _experiment_env(tracker.experiment_id), \
-                    warnings.catch_warnings():
+            with _experiment_env(tracker.experiment_id), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="The structure of `inputs`", category=UserWarning)
-                info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
-                                 python_model=str(code), artifacts={ENSEMBLE_ARTIFACT: str(ensemble_dir)},
-                                 signature=signature, input_example=example, metadata=plain_meta,
-                                 pip_requirements=_pyfunc_requirements())
+                info = Model.log(
+                    artifact_path=None,
+                    name=MODEL_NAME,
+                    flavor=mlflow.pyfunc,
+                    run_id=run_id,
+                    python_model=str(code),
+                    artifacts={ENSEMBLE_ARTIFACT: str(ensemble_dir)},
+                    signature=signature,
+                    input_example=example,
+                    metadata=plain_meta,
+                    pip_requirements=_pyfunc_requirements(),
+                )
         except MlflowException as err:
             raise ModelError(f"cannot log the ensemble model to run {run_id} ({first_line(err)})") from None
     tracker.log_dict(plain_meta, META_ARTIFACT)
@@ -129,15 +141,21 @@ def save_spark_cnn_model(cnn_file: str | Path, folder: str | Path, *, crop: int,
     work.mkdir(parents=True, exist_ok=False)
     code = work / "galaxy10_spark_cnn.py"
     code.write_text(SPARK_CNN_CODE)
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(crop), int(crop), 3))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(n_classes)),
-                                                          "probabilities")]))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(crop), int(crop), 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(n_classes)), "probabilities")]),
+    )
     try:
         with warnings.catch_warnings():  # a local model for one job: no input example, no type hints needed
             warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
             warnings.filterwarnings("ignore", message=".*Add type hints", category=UserWarning)
-            mlflow.pyfunc.save_model(str(folder), python_model=str(code), artifacts={"cnn": str(cnn_file)},
-                                     signature=signature, pip_requirements=[])
+            mlflow.pyfunc.save_model(
+                str(folder),
+                python_model=str(code),
+                artifacts={"cnn": str(cnn_file)},
+                signature=signature,
+                pip_requirements=[],
+            )
     except MlflowException as err:
         raise ModelError(f"cannot save the CNN for Spark in {folder} ({first_line(err)})") from None
     return folder

@@ -1,4 +1,5 @@
 """Reading and updating runs that already exist: metrics, facts, searches, artifacts, tags, status."""
+
 from __future__ import annotations
 
 import os
@@ -18,27 +19,25 @@ from mlflow.exceptions import MlflowException
 from core.errors import ConfigError, ModelError, first_line
 from experiments.settings.run import from_dict
 from experiments.tracking.mlflow_tracker import chunks
-from experiments.tracking.store import (
-    get_tracking_uri,
-    mlflow_client,
-    resolve_tracking_uri,
-)
+from experiments.tracking.workspace import Workspace
 
 
-def run_metrics(run_id: str, *, tracking_uri: str | None = None) -> dict[str, float]:
+def run_metrics(run_id: str, *, ws: Workspace) -> dict[str, float]:
     """The latest value of every metric of run ``run_id``."""
-    uri = get_tracking_uri(tracking_uri)
+    uri = ws.tracking_uri
     try:
-        run = mlflow_client(uri).get_run(run_id)
+        run = ws.client.get_run(run_id)
     except MlflowException as err:
-        raise ModelError(f"MLflow run {run_id!r} not found at {uri} ({first_line(err)}); "
-                         "pass the id of a finished `galaxy10 train` run") from None
+        raise ModelError(
+            f"MLflow run {run_id!r} not found at {uri} ({first_line(err)}); "
+            "pass the id of a finished `galaxy10 train` run"
+        ) from None
     return dict(run.data.metrics)
 
 
-def run_val_recall(run_id: str, class_slugs: Sequence[str], *, tracking_uri: str | None = None) -> np.ndarray:
+def run_val_recall(run_id: str, class_slugs: Sequence[str], *, ws: Workspace) -> np.ndarray:
     """Per-class validation recall (``val_recall_<slug>``) of an earlier run, in label order."""
-    metrics = run_metrics(run_id, tracking_uri=tracking_uri)
+    metrics = run_metrics(run_id, ws=ws)
     missing = [s for s in class_slugs if f"val_recall_{s}" not in metrics]
     if missing:
         raise ConfigError(
@@ -48,18 +47,17 @@ def run_val_recall(run_id: str, class_slugs: Sequence[str], *, tracking_uri: str
     return np.array([metrics[f"val_recall_{s}"] for s in class_slugs], dtype=np.float64)
 
 
-def finish_run(run_id: str, status: str, *, tracking_uri: str | None = None,
-               tags: Mapping[str, Any] | None = None) -> None:
+def finish_run(run_id: str, status: str, *, ws: Workspace, tags: Mapping[str, Any] | None = None) -> None:
     """Set ``tags`` on run ``run_id`` and end it with ``status`` (FINISHED, FAILED, KILLED)."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = ws.client
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, str(value))
     client.set_terminated(run_id, status=status)
 
 
-def set_run_tags(run_id: str, tags: Mapping[str, Any], *, tracking_uri: str | None = None) -> None:
+def set_run_tags(run_id: str, tags: Mapping[str, Any], *, ws: Workspace) -> None:
     """Set ``tags`` on run ``run_id`` (which may be finished)."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = ws.client
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
 
@@ -84,45 +82,58 @@ def _facts(client: MlflowClient, run: Any) -> RunFacts:
         experiment_name = client.get_experiment(run.info.experiment_id).name
     except MlflowException:
         experiment_name = ""
-    return RunFacts(run_id=run.info.run_id, run_name=run.info.run_name or "", experiment_id=run.info.experiment_id,
-                    experiment_name=experiment_name, status=run.info.status, start_time=run.info.start_time,
-                    params=dict(run.data.params), tags=dict(run.data.tags), metrics=dict(run.data.metrics))
+    return RunFacts(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or "",
+        experiment_id=run.info.experiment_id,
+        experiment_name=experiment_name,
+        status=run.info.status,
+        start_time=run.info.start_time,
+        params=dict(run.data.params),
+        tags=dict(run.data.tags),
+        metrics=dict(run.data.metrics),
+    )
 
 
-def get_run_facts(run_id: str, *, tracking_uri: str | None = None) -> RunFacts:
+def get_run_facts(run_id: str, *, ws: Workspace) -> RunFacts:
     """:class:`RunFacts` of run ``run_id``; ``ModelError`` naming the store if it is not there."""
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    uri, client = ws.tracking_uri, ws.client
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
-        raise ModelError(f"MLflow run {run_id} not found at {uri} ({first_line(err)}); "
-                         "pass the --tracking-uri the study logged to") from None
+        raise ModelError(
+            f"MLflow run {run_id} not found at {uri} ({first_line(err)}); pass the --tracking-uri the study logged to"
+        ) from None
     return _facts(client, run)
 
 
-def find_runs(tags: Mapping[str, str], *, tracking_uri: str | None = None,
-              parent_run_id: str | None = None) -> list[RunFacts]:
+def find_runs(tags: Mapping[str, str], *, ws: Workspace, parent_run_id: str | None = None) -> list[RunFacts]:
     """Active runs of every experiment whose tags equal ``tags`` (newest first)."""
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    uri, client = ws.tracking_uri, ws.client
     wanted = dict(tags)
     if parent_run_id is not None:
         wanted["mlflow.parentRunId"] = parent_run_id
     clauses = [f"tags.`{k}` = '{str(v).replace(chr(39), '')}'" for k, v in wanted.items()]
     try:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(experiment_ids, filter_string=" and ".join(clauses),
-                                  order_by=["attributes.start_time DESC"], max_results=1000) if experiment_ids else []
+        runs = (
+            client.search_runs(
+                experiment_ids,
+                filter_string=" and ".join(clauses),
+                order_by=["attributes.start_time DESC"],
+                max_results=1000,
+            )
+            if experiment_ids
+            else []
+        )
     except MlflowException as err:
         raise ConfigError(f"cannot search MLflow runs at {uri} ({first_line(err)}); check --tracking-uri") from None
     return [_facts(client, r) for r in runs]
 
 
-def metric_histories(run_id: str, keys: Sequence[str], *,
-                     tracking_uri: str | None = None) -> dict[str, list[tuple[int, float]]]:
+def metric_histories(run_id: str, keys: Sequence[str], *, ws: Workspace) -> dict[str, list[tuple[int, float]]]:
     """``{key: [(step, value), ...]}`` sorted by step (last value per step) for the keys the run has."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = ws.client
     out: dict[str, list[tuple[int, float]]] = {}
     for key in keys:
         try:
@@ -138,25 +149,27 @@ def metric_histories(run_id: str, keys: Sequence[str], *,
     return out
 
 
-def list_run_artifacts(run_id: str, path: str | None = None, *, tracking_uri: str | None = None) -> list[str]:
+def list_run_artifacts(run_id: str, path: str | None = None, *, ws: Workspace) -> list[str]:
     """Paths of the files (not folders) directly under ``path`` in run ``run_id``'s artifacts."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = ws.client
     try:
         return [f.path for f in client.list_artifacts(run_id, path) if not f.is_dir]
     except (MlflowException, OSError):
         return []
 
 
-def download_run_artifact(run_id: str, path: str, dst: str | Path, *, tracking_uri: str | None = None) -> Path:
+def download_run_artifact(run_id: str, path: str, dst: str | Path, *, ws: Workspace) -> Path:
     """Download artifact ``path`` of run ``run_id`` into folder ``dst``; return the local path."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = ws.client
     saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no progress bar on stderr
     try:
         return Path(client.download_artifacts(run_id, path, str(dst)))
     except (MlflowException, OSError) as err:
-        raise ModelError(f"cannot download artifact {path} of run {run_id} ({first_line(err)}); "
-                         "check the run still exists at --tracking-uri") from None
+        raise ModelError(
+            f"cannot download artifact {path} of run {run_id} ({first_line(err)}); "
+            "check the run still exists at --tracking-uri"
+        ) from None
     finally:
         if saved is None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
@@ -164,24 +177,24 @@ def download_run_artifact(run_id: str, path: str, dst: str | Path, *, tracking_u
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
 
 
-def logged_run_config(run_id: str, *, tracking_uri: str | None = None) -> Any:
+def logged_run_config(run_id: str, *, ws: Workspace) -> Any:
     """The resolved ``RunConfig`` a training run logged as ``config.yaml``."""
 
     with tempfile.TemporaryDirectory(prefix="galaxy10-config-") as tmp:
-        local = download_run_artifact(run_id, "config.yaml", tmp, tracking_uri=tracking_uri)
+        local = download_run_artifact(run_id, "config.yaml", tmp, ws=ws)
         return from_dict(yaml.safe_load(local.read_text()))
 
 
-def log_artifacts_to_run(run_id: str, local_dir: str | Path, artifact_path: str | None = None, *,
-                         tracking_uri: str | None = None) -> None:
+def log_artifacts_to_run(
+    run_id: str, local_dir: str | Path, artifact_path: str | None = None, *, ws: Workspace
+) -> None:
     """Upload every file under ``local_dir`` to run ``run_id`` (which may be finished)."""
-    MlflowClient(resolve_tracking_uri(tracking_uri)).log_artifacts(run_id, str(local_dir), artifact_path)
+    ws.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
 
-def log_metrics_to_run(run_id: str, metrics: Mapping[str, float], *, step: int = 0,
-                       tracking_uri: str | None = None) -> None:
+def log_metrics_to_run(run_id: str, metrics: Mapping[str, float], *, step: int = 0, ws: Workspace) -> None:
     """Log ``metrics`` on run ``run_id`` (which may be finished); non-finite values are skipped."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = ws.client
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if np.isfinite(v)]
     for chunk in chunks(items):

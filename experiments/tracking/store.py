@@ -2,21 +2,19 @@
 
 MLflow 3 refuses a ``./mlruns`` file store; a remote ``http(s)://`` server works the same way.
 
-One mechanism for the store: library code passes the URI explicitly (``MlflowClient(uri)``). MLflow's
-process-wide default is set once per process, by the entry point (:func:`set_tracking_uri`, called by
-``galaxy10``'s ``main``); the few MLflow calls that only read that default (logging, registering and
-loading models) run inside :func:`fluent_store`, which points it at the caller's store for the block
-and puts it back afterwards - a library call never changes the process's store.
+One mechanism for the store: library code takes a :class:`~experiments.tracking.workspace.Workspace`
+(its one client reads and writes the workspace's store explicitly). MLflow's process-wide default is set
+once per process, by the entry point (:func:`set_tracking_uri`, called by ``galaxy10``'s ``main``); the
+one MLflow call that reads only that default - logging a model - checks first that it is the workspace's
+store (:func:`require_default_store`). No library call changes the default.
 """
+
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
 from sqlalchemy.engine import make_url
 
 from core.errors import ConfigError
@@ -45,45 +43,37 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def set_tracking_uri(uri: str | None = None) -> str:
     """Resolve the tracking URI (see :func:`resolve_tracking_uri`), make it this process's default, return it.
 
-    Called once per process, by its entry point; library code passes URIs and uses :func:`fluent_store`.
+    Called once per process, by its entry point (``galaxy10``'s ``main``); library code takes a
+    :class:`~experiments.tracking.workspace.Workspace` and never changes the default.
     """
     resolved = resolve_tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
     return resolved
 
 
-def get_tracking_uri(uri: str | None = None) -> str:
-    """``uri`` resolved (:func:`resolve_tracking_uri`) when given; else the store MLflow's default points at
-    now (set by the entry point or a :func:`fluent_store` block), else the resolved default."""
-    if uri:
-        return resolve_tracking_uri(uri)
-    if mlflow.is_tracking_uri_set():
-        return mlflow.get_tracking_uri()
-    return resolve_tracking_uri(None)
+def _store_key(uri: str) -> str:
+    """A store's identity: an SQLite file's absolute path, else the URI."""
+    if uri.startswith("sqlite:"):
+        database = make_url(uri).database
+        if database and database != ":memory:":
+            return "sqlite:" + str(Path(database).resolve())
+    return uri.rstrip("/")
 
 
-@contextlib.contextmanager
-def fluent_store(uri: str | None = None) -> Iterator[str]:
-    """Point MLflow's process-wide default at ``uri`` (None: the current store) for the block, then put the
-    previous default back; yields the resolved URI.
+def require_default_store(uri: str) -> None:
+    """Check that MLflow's process-wide default is the store ``uri``.
 
-    For the MLflow calls that read only the default (``Model.log``, ``mlflow.register_model``,
-    ``mlflow.models.get_model_info``, ``mlflow.*.load_model`` of ``models:/`` and ``runs:/`` URIs).
+    MLflow logs a model (``Model.log``) only to the default store, and a library call never changes that
+    default (only the entry point does, with :func:`set_tracking_uri`); a library caller that logs models to
+    another store than its process's gets one ``ConfigError`` line instead of a model in the wrong store.
     """
-    target = get_tracking_uri(uri)
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    if previous == target:
-        yield target
-        return
-    mlflow.set_tracking_uri(target)
-    try:
-        yield target
-    finally:
-        mlflow.set_tracking_uri(previous)  # None: no default again (MLflow clears its environment variable)
-
-
-def mlflow_client(uri: str | None = None) -> MlflowClient:
-    return MlflowClient(uri or get_tracking_uri())
+    current = mlflow.get_tracking_uri()
+    if _store_key(current) != _store_key(uri):
+        raise ConfigError(
+            f"MLflow's default store is {current}, but this workspace logs models to {uri}; a program "
+            "that logs models sets the default once at its entry (experiments.tracking.store."
+            "set_tracking_uri(ws.tracking_uri)), as galaxy10 does"
+        )
 
 
 def require_tracking_store(uri: str | None = None) -> str:
@@ -98,6 +88,8 @@ def require_tracking_store(uri: str | None = None) -> str:
     if resolved.startswith("sqlite:"):
         database = make_url(resolved).database
         if database and database != ":memory:" and not Path(database).is_file():
-            raise ConfigError(f"no MLflow tracking database at {database}; run `galaxy10 tune` first or pass "
-                              "--tracking-uri of the store the study logged to")
+            raise ConfigError(
+                f"no MLflow tracking database at {database}; run `galaxy10 tune` first or pass "
+                "--tracking-uri of the store the study logged to"
+            )
     return resolved

@@ -4,6 +4,7 @@ Metric names are flat strings so they can be logged as they are: ``accuracy``, `
 ``macro_f1``, ``log_loss``, ``recall_<slug>``, ``precision_<slug>`` (a caller adds a ``val_`` or
 ``test_`` prefix with :func:`prefixed`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,7 @@ def _check(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.int64), p
 
 
-def classification_metrics(y_true: Any, probs: Any,
-                           class_slugs: Sequence[str] = CLASS_SLUGS) -> dict[str, Any]:
+def classification_metrics(y_true: Any, probs: Any, class_slugs: Sequence[str] = CLASS_SLUGS) -> dict[str, Any]:
     """Score probabilities ``(N, C)`` against integer labels ``(N,)``.
 
     Returns
@@ -70,8 +70,9 @@ def classification_metrics(y_true: Any, probs: Any,
         out[f"recall_{slug}"] = float(recall[k])
     for k, slug in enumerate(class_slugs):
         out[f"precision_{slug}"] = float(precision[k])
-    out["confusion"] = np.divide(counts, support[:, None], out=np.zeros((n_classes, n_classes)),
-                                 where=support[:, None] > 0)
+    out["confusion"] = np.divide(
+        counts, support[:, None], out=np.zeros((n_classes, n_classes)), where=support[:, None] > 0
+    )
     out["confusion_counts"] = counts
     return out
 
@@ -108,8 +109,12 @@ def per_class_table(metrics: Mapping[str, Any], class_slugs: Sequence[str] = CLA
     """Rows ``{class, recall, precision, support}`` for a per-class CSV."""
     support = np.asarray(metrics["confusion_counts"]).sum(axis=1)
     return [
-        {"class": slug, "recall": metrics[f"recall_{slug}"], "precision": metrics[f"precision_{slug}"],
-         "support": int(support[k])}
+        {
+            "class": slug,
+            "recall": metrics[f"recall_{slug}"],
+            "precision": metrics[f"precision_{slug}"],
+            "support": int(support[k]),
+        }
         for k, slug in enumerate(class_slugs)
     ]
 
@@ -121,8 +126,15 @@ def per_class_csv(metrics: Mapping[str, Any], class_slugs: Sequence[str], class_
     writer = csv.DictWriter(buf, fieldnames=["class", "name", "recall", "precision", "support"], lineterminator="\n")
     writer.writeheader()
     for row, name in zip(per_class_table(metrics, class_slugs), class_names):
-        writer.writerow({"class": row["class"], "name": name, "recall": f"{row['recall']:.6f}",
-                         "precision": f"{row['precision']:.6f}", "support": row["support"]})
+        writer.writerow(
+            {
+                "class": row["class"],
+                "name": name,
+                "recall": f"{row['recall']:.6f}",
+                "precision": f"{row['precision']:.6f}",
+                "support": row["support"],
+            }
+        )
     return buf.getvalue()
 
 
@@ -133,7 +145,6 @@ def class_recall(metrics: Mapping[str, Any], prefix: str = "", class_slugs: Sequ
     if missing:
         raise DataError(f"metrics lack {pre}recall_ for class(es) {', '.join(missing)}")
     return np.array([float(metrics[f"{pre}recall_{s}"]) for s in class_slugs])
-
 
 
 def rare_class_tradeoff(y_true: Any, probs: Any, rare: int, *, prevalence: float | None = None) -> dict[str, float]:
@@ -193,12 +204,17 @@ def rare_class_tradeoff(y_true: Any, probs: Any, rare: int, *, prevalence: float
     best_bal = int(np.flatnonzero(balanced_a >= balanced_a.max() - 1e-12)[0])
     no_loss = accuracy_a >= accuracy_a[0] - 1e-12
     auc = float(skm.roc_auc_score(is_rare, score))
-    return {"auc": auc, "prevalence": share, "never_accuracy": float(accuracy_a[0]),
-            "best_accuracy": float(accuracy_a[best]), "best_accuracy_recall": float(recall_a[best]),
-            "recall_at_no_loss": float(recall_a[no_loss].max()),
-            "best_balanced_accuracy": float(balanced_a[best_bal]),
-            "best_balanced_accuracy_accuracy": float(accuracy_a[best_bal]),
-            "best_balanced_accuracy_recall": float(recall_a[best_bal])}
+    return {
+        "auc": auc,
+        "prevalence": share,
+        "never_accuracy": float(accuracy_a[0]),
+        "best_accuracy": float(accuracy_a[best]),
+        "best_accuracy_recall": float(recall_a[best]),
+        "recall_at_no_loss": float(recall_a[no_loss].max()),
+        "best_balanced_accuracy": float(balanced_a[best_bal]),
+        "best_balanced_accuracy_accuracy": float(accuracy_a[best_bal]),
+        "best_balanced_accuracy_recall": float(recall_a[best_bal]),
+    }
 
 
 def cv_spread(scores: list[float] | None) -> str | None:

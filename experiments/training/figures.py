@@ -4,6 +4,7 @@ confusion matrix and the learning curves.
 Figures are built with the object-oriented API on an Agg canvas (no display, no global pyplot
 state), so they are safe in worker processes and tests.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -39,8 +40,15 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
     ax.set_title("\n".join(textwrap.wrap(title, width=int(9 * width))), fontsize=10)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if cm[i, j] > 0.5 else "black",
+            )
     return fig
 
 
@@ -56,12 +64,17 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]], best_epoch: i
         for name, style in ((key, "-"), (f"val_{key}", "--")):
             values = list(history.get(name, []))
             if values:
-                ax.plot(range(1, len(values) + 1), values, style, marker="o", markersize=3,
-                        label="train" if name == key else "validation")
+                ax.plot(
+                    range(1, len(values) + 1),
+                    values,
+                    style,
+                    marker="o",
+                    markersize=3,
+                    label="train" if name == key else "validation",
+                )
         if key == "accuracy" and history.get("val_balanced_accuracy"):
             values = list(history["val_balanced_accuracy"])
-            ax.plot(range(1, len(values) + 1), values, ":", marker="s", markersize=3,
-                    label="validation (balanced)")
+            ax.plot(range(1, len(values) + 1), values, ":", marker="s", markersize=3, label="validation (balanced)")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linewidth=1, label=f"best epoch {best_epoch}")
         ax.set_xlabel("epoch")
@@ -69,4 +82,3 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]], best_epoch: i
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
-

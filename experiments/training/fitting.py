@@ -1,6 +1,7 @@
 """One Keras fit: the input pipeline with targeting and augmentation, the optimizer and its schedule,
 the validation pass each epoch, early stopping and the best checkpoint (``experiments.training.train``
 runs it inside a tracked run)."""
+
 from __future__ import annotations
 
 import functools
@@ -19,13 +20,8 @@ import numpy as np
 from augment.mixing import mix_batch
 from augment.policies import augment_batch, build_policy
 from core.errors import DataError
-from experiments.settings.run import (
-    RunConfig,
-    TrainConfig,
-)
-from experiments.training.evaluation import (
-    classification_metrics,
-)
+from experiments.settings.run import RunConfig, TrainConfig
+from experiments.training.evaluation import classification_metrics
 from models.head import set_backbone_trainable
 from pipelines.dataset import TrainData
 
@@ -36,9 +32,13 @@ EpochCallback = Callable[[int, Mapping[str, float]], None]
 
 #: Keras' epoch log keys and the MLflow metric each is logged as.
 EPOCH_KEYS: dict[str, str] = {
-    "loss": "epoch_train_loss", "accuracy": "epoch_train_accuracy", "val_loss": "epoch_val_loss",
-    "val_accuracy": "epoch_val_accuracy", "val_balanced_accuracy": "epoch_val_balanced_accuracy",
-    "val_macro_f1": "epoch_val_macro_f1", "learning_rate": "epoch_learning_rate",
+    "loss": "epoch_train_loss",
+    "accuracy": "epoch_train_accuracy",
+    "val_loss": "epoch_val_loss",
+    "val_accuracy": "epoch_val_accuracy",
+    "val_balanced_accuracy": "epoch_val_balanced_accuracy",
+    "val_macro_f1": "epoch_val_macro_f1",
+    "learning_rate": "epoch_learning_rate",
 }
 
 
@@ -112,8 +112,14 @@ class FitResult:
     seconds: float
 
 
-def _make_callbacks(data: TrainData, cfg: RunConfig, tracker: Any, epoch_callback: EpochCallback | None,
-                    planners: list, checkpoint: Path) -> list:
+def _make_callbacks(
+    data: TrainData,
+    cfg: RunConfig,
+    tracker: Any,
+    epoch_callback: EpochCallback | None,
+    planners: list,
+    checkpoint: Path,
+) -> list:
     import keras
 
     from pipelines.inputs import make_eval_dataset
@@ -129,8 +135,12 @@ def _make_callbacks(data: TrainData, cfg: RunConfig, tracker: Any, epoch_callbac
             probs = self.model.predict(val_ds, verbose=0)
             m = classification_metrics(val_labels, probs, data.class_slugs)
             if logs is not None:
-                logs.update(val_loss=m["log_loss"], val_accuracy=m["accuracy"],
-                            val_balanced_accuracy=m["balanced_accuracy"], val_macro_f1=m["macro_f1"])
+                logs.update(
+                    val_loss=m["log_loss"],
+                    val_accuracy=m["accuracy"],
+                    val_balanced_accuracy=m["balanced_accuracy"],
+                    val_macro_f1=m["macro_f1"],
+                )
 
     class Report(keras.callbacks.Callback):
         """Logs each epoch to the tracker, then calls ``epoch_callback`` (which may raise)."""
@@ -145,9 +155,15 @@ def _make_callbacks(data: TrainData, cfg: RunConfig, tracker: Any, epoch_callbac
                 metrics.update({f"epoch_mix_{slug}": frac for slug, frac in mixes[epoch].items()})
             if tracker is not None:
                 tracker.log_metrics(metrics, step=step)
-            log.info("epoch %d/%d: loss %.4f, val_loss %.4f, val_accuracy %.4f, val_balanced_accuracy %.4f",
-                     step, train_cfg.epochs, logs.get("loss", float("nan")), logs.get("val_loss", float("nan")),
-                     logs.get("val_accuracy", float("nan")), logs.get("val_balanced_accuracy", float("nan")))
+            log.info(
+                "epoch %d/%d: loss %.4f, val_loss %.4f, val_accuracy %.4f, val_balanced_accuracy %.4f",
+                step,
+                train_cfg.epochs,
+                logs.get("loss", float("nan")),
+                logs.get("val_loss", float("nan")),
+                logs.get("val_accuracy", float("nan")),
+                logs.get("val_balanced_accuracy", float("nan")),
+            )
             if epoch_callback is not None:
                 epoch_callback(step, {k: float(v) for k, v in logs.items() if k != "learning_rate"})
 
@@ -155,12 +171,19 @@ def _make_callbacks(data: TrainData, cfg: RunConfig, tracker: Any, epoch_callbac
     callbacks = [
         ValidationPass(),
         keras.callbacks.LearningRateScheduler(functools.partial(_scheduled_lr, train_cfg)),
-        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=train_cfg.monitor, mode=mode,
-                                        save_best_only=True, save_weights_only=True, verbose=0),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoint),
+            monitor=train_cfg.monitor,
+            mode=mode,
+            save_best_only=True,
+            save_weights_only=True,
+            verbose=0,
+        ),
     ]
     if train_cfg.patience is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=train_cfg.monitor, mode=mode,
-                                                       patience=train_cfg.patience, verbose=0))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=train_cfg.monitor, mode=mode, patience=train_cfg.patience, verbose=0)
+        )
     callbacks.append(Report())
     return callbacks
 
@@ -169,9 +192,18 @@ def _scheduled_lr(train_cfg: TrainConfig, epoch: int, lr: float) -> float:
     return learning_rate_at(train_cfg, epoch)
 
 
-def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray | None = None,
-        tracker: Any = None, callbacks: Sequence[Any] = (), epoch_callback: EpochCallback | None = None,
-        verbose: int | str | None = None, restore_best: bool = True) -> FitResult:
+def fit(
+    model: Any,
+    data: TrainData,
+    cfg: RunConfig,
+    *,
+    multipliers: np.ndarray | None = None,
+    tracker: Any = None,
+    callbacks: Sequence[Any] = (),
+    epoch_callback: EpochCallback | None = None,
+    verbose: int | str | None = None,
+    restore_best: bool = True,
+) -> FitResult:
     """Compile and train ``model`` on ``data.train``; restore the best weights on ``train.monitor``
     (``restore_best=False`` keeps the last epoch's: a refit whose validation images are in the training set).
 
@@ -188,15 +220,25 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
     planners: list = []
-    train_ds = make_train_dataset(data.images, data.labels, batch_size=train_cfg.batch_size, crop=cfg.data.crop,
-                                  augment_fn=make_augment_fn(cfg), multipliers=multipliers, seed=train_cfg.seed,
-                                  indices=data.train, planner_out=planners, class_slugs=data.class_slugs)
+    train_ds = make_train_dataset(
+        data.images,
+        data.labels,
+        batch_size=train_cfg.batch_size,
+        crop=cfg.data.crop,
+        augment_fn=make_augment_fn(cfg),
+        multipliers=multipliers,
+        seed=train_cfg.seed,
+        indices=data.train,
+        planner_out=planners,
+        class_slugs=data.class_slugs,
+    )
     if soft_labels:
         k = data.num_classes
         train_ds = train_ds.map(lambda x, y: (x, _one_hot(y, k)))
     if train_cfg.mixup > 0 or train_cfg.cutmix > 0:
-        train_ds = train_ds.map(lambda x, y: mix_batch(x, y, mixup=train_cfg.mixup, cutmix=train_cfg.cutmix,
-                                                       prob=train_cfg.mix_prob))
+        train_ds = train_ds.map(
+            lambda x, y: mix_batch(x, y, mixup=train_cfg.mixup, cutmix=train_cfg.cutmix, prob=train_cfg.mix_prob)
+        )
     class_weight = None
     if train_cfg.class_weights == "balanced":
         class_weight = balanced_class_weights(data.labels[data.train], data.num_classes)
@@ -218,13 +260,24 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
             if not backbone_trains:
                 log.info("epochs 1-%d: training the head only (%d backbone layers frozen)", stop, changed)
             model.compile(optimizer=make_optimizer(train_cfg), loss=loss, metrics=["accuracy"], jit_compile=False)
-            history = model.fit(train_ds, initial_epoch=first, epochs=stop, callbacks=all_callbacks,
-                                class_weight=class_weight, shuffle=False, verbose=verbose)
+            history = model.fit(
+                train_ds,
+                initial_epoch=first,
+                epochs=stop,
+                callbacks=all_callbacks,
+                class_weight=class_weight,
+                shuffle=False,
+                verbose=verbose,
+            )
             for k, vals in history.history.items():
                 hist.setdefault(k, []).extend(float(v) for v in vals)
             if model.stop_training:  # early stopping (logged here: Keras would print it to stdout)
-                log.info("early stopping after epoch %d: %s did not improve for %d epochs",
-                         len(hist.get("loss", [])), train_cfg.monitor, train_cfg.patience)
+                log.info(
+                    "early stopping after epoch %d: %s did not improve for %d epochs",
+                    len(hist.get("loss", [])),
+                    train_cfg.monitor,
+                    train_cfg.patience,
+                )
                 break
         if restore_best and checkpoint.exists():
             model.load_weights(str(checkpoint))
@@ -234,8 +287,13 @@ def fit(model: Any, data: TrainData, cfg: RunConfig, *, multipliers: np.ndarray 
     finite = [v if math.isfinite(v) else (math.inf if train_cfg.monitor == "val_loss" else -math.inf) for v in series]
     best = int(np.argmin(finite) if train_cfg.monitor == "val_loss" else np.argmax(finite)) + 1
     mixes = planners[0].class_mixes if planners else []
-    return FitResult(history=hist, best_epoch=best, epochs_run=len(series), class_mixes=list(mixes),
-                     seconds=time.perf_counter() - start)
+    return FitResult(
+        history=hist,
+        best_epoch=best,
+        epochs_run=len(series),
+        class_mixes=list(mixes),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _one_hot(y: Any, k: int) -> Any:

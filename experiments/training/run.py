@@ -18,12 +18,12 @@ Logged metric names: per epoch (``step`` = epoch) ``epoch_train_loss``, ``epoch_
 restored best weights, ``val_<metric>`` (e.g. ``val_recall_disturbed``), ``best_epoch``,
 ``epochs_run``, and ``test_<metric>`` only when the test split is scored.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,16 +32,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from augment.targeting import auto_multipliers, multipliers_from_targets
-from augment.tta import tta_predict
 from core.errors import ConfigError, DataError
 from ensembles.calibration import calibration_metrics
-from experiments.settings.run import (
-    AUTO_TARGETS,
-    DataConfig,
-    RunConfig,
-    flatten,
-    to_yaml,
-)
+from experiments.settings.run import AUTO_TARGETS, DataConfig, RunConfig, flatten, to_yaml
 from experiments.tracking.base import NullTracker, git_commit, package_versions
 from experiments.training.evaluation import (
     class_recall,
@@ -51,13 +44,10 @@ from experiments.training.evaluation import (
     scalar_metrics,
 )
 from experiments.training.figures import confusion_figure, learning_curves_figure
-from experiments.training.fitting import (
-    EpochCallback,
-    FitResult,
-    fit,
-    make_strategy,
-)
-from models import build_model, describe_backbone
+from experiments.training.fitting import EpochCallback, FitResult, fit, make_strategy
+from experiments.training.metadata import data_tags, model_metadata
+from experiments.training.predict import evaluate, predict_probs
+from models import build_model
 from models.cost import multiply_adds
 from models.precision import native_bfloat16, resolve_precision
 from models.registry import backbone_params
@@ -70,7 +60,6 @@ from models.weights import (
     transfer_weights,
 )
 from pipelines.dataset import TrainData, open_dataset
-from pipelines.preprocess import PREPROCESS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +69,39 @@ RecallLookup = Callable[[str, Sequence[str]], np.ndarray]
 ModelLoader = Callable[[str], tuple[Any, Mapping[str, Any]]]
 
 
-
-def load_training_data(data_cfg: DataConfig, data_path: str | Path | None = None, *,
-                       targets: Mapping[str, float] | str | None = None) -> TrainData:
+def load_training_data(
+    data_cfg: DataConfig, data_path: str | Path | None = None, *, targets: Mapping[str, float] | str | None = None
+) -> TrainData:
     """:func:`pipelines.dataset.open_dataset` with a run's ``data`` config; ``data_path`` overrides ``data.path``.
 
     Class keys of ``targets`` (``augment.targets``) are checked against the file's own classes right after
     the file is opened, before a split or cache is written.
     """
     check = (lambda classes: multipliers_from_targets(targets, classes)) if isinstance(targets, Mapping) else None
-    return open_dataset(data_path if data_path is not None else data_cfg.path, size=data_cfg.size,
-                        test_fraction=data_cfg.test_fraction, val_fraction=data_cfg.val_fraction,
-                        split_seed=data_cfg.split_seed, max_images=data_cfg.max_images, check_classes=check)
+    return open_dataset(
+        data_path if data_path is not None else data_cfg.path,
+        size=data_cfg.size,
+        test_fraction=data_cfg.test_fraction,
+        val_fraction=data_cfg.val_fraction,
+        split_seed=data_cfg.split_seed,
+        max_images=data_cfg.max_images,
+        check_classes=check,
+    )
 
-# --------------------------------------------------------------------------------------------
-# Pieces of a run
-# --------------------------------------------------------------------------------------------
+
+def check_start_model(model_cfg: Any, meta: Mapping[str, Any]) -> str:
+    """Refuse a ``model.init_from`` model of another backbone (one line naming both); return its description."""
+    src_name = str(meta.get("backbone", "reference_cnn"))
+    src_desc = f"model {model_cfg.init_from} ({describe(src_name, meta.get('backbone_params') or {})})"
+    if src_name != model_cfg.name:
+        raise ConfigError(
+            f"cannot start {describe(model_cfg.name, backbone_params(model_cfg))} from {src_desc}: "
+            f"another backbone; set model.name={src_name} with its params, or pick a model of this "
+            "backbone"
+        )
+    return src_desc
+
+
 def resolve_multipliers(cfg: RunConfig, data: TrainData, recall: TargetRecall | None = None) -> np.ndarray | None:
     """Per-class oversampling multipliers from ``augment.targets`` (None = no targeting); trains nothing.
 
@@ -111,13 +117,19 @@ def resolve_multipliers(cfg: RunConfig, data: TrainData, recall: TargetRecall | 
     if targets != AUTO_TARGETS:
         return multipliers_from_targets(targets, data.class_set)
     if recall is None:
-        raise ConfigError("augment.targets=auto needs the classes' measured validation recall (a source run's via "
-                          "augment.auto_from_run, or a warm-up's); run it through `galaxy10 train`")
-    multipliers = auto_multipliers(recall.values, max_multiplier=cfg.augment.max_multiplier, classes=data.class_set,
-                                   top_k=cfg.augment.auto_top_k)
-    log.info("auto targets from %s (val recall %s): %s", recall.source,
-             ", ".join(f"{s}={r:.2f}" for s, r in zip(data.class_slugs, recall.values)),
-             ", ".join(f"{s}={m:.2f}" for s, m in zip(data.class_slugs, multipliers) if m > 1) or "none")
+        raise ConfigError(
+            "augment.targets=auto needs the classes' measured validation recall (a source run's via "
+            "augment.auto_from_run, or a warm-up's); run it through `galaxy10 train`"
+        )
+    multipliers = auto_multipliers(
+        recall.values, max_multiplier=cfg.augment.max_multiplier, classes=data.class_set, top_k=cfg.augment.auto_top_k
+    )
+    log.info(
+        "auto targets from %s (val recall %s): %s",
+        recall.source,
+        ", ".join(f"{s}={r:.2f}" for s, r in zip(data.class_slugs, recall.values)),
+        ", ".join(f"{s}={m:.2f}" for s, m in zip(data.class_slugs, multipliers) if m > 1) or "none",
+    )
     return multipliers
 
 
@@ -146,30 +158,22 @@ def warmup_recall(cfg: RunConfig, data: TrainData) -> np.ndarray:
     """
     import keras
 
-    warm = replace(cfg, augment=replace(cfg.augment, targets=None, auto_from_run=None),
-                   train=replace(cfg.train, epochs=int(cfg.augment.auto_warmup_epochs), patience=None))
-    log.info("auto targets: %d warm-up epoch(s) without targeting to measure validation recall",
-             warm.train.epochs)
+    warm = replace(
+        cfg,
+        augment=replace(cfg.augment, targets=None, auto_from_run=None),
+        train=replace(cfg.train, epochs=int(cfg.augment.auto_warmup_epochs), patience=None),
+    )
+    log.info("auto targets: %d warm-up epoch(s) without targeting to measure validation recall", warm.train.epochs)
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.train.seed)
-    model = build_model(warm.model, input_size=cfg.data.crop, num_classes=data.num_classes,
-                        precision=warm.train.precision)
+    model = build_model(
+        warm.model, input_size=cfg.data.crop, num_classes=data.num_classes, precision=warm.train.precision
+    )
     fit(model, data, warm, verbose=0)
     probs = predict_probs(model, data, data.val, crop=cfg.data.crop)
     metrics = classification_metrics(data.labels[data.val], probs, data.class_slugs)
     keras.backend.clear_session()
     return class_recall(metrics, class_slugs=data.class_slugs)
-
-
-def check_start_model(model_cfg: Any, meta: Mapping[str, Any]) -> str:
-    """Refuse a ``model.init_from`` model of another backbone (one line naming both); return its description."""
-    src_name = str(meta.get("backbone", "reference_cnn"))
-    src_desc = f"model {model_cfg.init_from} ({describe(src_name, meta.get('backbone_params') or {})})"
-    if src_name != model_cfg.name:
-        raise ConfigError(f"cannot start {describe(model_cfg.name, backbone_params(model_cfg))} from {src_desc}: "
-                          f"another backbone; set model.name={src_name} with its params, or pick a model of this "
-                          "backbone")
-    return src_desc
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,13 @@ class PreparedRun:
     source_recall: np.ndarray | None = None
 
 
-def prepare_run(cfg: RunConfig, data: TrainData, *, recall_lookup: RecallLookup | None = None,
-                model_loader: ModelLoader | None = None) -> PreparedRun:
+def prepare_run(
+    cfg: RunConfig,
+    data: TrainData,
+    *,
+    recall_lookup: RecallLookup | None = None,
+    model_loader: ModelLoader | None = None,
+) -> PreparedRun:
     """The one place a run's outside references are resolved (every training path goes through it, inside
     :func:`train` or - to fail before an MLflow run is opened - just before it): the weights file is
     checked, the start model loaded and checked against this backbone, the source run's recall read."""
@@ -193,15 +202,19 @@ def prepare_run(cfg: RunConfig, data: TrainData, *, recall_lookup: RecallLookup 
     start = None
     if m.init_from is not None:
         if model_loader is None:
-            raise ConfigError("config key model.init_from needs an MLflow store to load the model from; use "
-                              "`galaxy10 train` or `galaxy10 tune` (or model.weights with a .keras file)")
+            raise ConfigError(
+                "config key model.init_from needs an MLflow store to load the model from; use "
+                "`galaxy10 train` or `galaxy10 tune` (or model.weights with a .keras file)"
+            )
         source, meta = model_loader(m.init_from)
         start = (source, meta, check_start_model(m, meta))
     recall = None
     if cfg.augment.targets == AUTO_TARGETS and cfg.augment.auto_from_run:
         if recall_lookup is None:
-            raise ConfigError("augment.targets=auto needs the validation recall of run "
-                              f"{cfg.augment.auto_from_run}; run it through `galaxy10 train` (which reads MLflow)")
+            raise ConfigError(
+                "augment.targets=auto needs the validation recall of run "
+                f"{cfg.augment.auto_from_run}; run it through `galaxy10 train` (which reads MLflow)"
+            )
         recall = np.asarray(recall_lookup(str(cfg.augment.auto_from_run), data.class_slugs), dtype=np.float64)
     return PreparedRun(weights=weights, start=start, source_recall=recall)
 
@@ -220,42 +233,6 @@ def start_from_weights(model: Any, cfg: RunConfig, data: TrainData, prepared: Pr
     source, meta, src_desc = prepared.start
     same_classes = list(meta.get("class_names") or []) == list(data.class_names)
     return transfer_weights(model, source, target_desc=desc, source_desc=src_desc, keep_classifier=same_classes)
-
-
-def predict_probs(model: Any, data: TrainData, indices: np.ndarray, *, crop: int, batch_size: int = 256,
-                  tta: bool = False) -> np.ndarray:
-    """Softmax probabilities ``(len(indices), C)`` for ``data.images[indices]`` (8-view TTA if asked)."""
-    from pipelines.inputs import cropped_array, make_eval_dataset
-
-    if tta:
-        crops = cropped_array(data.images, crop, indices)
-
-        def predict_fn(x: np.ndarray) -> np.ndarray:
-            return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
-
-        return tta_predict(predict_fn, crops, batch_size=batch_size)
-    ds = make_eval_dataset(data.images, crop=crop, batch_size=batch_size, indices=indices)
-    return np.asarray(model.predict(ds, verbose=0), dtype=np.float32)
-
-
-def inference_images_per_second(model: Any, data: TrainData, *, crop: int, tta: bool = False,
-                                n_images: int = 256) -> float:
-    """Images per second of :func:`predict_probs` (the forward pass, 8 views with TTA) on this machine.
-
-    Timed on up to ``n_images`` validation crops after one warm-up call (graph tracing is not counted);
-    what a catalog of already-decoded images costs per image, for choosing a model for a survey.
-    """
-    rows = np.asarray(data.val if len(data.val) else data.train)[:n_images]
-    predict_probs(model, data, rows[:8], crop=crop, tta=tta)
-    start = time.perf_counter()
-    predict_probs(model, data, rows, crop=crop, tta=tta)
-    return len(rows) / max(time.perf_counter() - start, 1e-9)
-
-
-def evaluate(model: Any, data: TrainData, indices: np.ndarray, *, crop: int, tta: bool = False) -> dict[str, Any]:
-    """:func:`~experiments.training.evaluation.classification_metrics` of the model on ``indices``."""
-    probs = predict_probs(model, data, indices, crop=crop, tta=tta)
-    return classification_metrics(data.labels[indices], probs, data.class_slugs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,44 +260,37 @@ class TrainResult:
         return self.fit.best_epoch
 
 
-def model_metadata(cfg: RunConfig, data: TrainData) -> dict[str, Any]:
-    """What prediction needs next to the model (see ``experiments.tracking.base.META_KEYS``)."""
-
-    return {
-        "size": cfg.data.size, "crop": cfg.data.crop, "preprocess_version": PREPROCESS_VERSION,
-        "class_names": list(data.class_names), "class_slugs": list(data.class_slugs),
-        "num_classes": data.num_classes, "data_fingerprint": data.fingerprint, "synthetic": data.synthetic,
-        "provenance": data.provenance, "tta": bool(cfg.augment.tta), "input": "float32 0..255 centre crop",
-        "experiment_name": cfg.experiment_name, "run_name": cfg.run_name, **describe_backbone(cfg.model),
-    }
-
-
-def data_tags(data: TrainData) -> dict[str, str]:
-    """Tags describing the data: fingerprint, provenance, synthetic flag, path, counts."""
-    return {
-        "data.fingerprint": data.fingerprint, "data.fingerprint_short": data.fingerprint[:12],
-        "data.synthetic": "true" if data.synthetic else "false", "data.provenance": data.provenance,
-        "data.path": str(data.path), "data.n_train": str(len(data.train)), "data.n_val": str(len(data.val)),
-        "data.n_test": str(len(data.test)),
-    }
-
-
 def _log_split_report(tracker: Any, split: str, metrics: Mapping[str, Any], data: TrainData) -> None:
     tracker.log_text(per_class_csv(metrics, data.class_slugs, data.class_names), f"per_class_metrics_{split}.csv")
     fig = confusion_figure(metrics["confusion"], data.class_names, title=f"{split} confusion matrix (row-normalised)")
     tracker.log_figure(fig, f"confusion_matrix_{split}.png")
-    tracker.log_dict({"class_slugs": list(data.class_slugs),
-                      "confusion": np.asarray(metrics["confusion"]).round(6).tolist(),
-                      "confusion_counts": np.asarray(metrics["confusion_counts"]).tolist()},
-                     f"confusion_matrix_{split}.json")
+    tracker.log_dict(
+        {
+            "class_slugs": list(data.class_slugs),
+            "confusion": np.asarray(metrics["confusion"]).round(6).tolist(),
+            "confusion_counts": np.asarray(metrics["confusion_counts"]).tolist(),
+        },
+        f"confusion_matrix_{split}.json",
+    )
 
 
-def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
-          data_path: str | Path | None = None, score_test: bool = False, callbacks: Sequence[Any] = (),
-          epoch_callback: EpochCallback | None = None, recall_lookup: RecallLookup | None = None,
-          model_loader: ModelLoader | None = None, log_model: bool = True, verbose: int | str | None = None,
-          prepared: PreparedRun | None = None,
-          restore_best: bool = True, temperature: float | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    tracker: Any = None,
+    *,
+    data: TrainData | None = None,
+    data_path: str | Path | None = None,
+    score_test: bool = False,
+    callbacks: Sequence[Any] = (),
+    epoch_callback: EpochCallback | None = None,
+    recall_lookup: RecallLookup | None = None,
+    model_loader: ModelLoader | None = None,
+    log_model: bool = True,
+    verbose: int | str | None = None,
+    prepared: PreparedRun | None = None,
+    restore_best: bool = True,
+    temperature: float | None = None,
+) -> TrainResult:
     """Run one configured training: data, model, fit, evaluation, logging.
 
     Parameters
@@ -355,8 +325,10 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     tracker = tracker if tracker is not None else NullTracker()
     data = data if data is not None else load_training_data(cfg.data, data_path)
     if data.size != cfg.data.size:
-        raise ConfigError(f"the loaded data is resized to {data.size} px but data.size={cfg.data.size}; "
-                          "load the data with this config")
+        raise ConfigError(
+            f"the loaded data is resized to {data.size} px but data.size={cfg.data.size}; "
+            "load the data with this config"
+        )
     if data.synthetic:
         log.warning("training on SYNTHETIC data: %s", data.describe())
     else:
@@ -366,14 +338,19 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     multipliers = resolve_multipliers(cfg, data, auto_target_recall(cfg, data, prepared))
 
     tracker.log_params(flatten(cfg))
-    tracker.set_tags({**data_tags(data), **git_commit(), **package_versions(),
-                      "augment.targeted": "true" if multipliers is not None else "false",
-                      "test_scored": "true" if score_test else "false"})
+    tracker.set_tags(
+        {
+            **data_tags(data),
+            **git_commit(),
+            **package_versions(),
+            "augment.targeted": "true" if multipliers is not None else "false",
+            "test_scored": "true" if score_test else "false",
+        }
+    )
     if multipliers is not None:
         tracker.log_params({f"multiplier.{s}": f"{m:.4g}" for s, m in zip(data.class_slugs, multipliers)})
     tracker.log_text(to_yaml(cfg), "config.yaml")
-    tracker.log_dict({"class_names": list(data.class_names), "class_slugs": list(data.class_slugs)},
-                     "class_names.json")
+    tracker.log_dict({"class_names": list(data.class_names), "class_slugs": list(data.class_slugs)}, "class_names.json")
 
     if cfg.train.precision == "auto":
         log.info("precision auto -> %s: %s", resolve_precision("auto"), native_bfloat16()[1])
@@ -383,27 +360,51 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
     if strategy is not None:
         tracker.set_tags({"train.replicas": strategy.num_replicas_in_sync})
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_model(cfg.model, input_size=cfg.data.crop, num_classes=data.num_classes,
-                            precision=cfg.train.precision)
-        tracker.log_params({"model.parameters": model.count_params(), "model.multiply_adds": multiply_adds(model),
-                            "train.precision_resolved": resolve_precision(cfg.train.precision)})
+        model = build_model(
+            cfg.model, input_size=cfg.data.crop, num_classes=data.num_classes, precision=cfg.train.precision
+        )
+        tracker.log_params(
+            {
+                "model.parameters": model.count_params(),
+                "model.multiply_adds": multiply_adds(model),
+                "train.precision_resolved": resolve_precision(cfg.train.precision),
+            }
+        )
         start_from_weights(model, cfg, data, prepared)
-        fitted = fit(model, data, cfg, multipliers=multipliers, tracker=tracker, callbacks=callbacks,
-                     epoch_callback=epoch_callback, verbose=verbose, restore_best=restore_best)
+        fitted = fit(
+            model,
+            data,
+            cfg,
+            multipliers=multipliers,
+            tracker=tracker,
+            callbacks=callbacks,
+            epoch_callback=epoch_callback,
+            verbose=verbose,
+            restore_best=restore_best,
+        )
 
     val_probs = predict_probs(model, data, data.val, crop=cfg.data.crop, tta=cfg.augment.tta)
     val_metrics = classification_metrics(data.labels[data.val], val_probs, data.class_slugs)
     # temperature scaling fitted on the validation split (held out from training), unless given
     calibration = calibration_metrics(val_probs, data.labels[data.val], temperature)
     temperature = calibration["temperature"]
-    tracker.log_metrics({**prefixed(val_metrics, "val"), "best_epoch": fitted.best_epoch,
-                         "epochs_run": fitted.epochs_run, "train_seconds": fitted.seconds, **calibration},
-                        step=fitted.best_epoch)
+    tracker.log_metrics(
+        {
+            **prefixed(val_metrics, "val"),
+            "best_epoch": fitted.best_epoch,
+            "epochs_run": fitted.epochs_run,
+            "train_seconds": fitted.seconds,
+            **calibration,
+        },
+        step=fitted.best_epoch,
+    )
     _log_split_report(tracker, "val", val_metrics, data)
     fig = learning_curves_figure(fitted.history, best_epoch=fitted.best_epoch)
     tracker.log_figure(fig, "learning_curves.png")
-    tracker.log_dict({"history": fitted.history, "best_epoch": fitted.best_epoch,
-                      "class_mix_per_epoch": fitted.class_mixes}, "history.json")
+    tracker.log_dict(
+        {"history": fitted.history, "best_epoch": fitted.best_epoch, "class_mix_per_epoch": fitted.class_mixes},
+        "history.json",
+    )
     test_metrics = None
     if score_test:
         if len(data.test) == 0:
@@ -412,30 +413,65 @@ def train(cfg: RunConfig, tracker: Any = None, *, data: TrainData | None = None,
         tracker.log_metrics(prefixed(test_metrics, "test"), step=fitted.best_epoch)
         _log_split_report(tracker, "test", test_metrics, data)
     meta = model_metadata(cfg, data)
-    meta.update(best_epoch=fitted.best_epoch, val_accuracy=round(float(val_metrics["accuracy"]), 6),
-                run_id=getattr(tracker, "run_id", None), temperature=round(float(temperature), 6))
+    meta.update(
+        best_epoch=fitted.best_epoch,
+        val_accuracy=round(float(val_metrics["accuracy"]), 6),
+        run_id=getattr(tracker, "run_id", None),
+        temperature=round(float(temperature), 6),
+    )
     model_uri = None
     if log_model:
         example = cropped_array(data.images, cfg.data.crop, data.val[:1]).astype(np.float32)
         model_uri = tracker.log_keras_model(model, meta=meta, input_example=example)
-    log.info("val: accuracy %.4f, balanced accuracy %.4f, macro-F1 %.4f (best epoch %d of %d%s)",
-             val_metrics["accuracy"], val_metrics["balanced_accuracy"], val_metrics["macro_f1"],
-             fitted.best_epoch, fitted.epochs_run, ", TTA" if cfg.augment.tta else "")
-    return TrainResult(model=model, fit=fitted, val_metrics=val_metrics, test_metrics=test_metrics,
-                       multipliers=multipliers, meta=meta, model_uri=model_uri,
-                       run_id=getattr(tracker, "run_id", None))
+    log.info(
+        "val: accuracy %.4f, balanced accuracy %.4f, macro-F1 %.4f (best epoch %d of %d%s)",
+        val_metrics["accuracy"],
+        val_metrics["balanced_accuracy"],
+        val_metrics["macro_f1"],
+        fitted.best_epoch,
+        fitted.epochs_run,
+        ", TTA" if cfg.augment.tta else "",
+    )
+    return TrainResult(
+        model=model,
+        fit=fitted,
+        val_metrics=val_metrics,
+        test_metrics=test_metrics,
+        multipliers=multipliers,
+        meta=meta,
+        model_uri=model_uri,
+        run_id=getattr(tracker, "run_id", None),
+    )
 
 
 def summary(result: TrainResult) -> dict[str, Any]:
     """JSON-ready summary of a run (scalar metrics, best epoch, model URI)."""
-    out: dict[str, Any] = {"run_id": result.run_id, "model_uri": result.model_uri,
-                           "best_epoch": result.best_epoch, "epochs_run": result.fit.epochs_run,
-                           "synthetic": result.meta.get("synthetic"), "provenance": result.meta.get("provenance"),
-                           "val": scalar_metrics(result.val_metrics)}
+    out: dict[str, Any] = {
+        "run_id": result.run_id,
+        "model_uri": result.model_uri,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.fit.epochs_run,
+        "synthetic": result.meta.get("synthetic"),
+        "provenance": result.meta.get("provenance"),
+        "val": scalar_metrics(result.val_metrics),
+    }
     if result.test_metrics is not None:
         out["test"] = scalar_metrics(result.test_metrics)
     return json.loads(json.dumps(out))
 
 
-__all__ = ["TrainData", "TrainResult", "FitResult", "load_training_data", "fit", "train", "evaluate",
-           "predict_probs", "resolve_multipliers", "auto_target_recall", "TargetRecall", "model_metadata", "summary"]
+__all__ = [
+    "TrainData",
+    "TrainResult",
+    "FitResult",
+    "load_training_data",
+    "fit",
+    "train",
+    "evaluate",
+    "predict_probs",
+    "resolve_multipliers",
+    "auto_target_recall",
+    "TargetRecall",
+    "model_metadata",
+    "summary",
+]

@@ -6,6 +6,7 @@ the whole split. A study's cost is then arithmetic (:func:`plan_study`): every f
 configured epochs; a cross-validated trial fits K folds on (K-1)/K of the images and once more on all
 of them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,6 +19,7 @@ import numpy as np
 
 from core.errors import ConfigError
 from experiments.settings.checks import parse_duration  # noqa: F401  (re-exported for callers of budget)
+from experiments.tracking.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,6 @@ OVERHEAD_SHARE = 0.1
 TTA_VIEWS = 8
 #: Images of the training split a speed probe trains on (at most).
 PROBE_IMAGES = 192
-
-
 
 
 #: Epochs of a speed probe: the first is cold (tracing); the faster of the others is the warm epoch.
@@ -54,19 +54,34 @@ def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[flo
     sub_train = np.sort(rng.choice(data.train, size=min(n_train, PROBE_IMAGES), replace=False))
     n_val = max(1, min(len(data.val), PROBE_IMAGES // 4))
     sub_val = np.asarray(data.val[:n_val])
-    probe = replace(cfg, train=replace(cfg.train, epochs=PROBE_EPOCHS, patience=None, freeze_epochs=0),
-                    augment=replace(cfg.augment, auto_warmup_epochs=0, targets=None, tta=False))
+    probe = replace(
+        cfg,
+        train=replace(cfg.train, epochs=PROBE_EPOCHS, patience=None, freeze_epochs=0),
+        augment=replace(cfg.augment, auto_warmup_epochs=0, targets=None, tta=False),
+    )
     stamps: list[float] = []
     started = time.perf_counter()
-    train(probe, data=replace(data, train=sub_train, val=sub_val), log_model=False, verbose=0,
-          epoch_callback=lambda epoch, metrics: stamps.append(time.perf_counter()), **(lookups or {}))
+    train(
+        probe,
+        data=replace(data, train=sub_train, val=sub_val),
+        log_model=False,
+        verbose=0,
+        epoch_callback=lambda epoch, metrics: stamps.append(time.perf_counter()),
+        **(lookups or {}),
+    )
     ended = time.perf_counter()
     keras.backend.clear_session()
     warm = min(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     seconds = warm * (n_train + len(data.val) / 4) / (len(sub_train) + n_val / 4)
     overhead = max(0.0, (ended - started) - PROBE_EPOCHS * warm) * (TTA_VIEWS if cfg.augment.tta else 1) ** 0.5
-    log.info("speed probe: %s at %d px, %.2f s per epoch of %d training images, %.1f s per fit besides",
-             cfg.model.name, cfg.data.crop, seconds, n_train, overhead)
+    log.info(
+        "speed probe: %s at %d px, %.2f s per epoch of %d training images, %.1f s per fit besides",
+        cfg.model.name,
+        cfg.data.crop,
+        seconds,
+        n_train,
+        overhead,
+    )
     return seconds, overhead
 
 
@@ -78,8 +93,9 @@ def fit_seconds(epochs: int, epoch_s: float, share: float = 1.0, overhead: float
 def trial_seconds(epochs: int, epoch_s: float, folds: int, overhead: float = 0.0) -> float:
     """A trial's cost: K fold fits on (K-1)/K of the images plus the fit on all of them (or one fit)."""
     if folds:
-        return (folds * fit_seconds(epochs, epoch_s, (folds - 1) / folds, overhead)
-                + fit_seconds(epochs, epoch_s, 1.0, overhead))
+        return folds * fit_seconds(epochs, epoch_s, (folds - 1) / folds, overhead) + fit_seconds(
+            epochs, epoch_s, 1.0, overhead
+        )
     return fit_seconds(epochs, epoch_s, 1.0, overhead)
 
 
@@ -107,24 +123,40 @@ class StudyPlan:
     def describe(self) -> str:
         """One paragraph for the terminal: what was planned and why."""
         cv = f"{self.folds}-fold cross-validation" if self.folds else "the validation split alone (no folds)"
-        refit = (f"the refit of the best trial (~{self.refit_s:.0f} s)" if self.refit
-                 else "no refit (it would not fit)")
+        refit = f"the refit of the best trial (~{self.refit_s:.0f} s)" if self.refit else "no refit (it would not fit)"
         tuned = self.n_trials - (1 if self.reference_s else 0)
         epochs = f", cut to {self.epochs} epochs" if self.epochs else ""
         reference = f"the reference recipe (~{self.reference_s:.0f} s) and " if self.reference_s else ""
-        bound = (f" (capped by study.n_trials / --trials = {self.capped}, not by the budget)" if self.capped
-                 else " (as many as the budget holds)")
-        return (f"budget {self.budget_s:.0f} s: {self.n_trials} trial(s){bound} scored by {cv} - {reference}{tuned} "
-                "tuned "
-                f"trial(s) (~{self.trial_s:.0f} s each, the costliest configuration ~{self.trial_max_s:.0f} s"
-                f"{epochs}) - then {refit}; about {self.planned_s:.0f} s planned, no trial starts after "
-                f"{self.deadline_s:.0f} s")
+        bound = (
+            f" (capped by study.n_trials / --trials = {self.capped}, not by the budget)"
+            if self.capped
+            else " (as many as the budget holds)"
+        )
+        return (
+            f"budget {self.budget_s:.0f} s: {self.n_trials} trial(s){bound} scored by {cv} - {reference}{tuned} "
+            "tuned "
+            f"trial(s) (~{self.trial_s:.0f} s each, the costliest configuration ~{self.trial_max_s:.0f} s"
+            f"{epochs}) - then {refit}; about {self.planned_s:.0f} s planned, no trial starts after "
+            f"{self.deadline_s:.0f} s"
+        )
 
 
-def plan_study(budget_s: float, *, spent_s: float = 0.0, reference_epoch_s: float | None, reference_epochs: int,
-               trial_epoch_s: float, trial_epochs: int, fold_options: tuple[int, ...], max_trials: int,
-               refit: bool, trial_epoch_max_s: float | None = None, min_tuned: int = 2,
-               min_epochs: int = 5, fit_overhead_s: float = 0.0) -> StudyPlan:
+def plan_study(
+    budget_s: float,
+    *,
+    spent_s: float = 0.0,
+    reference_epoch_s: float | None,
+    reference_epochs: int,
+    trial_epoch_s: float,
+    trial_epochs: int,
+    fold_options: tuple[int, ...],
+    max_trials: int,
+    refit: bool,
+    trial_epoch_max_s: float | None = None,
+    min_tuned: int = 2,
+    min_epochs: int = 5,
+    fit_overhead_s: float = 0.0,
+) -> StudyPlan:
     """The most folds (of ``fold_options``, most first) that leave room for the reference trial and at
     least ``min_tuned`` tuned trials; without folds, fewer epochs per tuned trial (not below
     ``min_epochs``) when even that does not fit; then as many trials as fit (at most ``max_trials``);
@@ -142,18 +174,21 @@ def plan_study(budget_s: float, *, spent_s: float = 0.0, reference_epoch_s: floa
 
     folds, epochs = fold_options[-1], trial_epochs
     for option in fold_options:
-        if usable - cost(reference_epochs, reference_epoch_s, option) >= min_tuned * cost(trial_epochs, trial_epoch_s,
-                                                                                            option):
+        if usable - cost(reference_epochs, reference_epoch_s, option) >= min_tuned * cost(
+            trial_epochs, trial_epoch_s, option
+        ):
             folds = option
             break
     ref = cost(reference_epochs, reference_epoch_s, folds)
     first = ref if reference_epoch_s is not None else cost(min_epochs, trial_epoch_s, folds)
     if first > usable:
         need = (first + spent_s) / (1.0 - OVERHEAD_SHARE)
-        raise ConfigError(f"--budget {budget_s:.0f} s is too short: "
-                          + ("the reference trial alone" if reference_epoch_s is not None else "one trial")
-                          + f" needs about {need:.0f} s on this machine; give at least {math.ceil(need / 60)}m"
-                          + (" or set study.reference_trial: false" if reference_epoch_s is not None else ""))
+        raise ConfigError(
+            f"--budget {budget_s:.0f} s is too short: "
+            + ("the reference trial alone" if reference_epoch_s is not None else "one trial")
+            + f" needs about {need:.0f} s on this machine; give at least {math.ceil(need / 60)}m"
+            + (" or set study.reference_trial: false" if reference_epoch_s is not None else "")
+        )
     while epochs > min_epochs and usable - ref < min_tuned * cost(epochs, trial_epoch_s, folds):
         epochs -= 1
     one = cost(epochs, trial_epoch_s, folds)
@@ -169,9 +204,19 @@ def plan_study(budget_s: float, *, spent_s: float = 0.0, reference_epoch_s: floa
         planned -= one
         keep_refit = planned + refit_s <= usable
     deadline = max(usable - (refit_s if keep_refit else 0.0) - one, 0.0)
-    return StudyPlan(budget_s=budget_s, folds=folds, n_trials=n_trials, refit=keep_refit, reference_s=ref,
-                     trial_s=one, trial_max_s=cost(epochs, worst_s, folds), refit_s=refit_s,
-                     deadline_s=deadline, epochs=epochs if epochs < trial_epochs else None, capped=capped)
+    return StudyPlan(
+        budget_s=budget_s,
+        folds=folds,
+        n_trials=n_trials,
+        refit=keep_refit,
+        reference_s=ref,
+        trial_s=one,
+        trial_max_s=cost(epochs, worst_s, folds),
+        refit_s=refit_s,
+        deadline_s=deadline,
+        epochs=epochs if epochs < trial_epochs else None,
+        capped=capped,
+    )
 
 
 #: Targets of search-space parameters that change what one epoch costs (probed for the plan).
@@ -190,8 +235,13 @@ def cost_probes(tune: Any) -> list[dict[str, Any]]:
 
     from experiments.settings.search_space import is_active
 
-    costly = [p for p in tune.space.params if p.kind == "categorical" and p.target is not None
-              and any(p.target == t or p.target.startswith(t + ".") for t in COST_TARGETS)]
+    costly = [
+        p
+        for p in tune.space.params
+        if p.kind == "categorical"
+        and p.target is not None
+        and any(p.target == t or p.target.startswith(t + ".") for t in COST_TARGETS)
+    ]
     probes: list[dict[str, Any]] = []
     for combo in itertools.product(*[p.labels for p in costly]):
         chosen: dict[str, Any] = {}
@@ -203,17 +253,25 @@ def cost_probes(tune: Any) -> list[dict[str, Any]]:
     return probes[:MAX_PROBES] or [{}]
 
 
-def plan_for_study(tune: Any, *, data_path: str | None, budget_s: float, max_trials: int, with_reference: bool,
-                   overrides: tuple[str, ...] = (), tracking_uri: str | None = None) -> StudyPlan:
+def plan_for_study(
+    tune: Any,
+    *,
+    data_path: str | None,
+    budget_s: float,
+    max_trials: int,
+    with_reference: bool,
+    overrides: tuple[str, ...] = (),
+    ws: Workspace | None = None,
+) -> StudyPlan:
     """Measure this machine's speed for the reference recipe and the search space's costliest trial
     configurations, then :func:`plan_study`."""
-    from experiments.settings.tune import reference_run_config, resolve_run_config
+    from experiments.settings.trial import reference_run_config, resolve_run_config
     from experiments.tracking.lookups import training_lookups
     from experiments.training import load_training_data
 
     started = time.perf_counter()
     loaded: dict[Any, Any] = {}
-    lookups = training_lookups(tracking_uri) if tracking_uri else None
+    lookups = training_lookups(ws) if ws is not None else None
 
     overheads: list[float] = []
 
@@ -243,10 +301,19 @@ def plan_for_study(tune: Any, *, data_path: str | None, budget_s: float, max_tri
         trial_epochs += int((tune.run.get("augment") or {}).get("auto_warmup_epochs", 0) or 0)
     folds = tune.study.folds_for(n_val)
     options = tuple(dict.fromkeys([folds, 2, 0])) if folds else (0,)
-    return plan_study(budget_s, spent_s=time.perf_counter() - started, reference_epoch_s=reference_epoch_s,
-                      reference_epochs=reference_epochs or 0, trial_epoch_s=float(np.mean(epoch_s)),
-                      trial_epoch_max_s=max(epoch_s), trial_epochs=trial_epochs, fold_options=options,
-                      max_trials=max_trials, refit=tune.study.refit, fit_overhead_s=max(overheads))
+    return plan_study(
+        budget_s,
+        spent_s=time.perf_counter() - started,
+        reference_epoch_s=reference_epoch_s,
+        reference_epochs=reference_epochs or 0,
+        trial_epoch_s=float(np.mean(epoch_s)),
+        trial_epoch_max_s=max(epoch_s),
+        trial_epochs=trial_epochs,
+        fold_options=options,
+        max_trials=max_trials,
+        refit=tune.study.refit,
+        fit_overhead_s=max(overheads),
+    )
 
 
 def plan_ensemble(cfg: Any, best_fit_s: float | None, budget_s: float) -> tuple[Any, str]:
@@ -257,13 +324,17 @@ def plan_ensemble(cfg: Any, best_fit_s: float | None, budget_s: float) -> tuple[
     if cfg.mode != "crossfit":
         return cfg, f"budget {budget_s:.0f} s: mode {cfg.mode} trains no CNN"
     if best_fit_s is None:
-        return replace(cfg, mode="val_cv"), (f"budget {budget_s:.0f} s: the best trial's fit time is not recorded, "
-                                             "so cross-fitting cannot be planned; mode val_cv (no CNN trained)")
+        return replace(cfg, mode="val_cv"), (
+            f"budget {budget_s:.0f} s: the best trial's fit time is not recorded, "
+            "so cross-fitting cannot be planned; mode val_cv (no CNN trained)"
+        )
     k = cfg.crossfit.folds
     crossfit_s = k * best_fit_s * (k - 1) / k
     room = budget_s * (1.0 - OVERHEAD_SHARE) * 0.75
     if crossfit_s <= room:
         return cfg, f"budget {budget_s:.0f} s: cross-fitting {k} fold CNNs (~{crossfit_s:.0f} s) fits"
-    return replace(cfg, mode="val_cv"), (f"budget {budget_s:.0f} s: cross-fitting {k} fold CNNs would take "
-                                         f"~{crossfit_s:.0f} s; mode val_cv instead (second stages on the "
-                                         "validation embeddings, scored by cross-validation; no CNN trained)")
+    return replace(cfg, mode="val_cv"), (
+        f"budget {budget_s:.0f} s: cross-fitting {k} fold CNNs would take "
+        f"~{crossfit_s:.0f} s; mode val_cv instead (second stages on the "
+        "validation embeddings, scored by cross-validation; no CNN trained)"
+    )

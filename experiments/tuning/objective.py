@@ -1,4 +1,5 @@
 """One worker's side of a study: the data loaded once, the objective, pruning, stale trials."""
+
 from __future__ import annotations
 
 import logging
@@ -15,28 +16,18 @@ from optuna.trial import FrozenTrial, TrialState
 from sklearn.model_selection import StratifiedKFold
 
 from experiments.settings.search_space import suggest
-from experiments.settings.tune import (
-    ATTR_REFERENCE,
-    TuneConfig,
-    base_run_dict,
-    trial_run_config,
-)
+from experiments.settings.trial import base_run_dict, trial_run_config
+from experiments.settings.tune import ATTR_REFERENCE, TuneConfig
 from experiments.tracking.base import NullTracker
 from experiments.tracking.faults import server_errors
 from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run
+from experiments.tracking.workspace import Workspace
 from experiments.training import inference_images_per_second, load_training_data, train
 from experiments.tuning.pruning import step_of
 from experiments.tuning.storage import open_storage, quiet_optuna_warnings
-from experiments.tuning.study import (
-    ATTR_SPEED,
-    ATTR_TRIAL_RUN,
-    fail_stale_trials,
-    n_counted,
-    open_study,
-    trial_value,
-)
+from experiments.tuning.study import ATTR_SPEED, ATTR_TRIAL_RUN, fail_stale_trials, n_counted, open_study, trial_value
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +37,7 @@ class StudyRun:
     """Everything a worker needs to join a study (picklable: workers are spawned processes)."""
 
     tune: TuneConfig
-    storage_url: str
-    tracking_uri: str
+    ws: Workspace  # the study's storage settled (``Workspace.with_storage``)
     parent_run_id: str
     n_trials: int
     deadline: float | None = None
@@ -60,8 +50,8 @@ class StudyRun:
 class StaleTrialHandler:
     """Runs for every trial failed as stale: marks its MLflow run FAILED, queues its params again."""
 
-    def __init__(self, tracking_uri: str, max_retry: int) -> None:
-        self.tracking_uri = tracking_uri
+    def __init__(self, ws: Workspace, max_retry: int) -> None:
+        self.ws = ws
         self.max_retry = max_retry
         self.handled: list[int] = []
 
@@ -69,9 +59,15 @@ class StaleTrialHandler:
         self.handled.append(trial.number)
         run_id = trial.user_attrs.get(ATTR_TRIAL_RUN)
         if run_id:
-            finish_run(run_id, "FAILED", tracking_uri=self.tracking_uri,
-                       tags={"optuna.trial_state": "FAIL",
-                                      "optuna.fail_reason": "stale heartbeat: the worker process stopped"})
+            finish_run(
+                run_id,
+                "FAILED",
+                ws=self.ws,
+                tags={
+                    "optuna.trial_state": "FAIL",
+                    "optuna.fail_reason": "stale heartbeat: the worker process stopped",
+                },
+            )
         if self.max_retry > 0:
             with quiet_optuna_warnings():
                 optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
@@ -81,16 +77,29 @@ class StaleTrialHandler:
 def storage_for(run: StudyRun) -> optuna.storages.RDBStorage:
     """The study's storage with heartbeats and the stale-trial handler of ``run``."""
     cfg = run.tune.study
-    return open_storage(run.storage_url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
-                        on_stale=StaleTrialHandler(run.tracking_uri, cfg.retry_stale))
+    return open_storage(
+        run.ws.study_storage(),
+        heartbeat_interval=cfg.heartbeat_interval,
+        grace_period=cfg.grace_period,
+        on_stale=StaleTrialHandler(run.ws, cfg.retry_stale),
+    )
 
 
 #: Raised by :func:`pruning_callback` to stop a trial (Optuna marks it PRUNED).
 TrialPruned = optuna.TrialPruned
 
 
-def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric: str, tracker: Any, *,
-                   prune: bool = True, **train_kwargs: Any) -> list[float]:
+def cross_validate(
+    cfg: Any,
+    data: Any,
+    folds: int,
+    trial: optuna.Trial,
+    metric: str,
+    tracker: Any,
+    *,
+    prune: bool = True,
+    **train_kwargs: Any,
+) -> list[float]:
     """``val_<metric>`` of ``folds`` stratified folds of the train split, each trained on the others.
 
     Pruning sees the running mean: after epoch ``e`` of fold ``k`` it gets the mean of the finished folds
@@ -105,8 +114,9 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
     present = np.bincount(labels)
     smallest = int(present[present > 0].min()) if present.any() else 0
     if smallest < folds:
-        log.warning("study.cv_folds=%d but a class has only %d training image(s): its folds are unstratified",
-                    folds, smallest)
+        log.warning(
+            "study.cv_folds=%d but a class has only %d training image(s): its folds are unstratified", folds, smallest
+        )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.train.seed)
     scores: list[float] = []
     accuracies: list[float] = []
@@ -122,11 +132,19 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
             running = (sum(scores) + float(metrics[f"val_{metric}"])) / (k + 1)
             trial.report(running, step_of(k, epoch))
             if trial.should_prune():
-                raise TrialPruned(f"pruned in fold {k + 1}/{folds}, epoch {epoch}: running mean val_{metric} = "
-                                  f"{running:.4f}")
+                raise TrialPruned(
+                    f"pruned in fold {k + 1}/{folds}, epoch {epoch}: running mean val_{metric} = {running:.4f}"
+                )
 
-        result = train(cfg, NullTracker(), data=fold_data, epoch_callback=report if prune else None, verbose=0,
-                       log_model=False, **train_kwargs)
+        result = train(
+            cfg,
+            NullTracker(),
+            data=fold_data,
+            epoch_callback=report if prune else None,
+            verbose=0,
+            log_model=False,
+            **train_kwargs,
+        )
         scores.append(float(result.val_metrics[metric]))
         accuracies.append(float(result.val_metrics["accuracy"]) * len(held))
         best_epochs.append(int(result.best_epoch))
@@ -134,8 +152,13 @@ def cross_validate(cfg: Any, data: Any, folds: int, trial: optuna.Trial, metric:
         log.info("trial %d fold %d/%d: val_%s %.4f", trial.number, k + 1, folds, metric, scores[-1])
         keras.backend.clear_session()
     std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
-    tracker.log_metrics({f"cv_{metric}_mean": float(np.mean(scores)), f"cv_{metric}_std": std,
-                         f"cv_{metric}_se": std / np.sqrt(len(scores))})
+    tracker.log_metrics(
+        {
+            f"cv_{metric}_mean": float(np.mean(scores)),
+            f"cv_{metric}_std": std,
+            f"cv_{metric}_se": std / np.sqrt(len(scores)),
+        }
+    )
     tracker.set_tags({"optuna.cv_folds": folds})
     trial.set_user_attr("cv_best_epochs", best_epochs)  # what the refit trains for (their mean)
     trial.set_user_attr("cv_accuracy", sum(accuracies) / len(labels))  # every train image scored once
@@ -193,7 +216,7 @@ class TrialWorker:
         A tracking server that cannot be reached fails the trial with a one-line ``ConfigError``.
         """
 
-        with server_errors(self.run.tracking_uri):
+        with server_errors(self.run.ws.tracking_uri):
             return self._objective(trial)
 
     def _release_claim(self) -> None:
@@ -214,12 +237,22 @@ class TrialWorker:
         data = self.data_for(cfg)
         trial.set_user_attr("overrides", overrides)
         run_name = f"{tune.study.name}-trial-{trial.number:03d}" + ("-reference" if reference else "")
-        tags = {"optuna.study": tune.study.name, "optuna.trial_number": trial.number,
-                "optuna.storage": self.run.storage_url, "optuna.worker": self.run.worker,
-                "optuna.overrides": " ".join(overrides)[:5000], "optuna.reference": str(reference).lower()}
-        tracker = MlflowTracker(cfg.experiment_name, run_name, tracking_uri=self.run.tracking_uri,
-                                parent_run_id=self.run.parent_run_id, tags=tags,
-                                killed_on=(optuna.TrialPruned,))
+        tags = {
+            "optuna.study": tune.study.name,
+            "optuna.trial_number": trial.number,
+            "optuna.storage": self.run.ws.study_storage(),
+            "optuna.worker": self.run.worker,
+            "optuna.overrides": " ".join(overrides)[:5000],
+            "optuna.reference": str(reference).lower(),
+        }
+        tracker = MlflowTracker(
+            cfg.experiment_name,
+            run_name,
+            ws=self.run.ws,
+            parent_run_id=self.run.parent_run_id,
+            tags=tags,
+            killed_on=(optuna.TrialPruned,),
+        )
 
         multi = tune.study.speed_objective  # Optuna cannot prune multi-objective trials
         report = None if multi else pruning_callback(trial, metric)
@@ -227,7 +260,7 @@ class TrialWorker:
         with tracker:
             trial.set_user_attr(ATTR_TRIAL_RUN, tracker.run_id)
             tracker.log_params({f"optuna.{k}": v for k, v in params.items()})
-            lookups = training_lookups(self.run.tracking_uri)
+            lookups = training_lookups(self.run.ws)
             folds = tune.study.folds_for(len(data.val))
             try:
                 if folds:
@@ -270,8 +303,14 @@ class TrialWorker:
         study_cfg = self.run.tune.study
         if study_cfg.log_models == "all":
             return True
-        values = sorted((v for v in (trial_value(t) for t in self.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE,))) if v is not None), reverse=True)
+        values = sorted(
+            (
+                v
+                for v in (trial_value(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+                if v is not None
+            ),
+            reverse=True,
+        )
         if study_cfg.log_models == "top_k":
             return len(values) < study_cfg.keep_models or value > values[study_cfg.keep_models - 1]
         return not values or value > values[0]
@@ -296,8 +335,11 @@ class TrialWorker:
                 break
             self._claimed = self.claim.acquire(timeout=CLAIM_TIMEOUT_S)
             if not self._claimed:  # its holder died between the check and its trial (a SIGKILL)
-                log.warning("worker %d: another worker held the trial claim for %d s; checking the budget "
-                            "without it", run.worker, CLAIM_TIMEOUT_S)
+                log.warning(
+                    "worker %d: another worker held the trial claim for %d s; checking the budget without it",
+                    run.worker,
+                    CLAIM_TIMEOUT_S,
+                )
             try:
                 fail_stale_trials(self.study)
                 done = n_counted(self.study)
@@ -308,8 +350,13 @@ class TrialWorker:
                 if done + running >= run.n_trials and waiting == 0:
                     self._release_claim()
                     if not waited:
-                        log.info("worker %d: %d trial(s) still running elsewhere; waiting for them to finish "
-                                 "(or to go stale after %d s)", run.worker, running, run.tune.study.grace_period)
+                        log.info(
+                            "worker %d: %d trial(s) still running elsewhere; waiting for them to finish "
+                            "(or to go stale after %d s)",
+                            run.worker,
+                            running,
+                            run.tune.study.grace_period,
+                        )
                         waited = True
                     time.sleep(min(5.0, run.tune.study.heartbeat_interval))
                     continue

@@ -1,4 +1,5 @@
 """The study's Optuna plots, saved as MLflow artifacts of the parent run."""
+
 from __future__ import annotations
 
 import warnings
@@ -37,13 +38,14 @@ def save_plots(study: optuna.Study, parent: Any, metric: str) -> tuple[list[str]
         shared = set.intersection(*(set(t.params) for t in complete))
         varying = sorted(n for n in shared if len({repr(t.params[n]) for t in complete}) > 1)
         if not varying:
-            raise ValueError("parameter importances need a parameter that varies across the COMPLETE trials "
-                             "(and is set in all of them); none does yet")
+            raise ValueError(
+                "parameter importances need a parameter that varies across the COMPLETE trials "
+                "(and is set in all of them); none does yet"
+            )
         return ovm.plot_param_importances(study, params=varying, target=target, target_name=target_name)
 
     makers: dict[str, Callable[[], Any]] = {
-        "optimization_history": lambda: ovm.plot_optimization_history(study, target=target,
-                                                                      target_name=target_name),
+        "optimization_history": lambda: ovm.plot_optimization_history(study, target=target, target_name=target_name),
         "param_importances": importances,
         "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=target_name),
     }

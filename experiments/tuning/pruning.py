@@ -10,6 +10,7 @@ trials of the epochs their first fold needed to reach its best value (the refere
 the first of them), so a slow starter is never judged before the epoch at which finished trials reached
 their level; an integer pins it.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -81,11 +82,15 @@ def describe_cut(trial: FrozenTrial, trials: Sequence[FrozenTrial]) -> str | Non
         return None
     step = max(trial.intermediate_values)
     fold, epoch = fold_epoch(step)
-    others = [t.intermediate_values[step] for t in trials
-              if t.state == TrialState.COMPLETE and step in t.intermediate_values]
+    others = [
+        t.intermediate_values[step] for t in trials if t.state == TrialState.COMPLETE and step in t.intermediate_values
+    ]
     where = f"epoch {epoch}" + (f" of fold {fold + 1}" if trial.user_attrs.get("cv_folds") else "")
-    against = (f"median of {len(others)} COMPLETE trial(s) there {statistics.median(others):.4f}" if others
-               else "no COMPLETE trial reached that step")
+    against = (
+        f"median of {len(others)} COMPLETE trial(s) there {statistics.median(others):.4f}"
+        if others
+        else "no COMPLETE trial reached that step"
+    )
     return f"trial {trial.number}: cut at {where} with {trial.intermediate_values[step]:.4f}; {against}"
 
 

@@ -1,4 +1,5 @@
 """Refit: the best trial's configuration trained on train + validation for its measured epochs."""
+
 from __future__ import annotations
 
 import logging
@@ -9,11 +10,13 @@ from typing import Any
 import numpy as np
 import optuna
 
-from experiments.settings.tune import TuneConfig, trial_run_config
+from experiments.settings.trial import trial_run_config
+from experiments.settings.tune import TuneConfig
 from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.runs import run_metrics
+from experiments.tracking.workspace import Workspace
 from experiments.training import load_training_data, train
 from experiments.tuning.study import best_trial
 
@@ -36,18 +39,25 @@ def refit_epochs(trial_attrs: Mapping[str, Any]) -> tuple[int, str]:
     return int(trial_attrs["best_epoch"]), "its best validation checkpoint"
 
 
-def refit_temperature(trial_attrs: Mapping[str, Any], tracking_uri: str) -> tuple[float, str]:
+def refit_temperature(trial_attrs: Mapping[str, Any], ws: Workspace) -> tuple[float, str]:
     """The refit's calibration temperature: its trial's (fitted on validation images the trial never trained
     on), since the refit trains on the validation split itself; 1.0 (uncalibrated) when the trial has none."""
     run_id = trial_attrs.get("mlflow_run_id")
-    value = run_metrics(run_id, tracking_uri=tracking_uri).get("temperature") if run_id else None
+    value = run_metrics(run_id, ws=ws).get("temperature") if run_id else None
     if value is None or not np.isfinite(value) or value <= 0:
         return 1.0, "none (the trial logged no temperature)"
     return float(value), f"trial run {run_id}"
 
 
-def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, parent_run_id: str,
-               data_path: str | None, overrides: tuple[str, ...] = ()) -> str | None:
+def refit_best(
+    study: optuna.Study,
+    tune: TuneConfig,
+    *,
+    ws: Workspace,
+    parent_run_id: str,
+    data_path: str | None,
+    overrides: tuple[str, ...] = (),
+) -> str | None:
     """Train the best trial's configuration on train + validation for its best epoch count; return the
     registered model (``models:/<study>@refit``), or None when there is nothing (new) to refit.
 
@@ -65,23 +75,42 @@ def refit_best(study: optuna.Study, tune: TuneConfig, *, tracking_uri: str, pare
         return study.user_attrs.get("refit_registered")
     cfg, _ = trial_run_config(tune, best, extra_overrides=overrides)
     epochs, source = refit_epochs(best.user_attrs)
-    cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, patience=None),
-                  run_name=f"{study.study_name}-refit-trial-{best.number:03d}")
+    cfg = replace(
+        cfg,
+        train=replace(cfg.train, epochs=epochs, patience=None),
+        run_name=f"{study.study_name}-refit-trial-{best.number:03d}",
+    )
     data = load_training_data(cfg.data, data_path, targets=cfg.augment.targets)
     merged = replace(data, train=np.union1d(data.train, data.val))
-    log.info("refit: trial %d's configuration on train + validation (%d images) for %d epochs (%s)", best.number,
-             len(merged.train), epochs, source)
-    temperature, t_source = refit_temperature(best.user_attrs, tracking_uri)
-    tags = {"optuna.study": study.study_name, "optuna.role": "refit", "refit.of_trial": best.number,
-            "refit.epochs": epochs, "refit.epochs_from": source, "refit.val_seen": "true",
-            "refit.temperature_from": t_source}
-    with MlflowTracker(cfg.experiment_name, cfg.run_name, tracking_uri=tracking_uri,
-                       parent_run_id=parent_run_id, tags=tags) as tracker:
-        result = train(cfg, tracker, data=merged, verbose=0, restore_best=False, temperature=temperature,
-                       **training_lookups(tracking_uri))
-    registered = register_champion(result.model_uri, study.study_name, alias=REFIT_ALIAS,
-                                   run_id=result.run_id, tracking_uri=tracking_uri,
-                                   tags={"optuna.study": study.study_name, "refit.of_trial": best.number})
+    log.info(
+        "refit: trial %d's configuration on train + validation (%d images) for %d epochs (%s)",
+        best.number,
+        len(merged.train),
+        epochs,
+        source,
+    )
+    temperature, t_source = refit_temperature(best.user_attrs, ws)
+    tags = {
+        "optuna.study": study.study_name,
+        "optuna.role": "refit",
+        "refit.of_trial": best.number,
+        "refit.epochs": epochs,
+        "refit.epochs_from": source,
+        "refit.val_seen": "true",
+        "refit.temperature_from": t_source,
+    }
+    with MlflowTracker(cfg.experiment_name, cfg.run_name, ws=ws, parent_run_id=parent_run_id, tags=tags) as tracker:
+        result = train(
+            cfg, tracker, data=merged, verbose=0, restore_best=False, temperature=temperature, **training_lookups(ws)
+        )
+    registered = register_champion(
+        result.model_uri,
+        study.study_name,
+        alias=REFIT_ALIAS,
+        run_id=result.run_id,
+        ws=ws,
+        tags={"optuna.study": study.study_name, "refit.of_trial": best.number},
+    )
     study.set_user_attr(ATTR_REFIT_TRIAL, best.number)
     study.set_user_attr(ATTR_REFIT_RUN, result.run_id)
     study.set_user_attr(ATTR_REFIT_MODEL, result.model_uri)

@@ -1,4 +1,5 @@
 """Samplers and pruners built from the study config."""
+
 from __future__ import annotations
 
 import optuna

@@ -1,4 +1,5 @@
 """Study storages: SQLite files (WAL, long timeouts) and server databases, with heartbeats."""
+
 from __future__ import annotations
 
 import contextlib
@@ -49,10 +50,14 @@ def enable_sqlite_wal(path: Path) -> None:
         log.warning("SQLite %s stays in %s journal mode; parallel workers may wait on locks", path, mode)
 
 
-def open_storage(url: str = DEFAULT_STORAGE, *, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None,
-                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-                 must_exist: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str = DEFAULT_STORAGE,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    must_exist: bool = False,
+) -> optuna.storages.RDBStorage:
     """Open (creating tables if needed) the Optuna RDB storage at ``url``.
 
     SQLite files get WAL mode, a long busy timeout and ``BEGIN IMMEDIATE`` write transactions, so
@@ -92,8 +97,11 @@ def open_storage(url: str = DEFAULT_STORAGE, *, heartbeat_interval: int | None =
             enable_sqlite_wal(db_file)
         with quiet_optuna_warnings():
             return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period, heartbeat_stale_trial_callback=on_stale,
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=on_stale,
             )
     except (ImportError, ValueError, sqlite3.Error, optuna.exceptions.StorageInternalError) as err:
         raise ConfigError(f"cannot open the Optuna storage {url!r} ({first_line(err)}); {hint}") from None

@@ -1,4 +1,5 @@
 """Opening, checking and reading studies; the user attributes a study carries."""
+
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,15 @@ MLFLOW_STATUS: dict[TrialState, str] = {
 COUNTED_STATES: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create: bool = True,
-               seed_offset: int = 0, data: tuple[str, str] | None = None,
-               pretrained: str | None = None) -> optuna.Study:
+def open_study(
+    tune: TuneConfig,
+    storage: optuna.storages.BaseStorage,
+    *,
+    create: bool = True,
+    seed_offset: int = 0,
+    data: tuple[str, str] | None = None,
+    pretrained: str | None = None,
+) -> optuna.Study:
     """Create the study or load it to continue; refuse one made with another search space, metric or data.
 
     ``pretrained`` (a model reference): a new study queues the first start point fine-tuned from it (trial
@@ -66,12 +73,20 @@ def open_study(tune: TuneConfig, storage: optuna.storages.BaseStorage, *, create
     if exists:
         study_id = storage.get_study_id_from_name(cfg.name)
         if len(storage.get_study_directions(study_id)) != len(cfg.directions):
-            raise ConfigError(f"study {cfg.name!r} was created with {len(storage.get_study_directions(study_id))} "
-                              f"objective(s), this config asks for {len(cfg.directions)} (study.speed_objective); "
-                              "pass a new --study name or set study.speed_objective back")
+            raise ConfigError(
+                f"study {cfg.name!r} was created with {len(storage.get_study_directions(study_id))} "
+                f"objective(s), this config asks for {len(cfg.directions)} (study.speed_objective); "
+                "pass a new --study name or set study.speed_objective back"
+            )
     with quiet_optuna_warnings():
-        study = optuna.create_study(study_name=cfg.name, storage=storage, sampler=sampler, pruner=pruner,
-                                    directions=cfg.directions, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=cfg.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            directions=cfg.directions,
+            load_if_exists=True,
+        )
     wanted = space_hash(tune.space)
     attrs = study.user_attrs
     check_study_data(study, data)
@@ -127,8 +142,9 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     failed = sorted(before - after)
     stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in failed]
     if stale:
-        log.warning("study %s: marked stale trial(s) %s FAIL (their worker stopped sending heartbeats)",
-                    study.study_name, stale)
+        log.warning(
+            "study %s: marked stale trial(s) %s FAIL (their worker stopped sending heartbeats)", study.study_name, stale
+        )
     return stale
 
 
@@ -179,8 +195,9 @@ def guarded_best(trials: Sequence[FrozenTrial], metric: str, *, maximize: bool =
     return guard_evidence(trials, metric, maximize=maximize)[0]
 
 
-def guard_evidence(trials: Sequence[FrozenTrial], metric: str, *,
-                   maximize: bool = True) -> tuple[FrozenTrial | None, list[str]]:
+def guard_evidence(
+    trials: Sequence[FrozenTrial], metric: str, *, maximize: bool = True
+) -> tuple[FrozenTrial | None, list[str]]:
     """:func:`guarded_best` and one line per trial it looked at, saying why it was passed over or chosen.
 
     The standard error is unpaired (``sqrt(a(1-a)/n + b(1-b)/m)``): a trial keeps its accuracy, not its
@@ -195,11 +212,15 @@ def guard_evidence(trials: Sequence[FrozenTrial], metric: str, *,
     scored = [(t, trial_accuracy(t)) for t in complete]
     known = [(t, a) for t, a in scored if a is not None]
     if not known:
-        return complete[0], [f"trial {complete[0].number} has the best {metric}; no trial recorded its accuracy, "
-                             "so the accuracy guard could not judge"]
+        return complete[0], [
+            f"trial {complete[0].number} has the best {metric}; no trial recorded its accuracy, "
+            "so the accuracy guard could not judge"
+        ]
     top, (top_acc, top_n) = max(known, key=lambda ta: (ta[1][0], -ta[0].number))
-    lines = [f"the most accurate trial is {top.number} (accuracy {top_acc:.4f} on {top_n} images); a trial whose "
-             "accuracy trails it by more than the (unpaired) standard error of the difference is passed over"]
+    lines = [
+        f"the most accurate trial is {top.number} (accuracy {top_acc:.4f} on {top_n} images); a trial whose "
+        "accuracy trails it by more than the (unpaired) standard error of the difference is passed over"
+    ]
     for t, acc in scored:
         if acc is None:
             lines.append(f"trial {t.number} ({metric} {trial_value(t):.4f}) recorded no accuracy: chosen")
@@ -207,8 +228,10 @@ def guard_evidence(trials: Sequence[FrozenTrial], metric: str, *,
         a, n = acc
         se = ((top_acc * (1 - top_acc)) / top_n + (a * (1 - a)) / n) ** 0.5
         verdict = "chosen" if top_acc - a <= se else "passed over"
-        lines.append(f"trial {t.number} ({metric} {trial_value(t):.4f}): accuracy {a:.4f}, {a - top_acc:+.4f} against "
-                     f"trial {top.number}, standard error {se:.4f}: {verdict}")
+        lines.append(
+            f"trial {t.number} ({metric} {trial_value(t):.4f}): accuracy {a:.4f}, {a - top_acc:+.4f} against "
+            f"trial {top.number}, standard error {se:.4f}: {verdict}"
+        )
         if top_acc - a <= se:
             return t, lines
     return complete[0], lines  # unreachable: the most accurate trial always qualifies
@@ -241,14 +264,22 @@ def list_studies(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         complete = [v for v in (trial_value(t) for t in trials if t.state == TrialState.COMPLETE) if v is not None]
-        best = (max(complete) if s.directions[0] == optuna.study.StudyDirection.MAXIMIZE else min(complete)) \
-            if complete else None
+        best = (
+            (max(complete) if s.directions[0] == optuna.study.StudyDirection.MAXIMIZE else min(complete))
+            if complete
+            else None
+        )
         starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-        out.append(StudySummary(
-            name=s.study_name, n_trials=len(trials), counts=counts, best_value=best,
-            metric=s.user_attrs.get(ATTR_METRIC),
-            start=min(starts).strftime("%Y-%m-%d %H:%M") if starts else None,
-        ))
+        out.append(
+            StudySummary(
+                name=s.study_name,
+                n_trials=len(trials),
+                counts=counts,
+                best_value=best,
+                metric=s.user_attrs.get(ATTR_METRIC),
+                start=min(starts).strftime("%Y-%m-%d %H:%M") if starts else None,
+            )
+        )
     return out
 
 
@@ -281,9 +312,11 @@ class ParetoPoint:
 def pareto_front(trials: Sequence[FrozenTrial]) -> list[ParetoPoint]:
     """Every COMPLETE trial that measured its speed, marked whether it is on the Pareto front of
     (metric, images/s): no other trial is at least as good on both and better on one. Sorted by speed."""
-    points = [(t.number, trial_value(t), float(t.user_attrs[ATTR_SPEED]), t.user_attrs.get(ATTR_TRIAL_RUN))
-              for t in trials if t.state == TrialState.COMPLETE and trial_value(t) is not None
-              and t.user_attrs.get(ATTR_SPEED) is not None]
+    points = [
+        (t.number, trial_value(t), float(t.user_attrs[ATTR_SPEED]), t.user_attrs.get(ATTR_TRIAL_RUN))
+        for t in trials
+        if t.state == TrialState.COMPLETE and trial_value(t) is not None and t.user_attrs.get(ATTR_SPEED) is not None
+    ]
 
     def dominated(v: float, s: float) -> bool:
         return any(v2 >= v and s2 >= s and (v2 > v or s2 > s) for _, v2, s2, _ in points)

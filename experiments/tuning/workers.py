@@ -1,4 +1,5 @@
 """Worker processes: spawned, logged in our format, stopped cleanly on Ctrl-C, deaths reported."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def _configure_worker_logging(run: StudyRun) -> None:
-    logging.basicConfig(level=run.log_level, force=True,
-                        format=f"%(asctime)s %(levelname)-7s [worker {run.worker}] %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=run.log_level,
+        force=True,
+        format=f"%(asctime)s %(levelname)-7s [worker {run.worker}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "h5py", "absl", "git"):
         logging.getLogger(noisy).setLevel(max(run.log_level, logging.WARNING))
     route_optuna_logging(run.log_level)
@@ -53,7 +57,7 @@ def worker_main(run: StudyRun, stop: Any = None, claim: Any = None) -> int:
     """Entry point of a spawned worker process: join the study and run trials; return how many."""
     quiet_startup()
     _configure_worker_logging(run)
-    with server_errors(run.tracking_uri):
+    with server_errors(run.ws.tracking_uri):
         return TrialWorker(run, stop, claim).loop()
 
 
@@ -97,8 +101,10 @@ def _death(exitcode: int | None) -> str:
     """How a worker that reported nothing ended: ``killed by SIGKILL; ...`` or ``exit code 1``."""
     if exitcode is not None and exitcode < 0:
         with contextlib.suppress(ValueError):
-            return (f"killed by {signal.Signals(-exitcode).name}; its trial fails once its heartbeat is stale "
-                    "and is retried")
+            return (
+                f"killed by {signal.Signals(-exitcode).name}; its trial fails once its heartbeat is stale "
+                "and is retried"
+            )
     return f"exit code {exitcode}"
 
 
@@ -108,8 +114,12 @@ def run_workers(run: StudyRun, workers: int) -> tuple[int, list[str]]:
     results = ctx.Queue()
     stop = ctx.Event()
     claim = ctx.Lock()  # the study's budget check and the new trial, one worker at a time
-    procs = [ctx.Process(target=_worker_entry, args=(replace(run, worker=i), results, stop, claim),
-                         name=f"galaxy10-worker-{i}") for i in range(workers)]
+    procs = [
+        ctx.Process(
+            target=_worker_entry, args=(replace(run, worker=i), results, stop, claim), name=f"galaxy10-worker-{i}"
+        )
+        for i in range(workers)
+    ]
     for p in procs:
         p.start()
     log.info("started %d worker processes: %s", workers, ", ".join(str(p.pid) for p in procs))

@@ -1,4 +1,5 @@
 """Custom Keras layers of the backbones (imported on demand: importing this package loads no Keras)."""
+
 from __future__ import annotations
 
 import importlib

@@ -11,6 +11,7 @@ galaxy. Lifting convolution and group convolution kernels are the 8 transformed 
 weight tensor (Cohen & Welling 2016, "Group Equivariant Convolutional Networks"; escnn/e2cnn and GroCo
 were read for reference, the code is our own).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -215,8 +216,9 @@ class D4RadialPool(keras.layers.Layer):
     anisotropic structure - an edge-on disc, a bar - that a mean over orientations averages away).
     """
 
-    def __init__(self, rings: int = 3, stats: tuple[str, ...] | list[str] = ("mean",), group: str = "mean",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, rings: int = 3, stats: tuple[str, ...] | list[str] = ("mean",), group: str = "mean", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.rings = int(rings)
         self.stats = tuple(str(s) for s in stats)
