@@ -67,7 +67,7 @@ def import_gz2(folder: Path) -> Path:
 
 def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa: ANN001
     from experiments.settings.run import load_config
-    from experiments.training import predict_probs, train
+    from experiments.training import TrainOptions, predict_probs, prepare_run, train
     from models.cost import multiply_adds
 
     sets = [
@@ -85,7 +85,7 @@ def run_one(name: str, seed: int, data, args, tracker_factory) -> dict:  # noqa:
     cfg = load_config(None, sets)
     with tracker_factory(f"bench-{name}-seed{seed}") as tracker:
         start = time.perf_counter()
-        result = train(cfg, tracker, data=data, log_model=False, verbose=0)
+        result = train(prepare_run(cfg, data), tracker, TrainOptions(log_model=False, verbose=0))
         seconds = time.perf_counter() - start
     t0 = time.perf_counter()
     for _ in range(3):

@@ -71,7 +71,7 @@ def measure(args: argparse.Namespace) -> None:
     from experiments.settings.ensemble import config_from_dict, read_config_yaml
     from experiments.settings.run import ModelConfig, load_config
     from experiments.tracking.base import NullTracker
-    from experiments.training import load_training_data, train
+    from experiments.training import TrainOptions, load_training_data, prepare_run, train
     from models import build_model
 
     print(f"CPUs: {os.cpu_count()}, load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
@@ -90,7 +90,7 @@ def measure(args: argparse.Namespace) -> None:
     kind = "SYNTHETIC" if data.synthetic else data.provenance
     print(f"data: {data.path} ({kind}), {len(data.train)} train / {len(data.val)} val images")
     start = time.perf_counter()
-    result = train(cfg, NullTracker(), data=data, log_model=False, verbose=0)
+    result = train(prepare_run(cfg, data), NullTracker(), TrainOptions(log_model=False, verbose=0))
     print(
         f"quick CNN (tune_quick recipe at 64/48 px, {args.epochs} epochs): trained in "
         f"{time.perf_counter() - start:.0f} s, val accuracy {result.val_metrics['accuracy']:.3f}"

@@ -47,14 +47,16 @@ def out_of_fold(cfg, data, folds: int, seed: int) -> np.ndarray:  # noqa: ANN001
     """Probabilities of every image of ``data`` from the fold model that did not train on it."""
     from ensembles.crossfit import make_folds
     from experiments.tracking.base import NullTracker
-    from experiments.training import predict_probs, train
+    from experiments.training import TrainOptions, predict_probs, prepare_run, train
 
     every = np.arange(len(data.labels))
     probs = np.zeros((len(every), data.num_classes), dtype=np.float64)
     for fold in make_folds(every, data.labels, folds, seed=seed):
         start = time.perf_counter()
         fold_data = replace(data, train=fold.train, val=fold.heldout, test=np.zeros(0, dtype=np.int64))
-        result = train(cfg, NullTracker(), data=fold_data, log_model=False, verbose=0, restore_best=False)
+        result = train(
+            prepare_run(cfg, fold_data), NullTracker(), TrainOptions(log_model=False, verbose=0, restore_best=False)
+        )
         probs[fold.heldout] = predict_probs(
             result.model, fold_data, fold.heldout, crop=cfg.data.crop, tta=cfg.augment.tta
         )

@@ -63,7 +63,7 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     from ensembles.second_stage import full_proba, make_second_stage
     from ensembles.stacking import fit_meta, meta_features, meta_predict
     from experiments.tracking.base import NullTracker
-    from experiments.training import train
+    from experiments.training import TrainOptions, prepare_run, train
 
     n = data.num_classes
     y_train = data.labels[data.train]
@@ -77,11 +77,11 @@ def run(data, cfg, k: int, seed: int, second: str) -> dict[str, tuple[float, flo
     for fold in folds:
         t0 = time.perf_counter()
         result = train(
-            replace(cfg, train=replace(cfg.train, seed=seed + fold.number)),
+            prepare_run(
+                replace(cfg, train=replace(cfg.train, seed=seed + fold.number)), replace(data, train=fold.train)
+            ),
             NullTracker(),
-            data=replace(data, train=fold.train),
-            log_model=False,
-            verbose=0,
+            TrainOptions(log_model=False, verbose=0),
         )
         emb = CNNEmbedder(result.model, cache_dir=False, progress=False).fit()
         held = emb.embed(data.images, fold.heldout, split="held", data_fingerprint=data.fingerprint)

@@ -124,13 +124,13 @@ def run_one(arm: Arm, seed: int, common: list[str], data, *, epochs: int | None 
     """Train ``arm`` with ``seed`` (``epochs`` overrides the common count); score validation with/without TTA."""
     from experiments.settings.run import load_config
     from experiments.tracking.base import NullTracker
-    from experiments.training import evaluate, train
+    from experiments.training import TrainOptions, evaluate, prepare_run, train
 
     extra = [] if epochs is None else [f"train.epochs={epochs}"]
     cfg = load_config(arm.config, [*common, *arm.overrides, *extra, f"train.seed={seed}"])
     timer = _epoch_timer()
     start = time.perf_counter()
-    result = train(cfg, NullTracker(), data=data, callbacks=[timer], log_model=False, verbose=0)
+    result = train(prepare_run(cfg, data), NullTracker(), TrainOptions(callbacks=[timer], log_model=False, verbose=0))
     other = evaluate(result.model, data, data.val, crop=cfg.data.crop, tta=not cfg.augment.tta)
     seconds = time.perf_counter() - start
     mixes = result.fit.class_mixes

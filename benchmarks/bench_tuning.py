@@ -54,7 +54,7 @@ def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
     from experiments.settings.search_space import suggest
     from experiments.settings.trial import resolve_run_config
     from experiments.tracking.base import NullTracker
-    from experiments.training import train
+    from experiments.training import TrainOptions, prepare_run, train
     from experiments.tuning.objective import TrialPruned, pruning_callback
     from experiments.tuning.storage import open_storage
     from experiments.tuning.study import open_study
@@ -84,7 +84,11 @@ def run_arm(arm: Arm, tune, data, budget: int, workdir: Path) -> Arm:
             report(epoch, metrics)
 
         try:
-            result = train(cfg, NullTracker(), data=data, epoch_callback=count_and_report, log_model=False, verbose=0)
+            result = train(
+                prepare_run(cfg, data),
+                NullTracker(),
+                TrainOptions(epoch_callback=count_and_report, log_model=False, verbose=0),
+            )
         except TrialPruned:
             arm.pruned += 1
             raise

@@ -74,11 +74,10 @@ def _use_workspace(args: argparse.Namespace) -> None:
     worker processes). Library code takes the workspace and never changes the default."""
     if not hasattr(args, "tracking_uri"):
         return
+    from experiments.commands.common import workspace
     from experiments.tracking.store import set_tracking_uri
-    from experiments.tracking.workspace import Workspace
 
-    args.ws = Workspace(tracking_uri=args.tracking_uri or "", storage_url=getattr(args, "storage", None))
-    set_tracking_uri(args.ws.tracking_uri)
+    set_tracking_uri(workspace(args).tracking_uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

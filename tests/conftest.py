@@ -329,7 +329,7 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> SmokeModel:
     from experiments.settings.run import load_config
     from experiments.tracking.mlflow_tracker import MlflowTracker
     from experiments.tracking.model_registry import register_champion
-    from experiments.training import train
+    from experiments.training import TrainOptions, prepare_run, train
 
     root = tmp_path_factory.mktemp("smoke_model")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -342,7 +342,7 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> SmokeModel:
             Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml", [f"data.path={data}"]
         )
         with MlflowTracker(cfg.experiment_name, cfg.run_name, ws=Workspace.of(uri)) as tracker:
-            result = train(cfg, tracker, verbose=0)
+            result = train(prepare_run(cfg), tracker, TrainOptions(verbose=0))
         name = "smoke-study"
         register_champion(result.model_uri, name, run_id=result.run_id, ws=Workspace.of(uri))
     return SmokeModel(uri, result.run_id, result.model_uri, name, data)

@@ -238,7 +238,8 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(
     from experiments.cli import main as cli_main
     from experiments.serving.predictor import load_predictor
     from experiments.serving.web import create_app
-    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.loading import load_keras_model
+    from experiments.tracking.workspace import Workspace
 
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     ids = []
@@ -252,12 +253,12 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(
                 0
             ]["run_id"]
         )
-    bundle = load_model_bundle(f"runs:/{ids[0]}/model")
+    bundle = load_keras_model(f"runs:/{ids[0]}/model", ws=Workspace())
     assert bundle.meta["backbone"] == name
     png = tmp_path / "g.png"
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(png)
     assert cli_main(["-q", "predict", str(png), "--model", ids[0], "--format", "json"]) == 0
-    predictor = load_predictor(ids[0])
+    predictor = load_predictor(ids[0], ws=Workspace())
     resp = (
         create_app(predictor)
         .test_client()
@@ -270,7 +271,7 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(
     expected = predictor.calibrate(predictor.predict(np.asarray(Image.open(png))[None]))[0]
     assert reply["probabilities"] == pytest.approx(dict(zip(bundle.meta["class_names"], expected.tolist())), abs=1e-5)
     assert reply["top_class"] == bundle.meta["class_names"][int(np.argmax(expected))]
-    reference = load_model_bundle(f"runs:/{ids[1]}/model")
+    reference = load_keras_model(f"runs:/{ids[1]}/model", ws=Workspace())
     branches = [
         Branch(cnn=b.model, size=int(b.meta["size"]), crop=int(b.meta["crop"]), name=n)
         for b, n in ((bundle, name), (reference, "reference_cnn"))
@@ -281,5 +282,5 @@ def test_each_backbone_through_mlflow_predict_page_and_an_ensemble(
     folder = save_ensemble(ens, tmp_path / "ens")
     np.testing.assert_allclose(load_ensemble(folder).predict_proba(images), probs, atol=1e-6)
     np.testing.assert_allclose(
-        probs, 0.5 * (predictor.predict(images) + load_predictor(ids[1]).predict(images)), atol=1e-5
+        probs, 0.5 * (predictor.predict(images) + load_predictor(ids[1], ws=Workspace()).predict(images)), atol=1e-5
     )

@@ -21,6 +21,7 @@ from conftest import keep_mlflow_tracking_uri, tiny_images
 from PIL import Image
 
 from experiments.cli import main as cli_main
+from experiments.tracking.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "configs" / "smoke.yaml"
@@ -218,7 +219,7 @@ def test_study_ensemble_report_predict_and_page_on_the_catalog(
     from experiments.serving.predictor import load_predictor
     from experiments.serving.web import create_app
 
-    app = create_app(load_predictor("custom@champion"))
+    app = create_app(load_predictor("custom@champion", ws=Workspace()))
     resp = app.test_client().post(
         "/api/predict", data={"file": (io.BytesIO(png.read_bytes()), "one.png")}, content_type="multipart/form-data"
     )

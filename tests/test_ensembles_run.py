@@ -199,7 +199,8 @@ def test_every_pyfunc_model_reloads_and_predicts_as_in_memory(comparison, in_stu
     import mlflow.pyfunc
 
     from experiments.serving.predictor import predict_images
-    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.loading import load_keras_model
+    from experiments.tracking.workspace import Workspace
     from pipelines.preprocess import prepare_images
     from pipelines.reader import Galaxy10File
 
@@ -216,7 +217,7 @@ def test_every_pyfunc_model_reloads_and_predicts_as_in_memory(comparison, in_stu
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=cand.name)
     # cnn-best is the logged Keras model: the same as the training code's own prediction path
     cnn = comparison.candidates[0]
-    bundle = load_model_bundle(f"runs:/{cnn.model.branches[0].run_id}/model")
+    bundle = load_keras_model(f"runs:/{cnn.model.branches[0].run_id}/model", ws=Workspace())
     np.testing.assert_allclose(
         mlflow.pyfunc.load_model(comparison.model_uris["cnn-best"]).predict(raw256),
         predict_images(bundle, raw256),

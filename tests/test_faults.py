@@ -579,8 +579,9 @@ def test_full_disk_during_the_embedding_cache(
 ) -> None:
     from ensembles.embeddings import CNNEmbedder
     from experiments.ensembling.members import load_study_data, study_members
-    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.loading import load_keras_model
     from experiments.tracking.runs import find_runs
+    from experiments.tracking.workspace import Workspace
 
     config = tmp_path / "ens.yaml"
     config.write_text(
@@ -642,7 +643,7 @@ def test_full_disk_during_the_embedding_cache(
     # The cache written by the re-run holds what a clean computation gives.
     members = study_members("tiny", ws=tiny_study.ws, top_k=1)
     data = load_study_data(members, None)
-    model = load_model_bundle(members.best.model_uri).model
+    model = load_keras_model(members.best.model_uri, ws=Workspace()).model
     fresh = (
         CNNEmbedder(model, model_id=members.best.run_id, cache_dir=False)
         .fit()

@@ -15,7 +15,7 @@ import pytest
 from core.errors import ConfigError
 from experiments.settings.run import ModelConfig, load_config
 from experiments.tracking.base import NullTracker
-from experiments.training import load_training_data, train
+from experiments.training import TrainOptions, load_training_data, prepare_run, train
 from models import build_model
 from models.head import CLASSIFIER_LAYER, EMBEDDING_LAYER, HEAD_LAYERS
 from models.weights import load_weights_file, transfer_weights
@@ -128,7 +128,9 @@ def test_train_starts_from_a_weights_file_and_freeze_epochs_train_only_the_head(
     data = load_training_data(cfg.data, tiny_h5)
     snap = Snapshot()
     tracker = NullTracker()
-    train(cfg, tracker, data=data, callbacks=[snap], log_model=False, verbose=0, restore_best=False)
+    train(
+        prepare_run(cfg, data), tracker, TrainOptions(callbacks=[snap], log_model=False, verbose=0, restore_best=False)
+    )
     assert len(snap.after) == 2
     assert same(snap.after[0], start)  # epoch 1: backbone frozen at the file's weights (batch norm too)
     assert not same(snap.after[1], start)  # epoch 2: everything trains
@@ -138,22 +140,31 @@ def test_train_starts_from_a_weights_file_and_freeze_epochs_train_only_the_head(
 def test_bad_starting_weights_fail_before_training(tiny_h5: Path, tmp_path: Path) -> None:
     data = load_training_data(load_config(None, TINY).data, tiny_h5)
     with pytest.raises(ConfigError, match="model.weights file .* not found"):
-        train(load_config(None, [*TINY, *RESNET, f"model.weights={tmp_path / 'nope.keras'}"]), data=data)
+        train(prepare_run(load_config(None, [*TINY, *RESNET, f"model.weights={tmp_path / 'nope.keras'}"]), data))
     (tmp_path / "w.npz").write_bytes(b"x")
     with pytest.raises(ConfigError, match="not a Keras weights file for resnet"):
-        train(load_config(None, [*TINY, *RESNET, f"model.weights={tmp_path / 'w.npz'}"]), data=data)
+        train(prepare_run(load_config(None, [*TINY, *RESNET, f"model.weights={tmp_path / 'w.npz'}"]), data))
     with pytest.raises(ConfigError, match="needs an MLflow store"):
-        train(load_config(None, [*TINY, *RESNET, "model.init_from=0123456789abcdef0123456789abcdef"]), data=data)
+        train(
+            prepare_run(load_config(None, [*TINY, *RESNET, "model.init_from=0123456789abcdef0123456789abcdef"]), data)
+        )
     with pytest.raises(ConfigError, match="another backbone; set model.name=d4_cnn"):
         d4 = resnet(name="d4_cnn")
         train(
-            load_config(None, [*TINY, *RESNET, "model.init_from=x@champion"]),
-            data=data,
-            log_model=False,
-            model_loader=lambda ref: (
-                d4,
-                {"backbone": "d4_cnn", "backbone_params": {"filters": [4, 8]}, "class_names": list(data.class_names)},
+            prepare_run(
+                load_config(None, [*TINY, *RESNET, "model.init_from=x@champion"]),
+                data,
+                model_loader=lambda ref: (
+                    d4,
+                    {
+                        "backbone": "d4_cnn",
+                        "backbone_params": {"filters": [4, 8]},
+                        "class_names": list(data.class_names),
+                    },
+                ),
             ),
+            None,
+            TrainOptions(log_model=False),
         )
 
 
@@ -176,10 +187,10 @@ def test_init_from_a_logged_run_through_the_cli(smoke_model, tmp_path: Path) -> 
     import mlflow
 
     from experiments.cli import main as cli_main
-    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.loading import load_keras_model
 
     mlflow.set_tracking_uri(smoke_model.tracking_uri)
-    source, _ = load_model_bundle(smoke_model.model_uri)
+    source, _ = load_keras_model(smoke_model.model_uri, ws=smoke_model.ws)
     smoke = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "smoke.yaml"
     argv = [
         "-q",
@@ -202,7 +213,7 @@ def test_init_from_a_logged_run_through_the_cli(smoke_model, tmp_path: Path) -> 
     assert cli_main(argv) == 0
     run = mlflow.search_runs(experiment_names=["galaxy10-smoke"], filter_string="tags.mlflow.runName = 'warm-start'")
     assert len(run) == 1 and run.iloc[0]["params.model.init_from"] == smoke_model.run_id
-    warm, _ = load_model_bundle(f"runs:/{run.iloc[0]['run_id']}/model")
+    warm, _ = load_keras_model(f"runs:/{run.iloc[0]['run_id']}/model", ws=smoke_model.ws)
     assert not same(backbone_weights(warm), backbone_weights(source))  # trained on after the start
     code = cli_main(
         [

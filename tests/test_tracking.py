@@ -17,13 +17,13 @@ from core.errors import ConfigError, ModelError
 from experiments.serving.predictor import predict_images
 from experiments.settings.run import flatten, load_config
 from experiments.tracking.base import META_ARTIFACT, NullTracker, Tracker, git_commit
-from experiments.tracking.loading import load_model_bundle, load_prediction_model
+from experiments.tracking.loading import load_keras_model, load_prediction_model
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import default_champion_uri
 from experiments.tracking.runs import run_val_recall
 from experiments.tracking.store import resolve_tracking_uri, set_tracking_uri
 from experiments.tracking.workspace import Workspace
-from experiments.training import train
+from experiments.training import TrainOptions, prepare_run, train
 from pipelines.preprocess import center_crop, load_resized
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def _status(run_id: str) -> str:
 
 
 def test_run_status_on_success_failure_and_kill():
-    with MlflowTracker("exp", "ok") as ok:
+    with MlflowTracker("exp", "ok", ws=Workspace()) as ok:
         ok.log_metrics({"x": 1.0, "bad": float("nan")}, step=3)
     assert _status(ok.run_id) == "FINISHED"
     assert MlflowClient().get_run(ok.run_id).data.metrics == {"x": 1.0}
@@ -70,15 +70,15 @@ def test_run_status_on_success_failure_and_kill():
     class Pruned(Exception):
         pass
 
-    killed = MlflowTracker("exp", "pruned", killed_on=(Pruned,))
+    killed = MlflowTracker("exp", "pruned", ws=Workspace(), killed_on=(Pruned,))
     with pytest.raises(Pruned), killed:
         raise Pruned
     assert _status(killed.run_id) == "KILLED"
-    failed = MlflowTracker("exp", "boom")
+    failed = MlflowTracker("exp", "boom", ws=Workspace())
     with pytest.raises(RuntimeError), failed:
         raise RuntimeError("boom")
     assert _status(failed.run_id) == "FAILED"
-    child = MlflowTracker("exp", "child", parent_run_id=ok.run_id)
+    child = MlflowTracker("exp", "child", ws=Workspace(), parent_run_id=ok.run_id)
     with child:
         pass
     assert MlflowClient().get_run(child.run_id).data.tags["mlflow.parentRunId"] == ok.run_id
@@ -86,10 +86,10 @@ def test_run_status_on_success_failure_and_kill():
 
 def test_unknown_models_and_runs_are_model_errors():
     with pytest.raises(ModelError, match="cannot find model"):
-        load_model_bundle("runs:/0123456789abcdef0123456789abcdef/model")
+        load_keras_model("runs:/0123456789abcdef0123456789abcdef/model", ws=Workspace())
     with pytest.raises(ModelError, match="not found"):
-        run_val_recall("0123456789abcdef0123456789abcdef", ["disturbed"])
-    assert default_champion_uri() is None
+        run_val_recall("0123456789abcdef0123456789abcdef", ["disturbed"], ws=Workspace())
+    assert default_champion_uri(ws=Workspace()) is None
 
 
 def test_only_tracking_imports_mlflow():
@@ -114,7 +114,7 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
     cfg = load_config(SMOKE, ["train.epochs=1"])
     uri = set_tracking_uri()
     with MlflowTracker(cfg.experiment_name, cfg.run_name, ws=Workspace.of(uri)) as tracker:
-        result = train(cfg, tracker, data_path=tiny_h5, verbose=0)
+        result = train(prepare_run(cfg, data_path=tiny_h5), tracker, TrainOptions(verbose=0))
     client = MlflowClient()
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
@@ -145,7 +145,7 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
     ):
         assert key in run.data.metrics, key
     assert not [k for k in run.data.metrics if k.startswith("test_")]
-    recall = run_val_recall(tracker.run_id, ["disturbed", "cigar"])
+    recall = run_val_recall(tracker.run_id, ["disturbed", "cigar"], ws=Workspace())
     np.testing.assert_allclose(recall, [result.val_metrics["recall_disturbed"], result.val_metrics["recall_cigar"]])
     # artifacts
     artifacts = {a.path for a in client.list_artifacts(tracker.run_id)}
@@ -182,7 +182,7 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
     crops = center_crop(np.asarray(load_resized(tiny_h5, size=48)[:12]), 32).astype(np.float32)
     expected = result.model.predict(crops, verbose=0)
     for model_uri in (f"runs:/{tracker.run_id}/model", result.model_uri):
-        bundle = load_model_bundle(model_uri)
+        bundle = load_keras_model(model_uri, ws=Workspace())
         model, loaded_meta = bundle
         assert loaded_meta == meta
         np.testing.assert_allclose(model.predict(crops, verbose=0), expected, rtol=1e-5, atol=1e-6)
@@ -190,7 +190,7 @@ def test_train_log_reload_predict_round_trip(tiny_h5):
     # any size: a 100 px image is square-cropped and resized like training data
     big = np.zeros((1, 100, 120, 3), np.uint8)
     assert predict_images(bundle, big).shape == (1, 10)
-    loaded = load_prediction_model(result.model_uri)
+    loaded = load_prediction_model(result.model_uri, ws=Workspace())
     assert loaded.kind == "keras" and loaded.info["run_id"] == tracker.run_id and loaded.info["synthetic"] is True
 
 

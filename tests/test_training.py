@@ -15,6 +15,7 @@ from experiments.settings.run import flatten, load_config
 from experiments.tracking.base import NullTracker
 from experiments.training import (
     TrainData,
+    TrainOptions,
     auto_target_recall,
     evaluate,
     load_training_data,
@@ -54,7 +55,9 @@ def test_train_learns_and_logs_everything_but_the_test_split(data):
     cfg = load_config(SMOKE, [*FAST, "train.epochs=6"])
     tracker = NullTracker()
     seen = []
-    result = train(cfg, tracker, data=data, epoch_callback=lambda e, m: seen.append((e, dict(m))), verbose=0)
+    result = train(
+        prepare_run(cfg, data), tracker, TrainOptions(epoch_callback=lambda e, m: seen.append((e, dict(m))), verbose=0)
+    )
     # learns: 10 classes, chance is 0.1
     assert result.val_metrics["accuracy"] > 0.25
     # best weights restored: final val log loss is the best epoch's
@@ -101,7 +104,7 @@ def test_epoch_callback_exception_stops_training_and_propagates(data):
             raise Pruned(f"pruned at {epoch}")
 
     with pytest.raises(Pruned, match="pruned at 2"):
-        train(cfg, tracker, data=data, epoch_callback=prune, verbose=0)
+        train(prepare_run(cfg, data), tracker, TrainOptions(epoch_callback=prune, verbose=0))
     assert [s for s, _ in tracker.metrics["epoch_val_loss"]] == [1, 2]
     assert "val_accuracy" not in tracker.metrics  # no final evaluation after a stop signal
 
@@ -112,7 +115,7 @@ def test_early_stopping_and_scoring_the_test_split(data):
         SMOKE, [*FAST, "train.epochs=6", "train.learning_rate=1.0e-7", "train.patience=1", "train.monitor=val_accuracy"]
     )
     tracker = NullTracker()
-    result = train(cfg, tracker, data=data, score_test=True, verbose=0)
+    result = train(prepare_run(cfg, data), tracker, TrainOptions(score_test=True, verbose=0))
     assert result.fit.epochs_run == 2 and result.best_epoch == 1
     assert result.test_metrics is not None and tracker.tags["test_scored"] == "true"
     assert tracker.latest("test_accuracy") == result.test_metrics["accuracy"]
@@ -138,7 +141,7 @@ def test_other_options_train(data):
         ],
     )
     tracker = NullTracker()
-    result = train(cfg, tracker, data=data, verbose=0)
+    result = train(prepare_run(cfg, data), tracker, TrainOptions(verbose=0))
     assert all(math.isfinite(v) for v in result.fit.history["loss"])
     lrs = [v for _, v in tracker.metrics["epoch_learning_rate"]]
     assert lrs[0] == pytest.approx(3e-3) and lrs[1] == pytest.approx(1.5e-3, rel=1e-3)  # cosine over 2 epochs
@@ -275,7 +278,7 @@ def test_train_opens_and_validates_the_data_file_once(
 
 def test_the_modern_recipe_trains(data) -> None:
     """Issue 14's recipe at once: AdamW, warm-up + cosine, label smoothing, MixUp + CutMix, EMA weights."""
-    from experiments.training import train
+    from experiments.training import prepare_run, train
 
     cfg = load_config(
         SMOKE,
@@ -292,6 +295,6 @@ def test_the_modern_recipe_trains(data) -> None:
             "train.epochs=2",
         ],
     )
-    result = train(cfg, data=data, log_model=False, verbose=0)
+    result = train(prepare_run(cfg, data), None, TrainOptions(log_model=False, verbose=0))
     assert result.fit.epochs_run == 2 and np.isfinite(result.val_metrics["log_loss"])
     assert result.fit.history["learning_rate"][0] == pytest.approx(cfg.train.learning_rate / 2, rel=1e-4)

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from experiments.commands.common import add_force_argument
+from experiments.commands.common import add_force_argument, workspace
 from experiments.commands.predict import add_model_arguments
 
 #: Largest --chunk-size / --batch-size / --workers (bounded memory: a chunk's pixels are held at once).
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--ood-data names the training file for out-of-distribution scores, but --ood is off; drop one of them"
         )
-    predictor = load_predictor(args.model, ws=args.ws)
+    predictor = load_predictor(args.model, ws=workspace(args))
     if args.engine == "spark":
         from experiments.catalog.spark import run_catalog_spark
 
@@ -264,7 +264,7 @@ def _ood_factory(args: argparse.Namespace, predictor):  # noqa: ANN001, ANN202 -
                 f"model {predictor.card.uri} is a {predictor.card.kind} model without embeddings, so "
                 "it gives no out-of-distribution scores; use a CNN, or --ood off"
             )
-        rows = training_rows(predictor.card, args.ood_data, ws=args.ws)
+        rows = training_rows(predictor.card, args.ood_data, ws=workspace(args))
     except DataError as err:
         if args.ood == "on":
             raise

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from core.paths import DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    from experiments.tracking.workspace import Workspace
 
 TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 DATA_HELP = "Galaxy10-schema HDF5 file (default: data/Galaxy10_DECals.h5 if present, else data/galaxy10_synthetic.h5)"
@@ -15,6 +19,18 @@ def add_force_argument(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--force", action="store_true", help=f"replace an existing --out that galaxy10 did not write with the {what}"
     )
+
+
+def workspace(args: argparse.Namespace) -> Workspace:
+    """The command's workspace: the one ``galaxy10``'s entry built (``args.ws``), else one built from
+    ``--tracking-uri`` / ``--storage`` (a caller that runs a command's ``run`` directly)."""
+    from experiments.tracking.workspace import Workspace
+
+    if getattr(args, "ws", None) is None:
+        args.ws = Workspace(
+            tracking_uri=getattr(args, "tracking_uri", None) or "", storage_url=getattr(args, "storage", None)
+        )
+    return args.ws
 
 
 def add_tracking_uri_argument(parser: argparse.ArgumentParser) -> None:

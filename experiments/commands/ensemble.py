@@ -10,6 +10,7 @@ from experiments.commands.common import (
     add_storage_argument,
     add_study_argument,
     add_tracking_uri_argument,
+    workspace,
 )
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     text = Path(args.config).read_text()
     if args.overrides:
         text += "\n# --set " + " --set ".join(args.overrides) + "\n# resolved:\n" + yaml.safe_dump(raw, sort_keys=False)
-    report = run_comparison(study, cfg, ws=args.ws, data_path=args.data, config_text=text, budget=budget)
+    report = run_comparison(study, cfg, ws=workspace(args), data_path=args.data, config_text=text, budget=budget)
     if report.synthetic:
         print("SYNTHETIC data: these numbers say nothing about real galaxies")
     print(f"ensemble comparison of study {report.study_name} (mode {report.mode}), validation split:")

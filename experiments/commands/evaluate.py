@@ -9,6 +9,7 @@ from experiments.commands.common import (
     add_force_argument,
     add_json_argument,
     add_tracking_uri_argument,
+    workspace,
 )
 
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         budget=budget,
-        ws=args.ws,
+        ws=workspace(args),
         experiment=experiment,
         force=args.force,
         label_fraction=args.label_fraction,

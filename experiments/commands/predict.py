@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from experiments.commands.common import add_tracking_uri_argument
+from experiments.commands.common import add_tracking_uri_argument, workspace
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if total == 0:
         raise DataError("the inputs hold no images; give PNG/JPEG files or a non-empty HDF5 file")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the output clean
-    predictor = load_predictor(args.model, ws=args.ws)
+    predictor = load_predictor(args.model, ws=workspace(args))
     labels: list[str] = []
     probs: list[np.ndarray] = []
     with tqdm(total=total, desc="predict", unit="img", disable=None, leave=False) as bar:

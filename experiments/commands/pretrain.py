@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.commands.common import add_overrides_argument, add_tracking_uri_argument
+from experiments.commands.common import add_overrides_argument, add_tracking_uri_argument, workspace
 
 DEFAULT_CONFIG = "experiments/configs/pretrain.yaml"
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         monitor=args.monitor,
         checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
         name=args.name,
-        ws=args.ws,
+        ws=workspace(args),
     )
     print(result)
     return 0

@@ -9,6 +9,7 @@ from experiments.commands.common import (
     add_storage_argument,
     add_study_argument,
     add_tracking_uri_argument,
+    workspace,
 )
 
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(
         study,
         out=out,
-        ws=args.ws,
+        ws=workspace(args),
         data_path=args.data,
         n_resamples=args.bootstrap,
         seed=args.seed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.commands.common import add_data_argument, add_overrides_argument, add_tracking_uri_argument
+from experiments.commands.common import add_data_argument, add_overrides_argument, add_tracking_uri_argument, workspace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         per_class=args.per_class,
         use_ood=args.ood == "on",
-        ws=args.ws,
+        ws=workspace(args),
         name=name,
     )
     print("\n".join(summary_lines(results, registered, pool)))

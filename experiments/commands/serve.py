@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from experiments.commands.common import workspace
 from experiments.commands.predict import add_model_arguments
 
 #: Largest --max-upload-mb: an upload is held in memory while it is decoded.
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         )
     check_bind(args.host, args.port)  # a bad host or a port in use fails before the model loads
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the output clean
-    predictor = load_predictor(args.model, ws=args.ws)
+    predictor = load_predictor(args.model, ws=workspace(args))
     server = make_server(
         predictor,
         host=args.host,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.commands.common import add_force_argument, add_tracking_uri_argument
+from experiments.commands.common import add_force_argument, add_tracking_uri_argument, workspace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_dir(args.out, what="similarity results", force=args.force)
-    neighbours, index, images = find_similar(args.queries, args.catalog, k=args.k, model=args.model, ws=args.ws)
+    neighbours, index, images = find_similar(args.queries, args.catalog, k=args.k, model=args.model, ws=workspace(args))
     print(f"{'query':<32} {'rank':>4} {'similarity':>10}  {'row':>8}  {'predicted':<24} id")
     for n in neighbours:
         print(f"{n.query[-32:]:<32} {n.rank:>4} {n.similarity:>10.4f}  {n.row:>8}  {n.predicted[:24]:<24} {n.id}")

@@ -13,6 +13,7 @@ from experiments.commands.common import (
     add_json_argument,
     add_overrides_argument,
     add_tracking_uri_argument,
+    workspace,
 )
 
 
@@ -72,19 +73,21 @@ def run(args: argparse.Namespace) -> int:
     from experiments.settings.run import load_config
     from experiments.tracking.lookups import training_lookups
     from experiments.tracking.mlflow_tracker import MlflowTracker
-    from experiments.training import load_training_data, prepare_run, summary, train
+    from experiments.training import TrainOptions, load_training_data, prepare_run, summary, train
 
     cfg = load_config(args.config, args.overrides)
     # Everything that can fail on bad input is checked before the MLflow run is opened: the data, the
     # weights file, the start model (a mismatch leaves no run), the source run's recall.
     data = load_training_data(cfg.data, args.data, targets=cfg.augment.targets)  # targets: the file's classes
-    prepared = prepare_run(cfg, data, **training_lookups(args.ws))
+    prepared = prepare_run(cfg, data, **training_lookups(workspace(args)))
     # Keras prints its per-epoch progress to stdout; keep stdout for the summary (e.g. --json).
     with (
         contextlib.redirect_stdout(sys.stderr),
-        MlflowTracker(cfg.experiment_name, cfg.run_name, ws=args.ws, tags={"config.file": args.config}) as tracker,
+        MlflowTracker(
+            cfg.experiment_name, cfg.run_name, ws=workspace(args), tags={"config.file": args.config}
+        ) as tracker,
     ):
-        result = train(cfg, tracker, data=data, score_test=args.score_test, prepared=prepared, log_model=args.log_model)
+        result = train(prepared, tracker, TrainOptions(score_test=args.score_test, log_model=args.log_model))
     out = summary(result)
     print(json.dumps(out, indent=2) if args.json else format_summary(out))
     return 0

@@ -10,6 +10,7 @@ from experiments.commands.common import (
     add_overrides_argument,
     add_storage_argument,
     add_tracking_uri_argument,
+    workspace,
 )
 
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             overrides=tuple(args.overrides),
             epochs=args.pretrain_epochs,
             budget=budget,
-            ws=args.ws,
+            ws=workspace(args),
         )
         print(f"pretrained: {pretrained}")
     report = run_study(
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         n_trials=args.trials,
         timeout=args.timeout,
         workers=args.workers,
-        ws=args.ws,
+        ws=workspace(args),
         data_path=args.data,
         overrides=tuple(args.overrides),
         log_level=level,

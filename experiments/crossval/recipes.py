@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 
 from experiments.crossval.folds import Fold, Recipe, inner_validation
+from experiments.settings.run import RunConfig
+from experiments.settings.tune import TuneConfig
 from experiments.tracking.workspace import Workspace
+from pipelines.dataset import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +42,16 @@ class FoldResult:
 
 
 def run_train_recipe(
-    cfg: Any, data: Any, fold: Fold, *, seed: int, tracker: Any, lookups: dict[str, Any]
+    cfg: RunConfig, data: TrainData, fold: Fold, *, seed: int, tracker: Any, lookups: dict[str, Any]
 ) -> FoldResult:
     """A run config trained on the fold's training images (a stratified share of them for validation:
     early stopping and calibration), its restored best weights scored on the held-out images."""
-    from experiments.training import predict_probs, train
+    from experiments.training import TrainOptions, predict_probs, prepare_run, train
 
     started = time.perf_counter()
     tr, va = inner_validation(data.labels, fold.train, cfg.data.val_fraction or 0.1, seed=seed + 1000 * fold.r + fold.k)
     fold_data = replace(data, train=tr, val=va, test=fold.test)
-    result = train(cfg, tracker, data=fold_data, log_model=False, verbose=0, **lookups)
+    result = train(prepare_run(cfg, fold_data, **lookups), tracker, TrainOptions(log_model=False, verbose=0))
     probs = predict_probs(result.model, fold_data, fold.test, crop=cfg.data.crop, tta=cfg.augment.tta)
     return FoldResult(
         probs, time.perf_counter() - started, {"best_epoch": result.best_epoch, "n_train": len(tr), "n_val": len(va)}
@@ -56,7 +59,7 @@ def run_train_recipe(
 
 
 def run_tune_recipe(
-    tune: Any,
+    tune: TuneConfig,
     recipe: Recipe,
     source: Path,
     fold: Fold,

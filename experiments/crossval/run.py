@@ -38,6 +38,8 @@ from experiments.crossval.folds import (
 )
 from experiments.crossval.recipes import FoldResult, ensemble_config, run_train_recipe, run_tune_recipe
 from experiments.crossval.summary import EvaluationSummary, summarize, summary_figure, summary_markdown
+from experiments.settings.run import RunConfig
+from experiments.settings.tune import TuneConfig
 from experiments.tracking.base import git_commit, package_versions
 from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker, attach_run
@@ -299,7 +301,9 @@ def _run_cells(
     return predictions, seconds, reused, ran
 
 
-def _run_one(ev: _Evaluation, recipe: Recipe, cfg: Any, fold: Fold, reference_seconds: float | None) -> FoldResult:
+def _run_one(
+    ev: _Evaluation, recipe: Recipe, cfg: RunConfig | TuneConfig, fold: Fold, reference_seconds: float | None
+) -> FoldResult:
     """One recipe on one fold in its own child run, which keeps the held-out predictions."""
     from experiments.training.evaluation import classification_metrics, prefixed
 

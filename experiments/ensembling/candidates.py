@@ -36,12 +36,13 @@ from experiments.ensembling.pretrained import pretrained_candidates
 from experiments.settings.ensemble import EnsembleConfig
 from experiments.tracking.loading import load_model_bundle
 from experiments.tracking.workspace import Workspace
+from pipelines.dataset import TrainData
 
 log = logging.getLogger(__name__)
 
 
 def build_candidates(
-    cfg: EnsembleConfig, members: StudyMembers, data: Any, *, ws: Workspace
+    cfg: EnsembleConfig, members: StudyMembers, data: TrainData, *, ws: Workspace
 ) -> tuple[list[Candidate], list[str], dict[str, Any]]:
     """Every candidate of the comparison with honest validation probabilities (see module docstring)."""
 

@@ -44,6 +44,7 @@ from experiments.training import data_tags
 from experiments.training.evaluation import classification_metrics, per_class_csv, prefixed
 from experiments.training.figures import confusion_figure
 from experiments.tuning.budget import plan_ensemble
+from pipelines.dataset import TrainData
 from pipelines.preprocess import PREPROCESS_VERSION
 from pipelines.reader import Galaxy10File
 
@@ -76,14 +77,16 @@ class ComparisonReport:
     candidates: tuple[Candidate, ...] = ()
 
 
-def _example_image(data: Any) -> np.ndarray:
+def _example_image(data: TrainData) -> np.ndarray:
     """One raw validation image from the file, the pyfunc models' input example."""
 
     with Galaxy10File(data.path) as f:
         return np.asarray(f.images(np.asarray(data.val[:1])))
 
 
-def _model_meta(candidate: Candidate, data: Any, study_name: str, mode: str, temperature: float) -> dict[str, Any]:
+def _model_meta(
+    candidate: Candidate, data: TrainData, study_name: str, mode: str, temperature: float
+) -> dict[str, Any]:
     first = candidate.model.branches[0]
     return {
         "temperature": round(float(temperature), 6),

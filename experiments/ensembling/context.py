@@ -23,6 +23,7 @@ from experiments.settings.ensemble import prior_twins as wants_prior_twins
 from experiments.tracking.workspace import Workspace
 from experiments.training import load_training_data
 from experiments.training.evaluation import classification_metrics
+from pipelines.dataset import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class BuildContext:
     """What the candidate builders share: config, data, members and their validation outputs."""
 
     cfg: EnsembleConfig
-    data: Any  # experiments.training.TrainData
+    data: TrainData
     members: StudyMembers
     ws: Workspace
     y_val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))

@@ -19,8 +19,9 @@ from experiments.ensembling.members import Member
 from experiments.settings.run import to_yaml
 from experiments.tracking.base import NullTracker
 from experiments.tracking.lookups import training_lookups
-from experiments.training import train
+from experiments.training import TrainOptions, prepare_run, train
 from models.layers import load_keras_file
+from pipelines.dataset import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class CrossfitResult:
     recipe: Any
 
 
-def crossfit_key(best: Member, data: Any, recipe: Any, n_folds: int, seed: int) -> str:
+def crossfit_key(best: Member, data: TrainData, recipe: Any, n_folds: int, seed: int) -> str:
     """Cache key of a cross-fitting: the recipe, the study run, the data and split, the folds."""
 
     payload = json.dumps(
@@ -97,7 +98,9 @@ def run_crossfit(ctx: BuildContext) -> CrossfitResult:
             len(fold_data.train),
             len(data.train),
         )
-        result = train(recipe, NullTracker(), data=fold_data, log_model=False, verbose=0, **lookups)
+        result = train(
+            prepare_run(recipe, fold_data, **lookups), NullTracker(), TrainOptions(log_model=False, verbose=0)
+        )
         with atomic_path(path, suffix=".keras") as tmp:
             result.model.save(tmp)
         write_json_atomic(

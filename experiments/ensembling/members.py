@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError, DataError, ModelError
+from experiments.settings.run import RunConfig
 from experiments.settings.tune import ATTR_REFERENCE
 from experiments.tracking.runs import get_run_facts, logged_run_config
 from experiments.tracking.workspace import Workspace
@@ -22,6 +23,7 @@ from experiments.tuning.study import (
     state_counts,
     trial_value,
 )
+from pipelines.dataset import TrainData
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Member:
     value: float
     run_id: str
     model_uri: str
-    cfg: Any  # experiments.settings.run.RunConfig
+    cfg: RunConfig
     tags: Mapping[str, str]
     metrics: Mapping[str, float]
     reference: bool = False  # the study's reference trial (reference.yaml as shipped)
@@ -155,7 +157,7 @@ def load_study_data(members: StudyMembers, data_path: str | Path | None) -> Any:
     return data
 
 
-def usable_members(members: StudyMembers, data: Any) -> tuple[StudyMembers, list[str]]:
+def usable_members(members: StudyMembers, data: TrainData) -> tuple[StudyMembers, list[str]]:
     """Drop trials whose data settings give another split than the best trial's (they cannot vote)."""
     keep, notes = [members.best], []
     ref = members.best.cfg.data

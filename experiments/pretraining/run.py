@@ -25,6 +25,7 @@ import numpy as np
 from augment.views import ViewPolicy, make_view_fn
 from core.errors import ConfigError
 from core.files import atomic_path
+from experiments.settings.run import RunConfig
 from experiments.tracking.base import NullTracker
 from models import build_model, describe_backbone
 from models.selfsup import build_vicreg, embedding_encoder
@@ -79,7 +80,7 @@ class PretrainResult:
     meta: dict[str, Any]
 
 
-def run_key(cfg: Any, settings: PretrainSettings, pool_fingerprint: str) -> str:
+def run_key(cfg: RunConfig, settings: PretrainSettings, pool_fingerprint: str) -> str:
     """What a checkpoint must match to be continued: the model, its input, the settings and the pool."""
     doc = {
         "model": describe_backbone(cfg.model),
@@ -138,7 +139,7 @@ def _load_checkpoint(folder: Path | None, key: str, vicreg: Any) -> tuple[int, l
     return int(meta["epoch"]), list(meta["history"]), {int(k): float(v) for k, v in meta["knn"].items()}
 
 
-def build_pretrain_model(cfg: Any, seed: int = 0) -> Any:
+def build_pretrain_model(cfg: RunConfig, seed: int = 0) -> Any:
     """The platform model of ``cfg`` (a placeholder classifier) in a fresh, seeded Keras session; a model
     that cannot be built for this input fails here, before anything is logged.
 
@@ -160,7 +161,7 @@ def build_pretrain_model(cfg: Any, seed: int = 0) -> Any:
 
 
 def pretrain(
-    cfg: Any,
+    cfg: RunConfig,
     pool: Any,
     settings: PretrainSettings,
     *,

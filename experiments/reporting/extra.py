@@ -23,6 +23,7 @@ from experiments.serving.predictor import predict_file_rows, predictor_from_load
 from experiments.tracking.loading import load_prediction_model, parse_model_ref
 from experiments.tracking.runs import download_run_artifact, get_run_facts
 from experiments.tracking.workspace import Workspace
+from pipelines.dataset import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def check_pool_against(pool: dict[str, Any], ref: str, test_images: np.ndarray, 
     refuse_scored_images(loaded.images, test_images, what=what)
 
 
-def score_extra_models(refs: Sequence[str], data: Any, *, ws: Workspace) -> list[ExtraModel]:
+def score_extra_models(refs: Sequence[str], data: TrainData, *, ws: Workspace) -> list[ExtraModel]:
     """Score each added model once on ``data``'s test split (after checking its class set and, for a
     self-trained model, its pool)."""
     from pipelines.reader import Galaxy10File

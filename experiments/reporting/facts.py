@@ -31,6 +31,7 @@ from experiments.tuning.study import (
     state_counts,
     trial_value,
 )
+from pipelines.dataset import TrainData
 from pipelines.reader import validate_galaxy10
 
 #: Registered-model name of a study's ensemble winner (``galaxy10 ensemble``): ``<study>-ensemble``.
@@ -182,7 +183,7 @@ def pretraining_pools(study: StudyFacts, ws: Workspace) -> list[dict[str, Any]]:
     return out
 
 
-def data_card(data: Any, max_images: int | None, split_seed: int) -> DataCard:
+def data_card(data: TrainData, max_images: int | None, split_seed: int) -> DataCard:
     """Describe a loaded ``experiments.training.TrainData`` (whole-file class counts, split sizes)."""
 
     info = validate_galaxy10(data.path)

@@ -22,6 +22,7 @@ from experiments.tracking.runs import download_run_artifact, get_run_facts, list
 from experiments.tracking.workspace import Workspace
 from experiments.training.figures import confusion_figure, learning_curves_figure
 from pipelines.classes import REFERENCE_RECALL
+from pipelines.dataset import TrainData
 from pipelines.reader import Galaxy10File
 
 GALLERY_CLASSES = 3
@@ -36,7 +37,7 @@ EPOCH_HISTORY_KEYS: dict[str, str] = {
 
 
 def make_figures(
-    report: Report, *, data: Any, probs_by_key: Mapping[str, np.ndarray], ws: Workspace, workdir: Path
+    report: Report, *, data: TrainData, probs_by_key: Mapping[str, np.ndarray], ws: Workspace, workdir: Path
 ) -> None:
     """Fill ``report.figures`` (PNG bytes) and ``report.figure_notes``."""
 
@@ -112,7 +113,7 @@ def _importance_note(report: Report, ws: Workspace) -> str:
 
 
 def _gallery(
-    report: Report, data: Any, probs_by_key: Mapping[str, np.ndarray], gallery_figure: Any, png_bytes: Any
+    report: Report, data: TrainData, probs_by_key: Mapping[str, np.ndarray], gallery_figure: Any, png_bytes: Any
 ) -> None:
     """Misclassified test images of the final model's weakest classes (lowest test recall)."""
 

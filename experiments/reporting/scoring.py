@@ -11,6 +11,7 @@ import numpy as np
 from core.errors import DataError, ModelError
 from experiments.reporting.contents import Report, ScoredModel
 from experiments.serving.predictor import predict_file_rows, predictor_from_loaded
+from experiments.settings.run import RunConfig
 from experiments.tracking.base import git_commit
 from experiments.tracking.loading import load_prediction_model
 from experiments.tracking.mlflow_tracker import MlflowTracker
@@ -18,13 +19,14 @@ from experiments.tracking.runs import log_metrics_to_run, set_run_tags
 from experiments.tracking.workspace import Workspace
 from experiments.training.evaluation import classification_metrics, prefixed
 from pipelines.baseline import baseline_metrics, score_baseline
+from pipelines.dataset import TrainData
 from pipelines.splits import ensure_split
 
 #: Name of the MLflow child run that holds the report's test scores.
 SCORING_RUN_NAME = "report test scoring"
 
 
-def score_baseline_model(data: Any, cfg: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def score_baseline_model(data: TrainData, cfg: RunConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Test predictions of the most-frequent-class baseline (``pipelines.baseline``) and its summary."""
 
     if cfg.data.max_images is None:

@@ -23,7 +23,9 @@ import numpy as np
 
 from core.errors import ConfigError, ModelError
 from experiments.selftrain.pseudo import PseudoLabels, refuse_scored_images, select_pseudo_labels
+from experiments.settings.run import RunConfig
 from experiments.tracking.workspace import Workspace
+from pipelines.dataset import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def ood_flags(predictor: Any, images: np.ndarray, *, ws: Workspace, batch: int =
     return scores > detector.threshold
 
 
-def with_pseudo_labels(data: Any, pool_images: np.ndarray, pseudo: PseudoLabels) -> Any:
+def with_pseudo_labels(data: TrainData, pool_images: np.ndarray, pseudo: PseudoLabels) -> TrainData:
     """``data`` whose training split also holds the pseudo-labelled pool images (validation and test unchanged)."""
     n = len(data.labels)
     images = np.concatenate([np.asarray(data.images), pool_images[pseudo.rows]])
@@ -84,8 +86,8 @@ def with_pseudo_labels(data: Any, pool_images: np.ndarray, pseudo: PseudoLabels)
 
 
 def self_train(
-    cfg: Any,
-    data: Any,
+    cfg: RunConfig,
+    data: TrainData,
     pool: Any,
     *,
     teacher: str | None,
@@ -101,7 +103,7 @@ def self_train(
     from experiments.tracking.lookups import training_lookups
     from experiments.tracking.mlflow_tracker import MlflowTracker
     from experiments.tracking.model_registry import register_champion
-    from experiments.training import train
+    from experiments.training import prepare_run, train
 
     if not 1 <= rounds <= 10:
         raise ConfigError(f"--rounds {rounds} is out of range; use 1-10")
@@ -173,7 +175,7 @@ def self_train(
                 },
                 "pseudo_labels.json",
             )
-            result = train(cfg, run, data=student_data, **lookups)
+            result = train(prepare_run(cfg, student_data, **lookups), run)
         results.append(
             RoundResult(
                 r,

@@ -15,6 +15,7 @@ EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         (
             "TrainData",
+            "TrainOptions",
             "TrainResult",
             "PreparedRun",
             "TargetRecall",

@@ -178,10 +178,12 @@ def warmup_recall(cfg: RunConfig, data: TrainData) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PreparedRun:
-    """What a run takes from outside itself, resolved and checked before anything is built or logged:
-    the ``model.weights`` file, the ``model.init_from`` model (with its metadata and description) and the
-    validation recall of ``augment.auto_from_run``."""
+    """A run ready to train: its config and data, and what it takes from outside itself, resolved and checked
+    before anything is built or logged - the ``model.weights`` file, the ``model.init_from`` model (with its
+    metadata and description) and the validation recall of ``augment.auto_from_run``."""
 
+    cfg: RunConfig
+    data: TrainData
     weights: Path | None = None
     start: tuple[Any, Mapping[str, Any], str] | None = None
     source_recall: np.ndarray | None = None
@@ -189,14 +191,17 @@ class PreparedRun:
 
 def prepare_run(
     cfg: RunConfig,
-    data: TrainData,
+    data: TrainData | None = None,
     *,
+    data_path: str | Path | None = None,
     recall_lookup: RecallLookup | None = None,
     model_loader: ModelLoader | None = None,
 ) -> PreparedRun:
     """The one place a run's outside references are resolved (every training path goes through it, inside
     :func:`train` or - to fail before an MLflow run is opened - just before it): the weights file is
-    checked, the start model loaded and checked against this backbone, the source run's recall read."""
+    checked, the start model loaded and checked against this backbone, the source run's recall read. ``data``:
+    pre-loaded data (tuning workers load once); else loaded from ``data_path`` / ``cfg.data.path``."""
+    data = data if data is not None else load_training_data(cfg.data, data_path)
     m = cfg.model
     weights = check_weights_file(m.weights, m.name) if m.weights is not None else None
     start = None
@@ -216,7 +221,7 @@ def prepare_run(
                 f"{cfg.augment.auto_from_run}; run it through `galaxy10 train` (which reads MLflow)"
             )
         recall = np.asarray(recall_lookup(str(cfg.augment.auto_from_run), data.class_slugs), dtype=np.float64)
-    return PreparedRun(weights=weights, start=start, source_recall=recall)
+    return PreparedRun(cfg, data, weights=weights, start=start, source_recall=recall)
 
 
 def start_from_weights(model: Any, cfg: RunConfig, data: TrainData, prepared: PreparedRun) -> list[str]:
@@ -274,56 +279,39 @@ def _log_split_report(tracker: Any, split: str, metrics: Mapping[str, Any], data
     )
 
 
-def train(
-    cfg: RunConfig,
-    tracker: Any = None,
-    *,
-    data: TrainData | None = None,
-    data_path: str | Path | None = None,
-    score_test: bool = False,
-    callbacks: Sequence[Any] = (),
-    epoch_callback: EpochCallback | None = None,
-    recall_lookup: RecallLookup | None = None,
-    model_loader: ModelLoader | None = None,
-    log_model: bool = True,
-    verbose: int | str | None = None,
-    prepared: PreparedRun | None = None,
-    restore_best: bool = True,
-    temperature: float | None = None,
-) -> TrainResult:
-    """Run one configured training: data, model, fit, evaluation, logging.
+@dataclass(frozen=True)
+class TrainOptions:
+    """How :func:`train` runs, besides the run itself.
 
-    Parameters
-    ----------
-    cfg
-        The validated run config.
-    tracker
-        An ``experiments.tracking.base.Tracker`` (``NullTracker`` when None).
-    data
-        Pre-loaded data (tuning workers load once); else loaded from ``data_path`` / ``cfg.data.path``.
-    score_test
-        Score the TEST split too. Off by default: model selection never looks at the test split.
-    epoch_callback
-        Called after each epoch; an exception it raises stops training and propagates.
-    recall_lookup
-        Resolves ``augment.targets: auto`` (``experiments.tracking.runs.run_val_recall``).
-    model_loader
-        Resolves ``model.init_from`` (``experiments.tracking.loading.load_keras_model``).
-    prepared
-        The run's outside references already resolved by :func:`prepare_run` (else resolved here with
-        ``recall_lookup`` and ``model_loader``).
-    log_model
-        Log the Keras model with its prediction metadata.
-    temperature
-        The model's temperature (stored in its metadata; ``experiments.serving`` calibrates with it); None
-        fits it on the validation split. A refit, which trains on the validation split, passes its trial's.
+    ``score_test``: score the TEST split too (off by default: model selection never looks at it).
+    ``epoch_callback``: called after each epoch; an exception it raises stops training and propagates.
+    ``callbacks``: extra Keras callbacks. ``log_model``: log the Keras model with its prediction metadata.
+    ``restore_best``: restore the best epoch's weights. ``temperature``: the model's calibration temperature
+    (stored in its metadata); None fits it on the validation split - a refit, which trains on the validation
+    split, passes its trial's. ``verbose``: Keras' progress output.
     """
+
+    score_test: bool = False
+    callbacks: Sequence[Any] = ()
+    epoch_callback: EpochCallback | None = None
+    log_model: bool = True
+    verbose: int | str | None = None
+    restore_best: bool = True
+    temperature: float | None = None
+
+
+def train(run: PreparedRun, tracker: Any = None, options: TrainOptions | None = None) -> TrainResult:
+    """Run one prepared training (:func:`prepare_run`): model, fit, evaluation, logging through ``tracker``
+    (an ``experiments.tracking.base.Tracker``; ``NullTracker`` when None)."""
     import keras
 
     from pipelines.inputs import cropped_array
 
+    cfg, data, prepared = run.cfg, run.data, run
+    opts = options if options is not None else TrainOptions()
+    score_test, callbacks, epoch_callback = opts.score_test, opts.callbacks, opts.epoch_callback
+    log_model, verbose, restore_best, temperature = opts.log_model, opts.verbose, opts.restore_best, opts.temperature
     tracker = tracker if tracker is not None else NullTracker()
-    data = data if data is not None else load_training_data(cfg.data, data_path)
     if data.size != cfg.data.size:
         raise ConfigError(
             f"the loaded data is resized to {data.size} px but data.size={cfg.data.size}; "
@@ -333,8 +321,6 @@ def train(
         log.warning("training on SYNTHETIC data: %s", data.describe())
     else:
         log.info("training on %s", data.describe())
-    if prepared is None:  # before anything is logged or built
-        prepared = prepare_run(cfg, data, recall_lookup=recall_lookup, model_loader=model_loader)
     multipliers = resolve_multipliers(cfg, data, auto_target_recall(cfg, data, prepared))
 
     tracker.log_params(flatten(cfg))

@@ -19,7 +19,11 @@ import numpy as np
 
 from core.errors import ConfigError
 from experiments.settings.checks import parse_duration  # noqa: F401  (re-exported for callers of budget)
+from experiments.settings.ensemble import EnsembleConfig
+from experiments.settings.run import RunConfig
+from experiments.settings.tune import TuneConfig
 from experiments.tracking.workspace import Workspace
+from pipelines.dataset import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ PROBE_IMAGES = 192
 PROBE_EPOCHS = 3
 
 
-def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[float, float]:
+def measure_epoch_seconds(cfg: RunConfig, data: TrainData, lookups: Any = None) -> tuple[float, float]:
     """``(seconds per epoch, seconds per fit besides its epochs)`` of ``cfg`` on the whole training split
     of ``data``, on this machine.
 
@@ -47,7 +51,7 @@ def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[flo
     """
     import keras
 
-    from experiments.training import train
+    from experiments.training import TrainOptions, prepare_run, train
 
     rng = np.random.default_rng(0)
     n_train = len(data.train)
@@ -62,12 +66,11 @@ def measure_epoch_seconds(cfg: Any, data: Any, lookups: Any = None) -> tuple[flo
     stamps: list[float] = []
     started = time.perf_counter()
     train(
-        probe,
-        data=replace(data, train=sub_train, val=sub_val),
-        log_model=False,
-        verbose=0,
-        epoch_callback=lambda epoch, metrics: stamps.append(time.perf_counter()),
-        **(lookups or {}),
+        prepare_run(probe, replace(data, train=sub_train, val=sub_val), **lookups or {}),
+        None,
+        TrainOptions(
+            log_model=False, verbose=0, epoch_callback=lambda epoch, metrics: stamps.append(time.perf_counter())
+        ),
     )
     ended = time.perf_counter()
     keras.backend.clear_session()
@@ -227,7 +230,7 @@ COST_TARGETS = ("model.name", "model.filters", "model.params", "data", "data.siz
 MAX_PROBES = 8
 
 
-def cost_probes(tune: Any) -> list[dict[str, Any]]:
+def cost_probes(tune: TuneConfig) -> list[dict[str, Any]]:
     """Parameter sets that span a tuned trial's cost: the product of the choices of the categorical
     parameters that set the backbone, its widths or the resolution (a choice whose condition does not
     hold is left out), at most :data:`MAX_PROBES`."""
@@ -254,7 +257,7 @@ def cost_probes(tune: Any) -> list[dict[str, Any]]:
 
 
 def plan_for_study(
-    tune: Any,
+    tune: TuneConfig,
     *,
     data_path: str | None,
     budget_s: float,
@@ -275,7 +278,7 @@ def plan_for_study(
 
     overheads: list[float] = []
 
-    def speed(cfg: Any) -> float:
+    def speed(cfg: RunConfig) -> float:
         key = (replace(cfg.data, crop=0), data_path)
         if key not in loaded:
             loaded[key] = load_training_data(cfg.data, data_path)
@@ -316,7 +319,7 @@ def plan_for_study(
     )
 
 
-def plan_ensemble(cfg: Any, best_fit_s: float | None, budget_s: float) -> tuple[Any, str]:
+def plan_ensemble(cfg: EnsembleConfig, best_fit_s: float | None, budget_s: float) -> tuple[Any, str]:
     """``(config, what was planned)`` for ``galaxy10 ensemble --budget``: cross-fitting retrains the best
     trial's recipe ``crossfit.folds`` times on (K-1)/K of the training images (its one whole-train fit
     took ``best_fit_s``); when that does not fit in the budget (less the overhead share and a quarter for

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from sklearn.model_selection import StratifiedKFold
 
+from experiments.settings.run import RunConfig
 from experiments.settings.search_space import suggest
 from experiments.settings.trial import base_run_dict, trial_run_config
 from experiments.settings.tune import ATTR_REFERENCE, TuneConfig
@@ -24,10 +25,11 @@ from experiments.tracking.lookups import training_lookups
 from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.runs import finish_run
 from experiments.tracking.workspace import Workspace
-from experiments.training import inference_images_per_second, load_training_data, train
+from experiments.training import TrainOptions, inference_images_per_second, load_training_data, prepare_run, train
 from experiments.tuning.pruning import step_of
 from experiments.tuning.storage import open_storage, quiet_optuna_warnings
 from experiments.tuning.study import ATTR_SPEED, ATTR_TRIAL_RUN, fail_stale_trials, n_counted, open_study, trial_value
+from pipelines.dataset import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,8 @@ TrialPruned = optuna.TrialPruned
 
 
 def cross_validate(
-    cfg: Any,
-    data: Any,
+    cfg: RunConfig,
+    data: TrainData,
     folds: int,
     trial: optuna.Trial,
     metric: str,
@@ -137,13 +139,9 @@ def cross_validate(
                 )
 
         result = train(
-            cfg,
+            prepare_run(cfg, fold_data, **train_kwargs),
             NullTracker(),
-            data=fold_data,
-            epoch_callback=report if prune else None,
-            verbose=0,
-            log_model=False,
-            **train_kwargs,
+            TrainOptions(epoch_callback=report if prune else None, verbose=0, log_model=False),
         )
         scores.append(float(result.val_metrics[metric]))
         accuracies.append(float(result.val_metrics["accuracy"]) * len(held))
@@ -201,7 +199,7 @@ class TrialWorker:
         self._data_key: Any = None
         self.trials_run = 0
 
-    def data_for(self, cfg: Any) -> Any:
+    def data_for(self, cfg: RunConfig) -> TrainData:
         """The worker's data, loaded once (again only if a trial changes the data settings)."""
 
         key = (replace(cfg.data, crop=0), self.run.data_path)
@@ -267,7 +265,11 @@ class TrialWorker:
                     cv = cross_validate(cfg, data, folds, trial, metric, tracker, prune=not multi, **lookups)
                     trial.set_user_attr("cv_scores", [round(v, 6) for v in cv])
                     report = None  # the whole-train fit below only gives the model; pruning saw the folds
-                result = train(cfg, tracker, data=data, epoch_callback=report, verbose=0, log_model=False, **lookups)
+                result = train(
+                    prepare_run(cfg, data, **lookups),
+                    tracker,
+                    TrainOptions(epoch_callback=report, verbose=0, log_model=False),
+                )
                 value = float(np.mean(cv)) if folds else float(result.val_metrics[metric])
                 speed = inference_images_per_second(result.model, data, crop=cfg.data.crop, tta=cfg.augment.tta)
                 tracker.log_metrics({"inference_images_per_second": speed})
@@ -316,7 +318,7 @@ class TrialWorker:
         return not values or value > values[0]
 
     @staticmethod
-    def _log_model(tracker: Any, result: Any, data: Any, crop: int) -> str | None:
+    def _log_model(tracker: Any, result: Any, data: TrainData, crop: int) -> str | None:
         from pipelines.inputs import cropped_array
 
         example = cropped_array(data.images, crop, data.val[:1]).astype(np.float32)

@@ -17,7 +17,7 @@ from experiments.tracking.mlflow_tracker import MlflowTracker
 from experiments.tracking.model_registry import register_champion
 from experiments.tracking.runs import run_metrics
 from experiments.tracking.workspace import Workspace
-from experiments.training import load_training_data, train
+from experiments.training import TrainOptions, load_training_data, prepare_run, train
 from experiments.tuning.study import best_trial
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,9 @@ def refit_best(
     }
     with MlflowTracker(cfg.experiment_name, cfg.run_name, ws=ws, parent_run_id=parent_run_id, tags=tags) as tracker:
         result = train(
-            cfg, tracker, data=merged, verbose=0, restore_best=False, temperature=temperature, **training_lookups(ws)
+            prepare_run(cfg, merged, **training_lookups(ws)),
+            tracker,
+            TrainOptions(verbose=0, restore_best=False, temperature=temperature),
         )
     registered = register_champion(
         result.model_uri,

@@ -18,7 +18,7 @@ from augment.targeting import multipliers_from_targets
 from core.errors import ConfigError
 from core.paths import resolve_data_path
 from experiments.names import check_study_name
-from experiments.settings.run import plain, to_yaml
+from experiments.settings.run import RunConfig, plain, to_yaml
 from experiments.settings.search_space import space_hash
 from experiments.settings.trial import check_against_config, resolve_run_config
 from experiments.settings.tune import ATTR_REFERENCE, StudyConfig, TuneConfig
@@ -122,7 +122,7 @@ MAX_TRIALS = 100_000
 MAX_WORKERS = 64
 
 
-def check_targets_against(tune: TuneConfig, base_cfg: Any, classes: ClassSet) -> None:
+def check_targets_against(tune: TuneConfig, base_cfg: RunConfig, classes: ClassSet) -> None:
     """Resolve every class the base config and the search space target against the data's own classes,
     so a Galaxy10 slug on an imported catalog fails with one line before any trial (naming its classes)."""
 
