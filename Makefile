@@ -22,7 +22,7 @@ TEST_WORKERS ?= auto
 
 help:
 	@echo "make demo   - create .venv, install, run the platform end to end (data, tuning, ensembles, report)"
-	@echo "make test   - create .venv, install with dev extras, ruff check, the whole test suite (CI runs this)"
+	@echo "make test   - create .venv, install with dev extras, ruff check and format --check, the whole test suite (CI runs this)"
 	@echo "make test-fast - the tests not marked slow"
 	@echo "make bench  - run every benchmark in benchmarks/ with its quick defaults"
 
@@ -54,10 +54,12 @@ demo: $(VENV)/.installed $(if $(wildcard $(REAL)),,$(SYNTH))
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4
 
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --maxprocesses 4
 
 bench: $(VENV)/.installed

@@ -167,6 +167,27 @@ def keep_mlflow_tracking_uri() -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
+def count_registry_lookups(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, str], int]:
+    """Count ``MlflowClient.get_model_version_by_alias`` / ``get_model_version`` calls per (name, alias or
+    version) from now on (the dict fills as the code under test runs)."""
+    from mlflow import MlflowClient
+
+    counts: dict[tuple[str, str], int] = {}
+    by_alias, by_version = MlflowClient.get_model_version_by_alias, MlflowClient.get_model_version
+
+    def alias(self, name, alias):  # noqa: ANN001, ANN202
+        counts[(name, alias)] = counts.get((name, alias), 0) + 1
+        return by_alias(self, name, alias)
+
+    def version(self, name, version):  # noqa: ANN001, ANN202
+        counts[(name, str(version))] = counts.get((name, str(version)), 0) + 1
+        return by_version(self, name, version)
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", alias)
+    monkeypatch.setattr(MlflowClient, "get_model_version", version)
+    return counts
+
+
 #: The search space of the tiny tuning configs: learning rate and dropout.
 TINY_SPACE = {
     "train.learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},

@@ -239,10 +239,10 @@ def test_a_continued_evaluation_refuses_a_changed_ensemble_config(tmp_path: Path
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     with MlflowTracker("e", "parent", ws=Workspace.of(uri)) as parent:
         parent.log_text("mode: crossfit\n", ENSEMBLE_ARTIFACT)
-    _check_same_ensemble(parent.run_id, "mode: crossfit\n", uri)  # unchanged: fine
-    _check_same_ensemble(parent.run_id, None, uri)  # no tuning recipe: nothing to compare
+    _check_same_ensemble(parent.run_id, "mode: crossfit\n", Workspace.of(uri))  # unchanged: fine
+    _check_same_ensemble(parent.run_id, None, Workspace.of(uri))  # no tuning recipe: nothing to compare
     with pytest.raises(ConfigError, match="ensemble.yaml changed since this evaluation began"):
-        _check_same_ensemble(parent.run_id, "mode: val_cv\n", uri)
+        _check_same_ensemble(parent.run_id, "mode: val_cv\n", Workspace.of(uri))
 
 
 def test_with_a_label_fraction_the_correction_keeps_the_k_fold_overlap() -> None:

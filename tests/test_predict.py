@@ -481,7 +481,6 @@ def test_one_predictor_scores_identically_in_the_report_predict_and_the_ensemble
 def test_loading_name_at_alias_asks_the_registry_once(smoke_model, monkeypatch) -> None:  # noqa: ANN001
     """``NAME@alias`` is parsed once, looked up once (one alias call, no other registry call) and its model
     info read once; the card still carries the name and version."""
-    import mlflow
     from mlflow import MlflowClient
 
     from experiments.serving.predictor import load_predictor
@@ -501,12 +500,16 @@ def test_loading_name_at_alias_asks_the_registry_once(smoke_model, monkeypatch) 
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(MlflowClient, name, spy)
-    real_info = mlflow.models.get_model_info
+    from experiments.tracking import loading
+
+    real_info = loading._model_info
     infos: list[str] = []
-    monkeypatch.setattr(mlflow.models, "get_model_info", lambda uri: infos.append(uri) or real_info(uri))
+    monkeypatch.setattr(
+        loading, "_model_info", lambda local, shown: infos.append(str(local)) or real_info(local, shown)
+    )
     predictor = load_predictor("smoke-study@champion", ws=smoke_model.ws)
     assert calls == ["get_model_version_by_alias"]
-    assert len(infos) == 1 and not infos[0].startswith("models:/smoke-study")  # the version's own model URI
+    assert len(infos) == 1 and not infos[0].startswith("models:/")  # read once, from the downloaded files
     assert predictor.card.name == "smoke-study" and predictor.card.version
 
 
@@ -553,3 +556,56 @@ def test_library_calls_leave_the_process_store_alone(
         predictor = load_predictor("side-copy@champion", ws=side)
         assert default() == before and predictor.card.name == "side-copy"
         assert not (tmp_path / "process.db").exists()  # nothing was written to the process's store
+
+
+@pytest.mark.slow
+def test_one_registry_look_up_per_model_reference(smoke_model, tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    """``predict`` and ``catalog`` resolve ``NAME@alias`` once (the workspace memoises the answer), and a
+    library caller's workspace asks once however often it loads the same reference."""
+    from conftest import count_registry_lookups
+
+    from experiments.cli import main
+    from experiments.serving.predictor import load_predictor
+
+    ref = f"{smoke_model.registered_name}@champion"
+    counts = count_registry_lookups(monkeypatch)
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                f"{smoke_model.data_path}:0,1",
+                "--model",
+                ref,
+                "--tracking-uri",
+                smoke_model.tracking_uri,
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    assert counts == {(smoke_model.registered_name, "champion"): 1}
+    counts.clear()
+    assert (
+        main(
+            [
+                "-q",
+                "catalog",
+                str(smoke_model.data_path),
+                "--out",
+                str(tmp_path / "c.parquet"),
+                "--model",
+                ref,
+                "--tracking-uri",
+                smoke_model.tracking_uri,
+            ]
+        )
+        == 0
+    )
+    assert counts == {(smoke_model.registered_name, "champion"): 1}
+    counts.clear()
+    ws = smoke_model.ws
+    for _ in range(3):
+        load_predictor(ref, ws=ws)
+    assert counts == {(smoke_model.registered_name, "champion"): 1}

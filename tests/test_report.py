@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TinyStudy, keep_mlflow_tracking_uri, tiny_study_in
+from conftest import TinyStudy, count_registry_lookups, keep_mlflow_tracking_uri, tiny_study_in
 from sklearn.metrics import f1_score
 
 from core.errors import DataError
@@ -322,7 +322,10 @@ def test_report_with_an_ensemble_winner(
                 {"winner.registered_model": "models:/tiny-ensemble@champion", "winner.run_id": winner.run_id}
             )
         out = tiny_study.root / "reports" / "with-ensemble"
+        lookups = count_registry_lookups(mp)
         printed = _report(tiny_study, out, capsys)
+    # the report finds the winner by its alias, describes and scores it: one registry look-up for it
+    assert lookups == {("tiny-ensemble", "champion"): 1}
     html = html_lib.unescape((out / "report.html").read_text())
     md = (out / "report.md").read_text()
     numbers = json.loads((out / "report.json").read_text())

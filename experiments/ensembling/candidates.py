@@ -34,7 +34,7 @@ from experiments.ensembling.fold_cnns import run_crossfit
 from experiments.ensembling.members import StudyMembers, usable_members
 from experiments.ensembling.pretrained import pretrained_candidates
 from experiments.settings.ensemble import EnsembleConfig
-from experiments.tracking.loading import load_model_bundle
+from experiments.tracking.loading import load_keras_model
 from experiments.tracking.workspace import Workspace
 from pipelines.dataset import TrainData
 
@@ -69,7 +69,7 @@ def build_candidates(
                 {"fold": r.number, "trained_on": len(r.trained_on), "embedded": len(r.embedded)} for r in cf.oof.records
             ],
         )
-    models = [load_model_bundle(m.model_uri, ws=ws).model for m in members.members]
+    models = [load_keras_model(m.model_uri, ws=ws).model for m in members.members]
     probs = member_val_probs(ctx, models)
     best = members.best
     wide = cf is not None and cfg.oof_selection

@@ -48,6 +48,25 @@ def parse_model_ref(ref: str) -> str:
     return ModelRef.parse(ref).uri
 
 
+def _artifact_location(ws: Workspace, source: str) -> str:
+    """Where a model's files are, asked of the workspace's store: a logged model (``models:/<model id>``) or a
+    run's model (``runs:/<run id>/<name>``: the logged model of that name the run produced, else the run's
+    own artifact folder, as MLflow 2 stored it)."""
+    if source.startswith("models:/"):
+        return ws.client.get_logged_model(source[len("models:/") :]).artifact_location
+    if source.startswith("runs:/"):
+        run_id, _, name = source[len("runs:/") :].partition("/")
+        run = ws.client.get_run(run_id)
+        logged = ws.client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        named = [m for m in logged if m.name == name]
+        if named:
+            return max(named, key=lambda m: m.creation_timestamp or 0).artifact_location
+        return f"{run.info.artifact_uri.rstrip('/')}/{name}"
+    return source
+
+
 def _download(ws: Workspace, source: str, shown: str) -> Path:
     """The model's files in a folder of this process (MLflow's own loaders download the same way), read from
     the workspace's store explicitly - MLflow's process-wide default is not consulted."""
@@ -56,8 +75,11 @@ def _download(ws: Workspace, source: str, shown: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="galaxy10-model-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:
+        location = _artifact_location(ws, source)
         return Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder), tracking_uri=ws.tracking_uri)
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=str(folder), tracking_uri=ws.tracking_uri
+            )
         )
     except (MlflowException, OSError) as err:
         raise ModelError(

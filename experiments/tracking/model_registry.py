@@ -72,8 +72,9 @@ def _create_version(ws: Workspace, model_uri: str, name: str, run_id: str | None
     to one first) or a run's model (``runs:/...``), as ``mlflow.register_model`` makes it."""
     source = ws.resolve(model_uri).source if ModelRef.parse(model_uri).registered else model_uri
     model_id = source[len("models:/") :] if source.startswith("models:/") and "/" not in source[8:] else None
-    if model_id is not None and run_id is None:
-        run_id = ws.client.get_logged_model(model_id).source_run_id
+    if model_id is not None:  # the store reads the version's files at their own location, not via a models:/ URI
+        logged = ws.client.get_logged_model(model_id)
+        source, run_id = logged.artifact_location, run_id or logged.source_run_id
     try:
         ws.client.create_registered_model(name)
     except MlflowException as err:
