@@ -26,7 +26,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 from experiments.settings.run import load_config
 from experiments.tracking.base import NullTracker
-from experiments.training import evaluate, load_training_data, train
+from experiments.training import TrainOptions, evaluate, load_training_data, prepare_run, train
 from models.layers import register_custom_layers
 data_path, out = sys.argv[1], sys.argv[2]
 sets = ["data.size=32", "data.crop=24", "train.epochs=4", "train.batch_size=16", "train.patience=null",
@@ -37,7 +37,7 @@ for mode in ("none", "mirrored"):
     cfg = load_config(None, [*sets, f"train.distribute={mode}"])
     data = load_training_data(cfg.data, data_path)
     tracker = NullTracker()
-    r = train(cfg, tracker, data=data, log_model=False, verbose=0)
+    r = train(prepare_run(cfg, data), tracker, TrainOptions(log_model=False, verbose=0))
     losses = [v for _, v in tracker.metrics["epoch_train_loss"]]
     val_losses = [v for _, v in tracker.metrics["epoch_val_loss"]]
     again = evaluate(r.model, data, data.val, crop=cfg.data.crop)

@@ -58,11 +58,11 @@ def comparison(tiny_study: TinyStudy):  # noqa: ANN201 - experiments.ensembling.
 @pytest.mark.slow
 def test_crossfit_never_scores_a_training_image(in_study: TinyStudy, monkeypatch: pytest.MonkeyPatch) -> None:
     """Index bookkeeping with the real CNN: what each fold model trained on vs what it embedded."""
-    from experiments import training
     from experiments.ensembling.context import BuildContext
     from experiments.ensembling.fold_cnns import run_crossfit
     from experiments.ensembling.members import load_study_data, study_members
     from experiments.settings.ensemble import config_from_dict
+    from experiments.training import run as training
 
     members = study_members("tiny", ws=in_study.ws, top_k=1)
     data = load_study_data(members, None)

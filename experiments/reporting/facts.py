@@ -49,7 +49,7 @@ class StudyFacts:
     direction_max: bool
     counts: Mapping[str, int]
     parent_run_id: str
-    recorded_ws: Workspace
+    recorded_tracking_uri: str | None
     best_number: int
     best_value: float
     best_params: Mapping[str, Any]

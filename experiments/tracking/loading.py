@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from core.errors import ModelError, first_line
 from experiments.tracking.base import META_KEYS
+from experiments.tracking.store import quiet_artifact_downloads
 from experiments.tracking.workspace import ModelRef, ResolvedModel, Workspace
 from models.layers import register_custom_layers
 
@@ -76,11 +77,11 @@ def _download(ws: Workspace, source: str, shown: str) -> Path:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:
         location = _artifact_location(ws, source)
-        return Path(
-            mlflow.artifacts.download_artifacts(
+        with quiet_artifact_downloads():
+            local = mlflow.artifacts.download_artifacts(
                 artifact_uri=location, dst_path=str(folder), tracking_uri=ws.tracking_uri
             )
-        )
+        return Path(local)
     except (MlflowException, OSError) as err:
         raise ModelError(
             f"cannot find model {shown} at {ws.tracking_uri} ({first_line(err)}); check the run id / "

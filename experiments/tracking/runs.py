@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from core.errors import ConfigError, ModelError, first_line
 from experiments.settings.run import from_dict
 from experiments.tracking.mlflow_tracker import chunks
+from experiments.tracking.store import quiet_artifact_downloads
 from experiments.tracking.workspace import Workspace
 
 
@@ -160,21 +160,14 @@ def list_run_artifacts(run_id: str, path: str | None = None, *, ws: Workspace) -
 
 def download_run_artifact(run_id: str, path: str, dst: str | Path, *, ws: Workspace) -> Path:
     """Download artifact ``path`` of run ``run_id`` into folder ``dst``; return the local path."""
-    client = ws.client
-    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no progress bar on stderr
     try:
-        return Path(client.download_artifacts(run_id, path, str(dst)))
+        with quiet_artifact_downloads():
+            return Path(ws.client.download_artifacts(run_id, path, str(dst)))
     except (MlflowException, OSError) as err:
         raise ModelError(
             f"cannot download artifact {path} of run {run_id} ({first_line(err)}); "
             "check the run still exists at --tracking-uri"
         ) from None
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
 
 
 def logged_run_config(run_id: str, *, ws: Workspace) -> Any:

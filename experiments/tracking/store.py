@@ -11,7 +11,9 @@ store (:func:`require_default_store`). No library call changes the default.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -93,3 +95,17 @@ def require_tracking_store(uri: str | None = None) -> str:
                 "--tracking-uri of the store the study logged to"
             )
     return resolved
+
+
+@contextlib.contextmanager
+def quiet_artifact_downloads() -> Iterator[None]:
+    """No MLflow download progress bar on stderr inside the block (a model's or an artifact's few files)."""
+    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
