@@ -33,11 +33,19 @@ def add_full_flag(parser: argparse.ArgumentParser, full: dict[str, object]) -> N
 
 
 def parse_with_full(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse; with ``--full``, every option still at its quick default takes its full value."""
+    """Parse; with ``--full``, every option not given on the command line takes its full value (one given
+    explicitly keeps it, even when it equals the quick default: ``--full --repeats 1`` runs one repetition)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if getattr(args, "full", False):
+        given = {
+            action.dest
+            for action in parser._actions
+            for opt in action.option_strings
+            if any(a == opt or a.startswith(opt + "=") for a in argv)
+        }
         for dest, value in args._full_settings.items():
-            if getattr(args, dest) == parser.get_default(dest):
+            if dest not in given:
                 setattr(args, dest, value)
     return args
 
