@@ -131,6 +131,30 @@ def test_a_planted_upward_import_inside_experiments_fails(tmp_path: Path) -> Non
     assert "experiments/newthing.py" in _upward_imports(tmp_path)
 
 
+def _private_imports_across_units(root: Path) -> dict[str, list[str]]:
+    """``{file: [module.name, ...]}`` of underscore names one unit of ``experiments/`` imports from another."""
+    bad: dict[str, list[str]] = {}
+    for path in sorted((root / "experiments").rglob("*.py")):
+        rel = str(path.relative_to(root))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                target = _experiments_unit(node.module)
+                if target is not None and target != _experiments_unit(rel):
+                    names = [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+                    if names:
+                        bad.setdefault(rel, []).extend(names)
+    return bad
+
+
+def test_units_use_each_others_public_names_only(tmp_path: Path) -> None:
+    """A unit of ``experiments/`` imports another's public names, never its underscore helpers; a planted
+    private import is caught."""
+    assert _private_imports_across_units(ROOT) == {}
+    (tmp_path / "experiments" / "reporting").mkdir(parents=True)
+    (tmp_path / "experiments" / "reporting" / "x.py").write_text("from experiments.tuning.run import _finish\n")
+    assert _private_imports_across_units(tmp_path) == {"experiments/reporting/x.py": ["experiments.tuning.run._finish"]}
+
+
 def test_no_library_module_is_over_500_lines() -> None:
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for pkg in LIBRARY for p in _modules(pkg)}
     assert {k: n for k, n in sizes.items() if n > MAX_LINES} == {}
