@@ -13,11 +13,11 @@ from typing import Any
 
 import optuna
 
+from core import errors
 from core.errors import Galaxy10Error, first_line
 from experiments.startup import quiet_startup
 from experiments.tracking.faults import server_errors
 from experiments.tuning.objective import StudyRun, TrialWorker
-from pipelines import errors
 
 log = logging.getLogger(__name__)
 
