@@ -196,6 +196,30 @@ def test_tune_with_an_unlabeled_pool_queues_a_pretrained_start_point(tmp_path: P
     run = client.get_run(first.user_attrs["mlflow_run_id"])
     assert run.data.params["model.init_from"] == "un-pretrained@pretrained"
     assert client.get_model_version_by_alias("un-pretrained", "pretrained").run_id
+    # a later study reuses the registered encoder: no pretraining, the start point fine-tuned from it
+    capsys.readouterr()
+    again = [
+        "tune",
+        "--config",
+        str(config),
+        "--data",
+        str(tiny_h5),
+        "--study",
+        "re",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+    ]
+    assert main([*again, "--pretrained", "un-pretrained@pretrained"]) == 0
+    assert "pretrained:" not in capsys.readouterr().out
+    reused = optuna.load_study(study_name="re", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert reused.trials[0].user_attrs.get("init_from") == "un-pretrained@pretrained"
+    for bad, why in (
+        (["--pretrained", "nope@pretrained"], "cannot find model"),
+        (["--pretrained", "un-pretrained@pretrained", "--unlabeled", str(pool)], "not both"),
+    ):
+        assert main(["-q", *again, "--study", "bad", *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0]
     # the report names the pool behind the pretrained start point
     capsys.readouterr()
     assert (

@@ -60,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "point fine-tuned from it right after the reference trial",
     )
     parser.add_argument(
+        "--pretrained",
+        metavar="REF",
+        help="a model registered by galaxy10 pretrain (e.g. pretrain-d4_cnn@pretrained): queue the first start "
+        "point fine-tuned from it right after the reference trial, spending none of --budget on pretraining "
+        "(instead of --unlabeled)",
+    )
+    parser.add_argument(
         "--pretrain-epochs",
         type=int,
         default=30,
@@ -100,7 +107,22 @@ def run(args: argparse.Namespace) -> int:
     from experiments.settings.tune import unlabeled_inputs
 
     pool = args.unlabeled or unlabeled_inputs(tune)
-    if pool:
+    if args.pretrained is not None:
+        from experiments.tracking.workspace import ModelRef
+
+        if pool:
+            raise ConfigError(
+                "--pretrained names an encoder already pretrained; give it or an unlabelled pool "
+                "(--unlabeled / study.unlabeled), not both"
+            )
+        if not tune.study.start_points:
+            raise ConfigError(
+                "--pretrained fine-tunes the study's first start point, but the config has no "
+                "study.start_points; add one (e.g. tune_catalog.yaml's D4 CNN)"
+            )
+        workspace(args).resolve(ModelRef.parse(args.pretrained))  # a missing model is one line, before any trial
+        pretrained = args.pretrained.strip()
+    elif pool:
         from experiments.tuning.unlabeled import pretrain_for_study
 
         pretrained, budget = pretrain_for_study(
