@@ -199,7 +199,9 @@ def test_bad_search_space_key_via_cli(tiny_h5: Path, tmp_path: Path, capsys: pyt
 
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tiny_h5: Path, tmp_path: Path) -> None:
-    config = write_tune_yaml(tmp_path / "tune.yaml", name="w", n_trials=4)
+    # a grace period well above a loaded CI machine's heartbeat gaps: a live trial must not be failed as stale
+    # (and re-queued) here - that path is tested on its own with a killed worker
+    config = write_tune_yaml(tmp_path / "tune.yaml", name="w", n_trials=4, grace_period=15)
     assert (
         cli_main(["tune", "--config", str(config), "--data", str(tiny_h5), "--workers", "2", "--set", "train.epochs=1"])
         == 0
