@@ -531,6 +531,15 @@ CASES: dict[str, Case] = {
     "predict-unknown-model-no-store": Case(
         lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", "nope@champion"], "no MLflow tracking database"
     ),
+    "predict-run-id-no-store": Case(
+        lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", "0123456789abcdef0123456789abcdef"],
+        "no MLflow tracking database",
+    ),
+    "predict-logged-model-no-store": Case(
+        lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", "models:/m-0123"],
+        "no MLflow tracking database",
+    ),
+    "predict-empty-model": Case(lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", " "], "empty --model"),
     "predict-model-ref-garbage": Case(
         lambda tmp, h5: ["predict", str(_png(tmp / "g.png")), "--model", "a b c"], "model reference"
     ),

@@ -85,11 +85,11 @@ def test_run_status_on_success_failure_and_kill():
 
 
 def test_unknown_models_and_runs_are_model_errors():
+    assert default_champion_uri(ws=Workspace()) is None  # (this creates the empty store the look-ups below need)
     with pytest.raises(ModelError, match="cannot find model"):
         load_keras_model("runs:/0123456789abcdef0123456789abcdef/model", ws=Workspace())
     with pytest.raises(ModelError, match="not found"):
         run_val_recall("0123456789abcdef0123456789abcdef", ["disturbed"], ws=Workspace())
-    assert default_champion_uri(ws=Workspace()) is None
 
 
 def test_only_tracking_imports_mlflow():

@@ -43,7 +43,9 @@ class ModelRef:
         if isinstance(ref, ModelRef):
             return ref
         text = str(ref).strip()
-        if text.startswith(("models:/", "runs:/")):
+        if not text:
+            raise ModelError("empty --model; pass NAME@alias, a run id, runs:/<id>/model or models:/...")
+        if "://" in text or text.startswith(("models:/", "runs:/")):  # other URIs pass through to MLflow
             return cls(text, text)
         if _RUN_ID.match(text):
             return cls(text, f"runs:/{text}/model")
@@ -59,7 +61,8 @@ class ModelRef:
 
     @property
     def is_local(self) -> bool:
-        return not self.uri.startswith(("models:/", "runs:/"))
+        """A local MLflow model folder (read without a tracking store)."""
+        return Path(self.uri).exists()
 
     @property
     def registered(self) -> tuple[str, str | None, str | None] | None:
@@ -149,16 +152,17 @@ class Workspace:
 
     def resolve(self, ref: ModelRef | str) -> ResolvedModel:
         """The loadable URI and registry facts of ``ref``: a registered reference is looked up once per
-        workspace (memoised), other references pass through."""
+        workspace (memoised), other references pass through; every reference but a local folder needs the
+        tracking store to exist."""
         ref = ModelRef.parse(ref)
         if ref.uri in self._resolved:
             return self._resolved[ref.uri]
+        if not ref.is_local:  # a look-up in a missing SQLite store must not create an empty database
+            self.require_store()
         registered = ref.registered
         if registered is None:
             resolved = ResolvedModel(ref, ref.uri)
         else:
-            if not ref.is_local:
-                self.require_store()
             name, alias, version = registered
             try:
                 mv = (
