@@ -40,3 +40,16 @@ def resolve_data_path(path: str | os.PathLike | None = None, data_dir: Path = DA
 def default_cache_dir() -> Path:
     """Cache folder for preprocessed arrays and embeddings (``GALAXY10_CACHE`` overrides)."""
     return Path(os.environ.get("GALAXY10_CACHE", DATA_DIR / "cache"))
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLite URL (MLflow store or Optuna storage), ``None`` for other databases and
+    in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    return Path(database)

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-from sqlalchemy.engine import make_url
 
 from core.errors import ConfigError
+from core.paths import sqlite_file
 
 DEFAULT_DB = "mlflow.db"
 
@@ -55,11 +55,8 @@ def set_tracking_uri(uri: str | None = None) -> str:
 
 def _store_key(uri: str) -> str:
     """A store's identity: an SQLite file's absolute path, else the URI."""
-    if uri.startswith("sqlite:"):
-        database = make_url(uri).database
-        if database and database != ":memory:":
-            return "sqlite:" + str(Path(database).resolve())
-    return uri.rstrip("/")
+    database = sqlite_file(uri)
+    return "sqlite:" + str(database.resolve()) if database is not None else uri.rstrip("/")
 
 
 def require_default_store(uri: str) -> None:
@@ -87,13 +84,12 @@ def require_tracking_store(uri: str | None = None) -> str:
         If the URI names an SQLite file that does not exist (MLflow would silently create an empty one).
     """
     resolved = resolve_tracking_uri(uri)
-    if resolved.startswith("sqlite:"):
-        database = make_url(resolved).database
-        if database and database != ":memory:" and not Path(database).is_file():
-            raise ConfigError(
-                f"no MLflow tracking database at {database}; run `galaxy10 tune` first or pass "
-                "--tracking-uri of the store the study logged to"
-            )
+    database = sqlite_file(resolved)
+    if database is not None and not database.is_file():
+        raise ConfigError(
+            f"no MLflow tracking database at {database}; run `galaxy10 tune` first or pass "
+            "--tracking-uri of the store the study logged to"
+        )
     return resolved
 
 

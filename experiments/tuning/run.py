@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from augment.targeting import multipliers_from_targets
 from core.errors import ConfigError
-from core.paths import resolve_data_path
+from core.paths import resolve_data_path, sqlite_file
 from experiments.names import check_study_name
 from experiments.settings.run import RunConfig, plain, to_yaml
 from experiments.settings.search_space import space_hash
@@ -33,7 +33,7 @@ from experiments.tuning.objective import StaleTrialHandler, StudyRun, TrialWorke
 from experiments.tuning.plots import save_plots
 from experiments.tuning.refit import refit_best
 from experiments.tuning.samplers import describe
-from experiments.tuning.storage import enable_sqlite_wal, open_storage, sqlite_file
+from experiments.tuning.storage import enable_sqlite_wal, open_storage
 from experiments.tuning.study import (
     ATTR_EXPERIMENT,
     ATTR_PARENT_RUN,

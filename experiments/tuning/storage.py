@@ -12,10 +12,9 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
-from sqlalchemy.engine import make_url
 
 from core.errors import ConfigError, first_line
-from core.paths import DEFAULT_STORAGE
+from core.paths import DEFAULT_STORAGE, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +29,6 @@ def quiet_optuna_warnings() -> Iterator[None]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", FutureWarning)
         yield
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of an SQLite URL, ``None`` for other databases and in-memory SQLite."""
-    if not url.startswith("sqlite"):
-        return None
-    database = make_url(url).database
-    if not database or database == ":memory:":
-        return None
-    return Path(database)
 
 
 def enable_sqlite_wal(path: Path) -> None:
