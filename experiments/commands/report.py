@@ -65,11 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from experiments.names import check_study_name
     from experiments.reporting.bootstrap import check_resamples
     from experiments.reporting.build import build_report
-    from experiments.reporting.extra import check_model_refs
 
     study = check_study_name(args.study)
     check_resamples(args.bootstrap)
-    check_model_refs(args.models)
     out = Path(args.out) if args.out else Path("reports") / study
     report = build_report(
         study,
