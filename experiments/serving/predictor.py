@@ -221,7 +221,9 @@ def load_encoder(ref: ModelRef | str, *, ws: Workspace) -> tuple[Callable[[np.nd
         return cnn_embedding(loaded.model[0], int(meta["size"]), int(meta["crop"])), meta
     embed = _ensemble_embedding(loaded.model) if loaded.kind == "pyfunc" else None
     if embed is None:
-        raise ModelError(f"model {ref} gives no embeddings; give a CNN, a galaxy10 ensemble or a pretrained encoder")
+        raise ModelError(
+            f"model {ref} gives no embeddings; give --model with a CNN, a galaxy10 ensemble or a pretrained encoder"
+        )
     return embed, meta
 
 

@@ -114,16 +114,14 @@ def row_images(columns: dict[str, np.ndarray]) -> list[np.ndarray | None]:
         else:
             by_file.setdefault(str(sources[i]), []).append(i)
     for source, rows in by_file.items():
-        want = np.asarray([int(indices[i]) for i in rows])
-        order = np.argsort(want, kind="stable")
         try:
-            with Galaxy10File(source) as f:
-                images = np.asarray(f.images(want[order]))
+            with Galaxy10File(source) as f:  # reads in sorted order, returns in request order, repeats allowed
+                images = np.asarray(f.images(np.asarray([int(indices[i]) for i in rows])))
         except (OSError, ValueError, DataError) as err:
             log.warning("cannot read %s (%s); its %d row(s) are left out", source, str(err).splitlines()[0], len(rows))
             continue
-        for pos, image in zip(order, images, strict=True):
-            out[rows[pos]] = image
+        for i, image in zip(rows, images, strict=True):
+            out[i] = image
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import DataError, ModelError
-from experiments.similarity.index import EmbeddingIndex, build_index, catalog_metadata
+from experiments.similarity.index import EmbeddingIndex, build_index, catalog_metadata, row_images
 from experiments.tracking.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -64,23 +64,17 @@ def find_similar(
     of ``galaxy10 pretrain`` - the search runs in that model's space: the catalog's rows are read from their
     sources and embedded by it, and so are the queries.
     """
-    from experiments.serving.predictor import load_encoder, load_predictor
+    from experiments.serving.predictor import load_encoder
 
     if not 1 <= k <= MAX_K:
         raise DataError(f"--k {k} is out of range; use 1-{MAX_K}")
     own = catalog_metadata(Path(catalog), need_embedding=False).get("model_uri") if Path(catalog).is_file() else None
-    if model is None or model == own:
-        index = build_index(catalog)
-        if not own:
-            raise ModelError(f"{Path(catalog).name} does not name the model that wrote it; give --model")
-        predictor = load_predictor(own, ws=ws)
-        if not predictor.can_embed:
-            raise ModelError(
-                f"model {own} gives no embeddings; give --model with a CNN, a galaxy10 ensemble or a pretrained encoder"
-            )
-        embed: Callable[[np.ndarray], np.ndarray] = predictor.embed
-    else:
-        embed, _ = load_encoder(model, ws=ws)
+    own_space = model is None or model == own
+    index = build_index(catalog) if own_space else None  # the catalog's own column: checked before any model loads
+    if own_space and not own:
+        raise ModelError(f"{Path(catalog).name} does not name the model that wrote it; give --model")
+    embed, _ = load_encoder(own if own_space else model, ws=ws)
+    if index is None:
         index = build_index(catalog, embed=embed)
         index.metadata = {**index.metadata, "model_uri": model, "catalog_model_uri": own}
     labels, images, vectors = embed_queries(queries, embed)
@@ -111,21 +105,6 @@ def find_similar(
     return out, index, images
 
 
-def neighbour_image(n: Neighbour) -> np.ndarray | None:
-    """The neighbour's pixels from its source (an HDF5 row or an image file), or None if it cannot be read."""
-    from experiments.catalog.job import decode_file
-    from pipelines.reader import Galaxy10File
-
-    try:
-        if n.source_index is not None:
-            with Galaxy10File(n.source) as f:
-                return np.asarray(f.images(np.asarray([n.source_index])))[0]
-        image, _ = decode_file(n.source)
-        return image
-    except (OSError, ValueError, DataError):
-        return None
-
-
 def _thumb(image: np.ndarray | None, side: int = 96) -> str:
     from PIL import Image
 
@@ -142,6 +121,14 @@ def gallery_html(
     """A self-contained page: one row per query, the query then its neighbours with similarity and class."""
     esc = html.escape
     queries = list(dict.fromkeys(n.query for n in neighbours))
+    # every neighbour's pixels from its source in one pass (each HDF5 file opened once); None if unreadable
+    pixels = row_images(
+        {
+            "source": np.asarray([n.source for n in neighbours], dtype=object),
+            "source_index": np.asarray([n.source_index for n in neighbours], dtype=object),
+        }
+    )
+    image_of = dict(zip(neighbours, pixels, strict=True))
     rows = []
     for q, image in zip(queries, query_images, strict=False):
         cells = [
@@ -150,7 +137,7 @@ def gallery_html(
         ]
         for n in (n for n in neighbours if n.query == q):
             cells.append(
-                f'<figure><img src="{_thumb(neighbour_image(n))}" alt="{esc(n.id)}"><figcaption>#{n.rank} '
+                f'<figure><img src="{_thumb(image_of[n])}" alt="{esc(n.id)}"><figcaption>#{n.rank} '
                 f"sim {n.similarity:.3f}<br>{esc(n.id)}<br>{esc(n.predicted)}</figcaption></figure>"
             )
         rows.append(f'<div class="row">{"".join(cells)}</div>')
