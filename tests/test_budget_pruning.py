@@ -11,10 +11,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from core.errors import ConfigError
+from experiments.settings.checks import parse_duration
 from experiments.settings.search_space import to_overrides
 from experiments.settings.trial import resolve_run_config
 from experiments.settings.tune import parse_tune_config
-from experiments.tuning.budget import StudyPlan, parse_duration, plan_ensemble, plan_study, trial_seconds
+from experiments.tuning.budget import StudyPlan, plan_ensemble, plan_study, trial_seconds
 from experiments.tuning.pruning import FloorPruner, describe_cuts, floor_epochs, fold_epoch, step_of
 
 # ----------------------------------------------------------------------------------------------- pruning

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError
-from experiments.settings.checks import parse_duration  # noqa: F401  (re-exported for callers of budget)
 from experiments.settings.ensemble import EnsembleConfig
 from experiments.settings.run import RunConfig
 from experiments.settings.tune import TuneConfig
