@@ -118,7 +118,7 @@ def test_fine_tuning_starts_from_the_pretrained_weights(tmp_path: Path, make_h5)
     model = build_model(cfg.model, input_size=24, num_classes=3)
     conv = next(layer for layer in model.layers if layer.name.startswith("conv"))
     before = [w.copy() for w in conv.get_weights()]
-    fresh = start_from_weights(model, cfg, data, prepare_run(cfg, data))
+    fresh = start_from_weights(model, prepare_run(cfg, data))
     assert fresh == ["logits"]  # a new classifier for the 3 classes; everything else loaded
     for got, want in zip(conv.get_weights(), result.model.get_layer(conv.name).get_weights()):
         np.testing.assert_array_equal(got, want)

@@ -173,10 +173,10 @@ def test_resolve_multipliers(data):
     recall = np.array([0.2, 0.8, 0.9, 0.9, 0.45, 0.9, 0.9, 0.9, 0.9, 0.9])
     asked = []
     prepared = prepare_run(auto, data, recall_lookup=lambda run_id, slugs: asked.append(run_id) or recall)
-    measured = auto_target_recall(auto, data, prepared)
+    measured = auto_target_recall(prepared)
     assert asked == ["abc"] and measured.source == "run abc"
     np.testing.assert_allclose(resolve_multipliers(auto, data, measured), np.clip(0.9 / recall, 1, 3))
-    assert auto_target_recall(cfg, data, prepared) is None  # fixed targets measure nothing
+    assert auto_target_recall(prepare_run(cfg, data)) is None  # fixed targets measure nothing
 
 
 def test_targets_use_the_data_class_set(data):
@@ -203,7 +203,7 @@ def test_targets_use_the_data_class_set(data):
     auto = load_config(
         None, ["augment.targets=auto", "augment.auto_from_run=abc", "augment.max_multiplier=8", "augment.auto_top_k=1"]
     )
-    measured = auto_target_recall(auto, custom, prepare_run(auto, custom, recall_lookup=lambda run_id, slugs: recall))
+    measured = auto_target_recall(prepare_run(auto, custom, recall_lookup=lambda run_id, slugs: recall))
     np.testing.assert_allclose(resolve_multipliers(auto, custom, measured), [1.0, 3.0, 1.0])
 
 
@@ -233,7 +233,7 @@ def test_auto_targets_from_a_warmup(data, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError, match="auto"):
         resolve_multipliers(cfg, data)  # mapping recall to multipliers trains nothing
     assert fits == []
-    measured = auto_target_recall(cfg, data, prepare_run(cfg, data))
+    measured = auto_target_recall(prepare_run(cfg, data))
     assert len(fits) == 1 and fits[0].train.epochs == 1 and fits[0].augment.targets is None
     assert measured.source == "a 1-epoch warm-up" and measured.values.shape == (10,)
     m = resolve_multipliers(cfg, data, measured)

@@ -140,10 +140,11 @@ class TargetRecall(NamedTuple):
     source: str
 
 
-def auto_target_recall(cfg: RunConfig, data: TrainData, prepared: PreparedRun) -> TargetRecall | None:
+def auto_target_recall(prepared: PreparedRun) -> TargetRecall | None:
     """The recall ``augment.targets: auto`` targets from (None for any other targets): the source run's
     (``augment.auto_from_run``, read by :func:`prepare_run`), else that of a short warm-up training of this
     config without targeting (:func:`warmup_recall`: ``augment.auto_warmup_epochs`` epochs - a whole fit)."""
+    cfg, data = prepared.cfg, prepared.data
     if cfg.augment.targets != AUTO_TARGETS:
         return None
     if prepared.source_recall is not None:
@@ -224,12 +225,12 @@ def prepare_run(
     return PreparedRun(cfg, data, weights=weights, start=start, source_recall=recall)
 
 
-def start_from_weights(model: Any, cfg: RunConfig, data: TrainData, prepared: PreparedRun) -> list[str]:
+def start_from_weights(model: Any, prepared: PreparedRun) -> list[str]:
     """Copy ``model.weights`` / ``model.init_from`` into the freshly built ``model``; return the layers left fresh.
 
     ``init_from`` must be a model of the same backbone; its classifier is kept only for the same classes.
     """
-    m = cfg.model
+    m, data = prepared.cfg.model, prepared.data
     desc = describe(m.name, backbone_params(m))
     if prepared.weights is not None and not (application_weights(m.weights) and m.name in APPLICATION_BACKBONES):
         return load_weights_file(model, prepared.weights, target_desc=desc)
@@ -321,7 +322,7 @@ def train(run: PreparedRun, tracker: Any = None, options: TrainOptions | None = 
         log.warning("training on SYNTHETIC data: %s", data.describe())
     else:
         log.info("training on %s", data.describe())
-    multipliers = resolve_multipliers(cfg, data, auto_target_recall(cfg, data, prepared))
+    multipliers = resolve_multipliers(cfg, data, auto_target_recall(prepared))
 
     tracker.log_params(flatten(cfg))
     tracker.set_tags(
@@ -356,7 +357,7 @@ def train(run: PreparedRun, tracker: Any = None, options: TrainOptions | None = 
                 "train.precision_resolved": resolve_precision(cfg.train.precision),
             }
         )
-        start_from_weights(model, cfg, data, prepared)
+        start_from_weights(model, prepared)
         fitted = fit(
             model,
             data,
